@@ -1,0 +1,231 @@
+//! One error type for the whole crate.
+//!
+//! [`Error`] is a small `Copy` value: no allocation, no strings built at run time. Match on
+//! [`Error::kind`] to tell cases apart; numbers (offsets, alignments, errno values) are
+//! carried in the [`ErrorKind`] variants. Every error converts into [`std::io::Error`].
+
+use std::fmt;
+use std::io;
+
+/// What went wrong, with the numbers that explain it.
+///
+/// The enum is `#[non_exhaustive]`: match with a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The operation was cancelled before it finished (explicit cancel, `stop()`, or the
+    /// ring shutting down).
+    Cancelled,
+    /// The operation's deadline expired before it finished.
+    TimedOut,
+    /// A direct-I/O request was not aligned as the device requires. `what` names the
+    /// offending quantity (`"offset"`, `"length"` or `"buffer"`), `value` is its value and
+    /// `align` the alignment it must be a multiple of.
+    Misaligned {
+        /// Which part of the request is misaligned.
+        what: &'static str,
+        /// The misaligned value.
+        value: u64,
+        /// The alignment required, in bytes.
+        align: u32,
+    },
+    /// No free slot in the buffer pool (from a non-blocking get, or a waiting get that
+    /// timed out).
+    PoolExhausted,
+    /// The kernel (or this ring's configuration) lacks a feature the request needs.
+    Unsupported {
+        /// The missing feature, e.g. `"io_uring"` or `"IORING_OP_READ_MULTISHOT"`.
+        feature: &'static str,
+    },
+    /// The request is invalid on its face (zero length, a length over the buffer, a
+    /// wrong-kind file descriptor, ...). `reason` says which rule it broke.
+    InvalidInput {
+        /// A short, static description of the rule that was broken.
+        reason: &'static str,
+    },
+    /// The buffer cannot hold what the request asks for.
+    BufferTooSmall {
+        /// Bytes the request needs.
+        need: u64,
+        /// Bytes the buffer has room for.
+        have: u64,
+    },
+    /// The target (a registered file) was closed or belongs to another ring.
+    StaleTarget,
+    /// The source ended before the request was satisfied (end of file, hang-up).
+    UnexpectedEof {
+        /// Bytes received before the end.
+        got: u64,
+    },
+    /// The kernel returned this errno.
+    Os(i32),
+}
+
+/// The crate's error: an [`ErrorKind`] you can match on, printable, convertible to
+/// [`io::Error`].
+///
+/// ```
+/// use iocomplete::{Error, ErrorKind};
+/// let e = Error::new(ErrorKind::Misaligned { what: "offset", value: 100, align: 512 });
+/// assert!(matches!(e.kind(), ErrorKind::Misaligned { align: 512, .. }));
+/// let io: std::io::Error = e.into();
+/// assert_eq!(io.kind(), std::io::ErrorKind::InvalidInput);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+}
+
+impl Error {
+    /// An error of this kind.
+    pub const fn new(kind: ErrorKind) -> Error {
+        Error { kind }
+    }
+
+    /// An error from a (positive) errno value. `ECANCELED` and `ETIME` map to
+    /// [`ErrorKind::Cancelled`] and [`ErrorKind::TimedOut`].
+    pub const fn from_errno(errno: i32) -> Error {
+        let kind = match errno {
+            libc::ECANCELED => ErrorKind::Cancelled,
+            libc::ETIME | libc::ETIMEDOUT => ErrorKind::TimedOut,
+            e => ErrorKind::Os(e),
+        };
+        Error { kind }
+    }
+
+    /// The last OS error of this thread (after a failed libc call).
+    pub(crate) fn last_os() -> Error {
+        Error::from_io(&io::Error::last_os_error())
+    }
+
+    /// Convert an [`io::Error`] (from a std or io-uring call) without allocating.
+    pub(crate) fn from_io(e: &io::Error) -> Error {
+        match e.raw_os_error() {
+            Some(n) => Error::from_errno(n),
+            None => Error::new(ErrorKind::InvalidInput {
+                reason: "non-OS I/O error",
+            }),
+        }
+    }
+
+    /// Shorthand for [`ErrorKind::InvalidInput`].
+    pub const fn invalid(reason: &'static str) -> Error {
+        Error::new(ErrorKind::InvalidInput { reason })
+    }
+
+    /// Shorthand for [`ErrorKind::Unsupported`].
+    pub const fn unsupported(feature: &'static str) -> Error {
+        Error::new(ErrorKind::Unsupported { feature })
+    }
+
+    /// What went wrong.
+    pub const fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The errno behind this error, if it came from (or maps to) the kernel.
+    pub const fn raw_os_error(&self) -> Option<i32> {
+        match self.kind {
+            ErrorKind::Os(e) => Some(e),
+            ErrorKind::Cancelled => Some(libc::ECANCELED),
+            ErrorKind::TimedOut => Some(libc::ETIME),
+            _ => None,
+        }
+    }
+
+    /// True for [`ErrorKind::Cancelled`].
+    pub const fn is_cancelled(&self) -> bool {
+        matches!(self.kind, ErrorKind::Cancelled)
+    }
+
+    /// True for [`ErrorKind::TimedOut`].
+    pub const fn is_timed_out(&self) -> bool {
+        matches!(self.kind, ErrorKind::TimedOut)
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Error {
+        Error { kind }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.kind, f)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            ErrorKind::Cancelled => f.write_str("operation cancelled"),
+            ErrorKind::TimedOut => f.write_str("operation timed out"),
+            ErrorKind::Misaligned { what, value, align } => write!(
+                f,
+                "direct I/O {what} {value} is not a multiple of the required alignment {align}"
+            ),
+            ErrorKind::PoolExhausted => f.write_str("buffer pool exhausted"),
+            ErrorKind::Unsupported { feature } => write!(f, "unsupported: {feature}"),
+            ErrorKind::InvalidInput { reason } => write!(f, "invalid input: {reason}"),
+            ErrorKind::BufferTooSmall { need, have } => {
+                write!(f, "buffer too small: need {need} bytes, have {have}")
+            }
+            ErrorKind::StaleTarget => f.write_str("target closed or not registered with this ring"),
+            ErrorKind::UnexpectedEof { got } => {
+                write!(f, "source ended early after {got} bytes")
+            }
+            ErrorKind::Os(e) => write!(f, "{} (os error {e})", io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        use io::ErrorKind as K;
+        let kind = match e.kind {
+            ErrorKind::Os(n) => return io::Error::from_raw_os_error(n),
+            ErrorKind::Cancelled => K::Interrupted,
+            ErrorKind::TimedOut => K::TimedOut,
+            ErrorKind::Misaligned { .. }
+            | ErrorKind::InvalidInput { .. }
+            | ErrorKind::BufferTooSmall { .. } => K::InvalidInput,
+            ErrorKind::PoolExhausted => K::WouldBlock,
+            ErrorKind::Unsupported { .. } => K::Unsupported,
+            ErrorKind::StaleTarget => K::NotFound,
+            ErrorKind::UnexpectedEof { .. } => K::UnexpectedEof,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_mapping() {
+        assert!(Error::from_errno(libc::ECANCELED).is_cancelled());
+        assert!(Error::from_errno(libc::ETIME).is_timed_out());
+        assert_eq!(Error::from_errno(libc::EIO).kind(), ErrorKind::Os(libc::EIO));
+        let io: io::Error = Error::from_errno(libc::EIO).into();
+        assert_eq!(io.raw_os_error(), Some(libc::EIO));
+    }
+
+    #[test]
+    fn display_names_numbers() {
+        let e = Error::new(ErrorKind::Misaligned { what: "offset", value: 7, align: 512 });
+        let s = e.to_string();
+        assert!(s.contains("offset 7") && s.contains("512"), "{s}");
+    }
+
+    #[test]
+    fn error_is_small() {
+        assert!(std::mem::size_of::<Error>() <= 32);
+    }
+}

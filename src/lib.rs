@@ -1,0 +1,10 @@
+//! # iocomplete — zero-copy I/O completion over io_uring
+//!
+//! (Crate overview: see README.md; this page is completed as the modules land.)
+
+#![cfg(target_os = "linux")]
+
+pub mod error;
+pub(crate) mod sync;
+
+pub use error::{Error, ErrorKind, Result};
