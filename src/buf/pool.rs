@@ -1,0 +1,640 @@
+//! The arena, its slots and the lock-free free list.
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+
+use super::pooled::PoolBuf;
+
+/// The kernel limits one registered buffer to 1 GiB; slots are registered in regions no
+/// larger than this.
+const MAX_REGION: usize = 1 << 30;
+
+/// Largest data capacity of one slot: transfer lengths are `u32` in io_uring.
+const MAX_SLOT_LEN: usize = 1 << 30;
+
+static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The free list: slot indices not in use.
+///
+/// Outside loom it is a `crossbeam_queue::ArrayQueue` with room for every slot, so a push
+/// of a returned slot never fails. Under loom (which cannot see inside crossbeam) it is a
+/// mutex-protected deque with the same contract, so the code *around* the free list — the
+/// refcount and the waiters handshake — is what loom checks.
+#[cfg(not(loom))]
+type FreeList = crossbeam_queue::ArrayQueue<u32>;
+
+#[cfg(loom)]
+#[derive(Debug)]
+pub(crate) struct FreeList(Mutex<std::collections::VecDeque<u32>>);
+
+#[cfg(loom)]
+impl FreeList {
+    fn new(cap: usize) -> Self {
+        FreeList(Mutex::new(std::collections::VecDeque::with_capacity(cap)))
+    }
+    fn push(&self, v: u32) -> std::result::Result<(), u32> {
+        self.0.lock().unwrap().push_back(v);
+        Ok(())
+    }
+    fn pop(&self) -> Option<u32> {
+        self.0.lock().unwrap().pop_front()
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// Builder for a [`BufferPool`]. Values are normalised in the setters (lengths rounded up
+/// to the alignment) and validated in [`build`](PoolBuilder::build).
+///
+/// ```
+/// let pool = iocomplete::BufferPool::builder()
+///     .slots(8)
+///     .slot_len(64 * 1024)
+///     .header_len(16)
+///     .build()?;
+/// assert_eq!(pool.stats().total, 8);
+/// assert_eq!(pool.geometry().capacity, 64 * 1024);
+/// # Ok::<(), iocomplete::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    slots: usize,
+    slot_len: usize,
+    header_len: usize,
+    trailer_len: usize,
+    align: usize,
+    huge_pages: bool,
+    populate: bool,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            slots: 64,
+            slot_len: 64 * 1024,
+            header_len: 0,
+            trailer_len: 0,
+            align: 4096,
+            huge_pages: false,
+            populate: true,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Number of slots (default 64). Must be at least 1 and below 2^31.
+    pub fn slots(mut self, n: usize) -> Self {
+        self.slots = n;
+        self
+    }
+
+    /// Data capacity of each slot in bytes (default 64 KiB); rounded up to the alignment.
+    pub fn slot_len(mut self, len: usize) -> Self {
+        self.slot_len = len;
+        self
+    }
+
+    /// Bytes of header placed immediately before each slot's data (default 0).
+    pub fn header_len(mut self, len: usize) -> Self {
+        self.header_len = len;
+        self
+    }
+
+    /// Bytes of trailer room after each slot's data capacity (default 0).
+    pub fn trailer_len(mut self, len: usize) -> Self {
+        self.trailer_len = len;
+        self
+    }
+
+    /// Alignment of every slot's data area (default 4096, enough for O_DIRECT on any
+    /// device). Must be a power of two.
+    pub fn align(mut self, align: usize) -> Self {
+        self.align = align;
+        self
+    }
+
+    /// Back the arena with 2 MiB huge pages (`MAP_HUGETLB`). Fails at `build()` when the
+    /// system has no huge pages reserved.
+    pub fn huge_pages(mut self, on: bool) -> Self {
+        self.huge_pages = on;
+        self
+    }
+
+    /// Pre-fault the arena at build (`MAP_POPULATE`, default on) so the first use of a
+    /// slot takes no page fault.
+    pub fn populate(mut self, on: bool) -> Self {
+        self.populate = on;
+        self
+    }
+
+    /// Map the arena and build the pool.
+    pub fn build(self) -> Result<BufferPool> {
+        if self.slots == 0 || self.slots >= (1 << 31) {
+            return Err(Error::invalid("pool slot count must be in 1..2^31"));
+        }
+        if !self.align.is_power_of_two() || self.align > (1 << 21) {
+            return Err(Error::invalid(
+                "pool alignment must be a power of two <= 2 MiB",
+            ));
+        }
+        if self.slot_len == 0 || self.slot_len > MAX_SLOT_LEN {
+            return Err(Error::invalid("pool slot length must be in 1..=1 GiB"));
+        }
+        if self.header_len > MAX_SLOT_LEN || self.trailer_len > MAX_SLOT_LEN {
+            return Err(Error::invalid(
+                "pool header/trailer length must be <= 1 GiB",
+            ));
+        }
+        let align = self.align;
+        let capacity = round_up(self.slot_len, align);
+        let head_room = round_up(self.header_len, align);
+        let stride = round_up(head_room + capacity + self.trailer_len, align);
+        let arena_len = stride
+            .checked_mul(self.slots)
+            .ok_or(Error::invalid("pool arena size overflows"))?;
+        let geometry = PoolGeometry {
+            slots: self.slots,
+            capacity,
+            header_len: self.header_len,
+            trailer_len: self.trailer_len,
+            align,
+            stride,
+            head_room,
+            arena_len,
+        };
+        PoolInner::new(geometry, self.huge_pages, self.populate).map(|inner| BufferPool {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+/// Where things are inside a slot. All lengths in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGeometry {
+    /// Number of slots.
+    pub slots: usize,
+    /// Data capacity of a slot (a multiple of `align`).
+    pub capacity: usize,
+    /// Header bytes immediately before the data.
+    pub header_len: usize,
+    /// Trailer room after the data capacity.
+    pub trailer_len: usize,
+    /// Alignment of every slot's data area.
+    pub align: usize,
+    /// Distance between two consecutive slots.
+    pub stride: usize,
+    /// Offset of the data area from the slot start (header rounded up to `align`).
+    pub head_room: usize,
+    /// Size of the whole arena.
+    pub arena_len: usize,
+}
+
+impl PoolGeometry {
+    /// Slots per registered region (a region is at most 1 GiB, the kernel's limit for
+    /// one fixed buffer).
+    pub(crate) fn slots_per_region(&self) -> usize {
+        (MAX_REGION / self.stride).max(1)
+    }
+
+    /// Number of fixed-buffer regions the arena registers as.
+    pub(crate) fn regions(&self) -> usize {
+        self.slots.div_ceil(self.slots_per_region())
+    }
+}
+
+/// A snapshot of a pool's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Slots in the pool.
+    pub total: usize,
+    /// Slots on the free list now.
+    pub free: usize,
+    /// Slots whose buffers the kernel owns now (submitted, completion not yet reaped).
+    pub in_flight: usize,
+}
+
+/// Per-slot bookkeeping.
+#[derive(Debug)]
+pub(crate) struct SlotMeta {
+    /// Number of live [`SharedBuf`](super::SharedBuf) clones of this slot. Zero while the
+    /// slot is free or held by a unique `PoolBuf`. Only `SharedBuf` touches it.
+    pub(crate) shared_refs: AtomicU32,
+    /// Debug-build state tracker: 0 = free, 1 = checked out, 2 = in flight (kernel-owned). Asserted on every transition
+    /// so a double return or a use-after-return panics in tests instead of corrupting data.
+    state: AtomicU32,
+}
+
+const FREE: u32 = 0;
+const CHECKED_OUT: u32 = 1;
+const IN_FLIGHT: u32 = 2;
+
+/// The shared core of a pool; `PoolBuf`s and rings hold it through an `Arc`.
+pub(crate) struct PoolInner {
+    id: u64,
+    geometry: PoolGeometry,
+    /// Base address of the arena; valid for `geometry.arena_len` bytes while `_map` lives.
+    base: NonNull<u8>,
+    /// Owns the mapping; never accessed after construction except by its drop.
+    _map: memmap2::MmapMut,
+    free: FreeList,
+    meta: Box<[SlotMeta]>,
+    /// Slots owned by the kernel right now; maintained by the ring.
+    in_flight: AtomicUsize,
+    /// Threads blocked in a waiting get. A returning slot notifies only if non-zero.
+    waiters: AtomicUsize,
+    wait_lock: Mutex<()>,
+    wait_cv: Condvar,
+    /// Number of rings that have this arena registered as fixed buffers.
+    registrations: AtomicU64,
+}
+
+// SAFETY: the raw `base` pointer is only dereferenced through `PoolBuf`/`SharedBuf`,
+// whose ownership rules (one unique owner, or read-only shared clones) keep accesses to
+// one slot from racing; everything else in `PoolInner` is `Sync` already.
+unsafe impl Send for PoolInner {}
+// SAFETY: as above; the free list, counters and condvar are thread-safe.
+unsafe impl Sync for PoolInner {}
+
+impl fmt::Debug for PoolInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolInner")
+            .field("id", &self.id)
+            .field("geometry", &self.geometry)
+            .field("free", &self.free.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolInner {
+    fn new(geometry: PoolGeometry, huge: bool, populate: bool) -> Result<PoolInner> {
+        let mut opts = memmap2::MmapOptions::new();
+        opts.len(geometry.arena_len);
+        if huge {
+            opts.huge(Some(21));
+        }
+        if populate {
+            opts.populate();
+        }
+        let mut map = opts.map_anon().map_err(|e| Error::from_io(&e))?;
+        let base = NonNull::new(map.as_mut_ptr()).ok_or(Error::invalid("empty arena"))?;
+        let free = FreeList::new(geometry.slots);
+        for i in 0..geometry.slots {
+            // Cannot fail: the queue has room for every slot.
+            let _ = free.push(i as u32);
+        }
+        let meta = (0..geometry.slots)
+            .map(|_| SlotMeta {
+                shared_refs: AtomicU32::new(0),
+                state: AtomicU32::new(FREE),
+            })
+            .collect();
+        Ok(PoolInner {
+            id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            geometry,
+            base,
+            _map: map,
+            free,
+            meta,
+            in_flight: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            wait_lock: Mutex::new(()),
+            wait_cv: Condvar::new(),
+            registrations: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn geometry(&self) -> &PoolGeometry {
+        &self.geometry
+    }
+
+    pub(crate) fn meta(&self, slot: u32) -> &SlotMeta {
+        &self.meta[slot as usize]
+    }
+
+    /// Address of the first data byte of `slot`.
+    pub(crate) fn data_ptr(&self, slot: u32) -> *mut u8 {
+        debug_assert!((slot as usize) < self.geometry.slots);
+        let off = slot as usize * self.geometry.stride + self.geometry.head_room;
+        // SAFETY: `slot < slots`, so `off + capacity + trailer <= arena_len`: the result
+        // stays inside the mapping that `base` points to.
+        unsafe { self.base.as_ptr().add(off) }
+    }
+
+    /// The regions to register as fixed buffers: `(address, length)` pairs.
+    pub(crate) fn regions(&self) -> impl Iterator<Item = (*mut u8, usize)> + '_ {
+        let g = &self.geometry;
+        let per = g.slots_per_region();
+        (0..g.regions()).map(move |r| {
+            let first = r * per;
+            let n = per.min(g.slots - first);
+            // SAFETY: `first < slots`, so the region start is inside the mapping.
+            let addr = unsafe { self.base.as_ptr().add(first * g.stride) };
+            (addr, n * g.stride)
+        })
+    }
+
+    /// Index (relative to the pool's first region) of the fixed buffer covering `slot`.
+    pub(crate) fn region_of(&self, slot: u32) -> u32 {
+        (slot as usize / self.geometry.slots_per_region()) as u32
+    }
+
+    pub(crate) fn note_registered(&self, on: bool) {
+        // Relaxed: an informational counter read by `stats`/`is_registered`; it orders
+        // no other memory.
+        if on {
+            self.registrations.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.registrations.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn in_flight_add(&self, n: usize) {
+        // Relaxed: statistics only; the kernel's ownership of the slot is tracked by the
+        // ring's op table, not by this counter.
+        self.in_flight.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn in_flight_sub(&self, n: usize) {
+        // Relaxed: statistics only (see `in_flight_add`).
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Debug-build transition `CheckedOut <-> InFlight` of a unique buffer handed to (or
+    /// given back by) the kernel. Returning a slot while in flight then trips an assert.
+    pub(crate) fn mark_in_flight(&self, slot: u32, on: bool) {
+        if on {
+            self.mark(slot, CHECKED_OUT, IN_FLIGHT);
+        } else {
+            self.mark(slot, IN_FLIGHT, CHECKED_OUT);
+        }
+    }
+
+    /// Take a free slot, if any.
+    pub(crate) fn try_take(&self) -> Option<u32> {
+        let slot = self.free.pop()?;
+        self.mark(slot, FREE, CHECKED_OUT);
+        Some(slot)
+    }
+
+    /// Return a slot to the free list. Lock-free unless a thread is blocked in a waiting
+    /// get, in which case it is woken.
+    pub(crate) fn put(&self, slot: u32) {
+        self.mark(slot, CHECKED_OUT, FREE);
+        if self.free.push(slot).is_err() {
+            // Unreachable by construction: the queue holds every slot and `mark` rejects a
+            // double return. Losing a slot is better than panicking in a destructor.
+            debug_assert!(false, "free list overflow: slot {slot} returned twice");
+            return;
+        }
+        // SeqCst fence pairs with the one in `take_wait`: either this load sees the
+        // waiter's increment (and we notify), or the waiter's re-check of the free list
+        // after its increment sees the slot we just pushed. No lost wake-up.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            let _g = self.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wait_cv.notify_one();
+        }
+    }
+
+    /// Take a slot, waiting up to `timeout` (forever if `None`) for one to be returned.
+    pub(crate) fn take_wait(&self, timeout: Option<Duration>) -> Option<u32> {
+        if let Some(s) = self.try_take() {
+            return Some(s);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut guard = self.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed increment + SeqCst fence: pairs with the fence in `put` (see there).
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let got = loop {
+            if let Some(s) = self.try_take() {
+                break Some(s);
+            }
+            match deadline {
+                None => {
+                    guard = self.wait_cv.wait(guard).unwrap_or_else(|e| e.into_inner());
+                }
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break None;
+                    }
+                    guard = self
+                        .wait_cv
+                        .wait_timeout(guard, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        };
+        // Relaxed: the waiter count only gates notifications; a stale non-zero value costs
+        // one spurious notify.
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+        drop(guard);
+        got
+    }
+
+    fn mark(&self, slot: u32, from: u32, to: u32) {
+        if cfg!(debug_assertions) {
+            // Relaxed: a debug tracker; the free list's own synchronization orders the
+            // slot's memory.
+            let prev = self.meta[slot as usize].state.swap(to, Ordering::Relaxed);
+            assert_eq!(prev, from, "slot {slot}: bad transition {prev} -> {to}");
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        PoolStats {
+            total: self.geometry.slots,
+            free: self.free.len(),
+            // Relaxed: a snapshot for reporting.
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A pool of aligned, header-offset buffers in one arena. Cheap to clone (an `Arc`).
+///
+/// ```
+/// use iocomplete::BufferPool;
+/// let pool = BufferPool::builder().slots(2).slot_len(4096).header_len(8).build()?;
+/// let mut buf = pool.try_get()?;
+/// buf.header_mut().copy_from_slice(b"HDR:0001");
+/// buf.extend_from_slice(b"payload")?;
+/// assert_eq!(buf.frame(), b"HDR:0001payload");
+/// drop(buf); // the slot is back
+/// assert_eq!(pool.stats().free, 2);
+/// # Ok::<(), iocomplete::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct BufferPool {
+    pub(crate) inner: Arc<PoolInner>,
+}
+
+impl fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferPool")
+            .field("geometry", &self.inner.geometry)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl BufferPool {
+    /// A builder with the defaults (64 slots of 64 KiB, no header, 4 KiB alignment).
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Take a free buffer without waiting; [`ErrorKind::PoolExhausted`] if none is free.
+    pub fn try_get(&self) -> Result<PoolBuf> {
+        match self.inner.try_take() {
+            Some(slot) => Ok(PoolBuf::new(self.inner.clone(), slot)),
+            None => Err(Error::new(ErrorKind::PoolExhausted)),
+        }
+    }
+
+    /// Take a buffer, waiting up to `timeout` for one to be returned (by any thread).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<PoolBuf> {
+        match self.inner.take_wait(Some(timeout)) {
+            Some(slot) => Ok(PoolBuf::new(self.inner.clone(), slot)),
+            None => Err(Error::new(ErrorKind::PoolExhausted)),
+        }
+    }
+
+    /// Take a buffer, waiting as long as it takes for one to be returned.
+    pub fn get(&self) -> PoolBuf {
+        loop {
+            if let Some(slot) = self.inner.take_wait(None) {
+                return PoolBuf::new(self.inner.clone(), slot);
+            }
+        }
+    }
+
+    /// Counters: total, free, in flight (owned by the kernel).
+    pub fn stats(&self) -> PoolStats {
+        self.inner.stats()
+    }
+
+    /// Slot layout.
+    pub fn geometry(&self) -> PoolGeometry {
+        self.inner.geometry
+    }
+
+    /// Whether at least one ring has this arena registered as fixed buffers.
+    pub fn is_registered(&self) -> bool {
+        // Relaxed: informational.
+        self.inner.registrations.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether two handles are the same pool.
+    pub fn same_pool(&self, other: &BufferPool) -> bool {
+        self.inner.id == other.inner.id
+    }
+}
+
+pub(crate) const fn round_up(n: usize, align: usize) -> usize {
+    (n + align - 1) & !(align - 1)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_aligns_data_and_places_header_before_it() {
+        let pool = BufferPool::builder()
+            .slots(3)
+            .slot_len(5000)
+            .header_len(24)
+            .trailer_len(10)
+            .build()
+            .unwrap();
+        let g = pool.geometry();
+        assert_eq!(g.capacity, 8192);
+        assert_eq!(g.head_room, 4096);
+        assert_eq!(g.stride, 4096 + 8192 + 4096);
+        let mut bufs: Vec<_> = (0..3).map(|_| pool.try_get().unwrap()).collect();
+        for b in &mut bufs {
+            assert_eq!(b.data_ptr() as usize % 4096, 0);
+            assert_eq!(b.header().len(), 24);
+            assert_eq!(b.frame().as_ptr() as usize + 24, b.data_ptr() as usize);
+            assert_eq!(b.trailer_mut().len(), 10);
+        }
+        assert_eq!(pool.try_get().unwrap_err().kind(), ErrorKind::PoolExhausted);
+        drop(bufs);
+        assert_eq!(pool.stats().free, 3);
+    }
+
+    #[test]
+    fn builder_rejects_bad_values() {
+        let bad = [
+            BufferPool::builder().slots(0).build(),
+            BufferPool::builder().align(3000).build(),
+            BufferPool::builder().slot_len(0).build(),
+        ];
+        for b in bad {
+            assert!(matches!(
+                b.unwrap_err().kind(),
+                ErrorKind::InvalidInput { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn waiting_get_wakes_on_return_from_another_thread() {
+        let pool = BufferPool::builder()
+            .slots(1)
+            .slot_len(4096)
+            .build()
+            .unwrap();
+        let held = pool.try_get().unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(held);
+        });
+        let b = pool.get_timeout(Duration::from_secs(10)).unwrap();
+        t.join().unwrap();
+        drop(b);
+        assert!(pool.get_timeout(Duration::from_millis(1)).is_ok());
+        assert_eq!(pool.stats().free, 1);
+    }
+
+    #[test]
+    fn waiting_get_times_out() {
+        let pool = BufferPool::builder()
+            .slots(1)
+            .slot_len(4096)
+            .build()
+            .unwrap();
+        let _held = pool.try_get().unwrap();
+        let e = pool.get_timeout(Duration::from_millis(5)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PoolExhausted);
+    }
+
+    #[test]
+    fn regions_cover_arena_in_at_most_1gib() {
+        let pool = BufferPool::builder()
+            .slots(5)
+            .slot_len(300 << 20)
+            .populate(false)
+            .build()
+            .unwrap();
+        let g = pool.geometry();
+        assert_eq!(g.slots_per_region(), 3);
+        let regions: Vec<_> = pool.inner.regions().collect();
+        assert_eq!(regions.len(), 2);
+        assert!(regions.iter().all(|r| r.1 <= MAX_REGION));
+        assert_eq!(regions.iter().map(|r| r.1).sum::<usize>(), g.arena_len);
+        assert_eq!(pool.inner.region_of(4), 1);
+    }
+}

@@ -1,0 +1,381 @@
+//! Entering the kernel, reaping completions, and routing each one exactly once.
+
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types};
+
+use crate::error::{Error, Result};
+use crate::request::{Bufs, Completion, Delivery};
+
+use super::op::{sentinel, OpId};
+use super::{EntryState, Ring};
+
+/// `IORING_ENTER_GETEVENTS`.
+const ENTER_GETEVENTS: u32 = 1;
+
+/// Record that the kernel owns (or no longer owns) these buffers: pool statistics, and
+/// in debug builds the slot state machine `CheckedOut -> InFlight -> CheckedOut`.
+pub(super) fn mark_in_flight(bufs: &Bufs, on: bool) {
+    let one = |p: &crate::buf::PoolInner, slot: u32, unique: bool| {
+        if on {
+            p.in_flight_add(1);
+        } else {
+            p.in_flight_sub(1);
+        }
+        if unique {
+            p.mark_in_flight(slot, on);
+        }
+    };
+    match bufs {
+        Bufs::None => {}
+        Bufs::Pool(b) => one(b.pool(), b.slot(), true),
+        Bufs::Shared(b) => one(b.pool(), b.slot(), false),
+        Bufs::PoolList(v) => v.iter().for_each(|b| one(b.pool(), b.slot(), true)),
+        Bufs::List(v) => v
+            .iter()
+            .for_each(|b| one(b.pool(), b.slot(), matches!(b, crate::IoBuf::Pool(_)))),
+    }
+}
+
+impl Ring {
+    /// Queue SQEs, making room first (by submitting) if the SQ is full. The entries are
+    /// pushed together, so a linked pair is never split across two submissions.
+    pub(super) fn push_sqes(&mut self, sqes: &[squeue::Entry]) -> Result<()> {
+        for attempt in 0..64 {
+            let room = {
+                let mut sq = self.uring.submission();
+                sq.sync();
+                sq.capacity() - sq.len()
+            };
+            if room >= sqes.len() {
+                let mut sq = self.uring.submission();
+                // SAFETY: every SQE refers to memory that outlives its operation: buffers
+                // and iovec arrays parked in the op table until the CQE, timespecs boxed in
+                // the entry (read by the kernel at submission).
+                unsafe { sq.push_multiple(sqes) }.map_err(|_| Error::invalid("SQ full"))?;
+                return Ok(());
+            }
+            self.enter(0, None)?;
+            if attempt > 0 {
+                // The kernel did not take our SQEs (e.g. EBUSY while the CQ overflows):
+                // reap to make progress.
+                self.reap();
+            }
+        }
+        Err(Error::from_errno(libc::EBUSY))
+    }
+
+    fn enable(&mut self) -> Result<()> {
+        if !self.enabled {
+            self.uring
+                .submitter()
+                .register_enable_rings()
+                .map_err(|e| Error::from_io(&e))?;
+            self.enabled = true;
+        }
+        Ok(())
+    }
+
+    /// One `io_uring_enter`: submit everything queued, and if `want > 0` wait for that
+    /// many completions (up to `timeout`).
+    pub(super) fn enter(&mut self, want: usize, timeout: Option<Duration>) -> Result<()> {
+        self.enable()?;
+        let queued = {
+            let mut sq = self.uring.submission();
+            sq.sync();
+            sq.len()
+        };
+        if want == 0 && queued == 0 && !self.caps.defer_taskrun && !self.caps.sqpoll {
+            return Ok(());
+        }
+        self.stats.enters += 1;
+        let r = match (want, timeout) {
+            (0, _) if self.caps.defer_taskrun => {
+                // SAFETY: no argument is passed; flags are valid enter flags.
+                unsafe {
+                    self.uring.submitter().enter::<libc::sigset_t>(
+                        queued as u32,
+                        0,
+                        ENTER_GETEVENTS,
+                        None,
+                    )
+                }
+            }
+            (0, _) => self.uring.submit(),
+            (w, Some(t)) if self.caps.ext_arg => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.uring.submitter().submit_with_args(w, &args)
+            }
+            (w, _) => self.uring.submit_and_wait(w),
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::ETIME) => Ok(()),
+                Some(libc::EBUSY) | Some(libc::EAGAIN) => {
+                    self.reap();
+                    Ok(())
+                }
+                _ => Err(Error::from_io(&e)),
+            },
+        }
+    }
+
+    /// Process every available CQE, flushing the kernel's overflow list as needed.
+    /// Returns the number of CQEs seen.
+    pub(super) fn reap(&mut self) -> usize {
+        let mut total = 0;
+        let mut flushes = 0;
+        loop {
+            let mut batch = [(0u64, 0i32, 0u32); 64];
+            let mut n = 0;
+            {
+                let mut cq = self.uring.completion();
+                for cqe in &mut cq {
+                    batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
+                    n += 1;
+                    if n == batch.len() {
+                        break;
+                    }
+                }
+            }
+            for &(ud, res, flags) in &batch[..n] {
+                self.on_cqe(ud, res, flags);
+            }
+            total += n;
+            if n == batch.len() {
+                continue;
+            }
+            // Completions beyond the CQ size wait in the kernel's overflow list
+            // (IORING_FEAT_NODROP); an enter with GETEVENTS moves them into the CQ.
+            if self.uring.submission().cq_overflow() && flushes < 1_000_000 {
+                flushes += 1;
+                self.stats.overflow_flushes += 1;
+                // SAFETY: no argument is passed; flags are valid enter flags.
+                let _ = unsafe {
+                    self.uring
+                        .submitter()
+                        .enter::<libc::sigset_t>(0, 0, ENTER_GETEVENTS, None)
+                };
+                continue;
+            }
+            break;
+        }
+        self.retry_backlog();
+        total
+    }
+
+    fn on_cqe(&mut self, ud: u64, res: i32, flags: u32) {
+        if sentinel::is_sentinel(ud) {
+            if ud == sentinel::WAKE {
+                self.on_wake(cqueue::more(flags));
+            }
+            // CANCEL and TIMEOUT CQEs only report on the helper request itself; the
+            // target operation's own CQE carries its outcome.
+            return;
+        }
+        let id = OpId(ud);
+        let key = id.index();
+        let live = matches!(
+            self.ops.get(key),
+            Some(e) if e.gen == id.gen() && matches!(e.state, EntryState::InKernel(_))
+        );
+        if !live {
+            self.stats.stale_cqes += 1;
+            debug_assert!(false, "stale CQE user_data={ud:#x} res={res}");
+            return;
+        }
+        self.in_kernel -= 1;
+        let e = &mut self.ops[key];
+        mark_in_flight(&e.bufs, false);
+        let result = if res >= 0 {
+            let n = res as usize;
+            if e.is_read {
+                match &mut e.bufs {
+                    Bufs::Pool(b) => b.set_transferred(n),
+                    Bufs::PoolList(v) => {
+                        let mut left = n;
+                        for (b, want) in v.iter_mut().zip(e.iov.iter().map(|i| i.iov_len)) {
+                            let got = left.min(want);
+                            b.set_transferred(got);
+                            left -= got;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(n)
+        } else {
+            let errno = -res;
+            let e = &self.ops[key];
+            if (errno == libc::ECANCELED || errno == libc::EINTR)
+                && !e.cancel_requested
+                && e.has_deadline
+            {
+                Err(Error::new(crate::ErrorKind::TimedOut))
+            } else if errno == libc::EINTR && e.cancel_requested {
+                Err(Error::new(crate::ErrorKind::Cancelled))
+            } else {
+                Err(Error::from_errno(errno))
+            }
+        };
+        self.finish(key, result);
+    }
+
+    /// Produce the operation's one completion and route it. The entry leaves the table
+    /// here (unless kept for `wait`), so a second completion for it is impossible.
+    pub(super) fn finish(&mut self, key: usize, result: Result<usize>) {
+        self.stats.completed += 1;
+        let e = &mut self.ops[key];
+        let id = OpId::new(key as u32, e.gen);
+        let c = Completion {
+            id,
+            tag: e.tag,
+            result,
+            bufs: std::mem::take(&mut e.bufs),
+        };
+        let delivery = match std::mem::replace(&mut e.state, EntryState::Done(c)) {
+            EntryState::InKernel(d) => d,
+            EntryState::Done(_) => unreachable!("operation {id:?} completed twice"),
+        };
+        if let Delivery::Keep = delivery {
+            return;
+        }
+        let c = match self.ops.remove(key).state {
+            EntryState::Done(c) => c,
+            EntryState::InKernel(_) => unreachable!(),
+        };
+        match delivery {
+            Delivery::Keep => {}
+            Delivery::Routine(f) => f(c),
+            Delivery::Queue(q) => {
+                if let Err(c) = q.push(c) {
+                    self.backlog.push_back((q, c));
+                }
+            }
+            Delivery::Future(slot) => slot.complete(c),
+            Delivery::Detach => drop(c),
+        }
+    }
+
+    fn retry_backlog(&mut self) {
+        for _ in 0..self.backlog.len() {
+            let Some((q, c)) = self.backlog.pop_front() else {
+                break;
+            };
+            if let Err(c) = q.push(c) {
+                self.backlog.push_front((q, c));
+                break;
+            }
+        }
+    }
+
+    /// Apply dropped tickets and pick up work sent by handles.
+    pub(super) fn housekeeping(&mut self) {
+        while let Some(id) = self.abandoned.pop() {
+            let Some(e) = self.ops.get_mut(id.index()) else {
+                continue;
+            };
+            if e.gen != id.gen() {
+                continue;
+            }
+            match &mut e.state {
+                // Completed and unclaimed: free it now (its buffers return to the pool).
+                EntryState::Done(_) => drop(self.ops.remove(id.index())),
+                // Still owned by the kernel: the buffers stay parked until the CQE.
+                EntryState::InKernel(d) => *d = Delivery::Detach,
+            }
+        }
+        while let Some((op, d)) = self.shared.pop() {
+            self.start(op, d);
+        }
+    }
+
+    pub(crate) fn wait_id(&mut self, id: OpId) -> Result<Completion> {
+        loop {
+            match self.ops.get(id.index()) {
+                Some(e) if e.gen == id.gen() => {
+                    if let EntryState::Done(_) = e.state {
+                        return match self.ops.remove(id.index()).state {
+                            EntryState::Done(c) => Ok(c),
+                            EntryState::InKernel(_) => unreachable!(),
+                        };
+                    }
+                }
+                _ => return Err(Error::invalid("no such operation kept by this ring")),
+            }
+            self.run_once(None)?;
+        }
+    }
+
+    pub(super) fn arm_wake(&mut self) -> Result<()> {
+        if self.wake_armed {
+            return Ok(());
+        }
+        let sqe = opcode::PollAdd::new(types::Fd(self.shared.wake_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(sentinel::WAKE);
+        self.push_sqes(&[sqe])?;
+        self.wake_armed = true;
+        Ok(())
+    }
+
+    fn on_wake(&mut self, more: bool) {
+        self.shared.clear_wake();
+        self.wake_armed = more;
+        while let Some((op, d)) = self.shared.pop() {
+            self.start(op, d);
+        }
+        if !more && !self.shared.is_closed() {
+            let _ = self.arm_wake();
+        }
+    }
+
+    /// Teardown: cancel everything in flight and wait for the kernel to hand every buffer
+    /// back. If it never does, leak the parked buffers rather than let memory the kernel
+    /// may still write be reused.
+    pub(super) fn shutdown_drain(&mut self) {
+        self.shared.close();
+        self.housekeeping();
+        if self.in_kernel > 0 || self.wake_armed {
+            let any = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(sentinel::CANCEL);
+            if self.push_sqes(&[any]).is_err() {
+                // Fall back to cancelling one by one.
+                let ids: Vec<u64> = self
+                    .ops
+                    .iter()
+                    .filter(|(_, e)| matches!(e.state, EntryState::InKernel(_)))
+                    .map(|(k, e)| OpId::new(k as u32, e.gen).user_data())
+                    .collect();
+                for ud in ids {
+                    let sqe = opcode::AsyncCancel::new(ud)
+                        .build()
+                        .user_data(sentinel::CANCEL);
+                    let _ = self.push_sqes(&[sqe]);
+                }
+            }
+            for e in self.ops.iter_mut() {
+                e.1.cancel_requested = true;
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.in_kernel > 0 && Instant::now() < deadline {
+                if self.run_once(Some(Duration::from_millis(50))).is_err() {
+                    break;
+                }
+            }
+        }
+        if self.in_kernel > 0 {
+            for (_, e) in self.ops.iter_mut() {
+                if let EntryState::InKernel(_) = e.state {
+                    std::mem::forget(std::mem::take(&mut e.bufs));
+                }
+            }
+        }
+        // Items a handle pushed concurrently with `close` (see `HandleShared::close`).
+        self.shared.drain_cancelled();
+    }
+}

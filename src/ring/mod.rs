@@ -1,0 +1,595 @@
+//! The io_uring driver.
+//!
+//! A [`Ring`] owns one io_uring instance, an op table (a `slab` of entries addressed by
+//! generation-checked [`OpId`]s), the targets (file descriptors) registered with it, and
+//! the buffer pools registered with it as fixed buffers. It batches submissions (one
+//! `io_uring_enter` for everything queued since the last one), reaps completions in
+//! batches, flushes the kernel's CQ overflow list so no completion is lost however many
+//! operations are in flight, and routes each completion exactly once.
+//!
+//! One ring per thread: a `Ring` is `Send` (move it to the thread that will drive it) but
+//! not `Sync`. Other threads submit through a [`RingHandle`].
+//!
+//! The kernel owns an operation's buffers from submission until its completion is reaped.
+//! The op table holds them until then — whatever happens to the ticket, future or
+//! routine that was waiting for it, and even when the operation is cancelled.
+
+mod driver;
+mod handle;
+mod op;
+mod probe;
+mod submit;
+mod target;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use io_uring::IoUring;
+use slab::Slab;
+
+use crate::buf::{BufferPool, PoolInner};
+use crate::error::{Error, ErrorKind, Result};
+use crate::queue::CompletionQueue;
+use crate::request::{Bufs, Completion, Delivery, Submission, Ticket};
+
+pub use handle::RingHandle;
+pub use op::{Op, OpId};
+pub use probe::Capabilities;
+pub use target::{FdInfo, FdKind, Target};
+
+use handle::HandleShared;
+use target::TargetEntry;
+
+static NEXT_RING_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// Builder for a [`Ring`].
+///
+/// ```
+/// let ring = iocomplete::Ring::builder().entries(64).cq_entries(256).build()?;
+/// assert!(ring.capabilities().cq_entries >= 256);
+/// # Ok::<(), iocomplete::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RingBuilder {
+    entries: u32,
+    cq_entries: Option<u32>,
+    sqpoll_idle: Option<u32>,
+    single_issuer: bool,
+    defer_taskrun: bool,
+    files: u32,
+    buffers: u32,
+    ops: usize,
+}
+
+impl Default for RingBuilder {
+    fn default() -> Self {
+        RingBuilder {
+            entries: 256,
+            cq_entries: None,
+            sqpoll_idle: None,
+            single_issuer: false,
+            defer_taskrun: false,
+            files: 64,
+            buffers: 64,
+            ops: 1024,
+        }
+    }
+}
+
+impl RingBuilder {
+    /// Submission queue entries (default 256; rounded up to a power of two by the kernel).
+    pub fn entries(mut self, n: u32) -> Self {
+        self.entries = n;
+        self
+    }
+
+    /// Completion queue entries (default: twice `entries`). A CQ smaller than the number
+    /// of operations in flight is fine: the overflow is flushed, nothing is lost.
+    pub fn cq_entries(mut self, n: u32) -> Self {
+        self.cq_entries = Some(n);
+        self
+    }
+
+    /// Use a kernel submission thread (`IORING_SETUP_SQPOLL`) idling after `idle_ms`.
+    pub fn sqpoll(mut self, idle_ms: u32) -> Self {
+        self.sqpoll_idle = Some(idle_ms);
+        self
+    }
+
+    /// `IORING_SETUP_SINGLE_ISSUER` (Linux 6.0): only the thread that first drives the
+    /// ring may submit. The ring is created disabled and enabled by the first drive, so it
+    /// may be built on one thread and moved to another.
+    pub fn single_issuer(mut self, on: bool) -> Self {
+        self.single_issuer = on;
+        self
+    }
+
+    /// `IORING_SETUP_DEFER_TASKRUN` (Linux 6.1, implies single issuer): completion work
+    /// runs only when the ring is driven, batching it.
+    pub fn defer_taskrun(mut self, on: bool) -> Self {
+        self.defer_taskrun = on;
+        self
+    }
+
+    /// Size of the registered-file table (default 64; 0 disables fixed files).
+    pub fn files(mut self, n: u32) -> Self {
+        self.files = n;
+        self
+    }
+
+    /// Size of the registered-buffer table, in regions (default 64; 0 disables).
+    pub fn buffers(mut self, n: u32) -> Self {
+        self.buffers = n;
+        self
+    }
+
+    /// Op-table capacity reserved up front (default 1024). The table grows past it if
+    /// needed; reserving enough keeps steady-state I/O free of allocations.
+    pub fn ops(mut self, n: usize) -> Self {
+        self.ops = n;
+        self
+    }
+
+    /// Create the ring. [`ErrorKind::Unsupported`] `{ feature: "io_uring" }` when the
+    /// kernel has no io_uring (or a seccomp policy forbids it).
+    pub fn build(self) -> Result<Ring> {
+        if self.entries == 0 || self.entries > 32768 {
+            return Err(Error::invalid("ring entries must be in 1..=32768"));
+        }
+        let mut b = IoUring::builder();
+        b.setup_cqsize(self.cq_entries.unwrap_or(self.entries * 2).max(1));
+        b.setup_clamp();
+        if let Some(idle) = self.sqpoll_idle {
+            b.setup_sqpoll(idle);
+        }
+        let single = self.single_issuer || self.defer_taskrun;
+        if single {
+            b.setup_single_issuer();
+            b.setup_r_disabled();
+        }
+        if self.defer_taskrun {
+            b.setup_defer_taskrun();
+        }
+        let uring = b.build(self.entries).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOSYS) | Some(libc::EPERM) => Error::unsupported("io_uring"),
+            Some(libc::EINVAL) if single => Error::unsupported("IORING_SETUP_SINGLE_ISSUER"),
+            _ => Error::from_io(&e),
+        })?;
+        let mut caps = Capabilities::probe(&uring);
+        caps.defer_taskrun = self.defer_taskrun;
+        if self.files > 0 {
+            caps.fixed_files = uring.submitter().register_files_sparse(self.files).is_ok();
+        }
+        if self.buffers > 0 {
+            caps.fixed_buffers = caps.read_fixed
+                && uring
+                    .submitter()
+                    .register_buffers_sparse(self.buffers)
+                    .is_ok();
+        }
+        let shared = Arc::new(HandleShared::new()?);
+        Ok(Ring {
+            uring,
+            id: NEXT_RING_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ops: Slab::with_capacity(self.ops),
+            next_gen: 0,
+            targets: Slab::new(),
+            target_gen: 0,
+            files: self.files,
+            pools: Vec::new(),
+            buffer_slots: if caps.fixed_buffers { self.buffers } else { 0 },
+            next_buffer: 0,
+            caps,
+            in_kernel: 0,
+            backlog: VecDeque::with_capacity(64),
+            abandoned: Arc::new(crossbeam_queue::SegQueue::new()),
+            shared,
+            wake_armed: false,
+            enabled: !single,
+            stats: RingStats::default(),
+        })
+    }
+}
+
+/// Counters kept by a ring, for tests and diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Operations accepted by `submit` (valid or not).
+    pub submitted: u64,
+    /// Completions produced (each operation exactly once).
+    pub completed: u64,
+    /// Of those, operations rejected before reaching the kernel.
+    pub rejected: u64,
+    /// `io_uring_enter` calls made.
+    pub enters: u64,
+    /// Times the kernel's CQ overflow list had to be flushed.
+    pub overflow_flushes: u64,
+    /// CQEs whose `user_data` matched no live operation (should stay 0).
+    pub stale_cqes: u64,
+}
+
+/// How a pool's buffers are used with this ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferRegistration {
+    /// Registered: operations on its buffers use the `*_FIXED` opcodes.
+    Fixed,
+    /// Not registered (no room, no kernel support, or the registration failed, e.g.
+    /// `RLIMIT_MEMLOCK`): operations use the plain opcodes, with the same results.
+    Unregistered(Error),
+}
+
+#[derive(Debug)]
+struct RegisteredPool {
+    pool: Arc<PoolInner>,
+    /// Index of the pool's first region in the kernel's buffer table.
+    base: u32,
+}
+
+/// What an op-table entry is waiting for.
+enum EntryState {
+    /// The kernel owns the operation; its completion goes to this delivery.
+    InKernel(Delivery),
+    /// Completed, kept for [`Ring::wait`].
+    Done(Completion),
+}
+
+/// One operation in the op table.
+struct Entry {
+    gen: u32,
+    tag: u64,
+    state: EntryState,
+    /// The buffers, parked here while the kernel owns them.
+    bufs: Bufs,
+    /// Requested lengths of a vectored read's buffers, to distribute the result.
+    iov: Vec<libc::iovec>,
+    /// The linked timeout's value; boxed so its address is stable until submission.
+    timespec: Option<Box<io_uring::types::Timespec>>,
+    cancel_requested: bool,
+    has_deadline: bool,
+    /// The op was a poll (its result is an event mask, not a byte count).
+    is_read: bool,
+}
+
+// SAFETY: `iov` holds raw pointers into pool slots that this entry's `bufs` own; they are
+// only read by the kernel and by the ring thread that owns the entry.
+unsafe impl Send for Entry {}
+
+/// An io_uring instance with its op table, targets and registered pools.
+///
+/// ```
+/// use iocomplete::{BufferPool, Op, Ring};
+/// use std::io::Write;
+///
+/// let mut f = tempfile::tempfile().unwrap();
+/// f.write_all(b"hello, ring").unwrap();
+/// let mut ring = Ring::builder().build()?;
+/// let pool = BufferPool::builder().slots(4).slot_len(4096).header_len(8).build()?;
+/// ring.register_pool(&pool);
+/// let file = ring.register(f)?;
+///
+/// let done = ring.submit(Op::read(file, 0, pool.try_get()?)).wait()?;
+/// let buf = done.into_result()?;
+/// assert_eq!(buf.data(), b"hello, ring");
+/// assert_eq!(buf.header().len(), 8); // header room in front, not counted in len()
+/// # Ok::<(), iocomplete::Error>(())
+/// ```
+pub struct Ring {
+    // Field order matters for drop: the io_uring instance goes first, then the pools
+    // whose arenas it had registered.
+    uring: IoUring,
+    id: u32,
+    ops: Slab<Entry>,
+    next_gen: u32,
+    targets: Slab<TargetEntry>,
+    target_gen: u32,
+    files: u32,
+    pools: Vec<RegisteredPool>,
+    buffer_slots: u32,
+    next_buffer: u32,
+    caps: Capabilities,
+    /// Operations submitted whose CQE has not been reaped.
+    in_kernel: usize,
+    /// Completions whose queue was full; retried on every drive.
+    backlog: VecDeque<(Arc<CompletionQueue<Completion>>, Completion)>,
+    /// Ids of dropped tickets, pushed from any thread.
+    abandoned: Arc<crossbeam_queue::SegQueue<OpId>>,
+    shared: Arc<HandleShared>,
+    wake_armed: bool,
+    enabled: bool,
+    stats: RingStats,
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("id", &self.id)
+            .field("in_kernel", &self.in_kernel)
+            .field("ops", &self.ops.len())
+            .field("caps", &self.caps)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ring {
+    /// A builder with the defaults.
+    pub fn builder() -> RingBuilder {
+        RingBuilder::default()
+    }
+
+    /// A ring with the default settings.
+    pub fn new() -> Result<Ring> {
+        RingBuilder::default().build()
+    }
+
+    /// What the kernel and this ring can do.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RingStats {
+        self.stats
+    }
+
+    /// Operations whose completion has not been produced yet (in the kernel).
+    pub fn in_flight(&self) -> usize {
+        self.in_kernel
+    }
+
+    /// Entries in the op table (in flight, plus completed ones kept for `wait`).
+    pub fn pending(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Register a file descriptor; the ring takes ownership of it (pass a `File`,
+    /// `OwnedFd`, socket, ...; to keep yours, pass `fd.try_clone()`). Its kind, access
+    /// mode and direct-I/O alignment are read now, once.
+    pub fn register(&mut self, fd: impl Into<OwnedFd>) -> Result<Target> {
+        let fd: OwnedFd = fd.into();
+        let info = FdInfo::probe(fd.as_raw_fd())?;
+        let entry = self.targets.vacant_entry();
+        let index = entry.key() as u32;
+        self.target_gen = op::next_gen(self.target_gen);
+        let gen = self.target_gen;
+        let mut fixed = None;
+        if self.caps.fixed_files && index < self.files {
+            let r = self
+                .uring
+                .submitter()
+                .register_files_update(index, &[fd.as_raw_fd()]);
+            if r.is_ok() {
+                fixed = Some(index);
+            }
+        }
+        entry.insert(TargetEntry {
+            gen,
+            fd,
+            info,
+            fixed,
+        });
+        Ok(Target {
+            ring: self.id,
+            index,
+            gen,
+        })
+    }
+
+    /// Register a duplicate of a borrowed descriptor (the caller keeps its own).
+    pub fn register_dup(&mut self, fd: impl AsFd) -> Result<Target> {
+        let owned = fd
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::from_io(&e))?;
+        self.register(owned)
+    }
+
+    /// Facts about a registered target.
+    pub fn info(&self, t: Target) -> Result<FdInfo> {
+        self.target(t).map(|e| e.info)
+    }
+
+    /// Unregister a target and close the ring's descriptor. Operations already in flight
+    /// finish normally (the kernel holds its own reference); later requests on `t`
+    /// complete with [`ErrorKind::StaleTarget`].
+    pub fn close(&mut self, t: Target) -> Result<()> {
+        self.target(t)?;
+        let e = self.targets.remove(t.index as usize);
+        if let Some(ix) = e.fixed {
+            let _ = self.uring.submitter().register_files_update(ix, &[-1]);
+        }
+        Ok(())
+    }
+
+    fn target(&self, t: Target) -> Result<&TargetEntry> {
+        if t.ring != self.id {
+            return Err(ErrorKind::StaleTarget.into());
+        }
+        match self.targets.get(t.index as usize) {
+            Some(e) if e.gen == t.gen => Ok(e),
+            _ => Err(ErrorKind::StaleTarget.into()),
+        }
+    }
+
+    /// Register a pool's arena as fixed buffers, so reads and writes on its buffers use
+    /// `READ_FIXED`/`WRITE_FIXED` (and `READV_FIXED` where the kernel has it). When that
+    /// is impossible the pool still works, unregistered, and the result says why.
+    pub fn register_pool(&mut self, pool: &BufferPool) -> BufferRegistration {
+        if self.pools.iter().any(|p| p.pool.id() == pool.inner.id()) {
+            return BufferRegistration::Fixed;
+        }
+        if !self.caps.fixed_buffers {
+            return BufferRegistration::Unregistered(Error::unsupported(
+                "registered buffers (IORING_REGISTER_BUFFERS2 sparse table)",
+            ));
+        }
+        let regions: Vec<libc::iovec> = pool
+            .inner
+            .regions()
+            .map(|(addr, len)| libc::iovec {
+                iov_base: addr.cast(),
+                iov_len: len,
+            })
+            .collect();
+        let n = regions.len() as u32;
+        if self.next_buffer + n > self.buffer_slots {
+            return BufferRegistration::Unregistered(Error::invalid(
+                "ring's registered-buffer table is full (RingBuilder::buffers)",
+            ));
+        }
+        // SAFETY: every iovec covers memory of the pool's arena, which stays mapped as
+        // long as the ring holds the `Arc<PoolInner>` pushed below (dropped only after the
+        // io_uring instance, see the field order of `Ring`).
+        let r = unsafe {
+            self.uring
+                .submitter()
+                .register_buffers_update(self.next_buffer, &regions, None)
+        };
+        match r {
+            Ok(()) => {
+                pool.inner.note_registered(true);
+                self.pools.push(RegisteredPool {
+                    pool: pool.inner.clone(),
+                    base: self.next_buffer,
+                });
+                self.next_buffer += n;
+                BufferRegistration::Fixed
+            }
+            Err(e) => BufferRegistration::Unregistered(Error::from_io(&e)),
+        }
+    }
+
+    /// Describe how the completion of `op` should reach you; see [`Submission`].
+    pub fn submit(&mut self, op: Op) -> Submission<'_> {
+        Submission {
+            ring: self,
+            op: Some(op),
+        }
+    }
+
+    /// A ticket for a kept entry.
+    pub(crate) fn ticket(&self, id: OpId) -> Ticket {
+        Ticket {
+            id,
+            abandoned: Some(self.abandoned.clone()),
+        }
+    }
+
+    /// Collect the completion of a ticketed operation, driving the ring until it arrives.
+    pub fn wait(&mut self, ticket: Ticket) -> Result<Completion> {
+        let same_ring = ticket
+            .abandoned
+            .as_ref()
+            .is_some_and(|q| Arc::ptr_eq(q, &self.abandoned));
+        if !same_ring {
+            // Dropping the foreign ticket hands it back to its own ring.
+            return Err(Error::invalid("ticket belongs to another ring"));
+        }
+        let id = ticket.disarm();
+        self.wait_id(id)
+    }
+
+    /// Whether the ticketed operation has completed (without driving the ring).
+    pub fn is_done(&self, ticket: &Ticket) -> bool {
+        matches!(
+            self.ops.get(ticket.id.index()),
+            Some(e) if e.gen == ticket.id.gen() && matches!(e.state, EntryState::Done(_))
+        )
+    }
+
+    /// Ask the kernel to cancel an operation (`IORING_OP_ASYNC_CANCEL`). It then
+    /// completes — once, as always — with [`ErrorKind::Cancelled`], or with its normal
+    /// result if it won the race. Returns false if the operation is not in flight.
+    pub fn cancel(&mut self, id: OpId) -> bool {
+        let Some(e) = self.ops.get_mut(id.index()) else {
+            return false;
+        };
+        if e.gen != id.gen() || !matches!(e.state, EntryState::InKernel(_)) {
+            return false;
+        }
+        e.cancel_requested = true;
+        let sqe = io_uring::opcode::AsyncCancel::new(id.user_data())
+            .build()
+            .user_data(op::sentinel::CANCEL);
+        self.push_sqes(&[sqe]).is_ok()
+    }
+
+    /// Submit what is queued and process the completions already available, without
+    /// waiting. Returns the number of completions produced.
+    pub fn poll(&mut self) -> Result<usize> {
+        let before = self.stats.completed;
+        self.housekeeping();
+        self.enter(0, None)?;
+        self.reap();
+        Ok((self.stats.completed - before) as usize)
+    }
+
+    /// Submit what is queued and wait (up to `timeout`, or until at least one completion
+    /// if `None`) for completions, then process them. Returns the number produced.
+    pub fn run_once(&mut self, timeout: Option<Duration>) -> Result<usize> {
+        let before = self.stats.completed;
+        self.housekeeping();
+        self.reap();
+        if self.stats.completed == before && self.in_kernel > 0 {
+            self.enter(1, timeout)?;
+        } else {
+            self.enter(0, None)?;
+        }
+        self.reap();
+        Ok((self.stats.completed - before) as usize)
+    }
+
+    /// Drive the ring until no operation is in flight.
+    pub fn run_until_idle(&mut self) -> Result<()> {
+        self.housekeeping();
+        while self.in_kernel > 0 || !self.backlog.is_empty() {
+            self.run_once(Some(Duration::from_millis(100)))?;
+        }
+        Ok(())
+    }
+
+    /// A handle through which other threads submit operations to this ring. The ring
+    /// picks them up whenever it is driven (a handle's submission wakes a waiting ring).
+    pub fn handle(&mut self) -> Result<RingHandle> {
+        self.arm_wake()?;
+        Ok(RingHandle::new(self.shared.clone()))
+    }
+
+    /// Move the ring to a new thread that drives it until [`RingHandle::shutdown`] is
+    /// called and everything submitted has completed. Returns a handle for submitting.
+    pub fn spawn(mut self) -> Result<(RingHandle, std::thread::JoinHandle<Result<()>>)> {
+        let h = self.handle()?;
+        let t = std::thread::Builder::new()
+            .name("iocomplete-ring".into())
+            .spawn(move || self.drive_until_shutdown())
+            .map_err(|e| Error::from_io(&e))?;
+        Ok((h, t))
+    }
+
+    /// Drive until a handle calls [`RingHandle::shutdown`] and all work is done.
+    pub fn drive_until_shutdown(&mut self) -> Result<()> {
+        self.arm_wake()?;
+        loop {
+            self.run_once(Some(Duration::from_millis(50)))?;
+            if self.shared.is_shut_down()
+                && self.shared.inbox_is_empty()
+                && self.in_kernel == 0
+                && self.backlog.is_empty()
+            {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.shutdown_drain();
+        for p in &self.pools {
+            p.pool.note_registered(false);
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Operation descriptors and the typed `user_data` encoding.
+
+use std::time::Duration;
+
+use crate::buf::{IoBuf, PoolBuf};
+
+use super::target::Target;
+
+/// Identifies one submitted operation: its op-table slot and that slot's generation.
+///
+/// This is what travels through the kernel as `user_data` (generation in the high 32
+/// bits, slot in the low 32). A completion whose generation does not match the slot's
+/// current one is stale and is never routed to the slot's new occupant. Generation
+/// `u32::MAX` is reserved for the ring's own internal entries (cancel, timeout, wake-up),
+/// so those can never be mistaken for an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OpId(pub(crate) u64);
+
+const RESERVED_GEN: u32 = u32::MAX;
+
+impl OpId {
+    pub(crate) fn new(index: u32, gen: u32) -> OpId {
+        debug_assert_ne!(gen, RESERVED_GEN);
+        OpId(((gen as u64) << 32) | index as u64)
+    }
+
+    pub(crate) fn index(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+
+    pub(crate) fn gen(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The raw `user_data` value.
+    pub fn user_data(self) -> u64 {
+        self.0
+    }
+}
+
+/// `user_data` values the ring uses for its own SQEs.
+pub(crate) mod sentinel {
+    const fn make(n: u32) -> u64 {
+        ((super::RESERVED_GEN as u64) << 32) | n as u64
+    }
+    /// An `ASYNC_CANCEL` request; its CQE only says whether the target was found.
+    pub(crate) const CANCEL: u64 = make(0);
+    /// A `LINK_TIMEOUT`; the linked operation's own CQE carries the outcome.
+    pub(crate) const TIMEOUT: u64 = make(1);
+    /// The poll on the wake-up eventfd that `RingHandle`s write to.
+    pub(crate) const WAKE: u64 = make(2);
+
+    pub(crate) fn is_sentinel(ud: u64) -> bool {
+        (ud >> 32) as u32 == super::RESERVED_GEN
+    }
+}
+
+/// The next generation after `g`, skipping the reserved one.
+pub(crate) fn next_gen(g: u32) -> u32 {
+    let n = g.wrapping_add(1);
+    if n == RESERVED_GEN {
+        0
+    } else {
+        n
+    }
+}
+
+/// An operation to submit to a [`Ring`](super::Ring): what to do, on which target, with
+/// which buffers (owned by the operation until it completes), and optionally a deadline
+/// and a tag that comes back in the [`Completion`](crate::Completion).
+///
+/// ```no_run
+/// # use iocomplete::{Op, Ring, BufferPool};
+/// # let mut ring = Ring::builder().build()?;
+/// # let pool = BufferPool::builder().build()?;
+/// # let file = ring.register(std::fs::File::open("/etc/hostname").unwrap())?;
+/// let op = Op::read(file, 0, pool.try_get()?)
+///     .deadline(std::time::Duration::from_secs(1))
+///     .tag(42);
+/// let done = ring.submit(op).wait()?;
+/// assert_eq!(done.tag(), 42);
+/// # Ok::<(), iocomplete::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Op {
+    pub(crate) kind: OpKind,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) tag: u64,
+}
+
+#[derive(Debug)]
+pub(crate) enum OpKind {
+    Nop,
+    Read {
+        target: Target,
+        offset: u64,
+        buf: PoolBuf,
+        len: usize,
+    },
+    Write {
+        target: Target,
+        offset: u64,
+        buf: IoBuf,
+        frame: bool,
+    },
+    Readv {
+        target: Target,
+        offset: u64,
+        bufs: Vec<PoolBuf>,
+    },
+    Writev {
+        target: Target,
+        offset: u64,
+        bufs: Vec<IoBuf>,
+    },
+    Fsync {
+        target: Target,
+        datasync: bool,
+    },
+    Poll {
+        target: Target,
+        events: u32,
+    },
+}
+
+impl Op {
+    fn of(kind: OpKind) -> Op {
+        Op {
+            kind,
+            deadline: None,
+            tag: 0,
+        }
+    }
+
+    /// A no-op: completes with 0 bytes (useful to measure per-op overhead).
+    pub fn nop() -> Op {
+        Op::of(OpKind::Nop)
+    }
+
+    /// Read into `buf`'s data area, filling up to its capacity. On seekable targets the
+    /// read starts at `offset`; on streams (pipes, sockets, ttys) `offset` is ignored.
+    /// The completion gives `buf` back with `len()` = bytes read; its header is untouched.
+    pub fn read(target: Target, offset: u64, buf: PoolBuf) -> Op {
+        let len = buf.capacity();
+        Op::of(OpKind::Read {
+            target,
+            offset,
+            buf,
+            len,
+        })
+    }
+
+    /// Like [`read`](Op::read), reading at most `len` bytes (`0 < len <= capacity`).
+    pub fn read_len(target: Target, offset: u64, buf: PoolBuf, len: usize) -> Op {
+        Op::of(OpKind::Read {
+            target,
+            offset,
+            buf,
+            len,
+        })
+    }
+
+    /// Write `buf`'s data (`len()` bytes, not the header). The completion gives the
+    /// buffer back.
+    pub fn write(target: Target, offset: u64, buf: impl Into<IoBuf>) -> Op {
+        Op::of(OpKind::Write {
+            target,
+            offset,
+            buf: buf.into(),
+            frame: false,
+        })
+    }
+
+    /// Write `buf`'s whole frame: header then data, in one contiguous write.
+    pub fn write_frame(target: Target, offset: u64, buf: impl Into<IoBuf>) -> Op {
+        Op::of(OpKind::Write {
+            target,
+            offset,
+            buf: buf.into(),
+            frame: true,
+        })
+    }
+
+    /// Vectored read: fills the buffers in order, each up to its current `len()` (set it
+    /// with [`PoolBuf::set_len`] to the bytes wanted). On completion each buffer's `len()`
+    /// is the bytes it actually received. Uses `IORING_OP_READV_FIXED` when the buffers
+    /// are registered and the kernel has it.
+    pub fn readv(target: Target, offset: u64, bufs: Vec<PoolBuf>) -> Op {
+        Op::of(OpKind::Readv {
+            target,
+            offset,
+            bufs,
+        })
+    }
+
+    /// Vectored write of each buffer's data, in order.
+    pub fn writev(target: Target, offset: u64, bufs: Vec<IoBuf>) -> Op {
+        Op::of(OpKind::Writev {
+            target,
+            offset,
+            bufs,
+        })
+    }
+
+    /// `fsync` (or `fdatasync` when `datasync`) a file or block device.
+    pub fn fsync(target: Target, datasync: bool) -> Op {
+        Op::of(OpKind::Fsync { target, datasync })
+    }
+
+    /// Wait for readiness (one-shot `POLL_ADD`): completes with the ready event mask
+    /// (`libc::POLLIN` etc.) as its byte count.
+    pub fn poll(target: Target, events: u32) -> Op {
+        Op::of(OpKind::Poll { target, events })
+    }
+
+    /// Complete with [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut) if not done
+    /// within `d` (an `IORING_OP_LINK_TIMEOUT` linked to the operation).
+    pub fn deadline(mut self, d: Duration) -> Op {
+        self.deadline = Some(d);
+        self
+    }
+
+    /// A caller's value carried to the [`Completion`](crate::Completion) (e.g. to route
+    /// completions popped from a shared queue).
+    pub fn tag(mut self, tag: u64) -> Op {
+        self.tag = tag;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trip_and_sentinels_distinct() {
+        let id = OpId::new(12345, 77);
+        assert_eq!(id.index(), 12345);
+        assert_eq!(id.gen(), 77);
+        assert!(!sentinel::is_sentinel(id.0));
+        assert!(sentinel::is_sentinel(sentinel::CANCEL));
+        assert!(sentinel::is_sentinel(sentinel::TIMEOUT));
+        assert_ne!(sentinel::CANCEL, sentinel::TIMEOUT);
+        assert_eq!(next_gen(u32::MAX - 1), 0);
+    }
+}

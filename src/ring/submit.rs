@@ -1,0 +1,360 @@
+//! Turning an [`Op`] into SQEs: validation (without a syscall), buffer parking, and the
+//! opcode choice (fixed buffers, fixed files, vectored fixed ops).
+
+use io_uring::{opcode, squeue, types};
+
+use crate::buf::{IoBuf, PoolBuf};
+use crate::error::{Error, ErrorKind, Result};
+use crate::request::{Bufs, Delivery};
+
+use super::op::{next_gen, sentinel, Op, OpId, OpKind};
+use super::probe::{OP_READV_FIXED, OP_WRITEV_FIXED};
+use super::target::{FdInfo, Target};
+use super::{Entry, EntryState, Ring};
+
+/// Kernel limit on iovecs per vectored operation (`UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
+/// A descriptor as the opcode builders want it.
+#[derive(Clone, Copy)]
+enum Fd {
+    Fixed(u32),
+    Raw(i32),
+}
+
+/// Build an SQE with a fixed or raw fd (the builders take distinct types).
+macro_rules! with_fd {
+    ($fd:expr, |$f:ident| $build:expr) => {
+        match $fd {
+            Fd::Fixed(i) => {
+                let $f = types::Fixed(i);
+                $build
+            }
+            Fd::Raw(r) => {
+                let $f = types::Fd(r);
+                $build
+            }
+        }
+    };
+}
+
+// The SQE is patched in place for the vectored fixed opcodes the io-uring crate does not
+// name yet; pin the layout it relies on.
+const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+/// Offset of `opcode` in `struct io_uring_sqe`.
+const SQE_OPCODE: usize = 0;
+/// Offset of `buf_index` in `struct io_uring_sqe`.
+const SQE_BUF_INDEX: usize = 40;
+
+fn misaligned(what: &'static str, value: u64, align: u32) -> Error {
+    Error::new(ErrorKind::Misaligned { what, value, align })
+}
+
+/// Direct-I/O rules: offset, length and memory address must be aligned.
+fn check_direct(info: &FdInfo, offset: u64, len: usize, ptr: *const u8) -> Result<()> {
+    if !info.direct {
+        return Ok(());
+    }
+    let oa = info.offset_align as u64;
+    if info.kind.is_seekable() && offset % oa != 0 {
+        return Err(misaligned("offset", offset, info.offset_align));
+    }
+    if len as u64 % oa != 0 {
+        return Err(misaligned("length", len as u64, info.offset_align));
+    }
+    if ptr as u64 % info.mem_align as u64 != 0 {
+        return Err(misaligned("buffer", ptr as u64, info.mem_align));
+    }
+    Ok(())
+}
+
+fn io_len(len: usize) -> Result<u32> {
+    if len == 0 {
+        return Err(Error::invalid("zero-length transfer"));
+    }
+    u32::try_from(len).map_err(|_| Error::invalid("transfer longer than 4 GiB"))
+}
+
+impl Ring {
+    /// Accept an operation: park its buffers in a new op-table entry, validate it, and
+    /// queue its SQE(s). An invalid operation completes at once, through its delivery,
+    /// without a syscall. Every accepted operation completes exactly once.
+    pub(crate) fn start(&mut self, op: Op, delivery: Delivery) -> OpId {
+        self.stats.submitted += 1;
+        self.next_gen = next_gen(self.next_gen);
+        let gen = self.next_gen;
+        let Op {
+            kind,
+            deadline,
+            tag,
+        } = op;
+        let key = self.ops.insert(Entry {
+            gen,
+            tag,
+            state: EntryState::InKernel(delivery),
+            bufs: Bufs::None,
+            iov: Vec::new(),
+            timespec: None,
+            cancel_requested: false,
+            has_deadline: deadline.is_some(),
+            is_read: false,
+        });
+        let id = OpId::new(key as u32, gen);
+        let prepared = self.prepare(key, kind).and_then(|sqe| {
+            let sqe = sqe.user_data(id.user_data());
+            match deadline {
+                None => self.push_sqes(&[sqe]),
+                Some(d) => {
+                    let ts = Box::new(types::Timespec::from(d));
+                    let link = opcode::LinkTimeout::new(&*ts)
+                        .build()
+                        .user_data(sentinel::TIMEOUT);
+                    self.ops[key].timespec = Some(ts);
+                    self.push_sqes(&[sqe.flags(squeue::Flags::IO_LINK), link])
+                }
+            }
+        });
+        match prepared {
+            Ok(()) => {
+                self.in_kernel += 1;
+                super::driver::mark_in_flight(&self.ops[key].bufs, true);
+            }
+            Err(e) => {
+                self.stats.rejected += 1;
+                self.finish(key, Err(e));
+            }
+        }
+        id
+    }
+
+    fn fd_of(&self, t: Target) -> Result<(Fd, FdInfo)> {
+        let e = self.target(t)?;
+        let fd = match e.fixed {
+            Some(i) => Fd::Fixed(i),
+            None => Fd::Raw(e.raw()),
+        };
+        Ok((fd, e.info))
+    }
+
+    /// Index in the kernel's buffer table of the region holding `slot` of `pool`, if that
+    /// pool is registered with this ring.
+    fn fixed_index(&self, pool_id: u64, region: u32) -> Option<u16> {
+        self.pools
+            .iter()
+            .find(|p| p.pool.id() == pool_id)
+            .and_then(|p| u16::try_from(p.base + region).ok())
+    }
+
+    fn pool_buf_index(&self, b: &PoolBuf) -> Option<u16> {
+        self.fixed_index(b.pool().id(), b.pool().region_of(b.slot()))
+    }
+
+    fn io_buf_index(&self, b: &IoBuf) -> Option<u16> {
+        self.fixed_index(b.pool().id(), b.pool().region_of(b.slot()))
+    }
+
+    /// Validate and build the SQE (without `user_data`). Buffers are parked in the entry
+    /// before anything can fail, so an error still hands them back.
+    fn prepare(&mut self, key: usize, kind: OpKind) -> Result<squeue::Entry> {
+        match kind {
+            OpKind::Nop => Ok(opcode::Nop::new().build()),
+            OpKind::Read {
+                target,
+                offset,
+                mut buf,
+                len,
+            } => {
+                let ptr = buf.data_mut_ptr();
+                let cap = buf.capacity();
+                let fixed = self.pool_buf_index(&buf);
+                self.ops[key].bufs = Bufs::Pool(buf);
+                self.ops[key].is_read = true;
+                let (fd, info) = self.fd_of(target)?;
+                if !info.readable {
+                    return Err(Error::invalid("target is not open for reading"));
+                }
+                let n = io_len(len)?;
+                if len > cap {
+                    return Err(Error::new(ErrorKind::BufferTooSmall {
+                        need: len as u64,
+                        have: cap as u64,
+                    }));
+                }
+                check_direct(&info, offset, len, ptr)?;
+                let off = if info.kind.is_seekable() {
+                    offset
+                } else {
+                    u64::MAX
+                };
+                Ok(match fixed {
+                    Some(ix) => with_fd!(fd, |f| opcode::ReadFixed::new(f, ptr, n, ix)
+                        .offset(off)
+                        .build()),
+                    None => with_fd!(fd, |f| opcode::Read::new(f, ptr, n).offset(off).build()),
+                })
+            }
+            OpKind::Write {
+                target,
+                offset,
+                buf,
+                frame,
+            } => {
+                let bytes = if frame { buf.frame() } else { buf.data() };
+                let (ptr, len) = (bytes.as_ptr(), bytes.len());
+                let fixed = self.io_buf_index(&buf);
+                self.ops[key].bufs = Bufs::from_io(buf);
+                let (fd, info) = self.fd_of(target)?;
+                if !info.writable {
+                    return Err(Error::invalid("target is not open for writing"));
+                }
+                let n = io_len(len)?;
+                check_direct(&info, offset, len, ptr)?;
+                let off = if info.kind.is_seekable() {
+                    offset
+                } else {
+                    u64::MAX
+                };
+                Ok(match fixed {
+                    Some(ix) => with_fd!(fd, |f| opcode::WriteFixed::new(f, ptr, n, ix)
+                        .offset(off)
+                        .build()),
+                    None => with_fd!(fd, |f| opcode::Write::new(f, ptr, n).offset(off).build()),
+                })
+            }
+            OpKind::Readv {
+                target,
+                offset,
+                mut bufs,
+            } => {
+                let mut iov = Vec::with_capacity(bufs.len());
+                let mut region = None;
+                let mut one_region = true;
+                for b in &mut bufs {
+                    let ix = self.pool_buf_index(b);
+                    one_region &= ix.is_some() && (region.is_none() || region == ix);
+                    region = ix;
+                    iov.push(libc::iovec {
+                        iov_base: b.data_mut_ptr().cast(),
+                        iov_len: b.len(),
+                    });
+                }
+                self.ops[key].bufs = Bufs::PoolList(bufs);
+                self.ops[key].is_read = true;
+                let (fd, info) = self.fd_of(target)?;
+                if !info.readable {
+                    return Err(Error::invalid("target is not open for reading"));
+                }
+                self.check_iov(&iov, &info, offset)?;
+                let off = if info.kind.is_seekable() {
+                    offset
+                } else {
+                    u64::MAX
+                };
+                let entry = &mut self.ops[key];
+                entry.iov = iov;
+                let (p, n) = (entry.iov.as_ptr(), entry.iov.len() as u32);
+                let sqe = with_fd!(fd, |f| opcode::Readv::new(f, p, n).offset(off).build());
+                Ok(match (one_region && self.caps.readv_fixed, region) {
+                    (true, Some(ix)) => patch_fixed(sqe, OP_READV_FIXED, ix),
+                    _ => sqe,
+                })
+            }
+            OpKind::Writev {
+                target,
+                offset,
+                bufs,
+            } => {
+                let mut iov = Vec::with_capacity(bufs.len());
+                let mut region = None;
+                let mut one_region = true;
+                for b in &bufs {
+                    let ix = self.io_buf_index(b);
+                    one_region &= ix.is_some() && (region.is_none() || region == ix);
+                    region = ix;
+                    iov.push(libc::iovec {
+                        iov_base: b.data().as_ptr() as *mut libc::c_void,
+                        iov_len: b.data().len(),
+                    });
+                }
+                self.ops[key].bufs = Bufs::List(bufs);
+                let (fd, info) = self.fd_of(target)?;
+                if !info.writable {
+                    return Err(Error::invalid("target is not open for writing"));
+                }
+                self.check_iov(&iov, &info, offset)?;
+                let off = if info.kind.is_seekable() {
+                    offset
+                } else {
+                    u64::MAX
+                };
+                let entry = &mut self.ops[key];
+                entry.iov = iov;
+                let (p, n) = (entry.iov.as_ptr(), entry.iov.len() as u32);
+                let sqe = with_fd!(fd, |f| opcode::Writev::new(f, p, n).offset(off).build());
+                Ok(match (one_region && self.caps.readv_fixed, region) {
+                    (true, Some(ix)) => patch_fixed(sqe, OP_WRITEV_FIXED, ix),
+                    _ => sqe,
+                })
+            }
+            OpKind::Fsync { target, datasync } => {
+                let (fd, info) = self.fd_of(target)?;
+                if !info.kind.is_seekable() {
+                    return Err(Error::invalid("fsync needs a file or block device"));
+                }
+                let flags = if datasync {
+                    types::FsyncFlags::DATASYNC
+                } else {
+                    types::FsyncFlags::empty()
+                };
+                Ok(with_fd!(fd, |f| opcode::Fsync::new(f).flags(flags).build()))
+            }
+            OpKind::Poll { target, events } => {
+                let (fd, _) = self.fd_of(target)?;
+                if events == 0 {
+                    return Err(Error::invalid("poll with an empty event mask"));
+                }
+                Ok(with_fd!(fd, |f| opcode::PollAdd::new(f, events).build()))
+            }
+        }
+    }
+
+    fn check_iov(&self, iov: &[libc::iovec], info: &FdInfo, offset: u64) -> Result<()> {
+        if iov.is_empty() {
+            return Err(Error::invalid("vectored transfer with no buffers"));
+        }
+        if iov.len() > IOV_MAX {
+            return Err(Error::invalid(
+                "more than 1024 buffers in one vectored transfer",
+            ));
+        }
+        let mut total: u64 = 0;
+        for (i, v) in iov.iter().enumerate() {
+            if v.iov_len == 0 {
+                return Err(Error::invalid("zero-length buffer in a vectored transfer"));
+            }
+            // Direct I/O: each segment's address and length aligned; the offset only for
+            // the first (the others follow contiguously).
+            let off = if i == 0 { offset } else { 0 };
+            check_direct(info, off, v.iov_len, v.iov_base as *const u8)?;
+            total += v.iov_len as u64;
+        }
+        if total > i32::MAX as u64 {
+            return Err(Error::invalid("vectored transfer longer than 2 GiB"));
+        }
+        Ok(())
+    }
+}
+
+/// Turn a `READV`/`WRITEV` SQE into its `*_FIXED` twin (Linux 6.15): same layout, a
+/// different opcode and the registered buffer's index in `buf_index`.
+fn patch_fixed(sqe: squeue::Entry, opcode: u8, buf_index: u16) -> squeue::Entry {
+    // SAFETY: `squeue::Entry` is `repr(C)` around `struct io_uring_sqe`, 64 bytes (asserted
+    // above), and every bit pattern is a valid SQE value; we only write the `opcode` byte
+    // and the `buf_index` field at their ABI offsets.
+    unsafe {
+        let mut raw: [u8; 64] = std::mem::transmute(sqe);
+        raw[SQE_OPCODE] = opcode;
+        raw[SQE_BUF_INDEX..SQE_BUF_INDEX + 2].copy_from_slice(&buf_index.to_ne_bytes());
+        std::mem::transmute::<[u8; 64], squeue::Entry>(raw)
+    }
+}

@@ -1,0 +1,186 @@
+//! Targets: file descriptors registered with a ring, with what the ring needs to know
+//! about them (kind, access mode, direct-I/O alignment, size) read once at registration,
+//! so every request can be validated without a syscall.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::error::{Error, Result};
+
+/// What kind of file a target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    /// A regular file: positional I/O.
+    File,
+    /// A block device: positional I/O.
+    BlockDevice,
+    /// A pipe or named FIFO: a stream.
+    Pipe,
+    /// A socket: a stream.
+    Socket,
+    /// A terminal (pty, serial tty): a stream.
+    Tty,
+    /// Another character device: a stream.
+    CharDevice,
+    /// Anything else (eventfd, directories, ...).
+    Other,
+}
+
+impl FdKind {
+    /// Whether reads and writes take a file offset (regular files and block devices).
+    pub fn is_seekable(self) -> bool {
+        matches!(self, FdKind::File | FdKind::BlockDevice)
+    }
+
+    /// Whether this is a FIFO-like source: pipe, FIFO, socket, tty, character device.
+    pub fn is_stream(self) -> bool {
+        matches!(
+            self,
+            FdKind::Pipe | FdKind::Socket | FdKind::Tty | FdKind::CharDevice
+        )
+    }
+}
+
+/// Facts about a target, read once when it is registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdInfo {
+    /// The file's kind.
+    pub kind: FdKind,
+    /// Opened with `O_DIRECT`.
+    pub direct: bool,
+    /// Opened with `O_NONBLOCK`.
+    pub nonblocking: bool,
+    /// Opened for reading.
+    pub readable: bool,
+    /// Opened for writing.
+    pub writable: bool,
+    /// Required alignment of file offsets and lengths for direct I/O (1 when the target
+    /// is not direct).
+    pub offset_align: u32,
+    /// Required alignment of memory addresses for direct I/O (1 when not direct).
+    pub mem_align: u32,
+    /// Size in bytes, for files and block devices (0 otherwise). Read at registration.
+    pub size: u64,
+    /// `st_rdev` for devices (to find sysfs queue limits), 0 otherwise.
+    pub rdev: u64,
+}
+
+/// `_IOR(0x12, 114, size_t)`: the size of a block device in bytes.
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+impl FdInfo {
+    /// Inspect `fd` (fstat, fcntl, statx, ioctl).
+    pub fn probe(fd: RawFd) -> Result<FdInfo> {
+        // SAFETY: `stat` is plain old data; all-zero is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid out-pointer; a bad fd makes fstat fail with EBADF.
+        if unsafe { libc::fstat(fd, &mut st) } < 0 {
+            return Err(Error::last_os());
+        }
+        // SAFETY: F_GETFL takes no argument.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if fl < 0 {
+            return Err(Error::last_os());
+        }
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => FdKind::File,
+            libc::S_IFBLK => FdKind::BlockDevice,
+            libc::S_IFIFO => FdKind::Pipe,
+            libc::S_IFSOCK => FdKind::Socket,
+            // SAFETY: isatty only inspects the fd.
+            libc::S_IFCHR if unsafe { libc::isatty(fd) } == 1 => FdKind::Tty,
+            libc::S_IFCHR => FdKind::CharDevice,
+            _ => FdKind::Other,
+        };
+        let acc = fl & libc::O_ACCMODE;
+        let direct = fl & libc::O_DIRECT != 0;
+        let mut info = FdInfo {
+            kind,
+            direct,
+            nonblocking: fl & libc::O_NONBLOCK != 0,
+            readable: acc == libc::O_RDONLY || acc == libc::O_RDWR,
+            writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            offset_align: 1,
+            mem_align: 1,
+            size: 0,
+            rdev: if kind == FdKind::BlockDevice {
+                st.st_rdev
+            } else {
+                0
+            },
+        };
+        match kind {
+            FdKind::File => info.size = st.st_size as u64,
+            FdKind::BlockDevice => {
+                let mut sz: u64 = 0;
+                // SAFETY: BLKGETSIZE64 writes one u64 through the pointer.
+                if unsafe { libc::ioctl(fd, BLKGETSIZE64 as _, &mut sz) } == 0 {
+                    info.size = sz;
+                }
+            }
+            _ => {}
+        }
+        if direct {
+            let (off, mem) = dio_align(fd, kind);
+            info.offset_align = off;
+            info.mem_align = mem;
+        }
+        Ok(info)
+    }
+}
+
+/// Direct-I/O alignment (offset/length, memory) from statx `STATX_DIOALIGN`, falling
+/// back to the logical block size (block devices) or 512.
+fn dio_align(fd: RawFd, kind: FdKind) -> (u32, u32) {
+    // SAFETY: `statx` is plain old data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: empty path with AT_EMPTY_PATH stats `fd` itself; `stx` is a valid out-pointer.
+    let r = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if r == 0 && stx.stx_mask & libc::STATX_DIOALIGN != 0 && stx.stx_dio_offset_align != 0 {
+        return (stx.stx_dio_offset_align, stx.stx_dio_mem_align.max(1));
+    }
+    if kind == FdKind::BlockDevice {
+        let mut ssz: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int through the pointer.
+        if unsafe { libc::ioctl(fd, libc::BLKSSZGET as _, &mut ssz) } == 0 && ssz > 0 {
+            return (ssz as u32, ssz as u32);
+        }
+    }
+    (512, 512)
+}
+
+/// A file descriptor registered with a [`Ring`](super::Ring): a small `Copy` token.
+///
+/// Made by [`Ring::register`](super::Ring::register); valid until
+/// [`Ring::close`](super::Ring::close). A request on a closed target, or on a target of
+/// another ring, completes with [`ErrorKind::StaleTarget`](crate::ErrorKind::StaleTarget)
+/// without reaching the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub(crate) ring: u32,
+    pub(crate) index: u32,
+    pub(crate) gen: u32,
+}
+
+/// The ring's record of a registered target.
+#[derive(Debug)]
+pub(crate) struct TargetEntry {
+    pub(crate) gen: u32,
+    pub(crate) fd: OwnedFd,
+    pub(crate) info: FdInfo,
+    /// Index in the kernel's registered-file table, when registration succeeded.
+    pub(crate) fixed: Option<u32>,
+}
+
+impl TargetEntry {
+    pub(crate) fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
