@@ -32,6 +32,11 @@ impl OpId {
         (self.0 >> 32) as u32
     }
 
+    /// The id carried by a raw `user_data` value (e.g. from a trace).
+    pub fn from_user_data(ud: u64) -> OpId {
+        OpId(ud)
+    }
+
     /// The raw `user_data` value.
     pub fn user_data(self) -> u64 {
         self.0

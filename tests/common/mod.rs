@@ -1,0 +1,228 @@
+//! Shared test helpers: verify-mode block patterns, loop devices, teardown invariants.
+#![allow(dead_code)]
+
+pub mod verify {
+    //! Blocks that carry their own identity, like fio's `verify=crc32c`: each block starts
+    //! with a 24-byte header (magic, offset, seed, crc32c of the rest) followed by bytes
+    //! generated from (seed, offset). A block read from the wrong place, a stale block, a
+    //! torn block or a flipped bit all fail `check_block`.
+
+    pub const HDR: usize = 24;
+    const MAGIC: u32 = 0x10C0_4B1C;
+
+    fn splitmix(mut x: u64) -> u64 {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Fill `block` (one whole block, at file offset `offset`) with its verify pattern.
+    pub fn fill_block(block: &mut [u8], offset: u64, seed: u64) {
+        assert!(block.len() > HDR);
+        let mut s = splitmix(seed ^ offset.rotate_left(17));
+        for chunk in block[HDR..].chunks_mut(8) {
+            s = splitmix(s);
+            let b = s.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        let crc = crc32c::crc32c(&block[HDR..]);
+        block[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        block[4..8].copy_from_slice(&crc.to_le_bytes());
+        block[8..16].copy_from_slice(&offset.to_le_bytes());
+        block[16..24].copy_from_slice(&seed.to_le_bytes());
+    }
+
+    /// Check one whole block read from `offset`.
+    pub fn check_block(block: &[u8], offset: u64, seed: u64) -> Result<(), String> {
+        if block.len() <= HDR {
+            return Err(format!("block at {offset} too short: {}", block.len()));
+        }
+        let magic = u32::from_le_bytes(block[0..4].try_into().unwrap());
+        let crc = u32::from_le_bytes(block[4..8].try_into().unwrap());
+        let off = u64::from_le_bytes(block[8..16].try_into().unwrap());
+        let sd = u64::from_le_bytes(block[16..24].try_into().unwrap());
+        if magic != MAGIC {
+            return Err(format!("block at {offset}: bad magic {magic:#x}"));
+        }
+        if off != offset {
+            return Err(format!("block at {offset}: header says offset {off}"));
+        }
+        if sd != seed {
+            return Err(format!(
+                "block at {offset}: header says seed {sd}, want {seed}"
+            ));
+        }
+        let got = crc32c::crc32c(&block[HDR..]);
+        if got != crc {
+            return Err(format!("block at {offset}: crc {got:#x} != {crc:#x}"));
+        }
+        Ok(())
+    }
+
+    /// The expected bytes of `[start, start+len)` of a file made of `bs`-byte blocks.
+    pub fn expected(bs: usize, seed: u64, start: u64, len: usize) -> Vec<u8> {
+        let first = start / bs as u64;
+        let last = (start + len as u64).div_ceil(bs as u64);
+        let mut out = Vec::with_capacity(((last - first) as usize) * bs);
+        let mut block = vec![0u8; bs];
+        for b in first..last {
+            fill_block(&mut block, b * bs as u64, seed);
+            out.extend_from_slice(&block);
+        }
+        let skip = (start - first * bs as u64) as usize;
+        out[skip..skip + len].to_vec()
+    }
+
+    /// Check a range read from a file written with `bs`-byte verify blocks. Whole blocks
+    /// are checked by header and crc; partial ones byte for byte against `expected`.
+    pub fn check_range(data: &[u8], bs: usize, seed: u64, start: u64) -> Result<(), String> {
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let off = start + pos as u64;
+            let in_block = (off % bs as u64) as usize;
+            let n = (bs - in_block).min(data.len() - pos);
+            if in_block == 0 && n == bs {
+                check_block(&data[pos..pos + n], off, seed)?;
+            } else if data[pos..pos + n] != expected(bs, seed, off, n)[..] {
+                return Err(format!("partial block at {off} (+{n}) differs"));
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Write a verify file of `size` bytes (a whole number of blocks, or a tail).
+    pub fn make_file(path: &std::path::Path, size: u64, bs: usize, seed: u64) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(path).unwrap();
+        let mut block = vec![0u8; bs];
+        let mut off = 0u64;
+        while off < size {
+            fill_block(&mut block, off, seed);
+            let n = (size - off).min(bs as u64) as usize;
+            f.write_all(&block[..n]).unwrap();
+            off += n as u64;
+        }
+        f.sync_all().unwrap();
+    }
+
+    #[test]
+    fn checker_catches_corruption() {
+        let mut b = vec![0u8; 512];
+        fill_block(&mut b, 4096, 7);
+        check_block(&b, 4096, 7).unwrap();
+        assert!(check_block(&b, 4608, 7).is_err(), "wrong offset not caught");
+        assert!(check_block(&b, 4096, 8).is_err(), "wrong seed not caught");
+        for i in [0, 5, 9, 17, 30, 511] {
+            let mut c = b.clone();
+            c[i] ^= 0x40;
+            assert!(check_block(&c, 4096, 7).is_err(), "flip at {i} not caught");
+        }
+        let e = expected(512, 7, 4096 + 100, 50);
+        assert_eq!(&e[..], &b[100..150]);
+    }
+}
+
+/// A loop block device over a file, with direct I/O on; detached on drop.
+pub struct LoopDev {
+    pub path: String,
+    _backing: tempfile::TempDir,
+}
+
+impl LoopDev {
+    /// `None` (with the reason printed) only where loop devices are truly unavailable.
+    pub fn new(size: u64, fill: Option<(usize, u64)>) -> Option<LoopDev> {
+        if unsafe_geteuid() != 0 {
+            eprintln!("SKIP: loop device tests need root");
+            return None;
+        }
+        if !std::path::Path::new("/dev/loop-control").exists() {
+            eprintln!("SKIP: /dev/loop-control is absent");
+            return None;
+        }
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let file = dir.path().join("backing.img");
+        match fill {
+            Some((bs, seed)) => verify::make_file(&file, size, bs, seed),
+            None => std::fs::File::create(&file).unwrap().set_len(size).unwrap(),
+        }
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(&file)
+            .output()
+            .expect("losetup not installed (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Some(LoopDev {
+            path,
+            _backing: dir,
+        })
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.path])
+            .status();
+    }
+}
+
+fn unsafe_geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Teardown invariants: every operation completed exactly once, nothing in flight, every
+/// slot back in its pool.
+pub fn check_teardown(ring: &iocomplete::Ring, pools: &[&iocomplete::BufferPool]) {
+    let s = ring.stats();
+    assert_eq!(
+        s.submitted, s.completed,
+        "operations not completed exactly once: {s:?}"
+    );
+    assert_eq!(ring.in_flight(), 0, "operations still in flight");
+    assert_eq!(
+        ring.pending(),
+        0,
+        "completions left uncollected in the op table"
+    );
+    assert_eq!(s.stale_cqes, 0, "stale CQEs seen");
+    for p in pools {
+        let st = p.stats();
+        assert_eq!(st.free, st.total, "pool slots leaked: {st:?}");
+        assert_eq!(st.in_flight, 0, "pool slots still in flight: {st:?}");
+    }
+}
+
+/// A directory on a disk filesystem (O_DIRECT works there, unlike some tmpfs setups).
+pub fn disk_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// A minimal executor for one future: parks the thread until woken.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}

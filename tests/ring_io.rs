@@ -1,0 +1,590 @@
+//! The ring against real files, O_DIRECT files, a loop block device, pipes and sockets.
+//! Every test verifies content and checks the teardown invariants.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{check_teardown, verify, LoopDev};
+use iocomplete::{
+    BufferPool, BufferRegistration, Completion, CompletionQueue, ErrorKind, Op, Ring, Target,
+};
+
+const BS: usize = 4096;
+
+fn pool(slots: usize, len: usize, header: usize) -> BufferPool {
+    BufferPool::builder()
+        .slots(slots)
+        .slot_len(len)
+        .header_len(header)
+        .build()
+        .unwrap()
+}
+
+/// Write `blocks` verify blocks through the ring (several in flight), fsync, read them
+/// back through the ring (several in flight, header-offset buffers) and check each one.
+fn round_trip(ring: &mut Ring, pool: &BufferPool, t: Target, blocks: u64, seed: u64) {
+    let mut tickets = Vec::new();
+    let mut wtickets = Vec::new();
+    for b in 0..blocks {
+        let mut buf = pool.get_timeout(Duration::from_secs(5)).unwrap();
+        buf.set_len(BS).unwrap();
+        verify::fill_block(buf.data_mut(), b * BS as u64, seed);
+        wtickets.push(ring.submit(Op::write(t, b * BS as u64, buf)).ticket());
+        if wtickets.len() == 8 {
+            for tk in wtickets.drain(..) {
+                assert_eq!(ring.wait(tk).unwrap().result(), Ok(BS));
+            }
+        }
+    }
+    for tk in wtickets.drain(..) {
+        assert_eq!(ring.wait(tk).unwrap().result(), Ok(BS));
+    }
+    assert!(ring.submit(Op::fsync(t, false)).wait().unwrap().is_ok());
+    for first in (0..blocks).step_by(8) {
+        for b in first..(first + 8).min(blocks) {
+            let mut buf = pool.try_get().unwrap();
+            buf.header_mut().fill(0xAB);
+            tickets.push((
+                b,
+                ring.submit(Op::read_len(t, b * BS as u64, buf, BS))
+                    .ticket(),
+            ));
+        }
+        for (b, tk) in tickets.drain(..).rev() {
+            let buf = ring.wait(tk).unwrap().into_result().unwrap();
+            assert_eq!(buf.len(), BS);
+            assert!(
+                buf.header().iter().all(|&x| x == 0xAB),
+                "header touched by the kernel"
+            );
+            verify::check_block(buf.data(), b * BS as u64, seed).unwrap();
+        }
+    }
+}
+
+#[test]
+fn buffered_file_round_trip() {
+    let dir = common::disk_dir();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("f"))
+        .unwrap();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(16, BS, 32);
+    assert_eq!(ring.register_pool(&pool), BufferRegistration::Fixed);
+    let t = ring.register(f).unwrap();
+    round_trip(&mut ring, &pool, t, 64, 1);
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn unregistered_pool_gives_same_results() {
+    let dir = common::disk_dir();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("f"))
+        .unwrap();
+    let mut ring = Ring::builder().buffers(0).files(0).build().unwrap();
+    let pool = pool(8, BS, 0);
+    assert!(matches!(
+        ring.register_pool(&pool),
+        BufferRegistration::Unregistered(_)
+    ));
+    let t = ring.register(f).unwrap();
+    round_trip(&mut ring, &pool, t, 16, 2);
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn direct_file_round_trip() {
+    let dir = common::disk_dir();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dir.path().join("d"))
+        .unwrap();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(16, BS, 16);
+    ring.register_pool(&pool);
+    let t = ring.register(f).unwrap();
+    let info = ring.info(t).unwrap();
+    assert!(info.direct && info.offset_align >= 512, "{info:?}");
+    round_trip(&mut ring, &pool, t, 64, 3);
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn loop_block_device_round_trip() {
+    let Some(dev) = LoopDev::new(1 << 20, None) else {
+        return;
+    };
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&dev.path)
+        .unwrap();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(16, BS, 64);
+    ring.register_pool(&pool);
+    let t = ring.register(f).unwrap();
+    let info = ring.info(t).unwrap();
+    assert_eq!(info.kind, iocomplete::FdKind::BlockDevice);
+    assert_eq!(info.size, 1 << 20);
+    round_trip(&mut ring, &pool, t, 256, 4);
+    check_teardown(&ring, &[&pool]);
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh descriptors owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+fn socketpair() -> (OwnedFd, OwnedFd) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    (a.into(), b.into())
+}
+
+/// Stream round trip: the writer side sends verify blocks, the reader side reassembles
+/// them (streams may return short reads) and checks every block.
+fn stream_round_trip(rx: OwnedFd, tx: OwnedFd) {
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(8, BS, 8);
+    ring.register_pool(&pool);
+    let r = ring.register(rx).unwrap();
+    let w = ring.register(tx).unwrap();
+    let total = 32 * BS;
+    let mut got = Vec::with_capacity(total);
+    let mut sent = 0;
+    while got.len() < total {
+        if sent < total {
+            let mut buf = pool.try_get().unwrap();
+            buf.set_len(BS).unwrap();
+            verify::fill_block(buf.data_mut(), sent as u64, 5);
+            let c = ring.submit(Op::write(w, 0, buf)).wait().unwrap();
+            sent += c.result().unwrap();
+            assert_eq!(c.bytes(), BS);
+        }
+        let c = ring
+            .submit(Op::read(r, 0, pool.try_get().unwrap()))
+            .wait()
+            .unwrap();
+        got.extend_from_slice(c.into_result().unwrap().data());
+    }
+    verify::check_range(&got, BS, 5, 0).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn pipe_round_trip() {
+    let (rx, tx) = pipe();
+    stream_round_trip(rx, tx);
+}
+
+#[test]
+fn socketpair_round_trip() {
+    let (a, b) = socketpair();
+    stream_round_trip(a, b);
+}
+
+#[test]
+fn cancel_pending_pipe_read_completes_once_as_cancelled() {
+    let (rx, _tx) = pipe();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(2, BS, 0);
+    let r = ring.register(rx).unwrap();
+    let tk = ring
+        .submit(Op::read(r, 0, pool.try_get().unwrap()))
+        .ticket();
+    ring.run_once(Some(Duration::from_millis(20))).unwrap();
+    assert_eq!(ring.in_flight(), 1);
+    assert!(ring.cancel(tk.id()));
+    let c = ring.wait(tk).unwrap();
+    assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::Cancelled));
+    assert!(
+        c.into_buf().is_some(),
+        "buffer handed back with the cancelled read"
+    );
+    assert!(!ring.cancel(iocomplete::OpId::from_user_data(0)));
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn deadline_on_pending_pipe_read_times_out() {
+    let (rx, _tx) = pipe();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(2, BS, 0);
+    let r = ring.register(rx).unwrap();
+    let op = Op::read(r, 0, pool.try_get().unwrap()).deadline(Duration::from_millis(30));
+    let c = ring.submit(op).wait().unwrap();
+    assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::TimedOut));
+    drop(c);
+    // The ring also reaps the timeout's own CQE; nothing is left behind.
+    ring.run_until_idle().unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn read_that_wins_against_cancel_completes_once_with_bytes() {
+    let (rx, tx) = pipe();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, BS, 0);
+    let r = ring.register(rx).unwrap();
+    let w = ring.register(tx).unwrap();
+    for i in 0..200u32 {
+        let mut b = pool.try_get().unwrap();
+        b.extend_from_slice(&i.to_le_bytes()).unwrap();
+        assert!(ring.submit(Op::write(w, 0, b)).wait().unwrap().is_ok());
+        // Data is already in the pipe: the read completes at submission, before the
+        // cancel that follows it in the same batch can find it.
+        let tk = ring
+            .submit(Op::read(r, 0, pool.try_get().unwrap()))
+            .ticket();
+        ring.cancel(tk.id());
+        let c = ring.wait(tk).unwrap();
+        let buf = c.into_result().expect("read should win");
+        assert_eq!(buf.data(), &i.to_le_bytes());
+    }
+    ring.run_until_idle().unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn cancel_races_many_times_exactly_once() {
+    let (rx, tx) = pipe();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, 64, 0);
+    let r = ring.register(rx).unwrap();
+    let w = ring.register(tx).unwrap();
+    let (mut ok, mut cancelled) = (0, 0);
+    for i in 0..10_000u32 {
+        let tk = ring
+            .submit(Op::read(r, 0, pool.try_get().unwrap()))
+            .ticket();
+        if i % 2 == 0 {
+            let mut b = pool.try_get().unwrap();
+            b.extend_from_slice(b"x").unwrap();
+            ring.submit(Op::write(w, 0, b)).detach();
+        }
+        ring.cancel(tk.id());
+        let c = ring.wait(tk).unwrap();
+        match c.result() {
+            Ok(n) => {
+                assert_eq!(n, 1);
+                ok += 1
+            }
+            Err(e) => {
+                assert!(e.is_cancelled(), "{e:?}");
+                cancelled += 1
+            }
+        }
+    }
+    // Drain any byte left in the pipe.
+    ring.run_until_idle().unwrap();
+    assert_eq!(ok + cancelled, 10_000);
+    eprintln!("cancel race: {ok} reads won, {cancelled} cancelled");
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn ten_thousand_ops_through_an_eight_entry_cq() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("v");
+    verify::make_file(&path, 64 * 512, 512, 9);
+    let mut ring = Ring::builder().entries(8).cq_entries(8).build().unwrap();
+    assert_eq!(ring.capabilities().cq_entries, 8);
+    let pool = pool(64, 512, 0);
+    ring.register_pool(&pool);
+    let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
+    let q = Arc::new(CompletionQueue::<Completion>::new(20_000));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let mut submitted = 0u64;
+    let mut reads = 0;
+    for i in 0..10_000u64 {
+        if i % 4 == 0 {
+            let buf = match pool.try_get() {
+                Ok(b) => b,
+                Err(_) => {
+                    // Every slot is parked in a completion: reap (flushing the CQ
+                    // overflow) and consume the queue.
+                    ring.poll().unwrap();
+                    while let Some(c) = q.pop() {
+                        let off = c.tag() * 512 % (64 * 512);
+                        verify::check_block(c.bufs_data(), off, 9).unwrap();
+                        reads += 1;
+                    }
+                    pool.try_get().unwrap()
+                }
+            };
+            let off = (i * 512) % (64 * 512);
+            ring.submit(Op::read_len(t, off, buf, 512).tag(i))
+                .to_queue(&q);
+        } else {
+            let s = seen.clone();
+            ring.submit(Op::nop().tag(i)).then(move |c| {
+                assert!(c.is_ok());
+                s.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        submitted += 1;
+        // Never drive the ring here except through SQ-full submits: thousands of
+        // completions pile up beyond the 8-entry CQ.
+    }
+    ring.run_until_idle().unwrap();
+    while let Some(c) = q.pop() {
+        let off = c.tag() * 512 % (64 * 512);
+        verify::check_block(c.bufs_data(), off, 9).unwrap();
+        reads += 1;
+    }
+    let st = ring.stats();
+    assert_eq!(st.submitted, submitted);
+    assert_eq!(reads, 2500);
+    assert_eq!(seen.load(Ordering::Relaxed), 7500);
+    assert!(
+        st.overflow_flushes > 0,
+        "expected the CQ to overflow: {st:?}"
+    );
+    eprintln!("8-entry CQ: {st:?}");
+    check_teardown(&ring, &[&pool]);
+}
+
+trait BufsData {
+    fn bufs_data(&self) -> &[u8];
+}
+impl BufsData for Completion {
+    fn bufs_data(&self) -> &[u8] {
+        match self.bufs() {
+            iocomplete::Bufs::Pool(b) => b.data(),
+            _ => &[],
+        }
+    }
+}
+
+#[test]
+fn dropped_pending_op_parks_its_slot_until_the_cqe() {
+    let (rx, tx) = pipe();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(1, BS, 0);
+    let r = ring.register(rx).unwrap();
+    let tk = ring
+        .submit(Op::read(r, 0, pool.try_get().unwrap()))
+        .ticket();
+    ring.run_once(Some(Duration::from_millis(10))).unwrap();
+    drop(tk);
+    for _ in 0..5 {
+        ring.run_once(Some(Duration::from_millis(5))).unwrap();
+        assert!(
+            pool.try_get().is_err(),
+            "slot reused while the kernel owns it"
+        );
+    }
+    assert_eq!(pool.stats().in_flight, 1);
+    // The kernel's write lands now, in the parked slot.
+    let sentinel = b"SENTINEL-WRITTEN-BY-KERNEL";
+    // SAFETY: valid buffer and descriptor.
+    let n = unsafe {
+        libc::write(
+            std::os::fd::AsRawFd::as_raw_fd(&tx),
+            sentinel.as_ptr().cast(),
+            sentinel.len(),
+        )
+    };
+    assert_eq!(n as usize, sentinel.len());
+    ring.run_until_idle().unwrap();
+    let mut b = pool.try_get().expect("slot returned after its CQE");
+    assert_eq!(&b.capacity_mut()[..sentinel.len()], sentinel);
+    drop(b);
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn invalid_requests_complete_with_typed_errors_without_a_syscall() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("d");
+    verify::make_file(&path, 16 * BS as u64, BS, 1);
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .unwrap();
+    let (rx, _tx) = pipe();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, BS, 0);
+    let odd = BufferPool::builder()
+        .slots(1)
+        .slot_len(BS)
+        .align(8)
+        .header_len(8)
+        .build()
+        .unwrap();
+    let t = ring.register(f).unwrap();
+    let p = ring.register(rx).unwrap();
+    let before = ring.stats();
+    let kind = |ring: &mut Ring, op: Op| ring.submit(op).wait().unwrap().error().unwrap().kind();
+    assert!(matches!(
+        kind(&mut ring, Op::read(t, 100, pool.try_get().unwrap())),
+        ErrorKind::Misaligned {
+            what: "offset",
+            value: 100,
+            ..
+        }
+    ));
+    assert!(matches!(
+        kind(&mut ring, Op::read_len(t, 0, pool.try_get().unwrap(), 1000)),
+        ErrorKind::Misaligned {
+            what: "length",
+            value: 1000,
+            ..
+        }
+    ));
+    // A buffer aligned to 8 bytes only: its data starts 8 bytes into a 16-byte stride.
+    let mut tries = 0;
+    loop {
+        let b = odd.try_get().unwrap();
+        if b.data_ptr() as usize % 512 != 0 {
+            assert!(matches!(
+                kind(&mut ring, Op::read(t, 0, b)),
+                ErrorKind::Misaligned { what: "buffer", .. }
+            ));
+            break;
+        }
+        tries += 1;
+        assert!(tries < 2, "could not make a misaligned buffer");
+    }
+    assert!(matches!(
+        kind(&mut ring, Op::read_len(t, 0, pool.try_get().unwrap(), 0)),
+        ErrorKind::InvalidInput { .. }
+    ));
+    assert!(matches!(
+        kind(
+            &mut ring,
+            Op::read_len(t, 0, pool.try_get().unwrap(), 2 * BS)
+        ),
+        ErrorKind::BufferTooSmall {
+            need: 8192,
+            have: 4096
+        }
+    ));
+    let mut b = pool.try_get().unwrap();
+    b.extend_from_slice(&[0; 512]).unwrap();
+    assert!(matches!(
+        kind(&mut ring, Op::write(t, 0, b)),
+        ErrorKind::InvalidInput { .. }
+    ));
+    assert!(matches!(
+        kind(&mut ring, Op::fsync(p, false)),
+        ErrorKind::InvalidInput { .. }
+    ));
+    assert!(matches!(
+        kind(&mut ring, Op::write(p, 0, pool.try_get().unwrap())),
+        ErrorKind::InvalidInput { .. }
+    ));
+    ring.close(p).unwrap();
+    assert_eq!(
+        kind(&mut ring, Op::read(p, 0, pool.try_get().unwrap())),
+        ErrorKind::StaleTarget
+    );
+    let other = Ring::new().unwrap();
+    drop(other);
+    let after = ring.stats();
+    assert_eq!(
+        after.enters, before.enters,
+        "an invalid request reached the kernel"
+    );
+    assert_eq!(after.rejected - before.rejected, 9);
+    check_teardown(&ring, &[&pool, &odd]);
+}
+
+#[test]
+fn futures_routines_queues_and_handles() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("v");
+    verify::make_file(&path, 32 * BS as u64, BS, 11);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(8, BS, 0);
+    ring.register_pool(&pool);
+    let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
+    let (h, driver) = ring.spawn().unwrap();
+    // Futures on another thread, woken by the ring thread.
+    let c = common::block_on(h.submit_future(Op::read(t, 3 * BS as u64, pool.get())));
+    verify::check_block(c.into_result().unwrap().data(), 3 * BS as u64, 11).unwrap();
+    // Many threads submit through clones of the handle, completions to one queue.
+    let q = Arc::new(CompletionQueue::new(64));
+    let threads: Vec<_> = (0..4u64)
+        .map(|k| {
+            let (h, q, pool) = (h.clone(), q.clone(), pool.clone());
+            std::thread::spawn(move || {
+                for i in 0..8u64 {
+                    let b = (k * 8 + i) % 32;
+                    h.submit_to(Op::read(t, b * BS as u64, pool.get()).tag(b), &q);
+                }
+            })
+        })
+        .collect();
+    let mut n = 0;
+    while n < 32 {
+        let c = q.pop_timeout(Duration::from_secs(10)).expect("completion");
+        let off = c.tag() * BS as u64;
+        verify::check_block(c.into_result().unwrap().data(), off, 11).unwrap();
+        n += 1;
+    }
+    for th in threads {
+        th.join().unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.submit_then(Op::nop().tag(5), move |c| tx.send(c.tag()).unwrap());
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 5);
+    h.detach(Op::read(t, 0, pool.get()));
+    h.shutdown();
+    driver.join().unwrap().unwrap();
+    assert!(h.is_closed());
+    // After the ring is gone, a handle's submission completes at once as Cancelled.
+    let c = common::block_on(h.submit_future(Op::read(t, 0, pool.get())));
+    assert!(c.error().unwrap().is_cancelled());
+    drop(c);
+    let st = pool.stats();
+    assert_eq!(st.free, st.total);
+}
+
+#[test]
+fn dropping_a_ring_with_reads_in_flight_completes_them_and_returns_slots() {
+    let (rx, _tx) = pipe();
+    let pool = pool(4, BS, 0);
+    let q = Arc::new(CompletionQueue::new(8));
+    {
+        let mut ring = Ring::new().unwrap();
+        let r = ring.register(rx).unwrap();
+        for i in 0..4 {
+            ring.submit(Op::read(r, 0, pool.try_get().unwrap()).tag(i))
+                .to_queue(&q);
+        }
+        ring.poll().unwrap();
+        assert_eq!(ring.in_flight(), 4);
+    }
+    let mut n = 0;
+    while let Some(c) = q.pop() {
+        assert!(c.error().unwrap().is_cancelled());
+        n += 1;
+    }
+    assert_eq!(n, 4);
+    let st = pool.stats();
+    assert_eq!(st.free, st.total);
+}
