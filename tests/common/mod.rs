@@ -1,5 +1,5 @@
 //! Shared test helpers: verify-mode block patterns, loop devices, teardown invariants.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 pub mod verify {
     //! Blocks that carry their own identity, like fio's `verify=crc32c`: each block starts

@@ -1,0 +1,124 @@
+//! Steady-state I/O performs zero heap allocations per operation: a counting global
+//! allocator (this test binary only) watches a loop of reads.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use iocomplete::{BufferPool, Completion, CompletionQueue, Op, Ring};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    let r = f();
+    COUNTING.store(false, Ordering::SeqCst);
+    (r, ALLOCS.load(Ordering::SeqCst))
+}
+
+// One test function: the counter is global, so the phases run one after the other.
+#[test]
+fn steady_state_reads_do_not_allocate() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("v");
+    common::verify::make_file(&path, 64 * 4096, 4096, 3);
+    let mut ring = Ring::new().unwrap();
+    let pool = BufferPool::builder()
+        .slots(32)
+        .slot_len(4096)
+        .header_len(16)
+        .build()
+        .unwrap();
+    ring.register_pool(&pool);
+    let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
+
+    // Warm-up: let every lazily-sized structure reach its steady size.
+    let read_wait = |ring: &mut Ring, i: u64| {
+        let off = (i % 64) * 4096;
+        let b = ring
+            .submit(Op::read(t, off, pool.try_get().unwrap()))
+            .wait()
+            .unwrap();
+        let b = b.into_result().unwrap();
+        assert_eq!(b.len(), 4096);
+        // Check the block header in place: offset field at bytes 8..16.
+        assert_eq!(u64::from_le_bytes(b.data()[8..16].try_into().unwrap()), off);
+    };
+    for i in 0..200 {
+        read_wait(&mut ring, i);
+    }
+    let (_, n) = counted(|| {
+        for i in 0..2000 {
+            read_wait(&mut ring, i);
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations in 2000 read+wait operations");
+
+    // Queue delivery with 16 reads in flight.
+    let q = Arc::new(CompletionQueue::<Completion>::new(64));
+    let cycle = |ring: &mut Ring, rounds: u64| {
+        for r in 0..rounds {
+            for k in 0..16u64 {
+                let off = ((r * 16 + k) % 64) * 4096;
+                ring.submit(Op::read(t, off, pool.try_get().unwrap()).tag(off))
+                    .to_queue(&q);
+            }
+            let mut got = 0;
+            while got < 16 {
+                ring.run_once(None).unwrap();
+                while let Some(c) = q.pop() {
+                    let off = c.tag();
+                    let b = c.into_result().unwrap();
+                    assert_eq!(u64::from_le_bytes(b.data()[8..16].try_into().unwrap()), off);
+                    got += 1;
+                }
+            }
+        }
+    };
+    cycle(&mut ring, 20);
+    let (_, n) = counted(|| cycle(&mut ring, 200));
+    assert_eq!(n, 0, "{n} allocations in 3200 queued reads");
+
+    // Shared buffers: share, clone, drop — no allocation either.
+    let (_, n) = counted(|| {
+        for _ in 0..1000 {
+            let s = pool.try_get().unwrap().share();
+            let s2 = s.clone();
+            drop(s);
+            drop(s2);
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations in 1000 share/clone/drop");
+    common::check_teardown(&ring, &[&pool]);
+}
