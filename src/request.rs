@@ -69,6 +69,7 @@ pub struct Completion {
     pub(crate) tag: u64,
     pub(crate) result: Result<usize>,
     pub(crate) bufs: Bufs,
+    pub(crate) more: bool,
 }
 
 impl Completion {
@@ -95,6 +96,12 @@ impl Completion {
     /// The tag given with [`Op::tag`].
     pub fn tag(&self) -> u64 {
         self.tag
+    }
+
+    /// For multishot operations: true while the operation stays armed and more
+    /// completions will follow; false on the last one (always false for other ops).
+    pub fn has_more(&self) -> bool {
+        self.more
     }
 
     /// The operation's id.
@@ -139,6 +146,7 @@ impl fmt::Debug for Completion {
             .field("tag", &self.tag)
             .field("result", &self.result)
             .field("bufs", &self.bufs)
+            .field("more", &self.more)
             .finish()
     }
 }

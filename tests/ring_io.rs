@@ -588,3 +588,89 @@ fn dropping_a_ring_with_reads_in_flight_completes_them_and_returns_slots() {
     let st = pool.stats();
     assert_eq!(st.free, st.total);
 }
+
+#[test]
+fn multishot_read_with_provided_buffers_survives_running_dry() {
+    let (rx, tx) = pipe();
+    let mut ring = Ring::new().unwrap();
+    if !ring.capabilities().read_multishot {
+        eprintln!("SKIP: kernel lacks IORING_OP_READ_MULTISHOT");
+        return;
+    }
+    let pool = pool(4, BS, 8);
+    let br = ring.register_buf_ring(&pool, 4).unwrap();
+    assert_eq!(ring.buf_ring_offered(br), 4);
+    let r = ring.register(rx).unwrap();
+    let w = std::fs::File::from(tx);
+    let q = Arc::new(CompletionQueue::<Completion>::new(64));
+    ring.submit(Op::read_multishot(r, br).tag(7)).to_queue(&q);
+    ring.poll().unwrap();
+    // Six separate writes; the reader holds on to every buffer, so after four the buffer
+    // ring is empty and the multishot read ends with ENOBUFS.
+    let msgs: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; 100 + i as usize]).collect();
+    let mut held = Vec::new();
+    let mut got = Vec::new();
+    let mut ended = None;
+    let mut written = 0;
+    for m in &msgs {
+        std::io::Write::write_all(&mut &w, m).unwrap();
+        written += 1;
+        ring.run_once(Some(Duration::from_millis(50))).unwrap();
+        while let Some(c) = q.pop() {
+            if !c.has_more() {
+                ended = c.error();
+                if let Some(b) = c.into_buf() {
+                    got.extend_from_slice(b.data());
+                }
+                continue;
+            }
+            let b = c.into_buf().expect("a buffer per completion");
+            assert!(b.header().len() == 8);
+            got.extend_from_slice(b.data());
+            held.push(b);
+        }
+        if ended.is_some() {
+            break;
+        }
+    }
+    assert_eq!(ended.map(|e| e.kind()), Some(ErrorKind::Os(libc::ENOBUFS)));
+    // Return the buffers; the ring tops the buffer ring up, and a re-armed read goes on.
+    drop(held);
+    ring.poll().unwrap();
+    assert_eq!(ring.buf_ring_offered(br), 4);
+    let tk_q = q.clone();
+    ring.submit(Op::read_multishot(r, br)).to_queue(&tk_q);
+    for m in &msgs[written..] {
+        std::io::Write::write_all(&mut &w, m).unwrap();
+    }
+    let want: Vec<u8> = msgs.concat();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < want.len() && std::time::Instant::now() < deadline {
+        ring.run_once(Some(Duration::from_millis(20))).unwrap();
+        while let Some(c) = q.pop() {
+            if let Some(b) = c.into_buf() {
+                got.extend_from_slice(b.data());
+            }
+        }
+    }
+    assert_eq!(got, want);
+    drop(w); // EOF ends the multishot read
+    ring.run_until_idle().unwrap();
+    while let Some(c) = q.pop() {
+        assert!(!c.has_more());
+        assert_eq!(c.result(), Ok(0));
+    }
+    assert!(matches!(
+        ring.submit(Op::read_multishot(r, br))
+            .wait()
+            .unwrap()
+            .error()
+            .unwrap()
+            .kind(),
+        ErrorKind::InvalidInput { .. }
+    ));
+    check_teardown(&ring, &[]);
+    drop(ring);
+    let st = pool.stats();
+    assert_eq!(st.free, st.total);
+}

@@ -186,6 +186,20 @@ impl Ring {
             debug_assert!(false, "stale CQE user_data={ud:#x} res={res}");
             return;
         }
+        if let Some(bgid) = self.ops[key].multishot {
+            let buf = cqueue::buffer_select(flags)
+                .and_then(|bid| self.buf_ring_mut(bgid).and_then(|r| r.take(bid)));
+            let mut bufs = Bufs::None;
+            if let Some(mut b) = buf {
+                b.set_transferred(res.max(0) as usize);
+                bufs = Bufs::Pool(b);
+            }
+            if cqueue::more(flags) {
+                self.deliver_more(key, id, res, bufs);
+                return;
+            }
+            self.ops[key].bufs = bufs;
+        }
         self.in_kernel -= 1;
         let e = &mut self.ops[key];
         mark_in_flight(&e.bufs, false);
@@ -234,6 +248,7 @@ impl Ring {
             tag: e.tag,
             result,
             bufs: std::mem::take(&mut e.bufs),
+            more: false,
         };
         let delivery = match std::mem::replace(&mut e.state, EntryState::Done(c)) {
             EntryState::InKernel(d) => d,
@@ -259,6 +274,32 @@ impl Ring {
         }
     }
 
+    /// One of several completions of a multishot operation; the entry stays armed.
+    fn deliver_more(&mut self, key: usize, id: OpId, res: i32, bufs: Bufs) {
+        let e = &self.ops[key];
+        let c = Completion {
+            id,
+            tag: e.tag,
+            result: if res >= 0 {
+                Ok(res as usize)
+            } else {
+                Err(Error::from_errno(-res))
+            },
+            bufs,
+            more: true,
+        };
+        match &e.state {
+            EntryState::InKernel(Delivery::Queue(q)) => {
+                if let Err(c) = q.push(c) {
+                    let q = q.clone();
+                    self.backlog.push_back((q, c));
+                }
+            }
+            // Detached (or abandoned): the buffer goes straight back to the pool.
+            _ => drop(c),
+        }
+    }
+
     fn retry_backlog(&mut self) {
         for _ in 0..self.backlog.len() {
             let Some((q, c)) = self.backlog.pop_front() else {
@@ -273,6 +314,7 @@ impl Ring {
 
     /// Apply dropped tickets and pick up work sent by handles.
     pub(super) fn housekeeping(&mut self) {
+        self.replenish_buf_rings();
         while let Some(id) = self.abandoned.pop() {
             let Some(e) = self.ops.get_mut(id.index()) else {
                 continue;

@@ -98,13 +98,16 @@ fn complete_unsent(op: Op, d: Delivery) {
         OpKind::Write { buf, .. } => Bufs::from_io(buf),
         OpKind::Readv { bufs, .. } => Bufs::PoolList(bufs),
         OpKind::Writev { bufs, .. } => Bufs::List(bufs),
-        OpKind::Nop | OpKind::Fsync { .. } | OpKind::Poll { .. } => Bufs::None,
+        OpKind::Nop | OpKind::Fsync { .. } | OpKind::Poll { .. } | OpKind::ReadMulti { .. } => {
+            Bufs::None
+        }
     };
     let c = Completion {
         id: OpId(0),
         tag: op.tag,
         result: Err(Error::new(crate::ErrorKind::Cancelled)),
         bufs,
+        more: false,
     };
     match d {
         Delivery::Routine(f) => f(c),

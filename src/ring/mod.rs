@@ -18,6 +18,7 @@ mod driver;
 mod handle;
 mod op;
 mod probe;
+mod provided;
 mod submit;
 mod target;
 
@@ -38,9 +39,11 @@ use crate::request::{Bufs, Completion, Delivery, Submission, Ticket};
 pub use handle::RingHandle;
 pub use op::{Op, OpId};
 pub use probe::Capabilities;
+pub use provided::BufRing;
 pub use target::{FdInfo, FdKind, Target};
 
 use handle::HandleShared;
+use provided::BufRingState;
 use target::TargetEntry;
 
 static NEXT_RING_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -180,6 +183,8 @@ impl RingBuilder {
             target_gen: 0,
             files: self.files,
             pools: Vec::new(),
+            buf_rings: Vec::new(),
+            next_bgid: 0,
             buffer_slots: if caps.fixed_buffers { self.buffers } else { 0 },
             next_buffer: 0,
             caps,
@@ -249,8 +254,10 @@ struct Entry {
     timespec: Option<Box<io_uring::types::Timespec>>,
     cancel_requested: bool,
     has_deadline: bool,
-    /// The op was a poll (its result is an event mask, not a byte count).
+    /// The op reads into its buffers (their lengths are set from the result).
     is_read: bool,
+    /// A multishot read from this buffer group: many CQEs, one per received buffer.
+    multishot: Option<u16>,
 }
 
 // SAFETY: `iov` holds raw pointers into pool slots that this entry's `bufs` own; they are
@@ -287,6 +294,9 @@ pub struct Ring {
     target_gen: u32,
     files: u32,
     pools: Vec<RegisteredPool>,
+    /// Provided-buffer rings; after `uring` so the kernel is gone before their memory.
+    buf_rings: Vec<BufRingState>,
+    next_bgid: u16,
     buffer_slots: u32,
     next_buffer: u32,
     caps: Capabilities,

@@ -122,6 +122,10 @@ pub(crate) enum OpKind {
         target: Target,
         datasync: bool,
     },
+    ReadMulti {
+        target: Target,
+        group: super::provided::BufRing,
+    },
     Poll {
         target: Target,
         events: u32,
@@ -205,6 +209,17 @@ impl Op {
             offset,
             bufs,
         })
+    }
+
+    /// Multishot read (`IORING_OP_READ_MULTISHOT`, Linux 6.7) from a stream (pipe, FIFO,
+    /// socket, tty) into buffers the kernel picks from `group`: one completion per
+    /// received buffer, each with [`Completion::has_more`](crate::Completion::has_more)
+    /// true while the read stays armed; the last one has it false (end of stream, an
+    /// error, `ENOBUFS` when the buffer ring ran dry, or a cancel). Deliver it to a
+    /// [`CompletionQueue`](crate::CompletionQueue) (or detach it). Regular files are
+    /// refused up front (the kernel would answer `EBADFD`).
+    pub fn read_multishot(target: Target, group: super::provided::BufRing) -> Op {
+        Op::of(OpKind::ReadMulti { target, group })
     }
 
     /// `fsync` (or `fdatasync` when `datasync`) a file or block device.

@@ -98,9 +98,20 @@ impl Ring {
             cancel_requested: false,
             has_deadline: deadline.is_some(),
             is_read: false,
+            multishot: None,
         });
         let id = OpId::new(key as u32, gen);
-        let prepared = self.prepare(key, kind).and_then(|sqe| {
+        let multi_ok = matches!(
+            self.ops[key].state,
+            EntryState::InKernel(Delivery::Queue(_) | Delivery::Detach)
+        );
+        let prepared = match kind {
+            OpKind::ReadMulti { .. } if !multi_ok => Err(Error::invalid(
+                "multishot operations deliver to a CompletionQueue (or detach)",
+            )),
+            kind => self.prepare(key, kind),
+        };
+        let prepared = prepared.and_then(|sqe| {
             let sqe = sqe.user_data(id.user_data());
             match deadline {
                 None => self.push_sqes(&[sqe]),
@@ -307,6 +318,28 @@ impl Ring {
                     types::FsyncFlags::empty()
                 };
                 Ok(with_fd!(fd, |f| opcode::Fsync::new(f).flags(flags).build()))
+            }
+            OpKind::ReadMulti { target, group } => {
+                let (fd, info) = self.fd_of(target)?;
+                if !self.caps.read_multishot {
+                    return Err(Error::unsupported("IORING_OP_READ_MULTISHOT (Linux 6.7)"));
+                }
+                if !info.kind.is_stream() {
+                    return Err(Error::invalid("multishot read needs a pollable stream"));
+                }
+                if !info.readable {
+                    return Err(Error::invalid("target is not open for reading"));
+                }
+                if group.ring != self.id || self.buf_ring_mut(group.bgid).is_none() {
+                    return Err(Error::invalid("buffer ring not registered with this ring"));
+                }
+                self.ops[key].multishot = Some(group.bgid);
+                self.ops[key].is_read = true;
+                // The raw descriptor, not the fixed one: Linux 6.18 answers EBADFD to a
+                // multishot read on a registered pipe (it cannot see it is pollable).
+                let _ = fd;
+                let raw = self.target(target)?.raw();
+                Ok(opcode::ReadMulti::new(types::Fd(raw), 0, group.bgid).build())
             }
             OpKind::Poll { target, events } => {
                 let (fd, _) = self.fd_of(target)?;

@@ -1,0 +1,197 @@
+//! Provided-buffer rings (`IORING_REGISTER_PBUF_RING`, Linux 5.19): the kernel picks a
+//! buffer from a ring of pool slots when data arrives, so a multishot read can run
+//! without a buffer chosen up front.
+//!
+//! Each ring entry points at a slot's *data* start, so the slot's header room stays in
+//! front of the received bytes exactly as with an ordinary read. While a slot sits in the
+//! buffer ring the ring holds its `PoolBuf` (state: in flight); when a CQE names the
+//! buffer id, that `PoolBuf` moves into the completion. The ring tops the buffer ring up
+//! from the pool's free list every time it is driven.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use crate::buf::{BufferPool, PoolBuf};
+use crate::error::{Error, Result};
+
+use super::Ring;
+
+/// Size of one `struct io_uring_buf` entry.
+const ENTRY: usize = 16;
+/// Offset of the ring's `tail` (it overlays the first entry's `resv` field).
+const TAIL: usize = 14;
+
+/// A provided-buffer ring registered with a [`Ring`]: a small `Copy` token naming the
+/// buffer group. Made by [`Ring::register_buf_ring`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufRing {
+    pub(crate) ring: u32,
+    pub(crate) bgid: u16,
+    pub(crate) len: u32,
+}
+
+impl BufRing {
+    /// The buffer group id.
+    pub fn group(&self) -> u16 {
+        self.bgid
+    }
+}
+
+/// The ring's record of one provided-buffer ring.
+#[derive(Debug)]
+pub(crate) struct BufRingState {
+    pub(crate) bgid: u16,
+    /// The shared entries array; the kernel reads it. Mapped, so page-aligned.
+    map: memmap2::MmapMut,
+    entries: u16,
+    /// Our next tail position (the kernel owns the head).
+    tail: u16,
+    pool: BufferPool,
+    /// Buffers currently offered to the kernel, by buffer id (= slot index).
+    provided: Vec<Option<PoolBuf>>,
+    offered: usize,
+    len: u32,
+}
+
+impl BufRingState {
+    /// Offer free pool slots to the kernel until the ring is full or the pool is empty.
+    /// Returns how many were added.
+    pub(crate) fn replenish(&mut self) -> usize {
+        let mut added = 0;
+        while self.offered < self.entries as usize {
+            let Ok(buf) = self.pool.try_get() else {
+                break;
+            };
+            let bid = buf.slot() as usize;
+            let idx = (self.tail & (self.entries - 1)) as usize;
+            let base = self.map.as_mut_ptr();
+            let addr = buf.data_ptr() as u64;
+            // SAFETY: `idx < entries`, so the 16-byte entry lies inside the mapping. The
+            // kernel only reads entries between its head and our published tail, and this
+            // one is past the tail until the store below.
+            unsafe {
+                let e = base.add(idx * ENTRY);
+                (e as *mut u64).write(addr);
+                (e.add(8) as *mut u32).write(self.len);
+                (e.add(12) as *mut u16).write(bid as u16);
+            }
+            buf.pool().mark_in_flight(buf.slot(), true);
+            buf.pool().in_flight_add(1);
+            self.provided[bid] = Some(buf);
+            self.offered += 1;
+            self.tail = self.tail.wrapping_add(1);
+            added += 1;
+        }
+        if added > 0 {
+            // SAFETY: the tail is a naturally aligned u16 at offset 14 of the page-aligned
+            // mapping, shared with the kernel, which reads it atomically.
+            let tail = unsafe { &*(self.map.as_mut_ptr().add(TAIL) as *const AtomicU16) };
+            // Release: the entry writes above must be visible before the kernel (which
+            // loads the tail with acquire semantics) sees the new tail.
+            tail.store(self.tail, Ordering::Release);
+        }
+        added
+    }
+
+    /// The kernel consumed buffer `bid`: hand its `PoolBuf` over.
+    pub(crate) fn take(&mut self, bid: u16) -> Option<PoolBuf> {
+        let b = self.provided.get_mut(bid as usize)?.take()?;
+        b.pool().mark_in_flight(b.slot(), false);
+        b.pool().in_flight_sub(1);
+        self.offered -= 1;
+        Some(b)
+    }
+
+    /// Buffers currently offered to the kernel.
+    pub(crate) fn offered(&self) -> usize {
+        self.offered
+    }
+}
+
+impl Drop for BufRingState {
+    fn drop(&mut self) {
+        // Only reached after the ring has drained every operation (see `Ring::drop`),
+        // so the kernel no longer picks from this ring.
+        for b in self.provided.iter_mut().filter_map(Option::take) {
+            b.pool().mark_in_flight(b.slot(), false);
+            b.pool().in_flight_sub(1);
+        }
+    }
+}
+
+impl Ring {
+    /// Register a provided-buffer ring of `entries` (a power of two, at most 32768) slots
+    /// from `pool` (which should have at most 65536 slots), for multishot reads
+    /// ([`Op::read_multishot`](super::Op::read_multishot)). The ring keeps it topped up
+    /// from the pool's free list whenever it is driven.
+    pub fn register_buf_ring(&mut self, pool: &BufferPool, entries: u16) -> Result<BufRing> {
+        if !self.caps.buf_ring {
+            return Err(Error::unsupported("provided-buffer rings (Linux 5.19)"));
+        }
+        if !entries.is_power_of_two() || entries > 32768 {
+            return Err(Error::invalid(
+                "buffer ring entries must be a power of two <= 32768",
+            ));
+        }
+        let g = pool.geometry();
+        if g.slots > 65536 {
+            return Err(Error::invalid(
+                "buffer ring pools may have at most 65536 slots",
+            ));
+        }
+        let len = u32::try_from(g.capacity).map_err(|_| Error::invalid("slot too large"))?;
+        let bgid = self.next_bgid;
+        let bytes = (entries as usize * ENTRY).max(4096);
+        let mut map = memmap2::MmapOptions::new()
+            .len(bytes)
+            .map_anon()
+            .map_err(|e| Error::from_io(&e))?;
+        // SAFETY: the mapping is `entries * 16` bytes or more and stays alive as long as
+        // the `BufRingState` that owns it, which the ring keeps until after the io_uring
+        // instance is closed (field order of `Ring`).
+        unsafe {
+            self.uring.submitter().register_buf_ring_with_flags(
+                map.as_mut_ptr() as u64,
+                entries,
+                bgid,
+                0,
+            )
+        }
+        .map_err(|e| Error::from_io(&e))?;
+        self.next_bgid += 1;
+        let mut st = BufRingState {
+            bgid,
+            map,
+            entries,
+            tail: 0,
+            pool: pool.clone(),
+            provided: (0..g.slots).map(|_| None).collect(),
+            offered: 0,
+            len,
+        };
+        st.replenish();
+        self.buf_rings.push(st);
+        Ok(BufRing {
+            ring: self.id,
+            bgid,
+            len,
+        })
+    }
+
+    /// Buffers of `br` currently offered to the kernel.
+    pub fn buf_ring_offered(&self, br: BufRing) -> usize {
+        self.buf_rings
+            .iter()
+            .find(|s| s.bgid == br.bgid && br.ring == self.id)
+            .map_or(0, BufRingState::offered)
+    }
+
+    pub(super) fn replenish_buf_rings(&mut self) {
+        for br in &mut self.buf_rings {
+            br.replenish();
+        }
+    }
+
+    pub(super) fn buf_ring_mut(&mut self, bgid: u16) -> Option<&mut BufRingState> {
+        self.buf_rings.iter_mut().find(|s| s.bgid == bgid)
+    }
+}
