@@ -358,7 +358,9 @@ pub enum ReaderAction {
         len: u32,
     },
     /// Arm one multishot read (buffers of `len` bytes from the provided-buffer ring); report
-    /// each of its completions with [`ReaderEvent::MultishotDone`].
+    /// each of its completions with [`ReaderEvent::MultishotDone`]. After `-ENOBUFS` this
+    /// comes again at once: a driver whose ring is still empty should hold the submission
+    /// until a buffer is returned, or the kernel answers `-ENOBUFS` straight away again.
     ReadMultishot {
         /// Tag of the multishot read.
         seq: Seq,
