@@ -29,5 +29,7 @@
 //! ```
 
 mod machine;
+#[cfg(test)]
+mod tests;
 
 pub use machine::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus, OpId, TxnId};
