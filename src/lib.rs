@@ -1,24 +1,73 @@
 //! # iocomplete — zero-copy I/O completion over io_uring
 //!
-//! (Crate overview: see README.md; this page is completed as the modules land.)
+//! Kernel driver frameworks settled long ago how I/O completion should behave; this crate
+//! brings that model to Linux user space on io_uring.
+//!
+//! ## The model in one page
+//!
+//! * **Buffers** ([`buf`]): one memmap2 arena of aligned slots, registered with the ring as
+//!   fixed buffers. Each slot has a *header* room immediately before its data, so
+//!   `header + data` is one contiguous [`frame`](PoolBuf::frame) that can be forwarded
+//!   without a copy; [`len`](PoolBuf::len) counts the bytes transferred, never the header.
+//!   Ownership is the reference count: dropping a [`PoolBuf`] returns its slot (lock-free,
+//!   any thread); [`share`](PoolBuf::share) makes a clonable read-only [`SharedBuf`].
+//! * **Ring** ([`ring`]): one io_uring per thread. Operations ([`Op`]) carry their buffers;
+//!   the ring parks them in its op table until the kernel's completion arrives — never
+//!   freed or reused earlier, even on cancel or drop.
+//! * **Exactly-once completion** ([`request`]): every operation yields one [`Completion`]
+//!   (status, bytes, buffers back), by the route the caller chose: `.wait()`, a ticket, a
+//!   completion routine, a [`CompletionQueue`] any thread consumes, a future, or
+//!   `.detach()`. Invalid requests complete with a typed [`Error`] without a syscall.
+//!   Cancel and deadline complete with distinct kinds ([`ErrorKind::Cancelled`],
+//!   [`ErrorKind::TimedOut`]).
+//! * **State machines** — sans-I/O: events in, operations out, no syscalls — hold the
+//!   hard logic, so it is testable without a kernel and fuzzable with arbitrary
+//!   completion orders:
+//!   [`reader`] (continuous reader: N reads in flight per source, restart on failure),
+//!   [`fifo`] (fill a buffer from a source that runs dry, waiting for readiness).
+//!
+//! ```
+//! use iocomplete::{BufferPool, Op, Ring};
+//! use std::io::Write;
+//!
+//! let mut file = tempfile::tempfile().unwrap();
+//! file.write_all(&[7u8; 8192]).unwrap();
+//!
+//! let mut ring = Ring::new()?;
+//! let pool = BufferPool::builder().slots(8).slot_len(4096).header_len(16).build()?;
+//! ring.register_pool(&pool);
+//! let file = ring.register(file)?;
+//!
+//! // Two reads in flight, collected in any order.
+//! let a = ring.submit(Op::read(file, 0, pool.try_get()?)).ticket();
+//! let b = ring.submit(Op::read(file, 4096, pool.try_get()?)).ticket();
+//! let b = ring.wait(b)?.into_result()?;
+//! let a = ring.wait(a)?.into_result()?;
+//! assert_eq!((a.len(), b.len()), (4096, 4096));
+//! assert_eq!(a.frame().len(), 16 + 4096);
+//! # Ok::<(), iocomplete::Error>(())
+//! ```
 
 #![cfg(target_os = "linux")]
 
-pub mod error;
-pub(crate) mod sync;
-
-pub use error::{Error, ErrorKind, Result};
 pub mod buf;
-
-pub use buf::{BufferPool, IoBuf, PoolBuf, SharedBuf};
+pub mod error;
+pub mod fifo;
 pub mod queue;
-
-pub use queue::CompletionQueue;
+pub mod reader;
 pub mod request;
 pub mod ring;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+pub(crate) mod sync;
 
+pub use buf::{BufferPool, IoBuf, PoolBuf, SharedBuf};
+pub use error::{Error, ErrorKind, Result};
+pub use fifo::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus};
+pub use queue::CompletionQueue;
+pub use reader::{FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, Restart};
 pub use request::{Bufs, Completion, OpFuture, Submission, Ticket};
 pub use ring::{
-    BufferRegistration, Capabilities, FdInfo, FdKind, Op, OpId, Ring, RingBuilder, RingHandle,
-    RingStats, Target,
+    BufRing, BufferRegistration, Capabilities, FdInfo, FdKind, Op, OpId, Ring, RingBuilder,
+    RingHandle, RingStats, Target,
 };

@@ -1,0 +1,538 @@
+//! Tests of the FIFO receive machine: scripted scenarios, a naive blocking-loop model
+//! driven by the same random source scripts, simulated runs, and garbage events.
+
+use super::*;
+use crate::error::{Error, ErrorKind};
+use crate::sim::{run_fifo, seeds, Fault, FifoTxnSpec, Rng, SimParams};
+
+fn actions(m: &mut FifoMachine) -> Vec<FifoAction> {
+    std::iter::from_fn(|| m.poll_action()).collect()
+}
+
+fn expect_read(m: &mut FifoMachine) -> (OpId, u32, u32) {
+    match m.poll_action() {
+        Some(FifoAction::Read { seq, at, len }) => (seq, at, len),
+        other => panic!("expected Read, got {other:?}"),
+    }
+}
+
+fn expect_poll(m: &mut FifoMachine) -> OpId {
+    match m.poll_action() {
+        Some(FifoAction::ArmPoll { seq }) => seq,
+        other => panic!("expected ArmPoll, got {other:?}"),
+    }
+}
+
+fn expect_end(m: &mut FifoMachine, bytes: u32) -> FifoOutcome {
+    let a = actions(m);
+    match a[..] {
+        [FifoAction::End { bytes: b, .. }, FifoAction::Complete(o)] if b == bytes => o,
+        _ => panic!("expected End({bytes}) + Complete, got {a:?}"),
+    }
+}
+
+fn start(m: &mut FifoMachine, len: u32) -> TxnId {
+    let txn = m.receive(len).unwrap();
+    assert_eq!(m.poll_action(), Some(FifoAction::Begin { txn, len }));
+    txn
+}
+
+const POLLIN: i32 = libc::POLLIN as i32;
+const POLLHUP: i32 = libc::POLLHUP as i32;
+
+// ---- scenarios --------------------------------------------------------------------------
+
+#[test]
+fn eof_before_len_completes_with_bytes_and_eof_status() {
+    let mut m = FifoMachine::new();
+    start(&mut m, 10);
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone { seq: s, res: 4 }).unwrap();
+    let (s, at, len) = expect_read(&mut m);
+    assert_eq!((at, len), (4, 6));
+    m.handle(FifoEvent::ReadDone { seq: s, res: 0 }).unwrap();
+    let o = expect_end(&mut m, 4);
+    assert_eq!(o.status, FifoStatus::Eof);
+    assert_eq!(
+        o.into_result().unwrap_err().kind(),
+        ErrorKind::UnexpectedEof { got: 4 }
+    );
+}
+
+#[test]
+fn hangup_with_nothing_readable_completes_with_hangup() {
+    let mut m = FifoMachine::new();
+    start(&mut m, 10);
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        res: -libc::EAGAIN,
+    })
+    .unwrap();
+    let p = expect_poll(&mut m);
+    // POLLIN|POLLHUP: data is still there, read it.
+    m.handle(FifoEvent::PollDone {
+        seq: p,
+        res: POLLIN | POLLHUP,
+    })
+    .unwrap();
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone { seq: s, res: 3 }).unwrap();
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        res: -libc::EAGAIN,
+    })
+    .unwrap();
+    let p = expect_poll(&mut m);
+    m.handle(FifoEvent::PollDone {
+        seq: p,
+        res: POLLHUP,
+    })
+    .unwrap();
+    let o = expect_end(&mut m, 3);
+    assert_eq!((o.status, o.readiness_waits), (FifoStatus::HangUp, 2));
+    assert_eq!(m.readiness_waits(), 2);
+}
+
+#[test]
+fn cancel_while_read_in_flight_counts_the_reads_bytes() {
+    let mut m = FifoMachine::new();
+    let txn = start(&mut m, 10);
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::Cancel { txn }).unwrap();
+    assert_eq!(actions(&mut m), [FifoAction::Cancel { seq: s }]);
+    m.handle(FifoEvent::Deadline { txn }).unwrap(); // racing deadline: no second cancel
+    assert!(actions(&mut m).is_empty());
+    m.handle(FifoEvent::ReadDone { seq: s, res: 6 }).unwrap();
+    let o = expect_end(&mut m, 6);
+    assert_eq!((o.status, o.bytes), (FifoStatus::Cancelled, 6));
+    assert!(
+        m.handle(FifoEvent::Cancel { txn }).is_err(),
+        "stale transaction"
+    );
+}
+
+#[test]
+fn deadline_while_polling_times_out_after_the_poll_returns() {
+    let mut m = FifoMachine::new();
+    let txn = start(&mut m, 10);
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone { seq: s, res: 2 }).unwrap();
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        res: -libc::EAGAIN,
+    })
+    .unwrap();
+    let p = expect_poll(&mut m);
+    m.handle(FifoEvent::Deadline { txn }).unwrap();
+    assert_eq!(actions(&mut m), [FifoAction::Cancel { seq: p }]);
+    m.handle(FifoEvent::PollDone {
+        seq: p,
+        res: -libc::ECANCELED,
+    })
+    .unwrap();
+    let o = expect_end(&mut m, 2);
+    assert_eq!(o.status, FifoStatus::TimedOut);
+    assert!(o.into_result().unwrap_err().is_timed_out());
+}
+
+#[test]
+fn cancelled_read_that_fills_the_buffer_is_full() {
+    let mut m = FifoMachine::new();
+    let txn = start(&mut m, 4);
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::Cancel { txn }).unwrap();
+    actions(&mut m);
+    m.handle(FifoEvent::ReadDone { seq: s, res: 4 }).unwrap();
+    assert_eq!(expect_end(&mut m, 4).status, FifoStatus::Full);
+}
+
+#[test]
+fn linked_timeout_etime_without_deadline_event_is_timed_out() {
+    let mut m = FifoMachine::new();
+    start(&mut m, 4);
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        res: -libc::ETIME,
+    })
+    .unwrap();
+    assert_eq!(expect_end(&mut m, 0).status, FifoStatus::TimedOut);
+}
+
+#[test]
+fn drain_reads_until_eagain_without_polling() {
+    let mut m = FifoMachine::new();
+    let txn = m.drain(100).unwrap();
+    assert_eq!(m.poll_action(), Some(FifoAction::Begin { txn, len: 100 }));
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone { seq: s, res: 30 }).unwrap();
+    let (s, at, len) = expect_read(&mut m);
+    assert_eq!((at, len), (30, 70));
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        res: -libc::EAGAIN,
+    })
+    .unwrap();
+    let o = expect_end(&mut m, 30);
+    assert_eq!((o.status, o.readiness_waits), (FifoStatus::Drained, 0));
+    assert_eq!(o.into_result(), Ok(30));
+}
+
+#[test]
+fn one_transaction_at_a_time_and_bad_lengths_rejected() {
+    let mut m = FifoMachine::new();
+    assert!(m.receive(0).is_err());
+    assert!(m.receive(u32::MAX).is_err());
+    assert!(actions(&mut m).is_empty());
+    let t1 = start(&mut m, 2);
+    assert!(m.receive(2).is_err());
+    assert!(m.drain(2).is_err());
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone { seq: s, res: 2 }).unwrap();
+    expect_end(&mut m, 2);
+    let t2 = start(&mut m, 2);
+    assert_ne!(t1, t2);
+}
+
+#[test]
+fn impossible_events_are_rejected_and_change_nothing() {
+    let mut m = FifoMachine::new();
+    assert!(m
+        .handle(FifoEvent::ReadDone {
+            seq: OpId::new(0),
+            res: 1
+        })
+        .is_err());
+    let txn = start(&mut m, 5);
+    let (s, _, _) = expect_read(&mut m);
+    let bad = [
+        FifoEvent::ReadDone {
+            seq: OpId::new(77),
+            res: 1,
+        },
+        FifoEvent::ReadDone { seq: s, res: 6 },
+        FifoEvent::PollDone {
+            seq: s,
+            res: POLLIN,
+        },
+        FifoEvent::Cancel {
+            txn: TxnId::new(txn.get() + 1),
+        },
+        FifoEvent::Deadline {
+            txn: TxnId::new(txn.get() + 1),
+        },
+    ];
+    for ev in bad {
+        let e = m.handle(ev).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{ev:?}");
+        assert!(actions(&mut m).is_empty());
+        assert!(m.has_op_in_flight());
+    }
+    m.handle(FifoEvent::ReadDone { seq: s, res: 1 }).unwrap();
+    assert!(
+        m.handle(FifoEvent::ReadDone { seq: s, res: 1 }).is_err(),
+        "duplicate"
+    );
+}
+
+#[test]
+fn garbage_event_streams_never_panic() {
+    for seed in seeds(300) {
+        let mut rng = Rng::new(seed);
+        let mut m = FifoMachine::new();
+        let mut ids: Vec<OpId> = Vec::new();
+        let mut txns: Vec<TxnId> = Vec::new();
+        for _ in 0..300 {
+            if rng.chance(10) {
+                let len = rng.below(20) as u32;
+                let r = if rng.chance(50) {
+                    m.receive(len)
+                } else {
+                    m.drain(len)
+                };
+                if let Ok(t) = r {
+                    txns.push(t);
+                }
+            }
+            while let Some(a) = m.poll_action() {
+                if let FifoAction::Read { seq, .. } | FifoAction::ArmPoll { seq } = a {
+                    ids.push(seq);
+                }
+            }
+            let seq = if ids.is_empty() || rng.chance(10) {
+                OpId::new(rng.below(40))
+            } else {
+                ids[rng.below(ids.len() as u64) as usize]
+            };
+            let txn = txns.last().copied().unwrap_or(TxnId::new(0));
+            let res = match rng.below(5) {
+                0 => -(rng.below(140) as i32),
+                1 => i32::MIN,
+                2 => rng.below(0x4000) as i32,
+                _ => rng.below(12) as i32,
+            };
+            let ev = match rng.below(4) {
+                0 => FifoEvent::ReadDone { seq, res },
+                1 => FifoEvent::PollDone { seq, res },
+                2 => FifoEvent::Cancel { txn },
+                _ => FifoEvent::Deadline { txn },
+            };
+            let _ = m.handle(ev); // rejections are fine; panics are not
+            assert_eq!(m.has_op_in_flight(), m.current().is_some());
+        }
+    }
+}
+
+// ---- naive model ------------------------------------------------------------------------
+
+/// What the source answers, in order.
+#[derive(Debug, Clone, Copy)]
+enum ReadResp {
+    Data(u32),
+    Again,
+    Eof,
+    Err(i32),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PollResp {
+    Ready,
+    HangUp,
+}
+
+#[derive(Debug)]
+struct Script {
+    reads: Vec<ReadResp>,
+    polls: Vec<PollResp>,
+    /// Cancel (or deadline) while operation number `.0` is in flight; `.2`: the cancel
+    /// takes effect (the operation completes with `ECANCELED`).
+    stop: Option<(usize, FifoStatus, bool)>,
+}
+
+impl Script {
+    fn random(rng: &mut Rng) -> Script {
+        let reads = (0..64)
+            .map(|_| match rng.below(20) {
+                0 => ReadResp::Eof,
+                1 => ReadResp::Err(libc::EIO),
+                2..=8 => ReadResp::Again,
+                _ => ReadResp::Data(1 + rng.below(12) as u32),
+            })
+            .collect();
+        let polls = (0..64)
+            .map(|_| {
+                if rng.chance(8) {
+                    PollResp::HangUp
+                } else {
+                    PollResp::Ready
+                }
+            })
+            .collect();
+        let stop = rng.chance(40).then(|| {
+            let status = if rng.chance(50) {
+                FifoStatus::Cancelled
+            } else {
+                FifoStatus::TimedOut
+            };
+            (rng.below(10) as usize, status, rng.chance(50))
+        });
+        Script { reads, polls, stop }
+    }
+
+    fn read(&self, i: usize) -> ReadResp {
+        self.reads.get(i).copied().unwrap_or(ReadResp::Eof)
+    }
+
+    fn poll(&self, i: usize) -> PollResp {
+        self.polls.get(i).copied().unwrap_or(PollResp::HangUp)
+    }
+}
+
+/// The obvious blocking loop: read until full; on EAGAIN wait once and read again.
+fn naive(len: u32, drain: bool, s: &Script) -> (FifoStatus, u32, u32) {
+    let (mut bytes, mut waits, mut k, mut ri, mut pi) = (0u32, 0u32, 0usize, 0usize, 0usize);
+    let stop_at = |k: usize| s.stop.filter(|st| st.0 == k);
+    loop {
+        let stop = stop_at(k);
+        if let Some((_, status, true)) = stop {
+            return (status, bytes, waits);
+        }
+        k += 1;
+        let r = s.read(ri);
+        ri += 1;
+        match r {
+            ReadResp::Data(n) => {
+                bytes += n.min(len - bytes);
+                if bytes == len {
+                    return (FifoStatus::Full, bytes, waits);
+                }
+                if let Some((_, status, _)) = stop {
+                    return (status, bytes, waits);
+                }
+            }
+            ReadResp::Eof => return (FifoStatus::Eof, bytes, waits),
+            ReadResp::Err(e) => return (FifoStatus::Failed(Error::from_errno(e)), bytes, waits),
+            ReadResp::Again => {
+                if let Some((_, status, _)) = stop {
+                    return (status, bytes, waits);
+                }
+                if drain {
+                    return (FifoStatus::Drained, bytes, waits);
+                }
+                waits += 1;
+                let stop = stop_at(k);
+                if let Some((_, status, true)) = stop {
+                    return (status, bytes, waits);
+                }
+                k += 1;
+                let p = s.poll(pi);
+                pi += 1;
+                if let Some((_, status, _)) = stop {
+                    return (status, bytes, waits);
+                }
+                if let PollResp::HangUp = p {
+                    return (FifoStatus::HangUp, bytes, waits);
+                }
+            }
+        }
+    }
+}
+
+/// Drive the machine with the same script.
+fn machine(len: u32, drain: bool, s: &Script) -> FifoOutcome {
+    let mut m = FifoMachine::new();
+    let txn = if drain { m.drain(len) } else { m.receive(len) }.unwrap();
+    assert_eq!(m.poll_action(), Some(FifoAction::Begin { txn, len }));
+    let (mut k, mut ri, mut pi) = (0usize, 0usize, 0usize);
+    loop {
+        let a = m.poll_action().expect("machine stalled with nothing to do");
+        let (seq, is_read, room) = match a {
+            FifoAction::Read { seq, len: room, .. } => (seq, true, room),
+            FifoAction::ArmPoll { seq } => (seq, false, 0),
+            FifoAction::End { .. } => match m.poll_action() {
+                Some(FifoAction::Complete(o)) => return o,
+                other => panic!("End not followed by Complete: {other:?}"),
+            },
+            other => panic!("unexpected {other:?}"),
+        };
+        let mut cancelled = false;
+        if let Some((at, status, takes)) = s.stop.filter(|st| st.0 == k) {
+            let ev = match status {
+                FifoStatus::Cancelled => FifoEvent::Cancel { txn },
+                _ => FifoEvent::Deadline { txn },
+            };
+            m.handle(ev).unwrap();
+            assert_eq!(m.poll_action(), Some(FifoAction::Cancel { seq }), "op {at}");
+            cancelled = takes;
+        }
+        k += 1;
+        let ev = if cancelled {
+            if is_read {
+                FifoEvent::ReadDone {
+                    seq,
+                    res: -libc::ECANCELED,
+                }
+            } else {
+                FifoEvent::PollDone {
+                    seq,
+                    res: -libc::ECANCELED,
+                }
+            }
+        } else if is_read {
+            let r = s.read(ri);
+            ri += 1;
+            let res = match r {
+                ReadResp::Data(n) => n.min(room) as i32,
+                ReadResp::Again => -libc::EAGAIN,
+                ReadResp::Eof => 0,
+                ReadResp::Err(e) => -e,
+            };
+            FifoEvent::ReadDone { seq, res }
+        } else {
+            let p = s.poll(pi);
+            pi += 1;
+            let res = match p {
+                PollResp::Ready => POLLIN,
+                PollResp::HangUp => POLLHUP,
+            };
+            FifoEvent::PollDone { seq, res }
+        };
+        m.handle(ev).unwrap();
+    }
+}
+
+#[test]
+fn machine_agrees_with_the_naive_loop_on_random_arrival_patterns() {
+    let mut seen = std::collections::HashSet::new();
+    for seed in seeds(3000) {
+        let mut rng = Rng::new(seed);
+        let s = Script::random(&mut rng);
+        let len = 1 + rng.below(40) as u32;
+        let drain = rng.chance(20);
+        let o = machine(len, drain, &s);
+        let want = naive(len, drain, &s);
+        assert_eq!(
+            (o.status, o.bytes, o.readiness_waits),
+            want,
+            "seed {seed}: {s:?}"
+        );
+        seen.insert(std::mem::discriminant(&o.status));
+    }
+    assert_eq!(seen.len(), 7, "every status should occur");
+}
+
+// ---- simulated device -----------------------------------------------------------------------
+
+#[test]
+fn random_simulated_transactions_keep_every_byte_in_order() {
+    let (mut polls, mut hangups) = (0, 0);
+    for seed in seeds(300) {
+        let mut rng = Rng::new(seed);
+        let params = SimParams {
+            data_len: rng.below(3000),
+            short_pct: rng.below(60) as u32,
+            max_delay: rng.below(5) as u32,
+            burst_max: 1 + rng.below(400) as u32,
+            burst_pct: 5 + rng.below(50) as u32,
+            faults: if rng.chance(20) {
+                vec![Fault {
+                    at: rng.below(3000),
+                    errno: libc::EIO,
+                    times: 1,
+                }]
+            } else {
+                Vec::new()
+            },
+            ..SimParams::default()
+        };
+        let txns: Vec<FifoTxnSpec> = (0..1 + rng.below(6))
+            .map(|_| FifoTxnSpec {
+                len: rng.below(800) as u32,
+                drain: rng.chance(15),
+                cancel_after: rng.chance(15).then(|| rng.below(30) as u32),
+                deadline_after: rng.chance(15).then(|| rng.below(30) as u32),
+            })
+            .collect();
+        let r = match run_fifo(seed, &txns, &params) {
+            Ok(r) => r,
+            Err(e) => panic!("seed {seed}: {e}\n{txns:?}\n{params:?}"),
+        };
+        // No busy loop: every poll follows an EAGAIN, and every EAGAIN not ending a
+        // transaction (drain, cancel) is followed by a poll.
+        assert!(r.polls <= r.eagains);
+        assert!(r.eagains <= r.polls + txns.len() as u64);
+        polls += r.polls;
+        hangups += r
+            .outcomes
+            .iter()
+            .filter(|o| o.status == FifoStatus::HangUp)
+            .count();
+    }
+    assert!(
+        polls > 100 && hangups > 10,
+        "polls {polls}, hang-ups {hangups}"
+    );
+}
