@@ -228,7 +228,7 @@ pub enum BufferRegistration {
 
 #[derive(Debug)]
 struct RegisteredPool {
-    pool: Arc<PoolInner>,
+    pool: crate::sync::Arc<PoolInner>,
     /// Index of the pool's first region in the kernel's buffer table.
     base: u32,
 }
