@@ -94,6 +94,7 @@ impl Error {
     }
 
     /// The last OS error of this thread (after a failed libc call).
+    #[allow(dead_code)] // for the ring driver's libc calls
     pub(crate) fn last_os() -> Error {
         Error::from_io(&io::Error::last_os_error())
     }
@@ -212,14 +213,21 @@ mod tests {
     fn errno_mapping() {
         assert!(Error::from_errno(libc::ECANCELED).is_cancelled());
         assert!(Error::from_errno(libc::ETIME).is_timed_out());
-        assert_eq!(Error::from_errno(libc::EIO).kind(), ErrorKind::Os(libc::EIO));
+        assert_eq!(
+            Error::from_errno(libc::EIO).kind(),
+            ErrorKind::Os(libc::EIO)
+        );
         let io: io::Error = Error::from_errno(libc::EIO).into();
         assert_eq!(io.raw_os_error(), Some(libc::EIO));
     }
 
     #[test]
     fn display_names_numbers() {
-        let e = Error::new(ErrorKind::Misaligned { what: "offset", value: 7, align: 512 });
+        let e = Error::new(ErrorKind::Misaligned {
+            what: "offset",
+            value: 7,
+            align: 512,
+        });
         let s = e.to_string();
         assert!(s.contains("offset 7") && s.contains("512"), "{s}");
     }

@@ -5,6 +5,8 @@
 #![cfg(target_os = "linux")]
 
 pub mod error;
+pub mod gate;
 pub(crate) mod sync;
 
 pub use error::{Error, ErrorKind, Result};
+pub use gate::CompletionGate;

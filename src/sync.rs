@@ -1,6 +1,9 @@
 //! Shim over the synchronization primitives, so the lock-free parts can be model-checked
 //! with loom (`RUSTFLAGS="--cfg loom" cargo test --lib --release loom`).
 
+// The shim offers the whole set; each module takes what it needs.
+#![allow(unused_imports)]
+
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 #[cfg(loom)]
