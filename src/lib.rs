@@ -6,7 +6,9 @@
 
 pub mod error;
 pub mod gate;
+pub mod split;
 pub(crate) mod sync;
 
 pub use error::{Error, ErrorKind, Result};
 pub use gate::CompletionGate;
+pub use split::{SplitMachine, TransferPlan};
