@@ -579,10 +579,13 @@ mod loom_tests {
     const NONE: u64 = u64::MAX;
 
     impl Request {
-        fn new(refs: u32, timer: bool) -> Arc<Request> {
+        /// A request with the execution reference, plus the cancel path's and the timer's
+        /// if `cancelable` / `timer`.
+        fn new(cancelable: bool, timer: bool) -> Arc<Request> {
+            let refs = 1 + u32::from(cancelable) + u32::from(timer);
             Arc::new(Request {
                 gate: CompletionGate::with_refs(refs).unwrap(),
-                cancelable: AtomicBool::new(true),
+                cancelable: AtomicBool::new(cancelable),
                 timer_queued: AtomicBool::new(timer),
                 bytes: AtomicU64::new(0),
                 completions: AtomicUsize::new(0),
@@ -664,7 +667,7 @@ mod loom_tests {
     #[test]
     fn gate_transfer_vs_cancel() {
         model(|| {
-            let r = Request::new(2, false);
+            let r = Request::new(true, false);
             let c = r.clone();
             let t = thread::spawn(move || c.cancel());
             r.transfer_complete(Status::Success, false);
@@ -679,7 +682,7 @@ mod loom_tests {
         // path stops it while still queued and drops its reference from the cancel-timer
         // path; the request completes once either way.
         model(|| {
-            let r = Request::new(2, true);
+            let r = Request::new(false, true);
             let c = r.clone();
             let t = thread::spawn(move || c.timer_fires());
             r.transfer_complete(Status::Success, false);
@@ -691,7 +694,7 @@ mod loom_tests {
     #[test]
     fn gate_transfer_vs_cancel_vs_timer() {
         model(|| {
-            let r = Request::new(3, true);
+            let r = Request::new(true, true);
             let (c1, c2) = (r.clone(), r.clone());
             let cancel = thread::spawn(move || c1.cancel());
             let timer = thread::spawn(move || c2.timer_fires());
@@ -705,7 +708,7 @@ mod loom_tests {
     #[test]
     fn gate_forced_error_beats_cancel() {
         model(|| {
-            let r = Request::new(2, false);
+            let r = Request::new(true, false);
             let c = r.clone();
             let t = thread::spawn(move || c.cancel());
             r.transfer_complete(Status::Failed(libc::EIO), true);
@@ -765,10 +768,10 @@ mod loom_tests {
         }
     }
 
-    /// Loom finds the interleaving where both paths read `refs == 2`, both store 1, and the
-    /// request never completes (or, symmetrically, where both win begin-completion).
+    /// Loom finds the interleaving where both paths see `started == false` and both win
+    /// begin-completion (each then believes its status is the request's).
     #[test]
-    #[should_panic]
+    #[should_panic(expected = "two winners")]
     fn gate_broken_check_then_act_fails_under_loom() {
         model(|| {
             let gate = Arc::new(BrokenGate {
@@ -795,11 +798,33 @@ mod loom_tests {
             }
             t.join().unwrap();
             assert_eq!(winners.load(Ordering::Relaxed), 1, "two winners");
-            assert_eq!(
-                completions.load(Ordering::Relaxed),
-                1,
-                "lost or double completion"
-            );
+            assert_eq!(completions.load(Ordering::Relaxed), 1, "lost completion");
+        });
+    }
+
+    /// The reference count alone, decremented with a load and a store: loom finds the
+    /// interleaving where both paths read `refs == 2`, both store 1, and nobody completes.
+    #[test]
+    #[should_panic(expected = "lost completion")]
+    fn gate_broken_refcount_fails_under_loom() {
+        model(|| {
+            let gate = Arc::new(BrokenGate {
+                refs: AtomicU64::new(2),
+                started: AtomicBool::new(true),
+                status: AtomicU64::new(0),
+            });
+            let completions = Arc::new(AtomicUsize::new(0));
+            let (g, n) = (gate.clone(), completions.clone());
+            let t = thread::spawn(move || {
+                if g.release().is_some() {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            if gate.release().is_some() {
+                completions.fetch_add(1, Ordering::Relaxed);
+            }
+            t.join().unwrap();
+            assert_eq!(completions.load(Ordering::Relaxed), 1, "lost completion");
         });
     }
 }

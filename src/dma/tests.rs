@@ -478,8 +478,11 @@ fn simulate(seed: u64) {
     let mut rng = Rng(seed | 1);
     let segs = random_list(&mut rng);
     let timer = rng.below(2) == 0;
-    let (max_transfer, max_segments, max_in_flight) =
-        (1 + rng.below(60), 1 + rng.below(4) as u32, 1 + rng.below(3) as usize);
+    let (max_transfer, max_segments, max_in_flight) = (
+        1 + rng.below(60),
+        1 + rng.below(4) as u32,
+        1 + rng.below(3) as usize,
+    );
     let cfg = Config::new()
         .max_transfer(max_transfer)
         .max_segments(max_segments)
@@ -539,7 +542,10 @@ fn simulate(seed: u64) {
         }
         assert!(tx.in_flight() <= max_in_flight);
         if tx.buffers_releasable() && timer_pending {
-            assert!(cancel_timer_asked, "the timer must be stopped once the DMA part ended");
+            assert!(
+                cancel_timer_asked,
+                "the timer must be stopped once the DMA part ended"
+            );
         }
         if done.is_some() {
             break;
