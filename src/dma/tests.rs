@@ -560,10 +560,9 @@ fn simulate(seed: u64) {
                     TransferStatus::Error(libc::EIO + fate as i32),
                     rng.below(t.len + 1),
                 )
-            } else if was_cancelled && fate < 50 {
+            } else if (was_cancelled && fate < 50) || fate < 5 {
+                // Our cancel took effect, or someone else cancelled it (ring teardown).
                 (TransferStatus::Cancelled, 0)
-            } else if fate < 5 {
-                (TransferStatus::Cancelled, 0) // cancelled by someone else (ring teardown)
             } else if direction == Direction::Write && fate < 7 {
                 (TransferStatus::Complete, 0)
             } else {
