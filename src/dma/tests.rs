@@ -502,6 +502,9 @@ fn simulate(seed: u64) {
         assert!(segs.iter().all(|s| s.len == 0));
         return;
     };
+    // The action queue never grows past what `new` reserved.
+    let cap = tx.action_capacity();
+    assert!(cap >= 2 * max_in_flight + 2);
     let mut moved: Vec<Vec<bool>> = segs.iter().map(|s| vec![false; s.len as usize]).collect();
     let mut flight: Vec<Transfer> = Vec::new();
     let mut cancelled: Vec<TransferId> = Vec::new();
@@ -541,6 +544,7 @@ fn simulate(seed: u64) {
             }
         }
         assert!(tx.in_flight() <= max_in_flight);
+        assert_eq!(tx.action_capacity(), cap);
         if tx.buffers_releasable() && timer_pending {
             assert!(
                 cancel_timer_asked,
@@ -677,6 +681,7 @@ fn arbitrary_event_sequences_never_panic() {
             continue;
         };
         let (mut completes, mut trues) = (0, 0);
+        let cap = tx.action_capacity();
         for _ in 0..60 {
             let id = TransferId::new(rng.below(8) as u32);
             let status = match rng.below(3) {
@@ -695,6 +700,7 @@ fn arbitrary_event_sequences_never_panic() {
             if let Ok(true) = tx.handle(ev) {
                 trues += 1;
             }
+            assert_eq!(tx.action_capacity(), cap, "the action queue grew");
             if rng.below(3) != 0 {
                 while let Some(a) = tx.poll_action() {
                     completes += usize::from(matches!(a, Action::Complete(_)));

@@ -494,6 +494,12 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         self.direction
     }
 
+    /// The action queue's capacity (tests check that it never grows).
+    #[cfg(test)]
+    pub(crate) fn action_capacity(&self) -> usize {
+        self.actions.capacity()
+    }
+
     fn on_transfer(
         &mut self,
         id: TransferId,

@@ -846,6 +846,9 @@ mod tests {
             let len = rng.below(600);
             let eof = start + rng.below(len + len / 2 + 1);
             let mut m = SplitMachine::new(p, mode, direction, start, len).unwrap();
+            // The action queue never grows past what `new` reserved.
+            let cap = m.actions.capacity();
+            assert!(cap > 2 * slots as usize);
             // Byte map of what the device moved, relative to `start`.
             let mut moved = vec![false; len as usize];
             // In-flight submissions: (child, offset, len).
@@ -880,6 +883,7 @@ mod tests {
                     }
                 }
                 assert!(m.in_flight() <= slots as usize);
+                assert_eq!(m.actions.capacity(), cap);
                 if flight.is_empty() {
                     break;
                 }
@@ -991,6 +995,7 @@ mod tests {
             )
             .unwrap();
             let mut completes = 0;
+            let cap = m.actions.capacity();
             for _ in 0..60 {
                 let ev = match rng.below(10) {
                     0 => Event::Cancel,
@@ -999,6 +1004,7 @@ mod tests {
                     _ => Event::from_cqe(ChildId(rng.below(6) as u32), rng.below(80) as i32),
                 };
                 let _ = m.handle(ev);
+                assert_eq!(m.actions.capacity(), cap, "the action queue grew");
                 if rng.below(3) != 0 {
                     while let Some(a) = m.poll_action() {
                         completes += usize::from(matches!(a, Action::Complete(_)));
