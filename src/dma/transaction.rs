@@ -495,7 +495,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     }
 
     /// The action queue's capacity (tests check that it never grows).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn action_capacity(&self) -> usize {
         self.actions.capacity()
     }

@@ -1,55 +1,4 @@
-//! The split driver: one parent request carried out as chunk-sized child requests.
-//!
-//! [`SplitMachine`] is sans-I/O, in the style of `quinn-proto`: feed it [`Event`]s
-//! (a child completed, the parent was cancelled or timed out) with
-//! [`SplitMachine::handle`], and pull the [`Action`]s it wants carried out (submit a child,
-//! cancel a child, complete the parent) with [`SplitMachine::poll_action`] until it returns
-//! `None`. It never makes a syscall; the ring driver turns actions into SQEs and CQEs into
-//! events.
-//!
-//! # Rules
-//!
-//! - **Modes.** [`Mode::Serial`] re-arms one child (id 0) for each chunk in turn — the
-//!   seed's request reuse. [`Mode::Parallel`] keeps up to `max_in_flight` children (ids
-//!   `0..max_in_flight`) in flight, each re-armed with the next chunk when it finishes.
-//! - **Short transfers continue**: a child that moved fewer bytes than submitted is
-//!   resubmitted for the rest of its chunk, from where it stopped.
-//! - **End of file**: a read child that moves 0 bytes of a non-empty submission hit end of
-//!   file. No chunk past that point is started; children before it finish; the parent then
-//!   completes with **`Ok(())`** and `bytes` = the bytes before the end — fewer than asked,
-//!   as `read(2)` reports a short count. Compare `bytes` with the request length to detect
-//!   it. A *write* child that moves 0 bytes made no progress and cannot be retried without
-//!   risking a loop: it fails the parent with `Os(EIO)`.
-//! - **First error wins.** The first child error (or parent cancel, or timeout) fixes the
-//!   parent's status; every other child in flight is cancelled; children not yet submitted
-//!   are dropped. Later errors, and the `ECANCELED` completions of the children it
-//!   cancelled, change nothing.
-//! - **The parent completes once, after its last child.** [`Action::Complete`] is emitted
-//!   exactly once, only when no child is in flight.
-//! - **Cancel** ([`Event::Cancel`]) completes the parent with [`ErrorKind::Cancelled`] and
-//!   a timeout ([`Event::Timeout`]) with [`ErrorKind::TimedOut`] (unless an error came
-//!   first); both after the children's completions come back.
-//!
-//! The byte counts of the [`Completion`]: `bytes` is the length of the request's prefix
-//! that was transferred without a gap (what a caller can use: on a read, the valid bytes
-//! from the start of the buffer); `transferred` is every byte any child moved, which can be
-//! more when children after a gap succeeded.
-//!
-//! # Allocation
-//!
-//! [`SplitMachine::new`] allocates the child table and an action queue with room for every
-//! action that can be pending at once (a submit and a cancel per child, and the
-//! completion). After that, handling events and polling actions never allocates, and
-//! [`SplitMachine::restart`] reuses both for the next request.
-//!
-//! # Totality
-//!
-//! Every method is total: on any sequence of events (the fuzz target's input) the machine
-//! never panics. An event that cannot happen — a completion for a child that is not in
-//! flight (never submitted, its submit not yet polled, or already completed), or one that
-//! reports more bytes than were submitted — is rejected with an
-//! [`ErrorKind::InvalidInput`] error and changes nothing. Cancel and timeout after the
-//! parent completed are accepted and ignored (the benign race of a late cancel).
+//! The split driver state machine ([`SplitMachine`]).
 
 use std::collections::VecDeque;
 
@@ -202,7 +151,60 @@ const NOT_IN_FLIGHT: Error = Error::invalid("split: completion for a child that 
 const TOO_MANY_BYTES: Error =
     Error::invalid("split: child reported more bytes than were submitted");
 
-/// The split driver's state machine; see the [module documentation](self).
+/// The split driver: one parent request carried out as chunk-sized child requests.
+///
+/// [`SplitMachine`] is sans-I/O, in the style of `quinn-proto`: feed it [`Event`]s
+/// (a child completed, the parent was cancelled or timed out) with
+/// [`SplitMachine::handle`], and pull the [`Action`]s it wants carried out (submit a child,
+/// cancel a child, complete the parent) with [`SplitMachine::poll_action`] until it returns
+/// `None`. It never makes a syscall; the ring driver turns actions into SQEs and CQEs into
+/// events.
+///
+/// # Rules
+///
+/// - **Modes.** [`Mode::Serial`] re-arms one child (id 0) for each chunk in turn — the
+///   seed's request reuse. [`Mode::Parallel`] keeps up to `max_in_flight` children (ids
+///   `0..max_in_flight`) in flight, each re-armed with the next chunk when it finishes.
+/// - **Short transfers continue**: a child that moved fewer bytes than submitted is
+///   resubmitted for the rest of its chunk, from where it stopped.
+/// - **End of file**: a read child that moves 0 bytes of a non-empty submission hit end of
+///   file. No chunk past that point is started; children before it finish; the parent then
+///   completes with **`Ok(())`** and `bytes` = the bytes before the end — fewer than asked,
+///   as `read(2)` reports a short count. Compare `bytes` with the request length to detect
+///   it. A *write* child that moves 0 bytes made no progress and cannot be retried without
+///   risking a loop: it fails the parent with `Os(EIO)`.
+/// - **First error wins.** The first child error (or parent cancel, or timeout) fixes the
+///   parent's status; every other child in flight is cancelled; children not yet submitted
+///   are dropped. Later errors, and the `ECANCELED` completions of the children it
+///   cancelled, change nothing.
+/// - **The parent completes once, after its last child.** [`Action::Complete`] is emitted
+///   exactly once, only when no child is in flight.
+/// - **Cancel** ([`Event::Cancel`]) completes the parent with [`ErrorKind::Cancelled`] and
+///   a timeout ([`Event::Timeout`]) with [`ErrorKind::TimedOut`] (unless an error came
+///   first); both after the children's completions come back.
+///
+/// The byte counts of the [`Completion`]: `bytes` is the length of the request's prefix
+/// that was transferred without a gap (what a caller can use: on a read, the valid bytes
+/// from the start of the buffer); `transferred` is every byte any child moved, which can be
+/// more when children after a gap succeeded.
+///
+/// # Allocation
+///
+/// [`SplitMachine::new`] allocates the child table and an action queue with room for every
+/// action that can be pending at once (a submit and a cancel per child, and the
+/// completion). After that, handling events and polling actions never allocates, and
+/// [`SplitMachine::restart`] reuses both for the next request.
+///
+/// # Totality
+///
+/// Every method is total: on any sequence of events (the fuzz target's input) the machine
+/// never panics. An event that cannot happen — a completion for a child that is not in
+/// flight (never submitted, its submit not yet polled, or already completed), or one that
+/// reports more bytes than were submitted — is rejected with an
+/// [`ErrorKind::InvalidInput`] error and changes nothing. Cancel and timeout after the
+/// parent completed are accepted and ignored (the benign race of a late cancel).
+///
+/// # Example
 ///
 /// ```
 /// use iocomplete::split::{Action, ChildId, Direction, Event, Mode, SplitMachine, TransferPlan};
@@ -332,7 +334,8 @@ impl SplitMachine {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] for an impossible event (see the module documentation);
+    /// [`ErrorKind::InvalidInput`] for an impossible event (see *Totality* on
+    /// [`SplitMachine`]);
     /// the machine is unchanged.
     pub fn handle(&mut self, event: Event) -> Result<()> {
         match event {

@@ -1,35 +1,4 @@
-//! The transfer planner: how a large request is cut into chunks a target can take.
-//!
-//! [`TransferPlan`] is pure arithmetic: no I/O, no allocation. Build it once per target
-//! (from the device's limits, see [`super::block_device_limits`]), then ask it for the
-//! chunks of any request with [`TransferPlan::chunks`].
-//!
-//! A chunk obeys every limit at once:
-//!
-//! - **max chunk**: at most [`TransferPlan::max_chunk`] bytes;
-//! - **boundary**: it never crosses a device offset that is a multiple of
-//!   [`TransferPlan::boundary`] (a stripe, an erase block, a 4 GiB DMA window);
-//! - **alignment**: with an alignment set (O_DIRECT), the request's offset and length must
-//!   be multiples of it, and every chunk's offset and length then are too;
-//! - **segments**: when the request's buffer space is made of segments of
-//!   [`TransferPlan::segment_len`] bytes each (pool slots, pages), a chunk touches at most
-//!   [`TransferPlan::max_segments`] of them (one `readv`/`writev` with that many iovecs).
-//!
-//! Chunks are greedy: each is as long as the limits allow, so the plan has the fewest
-//! chunks any left-to-right cut can have.
-//!
-//! ```
-//! use iocomplete::split::TransferPlan;
-//! let plan = TransferPlan::builder()
-//!     .max_chunk(1000) // normalised down to 512, a multiple of the alignment
-//!     .align(512)
-//!     .boundary(4096)
-//!     .build()?;
-//! assert_eq!(plan.max_chunk(), 512);
-//! let lens: Vec<u64> = plan.chunks(3584, 1536)?.map(|c| c.len).collect();
-//! assert_eq!(lens, [512, 512, 512]);
-//! # Ok::<(), iocomplete::Error>(())
-//! ```
+//! The transfer planner ([`TransferPlan`]).
 
 use std::iter::FusedIterator;
 
@@ -153,8 +122,41 @@ impl PlanBuilder {
     }
 }
 
-/// How to cut requests into chunks for one target. Built with [`TransferPlan::builder`];
-/// see the [module documentation](self).
+/// The transfer planner: how a large request is cut into chunks a target can take.
+///
+/// [`TransferPlan`] is pure arithmetic: no I/O, no allocation. Build it once per target
+/// (from the device's limits, see [`super::block_device_limits`]), then ask it for the
+/// chunks of any request with [`TransferPlan::chunks`].
+///
+/// A chunk obeys every limit at once:
+///
+/// - **max chunk**: at most [`TransferPlan::max_chunk`] bytes;
+/// - **boundary**: it never crosses a device offset that is a multiple of
+///   [`TransferPlan::boundary`] (a stripe, an erase block, a 4 GiB DMA window);
+/// - **alignment**: with an alignment set (O_DIRECT), the request's offset and length must
+///   be multiples of it, and every chunk's offset and length then are too;
+/// - **segments**: when the request's buffer space is made of segments of
+///   [`TransferPlan::segment_len`] bytes each (pool slots, pages), a chunk touches at most
+///   [`TransferPlan::max_segments`] of them (one `readv`/`writev` with that many iovecs).
+///
+/// Chunks are greedy: each is as long as the limits allow, so the plan has the fewest
+/// chunks any left-to-right cut can have.
+///
+/// ```
+/// use iocomplete::split::TransferPlan;
+/// let plan = TransferPlan::builder()
+///     .max_chunk(1000) // normalised down to 512, a multiple of the alignment
+///     .align(512)
+///     .boundary(4096)
+///     .build()?;
+/// assert_eq!(plan.max_chunk(), 512);
+/// let lens: Vec<u64> = plan.chunks(3584, 1536)?.map(|c| c.len).collect();
+/// assert_eq!(lens, [512, 512, 512]);
+/// # Ok::<(), iocomplete::Error>(())
+/// ```
+///
+/// # Invariants
+///
 ///
 /// Invariants (established by `build()`): `max_chunk` is a non-zero multiple of `align`;
 /// `align` is a power of two; `boundary` is 0 or a multiple of `align`; `segment_len` and
