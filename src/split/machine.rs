@@ -207,7 +207,7 @@ const TOO_MANY_BYTES: Error =
 /// # Example
 ///
 /// ```
-/// use iocomplete::split::{Action, ChildId, Direction, Event, Mode, SplitMachine, TransferPlan};
+/// use iocomplete::split::{Action, Direction, Event, Mode, SplitMachine, TransferPlan};
 /// let plan = TransferPlan::builder().max_chunk(4096).build()?;
 /// let mut m = SplitMachine::new(plan, Mode::Serial, Direction::Read, 0, 10_000)?;
 /// let mut done = None;
