@@ -24,7 +24,12 @@
 //!   hard logic, so it is testable without a kernel and fuzzable with arbitrary
 //!   completion orders:
 //!   [`reader`] (continuous reader: N reads in flight per source, restart on failure),
-//!   [`fifo`] (fill a buffer from a source that runs dry, waiting for readiness).
+//!   [`fifo`] (fill a buffer from a source that runs dry, waiting for readiness),
+//!   [`split`] (a large transfer as chunks that complete as one, serial or parallel),
+//!   [`dma`] (a scatter/gather transaction that completes transfer by transfer).
+//! * **Completion gate** ([`gate`]): the begin-completion + reference-count pattern as a
+//!   lock-free primitive, so transfer, cancel and timer paths race safely to one
+//!   completion.
 //!
 //! ```
 //! use iocomplete::{BufferPool, Op, Ring};
@@ -51,19 +56,23 @@
 #![cfg(target_os = "linux")]
 
 pub mod buf;
+pub mod dma;
 pub mod error;
 pub mod fifo;
+pub mod gate;
 pub mod queue;
 pub mod reader;
 pub mod request;
 pub mod ring;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod split;
 pub(crate) mod sync;
 
 pub use buf::{BufferPool, IoBuf, PoolBuf, SharedBuf};
 pub use error::{Error, ErrorKind, Result};
 pub use fifo::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus};
+pub use gate::CompletionGate;
 pub use queue::CompletionQueue;
 pub use reader::{FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, Restart};
 pub use request::{Bufs, Completion, OpFuture, Submission, Ticket};
@@ -71,3 +80,4 @@ pub use ring::{
     BufRing, BufferRegistration, Capabilities, FdInfo, FdKind, Op, OpId, Ring, RingBuilder,
     RingHandle, RingStats, Target,
 };
+pub use split::{SplitMachine, TransferPlan};

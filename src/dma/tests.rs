@@ -1,0 +1,712 @@
+//! Tests for the DMA transaction: unit cases, a naive reference for transfer planning, a
+//! randomized simulation of a device, and arbitrary event sequences.
+
+use super::*;
+use crate::error::{Error, ErrorKind};
+use crate::gate::Status;
+
+fn drain<S: AsRef<[Segment]>>(tx: &mut Transaction<S>) -> Vec<Action> {
+    std::iter::from_fn(|| tx.poll_action()).collect()
+}
+
+fn submits(actions: &[Action]) -> Vec<Transfer> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Submit(t) => Some(*t),
+            _ => None,
+        })
+        .collect()
+}
+
+fn completion(actions: &[Action]) -> Option<Completion> {
+    actions.iter().find_map(|a| match a {
+        Action::Complete(c) => Some(*c),
+        _ => None,
+    })
+}
+
+fn pieces(t: &Transfer, segs: &[Segment]) -> Vec<(usize, u64, u64)> {
+    t.pieces(segs)
+        .map(|p| (p.segment, p.offset, p.len))
+        .collect()
+}
+
+const OK: TransferStatus = TransferStatus::Complete;
+
+/// Run a transaction to the end with every transfer moving all its bytes; returns the
+/// transfers as (device offset, len, pieces).
+type Shape = (u64, u64, Vec<(usize, u64, u64)>);
+
+fn run_full(segs: &[Segment], config: Config) -> Vec<Shape> {
+    let mut tx = Transaction::new(segs, Direction::Write, config).unwrap();
+    let mut out = Vec::new();
+    let mut finals = 0;
+    loop {
+        let actions = drain(&mut tx);
+        if let Some(c) = completion(&actions) {
+            assert_eq!(c.status, Ok(()));
+            assert_eq!(c.bytes, tx.total_len());
+            break;
+        }
+        for t in submits(&actions) {
+            out.push((t.device_offset, t.len, pieces(&t, segs)));
+            assert_eq!(t.segment_count, t.pieces(segs).count());
+            finals += u32::from(tx.transfer_completed(t.id, OK, t.len).unwrap());
+        }
+    }
+    assert_eq!(finals, 1);
+    out.sort();
+    out
+}
+
+/// The naive model: walk the list byte by byte; a byte joins the current transfer if it
+/// is device-contiguous with it and no limit breaks.
+fn naive(segs: &[Segment], max_transfer: u64, max_segments: u32) -> Vec<Shape> {
+    let mut out: Vec<Shape> = Vec::new();
+    let mut last_seg = usize::MAX;
+    for (i, s) in segs.iter().enumerate() {
+        for b in 0..s.len {
+            let dev = s.device_offset + b;
+            let joins = out.last().is_some_and(|(d, l, p)| {
+                d + l == dev
+                    && *l < max_transfer
+                    && (last_seg == i || (p.len() as u64) < u64::from(max_segments))
+            });
+            if joins {
+                let (_, l, p) = out.last_mut().unwrap();
+                *l += 1;
+                if last_seg == i {
+                    p.last_mut().unwrap().2 += 1;
+                } else {
+                    p.push((i, b, 1));
+                }
+            } else {
+                out.push((dev, 1, vec![(i, b, 1)]));
+            }
+            last_seg = i;
+        }
+    }
+    out.sort();
+    out
+}
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+fn random_list(rng: &mut Rng) -> Vec<Segment> {
+    let n = 1 + rng.below(8) as usize;
+    let mut segs = Vec::with_capacity(n);
+    let mut dev = rng.below(100);
+    for _ in 0..n {
+        if rng.below(2) == 0 {
+            dev = rng.below(1000);
+        }
+        let len = if rng.below(6) == 0 {
+            0
+        } else {
+            1 + rng.below(40)
+        };
+        segs.push(Segment::new(dev, len));
+        dev += len;
+    }
+    segs
+}
+
+#[test]
+fn planning_matches_naive_model() {
+    let mut rng = Rng(0xDEAD_BEEF);
+    let cases = if cfg!(miri) { 30 } else { 2_000 };
+    for case in 0..cases {
+        let segs = random_list(&mut rng);
+        if segs.iter().all(|s| s.len == 0) {
+            continue;
+        }
+        let max_transfer = 1 + rng.below(60);
+        let max_segments = 1 + rng.below(4) as u32;
+        let in_flight = 1 + rng.below(3) as u32;
+        let config = Config::new()
+            .max_transfer(max_transfer)
+            .max_segments(max_segments)
+            .max_in_flight(in_flight);
+        assert_eq!(
+            run_full(&segs, config),
+            naive(&segs, max_transfer, max_segments),
+            "case {case}: {segs:?} {config:?}"
+        );
+    }
+}
+
+#[test]
+fn serial_transfers_report_final_once_and_buffers_wait_for_it() {
+    let segs = [
+        Segment::new(0, 100),
+        Segment::new(100, 50),
+        Segment::new(500, 30),
+    ];
+    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
+    let a = submits(&drain(&mut tx));
+    assert_eq!(a.len(), 1, "one transfer at a time by default");
+    assert_eq!(
+        (a[0].device_offset, a[0].len, pieces(&a[0], &segs)),
+        (0, 150, vec![(0, 0, 100), (1, 0, 50)])
+    );
+    assert!(!tx.buffers_releasable());
+    assert!(!tx.transfer_completed(a[0].id, OK, 150).unwrap());
+    let b = submits(&drain(&mut tx));
+    assert_eq!((b[0].device_offset, b[0].len), (500, 30));
+    assert!(!tx.buffers_releasable());
+    assert!(tx.transfer_completed(b[0].id, OK, 30).unwrap());
+    assert!(tx.buffers_releasable());
+    let c = completion(&drain(&mut tx)).unwrap();
+    assert_eq!(
+        c,
+        Completion {
+            status: Ok(()),
+            bytes: 180
+        }
+    );
+    assert_eq!(tx.status(), Some(Status::Success));
+    assert_eq!(tx.outcome(), Some(c));
+}
+
+#[test]
+fn long_segment_is_split_and_segment_count_bounded() {
+    let segs = [
+        Segment::new(0, 10),
+        Segment::new(10, 10),
+        Segment::new(20, 25),
+    ];
+    let cfg = Config::new().max_transfer(16).max_segments(2);
+    let got = run_full(&segs, cfg);
+    let want: Vec<Shape> = vec![
+        (0, 16, vec![(0, 0, 10), (1, 0, 6)]),
+        (16, 16, vec![(1, 6, 4), (2, 0, 12)]),
+        (32, 13, vec![(2, 12, 13)]),
+    ];
+    assert_eq!(got, want);
+    // Without a byte limit, the 2-segment limit alone ends the first transfer.
+    let got = run_full(&segs, Config::new().max_segments(2));
+    assert_eq!(got[0].1, 20);
+    assert_eq!(got[1], (20, 25, vec![(2, 0, 25)]));
+}
+
+#[test]
+fn short_transfer_continues_mid_segment() {
+    let segs = [
+        Segment::new(0, 10),
+        Segment::new(10, 10),
+        Segment::new(20, 10),
+    ];
+    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
+    let t = submits(&drain(&mut tx))[0];
+    assert_eq!(t.segment_count, 3);
+    assert!(!tx.transfer_completed(t.id, OK, 13).unwrap());
+    let r = submits(&drain(&mut tx))[0];
+    assert_ne!(r.id, t.id);
+    assert_eq!((r.device_offset, r.len, r.segment_count), (13, 17, 2));
+    assert_eq!(pieces(&r, &segs), [(1, 3, 7), (2, 0, 10)]);
+    assert!(!tx.transfer_completed(r.id, OK, 7).unwrap());
+    let r = submits(&drain(&mut tx))[0];
+    assert_eq!(pieces(&r, &segs), [(2, 0, 10)]);
+    assert!(tx.transfer_completed(r.id, OK, 10).unwrap());
+    assert_eq!(completion(&drain(&mut tx)).unwrap().bytes, 30);
+}
+
+#[test]
+fn error_ends_the_transaction_with_its_errno() {
+    let segs = [Segment::new(0, 10), Segment::new(100, 10)];
+    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
+    let t = submits(&drain(&mut tx))[0];
+    assert!(tx
+        .transfer_completed(t.id, TransferStatus::Error(libc::EIO), 4)
+        .unwrap());
+    let c = completion(&drain(&mut tx)).unwrap();
+    assert_eq!(c.status, Err(Error::from_errno(libc::EIO)));
+    assert_eq!(c.bytes, 4);
+}
+
+#[test]
+fn error_overrides_an_earlier_stop_and_first_error_wins() {
+    let segs = [
+        Segment::new(0, 10),
+        Segment::new(100, 10),
+        Segment::new(200, 10),
+    ];
+    let cfg = Config::new().max_in_flight(3);
+    let mut tx = Transaction::new(&segs[..], Direction::Read, cfg).unwrap();
+    let ts = submits(&drain(&mut tx));
+    assert_eq!(ts.len(), 3);
+    assert!(!tx.stop());
+    assert_eq!(
+        drain(&mut tx),
+        ts.iter().map(|t| Action::Cancel(t.id)).collect::<Vec<_>>()
+    );
+    assert_eq!(tx.status(), Some(Status::Cancelled));
+    assert!(!tx
+        .transfer_completed(ts[0].id, TransferStatus::Error(libc::EIO), 0)
+        .unwrap());
+    assert!(!tx
+        .transfer_completed(ts[1].id, TransferStatus::Error(libc::ENOSPC), 0)
+        .unwrap());
+    assert!(!tx.buffers_releasable(), "transfer 2 still in flight");
+    assert!(tx.transfer_completed(ts[2].id, OK, 10).unwrap());
+    let c = completion(&drain(&mut tx)).unwrap();
+    assert_eq!(c.status, Err(Error::from_errno(libc::EIO)));
+    assert_eq!(
+        c.bytes, 10,
+        "bytes that moved count even though the request failed"
+    );
+}
+
+#[test]
+fn stop_drains_in_flight_transfers_first() {
+    let segs = [Segment::new(0, 100)];
+    let cfg = Config::new().max_transfer(10).max_in_flight(2);
+    let mut tx = Transaction::new(&segs[..], Direction::Write, cfg).unwrap();
+    let ts = submits(&drain(&mut tx));
+    assert!(!tx.transfer_completed(ts[0].id, OK, 10).unwrap());
+    // Transfer 2 is queued (not polled) in slot 0: stop withdraws it.
+    assert!(!tx.stop());
+    assert_eq!(drain(&mut tx), [Action::Cancel(ts[1].id)]);
+    assert!(!tx.stop(), "second stop ignored");
+    assert!(!tx.buffers_releasable());
+    // The cancelled transfer raced and moved 6 bytes.
+    assert!(tx
+        .transfer_completed(ts[1].id, TransferStatus::Cancelled, 6)
+        .unwrap());
+    assert!(tx.buffers_releasable());
+    let c = completion(&drain(&mut tx)).unwrap();
+    assert!(c.status.unwrap_err().is_cancelled());
+    assert_eq!(c.bytes, 16);
+    assert_eq!(tx.bytes_transferred(), 16);
+    assert!(!tx.stop(), "stop after completion ignored");
+}
+
+#[test]
+fn stop_before_anything_was_submitted_ends_at_once() {
+    let segs = [Segment::new(0, 100)];
+    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
+    assert!(tx.stop());
+    let a = drain(&mut tx);
+    assert_eq!(
+        a,
+        [Action::Complete(Completion {
+            status: Err(Error::new(ErrorKind::Cancelled)),
+            bytes: 0
+        })]
+    );
+}
+
+#[test]
+fn timeout_cancels_and_completes_timed_out() {
+    let segs = [Segment::new(0, 100)];
+    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new().timer(true)).unwrap();
+    let t = submits(&drain(&mut tx))[0];
+    assert!(!tx.timeout().unwrap());
+    assert_eq!(drain(&mut tx), [Action::Cancel(t.id)]);
+    assert_eq!(tx.timeout(), Err(NO_TIMER_ERR));
+    assert!(tx
+        .transfer_completed(t.id, TransferStatus::Cancelled, 0)
+        .unwrap());
+    let c = completion(&drain(&mut tx)).unwrap();
+    assert!(c.status.unwrap_err().is_timed_out());
+}
+
+const NO_TIMER_ERR: Error = Error::invalid("dma: no timer armed or it was already resolved");
+
+#[test]
+fn final_transfer_first_then_timer_cancel_completes() {
+    let segs = [Segment::new(0, 100)];
+    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new().timer(true)).unwrap();
+    let t = submits(&drain(&mut tx))[0];
+    assert!(tx.transfer_completed(t.id, OK, 100).unwrap());
+    // The timer is queued: the transaction asks for it to be stopped and waits.
+    assert_eq!(drain(&mut tx), [Action::CancelTimer]);
+    assert!(tx.buffers_releasable() && !tx.is_complete());
+    tx.timer_cancelled().unwrap();
+    let c = completion(&drain(&mut tx)).unwrap();
+    assert_eq!(
+        c,
+        Completion {
+            status: Ok(()),
+            bytes: 100
+        }
+    );
+    assert_eq!(tx.timer_cancelled(), Err(NO_TIMER_ERR));
+}
+
+#[test]
+fn timer_that_fires_after_the_final_transfer_loses() {
+    let segs = [Segment::new(0, 100)];
+    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new().timer(true)).unwrap();
+    let t = submits(&drain(&mut tx))[0];
+    assert!(tx.transfer_completed(t.id, OK, 100).unwrap());
+    assert_eq!(drain(&mut tx), [Action::CancelTimer]);
+    assert!(!tx.timeout().unwrap(), "the DMA part already ended");
+    let c = completion(&drain(&mut tx)).unwrap();
+    assert_eq!(c.status, Ok(()));
+}
+
+#[test]
+fn completed_final_ends_early() {
+    let segs = [Segment::new(0, 10), Segment::new(100, 10)];
+    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
+    let t = submits(&drain(&mut tx))[0];
+    assert!(tx.completed_final(t.id, OK, 7).unwrap());
+    let c = completion(&drain(&mut tx)).unwrap();
+    assert_eq!(
+        c,
+        Completion {
+            status: Ok(()),
+            bytes: 7
+        }
+    );
+}
+
+#[test]
+fn read_eof_ends_ok_short_and_lets_earlier_transfers_drain() {
+    let segs = [
+        Segment::new(0, 10),
+        Segment::new(10, 10),
+        Segment::new(20, 10),
+    ];
+    let cfg = Config::new().max_transfer(10).max_in_flight(3);
+    let mut tx = Transaction::new(&segs[..], Direction::Read, cfg).unwrap();
+    let ts = submits(&drain(&mut tx));
+    // The file ends at 14: the last transfer reads nothing, the middle one is short.
+    assert!(!tx.transfer_completed(ts[2].id, OK, 0).unwrap());
+    assert_eq!(drain(&mut tx), [], "nothing cancelled at end of file");
+    // Short below the known end (20): the rest continues, and finds the real end.
+    assert!(!tx.transfer_completed(ts[1].id, OK, 4).unwrap());
+    let rest = submits(&drain(&mut tx));
+    assert_eq!((rest[0].device_offset, rest[0].len), (14, 6));
+    assert!(!tx.transfer_completed(rest[0].id, OK, 0).unwrap());
+    assert!(tx.transfer_completed(ts[0].id, OK, 10).unwrap());
+    let c = completion(&drain(&mut tx)).unwrap();
+    assert_eq!(
+        c,
+        Completion {
+            status: Ok(()),
+            bytes: 14
+        }
+    );
+}
+
+#[test]
+fn write_of_zero_bytes_fails() {
+    let segs = [Segment::new(0, 10)];
+    let mut tx = Transaction::new(&segs[..], Direction::Write, Config::new()).unwrap();
+    let t = submits(&drain(&mut tx))[0];
+    assert!(tx.transfer_completed(t.id, OK, 0).unwrap());
+    let c = completion(&drain(&mut tx)).unwrap();
+    assert_eq!(c.status, Err(Error::from_errno(libc::EIO)));
+}
+
+#[test]
+fn impossible_events_are_rejected_and_change_nothing() {
+    let segs = [Segment::new(0, 10), Segment::new(50, 10)];
+    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
+    // Queued, not yet polled: cannot have completed.
+    assert!(tx.transfer_completed(TransferId::new(0), OK, 10).is_err());
+    let t = submits(&drain(&mut tx))[0];
+    assert!(tx.transfer_completed(TransferId::new(99), OK, 1).is_err());
+    assert!(tx.transfer_completed(t.id, OK, 11).is_err());
+    assert!(tx.timeout().is_err(), "no timer armed");
+    assert!(tx.timer_cancelled().is_err());
+    assert_eq!(tx.in_flight(), 1);
+    assert!(!tx.transfer_completed(t.id, OK, 10).unwrap());
+    assert!(tx.transfer_completed(t.id, OK, 10).is_err(), "twice");
+    assert!(tx.handle(Event::from_cqe(TransferId::new(1), -5)).is_err());
+}
+
+#[test]
+fn config_and_list_are_validated() {
+    let segs = [Segment::new(0, 10)];
+    for cfg in [
+        Config::new().max_transfer(0),
+        Config::new().max_transfer(MAX_TRANSFER + 1),
+        Config::new().max_segments(0),
+        Config::new().max_segments(MAX_SEGMENTS + 1),
+        Config::new().max_in_flight(0),
+        Config::new().max_in_flight(MAX_IN_FLIGHT + 1),
+    ] {
+        assert!(
+            Transaction::new(&segs[..], Direction::Read, cfg).is_err(),
+            "{cfg:?}"
+        );
+    }
+    let empty: [Segment; 0] = [];
+    assert!(Transaction::new(&empty[..], Direction::Read, Config::new()).is_err());
+    let zeros = [Segment::new(0, 0); 3];
+    assert!(Transaction::new(&zeros[..], Direction::Read, Config::new()).is_err());
+    let overflow = [Segment::new(u64::MAX, 2)];
+    assert!(Transaction::new(&overflow[..], Direction::Read, Config::new()).is_err());
+    let big = [Segment::new(0, u64::MAX), Segment::new(0, 1)];
+    assert!(Transaction::new(&big[..], Direction::Read, Config::new()).is_err());
+    // Owned lists work too.
+    assert!(Transaction::new(vec![Segment::new(0, 1)], Direction::Read, Config::new()).is_ok());
+}
+
+#[test]
+fn cqe_results_map_to_statuses() {
+    assert_eq!(TransferStatus::from_cqe(42), (OK, 42));
+    assert_eq!(
+        TransferStatus::from_cqe(-libc::ECANCELED),
+        (TransferStatus::Cancelled, 0)
+    );
+    assert_eq!(
+        TransferStatus::from_cqe(-libc::EIO),
+        (TransferStatus::Error(libc::EIO), 0)
+    );
+    assert_eq!(
+        TransferStatus::from_cqe(i32::MIN).0,
+        TransferStatus::Error(i32::MIN)
+    );
+}
+
+/// A simulated device drives random transactions with short transfers, errors, stops,
+/// timeouts and timer races; every invariant is checked on the way.
+fn simulate(seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let segs = random_list(&mut rng);
+    let timer = rng.below(2) == 0;
+    let (max_transfer, max_segments, max_in_flight) = (
+        1 + rng.below(60),
+        1 + rng.below(4) as u32,
+        1 + rng.below(3) as usize,
+    );
+    let cfg = Config::new()
+        .max_transfer(max_transfer)
+        .max_segments(max_segments)
+        .max_in_flight(max_in_flight as u32)
+        .timer(timer);
+    let direction = if rng.below(2) == 0 {
+        Direction::Read
+    } else {
+        Direction::Write
+    };
+    let eof = if direction == Direction::Read && rng.below(3) == 0 {
+        rng.below(1200)
+    } else {
+        u64::MAX
+    };
+    let Ok(mut tx) = Transaction::new(&segs[..], direction, cfg) else {
+        assert!(segs.iter().all(|s| s.len == 0));
+        return;
+    };
+    // The action queue never grows past what `new` reserved.
+    let cap = tx.action_capacity();
+    assert!(cap >= 2 * max_in_flight + 2);
+    let mut moved: Vec<Vec<bool>> = segs.iter().map(|s| vec![false; s.len as usize]).collect();
+    let mut flight: Vec<Transfer> = Vec::new();
+    let mut cancelled: Vec<TransferId> = Vec::new();
+    let mut timer_pending = timer;
+    let mut cancel_timer_asked = false;
+    let mut first_error: Option<i32> = None;
+    let mut early: Option<Status> = None; // first effective stop / timeout
+    let mut saw_cancelled = false;
+    let mut eof_seen = false;
+    let mut final_declared = false;
+    let mut trues = 0;
+    let mut done: Option<Completion> = None;
+    for _ in 0..100_000 {
+        for a in drain(&mut tx) {
+            match a {
+                Action::Submit(t) => {
+                    assert!(!tx.buffers_releasable(), "submit after the final transfer");
+                    assert!(t.len > 0 && t.len <= max_transfer);
+                    assert!(t.segment_count as u32 <= max_segments);
+                    assert_eq!(t.segment_count, t.pieces(&segs).count());
+                    flight.push(t);
+                }
+                Action::Cancel(id) => {
+                    assert!(flight.iter().any(|t| t.id == id), "cancel of idle transfer");
+                    cancelled.push(id);
+                }
+                Action::CancelTimer => {
+                    assert!(timer_pending && tx.buffers_releasable());
+                    cancel_timer_asked = true;
+                }
+                Action::Complete(c) => {
+                    assert!(done.is_none(), "completed twice");
+                    assert!(flight.is_empty() && tx.buffers_releasable());
+                    assert!(!timer_pending, "completed with the timer still queued");
+                    done = Some(c);
+                }
+            }
+        }
+        assert!(tx.in_flight() <= max_in_flight);
+        assert_eq!(tx.action_capacity(), cap);
+        if tx.buffers_releasable() && timer_pending {
+            assert!(
+                cancel_timer_asked,
+                "the timer must be stopped once the DMA part ended"
+            );
+        }
+        if done.is_some() {
+            break;
+        }
+        let roll = rng.below(100);
+        if !flight.is_empty() && roll < 90 {
+            let t = flight.swap_remove(rng.below(flight.len() as u64) as usize);
+            let was_cancelled = cancelled.contains(&t.id);
+            let fate = rng.below(100);
+            let (status, n) = if fate < 3 {
+                (
+                    TransferStatus::Error(libc::EIO + fate as i32),
+                    rng.below(t.len + 1),
+                )
+            } else if (was_cancelled && fate < 50) || fate < 5 {
+                // Our cancel took effect, or someone else cancelled it (ring teardown).
+                (TransferStatus::Cancelled, 0)
+            } else if direction == Direction::Write && fate < 7 {
+                (TransferStatus::Complete, 0)
+            } else {
+                let avail = eof.saturating_sub(t.device_offset).min(t.len);
+                let n = if fate < 35 && avail > 0 {
+                    1 + rng.below(avail)
+                } else {
+                    avail
+                };
+                (TransferStatus::Complete, n)
+            };
+            // Mark the bytes moved, checking the device offsets the pieces map to.
+            let mut left = n;
+            let mut dev = t.device_offset;
+            for p in t.pieces(&segs) {
+                if left == 0 {
+                    break;
+                }
+                let take = p.len.min(left);
+                assert_eq!(segs[p.segment].device_offset + p.offset, dev, "contiguity");
+                for b in p.offset..p.offset + take {
+                    let byte = &mut moved[p.segment][b as usize];
+                    assert!(!*byte, "byte moved twice");
+                    *byte = true;
+                }
+                dev += take;
+                left -= take;
+            }
+            match status {
+                TransferStatus::Error(e) => {
+                    first_error.get_or_insert(e);
+                }
+                TransferStatus::Cancelled => saw_cancelled = true,
+                TransferStatus::Complete if n == 0 && direction == Direction::Write => {
+                    first_error.get_or_insert(libc::EIO);
+                }
+                TransferStatus::Complete if n == 0 => eof_seen = true,
+                TransferStatus::Complete => {}
+            }
+            let last = rng.below(30) == 0;
+            final_declared |= last;
+            let ended = if last {
+                tx.completed_final(t.id, status, n)
+            } else {
+                tx.transfer_completed(t.id, status, n)
+            }
+            .unwrap();
+            if ended {
+                trues += 1;
+                assert!(tx.buffers_releasable() && tx.in_flight() == 0);
+            }
+        } else if roll < 94 || (flight.is_empty() && !timer_pending) {
+            let before = tx.buffers_releasable();
+            let ended = tx.stop();
+            if !before && early.is_none() {
+                early = Some(Status::Cancelled);
+            }
+            trues += usize::from(ended);
+        } else if timer_pending && (roll < 97 || !cancel_timer_asked) {
+            let before = tx.buffers_releasable();
+            timer_pending = false;
+            let ended = tx.timeout().unwrap();
+            if !before {
+                early.get_or_insert(Status::TimedOut);
+            }
+            trues += usize::from(ended);
+        } else if timer_pending && cancel_timer_asked {
+            timer_pending = false;
+            tx.timer_cancelled().unwrap();
+        } else {
+            assert!(tx.timeout().is_err() && tx.timer_cancelled().is_err());
+        }
+    }
+    let c = done.expect("completed");
+    assert_eq!(trues, 1, "seed {seed}: exactly one event ends the DMA part");
+    let total: u64 = moved.iter().flatten().filter(|b| **b).count() as u64;
+    assert_eq!(c.bytes, total, "seed {seed}");
+    assert_eq!(tx.bytes_transferred(), total);
+    let want = match (first_error, early) {
+        (Some(e), _) => Status::Failed(e),
+        (None, Some(s)) => s,
+        (None, None) if saw_cancelled => Status::Cancelled,
+        (None, None) => Status::Success,
+    };
+    assert_eq!(c.status, want.into_result(), "seed {seed}");
+    if c.status.is_ok() && !eof_seen && !final_declared {
+        assert_eq!(c.bytes, tx.total_len(), "seed {seed}");
+    }
+}
+
+#[test]
+fn randomized_against_a_simulated_device() {
+    let runs = if cfg!(miri) { 20 } else { 4_000 };
+    for seed in 0..runs {
+        simulate((seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) + 3);
+    }
+}
+
+/// Fuzz-style: arbitrary events, including impossible ones, never panic; the request
+/// completes at most once and at most one event ends the DMA part.
+#[test]
+fn arbitrary_event_sequences_never_panic() {
+    let mut rng = Rng(99);
+    for _ in 0..2_000 {
+        let segs = random_list(&mut rng);
+        let cfg = Config::new()
+            .max_transfer(1 + rng.below(30))
+            .max_segments(1 + rng.below(3) as u32)
+            .max_in_flight(1 + rng.below(3) as u32)
+            .timer(rng.below(2) == 0);
+        let Ok(mut tx) = Transaction::new(&segs[..], Direction::Read, cfg) else {
+            continue;
+        };
+        let (mut completes, mut trues) = (0, 0);
+        let cap = tx.action_capacity();
+        for _ in 0..60 {
+            let id = TransferId::new(rng.below(8) as u32);
+            let status = match rng.below(3) {
+                0 => TransferStatus::Complete,
+                1 => TransferStatus::Cancelled,
+                _ => TransferStatus::Error(rng.below(200) as i32),
+            };
+            let bytes = rng.below(40);
+            let ev = match rng.below(12) {
+                0 => Event::Stop,
+                1 => Event::Timeout,
+                2 => Event::TimerCancelled,
+                3 => Event::CompletedFinal { id, status, bytes },
+                _ => Event::TransferCompleted { id, status, bytes },
+            };
+            if let Ok(true) = tx.handle(ev) {
+                trues += 1;
+            }
+            assert_eq!(tx.action_capacity(), cap, "the action queue grew");
+            if rng.below(3) != 0 {
+                while let Some(a) = tx.poll_action() {
+                    completes += usize::from(matches!(a, Action::Complete(_)));
+                }
+            }
+        }
+        assert!(completes <= 1 && trues <= 1);
+    }
+}

@@ -1,0 +1,691 @@
+//! The DMA-style transaction state machine.
+
+use std::collections::VecDeque;
+
+use super::sg::{self, Cursor, Segment, Transfer, TransferId};
+use crate::error::{Error, Result};
+use crate::gate::{CompletionGate, Status};
+use crate::split::Direction;
+
+/// Largest transfer the kernel moves in one `readv`/`writev` (`MAX_RW_COUNT`, `INT_MAX`
+/// rounded down to a page): also the largest byte count a CQE can report.
+pub const MAX_TRANSFER: u64 = 0x7fff_f000;
+/// Most iovecs in one transfer (`UIO_MAXIOV`).
+pub const MAX_SEGMENTS: u32 = 1024;
+/// Most transfers a transaction may keep in flight.
+pub const MAX_IN_FLIGHT: u32 = 1024;
+
+/// How a transaction executes: transfer limits, concurrency, and whether a deadline timer
+/// is armed. Setters take values; [`Transaction::new`] validates them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    max_transfer: u64,
+    max_segments: u32,
+    max_in_flight: u32,
+    timer: bool,
+}
+
+impl Config {
+    /// Defaults: transfers up to [`MAX_TRANSFER`] bytes and [`MAX_SEGMENTS`] iovecs, one
+    /// transfer in flight at a time (the DMA model), no timer.
+    pub const fn new() -> Config {
+        Config {
+            max_transfer: MAX_TRANSFER,
+            max_segments: MAX_SEGMENTS,
+            max_in_flight: 1,
+            timer: false,
+        }
+    }
+
+    /// Largest transfer in bytes, `1..=`[`MAX_TRANSFER`]. A longer segment is split.
+    pub const fn max_transfer(mut self, bytes: u64) -> Config {
+        self.max_transfer = bytes;
+        self
+    }
+
+    /// Most segments (iovecs) per transfer, `1..=`[`MAX_SEGMENTS`].
+    pub const fn max_segments(mut self, n: u32) -> Config {
+        self.max_segments = n;
+        self
+    }
+
+    /// Transfers in flight at once, `1..=`[`MAX_IN_FLIGHT`].
+    pub const fn max_in_flight(mut self, n: u32) -> Config {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// The driver arms a deadline timer for the transaction (a linked or standalone
+    /// timeout): the transaction then holds a reference for it, and completes only once
+    /// the timer fired ([`Event::Timeout`]) or its cancellation came back
+    /// ([`Event::TimerCancelled`]).
+    pub const fn timer(mut self, armed: bool) -> Config {
+        self.timer = armed;
+        self
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config::new()
+    }
+}
+
+/// How one transfer ended (the seed's `DMA_COMPLETION_STATUS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferStatus {
+    /// The transfer finished (possibly short: see the byte count).
+    Complete,
+    /// The transfer was cancelled.
+    Cancelled,
+    /// The device failed the transfer with this errno.
+    Error(i32),
+}
+
+impl TransferStatus {
+    /// Status and byte count from a CQE result: `res >= 0` is a byte count, `-ECANCELED`
+    /// a cancel, any other negative value an errno.
+    pub const fn from_cqe(res: i32) -> (TransferStatus, u64) {
+        if res >= 0 {
+            (TransferStatus::Complete, res as u64)
+        } else if res == -libc::ECANCELED {
+            (TransferStatus::Cancelled, 0)
+        } else {
+            (TransferStatus::Error(res.wrapping_neg()), 0)
+        }
+    }
+}
+
+/// Something that happened to a transaction; fed with [`Transaction::handle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A transfer's completion came back ([`Transaction::transfer_completed`]).
+    TransferCompleted {
+        /// Which transfer.
+        id: TransferId,
+        /// How it ended.
+        status: TransferStatus,
+        /// Bytes it moved (at most its length).
+        bytes: u64,
+    },
+    /// A transfer's completion came back and the driver declares it the last one
+    /// ([`Transaction::completed_final`]).
+    CompletedFinal {
+        /// Which transfer.
+        id: TransferId,
+        /// How it ended.
+        status: TransferStatus,
+        /// Bytes it moved (at most its length).
+        bytes: u64,
+    },
+    /// Stop the transaction ([`Transaction::stop`]): status `Cancelled`.
+    Stop,
+    /// The deadline timer fired ([`Transaction::timeout`]).
+    Timeout,
+    /// The timer's cancellation came back: it will never fire
+    /// ([`Transaction::timer_cancelled`]).
+    TimerCancelled,
+}
+
+impl Event {
+    /// The event for a transfer's CQE result (see [`TransferStatus::from_cqe`]).
+    pub const fn from_cqe(id: TransferId, res: i32) -> Event {
+        let (status, bytes) = TransferStatus::from_cqe(res);
+        Event::TransferCompleted { id, status, bytes }
+    }
+}
+
+/// The request's outcome, carried by [`Action::Complete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// `Ok(())`, or why not: the device error, `Cancelled` (stop or a cancelled transfer),
+    /// `TimedOut`.
+    pub status: Result<()>,
+    /// Bytes actually moved by all transfers, whatever the status.
+    pub bytes: u64,
+}
+
+/// Something the driver must do for a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Submit this transfer (one `readv`/`writev` of its [`Transfer::pieces`]).
+    Submit(Transfer),
+    /// Cancel this in-flight transfer; its completion still comes back.
+    Cancel(TransferId),
+    /// Cancel the deadline timer (the final transfer came back first). Report the result
+    /// with [`Event::TimerCancelled`], or [`Event::Timeout`] if it fired anyway.
+    CancelTimer,
+    /// Complete the request. Emitted exactly once, when the last completion reference is
+    /// dropped.
+    Complete(Completion),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Idle,
+    /// Its `Submit` is queued, not yet polled.
+    Queued,
+    /// Submitted: its completion will come back.
+    InFlight,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    state: SlotState,
+    transfer: Transfer,
+    cancel_sent: bool,
+}
+
+const IDLE: Slot = Slot {
+    state: SlotState::Idle,
+    transfer: Transfer {
+        id: TransferId::new(0),
+        device_offset: 0,
+        len: 0,
+        first_segment: 0,
+        first_skip: 0,
+        segment_count: 0,
+    },
+    cancel_sent: false,
+};
+
+const NOT_IN_FLIGHT: Error = Error::invalid("dma: completion for a transfer that is not in flight");
+const TOO_MANY_BYTES: Error = Error::invalid("dma: transfer reported more bytes than its length");
+const NO_TIMER: Error = Error::invalid("dma: no timer armed or it was already resolved");
+
+/// A scatter/gather transaction executed as transfers; sans-I/O.
+///
+/// See the [module documentation](super) for the rules. `S` is the segment list: a
+/// `&[Segment]`, a `Vec<Segment>`, an array — anything that derefs to a slice.
+///
+/// Completion references (a [`CompletionGate`]): the *execution* path holds one until the
+/// final transfer came back; the *cancel* path holds one while the transaction is
+/// cancelable ([`stop`](Self::stop) drops it by running; the final transfer drops it by
+/// making the transaction non-cancelable); the *timer* holds one when armed
+/// ([`timeout`](Self::timeout) drops it by firing; [`timer_cancelled`](Self::timer_cancelled)
+/// when it will never fire). [`Action::Complete`] goes out when the last one drops.
+#[derive(Debug)]
+pub struct Transaction<S> {
+    segments: S,
+    config: Config,
+    direction: Direction,
+    /// Where the next new transfer starts.
+    cursor: Cursor,
+    /// Total bytes described by the list.
+    total: u64,
+    /// Bytes moved so far.
+    bytes: u64,
+    next_id: u32,
+    slots: Vec<Slot>,
+    actions: VecDeque<Action>,
+    gate: CompletionGate,
+    /// The cancel path's reference is still held (the transaction is cancelable).
+    cancel_ref: bool,
+    /// The timer's reference is still held (armed, neither fired nor cancelled).
+    timer_ref: bool,
+    /// No new transfers start from the cursor (end of file, or `stopping`).
+    no_new: bool,
+    /// Hard stop — device error, cancel, timeout, a final transfer declared: transfers in
+    /// flight are cancelled and short ones not continued.
+    stopping: bool,
+    /// Lowest device offset where a read hit end of file (`u64::MAX` if none): short
+    /// transfers continue only below it.
+    eof_at: u64,
+    /// A device error was recorded (the first one forces the status; later ones do not).
+    error_seen: bool,
+    /// A transfer came back `Cancelled` (the status if nobody set one).
+    saw_cancelled: bool,
+    /// The final transfer came back: the DMA part is over; buffers may be released.
+    finished: bool,
+    outcome: Option<Completion>,
+}
+
+impl<S: AsRef<[Segment]>> Transaction<S> {
+    /// A transaction over `segments`, moving data in `direction`, with the first transfers
+    /// already queued (poll them).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a config value out
+    /// of range, a list that moves no bytes, or a segment whose device range overflows.
+    pub fn new(segments: S, direction: Direction, config: Config) -> Result<Transaction<S>> {
+        if config.max_transfer == 0 || config.max_transfer > MAX_TRANSFER {
+            return Err(Error::invalid("dma: max_transfer must be 1..=MAX_TRANSFER"));
+        }
+        if config.max_segments == 0 || config.max_segments > MAX_SEGMENTS {
+            return Err(Error::invalid("dma: max_segments must be 1..=1024"));
+        }
+        if config.max_in_flight == 0 || config.max_in_flight > MAX_IN_FLIGHT {
+            return Err(Error::invalid("dma: max_in_flight must be 1..=1024"));
+        }
+        let mut total = 0u64;
+        for s in segments.as_ref() {
+            if s.device_offset.checked_add(s.len).is_none() {
+                return Err(Error::invalid("dma: segment device range overflows"));
+            }
+            total = total
+                .checked_add(s.len)
+                .ok_or(Error::invalid("dma: total length overflows"))?;
+        }
+        if total == 0 {
+            return Err(Error::invalid("dma: scatter/gather list moves no bytes"));
+        }
+        // References: execution + cancel (+ timer).
+        let gate = CompletionGate::with_refs(2 + u32::from(config.timer))?;
+        let slots = config.max_in_flight as usize;
+        let mut t = Transaction {
+            segments,
+            config,
+            direction,
+            cursor: (0, 0),
+            total,
+            bytes: 0,
+            next_id: 0,
+            slots: vec![IDLE; slots],
+            actions: VecDeque::with_capacity(2 * slots + 2),
+            gate,
+            cancel_ref: true,
+            timer_ref: config.timer,
+            no_new: false,
+            stopping: false,
+            eof_at: u64::MAX,
+            error_seen: false,
+            saw_cancelled: false,
+            finished: false,
+            outcome: None,
+        };
+        for i in 0..slots {
+            if !t.arm_next(i) {
+                break;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Feed one event. Returns `true` if this event ended the DMA part of the transaction
+    /// (see [`transfer_completed`](Self::transfer_completed)); then poll the actions.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an impossible
+    /// event — a completion for a transfer not in flight (unknown id, submit not yet
+    /// polled, already completed) or with more bytes than its length; a timeout or timer
+    /// cancellation without an armed timer. The transaction is then unchanged.
+    pub fn handle(&mut self, event: Event) -> Result<bool> {
+        match event {
+            Event::TransferCompleted { id, status, bytes } => {
+                self.transfer_completed(id, status, bytes)
+            }
+            Event::CompletedFinal { id, status, bytes } => self.completed_final(id, status, bytes),
+            Event::Stop => Ok(self.stop()),
+            Event::Timeout => self.timeout(),
+            Event::TimerCancelled => self.timer_cancelled().map(|()| false),
+        }
+    }
+
+    /// A transfer's completion came back (the seed's `DmaCompleted`). Returns `true`
+    /// exactly once over the transaction's events: on the final transfer, the one after
+    /// which no transfer is in flight and none will be started. From then on
+    /// [`buffers_releasable`](Self::buffers_releasable) is true.
+    ///
+    /// `Complete` with fewer bytes than the transfer's length continues with the rest of
+    /// it. `Complete` with 0 bytes on a read is end of file: no new transfer starts,
+    /// those in flight drain (continuing only below the end), and the transaction ends
+    /// with `Ok(())` and fewer bytes than [`total_len`](Self::total_len); on a write it is
+    /// a failure (`EIO`), since retrying could loop. `Error` ends
+    /// the transaction with that errno — the first device error overrides a cancel or
+    /// timeout status, as the seed's forced status update does. `Cancelled` ends it with
+    /// the status set by whoever cancelled (or `Cancelled`).
+    ///
+    /// # Errors
+    ///
+    /// As [`handle`](Self::handle).
+    pub fn transfer_completed(
+        &mut self,
+        id: TransferId,
+        status: TransferStatus,
+        bytes: u64,
+    ) -> Result<bool> {
+        self.on_transfer(id, status, bytes, false)
+    }
+
+    /// A transfer's completion came back and it is the last one (the seed's
+    /// `DmaCompletedFinal`): no further transfer starts, others in flight are cancelled.
+    /// Returns `true` if nothing else is in flight (the DMA part ended now); otherwise the
+    /// last of the cancelled transfers returns `true`.
+    ///
+    /// # Errors
+    ///
+    /// As [`handle`](Self::handle).
+    pub fn completed_final(
+        &mut self,
+        id: TransferId,
+        status: TransferStatus,
+        bytes: u64,
+    ) -> Result<bool> {
+        self.on_transfer(id, status, bytes, true)
+    }
+
+    /// Stop the transaction (the seed's `StopSystemTransfer`): status `Cancelled` unless a
+    /// status was set first; transfers in flight are cancelled and drain, queued ones are
+    /// withdrawn. Returns `true` if nothing was in flight, so the DMA part ended now.
+    /// Ignored (returns `false`) once the final transfer came back or after an earlier
+    /// stop.
+    pub fn stop(&mut self) -> bool {
+        if !self.cancel_ref {
+            return false;
+        }
+        // The cancel routine runs: it begins completion (first setter wins) and drops its
+        // reference; the execution reference keeps the request alive until the drain.
+        self.gate.begin_completion(Status::Cancelled);
+        self.stop_all();
+        self.cancel_ref = false;
+        self.drop_ref();
+        self.finish_if_drained()
+    }
+
+    /// The deadline timer fired: status `TimedOut` unless a status was set first (a timer
+    /// that fires after the final transfer loses the race and just drops its reference).
+    /// Transfers in flight are cancelled. Returns `true` if this ended the DMA part.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if no timer is armed or
+    /// it already fired or was cancelled.
+    pub fn timeout(&mut self) -> Result<bool> {
+        if !self.timer_ref {
+            return Err(NO_TIMER);
+        }
+        self.timer_ref = false;
+        self.gate.begin_completion(Status::TimedOut);
+        let ended = if self.finished {
+            false
+        } else {
+            self.stop_all();
+            self.finish_if_drained()
+        };
+        self.drop_ref();
+        Ok(ended)
+    }
+
+    /// The timer's cancellation came back: it will never fire (the seed's
+    /// `WdfTimerStop` returning TRUE). Drops the timer's reference.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if no timer is armed or
+    /// it already fired or was cancelled.
+    pub fn timer_cancelled(&mut self) -> Result<()> {
+        if !self.timer_ref {
+            return Err(NO_TIMER);
+        }
+        self.timer_ref = false;
+        self.drop_ref();
+        Ok(())
+    }
+
+    /// The next action to carry out, or `None` until the next event.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        let action = self.actions.pop_front()?;
+        if let Action::Submit(t) = action {
+            if let Some(s) = self
+                .slots
+                .iter_mut()
+                .find(|s| s.state == SlotState::Queued && s.transfer.id == t.id)
+            {
+                s.state = SlotState::InFlight;
+            }
+        }
+        Some(action)
+    }
+
+    /// Bytes actually moved so far, by every transfer, whatever the status (a cancel or
+    /// timeout that wins does not erase bytes that moved).
+    pub const fn bytes_transferred(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Total bytes the list describes.
+    pub const fn total_len(&self) -> u64 {
+        self.total
+    }
+
+    /// True once the final transfer's completion came back (every transfer drained): the
+    /// driver may hand the buffers back. Never true while the device may still access them.
+    pub const fn buffers_releasable(&self) -> bool {
+        self.finished
+    }
+
+    /// The request's outcome, once [`Action::Complete`] was emitted.
+    pub const fn outcome(&self) -> Option<Completion> {
+        self.outcome
+    }
+
+    /// True once the request completed ([`Action::Complete`] emitted).
+    pub const fn is_complete(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// The status set so far, if any (the final one once complete).
+    pub fn status(&self) -> Option<Status> {
+        self.gate.status()
+    }
+
+    /// Transfers submitted (or queued for submission) whose completion has not come back.
+    pub fn in_flight(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state != SlotState::Idle)
+            .count()
+    }
+
+    /// The scatter/gather list.
+    pub fn segments(&self) -> &[Segment] {
+        self.segments.as_ref()
+    }
+
+    /// The configuration.
+    pub const fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Which way the bytes move.
+    pub const fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// The action queue's capacity (tests check that it never grows).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn action_capacity(&self) -> usize {
+        self.actions.capacity()
+    }
+
+    fn on_transfer(
+        &mut self,
+        id: TransferId,
+        status: TransferStatus,
+        bytes: u64,
+        last: bool,
+    ) -> Result<bool> {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.state == SlotState::InFlight && s.transfer.id == id)
+        else {
+            return Err(NOT_IN_FLIGHT);
+        };
+        let t = self.slots[i].transfer;
+        if bytes > t.len {
+            return Err(TOO_MANY_BYTES);
+        }
+        self.slots[i].state = SlotState::Idle;
+        self.bytes += bytes;
+        if last {
+            self.stop_all();
+        }
+        match status {
+            TransferStatus::Complete if bytes == t.len => {
+                self.arm_next(i);
+            }
+            TransferStatus::Complete if bytes == 0 => match self.direction {
+                // End of file: start nothing new; transfers in flight drain (they may still
+                // carry data from before the end).
+                Direction::Read => {
+                    self.no_new = true;
+                    self.eof_at = self.eof_at.min(t.device_offset);
+                }
+                Direction::Write => self.device_error(libc::EIO),
+            },
+            TransferStatus::Complete => {
+                // Short: continue from where it stopped, unless stopped or past the end.
+                if !self.stopping && t.device_offset + bytes < self.eof_at {
+                    self.resubmit_rest(i, t, bytes);
+                }
+            }
+            TransferStatus::Cancelled => {
+                self.saw_cancelled = true;
+                self.stop_all();
+            }
+            TransferStatus::Error(errno) => self.device_error(errno),
+        }
+        Ok(self.finish_if_drained())
+    }
+
+    /// Slot `i`'s transfer `t` moved `moved` bytes, fewer than its length: queue the rest.
+    fn resubmit_rest(&mut self, i: usize, t: Transfer, moved: u64) {
+        let segs = self.segments.as_ref();
+        let ((first_segment, first_skip), used) =
+            sg::advance(segs, (t.first_segment, t.first_skip), moved);
+        let rest = Transfer {
+            id: self.take_id(),
+            device_offset: t.device_offset + moved,
+            len: t.len - moved,
+            first_segment,
+            first_skip,
+            segment_count: t.segment_count.saturating_sub(used),
+        };
+        self.queue(i, rest);
+    }
+
+    /// Give slot `i` the next transfer from the cursor, if the transaction wants one.
+    fn arm_next(&mut self, i: usize) -> bool {
+        if self.no_new {
+            return false;
+        }
+        let segs = self.segments.as_ref();
+        let Some((start, device_offset, len, count, next)) = sg::next_transfer(
+            segs,
+            self.cursor,
+            self.config.max_transfer,
+            self.config.max_segments,
+        ) else {
+            return false;
+        };
+        self.cursor = next;
+        let t = Transfer {
+            id: self.take_id(),
+            device_offset,
+            len,
+            first_segment: start.0,
+            first_skip: start.1,
+            segment_count: count,
+        };
+        self.queue(i, t);
+        true
+    }
+
+    fn take_id(&mut self) -> TransferId {
+        let id = TransferId::new(self.next_id);
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    fn queue(&mut self, i: usize, transfer: Transfer) {
+        self.slots[i] = Slot {
+            state: SlotState::Queued,
+            transfer,
+            cancel_sent: false,
+        };
+        self.actions.push_back(Action::Submit(transfer));
+    }
+
+    /// The device failed a transfer: the first error forces the status (it beats a cancel
+    /// or timeout, as in the seed); everything else stops.
+    fn device_error(&mut self, errno: i32) {
+        if !self.error_seen && !self.finished {
+            self.error_seen = true;
+            self.gate.force_status(Status::Failed(errno));
+        }
+        self.stop_all();
+    }
+
+    /// No new transfers; withdraw queued ones and cancel those in flight.
+    fn stop_all(&mut self) {
+        self.no_new = true;
+        self.stopping = true;
+        for i in 0..self.slots.len() {
+            let s = self.slots[i];
+            match s.state {
+                SlotState::Idle => {}
+                SlotState::Queued => {
+                    let id = s.transfer.id;
+                    self.actions
+                        .retain(|a| !matches!(a, Action::Submit(t) if t.id == id));
+                    self.slots[i].state = SlotState::Idle;
+                }
+                SlotState::InFlight => {
+                    if !s.cancel_sent {
+                        self.slots[i].cancel_sent = true;
+                        self.actions.push_back(Action::Cancel(s.transfer.id));
+                    }
+                }
+            }
+        }
+    }
+
+    /// End the DMA part if the final transfer just came back: nothing in flight, and
+    /// nothing left to start. Returns whether it ended now.
+    fn finish_if_drained(&mut self) -> bool {
+        if self.finished || self.slots.iter().any(|s| s.state != SlotState::Idle) {
+            return false;
+        }
+        if self.arm_next(0) {
+            // Unreachable by construction (a slot is re-armed whenever its transfer is
+            // done), kept so that no event sequence can strand the transaction.
+            return false;
+        }
+        self.finished = true;
+        // Begin completion: a status set earlier (cancel, timeout, device error) wins.
+        let status = if self.saw_cancelled {
+            Status::Cancelled
+        } else {
+            Status::Success
+        };
+        self.gate.begin_completion(status);
+        // Unmark cancelable: the cancel path can no longer run; drop its reference for it.
+        if self.cancel_ref {
+            self.cancel_ref = false;
+            self.drop_ref();
+        }
+        // The timer is still queued: ask for it to be stopped; its reference drops when
+        // the cancellation (or the timer itself) comes back.
+        if self.timer_ref {
+            self.actions.push_back(Action::CancelTimer);
+        }
+        // Drop the execution reference.
+        self.drop_ref();
+        true
+    }
+
+    /// Drop one completion reference; if it was the last, emit the completion.
+    fn drop_ref(&mut self) {
+        if let Ok(Some(status)) = self.gate.release() {
+            let c = Completion {
+                status: status.into_result(),
+                bytes: self.bytes,
+            };
+            self.outcome = Some(c);
+            self.actions.push_back(Action::Complete(c));
+        }
+    }
+}

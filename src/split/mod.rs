@@ -1,0 +1,18 @@
+//! Splitting a request too large for its target into chunk-sized child requests that
+//! complete as one.
+//!
+//! - [`TransferPlan`] (in `plan`): the pure planner — max chunk, boundary, device alignment,
+//!   segments per chunk — yielding [`Chunk`]s without allocating.
+//! - [`SplitMachine`] (in `machine`): the sans-I/O driver state machine, [`Mode::Serial`]
+//!   (one child re-armed) or [`Mode::Parallel`]; events in, [`Action`]s out.
+//! - [`block_device_limits`]: default limits of a block device, from sysfs.
+
+mod machine;
+mod plan;
+mod sysfs;
+
+pub use machine::{
+    Action, ChildId, Completion, Direction, Event, Mode, SplitMachine, MAX_IN_FLIGHT,
+};
+pub use plan::{Chunk, Chunks, PlanBuilder, TransferPlan};
+pub use sysfs::{block_device_limits, BlockLimits};

@@ -1,0 +1,188 @@
+//! Default chunk limits of a block device, read from sysfs.
+//!
+//! This is the one part of `split` that does I/O (it reads a few small sysfs files); it is
+//! separate from the planner and the machine, which never do.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::plan::PlanBuilder;
+use super::TransferPlan;
+use crate::error::{Error, Result};
+
+/// A block device's transfer limits, from `/sys/dev/block/MAJ:MIN/queue/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLimits {
+    /// `logical_block_size`: the alignment direct I/O needs (offsets, lengths, buffers).
+    pub logical_block_size: u32,
+    /// `max_sectors_kb` × 1024: the largest request the block layer sends the device
+    /// in one piece.
+    pub max_chunk: u64,
+    /// `max_segments`: most memory segments in one request, if the file exists.
+    pub max_segments: Option<u32>,
+    /// `max_segment_size`: largest memory segment, if the file exists.
+    pub max_segment_size: Option<u64>,
+}
+
+impl BlockLimits {
+    /// A plan builder preset with these limits (max chunk and alignment); add a boundary or
+    /// a segment limit if the request's buffers need one, then `build()`.
+    pub const fn plan_builder(&self) -> PlanBuilder {
+        TransferPlan::builder()
+            .max_chunk(self.max_chunk)
+            .align(self.logical_block_size)
+    }
+}
+
+/// The default chunk limits of the block device `st_rdev` (from `fstat`/`stat` of a block
+/// device node; for a partition, its disk's limits).
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if `st_rdev` names no block
+/// device in sysfs (a regular file's `st_rdev` is 0) or a limit file is malformed; the OS
+/// error if a file cannot be read otherwise.
+pub fn block_device_limits(st_rdev: libc::dev_t) -> Result<BlockLimits> {
+    let dir = PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(st_rdev),
+        libc::minor(st_rdev)
+    ));
+    if !dir.exists() {
+        return Err(Error::invalid(
+            "sysfs: not a block device (no /sys/dev/block entry)",
+        ));
+    }
+    limits_from_dir(&dir)
+}
+
+/// Read the limits under `dir` (a `/sys/dev/block/MAJ:MIN` directory): its `queue/`, or for
+/// a partition, which has none, the disk's (`../queue`).
+fn limits_from_dir(dir: &Path) -> Result<BlockLimits> {
+    let mut queue = dir.join("queue");
+    if !queue.is_dir() {
+        queue = dir.join("../queue");
+    }
+    let logical_block_size = read_number(&queue.join("logical_block_size"))?
+        .ok_or(Error::invalid("sysfs: no queue/logical_block_size"))?;
+    let max_sectors_kb = read_number(&queue.join("max_sectors_kb"))?
+        .ok_or(Error::invalid("sysfs: no queue/max_sectors_kb"))?;
+    let logical_block_size = u32::try_from(logical_block_size)
+        .ok()
+        .filter(|b| b.is_power_of_two())
+        .ok_or(Error::invalid("sysfs: malformed logical_block_size"))?;
+    let max_chunk = max_sectors_kb
+        .checked_mul(1024)
+        .filter(|m| *m >= u64::from(logical_block_size))
+        .ok_or(Error::invalid("sysfs: malformed max_sectors_kb"))?;
+    let max_segments = read_number(&queue.join("max_segments"))?
+        .map(|n| u32::try_from(n).map_err(|_| Error::invalid("sysfs: malformed max_segments")))
+        .transpose()?;
+    let max_segment_size = read_number(&queue.join("max_segment_size"))?;
+    Ok(BlockLimits {
+        logical_block_size,
+        max_chunk,
+        max_segments,
+        max_segment_size,
+    })
+}
+
+/// A decimal number from a sysfs file; `None` if the file does not exist.
+fn read_number(path: &Path) -> Result<Option<u64>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::invalid("sysfs: malformed queue limit")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::from_io(&e)),
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use std::fs;
+
+    fn fake_device(dir: &Path, files: &[(&str, &str)]) {
+        fs::create_dir_all(dir.join("queue")).unwrap();
+        for (name, value) in files {
+            fs::write(dir.join("queue").join(name), value).unwrap();
+        }
+    }
+
+    #[test]
+    fn reads_a_fake_sysfs_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let disk = t.path().join("disk");
+        fake_device(
+            &disk,
+            &[
+                ("logical_block_size", "4096\n"),
+                ("max_sectors_kb", "1280\n"),
+                ("max_segments", "128\n"),
+            ],
+        );
+        let l = limits_from_dir(&disk).unwrap();
+        assert_eq!(
+            l,
+            BlockLimits {
+                logical_block_size: 4096,
+                max_chunk: 1280 * 1024,
+                max_segments: Some(128),
+                max_segment_size: None,
+            }
+        );
+        let plan = l.plan_builder().build().unwrap();
+        assert_eq!((plan.max_chunk(), plan.align()), (1280 * 1024, 4096));
+        // A partition has no queue/ of its own: the disk's is used.
+        let part = disk.join("part1");
+        fs::create_dir_all(&part).unwrap();
+        assert_eq!(limits_from_dir(&part).unwrap(), l);
+    }
+
+    #[test]
+    fn malformed_or_missing_limits_are_typed_errors() {
+        let t = tempfile::tempdir().unwrap();
+        for files in [
+            &[("logical_block_size", "512")][..],
+            &[("logical_block_size", "x"), ("max_sectors_kb", "4")][..],
+            &[("logical_block_size", "1000"), ("max_sectors_kb", "4")][..],
+            &[("logical_block_size", "4096"), ("max_sectors_kb", "0")][..],
+        ] {
+            let d = t
+                .path()
+                .join(format!("d{}", files.len() + files[0].1.len()));
+            fake_device(&d, files);
+            let e = limits_from_dir(&d).unwrap_err();
+            assert!(
+                matches!(e.kind(), ErrorKind::InvalidInput { .. }),
+                "{files:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_regular_file_is_not_a_block_device() {
+        let e = block_device_limits(0).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+    }
+
+    /// The real thing, on whatever block device this machine has.
+    #[test]
+    fn reads_a_real_block_device_if_any() {
+        let Some(dev) = ["/dev/vda", "/dev/sda", "/dev/nvme0n1", "/dev/loop0"]
+            .iter()
+            .find_map(|p| fs::metadata(p).ok())
+        else {
+            eprintln!("skipped: no block device node found");
+            return;
+        };
+        use std::os::unix::fs::MetadataExt;
+        let l = block_device_limits(dev.rdev() as libc::dev_t).unwrap();
+        assert!(l.logical_block_size.is_power_of_two() && l.logical_block_size >= 512);
+        assert!(l.max_chunk >= u64::from(l.logical_block_size));
+    }
+}

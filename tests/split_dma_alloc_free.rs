@@ -1,0 +1,177 @@
+//! Steady-state operation of the sans-I/O machines performs zero heap allocations: proven
+//! with a counting global allocator (per thread, so other test threads do not interfere).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use iocomplete::dma::{self, Segment, Transaction, TransferStatus};
+use iocomplete::gate::{CompletionGate, Status};
+use iocomplete::split::{Action, Direction, Event, Mode, SplitMachine, TransferPlan};
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts allocations made by the current thread, then defers to the system allocator.
+struct Counting;
+
+fn count() {
+    // `try_with`: during thread teardown the counter may be gone; nothing to count then.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so
+// `System`'s guarantees are ours; counting touches only a const-initialised thread-local
+// `Cell`, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: as in `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` through this allocator, with this `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: `ptr` came from `System` through this allocator, with this `layout`; the
+        // caller upholds the rest of `realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// Drive one split request to completion with short transfers on every other child, and
+/// return the number of actions processed.
+fn run_split(m: &mut SplitMachine, short: bool) -> u64 {
+    let mut steps = 0;
+    loop {
+        match m.poll_action() {
+            Some(Action::Submit { child, len, .. }) => {
+                let moved = if short && len > 512 { len / 2 } else { len };
+                m.handle(Event::ChildCompleted {
+                    child,
+                    result: Ok(moved),
+                })
+                .unwrap();
+            }
+            Some(Action::Complete(c)) => {
+                assert!(c.status.is_ok());
+                return steps;
+            }
+            Some(Action::Cancel { .. }) => unreachable!("no cancel in this run"),
+            None => unreachable!("stalled"),
+        }
+        steps += 1;
+    }
+}
+
+#[test]
+fn split_machine_steady_state_does_not_allocate() {
+    let plan = TransferPlan::builder()
+        .max_chunk(64 * 1024)
+        .align(512)
+        .build()
+        .unwrap();
+    for mode in [Mode::Serial, Mode::Parallel { max_in_flight: 8 }] {
+        // Only construction allocates (the child table and the action queue, sized for
+        // the worst case): no warm-up, the first request counts too.
+        let mut m = SplitMachine::new(plan, mode, Direction::Read, 0, 1 << 20).unwrap();
+        let before = allocations();
+        let mut steps = run_split(&mut m, false);
+        for round in 0..20u64 {
+            m.restart(round * 4096, 8 << 20).unwrap();
+            steps += run_split(&mut m, round % 2 == 1);
+        }
+        // Errors and cancels too: the first error cancels the rest, queued submits are
+        // withdrawn in place.
+        m.restart(0, 8 << 20).unwrap();
+        let mut first = None;
+        while let Some(a) = m.poll_action() {
+            if let Action::Submit { child, .. } = a {
+                first.get_or_insert(child);
+            }
+        }
+        m.handle(Event::from_cqe(first.unwrap(), -libc::EIO))
+            .unwrap();
+        m.handle(Event::Cancel).unwrap();
+        while let Some(a) = m.poll_action() {
+            if let Action::Cancel { child } = a {
+                m.handle(Event::from_cqe(child, -libc::ECANCELED)).unwrap();
+            }
+        }
+        assert!(m.is_complete());
+        assert_eq!(
+            allocations() - before,
+            0,
+            "{mode:?}: allocated over {steps} steps"
+        );
+        assert!(steps > 2_000);
+    }
+}
+
+#[test]
+fn dma_transfers_do_not_allocate() {
+    let segments: Vec<Segment> = (0..256u64)
+        .map(|i| Segment::new(i * 4096 + (i / 16) * 65536, 4096))
+        .collect();
+    let config = dma::Config::new()
+        .max_transfer(32 * 1024)
+        .max_segments(4)
+        .max_in_flight(4)
+        .timer(true);
+    let mut tx = Transaction::new(&segments[..], Direction::Write, config).unwrap();
+    let before = allocations();
+    let mut finals = 0;
+    let mut short = false;
+    while let Some(a) = tx.poll_action() {
+        match a {
+            dma::Action::Submit(t) => {
+                let pieces = t.pieces(&segments).count();
+                assert_eq!(pieces, t.segment_count);
+                short = !short;
+                let moved = if short { (t.len / 3).max(1) } else { t.len };
+                finals += u32::from(
+                    tx.transfer_completed(t.id, TransferStatus::Complete, moved)
+                        .unwrap(),
+                );
+            }
+            dma::Action::CancelTimer => tx.timer_cancelled().unwrap(),
+            dma::Action::Complete(c) => assert_eq!((c.status, c.bytes), (Ok(()), 256 * 4096)),
+            dma::Action::Cancel(_) => unreachable!(),
+        }
+    }
+    assert_eq!(finals, 1);
+    assert!(tx.is_complete());
+    assert_eq!(allocations() - before, 0);
+}
+
+#[test]
+fn gate_does_not_allocate() {
+    let before = allocations();
+    for _ in 0..1000 {
+        let g = CompletionGate::with_refs(3).unwrap();
+        g.begin_completion(Status::Cancelled);
+        g.release().unwrap();
+        g.try_acquire().unwrap();
+        g.release().unwrap();
+        g.release().unwrap();
+        assert_eq!(g.complete(Status::Success, true), Ok(Some(Status::Success)));
+    }
+    assert_eq!(allocations() - before, 0);
+}
