@@ -674,3 +674,144 @@ fn multishot_read_with_provided_buffers_survives_running_dry() {
     let st = pool.stats();
     assert_eq!(st.free, st.total);
 }
+
+#[test]
+fn send_sync_contract() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<Ring>();
+    send_sync::<iocomplete::RingHandle>();
+    send_sync::<BufferPool>();
+    send::<iocomplete::PoolBuf>();
+    send_sync::<iocomplete::SharedBuf>();
+    send_sync::<CompletionQueue<Completion>>();
+    send::<Completion>();
+    send::<iocomplete::Ticket>();
+}
+
+/// The same reads on rings set up every way the builder offers.
+#[test]
+fn ring_setups_single_issuer_defer_taskrun_sqpoll() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("v");
+    verify::make_file(&path, 32 * BS as u64, BS, 21);
+    let setups: Vec<(&str, iocomplete::RingBuilder)> = vec![
+        ("default", Ring::builder()),
+        ("single_issuer", Ring::builder().single_issuer(true)),
+        ("defer_taskrun", Ring::builder().defer_taskrun(true)),
+        ("sqpoll", Ring::builder().sqpoll(50)),
+    ];
+    for (name, b) in setups {
+        let mut ring = match b.build() {
+            Ok(r) => r,
+            Err(e) if matches!(e.kind(), ErrorKind::Unsupported { .. }) => {
+                eprintln!("SKIP {name}: {e}");
+                continue;
+            }
+            Err(e) => panic!("{name}: {e}"),
+        };
+        let pool = pool(8, BS, 0);
+        ring.register_pool(&pool);
+        let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
+        for round in 0..4u64 {
+            let tickets: Vec<_> = (0..8u64)
+                .map(|k| {
+                    let b = (round * 8 + k) % 32;
+                    (
+                        b,
+                        ring.submit(Op::read(t, b * BS as u64, pool.try_get().unwrap()))
+                            .ticket(),
+                    )
+                })
+                .collect();
+            for (b, tk) in tickets {
+                let buf = ring.wait(tk).unwrap().into_result().unwrap();
+                verify::check_block(buf.data(), b * BS as u64, 21)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+        check_teardown(&ring, &[&pool]);
+    }
+}
+
+/// A ring moved to another thread after being built (single issuer: the ring is enabled
+/// by the first thread that drives it).
+#[test]
+fn single_issuer_ring_moves_to_its_driving_thread() {
+    let ring = Ring::builder().single_issuer(true).build().unwrap();
+    let t = std::thread::spawn(move || {
+        let mut ring = ring;
+        let c = ring.submit(Op::nop().tag(3)).wait().unwrap();
+        assert_eq!(c.tag(), 3);
+        check_teardown(&ring, &[]);
+    });
+    t.join().unwrap();
+}
+
+fn openpty_raw() -> (OwnedFd, OwnedFd) {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: out-pointers are valid; name, termios and winsize may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty failed");
+    // SAFETY: `tio` is filled by tcgetattr before use; `slave` is a valid tty.
+    unsafe {
+        let mut tio: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(slave, &mut tio), 0);
+        libc::cfmakeraw(&mut tio);
+        assert_eq!(libc::tcsetattr(slave, libc::TCSANOW, &tio), 0);
+    }
+    // SAFETY: fresh descriptors owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+#[test]
+fn pty_round_trip_and_readiness_poll() {
+    let (master, slave) = openpty_raw();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, BS, 4);
+    let m = ring.register(master).unwrap();
+    let s = ring.register(slave).unwrap();
+    assert_eq!(ring.info(s).unwrap().kind, iocomplete::FdKind::Tty);
+    // Readiness: nothing to read yet, so a poll stays pending until the master writes.
+    let mut poll = Some(ring.submit(Op::poll(s, libc::POLLIN as u32)).ticket());
+    ring.run_once(Some(Duration::from_millis(20))).unwrap();
+    assert!(!ring.is_done(poll.as_ref().unwrap()));
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    for i in 0..16u64 {
+        let mut b = pool.try_get().unwrap();
+        b.set_len(512).unwrap();
+        verify::fill_block(b.data_mut(), i * 512, 13);
+        sent.extend_from_slice(b.data());
+        assert_eq!(
+            ring.submit(Op::write(m, 0, b)).wait().unwrap().result(),
+            Ok(512)
+        );
+        if let Some(p) = poll.take() {
+            let c = ring.wait(p).unwrap();
+            assert_ne!(
+                c.bytes() & libc::POLLIN as usize,
+                0,
+                "poll mask {:#x}",
+                c.bytes()
+            );
+        }
+        while got.len() < sent.len() {
+            let c = ring
+                .submit(Op::read(s, 0, pool.try_get().unwrap()))
+                .wait()
+                .unwrap();
+            got.extend_from_slice(c.into_result().unwrap().data());
+        }
+    }
+    verify::check_range(&got, 512, 13, 0).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
