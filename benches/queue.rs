@@ -38,11 +38,10 @@ fn cq_cross(n: u64, batch: usize) -> Duration {
     let p = {
         let q = q.clone();
         std::thread::spawn(move || {
+            // Like `SyncSender::send`: wait for room when full (spin, then sleep).
             for i in 0..n {
-                let mut v = i;
-                while let Err(back) = q.push(v) {
-                    v = back;
-                    std::hint::spin_loop();
+                if let Err(v) = q.push(i) {
+                    q.push_wait(v);
                 }
             }
         })

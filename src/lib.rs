@@ -68,6 +68,7 @@ pub mod ring;
 pub mod sim;
 pub mod split;
 pub(crate) mod sync;
+mod waiters;
 
 pub use buf::{BufferPool, IoBuf, PoolBuf, SharedBuf};
 pub use error::{Error, ErrorKind, Result};

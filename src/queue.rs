@@ -2,8 +2,9 @@
 //! completions from the ring thread to any thread.
 //!
 //! Built on `crossbeam_queue::ArrayQueue`. Push and pop never lock; a consumer that wants
-//! to *block* registers as a waiter, and a producer takes the wake-up lock only when a
-//! waiter exists — so a busy queue costs no syscall and no lock per item.
+//! to *block* spins briefly, then registers as a waiter (see `waiters`), and a producer
+//! takes the wake-up lock only when a waiter exists — so a busy queue costs no syscall
+//! and no lock per item.
 //!
 //! Consumers should prefer [`pop_batch`](CompletionQueue::pop_batch): draining many items
 //! per wake-up is what makes cross-thread hand-off cheap.
@@ -11,7 +12,9 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::sync::{AtomicUsize, Condvar, Mutex, Ordering};
+#[cfg(loom)]
+use crate::sync::Mutex;
+use crate::waiters::Waiters;
 
 #[cfg(not(loom))]
 type Inner<T> = crossbeam_queue::ArrayQueue<T>;
@@ -62,11 +65,10 @@ impl<T> Inner<T> {
 /// ```
 pub struct CompletionQueue<T> {
     items: Inner<T>,
-    /// Consumers blocked (or about to block) in a waiting pop. Producers notify only when
-    /// it is non-zero.
-    waiters: AtomicUsize,
-    lock: Mutex<()>,
-    cv: Condvar,
+    /// Consumers blocked (or about to block) in a waiting pop.
+    waiters: Waiters,
+    /// Producers blocked in a waiting push (queue full).
+    space: Waiters,
 }
 
 impl<T> fmt::Debug for CompletionQueue<T> {
@@ -83,22 +85,69 @@ impl<T> CompletionQueue<T> {
     pub fn new(capacity: usize) -> Self {
         CompletionQueue {
             items: Inner::new(capacity.max(1)),
-            waiters: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            cv: Condvar::new(),
+            waiters: Waiters::new(),
+            space: Waiters::new(),
         }
     }
 
     /// Add an item; when the queue is full, the item is handed back.
     pub fn push(&self, item: T) -> Result<(), T> {
         self.items.push(item)?;
-        self.notify();
+        self.waiters.notify();
         Ok(())
+    }
+
+    /// Add an item, waiting as long as it takes for room.
+    pub fn push_wait(&self, item: T) {
+        let mut item = Some(item);
+        loop {
+            let got = self.space.wait_until(None, || {
+                let v = item.take()?;
+                match self.items.push(v) {
+                    Ok(()) => Some(()),
+                    Err(back) => {
+                        item = Some(back);
+                        None
+                    }
+                }
+            });
+            if got.is_some() {
+                self.waiters.notify();
+                return;
+            }
+        }
+    }
+
+    /// Add an item, waiting up to `timeout` for room; hands the item back on timeout.
+    pub fn push_timeout(&self, item: T, timeout: Duration) -> Result<(), T> {
+        let mut item = Some(item);
+        let got = self.space.wait_until(Some(Instant::now() + timeout), || {
+            let v = item.take()?;
+            match self.items.push(v) {
+                Ok(()) => Some(()),
+                Err(back) => {
+                    item = Some(back);
+                    None
+                }
+            }
+        });
+        match (got, item) {
+            (Some(()), _) => {
+                self.waiters.notify();
+                Ok(())
+            }
+            (None, Some(v)) => Err(v),
+            (None, None) => unreachable!("item consumed without a successful push"),
+        }
     }
 
     /// Take one item without waiting.
     pub fn pop(&self) -> Option<T> {
-        self.items.pop()
+        let v = self.items.pop();
+        if v.is_some() {
+            self.space.notify();
+        }
+        v
     }
 
     /// Take up to `max` items without waiting, appending them to `out`. Returns how many.
@@ -113,18 +162,22 @@ impl<T> CompletionQueue<T> {
                 None => break,
             }
         }
+        if n > 0 {
+            self.space.notify();
+        }
         n
     }
 
     /// Take one item, waiting up to `timeout` for one to arrive.
     pub fn pop_timeout(&self, timeout: Duration) -> Option<T> {
-        self.wait_until(Some(Instant::now() + timeout), |q| q.items.pop())
+        self.waiters
+            .wait_until(Some(Instant::now() + timeout), || self.pop())
     }
 
     /// Take one item, waiting as long as it takes.
     pub fn pop_wait(&self) -> T {
         loop {
-            if let Some(v) = self.wait_until(None, |q| q.items.pop()) {
+            if let Some(v) = self.waiters.wait_until(None, || self.pop()) {
                 return v;
             }
         }
@@ -166,54 +219,6 @@ impl<T> CompletionQueue<T> {
     /// Maximum number of items.
     pub fn capacity(&self) -> usize {
         self.items.capacity()
-    }
-
-    fn notify(&self) {
-        // SeqCst fence pairs with the one in `wait_until`: either this load sees the
-        // consumer's waiter registration (and we notify under the lock), or the
-        // consumer's re-check after registering sees our item. No lost wake-up.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.waiters.load(Ordering::Relaxed) > 0 {
-            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.cv.notify_all();
-        }
-    }
-
-    fn wait_until(
-        &self,
-        deadline: Option<Instant>,
-        mut take: impl FnMut(&Self) -> Option<T>,
-    ) -> Option<T> {
-        if let Some(v) = take(self) {
-            return Some(v);
-        }
-        let mut g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        // Relaxed increment + SeqCst fence: see `notify`.
-        self.waiters.fetch_add(1, Ordering::Relaxed);
-        std::sync::atomic::fence(Ordering::SeqCst);
-        let got = loop {
-            if let Some(v) = take(self) {
-                break Some(v);
-            }
-            match deadline {
-                None => g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break None;
-                    }
-                    g = self
-                        .cv
-                        .wait_timeout(g, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
-        };
-        // Relaxed: only gates notifications (a stale value costs one spurious notify).
-        self.waiters.fetch_sub(1, Ordering::Relaxed);
-        drop(g);
-        got
     }
 }
 
@@ -273,6 +278,19 @@ mod tests {
             .collect();
         all.sort_unstable();
         assert_eq!(all, (0..2 * PER).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn blocked_producer_is_woken_by_a_pop() {
+        let q = Arc::new(CompletionQueue::new(1));
+        q.push(1u32).unwrap();
+        assert_eq!(q.push_timeout(2, Duration::from_millis(5)), Err(2));
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.push_wait(3));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(q.pop(), Some(1));
+        t.join().unwrap();
+        assert_eq!(q.pop_timeout(Duration::from_secs(5)), Some(3));
     }
 
     #[test]

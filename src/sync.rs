@@ -1,16 +1,16 @@
 //! Shim over the synchronization primitives, so the lock-free parts can be model-checked
 //! with loom (`RUSTFLAGS="--cfg loom" cargo test --lib --release loom`).
 
-// The shim re-exports every primitive whether or not a module uses it yet.
+// Every primitive is re-exported whether or not a module uses it in this configuration.
 #![allow(unused_imports)]
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 #[cfg(loom)]
 pub(crate) use loom::sync::{Arc, Condvar, Mutex};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Arc, Condvar, Mutex};
 

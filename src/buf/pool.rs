@@ -5,7 +5,10 @@ use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+#[cfg(loom)]
+use crate::sync::Mutex;
+use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::waiters::Waiters;
 
 use super::pooled::PoolBuf;
 
@@ -245,10 +248,8 @@ pub(crate) struct PoolInner {
     meta: Box<[SlotMeta]>,
     /// Slots owned by the kernel right now; maintained by the ring.
     in_flight: AtomicUsize,
-    /// Threads blocked in a waiting get. A returning slot notifies only if non-zero.
-    waiters: AtomicUsize,
-    wait_lock: Mutex<()>,
-    wait_cv: Condvar,
+    /// Threads blocked in a waiting get; a returning slot wakes them.
+    waiters: Waiters,
     /// Number of rings that have this arena registered as fixed buffers.
     registrations: AtomicU64,
 }
@@ -301,9 +302,7 @@ impl PoolInner {
             free,
             meta,
             in_flight: AtomicUsize::new(0),
-            waiters: AtomicUsize::new(0),
-            wait_lock: Mutex::new(()),
-            wait_cv: Condvar::new(),
+            waiters: Waiters::new(),
             registrations: AtomicU64::new(0),
         })
     }
@@ -395,52 +394,13 @@ impl PoolInner {
             debug_assert!(false, "free list overflow: slot {slot} returned twice");
             return;
         }
-        // SeqCst fence pairs with the one in `take_wait`: either this load sees the
-        // waiter's increment (and we notify), or the waiter's re-check of the free list
-        // after its increment sees the slot we just pushed. No lost wake-up.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.waiters.load(Ordering::Relaxed) > 0 {
-            let _g = self.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.wait_cv.notify_one();
-        }
+        self.waiters.notify();
     }
 
     /// Take a slot, waiting up to `timeout` (forever if `None`) for one to be returned.
     pub(crate) fn take_wait(&self, timeout: Option<Duration>) -> Option<u32> {
-        if let Some(s) = self.try_take() {
-            return Some(s);
-        }
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut guard = self.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
-        // Relaxed increment + SeqCst fence: pairs with the fence in `put` (see there).
-        self.waiters.fetch_add(1, Ordering::Relaxed);
-        std::sync::atomic::fence(Ordering::SeqCst);
-        let got = loop {
-            if let Some(s) = self.try_take() {
-                break Some(s);
-            }
-            match deadline {
-                None => {
-                    guard = self.wait_cv.wait(guard).unwrap_or_else(|e| e.into_inner());
-                }
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break None;
-                    }
-                    guard = self
-                        .wait_cv
-                        .wait_timeout(guard, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
-        };
-        // Relaxed: the waiter count only gates notifications; a stale non-zero value costs
-        // one spurious notify.
-        self.waiters.fetch_sub(1, Ordering::Relaxed);
-        drop(guard);
-        got
+        self.waiters.wait_until(deadline, || self.try_take())
     }
 
     fn mark(&self, slot: u32, from: u32, to: u32) {
