@@ -100,6 +100,8 @@ pub(crate) enum OpKind {
         target: Target,
         offset: u64,
         buf: PoolBuf,
+        /// Where in the data area the read lands (0, or `buf.len()` for an append).
+        at: usize,
         len: usize,
     },
     Write {
@@ -155,6 +157,7 @@ impl Op {
             target,
             offset,
             buf,
+            at: 0,
             len,
         })
     }
@@ -165,6 +168,23 @@ impl Op {
             target,
             offset,
             buf,
+            at: 0,
+            len,
+        })
+    }
+
+    /// Read at most `len` bytes into `buf`'s data area right after the `buf.len()` bytes
+    /// it already holds (`0 < len <= capacity - buf.len()`): the building block of
+    /// filling one buffer by several reads (FIFO receive). On success the completion gives
+    /// `buf` back with `len()` = previous length + bytes read; on error its length and
+    /// bytes are unchanged.
+    pub fn read_append(target: Target, offset: u64, buf: PoolBuf, len: usize) -> Op {
+        let at = buf.len();
+        Op::of(OpKind::Read {
+            target,
+            offset,
+            buf,
+            at,
             len,
         })
     }

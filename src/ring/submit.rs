@@ -98,6 +98,7 @@ impl Ring {
             cancel_requested: false,
             has_deadline: deadline.is_some(),
             is_read: false,
+            read_base: 0,
             multishot: None,
         });
         let id = OpId::new(key as u32, gen);
@@ -173,21 +174,25 @@ impl Ring {
                 target,
                 offset,
                 mut buf,
+                at,
                 len,
             } => {
-                let ptr = buf.data_mut_ptr();
+                // `wrapping_add` keeps this safe to compute; it is only handed to the
+                // kernel once `at + len <= cap` is checked below.
+                let ptr = buf.data_mut_ptr().wrapping_add(at);
                 let cap = buf.capacity();
                 let fixed = self.pool_buf_index(&buf);
                 self.ops[key].bufs = Bufs::Pool(buf);
                 self.ops[key].is_read = true;
+                self.ops[key].read_base = at;
                 let (fd, info) = self.fd_of(target)?;
                 if !info.readable {
                     return Err(Error::invalid("target is not open for reading"));
                 }
                 let n = io_len(len)?;
-                if len > cap {
+                if len.saturating_add(at) > cap {
                     return Err(Error::new(ErrorKind::BufferTooSmall {
-                        need: len as u64,
+                        need: len.saturating_add(at) as u64,
                         have: cap as u64,
                     }));
                 }
