@@ -91,6 +91,8 @@ pub struct Op {
     pub(crate) kind: OpKind,
     pub(crate) deadline: Option<Duration>,
     pub(crate) tag: u64,
+    /// `RWF_NOWAIT` on a read (see [`Op::nowait`]).
+    pub(crate) nowait: bool,
 }
 
 #[derive(Debug)]
@@ -140,6 +142,7 @@ impl Op {
             kind,
             deadline: None,
             tag: 0,
+            nowait: false,
         }
     }
 
@@ -257,6 +260,20 @@ impl Op {
     /// within `d` (an `IORING_OP_LINK_TIMEOUT` linked to the operation).
     pub fn deadline(mut self, d: Duration) -> Op {
         self.deadline = Some(d);
+        self
+    }
+
+    /// Make a read complete at once with `EAGAIN` when the source has no data, instead of
+    /// waiting for it (`RWF_NOWAIT` in the read's `rw_flags`).
+    ///
+    /// io_uring waits inside the kernel for data on a pollable file (pipe, socket, tty)
+    /// even when its descriptor is `O_NONBLOCK` (Linux 6.x arms an internal poll and
+    /// retries), so this is the way to learn that a stream ran dry. Files whose driver
+    /// cannot read without blocking (no `FMODE_NOWAIT`: ttys, many character devices)
+    /// answer `EOPNOTSUPP`. Reads only: any other operation with it is refused with
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) without a syscall.
+    pub fn nowait(mut self) -> Op {
+        self.nowait = true;
         self
     }
 

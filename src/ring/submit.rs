@@ -87,6 +87,7 @@ impl Ring {
             kind,
             deadline,
             tag,
+            nowait,
         } = op;
         let key = self.ops.insert(Entry {
             gen,
@@ -110,7 +111,7 @@ impl Ring {
             OpKind::ReadMulti { .. } if !multi_ok => Err(Error::invalid(
                 "multishot operations deliver to a CompletionQueue (or detach)",
             )),
-            kind => self.prepare(key, kind),
+            kind => self.prepare(key, kind, nowait),
         };
         let prepared = prepared.and_then(|sqe| {
             let sqe = sqe.user_data(id.user_data());
@@ -167,8 +168,10 @@ impl Ring {
 
     /// Validate and build the SQE (without `user_data`). Buffers are parked in the entry
     /// before anything can fail, so an error still hands them back.
-    fn prepare(&mut self, key: usize, kind: OpKind) -> Result<squeue::Entry> {
-        match kind {
+    fn prepare(&mut self, key: usize, kind: OpKind, nowait: bool) -> Result<squeue::Entry> {
+        let is_read = matches!(kind, OpKind::Read { .. });
+        let rw_flags = if nowait { libc::RWF_NOWAIT } else { 0 };
+        let sqe: Result<squeue::Entry> = match kind {
             OpKind::Nop => Ok(opcode::Nop::new().build()),
             OpKind::Read {
                 target,
@@ -205,8 +208,12 @@ impl Ring {
                 Ok(match fixed {
                     Some(ix) => with_fd!(fd, |f| opcode::ReadFixed::new(f, ptr, n, ix)
                         .offset(off)
+                        .rw_flags(rw_flags)
                         .build()),
-                    None => with_fd!(fd, |f| opcode::Read::new(f, ptr, n).offset(off).build()),
+                    None => with_fd!(fd, |f| opcode::Read::new(f, ptr, n)
+                        .offset(off)
+                        .rw_flags(rw_flags)
+                        .build()),
                 })
             }
             OpKind::Write {
@@ -353,7 +360,12 @@ impl Ring {
                 }
                 Ok(with_fd!(fd, |f| opcode::PollAdd::new(f, events).build()))
             }
+        };
+        let sqe = sqe?;
+        if nowait && !is_read {
+            return Err(Error::invalid("nowait applies to reads only"));
         }
+        Ok(sqe)
     }
 
     fn check_iov(&self, iov: &[libc::iovec], info: &FdInfo, offset: u64) -> Result<()> {
