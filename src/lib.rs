@@ -24,7 +24,8 @@
 //!   hard logic, so it is testable without a kernel and fuzzable with arbitrary
 //!   completion orders:
 //!   [`reader`] (continuous reader: N reads in flight per source, restart on failure),
-//!   [`fifo`] (fill a buffer from a source that runs dry, waiting for readiness).
+//!   [`fifo`] (fill a buffer from a source that runs dry, waiting for readiness; driven on
+//!   a ring by [`FifoReceiver`]).
 //!
 //! ```
 //! use iocomplete::{BufferPool, Op, Ring};
@@ -63,7 +64,10 @@ pub(crate) mod sync;
 
 pub use buf::{BufferPool, IoBuf, PoolBuf, SharedBuf};
 pub use error::{Error, ErrorKind, Result};
-pub use fifo::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus};
+pub use fifo::{
+    FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoReceived, FifoReceiver, FifoRefused,
+    FifoStatus,
+};
 pub use queue::CompletionQueue;
 pub use reader::{FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, Restart};
 pub use request::{Bufs, Completion, OpFuture, Submission, Ticket};
