@@ -367,16 +367,7 @@ pub(crate) fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
         }
     }
     output.finish_all(&mut ring)?;
-    if let Some(status) = ended_early {
-        let how = if status == FifoStatus::HangUp {
-            "hung up"
-        } else {
-            "ended"
-        };
-        return Err(fail(format!(
-            "{path}: source {how} after {got} of {len} bytes (those {got} were written)"
-        )));
-    }
+    drop(output);
     let summary = Summary {
         bytes: got,
         readiness_waits: rx.readiness_waits(),
@@ -387,6 +378,23 @@ pub(crate) fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
     drop(rx);
     ring.run_until_idle()
         .map_err(|e| fail(format!("ring: {e}")))?;
+    // Teardown invariants: every operation completed once, every buffer back.
+    let (stats, slots) = (ring.stats(), pool.stats());
+    if stats.submitted != stats.completed || ring.pending() != 0 || slots.free != slots.total {
+        return Err(fail(format!(
+            "internal error: ring {stats:?}, pool {slots:?} not back to rest"
+        )));
+    }
+    if let Some(status) = ended_early {
+        let how = if status == FifoStatus::HangUp {
+            "hung up"
+        } else {
+            "ended"
+        };
+        return Err(fail(format!(
+            "{path}: source {how} after {got} of {len} bytes (those {got} were written)"
+        )));
+    }
     Ok(summary)
 }
 
