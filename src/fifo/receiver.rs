@@ -227,7 +227,7 @@ impl FifoReceiver {
     /// A receiver for `source`, a target registered with `ring`. Refused with
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the descriptor
     /// is a regular file, block device or other non-stream file, is not open for reading,
-    /// or lacks `O_NONBLOCK` (a blocking descriptor never reports that it ran dry); with
+    /// or lacks `O_NONBLOCK`; with
     /// [`ErrorKind::StaleTarget`](crate::ErrorKind::StaleTarget) when `source` is not
     /// registered with `ring`.
     pub fn new(ring: &Ring, source: Target) -> Result<FifoReceiver> {
@@ -243,9 +243,9 @@ impl FifoReceiver {
             return Err(Error::invalid("FIFO source is not open for reading"));
         }
         if !info.nonblocking {
-            return Err(Error::invalid(
-                "FIFO source must be open with O_NONBLOCK (a blocking one never runs dry)",
-            ));
+            // With a blocking descriptor, a read the kernel cannot do without blocking
+            // (a tty) would tie up an io_uring worker thread until data came.
+            return Err(Error::invalid("FIFO source must be open with O_NONBLOCK"));
         }
         Ok(FifoReceiver {
             target: source,
@@ -328,9 +328,10 @@ impl FifoReceiver {
     }
 
     /// Like [`receive`](Self::receive), completing with [`FifoStatus::TimedOut`] (and
-    /// the bytes received so far) if the buffer is not full within `timeout`. Every
-    /// operation of the transaction carries a linked timeout for the time left, so a
-    /// receiver waiting for readiness is woken by the kernel when it expires.
+    /// the bytes received so far) if the buffer is not full within `timeout`. Reads never
+    /// wait; each readiness wait carries a linked timeout for the time left, so a receiver
+    /// waiting on a silent source is woken by the kernel when the deadline expires, and a
+    /// transaction still receiving data past it ends at its next completion.
     pub fn receive_with_deadline(
         &mut self,
         ring: &mut Ring,
