@@ -219,12 +219,12 @@ fn logged(ring: &Ring, t: iocomplete::Target) -> (FifoReceiver, Log) {
 /// Drive until the receiver has armed its readiness notification.
 fn drive_until_waiting(ring: &mut Ring, rx: &mut FifoReceiver) {
     let until = Instant::now() + Duration::from_secs(5);
-    while !rx.is_waiting_for_readiness() {
-        assert!(
-            Instant::now() < until,
-            "receiver never waited for readiness"
-        );
+    loop {
         assert!(rx.poll(ring).unwrap().is_none(), "completed early");
+        if rx.is_waiting_for_readiness() {
+            return;
+        }
+        assert!(Instant::now() < until, "receiver never waited");
         ring.run_once(Some(Duration::from_millis(10))).unwrap();
     }
 }
