@@ -180,8 +180,10 @@ fn open_source(path: &str) -> Result<(OwnedFd, Option<RestoreFlags>), Failure> {
     }
     // SAFETY: F_SETFL with the current flags plus O_NONBLOCK; undone by `RestoreFlags`.
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    // Restore through fd 0 itself: the flags belong to the open file description that
+    // fd 0 and our duplicate share, and our duplicate is closed with the ring.
     let restore = RestoreFlags {
-        fd: fd.as_raw_fd(),
+        fd: libc::STDIN_FILENO,
         flags,
     };
     Ok((fd, Some(restore)))
