@@ -24,7 +24,8 @@
 //!   hard logic, so it is testable without a kernel and fuzzable with arbitrary
 //!   completion orders:
 //!   [`reader`] (continuous reader: N reads in flight per source, restart on failure),
-//!   [`fifo`] (fill a buffer from a source that runs dry, waiting for readiness),
+//!   [`fifo`] (fill a buffer from a source that runs dry, waiting for readiness; driven on
+//!   a ring by [`FifoReceiver`]),
 //!   [`split`] (a large transfer as chunks that complete as one, serial or parallel),
 //!   [`dma`] (a scatter/gather transaction that completes transfer by transfer).
 //! * **Completion gate** ([`gate`]): the begin-completion + reference-count pattern as a
@@ -72,7 +73,10 @@ mod waiters;
 
 pub use buf::{BufferPool, IoBuf, PoolBuf, SharedBuf};
 pub use error::{Error, ErrorKind, Result};
-pub use fifo::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus};
+pub use fifo::{
+    FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoReceived, FifoReceiver, FifoRefused,
+    FifoStatus,
+};
 pub use gate::CompletionGate;
 pub use queue::CompletionQueue;
 pub use reader::{FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, Restart};

@@ -1,7 +1,10 @@
 //! FIFO-style receive: fill a buffer from a non-blocking source, waiting for readiness when
 //! it runs dry.
 //!
-//! This module holds the sans-I/O core, [`FifoMachine`]. A transaction
+//! [`FifoReceiver`] runs it on a [`Ring`](crate::Ring): pipes, named FIFOs, sockets,
+//! ptys and serial ttys, character devices — any non-blocking source that can run dry.
+//!
+//! Underneath is the sans-I/O core, [`FifoMachine`]. A transaction
 //! ([`FifoMachine::receive`]) reads into one caller buffer: [`FifoAction::Begin`] (the
 //! `on_begin` hook), then reads of the remaining space until it is full; when the source
 //! has nothing (`EAGAIN`) one readiness poll is armed and reading resumes when it fires.
@@ -29,7 +32,9 @@
 //! ```
 
 mod machine;
+mod receiver;
 #[cfg(test)]
 mod tests;
 
 pub use machine::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus, OpId, TxnId};
+pub use receiver::{FifoReceived, FifoReceiver, FifoRefused};

@@ -207,7 +207,7 @@ impl Ring {
             let n = res as usize;
             if e.is_read {
                 match &mut e.bufs {
-                    Bufs::Pool(b) => b.set_transferred(n),
+                    Bufs::Pool(b) => b.set_transferred(e.read_base + n),
                     Bufs::PoolList(v) => {
                         let mut left = n;
                         for (b, want) in v.iter_mut().zip(e.iov.iter().map(|i| i.iov_len)) {

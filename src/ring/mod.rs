@@ -256,6 +256,9 @@ struct Entry {
     has_deadline: bool,
     /// The op reads into its buffers (their lengths are set from the result).
     is_read: bool,
+    /// Bytes already in a single read buffer before the read (`Op::read_append`); the
+    /// buffer's length on success is this plus the result.
+    read_base: usize,
     /// A multishot read from this buffer group: many CQEs, one per received buffer.
     multishot: Option<u16>,
 }

@@ -91,6 +91,8 @@ pub struct Op {
     pub(crate) kind: OpKind,
     pub(crate) deadline: Option<Duration>,
     pub(crate) tag: u64,
+    /// `RWF_NOWAIT` on a read (see [`Op::nowait`]).
+    pub(crate) nowait: bool,
 }
 
 #[derive(Debug)]
@@ -100,6 +102,8 @@ pub(crate) enum OpKind {
         target: Target,
         offset: u64,
         buf: PoolBuf,
+        /// Where in the data area the read lands (0, or `buf.len()` for an append).
+        at: usize,
         len: usize,
     },
     Write {
@@ -138,6 +142,7 @@ impl Op {
             kind,
             deadline: None,
             tag: 0,
+            nowait: false,
         }
     }
 
@@ -155,6 +160,7 @@ impl Op {
             target,
             offset,
             buf,
+            at: 0,
             len,
         })
     }
@@ -165,6 +171,23 @@ impl Op {
             target,
             offset,
             buf,
+            at: 0,
+            len,
+        })
+    }
+
+    /// Read at most `len` bytes into `buf`'s data area right after the `buf.len()` bytes
+    /// it already holds (`0 < len <= capacity - buf.len()`): the building block of
+    /// filling one buffer by several reads (FIFO receive). On success the completion gives
+    /// `buf` back with `len()` = previous length + bytes read; on error its length and
+    /// bytes are unchanged.
+    pub fn read_append(target: Target, offset: u64, buf: PoolBuf, len: usize) -> Op {
+        let at = buf.len();
+        Op::of(OpKind::Read {
+            target,
+            offset,
+            buf,
+            at,
             len,
         })
     }
@@ -237,6 +260,20 @@ impl Op {
     /// within `d` (an `IORING_OP_LINK_TIMEOUT` linked to the operation).
     pub fn deadline(mut self, d: Duration) -> Op {
         self.deadline = Some(d);
+        self
+    }
+
+    /// Make a read complete at once with `EAGAIN` when the source has no data, instead of
+    /// waiting for it (`RWF_NOWAIT` in the read's `rw_flags`).
+    ///
+    /// io_uring waits inside the kernel for data on a pollable file (pipe, socket, tty)
+    /// even when its descriptor is `O_NONBLOCK` (Linux 6.x arms an internal poll and
+    /// retries), so this is the way to learn that a stream ran dry. Files whose driver
+    /// cannot read without blocking (no `FMODE_NOWAIT`: ttys, many character devices)
+    /// answer `EOPNOTSUPP`. Reads only: any other operation with it is refused with
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) without a syscall.
+    pub fn nowait(mut self) -> Op {
+        self.nowait = true;
         self
     }
 

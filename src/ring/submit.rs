@@ -87,6 +87,7 @@ impl Ring {
             kind,
             deadline,
             tag,
+            nowait,
         } = op;
         let key = self.ops.insert(Entry {
             gen,
@@ -98,6 +99,7 @@ impl Ring {
             cancel_requested: false,
             has_deadline: deadline.is_some(),
             is_read: false,
+            read_base: 0,
             multishot: None,
         });
         let id = OpId::new(key as u32, gen);
@@ -109,7 +111,7 @@ impl Ring {
             OpKind::ReadMulti { .. } if !multi_ok => Err(Error::invalid(
                 "multishot operations deliver to a CompletionQueue (or detach)",
             )),
-            kind => self.prepare(key, kind),
+            kind => self.prepare(key, kind, nowait),
         };
         let prepared = prepared.and_then(|sqe| {
             let sqe = sqe.user_data(id.user_data());
@@ -166,28 +168,34 @@ impl Ring {
 
     /// Validate and build the SQE (without `user_data`). Buffers are parked in the entry
     /// before anything can fail, so an error still hands them back.
-    fn prepare(&mut self, key: usize, kind: OpKind) -> Result<squeue::Entry> {
-        match kind {
+    fn prepare(&mut self, key: usize, kind: OpKind, nowait: bool) -> Result<squeue::Entry> {
+        let is_read = matches!(kind, OpKind::Read { .. });
+        let rw_flags = if nowait { libc::RWF_NOWAIT } else { 0 };
+        let sqe: Result<squeue::Entry> = match kind {
             OpKind::Nop => Ok(opcode::Nop::new().build()),
             OpKind::Read {
                 target,
                 offset,
                 mut buf,
+                at,
                 len,
             } => {
-                let ptr = buf.data_mut_ptr();
+                // `wrapping_add` keeps this safe to compute; it is only handed to the
+                // kernel once `at + len <= cap` is checked below.
+                let ptr = buf.data_mut_ptr().wrapping_add(at);
                 let cap = buf.capacity();
                 let fixed = self.pool_buf_index(&buf);
                 self.ops[key].bufs = Bufs::Pool(buf);
                 self.ops[key].is_read = true;
+                self.ops[key].read_base = at;
                 let (fd, info) = self.fd_of(target)?;
                 if !info.readable {
                     return Err(Error::invalid("target is not open for reading"));
                 }
                 let n = io_len(len)?;
-                if len > cap {
+                if len.saturating_add(at) > cap {
                     return Err(Error::new(ErrorKind::BufferTooSmall {
-                        need: len as u64,
+                        need: len.saturating_add(at) as u64,
                         have: cap as u64,
                     }));
                 }
@@ -200,8 +208,12 @@ impl Ring {
                 Ok(match fixed {
                     Some(ix) => with_fd!(fd, |f| opcode::ReadFixed::new(f, ptr, n, ix)
                         .offset(off)
+                        .rw_flags(rw_flags)
                         .build()),
-                    None => with_fd!(fd, |f| opcode::Read::new(f, ptr, n).offset(off).build()),
+                    None => with_fd!(fd, |f| opcode::Read::new(f, ptr, n)
+                        .offset(off)
+                        .rw_flags(rw_flags)
+                        .build()),
                 })
             }
             OpKind::Write {
@@ -348,7 +360,12 @@ impl Ring {
                 }
                 Ok(with_fd!(fd, |f| opcode::PollAdd::new(f, events).build()))
             }
+        };
+        let sqe = sqe?;
+        if nowait && !is_read {
+            return Err(Error::invalid("nowait applies to reads only"));
         }
+        Ok(sqe)
     }
 
     fn check_iov(&self, iov: &[libc::iovec], info: &FdInfo, offset: u64) -> Result<()> {

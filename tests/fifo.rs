@@ -1,0 +1,880 @@
+//! FIFO-style receive against real pipes, named FIFOs, socketpairs and raw-mode ptys fed
+//! by writer threads that trickle data in random-sized bursts with pauses. Every test
+//! verifies the exact bytes and checks the teardown invariants (every operation completed
+//! once, every pool slot back).
+
+mod common;
+
+#[path = "../examples/fiforx.rs"]
+#[allow(dead_code)]
+mod fiforx;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::check_teardown;
+use iocomplete::fifo::TxnId;
+use iocomplete::{BufferPool, ErrorKind, FifoReceiver, FifoStatus, Op, Ring};
+
+// ---- sources -----------------------------------------------------------------------------
+
+/// A deterministic byte stream (splitmix64).
+fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) as u8
+        })
+        .collect()
+}
+
+/// A small xorshift for burst sizes and pauses.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor this test owns.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        assert!(fl >= 0);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
+    }
+}
+
+/// The receiving end (non-blocking) and the writing end (blocking) of a source, plus
+/// whatever must stay alive with them.
+struct Source {
+    rx: OwnedFd,
+    tx: File,
+    name: &'static str,
+    _keep: Option<Box<dyn std::any::Any + Send>>,
+}
+
+fn pipe_source() -> Source {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    set_nonblocking(fds[0]);
+    // SAFETY: pipe2 returned these descriptors; each is owned once.
+    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    Source {
+        rx,
+        tx,
+        name: "pipe",
+        _keep: None,
+    }
+}
+
+fn socket_source() -> Source {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    set_nonblocking(fds[0]);
+    // SAFETY: socketpair returned these descriptors; each is owned once.
+    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    Source {
+        rx,
+        tx,
+        name: "socketpair",
+        _keep: None,
+    }
+}
+
+fn fifo_source() -> Source {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fifo");
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // The reader first (non-blocking: does not wait for a writer), then the writer (whose
+    // blocking open returns at once, a reader being there).
+    let rx = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_nonblock()
+        .open(&path)
+        .unwrap();
+    let tx = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    Source {
+        rx: rx.into(),
+        tx,
+        name: "named FIFO",
+        _keep: Some(Box::new(dir)),
+    }
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::custom_flags(self, libc::O_NONBLOCK)
+    }
+}
+
+/// A pty: the receiver reads the slave side, in raw mode (`cfmakeraw`: every byte value
+/// passes unchanged, no echo); the writer writes the master side.
+fn pty_source() -> Source {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: out-pointers to two ints; null name, termios and winsize are allowed.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: `termios` is plain old data; tcgetattr fills it for a valid tty fd.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(slave, &mut t), 0);
+        libc::cfmakeraw(&mut t);
+        assert_eq!(libc::tcsetattr(slave, libc::TCSANOW, &t), 0);
+    }
+    set_nonblocking(slave);
+    // SAFETY: openpty returned these descriptors; each is owned once.
+    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(slave), File::from_raw_fd(master)) };
+    Source {
+        rx,
+        tx,
+        name: "pty (raw)",
+        _keep: None,
+    }
+}
+
+/// Write `data` in bursts of 1..=`max_burst` bytes with pauses of 0..`max_pause_us`;
+/// returns the writer (to keep it open) and the number of bursts.
+fn trickle(
+    tx: File,
+    data: Vec<u8>,
+    seed: u64,
+    max_burst: u64,
+    max_pause_us: u64,
+) -> JoinHandle<(File, u64)> {
+    std::thread::spawn(move || {
+        let mut rng = Rng(seed | 1);
+        let mut tx = tx;
+        let mut at = 0;
+        let mut bursts = 0;
+        while at < data.len() {
+            let n = (1 + rng.below(max_burst) as usize).min(data.len() - at);
+            tx.write_all(&data[at..at + n]).unwrap();
+            at += n;
+            bursts += 1;
+            std::thread::sleep(Duration::from_micros(rng.below(max_pause_us)));
+        }
+        (tx, bursts)
+    })
+}
+
+fn pool(slots: usize, len: usize) -> BufferPool {
+    BufferPool::builder()
+        .slots(slots)
+        .slot_len(len)
+        .header_len(8)
+        .build()
+        .unwrap()
+}
+
+type Log = Arc<Mutex<Vec<(char, TxnId, u32)>>>;
+
+/// A receiver whose hooks log `('B', txn, len)` and `('E', txn, bytes)`.
+fn logged(ring: &Ring, t: iocomplete::Target) -> (FifoReceiver, Log) {
+    let log: Log = Arc::default();
+    let (b, e) = (log.clone(), log.clone());
+    let rx = FifoReceiver::new(ring, t)
+        .unwrap()
+        .on_begin(move |txn, len| b.lock().unwrap().push(('B', txn, len)))
+        .on_end(move |txn, bytes| e.lock().unwrap().push(('E', txn, bytes)));
+    (rx, log)
+}
+
+/// Drive until the receiver has armed its readiness notification.
+fn drive_until_waiting(ring: &mut Ring, rx: &mut FifoReceiver) {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(rx.poll(ring).unwrap().is_none(), "completed early");
+        if rx.is_waiting_for_readiness() {
+            return;
+        }
+        assert!(Instant::now() < until, "receiver never waited");
+        ring.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+}
+
+// ---- trickled sources ----------------------------------------------------------------------
+
+/// Receive `data` in transactions of `chunk` bytes while a writer trickles it.
+fn trickled(src: Source, seed: u64, total: usize, chunk: usize, max_burst: u64) {
+    let name = src.name;
+    let data = payload(seed, total);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, chunk);
+    ring.register_pool(&pool);
+    let t = ring.register(src.rx).unwrap();
+    let (mut rx, log) = logged(&ring, t);
+    let writer = trickle(src.tx, data.clone(), seed, max_burst, 1500);
+    let mut got = Vec::new();
+    let mut lens = Vec::new();
+    while got.len() < total {
+        let len = chunk.min(total - got.len());
+        let mut buf = pool.try_get().unwrap();
+        buf.header_mut().fill(0x5A);
+        rx.receive(&mut ring, buf, len).unwrap();
+        let r = rx.wait(&mut ring).unwrap();
+        assert_eq!(r.status(), FifoStatus::Full, "{name}");
+        assert_eq!((r.bytes(), r.buf.len()), (len, len));
+        assert!(r.buf.header().iter().all(|&b| b == 0x5A), "header touched");
+        got.extend_from_slice(r.buf.data());
+        lens.push(len as u32);
+    }
+    let (_tx, bursts) = writer.join().unwrap();
+    assert!(
+        got == data,
+        "{name}: received bytes differ from those written"
+    );
+    let waits = rx.readiness_waits();
+    let ops = ring.stats().submitted;
+    eprintln!(
+        "{name}: {total} bytes in {bursts} bursts, {} receives, {waits} readiness waits, \
+         {ops} ring ops, nowait reads: {}",
+        lens.len(),
+        rx.uses_nowait_reads()
+    );
+    assert!(
+        waits > 0,
+        "{name}: the source ran dry but no readiness wait"
+    );
+    // No busy loop: a wait needs data to end it, and every read either brings data or
+    // ends in a wait (a tty's probe may race a burst, hence the slack).
+    assert!(
+        waits <= 2 * bursts + 4,
+        "{name}: {waits} waits for {bursts} bursts"
+    );
+    assert!(
+        ops <= 4 * (bursts + waits) + 8,
+        "{name}: {ops} ring operations for {bursts} bursts"
+    );
+    // Hooks: Begin before End, once per transaction, with the lengths.
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 2 * lens.len());
+    for (pair, &len) in log.chunks(2).zip(&lens) {
+        assert_eq!(pair[0].0, 'B');
+        assert_eq!(pair[1].0, 'E');
+        assert_eq!(pair[0].1, pair[1].1);
+        assert_eq!((pair[0].2, pair[1].2), (len, len));
+    }
+    drop(rx);
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn pipe_trickle_exact_content_with_readiness_waits() {
+    trickled(pipe_source(), 1, 40_000, 16 * 1024, 1500);
+}
+
+#[test]
+fn named_fifo_trickle_exact_content_with_readiness_waits() {
+    trickled(fifo_source(), 2, 40_000, 16 * 1024, 1500);
+}
+
+#[test]
+fn socketpair_trickle_exact_content_with_readiness_waits() {
+    trickled(socket_source(), 3, 40_000, 16 * 1024, 1500);
+}
+
+#[test]
+fn raw_pty_trickle_exact_content_with_readiness_waits() {
+    // The tty's input buffer is 4 KiB: small bursts, and a writer that blocks when full.
+    trickled(pty_source(), 4, 12_000, 4096, 700);
+}
+
+#[test]
+fn no_readiness_wait_when_all_data_is_already_there() {
+    for src in [pipe_source(), socket_source(), fifo_source()] {
+        let name = src.name;
+        let data = payload(5, 48 * 1024);
+        let mut tx = src.tx;
+        tx.write_all(&data).unwrap();
+        let mut ring = Ring::new().unwrap();
+        let pool = pool(2, 16 * 1024);
+        ring.register_pool(&pool);
+        let t = ring.register(src.rx).unwrap();
+        let mut rx = FifoReceiver::new(&ring, t).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            rx.receive(&mut ring, pool.try_get().unwrap(), 16 * 1024)
+                .unwrap();
+            let r = rx.wait(&mut ring).unwrap();
+            assert_eq!(r.status(), FifoStatus::Full);
+            assert_eq!(r.readiness_waits(), 0);
+            got.extend_from_slice(r.buf.data());
+        }
+        assert!(got == data, "{name}: bytes differ");
+        assert_eq!(rx.readiness_waits(), 0, "{name}");
+        // Anonymous pipes and sockets take RWF_NOWAIT; a FIFO opened by path does not on
+        // Linux 6.18 (no FMODE_NOWAIT) and is probed with a zero timeout instead.
+        if name != "named FIFO" {
+            assert!(rx.uses_nowait_reads(), "{name}");
+        }
+        drop(rx);
+        check_teardown(&ring, &[&pool]);
+    }
+}
+
+// ---- end of stream -----------------------------------------------------------------------
+
+#[test]
+fn eof_before_len_completes_with_the_bytes_received() {
+    for src in [pipe_source(), socket_source(), fifo_source()] {
+        let name = src.name;
+        let data = payload(6, 3000);
+        let mut ring = Ring::new().unwrap();
+        let pool = pool(2, 8192);
+        ring.register_pool(&pool);
+        let t = ring.register(src.rx).unwrap();
+        let (mut rx, log) = logged(&ring, t);
+        let writer = trickle(src.tx, data.clone(), 6, 700, 1000);
+        rx.receive(&mut ring, pool.try_get().unwrap(), 8000)
+            .unwrap();
+        let (tx, _) = writer.join().unwrap();
+        drop(tx); // the writer goes away: end of stream after 3000 bytes
+        let r = rx.wait(&mut ring).unwrap();
+        assert!(
+            matches!(r.status(), FifoStatus::Eof | FifoStatus::HangUp),
+            "{name}: {:?}",
+            r.status()
+        );
+        assert_eq!(r.bytes(), 3000, "{name}");
+        assert!(r.buf.data() == &data[..], "{name}: bytes differ");
+        assert_eq!(
+            log.lock().unwrap().last().map(|e| (e.0, e.2)),
+            Some(('E', 3000))
+        );
+        assert_eq!(
+            r.into_result().unwrap_err().kind(),
+            ErrorKind::UnexpectedEof { got: 3000 }
+        );
+        drop(rx);
+        check_teardown(&ring, &[&pool]);
+    }
+}
+
+#[test]
+fn hang_up_while_waiting_is_a_distinct_status() {
+    let src = pipe_source();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(2, 4096);
+    let t = ring.register(src.rx).unwrap();
+    let mut rx = FifoReceiver::new(&ring, t).unwrap();
+    let mut tx = src.tx;
+    tx.write_all(b"partial").unwrap();
+    rx.receive(&mut ring, pool.try_get().unwrap(), 100).unwrap();
+    drive_until_waiting(&mut ring, &mut rx);
+    drop(tx); // POLLHUP, nothing readable
+    let r = rx.wait(&mut ring).unwrap();
+    assert_eq!(r.status(), FifoStatus::HangUp);
+    assert_eq!(r.buf.data(), b"partial");
+    assert_eq!(r.readiness_waits(), 1);
+    drop((r, rx));
+    check_teardown(&ring, &[&pool]);
+}
+
+// ---- cancel and deadline -----------------------------------------------------------------
+
+#[test]
+fn cancel_while_waiting_for_readiness_completes_once_with_bytes_so_far() {
+    for src in [pipe_source(), socket_source(), pty_source()] {
+        let name = src.name;
+        let data = payload(7, 1000);
+        let mut ring = Ring::new().unwrap();
+        let pool = pool(2, 4096);
+        ring.register_pool(&pool);
+        let t = ring.register(src.rx).unwrap();
+        let (mut rx, log) = logged(&ring, t);
+        let mut tx = src.tx;
+        assert!(!rx.cancel(&mut ring), "cancel without a transaction");
+        tx.write_all(&data[..100]).unwrap();
+        let txn = rx
+            .receive(&mut ring, pool.try_get().unwrap(), 1000)
+            .unwrap();
+        drive_until_waiting(&mut ring, &mut rx);
+        // (A pty may hand the 100 bytes over in pieces: fewer may be in when it waits.)
+        assert!(rx.cancel(&mut ring));
+        let r = rx.wait(&mut ring).unwrap();
+        assert_eq!(r.status(), FifoStatus::Cancelled, "{name}");
+        assert_eq!(r.outcome.txn, txn);
+        let first = r.bytes();
+        assert!(first <= 100, "{name}");
+        assert!(r.buf.data() == &data[..first], "{name}: bytes differ");
+        assert!(r.readiness_waits() >= 1);
+        assert!(r.into_result().unwrap_err().is_cancelled());
+        assert_eq!(
+            *log.lock().unwrap().last().unwrap(),
+            ('E', txn, first as u32)
+        );
+        // Exactly once: nothing more for that transaction.
+        assert!(rx.poll(&mut ring).unwrap().is_none());
+        assert!(!rx.cancel(&mut ring));
+        // Nothing is lost: the rest arrives in the next transaction.
+        tx.write_all(&data[100..]).unwrap();
+        rx.receive(&mut ring, pool.try_get().unwrap(), 1000 - first)
+            .unwrap();
+        let r = rx.wait(&mut ring).unwrap();
+        assert_eq!(r.status(), FifoStatus::Full);
+        assert!(r.buf.data() == &data[first..], "{name}: bytes differ");
+        drop((r, rx));
+        check_teardown(&ring, &[&pool]);
+    }
+}
+
+#[test]
+fn deadline_completes_once_with_bytes_so_far() {
+    for src in [pipe_source(), pty_source()] {
+        let name = src.name;
+        let data = payload(8, 500);
+        let mut ring = Ring::new().unwrap();
+        let pool = pool(2, 4096);
+        ring.register_pool(&pool);
+        let t = ring.register(src.rx).unwrap();
+        let mut rx = FifoReceiver::new(&ring, t).unwrap();
+        let mut tx = src.tx;
+        tx.write_all(&data[..10]).unwrap();
+        let started = Instant::now();
+        rx.receive_with_deadline(
+            &mut ring,
+            pool.try_get().unwrap(),
+            500,
+            Duration::from_millis(60),
+        )
+        .unwrap();
+        let r = rx.wait(&mut ring).unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status(), FifoStatus::TimedOut, "{name}");
+        assert!(took >= Duration::from_millis(60), "{name}: {took:?}");
+        assert!(took < Duration::from_secs(5), "{name}: {took:?}");
+        assert_eq!(r.buf.data(), &data[..10], "{name}");
+        assert!(r.readiness_waits() >= 1);
+        assert!(r.into_result().unwrap_err().is_timed_out());
+        // The next transaction (no deadline) gets the rest.
+        tx.write_all(&data[10..]).unwrap();
+        rx.receive(&mut ring, pool.try_get().unwrap(), 490).unwrap();
+        let r = rx.wait(&mut ring).unwrap();
+        assert!(r.buf.data() == &data[10..], "{name}: bytes differ");
+        drop((r, rx));
+        check_teardown(&ring, &[&pool]);
+    }
+}
+
+#[test]
+fn deadline_while_data_keeps_coming_still_ends_the_transaction() {
+    let src = pipe_source();
+    let data = payload(9, 20_000);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(2, 32 * 1024);
+    let t = ring.register(src.rx).unwrap();
+    let mut rx = FifoReceiver::new(&ring, t).unwrap();
+    // 20 KB at a few hundred bytes per millisecond or so: longer than the deadline.
+    let writer = trickle(src.tx, data.clone(), 9, 300, 3000);
+    rx.receive_with_deadline(
+        &mut ring,
+        pool.try_get().unwrap(),
+        20_000,
+        Duration::from_millis(30),
+    )
+    .unwrap();
+    let r = rx.wait(&mut ring).unwrap();
+    let (tx, _) = writer.join().unwrap();
+    assert_eq!(r.status(), FifoStatus::TimedOut);
+    let first = r.bytes();
+    assert!(first < 20_000);
+    assert!(r.buf.data() == &data[..first]);
+    drop(r);
+    drop(tx);
+    // What the writer sent after the deadline is still in the pipe: drain it.
+    rx.drain(&mut ring, pool.try_get().unwrap()).unwrap();
+    let r = rx.wait(&mut ring).unwrap();
+    assert_eq!(r.status(), FifoStatus::Eof);
+    assert!(
+        r.buf.data() == &data[first..],
+        "bytes after the deadline differ"
+    );
+    drop((r, rx));
+    check_teardown(&ring, &[&pool]);
+}
+
+// ---- drain ---------------------------------------------------------------------------------
+
+#[test]
+fn drain_saves_what_the_writer_sent_beyond_the_request() {
+    for src in [pipe_source(), socket_source(), fifo_source()] {
+        let name = src.name;
+        let data = payload(10, 10_000);
+        let mut ring = Ring::new().unwrap();
+        let pool = pool(4, 4096);
+        ring.register_pool(&pool);
+        let t = ring.register(src.rx).unwrap();
+        let (mut rx, log) = logged(&ring, t);
+        let mut tx = src.tx;
+        tx.write_all(&data).unwrap();
+        rx.receive(&mut ring, pool.try_get().unwrap(), 4000)
+            .unwrap();
+        let first = rx.wait(&mut ring).unwrap();
+        assert_eq!(first.status(), FifoStatus::Full);
+        // Shutting down: save what the source still holds, buffer after buffer.
+        let mut saved = Vec::new();
+        let mut statuses = Vec::new();
+        loop {
+            rx.drain(&mut ring, pool.try_get().unwrap()).unwrap();
+            let r = rx.wait(&mut ring).unwrap();
+            assert_eq!(r.readiness_waits(), 0, "a drain never waits");
+            saved.extend_from_slice(r.buf.data());
+            statuses.push(r.status());
+            if r.status() != FifoStatus::Full {
+                break;
+            }
+        }
+        assert_eq!(
+            statuses,
+            [FifoStatus::Full, FifoStatus::Drained],
+            "{name}: 6000 bytes = one full 4 KiB buffer and a partial one"
+        );
+        assert!(first.buf.data() == &data[..4000], "{name}");
+        assert!(saved == data[4000..], "{name}: drained bytes differ");
+        // Begin/End ran for the drains too, with the capacity and the bytes.
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 6);
+        assert_eq!((log[2].0, log[2].2, log[3].2), ('B', 4096, 4096));
+        assert_eq!(
+            (log[4].0, log[4].2, log[5].2),
+            ('B', 4096, 10_000 - 4000 - 4096)
+        );
+        // A drain of an empty source ends at once, empty.
+        drop(log);
+        rx.drain(&mut ring, pool.try_get().unwrap()).unwrap();
+        let r = rx.wait(&mut ring).unwrap();
+        assert_eq!((r.status(), r.bytes()), (FifoStatus::Drained, 0));
+        drop((first, r, rx));
+        check_teardown(&ring, &[&pool]);
+    }
+}
+
+// ---- refusals ------------------------------------------------------------------------------
+
+#[test]
+fn regular_files_and_bad_requests_are_refused_before_the_kernel() {
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, 4096);
+    ring.register_pool(&pool);
+    let before = ring.stats();
+
+    let file = ring.register(tempfile::tempfile().unwrap()).unwrap();
+    let e = FifoReceiver::new(&ring, file).unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::InvalidInput { reason } if reason.contains("regular file")),
+        "{e}"
+    );
+    // A blocking descriptor never runs dry; a write end cannot be read.
+    let (mut fds, mut wfds) = ([0; 2], [0; 2]);
+    // SAFETY: room for two descriptors each.
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        assert_eq!(
+            libc::pipe2(wfds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK),
+            0
+        );
+    }
+    // SAFETY: fresh descriptors, each owned once.
+    let owned = |fd| unsafe { OwnedFd::from_raw_fd(fd) };
+    let blocking = ring.register(owned(fds[0])).unwrap();
+    let _w1 = owned(fds[1]);
+    let e = FifoReceiver::new(&ring, blocking).unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::InvalidInput { reason } if reason.contains("O_NONBLOCK")),
+        "{e}"
+    );
+    let _r2 = owned(wfds[0]);
+    let write_end = ring.register(owned(wfds[1])).unwrap();
+    assert!(matches!(
+        FifoReceiver::new(&ring, write_end).unwrap_err().kind(),
+        ErrorKind::InvalidInput { .. }
+    ));
+
+    let src = pipe_source();
+    let t = ring.register(src.rx).unwrap();
+    let mut rx = FifoReceiver::new(&ring, t).unwrap();
+    let refused = rx
+        .receive(&mut ring, pool.try_get().unwrap(), 0)
+        .unwrap_err();
+    assert!(matches!(
+        refused.error.kind(),
+        ErrorKind::InvalidInput { .. }
+    ));
+    let buf = refused.buf; // handed back
+    let refused = rx.receive(&mut ring, buf, 5000).unwrap_err();
+    assert_eq!(
+        refused.error.kind(),
+        ErrorKind::BufferTooSmall {
+            need: 5000,
+            have: 4096
+        }
+    );
+    assert!(rx.wait(&mut ring).is_err(), "wait without a transaction");
+    assert_eq!(ring.stats().submitted, before.submitted);
+    assert_eq!(
+        ring.stats().enters,
+        before.enters,
+        "a refusal reached the kernel"
+    );
+
+    // One transaction at a time; a second is refused with its buffer back.
+    rx.receive(&mut ring, refused.buf, 10).unwrap();
+    let second = rx
+        .receive(&mut ring, pool.try_get().unwrap(), 10)
+        .unwrap_err();
+    assert!(matches!(
+        second.error.kind(),
+        ErrorKind::InvalidInput { .. }
+    ));
+    let drained = rx.drain(&mut ring, second.buf).unwrap_err();
+    drop(drained);
+    let mut tx = src.tx;
+    tx.write_all(b"0123456789").unwrap();
+    let r = rx.wait(&mut ring).unwrap();
+    assert_eq!(r.buf.data(), b"0123456789");
+
+    // The ring's own additions: nowait is for reads; an appended read must fit.
+    let submitted = ring.stats().submitted;
+    let enters = ring.stats().enters;
+    let mut b = pool.try_get().unwrap();
+    b.extend_from_slice(b"x").unwrap();
+    let c = ring.submit(Op::write(t, 0, b).nowait()).wait().unwrap();
+    assert!(matches!(
+        c.error().unwrap().kind(),
+        ErrorKind::InvalidInput { .. }
+    ));
+    drop(c);
+    let mut b = pool.try_get().unwrap();
+    b.set_len(4000).unwrap();
+    let c = ring.submit(Op::read_append(t, 0, b, 200)).wait().unwrap();
+    assert_eq!(
+        c.error().unwrap().kind(),
+        ErrorKind::BufferTooSmall {
+            need: 4200,
+            have: 4096
+        }
+    );
+    assert_eq!(
+        c.into_buf().unwrap().len(),
+        4000,
+        "buffer handed back unchanged"
+    );
+    assert_eq!(ring.stats().submitted - submitted, 2);
+    assert_eq!(
+        ring.stats().enters,
+        enters,
+        "an invalid op reached the kernel"
+    );
+    drop((r, rx));
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn read_append_lands_after_the_bytes_held() {
+    let src = pipe_source();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(1, 4096);
+    ring.register_pool(&pool);
+    let t = ring.register(src.rx).unwrap();
+    let mut tx = src.tx;
+    tx.write_all(b"world").unwrap();
+    let mut b = pool.try_get().unwrap();
+    b.extend_from_slice(b"hello ").unwrap();
+    let c = ring
+        .submit(Op::read_append(t, 0, b, 100).nowait())
+        .wait()
+        .unwrap();
+    assert_eq!(c.result(), Ok(5));
+    let b = c.into_buf().unwrap();
+    assert_eq!(b.data(), b"hello world");
+    // Empty now: nowait answers EAGAIN and leaves the buffer as it was.
+    let c = ring
+        .submit(Op::read_append(t, 0, b, 100).nowait())
+        .wait()
+        .unwrap();
+    assert_eq!(c.error().unwrap().kind(), ErrorKind::Os(libc::EAGAIN));
+    assert_eq!(c.into_buf().unwrap().data(), b"hello world");
+    check_teardown(&ring, &[&pool]);
+}
+
+// ---- several receivers on one ring ---------------------------------------------------------
+
+#[test]
+fn several_receivers_share_one_ring_through_poll() {
+    let srcs = [pipe_source(), socket_source(), fifo_source()];
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(3, 16 * 1024);
+    ring.register_pool(&pool);
+    let mut rxs = Vec::new();
+    let mut writers = Vec::new();
+    let mut want = Vec::new();
+    for (i, s) in srcs.into_iter().enumerate() {
+        let data = payload(20 + i as u64, 12_000 + 1000 * i);
+        let t = ring.register(s.rx).unwrap();
+        let mut rx = FifoReceiver::new(&ring, t).unwrap();
+        rx.receive(&mut ring, pool.try_get().unwrap(), data.len())
+            .unwrap();
+        rxs.push(rx);
+        writers.push(trickle(s.tx, data.clone(), 20 + i as u64, 800, 1000));
+        want.push(data);
+    }
+    let mut got: Vec<Option<Vec<u8>>> = vec![None; 3];
+    let until = Instant::now() + Duration::from_secs(10);
+    while got.iter().any(Option::is_none) {
+        assert!(Instant::now() < until, "receivers did not finish");
+        ring.run_once(Some(Duration::from_millis(50))).unwrap();
+        for (rx, slot) in rxs.iter_mut().zip(&mut got) {
+            if let Some(r) = rx.poll(&mut ring).unwrap() {
+                assert_eq!(r.status(), FifoStatus::Full);
+                *slot = Some(r.buf.data().to_vec());
+            }
+        }
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    for (g, w) in got.iter().zip(&want) {
+        assert!(g.as_deref() == Some(&w[..]), "bytes differ");
+    }
+    assert!(rxs.iter().all(|r| r.readiness_waits() > 0));
+    drop(rxs);
+    check_teardown(&ring, &[&pool]);
+}
+
+// ---- the fiforx example --------------------------------------------------------------------
+
+fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Run fiforx into a temp file; the file's bytes and the result.
+fn run_fiforx(a: &[&str]) -> (Vec<u8>, Result<fiforx::Summary, fiforx::Failure>) {
+    let mut out = tempfile::tempfile().unwrap();
+    let r = fiforx::run(&args(a), out.try_clone().unwrap().into());
+    let mut bytes = Vec::new();
+    std::io::Seek::rewind(&mut out).unwrap();
+    std::io::Read::read_to_end(&mut out, &mut bytes).unwrap();
+    (bytes, r)
+}
+
+#[test]
+fn fiforx_reads_exactly_n_bytes_from_a_named_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let data = payload(30, 300_000);
+    let (p, d) = (path.clone(), data.clone());
+    // The writer opens late: fiforx must wait for it rather than see end of file. It
+    // writes more than asked; fiforx takes exactly N.
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        let tx = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        let (tx, _) = trickle(tx, d, 30, 40_000, 2000).join().unwrap();
+        tx
+    });
+    let (bytes, r) = run_fiforx(&["--len", "250000", path.to_str().unwrap()]);
+    let s = r.map_err(|f| f.message).unwrap();
+    drop(writer.join().unwrap());
+    assert!(bytes == data[..250_000], "fiforx output differs");
+    assert_eq!(s.bytes, 250_000);
+    assert!(s.readiness_waits > 0);
+    assert!(s.waited_for_writer);
+    assert!(s.to_string().contains("250000 bytes"), "{s}");
+}
+
+#[test]
+fn fiforx_reports_eof_before_n_with_the_count_and_writes_what_came() {
+    let src = pipe_source();
+    let data = payload(31, 5000);
+    let rx_path = format!("/proc/self/fd/{}", src.rx.as_raw_fd());
+    let writer = trickle(src.tx, data.clone(), 31, 1500, 1000);
+    let (tx, _) = writer.join().unwrap();
+    drop(tx);
+    let (bytes, r) = run_fiforx(&["--len=8K", &rx_path]);
+    let f = r.unwrap_err();
+    assert_eq!(f.code, 1);
+    assert!(
+        f.message.contains("after 5000 of 8192 bytes"),
+        "{}",
+        f.message
+    );
+    assert!(bytes == data, "the bytes that arrived were not all written");
+}
+
+#[test]
+fn fiforx_refuses_bad_input_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let (_, r) = run_fiforx(&["--len", "10", missing.to_str().unwrap()]);
+    let f = r.unwrap_err();
+    assert_eq!(f.code, 1);
+    assert!(f.message.contains("No such file"), "{}", f.message);
+
+    for bad in ["12x", "", "-3", "K", "99999999999999999999"] {
+        let (_, r) = run_fiforx(&["--len", bad, "-"]);
+        let f = r.unwrap_err();
+        assert_eq!(f.code, 2, "{bad}");
+        assert!(
+            f.message.contains("bad --len value"),
+            "{bad}: {}",
+            f.message
+        );
+    }
+    let (_, r) = run_fiforx(&["/dev/null"]);
+    assert!(r.unwrap_err().message.contains("--len N is required"));
+    let (_, r) = run_fiforx(&["--len", "1"]);
+    assert!(r.unwrap_err().message.contains("PATH is required"));
+
+    let regular = dir.path().join("regular");
+    std::fs::write(&regular, b"not a fifo").unwrap();
+    let (bytes, r) = run_fiforx(&["--len", "4", regular.to_str().unwrap()]);
+    let f = r.unwrap_err();
+    assert_eq!(f.code, 1);
+    assert!(
+        f.message.contains("regular file, not FIFO-like"),
+        "{}",
+        f.message
+    );
+    assert!(bytes.is_empty());
+    assert_eq!(fiforx::parse_len("64K").ok(), Some(65536));
+    assert_eq!(fiforx::parse_len("3M").ok(), Some(3 << 20));
+}
