@@ -190,6 +190,7 @@ impl RingBuilder {
             caps,
             in_kernel: 0,
             backlog: VecDeque::with_capacity(64),
+            ready: VecDeque::new(),
             abandoned: Arc::new(crossbeam_queue::SegQueue::new()),
             shared,
             wake_armed: false,
@@ -304,6 +305,9 @@ pub struct Ring {
     in_kernel: usize,
     /// Completions whose queue was full; retried on every drive.
     backlog: VecDeque<(Arc<CompletionQueue<Completion>>, Completion)>,
+    /// Completions delivered with [`Submission::to_ring`], oldest first. Grows to the
+    /// loop's depth once, then is reused.
+    ready: VecDeque<Completion>,
     /// Ids of dropped tickets, pushed from any thread.
     abandoned: Arc<crossbeam_queue::SegQueue<OpId>>,
     shared: Arc<HandleShared>,
@@ -508,6 +512,32 @@ impl Ring {
             self.ops.get(ticket.id.index()),
             Some(e) if e.gen == ticket.id.gen() && matches!(e.state, EntryState::Done(_))
         )
+    }
+
+    /// Take the oldest completion of the operations submitted with
+    /// [`Submission::to_ring`] (in completion order), without driving the ring.
+    ///
+    /// ```
+    /// # use iocomplete::{Op, Ring};
+    /// let mut ring = Ring::new()?;
+    /// ring.submit(Op::nop().tag(1)).to_ring();
+    /// ring.submit(Op::nop().tag(2)).to_ring();
+    /// ring.run_until_idle()?;
+    /// let mut tags = Vec::new();
+    /// while let Some(c) = ring.pop_completion() {
+    ///     tags.push(c.tag());
+    /// }
+    /// tags.sort();
+    /// assert_eq!(tags, [1, 2]);
+    /// # Ok::<(), iocomplete::Error>(())
+    /// ```
+    pub fn pop_completion(&mut self) -> Option<Completion> {
+        self.ready.pop_front()
+    }
+
+    /// Number of completions waiting for [`pop_completion`](Ring::pop_completion).
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
     }
 
     /// Ask the kernel to cancel an operation (`IORING_OP_ASYNC_CANCEL`). It then
