@@ -59,3 +59,26 @@ fn ring_fifo_delivers_every_completion_once_with_its_buffer() {
     assert!(ring.pop_completion().is_none());
     common::check_teardown(&ring, &[&pool]);
 }
+
+#[test]
+fn run_wait_returns_a_whole_batch_and_caps_at_in_flight() {
+    let mut ring = Ring::builder().entries(16).build().unwrap();
+    for i in 0..8 {
+        ring.submit(Op::nop().tag(i)).to_ring();
+    }
+    // Asking for more than is in flight waits for what there is, not forever.
+    let n = ring
+        .run_wait(100, Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(n, 8);
+    assert_eq!(ring.ready_len(), 8);
+    assert_eq!(ring.in_flight(), 0);
+    let mut tags: Vec<u64> = std::iter::from_fn(|| ring.pop_completion())
+        .map(|c| c.tag())
+        .collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (0..8).collect::<Vec<_>>());
+    // Nothing in flight: returns at once.
+    assert_eq!(ring.run_wait(4, None).unwrap(), 0);
+    common::check_teardown(&ring, &[]);
+}

@@ -14,6 +14,12 @@
 //! `--size` (default 256 MiB) when missing, and extended to it for write jobs; for reads
 //! of an existing file the range is `min(--size, file size)`. Numbers take k/m/g (powers
 //! of 1024) suffixes.
+//!
+//! The ring is built with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`
+//! (falling back to a plain ring on kernels without them); `IOBENCH_RING=single` drops
+//! DEFER_TASKRUN and `IOBENCH_RING=plain` both, for A/B comparisons. Each enter submits
+//! every re-armed operation and waits for a quarter of the queue (at least one) to
+//! complete.
 
 mod engine;
 
@@ -40,16 +46,17 @@ struct Args {
 }
 
 fn main() {
-    match parse_args(std::env::args().skip(1)).and_then(|a| run(&a)) {
-        Ok(()) => {}
+    // Exit status: 2 for a bad command line, 1 for a failure while running.
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("iobench: {e}");
-            std::process::exit(if e.starts_with("usage") || e.contains("\nusage") {
-                2
-            } else {
-                1
-            });
+            std::process::exit(2);
         }
+    };
+    if let Err(e) = run(&args) {
+        eprintln!("iobench: {e}");
+        std::process::exit(1);
     }
 }
 
@@ -184,7 +191,17 @@ fn build_ring(qd: usize) -> Result<Ring, String> {
         .ops(qd * 2 + 16);
     // Single issuer + deferred task running: completion work is batched into our own
     // enters. Fall back to a plain ring on kernels without them (< 6.1).
-    match base.clone().single_issuer(true).defer_taskrun(true).build() {
+    // IOBENCH_RING=plain|single (no DEFER_TASKRUN) is for A/B comparisons.
+    let mode = std::env::var("IOBENCH_RING").unwrap_or_default();
+    if mode == "plain" {
+        return base.build().map_err(|e| format!("io_uring: {e}"));
+    }
+    match base
+        .clone()
+        .single_issuer(true)
+        .defer_taskrun(mode != "single")
+        .build()
+    {
         Ok(r) => Ok(r),
         Err(e) if matches!(e.kind(), ErrorKind::Unsupported { .. }) => {
             base.build().map_err(|e| format!("io_uring: {e}"))
