@@ -10,6 +10,7 @@
 //! | [`Submission::ticket`] + [`Ring::wait`] | the caller, later (several in flight) |
 //! | [`Submission::then`] | a completion routine (closure) run on the ring's thread |
 //! | [`Submission::to_queue`] | a [`CompletionQueue`] that any thread consumes |
+//! | [`Submission::to_ring`] + [`Ring::pop_completion`] | the ring's own FIFO, read by the thread driving it (no atomics: the cheapest route) |
 //! | [`Submission::future`] | an [`OpFuture`] that any executor can `.await` |
 //! | [`Submission::detach`] | nobody: send and forget; buffers are still reclaimed |
 //!
@@ -160,6 +161,8 @@ pub(crate) enum Delivery {
     Keep,
     Routine(Routine),
     Queue(Arc<CompletionQueue<Completion>>),
+    /// Appended to the ring's own completion FIFO ([`Ring::pop_completion`]).
+    Local,
     Future(Arc<FutureSlot>),
     Detach,
 }
@@ -170,6 +173,7 @@ impl fmt::Debug for Delivery {
             Delivery::Keep => "Keep",
             Delivery::Routine(_) => "Routine",
             Delivery::Queue(_) => "Queue",
+            Delivery::Local => "Local",
             Delivery::Future(_) => "Future",
             Delivery::Detach => "Detach",
         })
@@ -223,6 +227,15 @@ impl Submission<'_> {
     pub fn to_queue(mut self, queue: &Arc<CompletionQueue<Completion>>) -> OpId {
         let op = self.take();
         self.ring.start(op, Delivery::Queue(queue.clone()))
+    }
+
+    /// Submit; the completion is appended to the ring's own FIFO, taken in completion
+    /// order with [`Ring::pop_completion`] by the thread that drives the ring. This is
+    /// the hot-path route for a single-threaded event loop: no reference count, no atomic
+    /// queue, no allocation once the FIFO has grown to the loop's depth.
+    pub fn to_ring(mut self) -> OpId {
+        let op = self.take();
+        self.ring.start(op, Delivery::Local)
     }
 
     /// Submit; returns a future resolving to the completion. Someone must drive the ring

@@ -125,23 +125,24 @@ impl Ring {
     /// Process every available CQE, flushing the kernel's overflow list as needed.
     /// Returns the number of CQEs seen.
     pub(super) fn reap(&mut self) -> usize {
+        // Fast path (taken on most calls of a busy loop): nothing posted, nothing in the
+        // kernel's overflow list. Skips filling the batch array below.
+        if self.uring.completion().is_empty() && !self.uring.submission().cq_overflow() {
+            if !self.backlog.is_empty() {
+                self.retry_backlog();
+            }
+            return 0;
+        }
         let mut total = 0;
         let mut flushes = 0;
+        // Uninitialised storage: copying the CQEs out is the only write (no memset of
+        // the whole batch on every call).
+        let mut batch = [const { std::mem::MaybeUninit::<cqueue::Entry>::uninit() }; 64];
         loop {
-            let mut batch = [(0u64, 0i32, 0u32); 64];
-            let mut n = 0;
-            {
-                let mut cq = self.uring.completion();
-                for cqe in &mut cq {
-                    batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
-                    n += 1;
-                    if n == batch.len() {
-                        break;
-                    }
-                }
-            }
-            for &(ud, res, flags) in &batch[..n] {
-                self.on_cqe(ud, res, flags);
+            let cqes = self.uring.completion().fill(&mut batch);
+            let n = cqes.len();
+            for cqe in cqes.iter() {
+                self.on_cqe(cqe.user_data(), cqe.result(), cqe.flags());
             }
             total += n;
             if n == batch.len() {
@@ -269,6 +270,7 @@ impl Ring {
                     self.backlog.push_back((q, c));
                 }
             }
+            Delivery::Local => self.ready.push_back(c),
             Delivery::Future(slot) => slot.complete(c),
             Delivery::Detach => drop(c),
         }
@@ -295,6 +297,7 @@ impl Ring {
                     self.backlog.push_back((q, c));
                 }
             }
+            EntryState::InKernel(Delivery::Local) => self.ready.push_back(c),
             // Detached (or abandoned): the buffer goes straight back to the pool.
             _ => drop(c),
         }

@@ -121,7 +121,7 @@ fn complete_unsent(op: Op, d: Delivery) {
             }
         }
         Delivery::Future(s) => s.complete(c),
-        Delivery::Keep | Delivery::Detach => drop(c),
+        Delivery::Keep | Delivery::Local | Delivery::Detach => drop(c),
     }
 }
 

@@ -105,11 +105,11 @@ impl Ring {
         let id = OpId::new(key as u32, gen);
         let multi_ok = matches!(
             self.ops[key].state,
-            EntryState::InKernel(Delivery::Queue(_) | Delivery::Detach)
+            EntryState::InKernel(Delivery::Queue(_) | Delivery::Local | Delivery::Detach)
         );
         let prepared = match kind {
             OpKind::ReadMulti { .. } if !multi_ok => Err(Error::invalid(
-                "multishot operations deliver to a CompletionQueue (or detach)",
+                "multishot operations deliver to a CompletionQueue, the ring's FIFO (or detach)",
             )),
             kind => self.prepare(key, kind, nowait),
         };

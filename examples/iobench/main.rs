@@ -1,0 +1,320 @@
+//! `iobench`: a fio-like load generator built on the crate's ring, registered buffer pool,
+//! registered file and completion path.
+//!
+//! ```text
+//! iobench --rw randread|read|randwrite|write --bs BYTES --qd N [--direct]
+//!         [--seconds S] [--size BYTES] FILE
+//! ```
+//!
+//! Keeps `N` operations in flight for `S` seconds (default 5) and prints one JSON line to
+//! stdout:
+//! `{"iops":…,"bw_bytes":…,"lat_p50_ns":…,"lat_p99_ns":…,"cpu_usr":…,"cpu_sys":…}`
+//! (CPU from `getrusage`, in percent of one core over the run) and a one-line summary to
+//! stderr. Random offsets are multiples of the block size. FILE is created and filled to
+//! `--size` (default 256 MiB) when missing, and extended to it for write jobs; for reads
+//! of an existing file the range is `min(--size, file size)`. Numbers take k/m/g (powers
+//! of 1024) suffixes.
+//!
+//! The ring is built with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`
+//! (falling back to a plain ring on kernels without them); `IOBENCH_RING=single` drops
+//! DEFER_TASKRUN and `IOBENCH_RING=plain` both, for A/B comparisons. Each enter submits
+//! every re-armed operation and waits for a quarter of the queue (at least one) to
+//! complete.
+
+mod engine;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use engine::{Engine, Job, Rw};
+use iocomplete::{BufferPool, BufferRegistration, ErrorKind, Ring};
+
+const USAGE: &str = "usage: iobench --rw randread|read|randwrite|write --bs BYTES --qd N \
+                     [--direct] [--seconds S] [--size BYTES] FILE";
+
+struct Args {
+    rw: Rw,
+    bs: usize,
+    qd: usize,
+    direct: bool,
+    seconds: f64,
+    size: Option<u64>,
+    file: PathBuf,
+}
+
+fn main() {
+    // Exit status: 2 for a bad command line, 1 for a failure while running.
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("iobench: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&args) {
+        eprintln!("iobench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Parse `4096`, `4k`, `1m`, `2g`, `64KiB`...
+fn parse_size(flag: &str, s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let (digits, mult) = match lower.trim_end_matches("ib").trim_end_matches('b') {
+        x if x.ends_with('k') => (&x[..x.len() - 1], 1u64 << 10),
+        x if x.ends_with('m') => (&x[..x.len() - 1], 1 << 20),
+        x if x.ends_with('g') => (&x[..x.len() - 1], 1 << 30),
+        x if x.ends_with('t') => (&x[..x.len() - 1], 1 << 40),
+        x => (x, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{flag}: not a number of bytes: {s:?}\n{USAGE}"))
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    let (mut rw, mut bs, mut qd) = (None, None, None);
+    let (mut direct, mut seconds, mut size, mut file) = (false, 5.0, None, None);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--rw" => {
+                let v = value("--rw")?;
+                rw = Some(Rw::parse(&v).ok_or_else(|| {
+                    format!("--rw: expected randread, read, randwrite or write, got {v:?}")
+                })?);
+            }
+            "--bs" => bs = Some(parse_size("--bs", &value("--bs")?)?),
+            "--qd" => {
+                let v = value("--qd")?;
+                qd = Some(
+                    v.parse::<usize>()
+                        .map_err(|_| format!("--qd: not a number: {v:?}\n{USAGE}"))?,
+                );
+            }
+            "--direct" => direct = true,
+            "--seconds" => {
+                let v = value("--seconds")?;
+                seconds = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .ok_or_else(|| format!("--seconds: not a positive number: {v:?}"))?;
+            }
+            "--size" => size = Some(parse_size("--size", &value("--size")?)?),
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            f if f.starts_with("--") => return Err(format!("unknown flag {f}\n{USAGE}")),
+            f => {
+                if file.replace(PathBuf::from(f)).is_some() {
+                    return Err(format!("more than one FILE given\n{USAGE}"));
+                }
+            }
+        }
+    }
+    let rw = rw.ok_or_else(|| format!("--rw is required\n{USAGE}"))?;
+    let bs = bs.ok_or_else(|| format!("--bs is required\n{USAGE}"))?;
+    let qd = qd.ok_or_else(|| format!("--qd is required\n{USAGE}"))?;
+    let file = file.ok_or_else(|| format!("FILE is required\n{USAGE}"))?;
+    if bs == 0 || bs > 64 << 20 {
+        return Err(format!("--bs must be in 1..=64MiB, got {bs}"));
+    }
+    if qd == 0 || qd > 4096 {
+        return Err(format!("--qd must be in 1..=4096, got {qd}"));
+    }
+    if direct && bs % 512 != 0 {
+        return Err(format!(
+            "misaligned direct I/O: --bs {bs} is not a multiple of 512 bytes"
+        ));
+    }
+    Ok(Args {
+        rw,
+        bs: bs as usize,
+        qd,
+        direct,
+        seconds,
+        size,
+        file,
+    })
+}
+
+const DEFAULT_SIZE: u64 = 256 << 20;
+
+/// Append a deterministic, non-zero pattern until the file is `size` bytes long.
+fn fill_to(path: &Path, size: u64) -> Result<(), String> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut have = f
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    while have < size {
+        let n = (size - have).min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n])
+            .map_err(|e| format!("{}: writing: {e}", path.display()))?;
+        have += n as u64;
+    }
+    f.sync_all()
+        .map_err(|e| format!("{}: fsync: {e}", path.display()))
+}
+
+fn rusage() -> (Duration, Duration) {
+    // SAFETY: `rusage` is plain old data; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid out-pointer cannot fail.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
+fn build_ring(qd: usize) -> Result<Ring, String> {
+    let entries = (qd as u32).next_power_of_two().max(8);
+    let base = Ring::builder()
+        .entries(entries)
+        .cq_entries(entries * 2)
+        .files(4)
+        .buffers(4)
+        .ops(qd * 2 + 16);
+    // Single issuer + deferred task running: completion work is batched into our own
+    // enters. Fall back to a plain ring on kernels without them (< 6.1).
+    // IOBENCH_RING=plain|single (no DEFER_TASKRUN) is for A/B comparisons.
+    let mode = std::env::var("IOBENCH_RING").unwrap_or_default();
+    if mode == "plain" {
+        return base.build().map_err(|e| format!("io_uring: {e}"));
+    }
+    match base
+        .clone()
+        .single_issuer(true)
+        .defer_taskrun(mode != "single")
+        .build()
+    {
+        Ok(r) => Ok(r),
+        Err(e) if matches!(e.kind(), ErrorKind::Unsupported { .. }) => {
+            base.build().map_err(|e| format!("io_uring: {e}"))
+        }
+        Err(e) => Err(format!("io_uring: {e}")),
+    }
+}
+
+fn run(a: &Args) -> Result<(), String> {
+    let meta = std::fs::metadata(&a.file);
+    let is_blk = matches!(&meta, Ok(m) if m.file_type().is_block_device());
+    match &meta {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fill_to(&a.file, a.size.unwrap_or(DEFAULT_SIZE))?
+        }
+        Err(e) => return Err(format!("{}: {e}", a.file.display())),
+        Ok(m) if a.rw.is_write() && !is_blk && m.len() < a.size.unwrap_or(DEFAULT_SIZE) => {
+            fill_to(&a.file, a.size.unwrap_or(DEFAULT_SIZE))?
+        }
+        Ok(_) => {}
+    }
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(a.rw.is_write());
+    if a.direct {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    let f: File = opts
+        .open(&a.file)
+        .map_err(|e| format!("{}: {e}", a.file.display()))?;
+
+    let mut ring = build_ring(a.qd)?;
+    let target = ring
+        .register(f)
+        .map_err(|e| format!("{}: {e}", a.file.display()))?;
+    let info = ring.info(target).map_err(|e| e.to_string())?;
+    if !info.kind.is_seekable() {
+        return Err(format!(
+            "{}: not a regular file or block device",
+            a.file.display()
+        ));
+    }
+    if a.direct && a.bs % info.offset_align as usize != 0 {
+        return Err(format!(
+            "misaligned direct I/O: --bs {} is not a multiple of {}'s {}-byte alignment",
+            a.bs,
+            a.file.display(),
+            info.offset_align
+        ));
+    }
+    let span = match a.size {
+        Some(s) => s.min(info.size),
+        None => info.size,
+    };
+    let blocks = span / a.bs as u64;
+    if blocks == 0 {
+        return Err(format!(
+            "{}: {} bytes, smaller than one {}-byte block",
+            a.file.display(),
+            span,
+            a.bs
+        ));
+    }
+    let pool = BufferPool::builder()
+        .slots(a.qd)
+        .slot_len(a.bs)
+        .build()
+        .map_err(|e| format!("buffer pool: {e}"))?;
+    let fixed = matches!(ring.register_pool(&pool), BufferRegistration::Fixed);
+
+    let job = Job {
+        rw: a.rw,
+        bs: a.bs,
+        qd: a.qd,
+        blocks,
+    };
+    let mut engine = Engine::new(job, target, &pool);
+    let limit = Duration::from_secs_f64(a.seconds);
+    let (u0, s0) = rusage();
+    let t0 = std::time::Instant::now();
+    engine
+        .run(&mut ring, |_, el| el >= limit)
+        .map_err(|e| format!("{}: {e}", a.file.display()))?;
+    let wall = t0.elapsed().as_secs_f64();
+    let (u1, s1) = rusage();
+
+    let t = &engine.totals;
+    let iops = t.ops as f64 / wall;
+    let bw = t.bytes as f64 / wall;
+    let usr = (u1 - u0).as_secs_f64() / wall * 100.0;
+    let sys = (s1 - s0).as_secs_f64() / wall * 100.0;
+    let (p50, p99) = (t.lat.percentile(50.0), t.lat.percentile(99.0));
+    println!(
+        "{{\"iops\":{iops:.0},\"bw_bytes\":{bw:.0},\"lat_p50_ns\":{p50},\"lat_p99_ns\":{p99},\
+         \"cpu_usr\":{usr:.1},\"cpu_sys\":{sys:.1}}}"
+    );
+    let st = ring.stats();
+    eprintln!(
+        "iobench: {:?} bs={} qd={}{} on {}: {:.0} IOPS, {:.1} MiB/s, p50 {} ns, p99 {} ns, \
+         cpu usr {:.1}% sys {:.1}%, {:.2} ops/enter, fixed buffers {}, fixed file {}",
+        a.rw,
+        a.bs,
+        a.qd,
+        if a.direct { " direct" } else { "" },
+        a.file.display(),
+        iops,
+        bw / (1 << 20) as f64,
+        p50,
+        p99,
+        usr,
+        sys,
+        st.completed as f64 / st.enters.max(1) as f64,
+        fixed,
+        ring.capabilities().fixed_files,
+    );
+    Ok(())
+}
