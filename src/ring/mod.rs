@@ -37,7 +37,7 @@ use crate::queue::CompletionQueue;
 use crate::request::{Bufs, Completion, Delivery, Submission, Ticket};
 
 pub use handle::RingHandle;
-pub use op::{Op, OpId};
+pub use op::{BufPart, Op, OpId};
 pub use probe::Capabilities;
 pub use provided::BufRing;
 pub use target::{FdInfo, FdKind, Target};
