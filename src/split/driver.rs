@@ -108,7 +108,9 @@ impl SplitConfig {
     }
 
     /// Largest chunk in bytes. Without it: the smallest `max_sectors_kb` of the block
-    /// devices involved ([`block_device_limits`]), or a pool slot for files. Always capped
+    /// devices involved ([`block_device_limits`], read from sysfs at each
+    /// [`SplitDriver::new`] — set a chunk when starting many small requests), or a pool
+    /// slot for files. Always capped
     /// at a pool slot's capacity and at [`MAX_TRANSFER`](crate::dma::MAX_TRANSFER), and
     /// rounded down to the direct-I/O alignment.
     pub const fn max_chunk(mut self, bytes: u64) -> SplitConfig {
@@ -369,7 +371,8 @@ impl SplitDriver {
                     }));
                 }
             }
-            if info.kind == FdKind::BlockDevice {
+            // Only when no chunk is given: reading sysfs costs a few syscalls.
+            if info.kind == FdKind::BlockDevice && config.max_chunk.is_none() {
                 if let Ok(l) = block_device_limits(info.rdev as libc::dev_t) {
                     device_chunk = Some(device_chunk.map_or(l.max_chunk, |c| c.min(l.max_chunk)));
                 }
