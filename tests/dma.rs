@@ -618,6 +618,32 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
         ),
         ErrorKind::InvalidInput { .. }
     ));
+    // A refused list comes back untouched (its buffers may hold data to write).
+    let mut sg = SgList::new();
+    let mut buf = pool.try_get().unwrap();
+    buf.extend_from_slice(&[7u8; 100]).unwrap();
+    sg.push(buf, 0).unwrap();
+    let rejected = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Read,
+        Config::new(),
+        None,
+        |_: &TransferReport| {},
+    )
+    .unwrap_err();
+    assert!(matches!(
+        rejected.kind(),
+        ErrorKind::Misaligned {
+            what: "length",
+            value: 100,
+            ..
+        }
+    ));
+    let back = rejected.into_sg();
+    assert_eq!(back.bufs()[0].data(), &[7u8; 100][..]);
+    drop(back);
     let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
     let s = ring.register(sock).unwrap();
     let e = DmaDriver::new(
@@ -631,6 +657,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     )
     .unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+    drop(e);
     assert_eq!(ring.stats().submitted, before, "something reached the ring");
     // The ring's own checks on buffer parts: typed errors without a syscall.
     let rejected = ring.stats().rejected;

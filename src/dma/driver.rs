@@ -79,6 +79,99 @@ fn errno_of(e: &Error) -> i32 {
     }
 }
 
+/// Why [`DmaDriver::new`] refused a transaction, with the scatter/gather list handed back
+/// untouched (its buffers may hold data to write). Converts into the crate's [`Error`], so
+/// `?` works in functions returning [`Result`].
+#[derive(Debug)]
+pub struct Rejected {
+    error: Error,
+    sg: SgList,
+}
+
+impl Rejected {
+    /// The error.
+    pub fn error(&self) -> Error {
+        self.error
+    }
+
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.error.kind()
+    }
+
+    /// The list, back.
+    pub fn into_sg(self) -> SgList {
+        self.sg
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+impl From<Rejected> for Error {
+    fn from(r: Rejected) -> Error {
+        r.error
+    }
+}
+
+/// Everything [`DmaDriver::new`] checks before building the transaction.
+fn check(
+    ring: &Ring,
+    target: Target,
+    sg: &SgList,
+    direction: Direction,
+    config: Config,
+) -> Result<()> {
+    let info = ring.info(target)?;
+    if !info.kind.is_seekable() {
+        return Err(Error::invalid("dma: target must be a file or block device"));
+    }
+    match direction {
+        Direction::Read if !info.readable => {
+            return Err(Error::invalid("dma: target is not open for reading"))
+        }
+        Direction::Write if !info.writable => {
+            return Err(Error::invalid("dma: target is not open for writing"))
+        }
+        _ => {}
+    }
+    if info.direct {
+        let a = info.offset_align;
+        let misaligned = |what, value| {
+            Error::new(ErrorKind::Misaligned {
+                what,
+                value,
+                align: a,
+            })
+        };
+        if config.max_transfer_len() % u64::from(a) != 0 {
+            return Err(misaligned("max transfer", config.max_transfer_len()));
+        }
+        for (seg, buf) in sg.iter() {
+            if seg.device_offset % u64::from(a) != 0 {
+                return Err(misaligned("offset", seg.device_offset));
+            }
+            if seg.len % u64::from(a) != 0 {
+                return Err(misaligned("length", seg.len));
+            }
+            let addr = buf.data_ptr() as u64;
+            if addr % u64::from(info.mem_align) != 0 {
+                return Err(Error::new(ErrorKind::Misaligned {
+                    what: "buffer",
+                    value: addr,
+                    align: info.mem_align,
+                }));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Executes a DMA-style [`Transaction`] over an [`SgList`] on a [`Ring`]: one vectored
 /// operation per transfer (`Op::readv_parts` / `Op::writev_parts`, so `READV_FIXED` /
 /// `WRITEV_FIXED` when the pool is registered and the kernel has them), transfers bounded
@@ -179,8 +272,8 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     /// [`ErrorKind::StaleTarget`]; [`ErrorKind::InvalidInput`] for a target that is not a
     /// file or block device or not open for `direction`, an empty list, or a config out of
     /// range; [`ErrorKind::Misaligned`] for a direct target and a segment offset or length,
-    /// a buffer address or the max transfer not aligned as it needs. The list is dropped
-    /// (its buffers return to their pool) on error.
+    /// a buffer address or the max transfer not aligned as it needs. The error hands the
+    /// list back ([`Rejected::into_sg`]); `?` turns it into the plain [`Error`].
     pub fn new(
         ring: &mut Ring,
         target: Target,
@@ -189,52 +282,17 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
         config: Config,
         deadline: Option<Duration>,
         on_transfer: F,
-    ) -> Result<DmaDriver<F>> {
-        let info = ring.info(target)?;
-        if !info.kind.is_seekable() {
-            return Err(Error::invalid("dma: target must be a file or block device"));
+    ) -> std::result::Result<DmaDriver<F>, Rejected> {
+        if let Err(error) = check(ring, target, &sg, direction, config) {
+            return Err(Rejected { error, sg });
         }
-        match direction {
-            Direction::Read if !info.readable => {
-                return Err(Error::invalid("dma: target is not open for reading"))
-            }
-            Direction::Write if !info.writable => {
-                return Err(Error::invalid("dma: target is not open for writing"))
-            }
-            _ => {}
-        }
-        if info.direct {
-            let a = info.offset_align;
-            let misaligned = |what, value| {
-                Error::new(ErrorKind::Misaligned {
-                    what,
-                    value,
-                    align: a,
-                })
-            };
-            if config.max_transfer_len() % u64::from(a) != 0 {
-                return Err(misaligned("max transfer", config.max_transfer_len()));
-            }
-            for (seg, buf) in sg.iter() {
-                if seg.device_offset % u64::from(a) != 0 {
-                    return Err(misaligned("offset", seg.device_offset));
-                }
-                if seg.len % u64::from(a) != 0 {
-                    return Err(misaligned("length", seg.len));
-                }
-                let addr = buf.data_ptr() as u64;
-                if addr % u64::from(info.mem_align) != 0 {
-                    return Err(Error::new(ErrorKind::Misaligned {
-                        what: "buffer",
-                        value: addr,
-                        align: info.mem_align,
-                    }));
-                }
-            }
-        }
-        let (segments, bufs) = sg.into_parts();
-        let n = segments.len();
-        let tx = Transaction::new(segments, direction, config.timer(deadline.is_some()))?;
+        let config = config.timer(deadline.is_some());
+        let tx = match Transaction::new(sg.segments().to_vec(), direction, config) {
+            Ok(tx) => tx,
+            Err(error) => return Err(Rejected { error, sg }),
+        };
+        let (_, bufs) = sg.into_parts();
+        let n = bufs.len();
         let max = config.max_in_flight_count() as usize;
         Ok(DmaDriver {
             tx,

@@ -65,7 +65,7 @@ mod tests;
 mod transaction;
 
 pub use crate::split::Direction;
-pub use driver::{DmaDriver, DmaStats, TransferReport};
+pub use driver::{DmaDriver, DmaStats, Rejected, TransferReport};
 pub use sg::{Piece, Pieces, Segment, Transfer, TransferId};
 pub use sglist::SgList;
 pub use transaction::{
