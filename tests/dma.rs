@@ -174,6 +174,47 @@ fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
 }
 
 #[test]
+fn direct_gather_ends_at_an_unaligned_end_of_file() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    let size = 5 * BS as u64 + 1808;
+    verify::make_file(&path, size, BS, 39);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(8, 2 * BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&path, false, true)).unwrap();
+    let mut sg = SgList::new();
+    sg.push_extent(&pool, 4 * BS as u64, 4 * BS as u64).unwrap(); // crosses the end
+    sg.push_extent(&pool, 0, BS as u64).unwrap();
+    let mut reports = Reports::default();
+    let config = Config::new().max_in_flight(2);
+    let drv = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Read,
+        config,
+        None,
+        |r: &TransferReport| reports.record(r),
+    )
+    .unwrap();
+    let (done, sg) = drv.run(&mut ring).unwrap();
+    assert_eq!(
+        (done.status, done.bytes),
+        (Ok(()), BS as u64 + 1808 + BS as u64)
+    );
+    assert_eq!(reports.finals(), 1);
+    let lens: Vec<usize> = sg.bufs().iter().map(|b| b.len()).collect();
+    // Two 8 KiB segments from 16 KiB: the first gets the 5904 bytes before the end.
+    assert_eq!(lens, [BS + 1808, 0, BS]);
+    for (seg, buf) in sg.iter() {
+        verify::check_range(buf.data(), BS, 39, seg.device_offset).unwrap();
+    }
+    drop(sg);
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
 fn direct_gather_from_a_block_device_with_split_segments_in_flight() {
     let size = 8u64 << 20;
     let Some(dev) = LoopDev::new(size, Some((BS, 32))) else {

@@ -309,6 +309,38 @@ fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
 }
 
 #[test]
+fn direct_reads_end_at_an_unaligned_end_of_file() {
+    // O_DIRECT returns a short, unaligned count at the end of a file whose size is not a
+    // multiple of the alignment; the rest of the chunk is past the end, not an error.
+    let dir = common::disk_dir();
+    let size = 3 * CHUNK + 1000;
+    let src = src_file(dir.path(), "src", size, 13);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(2, CHUNK as usize);
+    ring.register_pool(&pool);
+    let s = ring.register(open(&src, false, true)).unwrap();
+    let len = 4 * CHUNK;
+    for mode in [Mode::Serial, Mode::Parallel { max_in_flight: 2 }] {
+        let mut got = Collect {
+            base: 0,
+            data: vec![0; len as usize],
+            calls: 0,
+        };
+        let job = Job::Read {
+            src: s,
+            offset: 0,
+            len,
+        };
+        let config = SplitConfig::new().mode(mode).max_chunk(CHUNK);
+        let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+        let done = drv.run(&mut ring, &mut got).unwrap();
+        assert_eq!((done.status, done.bytes), (Ok(()), size), "{mode:?}");
+        verify::check_range(&got.data[..size as usize], BS, 13, 0).unwrap();
+    }
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
 fn block_devices_default_to_their_limits_and_copy_both_ways() {
     let size = 4u64 << 20;
     let Some(src_dev) = LoopDev::new(size, Some((BS, 21))) else {

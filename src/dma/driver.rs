@@ -126,7 +126,7 @@ fn check(
     sg: &SgList,
     direction: Direction,
     config: Config,
-) -> Result<()> {
+) -> Result<crate::FdInfo> {
     let info = ring.info(target)?;
     if !info.kind.is_seekable() {
         return Err(Error::invalid("dma: target must be a file or block device"));
@@ -169,7 +169,7 @@ fn check(
             }
         }
     }
-    Ok(())
+    Ok(info)
 }
 
 /// Executes a DMA-style [`Transaction`] over an [`SgList`] on a [`Ring`]: one vectored
@@ -244,6 +244,9 @@ pub struct DmaDriver<F> {
     delivered: bool,
     started: bool,
     stopped: bool,
+    /// Direct-I/O alignment of a read target (1 otherwise): a transfer resuming at an
+    /// offset that is not a multiple of it follows a short read at end of file.
+    read_align: u64,
     stats: DmaStats,
     on_transfer: F,
 }
@@ -283,9 +286,15 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
         deadline: Option<Duration>,
         on_transfer: F,
     ) -> std::result::Result<DmaDriver<F>, Rejected> {
-        if let Err(error) = check(ring, target, &sg, direction, config) {
-            return Err(Rejected { error, sg });
-        }
+        let info = match check(ring, target, &sg, direction, config) {
+            Ok(info) => info,
+            Err(error) => return Err(Rejected { error, sg }),
+        };
+        let read_align = if info.direct && direction == Direction::Read {
+            u64::from(info.offset_align)
+        } else {
+            1
+        };
         let config = config.timer(deadline.is_some());
         let tx = match Transaction::new(sg.segments().to_vec(), direction, config) {
             Ok(tx) => tx,
@@ -310,6 +319,7 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
             delivered: false,
             started: false,
             stopped: false,
+            read_align,
             stats: DmaStats::default(),
             on_transfer,
         })
@@ -441,6 +451,12 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     fn pump(&mut self, ring: &mut Ring) {
         while let Some(action) = self.tx.poll_action() {
             match action {
+                Action::Submit(t) if t.device_offset % self.read_align != 0 => {
+                    // Direct I/O returns a count that is not a multiple of the alignment
+                    // only at end of file: this resumption is past it. End of file, without
+                    // a request the kernel would refuse.
+                    self.report(t, TransferStatus::Complete, 0);
+                }
                 Action::Submit(t) => {
                     if !self.try_submit(ring, t) {
                         self.stats.deferred += 1;

@@ -297,6 +297,9 @@ pub struct SplitDriver {
     delivered: bool,
     started: bool,
     in_flight: usize,
+    /// Direct-I/O alignment of the source (1 when buffered): a chunk resuming at an
+    /// offset that is not a multiple of it follows a short read at end of file.
+    src_align: u64,
     stats: SplitStats,
 }
 
@@ -349,7 +352,7 @@ impl SplitDriver {
         job: Job,
         config: SplitConfig,
     ) -> Result<SplitDriver> {
-        let infos = match job {
+        let infos: [Option<crate::FdInfo>; 2] = match job {
             Job::Read { src, .. } => [Some(target_info(ring, src, false)?), None],
             Job::Write { dst, .. } => [Some(target_info(ring, dst, true)?), None],
             Job::Copy { src, dst, .. } => [
@@ -425,6 +428,10 @@ impl SplitDriver {
                 cancel: false,
             });
         }
+        let src_align = match (job, infos[0]) {
+            (Job::Read { .. } | Job::Copy { .. }, Some(i)) if i.direct => u64::from(i.offset_align),
+            _ => 1,
+        };
         let timer = match config.deadline {
             Some(d) => Timer::Pending(d),
             None => Timer::None,
@@ -444,6 +451,7 @@ impl SplitDriver {
             delivered: false,
             started: false,
             in_flight: 0,
+            src_align,
             stats: SplitStats::default(),
         })
     }
@@ -640,6 +648,14 @@ impl SplitDriver {
         };
         self.children[i].cancel = false;
         let op = match self.job {
+            Job::Read { .. } | Job::Copy { .. } if offset % self.src_align != 0 => {
+                // Direct I/O returns a count that is not a multiple of the alignment only
+                // at end of file: this resumption is past it. End of file, without a
+                // request the kernel would refuse.
+                self.children[i].buf = Some(buf);
+                self.report(i, Ok(0));
+                return;
+            }
             Job::Read { src, .. } | Job::Copy { src, .. } => {
                 self.children[i].phase = Phase::Reading { offset, len };
                 Op::read_len(src, offset, buf, len as usize)
