@@ -7,7 +7,7 @@
 //!
 //! - `--chunk BYTES`: chunk size (suffixes K, M, G: powers of 1024). Default: the block
 //!   device's `max_sectors_kb` when SRC or DST is one, 1 MiB otherwise.
-//! - `--inflight N`: chunks in flight (default 8); `--serial`: one child re-armed for each
+//! - `--inflight N`: chunks in flight (default 4); `--serial`: one child re-armed for each
 //!   chunk in turn.
 //! - `--direct`: O_DIRECT on both sides; offsets and the chunk must be multiples of the
 //!   devices' alignment. A tail shorter than the alignment is copied through the page
@@ -30,7 +30,7 @@ use iocomplete::{BufferPool, FdKind, Ring, Target};
 pub struct Args {
     /// `--chunk`, if given.
     pub chunk: Option<u64>,
-    /// `--inflight` (default 8).
+    /// `--inflight` (default 4).
     pub inflight: u32,
     /// `--serial`.
     pub serial: bool,
@@ -95,7 +95,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut it = args.into_iter();
     let mut chunk = None;
-    let mut inflight = 8u32;
+    let mut inflight = 4u32;
     let (mut serial, mut direct) = (false, false);
     let mut paths = Vec::new();
     while let Some(a) = it.next() {
