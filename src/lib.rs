@@ -26,8 +26,10 @@
 //!   [`reader`] (continuous reader: N reads in flight per source, restart on failure),
 //!   [`fifo`] (fill a buffer from a source that runs dry, waiting for readiness; driven on
 //!   a ring by [`FifoReceiver`]),
-//!   [`split`] (a large transfer as chunks that complete as one, serial or parallel),
-//!   [`dma`] (a scatter/gather transaction that completes transfer by transfer).
+//!   [`split`] (a large transfer as chunks that complete as one, serial or parallel;
+//!   driven by [`SplitDriver`]),
+//!   [`dma`] (a scatter/gather transaction over an [`SgList`] that completes transfer by
+//!   transfer; driven by [`DmaDriver`]).
 //! * **Completion gate** ([`gate`]): the begin-completion + reference-count pattern as a
 //!   lock-free primitive, so transfer, cancel and timer paths race safely to one
 //!   completion.
@@ -85,4 +87,5 @@ pub use ring::{
     BufRing, BufferRegistration, Capabilities, FdInfo, FdKind, Op, OpId, Ring, RingBuilder,
     RingHandle, RingStats, Target,
 };
-pub use split::{SplitMachine, TransferPlan};
+pub use dma::{DmaDriver, SgList};
+pub use split::{SplitDriver, SplitMachine, TransferPlan};

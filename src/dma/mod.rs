@@ -27,6 +27,9 @@
 //!   the first of stop / timeout / final transfer to begin completion wins, except that the
 //!   first device error overrides a cancel or timeout (the seed's `overrideStatus`).
 //!
+//! [`DmaDriver`] executes a transaction on a [`Ring`](crate::Ring) over an [`SgList`] of
+//! pooled buffers mapped to device offsets.
+//!
 //! Like [`crate::split`], the machine takes events and emits [`Action`]s to poll; it never
 //! makes a syscall, allocates only in [`Transaction::new`], never panics, and rejects
 //! impossible events with an error (see [`Transaction::handle`], the single entry point a
@@ -54,13 +57,17 @@
 //! # Ok::<(), iocomplete::Error>(())
 //! ```
 
+mod driver;
 mod sg;
+mod sglist;
 #[cfg(all(test, not(loom)))]
 mod tests;
 mod transaction;
 
 pub use crate::split::Direction;
+pub use driver::{DmaDriver, DmaStats, Rejected, TransferReport};
 pub use sg::{Piece, Pieces, Segment, Transfer, TransferId};
+pub use sglist::SgList;
 pub use transaction::{
     Action, Completion, Config, Event, Transaction, TransferStatus, MAX_IN_FLIGHT, MAX_SEGMENTS,
     MAX_TRANSFER,

@@ -55,6 +55,26 @@ impl Config {
         self
     }
 
+    /// The largest transfer, in bytes.
+    pub const fn max_transfer_len(&self) -> u64 {
+        self.max_transfer
+    }
+
+    /// The most segments per transfer.
+    pub const fn max_segments_count(&self) -> u32 {
+        self.max_segments
+    }
+
+    /// The most transfers in flight.
+    pub const fn max_in_flight_count(&self) -> u32 {
+        self.max_in_flight
+    }
+
+    /// Whether a deadline timer is armed.
+    pub const fn has_timer(&self) -> bool {
+        self.timer
+    }
+
     /// The driver arms a deadline timer for the transaction (a linked or standalone
     /// timeout): the transaction then holds a reference for it, and completes only once
     /// the timer fired ([`Event::Timeout`]) or its cancellation came back

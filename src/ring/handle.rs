@@ -98,9 +98,11 @@ fn complete_unsent(op: Op, d: Delivery) {
         OpKind::Write { buf, .. } => Bufs::from_io(buf),
         OpKind::Readv { bufs, .. } => Bufs::PoolList(bufs),
         OpKind::Writev { bufs, .. } => Bufs::List(bufs),
-        OpKind::Nop | OpKind::Fsync { .. } | OpKind::Poll { .. } | OpKind::ReadMulti { .. } => {
-            Bufs::None
-        }
+        OpKind::Nop
+        | OpKind::Fsync { .. }
+        | OpKind::Poll { .. }
+        | OpKind::ReadMulti { .. }
+        | OpKind::Timeout { .. } => Bufs::None,
     };
     let c = Completion {
         id: OpId(0),

@@ -37,7 +37,7 @@ use crate::queue::CompletionQueue;
 use crate::request::{Bufs, Completion, Delivery, Submission, Ticket};
 
 pub use handle::RingHandle;
-pub use op::{Op, OpId};
+pub use op::{BufPart, Op, OpId};
 pub use probe::Capabilities;
 pub use provided::BufRing;
 pub use target::{FdInfo, FdKind, Target};
@@ -414,6 +414,9 @@ impl Ring {
     /// complete with [`ErrorKind::StaleTarget`].
     pub fn close(&mut self, t: Target) -> Result<()> {
         self.target(t)?;
+        // Operations on `t` still queued in the SQ must reach the kernel before the
+        // fixed-file slot is cleared, or they would find it empty (EBADF).
+        self.enter(0, None)?;
         let e = self.targets.remove(t.index as usize);
         if let Some(ix) = e.fixed {
             let _ = self.uring.submitter().register_files_update(ix, &[-1]);

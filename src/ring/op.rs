@@ -70,6 +70,16 @@ pub(crate) fn next_gen(g: u32) -> u32 {
     }
 }
 
+/// A byte range inside one buffer of a vectored transfer ([`Op::readv_parts`],
+/// [`Op::writev_parts`]): `len` bytes from byte `start` of the buffer's data area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BufPart {
+    /// Offset of the range's first byte from the start of the buffer's data area.
+    pub start: usize,
+    /// Length of the range in bytes (not 0).
+    pub len: usize,
+}
+
 /// An operation to submit to a [`Ring`](super::Ring): what to do, on which target, with
 /// which buffers (owned by the operation until it completes), and optionally a deadline
 /// and a tag that comes back in the [`Completion`](crate::Completion).
@@ -116,11 +126,19 @@ pub(crate) enum OpKind {
         target: Target,
         offset: u64,
         bufs: Vec<PoolBuf>,
+        /// Byte ranges of the buffers' data areas (`readv_parts`); `None`: each buffer
+        /// from its start, up to `len()`.
+        parts: Option<Vec<BufPart>>,
     },
     Writev {
         target: Target,
         offset: u64,
         bufs: Vec<IoBuf>,
+        /// Byte ranges of the buffers' data (`writev_parts`); `None`: all of each.
+        parts: Option<Vec<BufPart>>,
+    },
+    Timeout {
+        after: Duration,
     },
     Fsync {
         target: Target,
@@ -222,6 +240,7 @@ impl Op {
             target,
             offset,
             bufs,
+            parts: None,
         })
     }
 
@@ -231,7 +250,45 @@ impl Op {
             target,
             offset,
             bufs,
+            parts: None,
         })
+    }
+
+    /// Vectored read into byte ranges of the buffers: `bufs[i]` receives up to
+    /// `parts[i].len` bytes at `parts[i].start` of its data area (the range must lie within
+    /// its capacity). One part per buffer. The buffers' `len()` is left as it was: the
+    /// caller knows the ranges and the byte count. Used by scatter/gather transfers that
+    /// start or end inside a buffer. Same opcodes as [`readv`](Op::readv) (`READV_FIXED`
+    /// when possible).
+    pub fn readv_parts(target: Target, offset: u64, bufs: Vec<PoolBuf>, parts: Vec<BufPart>) -> Op {
+        Op::of(OpKind::Readv {
+            target,
+            offset,
+            bufs,
+            parts: Some(parts),
+        })
+    }
+
+    /// Vectored write of byte ranges of the buffers' data: `parts[i].len` bytes of
+    /// `bufs[i].data()` from `parts[i].start` (the range must lie within the data). One
+    /// part per buffer.
+    pub fn writev_parts(target: Target, offset: u64, bufs: Vec<IoBuf>, parts: Vec<BufPart>) -> Op {
+        Op::of(OpKind::Writev {
+            target,
+            offset,
+            bufs,
+            parts: Some(parts),
+        })
+    }
+
+    /// A standalone timer (`IORING_OP_TIMEOUT`, no completion count): completes with
+    /// [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut) after `after`, or with
+    /// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled) if
+    /// [`Ring::cancel`](super::Ring::cancel) removes it first. A request-level deadline
+    /// shared by several operations (see `split` and `dma` drivers). It takes no
+    /// [`deadline`](Op::deadline) of its own.
+    pub fn timeout(after: Duration) -> Op {
+        Op::of(OpKind::Timeout { after })
     }
 
     /// Multishot read (`IORING_OP_READ_MULTISHOT`, Linux 6.7) from a stream (pipe, FIFO,

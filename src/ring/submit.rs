@@ -248,21 +248,44 @@ impl Ring {
                 target,
                 offset,
                 mut bufs,
+                parts,
             } => {
                 let mut iov = Vec::with_capacity(bufs.len());
                 let mut region = None;
                 let mut one_region = true;
-                for b in &mut bufs {
+                let mut bad_part = false;
+                for (i, b) in bufs.iter_mut().enumerate() {
                     let ix = self.pool_buf_index(b);
                     one_region &= ix.is_some() && (region.is_none() || region == ix);
                     region = ix;
+                    let (start, len) = match &parts {
+                        None => (0, b.len()),
+                        Some(p) => match p.get(i) {
+                            Some(p) if p.start.checked_add(p.len) <= Some(b.capacity()) => {
+                                (p.start, p.len)
+                            }
+                            _ => {
+                                bad_part = true;
+                                (0, 0)
+                            }
+                        },
+                    };
                     iov.push(libc::iovec {
-                        iov_base: b.data_mut_ptr().cast(),
-                        iov_len: b.len(),
+                        // `start + len <= capacity` (checked above), so this stays inside
+                        // the slot's data area.
+                        iov_base: b.data_mut_ptr().wrapping_add(start).cast(),
+                        iov_len: len,
                     });
                 }
+                let counted = parts.as_ref().is_none_or(|p| p.len() == bufs.len());
                 self.ops[key].bufs = Bufs::PoolList(bufs);
-                self.ops[key].is_read = true;
+                // With explicit parts the caller tracks lengths; the ring leaves them alone.
+                self.ops[key].is_read = parts.is_none();
+                if bad_part || !counted {
+                    return Err(Error::invalid(
+                        "readv_parts: one part per buffer, each within its capacity",
+                    ));
+                }
                 let (fd, info) = self.fd_of(target)?;
                 if !info.readable {
                     return Err(Error::invalid("target is not open for reading"));
@@ -286,20 +309,42 @@ impl Ring {
                 target,
                 offset,
                 bufs,
+                parts,
             } => {
                 let mut iov = Vec::with_capacity(bufs.len());
                 let mut region = None;
                 let mut one_region = true;
-                for b in &bufs {
+                let mut bad_part = false;
+                for (i, b) in bufs.iter().enumerate() {
                     let ix = self.io_buf_index(b);
                     one_region &= ix.is_some() && (region.is_none() || region == ix);
                     region = ix;
+                    let data = b.data();
+                    let bytes = match &parts {
+                        None => data,
+                        Some(p) => match p
+                            .get(i)
+                            .and_then(|p| data.get(p.start..p.start.checked_add(p.len)?))
+                        {
+                            Some(d) => d,
+                            None => {
+                                bad_part = true;
+                                &data[..0]
+                            }
+                        },
+                    };
                     iov.push(libc::iovec {
-                        iov_base: b.data().as_ptr() as *mut libc::c_void,
-                        iov_len: b.data().len(),
+                        iov_base: bytes.as_ptr() as *mut libc::c_void,
+                        iov_len: bytes.len(),
                     });
                 }
+                let counted = parts.as_ref().is_none_or(|p| p.len() == bufs.len());
                 self.ops[key].bufs = Bufs::List(bufs);
+                if bad_part || !counted {
+                    return Err(Error::invalid(
+                        "writev_parts: one part per buffer, each within its data",
+                    ));
+                }
                 let (fd, info) = self.fd_of(target)?;
                 if !info.writable {
                     return Err(Error::invalid("target is not open for writing"));
@@ -352,6 +397,19 @@ impl Ring {
                 let _ = fd;
                 let raw = self.target(target)?.raw();
                 Ok(opcode::ReadMulti::new(types::Fd(raw), 0, group.bgid).build())
+            }
+            OpKind::Timeout { after } => {
+                // The entry's `timespec` box is this op's own; a linked deadline would need
+                // a second one.
+                if self.ops[key].has_deadline {
+                    return Err(Error::invalid("a timeout operation takes no deadline"));
+                }
+                let ts = Box::new(types::Timespec::from(after));
+                let sqe = opcode::Timeout::new(&*ts).build();
+                // The kernel reads the timespec when it takes the SQE; the box lives in
+                // the entry until the CQE, which is later.
+                self.ops[key].timespec = Some(ts);
+                Ok(sqe)
             }
             OpKind::Poll { target, events } => {
                 let (fd, _) = self.fd_of(target)?;

@@ -6,11 +6,15 @@
 //! - [`SplitMachine`] (in `machine`): the sans-I/O driver state machine, [`Mode::Serial`]
 //!   (one child re-armed) or [`Mode::Parallel`]; events in, [`Action`]s out.
 //! - [`block_device_limits`]: default limits of a block device, from sysfs.
+//! - [`SplitDriver`] (in `driver`): runs the machine on a [`Ring`](crate::Ring) for a
+//!   [`Job`] — a large read, write, or zero-copy copy.
 
+mod driver;
 mod machine;
 mod plan;
 mod sysfs;
 
+pub use driver::{ChunkHandler, Job, SplitConfig, SplitDriver, SplitStats};
 pub use machine::{
     Action, ChildId, Completion, Direction, Event, Mode, SplitMachine, MAX_IN_FLIGHT,
 };

@@ -1,0 +1,860 @@
+//! The split driver: a [`SplitMachine`] executed on a [`Ring`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::machine::{Action, ChildId, Completion, Direction, Event, Mode, SplitMachine};
+use super::plan::TransferPlan;
+use super::sysfs::block_device_limits;
+use crate::buf::{BufferPool, PoolBuf};
+use crate::dma::MAX_TRANSFER;
+use crate::error::{Error, ErrorKind, Result};
+use crate::gate::{CompletionGate, Status};
+use crate::queue::CompletionQueue;
+use crate::request::Bufs;
+use crate::ring::{FdKind, Op, OpId, Ring, Target};
+
+/// What a split request moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// Read `len` bytes of `src` from `offset`; each chunk goes to
+    /// [`ChunkHandler::on_read`].
+    Read {
+        /// A file or block device open for reading.
+        src: Target,
+        /// Offset of the first byte.
+        offset: u64,
+        /// Bytes to read.
+        len: u64,
+    },
+    /// Write `len` bytes to `dst` from `offset`; each chunk is produced by
+    /// [`ChunkHandler::fill`].
+    Write {
+        /// A file or block device open for writing.
+        dst: Target,
+        /// Offset of the first byte.
+        offset: u64,
+        /// Bytes to write.
+        len: u64,
+    },
+    /// Copy `len` bytes of `src` from `src_offset` to `dst` at `dst_offset`: each child
+    /// reads its chunk into a pooled (registered) buffer and writes that same buffer — no
+    /// copy in user space. End of file on `src` ends the copy early, successfully.
+    Copy {
+        /// A file or block device open for reading.
+        src: Target,
+        /// Offset of the first byte read.
+        src_offset: u64,
+        /// A file or block device open for writing.
+        dst: Target,
+        /// Offset of the first byte written.
+        dst_offset: u64,
+        /// Bytes to copy.
+        len: u64,
+    },
+}
+
+impl Job {
+    fn len(&self) -> u64 {
+        match *self {
+            Job::Read { len, .. } | Job::Write { len, .. } | Job::Copy { len, .. } => len,
+        }
+    }
+
+    /// The offset the machine plans with (the source's for a copy).
+    fn offset(&self) -> u64 {
+        match *self {
+            Job::Read { offset, .. } | Job::Write { offset, .. } => offset,
+            Job::Copy { src_offset, .. } => src_offset,
+        }
+    }
+
+    fn direction(&self) -> Direction {
+        match self {
+            Job::Write { .. } => Direction::Write,
+            // A copy is read-driven: 0 bytes from the source is end of file.
+            Job::Read { .. } | Job::Copy { .. } => Direction::Read,
+        }
+    }
+}
+
+/// How a split request runs: mode, chunk limits, deadline. Setters take values;
+/// [`SplitDriver::new`] validates them against the targets and the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitConfig {
+    mode: Mode,
+    max_chunk: Option<u64>,
+    boundary: u64,
+    deadline: Option<Duration>,
+}
+
+impl SplitConfig {
+    /// Defaults: [`Mode::Parallel`] with 4 children in flight, the chunk limit of the
+    /// device (block devices) or of the pool's slots, no boundary, no deadline.
+    pub const fn new() -> SplitConfig {
+        SplitConfig {
+            mode: Mode::Parallel { max_in_flight: 4 },
+            max_chunk: None,
+            boundary: 0,
+            deadline: None,
+        }
+    }
+
+    /// Serial (one child re-armed) or parallel children.
+    pub const fn mode(mut self, mode: Mode) -> SplitConfig {
+        self.mode = mode;
+        self
+    }
+
+    /// Largest chunk in bytes. Without it: the smallest `max_sectors_kb` of the block
+    /// devices involved ([`block_device_limits`], read from sysfs at each
+    /// [`SplitDriver::new`] — set a chunk when starting many small requests), or a pool
+    /// slot for files. Always capped
+    /// at a pool slot's capacity and at [`MAX_TRANSFER`](crate::dma::MAX_TRANSFER), and
+    /// rounded down to the direct-I/O alignment.
+    pub const fn max_chunk(mut self, bytes: u64) -> SplitConfig {
+        self.max_chunk = Some(bytes);
+        self
+    }
+
+    /// No chunk crosses a device offset that is a multiple of `bytes` (0: none).
+    pub const fn boundary(mut self, bytes: u64) -> SplitConfig {
+        self.boundary = bytes;
+        self
+    }
+
+    /// Complete the request with [`ErrorKind::TimedOut`] if it is not done within `d` of
+    /// its first submission (one `IORING_OP_TIMEOUT` for the whole request; the children
+    /// in flight are cancelled and drain first).
+    pub const fn deadline(mut self, d: Duration) -> SplitConfig {
+        self.deadline = Some(d);
+        self
+    }
+}
+
+impl Default for SplitConfig {
+    fn default() -> SplitConfig {
+        SplitConfig::new()
+    }
+}
+
+/// What the caller does with the chunks of a split request. Every method has a default, so
+/// `()` is a handler for copies that need no hook.
+pub trait ChunkHandler {
+    /// A read child (of a [`Job::Read`], or the read half of a [`Job::Copy`]) received
+    /// `buf.len()` bytes from `offset` (a source offset). The buffer is reused after the
+    /// call; copy out what you keep. An error fails the child, and so the request.
+    fn on_read(&mut self, offset: u64, buf: &PoolBuf) -> Result<()> {
+        let _ = (offset, buf);
+        Ok(())
+    }
+
+    /// Fill `buf.data_mut()` (exactly `buf.len()` bytes) with the bytes that belong at
+    /// device offset `offset` of a [`Job::Write`]. After a short write the rest of a chunk
+    /// is asked for again, so the same offset must always give the same bytes. An error
+    /// fails the child, and so the request.
+    fn fill(&mut self, offset: u64, buf: &mut PoolBuf) -> Result<()> {
+        let _ = (offset, buf);
+        Err(Error::invalid(
+            "split: a write job needs a ChunkHandler that fills buffers",
+        ))
+    }
+
+    /// Progress: `done` of the request's `len` bytes have moved (written, for writes and
+    /// copies). Called after every child completion that moved bytes.
+    fn on_progress(&mut self, done: u64, len: u64) {
+        let _ = (done, len);
+    }
+}
+
+impl ChunkHandler for () {}
+
+/// Counters of one split request, for tests and diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SplitStats {
+    /// Operations submitted to the ring for children (a copy child counts its read and its
+    /// write).
+    pub child_ops: u64,
+    /// Child resubmissions after a short transfer.
+    pub short_transfers: u64,
+    /// Cancels sent for children in flight (after an error, a parent cancel or timeout).
+    pub cancels: u64,
+    /// Most children in flight at once.
+    pub max_in_flight: usize,
+}
+
+/// Where one child slot stands in the driver (the machine tracks its chunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// Reading `len` bytes at machine offset `offset`.
+    Reading {
+        offset: u64,
+        len: u64,
+    },
+    /// Writing `len` bytes (a write job's chunk, or a copy's second half) at machine
+    /// offset `offset`.
+    Writing {
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// One child: its buffer (reused for every chunk it carries — the seed's request reuse),
+/// and the ring operation it has in flight.
+#[derive(Debug)]
+struct Child {
+    /// The child's buffer while no operation holds it.
+    buf: Option<PoolBuf>,
+    phase: Phase,
+    op: Option<OpId>,
+    /// The machine asked to cancel the current chunk.
+    cancel: bool,
+}
+
+/// The deadline timer's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// No deadline.
+    None,
+    /// A deadline, not submitted yet (the driver has not started).
+    Pending(Duration),
+    /// In the kernel.
+    Armed(OpId),
+    /// Its completion came back (fired or cancelled).
+    Done,
+}
+
+/// Tag of the timer's operation; children use their slot index.
+const TIMER_TAG: u64 = u64::MAX;
+
+/// Runs one split request — a large read, write or copy cut into chunks by a
+/// [`TransferPlan`] — on a [`Ring`], with the [`SplitMachine`] deciding and the ring
+/// executing.
+///
+/// - **Modes**: [`Mode::Serial`] re-arms one child for each chunk in turn; each child keeps
+///   one pooled buffer for all its chunks (request reuse, no allocation per chunk).
+///   [`Mode::Parallel`] keeps up to `max_in_flight` children in flight.
+/// - **Zero copy**: a [`Job::Copy`] child reads into its buffer (`READ_FIXED` when the pool
+///   is registered) and writes the same buffer (`WRITE_FIXED`).
+/// - **Short transfers continue** from where they stopped; end of file on the source ends
+///   the request successfully with fewer bytes.
+/// - **First error wins**: the remaining children are cancelled ([`Ring::cancel`]); the
+///   request completes once, with that error and the bytes done so far, and never before
+///   its last child's completion came back.
+/// - **Cancel** ([`cancel`](Self::cancel)) cancels the children in flight; the request then
+///   completes with [`ErrorKind::Cancelled`] once they are back.
+/// - **Deadline** ([`SplitConfig::deadline`]): a kernel timer races the transfer and a
+///   cancel through a [`CompletionGate`] holding one reference per path — execution (until
+///   the machine completed), cancel (until cancelled, or made non-cancelable by the
+///   completion), timer (until it fired or its cancellation came back). The last one to
+///   drop completes the request. The first path to begin completion sets the status,
+///   except that a child's error forces its status over a later cancel or timeout.
+///
+/// Completions reach the driver through its own [`CompletionQueue`]; whoever drives the
+/// ring (the driver's [`step`](Self::step)/[`run`](Self::run), or other code) fills it, and
+/// [`process`](Self::process) consumes it. Validation happens in [`new`](Self::new), before
+/// anything reaches the kernel.
+///
+/// Dropping a driver before it completed abandons the request: the children in flight still
+/// complete, and their buffers return to the pool when they do.
+///
+/// ```
+/// use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
+/// use iocomplete::{BufferPool, Ring};
+/// use std::io::Write;
+///
+/// let mut src = tempfile::tempfile().unwrap();
+/// src.write_all(&[5u8; 100_000]).unwrap();
+/// let dst = tempfile::tempfile().unwrap();
+/// let mut ring = Ring::new()?;
+/// let pool = BufferPool::builder().slots(4).slot_len(16 * 1024).build()?;
+/// ring.register_pool(&pool);
+/// let (src, dst) = (ring.register(src)?, ring.register(dst)?);
+/// let job = Job::Copy { src, src_offset: 0, dst, dst_offset: 0, len: 100_000 };
+/// let config = SplitConfig::new().mode(Mode::Parallel { max_in_flight: 4 });
+/// let done = SplitDriver::new(&mut ring, &pool, job, config)?.run(&mut ring, &mut ())?;
+/// assert_eq!((done.status, done.bytes), (Ok(()), 100_000));
+/// assert_eq!(pool.stats().free, 4);
+/// # Ok::<(), iocomplete::Error>(())
+/// ```
+pub struct SplitDriver {
+    job: Job,
+    machine: SplitMachine,
+    queue: Arc<CompletionQueue<crate::Completion>>,
+    children: Vec<Child>,
+    gate: CompletionGate,
+    /// The cancel path's reference is held: the request is still cancelable.
+    cancel_ref: bool,
+    /// The timer path's reference is held while the timer is not `Done`.
+    timer: Timer,
+    /// The machine's completion: the execution path is done.
+    machine_done: Option<Completion>,
+    /// The request's completion, once the last gate reference dropped.
+    outcome: Option<Completion>,
+    /// The outcome was handed out by `process`.
+    delivered: bool,
+    started: bool,
+    in_flight: usize,
+    /// Direct-I/O alignment of the source (1 when buffered): a chunk resuming at an
+    /// offset that is not a multiple of it follows a short read at end of file.
+    src_align: u64,
+    stats: SplitStats,
+}
+
+impl fmt::Debug for SplitDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SplitDriver")
+            .field("job", &self.job)
+            .field("plan", self.machine.plan())
+            .field("mode", &self.machine.mode())
+            .field("in_flight", &self.in_flight)
+            .field("gate", &self.gate)
+            .field("outcome", &self.outcome)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Facts the driver needs about one target.
+fn target_info(ring: &Ring, t: Target, write: bool) -> Result<crate::FdInfo> {
+    let info = ring.info(t)?;
+    if !info.kind.is_seekable() {
+        return Err(Error::invalid(
+            "split: targets must be files or block devices",
+        ));
+    }
+    if write && !info.writable {
+        return Err(Error::invalid("split: destination is not open for writing"));
+    }
+    if !write && !info.readable {
+        return Err(Error::invalid("split: source is not open for reading"));
+    }
+    Ok(info)
+}
+
+impl SplitDriver {
+    /// Validate the request and take one pooled buffer per child that will run (an error
+    /// if the pool has too few free). Nothing is submitted until the first
+    /// [`process`](Self::process) / [`step`](Self::step) / [`run`](Self::run).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::StaleTarget`] for a target not registered with `ring`;
+    /// [`ErrorKind::InvalidInput`] for a target that is not a file or block device, not
+    /// open the right way, or an impossible config; [`ErrorKind::Misaligned`] for a direct
+    /// target and an offset, length or chunk that is not a multiple of its alignment (or a
+    /// pool whose buffers are less aligned than it needs); [`ErrorKind::PoolExhausted`].
+    pub fn new(
+        ring: &mut Ring,
+        pool: &BufferPool,
+        job: Job,
+        config: SplitConfig,
+    ) -> Result<SplitDriver> {
+        let infos: [Option<crate::FdInfo>; 2] = match job {
+            Job::Read { src, .. } => [Some(target_info(ring, src, false)?), None],
+            Job::Write { dst, .. } => [Some(target_info(ring, dst, true)?), None],
+            Job::Copy { src, dst, .. } => [
+                Some(target_info(ring, src, false)?),
+                Some(target_info(ring, dst, true)?),
+            ],
+        };
+        let geometry = pool.geometry();
+        let mut align = 1u32;
+        let mut device_chunk: Option<u64> = None;
+        for info in infos.iter().flatten() {
+            if info.direct {
+                align = align.max(info.offset_align);
+                if geometry.align < info.mem_align as usize {
+                    return Err(Error::new(ErrorKind::Misaligned {
+                        what: "buffer",
+                        value: geometry.align as u64,
+                        align: info.mem_align,
+                    }));
+                }
+            }
+            // Only when no chunk is given: reading sysfs costs a few syscalls.
+            if info.kind == FdKind::BlockDevice && config.max_chunk.is_none() {
+                if let Ok(l) = block_device_limits(info.rdev as libc::dev_t) {
+                    device_chunk = Some(device_chunk.map_or(l.max_chunk, |c| c.min(l.max_chunk)));
+                }
+            }
+        }
+        if let Job::Copy { dst_offset, .. } = job {
+            if dst_offset % u64::from(align) != 0 {
+                return Err(Error::new(ErrorKind::Misaligned {
+                    what: "offset",
+                    value: dst_offset,
+                    align,
+                }));
+            }
+            if dst_offset.checked_add(job.len()).is_none() {
+                return Err(Error::invalid("split: offset + length overflows"));
+            }
+        }
+        let capacity = geometry.capacity as u64;
+        let wanted = config.max_chunk.or(device_chunk).unwrap_or(capacity);
+        if wanted == 0 {
+            return Err(Error::invalid("split: max chunk must not be 0"));
+        }
+        if config.max_chunk.is_some_and(|c| c % u64::from(align) != 0) {
+            return Err(Error::new(ErrorKind::Misaligned {
+                what: "chunk",
+                value: wanted,
+                align,
+            }));
+        }
+        let plan = TransferPlan::builder()
+            .max_chunk(wanted.min(capacity).min(MAX_TRANSFER))
+            .boundary(config.boundary)
+            .align(align)
+            .build()?;
+        let machine =
+            SplitMachine::new(plan, config.mode, job.direction(), job.offset(), job.len())?;
+        let slots = match config.mode {
+            Mode::Serial => 1,
+            Mode::Parallel { max_in_flight } => max_in_flight as usize,
+        };
+        // Children that will ever run: slot ids are armed in order, and only as many as
+        // there are chunks.
+        let used = plan.chunks(job.offset(), job.len())?.take(slots).count();
+        let mut children = Vec::with_capacity(used);
+        for _ in 0..used {
+            children.push(Child {
+                buf: Some(pool.try_get()?),
+                phase: Phase::Idle,
+                op: None,
+                cancel: false,
+            });
+        }
+        let src_align = match (job, infos[0]) {
+            (Job::Read { .. } | Job::Copy { .. }, Some(i)) if i.direct => u64::from(i.offset_align),
+            _ => 1,
+        };
+        let timer = match config.deadline {
+            Some(d) => Timer::Pending(d),
+            None => Timer::None,
+        };
+        // References: execution + cancel (+ timer).
+        let gate = CompletionGate::with_refs(2 + u32::from(config.deadline.is_some()))?;
+        Ok(SplitDriver {
+            job,
+            machine,
+            queue: Arc::new(CompletionQueue::new(used + 2)),
+            children,
+            gate,
+            cancel_ref: true,
+            timer,
+            machine_done: None,
+            outcome: None,
+            delivered: false,
+            started: false,
+            in_flight: 0,
+            src_align,
+            stats: SplitStats::default(),
+        })
+    }
+
+    /// The plan the request is cut with (after defaults and caps).
+    pub fn plan(&self) -> &TransferPlan {
+        self.machine.plan()
+    }
+
+    /// The job.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SplitStats {
+        self.stats
+    }
+
+    /// Ring operations of this request in flight (children, and the timer).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Bytes moved so far by the children (written, for writes and copies).
+    pub fn bytes_transferred(&self) -> u64 {
+        self.machine.bytes_transferred()
+    }
+
+    /// The request's completion, once it completed.
+    pub fn outcome(&self) -> Option<Completion> {
+        self.outcome
+    }
+
+    /// True once the request completed.
+    pub fn is_complete(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// Cancel the request: children in flight are cancelled; the request completes with
+    /// [`ErrorKind::Cancelled`] (unless an error or the deadline came first) once they are
+    /// back. Returns false if it can no longer be cancelled (it completed, or is
+    /// completing).
+    pub fn cancel(&mut self, ring: &mut Ring) -> bool {
+        if !self.cancel_ref {
+            return false;
+        }
+        // The cancel routine runs: begin completion (first setter wins), stop the children,
+        // drop its reference. The execution reference keeps the request alive until the
+        // children drained.
+        self.cancel_ref = false;
+        self.gate.begin_completion(Status::Cancelled);
+        self.machine.cancel();
+        self.pump(ring, &mut ());
+        self.release();
+        true
+    }
+
+    /// Consume the completions that arrived, submit what the machine asks for, and return
+    /// the request's completion the first time it is available (`None` before and after).
+    /// Does not drive the ring; see [`step`](Self::step).
+    pub fn process(
+        &mut self,
+        ring: &mut Ring,
+        handler: &mut impl ChunkHandler,
+    ) -> Option<Completion> {
+        if !self.started {
+            self.started = true;
+            let pending = match self.timer {
+                Timer::Pending(d) if !self.machine.is_complete() => Some(d),
+                _ => None,
+            };
+            if let Some(d) = pending {
+                let id = ring
+                    .submit(Op::timeout(d).tag(TIMER_TAG))
+                    .to_queue(&self.queue);
+                self.in_flight += 1;
+                self.timer = Timer::Armed(id);
+            }
+        }
+        loop {
+            self.pump(ring, handler);
+            match self.queue.pop() {
+                Some(c) => self.on_completion(ring, handler, c),
+                None => break,
+            }
+        }
+        match self.outcome {
+            Some(c) if !self.delivered => {
+                self.delivered = true;
+                Some(c)
+            }
+            _ => None,
+        }
+    }
+
+    /// Drive the ring once (waiting up to `timeout` for a completion), then
+    /// [`process`](Self::process).
+    ///
+    /// # Errors
+    ///
+    /// Only if the ring itself fails.
+    pub fn step(
+        &mut self,
+        ring: &mut Ring,
+        handler: &mut impl ChunkHandler,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Completion>> {
+        if let Some(c) = self.process(ring, handler) {
+            return Ok(Some(c));
+        }
+        if self.outcome.is_some() {
+            return Ok(None);
+        }
+        ring.run_once(timeout)?;
+        Ok(self.process(ring, handler))
+    }
+
+    /// Drive the ring until the request completes; return its completion.
+    ///
+    /// # Errors
+    ///
+    /// If the ring fails, or the completion was already handed out.
+    pub fn run(&mut self, ring: &mut Ring, handler: &mut impl ChunkHandler) -> Result<Completion> {
+        loop {
+            if self.delivered {
+                return Err(Error::invalid("split: the request already completed"));
+            }
+            if let Some(c) = self.step(ring, handler, Some(Duration::from_millis(100)))? {
+                return Ok(c);
+            }
+        }
+    }
+
+    /// Carry out the machine's actions.
+    fn pump(&mut self, ring: &mut Ring, handler: &mut impl ChunkHandler) {
+        while let Some(action) = self.machine.poll_action() {
+            match action {
+                Action::Submit {
+                    child, offset, len, ..
+                } => self.submit_child(ring, handler, child, offset, len),
+                Action::Cancel { child } => {
+                    if let Some(c) = self.children.get_mut(child.index() as usize) {
+                        c.cancel = true;
+                        if let Some(op) = c.op {
+                            self.stats.cancels += 1;
+                            // False when the completion is already reaped (in our queue).
+                            ring.cancel(op);
+                        }
+                    }
+                }
+                Action::Complete(c) => self.execution_done(ring, c),
+            }
+        }
+    }
+
+    fn dst_offset(&self, offset: u64) -> u64 {
+        match self.job {
+            Job::Copy {
+                src_offset,
+                dst_offset,
+                ..
+            } => dst_offset + (offset - src_offset),
+            _ => offset,
+        }
+    }
+
+    /// Report a child's outcome to the machine.
+    fn report(&mut self, i: usize, result: Result<u64>) {
+        self.children[i].phase = Phase::Idle;
+        let r = self.machine.child_completed(ChildId::new(i as u32), result);
+        debug_assert!(
+            r.is_ok(),
+            "split driver out of step with its machine: {r:?}"
+        );
+    }
+
+    fn submit_child(
+        &mut self,
+        ring: &mut Ring,
+        handler: &mut impl ChunkHandler,
+        child: ChildId,
+        offset: u64,
+        len: u64,
+    ) {
+        let i = child.index() as usize;
+        let Some(mut buf) = self.children.get_mut(i).and_then(|c| c.buf.take()) else {
+            // Impossible by construction (a child is armed only when idle, with its buffer
+            // home); fail the child rather than panic.
+            if i < self.children.len() {
+                self.report(i, Err(Error::invalid("split: child has no buffer")));
+            }
+            return;
+        };
+        self.children[i].cancel = false;
+        let op = match self.job {
+            Job::Read { .. } | Job::Copy { .. } if offset % self.src_align != 0 => {
+                // Direct I/O returns a count that is not a multiple of the alignment only
+                // at end of file: this resumption is past it. End of file, without a
+                // request the kernel would refuse.
+                self.children[i].buf = Some(buf);
+                self.report(i, Ok(0));
+                return;
+            }
+            Job::Read { src, .. } | Job::Copy { src, .. } => {
+                self.children[i].phase = Phase::Reading { offset, len };
+                Op::read_len(src, offset, buf, len as usize)
+            }
+            Job::Write { dst, .. } => {
+                let filled = buf
+                    .set_len(len as usize)
+                    .and_then(|()| handler.fill(offset, &mut buf));
+                if let Err(e) = filled {
+                    self.children[i].buf = Some(buf);
+                    self.report(i, Err(e));
+                    return;
+                }
+                self.children[i].phase = Phase::Writing { offset, len };
+                Op::write(dst, offset, buf)
+            }
+        };
+        self.issue(ring, i, op);
+    }
+
+    fn issue(&mut self, ring: &mut Ring, i: usize, op: Op) {
+        self.stats.child_ops += 1;
+        self.in_flight += 1;
+        let id = ring.submit(op.tag(i as u64)).to_queue(&self.queue);
+        self.children[i].op = Some(id);
+        let children = self.children.iter().filter(|c| c.op.is_some()).count();
+        self.stats.max_in_flight = self.stats.max_in_flight.max(children);
+    }
+
+    fn on_completion(
+        &mut self,
+        ring: &mut Ring,
+        handler: &mut impl ChunkHandler,
+        mut c: crate::Completion,
+    ) {
+        self.in_flight -= 1;
+        if c.tag() == TIMER_TAG {
+            self.timer = Timer::Done;
+            match c.result() {
+                // Cancelled: the completion path stopped it; it never fired.
+                Err(e) if e.is_cancelled() => {}
+                // Fired (TimedOut; a pure timer never completes otherwise).
+                _ => {
+                    self.gate.begin_completion(Status::TimedOut);
+                    let _ = self.machine.handle(Event::Timeout);
+                    self.pump(ring, handler);
+                }
+            }
+            self.release();
+            return;
+        }
+        let i = c.tag() as usize;
+        let Some(slot) = self.children.get_mut(i) else {
+            debug_assert!(false, "completion with an unknown tag {}", c.tag());
+            return;
+        };
+        slot.op = None;
+        let mut buf = match c.take_bufs() {
+            Bufs::Pool(b) => b,
+            other => {
+                // Reads and writes of a `PoolBuf` always give it back as `Bufs::Pool`.
+                debug_assert!(false, "unexpected buffers {other:?}");
+                drop(other);
+                self.report(i, Err(Error::invalid("split: child lost its buffer")));
+                return;
+            }
+        };
+        let phase = slot.phase;
+        let cancel = slot.cancel;
+        let result = c.result();
+        match (phase, result) {
+            (Phase::Reading { offset, len }, Ok(n)) => {
+                if n > 0 {
+                    if let Err(e) = handler.on_read(offset, &buf) {
+                        self.children[i].buf = Some(buf);
+                        self.report(i, Err(e));
+                        return;
+                    }
+                }
+                match self.job {
+                    Job::Copy { dst, .. } if n > 0 => {
+                        if cancel {
+                            // Read, but the request is stopping: do not write.
+                            self.children[i].buf = Some(buf);
+                            self.report(i, Err(Error::new(ErrorKind::Cancelled)));
+                            return;
+                        }
+                        // The same buffer goes out: `len()` is what was read.
+                        // `len` stays the chunk's: a short read is a short transfer too.
+                        self.children[i].phase = Phase::Writing { offset, len };
+                        let op = Op::write(dst, self.dst_offset(offset), buf);
+                        self.issue(ring, i, op);
+                    }
+                    _ => {
+                        buf.clear();
+                        self.children[i].buf = Some(buf);
+                        self.report_moved(i, n as u64, len);
+                        self.progress(handler);
+                    }
+                }
+            }
+            (Phase::Writing { len, .. }, Ok(n)) => {
+                buf.clear();
+                self.children[i].buf = Some(buf);
+                if n == 0 {
+                    // No progress; retrying could loop.
+                    self.report(i, Err(Error::from_errno(libc::EIO)));
+                } else {
+                    self.report_moved(i, n as u64, len);
+                    self.progress(handler);
+                }
+            }
+            (_, Err(e)) => {
+                buf.clear();
+                self.children[i].buf = Some(buf);
+                self.report(i, Err(e));
+            }
+            (Phase::Idle, Ok(_)) => {
+                debug_assert!(false, "completion for an idle child");
+                self.children[i].buf = Some(buf);
+            }
+        }
+    }
+
+    /// Report `n` of `len` bytes moved (the machine continues a short transfer).
+    fn report_moved(&mut self, i: usize, n: u64, len: u64) {
+        if n > 0 && n < len {
+            self.stats.short_transfers += 1;
+        }
+        self.report(i, Ok(n));
+    }
+
+    fn progress(&mut self, handler: &mut impl ChunkHandler) {
+        handler.on_progress(self.machine.bytes_transferred(), self.job.len());
+    }
+
+    /// The machine completed: every child is back. The execution path begins completion
+    /// (a child's error forces its status), makes the request non-cancelable, stops the
+    /// timer, and drops its reference.
+    fn execution_done(&mut self, ring: &mut Ring, c: Completion) {
+        self.machine_done = Some(c);
+        match c.status {
+            Ok(()) => {
+                self.gate.begin_completion(Status::Success);
+            }
+            Err(e) => {
+                let status = Status::from_error(e);
+                if matches!(status, Status::Failed(_)) {
+                    self.gate.force_status(status);
+                } else {
+                    self.gate.begin_completion(status);
+                }
+            }
+        }
+        if self.cancel_ref {
+            self.cancel_ref = false;
+            self.release();
+        }
+        match self.timer {
+            // Its reference drops when its completion (cancelled, or fired after all)
+            // comes back.
+            Timer::Armed(id) => {
+                ring.cancel(id);
+            }
+            // Never armed (completed before the first submission): it can never fire.
+            Timer::Pending(_) => {
+                self.timer = Timer::Done;
+                self.release();
+            }
+            Timer::None | Timer::Done => {}
+        }
+        self.release();
+    }
+
+    /// Drop one gate reference; the last one completes the request.
+    fn release(&mut self) {
+        let Ok(Some(status)) = self.gate.release() else {
+            return;
+        };
+        let c = self.machine_done.unwrap_or(Completion {
+            status: Ok(()),
+            bytes: 0,
+            transferred: self.machine.bytes_transferred(),
+        });
+        let status = match status {
+            Status::Success => Ok(()),
+            Status::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
+            Status::TimedOut => Err(Error::new(ErrorKind::TimedOut)),
+            // The machine kept the typed error; the gate only its errno.
+            Status::Failed(errno) => Err(c.status.err().unwrap_or(Error::from_errno(errno))),
+        };
+        // Every child is back: hand the buffers to the pool.
+        for child in &mut self.children {
+            child.buf = None;
+        }
+        self.outcome = Some(Completion {
+            status,
+            bytes: c.bytes,
+            transferred: c.transferred,
+        });
+    }
+}

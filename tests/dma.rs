@@ -1,0 +1,812 @@
+//! The DMA driver against real files and loop block devices: gathers of 1 to 1000
+//! segments with limits that force many transfers, scatter writes, a device error, a stop
+//! mid-flight and a deadline racing the transfer thousands of times — content verified
+//! with per-block crc32c patterns that encode the offset, teardown invariants checked. The
+//! `gather` example's core is tested here too.
+
+mod common;
+#[path = "../examples/gather.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod gather_tool;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{check_teardown, verify, LoopDev};
+use iocomplete::dma::{Config, DmaDriver, SgList, TransferReport, TransferStatus, MAX_TRANSFER};
+use iocomplete::ring::BufPart;
+use iocomplete::split::Direction;
+use iocomplete::{BufferPool, Error, ErrorKind, Op, Ring};
+
+const BS: usize = 4096;
+
+fn pool(slots: usize, len: usize) -> BufferPool {
+    BufferPool::builder()
+        .slots(slots)
+        .slot_len(len)
+        .build()
+        .unwrap()
+}
+
+fn open(path: &Path, write: bool, direct: bool) -> File {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    if write {
+        o.write(true);
+    }
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path).unwrap()
+}
+
+/// A tiny deterministic PRNG (xorshift64*).
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+/// Records every transfer report and checks the exactly-once `last` rule as it goes.
+#[derive(Default)]
+struct Reports {
+    all: Vec<TransferReport>,
+}
+
+impl Reports {
+    fn record(&mut self, r: &TransferReport) {
+        assert!(
+            !self.all.iter().any(|x| x.last),
+            "a report after the final transfer: {r:?}"
+        );
+        self.all.push(*r);
+    }
+
+    fn finals(&self) -> usize {
+        self.all.iter().filter(|r| r.last).count()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.all.iter().map(|r| r.bytes).sum()
+    }
+}
+
+/// Check each buffer of a read list against the verify pattern at its device offset.
+fn check_list(sg: &SgList, seed: u64) {
+    for (seg, buf) in sg.iter() {
+        assert_eq!(
+            buf.len() as u64,
+            seg.len,
+            "segment at {}",
+            seg.device_offset
+        );
+        verify::check_range(buf.data(), BS, seed, seg.device_offset).unwrap();
+    }
+}
+
+#[test]
+fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
+    let dir = common::disk_dir();
+    let size = 8u64 << 20;
+    let path = dir.path().join("f");
+    verify::make_file(&path, size, BS, 31);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(1200, BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&path, false, false)).unwrap();
+    let mut rng = Rng(0x5EED);
+    // (segments, max transfer, max segments, in flight, contiguous)
+    let cases = [
+        (1, MAX_TRANSFER, 1024, 1, false),
+        (2, 4096, 1, 1, false),
+        (10, 1000, 2, 3, false),
+        (100, 8192, 3, 4, false),
+        (1000, 6000, 7, 8, false),
+        (1000, 64 * 1024, 16, 4, true),
+        (1000, MAX_TRANSFER, 1024, 1, true),
+    ];
+    for (n, max_transfer, max_segments, inflight, contiguous) in cases {
+        let mut sg = SgList::with_capacity(n);
+        if contiguous {
+            let base = rng.below(size - n as u64 * BS as u64 - 100);
+            assert_eq!(
+                sg.push_extent(&pool, base, n as u64 * BS as u64).unwrap(),
+                n
+            );
+        } else {
+            for _ in 0..n {
+                let len = 1 + rng.below(BS as u64);
+                let off = rng.below(size - len);
+                assert_eq!(sg.push_extent(&pool, off, len).unwrap(), 1);
+            }
+        }
+        let total = sg.total_len();
+        let config = Config::new()
+            .max_transfer(max_transfer)
+            .max_segments(max_segments)
+            .max_in_flight(inflight);
+        let mut reports = Reports::default();
+        let drv = DmaDriver::new(
+            &mut ring,
+            t,
+            sg,
+            Direction::Read,
+            config,
+            None,
+            |r: &TransferReport| reports.record(r),
+        )
+        .unwrap();
+        let (done, sg) = drv.run(&mut ring).unwrap();
+        assert_eq!((done.status, done.bytes), (Ok(()), total), "case {n}");
+        assert_eq!(reports.finals(), 1);
+        assert!(
+            reports.all.last().unwrap().last,
+            "the final report is the last one"
+        );
+        assert_eq!(reports.bytes(), total);
+        for r in &reports.all {
+            assert_eq!(r.status, TransferStatus::Complete);
+            assert!(r.transfer.len <= max_transfer);
+            assert!(r.transfer.segment_count <= max_segments as usize);
+        }
+        let min_transfers = total
+            .div_ceil(max_transfer)
+            .max(n.div_ceil(max_segments as usize) as u64);
+        assert!(
+            reports.all.len() as u64 >= min_transfers,
+            "case {n}: {} transfers",
+            reports.all.len()
+        );
+        if contiguous && max_segments == 1024 {
+            // One contiguous extent of 1000 buffers: one vectored transfer carries it.
+            assert_eq!(reports.all.len(), 1);
+        }
+        check_list(&sg, 31);
+        drop(sg);
+    }
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn direct_gather_ends_at_an_unaligned_end_of_file() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    let size = 5 * BS as u64 + 1808;
+    verify::make_file(&path, size, BS, 39);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(8, 2 * BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&path, false, true)).unwrap();
+    let mut sg = SgList::new();
+    sg.push_extent(&pool, 4 * BS as u64, 4 * BS as u64).unwrap(); // crosses the end
+    sg.push_extent(&pool, 0, BS as u64).unwrap();
+    let mut reports = Reports::default();
+    let config = Config::new().max_in_flight(2);
+    let drv = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Read,
+        config,
+        None,
+        |r: &TransferReport| reports.record(r),
+    )
+    .unwrap();
+    let (done, sg) = drv.run(&mut ring).unwrap();
+    assert_eq!(
+        (done.status, done.bytes),
+        (Ok(()), BS as u64 + 1808 + BS as u64)
+    );
+    assert_eq!(reports.finals(), 1);
+    let lens: Vec<usize> = sg.bufs().iter().map(|b| b.len()).collect();
+    // Two 8 KiB segments from 16 KiB: the first gets the 5904 bytes before the end.
+    assert_eq!(lens, [BS + 1808, 0, BS]);
+    for (seg, buf) in sg.iter() {
+        verify::check_range(buf.data(), BS, 39, seg.device_offset).unwrap();
+    }
+    drop(sg);
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn direct_gather_from_a_block_device_with_split_segments_in_flight() {
+    let size = 8u64 << 20;
+    let Some(dev) = LoopDev::new(size, Some((BS, 32))) else {
+        return;
+    };
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(64, 64 * 1024);
+    ring.register_pool(&pool);
+    let t = ring
+        .register(open(Path::new(&dev.path), false, true))
+        .unwrap();
+    let mut rng = Rng(77);
+    let mut sg = SgList::new();
+    for _ in 0..16 {
+        let blocks = 1 + rng.below(48);
+        let off = rng.below(size / BS as u64 - blocks) * BS as u64;
+        sg.push_extent(&pool, off, blocks * BS as u64).unwrap();
+    }
+    let total = sg.total_len();
+    // 24 KiB transfers over 64 KiB buffers: most buffers are split across transfers, and
+    // with 4 in flight two of them want the same buffer at once.
+    let config = Config::new().max_transfer(24 * 1024).max_in_flight(4);
+    let mut reports = Reports::default();
+    let drv = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Read,
+        config,
+        None,
+        |r: &TransferReport| reports.record(r),
+    )
+    .unwrap();
+    let mut drv = drv;
+    let done = loop {
+        if let Some(c) = drv
+            .step(&mut ring, Some(Duration::from_millis(100)))
+            .unwrap()
+        {
+            break c;
+        }
+    };
+    let stats = drv.stats();
+    let sg = drv.take_sg().unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), total));
+    assert!(
+        stats.deferred > 0,
+        "no transfer waited for a shared buffer: {stats:?}"
+    );
+    assert!(stats.max_in_flight > 1, "{stats:?}");
+    assert_eq!(reports.finals(), 1);
+    check_list(&sg, 32);
+    drop(sg);
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn scatter_write_to_a_block_device_then_read_back() {
+    let size = 4u64 << 20;
+    let Some(dev) = LoopDev::new(size, None) else {
+        return;
+    };
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(256, 16 * 1024);
+    ring.register_pool(&pool);
+    let t = ring
+        .register(open(Path::new(&dev.path), true, true))
+        .unwrap();
+    // Distinct 16 KiB-aligned extents of 1..=4 blocks, shuffled.
+    let mut rng = Rng(5);
+    let mut slots: Vec<u64> = (0..size / (16 * 1024)).collect();
+    for i in (1..slots.len()).rev() {
+        slots.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let mut sg = SgList::new();
+    let mut extents = Vec::new();
+    for &s in slots.iter().take(200) {
+        let off = s * 16 * 1024;
+        let len = (1 + rng.below(4)) * BS as u64;
+        let mut buf = pool.try_get().unwrap();
+        buf.extend_from_slice(&verify::expected(BS, 33, off, len as usize))
+            .unwrap();
+        sg.push(buf, off).unwrap();
+        extents.push((off, len));
+    }
+    let config = Config::new()
+        .max_transfer(16 * 1024)
+        .max_segments(2)
+        .max_in_flight(4);
+    let mut reports = Reports::default();
+    let drv = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Write,
+        config,
+        None,
+        |r: &TransferReport| reports.record(r),
+    )
+    .unwrap();
+    let (done, sg) = drv.run(&mut ring).unwrap();
+    let total: u64 = extents.iter().map(|e| e.1).sum();
+    assert_eq!((done.status, done.bytes), (Ok(()), total));
+    assert_eq!(reports.finals(), 1);
+    // Writes leave the buffers' data as it was.
+    for ((seg, buf), (off, len)) in sg.iter().zip(&extents) {
+        assert_eq!(
+            (seg.device_offset, seg.len, buf.len() as u64),
+            (*off, *len, *len)
+        );
+    }
+    drop(sg);
+    let image = std::fs::read(&dev.path).unwrap();
+    for (off, len) in extents {
+        verify::check_range(&image[off as usize..(off + len) as usize], BS, 33, off).unwrap();
+    }
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn device_error_ends_the_transaction_once_with_completed_final() {
+    let dev_size = 1u64 << 20;
+    let Some(dev) = LoopDev::new(dev_size, None) else {
+        return;
+    };
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(16, 16 * 1024);
+    ring.register_pool(&pool);
+    let t = ring
+        .register(open(Path::new(&dev.path), true, true))
+        .unwrap();
+    let mut sg = SgList::new();
+    // The first extent straddles the end of the device: 8 KiB fit, then ENOSPC.
+    for (off, len) in [(dev_size - 8192, 16384u64), (dev_size + 65536, 4096)] {
+        let mut buf = pool.try_get().unwrap();
+        buf.extend_from_slice(&verify::expected(BS, 34, off, len as usize))
+            .unwrap();
+        sg.push(buf, off).unwrap();
+    }
+    let mut reports = Reports::default();
+    let drv = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Write,
+        Config::new(),
+        None,
+        |r: &TransferReport| reports.record(r),
+    )
+    .unwrap();
+    let (done, sg) = drv.run(&mut ring).unwrap();
+    assert_eq!(done.status, Err(Error::from_errno(libc::ENOSPC)));
+    assert_eq!(done.bytes, 8192, "the bytes that moved before the error");
+    assert_eq!(reports.bytes(), 8192);
+    assert_eq!(reports.finals(), 1);
+    let last = reports.all.last().unwrap();
+    assert_eq!(last.status, TransferStatus::Error(libc::ENOSPC));
+    assert!(last.last);
+    drop(sg);
+    let image = std::fs::read(&dev.path).unwrap();
+    verify::check_range(
+        &image[(dev_size - 8192) as usize..],
+        BS,
+        34,
+        dev_size - 8192,
+    )
+    .unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn kernel_ebadf_is_a_typed_error_and_buffers_come_back() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    verify::make_file(&path, 1 << 20, BS, 35);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(8, BS);
+    ring.register_pool(&pool);
+    let t = ring
+        .register(
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH)
+                .open(&path)
+                .unwrap(),
+        )
+        .unwrap();
+    let mut sg = SgList::new();
+    sg.push_extent(&pool, 0, 8 * BS as u64).unwrap();
+    let mut reports = Reports::default();
+    let config = Config::new().max_transfer(2 * BS as u64).max_in_flight(2);
+    let drv = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Read,
+        config,
+        None,
+        |r: &TransferReport| reports.record(r),
+    )
+    .unwrap();
+    let (done, sg) = drv.run(&mut ring).unwrap();
+    assert_eq!(done.status, Err(Error::from_errno(libc::EBADF)));
+    assert_eq!(done.bytes, 0);
+    assert_eq!(reports.finals(), 1);
+    assert!(reports
+        .all
+        .iter()
+        .any(|r| r.status == TransferStatus::Error(libc::EBADF)));
+    assert_eq!(sg.len(), 8);
+    drop(sg);
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
+    let size = 16u64 << 20;
+    let Some(dev) = LoopDev::new(size, Some((BS, 36))) else {
+        return;
+    };
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(256, 64 * 1024);
+    ring.register_pool(&pool);
+    let t = ring
+        .register(open(Path::new(&dev.path), false, true))
+        .unwrap();
+    let mut sg = SgList::new();
+    // Every other 64 KiB block: no two extents contiguous, one transfer each.
+    for i in 0..128u64 {
+        sg.push_extent(&pool, i * 128 * 1024, 64 * 1024).unwrap();
+    }
+    let config = Config::new().max_in_flight(2);
+    let mut reports = Reports::default();
+    let mut drv = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Read,
+        config,
+        None,
+        |r: &TransferReport| reports.record(r),
+    )
+    .unwrap();
+    while drv.stats().transfers < 6 {
+        assert!(drv
+            .step(&mut ring, Some(Duration::from_millis(100)))
+            .unwrap()
+            .is_none());
+    }
+    assert!(drv.stop(&mut ring));
+    assert!(!drv.stop(&mut ring), "stopped twice");
+    if drv.in_flight() > 0 {
+        assert!(
+            drv.take_sg().is_none(),
+            "buffers handed back with transfers in flight"
+        );
+    }
+    let done = loop {
+        if let Some(c) = drv
+            .step(&mut ring, Some(Duration::from_millis(100)))
+            .unwrap()
+        {
+            break c;
+        }
+    };
+    assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
+    assert_eq!(done.bytes, drv.bytes_transferred());
+    assert!(done.bytes < 128 * 64 * 1024);
+    assert_eq!(ring.in_flight(), 0);
+    let sg = drv.take_sg().unwrap();
+    drop(drv);
+    assert_eq!(reports.finals(), 1);
+    assert_eq!(reports.bytes(), done.bytes);
+    // The segments that were received are intact; the others got nothing.
+    let mut received = 0;
+    for (seg, buf) in sg.iter() {
+        if buf.len() as u64 == seg.len {
+            verify::check_range(buf.data(), BS, 36, seg.device_offset).unwrap();
+            received += seg.len;
+        } else {
+            assert_eq!(buf.len(), 0);
+        }
+    }
+    assert_eq!(received, done.bytes);
+    drop(sg);
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn deadline_races_the_final_transfer_thousands_of_times() {
+    let size = 1u64 << 20;
+    let Some(dev) = LoopDev::new(size, Some((BS, 37))) else {
+        return;
+    };
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(1, BS);
+    ring.register_pool(&pool);
+    let t = ring
+        .register(open(Path::new(&dev.path), false, true))
+        .unwrap();
+    let delays_us = [0u64, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
+    let iterations = 3000;
+    let (mut ok, mut timed_out, mut moved_anyway) = (0, 0, 0);
+    for i in 0..iterations {
+        let off = (i as u64 * 7919 % (size / BS as u64)) * BS as u64;
+        let mut sg = SgList::with_capacity(1);
+        sg.push_extent(&pool, off, BS as u64).unwrap();
+        let d = Duration::from_micros(delays_us[i % delays_us.len()]);
+        let mut finals = 0;
+        let mut drv = DmaDriver::new(
+            &mut ring,
+            t,
+            sg,
+            Direction::Read,
+            Config::new(),
+            Some(d),
+            |r: &TransferReport| finals += usize::from(r.last),
+        )
+        .unwrap();
+        let mut completions = 0;
+        let done = loop {
+            if let Some(c) = drv
+                .step(&mut ring, Some(Duration::from_millis(100)))
+                .unwrap()
+            {
+                completions += 1;
+                break c;
+            }
+        };
+        assert!(drv.process(&mut ring).is_none(), "completed twice");
+        assert_eq!(completions, 1);
+        assert_eq!(
+            ring.in_flight(),
+            0,
+            "completed with the timer or transfer in flight"
+        );
+        let moved = drv.bytes_transferred();
+        let sg = drv.take_sg().unwrap();
+        drop(drv);
+        assert_eq!(finals, 1, "iteration {i}");
+        assert_eq!(done.bytes, moved);
+        match done.status {
+            Ok(()) => {
+                ok += 1;
+                assert_eq!(moved, BS as u64);
+            }
+            Err(e) => {
+                assert!(e.is_timed_out(), "iteration {i}: {e}");
+                timed_out += 1;
+                moved_anyway += usize::from(moved > 0);
+            }
+        }
+        if moved > 0 {
+            verify::check_block(sg.bufs()[0].data(), off, 37).unwrap();
+        }
+        drop(sg);
+        assert_eq!(pool.stats().free, 1);
+    }
+    eprintln!(
+        "deadline race: {ok} completed, {timed_out} timed out ({moved_anyway} of them had read)"
+    );
+    assert_eq!(ok + timed_out, iterations);
+    assert!(ok > 0 && timed_out > 0, "the race never went both ways");
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
+    let Some(dev) = LoopDev::new(1 << 20, None) else {
+        return;
+    };
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(8, BS);
+    ring.register_pool(&pool);
+    let t = ring
+        .register(open(Path::new(&dev.path), false, true))
+        .unwrap();
+    let align = ring.info(t).unwrap().offset_align;
+    let before = ring.stats().submitted;
+    let list = |off: u64, len: u64| {
+        let mut sg = SgList::new();
+        sg.push_extent(&pool, off, len).unwrap();
+        sg
+    };
+    let err = |ring: &mut Ring, sg: SgList, dir: Direction, config: Config| {
+        DmaDriver::new(ring, t, sg, dir, config, None, |_: &TransferReport| {})
+            .unwrap_err()
+            .kind()
+    };
+    assert_eq!(
+        err(
+            &mut ring,
+            list(100, BS as u64),
+            Direction::Read,
+            Config::new()
+        ),
+        ErrorKind::Misaligned {
+            what: "offset",
+            value: 100,
+            align
+        }
+    );
+    assert_eq!(
+        err(&mut ring, list(0, 1000), Direction::Read, Config::new()),
+        ErrorKind::Misaligned {
+            what: "length",
+            value: 1000,
+            align
+        }
+    );
+    assert!(matches!(
+        err(
+            &mut ring,
+            list(0, BS as u64),
+            Direction::Read,
+            Config::new().max_transfer(1000)
+        ),
+        ErrorKind::Misaligned {
+            what: "max transfer",
+            ..
+        }
+    ));
+    assert!(matches!(
+        err(
+            &mut ring,
+            list(0, BS as u64),
+            Direction::Write,
+            Config::new()
+        ),
+        ErrorKind::InvalidInput { .. }
+    ));
+    assert!(matches!(
+        err(&mut ring, SgList::new(), Direction::Read, Config::new()),
+        ErrorKind::InvalidInput { .. }
+    ));
+    assert!(matches!(
+        err(
+            &mut ring,
+            list(0, BS as u64),
+            Direction::Read,
+            Config::new().max_segments(0)
+        ),
+        ErrorKind::InvalidInput { .. }
+    ));
+    // A refused list comes back untouched (its buffers may hold data to write).
+    let mut sg = SgList::new();
+    let mut buf = pool.try_get().unwrap();
+    buf.extend_from_slice(&[7u8; 100]).unwrap();
+    sg.push(buf, 0).unwrap();
+    let rejected = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Read,
+        Config::new(),
+        None,
+        |_: &TransferReport| {},
+    )
+    .unwrap_err();
+    assert!(matches!(
+        rejected.kind(),
+        ErrorKind::Misaligned {
+            what: "length",
+            value: 100,
+            ..
+        }
+    ));
+    let back = rejected.into_sg();
+    assert_eq!(back.bufs()[0].data(), &[7u8; 100][..]);
+    drop(back);
+    let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let s = ring.register(sock).unwrap();
+    let e = DmaDriver::new(
+        &mut ring,
+        s,
+        list(0, 10),
+        Direction::Read,
+        Config::new(),
+        None,
+        |_: &TransferReport| {},
+    )
+    .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+    drop(e);
+    assert_eq!(ring.stats().submitted, before, "something reached the ring");
+    // The ring's own checks on buffer parts: typed errors without a syscall.
+    let rejected = ring.stats().rejected;
+    let bufs = vec![pool.try_get().unwrap(), pool.try_get().unwrap()];
+    let one_part = vec![BufPart { start: 0, len: BS }];
+    let c = ring
+        .submit(Op::readv_parts(t, 0, bufs, one_part))
+        .wait()
+        .unwrap();
+    assert!(matches!(
+        c.error().unwrap().kind(),
+        ErrorKind::InvalidInput { .. }
+    ));
+    assert!(
+        matches!(c.bufs(), iocomplete::Bufs::PoolList(v) if v.len() == 2),
+        "buffers handed back"
+    );
+    drop(c);
+    let past = vec![BufPart {
+        start: 512,
+        len: BS,
+    }];
+    let c = ring
+        .submit(Op::readv_parts(t, 0, vec![pool.try_get().unwrap()], past))
+        .wait()
+        .unwrap();
+    assert!(matches!(
+        c.error().unwrap().kind(),
+        ErrorKind::InvalidInput { .. }
+    ));
+    assert_eq!(ring.stats().rejected, rejected + 2);
+    drop(c);
+    check_teardown(&ring, &[&pool]);
+}
+
+fn gather_args(v: &[&str]) -> Result<gather_tool::Args, String> {
+    gather_tool::parse_args(v.iter().map(|s| s.to_string()))
+}
+
+#[test]
+fn gather_example_concatenates_extents_and_reports_clear_errors() {
+    let dir = common::disk_dir();
+    let size = 3u64 << 20;
+    let path: PathBuf = dir.path().join("f");
+    verify::make_file(&path, size, BS, 38);
+    let p = path.to_str().unwrap();
+    let mut rng = Rng(99);
+    for (n, flags) in [
+        (1, &[][..]),
+        (5, &["--max-transfer", "1000"]),
+        (50, &["--max-segments", "2", "--max-transfer", "64K"]),
+        (300, &["--max-segments", "1", "--inflight", "8"]),
+    ] {
+        let mut v: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        v.push(p.to_string());
+        let mut want = Vec::new();
+        for _ in 0..n {
+            let len = 1 + rng.below(200_000);
+            let off = rng.below(size - len + 1);
+            v.push(format!("{off}:{len}"));
+            want.extend_from_slice(&verify::expected(BS, 38, off, len as usize));
+        }
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        let args = gather_args(&refs).unwrap();
+        let mut out = Vec::new();
+        let r = gather_tool::gather(&args, &mut out).unwrap();
+        assert_eq!(r.extents, n);
+        assert_eq!(r.bytes, want.len() as u64);
+        assert!(out == want, "{n} extents: output differs");
+        if flags.contains(&"1000") {
+            assert!(r.transfers >= r.bytes / 1000, "{r:?}");
+        }
+    }
+    // Extents with suffixes, and the end of the file exactly.
+    let args = gather_args(&[p, "1K:2K", &format!("{}:4096", size - 4096)]).unwrap();
+    assert_eq!(args.extents, [(1024, 2048), (size - 4096, 4096)]);
+    let mut out = Vec::new();
+    gather_tool::gather(&args, &mut out).unwrap();
+    assert_eq!(out.len(), 2048 + 4096);
+    // Errors.
+    let e = gather_tool::gather(
+        &gather_args(&[p, &format!("{}:2", size - 1)]).unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("past the end") && e.contains(&size.to_string()),
+        "{e}"
+    );
+    let e = gather_tool::gather(
+        &gather_args(&["/nonexistent/f", "0:1"]).unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("/nonexistent/f") && e.contains("No such file"),
+        "{e}"
+    );
+    assert!(gather_args(&[p, "x:10"])
+        .unwrap_err()
+        .contains("bad number 'x'"));
+    assert!(gather_args(&[p, "10"]).unwrap_err().contains("OFFSET:LEN"));
+    assert!(gather_args(&[p, "10:0"]).unwrap_err().contains("empty"));
+    assert!(gather_args(&["--max-segments", "2000", p, "0:1"])
+        .unwrap_err()
+        .contains("bad number"));
+    assert!(gather_args(&["--max-transfer", "0", p, "0:1"])
+        .unwrap_err()
+        .contains("outside"));
+    assert!(gather_args(&[p]).unwrap_err().contains("OFFSET:LEN"));
+}
