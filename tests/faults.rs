@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
@@ -742,4 +742,161 @@ fn verify_mode_catches_a_byte_flipped_on_the_device_under_a_loop_device() {
         }
     }
     check_teardown(&ring, &[&pool]);
+}
+
+/// Soak (run by `scripts/campaign.sh`): random reads, 1 to 4 blocks long, 32 in flight,
+/// over the faulty file and over a loop device stacked on it, with random `EIO`s and
+/// delays, some reads cancelled or given deadlines. Every byte read is verified, every
+/// failure must be the injected `EIO` (or the cancel/deadline asked for), every operation
+/// completes exactly once, nothing leaks. `IOCOMPLETE_SOAK_SECS` sets the length.
+#[test]
+#[ignore = "soak: run by scripts/campaign.sh"]
+fn soak_random_faults_verify_every_block() {
+    let secs: u64 = std::env::var("IOCOMPLETE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    const BLOCKS: u64 = 1024;
+    let spec = FileSpec::new(BLOCKS * BS as u64, BS, 33);
+    let Some(fs) = FuseMount::new(spec) else {
+        return;
+    };
+    let Some(dev) = LoopDev::attach(&fs.path()) else {
+        return;
+    };
+    fs.ctl().random_eio(20, 0x5eed);
+    fs.ctl()
+        .delay(Duration::from_micros(0), Duration::from_millis(2));
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(48, 4 * BS, 16);
+    ring.register_pool(&pool);
+    let file = ring
+        .register(std::fs::File::open(fs.path()).unwrap())
+        .unwrap();
+    let blk = ring
+        .register(
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&dev.path)
+                .unwrap(),
+        )
+        .unwrap();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    #[derive(Default, Debug)]
+    struct Counts {
+        reads: u64,
+        ok: u64,
+        eio: u64,
+        cancelled: u64,
+        timed_out: u64,
+        bytes_verified: u64,
+        file_eio: u64,
+    }
+    let mut n = Counts::default();
+    let start = std::time::Instant::now();
+    let mut seen = HashSet::new();
+    let mut inflight: Vec<(u64, u64, usize, u8, bool, Ticket)> = Vec::new();
+    let mut tag = 0u64;
+    let file_eio_before = fs.ctl().stats().eio_injected;
+    let mut file_phase_eio = 0u64;
+    let mut file_phase_injected = 0u64;
+    let mut phase_start_injected = file_eio_before;
+    let mut on_file = true;
+    let mut phase_until = start + Duration::from_millis(500);
+    while start.elapsed() < Duration::from_secs(secs) || !inflight.is_empty() {
+        let running = start.elapsed() < Duration::from_secs(secs);
+        // Phase switch (file <-> loop device) once everything in flight has landed.
+        if std::time::Instant::now() > phase_until && inflight.is_empty() {
+            let injected = fs.ctl().stats().eio_injected;
+            if on_file {
+                file_phase_injected += injected - phase_start_injected;
+            }
+            phase_start_injected = injected;
+            on_file = !on_file;
+            phase_until = std::time::Instant::now() + Duration::from_millis(500);
+        }
+        let switching = std::time::Instant::now() > phase_until;
+        while running && !switching && inflight.len() < 32 {
+            let r = next();
+            let len = (1 + r % 4) as usize * BS;
+            let b = (r >> 8) % (BLOCKS - 3);
+            let (t, is_file) = if on_file { (file, true) } else { (blk, false) };
+            let mode = ((r >> 40) % 20) as u8; // 0: deadline, 1-2: cancel, else plain
+            let mut op = Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), len).tag(tag);
+            if mode == 0 {
+                op = op.deadline(Duration::from_micros(500 + (r >> 50) % 3000));
+            }
+            let tk = ring.submit(op).ticket();
+            if mode == 1 || mode == 2 {
+                ring.cancel(tk.id());
+            }
+            inflight.push((tag, b, len, mode, is_file, tk));
+            tag += 1;
+            n.reads += 1;
+        }
+        ring.run_once(Some(Duration::from_millis(5))).unwrap();
+        let mut i = 0;
+        while i < inflight.len() {
+            if !ring.is_done(&inflight[i].5) {
+                i += 1;
+                continue;
+            }
+            let (tg, b, len, mode, is_file, tk) = inflight.swap_remove(i);
+            let c = ring.wait(tk).unwrap();
+            assert_eq!(c.tag(), tg);
+            assert!(seen.insert(tg), "op {tg} completed twice");
+            match c.result() {
+                Ok(got) => {
+                    assert_eq!(got, len, "short read at block {b}");
+                    let buf = c.into_result().unwrap();
+                    verify::check_range(buf.data(), BS, spec.seed, b * BS as u64)
+                        .unwrap_or_else(|e| panic!("soak: {e}"));
+                    n.ok += 1;
+                    n.bytes_verified += got as u64;
+                }
+                Err(e) => match e.kind() {
+                    ErrorKind::Os(libc::EIO) => {
+                        n.eio += 1;
+                        if is_file {
+                            file_phase_eio += 1;
+                        }
+                    }
+                    ErrorKind::Cancelled if mode == 1 || mode == 2 => n.cancelled += 1,
+                    ErrorKind::TimedOut if mode == 0 => n.timed_out += 1,
+                    k => panic!("soak: op {tg} (mode {mode}) failed with {k:?}"),
+                },
+            }
+        }
+    }
+    if on_file {
+        file_phase_injected += fs.ctl().stats().eio_injected - phase_start_injected;
+    }
+    n.file_eio = file_phase_eio;
+    // On the file, one ring read is one FUSE request: each injected EIO failed exactly
+    // one read, and no read failed without one.
+    assert_eq!(file_phase_eio, file_phase_injected, "EIOs lost or invented");
+    ring.run_until_idle().unwrap();
+    let st = fs.ctl().stats();
+    println!(
+        "SOAK secs={secs} reads={} ok={} eio={} cancelled={} timed_out={} faults_injected={} \
+         delayed={} bytes_verified={} failures=0",
+        n.reads,
+        n.ok,
+        n.eio,
+        n.cancelled,
+        n.timed_out,
+        st.eio_injected,
+        st.delayed,
+        n.bytes_verified
+    );
+    check_teardown(&ring, &[&pool]);
+    drop(ring);
+    drop(dev);
 }
