@@ -805,7 +805,11 @@ pub fn run_reader(
                     sim.bytes_delivered
                 )));
             }
-            let range_inside = positional && config.end().is_some_and(|e| e <= params.data_len);
+            // An empty range ends before any read, whatever the file's length.
+            let range_inside = positional
+                && config
+                    .end()
+                    .is_some_and(|e| e <= params.data_len || e == config.start());
             let want = if range_inside {
                 FinishReason::EndOfRange
             } else {
@@ -1123,5 +1127,25 @@ fn check_fifo_outcome(
             bad("cancel/deadline status without that request")
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_range_past_the_end_finishes_at_the_range_without_reading() {
+        // Found by the `reader` fuzz target: the simulator expected Eof here.
+        let p = SimParams {
+            data_len: 0,
+            ..SimParams::default()
+        };
+        let cfg = ReaderConfig::positional(77)
+            .pending_reads(3)
+            .range(50_659, 50_659);
+        let r = run_reader(1, cfg, &p).unwrap();
+        assert_eq!(r.finish, FinishReason::EndOfRange);
+        assert_eq!((r.bytes_delivered, r.reads_issued), (0, 0));
     }
 }
