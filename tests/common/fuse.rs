@@ -61,6 +61,7 @@ pub struct FileSpec {
 }
 
 impl FileSpec {
+    /// A file of `size` bytes of `bs`-byte verify blocks made with `seed`.
     pub fn new(size: u64, bs: usize, seed: u64) -> FileSpec {
         FileSpec { size, bs, seed }
     }
