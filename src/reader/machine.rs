@@ -1036,6 +1036,12 @@ impl ReaderMachine {
         self.actions.push_back(ReaderAction::Finished(reason));
     }
 
+    /// `n` rounded up to the direct-I/O alignment.
+    fn round_to_align(&self, n: u64) -> u64 {
+        let a = u64::from(self.cfg.align.max(1));
+        n.div_ceil(a).saturating_mul(a)
+    }
+
     /// Positional: where reading must stop.
     fn limit(&self) -> u64 {
         let end = self.cfg.end.unwrap_or(u64::MAX);
@@ -1122,7 +1128,10 @@ impl ReaderMachine {
                 if hole.offset >= limit {
                     continue;
                 }
-                let len = hole.len.min(limit - hole.offset);
+                // Kept a multiple of the alignment: a hole clipped at an unaligned EOF
+                // (e.g. a held buffer re-armed on restart) is read whole-block, and a
+                // direct read past the end just comes back short.
+                let len = self.round_to_align(hole.len.min(limit - hole.offset));
                 // A hole is never longer than one read.
                 let len = u32::try_from(len).unwrap_or(self.cfg.transfer_len);
                 self.issue(OpKind::ReadAt {
@@ -1134,7 +1143,8 @@ impl ReaderMachine {
             if self.cursor >= limit || window_full {
                 break;
             }
-            let len = u64::from(self.cfg.transfer_len).min(limit - self.cursor);
+            let len =
+                u64::from(self.cfg.transfer_len).min(self.round_to_align(limit - self.cursor));
             let offset = self.cursor;
             self.cursor += len;
             self.issue(OpKind::ReadAt {

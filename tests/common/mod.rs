@@ -1,5 +1,9 @@
-//! Shared test helpers: verify-mode block patterns, loop devices, teardown invariants.
+//! Shared test helpers: verify-mode block patterns, loop devices, teardown invariants, a
+//! fault-injecting FUSE filesystem, and child processes for tests that must change
+//! process-wide state (seccomp filters, capabilities, rlimits).
 #![allow(dead_code, unreachable_pub)]
+
+pub mod fuse;
 
 pub mod verify {
     //! Blocks that carry their own identity, like fio's `verify=crc32c`: each block starts
@@ -128,7 +132,7 @@ pub mod verify {
 /// A loop block device over a file, with direct I/O on; detached on drop.
 pub struct LoopDev {
     pub path: String,
-    _backing: tempfile::TempDir,
+    _backing: Option<tempfile::TempDir>,
 }
 
 impl LoopDev {
@@ -161,8 +165,46 @@ impl LoopDev {
         let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
         Some(LoopDev {
             path,
-            _backing: dir,
+            _backing: Some(dir),
         })
+    }
+
+    /// A loop device over an existing file (e.g. a FUSE file from [`fuse`]), with direct
+    /// I/O on when the backing file allows it. `None` (with the reason printed) only where
+    /// loop devices are truly unavailable.
+    pub fn attach(file: &std::path::Path) -> Option<LoopDev> {
+        if unsafe_geteuid() != 0 {
+            eprintln!("SKIP: loop device tests need root");
+            return None;
+        }
+        if !std::path::Path::new("/dev/loop-control").exists() {
+            eprintln!("SKIP: /dev/loop-control is absent");
+            return None;
+        }
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(file)
+            .output()
+            .expect("losetup not installed (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup {} failed: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Some(LoopDev {
+            path,
+            _backing: None,
+        })
+    }
+
+    /// Whether the kernel runs this loop device with direct I/O to its backing file.
+    pub fn direct_io(&self) -> bool {
+        let name = self.path.trim_start_matches("/dev/");
+        std::fs::read_to_string(format!("/sys/block/{name}/loop/dio"))
+            .map(|s| s.trim() == "1")
+            .unwrap_or(false)
     }
 }
 
@@ -224,5 +266,44 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
             return v;
         }
         std::thread::park();
+    }
+}
+
+/// Child processes: re-run this test binary on one test, for work that changes
+/// process-wide or thread-wide state the other tests must not see (seccomp filters,
+/// dropped capabilities, rlimits, descriptors closed behind the ring's back).
+pub mod child {
+    use std::process::{Command, Output, Stdio};
+
+    /// Set in the child to the role it plays.
+    pub const ROLE_ENV: &str = "IOCOMPLETE_TEST_CHILD_ROLE";
+
+    /// The role this process was started for, if it is a child.
+    pub fn role() -> Option<String> {
+        std::env::var(ROLE_ENV).ok()
+    }
+
+    /// Run test `entry` of this binary alone, in a child process playing `role`; panics
+    /// unless it passes and printed `CHILD-OK <role>` (proof that the role really ran).
+    pub fn run(entry: &str, role: &str) -> Output {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([entry, "--exact", "--nocapture", "--test-threads=1"])
+            .env(ROLE_ENV, role)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains(&format!("CHILD-OK {role}")),
+            "child {role} failed ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
+        out
+    }
+
+    /// Called by the child when its role passed.
+    pub fn ok(role: &str) {
+        println!("CHILD-OK {role}");
     }
 }
