@@ -74,6 +74,7 @@ pub(crate) mod sync;
 mod waiters;
 
 pub use buf::{BufferPool, IoBuf, PoolBuf, SharedBuf};
+pub use dma::{DmaDriver, SgList};
 pub use error::{Error, ErrorKind, Result};
 pub use fifo::{
     FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoReceived, FifoReceiver, FifoRefused,
@@ -87,5 +88,4 @@ pub use ring::{
     BufRing, BufferRegistration, Capabilities, FdInfo, FdKind, Op, OpId, Ring, RingBuilder,
     RingHandle, RingStats, Target,
 };
-pub use dma::{DmaDriver, SgList};
 pub use split::{SplitDriver, SplitMachine, TransferPlan};
