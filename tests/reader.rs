@@ -1147,6 +1147,48 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
     check_teardown(&ring, &[&pool]);
 }
 
+/// `Ring::unregister_buf_ring` (added for the reader): refused while a multishot read can
+/// still pick from the ring; afterwards every slot is back, and the next ring gets a fresh
+/// group id (a stale token does not name it).
+#[test]
+fn buffer_ring_is_unregistered_only_once_no_multishot_read_uses_it() {
+    let mut ring = Ring::new().unwrap();
+    if !ring.capabilities().read_multishot {
+        eprintln!("SKIP: kernel lacks IORING_OP_READ_MULTISHOT");
+        return;
+    }
+    let pool = pool(4, BS);
+    let br = ring.register_buf_ring(&pool, 4).unwrap();
+    assert_eq!(pool.stats().free, 0);
+    let (rx, tx) = pipe();
+    let t = ring.register(rx).unwrap();
+    let q = Arc::new(iocomplete::CompletionQueue::new(16));
+    ring.submit(iocomplete::Op::read_multishot(t, br))
+        .to_queue(&q);
+    ring.poll().unwrap();
+    let e = ring.unregister_buf_ring(br).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+    File::from(tx).write_all(b"last words").unwrap(); // then EOF ends the read
+    ring.run_until_idle().unwrap();
+    let mut got = Vec::new();
+    while let Some(c) = q.pop() {
+        if let Some(b) = c.into_buf() {
+            got.extend_from_slice(b.data());
+        }
+    }
+    assert_eq!(got, b"last words");
+    ring.unregister_buf_ring(br).unwrap();
+    assert_eq!(pool.stats().free, pool.stats().total);
+    assert!(ring.unregister_buf_ring(br).is_err());
+    let again = ring.register_buf_ring(&pool, 2).unwrap();
+    assert_ne!(again.group(), br.group());
+    assert_eq!(ring.buf_ring_offered(br), 0);
+    assert_eq!(ring.buf_ring_offered(again), 2);
+    ring.unregister_buf_ring(again).unwrap();
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
 // ---- the `cat` example's core ---------------------------------------------------------
 
 fn cat(args: &[&str], stdin: impl AsFd, stdout: impl AsFd) -> Result<cat_core::Summary, String> {

@@ -140,7 +140,9 @@ impl Ring {
             ));
         }
         let len = u32::try_from(g.capacity).map_err(|_| Error::invalid("slot too large"))?;
-        // The next group id not in use (ids of unregistered rings are reused).
+        // The next group id not in use, counting on from the last one: the id of an
+        // unregistered ring comes back only after the count wraps, so a stale `BufRing`
+        // token does not name a new ring any time soon.
         let bgid = (0..=u16::MAX)
             .map(|k| self.next_bgid.wrapping_add(k))
             .find(|id| self.buf_rings.iter().all(|s| s.bgid != *id))
