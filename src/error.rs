@@ -175,7 +175,8 @@ impl fmt::Display for Error {
             ErrorKind::UnexpectedEof { got } => {
                 write!(f, "source ended early after {got} bytes")
             }
-            ErrorKind::Os(e) => write!(f, "{} (os error {e})", io::Error::from_raw_os_error(e)),
+            // io::Error's display already ends with "(os error N)".
+            ErrorKind::Os(e) => write!(f, "{}", io::Error::from_raw_os_error(e)),
         }
     }
 }
@@ -229,6 +230,12 @@ mod tests {
         });
         let s = e.to_string();
         assert!(s.contains("offset 7") && s.contains("512"), "{s}");
+    }
+
+    #[test]
+    fn os_errors_name_the_errno_once() {
+        let s = Error::from_errno(libc::EPIPE).to_string();
+        assert_eq!(s.matches("os error 32").count(), 1, "{s}");
     }
 
     #[test]

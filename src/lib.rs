@@ -23,7 +23,8 @@
 //! * **State machines** — sans-I/O: events in, operations out, no syscalls — hold the
 //!   hard logic, so it is testable without a kernel and fuzzable with arbitrary
 //!   completion orders:
-//!   [`reader`] (continuous reader: N reads in flight per source, restart on failure),
+//!   [`reader`] (continuous reader: N reads in flight per source, restart on failure;
+//!   [`ContinuousReader`] drives it on a ring),
 //!   [`fifo`] (fill a buffer from a source that runs dry, waiting for readiness; driven on
 //!   a ring by [`FifoReceiver`]),
 //!   [`split`] (a large transfer as chunks that complete as one, serial or parallel;
@@ -82,7 +83,10 @@ pub use fifo::{
 };
 pub use gate::CompletionGate;
 pub use queue::CompletionQueue;
-pub use reader::{FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, Restart};
+pub use reader::{
+    ContinuousReader, Dispatch, FinishReason, ReaderAction, ReaderConfig, ReaderEvent,
+    ReaderMachine, ReaderReport, Restart, StopHandle, StreamReads,
+};
 pub use request::{Bufs, Completion, OpFuture, Submission, Ticket};
 pub use ring::{
     BufRing, BufferRegistration, Capabilities, FdInfo, FdKind, Op, OpId, Ring, RingBuilder,

@@ -1,6 +1,11 @@
 //! Continuous reader: many reads in flight per source, re-armed on every completion.
 //!
-//! This module holds the sans-I/O core, [`ReaderMachine`]: it decides which reads to issue,
+//! [`ContinuousReader`] runs it on a [`Ring`](crate::Ring): `pending_reads` reads in
+//! flight per source, `on_read(ctx, buf, offset)` for every filled buffer,
+//! `on_failed(ctx, &error) -> Restart` after a failure, optional worker threads for
+//! `on_read`.
+//!
+//! The sans-I/O core is [`ReaderMachine`]: it decides which reads to issue,
 //! what to hand to the user's `on_read`, when to report a failure and when the reader is
 //! finished, but it never touches a file descriptor or a buffer. A driver (the io_uring
 //! ring, or the simulated device in `sim`) executes its [`ReaderAction`]s and feeds the
@@ -41,10 +46,14 @@
 //! assert_eq!(finished, Some(iocomplete::reader::FinishReason::Eof));
 //! ```
 
+mod driver;
 mod machine;
 #[cfg(test)]
 mod tests;
 
+pub use driver::{
+    ContinuousReader, ContinuousReaderBuilder, Dispatch, ReaderReport, StopHandle, StreamReads,
+};
 pub use machine::{
     Delivery, FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, ReaderStats,
     Restart, Seq, SourceKind,

@@ -109,8 +109,9 @@ impl BufRingState {
 
 impl Drop for BufRingState {
     fn drop(&mut self) {
-        // Only reached after the ring has drained every operation (see `Ring::drop`),
-        // so the kernel no longer picks from this ring.
+        // Only reached after the kernel has let go of this ring: the ring has drained
+        // every operation (see `Ring::drop`), or `Ring::unregister_buf_ring` checked that
+        // no multishot read uses it and unregistered it first.
         for b in self.provided.iter_mut().filter_map(Option::take) {
             b.pool().mark_in_flight(b.slot(), false);
             b.pool().in_flight_sub(1);
@@ -139,7 +140,13 @@ impl Ring {
             ));
         }
         let len = u32::try_from(g.capacity).map_err(|_| Error::invalid("slot too large"))?;
-        let bgid = self.next_bgid;
+        // The next group id not in use, counting on from the last one: the id of an
+        // unregistered ring comes back only after the count wraps, so a stale `BufRing`
+        // token does not name a new ring any time soon.
+        let bgid = (0..=u16::MAX)
+            .map(|k| self.next_bgid.wrapping_add(k))
+            .find(|id| self.buf_rings.iter().all(|s| s.bgid != *id))
+            .ok_or(Error::invalid("every buffer group id is in use"))?;
         let bytes = (entries as usize * ENTRY).max(4096);
         let mut map = memmap2::MmapOptions::new()
             .len(bytes)
@@ -157,7 +164,7 @@ impl Ring {
             )
         }
         .map_err(|e| Error::from_io(&e))?;
-        self.next_bgid += 1;
+        self.next_bgid = bgid.wrapping_add(1);
         let mut st = BufRingState {
             bgid,
             map,
@@ -183,6 +190,35 @@ impl Ring {
             .iter()
             .find(|s| s.bgid == br.bgid && br.ring == self.id)
             .map_or(0, BufRingState::offered)
+    }
+
+    /// Unregister a provided-buffer ring (`IORING_UNREGISTER_PBUF_RING`) and give the
+    /// slots it still offers back to their pool. Refused with
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) while a multishot read
+    /// using it is in flight (the kernel could still pick one of its buffers), and for a
+    /// ring that is not registered here.
+    pub fn unregister_buf_ring(&mut self, br: BufRing) -> Result<()> {
+        let pos = self
+            .buf_rings
+            .iter()
+            .position(|s| s.bgid == br.bgid && br.ring == self.id)
+            .ok_or(Error::invalid("buffer ring not registered with this ring"))?;
+        let in_use = self.ops.iter().any(|(_, e)| {
+            e.multishot == Some(br.bgid) && matches!(e.state, super::EntryState::InKernel(_))
+        });
+        if in_use {
+            return Err(Error::invalid(
+                "a multishot read still uses this buffer ring",
+            ));
+        }
+        self.uring
+            .submitter()
+            .unregister_buf_ring(br.bgid)
+            .map_err(|e| Error::from_io(&e))?;
+        // The kernel no longer reads the entries: dropping the state returns the offered
+        // slots to the pool and unmaps the entries.
+        self.buf_rings.swap_remove(pos);
+        Ok(())
     }
 
     pub(super) fn replenish_buf_rings(&mut self) {

@@ -1,0 +1,375 @@
+//! The `cat` example's core: argument parsing, the continuous reader, and forwarding each
+//! pooled buffer to stdout through the ring. It neither prints nor exits (main.rs does),
+//! so `tests/reader.rs` compiles this file too and runs it against real files and pipes.
+
+// Items main.rs or the tests use alone.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::io::Seek;
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iocomplete::{
+    BufferPool, Completion, CompletionQueue, ContinuousReader, Error, FinishReason, Op, PoolBuf,
+    Restart, Ring, Target,
+};
+
+pub(crate) const USAGE: &str =
+    "usage: cat [--pending N] [--chunk BYTES] [--header BYTES] [--direct] [--ordered] PATH  (PATH '-' = stdin)";
+
+/// Parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Opts {
+    pub(crate) pending: u32,
+    pub(crate) chunk: usize,
+    pub(crate) header: usize,
+    pub(crate) direct: bool,
+    pub(crate) ordered: bool,
+    pub(crate) path: String,
+}
+
+/// What one run did.
+#[derive(Debug, Clone)]
+pub(crate) struct Summary {
+    pub(crate) bytes: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) opts: Opts,
+    pub(crate) multishot: bool,
+    pub(crate) seekable: bool,
+}
+
+impl Summary {
+    /// The one-line summary for stderr.
+    pub(crate) fn line(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let o = &self.opts;
+        format!(
+            "cat: {} bytes in {:.3} s, {:.1} MiB/s (pending {}, chunk {}, header {}, {}{}{})",
+            self.bytes,
+            secs,
+            self.bytes as f64 / secs / (1 << 20) as f64,
+            o.pending,
+            o.chunk,
+            o.header,
+            if o.direct { "direct" } else { "buffered" },
+            if self.seekable {
+                ", ordered"
+            } else {
+                ", stream"
+            },
+            if self.multishot {
+                ", multishot reads"
+            } else {
+                ""
+            },
+        )
+    }
+}
+
+/// A byte count: digits with an optional `k`, `m` or `g` suffix (powers of 1024).
+fn number(flag: &str, v: Option<&String>) -> Result<u64, String> {
+    let v = v.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+    let (digits, mul) = match v.chars().last().map(|c| c.to_ascii_lowercase()) {
+        Some('k') => (&v[..v.len() - 1], 1u64 << 10),
+        Some('m') => (&v[..v.len() - 1], 1 << 20),
+        Some('g') => (&v[..v.len() - 1], 1 << 30),
+        _ => (&v[..], 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("{flag}: '{v}' is not a number"))
+}
+
+pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        pending: 2,
+        chunk: 128 * 1024,
+        header: 0,
+        direct: false,
+        ordered: false,
+        path: String::new(),
+    };
+    let mut path = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--pending" => {
+                let n = number(a, it.next())?;
+                o.pending = u32::try_from(n)
+                    .ok()
+                    .filter(|&n| (1..=4096).contains(&n))
+                    .ok_or_else(|| format!("--pending must be in 1..=4096, not {n}"))?;
+            }
+            "--chunk" => {
+                let n = number(a, it.next())?;
+                if n == 0 || n > 1 << 30 {
+                    return Err(format!("--chunk must be in 1..=1 GiB, not {n}"));
+                }
+                o.chunk = n as usize;
+            }
+            "--header" => {
+                let n = number(a, it.next())?;
+                if n > 1 << 20 {
+                    return Err(format!("--header must be at most 1 MiB, not {n}"));
+                }
+                o.header = n as usize;
+            }
+            "--direct" => o.direct = true,
+            "--ordered" => o.ordered = true,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
+            p => {
+                if path.replace(p.to_string()).is_some() {
+                    return Err(format!("one PATH only\n{USAGE}"));
+                }
+            }
+        }
+    }
+    o.path = path.ok_or_else(|| USAGE.to_string())?;
+    Ok(o)
+}
+
+/// The reader's context: delivered buffers, in delivery order, waiting to be written.
+/// Every queued buffer owns a distinct pool slot, so a queue as large as the pool never
+/// refuses one.
+struct Forward {
+    bufs: CompletionQueue<PoolBuf>,
+}
+
+/// Writes buffers to stdout through the ring, one at a time (stdout may be a pipe or a
+/// tty, where only one write in flight keeps the order), at the current file position.
+struct Writer {
+    target: Target,
+    queue: VecDeque<PoolBuf>,
+    done: Arc<CompletionQueue<Completion>>,
+    busy: bool,
+    written: u64,
+    error: Option<Error>,
+}
+
+const TAG_WRITE: u64 = 1;
+const TAG_POLL: u64 = 2;
+
+impl Writer {
+    fn pump(&mut self, ring: &mut Ring) {
+        if self.busy || self.error.is_some() {
+            return;
+        }
+        if let Some(buf) = self.queue.pop_front() {
+            // Offset u64::MAX: the file position (stdout may be a file opened for append).
+            let op = Op::write(self.target, u64::MAX, buf).tag(TAG_WRITE);
+            ring.submit(op).to_queue(&self.done);
+            self.busy = true;
+        }
+    }
+
+    fn collect(&mut self, ring: &mut Ring) {
+        while let Some(c) = self.done.pop() {
+            self.busy = false;
+            let result = c.result();
+            if c.tag() == TAG_POLL {
+                if let Err(e) = result {
+                    self.error.get_or_insert(e);
+                }
+                continue;
+            }
+            let Some(mut buf) = c.into_buf() else {
+                self.error
+                    .get_or_insert(Error::invalid("write gave no buffer back"));
+                continue;
+            };
+            match result {
+                Ok(n) if n == buf.len() => self.written += n as u64,
+                Ok(n) if n > 0 => {
+                    // Short write: the rest goes next (moved to the front of the slot —
+                    // the only copy cat makes, and only on this rare path).
+                    self.written += n as u64;
+                    let len = buf.len();
+                    buf.data_mut().copy_within(n.., 0);
+                    let _ = buf.set_len(len - n);
+                    self.queue.push_front(buf);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    // Non-blocking stdout is full: wait until it is writable.
+                    self.queue.push_front(buf);
+                    let op = Op::poll(self.target, libc::POLLOUT as u32).tag(TAG_POLL);
+                    ring.submit(op).to_queue(&self.done);
+                    self.busy = true;
+                }
+                Ok(_) => {
+                    self.error.get_or_insert(Error::from_errno(libc::EIO));
+                }
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    fn idle(&self) -> bool {
+        !self.busy && (self.queue.is_empty() || self.error.is_some())
+    }
+}
+
+/// Stream `opts.path` (or `stdin` for `-`) to `stdout`. Errors are full messages.
+pub(crate) fn run(
+    args: &[String],
+    stdin: BorrowedFd<'_>,
+    stdout: BorrowedFd<'_>,
+) -> Result<Summary, String> {
+    let opts = parse(args)?;
+    let mut ring = Ring::builder()
+        .entries(256)
+        .build()
+        .map_err(|e| format!("io_uring: {e}"))?;
+
+    let (source, name) = if opts.path == "-" {
+        if opts.direct {
+            return Err("--direct needs a file or block device PATH, not stdin".into());
+        }
+        let t = ring
+            .register_dup(stdin)
+            .map_err(|e| format!("stdin: {e}"))?;
+        (t, "stdin".to_string())
+    } else {
+        let mut o = OpenOptions::new();
+        o.read(true);
+        if opts.direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        let f = o
+            .open(&opts.path)
+            .map_err(|e| format!("{}: {e}", opts.path))?;
+        let t = ring
+            .register(f)
+            .map_err(|e| format!("{}: {e}", opts.path))?;
+        (t, opts.path.clone())
+    };
+    let info = ring.info(source).map_err(|e| format!("{name}: {e}"))?;
+    if opts.direct && !info.direct {
+        return Err(format!("{name}: --direct needs a file or block device"));
+    }
+    let seekable = info.kind.is_seekable();
+    // A seekable stdin (`cat - < file`) continues from its current position.
+    let start = if seekable && opts.path == "-" {
+        let mut f = std::fs::File::from(
+            stdin
+                .try_clone_to_owned()
+                .map_err(|e| format!("stdin: {e}"))?,
+        );
+        f.stream_position().map_err(|e| format!("stdin: {e}"))?
+    } else {
+        0
+    };
+
+    // Reads in flight and held back for ordering (2 * pending), plus buffers waiting to
+    // be written.
+    let slots = 2 * opts.pending as usize + 8;
+    let pool = BufferPool::builder()
+        .slots(slots)
+        .slot_len(opts.chunk)
+        .header_len(opts.header)
+        .build()
+        .map_err(|e| format!("buffer pool: {e}"))?;
+    let _ = ring.register_pool(&pool);
+    let out = ring
+        .register_dup(stdout)
+        .map_err(|e| format!("stdout: {e}"))?;
+    if !ring.info(out).map_err(|e| format!("stdout: {e}"))?.writable {
+        return Err("stdout is not open for writing".into());
+    }
+
+    let chunk = u32::try_from(opts.chunk).map_err(|_| "--chunk too large".to_string())?;
+    let failed = Arc::new(std::sync::Mutex::new(None));
+    let f2 = failed.clone();
+    let mut reader = ContinuousReader::builder(source, &pool)
+        .pending_reads(opts.pending)
+        .transfer_len(chunk)
+        // File order for files and block devices (streams are in order anyway).
+        .ordered(seekable)
+        .start_at(start)
+        .build(
+            &mut ring,
+            Forward {
+                bufs: CompletionQueue::new(slots),
+            },
+            |f: &Forward, buf: PoolBuf, _offset: u64| {
+                // Never full (see `Forward`); if it were, dropping the buffer would lose
+                // data, which the byte count check below would report.
+                let _ = f.bufs.push(buf);
+            },
+            move |_, e: &Error| {
+                *f2.lock().unwrap_or_else(|p| p.into_inner()) = Some(*e);
+                Restart::No
+            },
+        )
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
+
+    let started = Instant::now();
+    let mut w = Writer {
+        target: out,
+        queue: VecDeque::with_capacity(slots),
+        done: Arc::new(CompletionQueue::new(4)),
+        busy: false,
+        written: 0,
+        error: None,
+    };
+    let mut stopping = false;
+    let report = loop {
+        let r = reader
+            .drive(&mut ring, None)
+            .map_err(|e| format!("io_uring: {e}"))?;
+        while let Some(b) = reader.ctx().bufs.pop() {
+            w.queue.push_back(b);
+        }
+        w.collect(&mut ring);
+        w.pump(&mut ring);
+        if let Some(r) = r {
+            break r;
+        }
+        if w.error.is_some() && !stopping {
+            reader.stop();
+            stopping = true;
+        }
+    };
+    while !w.idle() {
+        ring.run_once(Some(Duration::from_millis(100)))
+            .map_err(|e| format!("io_uring: {e}"))?;
+        w.collect(&mut ring);
+        w.pump(&mut ring);
+    }
+    let elapsed = started.elapsed();
+    if let Some(e) = w.error {
+        return Err(format!("write error: {e}"));
+    }
+    match report.reason {
+        FinishReason::Eof | FinishReason::EndOfRange => {}
+        FinishReason::Failed(e) => return Err(format!("{name}: read error: {e}")),
+        FinishReason::Stopped => return Err(format!("{name}: stopped")),
+    }
+    if let Some(e) = *failed.lock().unwrap_or_else(|p| p.into_inner()) {
+        return Err(format!("{name}: read error: {e}"));
+    }
+    if w.written != report.bytes {
+        return Err(format!(
+            "read {} bytes but wrote {}",
+            report.bytes, w.written
+        ));
+    }
+    drop(reader);
+    let _ = ring.close(source);
+    let _ = ring.close(out);
+    Ok(Summary {
+        bytes: w.written,
+        elapsed,
+        opts,
+        multishot: report.multishot,
+        seekable,
+    })
+}

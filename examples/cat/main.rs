@@ -1,0 +1,33 @@
+//! `cat`: a continuous reader streaming a file, block device, FIFO, pipe (`-` = stdin) or
+//! tty to stdout. Each pooled buffer the reader fills is written to stdout through the
+//! ring from the same slot — no user-space copy. Files and block devices are read with
+//! `--pending` reads in flight and forwarded in file order.
+//!
+//! ```text
+//! cat [--pending N] [--chunk BYTES] [--header BYTES] [--direct] [--ordered] PATH
+//! ```
+//!
+//! `--chunk` (default 128k) is the read size, `--header` a header room reserved in
+//! front of each slot's data (it is not written out), `--direct` opens PATH with
+//! `O_DIRECT` (the chunk must be a multiple of the device's alignment), `--ordered` is
+//! the default for files and block devices. Sizes take `k`, `m`, `g` suffixes. A
+//! one-line summary goes to stderr; bad input exits with status 2, I/O errors with 1.
+
+#[path = "core.rs"]
+mod cat_core;
+
+use std::os::fd::AsFd;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    match cat_core::run(&args, stdin.as_fd(), stdout.as_fd()) {
+        Ok(summary) => eprintln!("{}", summary.line()),
+        Err(e) => {
+            eprintln!("cat: {e}");
+            let usage = cat_core::parse(&args).is_err();
+            std::process::exit(if usage { 2 } else { 1 });
+        }
+    }
+}

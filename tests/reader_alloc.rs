@@ -1,0 +1,145 @@
+//! A `ContinuousReader` in steady state performs zero heap allocations per read: a
+//! counting global allocator (this test binary only) watches the middle of a long run,
+//! file (8 reads in flight, ordered) and pipe (multishot, or single-shot reads).
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use iocomplete::{BufferPool, ContinuousReader, FinishReason, PoolBuf, Restart, Ring, StreamReads};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+/// Only allocations made on the driving thread count (the pipe's writer thread allocates
+/// nothing either, but it is not what this test is about).
+static COUNTED_THREAD: AtomicU64 = AtomicU64::new(0);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+fn thread_tag() -> u64 {
+    thread_local!(static TAG: u8 = const { 0 });
+    TAG.with(|t| t as *const u8 as u64)
+}
+
+fn count() {
+    if COUNTING.load(Ordering::Relaxed) && COUNTED_THREAD.load(Ordering::Relaxed) == thread_tag() {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        count();
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The handler turns counting on at delivery `from` and off at delivery `to`.
+struct Window {
+    n: AtomicU64,
+    from: u64,
+    to: u64,
+    bytes: AtomicU64,
+}
+
+fn on_read(w: &Window, buf: PoolBuf, _off: u64) {
+    // Check something about every buffer without allocating: it is not empty and its
+    // header room is intact.
+    assert!(!buf.is_empty() && buf.header().len() == 16);
+    w.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+    let n = w.n.fetch_add(1, Ordering::Relaxed) + 1;
+    if n == w.from {
+        ALLOCS.store(0, Ordering::SeqCst);
+        COUNTED_THREAD.store(thread_tag(), Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+    } else if n == w.to {
+        COUNTING.store(false, Ordering::SeqCst);
+    }
+}
+
+fn window(from: u64, to: u64) -> Window {
+    Window {
+        n: AtomicU64::new(0),
+        from,
+        to,
+        bytes: AtomicU64::new(0),
+    }
+}
+
+// One test function: the counter is global, so the phases run one after the other.
+#[test]
+fn steady_state_reader_does_not_allocate() {
+    // File: 4000 reads of 4 KiB, 8 in flight, ordered; count deliveries 500..3500.
+    let dir = common::disk_dir();
+    let path = dir.path().join("a");
+    common::verify::make_file(&path, 4000 * 4096, 4096, 1);
+    let mut ring = Ring::new().unwrap();
+    let pool = BufferPool::builder()
+        .slots(24)
+        .slot_len(4096)
+        .header_len(16)
+        .build()
+        .unwrap();
+    ring.register_pool(&pool);
+    let t = ring.register(File::open(&path).unwrap()).unwrap();
+    let reader = ContinuousReader::builder(t, &pool)
+        .pending_reads(8)
+        .ordered(true)
+        .build(&mut ring, window(500, 3500), on_read, |_, _| Restart::No)
+        .unwrap();
+    let (report, w) = reader.run_into_ctx(&mut ring).unwrap();
+    assert_eq!(report.reason, FinishReason::Eof);
+    assert_eq!(w.bytes.load(Ordering::SeqCst), 4000 * 4096);
+    let n = ALLOCS.load(Ordering::SeqCst);
+    assert_eq!(n, 0, "{n} allocations in 3000 file reads");
+    ring.close(t).unwrap();
+    common::check_teardown(&ring, &[&pool]);
+
+    // Pipe: 2000 writes of 1000 bytes (at least 489 deliveries); count deliveries 100..400.
+    for mode in [StreamReads::Auto, StreamReads::SingleShot] {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors owned by nobody else.
+        let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let t = ring.register(rx).unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut f = File::from(tx);
+            let block = [7u8; 1000];
+            for _ in 0..2000 {
+                std::io::Write::write_all(&mut f, &block).unwrap();
+            }
+        });
+        let reader = ContinuousReader::builder(t, &pool)
+            .stream_reads(mode)
+            .build(&mut ring, window(100, 400), on_read, |_, _| Restart::No)
+            .unwrap();
+        let (report, w) = reader.run_into_ctx(&mut ring).unwrap();
+        writer.join().unwrap();
+        assert_eq!(report.reason, FinishReason::Eof);
+        assert_eq!(w.bytes.load(Ordering::SeqCst), 2_000_000);
+        // The counting window was reached (reads coalesce at most 4 writes).
+        assert!(w.n.load(Ordering::SeqCst) >= 400, "{:?}", w.n);
+        let n = ALLOCS.load(Ordering::SeqCst);
+        assert_eq!(n, 0, "{n} allocations in 300 pipe reads ({mode:?})");
+        ring.close(t).unwrap();
+        common::check_teardown(&ring, &[&pool]);
+    }
+}
