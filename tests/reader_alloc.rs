@@ -7,13 +7,20 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use iocomplete::{BufferPool, ContinuousReader, FinishReason, PoolBuf, Restart, Ring, StreamReads};
 
 struct Counting;
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Count only the measuring thread: the harness runs other tests in parallel threads.
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn counting() -> bool {
+    COUNTING.try_with(std::cell::Cell::get).unwrap_or(false)
+}
 /// Only allocations made on the driving thread count (the pipe's writer thread allocates
 /// nothing either, but it is not what this test is about).
 static COUNTED_THREAD: AtomicU64 = AtomicU64::new(0);
@@ -68,9 +75,9 @@ fn on_read(w: &Window, buf: PoolBuf, _off: u64) {
     if n == w.from {
         ALLOCS.store(0, Ordering::SeqCst);
         COUNTED_THREAD.store(thread_tag(), Ordering::SeqCst);
-        COUNTING.store(true, Ordering::SeqCst);
+        COUNTING.with(|c| c.set(true));
     } else if n == w.to {
-        COUNTING.store(false, Ordering::SeqCst);
+        COUNTING.with(|c| c.set(false));
     }
 }
 
