@@ -7,20 +7,13 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use iocomplete::{BufferPool, ContinuousReader, FinishReason, PoolBuf, Restart, Ring, StreamReads};
 
 struct Counting;
 
-thread_local! {
-    /// Count only the measuring thread: the harness runs other tests in parallel threads.
-    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn counting() -> bool {
-    COUNTING.try_with(std::cell::Cell::get).unwrap_or(false)
-}
+static COUNTING: AtomicBool = AtomicBool::new(false);
 /// Only allocations made on the driving thread count (the pipe's writer thread allocates
 /// nothing either, but it is not what this test is about).
 static COUNTED_THREAD: AtomicU64 = AtomicU64::new(0);
@@ -75,9 +68,9 @@ fn on_read(w: &Window, buf: PoolBuf, _off: u64) {
     if n == w.from {
         ALLOCS.store(0, Ordering::SeqCst);
         COUNTED_THREAD.store(thread_tag(), Ordering::SeqCst);
-        COUNTING.with(|c| c.set(true));
+        COUNTING.store(true, Ordering::SeqCst);
     } else if n == w.to {
-        COUNTING.with(|c| c.set(false));
+        COUNTING.store(false, Ordering::SeqCst);
     }
 }
 
