@@ -120,7 +120,12 @@ impl Harness<'_> {
                     }
                 }
                 Action::CancelTimer => {
-                    assert!(self.tx.config().has_timer() && !self.timer_resolved);
+                    // Stale when the timer fired (or its cancel was reported) after the
+                    // action was queued and before it was polled.
+                    assert!(self.tx.config().has_timer() && self.tx.buffers_releasable());
+                    if self.timer_resolved {
+                        self.stale_cancels += 1;
+                    }
                     assert!(!self.cancel_timer_asked, "CancelTimer twice");
                     self.cancel_timer_asked = true;
                 }
