@@ -11,8 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-60}
-targets=(reader fifo frame ring_ops)
-# Targets still to come with the split/dma work: plan gate dma_transaction.
+targets=(reader fifo frame ring_ops plan gate dma_transaction)
 
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
@@ -25,7 +24,7 @@ fi
 mkdir -p target
 total_execs=0
 failed=()
-printf '%-10s %10s %9s %8s %s\n' target execs exec/s corpus status
+printf '%-16s %10s %9s %8s %s\n' target execs exec/s corpus status
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
     log="target/fuzz-$t.log"
@@ -41,7 +40,7 @@ for t in "${targets[@]}"; do
     corpus=$(find "corpus/$t" -type f | wc -l)
     execs=${execs:-0}
     total_execs=$((total_execs + execs))
-    printf '%-10s %10s %9s %8s %s\n' "$t" "$execs" "${rate:-0}" "$corpus" "$status"
+    printf '%-16s %10s %9s %8s %s\n' "$t" "$execs" "${rate:-0}" "$corpus" "$status"
     if [ "$status" != ok ]; then
         grep -E 'panicked|ERROR: libFuzzer|SUMMARY|Test unit written|error(\[|:)' "$log" | head -20 || true
     fi

@@ -47,7 +47,7 @@ read -r passed failed < <(test_counts "$logs/asan.log")
 asan_errors=$(grep -c 'ERROR: AddressSanitizer\|ERROR: LeakSanitizer' "$logs/asan.log")
 record "asan test suite" "$passed" - - - "$((failed + asan_errors))" $((SECONDS - t0))
 
-echo "=== 2. fuzz targets, ${fuzz_secs}s each"
+echo "=== 2. fuzz targets (fuzz/run.sh: reader fifo frame ring_ops plan gate dma_transaction), ${fuzz_secs}s each"
 t0=$SECONDS
 fuzz/run.sh "$fuzz_secs" 2>&1 | tee "$logs/fuzz.log"
 rc=${PIPESTATUS[0]}
