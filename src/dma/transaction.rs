@@ -418,6 +418,8 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         }
         self.timer_ref = false;
         self.gate.begin_completion(Status::TimedOut);
+        // The timer fired: a queued request to cancel it is moot (see `on_transfer`).
+        self.actions.retain(|a| !matches!(a, Action::CancelTimer));
         let ended = if self.finished {
             false
         } else {
@@ -439,6 +441,8 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         if !self.timer_ref {
             return Err(NO_TIMER);
         }
+        // Reported without the request being polled: withdraw it (see `on_transfer`).
+        self.actions.retain(|a| !matches!(a, Action::CancelTimer));
         self.timer_ref = false;
         self.drop_ref();
         Ok(())
@@ -540,6 +544,12 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         }
         self.slots[i].state = SlotState::Idle;
         self.bytes += bytes;
+        // A cancel still queued for this transfer is moot now: withdraw it, so that every
+        // `Action::Cancel` the driver polls names a transfer that is really in flight.
+        if self.slots[i].cancel_sent {
+            self.actions
+                .retain(|a| !matches!(a, Action::Cancel(c) if *c == id));
+        }
         if last {
             self.stop_all();
         }
