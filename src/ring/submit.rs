@@ -251,13 +251,10 @@ impl Ring {
                 parts,
             } => {
                 let mut iov = Vec::with_capacity(bufs.len());
-                let mut region = None;
-                let mut one_region = true;
+                let mut fixed = OneRegion::default();
                 let mut bad_part = false;
                 for (i, b) in bufs.iter_mut().enumerate() {
-                    let ix = self.pool_buf_index(b);
-                    one_region &= ix.is_some() && (region.is_none() || region == ix);
-                    region = ix;
+                    fixed.see(self.pool_buf_index(b));
                     let (start, len) = match &parts {
                         None => (0, b.len()),
                         Some(p) => match p.get(i) {
@@ -286,24 +283,7 @@ impl Ring {
                         "readv_parts: one part per buffer, each within its capacity",
                     ));
                 }
-                let (fd, info) = self.fd_of(target)?;
-                if !info.readable {
-                    return Err(Error::invalid("target is not open for reading"));
-                }
-                self.check_iov(&iov, &info, offset)?;
-                let off = if info.kind.is_seekable() {
-                    offset
-                } else {
-                    u64::MAX
-                };
-                let entry = &mut self.ops[key];
-                entry.iov = iov;
-                let (p, n) = (entry.iov.as_ptr(), entry.iov.len() as u32);
-                let sqe = with_fd!(fd, |f| opcode::Readv::new(f, p, n).offset(off).build());
-                Ok(match (one_region && self.caps.readv_fixed, region) {
-                    (true, Some(ix)) => patch_fixed(sqe, OP_READV_FIXED, ix),
-                    _ => sqe,
-                })
+                self.vectored(key, target, offset, iov, fixed.index(), false)
             }
             OpKind::Writev {
                 target,
@@ -312,13 +292,10 @@ impl Ring {
                 parts,
             } => {
                 let mut iov = Vec::with_capacity(bufs.len());
-                let mut region = None;
-                let mut one_region = true;
+                let mut fixed = OneRegion::default();
                 let mut bad_part = false;
                 for (i, b) in bufs.iter().enumerate() {
-                    let ix = self.io_buf_index(b);
-                    one_region &= ix.is_some() && (region.is_none() || region == ix);
-                    region = ix;
+                    fixed.see(self.io_buf_index(b));
                     let data = b.data();
                     let bytes = match &parts {
                         None => data,
@@ -345,24 +322,7 @@ impl Ring {
                         "writev_parts: one part per buffer, each within its data",
                     ));
                 }
-                let (fd, info) = self.fd_of(target)?;
-                if !info.writable {
-                    return Err(Error::invalid("target is not open for writing"));
-                }
-                self.check_iov(&iov, &info, offset)?;
-                let off = if info.kind.is_seekable() {
-                    offset
-                } else {
-                    u64::MAX
-                };
-                let entry = &mut self.ops[key];
-                entry.iov = iov;
-                let (p, n) = (entry.iov.as_ptr(), entry.iov.len() as u32);
-                let sqe = with_fd!(fd, |f| opcode::Writev::new(f, p, n).offset(off).build());
-                Ok(match (one_region && self.caps.readv_fixed, region) {
-                    (true, Some(ix)) => patch_fixed(sqe, OP_WRITEV_FIXED, ix),
-                    _ => sqe,
-                })
+                self.vectored(key, target, offset, iov, fixed.index(), true)
             }
             OpKind::Fsync { target, datasync } => {
                 let (fd, info) = self.fd_of(target)?;
@@ -426,6 +386,47 @@ impl Ring {
         Ok(sqe)
     }
 
+    /// The common tail of `readv`/`writev`: check the target and the iovecs, park the
+    /// iovec array in the entry (the kernel reads it), and build the SQE — the `*_FIXED`
+    /// twin when every buffer lies in one registered region and the kernel has it.
+    fn vectored(
+        &mut self,
+        key: usize,
+        target: Target,
+        offset: u64,
+        iov: Vec<libc::iovec>,
+        region: Option<u16>,
+        write: bool,
+    ) -> Result<squeue::Entry> {
+        let (fd, info) = self.fd_of(target)?;
+        if write && !info.writable {
+            return Err(Error::invalid("target is not open for writing"));
+        }
+        if !write && !info.readable {
+            return Err(Error::invalid("target is not open for reading"));
+        }
+        self.check_iov(&iov, &info, offset)?;
+        let off = if info.kind.is_seekable() {
+            offset
+        } else {
+            u64::MAX
+        };
+        let entry = &mut self.ops[key];
+        entry.iov = iov;
+        let (p, n) = (entry.iov.as_ptr(), entry.iov.len() as u32);
+        let (sqe, fixed_op) = if write {
+            let sqe = with_fd!(fd, |f| opcode::Writev::new(f, p, n).offset(off).build());
+            (sqe, OP_WRITEV_FIXED)
+        } else {
+            let sqe = with_fd!(fd, |f| opcode::Readv::new(f, p, n).offset(off).build());
+            (sqe, OP_READV_FIXED)
+        };
+        Ok(match region {
+            Some(ix) if self.caps.readv_fixed => patch_fixed(sqe, fixed_op, ix),
+            _ => sqe,
+        })
+    }
+
     fn check_iov(&self, iov: &[libc::iovec], info: &FdInfo, offset: u64) -> Result<()> {
         if iov.is_empty() {
             return Err(Error::invalid("vectored transfer with no buffers"));
@@ -450,6 +451,32 @@ impl Ring {
             return Err(Error::invalid("vectored transfer longer than 2 GiB"));
         }
         Ok(())
+    }
+}
+
+/// Tracks whether every buffer of a vectored op lies in the same registered region.
+#[derive(Default)]
+struct OneRegion {
+    region: Option<u16>,
+    mixed: bool,
+}
+
+impl OneRegion {
+    fn see(&mut self, ix: Option<u16>) {
+        match (ix, self.region) {
+            (None, _) => self.mixed = true,
+            (Some(i), Some(r)) if i != r => self.mixed = true,
+            _ => self.region = ix,
+        }
+    }
+
+    /// The shared region's index, if there is one.
+    fn index(&self) -> Option<u16> {
+        if self.mixed {
+            None
+        } else {
+            self.region
+        }
     }
 }
 
