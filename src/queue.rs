@@ -100,44 +100,40 @@ impl<T> CompletionQueue<T> {
     /// Add an item, waiting as long as it takes for room.
     pub fn push_wait(&self, item: T) {
         let mut item = Some(item);
-        loop {
-            let got = self.space.wait_until(None, || {
-                let v = item.take()?;
-                match self.items.push(v) {
-                    Ok(()) => Some(()),
-                    Err(back) => {
-                        item = Some(back);
-                        None
-                    }
-                }
-            });
-            if got.is_some() {
-                self.waiters.notify();
-                return;
-            }
-        }
+        while self
+            .space
+            .wait_until(None, || self.push_from(&mut item))
+            .is_none()
+        {}
+        self.waiters.notify();
     }
 
     /// Add an item, waiting up to `timeout` for room; hands the item back on timeout.
     pub fn push_timeout(&self, item: T, timeout: Duration) -> Result<(), T> {
         let mut item = Some(item);
-        let got = self.space.wait_until(Some(Instant::now() + timeout), || {
-            let v = item.take()?;
-            match self.items.push(v) {
-                Ok(()) => Some(()),
-                Err(back) => {
-                    item = Some(back);
-                    None
-                }
-            }
-        });
-        match (got, item) {
-            (Some(()), _) => {
+        let deadline = Some(Instant::now() + timeout);
+        match self
+            .space
+            .wait_until(deadline, || self.push_from(&mut item))
+        {
+            Some(()) => {
                 self.waiters.notify();
                 Ok(())
             }
-            (None, Some(v)) => Err(v),
-            (None, None) => unreachable!("item consumed without a successful push"),
+            // A failed push puts the item back in `item`.
+            None => Err(item.expect("a failed push hands the item back")),
+        }
+    }
+
+    /// One push attempt for the waiting pushes: moves the item out of `item`, or leaves it
+    /// there when the queue is full.
+    fn push_from(&self, item: &mut Option<T>) -> Option<()> {
+        match self.items.push(item.take()?) {
+            Ok(()) => Some(()),
+            Err(back) => {
+                *item = Some(back);
+                None
+            }
         }
     }
 

@@ -174,13 +174,7 @@ impl Op {
     /// The completion gives `buf` back with `len()` = bytes read; its header is untouched.
     pub fn read(target: Target, offset: u64, buf: PoolBuf) -> Op {
         let len = buf.capacity();
-        Op::of(OpKind::Read {
-            target,
-            offset,
-            buf,
-            at: 0,
-            len,
-        })
+        Op::read_len(target, offset, buf, len)
     }
 
     /// Like [`read`](Op::read), reading at most `len` bytes (`0 < len <= capacity`).

@@ -22,6 +22,13 @@ enum Fd {
     Raw(i32),
 }
 
+/// The direction of a transfer, for the target's access-mode check.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    Write,
+}
+
 /// Build an SQE with a fixed or raw fd (the builders take distinct types).
 macro_rules! with_fd {
     ($fd:expr, |$f:ident| $build:expr) => {
@@ -149,6 +156,18 @@ impl Ring {
         Ok((fd, e.info))
     }
 
+    /// [`fd_of`](Self::fd_of), refusing a target not open for `access`.
+    fn fd_for(&self, t: Target, access: Access) -> Result<(Fd, FdInfo)> {
+        let (fd, info) = self.fd_of(t)?;
+        match access {
+            Access::Read if !info.readable => Err(Error::invalid("target is not open for reading")),
+            Access::Write if !info.writable => {
+                Err(Error::invalid("target is not open for writing"))
+            }
+            _ => Ok((fd, info)),
+        }
+    }
+
     /// Index in the kernel's buffer table of the region holding `slot` of `pool`, if that
     /// pool is registered with this ring.
     fn fixed_index(&self, pool_id: u64, region: u32) -> Option<u16> {
@@ -188,10 +207,7 @@ impl Ring {
                 self.ops[key].bufs = Bufs::Pool(buf);
                 self.ops[key].is_read = true;
                 self.ops[key].read_base = at;
-                let (fd, info) = self.fd_of(target)?;
-                if !info.readable {
-                    return Err(Error::invalid("target is not open for reading"));
-                }
+                let (fd, info) = self.fd_for(target, Access::Read)?;
                 let n = io_len(len)?;
                 if len.saturating_add(at) > cap {
                     return Err(Error::new(ErrorKind::BufferTooSmall {
@@ -200,11 +216,7 @@ impl Ring {
                     }));
                 }
                 check_direct(&info, offset, len, ptr)?;
-                let off = if info.kind.is_seekable() {
-                    offset
-                } else {
-                    u64::MAX
-                };
+                let off = info.sqe_offset(offset);
                 Ok(match fixed {
                     Some(ix) => with_fd!(fd, |f| opcode::ReadFixed::new(f, ptr, n, ix)
                         .offset(off)
@@ -226,17 +238,10 @@ impl Ring {
                 let (ptr, len) = (bytes.as_ptr(), bytes.len());
                 let fixed = self.io_buf_index(&buf);
                 self.ops[key].bufs = Bufs::from_io(buf);
-                let (fd, info) = self.fd_of(target)?;
-                if !info.writable {
-                    return Err(Error::invalid("target is not open for writing"));
-                }
+                let (fd, info) = self.fd_for(target, Access::Write)?;
                 let n = io_len(len)?;
                 check_direct(&info, offset, len, ptr)?;
-                let off = if info.kind.is_seekable() {
-                    offset
-                } else {
-                    u64::MAX
-                };
+                let off = info.sqe_offset(offset);
                 Ok(match fixed {
                     Some(ix) => with_fd!(fd, |f| opcode::WriteFixed::new(f, ptr, n, ix)
                         .offset(off)
@@ -337,15 +342,12 @@ impl Ring {
                 Ok(with_fd!(fd, |f| opcode::Fsync::new(f).flags(flags).build()))
             }
             OpKind::ReadMulti { target, group } => {
-                let (fd, info) = self.fd_of(target)?;
+                let (_, info) = self.fd_for(target, Access::Read)?;
                 if !self.caps.read_multishot {
                     return Err(Error::unsupported("IORING_OP_READ_MULTISHOT (Linux 6.7)"));
                 }
                 if !info.kind.is_stream() {
                     return Err(Error::invalid("multishot read needs a pollable stream"));
-                }
-                if !info.readable {
-                    return Err(Error::invalid("target is not open for reading"));
                 }
                 if group.ring != self.id || self.buf_ring_mut(group.bgid).is_none() {
                     return Err(Error::invalid("buffer ring not registered with this ring"));
@@ -354,7 +356,6 @@ impl Ring {
                 self.ops[key].is_read = true;
                 // The raw descriptor, not the fixed one: Linux 6.18 answers EBADFD to a
                 // multishot read on a registered pipe (it cannot see it is pollable).
-                let _ = fd;
                 let raw = self.target(target)?.raw();
                 Ok(opcode::ReadMulti::new(types::Fd(raw), 0, group.bgid).build())
             }
@@ -398,19 +399,10 @@ impl Ring {
         region: Option<u16>,
         write: bool,
     ) -> Result<squeue::Entry> {
-        let (fd, info) = self.fd_of(target)?;
-        if write && !info.writable {
-            return Err(Error::invalid("target is not open for writing"));
-        }
-        if !write && !info.readable {
-            return Err(Error::invalid("target is not open for reading"));
-        }
+        let access = if write { Access::Write } else { Access::Read };
+        let (fd, info) = self.fd_for(target, access)?;
         self.check_iov(&iov, &info, offset)?;
-        let off = if info.kind.is_seekable() {
-            offset
-        } else {
-            u64::MAX
-        };
+        let off = info.sqe_offset(offset);
         let entry = &mut self.ops[key];
         entry.iov = iov;
         let (p, n) = (entry.iov.as_ptr(), entry.iov.len() as u32);

@@ -64,6 +64,18 @@ pub struct FdInfo {
     pub rdev: u64,
 }
 
+impl FdInfo {
+    /// The SQE offset for a transfer at `offset`: the offset itself on seekable targets,
+    /// `-1` (the current position, which streams ignore) elsewhere.
+    pub(crate) fn sqe_offset(&self, offset: u64) -> u64 {
+        if self.kind.is_seekable() {
+            offset
+        } else {
+            u64::MAX
+        }
+    }
+}
+
 /// `_IOR(0x12, 114, size_t)`: the size of a block device in bytes.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
