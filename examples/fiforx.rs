@@ -90,27 +90,16 @@ fn fail(message: impl Into<String>) -> Failure {
     }
 }
 
+#[path = "common/bytes.rs"]
+mod bytes;
+
 /// `N`, `NK`, `NM`, `NG` (binary multiples).
 pub(crate) fn parse_len(s: &str) -> Result<u64, Failure> {
-    let bad = || {
+    bytes::parse_bytes(s).ok_or_else(|| {
         usage(format!(
             "bad --len value '{s}': expected a byte count like 4096 or 64K"
         ))
-    };
-    let (digits, mult) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(bad)
+    })
 }
 
 /// `--len N PATH` (also `--len=N`).

@@ -55,30 +55,16 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
+#[path = "common/bytes.rs"]
+mod bytes;
+
 /// The usage line.
 pub const USAGE: &str =
     "usage: gather [--max-transfer BYTES] [--max-segments N] [--inflight N] FILE OFFSET:LEN...";
 
 /// A byte count: digits with an optional K/M/G suffix (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, mult) = match t.find(|c: char| !c.is_ascii_digit()) {
-        None => (t, 1u64),
-        Some(i) => {
-            let m = match t[i..].to_ascii_lowercase().as_str() {
-                "k" | "kb" | "kib" => 1 << 10,
-                "m" | "mb" | "mib" => 1 << 20,
-                "g" | "gb" | "gib" => 1 << 30,
-                _ => return Err(format!("bad number '{s}'")),
-            };
-            (&t[..i], m)
-        }
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("bad number '{s}'"))
+    bytes::parse_bytes(s).ok_or_else(|| format!("bad number '{s}'"))
 }
 
 /// Parse the arguments (without the program name).

@@ -70,20 +70,13 @@ impl Summary {
     }
 }
 
+#[path = "../common/bytes.rs"]
+mod bytes;
+
 /// A byte count: digits with an optional `k`, `m` or `g` suffix (powers of 1024).
 fn number(flag: &str, v: Option<&String>) -> Result<u64, String> {
     let v = v.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-    let (digits, mul) = match v.chars().last().map(|c| c.to_ascii_lowercase()) {
-        Some('k') => (&v[..v.len() - 1], 1u64 << 10),
-        Some('m') => (&v[..v.len() - 1], 1 << 20),
-        Some('g') => (&v[..v.len() - 1], 1 << 30),
-        _ => (&v[..], 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mul))
-        .ok_or_else(|| format!("{flag}: '{v}' is not a number"))
+    bytes::parse_bytes(v).ok_or_else(|| format!("{flag}: '{v}' is not a number"))
 }
 
 pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {

@@ -60,22 +60,12 @@ fn main() {
     }
 }
 
+#[path = "../common/bytes.rs"]
+mod bytes;
+
 /// Parse `4096`, `4k`, `1m`, `2g`, `64KiB`...
 fn parse_size(flag: &str, s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let (digits, mult) = match lower.trim_end_matches("ib").trim_end_matches('b') {
-        x if x.ends_with('k') => (&x[..x.len() - 1], 1u64 << 10),
-        x if x.ends_with('m') => (&x[..x.len() - 1], 1 << 20),
-        x if x.ends_with('g') => (&x[..x.len() - 1], 1 << 30),
-        x if x.ends_with('t') => (&x[..x.len() - 1], 1 << 40),
-        x => (x, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{flag}: not a number of bytes: {s:?}\n{USAGE}"))
+    bytes::parse_bytes(s).ok_or_else(|| format!("{flag}: not a number of bytes: {s:?}\n{USAGE}"))
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
