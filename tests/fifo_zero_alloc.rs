@@ -5,46 +5,16 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use iocomplete::{BufferPool, FifoReceiver, FifoStatus, Ring};
 
-struct Counting;
-
-thread_local! {
-    /// Count this thread's allocations (const-initialised: reading it never allocates).
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.try_with(Cell::get).unwrap_or(false) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.try_with(Cell::get).unwrap_or(false) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+#[path = "common/alloc.rs"]
+mod alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: alloc::Counting = alloc::Counting;
 
 fn write(fd: &OwnedFd, bytes: &[u8]) {
     // SAFETY: writes `bytes.len()` bytes from a valid slice to a descriptor we own.
@@ -94,13 +64,11 @@ fn steady_state_fifo_receive_does_not_allocate() {
         round(&mut ring, &mut fifo, i);
     }
     let waits = fifo.readiness_waits();
-    ALLOCS.store(0, Ordering::SeqCst);
-    COUNTING.with(|c| c.set(true));
-    for i in 0..1000 {
-        round(&mut ring, &mut fifo, i);
-    }
-    COUNTING.with(|c| c.set(false));
-    let n = ALLOCS.load(Ordering::SeqCst);
+    let ((), n) = alloc::counted(|| {
+        for i in 0..1000 {
+            round(&mut ring, &mut fifo, i);
+        }
+    });
     assert_eq!(fifo.readiness_waits() - waits, 1000);
     assert_eq!(n, 0, "{n} allocations in 1000 FIFO transactions");
     drop(fifo);

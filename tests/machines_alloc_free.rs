@@ -2,45 +2,16 @@
 //! a warm-up, thousands of read/deliver/ack cycles allocate nothing. Counted per thread by a
 //! wrapping global allocator (its own test binary, so nothing else is affected).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use iocomplete::fifo::{FifoAction, FifoEvent, FifoMachine};
 use iocomplete::reader::{ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded unchanged to `System`, which upholds the `GlobalAlloc`
-// contract; the counter is a const-initialised thread-local `Cell` that never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same `layout` the caller gave us, under the same contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this `layout` (see `alloc`).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded unchanged; `ptr`/`layout` come from `System` (see `alloc`).
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/alloc.rs"]
+mod alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: alloc::Counting = alloc::Counting;
 
-fn allocs() -> u64 {
-    ALLOCS.with(Cell::get)
-}
+use alloc::thread_allocations as allocs;
 
 /// A driver that serves every read in full (completing the oldest first, or the newest
 /// first when `reverse`) and acknowledges every delivery at once. Its in-flight table is a

@@ -4,59 +4,35 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use iocomplete::{BufferPool, ContinuousReader, FinishReason, PoolBuf, Restart, Ring, StreamReads};
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-/// Only allocations made on the driving thread count (the pipe's writer thread allocates
-/// nothing either, but it is not what this test is about).
-static COUNTED_THREAD: AtomicU64 = AtomicU64::new(0);
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-fn thread_tag() -> u64 {
-    thread_local!(static TAG: u8 = const { 0 });
-    TAG.with(|t| t as *const u8 as u64)
-}
-
-fn count() {
-    if COUNTING.load(Ordering::Relaxed) && COUNTED_THREAD.load(Ordering::Relaxed) == thread_tag() {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+#[path = "common/alloc.rs"]
+mod alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: alloc::Counting = alloc::Counting;
 
-/// The handler turns counting on at delivery `from` and off at delivery `to`.
+/// The handler reads the driving thread's allocation count at delivery `from` and at
+/// delivery `to`.
 struct Window {
     n: AtomicU64,
     from: u64,
     to: u64,
     bytes: AtomicU64,
+    /// The count at `from`, and at `to`.
+    at_from: AtomicU64,
+    at_to: AtomicU64,
+}
+
+impl Window {
+    /// Allocations between delivery `from` and delivery `to`.
+    fn allocations(&self) -> u64 {
+        self.at_to.load(Ordering::SeqCst) - self.at_from.load(Ordering::SeqCst)
+    }
 }
 
 fn on_read(w: &Window, buf: PoolBuf, _off: u64) {
@@ -66,11 +42,10 @@ fn on_read(w: &Window, buf: PoolBuf, _off: u64) {
     w.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
     let n = w.n.fetch_add(1, Ordering::Relaxed) + 1;
     if n == w.from {
-        ALLOCS.store(0, Ordering::SeqCst);
-        COUNTED_THREAD.store(thread_tag(), Ordering::SeqCst);
-        COUNTING.store(true, Ordering::SeqCst);
+        w.at_from
+            .store(alloc::thread_allocations(), Ordering::SeqCst);
     } else if n == w.to {
-        COUNTING.store(false, Ordering::SeqCst);
+        w.at_to.store(alloc::thread_allocations(), Ordering::SeqCst);
     }
 }
 
@@ -80,10 +55,11 @@ fn window(from: u64, to: u64) -> Window {
         from,
         to,
         bytes: AtomicU64::new(0),
+        at_from: AtomicU64::new(0),
+        at_to: AtomicU64::new(0),
     }
 }
 
-// One test function: the counter is global, so the phases run one after the other.
 #[test]
 fn steady_state_reader_does_not_allocate() {
     // File: 4000 reads of 4 KiB, 8 in flight, ordered; count deliveries 500..3500.
@@ -107,7 +83,7 @@ fn steady_state_reader_does_not_allocate() {
     let (report, w) = reader.run_into_ctx(&mut ring).unwrap();
     assert_eq!(report.reason, FinishReason::Eof);
     assert_eq!(w.bytes.load(Ordering::SeqCst), 4000 * 4096);
-    let n = ALLOCS.load(Ordering::SeqCst);
+    let n = w.allocations();
     assert_eq!(n, 0, "{n} allocations in 3000 file reads");
     ring.close(t).unwrap();
     common::check_teardown(&ring, &[&pool]);
@@ -137,7 +113,7 @@ fn steady_state_reader_does_not_allocate() {
         assert_eq!(w.bytes.load(Ordering::SeqCst), 2_000_000);
         // The counting window was reached (reads coalesce at most 4 writes).
         assert!(w.n.load(Ordering::SeqCst) >= 400, "{:?}", w.n);
-        let n = ALLOCS.load(Ordering::SeqCst);
+        let n = w.allocations();
         assert_eq!(n, 0, "{n} allocations in 300 pipe reads ({mode:?})");
         ring.close(t).unwrap();
         common::check_teardown(&ring, &[&pool]);
