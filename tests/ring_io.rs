@@ -815,3 +815,45 @@ fn pty_round_trip_and_readiness_poll() {
     verify::check_range(&got, 512, 13, 0).unwrap();
     check_teardown(&ring, &[&pool]);
 }
+
+/// An idle ring driven by `Ring::spawn` sleeps in the kernel (waiting on its wake-up
+/// poll) instead of spinning: its thread uses a small fraction of the wall time.
+#[test]
+fn idle_spawned_ring_does_not_spin() {
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid out-pointer.
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
+            0
+        );
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    let ring = Ring::new().unwrap();
+    let (h, driver) = std::thread::spawn(move || {
+        let mut ring = ring;
+        let h = ring.handle().unwrap();
+        let t = std::thread::spawn(move || {
+            let start = thread_cpu();
+            ring.drive_until_shutdown().unwrap();
+            thread_cpu() - start
+        });
+        (h, t)
+    })
+    .join()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Still responsive: a submission wakes it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.submit_then(Op::nop().tag(1), move |c| tx.send(c.tag()).unwrap());
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+    h.shutdown();
+    let cpu = driver.join().unwrap();
+    assert!(
+        cpu < Duration::from_millis(100),
+        "idle ring thread used {cpu:?} of CPU in 0.5 s"
+    );
+}

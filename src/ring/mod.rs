@@ -579,7 +579,10 @@ impl Ring {
         let before = self.stats.completed;
         self.housekeeping();
         self.reap();
-        if self.stats.completed == before && self.in_kernel > 0 {
+        // Nothing ready yet: wait if anything can still arrive — an operation in flight, or
+        // (with a timeout) a handle's submission signalled through the armed wake poll.
+        let can_arrive = self.in_kernel > 0 || (self.wake_armed && timeout.is_some());
+        if self.stats.completed == before && can_arrive {
             self.enter(1, timeout)?;
         } else {
             self.enter(0, None)?;
