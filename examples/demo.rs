@@ -140,7 +140,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for i in 17..33 {
         let b = pool.get_timeout(Duration::from_secs(10))?;
         ring.submit(Op::read(file, off(i), b).tag(i)).to_queue(&q);
-        ring.poll()?;
     }
     ring.run_until_idle()?;
     verified += consumer.join().map_err(|_| "consumer panicked")??;

@@ -202,6 +202,14 @@ impl From<Error> for io::Error {
     }
 }
 
+/// The errno of a negative CQE-style result (`-errno`); `i32::MIN` maps to `i32::MAX`.
+pub(crate) const fn errno_of(res: i32) -> i32 {
+    match res.checked_neg() {
+        Some(e) => e,
+        None => i32::MAX,
+    }
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -826,10 +826,8 @@ fn idle_spawned_ring_does_not_spin() {
             tv_nsec: 0,
         };
         // SAFETY: `ts` is a valid out-pointer.
-        assert_eq!(
-            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
-            0
-        );
+        let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(r, 0);
         Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
     }
     let ring = Ring::new().unwrap();

@@ -28,7 +28,6 @@ pub(crate) struct Opts {
     pub(crate) chunk: usize,
     pub(crate) header: usize,
     pub(crate) direct: bool,
-    pub(crate) ordered: bool,
     pub(crate) path: String,
 }
 
@@ -85,7 +84,6 @@ pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {
         chunk: 128 * 1024,
         header: 0,
         direct: false,
-        ordered: false,
         path: String::new(),
     };
     let mut path = None;
@@ -114,7 +112,9 @@ pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {
                 o.header = n as usize;
             }
             "--direct" => o.direct = true,
-            "--ordered" => o.ordered = true,
+            // Seekable sources are always forwarded in file order (streams are ordered
+            // anyway); the flag stays accepted as part of the documented command line.
+            "--ordered" => {}
             "-h" | "--help" => return Err(USAGE.to_string()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
             p => {
@@ -279,8 +279,6 @@ pub(crate) fn run(
     }
 
     let chunk = u32::try_from(opts.chunk).map_err(|_| "--chunk too large".to_string())?;
-    let failed = Arc::new(std::sync::Mutex::new(None));
-    let f2 = failed.clone();
     let mut reader = ContinuousReader::builder(source, &pool)
         .pending_reads(opts.pending)
         .transfer_len(chunk)
@@ -297,10 +295,8 @@ pub(crate) fn run(
                 // data, which the byte count check below would report.
                 let _ = f.bufs.push(buf);
             },
-            move |_, e: &Error| {
-                *f2.lock().unwrap_or_else(|p| p.into_inner()) = Some(*e);
-                Restart::No
-            },
+            // The error comes back in the report's `FinishReason::Failed`.
+            |_, _: &Error| Restart::No,
         )
         .map_err(|e| format!("cannot read {name}: {e}"))?;
 
@@ -345,9 +341,6 @@ pub(crate) fn run(
         FinishReason::Eof | FinishReason::EndOfRange => {}
         FinishReason::Failed(e) => return Err(format!("{name}: read error: {e}")),
         FinishReason::Stopped => return Err(format!("{name}: stopped")),
-    }
-    if let Some(e) = *failed.lock().unwrap_or_else(|p| p.into_inner()) {
-        return Err(format!("{name}: read error: {e}"));
     }
     if w.written != report.bytes {
         return Err(format!(

@@ -218,10 +218,6 @@ impl Default for FifoMachine {
     }
 }
 
-fn errno_of(res: i32) -> i32 {
-    res.checked_neg().unwrap_or(i32::MAX)
-}
-
 /// The status for an operation that failed with `errno`, given a pending stop request.
 fn error_status(errno: i32, stop: Option<FifoStatus>) -> FifoStatus {
     match errno {
@@ -426,7 +422,7 @@ impl FifoMachine {
                 } else if res == 0 {
                     self.complete(FifoStatus::Eof);
                 } else {
-                    match errno_of(res) {
+                    match crate::error::errno_of(res) {
                         libc::EAGAIN | libc::EINTR if stop.is_some() => {
                             self.complete(stop.unwrap_or(FifoStatus::Cancelled));
                         }
@@ -439,7 +435,7 @@ impl FifoMachine {
             }
             OpKind::Poll => {
                 if res < 0 {
-                    match errno_of(res) {
+                    match crate::error::errno_of(res) {
                         // Interrupted wait: the next read says whether data came.
                         libc::EINTR if stop.is_none() => self.issue_read(),
                         e => self.complete(error_status(e, stop)),

@@ -189,13 +189,9 @@ impl Workers {
     /// Idempotent.
     fn shut_down(&mut self) {
         for _ in 0..self.threads.len() {
-            let mut item = Work::Exit;
             // The queue has room for one `Exit` per worker beyond every possible delivery;
-            // yield while workers drain it anyway.
-            while let Err(back) = self.work.push(item) {
-                item = back;
-                std::thread::yield_now();
-            }
+            // wait while workers drain it anyway.
+            self.work.push_wait(Work::Exit);
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -607,11 +603,10 @@ fn worker_loop<C, R>(
         // The acknowledgement is published after `on_read` returned. The queue's push
         // (Release) and the driver's pop (Acquire) order everything `on_read` did before
         // whatever the driver does next — in particular before `on_failed`.
-        let mut ack = seq;
-        while let Err(back) = acks.push(ack) {
-            ack = back;
+        if let Err(ack) = acks.push(seq) {
+            // Full: the driver drains acknowledgements once woken; wait for room.
             signal.wake_driver();
-            std::thread::yield_now();
+            acks.push_wait(ack);
         }
         signal.wake_driver();
     }
@@ -1155,13 +1150,9 @@ where
                 self.machine.handle(ReaderEvent::Delivered { seq })
             }
             Some(w) => {
-                let mut item = Work::Read { seq, offset, buf };
                 // Each queued delivery owns a distinct slot, so the queue (sized to the
-                // pool) has room; yield while workers drain it all the same.
-                while let Err(back) = w.work.push(item) {
-                    item = back;
-                    std::thread::yield_now();
-                }
+                // pool) has room; wait while workers drain it all the same.
+                w.work.push_wait(Work::Read { seq, offset, buf });
                 Ok(())
             }
         }

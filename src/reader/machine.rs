@@ -567,11 +567,6 @@ pub struct ReaderMachine {
     stats: ReaderStats,
 }
 
-/// Turn a negative CQE result into a positive errno, without overflow.
-fn errno_of(res: i32) -> i32 {
-    res.checked_neg().unwrap_or(i32::MAX)
-}
-
 fn reject(reason: &'static str) -> Error {
     Error::invalid(reason)
 }
@@ -745,7 +740,7 @@ impl ReaderMachine {
     fn positional_done(&mut self, seq: Seq, offset: u64, len: u32, res: i32) {
         if res < 0 {
             self.discard(seq, None);
-            let errno = errno_of(res);
+            let errno = crate::error::errno_of(res);
             if errno == libc::EINTR {
                 self.add_hole(offset, u64::from(len));
                 return;
@@ -814,7 +809,7 @@ impl ReaderMachine {
             self.stream_eof = true;
             return;
         }
-        self.stream_error(errno_of(res));
+        self.stream_error(crate::error::errno_of(res));
     }
 
     /// A stream read (single-shot or multishot, already ended) failed with `errno`.
@@ -867,7 +862,7 @@ impl ReaderMachine {
             self.cancel_if_armed(i, more);
             return Ok(());
         }
-        let errno = errno_of(res);
+        let errno = crate::error::errno_of(res);
         if cancelling {
             // We cancelled it (stop, EOF, or an earlier error): its errors mean nothing.
             return Ok(());
@@ -900,7 +895,7 @@ impl ReaderMachine {
         }
         self.ops.swap_remove(i);
         if res < 0 {
-            let errno = errno_of(res);
+            let errno = crate::error::errno_of(res);
             if self.phase == Phase::Running && errno != libc::EINTR {
                 let at = self.cursor;
                 self.enter_failing(Error::from_errno(errno), at);

@@ -681,7 +681,8 @@ impl SplitDriver {
         self.in_flight += 1;
         let id = ring.submit(op.tag(i as u64)).to_queue(&self.queue);
         self.children[i].op = Some(id);
-        let children = self.children.iter().filter(|c| c.op.is_some()).count();
+        // `in_flight` counts the children's ops and the armed deadline timer.
+        let children = self.in_flight - usize::from(matches!(self.timer, Timer::Armed(_)));
         self.stats.max_in_flight = self.stats.max_in_flight.max(children);
     }
 
@@ -841,11 +842,9 @@ impl SplitDriver {
             transferred: self.machine.bytes_transferred(),
         });
         let status = match status {
-            Status::Success => Ok(()),
-            Status::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
-            Status::TimedOut => Err(Error::new(ErrorKind::TimedOut)),
             // The machine kept the typed error; the gate only its errno.
             Status::Failed(errno) => Err(c.status.err().unwrap_or(Error::from_errno(errno))),
+            other => other.into_result(),
         };
         // Every child is back: hand the buffers to the pool.
         for child in &mut self.children {
