@@ -193,12 +193,8 @@ enum Phase {
         offset: u64,
         len: u64,
     },
-    /// Writing `len` bytes (a write job's chunk, or a copy's second half) at machine
-    /// offset `offset`.
-    Writing {
-        offset: u64,
-        len: u64,
-    },
+    /// Writing `len` bytes (a write job's chunk, or a copy's second half).
+    Writing { len: u64 },
 }
 
 /// One child: its buffer (reused for every chunk it carries — the seed's request reuse),
@@ -669,7 +665,7 @@ impl SplitDriver {
                     self.report(i, Err(e));
                     return;
                 }
-                self.children[i].phase = Phase::Writing { offset, len };
+                self.children[i].phase = Phase::Writing { len };
                 Op::write(dst, offset, buf)
             }
         };
@@ -746,7 +742,7 @@ impl SplitDriver {
                         }
                         // The same buffer goes out: `len()` is what was read.
                         // `len` stays the chunk's: a short read is a short transfer too.
-                        self.children[i].phase = Phase::Writing { offset, len };
+                        self.children[i].phase = Phase::Writing { len };
                         let op = Op::write(dst, self.dst_offset(offset), buf);
                         self.issue(ring, i, op);
                     }
@@ -758,7 +754,7 @@ impl SplitDriver {
                     }
                 }
             }
-            (Phase::Writing { len, .. }, Ok(n)) => {
+            (Phase::Writing { len }, Ok(n)) => {
                 buf.clear();
                 self.children[i].buf = Some(buf);
                 if n == 0 {
