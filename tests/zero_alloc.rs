@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use iocomplete::{BufferPool, Completion, CompletionQueue, Op, Ring};
+use iocomplete::{BufferPool, Bufs, Completion, CompletionQueue, Op, Ring};
 
 #[path = "common/alloc.rs"]
 mod alloc;
@@ -76,6 +76,41 @@ fn steady_state_reads_do_not_allocate() {
     cycle(&mut ring, 20);
     let (_, n) = counted(|| cycle(&mut ring, 200));
     assert_eq!(n, 0, "{n} allocations in 3200 queued reads");
+
+    // Vectored reads: the completion hands the buffer list back for the next readv, and
+    // the ring reuses the iovec array of the previous one.
+    let mut bufs = vec![pool.try_get().unwrap(), pool.try_get().unwrap()];
+    let mut readv = |ring: &mut Ring, bufs: Vec<iocomplete::PoolBuf>, i: u64| {
+        let off = (i % 32) * 8192;
+        let mut bufs = bufs;
+        for b in &mut bufs {
+            b.set_len(4096).unwrap();
+        }
+        let mut c = ring.submit(Op::readv(t, off, bufs)).wait().unwrap();
+        assert_eq!(c.result(), Ok(8192));
+        match c.take_bufs() {
+            Bufs::PoolList(v) => {
+                assert_eq!(
+                    u64::from_le_bytes(v[1].data()[8..16].try_into().unwrap()),
+                    off + 4096
+                );
+                v
+            }
+            other => panic!("readv gave back {other:?}"),
+        }
+    };
+    for i in 0..100 {
+        bufs = readv(&mut ring, bufs, i);
+    }
+    let (b, n) = counted(|| {
+        let mut b = bufs;
+        for i in 0..1000 {
+            b = readv(&mut ring, b, i);
+        }
+        b
+    });
+    drop(b);
+    assert_eq!(n, 0, "{n} allocations in 1000 vectored reads");
 
     // Shared buffers: share, clone, drop — no allocation either.
     let (_, n) = counted(|| {

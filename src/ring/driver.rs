@@ -244,6 +244,7 @@ impl Ring {
         self.stats.completed += 1;
         let e = &mut self.ops[key];
         let id = OpId::new(key as u32, e.gen);
+        self.spare_iovs.give(std::mem::take(&mut e.iov));
         let c = Completion {
             id,
             tag: e.tag,

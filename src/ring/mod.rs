@@ -196,6 +196,7 @@ impl RingBuilder {
             wake_armed: false,
             enabled: !single,
             stats: RingStats::default(),
+            spare_iovs: SpareIovs::default(),
         })
     }
 }
@@ -268,6 +269,33 @@ struct Entry {
 // only read by the kernel and by the ring thread that owns the entry.
 unsafe impl Send for Entry {}
 
+/// Emptied iovec arrays of finished vectored operations, reused by the next ones so a
+/// steady stream of `readv`/`writev` allocates nothing.
+#[derive(Default)]
+struct SpareIovs(Vec<Vec<libc::iovec>>);
+
+// SAFETY: every array kept here is empty (`len() == 0`): it holds no pointer, only an
+// allocation owned by the vector.
+unsafe impl Send for SpareIovs {}
+
+impl SpareIovs {
+    /// Arrays kept at most; beyond that a finished op's array is freed.
+    const KEEP: usize = 64;
+
+    fn take(&mut self, n: usize) -> Vec<libc::iovec> {
+        let mut v = self.0.pop().unwrap_or_default();
+        v.reserve(n);
+        v
+    }
+
+    fn give(&mut self, mut v: Vec<libc::iovec>) {
+        if v.capacity() > 0 && self.0.len() < Self::KEEP {
+            v.clear();
+            self.0.push(v);
+        }
+    }
+}
+
 /// An io_uring instance with its op table, targets and registered pools.
 ///
 /// ```
@@ -317,6 +345,7 @@ pub struct Ring {
     wake_armed: bool,
     enabled: bool,
     stats: RingStats,
+    spare_iovs: SpareIovs,
 }
 
 impl fmt::Debug for Ring {

@@ -255,7 +255,7 @@ impl Ring {
                 mut bufs,
                 parts,
             } => {
-                let mut iov = Vec::with_capacity(bufs.len());
+                let mut iov = self.spare_iovs.take(bufs.len());
                 let mut fixed = OneRegion::default();
                 let mut bad_part = false;
                 for (i, b) in bufs.iter_mut().enumerate() {
@@ -296,7 +296,7 @@ impl Ring {
                 bufs,
                 parts,
             } => {
-                let mut iov = Vec::with_capacity(bufs.len());
+                let mut iov = self.spare_iovs.take(bufs.len());
                 let mut fixed = OneRegion::default();
                 let mut bad_part = false;
                 for (i, b) in bufs.iter().enumerate() {

@@ -194,7 +194,9 @@ enum Phase {
         len: u64,
     },
     /// Writing `len` bytes (a write job's chunk, or a copy's second half).
-    Writing { len: u64 },
+    Writing {
+        len: u64,
+    },
 }
 
 /// One child: its buffer (reused for every chunk it carries — the seed's request reuse),
