@@ -80,7 +80,7 @@ fn steady_state_reads_do_not_allocate() {
     // Vectored reads: the completion hands the buffer list back for the next readv, and
     // the ring reuses the iovec array of the previous one.
     let mut bufs = vec![pool.try_get().unwrap(), pool.try_get().unwrap()];
-    let mut readv = |ring: &mut Ring, bufs: Vec<iocomplete::PoolBuf>, i: u64| {
+    let readv = |ring: &mut Ring, bufs: Vec<iocomplete::PoolBuf>, i: u64| {
         let off = (i % 32) * 8192;
         let mut bufs = bufs;
         for b in &mut bufs {
