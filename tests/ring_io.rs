@@ -855,3 +855,43 @@ fn idle_spawned_ring_does_not_spin() {
         "idle ring thread used {cpu:?} of CPU in 0.5 s"
     );
 }
+
+/// A multishot read ended by CQ overflow: its last completion carries a buffer, which
+/// must come back exactly once (no double state transition, pool counters exact).
+#[test]
+fn multishot_read_ended_by_cq_overflow_returns_its_last_buffer_once() {
+    let (rx, tx) = pipe();
+    let mut ring = Ring::builder().entries(4).cq_entries(4).build().unwrap();
+    if !ring.capabilities().read_multishot {
+        eprintln!("SKIP: kernel lacks IORING_OP_READ_MULTISHOT");
+        return;
+    }
+    let pool = pool(32, BS, 0);
+    let br = ring.register_buf_ring(&pool, 16).unwrap();
+    let r = ring.register(rx).unwrap();
+    let w = std::fs::File::from(tx);
+    let q = Arc::new(CompletionQueue::<Completion>::new(256));
+    ring.submit(Op::read_multishot(r, br)).to_queue(&q);
+    ring.poll().unwrap();
+    // Each write's wake-up runs the read before the next write: more completions than
+    // the 4-entry CQ holds, so the kernel ends the multishot read with a buffer in hand.
+    let want: Vec<u8> = (0..20).collect();
+    for b in &want {
+        std::io::Write::write_all(&mut &w, std::slice::from_ref(b)).unwrap();
+    }
+    drop(w); // whatever the overflow left armed ends at EOF
+    ring.run_until_idle().unwrap();
+    let (mut got, mut finals) = (Vec::new(), 0);
+    while let Some(c) = q.pop() {
+        finals += usize::from(!c.has_more());
+        if let Some(b) = c.into_buf() {
+            got.extend_from_slice(b.data());
+        }
+    }
+    assert_eq!(finals, 1, "the multishot read ended exactly once");
+    assert_eq!(got, want[..got.len()], "data out of order or corrupted");
+    check_teardown(&ring, &[]);
+    drop(ring);
+    let st = pool.stats();
+    assert_eq!((st.free, st.in_flight), (st.total, 0), "{st:?}");
+}

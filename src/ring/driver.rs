@@ -188,9 +188,11 @@ impl Ring {
             return;
         }
         if let Some(bgid) = self.ops[key].multishot {
+            // The buffer ring already handed the consumed buffer over (and marked it back
+            // from the kernel); it only needs its length.
+            let mut bufs = Bufs::None;
             let buf = cqueue::buffer_select(flags)
                 .and_then(|bid| self.buf_ring_mut(bgid).and_then(|r| r.take(bid)));
-            let mut bufs = Bufs::None;
             if let Some(mut b) = buf {
                 b.set_transferred(res.max(0) as usize);
                 bufs = Bufs::Pool(b);
@@ -199,43 +201,50 @@ impl Ring {
                 self.deliver_more(key, id, res, bufs);
                 return;
             }
+            self.in_kernel -= 1;
+            let result = self.cqe_result(key, res);
             self.ops[key].bufs = bufs;
+            self.finish(key, result);
+            return;
         }
         self.in_kernel -= 1;
         let e = &mut self.ops[key];
         mark_in_flight(&e.bufs, false);
-        let result = if res >= 0 {
+        if res >= 0 && e.is_read {
             let n = res as usize;
-            if e.is_read {
-                match &mut e.bufs {
-                    Bufs::Pool(b) => b.set_transferred(e.read_base + n),
-                    Bufs::PoolList(v) => {
-                        let mut left = n;
-                        for (b, want) in v.iter_mut().zip(e.iov.iter().map(|i| i.iov_len)) {
-                            let got = left.min(want);
-                            b.set_transferred(got);
-                            left -= got;
-                        }
+            match &mut e.bufs {
+                Bufs::Pool(b) => b.set_transferred(e.read_base + n),
+                Bufs::PoolList(v) => {
+                    let mut left = n;
+                    for (b, want) in v.iter_mut().zip(e.iov.iter().map(|i| i.iov_len)) {
+                        let got = left.min(want);
+                        b.set_transferred(got);
+                        left -= got;
                     }
-                    _ => {}
                 }
+                _ => {}
             }
-            Ok(n)
-        } else {
-            let errno = -res;
-            let e = &self.ops[key];
-            if (errno == libc::ECANCELED || errno == libc::EINTR)
-                && !e.cancel_requested
-                && e.has_deadline
-            {
-                Err(Error::new(crate::ErrorKind::TimedOut))
-            } else if errno == libc::EINTR && e.cancel_requested {
-                Err(Error::new(crate::ErrorKind::Cancelled))
-            } else {
-                Err(Error::from_errno(errno))
-            }
-        };
+        }
+        let result = self.cqe_result(key, res);
         self.finish(key, result);
+    }
+
+    /// The result of a CQE for op-table entry `key`. A cancellation the caller did not
+    /// ask for, on an op with a deadline, was the linked timeout firing: `TimedOut`.
+    fn cqe_result(&self, key: usize, res: i32) -> Result<usize> {
+        if res >= 0 {
+            return Ok(res as usize);
+        }
+        let errno = crate::error::errno_of(res);
+        let e = &self.ops[key];
+        let interrupted = errno == libc::ECANCELED || errno == libc::EINTR;
+        Err(if interrupted && !e.cancel_requested && e.has_deadline {
+            Error::new(crate::ErrorKind::TimedOut)
+        } else if errno == libc::EINTR && e.cancel_requested {
+            Error::new(crate::ErrorKind::Cancelled)
+        } else {
+            Error::from_errno(errno)
+        })
     }
 
     /// Produce the operation's one completion and route it. The entry leaves the table
@@ -279,19 +288,14 @@ impl Ring {
 
     /// One of several completions of a multishot operation; the entry stays armed.
     fn deliver_more(&mut self, key: usize, id: OpId, res: i32, bufs: Bufs) {
-        let e = &self.ops[key];
         let c = Completion {
             id,
-            tag: e.tag,
-            result: if res >= 0 {
-                Ok(res as usize)
-            } else {
-                Err(Error::from_errno(-res))
-            },
+            tag: self.ops[key].tag,
+            result: self.cqe_result(key, res),
             bufs,
             more: true,
         };
-        match &e.state {
+        match &self.ops[key].state {
             EntryState::InKernel(Delivery::Queue(q)) => {
                 if let Err(c) = q.push(c) {
                     let q = q.clone();

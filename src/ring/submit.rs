@@ -353,7 +353,6 @@ impl Ring {
                     return Err(Error::invalid("buffer ring not registered with this ring"));
                 }
                 self.ops[key].multishot = Some(group.bgid);
-                self.ops[key].is_read = true;
                 // The raw descriptor, not the fixed one: Linux 6.18 answers EBADFD to a
                 // multishot read on a registered pipe (it cannot see it is pollable).
                 let raw = self.target(target)?.raw();
