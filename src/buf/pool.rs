@@ -374,24 +374,22 @@ impl PoolInner {
         }
     }
 
-    pub(crate) fn in_flight_add(&self, n: usize) {
+    /// The kernel takes (`on`) or gives back a buffer of this pool: the `in_flight`
+    /// statistic, and for a unique buffer (`PoolBuf`) the debug-build state transition
+    /// `CheckedOut <-> InFlight`, so that returning a slot while in flight trips an assert.
+    /// (Shared buffers may be in flight several times at once; only counted.)
+    pub(crate) fn set_in_flight(&self, slot: u32, on: bool, unique: bool) {
         // Relaxed: statistics only; the kernel's ownership of the slot is tracked by the
         // ring's op table, not by this counter.
-        self.in_flight.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn in_flight_sub(&self, n: usize) {
-        // Relaxed: statistics only (see `in_flight_add`).
-        self.in_flight.fetch_sub(n, Ordering::Relaxed);
-    }
-
-    /// Debug-build transition `CheckedOut <-> InFlight` of a unique buffer handed to (or
-    /// given back by) the kernel. Returning a slot while in flight then trips an assert.
-    pub(crate) fn mark_in_flight(&self, slot: u32, on: bool) {
         if on {
-            self.mark(slot, CHECKED_OUT, IN_FLIGHT);
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.mark(slot, IN_FLIGHT, CHECKED_OUT);
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        match (unique, on) {
+            (false, _) => {}
+            (true, true) => self.mark(slot, CHECKED_OUT, IN_FLIGHT),
+            (true, false) => self.mark(slot, IN_FLIGHT, CHECKED_OUT),
         }
     }
 

@@ -1,10 +1,12 @@
 //! Entering the kernel, reaping completions, and routing each one exactly once.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types};
 
 use crate::error::{Error, Result};
+use crate::queue::CompletionQueue;
 use crate::request::{Bufs, Completion, Delivery};
 
 use super::op::{sentinel, OpId};
@@ -17,14 +19,7 @@ const ENTER_GETEVENTS: u32 = 1;
 /// in debug builds the slot state machine `CheckedOut -> InFlight -> CheckedOut`.
 pub(super) fn mark_in_flight(bufs: &Bufs, on: bool) {
     let one = |p: &crate::buf::PoolInner, slot: u32, unique: bool| {
-        if on {
-            p.in_flight_add(1);
-        } else {
-            p.in_flight_sub(1);
-        }
-        if unique {
-            p.mark_in_flight(slot, on);
-        }
+        p.set_in_flight(slot, on, unique);
     };
     match bufs {
         Bufs::None => {}
@@ -42,17 +37,11 @@ impl Ring {
     /// pushed together, so a linked pair is never split across two submissions.
     pub(super) fn push_sqes(&mut self, sqes: &[squeue::Entry]) -> Result<()> {
         for attempt in 0..64 {
-            let room = {
-                let mut sq = self.uring.submission();
-                sq.sync();
-                sq.capacity() - sq.len()
-            };
-            if room >= sqes.len() {
-                let mut sq = self.uring.submission();
-                // SAFETY: every SQE refers to memory that outlives its operation: buffers
-                // and iovec arrays parked in the op table until the CQE, timespecs boxed in
-                // the entry (read by the kernel at submission).
-                unsafe { sq.push_multiple(sqes) }.map_err(|_| Error::invalid("SQ full"))?;
+            // SAFETY: every SQE refers to memory that outlives its operation: buffers and
+            // iovec arrays parked in the op table until the CQE, timespecs boxed in the
+            // entry (read by the kernel at submission). `push_multiple` pushes all of them
+            // or none (it checks the room first).
+            if unsafe { self.uring.submission().push_multiple(sqes) }.is_ok() {
                 return Ok(());
             }
             self.enter(0, None)?;
@@ -178,10 +167,7 @@ impl Ring {
         }
         let id = OpId(ud);
         let key = id.index();
-        let live = matches!(
-            self.ops.get(key),
-            Some(e) if e.gen == id.gen() && matches!(e.state, EntryState::InKernel(_))
-        );
+        let live = matches!(self.entry(id), Some(e) if matches!(e.state, EntryState::InKernel(_)));
         if !live {
             self.stats.stale_cqes += 1;
             debug_assert!(false, "stale CQE user_data={ud:#x} res={res}");
@@ -251,38 +237,48 @@ impl Ring {
     /// here (unless kept for `wait`), so a second completion for it is impossible.
     pub(super) fn finish(&mut self, key: usize, result: Result<usize>) {
         self.stats.completed += 1;
-        let e = &mut self.ops[key];
-        let id = OpId::new(key as u32, e.gen);
-        self.spare_iovs.give(std::mem::take(&mut e.iov));
-        let c = Completion {
-            id,
-            tag: e.tag,
-            result,
-            bufs: std::mem::take(&mut e.bufs),
-            more: false,
+        let keep = match &self.ops[key].state {
+            EntryState::InKernel(d) => matches!(d, Delivery::Keep),
+            EntryState::Done(_) => unreachable!("operation at slot {key} completed twice"),
         };
-        let delivery = match std::mem::replace(&mut e.state, EntryState::Done(c)) {
-            EntryState::InKernel(d) => d,
-            EntryState::Done(_) => unreachable!("operation {id:?} completed twice"),
+        let c = {
+            let e = &mut self.ops[key];
+            self.spare_iovs.give(std::mem::take(&mut e.iov));
+            Completion {
+                id: OpId::new(key as u32, e.gen),
+                tag: e.tag,
+                result,
+                bufs: std::mem::take(&mut e.bufs),
+                more: false,
+            }
         };
-        if let Delivery::Keep = delivery {
+        if keep {
+            // Kept in the table until `Ring::wait` collects it.
+            self.ops[key].state = EntryState::Done(c);
             return;
         }
-        let c = match self.ops.remove(key).state {
-            EntryState::Done(c) => c,
-            EntryState::InKernel(_) => unreachable!(),
-        };
+        match self.ops.remove(key).state {
+            EntryState::InKernel(d) => self.deliver(d, c),
+            EntryState::Done(_) => unreachable!(),
+        }
+    }
+
+    /// Hand a completion to its consumer (never `Keep`: the caller handles that).
+    fn deliver(&mut self, delivery: Delivery, c: Completion) {
         match delivery {
-            Delivery::Keep => {}
+            Delivery::Keep => unreachable!("kept completions stay in the op table"),
             Delivery::Routine(f) => f(c),
-            Delivery::Queue(q) => {
-                if let Err(c) = q.push(c) {
-                    self.backlog.push_back((q, c));
-                }
-            }
+            Delivery::Queue(q) => self.push_or_backlog(q, c),
             Delivery::Local => self.ready.push_back(c),
             Delivery::Future(slot) => slot.complete(c),
             Delivery::Detach => drop(c),
+        }
+    }
+
+    /// Push to a completion queue; if it is full, keep the completion for the next drive.
+    fn push_or_backlog(&mut self, q: Arc<CompletionQueue<Completion>>, c: Completion) {
+        if let Err(c) = q.push(c) {
+            self.backlog.push_back((q, c));
         }
     }
 
@@ -297,10 +293,8 @@ impl Ring {
         };
         match &self.ops[key].state {
             EntryState::InKernel(Delivery::Queue(q)) => {
-                if let Err(c) = q.push(c) {
-                    let q = q.clone();
-                    self.backlog.push_back((q, c));
-                }
+                let q = q.clone();
+                self.push_or_backlog(q, c);
             }
             EntryState::InKernel(Delivery::Local) => self.ready.push_back(c),
             // Detached (or abandoned): the buffer goes straight back to the pool.
@@ -320,16 +314,20 @@ impl Ring {
         }
     }
 
+    /// Start the operations other threads sent through a `RingHandle`.
+    fn start_inbox(&mut self) {
+        while let Some((op, d)) = self.shared.pop() {
+            self.start(op, d);
+        }
+    }
+
     /// Apply dropped tickets and pick up work sent by handles.
     pub(super) fn housekeeping(&mut self) {
         self.replenish_buf_rings();
         while let Some(id) = self.abandoned.pop() {
-            let Some(e) = self.ops.get_mut(id.index()) else {
+            let Some(e) = self.entry_mut(id) else {
                 continue;
             };
-            if e.gen != id.gen() {
-                continue;
-            }
             match &mut e.state {
                 // Completed and unclaimed: free it now (its buffers return to the pool).
                 EntryState::Done(_) => drop(self.ops.remove(id.index())),
@@ -337,15 +335,13 @@ impl Ring {
                 EntryState::InKernel(d) => *d = Delivery::Detach,
             }
         }
-        while let Some((op, d)) = self.shared.pop() {
-            self.start(op, d);
-        }
+        self.start_inbox();
     }
 
     pub(crate) fn wait_id(&mut self, id: OpId) -> Result<Completion> {
         loop {
-            match self.ops.get(id.index()) {
-                Some(e) if e.gen == id.gen() => {
+            match self.entry(id) {
+                Some(e) => {
                     if let EntryState::Done(_) = e.state {
                         return match self.ops.remove(id.index()).state {
                             EntryState::Done(c) => Ok(c),
@@ -375,9 +371,7 @@ impl Ring {
     fn on_wake(&mut self, more: bool) {
         self.shared.clear_wake();
         self.wake_armed = more;
-        while let Some((op, d)) = self.shared.pop() {
-            self.start(op, d);
-        }
+        self.start_inbox();
         if !more && !self.shared.is_closed() {
             let _ = self.arm_wake();
         }

@@ -541,12 +541,19 @@ impl Ring {
         self.wait_id(id)
     }
 
+    /// The op-table entry of `id`, if it is still that operation's (generation check).
+    fn entry(&self, id: OpId) -> Option<&Entry> {
+        self.ops.get(id.index()).filter(|e| e.gen == id.gen())
+    }
+
+    /// Mutable [`entry`](Self::entry).
+    fn entry_mut(&mut self, id: OpId) -> Option<&mut Entry> {
+        self.ops.get_mut(id.index()).filter(|e| e.gen == id.gen())
+    }
+
     /// Whether the ticketed operation has completed (without driving the ring).
     pub fn is_done(&self, ticket: &Ticket) -> bool {
-        matches!(
-            self.ops.get(ticket.id.index()),
-            Some(e) if e.gen == ticket.id.gen() && matches!(e.state, EntryState::Done(_))
-        )
+        matches!(self.entry(ticket.id), Some(e) if matches!(e.state, EntryState::Done(_)))
     }
 
     /// Take the oldest completion of the operations submitted with
@@ -579,10 +586,10 @@ impl Ring {
     /// completes — once, as always — with [`ErrorKind::Cancelled`], or with its normal
     /// result if it won the race. Returns false if the operation is not in flight.
     pub fn cancel(&mut self, id: OpId) -> bool {
-        let Some(e) = self.ops.get_mut(id.index()) else {
+        let Some(e) = self.entry_mut(id) else {
             return false;
         };
-        if e.gen != id.gen() || !matches!(e.state, EntryState::InKernel(_)) {
+        if !matches!(e.state, EntryState::InKernel(_)) {
             return false;
         }
         e.cancel_requested = true;

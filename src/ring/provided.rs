@@ -74,8 +74,7 @@ impl BufRingState {
                 (e.add(8) as *mut u32).write(self.len);
                 (e.add(12) as *mut u16).write(bid as u16);
             }
-            buf.pool().mark_in_flight(buf.slot(), true);
-            buf.pool().in_flight_add(1);
+            buf.pool().set_in_flight(buf.slot(), true, true);
             self.provided[bid] = Some(buf);
             self.offered += 1;
             self.tail = self.tail.wrapping_add(1);
@@ -95,8 +94,7 @@ impl BufRingState {
     /// The kernel consumed buffer `bid`: hand its `PoolBuf` over.
     pub(crate) fn take(&mut self, bid: u16) -> Option<PoolBuf> {
         let b = self.provided.get_mut(bid as usize)?.take()?;
-        b.pool().mark_in_flight(b.slot(), false);
-        b.pool().in_flight_sub(1);
+        b.pool().set_in_flight(b.slot(), false, true);
         self.offered -= 1;
         Some(b)
     }
@@ -113,8 +111,7 @@ impl Drop for BufRingState {
         // every operation (see `Ring::drop`), or `Ring::unregister_buf_ring` checked that
         // no multishot read uses it and unregistered it first.
         for b in self.provided.iter_mut().filter_map(Option::take) {
-            b.pool().mark_in_flight(b.slot(), false);
-            b.pool().in_flight_sub(1);
+            b.pool().set_in_flight(b.slot(), false, true);
         }
     }
 }

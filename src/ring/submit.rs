@@ -3,7 +3,6 @@
 
 use io_uring::{opcode, squeue, types};
 
-use crate::buf::{IoBuf, PoolBuf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::request::{Bufs, Delivery};
 
@@ -170,19 +169,9 @@ impl Ring {
 
     /// Index in the kernel's buffer table of the region holding `slot` of `pool`, if that
     /// pool is registered with this ring.
-    fn fixed_index(&self, pool_id: u64, region: u32) -> Option<u16> {
-        self.pools
-            .iter()
-            .find(|p| p.pool.id() == pool_id)
-            .and_then(|p| u16::try_from(p.base + region).ok())
-    }
-
-    fn pool_buf_index(&self, b: &PoolBuf) -> Option<u16> {
-        self.fixed_index(b.pool().id(), b.pool().region_of(b.slot()))
-    }
-
-    fn io_buf_index(&self, b: &IoBuf) -> Option<u16> {
-        self.fixed_index(b.pool().id(), b.pool().region_of(b.slot()))
+    fn buf_index(&self, pool: &crate::buf::PoolInner, slot: u32) -> Option<u16> {
+        let p = self.pools.iter().find(|p| p.pool.id() == pool.id())?;
+        u16::try_from(p.base + pool.region_of(slot)).ok()
     }
 
     /// Validate and build the SQE (without `user_data`). Buffers are parked in the entry
@@ -203,7 +192,7 @@ impl Ring {
                 // kernel once `at + len <= cap` is checked below.
                 let ptr = buf.data_mut_ptr().wrapping_add(at);
                 let cap = buf.capacity();
-                let fixed = self.pool_buf_index(&buf);
+                let fixed = self.buf_index(buf.pool(), buf.slot());
                 self.ops[key].bufs = Bufs::Pool(buf);
                 self.ops[key].is_read = true;
                 self.ops[key].read_base = at;
@@ -236,7 +225,7 @@ impl Ring {
             } => {
                 let bytes = if frame { buf.frame() } else { buf.data() };
                 let (ptr, len) = (bytes.as_ptr(), bytes.len());
-                let fixed = self.io_buf_index(&buf);
+                let fixed = self.buf_index(buf.pool(), buf.slot());
                 self.ops[key].bufs = Bufs::from_io(buf);
                 let (fd, info) = self.fd_for(target, Access::Write)?;
                 let n = io_len(len)?;
@@ -259,7 +248,7 @@ impl Ring {
                 let mut fixed = OneRegion::default();
                 let mut bad_part = false;
                 for (i, b) in bufs.iter_mut().enumerate() {
-                    fixed.see(self.pool_buf_index(b));
+                    fixed.see(self.buf_index(b.pool(), b.slot()));
                     let (start, len) = match &parts {
                         None => (0, b.len()),
                         Some(p) => match p.get(i) {
@@ -300,7 +289,7 @@ impl Ring {
                 let mut fixed = OneRegion::default();
                 let mut bad_part = false;
                 for (i, b) in bufs.iter().enumerate() {
-                    fixed.see(self.io_buf_index(b));
+                    fixed.see(self.buf_index(b.pool(), b.slot()));
                     let data = b.data();
                     let bytes = match &parts {
                         None => data,
