@@ -10,8 +10,6 @@
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,7 +20,7 @@ use crate::buf::{BufferPool, PoolBuf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::queue::CompletionQueue;
 use crate::request::Completion;
-use crate::ring::{BufRing, FdKind, Op, OpId, Ring, Target};
+use crate::ring::{BufRing, FdKind, Op, OpId, Ring, RingHandle, Target};
 
 use super::machine::{
     FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, ReaderStats, Restart, Seq,
@@ -127,12 +125,12 @@ struct Signal {
     /// A stop was requested (by a `StopHandle` or `ContinuousReader::stop`).
     stop: AtomicBool,
     /// The driver is about to block in the ring (or is blocked there). Whoever hands it
-    /// work from another thread (an acknowledgement, a stop) and finds this set rings the
-    /// doorbell. See `ContinuousReader::wait` for the handshake.
+    /// work from another thread (an acknowledgement, a stop) and finds this set wakes the
+    /// ring. See `ContinuousReader::wait` for the handshake.
     sleeping: AtomicBool,
-    /// Write end of the doorbell: a byte here completes the poll the driver keeps armed on
-    /// the read end, which wakes a ring blocked in `io_uring_enter`. Set at build.
-    bell: OnceLock<UnixStream>,
+    /// The reader's ring, for waking it: the ring keeps a poll armed on its wake-up
+    /// eventfd, which ends a wait in `io_uring_enter`. Set at build.
+    ring: OnceLock<RingHandle>,
 }
 
 impl Signal {
@@ -142,14 +140,12 @@ impl Signal {
         // Either the driver's re-check (after its own fence) sees the work we published, or
         // this load sees `sleeping` and we ring.
         fence(Ordering::SeqCst);
-        // Relaxed load, then swap: only one waker per sleep writes a byte. AcqRel on the
-        // swap is not needed for data (the work travelled through its own queue); Relaxed
-        // suffices because the fence above already ordered it.
+        // Relaxed load, then swap: only one waker per sleep signals the ring. AcqRel on
+        // the swap is not needed for data (the work travelled through its own queue);
+        // Relaxed suffices because the fence above already ordered it.
         if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::Relaxed) {
-            if let Some(mut bell) = self.bell.get() {
-                // Non-blocking: a full socket buffer means the driver has a wake-up
-                // pending already.
-                let _ = bell.write(&[1]);
+            if let Some(ring) = self.ring.get() {
+                ring.wake();
             }
         }
     }
@@ -199,39 +195,12 @@ impl Workers {
     }
 }
 
-/// The driver's end of the doorbell.
-#[derive(Debug)]
-struct Bell {
-    /// Read end, non-blocking; also registered with the ring as `target`.
-    rx: UnixStream,
-    target: Target,
-    /// The poll on `target`, while armed.
-    armed: Option<OpId>,
-    signal: Arc<Signal>,
-    /// Unregistered from the ring (the reader finished).
-    closed: bool,
-}
-
-impl Drop for Bell {
-    fn drop(&mut self) {
-        if !self.closed {
-            // The reader is dropped before it finished: complete the doorbell poll, so it
-            // does not stay in the ring (reads in flight complete there normally, and the
-            // ring returns their slots to the pool).
-            if let Some(mut tx) = self.signal.bell.get() {
-                let _ = tx.write(&[1]);
-            }
-        }
-    }
-}
-
 /// Tag layout: the kind of operation in the top two bits, the machine's `Seq` below.
 const KIND_SHIFT: u32 = 62;
 const SEQ_MASK: u64 = (1 << KIND_SHIFT) - 1;
 const KIND_READ: u64 = 0;
 const KIND_MULTISHOT: u64 = 1;
 const KIND_POLL: u64 = 2;
-const KIND_BELL: u64 = 3;
 
 fn tag(kind: u64, seq: Seq) -> u64 {
     (kind << KIND_SHIFT) | (seq.get() & SEQ_MASK)
@@ -246,14 +215,6 @@ const BUFFER_RECHECK: Duration = Duration::from_millis(1);
 /// the task until its next `io_uring_enter`) then costs at most this much latency, never
 /// a hang.
 const KERNEL_RECHECK: Duration = Duration::from_millis(250);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Running,
-    /// The machine finished; waiting for the doorbell poll's completion.
-    Closing,
-    Done,
-}
 
 /// Builder of a [`ContinuousReader`]; from [`ContinuousReader::builder`].
 #[derive(Debug)]
@@ -453,14 +414,6 @@ impl ContinuousReaderBuilder {
         }
         let machine = ReaderMachine::new(cfg)?;
 
-        // The doorbell: other threads wake a driver blocked in the ring through it.
-        let (bell_rx, bell_tx) = UnixStream::pair().map_err(|e| Error::from_io(&e))?;
-        bell_rx
-            .set_nonblocking(true)
-            .map_err(|e| Error::from_io(&e))?;
-        bell_tx
-            .set_nonblocking(true)
-            .map_err(|e| Error::from_io(&e))?;
         let buf_ring = if multishot {
             let slots = g.slots.min(32768);
             // Largest power of two not above the slot count.
@@ -469,21 +422,10 @@ impl ContinuousReaderBuilder {
         } else {
             None
         };
-        let bell_target = match bell_rx.try_clone().map_err(|e| Error::from_io(&e)) {
-            Ok(fd) => ring.register(fd),
-            Err(e) => Err(e),
-        };
-        let bell_target = match bell_target {
-            Ok(t) => t,
-            Err(e) => {
-                if let Some(br) = buf_ring {
-                    let _ = ring.unregister_buf_ring(br);
-                }
-                return Err(e);
-            }
-        };
-        // `bell` is set once, here; the handle given out earlier shares `signal`.
-        let _ = self.signal.bell.set(bell_tx);
+        // Other threads (workers' acknowledgements, stop handles) wake a driver blocked in
+        // the ring through the ring's own wake-up poll. `ring` is set once, here; the
+        // stop handle given out earlier shares `signal`.
+        let _ = self.signal.ring.set(ring.handle()?);
 
         let pending = cfg.effective_pending_reads() as usize;
         let events = Arc::new(CompletionQueue::new(g.slots + pending + 8));
@@ -495,12 +437,11 @@ impl ContinuousReaderBuilder {
                     if let Some(br) = buf_ring {
                         let _ = ring.unregister_buf_ring(br);
                     }
-                    let _ = ring.close(bell_target);
                 })?,
             ),
         };
         let window = (cfg.effective_reorder_window() as usize).max(pending);
-        let mut reader = ContinuousReader {
+        Ok(ContinuousReader {
             target: self.target,
             pool: self.pool,
             events,
@@ -513,17 +454,8 @@ impl ContinuousReaderBuilder {
             },
             deferred: VecDeque::with_capacity(pending + 4),
             buf_ring,
-            bell: Bell {
-                rx: bell_rx,
-                target: bell_target,
-                armed: None,
-                signal: self.signal.clone(),
-                closed: false,
-            },
             signal: self.signal,
             stop_applied: false,
-            stage: Stage::Running,
-            reason: None,
             report: None,
             typed_error: None,
             enobufs: 0,
@@ -533,9 +465,7 @@ impl ContinuousReaderBuilder {
             on_failed,
             multishot,
             machine,
-        };
-        reader.arm_bell(ring);
-        Ok(reader)
+        })
     }
 }
 
@@ -646,9 +576,9 @@ fn worker_loop<C, R>(
 ///
 /// The thread that owns the ring drives the reader: [`run`](Self::run) until it
 /// finishes, or [`drive`](Self::drive) step by step to interleave other work on the same
-/// ring (each step waits for one batch of completions). The reader keeps a poll armed on
-/// a private doorbell socket, so a stop or an acknowledgement from another thread wakes a
-/// driver blocked in the ring; finish the reader before `Ring::run_until_idle`.
+/// ring (each step waits for one batch of completions). A stop or an acknowledgement from
+/// another thread wakes a driver blocked in the ring through the ring's own wake-up poll
+/// ([`RingHandle::wake`]).
 /// [`stop`](Self::stop) / [`StopHandle::stop`] cancel what is in flight; the reader
 /// finishes once every completion is back, with no slot leaked.
 ///
@@ -698,11 +628,8 @@ pub struct ContinuousReader<C, R, F> {
     /// Submissions waiting for a free slot (or provided buffer), in issue order.
     deferred: VecDeque<ReaderAction>,
     buf_ring: Option<BufRing>,
-    bell: Bell,
     signal: Arc<Signal>,
     stop_applied: bool,
-    stage: Stage,
-    reason: Option<FinishReason>,
     report: Option<ReaderReport>,
     /// A failure the ring reported with a typed error (no errno); the machine only carries
     /// errnos, so it is substituted back when the failure surfaces.
@@ -719,7 +646,7 @@ impl<C, R, F> fmt::Debug for ContinuousReader<C, R, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ContinuousReader")
             .field("target", &self.target)
-            .field("stage", &self.stage)
+            .field("finished", &self.report.is_some())
             .field("in_flight", &self.machine.in_flight())
             .field("unacked", &self.machine.unacked())
             .field("deferred", &self.deferred.len())
@@ -749,7 +676,7 @@ impl ContinuousReader<(), (), ()> {
             signal: Arc::new(Signal {
                 stop: AtomicBool::new(false),
                 sleeping: AtomicBool::new(false),
-                bell: OnceLock::new(),
+                ring: OnceLock::new(),
             }),
         }
     }
@@ -840,10 +767,6 @@ where
         if let Some(r) = self.report {
             return Ok(Some(r));
         }
-        // The doorbell is registered on the reader's ring until it finishes: this checks
-        // the caller passed that ring. (The source may have been closed by the user: the
-        // reads then fail with `StaleTarget`, reported to `on_failed`.)
-        ring.info(self.bell.target)?;
         self.pump(ring)?;
         if self.report.is_none() {
             self.wait(ring, timeout)?;
@@ -863,14 +786,11 @@ where
             self.machine.stop();
         }
         self.take_acks()?;
-        self.take_completions(ring)?;
+        self.take_completions()?;
         self.retry_deferred(ring)?;
         self.run_actions(ring)?;
         // Deliveries may have returned slots that deferred reads are waiting for.
         self.retry_deferred(ring)?;
-        if self.stage == Stage::Closing && self.bell.armed.is_none() {
-            self.close(ring);
-        }
         Ok(())
     }
 
@@ -885,9 +805,9 @@ where
         let timeout = Some(timeout.map_or(cap, |t| t.min(cap)));
         // Dekker handshake with `Signal::wake_driver`: announce the sleep, fence (SeqCst),
         // then re-check for work published by other threads. Either we see it here and do
-        // not block, or the publisher's load after its own fence sees `sleeping` and rings
-        // the doorbell, whose poll completion ends our wait. Relaxed stores: the fences
-        // order them.
+        // not block, or the publisher's load after its own fence sees `sleeping` and wakes
+        // the ring, whose wake-up poll ends our wait. Relaxed stores: the fences order
+        // them.
         self.signal.sleeping.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         let has_work = self.workers.as_ref().is_some_and(|w| !w.acks.is_empty())
@@ -912,14 +832,10 @@ where
         Ok(())
     }
 
-    fn take_completions(&mut self, ring: &mut Ring) -> Result<()> {
+    fn take_completions(&mut self) -> Result<()> {
         while let Some(c) = self.events.pop() {
             let kind = c.tag() >> KIND_SHIFT;
             let seq = Seq::new(c.tag() & SEQ_MASK);
-            if kind == KIND_BELL {
-                self.on_bell(ring, &c);
-                continue;
-            }
             let res = self.res_of(&c);
             let more = c.has_more();
             let buf = c.into_buf();
@@ -995,21 +911,6 @@ where
             (Some(t), ErrorKind::Os(libc::EBADF | libc::EINVAL)) => t,
             _ => e,
         }
-    }
-
-    fn on_bell(&mut self, ring: &mut Ring, c: &Completion) {
-        self.bell.armed = None;
-        // Drain the doorbell (non-blocking; a byte per wake-up at most).
-        let mut scratch = [0u8; 64];
-        while matches!((&self.bell.rx).read(&mut scratch), Ok(n) if n > 0) {}
-        if self.stage == Stage::Running && !c.error().is_some_and(|e| e.is_cancelled()) {
-            self.arm_bell(ring);
-        }
-    }
-
-    fn arm_bell(&mut self, ring: &mut Ring) {
-        let op = Op::poll(self.bell.target, libc::POLLIN as u32).tag(tag(KIND_BELL, Seq::new(0)));
-        self.bell.armed = Some(ring.submit(op).to_queue(&self.events));
     }
 
     fn retry_deferred(&mut self, ring: &mut Ring) -> Result<()> {
@@ -1102,13 +1003,7 @@ where
                         FinishReason::Failed(e) => FinishReason::Failed(self.reported(e)),
                         r => r,
                     };
-                    self.reason = Some(reason);
-                    self.stage = Stage::Closing;
-                    // Ring our own doorbell: its poll completes and is not re-armed.
-                    // (A full doorbell socket already has a wake-up pending.)
-                    if let Some(mut tx) = self.signal.bell.get() {
-                        let _ = tx.write(&[1]);
-                    }
+                    self.close(ring, reason);
                 }
             }
         }
@@ -1158,8 +1053,8 @@ where
         }
     }
 
-    /// The machine finished and the doorbell poll is back: release everything.
-    fn close(&mut self, ring: &mut Ring) {
+    /// The machine finished: release everything and write the report.
+    fn close(&mut self, ring: &mut Ring, reason: FinishReason) {
         if let Some(w) = &mut self.workers {
             w.shut_down();
         }
@@ -1167,12 +1062,9 @@ where
             // Cannot fail: the multishot read has completed (the machine finished).
             let _ = ring.unregister_buf_ring(br);
         }
-        let _ = ring.close(self.bell.target);
-        self.bell.closed = true;
         let s = self.machine.stats();
-        self.stage = Stage::Done;
         self.report = Some(ReaderReport {
-            reason: self.reason.unwrap_or(FinishReason::Stopped),
+            reason,
             bytes: s.bytes_delivered,
             deliveries: s.deliveries,
             failures: s.failures,

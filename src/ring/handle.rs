@@ -207,6 +207,15 @@ impl RingHandle {
         self.shared.wake();
     }
 
+    /// Wake the ring if its driving thread is waiting in the kernel (in
+    /// [`Ring::run_once`](super::Ring::run_once) with a timeout, or
+    /// [`Ring::drive_until_shutdown`](super::Ring::drive_until_shutdown)), e.g. after
+    /// handing that thread work through another channel. Cheap when repeated: one pending
+    /// wake-up covers any number of calls.
+    pub fn wake(&self) {
+        self.shared.wake();
+    }
+
     /// Whether the ring is gone (submissions then complete at once with `Cancelled`).
     pub fn is_closed(&self) -> bool {
         self.shared.is_closed()
