@@ -294,6 +294,11 @@ impl FifoMachine {
         self.txn.is_some_and(|t| t.op.is_some())
     }
 
+    /// Transactions started over the machine's lifetime (receives and drains).
+    pub fn transactions(&self) -> u64 {
+        self.next_txn
+    }
+
     /// Readiness polls armed over the machine's lifetime.
     pub fn readiness_waits(&self) -> u64 {
         self.total_waits

@@ -58,6 +58,8 @@ enum DryProbe {
 struct InFlight {
     seq: Seq,
     what: Waiting,
+    /// For a read: the bytes it asked for (to reissue it).
+    len: usize,
     ticket: Ticket,
 }
 
@@ -189,10 +191,7 @@ pub struct FifoReceiver {
     typed_failure: Option<Error>,
     on_begin: Option<Hook>,
     on_end: Option<Hook>,
-    transactions: u64,
     probe: DryProbe,
-    /// Bytes the transaction wants.
-    want: usize,
 }
 
 impl fmt::Debug for FifoReceiver {
@@ -257,9 +256,7 @@ impl FifoReceiver {
             typed_failure: None,
             on_begin: None,
             on_end: None,
-            transactions: 0,
             probe: DryProbe::NoWait,
-            want: 0,
         })
     }
 
@@ -309,7 +306,7 @@ impl FifoReceiver {
 
     /// Transactions started (receives and drains).
     pub fn transactions(&self) -> u64 {
-        self.transactions
+        self.machine.transactions()
     }
 
     /// Start a transaction receiving exactly `len` bytes into `buf` (its data area, from
@@ -391,10 +388,8 @@ impl FifoReceiver {
         };
         buf.clear();
         self.buf = Some(buf);
-        self.want = len;
         self.deadline = timeout.map(|t| Instant::now() + t);
         self.typed_failure = None;
-        self.transactions += 1;
         self.pump(ring);
         Ok(txn)
     }
@@ -444,7 +439,7 @@ impl FifoReceiver {
                     // The file cannot say "empty" by itself: reissue the same read with
                     // a zero timeout, and keep doing so.
                     self.probe = DryProbe::ZeroTimeout;
-                    self.issue_read(ring, op.seq);
+                    self.issue_read(ring, op.seq, op.len);
                     continue;
                 }
             }
@@ -489,17 +484,13 @@ impl FifoReceiver {
             .map(|at| at.saturating_duration_since(Instant::now()))
     }
 
-    /// Issue the read `seq` into the transaction's buffer, after the bytes it holds.
-    fn issue_read(&mut self, ring: &mut Ring, seq: Seq) {
+    /// Issue the read `seq` of `len` bytes into the transaction's buffer, after the bytes
+    /// it holds.
+    fn issue_read(&mut self, ring: &mut Ring, seq: Seq, len: usize) {
         // The buffer is here: the machine reads only after the previous operation's
         // completion (which returned it) was fed to it.
         let Some(buf) = self.buf.take() else {
             debug_assert!(false, "FIFO read without its buffer");
-            return;
-        };
-        let Some(len) = self.want.checked_sub(buf.len()).filter(|&n| n > 0) else {
-            debug_assert!(false, "FIFO read with a full buffer");
-            self.buf = Some(buf);
             return;
         };
         // Reads never wait (see the module docs), so they need no deadline of their own.
@@ -512,6 +503,7 @@ impl FifoReceiver {
         self.op = Some(InFlight {
             seq,
             what: Waiting::Read,
+            len,
             ticket,
         });
     }
@@ -526,11 +518,8 @@ impl FifoReceiver {
                     }
                 }
                 FifoAction::Read { seq, at, len } => {
-                    debug_assert_eq!(
-                        self.buf.as_ref().map(|b| (b.len(), self.want - b.len())),
-                        Some((at as usize, len as usize))
-                    );
-                    self.issue_read(ring, seq);
+                    debug_assert_eq!(self.buf.as_ref().map(|b| b.len()), Some(at as usize));
+                    self.issue_read(ring, seq, len as usize);
                 }
                 FifoAction::ArmPoll { seq } => {
                     let op = Op::poll(self.target, libc::POLLIN as u32);
@@ -542,6 +531,7 @@ impl FifoReceiver {
                     self.op = Some(InFlight {
                         seq,
                         what: Waiting::Readiness,
+                        len: 0,
                         ticket,
                     });
                 }
