@@ -706,16 +706,21 @@ impl ReaderSim<'_> {
             // A driver executes the cancels before it reaps more completions.
             self.drain_actions()?;
         }
-        let ready: Vec<usize> = (0..self.ops.len())
-            .filter(|&i| self.ops[i].ready_at <= self.step)
-            .collect();
+        // Count the ready operations, then pick the k-th: the same draws in the same order
+        // as collecting them first, without allocating every step.
+        let step = self.step;
+        let ready = self.ops.iter().filter(|op| op.ready_at <= step).count();
         let ack_now =
-            !self.pending_acks.is_empty() && (ready.is_empty() || self.rng.chance(self.p.ack_pct));
+            !self.pending_acks.is_empty() && (ready == 0 || self.rng.chance(self.p.ack_pct));
         if ack_now {
             let k = self.rng.below(self.pending_acks.len() as u64) as usize;
             self.ack(k)?;
-        } else if !ready.is_empty() {
-            let i = ready[self.rng.below(ready.len() as u64) as usize];
+        } else if ready > 0 {
+            let k = self.rng.below(ready as u64) as usize;
+            let i = (0..self.ops.len())
+                .filter(|&i| self.ops[i].ready_at <= step)
+                .nth(k)
+                .expect("k < ready");
             self.complete(i)?;
         }
         self.drain_actions()
