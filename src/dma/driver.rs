@@ -153,20 +153,7 @@ fn check(
             return Err(misaligned("max transfer", config.max_transfer_len()));
         }
         for (seg, buf) in sg.iter() {
-            if seg.device_offset % u64::from(a) != 0 {
-                return Err(misaligned("offset", seg.device_offset));
-            }
-            if seg.len % u64::from(a) != 0 {
-                return Err(misaligned("length", seg.len));
-            }
-            let addr = buf.data_ptr() as u64;
-            if addr % u64::from(info.mem_align) != 0 {
-                return Err(Error::new(ErrorKind::Misaligned {
-                    what: "buffer",
-                    value: addr,
-                    align: info.mem_align,
-                }));
-            }
+            info.check_direct(seg.device_offset, seg.len, buf.data_ptr() as u64)?;
         }
     }
     Ok(info)

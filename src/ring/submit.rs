@@ -52,28 +52,6 @@ const SQE_OPCODE: usize = 0;
 /// Offset of `buf_index` in `struct io_uring_sqe`.
 const SQE_BUF_INDEX: usize = 40;
 
-fn misaligned(what: &'static str, value: u64, align: u32) -> Error {
-    Error::new(ErrorKind::Misaligned { what, value, align })
-}
-
-/// Direct-I/O rules: offset, length and memory address must be aligned.
-fn check_direct(info: &FdInfo, offset: u64, len: usize, ptr: *const u8) -> Result<()> {
-    if !info.direct {
-        return Ok(());
-    }
-    let oa = info.offset_align as u64;
-    if info.kind.is_seekable() && offset % oa != 0 {
-        return Err(misaligned("offset", offset, info.offset_align));
-    }
-    if len as u64 % oa != 0 {
-        return Err(misaligned("length", len as u64, info.offset_align));
-    }
-    if ptr as u64 % info.mem_align as u64 != 0 {
-        return Err(misaligned("buffer", ptr as u64, info.mem_align));
-    }
-    Ok(())
-}
-
 fn io_len(len: usize) -> Result<u32> {
     if len == 0 {
         return Err(Error::invalid("zero-length transfer"));
@@ -204,7 +182,7 @@ impl Ring {
                         have: cap as u64,
                     }));
                 }
-                check_direct(&info, offset, len, ptr)?;
+                info.check_direct(offset, len as u64, ptr as u64)?;
                 let off = info.sqe_offset(offset);
                 Ok(match fixed {
                     Some(ix) => with_fd!(fd, |f| opcode::ReadFixed::new(f, ptr, n, ix)
@@ -229,7 +207,7 @@ impl Ring {
                 self.ops[key].bufs = Bufs::from_io(buf);
                 let (fd, info) = self.fd_for(target, Access::Write)?;
                 let n = io_len(len)?;
-                check_direct(&info, offset, len, ptr)?;
+                info.check_direct(offset, len as u64, ptr as u64)?;
                 let off = info.sqe_offset(offset);
                 Ok(match fixed {
                     Some(ix) => with_fd!(fd, |f| opcode::WriteFixed::new(f, ptr, n, ix)
@@ -424,7 +402,7 @@ impl Ring {
             // Direct I/O: each segment's address and length aligned; the offset only for
             // the first (the others follow contiguously).
             let off = if i == 0 { offset } else { 0 };
-            check_direct(info, off, v.iov_len, v.iov_base as *const u8)?;
+            info.check_direct(off, v.iov_len as u64, v.iov_base as u64)?;
             total += v.iov_len as u64;
         }
         if total > i32::MAX as u64 {

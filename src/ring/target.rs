@@ -65,6 +65,29 @@ pub struct FdInfo {
 }
 
 impl FdInfo {
+    /// Direct-I/O rules, checked before anything reaches the kernel: on a target opened
+    /// `O_DIRECT`, the file offset (seekable targets), the length and the memory address
+    /// must be multiples of the device's alignments. Errors name the first misaligned
+    /// quantity (`"offset"`, `"length"`, `"buffer"`).
+    pub(crate) fn check_direct(&self, offset: u64, len: u64, addr: u64) -> Result<()> {
+        if !self.direct {
+            return Ok(());
+        }
+        let misaligned =
+            |what, value, align| Error::new(crate::ErrorKind::Misaligned { what, value, align });
+        let oa = u64::from(self.offset_align);
+        if self.kind.is_seekable() && offset % oa != 0 {
+            return Err(misaligned("offset", offset, self.offset_align));
+        }
+        if len % oa != 0 {
+            return Err(misaligned("length", len, self.offset_align));
+        }
+        if addr % u64::from(self.mem_align) != 0 {
+            return Err(misaligned("buffer", addr, self.mem_align));
+        }
+        Ok(())
+    }
+
     /// The SQE offset for a transfer at `offset`: the offset itself on seekable targets,
     /// `-1` (the current position, which streams ignore) elsewhere.
     pub(crate) fn sqe_offset(&self, offset: u64) -> u64 {
