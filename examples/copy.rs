@@ -22,8 +22,8 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use iocomplete::split::{block_device_limits, ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
-use iocomplete::{BufferPool, FdKind, Ring, Target};
+use iocomplete::split::{default_max_chunk, ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
+use iocomplete::{BufferPool, Ring, Target};
 
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,12 +201,7 @@ pub fn copy(args: &Args, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, S
     );
     let size = si.size;
     let align = u64::from(si.offset_align.max(di.offset_align));
-    let device_chunk = [si, di]
-        .iter()
-        .filter(|i| i.kind == FdKind::BlockDevice)
-        .filter_map(|i| block_device_limits(i.rdev as libc::dev_t).ok())
-        .map(|l| l.max_chunk)
-        .min();
+    let device_chunk = default_max_chunk(&[si, di]);
     let chunk = args.chunk.or(device_chunk).unwrap_or(1 << 20);
     if args.direct && chunk % align != 0 {
         return Err(format!(

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use super::machine::{Action, ChildId, Completion, Direction, Event, Mode, SplitMachine};
 use super::plan::TransferPlan;
-use super::sysfs::block_device_limits;
+use super::sysfs::default_max_chunk;
 use crate::buf::{BufferPool, PoolBuf};
 use crate::dma::MAX_TRANSFER;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::{CompletionGate, Status};
 use crate::queue::CompletionQueue;
 use crate::request::Bufs;
-use crate::ring::{FdKind, Op, OpId, Ring, Target};
+use crate::ring::{Op, OpId, Ring, Target};
 
 /// What a split request moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,7 +360,6 @@ impl SplitDriver {
         };
         let geometry = pool.geometry();
         let mut align = 1u32;
-        let mut device_chunk: Option<u64> = None;
         for info in infos.iter().flatten() {
             if info.direct {
                 align = align.max(info.offset_align);
@@ -372,13 +371,12 @@ impl SplitDriver {
                     }));
                 }
             }
-            // Only when no chunk is given: reading sysfs costs a few syscalls.
-            if info.kind == FdKind::BlockDevice && config.max_chunk.is_none() {
-                if let Ok(l) = block_device_limits(info.rdev as libc::dev_t) {
-                    device_chunk = Some(device_chunk.map_or(l.max_chunk, |c| c.min(l.max_chunk)));
-                }
-            }
         }
+        // Only when no chunk is given: reading sysfs costs a few syscalls.
+        let device_chunk = match config.max_chunk {
+            Some(_) => None,
+            None => default_max_chunk(infos.iter().flatten()),
+        };
         if let Job::Copy { dst_offset, .. } = job {
             if dst_offset % u64::from(align) != 0 {
                 return Err(Error::new(ErrorKind::Misaligned {

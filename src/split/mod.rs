@@ -19,4 +19,4 @@ pub use machine::{
     Action, ChildId, Completion, Direction, Event, Mode, SplitMachine, MAX_IN_FLIGHT,
 };
 pub use plan::{Chunk, Chunks, PlanBuilder, TransferPlan};
-pub use sysfs::{block_device_limits, BlockLimits};
+pub use sysfs::{block_device_limits, default_max_chunk, BlockLimits};

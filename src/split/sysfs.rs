@@ -186,3 +186,15 @@ mod tests {
         assert!(l.max_chunk >= u64::from(l.logical_block_size));
     }
 }
+
+/// The default chunk for a transfer between these targets: the smallest `max_chunk` of
+/// the block devices among them (from sysfs), or `None` when none is a block device (or
+/// sysfs has no answer).
+pub fn default_max_chunk<'a>(infos: impl IntoIterator<Item = &'a crate::FdInfo>) -> Option<u64> {
+    infos
+        .into_iter()
+        .filter(|i| i.kind == crate::FdKind::BlockDevice)
+        .filter_map(|i| block_device_limits(i.rdev as libc::dev_t).ok())
+        .map(|l| l.max_chunk)
+        .min()
+}
