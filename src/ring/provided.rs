@@ -26,7 +26,6 @@ const TAIL: usize = 14;
 pub struct BufRing {
     pub(crate) ring: u32,
     pub(crate) bgid: u16,
-    pub(crate) len: u32,
 }
 
 impl BufRing {
@@ -125,7 +124,8 @@ impl Ring {
         if !self.caps.buf_ring {
             return Err(Error::unsupported("provided-buffer rings (Linux 5.19)"));
         }
-        if !entries.is_power_of_two() || entries > 32768 {
+        // A power-of-two u16 is at most 32768 already.
+        if !entries.is_power_of_two() {
             return Err(Error::invalid(
                 "buffer ring entries must be a power of two <= 32768",
             ));
@@ -177,16 +177,21 @@ impl Ring {
         Ok(BufRing {
             ring: self.id,
             bgid,
-            len,
         })
     }
 
     /// Buffers of `br` currently offered to the kernel.
     pub fn buf_ring_offered(&self, br: BufRing) -> usize {
-        self.buf_rings
-            .iter()
-            .find(|s| s.bgid == br.bgid && br.ring == self.id)
-            .map_or(0, BufRingState::offered)
+        self.buf_ring_pos(br)
+            .map_or(0, |i| self.buf_rings[i].offered())
+    }
+
+    /// Where `br` sits in this ring's list, if it was registered here.
+    pub(super) fn buf_ring_pos(&self, br: BufRing) -> Option<usize> {
+        if br.ring != self.id {
+            return None;
+        }
+        self.buf_rings.iter().position(|s| s.bgid == br.bgid)
     }
 
     /// Unregister a provided-buffer ring (`IORING_UNREGISTER_PBUF_RING`) and give the
@@ -196,9 +201,7 @@ impl Ring {
     /// ring that is not registered here.
     pub fn unregister_buf_ring(&mut self, br: BufRing) -> Result<()> {
         let pos = self
-            .buf_rings
-            .iter()
-            .position(|s| s.bgid == br.bgid && br.ring == self.id)
+            .buf_ring_pos(br)
             .ok_or(Error::invalid("buffer ring not registered with this ring"))?;
         let in_use = self.ops.iter().any(|(_, e)| {
             e.multishot == Some(br.bgid) && matches!(e.state, super::EntryState::InKernel(_))

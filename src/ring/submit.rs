@@ -316,7 +316,7 @@ impl Ring {
                 if !info.kind.is_stream() {
                     return Err(Error::invalid("multishot read needs a pollable stream"));
                 }
-                if group.ring != self.id || self.buf_ring_mut(group.bgid).is_none() {
+                if self.buf_ring_pos(group).is_none() {
                     return Err(Error::invalid("buffer ring not registered with this ring"));
                 }
                 self.ops[key].multishot = Some(group.bgid);
