@@ -12,44 +12,9 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-#[cfg(loom)]
-use crate::sync::Mutex;
 use crate::waiters::Waiters;
 
-#[cfg(not(loom))]
-type Inner<T> = crossbeam_queue::ArrayQueue<T>;
-
-/// Under loom, crossbeam's internals are invisible to the model checker; a mutex-protected
-/// deque with the same contract stands in, so loom checks the waiter handshake around it.
-#[cfg(loom)]
-struct Inner<T>(Mutex<std::collections::VecDeque<T>>, usize);
-
-#[cfg(loom)]
-impl<T> Inner<T> {
-    fn new(cap: usize) -> Self {
-        Inner(
-            Mutex::new(std::collections::VecDeque::with_capacity(cap)),
-            cap,
-        )
-    }
-    fn push(&self, v: T) -> Result<(), T> {
-        let mut q = self.0.lock().unwrap();
-        if q.len() == self.1 {
-            return Err(v);
-        }
-        q.push_back(v);
-        Ok(())
-    }
-    fn pop(&self) -> Option<T> {
-        self.0.lock().unwrap().pop_front()
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    fn capacity(&self) -> usize {
-        self.1
-    }
-}
+type Inner<T> = crate::sync::ArrayQueue<T>;
 
 /// A bounded lock-free MPMC queue of completions (or anything else).
 ///

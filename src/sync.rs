@@ -15,3 +15,43 @@ pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize
 pub(crate) use std::sync::{Arc, Condvar, Mutex};
 
 pub(crate) use std::sync::atomic::Ordering;
+
+/// The bounded lock-free queue behind the pool's free list and the completion queue.
+///
+/// Outside loom it is `crossbeam_queue::ArrayQueue`. Loom cannot see inside crossbeam, so
+/// under loom a mutex-protected deque with the same contract stands in: what loom checks
+/// is the code *around* the queue (refcounts, the waiters handshake).
+#[cfg(not(loom))]
+pub(crate) type ArrayQueue<T> = crossbeam_queue::ArrayQueue<T>;
+
+/// Loom stand-in for `crossbeam_queue::ArrayQueue` (see the non-loom alias).
+#[cfg(loom)]
+#[derive(Debug)]
+pub(crate) struct ArrayQueue<T>(Mutex<std::collections::VecDeque<T>>, usize);
+
+#[cfg(loom)]
+impl<T> ArrayQueue<T> {
+    pub(crate) fn new(cap: usize) -> Self {
+        ArrayQueue(
+            Mutex::new(std::collections::VecDeque::with_capacity(cap)),
+            cap,
+        )
+    }
+    pub(crate) fn push(&self, v: T) -> Result<(), T> {
+        let mut q = self.0.lock().unwrap();
+        if q.len() == self.1 {
+            return Err(v);
+        }
+        q.push_back(v);
+        Ok(())
+    }
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.0.lock().unwrap().pop_front()
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    pub(crate) fn capacity(&self) -> usize {
+        self.1
+    }
+}

@@ -5,8 +5,6 @@ use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
-#[cfg(loom)]
-use crate::sync::Mutex;
 use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::waiters::Waiters;
 
@@ -25,35 +23,9 @@ const MMAP_ALIGN: usize = 4096;
 
 static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// The free list: slot indices not in use.
-///
-/// Outside loom it is a `crossbeam_queue::ArrayQueue` with room for every slot, so a push
-/// of a returned slot never fails. Under loom (which cannot see inside crossbeam) it is a
-/// mutex-protected deque with the same contract, so the code *around* the free list — the
-/// refcount and the waiters handshake — is what loom checks.
-#[cfg(not(loom))]
-type FreeList = crossbeam_queue::ArrayQueue<u32>;
-
-#[cfg(loom)]
-#[derive(Debug)]
-pub(crate) struct FreeList(Mutex<std::collections::VecDeque<u32>>);
-
-#[cfg(loom)]
-impl FreeList {
-    fn new(cap: usize) -> Self {
-        FreeList(Mutex::new(std::collections::VecDeque::with_capacity(cap)))
-    }
-    fn push(&self, v: u32) -> std::result::Result<(), u32> {
-        self.0.lock().unwrap().push_back(v);
-        Ok(())
-    }
-    fn pop(&self) -> Option<u32> {
-        self.0.lock().unwrap().pop_front()
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-}
+/// The free list: slot indices not in use. It has room for every slot, so a push of a
+/// returned slot never fails.
+type FreeList = crate::sync::ArrayQueue<u32>;
 
 /// Builder for a [`BufferPool`]. Values are normalised in the setters (lengths rounded up
 /// to the alignment) and validated in [`build`](PoolBuilder::build).
