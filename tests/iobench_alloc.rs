@@ -14,6 +14,8 @@ use iocomplete::{BufferPool, BufferRegistration, Ring};
 
 #[path = "common/alloc.rs"]
 mod alloc;
+#[path = "common/skip.rs"]
+mod skip;
 
 #[global_allocator]
 static GLOBAL: alloc::Counting = alloc::Counting;
@@ -96,7 +98,7 @@ fn iobench_loop_allocates_nothing_per_operation() {
         cases.push((Rw::RandRead, 16, true));
         cases.push((Rw::RandWrite, 4, true));
     } else {
-        eprintln!("SKIP: O_DIRECT cases (the test directory's filesystem refuses O_DIRECT)");
+        skip::skip("O_DIRECT cases (the test directory's filesystem refuses O_DIRECT)");
     }
     for (rw, qd, direct) in cases {
         let n = allocations(&path, rw, qd, direct, 5000);

@@ -417,7 +417,7 @@ fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 /// return `Unsupported { feature: "io_uring" }`, and the pool still works.
 fn seccomp_child(errno: i32) {
     if !cfg!(target_arch = "x86_64") {
-        println!("SKIP: the seccomp filter is written for x86_64");
+        common::skip("the seccomp filter is written for x86_64");
         return;
     }
     let prog = [

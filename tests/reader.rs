@@ -1088,7 +1088,7 @@ fn stop_mid_stream_from_on_read_and_from_another_thread() {
 fn multishot_pipe_survives_an_empty_buffer_ring() {
     let mut ring = Ring::new().unwrap();
     if !ring.capabilities().read_multishot {
-        eprintln!("SKIP: kernel lacks IORING_OP_READ_MULTISHOT");
+        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
         return;
     }
     // Four slots; the handler keeps every buffer, and a releaser thread drops them from
@@ -1154,7 +1154,7 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
 fn buffer_ring_is_unregistered_only_once_no_multishot_read_uses_it() {
     let mut ring = Ring::new().unwrap();
     if !ring.capabilities().read_multishot {
-        eprintln!("SKIP: kernel lacks IORING_OP_READ_MULTISHOT");
+        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
         return;
     }
     let pool = pool(4, BS);

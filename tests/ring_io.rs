@@ -594,7 +594,7 @@ fn multishot_read_with_provided_buffers_survives_running_dry() {
     let (rx, tx) = pipe();
     let mut ring = Ring::new().unwrap();
     if !ring.capabilities().read_multishot {
-        eprintln!("SKIP: kernel lacks IORING_OP_READ_MULTISHOT");
+        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
         return;
     }
     let pool = pool(4, BS, 8);
@@ -705,7 +705,7 @@ fn ring_setups_single_issuer_defer_taskrun_sqpoll() {
         let mut ring = match b.build() {
             Ok(r) => r,
             Err(e) if matches!(e.kind(), ErrorKind::Unsupported { .. }) => {
-                eprintln!("SKIP {name}: {e}");
+                common::skip(&format!("{name}: {e}"));
                 continue;
             }
             Err(e) => panic!("{name}: {e}"),
@@ -863,7 +863,7 @@ fn multishot_read_ended_by_cq_overflow_returns_its_last_buffer_once() {
     let (rx, tx) = pipe();
     let mut ring = Ring::builder().entries(4).cq_entries(4).build().unwrap();
     if !ring.capabilities().read_multishot {
-        eprintln!("SKIP: kernel lacks IORING_OP_READ_MULTISHOT");
+        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
         return;
     }
     let pool = pool(32, BS, 0);

@@ -738,7 +738,7 @@ impl FuseMount {
     /// io_uring read synchronously, inside `io_uring_enter`.
     pub fn with_async_dio(spec: FileSpec, async_dio: bool) -> Option<FuseMount> {
         if let Some(why) = unavailable() {
-            eprintln!("SKIP: {why}");
+            super::skip(&why);
             return None;
         }
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -817,7 +817,7 @@ impl ChildFuse {
     /// this binary that calls [`child_server_entry`].
     pub fn spawn(entry_test: &str, spec: FileSpec, hold_from: u64) -> Option<ChildFuse> {
         if let Some(why) = unavailable() {
-            eprintln!("SKIP: {why}");
+            super::skip(&why);
             return None;
         }
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();

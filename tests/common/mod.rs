@@ -5,6 +5,9 @@
 
 pub mod fuse;
 
+mod skip;
+pub use skip::skip;
+
 pub mod verify {
     //! Blocks that carry their own identity, like fio's `verify=crc32c`: each block starts
     //! with a 24-byte header (magic, offset, seed, crc32c of the rest) followed by bytes
@@ -139,11 +142,11 @@ impl LoopDev {
     /// `None` (with the reason printed) only where loop devices are truly unavailable.
     pub fn new(size: u64, fill: Option<(usize, u64)>) -> Option<LoopDev> {
         if unsafe_geteuid() != 0 {
-            eprintln!("SKIP: loop device tests need root");
+            skip("loop device tests need root");
             return None;
         }
         if !std::path::Path::new("/dev/loop-control").exists() {
-            eprintln!("SKIP: /dev/loop-control is absent");
+            skip("/dev/loop-control is absent");
             return None;
         }
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -174,11 +177,11 @@ impl LoopDev {
     /// loop devices are truly unavailable.
     pub fn attach(file: &std::path::Path) -> Option<LoopDev> {
         if unsafe_geteuid() != 0 {
-            eprintln!("SKIP: loop device tests need root");
+            skip("loop device tests need root");
             return None;
         }
         if !std::path::Path::new("/dev/loop-control").exists() {
-            eprintln!("SKIP: /dev/loop-control is absent");
+            skip("/dev/loop-control is absent");
             return None;
         }
         let out = std::process::Command::new("losetup")
