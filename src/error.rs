@@ -18,6 +18,11 @@ pub enum ErrorKind {
     Cancelled,
     /// The operation's deadline expired before it finished.
     TimedOut,
+    /// The ring was dropped and the kernel did not return the operation within the drop's
+    /// grace period (10 s after cancelling it; a device that never answers). Its outcome
+    /// is unknown, and its buffers are leaked — never reused, since the kernel may still
+    /// write them — so the completion carries none.
+    Abandoned,
     /// A direct-I/O request was not aligned as the device requires. `what` names the
     /// offending quantity (`"offset"`, `"length"` or `"buffer"`), `value` is its value and
     /// `align` the alignment it must be a multiple of.
@@ -49,6 +54,15 @@ pub enum ErrorKind {
         need: u64,
         /// Bytes the buffer has room for.
         have: u64,
+    },
+    /// A positional transfer reaches beyond the largest file position the kernel accepts
+    /// (`i64::MAX`): `offset + len` overflows it. (io_uring reads offset `-1`, i.e.
+    /// `u64::MAX`, as "the current file position"; such offsets are refused, never sent.)
+    OffsetOutOfRange {
+        /// The requested file offset.
+        offset: u64,
+        /// The transfer's length in bytes.
+        len: u64,
     },
     /// The target (a registered file) was closed or belongs to another ring.
     StaleTarget,
@@ -161,6 +175,9 @@ impl fmt::Display for Error {
         match self.kind {
             ErrorKind::Cancelled => f.write_str("operation cancelled"),
             ErrorKind::TimedOut => f.write_str("operation timed out"),
+            ErrorKind::Abandoned => f.write_str(
+                "ring dropped while the kernel still held the operation; outcome unknown, buffers leaked",
+            ),
             ErrorKind::Misaligned { what, value, align } => write!(
                 f,
                 "direct I/O {what} {value} is not a multiple of the required alignment {align}"
@@ -171,6 +188,10 @@ impl fmt::Display for Error {
             ErrorKind::BufferTooSmall { need, have } => {
                 write!(f, "buffer too small: need {need} bytes, have {have}")
             }
+            ErrorKind::OffsetOutOfRange { offset, len } => write!(
+                f,
+                "offset {offset} + length {len} is beyond the largest file position (i64::MAX)"
+            ),
             ErrorKind::StaleTarget => f.write_str("target closed or not registered with this ring"),
             ErrorKind::UnexpectedEof { got } => {
                 write!(f, "source ended early after {got} bytes")
@@ -190,9 +211,11 @@ impl From<Error> for io::Error {
             ErrorKind::Os(n) => return io::Error::from_raw_os_error(n),
             ErrorKind::Cancelled => K::Interrupted,
             ErrorKind::TimedOut => K::TimedOut,
+            ErrorKind::Abandoned => K::Other,
             ErrorKind::Misaligned { .. }
             | ErrorKind::InvalidInput { .. }
-            | ErrorKind::BufferTooSmall { .. } => K::InvalidInput,
+            | ErrorKind::BufferTooSmall { .. }
+            | ErrorKind::OffsetOutOfRange { .. } => K::InvalidInput,
             ErrorKind::PoolExhausted => K::WouldBlock,
             ErrorKind::Unsupported { .. } => K::Unsupported,
             ErrorKind::StaleTarget => K::NotFound,

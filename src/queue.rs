@@ -8,11 +8,19 @@
 //!
 //! Consumers should prefer [`pop_batch`](CompletionQueue::pop_batch): draining many items
 //! per wake-up is what makes cross-thread hand-off cheap.
+//!
+//! A ring never blocks on a full queue and never drops a completion: what finds the queue
+//! full waits in an overflow list (a mutex-protected deque, the only path that allocates)
+//! and is popped after the items queued before it. So a queue nobody drains for a while,
+//! a ring dropped while its queue is full, or a handle submitting after its ring is gone
+//! all still deliver every completion, exactly once.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::waiters::Waiters;
+use crate::sync::{AtomicUsize, Mutex, Ordering};
+use crate::waiters::{deadline_after, Waiters};
 
 type Inner<T> = crate::sync::ArrayQueue<T>;
 
@@ -30,6 +38,12 @@ type Inner<T> = crate::sync::ArrayQueue<T>;
 /// ```
 pub struct CompletionQueue<T> {
     items: Inner<T>,
+    /// Items that found `items` full when their producer must not wait (a ring delivering
+    /// completions): taken after `items` runs dry. Unbounded; empty in steady state.
+    overflow: Mutex<VecDeque<T>>,
+    /// Length of `overflow`, read without its lock so that pops skip the lock when it is
+    /// empty (the common case). Written only under the lock.
+    overflowed: AtomicUsize,
     /// Consumers blocked (or about to block) in a waiting pop.
     waiters: Waiters,
     /// Producers blocked in a waiting push (queue full).
@@ -50,6 +64,8 @@ impl<T> CompletionQueue<T> {
     pub fn new(capacity: usize) -> Self {
         CompletionQueue {
             items: Inner::new(capacity.max(1)),
+            overflow: Mutex::new(VecDeque::new()),
+            overflowed: AtomicUsize::new(0),
             waiters: Waiters::new(),
             space: Waiters::new(),
         }
@@ -60,6 +76,49 @@ impl<T> CompletionQueue<T> {
         self.items.push(item)?;
         self.waiters.notify();
         Ok(())
+    }
+
+    /// Add an item even when the queue is full, never waiting: it then goes to the overflow
+    /// list (allocating), behind every item already there, and is popped once `items`
+    /// runs dry. Used by rings, which must neither block nor drop a completion.
+    pub(crate) fn push_overflow(&self, item: T) {
+        // An item overflowed before this one must be popped first: while the overflow list
+        // is non-empty, new items join it (per-producer FIFO order is kept).
+        // Relaxed: a hint; the lock below orders the list itself, and a stale zero only
+        // lets this item into `items` ahead of overflowed ones from other producers.
+        let item = if self.overflowed.load(Ordering::Relaxed) == 0 {
+            match self.items.push(item) {
+                Ok(()) => {
+                    self.waiters.notify();
+                    return;
+                }
+                Err(back) => back,
+            }
+        } else {
+            item
+        };
+        {
+            let mut o = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+            o.push_back(item);
+            // Relaxed: written under the lock; readers that see it non-zero take the lock
+            // (which orders the list), and `notify`'s SeqCst fence orders it against a
+            // consumer's registration (see `Waiters`).
+            self.overflowed.store(o.len(), Ordering::Relaxed);
+        }
+        self.waiters.notify();
+    }
+
+    /// Take the oldest overflowed item, if any.
+    fn pop_overflow(&self) -> Option<T> {
+        // Relaxed: see `overflowed`; a stale zero is re-checked by waiting consumers after
+        // they register (the fences in `Waiters`).
+        if self.overflowed.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut o = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+        let v = o.pop_front();
+        self.overflowed.store(o.len(), Ordering::Relaxed);
+        v
     }
 
     /// Add an item, waiting as long as it takes for room.
@@ -74,12 +133,13 @@ impl<T> CompletionQueue<T> {
     }
 
     /// Add an item, waiting up to `timeout` for room; hands the item back on timeout.
+    /// A `timeout` too large to add to the current instant (e.g. `Duration::MAX`) waits
+    /// forever.
     pub fn push_timeout(&self, item: T, timeout: Duration) -> Result<(), T> {
         let mut item = Some(item);
-        let deadline = Some(Instant::now() + timeout);
         match self
             .space
-            .wait_until(deadline, || self.push_from(&mut item))
+            .wait_until(deadline_after(timeout), || self.push_from(&mut item))
         {
             Some(()) => {
                 self.waiters.notify();
@@ -104,11 +164,13 @@ impl<T> CompletionQueue<T> {
 
     /// Take one item without waiting.
     pub fn pop(&self) -> Option<T> {
-        let v = self.items.pop();
-        if v.is_some() {
-            self.space.notify();
+        match self.items.pop() {
+            Some(v) => {
+                self.space.notify();
+                Some(v)
+            }
+            None => self.pop_overflow(),
         }
-        v
     }
 
     /// Take up to `max` items without waiting, appending them to `out`. Returns how many.
@@ -126,13 +188,24 @@ impl<T> CompletionQueue<T> {
         if n > 0 {
             self.space.notify();
         }
+        while n < max {
+            match self.pop_overflow() {
+                Some(v) => {
+                    out.extend(std::iter::once(v));
+                    n += 1;
+                }
+                None => break,
+            }
+        }
         n
     }
 
     /// Take one item, waiting up to `timeout` for one to arrive.
+    /// A `timeout` too large to add to the current instant (e.g. `Duration::MAX`) waits
+    /// forever.
     pub fn pop_timeout(&self, timeout: Duration) -> Option<T> {
         self.waiters
-            .wait_until(Some(Instant::now() + timeout), || self.pop())
+            .wait_until(deadline_after(timeout), || self.pop())
     }
 
     /// Take one item, waiting as long as it takes.
@@ -167,9 +240,10 @@ impl<T> CompletionQueue<T> {
         }
     }
 
-    /// Items queued now (a snapshot).
+    /// Items queued now, overflowed ones included (a snapshot).
     pub fn len(&self) -> usize {
-        self.items.len()
+        // Relaxed: a snapshot.
+        self.items.len() + self.overflowed.load(Ordering::Relaxed)
     }
 
     /// True when nothing is queued (a snapshot).
@@ -177,7 +251,8 @@ impl<T> CompletionQueue<T> {
         self.len() == 0
     }
 
-    /// Maximum number of items.
+    /// Items the lock-free part holds; a ring's completions beyond it overflow (see the
+    /// module docs), other producers' pushes fail or wait.
     pub fn capacity(&self) -> usize {
         self.items.capacity()
     }

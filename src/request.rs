@@ -222,8 +222,9 @@ impl Submission<'_> {
         self.ring.start(op, Delivery::Routine(Box::new(f)))
     }
 
-    /// Submit; the completion is pushed to `queue` (if the queue is full, the ring holds
-    /// it and retries on each drive — nothing is dropped).
+    /// Submit; the completion is pushed to `queue`. If the queue is full it waits in the
+    /// queue's overflow list, popped after the items before it: the ring never blocks on
+    /// a full queue and never drops a completion, even when it is dropped itself.
     pub fn to_queue(mut self, queue: &Arc<CompletionQueue<Completion>>) -> OpId {
         let op = self.take();
         self.ring.start(op, Delivery::Queue(queue.clone()))

@@ -6,9 +6,15 @@
 //! asleep. A consumer spins briefly (a producer mid-burst refills within microseconds,
 //! far sooner than a futex round trip), then registers as a waiter and sleeps.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::sync::{AtomicUsize, Condvar, Mutex, Ordering};
+
+/// The instant `timeout` from now, or `None` ("never") when that is past what `Instant`
+/// can represent (e.g. `Duration::MAX`): a huge timeout waits forever, never panics.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
 
 /// Sleepers waiting for some lock-free structure to become non-empty.
 #[derive(Debug)]

@@ -155,8 +155,9 @@ impl Writer {
             return;
         }
         if let Some(buf) = self.queue.pop_front() {
-            // Offset u64::MAX: the file position (stdout may be a file opened for append).
-            let op = Op::write(self.target, u64::MAX, buf).tag(TAG_WRITE);
+            // At the file position, advancing it (stdout may be a file, opened for append
+            // or not, that the next command writes after us).
+            let op = Op::write_cursor(self.target, buf).tag(TAG_WRITE);
             ring.submit(op).to_queue(&self.done);
             self.busy = true;
         }

@@ -2,11 +2,11 @@
 
 use std::fmt;
 use std::ptr::NonNull;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use crate::waiters::Waiters;
+use crate::waiters::{deadline_after, Waiters};
 
 use super::pooled::PoolBuf;
 
@@ -387,7 +387,7 @@ impl PoolInner {
 
     /// Take a slot, waiting up to `timeout` (forever if `None`) for one to be returned.
     pub(crate) fn take_wait(&self, timeout: Option<Duration>) -> Option<u32> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(deadline_after);
         self.waiters.wait_until(deadline, || self.try_take())
     }
 
@@ -452,6 +452,8 @@ impl BufferPool {
     }
 
     /// Take a buffer, waiting up to `timeout` for one to be returned (by any thread).
+    /// A `timeout` too large to add to the current instant (e.g. `Duration::MAX`) waits
+    /// forever.
     pub fn get_timeout(&self, timeout: Duration) -> Result<PoolBuf> {
         match self.inner.take_wait(Some(timeout)) {
             Some(slot) => Ok(PoolBuf::new(self.inner.clone(), slot)),

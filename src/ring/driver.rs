@@ -1,19 +1,25 @@
 //! Entering the kernel, reaping completions, and routing each one exactly once.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types};
 
-use crate::error::{Error, Result};
-use crate::queue::CompletionQueue;
+use crate::error::{Error, ErrorKind, Result};
 use crate::request::{Bufs, Completion, Delivery};
 
 use super::op::{sentinel, OpId};
 use super::{EntryState, Ring};
 
+/// How long dropping a ring waits for the kernel to return the operations in flight
+/// (after cancelling them) before it gives up on them.
+pub(crate) const DROP_GRACE: Duration = Duration::from_secs(10);
+
 /// `IORING_ENTER_GETEVENTS`.
 const ENTER_GETEVENTS: u32 = 1;
+/// `IORING_ENTER_SQ_WAKEUP`: wake the SQPOLL thread.
+const ENTER_SQ_WAKEUP: u32 = 2;
+/// `IORING_ENTER_SQ_WAIT`: wait until the SQPOLL thread has made room in the SQ.
+const ENTER_SQ_WAIT: u32 = 4;
 
 /// Record that the kernel owns (or no longer owns) these buffers: pool statistics, and
 /// in debug builds the slot state machine `CheckedOut -> InFlight -> CheckedOut`.
@@ -33,10 +39,16 @@ pub(super) fn mark_in_flight(bufs: &Bufs, on: bool) {
 }
 
 impl Ring {
-    /// Queue SQEs, making room first (by submitting) if the SQ is full. The entries are
-    /// pushed together, so a linked pair is never split across two submissions.
+    /// Queue SQEs, making room first if the SQ is full. The entries are pushed together,
+    /// so a linked pair is never split across two submissions.
+    ///
+    /// Without SQPOLL, submitting empties the SQ at once (the kernel takes every entry it
+    /// can); if it refuses some (`EBUSY`/`EAGAIN` while completions back up), reaping and
+    /// then waiting for a completion make room. With SQPOLL only the kernel thread empties
+    /// the SQ: wake it and sleep until it has (`IORING_ENTER_SQ_WAIT`) — a full SQ is a
+    /// reason to wait, never to fail the operation.
     pub(super) fn push_sqes(&mut self, sqes: &[squeue::Entry]) -> Result<()> {
-        for attempt in 0..64 {
+        for attempt in 0u32.. {
             // SAFETY: every SQE refers to memory that outlives its operation: buffers and
             // iovec arrays parked in the op table until the CQE, timespecs boxed in the
             // entry (read by the kernel at submission). `push_multiple` pushes all of them
@@ -44,14 +56,55 @@ impl Ring {
             if unsafe { self.uring.submission().push_multiple(sqes) }.is_ok() {
                 return Ok(());
             }
+            if self.caps.sqpoll {
+                self.sq_wait()?;
+                // Completions the SQ thread posted meanwhile (a full CQ can hold it up).
+                self.reap();
+                continue;
+            }
             self.enter(0, None)?;
-            if attempt > 0 {
-                // The kernel did not take our SQEs (e.g. EBUSY while the CQ overflows):
-                // reap to make progress.
+            if attempt == 0 {
+                continue;
+            }
+            // The kernel did not take our SQEs: reap to make progress, and from then on
+            // wait for a completion (bounded) so the loop sleeps instead of spinning.
+            self.reap();
+            if attempt > 2 {
+                if self.in_kernel == 0 && attempt > 64 {
+                    return Err(Error::from_errno(libc::EBUSY));
+                }
+                self.enter(1, Some(Duration::from_millis(1)))?;
                 self.reap();
             }
         }
-        Err(Error::from_errno(libc::EBUSY))
+        unreachable!("the loop above only exits by returning")
+    }
+
+    /// SQPOLL: wake the kernel's submission thread and wait until the SQ has room.
+    fn sq_wait(&mut self) -> Result<()> {
+        self.enable()?;
+        self.stats.enters += 1;
+        // SAFETY: no argument is passed; flags are valid enter flags.
+        let r = unsafe {
+            self.uring.submitter().enter::<libc::sigset_t>(
+                0,
+                0,
+                ENTER_SQ_WAKEUP | ENTER_SQ_WAIT,
+                None,
+            )
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::from_io(&e)),
+        }
     }
 
     fn enable(&mut self) -> Result<()> {
@@ -92,7 +145,7 @@ impl Ring {
             }
             (0, _) => self.uring.submit(),
             (w, Some(t)) if self.caps.ext_arg => {
-                let ts = types::Timespec::from(t);
+                let ts = super::op::kernel_timespec(t);
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.uring.submitter().submit_with_args(w, &args)
             }
@@ -117,9 +170,6 @@ impl Ring {
         // Fast path (taken on most calls of a busy loop): nothing posted, nothing in the
         // kernel's overflow list. Skips filling the batch array below.
         if self.uring.completion().is_empty() && !self.uring.submission().cq_overflow() {
-            if !self.backlog.is_empty() {
-                self.retry_backlog();
-            }
             return 0;
         }
         let mut total = 0;
@@ -152,7 +202,6 @@ impl Ring {
             }
             break;
         }
-        self.retry_backlog();
         total
     }
 
@@ -268,17 +317,10 @@ impl Ring {
         match delivery {
             Delivery::Keep => unreachable!("kept completions stay in the op table"),
             Delivery::Routine(f) => f(c),
-            Delivery::Queue(q) => self.push_or_backlog(q, c),
+            Delivery::Queue(q) => q.push_overflow(c),
             Delivery::Local => self.ready.push_back(c),
             Delivery::Future(slot) => slot.complete(c),
             Delivery::Detach => drop(c),
-        }
-    }
-
-    /// Push to a completion queue; if it is full, keep the completion for the next drive.
-    fn push_or_backlog(&mut self, q: Arc<CompletionQueue<Completion>>, c: Completion) {
-        if let Err(c) = q.push(c) {
-            self.backlog.push_back((q, c));
         }
     }
 
@@ -292,25 +334,10 @@ impl Ring {
             more: true,
         };
         match &self.ops[key].state {
-            EntryState::InKernel(Delivery::Queue(q)) => {
-                let q = q.clone();
-                self.push_or_backlog(q, c);
-            }
+            EntryState::InKernel(Delivery::Queue(q)) => q.push_overflow(c),
             EntryState::InKernel(Delivery::Local) => self.ready.push_back(c),
             // Detached (or abandoned): the buffer goes straight back to the pool.
             _ => drop(c),
-        }
-    }
-
-    fn retry_backlog(&mut self) {
-        for _ in 0..self.backlog.len() {
-            let Some((q, c)) = self.backlog.pop_front() else {
-                break;
-            };
-            if let Err(c) = q.push(c) {
-                self.backlog.push_front((q, c));
-                break;
-            }
         }
     }
 
@@ -377,9 +404,10 @@ impl Ring {
         }
     }
 
-    /// Teardown: cancel everything in flight and wait for the kernel to hand every buffer
-    /// back. If it never does, leak the parked buffers rather than let memory the kernel
-    /// may still write be reused.
+    /// Teardown: cancel everything in flight and wait (up to [`DROP_GRACE`]) for the kernel
+    /// to hand every buffer back. If it never does, leak the parked buffers rather than let
+    /// memory the kernel may still write be reused, and complete those operations with
+    /// [`ErrorKind::Abandoned`].
     pub(super) fn shutdown_drain(&mut self) {
         self.shared.close();
         self.housekeeping();
@@ -405,7 +433,7 @@ impl Ring {
             for e in self.ops.iter_mut() {
                 e.1.cancel_requested = true;
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + DROP_GRACE;
             while self.in_kernel > 0 && Instant::now() < deadline {
                 if self.run_once(Some(Duration::from_millis(50))).is_err() {
                     break;
@@ -413,10 +441,19 @@ impl Ring {
             }
         }
         if self.in_kernel > 0 {
-            for (_, e) in self.ops.iter_mut() {
-                if let EntryState::InKernel(_) = e.state {
-                    std::mem::forget(std::mem::take(&mut e.bufs));
-                }
+            // The kernel kept these past the grace period (a device that never answers).
+            // Their buffers are leaked — the kernel may still write them — and each route
+            // learns the outcome is unknown: one completion, `Abandoned`, no buffers.
+            let stuck: Vec<usize> = self
+                .ops
+                .iter()
+                .filter(|(_, e)| matches!(e.state, EntryState::InKernel(_)))
+                .map(|(k, _)| k)
+                .collect();
+            for key in stuck {
+                std::mem::forget(std::mem::take(&mut self.ops[key].bufs));
+                self.in_kernel -= 1;
+                self.finish(key, Err(Error::new(ErrorKind::Abandoned)));
             }
         }
         // Items a handle pushed concurrently with `close` (see `HandleShared::close`).

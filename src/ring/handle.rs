@@ -113,15 +113,8 @@ fn complete_unsent(op: Op, d: Delivery) {
     };
     match d {
         Delivery::Routine(f) => f(c),
-        Delivery::Queue(q) => {
-            // The queue is full and no ring will retry: keep the completion's promise by
-            // waiting for room (a consumer exists, or the queue would be useless).
-            let mut c = c;
-            while let Err(back) = q.push(c) {
-                c = back;
-                std::thread::yield_now();
-            }
-        }
+        // Never waits: a full queue takes it in its overflow list.
+        Delivery::Queue(q) => q.push_overflow(c),
         Delivery::Future(s) => s.complete(c),
         Delivery::Keep | Delivery::Local | Delivery::Detach => drop(c),
     }

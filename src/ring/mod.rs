@@ -33,7 +33,6 @@ use slab::Slab;
 
 use crate::buf::{BufferPool, PoolInner};
 use crate::error::{Error, ErrorKind, Result};
-use crate::queue::CompletionQueue;
 use crate::request::{Bufs, Completion, Delivery, Submission, Ticket};
 
 pub use handle::RingHandle;
@@ -189,7 +188,6 @@ impl RingBuilder {
             next_buffer: 0,
             caps,
             in_kernel: 0,
-            backlog: VecDeque::with_capacity(64),
             ready: VecDeque::new(),
             abandoned: Arc::new(crossbeam_queue::SegQueue::new()),
             shared,
@@ -334,8 +332,6 @@ pub struct Ring {
     caps: Capabilities,
     /// Operations submitted whose CQE has not been reaped.
     in_kernel: usize,
-    /// Completions whose queue was full; retried on every drive.
-    backlog: VecDeque<(Arc<CompletionQueue<Completion>>, Completion)>,
     /// Completions delivered with [`Submission::to_ring`], oldest first. Grows to the
     /// loop's depth once, then is reused.
     ready: VecDeque<Completion>,
@@ -650,7 +646,7 @@ impl Ring {
     /// Drive the ring until no operation is in flight.
     pub fn run_until_idle(&mut self) -> Result<()> {
         self.housekeeping();
-        while self.in_kernel > 0 || !self.backlog.is_empty() {
+        while self.in_kernel > 0 {
             self.run_once(Some(Duration::from_millis(100)))?;
         }
         Ok(())
@@ -679,11 +675,7 @@ impl Ring {
         self.arm_wake()?;
         loop {
             self.run_once(Some(Duration::from_millis(50)))?;
-            if self.shared.is_shut_down()
-                && self.shared.inbox_is_empty()
-                && self.in_kernel == 0
-                && self.backlog.is_empty()
-            {
+            if self.shared.is_shut_down() && self.shared.inbox_is_empty() && self.in_kernel == 0 {
                 return Ok(());
             }
         }

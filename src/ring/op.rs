@@ -60,6 +60,19 @@ pub(crate) mod sentinel {
     }
 }
 
+/// A duration as the kernel takes it (`struct __kernel_timespec`, signed seconds),
+/// saturated: anything of 2^63 s or more becomes `i64::MAX` seconds, which the kernel
+/// clamps to `KTIME_MAX` — a timer that never fires. (The plain conversion would wrap the
+/// seconds negative: an instant timeout, or `EINVAL`.)
+pub(crate) fn kernel_timespec(d: Duration) -> io_uring::types::Timespec {
+    const MAX_SECS: u64 = i64::MAX as u64;
+    if d.as_secs() > MAX_SECS {
+        io_uring::types::Timespec::new().sec(MAX_SECS)
+    } else {
+        io_uring::types::Timespec::from(d)
+    }
+}
+
 /// The next generation after `g`, skipping the reserved one.
 pub(crate) fn next_gen(g: u32) -> u32 {
     let n = g.wrapping_add(1);
@@ -105,6 +118,16 @@ pub struct Op {
     pub(crate) nowait: bool,
 }
 
+/// Where a single read or write lands in its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pos {
+    /// At this file offset (ignored by streams).
+    At(u64),
+    /// At the file's own position, which the transfer advances (`write(2)`'s behaviour;
+    /// io_uring's offset `-1`). Only ever chosen explicitly ([`Op::write_cursor`]).
+    Cursor,
+}
+
 #[derive(Debug)]
 pub(crate) enum OpKind {
     Nop,
@@ -118,7 +141,7 @@ pub(crate) enum OpKind {
     },
     Write {
         target: Target,
-        offset: u64,
+        pos: Pos,
         buf: IoBuf,
         frame: bool,
     },
@@ -209,7 +232,23 @@ impl Op {
     pub fn write(target: Target, offset: u64, buf: impl Into<IoBuf>) -> Op {
         Op::of(OpKind::Write {
             target,
-            offset,
+            pos: Pos::At(offset),
+            buf: buf.into(),
+            frame: false,
+        })
+    }
+
+    /// Write `buf`'s data at the target's current file position, advancing it, as
+    /// `write(2)` does: for a stdout redirected to a file (`> out`, `>> log`), where the
+    /// next writer must find the position after these bytes. On streams it is
+    /// [`write`](Op::write). (Positional writes never fall back to this: an offset past
+    /// `i64::MAX` is refused with
+    /// [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange).) Completions of
+    /// several cursor writes in flight at once may land in any order: keep one in flight.
+    pub fn write_cursor(target: Target, buf: impl Into<IoBuf>) -> Op {
+        Op::of(OpKind::Write {
+            target,
+            pos: Pos::Cursor,
             buf: buf.into(),
             frame: false,
         })
@@ -219,7 +258,7 @@ impl Op {
     pub fn write_frame(target: Target, offset: u64, buf: impl Into<IoBuf>) -> Op {
         Op::of(OpKind::Write {
             target,
-            offset,
+            pos: Pos::At(offset),
             buf: buf.into(),
             frame: true,
         })
@@ -280,7 +319,8 @@ impl Op {
     /// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled) if
     /// [`Ring::cancel`](super::Ring::cancel) removes it first. A request-level deadline
     /// shared by several operations (see `split` and `dma` drivers). It takes no
-    /// [`deadline`](Op::deadline) of its own.
+    /// [`deadline`](Op::deadline) of its own. A duration too large for the kernel (2^63 s
+    /// and up, e.g. `Duration::MAX`) never fires: the timer then ends only by a cancel.
     pub fn timeout(after: Duration) -> Op {
         Op::of(OpKind::Timeout { after })
     }
@@ -308,7 +348,9 @@ impl Op {
     }
 
     /// Complete with [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut) if not done
-    /// within `d` (an `IORING_OP_LINK_TIMEOUT` linked to the operation).
+    /// within `d` (an `IORING_OP_LINK_TIMEOUT` linked to the operation). Any duration is
+    /// accepted; one too large for the kernel (2^63 s and up, e.g. `Duration::MAX`) means
+    /// "never".
     pub fn deadline(mut self, d: Duration) -> Op {
         self.deadline = Some(d);
         self

@@ -6,10 +6,13 @@ use io_uring::{opcode, squeue, types};
 use crate::error::{Error, ErrorKind, Result};
 use crate::request::{Bufs, Delivery};
 
-use super::op::{next_gen, sentinel, Op, OpId, OpKind};
+use super::op::{kernel_timespec, next_gen, sentinel, Op, OpId, OpKind, Pos};
 use super::probe::{OP_READV_FIXED, OP_WRITEV_FIXED};
 use super::target::{FdInfo, Target};
 use super::{Entry, EntryState, Ring};
+
+/// io_uring's offset for "the file's current position" (`-1`); only [`Pos::Cursor`] sends it.
+const CURSOR: u64 = u64::MAX;
 
 /// Kernel limit on iovecs per vectored operation (`UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
@@ -102,7 +105,7 @@ impl Ring {
             match deadline {
                 None => self.push_sqes(&[sqe]),
                 Some(d) => {
-                    let ts = Box::new(types::Timespec::from(d));
+                    let ts = Box::new(kernel_timespec(d));
                     let link = opcode::LinkTimeout::new(&*ts)
                         .build()
                         .user_data(sentinel::TIMEOUT);
@@ -133,9 +136,15 @@ impl Ring {
         Ok((fd, e.info))
     }
 
-    /// [`fd_of`](Self::fd_of), refusing a target not open for `access`.
+    /// [`fd_of`](Self::fd_of), refusing a target that cannot transfer data (a directory,
+    /// an eventfd, ...) or is not open for `access`.
     fn fd_for(&self, t: Target, access: Access) -> Result<(Fd, FdInfo)> {
         let (fd, info) = self.fd_of(t)?;
+        if !info.kind.is_transferable() {
+            return Err(Error::invalid(
+                "target is neither a file, a block device nor a stream (a directory, an eventfd, ...)",
+            ));
+        }
         match access {
             Access::Read if !info.readable => Err(Error::invalid("target is not open for reading")),
             Access::Write if !info.writable => {
@@ -183,7 +192,7 @@ impl Ring {
                     }));
                 }
                 info.check_direct(offset, len as u64, ptr as u64)?;
-                let off = info.sqe_offset(offset);
+                let off = info.sqe_offset(offset, len as u64)?;
                 Ok(match fixed {
                     Some(ix) => with_fd!(fd, |f| opcode::ReadFixed::new(f, ptr, n, ix)
                         .offset(off)
@@ -197,7 +206,7 @@ impl Ring {
             }
             OpKind::Write {
                 target,
-                offset,
+                pos,
                 buf,
                 frame,
             } => {
@@ -207,8 +216,21 @@ impl Ring {
                 self.ops[key].bufs = Bufs::from_io(buf);
                 let (fd, info) = self.fd_for(target, Access::Write)?;
                 let n = io_len(len)?;
-                info.check_direct(offset, len as u64, ptr as u64)?;
-                let off = info.sqe_offset(offset);
+                let off = match pos {
+                    Pos::At(offset) => {
+                        info.check_direct(offset, len as u64, ptr as u64)?;
+                        info.sqe_offset(offset, len as u64)?
+                    }
+                    Pos::Cursor => {
+                        if info.direct {
+                            // The file position is not known here, so its alignment is not.
+                            return Err(Error::invalid(
+                                "write_cursor on an O_DIRECT target (use positional writes)",
+                            ));
+                        }
+                        CURSOR
+                    }
+                };
                 Ok(match fixed {
                     Some(ix) => with_fd!(fd, |f| opcode::WriteFixed::new(f, ptr, n, ix)
                         .offset(off)
@@ -230,7 +252,12 @@ impl Ring {
                     let (start, len) = match &parts {
                         None => (0, b.len()),
                         Some(p) => match p.get(i) {
-                            Some(p) if p.start.checked_add(p.len) <= Some(b.capacity()) => {
+                            // Fails closed: an overflowing `start + len` is no end at all.
+                            Some(p)
+                                if p.start
+                                    .checked_add(p.len)
+                                    .is_some_and(|end| end <= b.capacity()) =>
+                            {
                                 (p.start, p.len)
                             }
                             _ => {
@@ -298,8 +325,10 @@ impl Ring {
             }
             OpKind::Fsync { target, datasync } => {
                 let (fd, info) = self.fd_of(target)?;
-                if !info.kind.is_seekable() {
-                    return Err(Error::invalid("fsync needs a file or block device"));
+                if !(info.kind.is_seekable() || info.kind == super::FdKind::Directory) {
+                    return Err(Error::invalid(
+                        "fsync needs a file, a block device or a directory",
+                    ));
                 }
                 let flags = if datasync {
                     types::FsyncFlags::DATASYNC
@@ -331,7 +360,7 @@ impl Ring {
                 if self.ops[key].has_deadline {
                     return Err(Error::invalid("a timeout operation takes no deadline"));
                 }
-                let ts = Box::new(types::Timespec::from(after));
+                let ts = Box::new(kernel_timespec(after));
                 let sqe = opcode::Timeout::new(&*ts).build();
                 // The kernel reads the timespec when it takes the SQE; the box lives in
                 // the entry until the CQE, which is later.
@@ -367,8 +396,8 @@ impl Ring {
     ) -> Result<squeue::Entry> {
         let access = if write { Access::Write } else { Access::Read };
         let (fd, info) = self.fd_for(target, access)?;
-        self.check_iov(&iov, &info, offset)?;
-        let off = info.sqe_offset(offset);
+        let total = self.check_iov(&iov, &info, offset)?;
+        let off = info.sqe_offset(offset, total)?;
         let entry = &mut self.ops[key];
         entry.iov = iov;
         let (p, n) = (entry.iov.as_ptr(), entry.iov.len() as u32);
@@ -385,7 +414,8 @@ impl Ring {
         })
     }
 
-    fn check_iov(&self, iov: &[libc::iovec], info: &FdInfo, offset: u64) -> Result<()> {
+    /// Check a vectored transfer's iovecs; returns its total length.
+    fn check_iov(&self, iov: &[libc::iovec], info: &FdInfo, offset: u64) -> Result<u64> {
         if iov.is_empty() {
             return Err(Error::invalid("vectored transfer with no buffers"));
         }
@@ -403,12 +433,12 @@ impl Ring {
             // the first (the others follow contiguously).
             let off = if i == 0 { offset } else { 0 };
             info.check_direct(off, v.iov_len as u64, v.iov_base as u64)?;
-            total += v.iov_len as u64;
+            total = total.saturating_add(v.iov_len as u64);
         }
         if total > i32::MAX as u64 {
             return Err(Error::invalid("vectored transfer longer than 2 GiB"));
         }
-        Ok(())
+        Ok(total)
     }
 }
 

@@ -21,7 +21,9 @@ pub enum FdKind {
     Tty,
     /// Another character device: a stream.
     CharDevice,
-    /// Anything else (eventfd, directories, ...).
+    /// A directory: no transfers; `fsync` (to make its entries durable) and poll.
+    Directory,
+    /// Anything else (eventfd, epoll, timerfd, signalfd, ...): no transfers; poll only.
     Other,
 }
 
@@ -29,6 +31,12 @@ impl FdKind {
     /// Whether reads and writes take a file offset (regular files and block devices).
     pub fn is_seekable(self) -> bool {
         matches!(self, FdKind::File | FdKind::BlockDevice)
+    }
+
+    /// Whether reads and writes make sense on it: seekable or a stream (not a directory,
+    /// not an eventfd or other anonymous inode).
+    pub fn is_transferable(self) -> bool {
+        self.is_seekable() || self.is_stream()
     }
 
     /// Whether this is a FIFO-like source: pipe, FIFO, socket, tty, character device.
@@ -88,13 +96,20 @@ impl FdInfo {
         Ok(())
     }
 
-    /// The SQE offset for a transfer at `offset`: the offset itself on seekable targets,
-    /// `-1` (the current position, which streams ignore) elsewhere.
-    pub(crate) fn sqe_offset(&self, offset: u64) -> u64 {
-        if self.kind.is_seekable() {
-            offset
-        } else {
-            u64::MAX
+    /// The SQE offset for a transfer of `len` bytes at `offset`: the offset itself on
+    /// seekable targets, where `offset + len` must not pass `i64::MAX` (the kernel's
+    /// `loff_t`; `u64::MAX` would read as `-1`, "the current position", and turn
+    /// positional I/O into streaming I/O); `-1` on streams, which ignore offsets.
+    pub(crate) fn sqe_offset(&self, offset: u64, len: u64) -> Result<u64> {
+        if !self.kind.is_seekable() {
+            return Ok(u64::MAX);
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= i64::MAX as u64 => Ok(offset),
+            _ => Err(Error::new(crate::ErrorKind::OffsetOutOfRange {
+                offset,
+                len,
+            })),
         }
     }
 }
@@ -121,6 +136,7 @@ impl FdInfo {
             libc::S_IFBLK => FdKind::BlockDevice,
             libc::S_IFIFO => FdKind::Pipe,
             libc::S_IFSOCK => FdKind::Socket,
+            libc::S_IFDIR => FdKind::Directory,
             // SAFETY: isatty only inspects the fd.
             libc::S_IFCHR if unsafe { libc::isatty(fd) } == 1 => FdKind::Tty,
             libc::S_IFCHR => FdKind::CharDevice,

@@ -47,7 +47,8 @@ pub const FILE_NAME: &str = "data";
 const FILE_INO: u64 = 2;
 /// Held requests are answered after this long even if never released, so a failing test
 /// cannot hang on a stuck server.
-const HOLD_LIMIT: Duration = Duration::from_secs(10);
+/// (Longer than a ring's 10 s drop grace period, which a test outlasts on purpose.)
+const HOLD_LIMIT: Duration = Duration::from_secs(30);
 
 /// The served file: `size` bytes of `bs`-byte verify blocks made with `seed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +223,7 @@ impl Control {
     }
 
     /// Hold the replies to reads touching `range` until [`release`](Control::release)
-    /// (or 10 s). `0..u64::MAX` holds everything: a stuck device.
+    /// (or 30 s). `0..u64::MAX` holds everything: a stuck device.
     pub fn hold(&self, range: Range<u64>) {
         self.plan().hold = Some(range);
     }
