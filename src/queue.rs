@@ -356,4 +356,19 @@ mod loom_tests {
             t.join().unwrap();
         });
     }
+
+    /// A completion that overflows a full queue (the ring's path) reaches a consumer
+    /// blocked in `pop_wait`, after the item queued before it.
+    #[test]
+    fn overflow_wakes_a_waiting_consumer_in_order() {
+        loom::model(|| {
+            let q = Arc::new(CompletionQueue::new(1));
+            q.push(1u32).unwrap();
+            let q2 = q.clone();
+            let t = loom::thread::spawn(move || q2.push_overflow(2));
+            assert_eq!(q.pop_wait(), 1);
+            assert_eq!(q.pop_wait(), 2);
+            t.join().unwrap();
+        });
+    }
 }

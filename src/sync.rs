@@ -16,6 +16,55 @@ pub(crate) use std::sync::{Arc, Condvar, Mutex};
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// A memory fence that loom sees (a `std` fence is invisible to it). `site` names the
+/// fence, so that a loom mutation test can remove exactly this one and show that a model
+/// then fails (see `mutation`); outside loom it is ignored.
+#[inline(always)]
+pub(crate) fn fence(order: Ordering, site: &'static str) {
+    #[cfg(loom)]
+    {
+        if mutation::removed(site) {
+            return;
+        }
+        loom::sync::atomic::fence(order);
+    }
+    #[cfg(not(loom))]
+    {
+        let _ = site;
+        std::sync::atomic::fence(order);
+    }
+}
+
+/// Loom mutation testing: run a model with one named fence removed, to prove a loom test
+/// depends on it (a fence whose removal no test notices is either useless or untested).
+#[cfg(loom)]
+pub(crate) mod mutation {
+    use std::cell::Cell;
+
+    std::thread_local! {
+        /// The fence removed on this thread, if any. Loom runs a model's threads on the
+        /// thread that calls `loom::model`, so this reaches them all and no other test.
+        static REMOVED: Cell<Option<&'static str>> = const { Cell::new(None) };
+    }
+
+    pub(crate) fn removed(site: &'static str) -> bool {
+        REMOVED.with(|r| r.get() == Some(site))
+    }
+
+    /// Run `f` with the fence named `site` removed.
+    pub(crate) fn without_fence<R>(site: &'static str, f: impl FnOnce() -> R) -> R {
+        struct Restore;
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                REMOVED.with(|r| r.set(None));
+            }
+        }
+        REMOVED.with(|r| r.set(Some(site)));
+        let _restore = Restore;
+        f()
+    }
+}
+
 /// The bounded lock-free queue behind the pool's free list and the completion queue.
 ///
 /// Outside loom it is `crossbeam_queue::ArrayQueue`. Loom cannot see inside crossbeam, so

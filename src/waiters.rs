@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sync::{AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{fence, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// The instant `timeout` from now, or `None` ("never") when that is past what `Instant`
 /// can represent (e.g. `Duration::MAX`): a huge timeout waits forever, never panics.
@@ -40,7 +40,7 @@ impl Waiters {
         // SeqCst fence pairs with the one in `wait_until`: either this load sees the
         // consumer's registration (and we notify under the lock), or the consumer's
         // re-check after registering sees what we just made available. No lost wake-up.
-        std::sync::atomic::fence(Ordering::SeqCst);
+        fence(Ordering::SeqCst, "waiters.notify");
         if self.count.load(Ordering::Relaxed) > 0 {
             let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.cv.notify_all();
@@ -72,7 +72,7 @@ impl Waiters {
         let mut g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         // Relaxed increment + SeqCst fence: see `notify`.
         self.count.fetch_add(1, Ordering::Relaxed);
-        std::sync::atomic::fence(Ordering::SeqCst);
+        fence(Ordering::SeqCst, "waiters.wait_until");
         let got = loop {
             if let Some(v) = take() {
                 break Some(v);
@@ -97,5 +97,53 @@ impl Waiters {
         self.count.fetch_sub(1, Ordering::Relaxed);
         drop(g);
         got
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::mutation::without_fence;
+    use crate::sync::{Arc, AtomicBool};
+
+    /// The handshake alone, over the weakest publication a lock-free structure gives
+    /// (`crossbeam`'s `ArrayQueue` publishes a slot with a Release store and takes it
+    /// with an Acquire load): a consumer about to sleep never misses the item. (The
+    /// consumer only loads: loom 0.7 mis-orders a consumer's `swap` against the producer's
+    /// store — the producer then reads back a value older than its own store.)
+    fn handshake() {
+        loom::model(|| {
+            let w = Arc::new(Waiters::new());
+            let item = Arc::new(AtomicBool::new(false));
+            let (w2, item2) = (w.clone(), item.clone());
+            let t = loom::thread::spawn(move || {
+                item2.store(true, Ordering::Release);
+                w2.notify();
+            });
+            let got = w.wait_until(None, || item.load(Ordering::Acquire).then_some(()));
+            assert_eq!(got, Some(()));
+            t.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn no_lost_wakeup_over_release_acquire_publication() {
+        handshake();
+    }
+
+    /// Mutation: without the producer's fence, loom finds the store-buffering
+    /// interleaving where the producer reads no waiter and the consumer no item: the
+    /// consumer sleeps forever.
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn without_the_notify_fence_a_wakeup_is_lost() {
+        without_fence("waiters.notify", handshake);
+    }
+
+    /// Mutation: the same without the consumer's fence after it registers.
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn without_the_wait_fence_a_wakeup_is_lost() {
+        without_fence("waiters.wait_until", handshake);
     }
 }

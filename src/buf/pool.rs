@@ -203,6 +203,10 @@ pub(crate) struct SlotMeta {
     /// Number of live [`SharedBuf`](super::SharedBuf) clones of this slot. Zero while the
     /// slot is free or held by a unique `PoolBuf`. Only `SharedBuf` touches it.
     pub(crate) shared_refs: AtomicU32,
+    /// Loom only: stands for the slot's bytes (the arena is invisible to loom), so models
+    /// check that every access happens-before the next owner's (see `PoolInner::touch`).
+    #[cfg(loom)]
+    bytes: loom::cell::UnsafeCell<()>,
     /// Debug-build state tracker: 0 = free, 1 = checked out, 2 = in flight (kernel-owned). Asserted on every transition
     /// so a double return or a use-after-return panics in tests instead of corrupting data.
     state: AtomicU32,
@@ -281,6 +285,8 @@ impl PoolInner {
         let meta = (0..geometry.slots)
             .map(|_| SlotMeta {
                 shared_refs: AtomicU32::new(0),
+                #[cfg(loom)]
+                bytes: loom::cell::UnsafeCell::new(()),
                 state: AtomicU32::new(FREE),
             })
             .collect();
@@ -316,6 +322,23 @@ impl PoolInner {
         // SAFETY: `slot < slots`, so `off + capacity + trailer <= arena_len`: the result
         // stays inside the mapping that `base` points to.
         unsafe { self.base.as_ptr().add(off) }
+    }
+
+    /// Record an access to `slot`'s bytes for loom (a read, or a write if `write`); nothing
+    /// outside loom.
+    #[inline(always)]
+    pub(crate) fn touch(&self, slot: u32, write: bool) {
+        #[cfg(loom)]
+        {
+            let cell = &self.meta[slot as usize].bytes;
+            if write {
+                cell.with_mut(|_| ());
+            } else {
+                cell.with(|_| ());
+            }
+        }
+        #[cfg(not(loom))]
+        let _ = (slot, write);
     }
 
     /// The regions to register as fixed buffers: `(address, length)` pairs.

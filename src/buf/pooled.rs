@@ -4,7 +4,7 @@ use std::fmt;
 use std::mem::ManuallyDrop;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::sync::{Arc, Ordering};
+use crate::sync::{fence, Arc, Ordering};
 
 use super::pool::PoolInner;
 
@@ -87,7 +87,13 @@ impl PoolBuf {
     /// Append bytes to the data (a copy; for building writes and tests).
     pub fn extend_from_slice(&mut self, bytes: &[u8]) -> Result<()> {
         let start = self.len();
-        self.set_len(start + bytes.len())?;
+        let end = start
+            .checked_add(bytes.len())
+            .ok_or(Error::new(ErrorKind::BufferTooSmall {
+                need: u64::MAX,
+                have: self.capacity() as u64,
+            }))?;
+        self.set_len(end)?;
         self.data_mut()[start..].copy_from_slice(bytes);
         Ok(())
     }
@@ -117,12 +123,14 @@ impl PoolBuf {
 
     /// The data, writable.
     pub fn data_mut(&mut self) -> &mut [u8] {
+        self.pool.touch(self.slot, true);
         // SAFETY: as `data`, with `&mut self` guaranteeing exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.data_mut_ptr(), self.len()) }
     }
 
     /// The whole data capacity, writable (to fill before `set_len`).
     pub fn capacity_mut(&mut self) -> &mut [u8] {
+        self.pool.touch(self.slot, true);
         let cap = self.capacity();
         // SAFETY: the data area is `capacity` bytes inside the slot; exclusive via `&mut`.
         unsafe { std::slice::from_raw_parts_mut(self.data_mut_ptr(), cap) }
@@ -236,6 +244,7 @@ impl SharedBuf {
 
     /// The data bytes.
     pub fn data(&self) -> &[u8] {
+        self.pool.touch(self.slot, false);
         // SAFETY: inside the slot (`len <= capacity`); read-only while shared.
         unsafe { std::slice::from_raw_parts(self.data_ptr(), self.len()) }
     }
@@ -303,7 +312,7 @@ impl Drop for SharedBuf {
         {
             return;
         }
-        std::sync::atomic::fence(Ordering::Acquire);
+        fence(Ordering::Acquire, "shared_buf.drop");
         self.pool.put(self.slot);
     }
 }
@@ -459,6 +468,51 @@ mod loom_tests {
             assert!(pool.try_get().is_err());
             drop(b);
         });
+    }
+
+    /// Two clones read the slot on two threads and drop; the slot's next owner writes it.
+    /// Every read must happen-before that write (loom tracks the slot's bytes through
+    /// `PoolInner::touch`).
+    fn shared_reads_then_reuse() {
+        loom::model(|| {
+            let pool = BufferPool::builder()
+                .slots(1)
+                .slot_len(4096)
+                .populate(false)
+                .build()
+                .unwrap();
+            let s = pool.try_get().unwrap().share();
+            let s2 = s.clone();
+            // The next owner, started first so that only the free list can order it
+            // after the readers (a spawn would carry the spawner's whole history).
+            let p2 = pool.clone();
+            let next = loom::thread::spawn(move || {
+                if let Ok(mut b) = p2.try_get() {
+                    b.capacity_mut()[0] = 1;
+                }
+            });
+            let t = loom::thread::spawn(move || {
+                let _ = s2.data();
+                drop(s2);
+            });
+            let _ = s.data();
+            drop(s);
+            t.join().unwrap();
+            next.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn shared_reads_happen_before_the_slot_is_reused() {
+        shared_reads_then_reuse();
+    }
+
+    /// Mutation: without the Acquire fence after the last decrement, the other clone's
+    /// read does not happen-before the next owner's write: loom reports the race.
+    #[test]
+    #[should_panic(expected = "Causality violation")]
+    fn without_the_drop_fence_a_read_races_the_next_owner() {
+        crate::sync::mutation::without_fence("shared_buf.drop", shared_reads_then_reuse);
     }
 
     /// A slot returned on one thread while another takes: the taker gets it or sees
