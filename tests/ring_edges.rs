@@ -598,3 +598,66 @@ fn write_cursor_writes_at_the_file_position_and_advances_it() {
     assert_eq!(content(&f), b"head:one,two!");
     check_teardown(&ring, &[&pool]);
 }
+
+/// Found by the method (a handle after its owner): `OpId` carried no ring, and two rings
+/// number their slots alike, so `ring_b.cancel(id_from_ring_a)` cancelled ring B's own
+/// operation in the same slot and generation.
+#[test]
+fn an_op_id_from_another_ring_cancels_nothing() {
+    let pool = pool(2);
+    let mut a = Ring::new().unwrap();
+    let mut b = Ring::new().unwrap();
+    let (rxa, txa) = pipe();
+    let (rxb, txb) = pipe();
+    let ta = a.register(rxa).unwrap();
+    let tb = b.register(rxb).unwrap();
+    let tka = a.submit(Op::read(ta, 0, pool.try_get().unwrap())).ticket();
+    let tkb = b.submit(Op::read(tb, 0, pool.try_get().unwrap())).ticket();
+    a.poll().unwrap();
+    b.poll().unwrap();
+    assert!(!b.cancel(tka.id()), "ring B accepted ring A's id");
+    b.poll().unwrap();
+    std::fs::File::from(txb).write_all(b"b").unwrap();
+    let c = b.wait(tkb).unwrap();
+    assert_eq!(
+        c.into_result().unwrap().data(),
+        b"b",
+        "ring B's read was cancelled"
+    );
+    assert!(a.cancel(tka.id()));
+    assert_eq!(
+        a.wait(tka).unwrap().error().map(|e| e.kind()),
+        Some(ErrorKind::Cancelled)
+    );
+    drop(txa);
+    check_teardown(&a, &[]);
+    check_teardown(&b, &[&pool]);
+}
+
+/// Found by the method: `RingBuilder::ops(usize::MAX)` panicked ("capacity overflow")
+/// instead of refusing the value.
+#[test]
+fn ring_builder_refuses_impossible_sizes_with_typed_errors() {
+    for b in [
+        Ring::builder().ops(usize::MAX),
+        Ring::builder().ops((1 << 24) + 1),
+        Ring::builder().entries(0),
+        Ring::builder().entries(32769),
+        Ring::builder().entries(u32::MAX),
+    ] {
+        let e = std::panic::catch_unwind(|| b.build()).expect("build panicked");
+        assert!(matches!(
+            e.map(|_| ()).unwrap_err().kind(),
+            ErrorKind::InvalidInput { .. }
+        ));
+    }
+    let mut ring = Ring::builder()
+        .ops(0)
+        .entries(1)
+        .cq_entries(u32::MAX)
+        .files(0)
+        .buffers(0)
+        .build()
+        .unwrap();
+    assert_eq!(ring.submit(Op::nop()).wait().unwrap().result(), Ok(0));
+}

@@ -218,12 +218,13 @@ fn cancel_pending_pipe_read_completes_once_as_cancelled() {
     assert_eq!(ring.in_flight(), 1);
     assert!(ring.cancel(tk.id()));
     let c = ring.wait(tk).unwrap();
+    let c_id = c.id();
     assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::Cancelled));
     assert!(
         c.into_buf().is_some(),
         "buffer handed back with the cancelled read"
     );
-    assert!(!ring.cancel(iocomplete::OpId::from_user_data(0)));
+    assert!(!ring.cancel(c_id), "cancel of a finished operation");
     check_teardown(&ring, &[&pool]);
 }
 

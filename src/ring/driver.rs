@@ -214,7 +214,7 @@ impl Ring {
             // target operation's own CQE carries its outcome.
             return;
         }
-        let id = OpId(ud);
+        let id = OpId::from_cqe(self.id, ud);
         let key = id.index();
         let live = matches!(self.entry(id), Some(e) if matches!(e.state, EntryState::InKernel(_)));
         if !live {
@@ -294,7 +294,7 @@ impl Ring {
             let e = &mut self.ops[key];
             self.spare_iovs.give(std::mem::take(&mut e.iov));
             Completion {
-                id: OpId::new(key as u32, e.gen),
+                id: OpId::new(self.id, key as u32, e.gen),
                 tag: e.tag,
                 result,
                 bufs: std::mem::take(&mut e.bufs),
@@ -421,7 +421,7 @@ impl Ring {
                     .ops
                     .iter()
                     .filter(|(_, e)| matches!(e.state, EntryState::InKernel(_)))
-                    .map(|(k, e)| OpId::new(k as u32, e.gen).user_data())
+                    .map(|(k, e)| OpId::new(self.id, k as u32, e.gen).user_data())
                     .collect();
                 for ud in ids {
                     let sqe = opcode::AsyncCancel::new(ud)

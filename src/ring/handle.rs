@@ -105,7 +105,7 @@ fn complete_unsent(op: Op, d: Delivery) {
         | OpKind::Timeout { .. } => Bufs::None,
     };
     let c = Completion {
-        id: OpId(0),
+        id: OpId::NONE,
         tag: op.tag,
         result: Err(Error::new(crate::ErrorKind::Cancelled)),
         bufs,

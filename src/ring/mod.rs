@@ -45,6 +45,9 @@ use handle::HandleShared;
 use provided::BufRingState;
 use target::TargetEntry;
 
+/// Largest op-table reservation [`RingBuilder::ops`] accepts (about 1 GiB of entries).
+const MAX_OPS_RESERVED: usize = 1 << 24;
+
 static NEXT_RING_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 /// Builder for a [`Ring`].
@@ -128,8 +131,8 @@ impl RingBuilder {
         self
     }
 
-    /// Op-table capacity reserved up front (default 1024). The table grows past it if
-    /// needed; reserving enough keeps steady-state I/O free of allocations.
+    /// Op-table capacity reserved up front (default 1024; at most 2^24). The table grows
+    /// past it if needed; reserving enough keeps steady-state I/O free of allocations.
     pub fn ops(mut self, n: usize) -> Self {
         self.ops = n;
         self
@@ -140,6 +143,11 @@ impl RingBuilder {
     pub fn build(self) -> Result<Ring> {
         if self.entries == 0 || self.entries > 32768 {
             return Err(Error::invalid("ring entries must be in 1..=32768"));
+        }
+        if self.ops > MAX_OPS_RESERVED {
+            return Err(Error::invalid(
+                "op-table reservation must be <= 2^24 entries",
+            ));
         }
         let mut b = IoUring::builder();
         b.setup_cqsize(self.cq_entries.unwrap_or(self.entries * 2).max(1));
@@ -539,11 +547,17 @@ impl Ring {
 
     /// The op-table entry of `id`, if it is still that operation's (generation check).
     fn entry(&self, id: OpId) -> Option<&Entry> {
+        if id.ring() != self.id {
+            return None;
+        }
         self.ops.get(id.index()).filter(|e| e.gen == id.gen())
     }
 
     /// Mutable [`entry`](Self::entry).
     fn entry_mut(&mut self, id: OpId) -> Option<&mut Entry> {
+        if id.ring() != self.id {
+            return None;
+        }
         self.ops.get_mut(id.index()).filter(|e| e.gen == id.gen())
     }
 

@@ -6,40 +6,56 @@ use crate::buf::{IoBuf, PoolBuf};
 
 use super::target::Target;
 
-/// Identifies one submitted operation: its op-table slot and that slot's generation.
+/// Identifies one submitted operation: its ring, its op-table slot and that slot's
+/// generation.
 ///
-/// This is what travels through the kernel as `user_data` (generation in the high 32
-/// bits, slot in the low 32). A completion whose generation does not match the slot's
-/// current one is stale and is never routed to the slot's new occupant. Generation
-/// `u32::MAX` is reserved for the ring's own internal entries (cancel, timeout, wake-up),
-/// so those can never be mistaken for an operation.
+/// The slot and generation are what travel through the kernel as `user_data`
+/// (generation in the high 32 bits, slot in the low 32). A completion whose generation
+/// does not match the slot's current one is stale and is never routed to the slot's new
+/// occupant; an id from another ring matches nothing here (two rings number their slots
+/// alike). Generation `u32::MAX` is reserved for the ring's own internal entries (cancel,
+/// timeout, wake-up), so those can never be mistaken for an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct OpId(pub(crate) u64);
+pub struct OpId {
+    ud: u64,
+    ring: u32,
+}
 
 const RESERVED_GEN: u32 = u32::MAX;
 
 impl OpId {
-    pub(crate) fn new(index: u32, gen: u32) -> OpId {
+    pub(crate) fn new(ring: u32, index: u32, gen: u32) -> OpId {
         debug_assert_ne!(gen, RESERVED_GEN);
-        OpId(((gen as u64) << 32) | index as u64)
+        OpId {
+            ud: ((gen as u64) << 32) | index as u64,
+            ring,
+        }
     }
 
+    /// The id of `ring`'s operation whose SQE carried `ud`.
+    pub(crate) fn from_cqe(ring: u32, ud: u64) -> OpId {
+        OpId { ud, ring }
+    }
+
+    /// An id that belongs to no ring (for completions of operations that never reached
+    /// one); it matches no operation.
+    pub(crate) const NONE: OpId = OpId { ud: 0, ring: 0 };
+
     pub(crate) fn index(self) -> usize {
-        (self.0 & 0xffff_ffff) as usize
+        (self.ud & 0xffff_ffff) as usize
     }
 
     pub(crate) fn gen(self) -> u32 {
-        (self.0 >> 32) as u32
+        (self.ud >> 32) as u32
     }
 
-    /// The id carried by a raw `user_data` value (e.g. from a trace).
-    pub fn from_user_data(ud: u64) -> OpId {
-        OpId(ud)
+    pub(crate) fn ring(self) -> u32 {
+        self.ring
     }
 
-    /// The raw `user_data` value.
+    /// The raw `user_data` value the operation's SQE carries (e.g. to match a trace).
     pub fn user_data(self) -> u64 {
-        self.0
+        self.ud
     }
 }
 
@@ -384,10 +400,10 @@ mod tests {
 
     #[test]
     fn user_data_round_trip_and_sentinels_distinct() {
-        let id = OpId::new(12345, 77);
+        let id = OpId::new(3, 12345, 77);
         assert_eq!(id.index(), 12345);
         assert_eq!(id.gen(), 77);
-        assert!(!sentinel::is_sentinel(id.0));
+        assert!(!sentinel::is_sentinel(id.user_data()));
         assert!(sentinel::is_sentinel(sentinel::CANCEL));
         assert!(sentinel::is_sentinel(sentinel::TIMEOUT));
         assert_ne!(sentinel::CANCEL, sentinel::TIMEOUT);

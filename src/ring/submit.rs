@@ -89,7 +89,7 @@ impl Ring {
             read_base: 0,
             multishot: None,
         });
-        let id = OpId::new(key as u32, gen);
+        let id = OpId::new(self.id, key as u32, gen);
         let multi_ok = matches!(
             self.ops[key].state,
             EntryState::InKernel(Delivery::Queue(_) | Delivery::Local | Delivery::Detach)
