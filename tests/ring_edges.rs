@@ -661,3 +661,38 @@ fn ring_builder_refuses_impossible_sizes_with_typed_errors() {
         .unwrap();
     assert_eq!(ring.submit(Op::nop()).wait().unwrap().result(), Ok(0));
 }
+
+/// Found by the method: an `O_PATH` descriptor reads as `O_RDONLY`, so reads on it were
+/// sent to the kernel (EBADF); it is neither readable nor writable.
+#[test]
+fn o_path_targets_are_refused_before_the_kernel() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    std::fs::write(&p, b"data").unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(&p)
+        .unwrap();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(1);
+    let t = ring.register(f).unwrap();
+    let info = ring.info(t).unwrap();
+    assert!(!info.readable && !info.writable, "{info:?}");
+    let before = ring.stats().enters;
+    let c = ring
+        .submit(Op::read(t, 0, pool.try_get().unwrap()))
+        .wait()
+        .unwrap();
+    assert!(
+        matches!(
+            c.error().map(|e| e.kind()),
+            Some(ErrorKind::InvalidInput { .. })
+        ),
+        "{c:?}"
+    );
+    assert_eq!(ring.stats().enters, before);
+    drop(c);
+    check_teardown(&ring, &[&pool]);
+}

@@ -142,7 +142,9 @@ impl FdInfo {
             libc::S_IFCHR => FdKind::CharDevice,
             _ => FdKind::Other,
         };
-        let acc = fl & libc::O_ACCMODE;
+        // An `O_PATH` descriptor reads as `O_RDONLY` but allows no I/O at all.
+        let path_only = fl & libc::O_PATH != 0;
+        let acc = if path_only { -1 } else { fl & libc::O_ACCMODE };
         let direct = fl & libc::O_DIRECT != 0;
         let mut info = FdInfo {
             kind,
