@@ -60,10 +60,14 @@ impl<T> fmt::Debug for CompletionQueue<T> {
 }
 
 impl<T> CompletionQueue<T> {
-    /// A queue holding at most `capacity` items (at least 1).
+    /// The largest capacity [`new`](CompletionQueue::new) gives a queue.
+    pub const MAX_CAPACITY: usize = 1 << 24;
+
+    /// A queue holding at most `capacity` items, normalised to `1..=2^24` (the slots are
+    /// allocated up front; a larger request would only exhaust memory).
     pub fn new(capacity: usize) -> Self {
         CompletionQueue {
-            items: Inner::new(capacity.max(1)),
+            items: Inner::new(capacity.clamp(1, Self::MAX_CAPACITY)),
             overflow: Mutex::new(VecDeque::new()),
             overflowed: AtomicUsize::new(0),
             waiters: Waiters::new(),
@@ -262,6 +266,15 @@ impl<T> CompletionQueue<T> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn capacity_is_normalised_not_a_panic() {
+        assert_eq!(CompletionQueue::<u8>::new(0).capacity(), 1);
+        assert_eq!(
+            CompletionQueue::<u8>::new(usize::MAX).capacity(),
+            CompletionQueue::<u8>::MAX_CAPACITY
+        );
+    }
 
     #[test]
     fn full_queue_hands_item_back() {
