@@ -90,8 +90,10 @@ else
     record "soak (FUSE + loop)" 0 - 0 0 1 $((SECONDS - t0))
 fi
 
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || commit="$commit+dirty"
 echo
-echo "=== campaign summary (fuzz ${fuzz_secs}s/target, soak ${soak_secs}s, $(uname -r), $(nproc) cores)"
+echo "=== campaign summary (commit $commit, fuzz ${fuzz_secs}s/target, soak ${soak_secs}s, $(uname -r), $(nproc) cores)"
 printf '%-22s %9s %12s %9s %15s %8s %7s\n' stage runs execs faults bytes_verified failures time
 printf '%s\n' "${summary[@]}"
 echo "total: $((SECONDS - start))s, $failures stage(s) failed; logs in $logs/"
