@@ -191,6 +191,7 @@ impl Ring {
             let result = self.cqe_result(key, res);
             self.ops[key].bufs = bufs;
             self.finish(key, result);
+            self.multishot_ended(bgid);
             return;
         }
         self.in_kernel -= 1;
@@ -318,6 +319,9 @@ impl Ring {
     fn start_inbox(&mut self) {
         while let Some((op, d)) = self.shared.pop() {
             self.start(op, d);
+        }
+        while let Some(id) = self.shared.pop_cancel() {
+            self.cancel(id);
         }
     }
 
