@@ -1763,6 +1763,28 @@ fn bad_arguments_and_foreign_rings_are_refused() {
             "{mode:?}: {k:?}"
         );
     }
+    // Provided-buffer ids are 16 bits: explicit multishot with a larger pool is refused
+    // at build; `Auto` reads it single-shot.
+    let big = BufferPool::builder()
+        .slots((1 << 16) + 1)
+        .slot_len(64)
+        .align(64)
+        .build()
+        .unwrap();
+    let b = ContinuousReader::builder(t, &big).stream_reads(StreamReads::Multishot);
+    let k = kind(&mut ring, b);
+    assert!(
+        matches!(
+            k,
+            ErrorKind::InvalidInput { .. } | ErrorKind::Unsupported { .. }
+        ),
+        "{k:?}"
+    );
+    let auto = ContinuousReader::builder(t, &big)
+        .build(&mut ring, (), noop, |_, _| Restart::No)
+        .unwrap();
+    assert!(!auto.is_multishot());
+    drop(auto);
     assert_eq!(ring.stats().submitted, 0);
 
     // The foreign ring's own poll, first in its op table (like the reader's first read).

@@ -66,7 +66,8 @@ pub enum StreamReads {
     SingleShot,
     /// Multishot whenever the source allows it (single-shot reads for a file that cannot
     /// be read without blocking, see above); [`ErrorKind::Unsupported`] at build when
-    /// the ring cannot.
+    /// the ring cannot, [`ErrorKind::InvalidInput`] when the pool has more than 65536
+    /// slots (provided-buffer ids are 16 bits; `Auto` reads such a pool single-shot).
     Multishot,
 }
 
@@ -330,7 +331,7 @@ impl ContinuousReaderBuilder {
     /// ([`ErrorKind::BufferTooSmall`]), direct I/O settings that do not fit the target's
     /// alignment ([`ErrorKind::Misaligned`]), a pool with fewer slots than the reads need,
     /// zero workers or more than the pool's slots, multishot requested on a ring without
-    /// it ([`ErrorKind::Unsupported`]).
+    /// it ([`ErrorKind::Unsupported`]) or with a pool of more than 65536 slots.
     pub fn build<C, R, F>(
         self,
         ring: &mut Ring,
@@ -420,16 +421,23 @@ impl ContinuousReaderBuilder {
                 return Err(Error::invalid("a byte range needs a file or block device"));
             }
             let can = caps.read_multishot && caps.buf_ring;
+            // Provided-buffer ids are 16 bits: a larger pool cannot back a buffer ring.
+            let fits = g.slots <= 1 << 16;
             // Multishot needs a pollable file (other character devices may not be), and
             // misses wake-ups on ttys (see `StreamReads::Auto`).
             let suits = matches!(info.kind, FdKind::Pipe | FdKind::Socket);
             multishot = match self.stream_reads {
-                StreamReads::Auto => can && suits,
+                StreamReads::Auto => can && fits && suits,
                 StreamReads::SingleShot => false,
-                StreamReads::Multishot if can => true,
-                StreamReads::Multishot => {
+                StreamReads::Multishot if !can => {
                     return Err(Error::unsupported("IORING_OP_READ_MULTISHOT (Linux 6.7)"))
                 }
+                StreamReads::Multishot if !fits => {
+                    return Err(Error::invalid(
+                        "multishot reads need a pool of at most 65536 slots",
+                    ))
+                }
+                StreamReads::Multishot => true,
             };
             // Sockets are always read without blocking; other streams prove it first (see
             // `StreamReads`): the machine starts single-shot, the driver switches it.
