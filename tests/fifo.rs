@@ -878,3 +878,112 @@ fn fiforx_refuses_bad_input_with_clear_messages() {
     assert_eq!(fiforx::parse_len("64K").ok(), Some(65536));
     assert_eq!(fiforx::parse_len("3M").ok(), Some(3 << 20));
 }
+
+// ---- regression tests: huge deadlines, dropped receivers, foreign rings -------------------
+
+/// Finding 5: a huge deadline means "effectively never" — no overflow panic; the
+/// transaction completes normally when its data arrives, after a readiness wait. (The
+/// last one fits an `Instant`: the readiness wait carries it as a linked timeout.)
+#[test]
+fn huge_deadlines_mean_never_and_complete_normally() {
+    let timeouts = [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX),
+        Duration::from_secs(1 << 40),
+    ];
+    for timeout in timeouts {
+        let src = pipe_source();
+        let data = payload(30, 3000);
+        let mut ring = Ring::new().unwrap();
+        let pool = pool(2, 4096);
+        ring.register_pool(&pool);
+        let t = ring.register(src.rx).unwrap();
+        let mut rx = FifoReceiver::new(&ring, t).unwrap();
+        let mut tx = src.tx;
+        tx.write_all(&data[..1000]).unwrap();
+        rx.receive_with_deadline(&mut ring, pool.try_get().unwrap(), 3000, timeout)
+            .unwrap();
+        drive_until_waiting(&mut ring, &mut rx);
+        tx.write_all(&data[1000..]).unwrap();
+        let r = rx.wait(&mut ring).unwrap();
+        assert_eq!(r.status(), FifoStatus::Full, "{timeout:?}");
+        assert!(r.buf.data() == &data[..], "{timeout:?}: bytes differ");
+        assert!(r.readiness_waits() >= 1);
+        drop((r, rx));
+        check_teardown(&ring, &[&pool]);
+    }
+}
+
+/// Dropping a receiver while it waits for readiness on a silent source leaves nothing in
+/// flight: the ring becomes idle (`run_until_idle` returns) and every slot is back.
+#[test]
+fn dropping_a_waiting_receiver_leaves_the_ring_idle() {
+    for src in [pipe_source(), socket_source(), fifo_source()] {
+        let name = src.name;
+        let mut ring = Ring::new().unwrap();
+        let pool = pool(2, 4096);
+        ring.register_pool(&pool);
+        let t = ring.register(src.rx).unwrap();
+        let mut rx = FifoReceiver::new(&ring, t).unwrap();
+        let mut tx = src.tx;
+        tx.write_all(b"partial").unwrap();
+        rx.receive(&mut ring, pool.try_get().unwrap(), 100).unwrap();
+        drive_until_waiting(&mut ring, &mut rx);
+        drop(rx);
+        let until = Instant::now() + Duration::from_secs(5);
+        while ring.in_flight() > 0 {
+            assert!(
+                Instant::now() < until,
+                "{name}: the dropped receiver's wait is still in flight"
+            );
+            ring.run_once(Some(Duration::from_millis(20))).unwrap();
+        }
+        ring.run_until_idle().unwrap();
+        drop(tx);
+        check_teardown(&ring, &[&pool]);
+    }
+}
+
+/// A receiver used with a ring it was not made for is refused, and never touches that
+/// ring's operations (its cancel would otherwise hit whatever op has the same id there).
+#[test]
+fn a_receiver_refuses_a_foreign_ring_and_cancels_nothing_there() {
+    let src = pipe_source();
+    let mut ring = Ring::new().unwrap();
+    let mut other = Ring::new().unwrap();
+    let pool = pool(2, 4096);
+    let t = ring.register(src.rx).unwrap();
+    let mut rx = FifoReceiver::new(&ring, t).unwrap();
+    assert!(FifoReceiver::new(&other, t).is_err());
+    // The other ring has an operation of its own in flight; a nop first, so that it gets
+    // the op id (slot and generation) the receiver's readiness poll gets on its ring.
+    let theirs = pipe_source();
+    let ot = other.register(theirs.rx).unwrap();
+    other.submit(Op::nop()).wait().unwrap();
+    let ticket = other.submit(Op::poll(ot, libc::POLLIN as u32)).ticket();
+    other.poll().unwrap();
+    rx.receive(&mut ring, pool.try_get().unwrap(), 5).unwrap();
+    drive_until_waiting(&mut ring, &mut rx);
+    assert!(!rx.cancel(&mut other), "cancelled through a foreign ring");
+    assert!(rx.poll(&mut other).is_err());
+    assert!(rx.wait(&mut other).is_err());
+    let refused = rx.drain(&mut other, pool.try_get().unwrap()).unwrap_err();
+    drop(refused);
+    other.poll().unwrap();
+    assert!(
+        !other.is_done(&ticket),
+        "the foreign ring's poll was cancelled"
+    );
+    // The receiver still works on its own ring.
+    let mut tx = src.tx;
+    tx.write_all(b"hello").unwrap();
+    let r = rx.wait(&mut ring).unwrap();
+    assert_eq!(r.buf.data(), b"hello");
+    drop((r, rx));
+    check_teardown(&ring, &[&pool]);
+    let mut theirs_tx = theirs.tx;
+    theirs_tx.write_all(b"x").unwrap();
+    let c = other.wait(ticket).unwrap();
+    assert!(c.result().is_ok());
+    check_teardown(&other, &[]);
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::{check_teardown, verify, LoopDev};
 use iocomplete::reader::ContinuousReaderBuilder;
 use iocomplete::{
-    BufferPool, ContinuousReader, Dispatch, ErrorKind, FinishReason, PoolBuf, ReaderReport,
+    BufferPool, ContinuousReader, Dispatch, ErrorKind, FinishReason, Op, PoolBuf, ReaderReport,
     Restart, Ring, StopHandle, StreamReads, Target,
 };
 
@@ -888,8 +888,8 @@ fn raw_pty() -> (OwnedFd, OwnedFd) {
 }
 
 /// Bytes written to the slave of a raw-mode pty, read from the master. `Auto` reads a tty
-/// single-shot; explicit multishot works too (its occasional missed wake-up on Linux 6.18
-/// is bounded by the reader's re-check interval).
+/// single-shot; so does explicit multishot when the tty refuses `RWF_NOWAIT` (Linux 6.18:
+/// a multishot read would never end at hang-up, see `pty_hang_up_ends_every_stream_mode`).
 #[test]
 fn pty_in_raw_mode() {
     let want = verify::expected(BS, 34, 0, 128 * 1024);
@@ -913,7 +913,9 @@ fn pty_in_raw_mode() {
         w.join().unwrap();
         drop(keep);
         assert_eq!(report.reason, FinishReason::Stopped);
-        assert_eq!(report.multishot, mode == StreamReads::Multishot);
+        if mode == StreamReads::Auto {
+            assert!(!report.multishot);
+        }
         assert_eq!(seen.next.load(Ordering::SeqCst), want.len() as u64);
         ring.close(t).unwrap();
         check_teardown(&ring, &[&pool]);
@@ -1324,4 +1326,559 @@ fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
     drop(reader);
     ring.close(t).unwrap();
     check_teardown(&ring, &[&pool]);
+}
+
+// ---- regression tests: blocking FIFOs, dropped readers, shared pools ----------------------
+
+/// Make a named FIFO in `dir`.
+fn mkfifo(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("fifo");
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    path
+}
+
+/// Drive `reader` to its end, failing (not hanging) if it takes more than `limit`.
+fn drive_bounded<C, R, F>(
+    ring: &mut Ring,
+    reader: &mut ContinuousReader<C, R, F>,
+    limit: Duration,
+    what: &str,
+) -> ReaderReport
+where
+    C: Send + Sync + 'static,
+    R: Fn(&C, PoolBuf, u64) + Send + Sync + 'static,
+    F: FnMut(&C, &iocomplete::Error) -> Restart,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(r) = reader.drive(ring, Some(Duration::from_millis(50))).unwrap() {
+            return r;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: reader did not finish within {limit:?}: {reader:?}"
+        );
+    }
+}
+
+/// Drive `ring` until nothing is in flight and every slot of `pool` is back, failing (not
+/// hanging) after `limit`.
+fn drive_ring_idle(ring: &mut Ring, pool: &BufferPool, limit: Duration, what: &str) {
+    let started = Instant::now();
+    loop {
+        ring.run_once(Some(Duration::from_millis(20))).unwrap();
+        let s = pool.stats();
+        if ring.in_flight() == 0 && s.free == s.total {
+            // One more pass: a buffer ring still registered would take slots again here.
+            ring.poll().unwrap();
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: ring not idle after {limit:?}: in flight {}, pool {s:?}",
+            ring.in_flight()
+        );
+    }
+}
+
+/// Finding 10: a FIFO opened by path *without* `O_NONBLOCK` (the open blocks until the
+/// writer comes), and a pipe reopened through `/proc/self/fd` (what `cat /dev/stdin`
+/// gets). Neither has `FMODE_NOWAIT`; a multishot read of such a file never sees EOF on
+/// Linux 6.18. The writer writes everything and closes; the reader must deliver every
+/// byte and finish at EOF, in every stream mode.
+#[test]
+fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
+    let want = verify::expected(BS, 42, 0, 150_000);
+    let mut ring = Ring::new().unwrap();
+    let mut modes = vec![StreamReads::Auto, StreamReads::SingleShot];
+    if ring.capabilities().read_multishot {
+        modes.push(StreamReads::Multishot);
+    }
+    for mode in modes {
+        for reopened_pipe in [false, true] {
+            let what = format!(
+                "{mode:?} {}",
+                if reopened_pipe {
+                    "/proc/self/fd pipe"
+                } else {
+                    "blocking FIFO"
+                }
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let (rx, w) = if reopened_pipe {
+                let (rx, tx) = pipe();
+                let again = File::open(format!("/proc/self/fd/{}", rx.as_raw_fd())).unwrap();
+                drop(rx);
+                (again, slow_writer(tx, want.clone(), 4))
+            } else {
+                let path = mkfifo(dir.path());
+                let w = {
+                    let (want, path) = (want.clone(), path.clone());
+                    std::thread::spawn(move || {
+                        // Blocks until the reader opens its end.
+                        let tx = OpenOptions::new().write(true).open(&path).unwrap();
+                        slow_writer(tx.into(), want, 4).join().unwrap();
+                    })
+                };
+                (File::open(&path).unwrap(), w) // blocking open
+            };
+            let pool = pool(8, BS);
+            let t = ring.register(rx).unwrap();
+            let info = ring.info(t).unwrap();
+            assert!(
+                !info.nonblocking && info.kind == iocomplete::FdKind::Pipe,
+                "{what}"
+            );
+            let mut reader = ContinuousReader::builder(t, &pool)
+                .stream_reads(mode)
+                .build(
+                    &mut ring,
+                    StreamSeen::new(want.clone()),
+                    stream_on_read,
+                    |_, e| panic!("unexpected failure {e}"),
+                )
+                .unwrap();
+            let report = drive_bounded(&mut ring, &mut reader, Duration::from_secs(20), &what);
+            w.join().unwrap();
+            assert_eq!(report.reason, FinishReason::Eof, "{what}");
+            assert_eq!(report.bytes, want.len() as u64, "{what}");
+            assert_eq!(
+                reader.ctx().next.load(Ordering::SeqCst),
+                want.len() as u64,
+                "{what}"
+            );
+            drop(reader);
+            ring.close(t).unwrap();
+            check_teardown(&ring, &[&pool]);
+        }
+    }
+}
+
+/// The `cat` example binary, built by `cargo test` (or here, when running one test file).
+fn cat_binary() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent()?.parent()?.to_path_buf(); // target/<profile>/deps/..
+    let bin = profile_dir.join("examples").join("cat");
+    if let Ok(cargo) = std::env::var("CARGO") {
+        // Up to date even when only this test file was built.
+        let mut c = std::process::Command::new(cargo);
+        c.args(["build", "--quiet", "--example", "cat"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            c.arg("--release");
+        }
+        let status = c.status().unwrap();
+        assert!(status.success(), "cargo build --example cat failed");
+    }
+    bin.exists().then_some(bin)
+}
+
+/// Run the `cat` binary with `args`, `stdin` as its standard input, while `feed` writes
+/// the data; returns its stdout. Fails (not hangs) after `limit`.
+fn run_cat_bin(
+    bin: &std::path::Path,
+    args: &[&str],
+    stdin: std::process::Stdio,
+    feed: std::thread::JoinHandle<()>,
+    limit: Duration,
+) -> Vec<u8> {
+    let mut child = std::process::Command::new(bin)
+        .args(args)
+        .stdin(stdin)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut v).unwrap();
+        v
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("cat {args:?} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    feed.join().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "cat {args:?}: {status:?}: {err}");
+    reader.join().unwrap()
+}
+
+/// Finding 10, end to end: the `cat` binary on a named FIFO given by path, and on a pipe
+/// as stdin given as `/dev/stdin` (and as `-`), exits with every byte.
+#[test]
+fn cat_binary_exits_on_a_fifo_path_and_on_dev_stdin() {
+    let Some(bin) = cat_binary() else {
+        common::skip("the cat example binary is not built");
+        return;
+    };
+    let want = verify::expected(BS, 43, 0, 700_000);
+    let limit = Duration::from_secs(30);
+
+    // A FIFO by path: cat's open blocks until the writer opens its end.
+    let dir = tempfile::tempdir().unwrap();
+    let path = mkfifo(dir.path());
+    let feed = {
+        let (want, path) = (want.clone(), path.clone());
+        std::thread::spawn(move || {
+            let mut tx = OpenOptions::new().write(true).open(&path).unwrap();
+            tx.write_all(&want).unwrap();
+        })
+    };
+    let got = run_cat_bin(
+        &bin,
+        &[path.to_str().unwrap()],
+        std::process::Stdio::null(),
+        feed,
+        limit,
+    );
+    assert!(
+        got == want,
+        "FIFO path: {} bytes out of {}",
+        got.len(),
+        want.len()
+    );
+
+    // A pipe as stdin, named /dev/stdin (a reopen of the pipe) and `-` (the descriptor).
+    for arg in ["/dev/stdin", "-"] {
+        let (rx, tx) = pipe();
+        let feed = slow_writer(tx, want.clone(), 64);
+        let got = run_cat_bin(&bin, &[arg], File::from(rx).into(), feed, limit);
+        assert!(
+            got == want,
+            "{arg}: {} bytes out of {}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// Finding 7: dropping an unfinished reader (multishot from a provided-buffer ring, or a
+/// single-shot read waiting on a silent pipe) gives every slot back once the ring has run
+/// until idle, and leaves no operation in flight. The buffer ring is unregistered.
+#[test]
+fn dropping_an_unfinished_reader_returns_every_slot() {
+    let mut ring = Ring::new().unwrap();
+    let mut modes = vec![StreamReads::Auto, StreamReads::SingleShot];
+    if ring.capabilities().read_multishot {
+        modes.push(StreamReads::Multishot);
+    }
+    for mode in modes {
+        // One worker: `stream_on_read` checks the order, and two could overlap.
+        for dispatch in [Dispatch::Inline, Dispatch::Workers(1)] {
+            let what = format!("{mode:?} {dispatch:?}");
+            let want = verify::expected(BS, 44, 0, 64 * 1024);
+            let (rx, tx) = pipe();
+            let pool = pool(8, BS);
+            let t = ring.register(rx).unwrap();
+            let mut reader = ContinuousReader::builder(t, &pool)
+                .stream_reads(mode)
+                .dispatch(dispatch)
+                .build(
+                    &mut ring,
+                    StreamSeen::new(want.clone()),
+                    stream_on_read,
+                    |_, e| panic!("unexpected failure {e}"),
+                )
+                .unwrap();
+            // Half the data; the writer stays open, so the reader never finishes.
+            let mut tx = File::from(tx);
+            tx.write_all(&want[..32 * 1024]).unwrap();
+            let started = Instant::now();
+            while reader.ctx().next.load(Ordering::SeqCst) < 32 * 1024 {
+                assert!(reader
+                    .drive(&mut ring, Some(Duration::from_millis(20)))
+                    .unwrap()
+                    .is_none());
+                assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+            }
+            // Drive a little more so the next read (or re-armed multishot) is in flight.
+            reader
+                .drive(&mut ring, Some(Duration::from_millis(20)))
+                .unwrap();
+            assert!(ring.in_flight() > 0, "{what}: nothing in flight to abandon");
+            drop(reader);
+            drive_ring_idle(&mut ring, &pool, Duration::from_secs(10), &what);
+            // Data written after the drop stays in the pipe: nobody reads it any more.
+            tx.write_all(&want[32 * 1024..]).unwrap();
+            ring.run_once(Some(Duration::from_millis(20))).unwrap();
+            assert_eq!(pool.stats().free, pool.stats().total, "{what}");
+            drop(tx);
+            ring.close(t).unwrap();
+            check_teardown(&ring, &[&pool]);
+        }
+    }
+}
+
+/// Finding 8: multishot readers on one ring share a pool smaller than their buffer rings
+/// want. The first reader's source keeps going, then stays open but silent until every
+/// other reader has all its data: no buffer ring may take every slot or win every refill,
+/// and every reader gets every byte. Two readers, then three.
+#[test]
+fn multishot_readers_sharing_a_small_pool_all_get_all_their_data() {
+    let mut ring = Ring::new().unwrap();
+    if !ring.capabilities().read_multishot {
+        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
+        return;
+    }
+    for (n, slots) in [(2, 2), (2, 4), (2, 8), (3, 2), (3, 4), (3, 8)] {
+        let what = format!("{n} readers, {slots} slots");
+        let pool = pool(slots, BS);
+        let wants: Vec<Vec<u8>> = (0..n)
+            .map(|i| verify::expected(BS, 45 + i as u64, 0, 256 * 1024))
+            .collect();
+        let others_done = Arc::new(AtomicBool::new(false));
+        let mut targets = Vec::new();
+        let mut readers = Vec::new();
+        let mut writers = Vec::new();
+        for (i, want) in wants.iter().enumerate() {
+            let (rx, tx) = pipe();
+            let t = ring.register(rx).unwrap();
+            targets.push(t);
+            readers.push(
+                ContinuousReader::builder(t, &pool)
+                    .stream_reads(StreamReads::Multishot)
+                    .build(
+                        &mut ring,
+                        StreamSeen::new(want.clone()),
+                        stream_on_read,
+                        |_, e| panic!("unexpected failure {e}"),
+                    )
+                    .unwrap(),
+            );
+            writers.push(if i == 0 {
+                let (want, others_done) = (want.clone(), others_done.clone());
+                std::thread::spawn(move || {
+                    let mut f = File::from(tx);
+                    for c in want.chunks(2000) {
+                        f.write_all(c).unwrap();
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    // Silent but open until the others are done (bounded: the test
+                    // fails first).
+                    let started = Instant::now();
+                    while !others_done.load(Ordering::SeqCst)
+                        && started.elapsed() < Duration::from_secs(40)
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            } else {
+                slow_writer(tx, want.clone(), 4)
+            });
+        }
+        let started = Instant::now();
+        let mut reports: Vec<Option<ReaderReport>> = vec![None; n];
+        while reports.iter().any(Option::is_none) {
+            for (r, reader) in reports.iter_mut().zip(&mut readers) {
+                if r.is_none() {
+                    *r = reader
+                        .drive(&mut ring, Some(Duration::from_millis(5)))
+                        .unwrap();
+                }
+            }
+            if reports[1..].iter().all(Option::is_some) {
+                others_done.store(true, Ordering::SeqCst);
+            }
+            let got: Vec<u64> = readers
+                .iter()
+                .map(|r| r.ctx().next.load(Ordering::SeqCst))
+                .collect();
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{what}: starved: bytes received {got:?} of {}",
+                wants[0].len()
+            );
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        for ((r, reader), want) in reports.iter().zip(&readers).zip(&wants) {
+            let r = r.unwrap();
+            assert_eq!(r.reason, FinishReason::Eof, "{what}");
+            assert_eq!(r.bytes, want.len() as u64, "{what}");
+            assert!(r.multishot, "{what}");
+            assert_eq!(reader.ctx().next.load(Ordering::SeqCst), want.len() as u64);
+        }
+        drop(readers);
+        for t in targets {
+            ring.close(t).unwrap();
+        }
+        check_teardown(&ring, &[&pool]);
+    }
+}
+
+/// Adversarial arguments and handles: typed errors before anything reaches the kernel,
+/// never a panic, and a reader driven with a ring it was not built on touches nothing
+/// there (its cancel would otherwise hit whatever operation has the same id).
+#[test]
+fn bad_arguments_and_foreign_rings_are_refused() {
+    let mut ring = Ring::new().unwrap();
+    let mut other = Ring::new().unwrap();
+    let pool = pool(4, BS);
+    let (rx, tx) = pipe();
+    let t = ring.register(rx).unwrap();
+    let noop = |_: &(), _: PoolBuf, _: u64| {};
+    let kind = |ring: &mut Ring, b: ContinuousReaderBuilder| {
+        b.build(ring, (), noop, |_, _| Restart::No)
+            .unwrap_err()
+            .kind()
+    };
+    // More workers than the pool has slots can never all be busy; usize::MAX must not
+    // overflow anything.
+    for n in [5, usize::MAX] {
+        let b = ContinuousReader::builder(t, &pool).dispatch(Dispatch::Workers(n));
+        assert!(
+            matches!(kind(&mut ring, b), ErrorKind::InvalidInput { .. }),
+            "{n}"
+        );
+    }
+    // A zero transfer length is refused in every stream mode (multishot ignores it
+    // otherwise).
+    for mode in [
+        StreamReads::Auto,
+        StreamReads::SingleShot,
+        StreamReads::Multishot,
+    ] {
+        let b = ContinuousReader::builder(t, &pool)
+            .stream_reads(mode)
+            .transfer_len(0);
+        let k = kind(&mut ring, b);
+        assert!(
+            matches!(
+                k,
+                ErrorKind::InvalidInput { .. } | ErrorKind::Unsupported { .. }
+            ),
+            "{mode:?}: {k:?}"
+        );
+    }
+    // Provided-buffer ids are 16 bits: explicit multishot with a larger pool is refused
+    // at build; `Auto` reads it single-shot.
+    let big = BufferPool::builder()
+        .slots((1 << 16) + 1)
+        .slot_len(64)
+        .align(64)
+        .build()
+        .unwrap();
+    let b = ContinuousReader::builder(t, &big).stream_reads(StreamReads::Multishot);
+    let k = kind(&mut ring, b);
+    assert!(
+        matches!(
+            k,
+            ErrorKind::InvalidInput { .. } | ErrorKind::Unsupported { .. }
+        ),
+        "{k:?}"
+    );
+    let auto = ContinuousReader::builder(t, &big)
+        .build(&mut ring, (), noop, |_, _| Restart::No)
+        .unwrap();
+    assert!(!auto.is_multishot());
+    drop(auto);
+    assert_eq!(ring.stats().submitted, 0);
+
+    // The foreign ring's own poll, first in its op table (like the reader's first read).
+    let (orx, otx) = pipe();
+    let ot = other.register(orx).unwrap();
+    let ticket = other.submit(Op::poll(ot, libc::POLLIN as u32)).ticket();
+    other.poll().unwrap();
+    let before = other.stats();
+    let mut reader = ContinuousReader::builder(t, &pool)
+        .build(&mut ring, (), noop, |_, _| Restart::No)
+        .unwrap();
+    assert!(reader
+        .drive(&mut ring, Some(Duration::from_millis(5)))
+        .unwrap()
+        .is_none());
+    reader.stop();
+    let e = reader
+        .drive(&mut other, Some(Duration::from_millis(5)))
+        .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
+    other.poll().unwrap();
+    assert_eq!(other.stats().submitted, before.submitted);
+    assert!(
+        !other.is_done(&ticket),
+        "the foreign ring's poll was cancelled"
+    );
+    // On its own ring the reader stops as asked.
+    let report = drive_bounded(&mut ring, &mut reader, Duration::from_secs(10), "stop");
+    assert_eq!(report.reason, FinishReason::Stopped);
+    drop(reader);
+    drop(tx);
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+    File::from(otx).write_all(b"x").unwrap();
+    assert!(other.wait(ticket).unwrap().result().is_ok());
+    other.close(ot).unwrap();
+    check_teardown(&other, &[]);
+}
+
+/// A pty whose slave closes: the master's next read fails with `EIO`, and the reader ends
+/// (here `on_failed` declines a restart) with every byte written before — in every mode.
+/// A multishot read of a tty (no `FMODE_NOWAIT`) would stay armed forever instead.
+#[test]
+fn pty_hang_up_ends_every_stream_mode() {
+    let want = verify::expected(BS, 47, 0, 20_000);
+    let mut ring = Ring::new().unwrap();
+    let mut modes = vec![StreamReads::Auto, StreamReads::SingleShot];
+    if ring.capabilities().read_multishot {
+        modes.push(StreamReads::Multishot);
+    }
+    for mode in modes {
+        let (master, slave) = raw_pty();
+        let pool = pool(8, BS);
+        let t = ring.register(master).unwrap();
+        let mut reader = ContinuousReader::builder(t, &pool)
+            .stream_reads(mode)
+            .build(
+                &mut ring,
+                StreamSeen::new(want.clone()),
+                stream_on_read,
+                |_, _| Restart::No,
+            )
+            .unwrap();
+        let w = {
+            let want = want.clone();
+            std::thread::spawn(move || {
+                let mut f = File::from(slave);
+                f.write_all(&want).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }) // the slave closes here: hang-up
+        };
+        let started = Instant::now();
+        // Everything written, then the hang-up.
+        while reader.ctx().next.load(Ordering::SeqCst) < want.len() as u64 {
+            assert!(
+                reader
+                    .drive(&mut ring, Some(Duration::from_millis(20)))
+                    .unwrap()
+                    .is_none(),
+                "{mode:?}: ended before all bytes were in"
+            );
+            assert!(started.elapsed() < Duration::from_secs(10), "{mode:?}");
+        }
+        let what = format!("{mode:?} pty hang-up");
+        let report = drive_bounded(&mut ring, &mut reader, Duration::from_secs(10), &what);
+        w.join().unwrap();
+        assert_eq!(
+            report.reason,
+            FinishReason::Failed(iocomplete::Error::from_errno(libc::EIO)),
+            "{mode:?}"
+        );
+        assert_eq!(report.bytes, want.len() as u64, "{mode:?}");
+        drop(reader);
+        ring.close(t).unwrap();
+        check_teardown(&ring, &[&pool]);
+    }
 }

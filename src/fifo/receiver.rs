@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crate::buf::PoolBuf;
 use crate::error::{Error, Result};
 use crate::request::{Bufs, Ticket};
-use crate::ring::{FdKind, Op, Ring, Target};
+use crate::ring::{FdKind, Op, Ring, RingHandle, Target};
 
 use super::machine::{
     FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus, OpId as Seq, TxnId,
@@ -145,9 +145,13 @@ impl From<FifoRefused> for Error {
 /// sources). Before shutting down, [`drain`](Self::drain) saves whatever the source
 /// still holds without waiting.
 ///
-/// Dropping a receiver with a transaction in flight abandons it: the ring still reclaims
-/// the buffer once the kernel is done with it, but its bytes are lost and `on_end` does
-/// not run. Cancel and wait first.
+/// Dropping a receiver with a transaction in flight abandons it: its operation is
+/// cancelled (a readiness wait on a silent source would otherwise keep the ring busy
+/// forever) and the ring reclaims the buffer once the kernel is done with it, but its
+/// bytes are lost and `on_end` does not run. Cancel and wait first.
+///
+/// A receiver works with the ring it was made for: the other methods refuse any other
+/// ring (the ids of its operations mean nothing there).
 ///
 /// ```
 /// use iocomplete::{BufferPool, FifoReceiver, FifoStatus, Ring};
@@ -183,7 +187,12 @@ pub struct FifoReceiver {
     buf: Option<PoolBuf>,
     /// The one operation in flight.
     op: Option<InFlight>,
+    /// When the transaction times out; `None`: never (no deadline, or one so far away
+    /// that it is not representable).
     deadline: Option<Instant>,
+    /// The ring's handle, taken at the first transaction: a dropped receiver asks the ring
+    /// through it to cancel its operation.
+    handle: Option<RingHandle>,
     /// A completed transaction not yet handed out.
     done: Option<FifoReceived>,
     /// An operation's typed error without an errno (e.g. a closed target), so the outcome
@@ -252,6 +261,7 @@ impl FifoReceiver {
             buf: None,
             op: None,
             deadline: None,
+            handle: None,
             done: None,
             typed_failure: None,
             on_begin: None,
@@ -328,7 +338,8 @@ impl FifoReceiver {
     /// the bytes received so far) if the buffer is not full within `timeout`. Reads never
     /// wait; each readiness wait carries a linked timeout for the time left, so a receiver
     /// waiting on a silent source is woken by the kernel when the deadline expires, and a
-    /// transaction still receiving data past it ends at its next completion.
+    /// transaction still receiving data past it ends at its next completion. A `timeout`
+    /// too large to add to the current time (e.g. [`Duration::MAX`]) means no deadline.
     pub fn receive_with_deadline(
         &mut self,
         ring: &mut Ring,
@@ -373,6 +384,7 @@ impl FifoReceiver {
             });
             return refuse(error, buf);
         }
+        // Also refuses a foreign ring: the target is not registered there.
         if let Err(error) = ring.info(self.target) {
             return refuse(error, buf);
         }
@@ -386,9 +398,14 @@ impl FifoReceiver {
             Ok(t) => t,
             Err(error) => return refuse(error, buf),
         };
+        if self.handle.is_none() {
+            // Without it a dropped receiver cannot cancel its wait; it still works.
+            self.handle = ring.handle().ok();
+        }
         buf.clear();
         self.buf = Some(buf);
-        self.deadline = timeout.map(|t| Instant::now() + t);
+        // Overflow: a deadline beyond what an `Instant` holds never comes.
+        self.deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         self.typed_failure = None;
         self.pump(ring);
         Ok(txn)
@@ -399,8 +416,12 @@ impl FifoReceiver {
     /// its last read filled the buffer or hit EOF meanwhile); collect it with
     /// [`wait`](Self::wait) or [`poll`](Self::poll). Returns false when no transaction
     /// is in progress. Cancelling twice, or after a deadline expired, changes nothing:
-    /// the first stop decides the status.
+    /// the first stop decides the status. False, and nothing happens, on a ring other
+    /// than the receiver's.
     pub fn cancel(&mut self, ring: &mut Ring) -> bool {
+        if !ring.owns(self.target) {
+            return false;
+        }
         let Some(txn) = self.machine.current() else {
             return false;
         };
@@ -415,8 +436,13 @@ impl FifoReceiver {
     /// ring has already produced to the machine and submitting what it asks for next. Does
     /// not drive the ring: call it after [`Ring::run_once`] (or [`Ring::poll`]) in an
     /// event loop. `Ok(None)` while the transaction goes on, and when there is none. `Err`
-    /// only if the ring itself failed.
+    /// if the ring itself failed, or is not the receiver's.
     pub fn poll(&mut self, ring: &mut Ring) -> Result<Option<FifoReceived>> {
+        if !ring.owns(self.target) {
+            return Err(Error::invalid(
+                "FIFO receiver used with a ring it was not made for",
+            ));
+        }
         loop {
             if let Some(r) = self.done.take() {
                 return Ok(Some(r));
@@ -466,7 +492,7 @@ impl FifoReceiver {
 
     /// Drive the ring until the transaction completes, and return it. Sleeps in the
     /// kernel while the source is dry (no busy loop). `Err` when no transaction is in
-    /// progress or the ring failed.
+    /// progress, the ring failed or is not the receiver's.
     pub fn wait(&mut self, ring: &mut Ring) -> Result<FifoReceived> {
         loop {
             if let Some(r) = self.poll(ring)? {
@@ -562,6 +588,16 @@ impl FifoReceiver {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Drop for FifoReceiver {
+    fn drop(&mut self) {
+        // The ticket's own drop detaches the operation (the ring frees its buffer when the
+        // kernel returns it); the cancel makes sure that happens even on a silent source.
+        if let (Some(op), Some(h)) = (&self.op, &self.handle) {
+            h.cancel(op.ticket.id());
         }
     }
 }

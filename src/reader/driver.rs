@@ -20,7 +20,7 @@ use crate::buf::{BufferPool, PoolBuf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::queue::CompletionQueue;
 use crate::request::Completion;
-use crate::ring::{BufRing, FdKind, Op, OpId, Ring, RingHandle, Target};
+use crate::ring::{BufRingLease, FdKind, Op, OpId, Ring, RingHandle, Target};
 
 use super::machine::{
     FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, ReaderStats, Restart, Seq,
@@ -41,10 +41,21 @@ pub enum Dispatch {
 }
 
 /// How a stream source (pipe, FIFO, socket, tty) is read.
+///
+/// A multishot read works only on a file that can be read without blocking
+/// (`FMODE_NOWAIT`): on any other, io_uring emulates that with the file's poll state, and
+/// at end of file — poll says "hung up", not "readable" — the multishot read stays armed
+/// forever instead of completing with 0 (Linux 6.18). Sockets and `pipe(2)` pipes can;
+/// a named FIFO, or a pipe reopened by path (`/dev/stdin`, `/proc/self/fd/N`), cannot,
+/// nor can ttys. So the first read of a pipe, tty or character device is a single-shot
+/// read with `RWF_NOWAIT`, which the kernel refuses (`EOPNOTSUPP`, nothing read) exactly
+/// on those files: the reader then keeps to single-shot reads; otherwise it switches to
+/// multishot from the next read on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamReads {
     /// Multishot when the ring has `IORING_OP_READ_MULTISHOT` and provided-buffer rings
-    /// and the source is a pipe, FIFO or socket; single-shot reads otherwise. The default.
+    /// and the source is a pipe, FIFO or socket that can be read without blocking (see
+    /// above); single-shot reads otherwise. The default.
     ///
     /// Ttys get single-shot reads: on Linux 6.18 a multishot read of a pty under load
     /// sometimes misses a wake-up (data stays queued until the task next enters the
@@ -53,7 +64,10 @@ pub enum StreamReads {
     /// Always one single-shot read at a time (an `O_NONBLOCK` source then answers
     /// `EAGAIN` when empty, and the reader waits with a readiness poll).
     SingleShot,
-    /// Always multishot ([`ErrorKind::Unsupported`] at build when the ring cannot).
+    /// Multishot whenever the source allows it (single-shot reads for a file that cannot
+    /// be read without blocking, see above); [`ErrorKind::Unsupported`] at build when
+    /// the ring cannot, [`ErrorKind::InvalidInput`] when the pool has more than 65536
+    /// slots (provided-buffer ids are 16 bits; `Auto` reads such a pool single-shot).
     Multishot,
 }
 
@@ -81,7 +95,8 @@ pub struct ReaderReport {
     pub enobufs: u64,
     /// Submissions held back because no pool slot (or no provided buffer) was free.
     pub buffer_waits: u64,
-    /// Whether stream reads used multishot.
+    /// Whether stream reads used multishot (false when the source turned out not to
+    /// allow it, see [`StreamReads`]).
     pub multishot: bool,
 }
 
@@ -240,8 +255,10 @@ impl ContinuousReaderBuilder {
         self
     }
 
-    /// Bytes per read (default: the pool's slot capacity). With direct I/O it must be a
-    /// multiple of the target's alignment. Multishot stream reads fill up to a whole slot.
+    /// Bytes per read (default: the pool's slot capacity; not 0). With direct I/O it must
+    /// be a multiple of the target's alignment. Multishot stream reads fill up to a whole
+    /// slot, and so do the reads of a stream chosen for multishot that turns out not to
+    /// allow it (see [`StreamReads`]).
     pub fn transfer_len(mut self, len: u32) -> Self {
         self.transfer_len = Some(len);
         self
@@ -284,7 +301,8 @@ impl ContinuousReaderBuilder {
         self
     }
 
-    /// Where `on_read` runs (default [`Dispatch::Inline`]).
+    /// Where `on_read` runs (default [`Dispatch::Inline`]). At most as many workers as
+    /// the pool has slots (each delivery holds one, so more could never all be busy).
     pub fn dispatch(mut self, d: Dispatch) -> Self {
         self.dispatch = d;
         self
@@ -309,10 +327,11 @@ impl ContinuousReaderBuilder {
     ///
     /// Typed errors, before anything reaches the kernel: a target not open for reading or
     /// of an unsupported kind ([`ErrorKind::InvalidInput`], [`ErrorKind::StaleTarget`]),
-    /// a transfer length over the slot capacity ([`ErrorKind::BufferTooSmall`]), direct
-    /// I/O settings that do not fit the target's alignment ([`ErrorKind::Misaligned`]), a
-    /// pool with fewer slots than the reads need, zero workers, multishot requested on a
-    /// ring without it ([`ErrorKind::Unsupported`]).
+    /// a zero transfer length, or one over the slot capacity
+    /// ([`ErrorKind::BufferTooSmall`]), direct I/O settings that do not fit the target's
+    /// alignment ([`ErrorKind::Misaligned`]), a pool with fewer slots than the reads need,
+    /// zero workers or more than the pool's slots, multishot requested on a ring without
+    /// it ([`ErrorKind::Unsupported`]) or with a pool of more than 65536 slots.
     pub fn build<C, R, F>(
         self,
         ring: &mut Ring,
@@ -332,19 +351,31 @@ impl ContinuousReaderBuilder {
         let g = self.pool.geometry();
         let capacity = u32::try_from(g.capacity.min(i32::MAX as usize)).unwrap_or(u32::MAX);
         let transfer_len = self.transfer_len.unwrap_or(capacity);
+        if transfer_len == 0 {
+            return Err(Error::invalid("transfer_len must be non-zero"));
+        }
         if transfer_len as usize > g.capacity {
             return Err(Error::new(ErrorKind::BufferTooSmall {
                 need: u64::from(transfer_len),
                 have: g.capacity as u64,
             }));
         }
-        if let Dispatch::Workers(0) = self.dispatch {
-            return Err(Error::invalid(
-                "Dispatch::Workers needs at least one worker",
-            ));
+        match self.dispatch {
+            Dispatch::Workers(0) => {
+                return Err(Error::invalid(
+                    "Dispatch::Workers needs at least one worker",
+                ))
+            }
+            Dispatch::Workers(n) if n > g.slots => {
+                return Err(Error::invalid(
+                    "Dispatch::Workers: more workers than the pool has slots",
+                ))
+            }
+            _ => {}
         }
         let caps = *ring.capabilities();
         let mut multishot = false;
+        let mut probing = false;
         let mut cfg = if info.kind.is_seekable() {
             let align = if info.direct { info.offset_align } else { 1 };
             if info.direct && g.align < info.mem_align as usize {
@@ -390,20 +421,30 @@ impl ContinuousReaderBuilder {
                 return Err(Error::invalid("a byte range needs a file or block device"));
             }
             let can = caps.read_multishot && caps.buf_ring;
+            // Provided-buffer ids are 16 bits: a larger pool cannot back a buffer ring.
+            let fits = g.slots <= 1 << 16;
             // Multishot needs a pollable file (other character devices may not be), and
             // misses wake-ups on ttys (see `StreamReads::Auto`).
             let suits = matches!(info.kind, FdKind::Pipe | FdKind::Socket);
             multishot = match self.stream_reads {
-                StreamReads::Auto => can && suits,
+                StreamReads::Auto => can && fits && suits,
                 StreamReads::SingleShot => false,
-                StreamReads::Multishot if can => true,
-                StreamReads::Multishot => {
+                StreamReads::Multishot if !can => {
                     return Err(Error::unsupported("IORING_OP_READ_MULTISHOT (Linux 6.7)"))
                 }
+                StreamReads::Multishot if !fits => {
+                    return Err(Error::invalid(
+                        "multishot reads need a pool of at most 65536 slots",
+                    ))
+                }
+                StreamReads::Multishot => true,
             };
+            // Sockets are always read without blocking; other streams prove it first (see
+            // `StreamReads`): the machine starts single-shot, the driver switches it.
+            probing = multishot && info.kind != FdKind::Socket;
             // A multishot read fills whole provided buffers.
             let len = if multishot { capacity } else { transfer_len };
-            ReaderConfig::stream(len).multishot(multishot)
+            ReaderConfig::stream(len).multishot(multishot && !probing)
         } else {
             return Err(Error::invalid(
                 "unsupported source: needs a file, block device, pipe, FIFO, socket or tty",
@@ -414,14 +455,12 @@ impl ContinuousReaderBuilder {
         }
         let machine = ReaderMachine::new(cfg)?;
 
-        let buf_ring = if multishot {
-            let slots = g.slots.min(32768);
-            // Largest power of two not above the slot count.
-            let entries = 1u16 << (usize::BITS - 1 - slots.leading_zeros());
-            Some(ring.register_buf_ring(&self.pool, entries)?)
-        } else {
-            None
-        };
+        // The provided-buffer ring is registered at the first multishot read. It offers at
+        // most half the pool (the largest power of two not above it): offered slots stay
+        // with the kernel until data comes, and the other half serves the deliveries in
+        // the user's hands and other readers of the same pool.
+        let half = (g.slots / 2).clamp(1, 32768);
+        let buf_ring_entries = 1u16 << (usize::BITS - 1 - half.leading_zeros());
         // Other threads (workers' acknowledgements, stop handles) wake a driver blocked in
         // the ring through the ring's own wake-up poll. `ring` is set once, here; the
         // stop handle given out earlier shares `signal`.
@@ -432,13 +471,7 @@ impl ContinuousReaderBuilder {
         let callbacks = Arc::new(Callbacks { ctx, on_read });
         let workers = match self.dispatch {
             Dispatch::Inline => None,
-            Dispatch::Workers(n) => Some(
-                spawn_workers(n, g.slots, &callbacks, &self.signal).inspect_err(|_| {
-                    if let Some(br) = buf_ring {
-                        let _ = ring.unregister_buf_ring(br);
-                    }
-                })?,
-            ),
+            Dispatch::Workers(n) => Some(spawn_workers(n, g.slots, &callbacks, &self.signal)?),
         };
         let window = (cfg.effective_reorder_window() as usize).max(pending);
         Ok(ContinuousReader {
@@ -453,7 +486,9 @@ impl ContinuousReaderBuilder {
                 Vec::new()
             },
             deferred: VecDeque::with_capacity(pending + 4),
-            buf_ring,
+            buf_ring: None,
+            buf_ring_entries,
+            probing,
             signal: self.signal,
             stop_applied: false,
             report: None,
@@ -585,8 +620,16 @@ fn worker_loop<C, R>(
 /// Sources: files and block devices are read at advancing offsets, `pending_reads` at a
 /// time; `O_DIRECT` targets use their alignment (statx `DIOALIGN`, or the device's
 /// logical block size). Streams keep one read in flight: multishot from a provided-buffer
-/// ring when the ring supports it (re-armed after `ENOBUFS` once slots are back), or
-/// single-shot reads; a non-blocking stream's `EAGAIN` turns into a readiness poll.
+/// ring when the ring and the source support it (re-armed after `ENOBUFS` once slots are
+/// back; see [`StreamReads`]), or single-shot reads; a non-blocking stream's `EAGAIN`
+/// turns into a readiness poll. Readers of one pool share it fairly: a multishot reader's
+/// buffer ring offers at most half the pool's slots, and the ring refills the buffer rings
+/// of one pool in turn, each up to its share.
+///
+/// Dropping an unfinished reader abandons it: the ring is asked to cancel its operations
+/// and retire its buffer ring, and gets every slot back once the kernel has returned them
+/// (drive the ring, e.g. [`Ring::run_until_idle`]). Deliveries queued for workers still
+/// reach `on_read`; nothing else does.
 ///
 /// ```
 /// use iocomplete::{BufferPool, ContinuousReader, Restart, Ring};
@@ -627,7 +670,14 @@ pub struct ContinuousReader<C, R, F> {
     provided: Vec<Option<PoolBuf>>,
     /// Submissions waiting for a free slot (or provided buffer), in issue order.
     deferred: VecDeque<ReaderAction>,
-    buf_ring: Option<BufRing>,
+    /// The provided-buffer ring of multishot reads, from the first one on. Dropping the
+    /// lease (with an unfinished reader) retires it.
+    buf_ring: Option<BufRingLease>,
+    /// Its size.
+    buf_ring_entries: u16,
+    /// Multishot is wanted, but the source must first show that it can be read without
+    /// blocking: the next stream read carries `RWF_NOWAIT` (see [`StreamReads`]).
+    probing: bool,
     signal: Arc<Signal>,
     stop_applied: bool,
     report: Option<ReaderReport>,
@@ -711,7 +761,8 @@ where
         self.machine.stats()
     }
 
-    /// Whether the reader uses multishot stream reads.
+    /// Whether the reader uses multishot stream reads (or will, once its first read shows
+    /// that the source allows them; see [`StreamReads`]).
     pub fn is_multishot(&self) -> bool {
         self.multishot
     }
@@ -730,12 +781,10 @@ where
     /// Like [`run`](Self::run), also giving the context back.
     pub fn run_into_ctx(mut self, ring: &mut Ring) -> Result<(ReaderReport, C)> {
         let report = self.run_mut(ring)?;
-        let ContinuousReader {
-            callbacks, workers, ..
-        } = self;
+        let callbacks = self.callbacks.clone();
         // The workers (the context's only other holders) were joined when the reader
-        // finished; dropping them is a formality.
-        drop(workers);
+        // finished; dropping the reader is a formality.
+        drop(self);
         match Arc::try_unwrap(callbacks) {
             Ok(cb) => Ok((report, cb.ctx)),
             Err(_) => Err(Error::invalid("reader context still shared")),
@@ -759,11 +808,19 @@ where
     /// A panic raised by `on_read` on a worker thread stops the reader; once it has wound
     /// down (nothing in flight, no slot leaked) the panic is resumed here, on the driving
     /// thread, as `std::thread::scope` does.
+    ///
+    /// `ring` must be the ring the reader was built on
+    /// ([`ErrorKind::InvalidInput`] otherwise, and nothing happens).
     pub fn drive(
         &mut self,
         ring: &mut Ring,
         timeout: Option<Duration>,
     ) -> Result<Option<ReaderReport>> {
+        if !ring.owns(self.target) {
+            return Err(Error::invalid(
+                "reader driven on a ring it was not built on",
+            ));
+        }
         if let Some(r) = self.report {
             return Ok(Some(r));
         }
@@ -842,6 +899,20 @@ where
             match kind {
                 KIND_READ => {
                     self.ops.remove(&seq.get());
+                    if self.probing {
+                        self.probing = false;
+                        if res == -libc::EOPNOTSUPP {
+                            // No RWF_NOWAIT, so no multishot (see `StreamReads`); nothing
+                            // was read. The same read again, without the flag.
+                            self.multishot = false;
+                            drop(buf);
+                            let len = self.machine.config().transfer_len();
+                            self.deferred.push_front(ReaderAction::Read { seq, len });
+                            continue;
+                        }
+                        // Multishot from the next read on (this one is a normal read).
+                        self.machine.set_multishot(true)?;
+                    }
                     if let Some(b) = buf {
                         self.filled.insert(seq.get(), b);
                     }
@@ -891,17 +962,22 @@ where
     fn res_of(&mut self, c: &Completion) -> i32 {
         match c.result() {
             Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
-            Err(e) => match e.raw_os_error() {
-                Some(errno) => -errno,
-                None => {
-                    self.typed_error.get_or_insert(e);
-                    if e.kind() == ErrorKind::StaleTarget {
-                        -libc::EBADF
-                    } else {
-                        -libc::EINVAL
-                    }
+            Err(e) => self.res_of_error(e),
+        }
+    }
+
+    /// `-errno` for `e`; see [`res_of`](Self::res_of).
+    fn res_of_error(&mut self, e: Error) -> i32 {
+        match e.raw_os_error() {
+            Some(errno) => -errno,
+            None => {
+                self.typed_error.get_or_insert(e);
+                if e.kind() == ErrorKind::StaleTarget {
+                    -libc::EBADF
+                } else {
+                    -libc::EINVAL
                 }
-            },
+            }
         }
     }
 
@@ -930,9 +1006,24 @@ where
             // Streams ignore the offset.
             ReaderAction::Read { seq, len } => (seq, self.read_op(seq, 0, len)),
             ReaderAction::ReadMultishot { seq, .. } => {
-                let br = self
-                    .buf_ring
-                    .ok_or(Error::invalid("multishot read without a buffer ring"))?;
+                let br = match &self.buf_ring {
+                    Some(lease) => lease.buf_ring(),
+                    None => match ring.lease_buf_ring(&self.pool, self.buf_ring_entries) {
+                        Ok(lease) => self.buf_ring.insert(lease).buf_ring(),
+                        Err(e) => {
+                            // Complete the read here, as the kernel would have: a failure
+                            // for `on_failed`.
+                            let res = self.res_of_error(e);
+                            self.machine.handle(ReaderEvent::MultishotDone {
+                                seq,
+                                res,
+                                buf_id: None,
+                                more: false,
+                            })?;
+                            return Ok(true);
+                        }
+                    },
+                };
                 if ring.buf_ring_offered(br) == 0 {
                     return Ok(false);
                 }
@@ -952,7 +1043,8 @@ where
     /// A read of `len` bytes at `offset` into a fresh slot, if one is free.
     fn read_op(&self, seq: Seq, offset: u64, len: u32) -> Option<Op> {
         let buf = self.pool.try_get().ok()?;
-        Some(Op::read_len(self.target, offset, buf, len as usize).tag(tag(KIND_READ, seq)))
+        let op = Op::read_len(self.target, offset, buf, len as usize).tag(tag(KIND_READ, seq));
+        Some(if self.probing { op.nowait() } else { op })
     }
 
     fn run_actions(&mut self, ring: &mut Ring) -> Result<()> {
@@ -1058,9 +1150,10 @@ where
         if let Some(w) = &mut self.workers {
             w.shut_down();
         }
-        if let Some(br) = self.buf_ring.take() {
-            // Cannot fail: the multishot read has completed (the machine finished).
-            let _ = ring.unregister_buf_ring(br);
+        if let Some(lease) = self.buf_ring.take() {
+            // Cannot fail: the multishot read has completed (the machine finished). Were
+            // it to, dropping the lease retires the ring all the same.
+            let _ = ring.unregister_buf_ring(lease.buf_ring());
         }
         let s = self.machine.stats();
         self.report = Some(ReaderReport {
@@ -1087,6 +1180,27 @@ where
             // the reader has wound down (as `std::thread::scope` does).
             std::panic::resume_unwind(p);
         }
+    }
+}
+
+impl<C, R, F> Drop for ContinuousReader<C, R, F> {
+    /// An unfinished reader dropped: its operations in flight would keep their slots (a
+    /// read on a silent stream, an armed multishot read) until the ring itself goes. The
+    /// ring is asked to cancel them (through the reader's [`RingHandle`]), and the
+    /// provided-buffer ring is retired; their completions land in `events`, which the ring
+    /// drops with the last of them, buffers and all. Nothing is freed before the kernel
+    /// has returned it. Drive the ring (e.g. [`Ring::run_until_idle`]) to finish.
+    fn drop(&mut self) {
+        if self.report.is_some() {
+            return; // finished: nothing in flight, buffer ring unregistered
+        }
+        if let Some(h) = self.signal.ring.get() {
+            for &id in self.ops.values() {
+                h.cancel(id);
+            }
+        }
+        drop(self.buf_ring.take());
+        while self.events.pop().is_some() {}
     }
 }
 

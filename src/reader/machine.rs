@@ -646,6 +646,20 @@ impl ReaderMachine {
         self.stats
     }
 
+    /// Switch a stream reader between multishot and single-shot reads, from the next read
+    /// it issues (an operation in flight keeps its kind). For a driver that learns only
+    /// while reading what the source supports (see [`ContinuousReader`]'s
+    /// `StreamReads`). Refused for positional sources, and changes nothing then.
+    ///
+    /// [`ContinuousReader`]: crate::ContinuousReader
+    pub fn set_multishot(&mut self, on: bool) -> Result<()> {
+        if self.cfg.positional {
+            return Err(reject("multishot reads need a stream source"));
+        }
+        self.cfg.multishot = on;
+        Ok(())
+    }
+
     /// Stop the reader: cancel what is in flight, finish with [`FinishReason::Stopped`]
     /// once everything is back. Idempotent; does nothing once finished.
     pub fn stop(&mut self) {

@@ -709,3 +709,36 @@ fn sim_reports_invalid_configs_separately() {
     let e = run_reader(1, ReaderConfig::positional(0), &SimParams::default()).unwrap_err();
     assert!(matches!(e, SimFailure::InvalidConfig(_)));
 }
+
+#[test]
+fn set_multishot_switches_the_next_stream_read_and_is_refused_for_files() {
+    let mut m = ReaderMachine::new(ReaderConfig::stream(32)).unwrap();
+    let a = actions(&mut m);
+    let [ReaderAction::Read { seq, len: 32 }] = a[..] else {
+        panic!("{a:?}")
+    };
+    m.set_multishot(true).unwrap();
+    // The read in flight keeps its kind; the next one is multishot.
+    m.handle(ReaderEvent::ReadDone { seq, res: 5 }).unwrap();
+    let a = actions(&mut m);
+    assert_eq!(a[0], deliver(0, 5, seq));
+    let ReaderAction::ReadMultishot { seq: ms, len: 32 } = a[1] else {
+        panic!("{a:?}")
+    };
+    m.set_multishot(false).unwrap();
+    m.handle(ReaderEvent::MultishotDone {
+        seq: ms,
+        res: -libc::ENOBUFS,
+        buf_id: None,
+        more: false,
+    })
+    .unwrap();
+    m.handle(ReaderEvent::Delivered { seq }).unwrap();
+    assert!(matches!(actions(&mut m)[..], [ReaderAction::Read { .. }]));
+
+    let mut p = ReaderMachine::new(ReaderConfig::positional(16)).unwrap();
+    let before = actions(&mut p);
+    assert!(p.set_multishot(true).is_err());
+    assert_eq!(p.config().source(), SourceKind::Positional { align: 1 });
+    assert!(actions(&mut p).is_empty() && !before.is_empty());
+}

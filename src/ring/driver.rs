@@ -240,6 +240,7 @@ impl Ring {
             let result = self.cqe_result(key, res);
             self.ops[key].bufs = bufs;
             self.finish(key, result);
+            self.multishot_ended(bgid);
             return;
         }
         self.in_kernel -= 1;
@@ -345,6 +346,9 @@ impl Ring {
     fn start_inbox(&mut self) {
         while let Some((op, d)) = self.shared.pop() {
             self.start(op, d);
+        }
+        while let Some(id) = self.shared.pop_cancel() {
+            self.cancel(id);
         }
     }
 

@@ -17,6 +17,8 @@ use super::op::{Op, OpId, OpKind};
 /// wakes the ring (it keeps a multishot poll armed on it).
 pub(crate) struct HandleShared {
     inbox: SegQueue<(Op, Delivery)>,
+    /// Operations to cancel, from owners dropped without access to the ring.
+    cancels: SegQueue<OpId>,
     wake: OwnedFd,
     /// Set by `RingHandle::shutdown`: the driver loop may exit once idle.
     shut_down: AtomicBool,
@@ -33,6 +35,7 @@ impl HandleShared {
         }
         Ok(HandleShared {
             inbox: SegQueue::new(),
+            cancels: SegQueue::new(),
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
             shut_down: AtomicBool::new(false),
@@ -46,6 +49,10 @@ impl HandleShared {
 
     pub(crate) fn pop(&self) -> Option<(Op, Delivery)> {
         self.inbox.pop()
+    }
+
+    pub(crate) fn pop_cancel(&self) -> Option<OpId> {
+        self.cancels.pop()
     }
 
     pub(crate) fn inbox_is_empty(&self) -> bool {
@@ -206,6 +213,19 @@ impl RingHandle {
     /// handing that thread work through another channel. Cheap when repeated: one pending
     /// wake-up covers any number of calls.
     pub fn wake(&self) {
+        self.shared.wake();
+    }
+
+    /// Ask the ring to cancel operation `id` (as [`Ring::cancel`](super::Ring::cancel))
+    /// when it is next driven, and wake it. For owners dropped without access to the ring
+    /// (a reader, a FIFO receiver). Nothing happens if the operation has completed
+    /// meanwhile (the id's generation no longer matches), or if the ring is gone (it
+    /// cancelled everything as it closed).
+    pub(crate) fn cancel(&self, id: OpId) {
+        if self.shared.is_closed() {
+            return;
+        }
+        self.shared.cancels.push(id);
         self.shared.wake();
     }
 

@@ -39,6 +39,7 @@ pub use handle::RingHandle;
 pub use op::{BufPart, Op, OpId};
 pub use probe::Capabilities;
 pub use provided::BufRing;
+pub(crate) use provided::BufRingLease;
 pub use target::{FdInfo, FdKind, Target};
 
 use handle::HandleShared;

@@ -7,8 +7,20 @@
 //! buffer ring the ring holds its `PoolBuf` (state: in flight); when a CQE names the
 //! buffer id, that `PoolBuf` moves into the completion. The ring tops the buffer ring up
 //! from the pool's free list every time it is driven.
+//!
+//! Several buffer rings may share one pool. Slots offered to the kernel stay with it until
+//! data arrives, so the refill is fair: one slot at a time to the ring with the fewest
+//! offered (the one served longest ago among equals), and no ring beyond its share of the
+//! pool (the pool's slots divided among the rings drawing on it). A busy ring thus cannot
+//! win every refill, nor a silent one keep the others dry once their share comes back.
+//!
+//! An owner that may be dropped without access to the ring (a reader) holds a
+//! [`BufRingLease`]: dropping it retires the buffer ring — the ring stops topping it up,
+//! cancels the multishot reads still using it and, once the kernel has completed them,
+//! unregisters it and gives its slots back.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::Arc;
 
 use crate::buf::{BufferPool, PoolBuf};
 use crate::error::{Error, Result};
@@ -49,45 +61,72 @@ pub(crate) struct BufRingState {
     provided: Vec<Option<PoolBuf>>,
     offered: usize,
     len: u32,
+    /// The tail the kernel has seen (the last one stored to the shared ring).
+    published: u16,
+    /// Most buffers offered at once: the ring's entries, or its share of the pool when
+    /// other rings draw on the same pool. Recomputed at every refill.
+    cap: usize,
+    /// Set by the owner's [`BufRingLease`] when it is dropped (from any thread).
+    retire: Arc<AtomicBool>,
+    /// `retire` seen by the ring: no more refills; unregistered once unused.
+    retiring: bool,
+    /// When the ring was last given a slot (a count over all rings): among rings with as
+    /// few buffers offered, the one served longest ago comes first.
+    turn: u64,
+    /// Its pool had no free slot during this refill.
+    dry: bool,
 }
 
 impl BufRingState {
-    /// Offer free pool slots to the kernel until the ring is full or the pool is empty.
-    /// Returns how many were added.
-    pub(crate) fn replenish(&mut self) -> usize {
-        let mut added = 0;
-        while self.offered < self.entries as usize {
-            let Ok(buf) = self.pool.try_get() else {
-                break;
-            };
-            let bid = buf.slot() as usize;
-            let idx = (self.tail & (self.entries - 1)) as usize;
-            let base = self.map.as_mut_ptr();
-            let addr = buf.data_ptr() as u64;
-            // SAFETY: `idx < entries`, so the 16-byte entry lies inside the mapping. The
-            // kernel only reads entries between its head and our published tail, and this
-            // one is past the tail until the store below.
-            unsafe {
-                let e = base.add(idx * ENTRY);
-                (e as *mut u64).write(addr);
-                (e.add(8) as *mut u32).write(self.len);
-                (e.add(12) as *mut u16).write(bid as u16);
-            }
-            buf.pool().set_in_flight(buf.slot(), true, true);
-            self.provided[bid] = Some(buf);
-            self.offered += 1;
-            self.tail = self.tail.wrapping_add(1);
-            added += 1;
+    /// Offer one free pool slot to the kernel (written past the published tail; see
+    /// [`publish`](Self::publish)). False when the pool has no free slot.
+    fn offer_one(&mut self) -> bool {
+        let Ok(buf) = self.pool.try_get() else {
+            return false;
+        };
+        let bid = buf.slot() as usize;
+        let idx = (self.tail & (self.entries - 1)) as usize;
+        let base = self.map.as_mut_ptr();
+        let addr = buf.data_ptr() as u64;
+        // SAFETY: `idx < entries`, so the 16-byte entry lies inside the mapping. The
+        // kernel only reads entries between its head and our published tail, and this
+        // one is past the tail until `publish` stores it. It is free: fewer than `entries`
+        // buffers are offered (the callers keep `offered < cap <= entries`).
+        unsafe {
+            let e = base.add(idx * ENTRY);
+            (e as *mut u64).write(addr);
+            (e.add(8) as *mut u32).write(self.len);
+            (e.add(12) as *mut u16).write(bid as u16);
         }
-        if added > 0 {
-            // SAFETY: the tail is a naturally aligned u16 at offset 14 of the page-aligned
-            // mapping, shared with the kernel, which reads it atomically.
-            let tail = unsafe { &*(self.map.as_mut_ptr().add(TAIL) as *const AtomicU16) };
-            // Release: the entry writes above must be visible before the kernel (which
-            // loads the tail with acquire semantics) sees the new tail.
-            tail.store(self.tail, Ordering::Release);
+        buf.pool().set_in_flight(buf.slot(), true, true);
+        self.provided[bid] = Some(buf);
+        self.offered += 1;
+        self.tail = self.tail.wrapping_add(1);
+        true
+    }
+
+    /// Hand the entries written since the last call to the kernel.
+    fn publish(&mut self) {
+        if self.tail == self.published {
+            return;
         }
-        added
+        // SAFETY: the tail is a naturally aligned u16 at offset 14 of the page-aligned
+        // mapping, shared with the kernel, which reads it atomically.
+        let tail = unsafe { &*(self.map.as_mut_ptr().add(TAIL) as *const AtomicU16) };
+        // Release: the entry writes of `offer_one` must be visible before the kernel
+        // (which loads the tail with acquire semantics) sees the new tail.
+        tail.store(self.tail, Ordering::Release);
+        self.published = self.tail;
+    }
+
+    /// Whether the owner gave the ring up (latched).
+    fn retiring(&mut self) -> bool {
+        // Acquire: pairs with the Release in `BufRingLease::drop`; nothing else travels
+        // with the flag, but it keeps the hand-over ordered for any future state.
+        if !self.retiring && self.retire.load(Ordering::Acquire) {
+            self.retiring = true;
+        }
+        self.retiring
     }
 
     /// The kernel consumed buffer `bid`: hand its `PoolBuf` over.
@@ -115,11 +154,38 @@ impl Drop for BufRingState {
     }
 }
 
+/// A provided-buffer ring held by an owner that may be dropped without access to its
+/// [`Ring`] (a reader). Dropping the lease retires the buffer ring: on its next drives the
+/// ring stops topping it up, cancels the multishot reads still using it, and once the
+/// kernel has completed them unregisters it and returns its slots to the pool — never
+/// while the kernel may still write them. Made by [`Ring::lease_buf_ring`].
+#[derive(Debug)]
+pub(crate) struct BufRingLease {
+    br: BufRing,
+    retire: Arc<AtomicBool>,
+}
+
+impl BufRingLease {
+    /// The buffer ring.
+    pub(crate) fn buf_ring(&self) -> BufRing {
+        self.br
+    }
+}
+
+impl Drop for BufRingLease {
+    fn drop(&mut self) {
+        // Release: see `BufRingState::retiring`.
+        self.retire.store(true, Ordering::Release);
+    }
+}
+
 impl Ring {
     /// Register a provided-buffer ring of `entries` (a power of two, at most 32768) slots
     /// from `pool` (which should have at most 65536 slots), for multishot reads
     /// ([`Op::read_multishot`](super::Op::read_multishot)). The ring keeps it topped up
-    /// from the pool's free list whenever it is driven.
+    /// from the pool's free list whenever it is driven, up to `entries` buffers — or, when
+    /// several buffer rings draw on the same pool, up to its fair share of the pool's
+    /// slots (refilled in turn with them).
     pub fn register_buf_ring(&mut self, pool: &BufferPool, entries: u16) -> Result<BufRing> {
         if !self.caps.buf_ring {
             return Err(Error::unsupported("provided-buffer rings (Linux 5.19)"));
@@ -162,7 +228,7 @@ impl Ring {
         }
         .map_err(|e| Error::from_io(&e))?;
         self.next_bgid = bgid.wrapping_add(1);
-        let mut st = BufRingState {
+        self.buf_rings.push(BufRingState {
             bgid,
             map,
             entries,
@@ -171,12 +237,34 @@ impl Ring {
             provided: (0..g.slots).map(|_| None).collect(),
             offered: 0,
             len,
-        };
-        st.replenish();
-        self.buf_rings.push(st);
+            published: 0,
+            cap: 0,
+            retire: Arc::new(AtomicBool::new(false)),
+            retiring: false,
+            turn: 0,
+            dry: false,
+        });
+        self.replenish_buf_rings();
         Ok(BufRing {
             ring: self.id,
             bgid,
+        })
+    }
+
+    /// [`register_buf_ring`](Self::register_buf_ring), held by a [`BufRingLease`] that
+    /// retires it when dropped.
+    pub(crate) fn lease_buf_ring(
+        &mut self,
+        pool: &BufferPool,
+        entries: u16,
+    ) -> Result<BufRingLease> {
+        let br = self.register_buf_ring(pool, entries)?;
+        let pos = self
+            .buf_ring_pos(br)
+            .ok_or(Error::invalid("buffer ring vanished"))?;
+        Ok(BufRingLease {
+            br,
+            retire: self.buf_rings[pos].retire.clone(),
         })
     }
 
@@ -203,27 +291,122 @@ impl Ring {
         let pos = self
             .buf_ring_pos(br)
             .ok_or(Error::invalid("buffer ring not registered with this ring"))?;
-        let in_use = self.ops.iter().any(|(_, e)| {
-            e.multishot == Some(br.bgid) && matches!(e.state, super::EntryState::InKernel(_))
-        });
-        if in_use {
+        if self.buf_ring_users(br.bgid, false) > 0 {
             return Err(Error::invalid(
                 "a multishot read still uses this buffer ring",
             ));
         }
+        self.remove_buf_ring(pos)
+    }
+
+    /// `IORING_UNREGISTER_PBUF_RING` for the ring at `pos`, which no operation in the
+    /// kernel uses; then drop its state, which returns the offered slots to the pool and
+    /// unmaps the entries (the kernel no longer reads them).
+    fn remove_buf_ring(&mut self, pos: usize) -> Result<()> {
         self.uring
             .submitter()
-            .unregister_buf_ring(br.bgid)
+            .unregister_buf_ring(self.buf_rings[pos].bgid)
             .map_err(|e| Error::from_io(&e))?;
-        // The kernel no longer reads the entries: dropping the state returns the offered
-        // slots to the pool and unmaps the entries.
         self.buf_rings.swap_remove(pos);
         Ok(())
     }
 
+    /// Multishot reads in the kernel picking buffers from group `bgid`; with `cancel`,
+    /// ask the kernel to cancel those not already asked.
+    fn buf_ring_users(&mut self, bgid: u16, cancel: bool) -> usize {
+        let mut users = 0;
+        // Indexing by key (not an iterator) so that `cancel` can borrow the ring; the
+        // op table is small and this runs only for a retiring ring or an unregister.
+        let keys = self.ops.capacity();
+        for key in 0..keys {
+            let Some(e) = self.ops.get(key) else { continue };
+            if e.multishot != Some(bgid) || !matches!(e.state, super::EntryState::InKernel(_)) {
+                continue;
+            }
+            users += 1;
+            if cancel && !e.cancel_requested {
+                let id = super::OpId::new(key as u32, e.gen);
+                self.cancel(id);
+            }
+        }
+        users
+    }
+
+    /// Retiring ring at `pos`: cancel its users, unregister it once none is left. True
+    /// when it is gone.
+    fn retire_step(&mut self, pos: usize) -> bool {
+        let bgid = self.buf_rings[pos].bgid;
+        // If unregistering fails the ring keeps its state (the kernel may still read the
+        // entries) and tries again on the next drive.
+        self.buf_ring_users(bgid, true) == 0 && self.remove_buf_ring(pos).is_ok()
+    }
+
+    /// The last completion of a multishot read from group `bgid` was reaped: a retiring
+    /// ring with no other user goes now, so that a ring driven until idle has given every
+    /// slot back.
+    pub(super) fn multishot_ended(&mut self, bgid: u16) {
+        if let Some(pos) = self.buf_rings.iter().position(|s| s.bgid == bgid) {
+            if self.buf_rings[pos].retiring() {
+                self.retire_step(pos);
+            }
+        }
+    }
+
+    /// Retire what the owners gave up, then top every other buffer ring up, fairly: each
+    /// to at most its entries and its share of its pool (the pool's slots divided among
+    /// the live rings drawing on it, rounded up), one slot at a time to the neediest ring
+    /// — fewest buffers offered, then served longest ago — so that rings short of slots
+    /// take turns across refills.
     pub(super) fn replenish_buf_rings(&mut self) {
-        for br in &mut self.buf_rings {
-            br.replenish();
+        if self.buf_rings.is_empty() {
+            return;
+        }
+        let mut pos = 0;
+        while pos < self.buf_rings.len() {
+            if self.buf_rings[pos].retiring() && self.retire_step(pos) {
+                continue; // swap_remove moved another ring to `pos`
+            }
+            pos += 1;
+        }
+        for i in 0..self.buf_rings.len() {
+            let pool = self.buf_rings[i].pool.inner.id();
+            let sharing = self
+                .buf_rings
+                .iter()
+                .filter(|s| !s.retiring && s.pool.inner.id() == pool)
+                .count()
+                .max(1);
+            let st = &mut self.buf_rings[i];
+            let share = st.pool.geometry().slots.div_ceil(sharing);
+            st.cap = if st.retiring {
+                0
+            } else {
+                share.min(st.entries as usize)
+            };
+        }
+        let mut tick = 0;
+        for st in &mut self.buf_rings {
+            st.dry = false;
+            tick = tick.max(st.turn);
+        }
+        loop {
+            let neediest = self
+                .buf_rings
+                .iter_mut()
+                .filter(|st| st.offered < st.cap && !st.dry)
+                .min_by_key(|st| (st.offered, st.turn));
+            let Some(st) = neediest else {
+                break;
+            };
+            if st.offer_one() {
+                tick += 1;
+                st.turn = tick;
+            } else {
+                st.dry = true;
+            }
+        }
+        for st in &mut self.buf_rings {
+            st.publish();
         }
     }
 
