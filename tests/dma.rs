@@ -386,7 +386,9 @@ fn device_error_ends_the_transaction_once_with_completed_final() {
 }
 
 #[test]
-fn kernel_ebadf_is_a_typed_error_and_buffers_come_back() {
+fn a_target_that_cannot_read_is_refused_before_the_kernel_and_buffers_come_back() {
+    // An O_PATH descriptor allows no I/O (the kernel would answer EBADF): the ring knows
+    // it from registration, so the transaction is refused up front, list and all.
     let dir = common::disk_dir();
     let path = dir.path().join("f");
     verify::make_file(&path, 1 << 20, BS, 35);
@@ -406,7 +408,8 @@ fn kernel_ebadf_is_a_typed_error_and_buffers_come_back() {
     sg.push_extent(&pool, 0, 8 * BS as u64).unwrap();
     let mut reports = Reports::default();
     let config = Config::new().max_transfer(2 * BS as u64).max_in_flight(2);
-    let drv = DmaDriver::new(
+    let enters = ring.stats().enters;
+    let err = DmaDriver::new(
         &mut ring,
         t,
         sg,
@@ -415,17 +418,17 @@ fn kernel_ebadf_is_a_typed_error_and_buffers_come_back() {
         None,
         |r: &TransferReport| reports.record(r),
     )
-    .unwrap();
-    let (done, sg) = drv.run(&mut ring).unwrap();
-    assert_eq!(done.status, Err(Error::from_errno(libc::EBADF)));
-    assert_eq!(done.bytes, 0);
-    assert_eq!(reports.finals(), 1);
-    assert!(reports
-        .all
-        .iter()
-        .any(|r| r.status == TransferStatus::Error(libc::EBADF)));
+    .map(|_| ())
+    .unwrap_err();
+    assert!(
+        matches!(err.error().kind(), ErrorKind::InvalidInput { .. }),
+        "{err:?}"
+    );
+    assert_eq!(ring.stats().enters, enters, "reached the kernel");
+    let sg = err.into_sg();
     assert_eq!(sg.len(), 8);
     drop(sg);
+    assert!(reports.all.is_empty());
     check_teardown(&ring, &[&pool]);
 }
 

@@ -325,7 +325,7 @@ impl Ring {
             }
             users += 1;
             if cancel && !e.cancel_requested {
-                let id = super::OpId::new(key as u32, e.gen);
+                let id = super::OpId::new(self.id, key as u32, e.gen);
                 self.cancel(id);
             }
         }
