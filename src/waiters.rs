@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sync::{fence, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{fence, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// The instant `timeout` from now, or `None` ("never") when that is past what `Instant`
 /// can represent (e.g. `Duration::MAX`): a huge timeout waits forever, never panics.
@@ -100,6 +100,44 @@ impl Waiters {
     }
 }
 
+/// The Dekker handshake of a thread that sleeps somewhere the [`Waiters`] condvar cannot
+/// reach (in `io_uring_enter`, woken through the ring's eventfd) with the threads that
+/// hand it work through lock-free queues.
+///
+/// The sleeper [`announce`](SleepFlag::announce)s, re-checks its queues, sleeps if they
+/// are empty and [`clear`](SleepFlag::clear)s on waking; a waker publishes its work and
+/// then asks [`must_wake`](SleepFlag::must_wake). Either the sleeper's re-check sees the
+/// work, or the waker sees the announcement and wakes it: never neither.
+#[derive(Debug, Default)]
+pub(crate) struct SleepFlag {
+    /// The sleeper is blocked, or about to block, and has not been woken since.
+    sleeping: AtomicBool,
+}
+
+impl SleepFlag {
+    /// The sleeper, before its last check for work. Relaxed store + SeqCst fence: the
+    /// fence pairs with the one in `must_wake` (as in `Waiters`).
+    pub(crate) fn announce(&self) {
+        self.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst, "sleep_flag.announce");
+    }
+
+    /// The sleeper, after waking (or deciding not to sleep). Relaxed: a stale `true` only
+    /// costs a waker one spurious wake-up.
+    pub(crate) fn clear(&self) {
+        self.sleeping.store(false, Ordering::Relaxed);
+    }
+
+    /// A waker, after publishing its work: whether it must wake the sleeper. One waker per
+    /// announcement gets `true` (the swap), so a burst of wakers signals once.
+    pub(crate) fn must_wake(&self) -> bool {
+        // SeqCst fence: the other half of `announce`'s. Relaxed load and swap: the fences
+        // order them; the work itself travels through its own queue.
+        fence(Ordering::SeqCst, "sleep_flag.must_wake");
+        self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::Relaxed)
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
@@ -145,5 +183,41 @@ mod loom_tests {
     #[should_panic(expected = "deadlock")]
     fn without_the_wait_fence_a_wakeup_is_lost() {
         without_fence("waiters.wait_until", handshake);
+    }
+
+    /// The sleeper/waker handshake: either the sleeper's re-check sees the work or the
+    /// waker sees the announcement (the sleep itself is not modelled: "lost" means both
+    /// missed).
+    fn sleep_flag_handshake() {
+        loom::model(|| {
+            let flag = Arc::new(SleepFlag::default());
+            let work = Arc::new(AtomicBool::new(false));
+            let (f2, w2) = (flag.clone(), work.clone());
+            let t = loom::thread::spawn(move || {
+                w2.store(true, Ordering::Release);
+                f2.must_wake()
+            });
+            flag.announce();
+            let saw_work = work.load(Ordering::Acquire);
+            let woken = t.join().unwrap();
+            assert!(saw_work || woken, "wake-up lost");
+        });
+    }
+
+    #[test]
+    fn sleep_flag_never_loses_a_wakeup() {
+        sleep_flag_handshake();
+    }
+
+    #[test]
+    #[should_panic(expected = "wake-up lost")]
+    fn without_the_announce_fence_a_wakeup_is_lost() {
+        without_fence("sleep_flag.announce", sleep_flag_handshake);
+    }
+
+    #[test]
+    #[should_panic(expected = "wake-up lost")]
+    fn without_the_must_wake_fence_a_wakeup_is_lost() {
+        without_fence("sleep_flag.must_wake", sleep_flag_handshake);
     }
 }

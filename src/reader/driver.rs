@@ -11,7 +11,7 @@ use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -21,6 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::queue::CompletionQueue;
 use crate::request::Completion;
 use crate::ring::{BufRingLease, FdKind, Op, OpId, Ring, RingHandle, Target};
+use crate::waiters::SleepFlag;
 
 use super::machine::{
     FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, ReaderStats, Restart, Seq,
@@ -142,7 +143,7 @@ struct Signal {
     /// The driver is about to block in the ring (or is blocked there). Whoever hands it
     /// work from another thread (an acknowledgement, a stop) and finds this set wakes the
     /// ring. See `ContinuousReader::wait` for the handshake.
-    sleeping: AtomicBool,
+    sleeping: SleepFlag,
     /// The reader's ring, for waking it: the ring keeps a poll armed on its wake-up
     /// eventfd, which ends a wait in `io_uring_enter`. Set at build.
     ring: OnceLock<RingHandle>,
@@ -151,14 +152,8 @@ struct Signal {
 impl Signal {
     /// Wake the driver if it sleeps (or is about to). Called after publishing the work.
     fn wake_driver(&self) {
-        // SeqCst fence: the other half of the Dekker handshake in `ContinuousReader::wait`.
-        // Either the driver's re-check (after its own fence) sees the work we published, or
-        // this load sees `sleeping` and we ring.
-        fence(Ordering::SeqCst);
-        // Relaxed load, then swap: only one waker per sleep signals the ring. AcqRel on
-        // the swap is not needed for data (the work travelled through its own queue);
-        // Relaxed suffices because the fence above already ordered it.
-        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::Relaxed) {
+        // The other half of the handshake in `ContinuousReader::wait` (`SleepFlag`).
+        if self.sleeping.must_wake() {
             if let Some(ring) = self.ring.get() {
                 ring.wake();
             }
@@ -725,7 +720,7 @@ impl ContinuousReader<(), (), ()> {
             stream_reads: StreamReads::Auto,
             signal: Arc::new(Signal {
                 stop: AtomicBool::new(false),
-                sleeping: AtomicBool::new(false),
+                sleeping: SleepFlag::default(),
                 ring: OnceLock::new(),
             }),
         }
@@ -860,13 +855,11 @@ where
             BUFFER_RECHECK
         };
         let timeout = Some(timeout.map_or(cap, |t| t.min(cap)));
-        // Dekker handshake with `Signal::wake_driver`: announce the sleep, fence (SeqCst),
-        // then re-check for work published by other threads. Either we see it here and do
-        // not block, or the publisher's load after its own fence sees `sleeping` and wakes
-        // the ring, whose wake-up poll ends our wait. Relaxed stores: the fences order
-        // them.
-        self.signal.sleeping.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
+        // Handshake with `Signal::wake_driver` (`SleepFlag`): announce the sleep, then
+        // re-check for work published by other threads. Either we see it here and do not
+        // block, or the publisher sees the announcement and wakes the ring, whose wake-up
+        // poll ends our wait.
+        self.signal.sleeping.announce();
         let has_work = self.workers.as_ref().is_some_and(|w| !w.acks.is_empty())
             || (!self.stop_applied && self.signal.stop.load(Ordering::Relaxed))
             || !self.events.is_empty();
@@ -875,7 +868,7 @@ where
         } else {
             ring.run_once(timeout).map(|_| ())
         };
-        self.signal.sleeping.store(false, Ordering::Relaxed);
+        self.signal.sleeping.clear();
         r
     }
 
