@@ -348,6 +348,12 @@ impl Op {
     /// error, `ENOBUFS` when the buffer ring ran dry, or a cancel). Deliver it to a
     /// [`CompletionQueue`](crate::CompletionQueue) (or detach it). Regular files are
     /// refused up front (the kernel would answer `EBADFD`).
+    ///
+    /// Only for files that read without blocking (`FMODE_NOWAIT`: `pipe2` pipes,
+    /// sockets). On a FIFO opened by path, a pipe reopened as `/dev/stdin`, or a tty,
+    /// Linux (6.18) keeps the read armed after end of file and its last completion never
+    /// comes; [`ContinuousReader`](crate::ContinuousReader) detects such files (its first
+    /// read is a `RWF_NOWAIT` probe) and reads them single-shot.
     pub fn read_multishot(target: Target, group: super::provided::BufRing) -> Op {
         Op::of(OpKind::ReadMulti { target, group })
     }
