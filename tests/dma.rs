@@ -810,3 +810,195 @@ fn gather_example_concatenates_extents_and_reports_clear_errors() {
         .contains("outside"));
     assert!(gather_args(&[p]).unwrap_err().contains("OFFSET:LEN"));
 }
+
+// ---- finding 9: a segment's length counts only a transferred prefix ------------------------
+
+/// A read list of one 8 KiB buffer at device offset 0, cut into two 4 KiB transfers (A, B)
+/// that share the buffer, with 2 in flight: B waits for A to hand the buffer back. The
+/// buffer starts full of garbage, so stale bytes counted as received show.
+fn split_segment_list(pool: &BufferPool) -> SgList {
+    let mut sg = SgList::new();
+    sg.push_extent(pool, 0, 2 * BS as u64).unwrap();
+    let mut bufs = sg.into_bufs();
+    bufs[0].data_mut().fill(0xA5);
+    let mut sg = SgList::new();
+    sg.push(bufs.pop().unwrap(), 0).unwrap();
+    sg
+}
+
+/// Each segment's `len()` is a prefix that really arrived: whole and verified.
+fn check_prefixes(sg: &SgList, seed: u64) -> u64 {
+    let mut got = 0;
+    for (seg, buf) in sg.iter() {
+        assert!(
+            buf.len() as u64 <= seg.len,
+            "segment at {}",
+            seg.device_offset
+        );
+        verify::check_range(buf.data(), BS, seed, seg.device_offset).unwrap_or_else(|e| {
+            panic!(
+                "segment at {} claims {} bytes that are not a received prefix: {e}",
+                seg.device_offset,
+                buf.len()
+            )
+        });
+        got += buf.len() as u64;
+    }
+    got
+}
+
+/// Step `drv` until `cond` holds (bounded: a regression fails instead of hanging).
+fn step_until<F: FnMut(&TransferReport)>(
+    drv: &mut DmaDriver<F>,
+    ring: &mut Ring,
+    what: &str,
+    mut cond: impl FnMut(&DmaDriver<F>) -> bool,
+) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond(drv) {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        drv.step(ring, Some(Duration::from_millis(10))).unwrap();
+    }
+}
+
+/// Step `drv` until it completes (bounded: a regression fails instead of hanging).
+fn finish<F: FnMut(&TransferReport)>(
+    drv: &mut DmaDriver<F>,
+    ring: &mut Ring,
+) -> iocomplete::dma::Completion {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // `step_until` may have stepped past the completion already.
+        if let Some(c) = drv.outcome() {
+            return c;
+        }
+        if let Some(c) = drv.step(ring, Some(Duration::from_millis(100))).unwrap() {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the transaction never completed: {drv:?}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_transfer_leaves_no_stale_bytes_counted_in_its_segment() {
+    use common::fuse::{FileSpec, FuseMount};
+    let spec = FileSpec::new(64 * BS as u64, BS, 61);
+    let Some(fs) = FuseMount::new(spec) else {
+        return;
+    };
+    // A (bytes 0..4096) fails; B (4096..8192), waiting for the same buffer, is held at the
+    // server so that it really reads once it is submitted.
+    fs.ctl().fail_range(0, BS as u64);
+    fs.ctl().hold(BS as u64..2 * BS as u64);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(2, 2 * BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&fs.path(), false, false)).unwrap();
+    let config = Config::new().max_transfer(BS as u64).max_in_flight(2);
+    let reports = std::cell::RefCell::new(Reports::default());
+    let mut drv = DmaDriver::new(
+        &mut ring,
+        t,
+        split_segment_list(&pool),
+        Direction::Read,
+        config,
+        None,
+        |r: &TransferReport| reports.borrow_mut().record(r),
+    )
+    .unwrap();
+    step_until(&mut drv, &mut ring, "A's error", |_| {
+        !reports.borrow().all.is_empty()
+    });
+    fs.ctl().release();
+    let done = finish(&mut drv, &mut ring);
+    // B, withdrawn by the error while it waited, never reached the kernel.
+    assert_eq!(drv.stats().transfers, 1, "{:?}", drv.stats());
+    let sg = drv.take_sg().unwrap();
+    drop(drv);
+    assert_eq!(done.status, Err(Error::from_errno(libc::EIO)), "{done:?}");
+    assert_eq!(reports.borrow().finals(), 1);
+    check_prefixes(&sg, spec.seed);
+    assert_eq!(
+        sg.bufs()[0].len(),
+        0,
+        "A failed: nothing of the segment is a prefix"
+    );
+    drop(sg);
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() {
+    use common::fuse::{FileSpec, FuseMount};
+    use std::os::unix::fs::FileExt;
+    let spec = FileSpec::new(64 * BS as u64, BS, 62);
+    let Some(fs) = FuseMount::new(spec) else {
+        return;
+    };
+    let content = spec.content();
+    // The file is 1000 bytes long when A (0..4096) is answered: A is short, and the rest
+    // of it (A') must come before B (4096..8192), which shares the buffer.
+    let short = 1000u64;
+    let grow = |len: u64| {
+        let f = OpenOptions::new().write(true).open(fs.path()).unwrap();
+        f.set_len(len).unwrap();
+        f.write_all_at(&content[short as usize..len as usize], short)
+            .unwrap();
+    };
+    OpenOptions::new()
+        .write(true)
+        .open(fs.path())
+        .unwrap()
+        .set_len(short)
+        .unwrap();
+    fs.ctl().hold(0..BS as u64);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(2, 2 * BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&fs.path(), false, false)).unwrap();
+    let config = Config::new().max_transfer(BS as u64).max_in_flight(2);
+    let reports = std::cell::RefCell::new(Reports::default());
+    let mut drv = DmaDriver::new(
+        &mut ring,
+        t,
+        split_segment_list(&pool),
+        Direction::Read,
+        config,
+        None,
+        |r: &TransferReport| reports.borrow_mut().record(r),
+    )
+    .unwrap();
+    step_until(&mut drv, &mut ring, "A at the server", |_| {
+        fs.ctl().outstanding() == 1
+    });
+    // Whatever reads next touching 4096.. is held; A is answered now (1000 bytes).
+    fs.ctl().release();
+    fs.ctl().hold(BS as u64..2 * BS as u64);
+    step_until(&mut drv, &mut ring, "A's short completion", |_| {
+        !reports.borrow().all.is_empty()
+    });
+    assert_eq!(reports.borrow().all[0].bytes, short);
+    // The file grows back; whatever was submitted next is at the server or done.
+    grow(spec.size);
+    std::thread::sleep(Duration::from_millis(50));
+    drv.process(&mut ring);
+    assert!(drv.stop(&mut ring));
+    fs.ctl().release();
+    let done = finish(&mut drv, &mut ring);
+    let sg = drv.take_sg().unwrap();
+    drop(drv);
+    assert!(done.status.is_err(), "{done:?}");
+    assert_eq!(reports.borrow().finals(), 1);
+    let got = check_prefixes(&sg, spec.seed);
+    assert!(got >= short, "A's bytes are a prefix: {got}");
+    drop(sg);
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}

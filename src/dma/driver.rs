@@ -214,8 +214,6 @@ pub struct DmaDriver<F> {
     tx: Transaction<Vec<Segment>>,
     /// The list's buffers; `None` while a transfer in flight holds one.
     bufs: Vec<Option<PoolBuf>>,
-    /// Bytes each segment received (reads).
-    got: Vec<u64>,
     target: Target,
     queue: Arc<CompletionQueue<crate::Completion>>,
     flights: Vec<Flight>,
@@ -288,12 +286,10 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
             Err(error) => return Err(Rejected { error, sg }),
         };
         let (_, bufs) = sg.into_parts();
-        let n = bufs.len();
         let max = config.max_in_flight_count() as usize;
         Ok(DmaDriver {
             tx,
             bufs: bufs.into_iter().map(Some).collect(),
-            got: vec![0; n],
             target,
             queue: Arc::new(CompletionQueue::new(max + 2)),
             flights: Vec::with_capacity(max),
@@ -554,15 +550,11 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
                 (TransferStatus::Error(errno_of(&e)), 0)
             }
         };
-        if status == TransferStatus::Complete && self.tx.direction() == Direction::Read {
-            let mut left = bytes;
-            for p in t.pieces(self.tx.segments()) {
-                let n = left.min(p.len);
-                self.got[p.segment] += n;
-                left -= n;
-            }
-        }
         self.report(t, status, bytes);
+        // What the transaction asks for now goes first: the rest of a short transfer (which
+        // must fill its buffers before a later transfer sharing one), or cancels after an
+        // error (a waiting transfer is then withdrawn, never submitted).
+        self.pump(ring);
         // Buffers came home: deferred transfers may go now.
         for _ in 0..self.deferred.len() {
             let Some(d) = self.deferred.pop_front() else {
@@ -623,10 +615,10 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
             }
         }
         if self.tx.direction() == Direction::Read {
-            for (b, &n) in self.bufs.iter_mut().zip(&self.got) {
+            for (i, b) in self.bufs.iter_mut().enumerate() {
                 if let Some(b) = b {
-                    // `n` is at most the segment's length, which fits the buffer.
-                    let _ = b.set_len(n as usize);
+                    // A prefix of the segment, whose length fits the buffer.
+                    let _ = b.set_len(self.tx.segment_moved(i) as usize);
                 }
             }
         }
