@@ -1002,3 +1002,48 @@ fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() 
     ring.close(t).unwrap();
     check_teardown(&ring, &[&pool]);
 }
+
+// ---- deadlines that mean "never" ----------------------------------------------------------
+
+#[test]
+fn huge_deadlines_never_fire_and_every_byte_is_gathered() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    verify::make_file(&path, 1 << 20, BS, 72);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(32, 2 * BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&path, false, false)).unwrap();
+    for d in [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX),
+        Duration::from_secs(1 << 63),
+        Duration::new(i64::MAX as u64, 999_999_999),
+    ] {
+        let mut sg = SgList::new();
+        for (off, len) in [(1000u64, 9000u64), (70_000, 20_000), (500_000, 4096)] {
+            sg.push_extent(&pool, off, len).unwrap();
+        }
+        let total = sg.total_len();
+        let config = Config::new().max_transfer(BS as u64).max_in_flight(3);
+        let mut finals = 0;
+        let mut drv = DmaDriver::new(
+            &mut ring,
+            t,
+            sg,
+            Direction::Read,
+            config,
+            Some(d),
+            |r: &TransferReport| finals += usize::from(r.last),
+        )
+        .unwrap();
+        let done = finish(&mut drv, &mut ring);
+        assert_eq!((done.status, done.bytes), (Ok(()), total), "deadline {d:?}");
+        assert_eq!(ring.in_flight(), 0, "completed with the timer in flight");
+        let sg = drv.take_sg().unwrap();
+        drop(drv);
+        assert_eq!(finals, 1);
+        check_list(&sg, 72);
+    }
+    check_teardown(&ring, &[&pool]);
+}

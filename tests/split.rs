@@ -916,3 +916,47 @@ fn copying_allocates_nothing_per_chunk() {
     }
     check_teardown(&ring, &[&pool]);
 }
+
+/// Deadlines so far away they must mean "never": the largest `Duration`, and ones whose
+/// seconds do not fit a kernel timespec (≥ 2⁶³ s).
+const HUGE_DEADLINES: [Duration; 4] = [
+    Duration::MAX,
+    Duration::from_secs(u64::MAX),
+    Duration::from_secs(1 << 63),
+    Duration::new(i64::MAX as u64, 999_999_999),
+];
+
+#[test]
+fn huge_deadlines_never_fire_and_every_byte_is_copied() {
+    let dir = common::disk_dir();
+    let size = 5 * CHUNK + 777;
+    let src = src_file(dir.path(), "src", size, 71);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let s = ring.register(open(&src, false, false)).unwrap();
+    for (k, d) in HUGE_DEADLINES.into_iter().enumerate() {
+        for mode in [Mode::Serial, PAR4] {
+            let dst = dir.path().join(format!("dst{k}"));
+            let t = ring.register(open(&dst, true, false)).unwrap();
+            let job = Job::Copy {
+                src: s,
+                src_offset: 0,
+                dst: t,
+                dst_offset: 0,
+                len: size,
+            };
+            let config = SplitConfig::new().mode(mode).deadline(d);
+            let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+            let done = run_checked(&mut drv, &mut ring);
+            assert_eq!(
+                (done.status, done.bytes, done.transferred),
+                (Ok(()), size, size),
+                "deadline {d:?}, {mode:?}"
+            );
+            ring.close(t).unwrap();
+            check_prefix(&dst, size, 71);
+        }
+    }
+    check_teardown(&ring, &[&pool]);
+}

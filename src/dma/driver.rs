@@ -255,6 +255,9 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     /// `deadline` is given). Nothing is submitted until the first
     /// [`process`](Self::process) / [`step`](Self::step) / [`run`](Self::run).
     ///
+    /// The deadline counts from the first submission. One a kernel timer cannot hold
+    /// (2⁶³ s or more, e.g. [`Duration::MAX`]) means no deadline.
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::StaleTarget`]; [`ErrorKind::InvalidInput`] for a target that is not a
@@ -280,6 +283,7 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
         } else {
             1
         };
+        let deadline = crate::split::kernel_deadline(deadline);
         let config = config.timer(deadline.is_some());
         let tx = match Transaction::new(sg.segments().to_vec(), direction, config) {
             Ok(tx) => tx,
@@ -525,10 +529,11 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     fn on_completion(&mut self, ring: &mut Ring, mut c: crate::Completion) {
         if c.tag() == TIMER_TAG {
             self.timer = Timer::Done;
+            // Fired: `TimedOut`. Anything else — cancelled after the final transfer, or a
+            // timer the ring or kernel refused — never fired and never will.
             let r = match c.result() {
-                Err(e) if e.is_cancelled() => self.tx.timer_cancelled(),
-                // Fired (a pure timer never completes otherwise).
-                _ => self.tx.timeout().map(|_| ()),
+                Err(e) if e.is_timed_out() => self.tx.timeout().map(|_| ()),
+                _ => self.tx.timer_cancelled(),
             };
             debug_assert!(r.is_ok(), "{r:?}");
             return;

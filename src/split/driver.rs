@@ -126,7 +126,8 @@ impl SplitConfig {
 
     /// Complete the request with [`ErrorKind::TimedOut`] if it is not done within `d` of
     /// its first submission (one `IORING_OP_TIMEOUT` for the whole request; the children
-    /// in flight are cancelled and drain first).
+    /// in flight are cancelled and drain first). A deadline a kernel timer cannot hold
+    /// (2⁶³ s or more, e.g. [`Duration::MAX`]) means no deadline.
     pub const fn deadline(mut self, d: Duration) -> SplitConfig {
         self.deadline = Some(d);
         self
@@ -226,6 +227,13 @@ enum Timer {
 
 /// Tag of the timer's operation; children use their slot index.
 const TIMER_TAG: u64 = u64::MAX;
+
+/// The deadline to arm a kernel timer with, if any: `None` for no deadline, and for one a
+/// kernel timespec cannot hold (its seconds are an `i64`: 2⁶³ s or more, such as
+/// `Duration::MAX`), which could never fire anyway. Shared by the split and dma drivers.
+pub(crate) fn kernel_deadline(d: Option<Duration>) -> Option<Duration> {
+    d.filter(|d| i64::try_from(d.as_secs()).is_ok())
+}
 
 /// Runs one split request — a large read, write or copy cut into chunks by a
 /// [`TransferPlan`] — on a [`Ring`], with the [`SplitMachine`] deciding and the ring
@@ -428,12 +436,13 @@ impl SplitDriver {
             (Job::Read { .. } | Job::Copy { .. }, Some(i)) if i.direct => u64::from(i.offset_align),
             _ => 1,
         };
-        let timer = match config.deadline {
+        let deadline = kernel_deadline(config.deadline);
+        let timer = match deadline {
             Some(d) => Timer::Pending(d),
             None => Timer::None,
         };
         // References: execution + cancel (+ timer).
-        let gate = CompletionGate::with_refs(2 + u32::from(config.deadline.is_some()))?;
+        let gate = CompletionGate::with_refs(2 + u32::from(deadline.is_some()))?;
         Ok(SplitDriver {
             job,
             machine,
@@ -691,15 +700,12 @@ impl SplitDriver {
         self.in_flight -= 1;
         if c.tag() == TIMER_TAG {
             self.timer = Timer::Done;
-            match c.result() {
-                // Cancelled: the completion path stopped it; it never fired.
-                Err(e) if e.is_cancelled() => {}
-                // Fired (TimedOut; a pure timer never completes otherwise).
-                _ => {
-                    self.gate.begin_completion(Status::TimedOut);
-                    let _ = self.machine.handle(Event::Timeout);
-                    self.pump(ring, handler);
-                }
+            // Fired: `TimedOut`. Anything else — cancelled by the completion path, or a
+            // timer the ring or kernel refused — never fired and never will.
+            if c.result().is_err_and(|e| e.is_timed_out()) {
+                self.gate.begin_completion(Status::TimedOut);
+                let _ = self.machine.handle(Event::Timeout);
+                self.pump(ring, handler);
             }
             self.release();
             return;
