@@ -960,3 +960,125 @@ fn huge_deadlines_never_fire_and_every_byte_is_copied() {
     }
     check_teardown(&ring, &[&pool]);
 }
+
+/// Finding 11, library side: a copy onto overlapping bytes of the same file — the same
+/// target, another descriptor of it, a symlink, a hard link, another node of the same
+/// block device — is refused with a typed error before anything reaches the kernel, and
+/// the file is unchanged. A copy between disjoint ranges of one file works.
+#[test]
+fn copies_onto_the_same_file_are_refused_unless_the_ranges_are_disjoint() {
+    let dir = common::disk_dir();
+    let size = 4 * CHUNK;
+    let f = src_file(dir.path(), "f", size, 73);
+    let want = std::fs::read(&f).unwrap();
+    let sym = dir.path().join("sym");
+    std::os::unix::fs::symlink(&f, &sym).unwrap();
+    let hard = dir.path().join("hard");
+    std::fs::hard_link(&f, &hard).unwrap();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let rw = ring.register(open(&f, true, false)).unwrap();
+    let s = ring.register(open(&f, false, false)).unwrap();
+    let d_sym = ring.register(open(&sym, true, false)).unwrap();
+    let d_hard = ring.register(open(&hard, true, false)).unwrap();
+    let before = ring.stats().submitted;
+    let copy = |src, src_offset, dst, dst_offset, len| Job::Copy {
+        src,
+        src_offset,
+        dst,
+        dst_offset,
+        len,
+    };
+    for job in [
+        copy(rw, 0, rw, 0, size),
+        copy(s, 0, rw, 0, size),
+        copy(s, 0, d_sym, 0, size),
+        copy(s, 0, d_hard, 0, size),
+        // Overlapping by one byte, either way.
+        copy(s, 0, d_hard, CHUNK - 1, CHUNK),
+        copy(s, CHUNK - 1, rw, 0, CHUNK),
+        copy(s, 0, rw, 1, u64::MAX - 1),
+    ] {
+        let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::InvalidInput { reason } if reason.contains("same file")),
+            "{job:?}: {e}"
+        );
+    }
+    assert_eq!(ring.stats().submitted, before, "something reached the ring");
+    assert_eq!(std::fs::read(&f).unwrap(), want, "the file changed");
+    assert_eq!(pool.stats().free, 4);
+    // Disjoint ranges of one file: the first half onto the second.
+    let half = size / 2;
+    let job = copy(s, 0, d_hard, half, half);
+    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
+        .unwrap()
+        .run(&mut ring, &mut ())
+        .unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), half));
+    let got = std::fs::read(&f).unwrap();
+    assert_eq!(got[..half as usize], want[..half as usize]);
+    assert_eq!(got[half as usize..], want[..half as usize]);
+    for t in [rw, s, d_sym, d_hard] {
+        ring.close(t).unwrap();
+    }
+    check_teardown(&ring, &[&pool]);
+}
+
+/// A block device opened through two nodes is one device: an overlapping copy is
+/// refused. A `Job::Copy` of a whole device takes its size from the ring
+/// (`FdInfo::size`, `BLKGETSIZE64`), not from `metadata().len()` (0).
+#[test]
+fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
+    let size = 2 * (1 << 20) + 3 * 512;
+    let Some(dev) = LoopDev::new(size, Some((BS, 74))) else {
+        return;
+    };
+    assert_eq!(std::fs::metadata(&dev.path).unwrap().len(), 0);
+    let dir = common::disk_dir();
+    let node = dir.path().join("node");
+    let rdev = std::fs::metadata(&dev.path).unwrap().rdev();
+    let c = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, rdev as libc::dev_t) };
+    assert_eq!(made, 0, "mknod: {}", std::io::Error::last_os_error());
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let s = ring
+        .register(open(Path::new(&dev.path), false, false))
+        .unwrap();
+    let d = ring.register(open(&node, true, false)).unwrap();
+    let len = ring.info(s).unwrap().size;
+    assert_eq!(len, size);
+    let job = Job::Copy {
+        src: s,
+        src_offset: 0,
+        dst: d,
+        dst_offset: 0,
+        len,
+    };
+    let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e}");
+    let out = dir.path().join("out");
+    let o = ring.register(open(&out, true, false)).unwrap();
+    let job = Job::Copy {
+        src: s,
+        src_offset: 0,
+        dst: o,
+        dst_offset: 0,
+        len,
+    };
+    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
+        .unwrap()
+        .run(&mut ring, &mut ())
+        .unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), size));
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+    check_prefix(&out, size, 74);
+    for t in [s, d, o] {
+        ring.close(t).unwrap();
+    }
+    check_teardown(&ring, &[&pool]);
+}

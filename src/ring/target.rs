@@ -62,6 +62,9 @@ pub struct FdInfo {
     pub size: u64,
     /// `st_rdev` for devices (to find sysfs queue limits), 0 otherwise.
     pub rdev: u64,
+    /// `st_dev` and `st_ino`: the file's identity (two targets with the same pair are the
+    /// same file, whatever the paths they were opened by).
+    pub dev_ino: (u64, u64),
 }
 
 impl FdInfo {
@@ -86,6 +89,15 @@ impl FdInfo {
             return Err(misaligned("buffer", addr, self.mem_align));
         }
         Ok(())
+    }
+
+    /// Whether `other` is the same file: the same inode, or the same block device through
+    /// another node.
+    pub fn same_file(&self, other: &FdInfo) -> bool {
+        self.dev_ino == other.dev_ino
+            || (self.kind == FdKind::BlockDevice
+                && other.kind == FdKind::BlockDevice
+                && self.rdev == other.rdev)
     }
 
     /// The SQE offset for a transfer at `offset`: the offset itself on seekable targets,
@@ -142,6 +154,7 @@ impl FdInfo {
             } else {
                 0
             },
+            dev_ino: (st.st_dev, st.st_ino),
         };
         match kind {
             FdKind::File => info.size = st.st_size as u64,

@@ -25,7 +25,9 @@ pub enum Job {
         src: Target,
         /// Offset of the first byte.
         offset: u64,
-        /// Bytes to read.
+        /// Bytes to read. To the end of `src`: its size from
+        /// [`Ring::info`]`(src)?.size` — a block device's size (`BLKGETSIZE64`), which
+        /// `std::fs::Metadata::len` is not (it is 0 for a device node).
         len: u64,
     },
     /// Write `len` bytes to `dst` from `offset`; each chunk is produced by
@@ -41,6 +43,11 @@ pub enum Job {
     /// Copy `len` bytes of `src` from `src_offset` to `dst` at `dst_offset`: each child
     /// reads its chunk into a pooled (registered) buffer and writes that same buffer — no
     /// copy in user space. End of file on `src` ends the copy early, successfully.
+    ///
+    /// `src` and `dst` may be the same file (the same inode or block device, whatever the
+    /// paths or descriptors) only if the two ranges do not overlap: children run in any
+    /// order, so an overlapping copy would read bytes another child already wrote.
+    /// [`SplitDriver::new`] refuses it.
     Copy {
         /// A file or block device open for reading.
         src: Target,
@@ -50,7 +57,8 @@ pub enum Job {
         dst: Target,
         /// Offset of the first byte written.
         dst_offset: u64,
-        /// Bytes to copy.
+        /// Bytes to copy. All of `src`: its size from [`Ring::info`]`(src)?.size` (a
+        /// block device's size, not `std::fs::Metadata::len`, which is 0 for one).
         len: u64,
     },
 }
@@ -349,7 +357,8 @@ impl SplitDriver {
     ///
     /// [`ErrorKind::StaleTarget`] for a target not registered with `ring`;
     /// [`ErrorKind::InvalidInput`] for a target that is not a file or block device, not
-    /// open the right way, or an impossible config; [`ErrorKind::Misaligned`] for a direct
+    /// open the right way, a copy between overlapping ranges of one file, or an impossible
+    /// config; [`ErrorKind::Misaligned`] for a direct
     /// target and an offset, length or chunk that is not a multiple of its alignment (or a
     /// pool whose buffers are less aligned than it needs); [`ErrorKind::PoolExhausted`].
     pub fn new(
@@ -416,6 +425,25 @@ impl SplitDriver {
             .build()?;
         let machine =
             SplitMachine::new(plan, config.mode, job.direction(), job.offset(), job.len())?;
+        if let (
+            Job::Copy {
+                src_offset,
+                dst_offset,
+                len,
+                ..
+            },
+            [Some(s), Some(d)],
+        ) = (job, infos)
+        {
+            // Both ranges were checked not to overflow above.
+            let overlap = src_offset < dst_offset.saturating_add(len)
+                && dst_offset < src_offset.saturating_add(len);
+            if overlap && s.same_file(&d) {
+                return Err(Error::invalid(
+                    "split: copy source and destination are the same file and the ranges overlap",
+                ));
+            }
+        }
         let slots = match config.mode {
             Mode::Serial => 1,
             Mode::Parallel { max_in_flight } => max_in_flight as usize,
