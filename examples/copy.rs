@@ -13,12 +13,16 @@
 //!   devices' alignment. A tail shorter than the alignment is copied through the page
 //!   cache afterwards, as `dd` does.
 //!
-//! DST is created (or truncated) unless it is a block device. A progress bar goes to
-//! stderr when stderr is a terminal; a one-line summary with the throughput always does.
+//! SRC and DST are regular files or block devices (a block device's whole size is
+//! copied). SRC is checked first (it exists, is readable, is a file or device); DST is
+//! refused if it is SRC under any name (symlink, hard link, another node of the device).
+//! Only then is DST created (or truncated, unless it is a block device). A progress bar
+//! goes to stderr when stderr is a terminal; a one-line summary with the throughput always
+//! does.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -119,28 +123,81 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
     })
 }
 
-fn open_src(path: &Path, direct: bool) -> Result<File, String> {
+/// A file's identity: the same for every path (symlink, hard link) to it, and for every
+/// node of one block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    Inode(u64, u64),
+    Device(u64),
+}
+
+/// Check that `m` (of `path`, the argument `what`) is a regular file or a block device —
+/// what a split copy can take — and return its identity.
+fn identity(path: &Path, m: &Metadata) -> Result<Identity, String> {
+    let t = m.file_type();
+    if t.is_block_device() {
+        Ok(Identity::Device(m.rdev()))
+    } else if t.is_file() {
+        Ok(Identity::Inode(m.dev(), m.ino()))
+    } else {
+        Err(format!(
+            "{}: not a regular file or block device",
+            path.display()
+        ))
+    }
+}
+
+fn same_file(src: &Path, dst: &Path) -> String {
+    format!(
+        "{} and {} are the same file; refusing to copy a file onto itself",
+        src.display(),
+        dst.display()
+    )
+}
+
+/// Open SRC for reading, fully checked (it exists, is readable, is a regular file or a
+/// block device) before anything touches DST. Its kind is checked with `stat` before
+/// `open`, so a FIFO is refused instead of blocking the open.
+fn open_src(path: &Path, direct: bool) -> Result<(File, Identity), String> {
+    let cannot = |e: std::io::Error| format!("cannot open {}: {e}", path.display());
+    identity(path, &std::fs::metadata(path).map_err(cannot)?)?;
     let mut o = OpenOptions::new();
     o.read(true);
     if direct {
         o.custom_flags(libc::O_DIRECT);
     }
-    o.open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    let f = o.open(path).map_err(cannot)?;
+    // What was opened, not what the path named a moment before.
+    let id = identity(path, &f.metadata().map_err(cannot)?)?;
+    Ok((f, id))
 }
 
-fn open_dst(path: &Path, direct: bool) -> Result<File, String> {
-    let is_block = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
-    let mut o = OpenOptions::new();
-    o.write(true);
-    if !is_block {
-        o.create(true).truncate(true);
+/// Open DST for writing: created if missing; refused if it is SRC (same inode through any
+/// path, or the same block device) or not a regular file or block device. A regular file
+/// is truncated only after those checks, on the descriptor that was checked.
+fn open_dst(path: &Path, direct: bool, src: (&Path, Identity)) -> Result<File, String> {
+    let cannot = |e: std::io::Error| format!("cannot open {}: {e}", path.display());
+    match std::fs::metadata(path) {
+        Ok(m) if identity(path, &m)? == src.1 => return Err(same_file(src.0, path)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(cannot(e)),
     }
+    let mut o = OpenOptions::new();
+    o.write(true).create(true);
     if direct {
         o.custom_flags(libc::O_DIRECT);
     }
-    o.open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    let f = o.open(path).map_err(cannot)?;
+    let m = f.metadata().map_err(cannot)?;
+    if identity(path, &m)? == src.1 {
+        return Err(same_file(src.0, path));
+    }
+    if m.file_type().is_file() {
+        f.set_len(0)
+            .map_err(|e| format!("cannot truncate {}: {e}", path.display()))?;
+    }
+    Ok(f)
 }
 
 /// Progress hook: the bytes copied before this job plus the job's own.
@@ -186,8 +243,8 @@ fn run_job(
 /// Copy `args.src` to `args.dst`; `progress(done, total)` is called as chunks land.
 pub fn copy(args: &Args, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, String> {
     let started = Instant::now();
-    let src_file = open_src(&args.src, args.direct)?;
-    let dst_file = open_dst(&args.dst, args.direct)?;
+    let (src_file, src_id) = open_src(&args.src, args.direct)?;
+    let dst_file = open_dst(&args.dst, args.direct, (&args.src, src_id))?;
     let inflight = if args.serial { 1 } else { args.inflight };
     let mut ring = Ring::builder()
         .entries((2 * inflight + 8).next_power_of_two().min(4096))
@@ -238,7 +295,7 @@ pub fn copy(args: &Args, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, S
     if tail > 0 {
         // Direct I/O cannot move a partial block: finish through the page cache.
         let s = ring
-            .register(open_src(&args.src, false)?)
+            .register(open_src(&args.src, false)?.0)
             .map_err(|e| e.to_string())?;
         let d = ring
             .register(open_dst_existing(&args.dst)?)

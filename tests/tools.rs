@@ -1,0 +1,262 @@
+//! The `copy`, `iobench` and `gather` example binaries run as users run them: as child
+//! processes, each bounded by a timeout (a hang fails the test instead of hanging it).
+//! Refusals must exit non-zero with a message naming the argument and change nothing on
+//! disk; copies are verified byte for byte.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{verify, LoopDev};
+
+const BS: usize = 4096;
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The example binary `name`, built now (so it is current even when only this test file
+/// was built). `None` if cargo is not available to build it.
+fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent()?.parent()?.to_path_buf(); // target/<profile>/deps/..
+    let bin = profile_dir.join("examples").join(name);
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let mut c = Command::new(cargo);
+        c.args(["build", "--quiet", "--example", name]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            c.arg("--release");
+        }
+        assert!(
+            c.status().unwrap().success(),
+            "cargo build --example {name} failed"
+        );
+    }
+    bin.exists().then_some(bin)
+}
+
+/// Run `bin` with `args` (stdin empty); kill it and fail if it runs past `limit`.
+fn run(bin: &Path, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain the pipes on threads, so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "{} {args:?} did not exit within {limit:?} (hung)",
+                bin.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A verify-pattern file of `size` bytes.
+fn make(dir: &Path, name: &str, size: u64, seed: u64) -> PathBuf {
+    let p = dir.join(name);
+    verify::make_file(&p, size, BS, seed);
+    p
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+// ---- copy --------------------------------------------------------------------------------
+
+/// Finding 11: `copy F F`, through a symlink or a hard link, truncated F to 0 bytes and
+/// exited 0. Each must be refused, naming the argument, with F unchanged.
+#[test]
+fn copy_refuses_to_copy_a_file_onto_itself() {
+    let Some(bin) = example("copy") else {
+        common::skip("the copy example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let size = 300_000u64;
+    let f = make(dir.path(), "F", size, 81);
+    let want = std::fs::read(&f).unwrap();
+    let sym = dir.path().join("sym");
+    std::os::unix::fs::symlink(&f, &sym).unwrap();
+    let hard = dir.path().join("hard");
+    std::fs::hard_link(&f, &hard).unwrap();
+    let fs = f.to_str().unwrap();
+    for (src, dst) in [
+        (fs, fs),
+        (fs, sym.to_str().unwrap()),
+        (sym.to_str().unwrap(), fs),
+        (fs, hard.to_str().unwrap()),
+        (hard.to_str().unwrap(), sym.to_str().unwrap()),
+    ] {
+        for flags in [&[][..], &["--direct"], &["--serial"]] {
+            let mut args = flags.to_vec();
+            args.extend([src, dst]);
+            let o = run(&bin, &args, LIMIT);
+            let msg = stderr(&o);
+            assert!(!o.status.success(), "copy {args:?} succeeded: {msg}");
+            assert!(
+                msg.contains("same file") && msg.contains(dst),
+                "copy {args:?}: the message names the argument: {msg}"
+            );
+            assert_eq!(
+                std::fs::read(&f).unwrap(),
+                want,
+                "copy {args:?} changed the file"
+            );
+        }
+    }
+}
+
+/// SRC is checked fully (exists, readable, kind) before DST is created or truncated; a
+/// FIFO as SRC or DST is refused without blocking in `open`.
+#[test]
+fn copy_checks_the_source_before_touching_the_destination() {
+    let Some(bin) = example("copy") else {
+        common::skip("the copy example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let keep = make(dir.path(), "keep", 10_000, 82);
+    let want = std::fs::read(&keep).unwrap();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let missing = dir.path().join("missing");
+    let subdir = dir.path().join("subdir");
+    std::fs::create_dir(&subdir).unwrap();
+    let unreadable = make(dir.path(), "unreadable", 100, 83);
+    let nothing = dir.path().join("nothing");
+    // Bad sources: DST (a new name) must not be created.
+    for (src, why) in [
+        (missing.as_path(), "No such file"),
+        (&subdir, "not a regular file or block device"),
+        (&fifo, "not a regular file or block device"),
+        (Path::new("/dev/null"), "not a regular file or block device"),
+    ] {
+        let args = [src.to_str().unwrap(), nothing.to_str().unwrap()];
+        let o = run(&bin, &args, Duration::from_secs(20));
+        let msg = stderr(&o);
+        assert!(!o.status.success(), "copy {args:?} succeeded");
+        assert!(
+            msg.contains(why) && msg.contains(args[0]),
+            "copy {args:?}: {msg}"
+        );
+        assert!(!nothing.exists(), "copy {args:?} created the destination");
+    }
+    // Bad sources: an existing DST must not be truncated.
+    let args = [subdir.to_str().unwrap(), keep.to_str().unwrap()];
+    let o = run(&bin, &args, Duration::from_secs(20));
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read(&keep).unwrap(), want, "DST truncated");
+    // An unreadable source (root reads anything: only checked when not root).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        std::fs::set_permissions(&unreadable, std::os::unix::fs::PermissionsExt::from_mode(0))
+            .unwrap();
+        let args = [unreadable.to_str().unwrap(), keep.to_str().unwrap()];
+        let o = run(&bin, &args, Duration::from_secs(20));
+        assert!(!o.status.success());
+        assert_eq!(std::fs::read(&keep).unwrap(), want, "DST truncated");
+    }
+    // A FIFO as DST: refused, no hang, nothing written into it.
+    let args = [keep.to_str().unwrap(), fifo.to_str().unwrap()];
+    let o = run(&bin, &args, Duration::from_secs(20));
+    let msg = stderr(&o);
+    assert!(!o.status.success(), "copy to a FIFO succeeded");
+    assert!(
+        msg.contains("not a regular file or block device") && msg.contains(args[1]),
+        "{msg}"
+    );
+}
+
+/// `copy /dev/loopN out` copies the whole device (its size is not `metadata.len()`, 0),
+/// and back onto another device, verified byte for byte.
+#[test]
+fn copy_copies_a_whole_block_device() {
+    let Some(bin) = example("copy") else {
+        common::skip("the copy example binary is not built");
+        return;
+    };
+    let size = 3 * (1 << 20) + 5 * 512;
+    let Some(dev) = LoopDev::new(size, Some((BS, 84))) else {
+        return;
+    };
+    let Some(dev2) = LoopDev::new(size, None) else {
+        return;
+    };
+    let dir = common::disk_dir();
+    let out = dir.path().join("out");
+    for flags in [&[][..], &["--direct"], &["--serial", "--chunk", "64K"]] {
+        let mut args = flags.to_vec();
+        args.extend([dev.path.as_str(), out.to_str().unwrap()]);
+        let o = run(&bin, &args, LIMIT);
+        assert!(o.status.success(), "copy {args:?}: {}", stderr(&o));
+        let data = std::fs::read(&out).unwrap();
+        assert_eq!(data.len() as u64, size, "copy {args:?}");
+        verify::check_range(&data, BS, 84, 0).unwrap();
+        std::fs::remove_file(&out).unwrap();
+    }
+    // Device to device.
+    let o = run(&bin, &["--direct", &dev.path, &dev2.path], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut data = Vec::new();
+    OpenOptions::new()
+        .read(true)
+        .open(&dev2.path)
+        .unwrap()
+        .read_to_end(&mut data)
+        .unwrap();
+    assert_eq!(data.len() as u64, size);
+    verify::check_range(&data, BS, 84, 0).unwrap();
+    // A device onto itself (same node) is refused, and so is another node of it.
+    let node = dir.path().join("node");
+    let rdev = std::fs::metadata(&dev.path).unwrap().rdev();
+    let c = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, rdev as libc::dev_t) };
+    assert_eq!(made, 0, "mknod: {}", std::io::Error::last_os_error());
+    for dst in [dev.path.as_str(), node.to_str().unwrap()] {
+        let o = run(&bin, &[&dev.path, dst], LIMIT);
+        let msg = stderr(&o);
+        assert!(
+            !o.status.success(),
+            "copy of a device onto itself succeeded"
+        );
+        assert!(msg.contains("same file") && msg.contains(dst), "{msg}");
+    }
+}
