@@ -7,7 +7,7 @@ mod common;
 
 use std::fs::OpenOptions;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -259,4 +259,80 @@ fn copy_copies_a_whole_block_device() {
         );
         assert!(msg.contains("same file") && msg.contains(dst), "{msg}");
     }
+}
+
+// ---- iobench -----------------------------------------------------------------------------
+
+/// Finding 12: `iobench` on a missing path silently created a 256 MiB file, and on a FIFO
+/// hung in `open`. A missing FILE is created only when asked (`--size`); anything but a
+/// regular file or a block device is refused, at once, naming it.
+#[test]
+fn iobench_creates_only_when_asked_and_refuses_what_it_cannot_bench() {
+    let Some(bin) = example("iobench") else {
+        common::skip("the iobench example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let quick = ["--bs", "4k", "--qd", "2", "--seconds", "0.05"];
+    let bench = |rw: &str, extra: &[&str], file: &Path| {
+        let mut args = vec!["--rw", rw];
+        args.extend(quick);
+        args.extend(extra);
+        args.push(file.to_str().unwrap());
+        (run(&bin, &args, Duration::from_secs(30)), args.join(" "))
+    };
+    // Missing, not asked to create: refused, nothing created.
+    let missing = dir.path().join("missing");
+    for rw in ["randread", "write"] {
+        let (o, what) = bench(rw, &[], &missing);
+        let msg = stderr(&o);
+        assert!(!o.status.success(), "iobench {what} succeeded: {msg}");
+        assert!(
+            msg.contains(missing.to_str().unwrap()) && msg.contains("--size"),
+            "iobench {what}: {msg}"
+        );
+        assert!(!missing.exists(), "iobench {what} created the file");
+    }
+    // A size too small to bench is refused before anything is created.
+    for size in ["0", "1k"] {
+        let (o, what) = bench("randread", &["--size", size], &missing);
+        assert!(!o.status.success(), "iobench {what} succeeded");
+        assert!(
+            stderr(&o).contains("--size"),
+            "iobench {what}: {}",
+            stderr(&o)
+        );
+        assert!(!missing.exists(), "iobench {what} created the file");
+    }
+    // Asked: created at that size, and benched.
+    let (o, what) = bench("randread", &["--size", "1M"], &missing);
+    assert!(o.status.success(), "iobench {what}: {}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"iops\""));
+    assert_eq!(std::fs::metadata(&missing).unwrap().len(), 1 << 20);
+    // An existing file is not grown behind the user's back for a write job.
+    let small = dir.path().join("small");
+    std::fs::write(&small, vec![1u8; 64 * 1024]).unwrap();
+    let (o, what) = bench("randwrite", &[], &small);
+    assert!(o.status.success(), "iobench {what}: {}", stderr(&o));
+    assert_eq!(std::fs::metadata(&small).unwrap().len(), 64 * 1024);
+    // Not a file or block device: refused at once (a FIFO must not block the open).
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    for path in [fifo.as_path(), &sub, Path::new("/dev/null")] {
+        for extra in [&[][..], &["--size", "1M"]] {
+            for rw in ["read", "write"] {
+                let (o, what) = bench(rw, extra, path);
+                let msg = stderr(&o);
+                assert!(!o.status.success(), "iobench {what} succeeded");
+                assert!(
+                    msg.contains("not a regular file or block device")
+                        && msg.contains(path.to_str().unwrap()),
+                    "iobench {what}: {msg}"
+                );
+            }
+        }
+    }
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 }
