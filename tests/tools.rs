@@ -336,3 +336,38 @@ fn iobench_creates_only_when_asked_and_refuses_what_it_cannot_bench() {
     }
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 }
+
+// ---- gather ------------------------------------------------------------------------------
+
+/// `gather` on a FIFO hung in `open`; on a directory or a character device it blamed the
+/// extents. Anything but a regular file or block device is refused at once, naming it.
+#[test]
+fn gather_refuses_what_it_cannot_read_without_blocking() {
+    let Some(bin) = example("gather") else {
+        common::skip("the gather example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    for path in [fifo.as_path(), dir.path(), Path::new("/dev/null")] {
+        let args = [path.to_str().unwrap(), "0:10"];
+        let o = run(&bin, &args, Duration::from_secs(20));
+        let msg = stderr(&o);
+        assert!(!o.status.success(), "gather {args:?} succeeded");
+        assert!(
+            msg.contains("not a regular file or block device") && msg.contains(args[0]),
+            "gather {args:?}: {msg}"
+        );
+    }
+    // And still gathers from a file.
+    let f = make(dir.path(), "f", 100_000, 85);
+    let o = run(&bin, &[f.to_str().unwrap(), "8192:4096", "0:100"], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = [
+        verify::expected(BS, 85, 8192, 4096),
+        verify::expected(BS, 85, 0, 100),
+    ]
+    .concat();
+    assert_eq!(o.stdout, want);
+}
