@@ -1047,3 +1047,53 @@ fn huge_deadlines_never_fire_and_every_byte_is_gathered() {
     }
     check_teardown(&ring, &[&pool]);
 }
+
+/// Dropping a driver mid-flight: its buffers come back as soon as its transfers'
+/// completions do, not only when its deadline timer fires.
+#[test]
+fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    verify::make_file(&path, 1 << 20, BS, 76);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(64, 4 * BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&path, false, false)).unwrap();
+    let mut sg = SgList::new();
+    for i in 0..16u64 {
+        sg.push_extent(&pool, i * 65536, 4 * BS as u64).unwrap();
+    }
+    let deadline = Duration::from_secs(2);
+    let config = Config::new().max_in_flight(4);
+    let mut drv = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Read,
+        config,
+        Some(deadline),
+        |_: &TransferReport| {},
+    )
+    .unwrap();
+    assert!(drv.process(&mut ring).is_none());
+    assert!(drv.in_flight() > 0);
+    let armed = std::time::Instant::now();
+    drop(drv);
+    while ring.in_flight() > 1 {
+        assert!(armed.elapsed() < deadline, "transfers still in flight");
+        ring.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    assert!(armed.elapsed() < deadline);
+    assert_eq!(
+        pool.stats().free,
+        64,
+        "buffers held until the deadline: {:?}",
+        pool.stats()
+    );
+    while ring.in_flight() > 0 {
+        assert!(armed.elapsed() < deadline * 5, "the timer never fired");
+        ring.run_once(Some(Duration::from_millis(100))).unwrap();
+    }
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}

@@ -1082,3 +1082,48 @@ fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
     }
     check_teardown(&ring, &[&pool]);
 }
+
+/// Dropping a driver mid-flight abandons the request; its buffers must come back as soon
+/// as its children's completions do — not only when its deadline timer fires (they waited
+/// in the driver's completion queue, kept alive by the armed timer).
+#[test]
+fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
+    let dir = common::disk_dir();
+    let size = 1u64 << 20;
+    let src = src_file(dir.path(), "src", size, 75);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let s = ring.register(open(&src, false, false)).unwrap();
+    let deadline = Duration::from_secs(2);
+    let job = Job::Read {
+        src: s,
+        offset: 0,
+        len: size,
+    };
+    let mut drv =
+        SplitDriver::new(&mut ring, &pool, job, SplitConfig::new().deadline(deadline)).unwrap();
+    assert!(drv.process(&mut ring, &mut ()).is_none());
+    assert!(drv.in_flight() > 1, "children and the timer in flight");
+    let armed = std::time::Instant::now();
+    drop(drv);
+    // The children complete; only the timer is left.
+    while ring.in_flight() > 1 {
+        assert!(armed.elapsed() < deadline, "children still in flight");
+        ring.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    assert!(armed.elapsed() < deadline);
+    assert_eq!(
+        pool.stats().free,
+        4,
+        "buffers held until the deadline: {:?}",
+        pool.stats()
+    );
+    // The timer fires in the end; nothing is left.
+    while ring.in_flight() > 0 {
+        assert!(armed.elapsed() < deadline * 5, "the timer never fired");
+        ring.run_once(Some(Duration::from_millis(100))).unwrap();
+    }
+    ring.close(s).unwrap();
+    check_teardown(&ring, &[&pool]);
+}

@@ -183,7 +183,10 @@ fn check(
 ///   error from [`new`](Self::new), before anything reaches the kernel.
 ///
 /// Dropping a driver mid-flight is safe: the buffers of transfers in flight are parked in
-/// the ring until the kernel is done with them.
+/// the ring until the kernel is done with them, and return to their pool when their
+/// completions arrive. An armed deadline timer stays in the ring until it fires (a drop
+/// has no ring to cancel it with): to end everything early, [`stop`](Self::stop) and
+/// drive the transaction to its completion.
 ///
 /// ```
 /// use iocomplete::dma::{Config, DmaDriver, SgList};
@@ -216,6 +219,10 @@ pub struct DmaDriver<F> {
     bufs: Vec<Option<PoolBuf>>,
     target: Target,
     queue: Arc<CompletionQueue<crate::Completion>>,
+    /// The deadline timer's own queue: an armed timer keeps only this one alive, so after
+    /// a drop mid-flight the children's completions (and their buffers) are freed as soon
+    /// as the last of them arrives, not when the timer fires.
+    timer_queue: Arc<CompletionQueue<crate::Completion>>,
     flights: Vec<Flight>,
     /// Submitted by the transaction, waiting for buffers held by another transfer.
     deferred: VecDeque<Transfer>,
@@ -295,7 +302,8 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
             tx,
             bufs: bufs.into_iter().map(Some).collect(),
             target,
-            queue: Arc::new(CompletionQueue::new(max + 2)),
+            queue: Arc::new(CompletionQueue::new(max + 1)),
+            timer_queue: Arc::new(CompletionQueue::new(1)),
             flights: Vec::with_capacity(max),
             deferred: VecDeque::with_capacity(max),
             spare: Vec::new(),
@@ -359,13 +367,13 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
             if let Timer::Pending(d) = self.timer {
                 let id = ring
                     .submit(Op::timeout(d).tag(TIMER_TAG))
-                    .to_queue(&self.queue);
+                    .to_queue(&self.timer_queue);
                 self.timer = Timer::Armed(id);
             }
         }
         loop {
             self.pump(ring);
-            match self.queue.pop() {
+            match self.queue.pop().or_else(|| self.timer_queue.pop()) {
                 Some(c) => self.on_completion(ring, c),
                 None => break,
             }

@@ -272,7 +272,9 @@ pub(crate) fn kernel_deadline(d: Option<Duration>) -> Option<Duration> {
 /// anything reaches the kernel.
 ///
 /// Dropping a driver before it completed abandons the request: the children in flight still
-/// complete, and their buffers return to the pool when they do.
+/// complete, and their buffers return to the pool when they do. An armed deadline timer
+/// stays in the ring until it fires (a drop has no ring to cancel it with): to end
+/// everything early, [`cancel`](Self::cancel) and drive the request to its completion.
 ///
 /// ```
 /// use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
@@ -297,6 +299,10 @@ pub struct SplitDriver {
     job: Job,
     machine: SplitMachine,
     queue: Arc<CompletionQueue<crate::Completion>>,
+    /// The deadline timer's own queue: an armed timer keeps only this one alive, so after
+    /// a drop mid-flight the children's completions (and their buffers) are freed as soon
+    /// as the last of them arrives, not when the timer fires.
+    timer_queue: Arc<CompletionQueue<crate::Completion>>,
     children: Vec<Child>,
     gate: CompletionGate,
     /// The cancel path's reference is held: the request is still cancelable.
@@ -474,7 +480,8 @@ impl SplitDriver {
         Ok(SplitDriver {
             job,
             machine,
-            queue: Arc::new(CompletionQueue::new(used + 2)),
+            queue: Arc::new(CompletionQueue::new(used + 1)),
+            timer_queue: Arc::new(CompletionQueue::new(1)),
             children,
             gate,
             cancel_ref: true,
@@ -560,14 +567,14 @@ impl SplitDriver {
             if let Some(d) = pending {
                 let id = ring
                     .submit(Op::timeout(d).tag(TIMER_TAG))
-                    .to_queue(&self.queue);
+                    .to_queue(&self.timer_queue);
                 self.in_flight += 1;
                 self.timer = Timer::Armed(id);
             }
         }
         loop {
             self.pump(ring, handler);
-            match self.queue.pop() {
+            match self.queue.pop().or_else(|| self.timer_queue.pop()) {
                 Some(c) => self.on_completion(ring, handler, c),
                 None => break,
             }
