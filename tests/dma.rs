@@ -1097,3 +1097,51 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
     ring.close(t).unwrap();
     check_teardown(&ring, &[&pool]);
 }
+
+/// Taking the list back before anything was submitted ends the transaction (it completes
+/// `Cancelled`, 0 bytes): stepping it afterwards hung, its transfers waiting forever for
+/// buffers that were gone.
+#[test]
+fn taking_the_list_before_the_start_ends_the_transaction() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    verify::make_file(&path, 1 << 20, BS, 77);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&path, false, false)).unwrap();
+    for deadline in [None, Some(Duration::from_secs(60))] {
+        let mut sg = SgList::new();
+        sg.push_extent(&pool, 0, 2 * BS as u64).unwrap();
+        sg.push_extent(&pool, 10 * BS as u64, 100).unwrap();
+        let mut reports = 0;
+        let mut drv = DmaDriver::new(
+            &mut ring,
+            t,
+            sg,
+            Direction::Read,
+            Config::new(),
+            deadline,
+            |_: &TransferReport| reports += 1,
+        )
+        .unwrap();
+        let sg = drv.take_sg().expect("the list, before the start");
+        assert!(drv.take_sg().is_none(), "taken twice");
+        let done = finish(&mut drv, &mut ring);
+        assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
+        assert_eq!(done.bytes, 0);
+        assert!(!drv.stop(&mut ring), "stopped after it ended");
+        drop(drv);
+        assert_eq!(reports, 0, "nothing was submitted");
+        let lens: Vec<usize> = sg.bufs().iter().map(|b| b.len()).collect();
+        assert_eq!(lens, [BS, BS, 100], "the list came back as it was");
+        drop(sg);
+        assert_eq!(
+            ring.in_flight(),
+            0,
+            "a timer was armed for an ended transaction"
+        );
+    }
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}

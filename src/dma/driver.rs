@@ -364,7 +364,12 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     pub fn process(&mut self, ring: &mut Ring) -> Option<Completion> {
         if !self.started {
             self.started = true;
-            if let Timer::Pending(d) = self.timer {
+            // Not for a transaction that already ended (stopped before the start).
+            let pending = match self.timer {
+                Timer::Pending(d) if !self.tx.buffers_releasable() => Some(d),
+                _ => None,
+            };
+            if let Some(d) = pending {
                 let id = ring
                     .submit(Op::timeout(d).tag(TIMER_TAG))
                     .to_queue(&self.timer_queue);
@@ -428,13 +433,21 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     }
 
     /// The list back, once the final transfer's completion came back (or before anything
-    /// was submitted); `None` while a transfer may still touch the buffers, or once taken.
+    /// was submitted: that ends the transaction, which completes with
+    /// [`ErrorKind::Cancelled`] and 0 bytes at the next [`process`](Self::process));
+    /// `None` while a transfer may still touch the buffers, or once taken.
     pub fn take_sg(&mut self) -> Option<SgList> {
         let home = self.flights.is_empty()
             && !self.bufs.is_empty()
             && self.bufs.iter().all(Option::is_some);
         if !(home && (self.tx.buffers_releasable() || !self.started)) {
             return None;
+        }
+        if !self.started && !self.stopped {
+            // Nothing was submitted: the stop withdraws every transfer and ends the DMA
+            // part now; its actions are carried out by the next `process`.
+            self.stopped = true;
+            self.tx.stop();
         }
         let bufs = std::mem::take(&mut self.bufs);
         Some(SgList::from_parts(
