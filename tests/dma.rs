@@ -1145,3 +1145,47 @@ fn taking_the_list_before_the_start_ends_the_transaction() {
     ring.close(t).unwrap();
     check_teardown(&ring, &[&pool]);
 }
+
+/// Segments past what a file offset (`loff_t`, 2⁶³ − 1) can address reached the kernel
+/// (`EINVAL`): refused with a typed error before the kernel, the list handed back.
+#[test]
+fn segments_past_the_largest_file_offset_are_refused_before_the_kernel() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    verify::make_file(&path, 1 << 20, BS, 78);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&path, true, false)).unwrap();
+    let before = ring.stats().submitted;
+    let big = i64::MAX as u64;
+    for (off, len) in [(big + 1, 10), (u64::MAX - 10, 10), (big - 10, 100)] {
+        for direction in [Direction::Read, Direction::Write] {
+            let mut sg = SgList::new();
+            sg.push_extent(&pool, 0, 100).unwrap();
+            sg.push_extent(&pool, off, len).unwrap();
+            let r = DmaDriver::new(
+                &mut ring,
+                t,
+                sg,
+                direction,
+                Config::new(),
+                None,
+                |_: &TransferReport| {},
+            )
+            .unwrap_err();
+            assert!(
+                matches!(r.kind(), ErrorKind::InvalidInput { .. }),
+                "{off}+{len}: {r}"
+            );
+            assert_eq!(r.into_sg().len(), 2, "the list comes back");
+        }
+    }
+    assert_eq!(
+        ring.stats().submitted,
+        before,
+        "something reached the kernel"
+    );
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}

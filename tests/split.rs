@@ -998,7 +998,7 @@ fn copies_onto_the_same_file_are_refused_unless_the_ranges_are_disjoint() {
         // Overlapping by one byte, either way.
         copy(s, 0, d_hard, CHUNK - 1, CHUNK),
         copy(s, CHUNK - 1, rw, 0, CHUNK),
-        copy(s, 0, rw, 1, u64::MAX - 1),
+        copy(s, 0, rw, 1, i64::MAX as u64 - 1),
     ] {
         let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
         assert!(
@@ -1125,5 +1125,68 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
         ring.run_once(Some(Duration::from_millis(100))).unwrap();
     }
     ring.close(s).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+/// Offsets past what a file offset (`loff_t`, 2⁶³ − 1) can address reached the kernel,
+/// which failed them with `EINVAL`: they are bad input, refused with a typed error before
+/// the kernel.
+#[test]
+fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
+    let dir = common::disk_dir();
+    let src = src_file(dir.path(), "src", 1 << 20, 76);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let s = ring.register(open(&src, false, false)).unwrap();
+    let d = ring
+        .register(open(&dir.path().join("dst"), true, false))
+        .unwrap();
+    let before = ring.stats().submitted;
+    let big = i64::MAX as u64;
+    let read = |offset, len| Job::Read {
+        src: s,
+        offset,
+        len,
+    };
+    let copy = |src_offset, dst_offset, len| Job::Copy {
+        src: s,
+        src_offset,
+        dst: d,
+        dst_offset,
+        len,
+    };
+    for job in [
+        read(big + 1, 4096),
+        read(u64::MAX - 1, 1),
+        read(big - 10, 4096),
+        read(0, u64::MAX),
+        Job::Write {
+            dst: d,
+            offset: big,
+            len: 1,
+        },
+        copy(0, big - 10, 4096),
+        copy(big - 10, 0, 4096),
+    ] {
+        let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::InvalidInput { .. }),
+            "{job:?}: {e}"
+        );
+    }
+    assert_eq!(
+        ring.stats().submitted,
+        before,
+        "something reached the kernel"
+    );
+    // The last addressable bytes are fine (end of file: nothing to read).
+    let done = SplitDriver::new(&mut ring, &pool, read(big - 4096, 4096), SplitConfig::new())
+        .unwrap()
+        .run(&mut ring, &mut ())
+        .unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), 0));
+    ring.close(s).unwrap();
+    ring.close(d).unwrap();
     check_teardown(&ring, &[&pool]);
 }

@@ -140,6 +140,15 @@ fn check(
         }
         _ => {}
     }
+    if !sg
+        .segments()
+        .iter()
+        .all(|s| crate::split::addressable(s.device_offset, s.len))
+    {
+        return Err(Error::invalid(
+            "dma: a segment ends past the largest file offset (2^63 - 1)",
+        ));
+    }
     if info.direct {
         let a = info.offset_align;
         let misaligned = |what, value| {
@@ -268,8 +277,8 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     /// # Errors
     ///
     /// [`ErrorKind::StaleTarget`]; [`ErrorKind::InvalidInput`] for a target that is not a
-    /// file or block device or not open for `direction`, an empty list, or a config out of
-    /// range; [`ErrorKind::Misaligned`] for a direct target and a segment offset or length,
+    /// file or block device or not open for `direction`, an empty list, a segment ending
+    /// past the largest file offset (2⁶³ − 1), or a config out of range; [`ErrorKind::Misaligned`] for a direct target and a segment offset or length,
     /// a buffer address or the max transfer not aligned as it needs. The error hands the
     /// list back ([`Rejected::into_sg`]); `?` turns it into the plain [`Error`].
     pub fn new(

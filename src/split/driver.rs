@@ -236,6 +236,18 @@ enum Timer {
 /// Tag of the timer's operation; children use their slot index.
 const TIMER_TAG: u64 = u64::MAX;
 
+/// Whether `len` bytes at `offset` lie within the offsets a file or block device can
+/// address (`loff_t`: up to 2⁶³ − 1). The kernel fails anything past that with `EINVAL`.
+/// Shared by the split and dma drivers.
+pub(crate) fn addressable(offset: u64, len: u64) -> bool {
+    offset
+        .checked_add(len)
+        .is_some_and(|end| i64::try_from(end).is_ok())
+}
+
+const PAST_MAX_OFFSET: Error =
+    Error::invalid("split: range ends past the largest file offset (2^63 - 1)");
+
 /// The deadline to arm a kernel timer with, if any: `None` for no deadline, and for one a
 /// kernel timespec cannot hold (its seconds are an `i64`: 2⁶³ s or more, such as
 /// `Duration::MAX`), which could never fire anyway. Shared by the split and dma drivers.
@@ -363,8 +375,8 @@ impl SplitDriver {
     ///
     /// [`ErrorKind::StaleTarget`] for a target not registered with `ring`;
     /// [`ErrorKind::InvalidInput`] for a target that is not a file or block device, not
-    /// open the right way, a copy between overlapping ranges of one file, or an impossible
-    /// config; [`ErrorKind::Misaligned`] for a direct
+    /// open the right way, a range ending past the largest file offset (2⁶³ − 1), a copy
+    /// between overlapping ranges of one file, or an impossible config; [`ErrorKind::Misaligned`] for a direct
     /// target and an offset, length or chunk that is not a multiple of its alignment (or a
     /// pool whose buffers are less aligned than it needs); [`ErrorKind::PoolExhausted`].
     pub fn new(
@@ -408,8 +420,8 @@ impl SplitDriver {
                     align,
                 }));
             }
-            if dst_offset.checked_add(job.len()).is_none() {
-                return Err(Error::invalid("split: offset + length overflows"));
+            if !addressable(dst_offset, job.len()) {
+                return Err(PAST_MAX_OFFSET);
             }
         }
         let capacity = geometry.capacity as u64;
@@ -431,6 +443,9 @@ impl SplitDriver {
             .build()?;
         let machine =
             SplitMachine::new(plan, config.mode, job.direction(), job.offset(), job.len())?;
+        if !addressable(job.offset(), job.len()) {
+            return Err(PAST_MAX_OFFSET);
+        }
         if let (
             Job::Copy {
                 src_offset,
