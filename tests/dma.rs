@@ -1189,3 +1189,66 @@ fn segments_past_the_largest_file_offset_are_refused_before_the_kernel() {
     ring.close(t).unwrap();
     check_teardown(&ring, &[&pool]);
 }
+
+/// A positional write to an `O_APPEND` descriptor lands at the end of the file, not at
+/// the segment's device offset: a scatter write there is refused before the kernel.
+#[test]
+fn scatter_writes_to_an_append_only_descriptor_are_refused() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    std::fs::write(&path, b"keep").unwrap();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, BS);
+    ring.register_pool(&pool);
+    let t = ring
+        .register(
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&path)
+                .unwrap(),
+        )
+        .unwrap();
+    let before = ring.stats().submitted;
+    let mut sg = SgList::new();
+    let mut buf = pool.try_get().unwrap();
+    buf.extend_from_slice(&[7u8; 10]).unwrap();
+    sg.push(buf, 0).unwrap();
+    let r = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Write,
+        Config::new(),
+        None,
+        |_: &TransferReport| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(r.kind(), ErrorKind::InvalidInput { reason } if reason.contains("append")),
+        "{r}"
+    );
+    assert_eq!(r.into_sg().bufs()[0].data(), &[7u8; 10][..]);
+    assert_eq!(ring.stats().submitted, before);
+    assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+    // A gather through it is positional as ever.
+    let mut sg = SgList::new();
+    sg.push_extent(&pool, 1, 3).unwrap();
+    let (done, sg) = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Read,
+        Config::new(),
+        None,
+        |_: &TransferReport| {},
+    )
+    .unwrap()
+    .run(&mut ring)
+    .unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), 3));
+    assert_eq!(sg.bufs()[0].data(), b"eep");
+    drop(sg);
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}

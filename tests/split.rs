@@ -1190,3 +1190,69 @@ fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
     ring.close(d).unwrap();
     check_teardown(&ring, &[&pool]);
 }
+
+/// A positional write to a descriptor opened `O_APPEND` lands at the end of the file,
+/// whatever its offset: a write or copy job there would scatter its chunks in completion
+/// order. Refused with a typed error before anything is written; reading through such a
+/// descriptor is fine.
+#[test]
+fn append_only_destinations_are_refused() {
+    let dir = common::disk_dir();
+    let src = src_file(dir.path(), "src", 4 * CHUNK, 77);
+    let dst = dir.path().join("dst");
+    std::fs::write(&dst, b"keep").unwrap();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let s = ring.register(open(&src, false, false)).unwrap();
+    let d = ring
+        .register(OpenOptions::new().append(true).open(&dst).unwrap())
+        .unwrap();
+    let before = ring.stats().submitted;
+    for job in [
+        Job::Copy {
+            src: s,
+            src_offset: 0,
+            dst: d,
+            dst_offset: 0,
+            len: 4 * CHUNK,
+        },
+        Job::Write {
+            dst: d,
+            offset: 0,
+            len: CHUNK,
+        },
+    ] {
+        let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::InvalidInput { reason } if reason.contains("append")),
+            "{job:?}: {e}"
+        );
+    }
+    assert_eq!(ring.stats().submitted, before);
+    assert_eq!(std::fs::read(&dst).unwrap(), b"keep");
+    // Reading through an O_APPEND descriptor is positional as ever.
+    let ra = ring
+        .register(
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&src)
+                .unwrap(),
+        )
+        .unwrap();
+    let job = Job::Read {
+        src: ra,
+        offset: CHUNK,
+        len: CHUNK,
+    };
+    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
+        .unwrap()
+        .run(&mut ring, &mut ())
+        .unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), CHUNK));
+    for t in [s, d, ra] {
+        ring.close(t).unwrap();
+    }
+    check_teardown(&ring, &[&pool]);
+}

@@ -138,6 +138,12 @@ fn check(
         Direction::Write if !info.writable => {
             return Err(Error::invalid("dma: target is not open for writing"))
         }
+        // Its writes would land at the end of the file, not at the segments' offsets.
+        Direction::Write if info.append => {
+            return Err(Error::invalid(
+                "dma: target is open for append (O_APPEND): writes would ignore offsets",
+            ))
+        }
         _ => {}
     }
     if !sg
@@ -277,7 +283,8 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     /// # Errors
     ///
     /// [`ErrorKind::StaleTarget`]; [`ErrorKind::InvalidInput`] for a target that is not a
-    /// file or block device or not open for `direction`, an empty list, a segment ending
+    /// file or block device or not open for `direction` (or open `O_APPEND` for a write,
+    /// which ignores offsets), an empty list, a segment ending
     /// past the largest file offset (2⁶³ − 1), or a config out of range; [`ErrorKind::Misaligned`] for a direct target and a segment offset or length,
     /// a buffer address or the max transfer not aligned as it needs. The error hands the
     /// list back ([`Rejected::into_sg`]); `?` turns it into the plain [`Error`].

@@ -49,6 +49,9 @@ pub struct FdInfo {
     pub direct: bool,
     /// Opened with `O_NONBLOCK`.
     pub nonblocking: bool,
+    /// Opened with `O_APPEND`: every write lands at the end of the file, whatever its
+    /// offset.
+    pub append: bool,
     /// Opened for reading.
     pub readable: bool,
     /// Opened for writing.
@@ -144,6 +147,7 @@ impl FdInfo {
             kind,
             direct,
             nonblocking: fl & libc::O_NONBLOCK != 0,
+            append: fl & libc::O_APPEND != 0,
             readable: acc == libc::O_RDONLY || acc == libc::O_RDWR,
             writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
             offset_align: 1,

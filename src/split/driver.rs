@@ -360,6 +360,12 @@ fn target_info(ring: &Ring, t: Target, write: bool) -> Result<crate::FdInfo> {
     if write && !info.writable {
         return Err(Error::invalid("split: destination is not open for writing"));
     }
+    if write && info.append {
+        // Its writes would land at the end of the file, in completion order.
+        return Err(Error::invalid(
+            "split: destination is open for append (O_APPEND): writes would ignore offsets",
+        ));
+    }
     if !write && !info.readable {
         return Err(Error::invalid("split: source is not open for reading"));
     }
@@ -375,7 +381,8 @@ impl SplitDriver {
     ///
     /// [`ErrorKind::StaleTarget`] for a target not registered with `ring`;
     /// [`ErrorKind::InvalidInput`] for a target that is not a file or block device, not
-    /// open the right way, a range ending past the largest file offset (2⁶³ − 1), a copy
+    /// open the right way (a destination opened `O_APPEND` ignores offsets), a range
+    /// ending past the largest file offset (2⁶³ − 1), a copy
     /// between overlapping ranges of one file, or an impossible config; [`ErrorKind::Misaligned`] for a direct
     /// target and an offset, length or chunk that is not a multiple of its alignment (or a
     /// pool whose buffers are less aligned than it needs); [`ErrorKind::PoolExhausted`].
