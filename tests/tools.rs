@@ -337,6 +337,34 @@ fn iobench_creates_only_when_asked_and_refuses_what_it_cannot_bench() {
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 }
 
+/// `--seconds` too large for a `Duration` panicked (exit 101) instead of a usage error.
+#[test]
+fn iobench_refuses_unrepresentable_durations() {
+    let Some(bin) = example("iobench") else {
+        common::skip("the iobench example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let f = make(dir.path(), "f", 64 * 1024, 86);
+    for secs in ["1e30", "inf", "NaN", "-1", "0", "1e-300"] {
+        let args = [
+            "--rw",
+            "read",
+            "--bs",
+            "4k",
+            "--qd",
+            "1",
+            "--seconds",
+            secs,
+            f.to_str().unwrap(),
+        ];
+        let o = run(&bin, &args, Duration::from_secs(20));
+        let msg = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "--seconds {secs}: {msg}");
+        assert!(msg.contains("--seconds"), "--seconds {secs}: {msg}");
+    }
+}
+
 // ---- gather ------------------------------------------------------------------------------
 
 /// `gather` on a FIFO hung in `open`; on a directory or a character device it blamed the

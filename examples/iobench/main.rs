@@ -41,7 +41,7 @@ struct Args {
     bs: usize,
     qd: usize,
     direct: bool,
-    seconds: f64,
+    seconds: Duration,
     size: Option<u64>,
     file: PathBuf,
 }
@@ -71,7 +71,7 @@ fn parse_size(flag: &str, s: &str) -> Result<u64, String> {
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut rw, mut bs, mut qd) = (None, None, None);
-    let (mut direct, mut seconds, mut size, mut file) = (false, 5.0, None, None);
+    let (mut direct, mut seconds, mut size, mut file) = (false, Duration::from_secs(5), None, None);
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
             it.next()
@@ -95,11 +95,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--direct" => direct = true,
             "--seconds" => {
                 let v = value("--seconds")?;
+                // A positive number a `Duration` can hold (1e30 would overflow it).
                 seconds = v
                     .parse::<f64>()
                     .ok()
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .ok_or_else(|| format!("--seconds: not a positive number: {v:?}"))?;
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| format!("--seconds: not a positive number of seconds: {v:?}"))?;
             }
             "--size" => size = Some(parse_size("--size", &value("--size")?)?),
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -276,7 +278,7 @@ fn run(a: &Args) -> Result<(), String> {
         blocks,
     };
     let mut engine = Engine::new(job, target, &pool);
-    let limit = Duration::from_secs_f64(a.seconds);
+    let limit = a.seconds;
     let (u0, s0) = rusage();
     let t0 = std::time::Instant::now();
     engine
