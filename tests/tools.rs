@@ -204,6 +204,40 @@ fn copy_checks_the_source_before_touching_the_destination() {
     );
 }
 
+/// A bad `--chunk` (too large for a pool slot, or misaligned for `--direct`) truncated an
+/// existing DST (or created a new one) before failing: bad input must change nothing.
+#[test]
+fn copy_with_a_bad_chunk_leaves_the_destination_alone() {
+    let Some(bin) = example("copy") else {
+        common::skip("the copy example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let src = make(dir.path(), "src", 100_000, 87);
+    let keep = make(dir.path(), "keep", 50_000, 88);
+    let want = std::fs::read(&keep).unwrap();
+    let new = dir.path().join("new");
+    for flags in [&["--chunk", "1T"][..], &["--direct", "--chunk", "3"]] {
+        for dst in [&keep, &new] {
+            let mut args = flags.to_vec();
+            args.extend([src.to_str().unwrap(), dst.to_str().unwrap()]);
+            let o = run(&bin, &args, Duration::from_secs(20));
+            assert!(!o.status.success(), "copy {args:?} succeeded");
+            assert!(
+                stderr(&o).contains("chunk"),
+                "copy {args:?}: {}",
+                stderr(&o)
+            );
+        }
+        assert_eq!(
+            std::fs::read(&keep).unwrap(),
+            want,
+            "{flags:?}: DST changed"
+        );
+        assert!(!new.exists(), "{flags:?}: DST created");
+    }
+}
+
 /// `copy /dev/loopN out` copies the whole device (its size is not `metadata.len()`, 0),
 /// and back onto another device, verified byte for byte.
 #[test]
