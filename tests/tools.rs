@@ -186,8 +186,11 @@ fn copy_checks_the_source_before_touching_the_destination() {
     // An unreadable source (root reads anything: only checked when not root).
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        std::fs::set_permissions(&unreadable, std::os::unix::fs::PermissionsExt::from_mode(0))
-            .unwrap();
+        std::fs::set_permissions(
+            &unreadable,
+            std::os::unix::fs::PermissionsExt::from_mode(0o000),
+        )
+        .unwrap();
         let args = [unreadable.to_str().unwrap(), keep.to_str().unwrap()];
         let o = run(&bin, &args, Duration::from_secs(20));
         assert!(!o.status.success());
