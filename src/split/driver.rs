@@ -116,9 +116,9 @@ impl SplitConfig {
     }
 
     /// Largest chunk in bytes. Without it: the smallest `max_sectors_kb` of the block
-    /// devices involved ([`block_device_limits`](super::block_device_limits), read from sysfs at each
-    /// [`SplitDriver::new`] — set a chunk when starting many small requests), or a pool
-    /// slot for files. Always capped
+    /// devices involved ([`block_device_limits`](super::block_device_limits), read from
+    /// sysfs at each [`SplitDriver::new`] — set a chunk when starting many small
+    /// requests), or a pool slot for files. Always capped
     /// at a pool slot's capacity and at [`MAX_TRANSFER`](crate::dma::MAX_TRANSFER), and
     /// rounded down to the direct-I/O alignment.
     pub const fn max_chunk(mut self, bytes: u64) -> SplitConfig {
