@@ -284,9 +284,10 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     ///
     /// [`ErrorKind::StaleTarget`]; [`ErrorKind::InvalidInput`] for a target that is not a
     /// file or block device or not open for `direction` (or open `O_APPEND` for a write,
-    /// which ignores offsets), an empty list, a segment ending
-    /// past the largest file offset (2⁶³ − 1), or a config out of range; [`ErrorKind::Misaligned`] for a direct target and a segment offset or length,
-    /// a buffer address or the max transfer not aligned as it needs. The error hands the
+    /// which ignores offsets), an empty list, a segment ending past the largest file
+    /// offset (2⁶³ − 1), or a config out of range; [`ErrorKind::Misaligned`] for a direct
+    /// target and a segment offset or length, a buffer address or the max transfer not
+    /// aligned as it needs. The error hands the
     /// list back ([`Rejected::into_sg`]); `?` turns it into the plain [`Error`].
     pub fn new(
         ring: &mut Ring,
@@ -429,7 +430,9 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     }
 
     /// Drive the ring until the transaction completes; return its completion and the list
-    /// (after a read, each buffer's `len()` is the bytes it received).
+    /// (after a read, each buffer's `len()` is the prefix of it that was received —
+    /// [`Transaction::segment_moved`]: bytes after a gap left by a stop, an error or a
+    /// short read are not counted).
     ///
     /// # Errors
     ///
