@@ -13,17 +13,21 @@
 //!   devices' alignment. A tail shorter than the alignment is copied through the page
 //!   cache afterwards, as `dd` does.
 //!
-//! DST is created (or truncated) unless it is a block device. A progress bar goes to
-//! stderr when stderr is a terminal; a one-line summary with the throughput always does.
+//! SRC and DST are regular files or block devices (a block device's whole size is
+//! copied). SRC is checked first (it exists, is readable, is a file or device); DST is
+//! refused if it is SRC under any name (symlink, hard link, another node of the device).
+//! Only then is DST created (or truncated, unless it is a block device). A progress bar
+//! goes to stderr when stderr is a terminal; a one-line summary with the throughput always
+//! does.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use iocomplete::split::{default_max_chunk, ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
-use iocomplete::{BufferPool, Ring, Target};
+use iocomplete::{BufferPool, Error, Ring};
 
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,28 +123,88 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
     })
 }
 
-fn open_src(path: &Path, direct: bool) -> Result<File, String> {
+/// A file's identity: the same for every path (symlink, hard link) to it, and for every
+/// node of one block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    Inode(u64, u64),
+    Device(u64),
+}
+
+/// Check that `m` (of `path`, the argument `what`) is a regular file or a block device —
+/// what a split copy can take — and return its identity.
+fn identity(path: &Path, m: &Metadata) -> Result<Identity, String> {
+    let t = m.file_type();
+    if t.is_block_device() {
+        Ok(Identity::Device(m.rdev()))
+    } else if t.is_file() {
+        Ok(Identity::Inode(m.dev(), m.ino()))
+    } else {
+        Err(format!(
+            "{}: not a regular file or block device",
+            path.display()
+        ))
+    }
+}
+
+fn same_file(src: &Path, dst: &Path) -> String {
+    format!(
+        "{} and {} are the same file; refusing to copy a file onto itself",
+        src.display(),
+        dst.display()
+    )
+}
+
+/// Open SRC for reading, fully checked (it exists, is readable, is a regular file or a
+/// block device) before anything touches DST. Its kind is checked with `stat` before
+/// `open`, so a FIFO is refused instead of blocking the open.
+fn open_src(path: &Path, direct: bool) -> Result<(File, Identity), String> {
+    let cannot = |e: std::io::Error| format!("cannot open {}: {e}", path.display());
+    identity(path, &std::fs::metadata(path).map_err(cannot)?)?;
     let mut o = OpenOptions::new();
     o.read(true);
     if direct {
         o.custom_flags(libc::O_DIRECT);
     }
-    o.open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    let f = o.open(path).map_err(cannot)?;
+    // What was opened, not what the path named a moment before.
+    let id = identity(path, &f.metadata().map_err(cannot)?)?;
+    Ok((f, id))
 }
 
-fn open_dst(path: &Path, direct: bool) -> Result<File, String> {
-    let is_block = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+/// Open DST for writing, created if missing (the flag says so); refused if it is SRC
+/// (same inode through any path, or the same block device) or not a regular file or
+/// block device. Not truncated here: that waits until every check passed.
+fn open_dst(path: &Path, direct: bool, src: (&Path, Identity)) -> Result<(File, bool), String> {
+    let cannot = |e: std::io::Error| format!("cannot open {}: {e}", path.display());
+    let existed = match std::fs::metadata(path) {
+        Ok(m) if identity(path, &m)? == src.1 => return Err(same_file(src.0, path)),
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(cannot(e)),
+    };
     let mut o = OpenOptions::new();
-    o.write(true);
-    if !is_block {
-        o.create(true).truncate(true);
-    }
+    o.write(true).create(true);
     if direct {
         o.custom_flags(libc::O_DIRECT);
     }
-    o.open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    let f = o.open(path).map_err(cannot)?;
+    let checked = f
+        .metadata()
+        .map_err(cannot)
+        .and_then(|m| match identity(path, &m)? {
+            id if id == src.1 => Err(same_file(src.0, path)),
+            _ => Ok(()),
+        });
+    match checked {
+        Ok(()) => Ok((f, !existed)),
+        Err(e) => {
+            if !existed {
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Progress hook: the bytes copied before this job plus the job's own.
@@ -156,22 +220,13 @@ impl ChunkHandler for Progress<'_> {
     }
 }
 
-fn run_job(
+/// Run a copy job's driver to its end: the child operations it took, or why it failed.
+fn finish_job(
     ring: &mut Ring,
-    pool: &BufferPool,
-    (src, dst): (Target, Target),
+    driver: &mut SplitDriver,
     (offset, len): (u64, u64),
-    config: SplitConfig,
     progress: &mut Progress<'_>,
 ) -> Result<u64, String> {
-    let job = Job::Copy {
-        src,
-        src_offset: offset,
-        dst,
-        dst_offset: offset,
-        len,
-    };
-    let mut driver = SplitDriver::new(ring, pool, job, config).map_err(|e| e.to_string())?;
     let done = driver.run(ring, progress).map_err(|e| e.to_string())?;
     match done.status {
         Ok(()) if done.bytes == len => Ok(driver.stats().child_ops),
@@ -183,18 +238,26 @@ fn run_job(
     }
 }
 
-/// Copy `args.src` to `args.dst`; `progress(done, total)` is called as chunks land.
-pub fn copy(args: &Args, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, String> {
-    let started = Instant::now();
-    let src_file = open_src(&args.src, args.direct)?;
-    let dst_file = open_dst(&args.dst, args.direct)?;
+/// Everything checked and ready before DST is truncated: the ring with both targets, the
+/// pool, and the driver of the main job (whose `new` validates the request).
+struct Ready {
+    ring: Ring,
+    pool: BufferPool,
+    driver: SplitDriver,
+    size: u64,
+    aligned: u64,
+    chunk: u64,
+    inflight: u32,
+}
+
+fn prepare(args: &Args, src_file: File, dst_file: &File) -> Result<Ready, String> {
     let inflight = if args.serial { 1 } else { args.inflight };
     let mut ring = Ring::builder()
         .entries((2 * inflight + 8).next_power_of_two().min(4096))
         .build()
         .map_err(|e| e.to_string())?;
     let src = ring.register(src_file).map_err(|e| e.to_string())?;
-    let dst = ring.register(dst_file).map_err(|e| e.to_string())?;
+    let dst = ring.register_dup(dst_file).map_err(|e| e.to_string())?;
     let (si, di) = (
         ring.info(src).map_err(|e| e.to_string())?,
         ring.info(dst).map_err(|e| e.to_string())?,
@@ -209,11 +272,15 @@ pub fn copy(args: &Args, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, S
              (misaligned direct chunk)"
         ));
     }
-    let pool = BufferPool::builder()
-        .slots(inflight as usize)
-        .slot_len(chunk as usize)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let pool = usize::try_from(chunk)
+        .map_err(|_| Error::invalid("chunk too large"))
+        .and_then(|len| {
+            BufferPool::builder()
+                .slots(inflight as usize)
+                .slot_len(len)
+                .build()
+        })
+        .map_err(|e| format!("--chunk {chunk}: {e}"))?;
     ring.register_pool(&pool);
     let mode = if args.serial {
         Mode::Serial
@@ -222,36 +289,89 @@ pub fn copy(args: &Args, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, S
             max_in_flight: inflight,
         }
     };
-    let config = SplitConfig::new().mode(mode).max_chunk(chunk);
     let aligned = if args.direct {
         size - size % align
     } else {
         size
     };
+    let job = Job::Copy {
+        src,
+        src_offset: 0,
+        dst,
+        dst_offset: 0,
+        len: aligned,
+    };
+    let config = SplitConfig::new().mode(mode).max_chunk(chunk);
+    let driver = SplitDriver::new(&mut ring, &pool, job, config).map_err(|e| e.to_string())?;
+    Ok(Ready {
+        ring,
+        pool,
+        driver,
+        size,
+        aligned,
+        chunk,
+        inflight,
+    })
+}
+
+/// Copy `args.src` to `args.dst`; `progress(done, total)` is called as chunks land.
+///
+/// Nothing is created or truncated until SRC, DST and every option are checked: a
+/// refusal leaves DST as it was (a DST created for the copy is removed again).
+pub fn copy(args: &Args, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, String> {
+    let started = Instant::now();
+    let (src_file, src_id) = open_src(&args.src, args.direct)?;
+    let (dst_file, created) = open_dst(&args.dst, args.direct, (&args.src, src_id))?;
+    let mut r = match prepare(args, src_file, &dst_file) {
+        Ok(r) => r,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_file(&args.dst);
+            }
+            return Err(e);
+        }
+    };
+    // Every check passed: now an existing regular file is truncated.
+    let is_file = dst_file.metadata().is_ok_and(|m| m.is_file());
+    if is_file {
+        dst_file
+            .set_len(0)
+            .map_err(|e| format!("cannot truncate {}: {e}", args.dst.display()))?;
+    }
+    drop(dst_file);
     let mut p = Progress {
         base: 0,
-        total: size,
+        total: r.size,
         f: progress,
     };
-    let mut child_ops = run_job(&mut ring, &pool, (src, dst), (0, aligned), config, &mut p)?;
-    let tail = size - aligned;
+    let (ring, pool) = (&mut r.ring, &r.pool);
+    let mut child_ops = finish_job(ring, &mut r.driver, (0, r.aligned), &mut p)?;
+    let tail = r.size - r.aligned;
     if tail > 0 {
         // Direct I/O cannot move a partial block: finish through the page cache.
         let s = ring
-            .register(open_src(&args.src, false)?)
+            .register(open_src(&args.src, false)?.0)
             .map_err(|e| e.to_string())?;
         let d = ring
             .register(open_dst_existing(&args.dst)?)
             .map_err(|e| e.to_string())?;
-        p.base = aligned;
-        let config = SplitConfig::new().mode(Mode::Serial).max_chunk(chunk);
-        child_ops += run_job(&mut ring, &pool, (s, d), (aligned, tail), config, &mut p)?;
+        p.base = r.aligned;
+        let job = Job::Copy {
+            src: s,
+            src_offset: r.aligned,
+            dst: d,
+            dst_offset: r.aligned,
+            len: tail,
+        };
+        let config = SplitConfig::new().mode(Mode::Serial).max_chunk(r.chunk);
+        let mut driver = SplitDriver::new(ring, pool, job, config).map_err(|e| e.to_string())?;
+        child_ops += finish_job(ring, &mut driver, (r.aligned, tail), &mut p)?;
     }
     Ok(Report {
-        bytes: size,
+        bytes: r.size,
         elapsed: started.elapsed(),
-        chunk,
-        inflight,
+        chunk: r.chunk,
+        inflight: r.inflight,
         tail,
         child_ops,
     })

@@ -10,12 +10,15 @@
 //! - `--max-segments N`: most buffers (iovecs) per transfer (1..=1024, default 1024).
 //! - `--inflight N`: transfers in flight (default 4).
 //!
-//! Numbers accept K/M/G suffixes (powers of 1024). An extent past the end of the file is
-//! an error, reported before anything is read. A one-line summary goes to stderr.
+//! FILE is a regular file or a block device (anything else is refused, checked before it
+//! is opened). Numbers accept K/M/G suffixes (powers of 1024). An extent past the end of
+//! the file is an error, reported before anything is read. A one-line summary goes to
+//! stderr.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -133,14 +136,29 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
 /// Read the extents of `args.file` in one transaction and write them to `out`.
 pub fn gather(args: &Args, out: &mut dyn Write) -> Result<Report, String> {
     let started = Instant::now();
-    let file =
-        File::open(&args.file).map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
+    let cannot = |e: std::io::Error| format!("cannot open {}: {e}", args.file.display());
+    // The kind is checked before `open`, which would block on a FIFO until a writer came.
+    let kind = std::fs::metadata(&args.file).map_err(cannot)?.file_type();
+    if !(kind.is_file() || kind.is_block_device()) {
+        return Err(format!(
+            "{}: not a regular file or block device",
+            args.file.display()
+        ));
+    }
+    let file = File::open(&args.file).map_err(cannot)?;
     let mut ring = Ring::builder()
         .entries(64)
         .build()
         .map_err(|e| e.to_string())?;
     let target = ring.register(file).map_err(|e| e.to_string())?;
-    let size = ring.info(target).map_err(|e| e.to_string())?.size;
+    let info = ring.info(target).map_err(|e| e.to_string())?;
+    if !info.kind.is_seekable() {
+        return Err(format!(
+            "{}: not a regular file or block device",
+            args.file.display()
+        ));
+    }
+    let size = info.size;
     for &(off, len) in &args.extents {
         if off.checked_add(len).is_none_or(|end| end > size) {
             return Err(format!(

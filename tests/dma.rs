@@ -813,3 +813,445 @@ fn gather_example_concatenates_extents_and_reports_clear_errors() {
         .contains("outside"));
     assert!(gather_args(&[p]).unwrap_err().contains("OFFSET:LEN"));
 }
+
+// ---- finding 9: a segment's length counts only a transferred prefix ------------------------
+
+/// A read list of one 8 KiB buffer at device offset 0, cut into two 4 KiB transfers (A, B)
+/// that share the buffer, with 2 in flight: B waits for A to hand the buffer back. The
+/// buffer starts full of garbage, so stale bytes counted as received show.
+fn split_segment_list(pool: &BufferPool) -> SgList {
+    let mut sg = SgList::new();
+    sg.push_extent(pool, 0, 2 * BS as u64).unwrap();
+    let mut bufs = sg.into_bufs();
+    bufs[0].data_mut().fill(0xA5);
+    let mut sg = SgList::new();
+    sg.push(bufs.pop().unwrap(), 0).unwrap();
+    sg
+}
+
+/// Each segment's `len()` is a prefix that really arrived: whole and verified.
+fn check_prefixes(sg: &SgList, seed: u64) -> u64 {
+    let mut got = 0;
+    for (seg, buf) in sg.iter() {
+        assert!(
+            buf.len() as u64 <= seg.len,
+            "segment at {}",
+            seg.device_offset
+        );
+        verify::check_range(buf.data(), BS, seed, seg.device_offset).unwrap_or_else(|e| {
+            panic!(
+                "segment at {} claims {} bytes that are not a received prefix: {e}",
+                seg.device_offset,
+                buf.len()
+            )
+        });
+        got += buf.len() as u64;
+    }
+    got
+}
+
+/// Step `drv` until `cond` holds (bounded: a regression fails instead of hanging).
+fn step_until<F: FnMut(&TransferReport)>(
+    drv: &mut DmaDriver<F>,
+    ring: &mut Ring,
+    what: &str,
+    mut cond: impl FnMut(&DmaDriver<F>) -> bool,
+) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond(drv) {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        drv.step(ring, Some(Duration::from_millis(10))).unwrap();
+    }
+}
+
+/// Step `drv` until it completes (bounded: a regression fails instead of hanging).
+fn finish<F: FnMut(&TransferReport)>(
+    drv: &mut DmaDriver<F>,
+    ring: &mut Ring,
+) -> iocomplete::dma::Completion {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // `step_until` may have stepped past the completion already.
+        if let Some(c) = drv.outcome() {
+            return c;
+        }
+        if let Some(c) = drv.step(ring, Some(Duration::from_millis(100))).unwrap() {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the transaction never completed: {drv:?}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_transfer_leaves_no_stale_bytes_counted_in_its_segment() {
+    use common::fuse::{FileSpec, FuseMount};
+    let spec = FileSpec::new(64 * BS as u64, BS, 61);
+    let Some(fs) = FuseMount::new(spec) else {
+        return;
+    };
+    // A (bytes 0..4096) fails; B (4096..8192), waiting for the same buffer, is held at the
+    // server so that it really reads once it is submitted.
+    fs.ctl().fail_range(0, BS as u64);
+    fs.ctl().hold(BS as u64..2 * BS as u64);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(2, 2 * BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&fs.path(), false, false)).unwrap();
+    let config = Config::new().max_transfer(BS as u64).max_in_flight(2);
+    let reports = std::cell::RefCell::new(Reports::default());
+    let mut drv = DmaDriver::new(
+        &mut ring,
+        t,
+        split_segment_list(&pool),
+        Direction::Read,
+        config,
+        None,
+        |r: &TransferReport| reports.borrow_mut().record(r),
+    )
+    .unwrap();
+    step_until(&mut drv, &mut ring, "A's error", |_| {
+        !reports.borrow().all.is_empty()
+    });
+    fs.ctl().release();
+    let done = finish(&mut drv, &mut ring);
+    // B, withdrawn by the error while it waited, never reached the kernel.
+    assert_eq!(drv.stats().transfers, 1, "{:?}", drv.stats());
+    let sg = drv.take_sg().unwrap();
+    drop(drv);
+    assert_eq!(done.status, Err(Error::from_errno(libc::EIO)), "{done:?}");
+    assert_eq!(reports.borrow().finals(), 1);
+    check_prefixes(&sg, spec.seed);
+    assert_eq!(
+        sg.bufs()[0].len(),
+        0,
+        "A failed: nothing of the segment is a prefix"
+    );
+    drop(sg);
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+#[test]
+fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() {
+    use common::fuse::{FileSpec, FuseMount};
+    use std::os::unix::fs::FileExt;
+    let spec = FileSpec::new(64 * BS as u64, BS, 62);
+    let Some(fs) = FuseMount::new(spec) else {
+        return;
+    };
+    let content = spec.content();
+    // The file is 1000 bytes long when A (0..4096) is answered: A is short, and the rest
+    // of it (A') must come before B (4096..8192), which shares the buffer.
+    let short = 1000u64;
+    let grow = |len: u64| {
+        let f = OpenOptions::new().write(true).open(fs.path()).unwrap();
+        f.set_len(len).unwrap();
+        f.write_all_at(&content[short as usize..len as usize], short)
+            .unwrap();
+    };
+    OpenOptions::new()
+        .write(true)
+        .open(fs.path())
+        .unwrap()
+        .set_len(short)
+        .unwrap();
+    fs.ctl().hold(0..BS as u64);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(2, 2 * BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&fs.path(), false, false)).unwrap();
+    let config = Config::new().max_transfer(BS as u64).max_in_flight(2);
+    let reports = std::cell::RefCell::new(Reports::default());
+    let mut drv = DmaDriver::new(
+        &mut ring,
+        t,
+        split_segment_list(&pool),
+        Direction::Read,
+        config,
+        None,
+        |r: &TransferReport| reports.borrow_mut().record(r),
+    )
+    .unwrap();
+    step_until(&mut drv, &mut ring, "A at the server", |_| {
+        fs.ctl().outstanding() == 1
+    });
+    // Whatever reads next touching 4096.. is held; A is answered now (1000 bytes).
+    fs.ctl().release();
+    fs.ctl().hold(BS as u64..2 * BS as u64);
+    step_until(&mut drv, &mut ring, "A's short completion", |_| {
+        !reports.borrow().all.is_empty()
+    });
+    assert_eq!(reports.borrow().all[0].bytes, short);
+    // The file grows back; whatever was submitted next is at the server or done.
+    grow(spec.size);
+    std::thread::sleep(Duration::from_millis(50));
+    drv.process(&mut ring);
+    assert!(drv.stop(&mut ring));
+    fs.ctl().release();
+    let done = finish(&mut drv, &mut ring);
+    let sg = drv.take_sg().unwrap();
+    drop(drv);
+    assert!(done.status.is_err(), "{done:?}");
+    assert_eq!(reports.borrow().finals(), 1);
+    let got = check_prefixes(&sg, spec.seed);
+    assert!(got >= short, "A's bytes are a prefix: {got}");
+    drop(sg);
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+// ---- deadlines that mean "never" ----------------------------------------------------------
+
+#[test]
+fn huge_deadlines_never_fire_and_every_byte_is_gathered() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    verify::make_file(&path, 1 << 20, BS, 72);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(32, 2 * BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&path, false, false)).unwrap();
+    for d in [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX),
+        Duration::from_secs(1 << 63),
+        Duration::new(i64::MAX as u64, 999_999_999),
+    ] {
+        let mut sg = SgList::new();
+        for (off, len) in [(1000u64, 9000u64), (70_000, 20_000), (500_000, 4096)] {
+            sg.push_extent(&pool, off, len).unwrap();
+        }
+        let total = sg.total_len();
+        let config = Config::new().max_transfer(BS as u64).max_in_flight(3);
+        let mut finals = 0;
+        let mut drv = DmaDriver::new(
+            &mut ring,
+            t,
+            sg,
+            Direction::Read,
+            config,
+            Some(d),
+            |r: &TransferReport| finals += usize::from(r.last),
+        )
+        .unwrap();
+        let done = finish(&mut drv, &mut ring);
+        assert_eq!((done.status, done.bytes), (Ok(()), total), "deadline {d:?}");
+        assert_eq!(ring.in_flight(), 0, "completed with the timer in flight");
+        let sg = drv.take_sg().unwrap();
+        drop(drv);
+        assert_eq!(finals, 1);
+        check_list(&sg, 72);
+    }
+    check_teardown(&ring, &[&pool]);
+}
+
+/// Dropping a driver mid-flight: its buffers come back as soon as its transfers'
+/// completions do, not only when its deadline timer fires.
+#[test]
+fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    verify::make_file(&path, 1 << 20, BS, 76);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(64, 4 * BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&path, false, false)).unwrap();
+    let mut sg = SgList::new();
+    for i in 0..16u64 {
+        sg.push_extent(&pool, i * 65536, 4 * BS as u64).unwrap();
+    }
+    let deadline = Duration::from_secs(2);
+    let config = Config::new().max_in_flight(4);
+    let mut drv = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Read,
+        config,
+        Some(deadline),
+        |_: &TransferReport| {},
+    )
+    .unwrap();
+    assert!(drv.process(&mut ring).is_none());
+    assert!(drv.in_flight() > 0);
+    let armed = std::time::Instant::now();
+    drop(drv);
+    while ring.in_flight() > 1 {
+        assert!(armed.elapsed() < deadline, "transfers still in flight");
+        ring.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    assert!(armed.elapsed() < deadline);
+    assert_eq!(
+        pool.stats().free,
+        64,
+        "buffers held until the deadline: {:?}",
+        pool.stats()
+    );
+    while ring.in_flight() > 0 {
+        assert!(armed.elapsed() < deadline * 5, "the timer never fired");
+        ring.run_once(Some(Duration::from_millis(100))).unwrap();
+    }
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+/// Taking the list back before anything was submitted ends the transaction (it completes
+/// `Cancelled`, 0 bytes): stepping it afterwards hung, its transfers waiting forever for
+/// buffers that were gone.
+#[test]
+fn taking_the_list_before_the_start_ends_the_transaction() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    verify::make_file(&path, 1 << 20, BS, 77);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&path, false, false)).unwrap();
+    for deadline in [None, Some(Duration::from_secs(60))] {
+        let mut sg = SgList::new();
+        sg.push_extent(&pool, 0, 2 * BS as u64).unwrap();
+        sg.push_extent(&pool, 10 * BS as u64, 100).unwrap();
+        let mut reports = 0;
+        let mut drv = DmaDriver::new(
+            &mut ring,
+            t,
+            sg,
+            Direction::Read,
+            Config::new(),
+            deadline,
+            |_: &TransferReport| reports += 1,
+        )
+        .unwrap();
+        let sg = drv.take_sg().expect("the list, before the start");
+        assert!(drv.take_sg().is_none(), "taken twice");
+        let done = finish(&mut drv, &mut ring);
+        assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
+        assert_eq!(done.bytes, 0);
+        assert!(!drv.stop(&mut ring), "stopped after it ended");
+        drop(drv);
+        assert_eq!(reports, 0, "nothing was submitted");
+        let lens: Vec<usize> = sg.bufs().iter().map(|b| b.len()).collect();
+        assert_eq!(lens, [BS, BS, 100], "the list came back as it was");
+        drop(sg);
+        assert_eq!(
+            ring.in_flight(),
+            0,
+            "a timer was armed for an ended transaction"
+        );
+    }
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+/// Segments past what a file offset (`loff_t`, 2⁶³ − 1) can address reached the kernel
+/// (`EINVAL`): refused with a typed error before the kernel, the list handed back.
+#[test]
+fn segments_past_the_largest_file_offset_are_refused_before_the_kernel() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    verify::make_file(&path, 1 << 20, BS, 78);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, BS);
+    ring.register_pool(&pool);
+    let t = ring.register(open(&path, true, false)).unwrap();
+    let before = ring.stats().submitted;
+    let big = i64::MAX as u64;
+    for (off, len) in [(big + 1, 10), (u64::MAX - 10, 10), (big - 10, 100)] {
+        for direction in [Direction::Read, Direction::Write] {
+            let mut sg = SgList::new();
+            sg.push_extent(&pool, 0, 100).unwrap();
+            sg.push_extent(&pool, off, len).unwrap();
+            let r = DmaDriver::new(
+                &mut ring,
+                t,
+                sg,
+                direction,
+                Config::new(),
+                None,
+                |_: &TransferReport| {},
+            )
+            .unwrap_err();
+            assert!(
+                matches!(r.kind(), ErrorKind::InvalidInput { .. }),
+                "{off}+{len}: {r}"
+            );
+            assert_eq!(r.into_sg().len(), 2, "the list comes back");
+        }
+    }
+    assert_eq!(
+        ring.stats().submitted,
+        before,
+        "something reached the kernel"
+    );
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+/// A positional write to an `O_APPEND` descriptor lands at the end of the file, not at
+/// the segment's device offset: a scatter write there is refused before the kernel.
+#[test]
+fn scatter_writes_to_an_append_only_descriptor_are_refused() {
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    std::fs::write(&path, b"keep").unwrap();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, BS);
+    ring.register_pool(&pool);
+    let t = ring
+        .register(
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&path)
+                .unwrap(),
+        )
+        .unwrap();
+    let before = ring.stats().submitted;
+    let mut sg = SgList::new();
+    let mut buf = pool.try_get().unwrap();
+    buf.extend_from_slice(&[7u8; 10]).unwrap();
+    sg.push(buf, 0).unwrap();
+    let r = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Write,
+        Config::new(),
+        None,
+        |_: &TransferReport| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(r.kind(), ErrorKind::InvalidInput { reason } if reason.contains("append")),
+        "{r}"
+    );
+    assert_eq!(r.into_sg().bufs()[0].data(), &[7u8; 10][..]);
+    assert_eq!(ring.stats().submitted, before);
+    assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+    // A gather through it is positional as ever.
+    let mut sg = SgList::new();
+    sg.push_extent(&pool, 1, 3).unwrap();
+    let (done, sg) = DmaDriver::new(
+        &mut ring,
+        t,
+        sg,
+        Direction::Read,
+        Config::new(),
+        None,
+        |_: &TransferReport| {},
+    )
+    .unwrap()
+    .run(&mut ring)
+    .unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), 3));
+    assert_eq!(sg.bufs()[0].data(), b"eep");
+    drop(sg);
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}

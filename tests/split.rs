@@ -920,3 +920,343 @@ fn copying_allocates_nothing_per_chunk() {
     }
     check_teardown(&ring, &[&pool]);
 }
+
+/// Deadlines so far away they must mean "never": the largest `Duration`, and ones whose
+/// seconds do not fit a kernel timespec (≥ 2⁶³ s).
+const HUGE_DEADLINES: [Duration; 4] = [
+    Duration::MAX,
+    Duration::from_secs(u64::MAX),
+    Duration::from_secs(1 << 63),
+    Duration::new(i64::MAX as u64, 999_999_999),
+];
+
+#[test]
+fn huge_deadlines_never_fire_and_every_byte_is_copied() {
+    let dir = common::disk_dir();
+    let size = 5 * CHUNK + 777;
+    let src = src_file(dir.path(), "src", size, 71);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let s = ring.register(open(&src, false, false)).unwrap();
+    for (k, d) in HUGE_DEADLINES.into_iter().enumerate() {
+        for mode in [Mode::Serial, PAR4] {
+            let dst = dir.path().join(format!("dst{k}"));
+            let t = ring.register(open(&dst, true, false)).unwrap();
+            let job = Job::Copy {
+                src: s,
+                src_offset: 0,
+                dst: t,
+                dst_offset: 0,
+                len: size,
+            };
+            let config = SplitConfig::new().mode(mode).deadline(d);
+            let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+            let done = run_checked(&mut drv, &mut ring);
+            assert_eq!(
+                (done.status, done.bytes, done.transferred),
+                (Ok(()), size, size),
+                "deadline {d:?}, {mode:?}"
+            );
+            ring.close(t).unwrap();
+            check_prefix(&dst, size, 71);
+        }
+    }
+    check_teardown(&ring, &[&pool]);
+}
+
+/// Finding 11, library side: a copy onto overlapping bytes of the same file — the same
+/// target, another descriptor of it, a symlink, a hard link, another node of the same
+/// block device — is refused with a typed error before anything reaches the kernel, and
+/// the file is unchanged. A copy between disjoint ranges of one file works.
+#[test]
+fn copies_onto_the_same_file_are_refused_unless_the_ranges_are_disjoint() {
+    let dir = common::disk_dir();
+    let size = 4 * CHUNK;
+    let f = src_file(dir.path(), "f", size, 73);
+    let want = std::fs::read(&f).unwrap();
+    let sym = dir.path().join("sym");
+    std::os::unix::fs::symlink(&f, &sym).unwrap();
+    let hard = dir.path().join("hard");
+    std::fs::hard_link(&f, &hard).unwrap();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let rw = ring.register(open(&f, true, false)).unwrap();
+    let s = ring.register(open(&f, false, false)).unwrap();
+    let d_sym = ring.register(open(&sym, true, false)).unwrap();
+    let d_hard = ring.register(open(&hard, true, false)).unwrap();
+    let before = ring.stats().submitted;
+    let copy = |src, src_offset, dst, dst_offset, len| Job::Copy {
+        src,
+        src_offset,
+        dst,
+        dst_offset,
+        len,
+    };
+    for job in [
+        copy(rw, 0, rw, 0, size),
+        copy(s, 0, rw, 0, size),
+        copy(s, 0, d_sym, 0, size),
+        copy(s, 0, d_hard, 0, size),
+        // Overlapping by one byte, either way.
+        copy(s, 0, d_hard, CHUNK - 1, CHUNK),
+        copy(s, CHUNK - 1, rw, 0, CHUNK),
+        copy(s, 0, rw, 1, i64::MAX as u64 - 1),
+    ] {
+        let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::InvalidInput { reason } if reason.contains("same file")),
+            "{job:?}: {e}"
+        );
+    }
+    assert_eq!(ring.stats().submitted, before, "something reached the ring");
+    assert_eq!(std::fs::read(&f).unwrap(), want, "the file changed");
+    assert_eq!(pool.stats().free, 4);
+    // Disjoint ranges of one file: the first half onto the second.
+    let half = size / 2;
+    let job = copy(s, 0, d_hard, half, half);
+    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
+        .unwrap()
+        .run(&mut ring, &mut ())
+        .unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), half));
+    let got = std::fs::read(&f).unwrap();
+    assert_eq!(got[..half as usize], want[..half as usize]);
+    assert_eq!(got[half as usize..], want[..half as usize]);
+    for t in [rw, s, d_sym, d_hard] {
+        ring.close(t).unwrap();
+    }
+    check_teardown(&ring, &[&pool]);
+}
+
+/// A block device opened through two nodes is one device: an overlapping copy is
+/// refused. A `Job::Copy` of a whole device takes its size from the ring
+/// (`FdInfo::size`, `BLKGETSIZE64`), not from `metadata().len()` (0).
+#[test]
+fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
+    let size = 2 * (1 << 20) + 3 * 512;
+    let Some(dev) = LoopDev::new(size, Some((BS, 74))) else {
+        return;
+    };
+    assert_eq!(std::fs::metadata(&dev.path).unwrap().len(), 0);
+    let dir = common::disk_dir();
+    let node = dir.path().join("node");
+    let rdev = std::fs::metadata(&dev.path).unwrap().rdev();
+    let c = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, rdev as libc::dev_t) };
+    assert_eq!(made, 0, "mknod: {}", std::io::Error::last_os_error());
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let s = ring
+        .register(open(Path::new(&dev.path), false, false))
+        .unwrap();
+    let d = ring.register(open(&node, true, false)).unwrap();
+    let len = ring.info(s).unwrap().size;
+    assert_eq!(len, size);
+    let job = Job::Copy {
+        src: s,
+        src_offset: 0,
+        dst: d,
+        dst_offset: 0,
+        len,
+    };
+    let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e}");
+    let out = dir.path().join("out");
+    let o = ring.register(open(&out, true, false)).unwrap();
+    let job = Job::Copy {
+        src: s,
+        src_offset: 0,
+        dst: o,
+        dst_offset: 0,
+        len,
+    };
+    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
+        .unwrap()
+        .run(&mut ring, &mut ())
+        .unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), size));
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+    check_prefix(&out, size, 74);
+    for t in [s, d, o] {
+        ring.close(t).unwrap();
+    }
+    check_teardown(&ring, &[&pool]);
+}
+
+/// Dropping a driver mid-flight abandons the request; its buffers must come back as soon
+/// as its children's completions do — not only when its deadline timer fires (they waited
+/// in the driver's completion queue, kept alive by the armed timer).
+#[test]
+fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
+    let dir = common::disk_dir();
+    let size = 1u64 << 20;
+    let src = src_file(dir.path(), "src", size, 75);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let s = ring.register(open(&src, false, false)).unwrap();
+    let deadline = Duration::from_secs(2);
+    let job = Job::Read {
+        src: s,
+        offset: 0,
+        len: size,
+    };
+    let mut drv =
+        SplitDriver::new(&mut ring, &pool, job, SplitConfig::new().deadline(deadline)).unwrap();
+    assert!(drv.process(&mut ring, &mut ()).is_none());
+    assert!(drv.in_flight() > 1, "children and the timer in flight");
+    let armed = std::time::Instant::now();
+    drop(drv);
+    // The children complete; only the timer is left.
+    while ring.in_flight() > 1 {
+        assert!(armed.elapsed() < deadline, "children still in flight");
+        ring.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    assert!(armed.elapsed() < deadline);
+    assert_eq!(
+        pool.stats().free,
+        4,
+        "buffers held until the deadline: {:?}",
+        pool.stats()
+    );
+    // The timer fires in the end; nothing is left.
+    while ring.in_flight() > 0 {
+        assert!(armed.elapsed() < deadline * 5, "the timer never fired");
+        ring.run_once(Some(Duration::from_millis(100))).unwrap();
+    }
+    ring.close(s).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+/// Offsets past what a file offset (`loff_t`, 2⁶³ − 1) can address reached the kernel,
+/// which failed them with `EINVAL`: they are bad input, refused with a typed error before
+/// the kernel.
+#[test]
+fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
+    let dir = common::disk_dir();
+    let src = src_file(dir.path(), "src", 1 << 20, 76);
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let s = ring.register(open(&src, false, false)).unwrap();
+    let d = ring
+        .register(open(&dir.path().join("dst"), true, false))
+        .unwrap();
+    let before = ring.stats().submitted;
+    let big = i64::MAX as u64;
+    let read = |offset, len| Job::Read {
+        src: s,
+        offset,
+        len,
+    };
+    let copy = |src_offset, dst_offset, len| Job::Copy {
+        src: s,
+        src_offset,
+        dst: d,
+        dst_offset,
+        len,
+    };
+    for job in [
+        read(big + 1, 4096),
+        read(u64::MAX - 1, 1),
+        read(big - 10, 4096),
+        read(0, u64::MAX),
+        Job::Write {
+            dst: d,
+            offset: big,
+            len: 1,
+        },
+        copy(0, big - 10, 4096),
+        copy(big - 10, 0, 4096),
+    ] {
+        let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::InvalidInput { .. }),
+            "{job:?}: {e}"
+        );
+    }
+    assert_eq!(
+        ring.stats().submitted,
+        before,
+        "something reached the kernel"
+    );
+    // The last addressable bytes are fine (end of file: nothing to read).
+    let done = SplitDriver::new(&mut ring, &pool, read(big - 4096, 4096), SplitConfig::new())
+        .unwrap()
+        .run(&mut ring, &mut ())
+        .unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), 0));
+    ring.close(s).unwrap();
+    ring.close(d).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+/// A positional write to a descriptor opened `O_APPEND` lands at the end of the file,
+/// whatever its offset: a write or copy job there would scatter its chunks in completion
+/// order. Refused with a typed error before anything is written; reading through such a
+/// descriptor is fine.
+#[test]
+fn append_only_destinations_are_refused() {
+    let dir = common::disk_dir();
+    let src = src_file(dir.path(), "src", 4 * CHUNK, 77);
+    let dst = dir.path().join("dst");
+    std::fs::write(&dst, b"keep").unwrap();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4, CHUNK as usize);
+    ring.register_pool(&pool);
+    let s = ring.register(open(&src, false, false)).unwrap();
+    let d = ring
+        .register(OpenOptions::new().append(true).open(&dst).unwrap())
+        .unwrap();
+    let before = ring.stats().submitted;
+    for job in [
+        Job::Copy {
+            src: s,
+            src_offset: 0,
+            dst: d,
+            dst_offset: 0,
+            len: 4 * CHUNK,
+        },
+        Job::Write {
+            dst: d,
+            offset: 0,
+            len: CHUNK,
+        },
+    ] {
+        let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::InvalidInput { reason } if reason.contains("append")),
+            "{job:?}: {e}"
+        );
+    }
+    assert_eq!(ring.stats().submitted, before);
+    assert_eq!(std::fs::read(&dst).unwrap(), b"keep");
+    // Reading through an O_APPEND descriptor is positional as ever.
+    let ra = ring
+        .register(
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&src)
+                .unwrap(),
+        )
+        .unwrap();
+    let job = Job::Read {
+        src: ra,
+        offset: CHUNK,
+        len: CHUNK,
+    };
+    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
+        .unwrap()
+        .run(&mut ring, &mut ())
+        .unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), CHUNK));
+    for t in [s, d, ra] {
+        ring.close(t).unwrap();
+    }
+    check_teardown(&ring, &[&pool]);
+}

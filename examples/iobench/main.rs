@@ -10,10 +10,11 @@
 //! stdout:
 //! `{"iops":…,"bw_bytes":…,"lat_p50_ns":…,"lat_p99_ns":…,"cpu_usr":…,"cpu_sys":…}`
 //! (CPU from `getrusage`, in percent of one core over the run) and a one-line summary to
-//! stderr. Random offsets are multiples of the block size. FILE is created and filled to
-//! `--size` (default 256 MiB) when missing, and extended to it for write jobs; for reads
-//! of an existing file the range is `min(--size, file size)`. Numbers take k/m/g (powers
-//! of 1024) suffixes.
+//! stderr. Random offsets are multiples of the block size. FILE is a regular file or a
+//! block device (anything else is refused, checked before it is opened). A missing FILE
+//! is created and filled to `--size` only when `--size` is given (otherwise it is an
+//! error); a regular file is extended to `--size` for write jobs. The range benched is
+//! `min(--size, size of FILE)`. Numbers take k/m/g (powers of 1024) suffixes.
 //!
 //! The ring is built with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`
 //! (falling back to a plain ring on kernels without them); `IOBENCH_RING=single` drops
@@ -40,7 +41,7 @@ struct Args {
     bs: usize,
     qd: usize,
     direct: bool,
-    seconds: f64,
+    seconds: Duration,
     size: Option<u64>,
     file: PathBuf,
 }
@@ -70,7 +71,7 @@ fn parse_size(flag: &str, s: &str) -> Result<u64, String> {
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut rw, mut bs, mut qd) = (None, None, None);
-    let (mut direct, mut seconds, mut size, mut file) = (false, 5.0, None, None);
+    let (mut direct, mut seconds, mut size, mut file) = (false, Duration::from_secs(5), None, None);
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
             it.next()
@@ -94,11 +95,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--direct" => direct = true,
             "--seconds" => {
                 let v = value("--seconds")?;
+                // A positive number a `Duration` can hold (1e30 would overflow it).
                 seconds = v
                     .parse::<f64>()
                     .ok()
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .ok_or_else(|| format!("--seconds: not a positive number: {v:?}"))?;
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| format!("--seconds: not a positive number of seconds: {v:?}"))?;
             }
             "--size" => size = Some(parse_size("--size", &value("--size")?)?),
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -120,6 +123,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     if qd == 0 || qd > 4096 {
         return Err(format!("--qd must be in 1..=4096, got {qd}"));
     }
+    if let Some(s) = size.filter(|s| *s < bs) {
+        return Err(format!("--size {s} is smaller than one --bs {bs} block"));
+    }
     if direct && bs % 512 != 0 {
         return Err(format!(
             "misaligned direct I/O: --bs {bs} is not a multiple of 512 bytes"
@@ -135,8 +141,6 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         file,
     })
 }
-
-const DEFAULT_SIZE: u64 = 256 << 20;
 
 /// Append a deterministic, non-zero pattern until the file is `size` bytes long.
 fn fill_to(path: &Path, size: u64) -> Result<(), String> {
@@ -201,17 +205,26 @@ fn build_ring(qd: usize) -> Result<Ring, String> {
 }
 
 fn run(a: &Args) -> Result<(), String> {
-    let meta = std::fs::metadata(&a.file);
-    let is_blk = matches!(&meta, Ok(m) if m.file_type().is_block_device());
-    match &meta {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fill_to(&a.file, a.size.unwrap_or(DEFAULT_SIZE))?
+    // The kind is checked with `stat` before `open`: opening a FIFO would block until a
+    // writer came, and nothing else can be benched.
+    let not_benchable = || format!("{}: not a regular file or block device", a.file.display());
+    match (std::fs::metadata(&a.file), a.size) {
+        (Err(e), Some(size)) if e.kind() == std::io::ErrorKind::NotFound => fill_to(&a.file, size)?,
+        (Err(e), None) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "{}: no such file (give --size BYTES to create it)",
+                a.file.display()
+            ))
         }
-        Err(e) => return Err(format!("{}: {e}", a.file.display())),
-        Ok(m) if a.rw.is_write() && !is_blk && m.len() < a.size.unwrap_or(DEFAULT_SIZE) => {
-            fill_to(&a.file, a.size.unwrap_or(DEFAULT_SIZE))?
+        (Err(e), _) => return Err(format!("{}: {e}", a.file.display())),
+        (Ok(m), _) if !(m.is_file() || m.file_type().is_block_device()) => {
+            return Err(not_benchable())
         }
-        Ok(_) => {}
+        // A write job grows a regular file to the size asked for.
+        (Ok(m), Some(size)) if a.rw.is_write() && m.is_file() && m.len() < size => {
+            fill_to(&a.file, size)?
+        }
+        (Ok(_), _) => {}
     }
     let mut opts = OpenOptions::new();
     opts.read(true).write(a.rw.is_write());
@@ -228,10 +241,7 @@ fn run(a: &Args) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", a.file.display()))?;
     let info = ring.info(target).map_err(|e| e.to_string())?;
     if !info.kind.is_seekable() {
-        return Err(format!(
-            "{}: not a regular file or block device",
-            a.file.display()
-        ));
+        return Err(not_benchable());
     }
     if a.direct && a.bs % info.offset_align as usize != 0 {
         return Err(format!(
@@ -268,7 +278,7 @@ fn run(a: &Args) -> Result<(), String> {
         blocks,
     };
     let mut engine = Engine::new(job, target, &pool);
-    let limit = Duration::from_secs_f64(a.seconds);
+    let limit = a.seconds;
     let (u0, s0) = rusage();
     let t0 = std::time::Instant::now();
     engine

@@ -4,7 +4,8 @@
 //! events and polls. Checked throughout: the DMA part ends (`true`) at most once and
 //! exactly once when the transaction is driven to its end; the request completes exactly
 //! once, only after the DMA part ended; bytes transferred equal the sum of reported bytes
-//! and never exceed the total; no memory byte moves twice; buffers are releasable only
+//! and never exceed the total; no memory byte moves twice; each segment's
+//! `segment_moved` is exactly the prefix of it that moved; buffers are releasable only
 //! with nothing in flight; a refused event changes nothing; the final status follows the
 //! rules (first device error wins, else the first of stop/timeout, else cancelled/success).
 #![no_main]
@@ -180,6 +181,12 @@ impl Harness<'_> {
         }
         assert!(self.tx.bytes_transferred() <= self.tx.total_len());
         assert_eq!(self.tx.bytes_transferred(), self.reported);
+        // A segment's count is exactly the prefix of it that moved, whatever the order of
+        // completions, stops and errors: never a byte after a gap (stale memory).
+        for (i, m) in self.moved.iter().enumerate() {
+            let prefix = m.iter().position(|b| !b).unwrap_or(m.len()) as u64;
+            assert_eq!(self.tx.segment_moved(i), prefix, "segment {i}");
+        }
     }
 
     fn complete(&mut self, k: usize, status: TransferStatus, bytes: u64, last: bool) {

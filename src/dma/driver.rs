@@ -138,7 +138,22 @@ fn check(
         Direction::Write if !info.writable => {
             return Err(Error::invalid("dma: target is not open for writing"))
         }
+        // Its writes would land at the end of the file, not at the segments' offsets.
+        Direction::Write if info.append => {
+            return Err(Error::invalid(
+                "dma: target is open for append (O_APPEND): writes would ignore offsets",
+            ))
+        }
         _ => {}
+    }
+    if !sg
+        .segments()
+        .iter()
+        .all(|s| crate::split::addressable(s.device_offset, s.len))
+    {
+        return Err(Error::invalid(
+            "dma: a segment ends past the largest file offset (2^63 - 1)",
+        ));
     }
     if info.direct {
         let a = info.offset_align;
@@ -183,7 +198,10 @@ fn check(
 ///   error from [`new`](Self::new), before anything reaches the kernel.
 ///
 /// Dropping a driver mid-flight is safe: the buffers of transfers in flight are parked in
-/// the ring until the kernel is done with them.
+/// the ring until the kernel is done with them, and return to their pool when their
+/// completions arrive. An armed deadline timer stays in the ring until it fires (a drop
+/// has no ring to cancel it with): to end everything early, [`stop`](Self::stop) and
+/// drive the transaction to its completion.
 ///
 /// ```
 /// use iocomplete::dma::{Config, DmaDriver, SgList};
@@ -214,10 +232,12 @@ pub struct DmaDriver<F> {
     tx: Transaction<Vec<Segment>>,
     /// The list's buffers; `None` while a transfer in flight holds one.
     bufs: Vec<Option<PoolBuf>>,
-    /// Bytes each segment received (reads).
-    got: Vec<u64>,
     target: Target,
     queue: Arc<CompletionQueue<crate::Completion>>,
+    /// The deadline timer's own queue: an armed timer keeps only this one alive, so after
+    /// a drop mid-flight the children's completions (and their buffers) are freed as soon
+    /// as the last of them arrives, not when the timer fires.
+    timer_queue: Arc<CompletionQueue<crate::Completion>>,
     flights: Vec<Flight>,
     /// Submitted by the transaction, waiting for buffers held by another transfer.
     deferred: VecDeque<Transfer>,
@@ -257,12 +277,17 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     /// `deadline` is given). Nothing is submitted until the first
     /// [`process`](Self::process) / [`step`](Self::step) / [`run`](Self::run).
     ///
+    /// The deadline counts from the first submission. One a kernel timer cannot hold
+    /// (2⁶³ s or more, e.g. [`Duration::MAX`]) means no deadline.
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::StaleTarget`]; [`ErrorKind::InvalidInput`] for a target that is not a
-    /// file or block device or not open for `direction`, an empty list, or a config out of
-    /// range; [`ErrorKind::Misaligned`] for a direct target and a segment offset or length,
-    /// a buffer address or the max transfer not aligned as it needs. The error hands the
+    /// file or block device or not open for `direction` (or open `O_APPEND` for a write,
+    /// which ignores offsets), an empty list, a segment ending past the largest file
+    /// offset (2⁶³ − 1), or a config out of range; [`ErrorKind::Misaligned`] for a direct
+    /// target and a segment offset or length, a buffer address or the max transfer not
+    /// aligned as it needs. The error hands the
     /// list back ([`Rejected::into_sg`]); `?` turns it into the plain [`Error`].
     pub fn new(
         ring: &mut Ring,
@@ -282,20 +307,20 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
         } else {
             1
         };
+        let deadline = crate::split::kernel_deadline(deadline);
         let config = config.timer(deadline.is_some());
         let tx = match Transaction::new(sg.segments().to_vec(), direction, config) {
             Ok(tx) => tx,
             Err(error) => return Err(Rejected { error, sg }),
         };
         let (_, bufs) = sg.into_parts();
-        let n = bufs.len();
         let max = config.max_in_flight_count() as usize;
         Ok(DmaDriver {
             tx,
             bufs: bufs.into_iter().map(Some).collect(),
-            got: vec![0; n],
             target,
-            queue: Arc::new(CompletionQueue::new(max + 2)),
+            queue: Arc::new(CompletionQueue::new(max + 1)),
+            timer_queue: Arc::new(CompletionQueue::new(1)),
             flights: Vec::with_capacity(max),
             deferred: VecDeque::with_capacity(max),
             spare: Vec::new(),
@@ -356,16 +381,21 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     pub fn process(&mut self, ring: &mut Ring) -> Option<Completion> {
         if !self.started {
             self.started = true;
-            if let Timer::Pending(d) = self.timer {
+            // Not for a transaction that already ended (stopped before the start).
+            let pending = match self.timer {
+                Timer::Pending(d) if !self.tx.buffers_releasable() => Some(d),
+                _ => None,
+            };
+            if let Some(d) = pending {
                 let id = ring
                     .submit(Op::timeout(d).tag(TIMER_TAG))
-                    .to_queue(&self.queue);
+                    .to_queue(&self.timer_queue);
                 self.timer = Timer::Armed(id);
             }
         }
         loop {
             self.pump(ring);
-            match self.queue.pop() {
+            match self.queue.pop().or_else(|| self.timer_queue.pop()) {
                 Some(c) => self.on_completion(ring, c),
                 None => break,
             }
@@ -400,7 +430,9 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     }
 
     /// Drive the ring until the transaction completes; return its completion and the list
-    /// (after a read, each buffer's `len()` is the bytes it received).
+    /// (after a read, each buffer's `len()` is the prefix of it that was received —
+    /// [`Transaction::segment_moved`]: bytes after a gap left by a stop, an error or a
+    /// short read are not counted).
     ///
     /// # Errors
     ///
@@ -420,13 +452,21 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     }
 
     /// The list back, once the final transfer's completion came back (or before anything
-    /// was submitted); `None` while a transfer may still touch the buffers, or once taken.
+    /// was submitted: that ends the transaction, which completes with
+    /// [`ErrorKind::Cancelled`] and 0 bytes at the next [`process`](Self::process));
+    /// `None` while a transfer may still touch the buffers, or once taken.
     pub fn take_sg(&mut self) -> Option<SgList> {
         let home = self.flights.is_empty()
             && !self.bufs.is_empty()
             && self.bufs.iter().all(Option::is_some);
         if !(home && (self.tx.buffers_releasable() || !self.started)) {
             return None;
+        }
+        if !self.started && !self.stopped {
+            // Nothing was submitted: the stop withdraws every transfer and ends the DMA
+            // part now; its actions are carried out by the next `process`.
+            self.stopped = true;
+            self.tx.stop();
         }
         let bufs = std::mem::take(&mut self.bufs);
         Some(SgList::from_parts(
@@ -529,10 +569,11 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     fn on_completion(&mut self, ring: &mut Ring, mut c: crate::Completion) {
         if c.tag() == TIMER_TAG {
             self.timer = Timer::Done;
+            // Fired: `TimedOut`. Anything else — cancelled after the final transfer, or a
+            // timer the ring or kernel refused — never fired and never will.
             let r = match c.result() {
-                Err(e) if e.is_cancelled() => self.tx.timer_cancelled(),
-                // Fired (a pure timer never completes otherwise).
-                _ => self.tx.timeout().map(|_| ()),
+                Err(e) if e.is_timed_out() => self.tx.timeout().map(|_| ()),
+                _ => self.tx.timer_cancelled(),
             };
             debug_assert!(r.is_ok(), "{r:?}");
             return;
@@ -554,15 +595,11 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
                 (TransferStatus::Error(errno_of(&e)), 0)
             }
         };
-        if status == TransferStatus::Complete && self.tx.direction() == Direction::Read {
-            let mut left = bytes;
-            for p in t.pieces(self.tx.segments()) {
-                let n = left.min(p.len);
-                self.got[p.segment] += n;
-                left -= n;
-            }
-        }
         self.report(t, status, bytes);
+        // What the transaction asks for now goes first: the rest of a short transfer (which
+        // must fill its buffers before a later transfer sharing one), or cancels after an
+        // error (a waiting transfer is then withdrawn, never submitted).
+        self.pump(ring);
         // Buffers came home: deferred transfers may go now.
         for _ in 0..self.deferred.len() {
             let Some(d) = self.deferred.pop_front() else {
@@ -623,10 +660,10 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
             }
         }
         if self.tx.direction() == Direction::Read {
-            for (b, &n) in self.bufs.iter_mut().zip(&self.got) {
+            for (i, b) in self.bufs.iter_mut().enumerate() {
                 if let Some(b) = b {
-                    // `n` is at most the segment's length, which fits the buffer.
-                    let _ = b.set_len(n as usize);
+                    // A prefix of the segment, whose length fits the buffer.
+                    let _ = b.set_len(self.tx.segment_moved(i) as usize);
                 }
             }
         }

@@ -472,6 +472,47 @@ fn cqe_results_map_to_statuses() {
     );
 }
 
+/// Each segment's `segment_moved` is exactly the prefix of it that moved: up to its first
+/// byte that did not (a byte that moved after a gap is not counted).
+fn check_segment_prefixes<S: AsRef<[Segment]>>(tx: &Transaction<S>, moved: &[Vec<bool>]) {
+    for (i, m) in moved.iter().enumerate() {
+        let prefix = m.iter().position(|b| !b).unwrap_or(m.len()) as u64;
+        assert_eq!(tx.segment_moved(i), prefix, "segment {i}: {m:?}");
+    }
+    assert_eq!(tx.segment_moved(moved.len()), 0, "past the list");
+}
+
+#[test]
+fn a_segments_count_is_the_prefix_that_moved_whatever_the_order() {
+    // One 30-byte segment cut into three 10-byte transfers, all in flight at once.
+    let segs = [Segment::new(0, 30)];
+    let cfg = Config::new().max_transfer(10).max_in_flight(3);
+    let mut tx = Transaction::new(&segs[..], Direction::Read, cfg).unwrap();
+    let ts = submits(&drain(&mut tx));
+    assert_eq!(ts.len(), 3);
+    assert_eq!(tx.segment_moved(0), 0);
+    // The second and third land first: not a prefix yet.
+    assert!(!tx.transfer_completed(ts[1].id, OK, 10).unwrap());
+    assert!(!tx.transfer_completed(ts[2].id, OK, 10).unwrap());
+    assert_eq!(tx.segment_moved(0), 0);
+    // The first is short: 4 bytes; its rest goes again.
+    assert!(!tx.transfer_completed(ts[0].id, OK, 4).unwrap());
+    assert_eq!(tx.segment_moved(0), 4);
+    let rest = submits(&drain(&mut tx));
+    assert_eq!(pieces(&rest[0], &segs), [(0, 4, 6)]);
+    // A stop now: the rest is cancelled and never moves. The segment holds 4 bytes that
+    // are a prefix, a gap, then 20 bytes that moved but are not counted.
+    assert!(!tx.stop());
+    assert_eq!(drain(&mut tx), [Action::Cancel(rest[0].id)]);
+    assert!(tx
+        .transfer_completed(rest[0].id, TransferStatus::Cancelled, 0)
+        .unwrap());
+    assert_eq!(tx.segment_moved(0), 4);
+    assert_eq!(tx.segment_moved(1), 0, "past the list");
+    assert_eq!(tx.bytes_transferred(), 24);
+    assert_eq!(completion(&drain(&mut tx)).unwrap().bytes, 24);
+}
+
 /// A simulated device drives random transactions with short transfers, errors, stops,
 /// timeouts and timer races; every invariant is checked on the way.
 fn simulate(seed: u64) {
@@ -545,6 +586,7 @@ fn simulate(seed: u64) {
         }
         assert!(tx.in_flight() <= max_in_flight);
         assert_eq!(tx.action_capacity(), cap);
+        check_segment_prefixes(&tx, &moved);
         if tx.buffers_releasable() && timer_pending {
             assert!(
                 cancel_timer_asked,

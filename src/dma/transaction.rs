@@ -251,6 +251,10 @@ pub struct Transaction<S> {
     /// Lowest device offset where a read hit end of file (`u64::MAX` if none): short
     /// transfers continue only below it.
     eof_at: u64,
+    /// Per segment: the lowest offset within it of a byte that will never move (a transfer
+    /// that ended short without a resubmission, failed, was cancelled or withdrawn);
+    /// `u64::MAX` while there is none. Bounds [`segment_moved`](Self::segment_moved).
+    holes: Vec<u64>,
     /// A device error was recorded (the first one forces the status; later ones do not).
     error_seen: bool,
     /// A transfer came back `Cancelled` (the status if nobody set one).
@@ -293,6 +297,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         // References: execution + cancel (+ timer).
         let gate = CompletionGate::with_refs(2 + u32::from(config.timer))?;
         let slots = config.max_in_flight as usize;
+        let holes = vec![u64::MAX; segments.as_ref().len()];
         let mut t = Transaction {
             segments,
             config,
@@ -309,6 +314,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
             no_new: false,
             stopping: false,
             eof_at: u64::MAX,
+            holes,
             error_seen: false,
             saw_cancelled: false,
             finished: false,
@@ -469,6 +475,43 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         self.bytes
     }
 
+    /// Bytes of segment `i`, from its start, that moved without a gap: the prefix of its
+    /// memory the device filled (read) or took (write). A byte that moved after a gap is
+    /// not counted (it is in [`bytes_transferred`](Self::bytes_transferred)): after a
+    /// stop, an error or a short transfer, a segment's count is always a prefix that
+    /// really moved. Final once [`buffers_releasable`](Self::buffers_releasable); 0 for an
+    /// index past the list.
+    pub fn segment_moved(&self, i: usize) -> u64 {
+        let segs = self.segments.as_ref();
+        let Some(seg) = segs.get(i) else {
+            return 0;
+        };
+        let mut end = seg.len.min(self.holes.get(i).copied().unwrap_or(0));
+        // Not reached by the cursor: never given to a transfer.
+        let (at, skip) = self.cursor;
+        if i > at {
+            return 0;
+        }
+        if i == at {
+            end = end.min(skip);
+        }
+        // Given to a transfer whose completion has not come back.
+        for s in self.slots.iter().filter(|s| s.state != SlotState::Idle) {
+            if s.transfer.first_segment > i {
+                continue;
+            }
+            let first = s
+                .transfer
+                .pieces(segs)
+                .take_while(|p| p.segment <= i)
+                .find(|p| p.segment == i);
+            if let Some(p) = first {
+                end = end.min(p.offset);
+            }
+        }
+        end
+    }
+
     /// Total bytes the list describes.
     pub const fn total_len(&self) -> u64 {
         self.total
@@ -557,26 +600,35 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
             TransferStatus::Complete if bytes == t.len => {
                 self.arm_next(i);
             }
-            TransferStatus::Complete if bytes == 0 => match self.direction {
-                // End of file: start nothing new; transfers in flight drain (they may still
-                // carry data from before the end).
-                Direction::Read => {
-                    self.no_new = true;
-                    self.eof_at = self.eof_at.min(t.device_offset);
+            TransferStatus::Complete if bytes == 0 => {
+                self.note_holes(t, 0);
+                match self.direction {
+                    // End of file: start nothing new; transfers in flight drain (they may
+                    // still carry data from before the end).
+                    Direction::Read => {
+                        self.no_new = true;
+                        self.eof_at = self.eof_at.min(t.device_offset);
+                    }
+                    Direction::Write => self.device_error(libc::EIO),
                 }
-                Direction::Write => self.device_error(libc::EIO),
-            },
+            }
             TransferStatus::Complete => {
                 // Short: continue from where it stopped, unless stopped or past the end.
                 if !self.stopping && t.device_offset + bytes < self.eof_at {
                     self.resubmit_rest(i, t, bytes);
+                } else {
+                    self.note_holes(t, bytes);
                 }
             }
             TransferStatus::Cancelled => {
+                self.note_holes(t, bytes);
                 self.saw_cancelled = true;
                 self.stop_all();
             }
-            TransferStatus::Error(errno) => self.device_error(errno),
+            TransferStatus::Error(errno) => {
+                self.note_holes(t, bytes);
+                self.device_error(errno);
+            }
         }
         Ok(self.finish_if_drained())
     }
@@ -595,6 +647,22 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
             segment_count: t.segment_count.saturating_sub(used),
         };
         self.queue(i, rest);
+    }
+
+    /// Transfer `t` moved its first `moved` bytes and the rest never will: in each segment
+    /// the rest touches, the first byte it would have moved is a hole.
+    fn note_holes(&mut self, t: Transfer, moved: u64) {
+        let mut left = moved;
+        for p in t.pieces(self.segments.as_ref()) {
+            if left >= p.len {
+                left -= p.len;
+                continue;
+            }
+            if let Some(h) = self.holes.get_mut(p.segment) {
+                *h = (*h).min(p.offset + left);
+            }
+            left = 0;
+        }
     }
 
     /// Give slot `i` the next transfer from the cursor, if the transaction wants one.
@@ -662,6 +730,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
                     self.actions
                         .retain(|a| !matches!(a, Action::Submit(t) if t.id == id));
                     self.slots[i].state = SlotState::Idle;
+                    self.note_holes(s.transfer, 0);
                 }
                 SlotState::InFlight => {
                     if !s.cancel_sent {

@@ -57,6 +57,9 @@ pub struct FdInfo {
     pub direct: bool,
     /// Opened with `O_NONBLOCK`.
     pub nonblocking: bool,
+    /// Opened with `O_APPEND`: every write lands at the end of the file, whatever its
+    /// offset.
+    pub append: bool,
     /// Opened for reading.
     pub readable: bool,
     /// Opened for writing.
@@ -70,6 +73,9 @@ pub struct FdInfo {
     pub size: u64,
     /// `st_rdev` for devices (to find sysfs queue limits), 0 otherwise.
     pub rdev: u64,
+    /// `st_dev` and `st_ino`: the file's identity (two targets with the same pair are the
+    /// same file, whatever the paths they were opened by).
+    pub dev_ino: (u64, u64),
 }
 
 impl FdInfo {
@@ -94,6 +100,15 @@ impl FdInfo {
             return Err(misaligned("buffer", addr, self.mem_align));
         }
         Ok(())
+    }
+
+    /// Whether `other` is the same file: the same inode, or the same block device through
+    /// another node.
+    pub fn same_file(&self, other: &FdInfo) -> bool {
+        self.dev_ino == other.dev_ino
+            || (self.kind == FdKind::BlockDevice
+                && other.kind == FdKind::BlockDevice
+                && self.rdev == other.rdev)
     }
 
     /// The SQE offset for a transfer of `len` bytes at `offset`: the offset itself on
@@ -150,6 +165,7 @@ impl FdInfo {
             kind,
             direct,
             nonblocking: fl & libc::O_NONBLOCK != 0,
+            append: fl & libc::O_APPEND != 0,
             readable: acc == libc::O_RDONLY || acc == libc::O_RDWR,
             writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
             offset_align: 1,
@@ -160,6 +176,7 @@ impl FdInfo {
             } else {
                 0
             },
+            dev_ino: (st.st_dev, st.st_ino),
         };
         match kind {
             FdKind::File => info.size = st.st_size as u64,

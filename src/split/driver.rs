@@ -25,7 +25,9 @@ pub enum Job {
         src: Target,
         /// Offset of the first byte.
         offset: u64,
-        /// Bytes to read.
+        /// Bytes to read. To the end of `src`: its size from
+        /// [`Ring::info`]`(src)?.size` — a block device's size (`BLKGETSIZE64`), which
+        /// `std::fs::Metadata::len` is not (it is 0 for a device node).
         len: u64,
     },
     /// Write `len` bytes to `dst` from `offset`; each chunk is produced by
@@ -41,6 +43,11 @@ pub enum Job {
     /// Copy `len` bytes of `src` from `src_offset` to `dst` at `dst_offset`: each child
     /// reads its chunk into a pooled (registered) buffer and writes that same buffer — no
     /// copy in user space. End of file on `src` ends the copy early, successfully.
+    ///
+    /// `src` and `dst` may be the same file (the same inode or block device, whatever the
+    /// paths or descriptors) only if the two ranges do not overlap: children run in any
+    /// order, so an overlapping copy would read bytes another child already wrote.
+    /// [`SplitDriver::new`] refuses it.
     Copy {
         /// A file or block device open for reading.
         src: Target,
@@ -50,7 +57,8 @@ pub enum Job {
         dst: Target,
         /// Offset of the first byte written.
         dst_offset: u64,
-        /// Bytes to copy.
+        /// Bytes to copy. All of `src`: its size from [`Ring::info`]`(src)?.size` (a
+        /// block device's size, not `std::fs::Metadata::len`, which is 0 for one).
         len: u64,
     },
 }
@@ -108,9 +116,9 @@ impl SplitConfig {
     }
 
     /// Largest chunk in bytes. Without it: the smallest `max_sectors_kb` of the block
-    /// devices involved ([`block_device_limits`], read from sysfs at each
-    /// [`SplitDriver::new`] — set a chunk when starting many small requests), or a pool
-    /// slot for files. Always capped
+    /// devices involved ([`block_device_limits`](super::block_device_limits), read from
+    /// sysfs at each [`SplitDriver::new`] — set a chunk when starting many small
+    /// requests), or a pool slot for files. Always capped
     /// at a pool slot's capacity and at [`MAX_TRANSFER`](crate::dma::MAX_TRANSFER), and
     /// rounded down to the direct-I/O alignment.
     pub const fn max_chunk(mut self, bytes: u64) -> SplitConfig {
@@ -126,7 +134,8 @@ impl SplitConfig {
 
     /// Complete the request with [`ErrorKind::TimedOut`] if it is not done within `d` of
     /// its first submission (one `IORING_OP_TIMEOUT` for the whole request; the children
-    /// in flight are cancelled and drain first).
+    /// in flight are cancelled and drain first). A deadline a kernel timer cannot hold
+    /// (2⁶³ s or more, e.g. [`Duration::MAX`]) means no deadline.
     pub const fn deadline(mut self, d: Duration) -> SplitConfig {
         self.deadline = Some(d);
         self
@@ -227,6 +236,25 @@ enum Timer {
 /// Tag of the timer's operation; children use their slot index.
 const TIMER_TAG: u64 = u64::MAX;
 
+/// Whether `len` bytes at `offset` lie within the offsets a file or block device can
+/// address (`loff_t`: up to 2⁶³ − 1). The kernel fails anything past that with `EINVAL`.
+/// Shared by the split and dma drivers.
+pub(crate) fn addressable(offset: u64, len: u64) -> bool {
+    offset
+        .checked_add(len)
+        .is_some_and(|end| i64::try_from(end).is_ok())
+}
+
+const PAST_MAX_OFFSET: Error =
+    Error::invalid("split: range ends past the largest file offset (2^63 - 1)");
+
+/// The deadline to arm a kernel timer with, if any: `None` for no deadline, and for one a
+/// kernel timespec cannot hold (its seconds are an `i64`: 2⁶³ s or more, such as
+/// `Duration::MAX`), which could never fire anyway. Shared by the split and dma drivers.
+pub(crate) fn kernel_deadline(d: Option<Duration>) -> Option<Duration> {
+    d.filter(|d| i64::try_from(d.as_secs()).is_ok())
+}
+
 /// Runs one split request — a large read, write or copy cut into chunks by a
 /// [`TransferPlan`] — on a [`Ring`], with the [`SplitMachine`] deciding and the ring
 /// executing.
@@ -256,7 +284,9 @@ const TIMER_TAG: u64 = u64::MAX;
 /// anything reaches the kernel.
 ///
 /// Dropping a driver before it completed abandons the request: the children in flight still
-/// complete, and their buffers return to the pool when they do.
+/// complete, and their buffers return to the pool when they do. An armed deadline timer
+/// stays in the ring until it fires (a drop has no ring to cancel it with): to end
+/// everything early, [`cancel`](Self::cancel) and drive the request to its completion.
 ///
 /// ```
 /// use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
@@ -281,6 +311,10 @@ pub struct SplitDriver {
     job: Job,
     machine: SplitMachine,
     queue: Arc<CompletionQueue<crate::Completion>>,
+    /// The deadline timer's own queue: an armed timer keeps only this one alive, so after
+    /// a drop mid-flight the children's completions (and their buffers) are freed as soon
+    /// as the last of them arrives, not when the timer fires.
+    timer_queue: Arc<CompletionQueue<crate::Completion>>,
     children: Vec<Child>,
     gate: CompletionGate,
     /// The cancel path's reference is held: the request is still cancelable.
@@ -326,6 +360,12 @@ fn target_info(ring: &Ring, t: Target, write: bool) -> Result<crate::FdInfo> {
     if write && !info.writable {
         return Err(Error::invalid("split: destination is not open for writing"));
     }
+    if write && info.append {
+        // Its writes would land at the end of the file, in completion order.
+        return Err(Error::invalid(
+            "split: destination is open for append (O_APPEND): writes would ignore offsets",
+        ));
+    }
     if !write && !info.readable {
         return Err(Error::invalid("split: source is not open for reading"));
     }
@@ -341,7 +381,9 @@ impl SplitDriver {
     ///
     /// [`ErrorKind::StaleTarget`] for a target not registered with `ring`;
     /// [`ErrorKind::InvalidInput`] for a target that is not a file or block device, not
-    /// open the right way, or an impossible config; [`ErrorKind::Misaligned`] for a direct
+    /// open the right way (a destination opened `O_APPEND` ignores offsets), a range
+    /// ending past the largest file offset (2⁶³ − 1), a copy
+    /// between overlapping ranges of one file, or an impossible config; [`ErrorKind::Misaligned`] for a direct
     /// target and an offset, length or chunk that is not a multiple of its alignment (or a
     /// pool whose buffers are less aligned than it needs); [`ErrorKind::PoolExhausted`].
     pub fn new(
@@ -385,8 +427,8 @@ impl SplitDriver {
                     align,
                 }));
             }
-            if dst_offset.checked_add(job.len()).is_none() {
-                return Err(Error::invalid("split: offset + length overflows"));
+            if !addressable(dst_offset, job.len()) {
+                return Err(PAST_MAX_OFFSET);
             }
         }
         let capacity = geometry.capacity as u64;
@@ -408,6 +450,28 @@ impl SplitDriver {
             .build()?;
         let machine =
             SplitMachine::new(plan, config.mode, job.direction(), job.offset(), job.len())?;
+        if !addressable(job.offset(), job.len()) {
+            return Err(PAST_MAX_OFFSET);
+        }
+        if let (
+            Job::Copy {
+                src_offset,
+                dst_offset,
+                len,
+                ..
+            },
+            [Some(s), Some(d)],
+        ) = (job, infos)
+        {
+            // Both ranges were checked not to overflow above.
+            let overlap = src_offset < dst_offset.saturating_add(len)
+                && dst_offset < src_offset.saturating_add(len);
+            if overlap && s.same_file(&d) {
+                return Err(Error::invalid(
+                    "split: copy source and destination are the same file and the ranges overlap",
+                ));
+            }
+        }
         let slots = match config.mode {
             Mode::Serial => 1,
             Mode::Parallel { max_in_flight } => max_in_flight as usize,
@@ -428,16 +492,18 @@ impl SplitDriver {
             (Job::Read { .. } | Job::Copy { .. }, Some(i)) if i.direct => u64::from(i.offset_align),
             _ => 1,
         };
-        let timer = match config.deadline {
+        let deadline = kernel_deadline(config.deadline);
+        let timer = match deadline {
             Some(d) => Timer::Pending(d),
             None => Timer::None,
         };
         // References: execution + cancel (+ timer).
-        let gate = CompletionGate::with_refs(2 + u32::from(config.deadline.is_some()))?;
+        let gate = CompletionGate::with_refs(2 + u32::from(deadline.is_some()))?;
         Ok(SplitDriver {
             job,
             machine,
-            queue: Arc::new(CompletionQueue::new(used + 2)),
+            queue: Arc::new(CompletionQueue::new(used + 1)),
+            timer_queue: Arc::new(CompletionQueue::new(1)),
             children,
             gate,
             cancel_ref: true,
@@ -523,14 +589,14 @@ impl SplitDriver {
             if let Some(d) = pending {
                 let id = ring
                     .submit(Op::timeout(d).tag(TIMER_TAG))
-                    .to_queue(&self.queue);
+                    .to_queue(&self.timer_queue);
                 self.in_flight += 1;
                 self.timer = Timer::Armed(id);
             }
         }
         loop {
             self.pump(ring, handler);
-            match self.queue.pop() {
+            match self.queue.pop().or_else(|| self.timer_queue.pop()) {
                 Some(c) => self.on_completion(ring, handler, c),
                 None => break,
             }
@@ -691,15 +757,12 @@ impl SplitDriver {
         self.in_flight -= 1;
         if c.tag() == TIMER_TAG {
             self.timer = Timer::Done;
-            match c.result() {
-                // Cancelled: the completion path stopped it; it never fired.
-                Err(e) if e.is_cancelled() => {}
-                // Fired (TimedOut; a pure timer never completes otherwise).
-                _ => {
-                    self.gate.begin_completion(Status::TimedOut);
-                    let _ = self.machine.handle(Event::Timeout);
-                    self.pump(ring, handler);
-                }
+            // Fired: `TimedOut`. Anything else — cancelled by the completion path, or a
+            // timer the ring or kernel refused — never fired and never will.
+            if c.result().is_err_and(|e| e.is_timed_out()) {
+                self.gate.begin_completion(Status::TimedOut);
+                let _ = self.machine.handle(Event::Timeout);
+                self.pump(ring, handler);
             }
             self.release();
             return;

@@ -17,9 +17,10 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// Device offset one past the chunk's last byte.
+    /// Device offset one past the chunk's last byte (saturating: a plan never makes a
+    /// chunk that overflows, but the fields are public).
     pub const fn end(&self) -> u64 {
-        self.offset + self.len
+        self.offset.saturating_add(self.len)
     }
 }
 
@@ -580,6 +581,17 @@ mod tests {
             assert!(if r == 0 { l == 0 } else { (1..=r).contains(&l) });
         }
         assert_eq!(p.chunk_len(u64::MAX, u64::MAX, u64::MAX), 1);
+    }
+
+    #[test]
+    fn a_chunk_built_by_hand_never_overflows() {
+        // `Chunk`'s fields are public: any values, no panic.
+        let c = Chunk {
+            offset: u64::MAX,
+            len: 2,
+            pos: 0,
+        };
+        assert_eq!(c.end(), u64::MAX);
     }
 
     #[test]
