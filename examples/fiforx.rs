@@ -184,7 +184,7 @@ struct Output {
     /// Kept to finish short writes and to leave the file position after the data.
     file: File,
     seekable: bool,
-    /// Next file offset (seekable output only).
+    /// Next file offset (seekable output only; an O_APPEND file counts as a stream).
     offset: u64,
     /// Writes in flight, in order, with the bytes each must write.
     writes: VecDeque<(Ticket, u64, usize)>,
@@ -202,7 +202,8 @@ impl Output {
         if !info.writable {
             return Err(fail("output is not open for writing"));
         }
-        let seekable = info.kind.is_seekable();
+        // An O_APPEND file (`>> log`) takes writes at its end, in order: like a stream.
+        let seekable = info.kind.is_seekable() && !info.append;
         let offset = if seekable {
             file.stream_position()
                 .map_err(|e| fail(format!("output: {e}")))?
@@ -227,7 +228,13 @@ impl Output {
         }
         let n = buf.len();
         let at = self.offset;
-        let tk = ring.submit(Op::write(self.target, at, buf)).ticket();
+        let op = if self.seekable {
+            Op::write(self.target, at, buf)
+        } else {
+            // At the file position (streams ignore it; an O_APPEND file appends).
+            Op::write_cursor(self.target, buf)
+        };
+        let tk = ring.submit(op).ticket();
         self.writes.push_back((tk, at, n));
         if self.seekable {
             self.offset += n as u64;

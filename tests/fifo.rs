@@ -821,6 +821,28 @@ fn fiforx_reads_exactly_n_bytes_from_a_named_fifo() {
     assert!(s.to_string().contains("250000 bytes"), "{s}");
 }
 
+/// `fiforx ... >> log`: an output opened O_APPEND takes the bytes after what it holds
+/// (positional writes there would be refused: they cannot land where they say).
+#[test]
+fn fiforx_appends_to_an_append_only_output() {
+    let src = pipe_source();
+    let data = payload(32, 70_000);
+    let writer = trickle(src.tx, data.clone(), 32, 20_000, 500);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    std::fs::write(&log, b"earlier\n").unwrap();
+    let out = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let rx_path = format!("/proc/self/fd/{}", src.rx.as_raw_fd());
+    let r = fiforx::run(&args(&["--len", "70000", &rx_path]), out.into());
+    drop(writer.join().unwrap());
+    assert_eq!(r.map_err(|f| f.message).unwrap().bytes, 70_000);
+    let got = std::fs::read(&log).unwrap();
+    assert!(
+        got[..8] == *b"earlier\n" && got[8..] == data[..],
+        "appended output differs"
+    );
+}
+
 #[test]
 fn fiforx_reports_eof_before_n_with_the_count_and_writes_what_came() {
     let src = pipe_source();

@@ -696,3 +696,41 @@ fn o_path_targets_are_refused_before_the_kernel() {
     drop(c);
     check_teardown(&ring, &[&pool]);
 }
+
+/// Found by the method: a positional write on a file opened `O_APPEND` landed at the end
+/// of the file whatever its offset, and returned Ok. Refused before the kernel;
+/// `write_cursor` is the way to append.
+#[test]
+fn positional_writes_on_an_append_only_file_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("log");
+    std::fs::write(&p, b"0123456789").unwrap();
+    let f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(4);
+    let t = ring.register(f).unwrap();
+    let before = ring.stats().enters;
+    let mut a = pool.try_get().unwrap();
+    a.extend_from_slice(b"AB").unwrap();
+    let mut b = pool.try_get().unwrap();
+    b.extend_from_slice(b"CD").unwrap();
+    for op in [Op::write(t, 0, a), Op::writev(t, 0, vec![b.into()])] {
+        let c = ring.submit(op).wait().unwrap();
+        assert!(
+            matches!(
+                c.error().map(|e| e.kind()),
+                Some(ErrorKind::InvalidInput { .. })
+            ),
+            "{c:?}"
+        );
+    }
+    assert_eq!(ring.stats().enters, before);
+    let mut e = pool.try_get().unwrap();
+    e.extend_from_slice(b"EF").unwrap();
+    assert_eq!(
+        ring.submit(Op::write_cursor(t, e)).wait().unwrap().result(),
+        Ok(2)
+    );
+    assert_eq!(std::fs::read(&p).unwrap(), b"0123456789EF");
+    check_teardown(&ring, &[&pool]);
+}

@@ -218,6 +218,7 @@ impl Ring {
                 let n = io_len(len)?;
                 let off = match pos {
                     Pos::At(offset) => {
+                        info.check_positional_write()?;
                         info.check_direct(offset, len as u64, ptr as u64)?;
                         info.sqe_offset(offset, len as u64)?
                     }
@@ -396,6 +397,9 @@ impl Ring {
     ) -> Result<squeue::Entry> {
         let access = if write { Access::Write } else { Access::Read };
         let (fd, info) = self.fd_for(target, access)?;
+        if write {
+            info.check_positional_write()?;
+        }
         let total = self.check_iov(&iov, &info, offset)?;
         let off = info.sqe_offset(offset, total)?;
         let entry = &mut self.ops[key];

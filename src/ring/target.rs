@@ -102,6 +102,18 @@ impl FdInfo {
         Ok(())
     }
 
+    /// A positional write on a file opened `O_APPEND` lands at the end of the file
+    /// whatever its offset (Linux's `pwrite` behaviour): refused, so an offset is never
+    /// silently ignored. [`Op::write_cursor`](super::Op::write_cursor) appends there.
+    pub(crate) fn check_positional_write(&self) -> Result<()> {
+        if self.append && self.kind.is_seekable() {
+            return Err(Error::invalid(
+                "positional write on an O_APPEND target (it would land at the end; use write_cursor)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether `other` is the same file: the same inode, or the same block device through
     /// another node.
     pub fn same_file(&self, other: &FdInfo) -> bool {
