@@ -1166,6 +1166,7 @@ impl<'w> Episode<'w> {
                     let Bufs::Pool(b) = c.take_bufs() else {
                         panic!("#{tag}: no buffer")
                     };
+                    assert_eq!(b.len(), n, "#{tag}: buffer len() is not the byte count");
                     let rec = u64::from_le_bytes(b.data().try_into().unwrap());
                     assert!(
                         rec < self.records_written,
@@ -1898,6 +1899,7 @@ impl Episode<'_> {
             .count() as u64;
         self.feed_pipe(unseen_pipe + 1);
         let end = Instant::now() + Duration::from_secs(30);
+        let (mut idle_rounds, mut last_progress) = (0, 0);
         loop {
             // Finish the drivers.
             let mut i = 0;
@@ -1927,12 +1929,30 @@ impl Episode<'_> {
                 .unwrap();
             self.drain_all();
             let ring = self.ring.as_ref().unwrap();
-            if self.drivers.is_empty()
-                && self.live_pending() == 0
-                && ring.in_flight() == 0
-                && ring.pending() == 0
-            {
+            let idle = self.drivers.is_empty() && ring.in_flight() == 0 && ring.pending() == 0;
+            if idle && self.live_pending() == 0 {
                 break;
+            }
+            // Idle, every route drained again and again, and still waiting: lost.
+            let progress =
+                self.w.totals.delivered.iter().sum::<u64>() + self.handle_seen.len() as u64;
+            idle_rounds = if idle && progress == last_progress {
+                idle_rounds + 1
+            } else {
+                0
+            };
+            last_progress = progress;
+            if idle_rounds > 50 {
+                let live: Vec<_> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| !p.abandoned)
+                    .take(10)
+                    .collect();
+                panic!(
+                    "episode end: the ring is idle but {} completions never arrived: {live:?}",
+                    self.live_pending()
+                );
             }
             if Instant::now() > end {
                 let ring = self.ring.as_ref().unwrap();
