@@ -25,6 +25,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -3391,5 +3392,94 @@ fn dma_driver_edges() {
             }
         }
         t.finish();
+    });
+}
+
+// finding 3 (variant): the backlog is lost at drop even when the queue has room — the
+// ring retries its backlog only while it reaps, and a drop with nothing in the kernel
+// does not reap.
+#[test]
+fn ring_dropped_with_a_backlog_and_room_in_the_queue_delivers_it() {
+    bounded(Duration::from_secs(30), || {
+        let mut ring = Ring::new().unwrap();
+        let q = Arc::new(CompletionQueue::new(1));
+        for i in 0..3 {
+            ring.submit(Op::nop().tag(i)).to_queue(&q);
+        }
+        ring.run_once(Some(Duration::from_millis(10))).unwrap();
+        assert_eq!(ring.in_flight(), 0, "premise: nothing left in the kernel");
+        let first = q.pop().expect("one completion fits");
+        assert!(q.is_empty(), "premise: the queue has room again");
+        drop(ring);
+        let mut tags = vec![first.tag()];
+        while let Some(c) = q.pop() {
+            tags.push(c.tag());
+        }
+        tags.sort_unstable();
+        assert_eq!(
+            tags,
+            [0, 1, 2],
+            "backlog dropped with the ring although the queue had room"
+        );
+    });
+}
+
+// NEW-G: a multishot ContinuousReader dropped before it finished leaves its
+// provided-buffer ring registered; the ring keeps refilling it from the pool, so every
+// slot of the pool ends up parked there (in flight) until the Ring itself is dropped, and
+// any other user of the pool starves.
+#[test]
+fn dropped_multishot_reader_gives_its_pool_back() {
+    bounded(Duration::from_secs(30), || {
+        let mut ring = Ring::new().unwrap();
+        if !ring.capabilities().read_multishot || !ring.capabilities().buf_ring {
+            common::skip("no multishot reads");
+            return;
+        }
+        let p = pool(8);
+        let (rx, tx) = pipe();
+        let r = ring.register(rx).unwrap();
+        let got = Arc::new(AtomicU64::new(0));
+        let g2 = got.clone();
+        let mut reader = ContinuousReader::builder(r, &p)
+            .stream_reads(iocomplete::StreamReads::Multishot)
+            .build(
+                &mut ring,
+                (),
+                move |_: &(), b: PoolBuf, _: u64| {
+                    g2.fetch_add(b.len() as u64, Ordering::Relaxed);
+                },
+                |_: &(), _: &iocomplete::Error| Restart::No,
+            )
+            .unwrap();
+        assert!(reader.is_multishot());
+        write_fd(tx.as_raw_fd(), b"some bytes");
+        let end = Instant::now() + Duration::from_secs(5);
+        while got.load(Ordering::Relaxed) < 10 {
+            assert!(Instant::now() < end, "nothing delivered");
+            reader
+                .drive(&mut ring, Some(Duration::from_millis(10)))
+                .unwrap();
+        }
+        drop(reader);
+        // End the stream: the dropped reader's multishot read completes.
+        drop(tx);
+        let end = Instant::now() + Duration::from_secs(5);
+        while ring.in_flight() > 0 {
+            assert!(
+                Instant::now() < end,
+                "the dropped reader's read never ended"
+            );
+            ring.run_once(Some(Duration::from_millis(10))).unwrap();
+        }
+        for _ in 0..3 {
+            ring.run_once(Some(Duration::from_millis(5))).unwrap();
+        }
+        let st = p.stats();
+        assert_eq!(
+            st.free, st.total,
+            "the dropped reader's buffer ring still holds the pool's slots: {st:?}"
+        );
+        assert!(p.try_get().is_ok(), "the pool starves while the ring lives");
     });
 }
