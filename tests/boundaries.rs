@@ -3483,3 +3483,267 @@ fn dropped_multishot_reader_gives_its_pool_back() {
         assert!(p.try_get().is_ok(), "the pool starves while the ring lives");
     });
 }
+
+/// Multishot reads, polls, fsync and nowait at their edges: each refused before the kernel
+/// with a typed error where the request cannot work, or working.
+#[test]
+fn other_op_kinds_edges() {
+    bounded(Duration::from_secs(60), || {
+        let mut t = Table::new("multishot / poll / fsync / nowait");
+        let setup = || {
+            let mut ring = Ring::new().unwrap();
+            let p = pool(4);
+            let (rx, tx) = pipe();
+            let r = ring.register(rx).unwrap();
+            (ring, p, r, tx)
+        };
+        let refused = |ring: &Ring, c: &Completion| {
+            assert!(
+                matches!(
+                    c.error().map(|e| e.kind()),
+                    Some(ErrorKind::InvalidInput { .. })
+                ),
+                "want InvalidInput, got {:?}",
+                c.result()
+            );
+            assert_eq!(ring.stats().enters, 0, "reached the kernel");
+        };
+        t.row(
+            "read_multishot by wait / ticket / future / then: refused",
+            "",
+            || {
+                let (mut ring, p, r, _tx) = setup();
+                if !ring.capabilities().read_multishot || !ring.capabilities().buf_ring {
+                    return;
+                }
+                let br = ring.register_buf_ring(&p, 4).unwrap();
+                let enters = ring.stats().enters;
+                let c = ring.submit(Op::read_multishot(r, br)).wait().unwrap();
+                assert!(matches!(
+                    c.error().map(|e| e.kind()),
+                    Some(ErrorKind::InvalidInput { .. })
+                ));
+                let tk = ring.submit(Op::read_multishot(r, br)).ticket();
+                let c = ring.wait(tk).unwrap();
+                assert!(matches!(
+                    c.error().map(|e| e.kind()),
+                    Some(ErrorKind::InvalidInput { .. })
+                ));
+                let c = common::block_on(ring.submit(Op::read_multishot(r, br)).future());
+                assert!(matches!(
+                    c.error().map(|e| e.kind()),
+                    Some(ErrorKind::InvalidInput { .. })
+                ));
+                let (stx, srx) = mpsc::channel();
+                ring.submit(Op::read_multishot(r, br))
+                    .then(move |c| stx.send(c.result()).unwrap());
+                let res = srx.recv_timeout(Duration::from_secs(1)).unwrap();
+                assert!(res.is_err_and(|e| matches!(e.kind(), ErrorKind::InvalidInput { .. })));
+                assert_eq!(ring.stats().enters, enters);
+                ring.unregister_buf_ring(br).unwrap();
+                check_teardown(&ring, &[&p]);
+            },
+        );
+        t.row("read_multishot on a regular file: refused", "", || {
+            let mut fx = Fx::new(Dev::File).unwrap();
+            if !fx.ring.capabilities().read_multishot || !fx.ring.capabilities().buf_ring {
+                return;
+            }
+            let br = fx.ring.register_buf_ring(&fx.pool, 4).unwrap();
+            let q = Arc::new(CompletionQueue::new(4));
+            let enters = fx.ring.stats().enters;
+            fx.ring.submit(Op::read_multishot(fx.t, br)).to_queue(&q);
+            let c = q.pop().expect("refused at once");
+            assert!(matches!(
+                c.error().map(|e| e.kind()),
+                Some(ErrorKind::InvalidInput { .. })
+            ));
+            assert_eq!(fx.ring.stats().enters, enters);
+            drop(c);
+            fx.ring.unregister_buf_ring(br).unwrap();
+            fx.teardown();
+        });
+        t.row("read_multishot with a deadline", "", || {
+            let (mut ring, p, r, tx) = setup();
+            if !ring.capabilities().read_multishot || !ring.capabilities().buf_ring {
+                return;
+            }
+            let br = ring.register_buf_ring(&p, 4).unwrap();
+            let q = Arc::new(CompletionQueue::new(16));
+            ring.submit(Op::read_multishot(r, br).deadline(Duration::from_millis(20)))
+                .to_queue(&q);
+            write_fd(tx.as_raw_fd(), b"abc");
+            // Whatever the kernel makes of it: completions until the last, each buffer
+            // with the bytes sent, and then the ring is idle with every slot back.
+            let end = Instant::now() + Duration::from_secs(5);
+            let mut bytes = Vec::new();
+            let mut last = false;
+            while !last {
+                assert!(
+                    Instant::now() < end,
+                    "multishot read with a deadline never ended"
+                );
+                ring.run_once(Some(Duration::from_millis(10))).unwrap();
+                while let Some(c) = q.pop() {
+                    if let Bufs::Pool(b) = c.bufs() {
+                        bytes.extend_from_slice(b.data());
+                    }
+                    last |= !c.has_more();
+                }
+            }
+            assert!(b"abc".starts_with(&bytes), "{bytes:?}");
+            ring.run_until_idle().unwrap();
+            ring.unregister_buf_ring(br).unwrap();
+            check_teardown(&ring, &[&p]);
+        });
+        t.row("poll with an empty mask: refused", "", || {
+            let (mut ring, p, r, _tx) = setup();
+            let c = ring.submit(Op::poll(r, 0)).wait().unwrap();
+            refused(&ring, &c);
+            check_teardown(&ring, &[&p]);
+        });
+        t.row("poll(u32::MAX) on a pipe with data", "", || {
+            let (mut ring, p, r, tx) = setup();
+            write_fd(tx.as_raw_fd(), b"x");
+            let c = ring.submit(Op::poll(r, u32::MAX)).wait().unwrap();
+            match c.result() {
+                Ok(m) => assert!(m & libc::POLLIN as usize != 0, "{m:#x}"),
+                Err(e) => assert!(
+                    matches!(e.kind(), ErrorKind::InvalidInput { .. }),
+                    "want readiness or a typed refusal: {e:?}"
+                ),
+            }
+            check_teardown(&ring, &[&p]);
+        });
+        t.row("fsync / fdatasync of a pipe: refused", "", || {
+            let (mut ring, p, r, _tx) = setup();
+            for ds in [false, true] {
+                let c = ring.submit(Op::fsync(r, ds)).wait().unwrap();
+                refused(&ring, &c);
+            }
+            check_teardown(&ring, &[&p]);
+        });
+        t.row(
+            "nowait on nop / write / fsync / poll / timeout: refused",
+            "",
+            || {
+                let mut fx = Fx::new(Dev::File).unwrap();
+                let (before, _) = fx.snapshot();
+                let b = fx.buf_with(8, 1);
+                let ops = vec![
+                    Op::nop().nowait(),
+                    Op::write(fx.t, 0, b).nowait(),
+                    Op::fsync(fx.t, false).nowait(),
+                    Op::poll(fx.t, libc::POLLIN as u32).nowait(),
+                    Op::timeout(Duration::ZERO).nowait(),
+                ];
+                for op in ops {
+                    let c = fx.ring.submit(op).wait().unwrap();
+                    assert!(
+                        matches!(
+                            c.error().map(|e| e.kind()),
+                            Some(ErrorKind::InvalidInput { .. })
+                        ),
+                        "{:?}",
+                        c.result()
+                    );
+                }
+                assert_eq!(fx.ring.stats().enters, 0);
+                assert!(fx.snapshot().0 == before);
+                fx.teardown();
+            },
+        );
+        t.row("nowait read on an empty pipe: EAGAIN at once", "", || {
+            let (mut ring, p, r, _tx) = setup();
+            let c = ring
+                .submit(Op::read(r, 0, p.try_get().unwrap()).nowait())
+                .wait()
+                .unwrap();
+            assert_eq!(c.error().and_then(|e| e.raw_os_error()), Some(libc::EAGAIN));
+            drop(c);
+            check_teardown(&ring, &[&p]);
+        });
+        t.finish();
+    });
+}
+
+/// One shared buffer written by several operations at once, its owner handle dropped
+/// early; a registered-file table of one entry used by several targets.
+#[test]
+fn shared_buffers_and_a_one_entry_file_table() {
+    bounded(Duration::from_secs(60), || {
+        let mut t = Table::new("shared buffers / files(1)");
+        t.row("one SharedBuf in three writes at once", "", || {
+            let mut fx = Fx::new(Dev::File).unwrap();
+            let mut b = fx.pool.try_get().unwrap();
+            b.extend_from_slice(&[0xC3; 100]).unwrap();
+            let s = b.share();
+            let tks: Vec<_> = [0u64, 5000, SIZE]
+                .iter()
+                .map(|&off| fx.ring.submit(Op::write(fx.t, off, s.clone())).ticket())
+                .collect();
+            drop(s);
+            assert_eq!(
+                fx.pool.stats().free,
+                7,
+                "the slot came back while in flight"
+            );
+            for tk in tks {
+                assert_eq!(fx.ring.wait(tk).unwrap().result(), Ok(100));
+            }
+            for off in [0u64, 5000, SIZE] {
+                assert_eq!(fx.read_at(off, 100), vec![0xC3; 100]);
+            }
+            fx.teardown();
+        });
+        t.row(
+            "files(1): three targets, one fixed, closed and reopened",
+            "",
+            || {
+                let mut ring = Ring::builder().files(1).build().unwrap();
+                let dir = common::disk_dir();
+                let path = dir.path().join("f");
+                verify::make_file(&path, SIZE, BS, SEED);
+                let p = pool(4);
+                ring.register_pool(&p);
+                let a = ring.register(File::open(&path).unwrap()).unwrap();
+                let b = ring.register(File::open(&path).unwrap()).unwrap();
+                let (rx, tx) = pipe();
+                let r = ring.register(rx).unwrap();
+                write_fd(tx.as_raw_fd(), b"pipe");
+                for (tg, off) in [(a, 0u64), (b, BS as u64)] {
+                    let buf = ring
+                        .submit(Op::read(tg, off, p.try_get().unwrap()))
+                        .wait()
+                        .unwrap()
+                        .into_result()
+                        .unwrap();
+                    assert!(buf.data() == file_bytes(off, BS));
+                }
+                let c = ring
+                    .submit(Op::read(r, 0, p.try_get().unwrap()))
+                    .wait()
+                    .unwrap();
+                assert_eq!(c.into_result().unwrap().data(), b"pipe");
+                ring.close(a).unwrap();
+                let a2 = ring.register(File::open(&path).unwrap()).unwrap();
+                let buf = ring
+                    .submit(Op::read(a2, 2 * BS as u64, p.try_get().unwrap()))
+                    .wait()
+                    .unwrap()
+                    .into_result()
+                    .unwrap();
+                assert!(buf.data() == file_bytes(2 * BS as u64, BS));
+                drop(buf);
+                let c = ring
+                    .submit(Op::read(a, 0, p.try_get().unwrap()))
+                    .wait()
+                    .unwrap();
+                assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::StaleTarget));
+                drop(c);
+                check_teardown(&ring, &[&p]);
+            },
+        );
+        t.finish();
+    });
+}
