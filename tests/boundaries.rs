@@ -1544,8 +1544,7 @@ fn split_read(fx: &mut Fx, job: Job, config: SplitConfig) -> iocomplete::split::
     }
     let mut d = SplitDriver::new(&mut fx.ring, &fx.pool, job, config).unwrap();
     let mut h = Check(Vec::new());
-    let c = d.run(&mut fx.ring, &mut h).unwrap();
-    c
+    d.run(&mut fx.ring, &mut h).unwrap()
 }
 
 // finding 5 (via Op::timeout): a split or DMA deadline past i64::MAX seconds fails the
@@ -3283,8 +3282,9 @@ fn dma_driver_edges() {
         const B: u64 = BS as u64;
         let cfg = DmaConfig::new();
         // Extents (device offset, length); a zero length pushes one empty buffer.
+        type Row<'a> = (&'a str, &'a [(u64, u64)], DmaConfig, Drv, &'a str);
         #[rustfmt::skip]
-        let rows: Vec<(&str, &[(u64, u64)], DmaConfig, Drv, &str)> = vec![
+        let rows: Vec<Row> = vec![
             ("extent(100, 3BS)", &[(100, 3 * B)], cfg, Drv::Moves(100, 3 * B), ""),
             ("empty list", &[], cfg, Drv::Refused, ""),
             ("one zero-length segment", &[(0, 0)], cfg, Drv::Refused, ""),
