@@ -284,21 +284,30 @@ fn eio_through_a_loop_device_on_the_faulty_file() {
     drop(dev);
 }
 
+/// Reads of a slow device (every reply delayed 5-40 ms), a third plain, a third with a
+/// deadline of 1-20 ms, a third cancelled (half before the reads reach the device, half
+/// while they are there). Each op's outcome must match what was done to it: plain → `Ok`
+/// with the verified block; deadline → `TimedOut` or `Ok` (a FUSE read already handed to
+/// the device cannot be cut short: README, "Known kernel behaviours"); cancel →
+/// `Cancelled` or `Ok`. And the races must really happen: every cancel is asked while its
+/// read is in flight, and deadlines shorter than the device's shortest delay expire while
+/// their read is at the device.
 #[test]
 fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
+    const MIN_DELAY: Duration = Duration::from_millis(5);
     let spec = FileSpec::new(128 * BS as u64, BS, 25);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
-    fs.ctl()
-        .delay(Duration::from_millis(5), Duration::from_millis(40));
+    fs.ctl().delay(MIN_DELAY, Duration::from_millis(40));
     let mut ring = Ring::new().unwrap();
     let pool = pool(64, BS, 8);
     ring.register_pool(&pool);
     let t = ring
         .register(std::fs::File::open(fs.path()).unwrap())
         .unwrap();
-    let mut counts = HashMap::new();
+    let mut counts: HashMap<(u64, &str), u32> = HashMap::new();
+    let (mut cancels_asked, mut expired_at_device) = (0u32, 0u32);
     for round in 0..4u64 {
         let mut tks = Vec::new();
         for i in 0..48u64 {
@@ -306,18 +315,30 @@ fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
             let mut op = Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS).tag(b);
             let kind = i % 3;
             if kind == 1 {
-                op = op.deadline(Duration::from_millis(1 + i % 20));
+                let d = Duration::from_millis(1 + i % 20);
+                if d < MIN_DELAY {
+                    expired_at_device += 1;
+                }
+                op = op.deadline(d);
             }
             let tk = ring.submit(op).ticket();
             if kind == 2 && i % 2 == 0 {
-                ring.cancel(tk.id());
+                assert!(
+                    ring.cancel(tk.id()),
+                    "block {b}: cancel found nothing in flight"
+                );
+                cancels_asked += 1;
             }
             tks.push((b, kind, tk));
         }
         ring.poll().unwrap();
         // The other half of the cancels: asked once the reads are in the kernel.
-        for (_, _, tk) in tks.iter().filter(|(b, kind, _)| *kind == 2 && b % 2 == 1) {
-            ring.cancel(tk.id());
+        for (b, _, tk) in tks.iter().filter(|(b, kind, _)| *kind == 2 && b % 2 == 1) {
+            assert!(
+                ring.cancel(tk.id()),
+                "block {b}: cancel found nothing in flight"
+            );
+            cancels_asked += 1;
         }
         for (b, kind, tk) in tks {
             let c = ring.wait(tk).unwrap();
@@ -333,13 +354,35 @@ fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
                 Err(e) if kind == 2 && e.is_cancelled() => "cancelled",
                 Err(e) => panic!("block {b} (kind {kind}): unexpected {e:?}"),
             };
-            *counts.entry((kind, outcome)).or_insert(0u32) += 1;
+            *counts.entry((kind, outcome)).or_insert(0) += 1;
         }
     }
     ring.run_until_idle().unwrap();
     eprintln!("slow device outcomes (kind 0 plain, 1 deadline, 2 cancel): {counts:?}");
     eprintln!("{:?} {:?}", ring.stats(), fs.ctl().stats());
-    assert_eq!(counts.values().sum::<u32>(), 4 * 48);
+    let of_kind = |k: u64| -> u32 {
+        counts
+            .iter()
+            .filter(|((kind, _), _)| *kind == k)
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    // Every kind of op occurred, and completed once each.
+    assert_eq!(
+        (of_kind(0), of_kind(1), of_kind(2)),
+        (64, 64, 64),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get(&(0, "ok")),
+        Some(&64),
+        "plain reads must all verify"
+    );
+    // The races happened: every cancel was asked while its read was in flight, and
+    // these deadlines expired while their reads waited at the device.
+    assert_eq!(cancels_asked, 64);
+    assert!(expired_at_device >= 4 * 4, "{expired_at_device}");
+    assert!(fs.ctl().stats().delayed >= 192, "{:?}", fs.ctl().stats());
     check_teardown(&ring, &[&pool]);
 }
 
@@ -370,30 +413,42 @@ fn stuck_device_reads_complete_once_when_released() {
         "reads did not reach the device"
     );
     for tk in tks.iter().skip(2).step_by(3) {
-        ring.cancel(tk.id());
+        assert!(ring.cancel(tk.id()), "cancel found nothing in flight");
     }
     // Deadlines expire and cancels are asked while the device holds every read: an
     // issued read on a file cannot be pulled back, so none completes early, none twice.
     for _ in 0..10 {
         ring.run_once(Some(Duration::from_millis(10))).unwrap();
     }
-    let early = tks.iter().filter(|tk| ring.is_done(tk)).count();
+    let early: Vec<u64> = tks
+        .iter()
+        .enumerate()
+        .filter(|(_, tk)| ring.is_done(tk))
+        .map(|(b, _)| b as u64)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "blocks {early:?} completed while the device held every read"
+    );
+    assert_eq!(fs.ctl().outstanding(), 24, "a held read left the device");
     fs.ctl().release();
     let mut outcomes = HashMap::new();
     for tk in tks {
         let c = ring.wait(tk).unwrap();
         let b = c.tag();
-        let o = match c.result() {
+        // Released, each read completes once, with its data: the deadline that expired
+        // and the cancel that was asked while it was held could not pull it back.
+        match c.result() {
             Ok(n) => {
                 assert_eq!(n, BS);
                 verify::check_block(c.into_result().unwrap().data(), b * BS as u64, 26).unwrap();
-                "ok".to_string()
             }
-            Err(e) => format!("{:?}", e.kind()),
-        };
-        *outcomes.entry(o).or_insert(0) += 1;
+            Err(e) => panic!("block {b} (a held read) ended {e:?} instead of with its data"),
+        }
+        *outcomes.entry(b % 3).or_insert(0) += 1;
     }
-    eprintln!("stuck device: {early} completed while held; outcomes {outcomes:?}");
+    eprintln!("stuck device: completed after release, by kind (0 plain, 1 deadline, 2 cancel): {outcomes:?}");
+    assert_eq!(outcomes.values().sum::<u32>(), 24);
     ring.run_until_idle().unwrap();
     check_teardown(&ring, &[&pool]);
 }
@@ -566,6 +621,17 @@ fn server_without_async_dio_serves_reads_inside_submission_each_once() {
     let t0 = std::time::Instant::now();
     ring.poll().unwrap();
     let submit_time = t0.elapsed();
+    // The kernel blocks io_uring_enter in each read (FUSE ignores IOCB_NOWAIT without
+    // async DIO): when the submission returns, the device has served all 8, one at a time.
+    let st = fs.ctl().stats();
+    assert_eq!(
+        st.reads_ok, 8,
+        "reads not served inside the submission: {st:?}"
+    );
+    assert_eq!(
+        st.max_outstanding, 1,
+        "reads overlapped at the device: {st:?}"
+    );
     for tk in tks {
         let c = ring.wait(tk).unwrap();
         let b = c.tag();
@@ -576,8 +642,6 @@ fn server_without_async_dio_serves_reads_inside_submission_each_once() {
             Err(e) => assert!(e.is_timed_out(), "{e:?}"),
         }
     }
-    // The kernel blocks io_uring_enter in each read (FUSE ignores IOCB_NOWAIT without
-    // async DIO): the reads ran one by one inside the submission, past their deadlines.
     eprintln!(
         "sync-DIO FUSE: submitting 8 reads of 5 ms took {submit_time:?}; max outstanding {}",
         fs.ctl().stats().max_outstanding

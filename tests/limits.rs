@@ -130,7 +130,11 @@ fn disk_file_truncated_while_a_batch_of_reads_races_it() {
     ring.register_pool(&pool);
     let mut rng = 0x1234_5678u64;
     let (mut mid, mut total_short) = (0, 0);
-    for round in 0..24u64 {
+    // 24 rounds, and more (bounded) until a cut has landed mid-batch at least once: a test
+    // of the race that never raced would prove nothing.
+    let mut round = 0u64;
+    while round < 24 || (mid == 0 && round < 240) {
+        round += 1;
         let seed = 100 + round;
         verify::make_file(&path, SIZE, BS, seed);
         let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
@@ -173,7 +177,13 @@ fn disk_file_truncated_while_a_batch_of_reads_races_it() {
         total_short += shorts;
         ring.close(t).unwrap();
     }
-    eprintln!("disk truncate race: {total_short} short reads; cut landed mid-batch in {mid}/24");
+    eprintln!(
+        "disk truncate race: {total_short} short reads; cut landed mid-batch in {mid}/{round}"
+    );
+    assert!(
+        mid > 0,
+        "in {round} rounds the cut never landed while a batch was reading"
+    );
     check_teardown(&ring, &[&pool]);
 }
 
