@@ -86,14 +86,17 @@ impl Default for RingBuilder {
 }
 
 impl RingBuilder {
-    /// Submission queue entries (default 256; rounded up to a power of two by the kernel).
+    /// Submission queue entries (default 256; 1 to 32768): raised to 2 if smaller, so
+    /// an operation and its linked deadline always fit together; rounded up to a power of
+    /// two by the kernel.
     pub fn entries(mut self, n: u32) -> Self {
         self.entries = n;
         self
     }
 
-    /// Completion queue entries (default: twice `entries`). A CQ smaller than the number
-    /// of operations in flight is fine: the overflow is flushed, nothing is lost.
+    /// Completion queue entries (default: twice `entries`; raised to `entries` if smaller,
+    /// which the kernel requires). A CQ smaller than the number of operations in flight is
+    /// fine: the overflow is flushed, nothing is lost.
     pub fn cq_entries(mut self, n: u32) -> Self {
         self.cq_entries = Some(n);
         self
@@ -145,13 +148,14 @@ impl RingBuilder {
         if self.entries == 0 || self.entries > 32768 {
             return Err(Error::invalid("ring entries must be in 1..=32768"));
         }
+        let entries = self.entries.max(2);
         if self.ops > MAX_OPS_RESERVED {
             return Err(Error::invalid(
                 "op-table reservation must be <= 2^24 entries",
             ));
         }
         let mut b = IoUring::builder();
-        b.setup_cqsize(self.cq_entries.unwrap_or(self.entries * 2).max(1));
+        b.setup_cqsize(self.cq_entries.unwrap_or(entries * 2).max(entries));
         b.setup_clamp();
         if let Some(idle) = self.sqpoll_idle {
             b.setup_sqpoll(idle);
@@ -164,7 +168,7 @@ impl RingBuilder {
         if self.defer_taskrun {
             b.setup_defer_taskrun();
         }
-        let uring = b.build(self.entries).map_err(|e| match e.raw_os_error() {
+        let uring = b.build(entries).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOSYS) | Some(libc::EPERM) => Error::unsupported("io_uring"),
             Some(libc::EINVAL) if single => Error::unsupported("IORING_SETUP_SINGLE_ISSUER"),
             _ => Error::from_io(&e),
