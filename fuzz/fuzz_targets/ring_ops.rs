@@ -61,6 +61,23 @@ enum RingOp {
     Invalid {
         which: u8,
     },
+    /// A read at a raw 64-bit offset: past the file it reads 0 bytes; with
+    /// `offset + len` past `i64::MAX` it is refused before the kernel.
+    EdgeRead {
+        off: u64,
+        len: u16,
+    },
+    /// A write whose `offset + len` passes `i64::MAX` (forced): refused, file unchanged.
+    EdgeWrite {
+        off: u64,
+        len: u16,
+    },
+    /// `readv_parts` with a raw part: refused unless `start + len` fits the capacity
+    /// (overflow included); otherwise the part receives the file's first bytes.
+    EdgePart {
+        start: u64,
+        len: u64,
+    },
     Wait,
 }
 
@@ -398,6 +415,85 @@ impl Harness {
                     enters,
                     "invalid op reached the kernel"
                 );
+            }
+            RingOp::EdgeRead { off, len } => {
+                self.wait_all();
+                let len = 1 + usize::from(len) % CAP;
+                let enters = self.ring.stats().enters;
+                let b = self.buf(off % 2 == 0);
+                let c = self.ring.submit(Op::read_len(t, off, b, len)).wait().unwrap();
+                let fits = off
+                    .checked_add(len as u64)
+                    .is_some_and(|end| end <= i64::MAX as u64);
+                if fits {
+                    let want = self.model_read(off, len);
+                    assert_eq!(c.result(), Ok(want.len()), "read at {off:#x}");
+                    assert_eq!(c.into_buf().unwrap().data(), &want[..]);
+                } else {
+                    assert!(
+                        matches!(
+                            c.error().map(|e| e.kind()),
+                            Some(ErrorKind::OffsetOutOfRange { .. })
+                        ),
+                        "read at {off:#x}+{len}: {c:?}"
+                    );
+                    assert_eq!(self.ring.stats().enters, enters, "reached the kernel");
+                }
+            }
+            RingOp::EdgeWrite { off, len } => {
+                self.wait_all();
+                let len = 1 + usize::from(len) % CAP;
+                // Into the refused domain: the end passes i64::MAX.
+                let off = (i64::MAX as u64 - len as u64 + 1).saturating_add(off % (1 << 62));
+                let enters = self.ring.stats().enters;
+                let mut b = self.buf(true);
+                b.set_len(len).unwrap();
+                b.data_mut().fill(0xEE);
+                let c = self.ring.submit(Op::write(t, off, b)).wait().unwrap();
+                assert!(
+                    matches!(
+                        c.error().map(|e| e.kind()),
+                        Some(ErrorKind::OffsetOutOfRange { .. })
+                    ),
+                    "write at {off:#x}+{len}: {c:?}"
+                );
+                assert_eq!(self.ring.stats().enters, enters, "reached the kernel");
+            }
+            RingOp::EdgePart { start, len } => {
+                self.wait_all();
+                let (start, len) = (start as usize, len as usize);
+                let enters = self.ring.stats().enters;
+                let b = self.buf(start % 2 == 0);
+                let part = iocomplete::ring::BufPart { start, len };
+                let c = self
+                    .ring
+                    .submit(Op::readv_parts(t, 0, vec![b], vec![part]))
+                    .wait()
+                    .unwrap();
+                let ok = len > 0 && start.checked_add(len).is_some_and(|end| end <= CAP);
+                if ok {
+                    let want = self.model_read(0, len);
+                    let mut c = c;
+                    assert_eq!(c.result(), Ok(want.len()), "part {part:?}");
+                    match c.take_bufs() {
+                        iocomplete::Bufs::PoolList(v) => {
+                            // The part received the bytes; its length is the caller's.
+                            let mut b = v.into_iter().next().unwrap();
+                            b.set_len(start + want.len()).unwrap();
+                            assert_eq!(&b.data()[start..], &want[..], "part {part:?}");
+                        }
+                        other => panic!("readv_parts gave back {other:?}"),
+                    }
+                } else {
+                    assert!(
+                        matches!(
+                            c.error().map(|e| e.kind()),
+                            Some(ErrorKind::InvalidInput { .. })
+                        ),
+                        "part {part:?}: {c:?}"
+                    );
+                    assert_eq!(self.ring.stats().enters, enters, "reached the kernel");
+                }
             }
             RingOp::Wait => self.wait_all(),
         }
