@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The long reliability campaign (not part of CI): the test suite under AddressSanitizer,
-# every fuzz target, loom at 3 preemptions, the simulated-device tests on many seeds, and
-# a soak of reads over the faulty FUSE device (random EIO and delays, every block
-# verified). Prints a summary: runs, execs, faults injected, bytes verified, failures.
+# every fuzz target, loom at 3 preemptions, the simulated-device tests on many seeds, a
+# soak of reads over the faulty FUSE device (random EIO and delays, every block
+# verified), and the randomized API-sequence harness on many seeds (8 x 1M ops by
+# default: IOCOMPLETE_API_SEQ_SEEDS, IOCOMPLETE_API_SEQ_CAMPAIGN_OPS). Prints a summary
+# naming the commit: runs, execs, faults injected, bytes verified, failures.
 #
 #   scripts/campaign.sh [FUZZ_SECONDS_PER_TARGET] [SOAK_SECONDS]    (defaults 600 300)
 #   scripts/campaign.sh 30 20                                       (a short run)
@@ -15,6 +17,8 @@ cd "$(dirname "$0")/.."
 fuzz_secs=${1:-600}
 soak_secs=${2:-300}
 sim_seeds=${IOCOMPLETE_SIM_SEEDS:-2000}
+api_seeds=${IOCOMPLETE_API_SEQ_SEEDS:-8}
+api_ops=${IOCOMPLETE_API_SEQ_CAMPAIGN_OPS:-1000000}
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 export CARGO_TERM_COLOR=never
 logs=target/campaign
@@ -89,6 +93,20 @@ else
     grep -q 'SKIP' "$logs/soak.log" && echo "soak skipped: $(grep SKIP "$logs/soak.log")"
     record "soak (FUSE + loop)" 0 - 0 0 1 $((SECONDS - t0))
 fi
+
+echo "=== 6. API-sequence harness: $api_seeds seeds x $api_ops ops (release)"
+t0=$SECONDS
+api_fail=0
+api_total=0
+: >"$logs/api_sequence.log"
+for i in $(seq 1 "$api_seeds"); do
+    seed=$((0x5EED0000 + i))
+    IOCOMPLETE_API_SEQ_SEED=$seed IOCOMPLETE_API_SEQ_OPS=$api_ops IOCOMPLETE_API_SEQ_SECS=1800 \
+        cargo test --release --test api_sequence -- --nocapture >>"$logs/api_sequence.log" 2>&1 ||
+        { api_fail=$((api_fail + 1)); echo "api_sequence seed $seed FAILED"; }
+    api_total=$((api_total + api_ops))
+done
+record "api sequence" "$api_seeds" "$api_total" - - "$api_fail" $((SECONDS - t0))
 
 commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || commit="$commit+dirty"
