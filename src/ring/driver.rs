@@ -463,6 +463,10 @@ impl Ring {
                 self.in_kernel -= 1;
                 self.finish(key, Err(Error::new(ErrorKind::Abandoned)));
             }
+            // A stuck multishot read may still take any provided buffer.
+            for st in &mut self.buf_rings {
+                st.leak_offered();
+            }
         }
         // Items a handle pushed concurrently with `close` (see `HandleShared::close`).
         self.shared.drain_cancelled();

@@ -141,6 +141,16 @@ impl BufRingState {
     pub(crate) fn offered(&self) -> usize {
         self.offered
     }
+
+    /// The ring gave up on operations the kernel never returned (see `Ring::drop`): the
+    /// kernel may still pick and write any offered buffer, so leak them all rather than
+    /// return them to the pool.
+    pub(crate) fn leak_offered(&mut self) {
+        for b in self.provided.iter_mut().filter_map(Option::take) {
+            std::mem::forget(b);
+        }
+        self.offered = 0;
+    }
 }
 
 impl Drop for BufRingState {
