@@ -2314,7 +2314,7 @@ fn ring_handle_submit_to_a_full_queue_after_the_ring_dropped_returns() {
     let h2 = h.clone();
     let q2 = q.clone();
     let buf = p.try_get().unwrap();
-    std::thread::spawn(move || {
+    let t = std::thread::spawn(move || {
         h2.submit_to(Op::read(dummy_target(), 0, buf).tag(1), &q2);
         done_tx.send(()).unwrap();
     });
@@ -2322,6 +2322,12 @@ fn ring_handle_submit_to_a_full_queue_after_the_ring_dropped_returns() {
         done_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
         "submit_to spins while the queue stays full and no ring is left"
     );
+    // The thread's clone of the queue holds the completion (and its buffer) until the
+    // thread ends.
+    t.join().unwrap();
+    let mut tags: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|c| c.tag()).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, [1, 100], "the cancelled submission is delivered, after the full queue");
     drop(q);
     assert_eq!(p.stats().free, 2);
 }
