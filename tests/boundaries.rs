@@ -2327,7 +2327,11 @@ fn ring_handle_submit_to_a_full_queue_after_the_ring_dropped_returns() {
     t.join().unwrap();
     let mut tags: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|c| c.tag()).collect();
     tags.sort_unstable();
-    assert_eq!(tags, [1, 100], "the cancelled submission is delivered, after the full queue");
+    assert_eq!(
+        tags,
+        [1, 100],
+        "the cancelled submission is delivered, after the full queue"
+    );
     drop(q);
     assert_eq!(p.stats().free, 2);
 }
