@@ -734,3 +734,67 @@ fn positional_writes_on_an_append_only_file_are_refused() {
     assert_eq!(std::fs::read(&p).unwrap(), b"0123456789EF");
     check_teardown(&ring, &[&pool]);
 }
+
+/// Found by the API-sequence harness: a split or DMA deadline that no kernel timer can
+/// reach (`from_secs(i64::MAX)`: the kernel clamps it to `KTIME_MAX`, it never fires) armed
+/// a timer anyway. A driver dropped mid-flight left that timer in the ring for good: the
+/// ring never became idle again and `run_until_idle` never returned. Such a deadline means
+/// none, like the durations of 2^63 s and more.
+#[test]
+fn split_and_dma_deadlines_no_timer_can_reach_arm_no_timer() {
+    use iocomplete::dma::{Config as DmaConfig, Direction, SgList};
+    use iocomplete::split::{Job, SplitConfig};
+    use iocomplete::{DmaDriver, SplitDriver};
+    let never = [
+        Duration::from_secs(i64::MAX as u64),
+        // KTIME_MAX / 10^9: from here on the kernel clamps to KTIME_MAX.
+        Duration::from_secs(9_223_372_036),
+    ];
+    for d in never {
+        for dma in [false, true] {
+            let pool = pool(8);
+            let mut ring = Ring::new().unwrap();
+            let t = ring.register(file_with(&[3; 8 * BS])).unwrap();
+            if dma {
+                let mut sg = SgList::new();
+                sg.push_extent(&pool, 0, 4 * BS as u64).unwrap();
+                let report: fn(&iocomplete::dma::TransferReport) = |_| {};
+                let mut drv = DmaDriver::new(
+                    &mut ring,
+                    t,
+                    sg,
+                    Direction::Read,
+                    DmaConfig::new(),
+                    Some(d),
+                    report,
+                )
+                .map_err(|r| r.error())
+                .unwrap();
+                assert!(drv.process(&mut ring).is_none());
+                drop(drv);
+            } else {
+                let job = Job::Read {
+                    src: t,
+                    offset: 0,
+                    len: 8 * BS as u64,
+                };
+                let cfg = SplitConfig::new().deadline(d);
+                let mut drv = SplitDriver::new(&mut ring, &pool, job, cfg).unwrap();
+                assert!(drv.process(&mut ring, &mut ()).is_none());
+                drop(drv);
+            }
+            // The dropped driver's transfers complete; nothing may stay in the ring.
+            let end = Instant::now() + Duration::from_secs(5);
+            while ring.in_flight() > 0 && Instant::now() < end {
+                ring.run_once(Some(Duration::from_millis(10))).unwrap();
+            }
+            assert_eq!(
+                ring.in_flight(),
+                0,
+                "{} dropped with a deadline of {d:?}: an op stays in the ring for good",
+                if dma { "dma" } else { "split" }
+            );
+            check_teardown(&ring, &[&pool]);
+        }
+    }
+}
