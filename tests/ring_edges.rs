@@ -37,6 +37,9 @@ fn within<T: Send + 'static>(
     });
     match rx.recv_timeout(limit) {
         Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("{what}: panicked (its message is above)")
+        }
         Err(_) => panic!("{what}: still running after {limit:?} (hang or spin)"),
     }
 }
@@ -797,4 +800,101 @@ fn split_and_dma_deadlines_no_timer_can_reach_arm_no_timer() {
             check_teardown(&ring, &[&pool]);
         }
     }
+}
+
+/// Found by the API-sequence harness: `reap` copied a batch of CQEs out of the CQ, then a
+/// completion handler reaped again — starting a `RingHandle`'s submissions on its wake-up
+/// CQE with a full SQPOLL SQ waits for room and reaps meanwhile — and that nested reap
+/// routed *later* CQEs before the rest of the batch. A multishot read's buffers reached
+/// their queue out of order (stream bytes reordered), and its MORE completions that came
+/// after its final one in this order were dropped as stale (bytes lost). Every CQE is now
+/// routed in the kernel's order, nested reaps included.
+#[test]
+fn completions_keep_the_kernel_order_when_a_handler_reaps_again() {
+    within(Duration::from_secs(120), "nested reaps", || {
+        let mut ring = Ring::builder().entries(2).sqpoll(10).build().unwrap();
+        let caps = *ring.capabilities();
+        if !caps.read_multishot || !caps.buf_ring {
+            common::skip("no multishot reads or provided-buffer rings");
+            return;
+        }
+        let pool = pool(32);
+        let br = ring.register_buf_ring(&pool, 16).unwrap();
+        let (rx, tx) = pipe();
+        let t = ring.register(rx).unwrap();
+        let data: Arc<Vec<u8>> = Arc::new(
+            (0..1024 * 1024u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+        );
+        let d2 = data.clone();
+        let writer = std::thread::spawn(move || {
+            let mut tx = std::fs::File::from(tx);
+            let mut at = 0;
+            let mut k = 0usize;
+            while at < d2.len() {
+                k += 1;
+                let n = (1 + (k * 7919) % 9000).min(d2.len() - at);
+                tx.write_all(&d2[at..at + n]).unwrap();
+                at += n;
+                if k % 2 == 0 {
+                    std::thread::sleep(Duration::from_micros((k % 300) as u64));
+                }
+            }
+        });
+        // A handle submitting bursts of nops: their wake-ups start several operations
+        // at once from inside the reaping, with an SQ of two entries.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hq = Arc::new(CompletionQueue::new(1 << 16));
+        let h = ring.handle().unwrap();
+        let (stop2, hq2) = (stop.clone(), hq.clone());
+        let handle_thread = std::thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..5 {
+                    h.submit_to(Op::nop(), &hq2);
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        });
+        let q = Arc::new(CompletionQueue::new(1 << 16));
+        ring.submit(Op::read_multishot(t, br)).to_queue(&q);
+        let mut got = Vec::with_capacity(data.len());
+        let mut eof = false;
+        while !eof {
+            ring.run_once(Some(Duration::from_millis(1))).unwrap();
+            while hq.pop().is_some() {}
+            while let Some(mut c) = q.pop() {
+                match c.result() {
+                    Ok(0) => eof = !c.has_more(),
+                    Ok(n) => match c.take_bufs() {
+                        iocomplete::Bufs::Pool(b) => {
+                            assert_eq!(b.len(), n);
+                            got.extend_from_slice(b.data());
+                        }
+                        other => panic!("multishot data without its buffer: {other:?}"),
+                    },
+                    // The buffer ring ran dry (re-armed below).
+                    Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOBUFS), "{e:?}"),
+                }
+                if !c.has_more() && !eof {
+                    ring.submit(Op::read_multishot(t, br)).to_queue(&q);
+                }
+            }
+            assert_eq!(ring.stats().stale_cqes, 0, "CQEs dropped as stale");
+            if let Some(i) = (0..got.len()).find(|&i| got[i] != data[i]) {
+                panic!(
+                    "stream bytes out of order from byte {i} of {} received",
+                    got.len()
+                );
+            }
+        }
+        assert_eq!(got.len(), data.len(), "stream bytes lost");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        handle_thread.join().unwrap();
+        writer.join().unwrap();
+        ring.run_until_idle().unwrap();
+        while hq.pop().is_some() {}
+        ring.unregister_buf_ring(br).unwrap();
+        check_teardown(&ring, &[&pool]);
+    });
 }
