@@ -711,6 +711,8 @@ struct Episode<'w> {
     force_queue: Option<usize>,
     /// A handle kept to submit through once the ring is gone.
     late_handle: Option<RingHandle>,
+    /// Write ends of the pipes of dropped stream readers, kept open.
+    silent: Vec<OwnedFd>,
     pipe_r: Target,
     pipe_tx: OwnedFd,
     /// A duplicate of the pipe's read end, to count what is left in it at the end.
@@ -904,6 +906,7 @@ impl<'w> Episode<'w> {
             fps: Vec::new(),
             force_queue: None,
             late_handle: None,
+            silent: Vec::new(),
             pipe_r,
             pipe_tx: tx,
             pipe_rx_dup,
@@ -2434,7 +2437,10 @@ impl<'w> Episode<'w> {
                 let desc = describe(&d);
                 self.event(format!("drop a driver mid-flight: {desc}"));
             }
-            drop_driver(d);
+            // Its pipe stays open and silent until the episode's end.
+            if let Some(tx) = drop_driver(d) {
+                self.silent.push(tx);
+            }
             return;
         }
         if self.rng.chance(3) {
@@ -2552,6 +2558,9 @@ impl<'w> Episode<'w> {
                         std::thread::sleep(Duration::from_micros(wr.below(300)));
                     }
                 }
+                // All written: the end of the stream. Told to quit early: the pipe stays
+                // open (silent) for the caller.
+                (at < data.len()).then_some(tx)
             });
             let writer = Writer { handle, quit };
             self.w.totals.readers += 1;
@@ -2812,15 +2821,18 @@ impl<'w> Episode<'w> {
 
 /// A thread feeding a stream reader's pipe.
 struct Writer {
-    handle: std::thread::JoinHandle<()>,
+    /// Hands the pipe's write end back if it quit before the end of the stream.
+    handle: std::thread::JoinHandle<Option<OwnedFd>>,
     quit: Arc<AtomicBool>,
 }
 
 impl Writer {
-    fn finish(self) {
+    /// Stop writing; the pipe's write end, still open, if the stream did not end.
+    fn finish(self) -> Option<OwnedFd> {
         self.quit.store(true, Ordering::Relaxed);
-        if let Err(p) = self.handle.join() {
-            resume_unwind(p);
+        match self.handle.join() {
+            Ok(tx) => tx,
+            Err(p) => resume_unwind(p),
         }
     }
 }
@@ -2908,15 +2920,22 @@ fn describe(d: &Driver) -> String {
     }
 }
 
-fn drop_driver(d: Driver) {
+/// Drop a driver; the pipe of a stream reader or a FIFO receiver stays open (returned):
+/// only the driver's own cancels can end its reads and waits then.
+fn drop_driver(d: Driver) -> Option<OwnedFd> {
     match d {
         Driver::Reader { reader, writer, .. } => {
             drop(reader);
-            if let Some(w) = writer {
-                w.finish();
-            }
+            writer.and_then(Writer::finish)
         }
-        other => drop(other),
+        Driver::Fifo { f, tx, .. } => {
+            drop(f);
+            Some(tx)
+        }
+        other => {
+            drop(other);
+            None
+        }
     }
 }
 
@@ -3131,7 +3150,11 @@ impl Episode<'_> {
                     .filter(|(_, id)| ring.cancel(*id))
                     .map(|(t, _)| (t, &self.pending[&t]))
                     .collect();
-                let stuck = format!("{stuck:?}");
+                let stuck = if stuck.is_empty() {
+                    "none of the harness's own operations (a driver's or reader's)".to_string()
+                } else {
+                    format!("{stuck:?}")
+                };
                 let ring = self.ring.as_ref().unwrap();
                 let live: Vec<_> = self
                     .pending
