@@ -898,3 +898,49 @@ fn completions_keep_the_kernel_order_when_a_handler_reaps_again() {
         check_teardown(&ring, &[&pool]);
     });
 }
+
+/// Found while extending the API-sequence harness: `fsync` and `poll` of an `O_PATH`
+/// descriptor (open for neither reading nor writing) were sent to the kernel, which failed
+/// them with `EBADF`. Refused before the kernel like the transfers on it.
+#[test]
+fn fsync_and_poll_of_an_o_path_target_are_refused_before_the_kernel() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    std::fs::write(&p, b"data").unwrap();
+    let mut ring = Ring::new().unwrap();
+    for path in [p.as_path(), dir.path()] {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(path)
+            .unwrap();
+        let t = ring.register(f).unwrap();
+        let before = ring.stats().enters;
+        for op in [
+            Op::fsync(t, false),
+            Op::fsync(t, true),
+            Op::poll(t, libc::POLLIN as u32),
+        ] {
+            let c = ring.submit(op).wait().unwrap();
+            assert!(
+                matches!(
+                    c.error().map(|e| e.kind()),
+                    Some(ErrorKind::InvalidInput { .. })
+                ),
+                "{}: {c:?}",
+                path.display()
+            );
+        }
+        assert_eq!(ring.stats().enters, before, "{}", path.display());
+    }
+    // The same file and directory opened normally: fsync works.
+    for path in [p.as_path(), dir.path()] {
+        let t = ring.register(std::fs::File::open(path).unwrap()).unwrap();
+        assert_eq!(
+            ring.submit(Op::fsync(t, false)).wait().unwrap().result(),
+            Ok(0)
+        );
+    }
+    check_teardown(&ring, &[]);
+}
