@@ -1487,17 +1487,24 @@ impl<'w> Episode<'w> {
                 };
                 ("transfer on a wrong-kind target", inv, op)
             }
-            15 => {
-                if self.rng.chance(50) {
-                    (
-                        "fsync of an eventfd",
-                        Expect::Invalid("fsync"),
-                        Op::fsync(self.efd_t, false),
-                    )
-                } else {
-                    ("poll for no event", inv, Op::poll(self.pipe_r, 0))
-                }
-            }
+            15 => match self.rng.below(4) {
+                0 => (
+                    "fsync of an eventfd",
+                    Expect::Invalid("fsync"),
+                    Op::fsync(self.efd_t, false),
+                ),
+                1 => (
+                    "fsync of an O_PATH descriptor",
+                    Expect::Invalid("O_PATH"),
+                    Op::fsync(self.opath_t, self.rng.chance(50)),
+                ),
+                2 => (
+                    "poll of an O_PATH descriptor",
+                    Expect::Invalid("O_PATH"),
+                    Op::poll(self.opath_t, libc::POLLIN as u32),
+                ),
+                _ => ("poll for no event", inv, Op::poll(self.pipe_r, 0)),
+            },
             16 => {
                 // Positional writes to the O_APPEND file (they would land at its end).
                 let off = self
