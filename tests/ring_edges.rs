@@ -37,6 +37,9 @@ fn within<T: Send + 'static>(
     });
     match rx.recv_timeout(limit) {
         Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("{what}: panicked (its message is above)")
+        }
         Err(_) => panic!("{what}: still running after {limit:?} (hang or spin)"),
     }
 }
@@ -733,4 +736,211 @@ fn positional_writes_on_an_append_only_file_are_refused() {
     );
     assert_eq!(std::fs::read(&p).unwrap(), b"0123456789EF");
     check_teardown(&ring, &[&pool]);
+}
+
+/// Found by the API-sequence harness: a split or DMA deadline that no kernel timer can
+/// reach (`from_secs(i64::MAX)`: the kernel clamps it to `KTIME_MAX`, it never fires) armed
+/// a timer anyway. A driver dropped mid-flight left that timer in the ring for good: the
+/// ring never became idle again and `run_until_idle` never returned. Such a deadline means
+/// none, like the durations of 2^63 s and more.
+#[test]
+fn split_and_dma_deadlines_no_timer_can_reach_arm_no_timer() {
+    use iocomplete::dma::{Config as DmaConfig, Direction, SgList};
+    use iocomplete::split::{Job, SplitConfig};
+    use iocomplete::{DmaDriver, SplitDriver};
+    let never = [
+        Duration::from_secs(i64::MAX as u64),
+        // KTIME_MAX / 10^9: from here on the kernel clamps to KTIME_MAX.
+        Duration::from_secs(9_223_372_036),
+    ];
+    for d in never {
+        for dma in [false, true] {
+            let pool = pool(8);
+            let mut ring = Ring::new().unwrap();
+            let t = ring.register(file_with(&[3; 8 * BS])).unwrap();
+            if dma {
+                let mut sg = SgList::new();
+                sg.push_extent(&pool, 0, 4 * BS as u64).unwrap();
+                let report: fn(&iocomplete::dma::TransferReport) = |_| {};
+                let mut drv = DmaDriver::new(
+                    &mut ring,
+                    t,
+                    sg,
+                    Direction::Read,
+                    DmaConfig::new(),
+                    Some(d),
+                    report,
+                )
+                .map_err(|r| r.error())
+                .unwrap();
+                assert!(drv.process(&mut ring).is_none());
+                drop(drv);
+            } else {
+                let job = Job::Read {
+                    src: t,
+                    offset: 0,
+                    len: 8 * BS as u64,
+                };
+                let cfg = SplitConfig::new().deadline(d);
+                let mut drv = SplitDriver::new(&mut ring, &pool, job, cfg).unwrap();
+                assert!(drv.process(&mut ring, &mut ()).is_none());
+                drop(drv);
+            }
+            // The dropped driver's transfers complete; nothing may stay in the ring.
+            let end = Instant::now() + Duration::from_secs(5);
+            while ring.in_flight() > 0 && Instant::now() < end {
+                ring.run_once(Some(Duration::from_millis(10))).unwrap();
+            }
+            assert_eq!(
+                ring.in_flight(),
+                0,
+                "{} dropped with a deadline of {d:?}: an op stays in the ring for good",
+                if dma { "dma" } else { "split" }
+            );
+            check_teardown(&ring, &[&pool]);
+        }
+    }
+}
+
+/// Found by the API-sequence harness: `reap` copied a batch of CQEs out of the CQ, then a
+/// completion handler reaped again — starting a `RingHandle`'s submissions on its wake-up
+/// CQE with a full SQPOLL SQ waits for room and reaps meanwhile — and that nested reap
+/// routed *later* CQEs before the rest of the batch. A multishot read's buffers reached
+/// their queue out of order (stream bytes reordered), and its MORE completions that came
+/// after its final one in this order were dropped as stale (bytes lost). Every CQE is now
+/// routed in the kernel's order, nested reaps included.
+#[test]
+fn completions_keep_the_kernel_order_when_a_handler_reaps_again() {
+    within(Duration::from_secs(120), "nested reaps", || {
+        let mut ring = Ring::builder().entries(2).sqpoll(10).build().unwrap();
+        let caps = *ring.capabilities();
+        if !caps.read_multishot || !caps.buf_ring {
+            common::skip("no multishot reads or provided-buffer rings");
+            return;
+        }
+        let pool = pool(32);
+        let br = ring.register_buf_ring(&pool, 16).unwrap();
+        let (rx, tx) = pipe();
+        let t = ring.register(rx).unwrap();
+        let data: Arc<Vec<u8>> = Arc::new(
+            (0..1024 * 1024u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+        );
+        let d2 = data.clone();
+        let writer = std::thread::spawn(move || {
+            let mut tx = std::fs::File::from(tx);
+            let mut at = 0;
+            let mut k = 0usize;
+            while at < d2.len() {
+                k += 1;
+                let n = (1 + (k * 7919) % 9000).min(d2.len() - at);
+                tx.write_all(&d2[at..at + n]).unwrap();
+                at += n;
+                if k % 2 == 0 {
+                    std::thread::sleep(Duration::from_micros((k % 300) as u64));
+                }
+            }
+        });
+        // A handle submitting bursts of nops: their wake-ups start several operations
+        // at once from inside the reaping, with an SQ of two entries.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hq = Arc::new(CompletionQueue::new(1 << 16));
+        let h = ring.handle().unwrap();
+        let (stop2, hq2) = (stop.clone(), hq.clone());
+        let handle_thread = std::thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..5 {
+                    h.submit_to(Op::nop(), &hq2);
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        });
+        let q = Arc::new(CompletionQueue::new(1 << 16));
+        ring.submit(Op::read_multishot(t, br)).to_queue(&q);
+        let mut got = Vec::with_capacity(data.len());
+        let mut eof = false;
+        while !eof {
+            ring.run_once(Some(Duration::from_millis(1))).unwrap();
+            while hq.pop().is_some() {}
+            while let Some(mut c) = q.pop() {
+                match c.result() {
+                    Ok(0) => eof = !c.has_more(),
+                    Ok(n) => match c.take_bufs() {
+                        iocomplete::Bufs::Pool(b) => {
+                            assert_eq!(b.len(), n);
+                            got.extend_from_slice(b.data());
+                        }
+                        other => panic!("multishot data without its buffer: {other:?}"),
+                    },
+                    // The buffer ring ran dry (re-armed below).
+                    Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOBUFS), "{e:?}"),
+                }
+                if !c.has_more() && !eof {
+                    ring.submit(Op::read_multishot(t, br)).to_queue(&q);
+                }
+            }
+            assert_eq!(ring.stats().stale_cqes, 0, "CQEs dropped as stale");
+            if let Some(i) = (0..got.len()).find(|&i| got[i] != data[i]) {
+                panic!(
+                    "stream bytes out of order from byte {i} of {} received",
+                    got.len()
+                );
+            }
+        }
+        assert_eq!(got.len(), data.len(), "stream bytes lost");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        handle_thread.join().unwrap();
+        writer.join().unwrap();
+        ring.run_until_idle().unwrap();
+        while hq.pop().is_some() {}
+        ring.unregister_buf_ring(br).unwrap();
+        check_teardown(&ring, &[&pool]);
+    });
+}
+
+/// Found while extending the API-sequence harness: `fsync` and `poll` of an `O_PATH`
+/// descriptor (open for neither reading nor writing) were sent to the kernel, which failed
+/// them with `EBADF`. Refused before the kernel like the transfers on it.
+#[test]
+fn fsync_and_poll_of_an_o_path_target_are_refused_before_the_kernel() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    std::fs::write(&p, b"data").unwrap();
+    let mut ring = Ring::new().unwrap();
+    for path in [p.as_path(), dir.path()] {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(path)
+            .unwrap();
+        let t = ring.register(f).unwrap();
+        let before = ring.stats().enters;
+        for op in [
+            Op::fsync(t, false),
+            Op::fsync(t, true),
+            Op::poll(t, libc::POLLIN as u32),
+        ] {
+            let c = ring.submit(op).wait().unwrap();
+            assert!(
+                matches!(
+                    c.error().map(|e| e.kind()),
+                    Some(ErrorKind::InvalidInput { .. })
+                ),
+                "{}: {c:?}",
+                path.display()
+            );
+        }
+        assert_eq!(ring.stats().enters, before, "{}", path.display());
+    }
+    // The same file and directory opened normally: fsync works.
+    for path in [p.as_path(), dir.path()] {
+        let t = ring.register(std::fs::File::open(path).unwrap()).unwrap();
+        assert_eq!(
+            ring.submit(Op::fsync(t, false)).wait().unwrap().result(),
+            Ok(0)
+        );
+    }
+    check_teardown(&ring, &[]);
 }

@@ -277,8 +277,9 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     /// `deadline` is given). Nothing is submitted until the first
     /// [`process`](Self::process) / [`step`](Self::step) / [`run`](Self::run).
     ///
-    /// The deadline counts from the first submission. One a kernel timer cannot hold
-    /// (2⁶³ s or more, e.g. [`Duration::MAX`]) means no deadline.
+    /// The deadline counts from the first submission. One no kernel timer can reach
+    /// (about 292 years or more, e.g. `from_secs(i64::MAX)` or [`Duration::MAX`]) means no
+    /// deadline.
     ///
     /// # Errors
     ///

@@ -14,6 +14,9 @@ use super::{EntryState, Ring};
 /// (after cancelling them) before it gives up on them.
 pub(crate) const DROP_GRACE: Duration = Duration::from_secs(10);
 
+/// CQEs copied out of the CQ at a time (see [`Ring::reap`]).
+pub(super) const CQE_BATCH: usize = 64;
+
 /// `IORING_ENTER_GETEVENTS`.
 const ENTER_GETEVENTS: u32 = 1;
 /// `IORING_ENTER_SQ_WAKEUP`: wake the SQPOLL thread.
@@ -168,27 +171,39 @@ impl Ring {
         }
     }
 
-    /// Process every available CQE, flushing the kernel's overflow list as needed.
-    /// Returns the number of CQEs seen.
+    /// Process every available CQE, in the kernel's order, flushing the kernel's overflow
+    /// list as needed. Returns the number of CQEs seen.
+    ///
+    /// CQEs are copied out in batches into [`Ring::cqes`] and routed from there. A
+    /// completion handler may reap again (starting a handle's operations on its wake-up
+    /// CQE, or cancelling, can wait for SQ room and reap meanwhile): that nested call first
+    /// routes what is left of the batch, so no CQE is ever routed before an earlier one — a
+    /// multishot read's buffers stay in stream order and its final CQE comes last.
     pub(super) fn reap(&mut self) -> usize {
-        // Fast path (taken on most calls of a busy loop): nothing posted, nothing in the
-        // kernel's overflow list. Skips filling the batch array below.
-        if self.uring.completion().is_empty() && !self.uring.submission().cq_overflow() {
+        // Fast path (taken on most calls of a busy loop): nothing copied out and waiting,
+        // nothing posted, nothing in the kernel's overflow list.
+        if self.cqes.is_empty()
+            && self.uring.completion().is_empty()
+            && !self.uring.submission().cq_overflow()
+        {
             return 0;
         }
         let mut total = 0;
         let mut flushes = 0;
-        // Uninitialised storage: copying the CQEs out is the only write (no memset of
-        // the whole batch on every call).
-        let mut batch = [const { std::mem::MaybeUninit::<cqueue::Entry>::uninit() }; 64];
         loop {
-            let cqes = self.uring.completion().fill(&mut batch);
-            let n = cqes.len();
-            for cqe in cqes.iter() {
-                self.on_cqe(cqe.user_data(), cqe.result(), cqe.flags());
+            // Older CQEs first: those an outer call copied out and has not routed yet.
+            while let Some((ud, res, flags)) = self.cqes.pop_front() {
+                self.on_cqe(ud, res, flags);
+                total += 1;
             }
-            total += n;
-            if n == batch.len() {
+            // Uninitialised storage: copying the CQEs out is the only write (no memset of
+            // the whole batch on every call).
+            let mut batch = [const { std::mem::MaybeUninit::<cqueue::Entry>::uninit() }; CQE_BATCH];
+            let cqes = self.uring.completion().fill(&mut batch);
+            if !cqes.is_empty() {
+                // At most CQE_BATCH: within the capacity reserved at build (no allocation).
+                self.cqes
+                    .extend(cqes.iter().map(|c| (c.user_data(), c.result(), c.flags())));
                 continue;
             }
             // Completions beyond the CQ size wait in the kernel's overflow list

@@ -208,6 +208,7 @@ impl RingBuilder {
             enabled: !single,
             stats: RingStats::default(),
             spare_iovs: SpareIovs::default(),
+            cqes: VecDeque::with_capacity(driver::CQE_BATCH),
         })
     }
 }
@@ -355,6 +356,9 @@ pub struct Ring {
     enabled: bool,
     stats: RingStats,
     spare_iovs: SpareIovs,
+    /// CQEs copied out of the CQ (`user_data`, result, flags) and not routed yet, oldest
+    /// first (see `reap`).
+    cqes: VecDeque<(u64, i32, u32)>,
 }
 
 impl fmt::Debug for Ring {

@@ -358,13 +358,17 @@ impl Op {
         Op::of(OpKind::ReadMulti { target, group })
     }
 
-    /// `fsync` (or `fdatasync` when `datasync`) a file or block device.
+    /// `fsync` (or `fdatasync` when `datasync`) a file, block device or directory. Other
+    /// kinds, and `O_PATH` descriptors, are refused with
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) without a syscall.
     pub fn fsync(target: Target, datasync: bool) -> Op {
         Op::of(OpKind::Fsync { target, datasync })
     }
 
     /// Wait for readiness (one-shot `POLL_ADD`): completes with the ready event mask
-    /// (`libc::POLLIN` etc.) as its byte count.
+    /// (`libc::POLLIN` etc.) as its byte count. An empty mask, and an `O_PATH` descriptor,
+    /// are refused with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) without
+    /// a syscall.
     pub fn poll(target: Target, events: u32) -> Op {
         Op::of(OpKind::Poll { target, events })
     }

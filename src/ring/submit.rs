@@ -154,6 +154,18 @@ impl Ring {
         }
     }
 
+    /// [`fd_of`](Self::fd_of), refusing a target open for neither reading nor writing (an
+    /// `O_PATH` descriptor: the kernel fails every operation on it with `EBADF`).
+    fn fd_open(&self, t: Target) -> Result<(Fd, FdInfo)> {
+        let (fd, info) = self.fd_of(t)?;
+        if !info.readable && !info.writable {
+            return Err(Error::invalid(
+                "target is open for neither reading nor writing (O_PATH)",
+            ));
+        }
+        Ok((fd, info))
+    }
+
     /// Index in the kernel's buffer table of the region holding `slot` of `pool`, if that
     /// pool is registered with this ring.
     fn buf_index(&self, pool: &crate::buf::PoolInner, slot: u32) -> Option<u16> {
@@ -325,7 +337,7 @@ impl Ring {
                 self.vectored(key, target, offset, iov, fixed.index(), true)
             }
             OpKind::Fsync { target, datasync } => {
-                let (fd, info) = self.fd_of(target)?;
+                let (fd, info) = self.fd_open(target)?;
                 if !(info.kind.is_seekable() || info.kind == super::FdKind::Directory) {
                     return Err(Error::invalid(
                         "fsync needs a file, a block device or a directory",
@@ -369,7 +381,7 @@ impl Ring {
                 Ok(sqe)
             }
             OpKind::Poll { target, events } => {
-                let (fd, _) = self.fd_of(target)?;
+                let (fd, _) = self.fd_open(target)?;
                 if events == 0 {
                     return Err(Error::invalid("poll with an empty event mask"));
                 }

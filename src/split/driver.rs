@@ -134,8 +134,9 @@ impl SplitConfig {
 
     /// Complete the request with [`ErrorKind::TimedOut`] if it is not done within `d` of
     /// its first submission (one `IORING_OP_TIMEOUT` for the whole request; the children
-    /// in flight are cancelled and drain first). A deadline a kernel timer cannot hold
-    /// (2⁶³ s or more, e.g. [`Duration::MAX`]) means no deadline.
+    /// in flight are cancelled and drain first). A deadline no kernel timer can reach
+    /// (about 292 years or more, e.g. `from_secs(i64::MAX)` or [`Duration::MAX`]) means no
+    /// deadline.
     pub const fn deadline(mut self, d: Duration) -> SplitConfig {
         self.deadline = Some(d);
         self
@@ -248,11 +249,17 @@ pub(crate) fn addressable(offset: u64, len: u64) -> bool {
 const PAST_MAX_OFFSET: Error =
     Error::invalid("split: range ends past the largest file offset (2^63 - 1)");
 
-/// The deadline to arm a kernel timer with, if any: `None` for no deadline, and for one a
-/// kernel timespec cannot hold (its seconds are an `i64`: 2⁶³ s or more, such as
-/// `Duration::MAX`), which could never fire anyway. Shared by the split and dma drivers.
+/// `KTIME_MAX / NSEC_PER_SEC`: the kernel turns a timespec of this many seconds or more
+/// into `KTIME_MAX`, a timer that never fires.
+const KTIME_SEC_MAX: u64 = i64::MAX as u64 / 1_000_000_000;
+
+/// The deadline to arm a kernel timer with, if any: `None` for no deadline, and for one no
+/// kernel timer can reach — `KTIME_SEC_MAX` seconds or more (about 292 years), such as
+/// `from_secs(i64::MAX)`, or more than a timespec holds (2⁶³ s, `Duration::MAX`). Such a
+/// timer could never fire; armed, it would only keep the ring busy forever after a driver
+/// dropped mid-flight. Shared by the split and dma drivers.
 pub(crate) fn kernel_deadline(d: Option<Duration>) -> Option<Duration> {
-    d.filter(|d| i64::try_from(d.as_secs()).is_ok())
+    d.filter(|d| d.as_secs() < KTIME_SEC_MAX)
 }
 
 /// Runs one split request — a large read, write or copy cut into chunks by a
