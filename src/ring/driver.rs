@@ -51,10 +51,6 @@ impl Ring {
     /// the SQ: wake it and sleep until it has (`IORING_ENTER_SQ_WAIT`) — a full SQ is a
     /// reason to wait, never to fail the operation.
     pub(super) fn push_sqes(&mut self, sqes: &[squeue::Entry]) -> Result<()> {
-        if sqes.len() > self.uring.submission().capacity() {
-            // Cannot happen with the builder's minimum of 2 entries; never wait for it.
-            return Err(Error::invalid("more linked SQEs than the SQ holds"));
-        }
         for attempt in 0u32.. {
             // SAFETY: every SQE refers to memory that outlives its operation: buffers and
             // iovec arrays parked in the op table until the CQE, timespecs boxed in the
@@ -62,6 +58,10 @@ impl Ring {
             // or none (it checks the room first).
             if unsafe { self.uring.submission().push_multiple(sqes) }.is_ok() {
                 return Ok(());
+            }
+            if attempt == 0 && sqes.len() > self.uring.submission().capacity() {
+                // Cannot happen with the builder's minimum of 2 entries; never wait for it.
+                return Err(Error::invalid("more linked SQEs than the SQ holds"));
             }
             if self.caps.sqpoll {
                 self.sq_wait()?;
