@@ -1260,3 +1260,184 @@ fn append_only_destinations_are_refused() {
     }
     check_teardown(&ring, &[&pool]);
 }
+
+/// A loop device with partitions (`losetup -P`) over an image whose MBR holds one
+/// partition at 1 MiB; detached on drop.
+struct PartitionedLoop {
+    disk: String,
+    part: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PartitionedLoop {
+    fn new() -> Option<PartitionedLoop> {
+        let dir = common::disk_dir();
+        let img = dir.path().join("disk.img");
+        let mut mbr = vec![0u8; 512];
+        let e = &mut mbr[446..462];
+        e[4] = 0x83; // Linux
+        e[8..12].copy_from_slice(&2048u32.to_le_bytes()); // first LBA: 1 MiB
+        e[12..16].copy_from_slice(&16384u32.to_le_bytes()); // 8 MiB
+        mbr[510] = 0x55;
+        mbr[511] = 0xAA;
+        std::fs::write(&img, &mbr).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        let dev = LoopDev::attach(&img)?; // proves loop devices work here
+        drop(dev);
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show", "--partscan"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup -P: {out:?}");
+        let disk = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let name = disk.trim_start_matches("/dev/");
+        let sys = format!("/sys/block/{name}/{name}p1/dev");
+        if !Path::new(&sys).exists() {
+            // The scan at attach does not always run; ask for it (util-linux's partx).
+            let _ = std::process::Command::new("partx")
+                .args(["-a", &disk])
+                .status();
+        }
+        // The partition's own node, made from its sysfs device number (no udev here).
+        let part = dir.path().join("p1");
+        let p = PartitionedLoop {
+            disk,
+            part: part.to_string_lossy().into_owned(),
+            _dir: dir,
+        };
+        let Some((maj, min)) = std::fs::read_to_string(&sys).ok().and_then(|s| {
+            let (a, b) = s.trim().split_once(':')?;
+            Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?))
+        }) else {
+            common::skip("the kernel created no partition for losetup --partscan / partx -a");
+            return None;
+        };
+        let c = std::ffi::CString::new(part.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        let made =
+            unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(maj, min)) };
+        assert_eq!(made, 0, "mknod: {}", std::io::Error::last_os_error());
+        Some(p)
+    }
+}
+
+impl Drop for PartitionedLoop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.disk])
+            .status();
+    }
+}
+
+/// Found by an outside attack: a copy from a whole disk onto its own partition (another
+/// device number, the same bytes 1 MiB further) with overlapping ranges was accepted and
+/// corrupted the data (serial chunks re-read what earlier chunks had overwritten). The
+/// same storage is now recognised under any name — a partition at its start on its disk,
+/// a loop device at its offset in its backing file — and overlapping copies are refused;
+/// disjoint ranges still copy.
+#[test]
+fn copies_between_a_disk_its_partition_and_a_loop_backing_file_must_not_overlap() {
+    let Some(pl) = PartitionedLoop::new() else {
+        return;
+    };
+    let mut ring = Ring::new().unwrap();
+    let bufs = pool(4, CHUNK as usize);
+    ring.register_pool(&bufs);
+    let disk = ring
+        .register(open(Path::new(&pl.disk), true, true))
+        .unwrap();
+    let part = ring
+        .register(open(Path::new(&pl.part), true, true))
+        .unwrap();
+    let backing = ring
+        .register(open(&pl._dir.path().join("disk.img"), true, false))
+        .unwrap();
+    let mib = 1u64 << 20;
+    let refused = |ring: &mut Ring, src, so, dst, dof, len| {
+        let job = Job::Copy {
+            src,
+            src_offset: so,
+            dst,
+            dst_offset: dof,
+            len,
+        };
+        let enters = ring.stats().enters;
+        let r = SplitDriver::new(ring, &bufs, job, SplitConfig::new().mode(Mode::Serial));
+        match r {
+            Err(e) => {
+                eprintln!("REFUSED: {e}");
+                assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e}");
+                assert_eq!(ring.stats().enters, enters);
+                true
+            }
+            Ok(_) => false,
+        }
+    };
+    // disk [0, 8M) onto partition [0, 8M) = disk [1M, 9M): overlap.
+    assert!(
+        refused(&mut ring, disk, 0, part, 0, 8 * mib),
+        "disk onto its partition"
+    );
+    assert!(
+        refused(&mut ring, part, 0, disk, 0, 2 * mib),
+        "partition onto its disk"
+    );
+    // The loop device's backing file holds the same bytes at the same offsets.
+    assert!(
+        refused(&mut ring, backing, 0, part, 0, mib + 4096),
+        "backing file onto the partition"
+    );
+    assert!(
+        refused(&mut ring, disk, 4 * mib, backing, 4 * mib + 512, mib),
+        "disk onto its backing file"
+    );
+    // Disjoint: disk [0, 1M) onto partition [0, 1M) = disk [1M, 2M) — allowed, and right.
+    let mut w = vec![0u8; mib as usize];
+    for (i, c) in w.chunks_mut(8).enumerate() {
+        c.copy_from_slice(&(i as u64).to_le_bytes());
+    }
+    w[..512].copy_from_slice(&std::fs::read(pl._dir.path().join("disk.img")).unwrap()[..512]);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new().write(true).open(&pl.disk).unwrap();
+        f.write_all_at(&w, 0).unwrap();
+        f.sync_all().unwrap();
+    }
+    let job = Job::Copy {
+        src: disk,
+        src_offset: 0,
+        dst: part,
+        dst_offset: 0,
+        len: mib,
+    };
+    let done = SplitDriver::new(&mut ring, &bufs, job, SplitConfig::new())
+        .unwrap()
+        .run(&mut ring, &mut ())
+        .unwrap();
+    assert_eq!((done.status, done.bytes), (Ok(()), mib));
+    let mut got = vec![0u8; mib as usize];
+    {
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&pl.disk)
+            .unwrap();
+        // O_DIRECT read into an aligned pool buffer.
+        let p1 = pool(1, mib as usize);
+        let mut b = p1.try_get().unwrap();
+        assert_eq!(f.read_at(b.capacity_mut(), mib).unwrap(), mib as usize);
+        got.copy_from_slice(&b.capacity_mut()[..mib as usize]);
+    }
+    assert!(got == w, "the disjoint copy differs");
+    for t in [disk, part, backing] {
+        ring.close(t).unwrap();
+    }
+    check_teardown(&ring, &[&bufs]);
+}

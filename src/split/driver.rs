@@ -44,10 +44,13 @@ pub enum Job {
     /// reads its chunk into a pooled (registered) buffer and writes that same buffer — no
     /// copy in user space. End of file on `src` ends the copy early, successfully.
     ///
-    /// `src` and `dst` may be the same file (the same inode or block device, whatever the
-    /// paths or descriptors) only if the two ranges do not overlap: children run in any
-    /// order, so an overlapping copy would read bytes another child already wrote.
-    /// [`SplitDriver::new`] refuses it.
+    /// `src` and `dst` may be the same storage only if the two ranges do not overlap:
+    /// children run in any order, so an overlapping copy would read bytes another child
+    /// already wrote. [`SplitDriver::new`] refuses it, recognising the same storage under
+    /// any name: the same inode or block device whatever the paths or descriptors, a
+    /// partition and its disk (at the partition's start), a loop device and its backing
+    /// file (at the loop's offset) — through sysfs. Stacked devices sysfs does not map
+    /// byte for byte (device-mapper, md) are compared as themselves only.
     Copy {
         /// A file or block device open for reading.
         src: Target,
@@ -470,12 +473,20 @@ impl SplitDriver {
             [Some(s), Some(d)],
         ) = (job, infos)
         {
-            // Both ranges were checked not to overflow above.
-            let overlap = src_offset < dst_offset.saturating_add(len)
-                && dst_offset < src_offset.saturating_add(len);
-            if overlap && s.same_file(&d) {
+            // The same storage under any name: the same inode or device, a partition and
+            // its disk, a loop device and its backing file (resolved through sysfs).
+            let (ss, sb) = super::sysfs::storage_of(&s);
+            let (ds, db) = super::sysfs::storage_of(&d);
+            // In u128: base + offset + len cannot overflow there.
+            let (s0, d0) = (
+                u128::from(sb) + u128::from(src_offset),
+                u128::from(db) + u128::from(dst_offset),
+            );
+            let n = u128::from(len);
+            let overlap = s0 < d0 + n && d0 < s0 + n;
+            if overlap && (ss == ds || s.same_file(&d)) {
                 return Err(Error::invalid(
-                    "split: copy source and destination are the same file and the ranges overlap",
+                    "split: copy source and destination are the same storage and the ranges overlap",
                 ));
             }
         }

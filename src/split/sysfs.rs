@@ -87,6 +87,79 @@ fn limits_from_dir(dir: &Path) -> Result<BlockLimits> {
     })
 }
 
+/// What a target's bytes ultimately are, as far as sysfs tells: a file (`st_dev`,
+/// `st_ino`) or a whole block device (`st_rdev`), with the offset of the target's byte 0
+/// in it. Two targets whose bytes are the same storage resolve to the same `Storage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Storage {
+    /// A file (or a block device node, by its own inode when nothing else is known).
+    File(u64, u64),
+    /// A whole block device.
+    Disk(u64),
+}
+
+/// Where `info`'s byte 0 lies: a partition is resolved to its disk (sysfs `start`, in
+/// 512-byte sectors), a loop device to its backing file (`loop/backing_file`,
+/// `loop/offset`), repeatedly (a loop device over a partition of another loop device...).
+/// Stops at what sysfs does not describe (device-mapper and other stacked devices resolve
+/// to themselves).
+pub(crate) fn storage_of(info: &crate::ring::FdInfo) -> (Storage, u64) {
+    use crate::ring::FdKind;
+    if info.kind != FdKind::BlockDevice {
+        return (Storage::File(info.dev_ino.0, info.dev_ino.1), 0);
+    }
+    let mut rdev = info.rdev;
+    let mut base: u64 = 0;
+    // A few levels at most: each step moves down one layer of the stack.
+    for _ in 0..8 {
+        let dir = PathBuf::from(format!(
+            "/sys/dev/block/{}:{}",
+            libc::major(rdev),
+            libc::minor(rdev)
+        ));
+        if dir.join("partition").exists() {
+            // A partition: its disk is the parent directory in sysfs.
+            let (Ok(Some(start)), Some(disk)) = (
+                read_number(&dir.join("start")),
+                read_dev(&dir.join("../dev")),
+            ) else {
+                break;
+            };
+            base = base.saturating_add(start.saturating_mul(512));
+            rdev = disk;
+            continue;
+        }
+        let backing = std::fs::read_to_string(dir.join("loop/backing_file"));
+        if let Ok(path) = backing {
+            let offset = read_number(&dir.join("loop/offset"))
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            let Ok(st) = std::fs::metadata(path.trim_end_matches('\n')) else {
+                break;
+            };
+            use std::os::unix::fs::MetadataExt;
+            base = base.saturating_add(offset);
+            if st.file_type().is_file() {
+                return (Storage::File(st.dev(), st.ino()), base);
+            }
+            if std::os::unix::fs::FileTypeExt::is_block_device(&st.file_type()) {
+                rdev = st.rdev();
+                continue;
+            }
+        }
+        break;
+    }
+    (Storage::Disk(rdev), base)
+}
+
+/// A `MAJ:MIN` device number from a sysfs `dev` file.
+fn read_dev(path: &Path) -> Option<u64> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let (maj, min) = s.trim().split_once(':')?;
+    Some(libc::makedev(maj.parse().ok()?, min.parse().ok()?))
+}
+
 /// A decimal number from a sysfs file; `None` if the file does not exist.
 fn read_number(path: &Path) -> Result<Option<u64>> {
     match std::fs::read_to_string(path) {
