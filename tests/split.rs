@@ -1006,7 +1006,7 @@ fn copies_onto_the_same_file_are_refused_unless_the_ranges_are_disjoint() {
     ] {
         let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
         assert!(
-            matches!(e.kind(), ErrorKind::InvalidInput { reason } if reason.contains("same file")),
+            matches!(e.kind(), ErrorKind::InvalidInput { reason } if reason.contains("same storage")),
             "{job:?}: {e}"
         );
     }
