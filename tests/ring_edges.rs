@@ -944,3 +944,53 @@ fn fsync_and_poll_of_an_o_path_target_are_refused_before_the_kernel() {
     }
     check_teardown(&ring, &[]);
 }
+
+/// Found by an outside attack: `O_APPEND` set on the open file *after* registration
+/// (through the caller's descriptor sharing it, `register_dup`) is invisible to the
+/// registration-time check, and a positional write landed at the end of the file with
+/// `Ok`. Positional writes now carry `RWF_NOAPPEND` (Linux 6.9), so they land at their
+/// offset whatever the open file's flags became.
+#[test]
+fn positional_writes_land_at_their_offset_after_o_append_is_set_behind_the_ring() {
+    use std::os::fd::AsRawFd;
+    let mut ring = Ring::new().unwrap();
+    if !ring.capabilities().rwf_noappend {
+        common::skip("kernel without RWF_NOAPPEND (Linux 6.9)");
+        return;
+    }
+    let f = file_with(&[0u8; 2 * BS]);
+    let pool = pool(4);
+    ring.register_pool(&pool);
+    let t = ring.register_dup(&f).unwrap();
+    // SAFETY: F_SETFL with valid flags on our own descriptor.
+    assert_eq!(
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) },
+        0
+    );
+    let mut a = pool.try_get().unwrap();
+    a.extend_from_slice(&[0xAA; 100]).unwrap();
+    assert_eq!(
+        ring.submit(Op::write(t, 0, a)).wait().unwrap().result(),
+        Ok(100)
+    );
+    let mut b = pool.try_get().unwrap();
+    b.extend_from_slice(&[0xBB; 50]).unwrap();
+    assert_eq!(
+        ring.submit(Op::writev(t, BS as u64, vec![b.into()]))
+            .wait()
+            .unwrap()
+            .result(),
+        Ok(50)
+    );
+    let got = content(&f);
+    assert_eq!(got.len(), 2 * BS, "a positional write was appended");
+    assert!(
+        got[..100].iter().all(|&x| x == 0xAA),
+        "the write did not land at 0"
+    );
+    assert!(
+        got[BS..BS + 50].iter().all(|&x| x == 0xBB),
+        "the writev did not land at its offset"
+    );
+    check_teardown(&ring, &[&pool]);
+}

@@ -438,6 +438,12 @@ impl Ring {
     }
 
     /// Register a duplicate of a borrowed descriptor (the caller keeps its own).
+    ///
+    /// The duplicate shares the open file, so flags the caller changes later
+    /// (`fcntl(F_SETFL)`: `O_APPEND`, `O_NONBLOCK`, `O_DIRECT`) change it for the ring too,
+    /// while the ring's facts ([`FdInfo`]) were read at registration. Positional writes
+    /// stay positional regardless (`RWF_NOAPPEND`, Linux 6.9); for the rest, register again
+    /// after changing flags.
     pub fn register_dup(&mut self, fd: impl AsFd) -> Result<Target> {
         let owned = fd
             .as_fd()

@@ -42,6 +42,9 @@ pub struct Capabilities {
     pub link_timeout: bool,
     /// `IORING_OP_ASYNC_CANCEL`.
     pub async_cancel: bool,
+    /// `RWF_NOAPPEND` (Linux 6.9): positional writes carry it, so they land at their
+    /// offset even on a file whose `O_APPEND` was set after it was registered.
+    pub rwf_noappend: bool,
 }
 
 impl Capabilities {
@@ -66,6 +69,30 @@ impl Capabilities {
             buf_ring: op(opcode::Socket::CODE),
             link_timeout: op(opcode::LinkTimeout::CODE),
             async_cancel: op(opcode::AsyncCancel::CODE),
+            rwf_noappend: rwf_noappend(),
         }
     }
+}
+
+/// Whether the kernel knows `RWF_NOAPPEND`: a one-byte `pwritev2` with it to a memfd,
+/// once per process (older kernels answer `EOPNOTSUPP` to unknown flags).
+fn rwf_noappend() -> bool {
+    static KNOWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWN.get_or_init(|| {
+        // SAFETY: a valid NUL-terminated name and flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"iocomplete-probe".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return false;
+        }
+        let byte = 0u8;
+        let iov = libc::iovec {
+            iov_base: (&byte as *const u8).cast_mut().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: `iov` describes one valid byte; `fd` is our own memfd.
+        let n = unsafe { libc::pwritev2(fd, &iov, 1, 0, libc::RWF_NOAPPEND) };
+        // SAFETY: `fd` is ours and closed once.
+        unsafe { libc::close(fd) };
+        n == 1
+    })
 }

@@ -244,11 +244,19 @@ impl Ring {
                         CURSOR
                     }
                 };
+                let flags = match pos {
+                    Pos::At(_) => self.noappend(&info),
+                    Pos::Cursor => 0,
+                };
                 Ok(match fixed {
                     Some(ix) => with_fd!(fd, |f| opcode::WriteFixed::new(f, ptr, n, ix)
                         .offset(off)
+                        .rw_flags(flags)
                         .build()),
-                    None => with_fd!(fd, |f| opcode::Write::new(f, ptr, n).offset(off).build()),
+                    None => with_fd!(fd, |f| opcode::Write::new(f, ptr, n)
+                        .offset(off)
+                        .rw_flags(flags)
+                        .build()),
                 })
             }
             OpKind::Readv {
@@ -418,7 +426,11 @@ impl Ring {
         entry.iov = iov;
         let (p, n) = (entry.iov.as_ptr(), entry.iov.len() as u32);
         let (sqe, fixed_op) = if write {
-            let sqe = with_fd!(fd, |f| opcode::Writev::new(f, p, n).offset(off).build());
+            let flags = self.noappend(&info);
+            let sqe = with_fd!(fd, |f| opcode::Writev::new(f, p, n)
+                .offset(off)
+                .rw_flags(flags)
+                .build());
             (sqe, OP_WRITEV_FIXED)
         } else {
             let sqe = with_fd!(fd, |f| opcode::Readv::new(f, p, n).offset(off).build());
@@ -428,6 +440,18 @@ impl Ring {
             Some(ix) if self.caps.readv_fixed => patch_fixed(sqe, fixed_op, ix),
             _ => sqe,
         })
+    }
+
+    /// The `rw_flags` of a positional write: `RWF_NOAPPEND` (Linux 6.9) on files and block
+    /// devices, so the write lands at its offset even if `O_APPEND` was set on the open
+    /// file after registration (through a shared descriptor: `register_dup`) — the
+    /// registration-time check cannot see that.
+    fn noappend(&self, info: &FdInfo) -> i32 {
+        if self.caps.rwf_noappend && info.kind.is_seekable() {
+            libc::RWF_NOAPPEND
+        } else {
+            0
+        }
     }
 
     /// Check a vectored transfer's iovecs; returns its total length.
