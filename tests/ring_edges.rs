@@ -963,10 +963,8 @@ fn positional_writes_land_at_their_offset_after_o_append_is_set_behind_the_ring(
     ring.register_pool(&pool);
     let t = ring.register_dup(&f).unwrap();
     // SAFETY: F_SETFL with valid flags on our own descriptor.
-    assert_eq!(
-        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) },
-        0
-    );
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) };
+    assert_eq!(r, 0);
     let mut a = pool.try_get().unwrap();
     a.extend_from_slice(&[0xAA; 100]).unwrap();
     assert_eq!(
