@@ -992,3 +992,25 @@ fn positional_writes_land_at_their_offset_after_o_append_is_set_behind_the_ring(
     );
     check_teardown(&ring, &[&pool]);
 }
+
+/// Found by an outside attack: a single-issuer ring driven on one thread and then moved to
+/// another answered every call with the kernel's bare `Os(EEXIST)`. The ring now refuses
+/// the other thread with a typed error before the kernel; its first thread can go on.
+#[test]
+fn a_single_issuer_ring_refuses_a_second_thread_with_a_typed_error() {
+    let mut ring = Ring::builder().single_issuer(true).build().unwrap();
+    assert_eq!(ring.submit(Op::nop().tag(1)).wait().unwrap().tag(), 1);
+    let ring = std::thread::spawn(move || {
+        let mut ring = ring;
+        let enters = ring.stats().enters;
+        let e = ring.run_once(Some(Duration::from_millis(1))).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
+        assert_eq!(ring.stats().enters, enters, "reached the kernel");
+        ring
+    })
+    .join()
+    .unwrap();
+    let mut ring = ring;
+    assert_eq!(ring.submit(Op::nop().tag(2)).wait().unwrap().tag(), 2);
+    check_teardown(&ring, &[]);
+}

@@ -24,6 +24,15 @@ const ENTER_SQ_WAKEUP: u32 = 2;
 /// `IORING_ENTER_SQ_WAIT`: wait until the SQPOLL thread has made room in the SQ.
 const ENTER_SQ_WAIT: u32 = 4;
 
+/// A number that identifies the calling thread among the live ones (the address of a
+/// thread-local; cheaper than `thread::current()`, which clones an `Arc`). A thread
+/// started after another ended may get the same number: the kernel's own check still
+/// stands behind this one.
+fn thread_token() -> usize {
+    std::thread_local!(static TOKEN: u8 = const { 0 });
+    TOKEN.with(|t| t as *const u8 as usize)
+}
+
 /// Record that the kernel owns (or no longer owns) these buffers: pool statistics, and
 /// in debug builds the slot state machine `CheckedOut -> InFlight -> CheckedOut`.
 pub(super) fn mark_in_flight(bufs: &Bufs, on: bool) {
@@ -114,6 +123,9 @@ impl Ring {
         }
     }
 
+    /// Before entering the kernel: a single-issuer ring is enabled by its first driving
+    /// thread, and refuses any other with a typed error (the kernel would answer every
+    /// call with `EEXIST`).
     fn enable(&mut self) -> Result<()> {
         if !self.enabled {
             self.uring
@@ -121,6 +133,11 @@ impl Ring {
                 .register_enable_rings()
                 .map_err(|e| Error::from_io(&e))?;
             self.enabled = true;
+            self.issuer = thread_token();
+        } else if self.issuer != 0 && self.issuer != thread_token() {
+            return Err(Error::invalid(
+                "single-issuer ring driven by a thread other than the one that first drove it",
+            ));
         }
         Ok(())
     }

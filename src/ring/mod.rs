@@ -206,6 +206,7 @@ impl RingBuilder {
             shared,
             wake_armed: false,
             enabled: !single,
+            issuer: 0,
             stats: RingStats::default(),
             spare_iovs: SpareIovs::default(),
             cqes: VecDeque::with_capacity(driver::CQE_BATCH),
@@ -354,6 +355,9 @@ pub struct Ring {
     shared: Arc<HandleShared>,
     wake_armed: bool,
     enabled: bool,
+    /// Single issuer: the thread that enabled the ring (`driver::thread_token`); 0 before
+    /// that, and for other rings.
+    issuer: usize,
     stats: RingStats,
     spare_iovs: SpareIovs,
     /// CQEs copied out of the CQ (`user_data`, result, flags) and not routed yet, oldest
