@@ -1882,3 +1882,57 @@ fn pty_hang_up_ends_every_stream_mode() {
         check_teardown(&ring, &[&pool]);
     }
 }
+
+/// Found by an outside attack: a reader started (or ranged) up to the largest file
+/// position asked the kernel for reads past `i64::MAX` and ended `Failed(OffsetOutOfRange)`.
+/// Reading stops at the largest file position: the reader ends at once, without a read,
+/// whatever the alignment.
+#[test]
+fn a_reader_at_the_largest_file_position_ends_without_reading_past_it() {
+    use iocomplete::FinishReason;
+    let dir = common::disk_dir();
+    let path = dir.path().join("f");
+    std::fs::write(&path, vec![7u8; 3 * BS]).unwrap();
+    for (start, end, direct) in [
+        (i64::MAX as u64 - 10, None, false),
+        (i64::MAX as u64 - 4096 * 3 + 1, None, false),
+        (0, Some(u64::MAX), false),
+        ((i64::MAX as u64) & !4095, None, true),
+        (((i64::MAX as u64) & !4095) - 4096, Some(u64::MAX & !4095), true),
+    ] {
+        let mut ring = Ring::new().unwrap();
+        let pool = pool(4, BS);
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        let t = ring.register(o.open(&path).unwrap()).unwrap();
+        let b = ContinuousReader::builder(t, &pool);
+        let b = match end {
+            Some(e) => b.range(start, e),
+            None => b.start_at(start),
+        };
+        let reader = b
+            .build(
+                &mut ring,
+                (),
+                |_: &(), _: PoolBuf, _: u64| {},
+                |_, _| Restart::No,
+            )
+            .unwrap();
+        let report = reader.run(&mut ring).unwrap();
+        let case = (start, end, direct);
+        match report.reason {
+            FinishReason::Eof | FinishReason::EndOfRange => {}
+            r => panic!("{case:?}: {r:?}"),
+        }
+        if start > 3 * BS as u64 {
+            assert_eq!(report.bytes, 0, "{case:?}");
+        } else {
+            assert_eq!(report.bytes, 3 * BS as u64, "{case:?}");
+        }
+        ring.run_until_idle().unwrap();
+        check_teardown(&ring, &[&pool]);
+    }
+}

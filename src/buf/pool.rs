@@ -66,32 +66,35 @@ impl Default for PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// Number of slots (default 64). Must be at least 1 and below 2^31.
+    /// Number of slots (default 64). Must be at least 1 and below 2^31, and the arena
+    /// (slots × stride) must fit in memory.
     pub fn slots(mut self, n: usize) -> Self {
         self.slots = n;
         self
     }
 
-    /// Data capacity of each slot in bytes (default 64 KiB); rounded up to the alignment.
+    /// Data capacity of each slot in bytes (default 64 KiB; 1 byte to 1 GiB, the largest
+    /// transfer io_uring takes in one piece); rounded up to the alignment.
     pub fn slot_len(mut self, len: usize) -> Self {
         self.slot_len = len;
         self
     }
 
-    /// Bytes of header placed immediately before each slot's data (default 0).
+    /// Bytes of header placed immediately before each slot's data (default 0; at most
+    /// 1 GiB).
     pub fn header_len(mut self, len: usize) -> Self {
         self.header_len = len;
         self
     }
 
-    /// Bytes of trailer room after each slot's data capacity (default 0).
+    /// Bytes of trailer room after each slot's data capacity (default 0; at most 1 GiB).
     pub fn trailer_len(mut self, len: usize) -> Self {
         self.trailer_len = len;
         self
     }
 
     /// Alignment of every slot's data area (default 4096, enough for O_DIRECT on any
-    /// device). Must be a power of two.
+    /// device). Must be a power of two, at most 2 MiB.
     pub fn align(mut self, align: usize) -> Self {
         self.align = align;
         self

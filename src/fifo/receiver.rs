@@ -322,9 +322,10 @@ impl FifoReceiver {
     /// Start a transaction receiving exactly `len` bytes into `buf` (its data area, from
     /// the start: whatever it held is discarded). Refused, with the buffer handed back and
     /// nothing submitted, when a transaction is in progress or its completion has not been
-    /// collected, when `len` is 0 or above `i32::MAX`
+    /// collected, when `len` is 0
     /// ([`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)), or above the
-    /// buffer's capacity ([`ErrorKind::BufferTooSmall`](crate::ErrorKind::BufferTooSmall)).
+    /// buffer's capacity ([`ErrorKind::BufferTooSmall`](crate::ErrorKind::BufferTooSmall);
+    /// a slot holds at most 1 GiB, so this covers every length above `i32::MAX` too).
     pub fn receive(
         &mut self,
         ring: &mut Ring,

@@ -1051,9 +1051,13 @@ impl ReaderMachine {
         n.div_ceil(a).saturating_mul(a)
     }
 
-    /// Positional: where reading must stop.
+    /// Positional: where reading must stop — the range's end, end of file once seen, and
+    /// at most the largest file position (`i64::MAX`, rounded down to the alignment), so
+    /// a range that runs that far ends there instead of asking the kernel for more.
     fn limit(&self) -> u64 {
-        let end = self.cfg.end.unwrap_or(u64::MAX);
+        let a = u64::from(self.cfg.align.max(1));
+        let max_pos = i64::MAX as u64 - (i64::MAX as u64) % a;
+        let end = self.cfg.end.unwrap_or(u64::MAX).min(max_pos);
         self.eof_at.map_or(end, |e| e.min(end))
     }
 
