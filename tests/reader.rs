@@ -1898,7 +1898,7 @@ fn a_reader_at_the_largest_file_position_ends_without_reading_past_it() {
         (i64::MAX as u64 - 4096 * 3 + 1, None, false),
         (0, Some(u64::MAX), false),
         ((i64::MAX as u64) & !4095, None, true),
-        (((i64::MAX as u64) & !4095) - 4096, Some(u64::MAX & !4095), true),
+        (((i64::MAX as u64) & !4095) - 4096, Some(!4095u64), true),
     ] {
         let mut ring = Ring::new().unwrap();
         let pool = pool(4, BS);
