@@ -1,5 +1,6 @@
-//! The `copy`, `iobench` and `gather` example binaries run as users run them: as child
-//! processes, each bounded by a timeout (a hang fails the test instead of hanging it).
+//! The `copy`, `iobench`, `gather`, `cat` and `fiforx` example binaries run as users run
+//! them: as child processes, each bounded by a timeout (a hang fails the test instead of
+//! hanging it).
 //! Refusals must exit non-zero with a message naming the argument and change nothing on
 //! disk; copies are verified byte for byte.
 
@@ -39,19 +40,33 @@ fn example(name: &str) -> Option<PathBuf> {
 
 /// Run `bin` with `args` (stdin empty); kill it and fail if it runs past `limit`.
 fn run(bin: &Path, args: &[&str], limit: Duration) -> Output {
+    run_with(bin, args, Stdio::null(), None, limit)
+}
+
+/// Run `bin` with `args`, `stdin`, and `stdout` (a pipe, captured, when `None`); kill it
+/// and fail if it runs past `limit`.
+fn run_with(
+    bin: &Path,
+    args: &[&str],
+    stdin: Stdio,
+    stdout: Option<Stdio>,
+    limit: Duration,
+) -> Output {
     let mut child = Command::new(bin)
         .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdin(stdin)
+        .stdout(stdout.unwrap_or_else(Stdio::piped))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // Drain the pipes on threads, so a chatty child cannot block on a full pipe.
-    let mut out = child.stdout.take().unwrap();
+    let out = child.stdout.take();
     let mut err = child.stderr.take().unwrap();
     let out_t = std::thread::spawn(move || {
         let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
+        if let Some(mut out) = out {
+            let _ = out.read_to_end(&mut v);
+        }
         v
     });
     let err_t = std::thread::spawn(move || {
@@ -96,6 +111,54 @@ fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: `c` is a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// A small tmpfs mounted on a fresh directory, unmounted (and the directory removed) on
+/// drop: a filesystem whose free space a test can exceed without filling the real disk.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// `None` (with the reason printed) where a tmpfs cannot be mounted (not root).
+    fn new(bytes: u64) -> Option<SmallFs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            common::skip("mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = common::disk_dir();
+        let target = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        let opts = std::ffi::CString::new(format!("size={bytes}")).unwrap();
+        // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+        let r = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            common::skip(&format!("cannot mount a tmpfs: {e}"));
+            return None;
+        }
+        Some(SmallFs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; detaching unmounts even if a file is open.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
 }
 
 // ---- copy --------------------------------------------------------------------------------
@@ -372,6 +435,82 @@ fn iobench_creates_only_when_asked_and_refuses_what_it_cannot_bench() {
         }
     }
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+}
+
+/// Review 2, item 1: `--size` beyond what the filesystem can hold (18446744073709551615,
+/// 9223372036854775807, 100000000000000) created FILE and filled it until the disk was
+/// full. Such a size is refused before FILE is created or grown, naming `--size` and the
+/// value: above i64::MAX (the largest file offset) always, and above the free space when
+/// the file must be filled, counting the bytes it already has. Run on an 8 MiB tmpfs, so
+/// that a regression fills 8 MiB, not the disk.
+#[test]
+fn iobench_refuses_a_size_the_filesystem_cannot_hold() {
+    let Some(bin) = example("iobench") else {
+        common::skip("the iobench example binary is not built");
+        return;
+    };
+    let Some(fs) = SmallFs::new(8 << 20) else {
+        return;
+    };
+    let bench = |rw: &str, size: &str, file: &Path| {
+        let args = [
+            "--rw",
+            rw,
+            "--bs",
+            "4096",
+            "--qd",
+            "4",
+            "--seconds",
+            "0.05",
+            "--size",
+            size,
+            file.to_str().unwrap(),
+        ];
+        (run(&bin, &args, Duration::from_secs(30)), args.join(" "))
+    };
+    let refused = |o: &Output, what: &str, size: &str| {
+        let msg = stderr(o);
+        assert!(!o.status.success(), "iobench {what} succeeded: {msg}");
+        assert!(
+            msg.contains("--size") && msg.contains(size),
+            "iobench {what}: the message names --size and the value: {msg}"
+        );
+    };
+    // A missing FILE: refused, nothing created.
+    let new = fs.path().join("new.bin");
+    for (rw, size) in [
+        ("randwrite", "18446744073709551615"),
+        ("randwrite", "9223372036854775807"),
+        ("randread", "100000000000000"),
+        ("write", "9437184"), // 9 MiB: more than the whole 8 MiB filesystem
+    ] {
+        let (o, what) = bench(rw, size, &new);
+        refused(&o, &what, size);
+        assert!(!new.exists(), "iobench {what} created FILE");
+    }
+    // An existing 6 MiB FILE (2 MiB free): growing it by 10 MiB is refused, FILE
+    // unchanged; growing it by 1 MiB fits (only the missing bytes need room).
+    let six = 6 << 20;
+    let old = make(fs.path(), "old.bin", six, 89);
+    for size in ["16777216", "9223372036854775807"] {
+        let (o, what) = bench("randwrite", size, &old);
+        refused(&o, &what, size);
+        let data = std::fs::read(&old).unwrap();
+        assert_eq!(data.len() as u64, six, "iobench {what} resized FILE");
+        verify::check_range(&data, BS, 89, 0).unwrap();
+    }
+    let (o, what) = bench("randwrite", "7340032", &old);
+    assert!(o.status.success(), "iobench {what}: {}", stderr(&o));
+    assert_eq!(std::fs::metadata(&old).unwrap().len(), 7 << 20);
+    std::fs::remove_file(&old).unwrap();
+    // Past the largest file offset: refused even where nothing would be filled (a read
+    // job on an existing file).
+    let dir = common::disk_dir();
+    let f = make(dir.path(), "f", 64 * 1024, 90);
+    let size = "18446744073709551615";
+    let (o, what) = bench("randread", size, &f);
+    refused(&o, &what, size);
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 64 * 1024);
 }
 
 /// `--seconds` too large for a `Duration` panicked (exit 101) instead of a usage error.
