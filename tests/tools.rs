@@ -361,6 +361,66 @@ fn copy_copies_a_whole_block_device() {
     }
 }
 
+/// Review 2, item 2: `copy /proc/self/status out` exited 0 with "0 bytes" and an empty
+/// output: files of pseudo-filesystems (procfs, sysfs, cgroupfs...) report a size that
+/// is not their content's. Such a SRC is refused, naming it, before DST is created or
+/// truncated; an empty regular file still copies (0 bytes, exit 0).
+#[test]
+fn copy_refuses_a_pseudo_file_source() {
+    let Some(bin) = example("copy") else {
+        common::skip("the copy example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let keep = make(dir.path(), "keep", 10_000, 91);
+    let want = std::fs::read(&keep).unwrap();
+    let new = dir.path().join("new");
+    let mut tried = 0;
+    for src in [
+        "/proc/self/status",
+        "/proc/version",
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+        "/sys/devices/system/cpu/online",
+        "/sys/fs/cgroup/cgroup.controllers",
+    ] {
+        if !Path::new(src).is_file() {
+            continue;
+        }
+        tried += 1;
+        for dst in [&new, &keep] {
+            let args = [src, dst.to_str().unwrap()];
+            let o = run(&bin, &args, Duration::from_secs(20));
+            let msg = stderr(&o);
+            assert!(!o.status.success(), "copy {args:?} succeeded: {msg}");
+            assert!(
+                msg.contains(src) && msg.contains("pseudo-file") && msg.contains("use cat"),
+                "copy {args:?}: {msg}"
+            );
+        }
+        assert!(!new.exists(), "copy {src}: DST created");
+        assert_eq!(
+            std::fs::read(&keep).unwrap(),
+            want,
+            "copy {src}: DST changed"
+        );
+    }
+    assert!(tried > 0, "no procfs or sysfs file to try");
+    // An empty regular file on a real filesystem still copies, over an existing DST too.
+    let empty = dir.path().join("empty");
+    std::fs::File::create(&empty).unwrap();
+    for dst in [&new, &keep] {
+        let args = [empty.to_str().unwrap(), dst.to_str().unwrap()];
+        let o = run(&bin, &args, Duration::from_secs(20));
+        assert!(o.status.success(), "copy {args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("0 bytes"),
+            "copy {args:?}: {}",
+            stderr(&o)
+        );
+        assert_eq!(std::fs::metadata(dst).unwrap().len(), 0, "copy {args:?}");
+    }
+}
+
 // ---- iobench -----------------------------------------------------------------------------
 
 /// Finding 12: `iobench` on a missing path silently created a 256 MiB file, and on a FIFO
