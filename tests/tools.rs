@@ -635,3 +635,73 @@ fn gather_refuses_what_it_cannot_read_without_blocking() {
     .concat();
     assert_eq!(o.stdout, want);
 }
+
+// ---- cat ---------------------------------------------------------------------------------
+
+/// Review 2, item 3: `cat F >> F` read back its own output (1,131,072 bytes delivered from
+/// a 1,000,000-byte file). As GNU cat does, an input that is stdout's regular file (the
+/// same device and inode, by any name, or as stdin) is refused before anything is
+/// written: "input file is output file", exit 1. `cat F > G`, `cat F >> G` and
+/// `cat F | ...` are unaffected.
+#[test]
+fn cat_refuses_an_input_that_is_its_own_output() {
+    let Some(bin) = example("cat") else {
+        common::skip("the cat example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let size = 1_000_000u64;
+    let f = make(dir.path(), "F", size, 92);
+    let want = std::fs::read(&f).unwrap();
+    let link = dir.path().join("link");
+    std::fs::hard_link(&f, &link).unwrap();
+    let fs = f.to_str().unwrap();
+    let append = |p: &Path| Stdio::from(OpenOptions::new().append(true).open(p).unwrap());
+    let read = |p: &Path| Stdio::from(std::fs::File::open(p).unwrap());
+    for (args, stdin, stdout, name) in [
+        ([fs], Stdio::null(), append(&f), fs),
+        ([fs], Stdio::null(), append(&link), fs),
+        (["-"], read(&f), append(&f), "stdin"),
+        // Read-write at offset 0 (`cat F 1<>F`): the same file all the same.
+        (
+            [fs],
+            Stdio::null(),
+            Stdio::from(OpenOptions::new().read(true).write(true).open(&f).unwrap()),
+            fs,
+        ),
+    ] {
+        let o = run_with(&bin, &args, stdin, Some(stdout), Duration::from_secs(30));
+        let msg = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "cat {args:?} into itself: {msg}");
+        assert!(
+            msg.contains(&format!("{name}: input file is output file")),
+            "cat {args:?} into itself: {msg}"
+        );
+        assert!(
+            std::fs::read(&f).unwrap() == want,
+            "cat {args:?} into itself changed the file"
+        );
+    }
+    // Into another file, truncated or appended to, and into a pipe: unaffected.
+    let g = dir.path().join("G");
+    let o = run_with(
+        &bin,
+        &[fs],
+        Stdio::null(),
+        Some(Stdio::from(std::fs::File::create(&g).unwrap())),
+        LIMIT,
+    );
+    assert!(o.status.success(), "cat F > G: {}", stderr(&o));
+    assert!(std::fs::read(&g).unwrap() == want, "cat F > G: G differs");
+    std::fs::write(&g, b"earlier\n").unwrap();
+    let o = run_with(&bin, &[fs], Stdio::null(), Some(append(&g)), LIMIT);
+    assert!(o.status.success(), "cat F >> G: {}", stderr(&o));
+    let got = std::fs::read(&g).unwrap();
+    assert!(
+        got[..8] == *b"earlier\n" && got[8..] == want[..],
+        "cat F >> G: G differs"
+    );
+    let o = run(&bin, &[fs], LIMIT);
+    assert!(o.status.success(), "cat F | ...: {}", stderr(&o));
+    assert!(o.stdout == want, "cat F | ...: output differs");
+}
