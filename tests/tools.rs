@@ -705,3 +705,34 @@ fn cat_refuses_an_input_that_is_its_own_output() {
     assert!(o.status.success(), "cat F | ...: {}", stderr(&o));
     assert!(o.stdout == want, "cat F | ...: output differs");
 }
+
+// ---- fiforx ------------------------------------------------------------------------------
+
+/// Review 2, item 4: `fiforx --len 0 PATH` exited 0 without reading. It reads exactly N
+/// bytes, so N = 0 is bad input: a usage error (exit 2) naming `--len`, before PATH is
+/// opened and with nothing written.
+#[test]
+fn fiforx_refuses_a_zero_length() {
+    let Some(bin) = example("fiforx") else {
+        common::skip("the fiforx example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let fp = fifo.to_str().unwrap();
+    for args in [
+        &["--len", "0", fp][..],
+        &["--len=0", fp],
+        &["--len", "0K", "-"],
+    ] {
+        let o = run(&bin, args, Duration::from_secs(20));
+        let msg = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "fiforx {args:?}: {msg}");
+        assert!(
+            msg.contains("--len") && msg.contains("at least 1"),
+            "fiforx {args:?}: {msg}"
+        );
+        assert!(o.stdout.is_empty(), "fiforx {args:?} wrote to stdout");
+    }
+}
