@@ -14,7 +14,10 @@
 //!   cache afterwards, as `dd` does.
 //!
 //! SRC and DST are regular files or block devices (a block device's whole size is
-//! copied). SRC is checked first (it exists, is readable, is a file or device); DST is
+//! copied). A SRC on a pseudo-filesystem (procfs, sysfs, debugfs, tracefs, cgroupfs,
+//! configfs, securityfs...) is refused: its files report a size (0, 4096) that is not
+//! their content's; `cat` streams them. SRC is checked first (it exists, is readable, is
+//! a file or device, not a pseudo-file); DST is
 //! refused if it is SRC under any name (symlink, hard link, another node of the device).
 //! Only then is DST created (or truncated, unless it is a block device). A progress bar
 //! goes to stderr when stderr is a terminal; a one-line summary with the throughput always
@@ -147,6 +150,51 @@ fn identity(path: &Path, m: &Metadata) -> Result<Identity, String> {
     }
 }
 
+/// Pseudo-filesystems (`statfs` `f_type`, from linux/magic.h) whose files' sizes say
+/// nothing of what a read returns.
+const PSEUDO_FS: &[(u32, &str)] = &[
+    (0x0000_9fa0, "procfs"),
+    (0x6265_6572, "sysfs"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x0027_e0eb, "cgroupfs"),
+    (0x6367_7270, "cgroup2fs"),
+    (0x6265_6570, "configfs"),
+    (0x7363_6673, "securityfs"),
+    (0xf97c_ff8c, "selinuxfs"),
+    (0x4341_5d53, "smackfs"),
+    (0x6573_5543, "fusectl"),
+    (0x4249_4e4d, "binfmt_misc"),
+    (0x0765_5821, "resctrl"),
+    (0xcafe_4a11, "bpffs"),
+];
+
+/// Refuse a SRC on a pseudo-filesystem: the size a split copy would take (0 for procfs,
+/// 4096 for sysfs) is not the file's content.
+fn check_not_pseudo(path: &Path) -> Result<(), String> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+    // SAFETY: `statfs` is plain old data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer, both live across
+    // the call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("cannot open {}: {e}", path.display()));
+    }
+    // The magic numbers are 32-bit; `f_type`'s width differs between architectures.
+    match PSEUDO_FS
+        .iter()
+        .find(|(magic, _)| st.f_type as u32 == *magic)
+    {
+        Some((_, fs)) => Err(format!(
+            "{}: SRC is a pseudo-file ({fs}) whose size is not known; use cat",
+            path.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 fn same_file(src: &Path, dst: &Path) -> String {
     format!(
         "{} and {} are the same file; refusing to copy a file onto itself",
@@ -156,11 +204,12 @@ fn same_file(src: &Path, dst: &Path) -> String {
 }
 
 /// Open SRC for reading, fully checked (it exists, is readable, is a regular file or a
-/// block device) before anything touches DST. Its kind is checked with `stat` before
-/// `open`, so a FIFO is refused instead of blocking the open.
+/// block device, not a pseudo-file) before anything touches DST. Its kind is checked with
+/// `stat` before `open`, so a FIFO is refused instead of blocking the open.
 fn open_src(path: &Path, direct: bool) -> Result<(File, Identity), String> {
     let cannot = |e: std::io::Error| format!("cannot open {}: {e}", path.display());
     identity(path, &std::fs::metadata(path).map_err(cannot)?)?;
+    check_not_pseudo(path)?;
     let mut o = OpenOptions::new();
     o.read(true);
     if direct {

@@ -6,8 +6,8 @@
 //! loop, no blocked thread. Received buffers go to stdout as they are (io_uring writes of
 //! the same pooled buffers, no copy) while the next one fills. A one-line summary goes to
 //! stderr. Exits non-zero with a clear message if the source ends before N bytes (saying
-//! how many arrived; those are still written), the path is missing, N is not a number, or
-//! the source is a regular file (not FIFO-like).
+//! how many arrived; those are still written), the path is missing, N is not a number or
+//! is 0, or the source is a regular file (not FIFO-like).
 //!
 //! ```text
 //! mkfifo /tmp/f; (sleep 1; head -c 1000000 /dev/urandom > /tmp/f) &
@@ -122,6 +122,11 @@ pub(crate) fn parse_args(args: &[String]) -> Result<(u64, String), Failure> {
         }
     }
     let len = len.ok_or_else(|| usage("--len N is required"))?;
+    if len == 0 {
+        return Err(usage(
+            "--len must be at least 1: fiforx reads exactly N bytes",
+        ));
+    }
     let path = path.ok_or_else(|| usage("PATH is required"))?;
     Ok((len, path))
 }
@@ -307,7 +312,7 @@ pub(crate) fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
         }
     };
     let mut output = Output::new(&mut ring, out)?;
-    let slot = CHUNK.min(usize::try_from(len).unwrap_or(CHUNK)).max(1);
+    let slot = CHUNK.min(usize::try_from(len).unwrap_or(CHUNK));
     let pool = BufferPool::builder()
         .slots(SLOTS)
         .slot_len(slot)
@@ -318,7 +323,7 @@ pub(crate) fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
     // A named FIFO nobody has opened for writing yet reads as end of file. Wait for a
     // writer first: a readiness poll fires when one writes (or opens and closes).
     let mut waited_for_writer = false;
-    if kind == FdKind::Pipe && path != "-" && len > 0 {
+    if kind == FdKind::Pipe && path != "-" {
         let probe = ring
             .submit(Op::poll(source, libc::POLLIN as u32).deadline(Duration::ZERO))
             .wait()

@@ -1,5 +1,6 @@
-//! The `copy`, `iobench` and `gather` example binaries run as users run them: as child
-//! processes, each bounded by a timeout (a hang fails the test instead of hanging it).
+//! The `copy`, `iobench`, `gather`, `cat` and `fiforx` example binaries run as users run
+//! them: as child processes, each bounded by a timeout (a hang fails the test instead of
+//! hanging it).
 //! Refusals must exit non-zero with a message naming the argument and change nothing on
 //! disk; copies are verified byte for byte.
 
@@ -39,19 +40,33 @@ fn example(name: &str) -> Option<PathBuf> {
 
 /// Run `bin` with `args` (stdin empty); kill it and fail if it runs past `limit`.
 fn run(bin: &Path, args: &[&str], limit: Duration) -> Output {
+    run_with(bin, args, Stdio::null(), None, limit)
+}
+
+/// Run `bin` with `args`, `stdin`, and `stdout` (a pipe, captured, when `None`); kill it
+/// and fail if it runs past `limit`.
+fn run_with(
+    bin: &Path,
+    args: &[&str],
+    stdin: Stdio,
+    stdout: Option<Stdio>,
+    limit: Duration,
+) -> Output {
     let mut child = Command::new(bin)
         .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdin(stdin)
+        .stdout(stdout.unwrap_or_else(Stdio::piped))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // Drain the pipes on threads, so a chatty child cannot block on a full pipe.
-    let mut out = child.stdout.take().unwrap();
+    let out = child.stdout.take();
     let mut err = child.stderr.take().unwrap();
     let out_t = std::thread::spawn(move || {
         let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
+        if let Some(mut out) = out {
+            let _ = out.read_to_end(&mut v);
+        }
         v
     });
     let err_t = std::thread::spawn(move || {
@@ -96,6 +111,54 @@ fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: `c` is a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// A small tmpfs mounted on a fresh directory, unmounted (and the directory removed) on
+/// drop: a filesystem whose free space a test can exceed without filling the real disk.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// `None` (with the reason printed) where a tmpfs cannot be mounted (not root).
+    fn new(bytes: u64) -> Option<SmallFs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            common::skip("mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = common::disk_dir();
+        let target = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        let opts = std::ffi::CString::new(format!("size={bytes}")).unwrap();
+        // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+        let r = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            common::skip(&format!("cannot mount a tmpfs: {e}"));
+            return None;
+        }
+        Some(SmallFs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; detaching unmounts even if a file is open.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
 }
 
 // ---- copy --------------------------------------------------------------------------------
@@ -298,6 +361,66 @@ fn copy_copies_a_whole_block_device() {
     }
 }
 
+/// Review 2, item 2: `copy /proc/self/status out` exited 0 with "0 bytes" and an empty
+/// output: files of pseudo-filesystems (procfs, sysfs, cgroupfs...) report a size that
+/// is not their content's. Such a SRC is refused, naming it, before DST is created or
+/// truncated; an empty regular file still copies (0 bytes, exit 0).
+#[test]
+fn copy_refuses_a_pseudo_file_source() {
+    let Some(bin) = example("copy") else {
+        common::skip("the copy example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let keep = make(dir.path(), "keep", 10_000, 91);
+    let want = std::fs::read(&keep).unwrap();
+    let new = dir.path().join("new");
+    let mut tried = 0;
+    for src in [
+        "/proc/self/status",
+        "/proc/version",
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+        "/sys/devices/system/cpu/online",
+        "/sys/fs/cgroup/cgroup.controllers",
+    ] {
+        if !Path::new(src).is_file() {
+            continue;
+        }
+        tried += 1;
+        for dst in [&new, &keep] {
+            let args = [src, dst.to_str().unwrap()];
+            let o = run(&bin, &args, Duration::from_secs(20));
+            let msg = stderr(&o);
+            assert!(!o.status.success(), "copy {args:?} succeeded: {msg}");
+            assert!(
+                msg.contains(src) && msg.contains("pseudo-file") && msg.contains("use cat"),
+                "copy {args:?}: {msg}"
+            );
+        }
+        assert!(!new.exists(), "copy {src}: DST created");
+        assert_eq!(
+            std::fs::read(&keep).unwrap(),
+            want,
+            "copy {src}: DST changed"
+        );
+    }
+    assert!(tried > 0, "no procfs or sysfs file to try");
+    // An empty regular file on a real filesystem still copies, over an existing DST too.
+    let empty = dir.path().join("empty");
+    std::fs::File::create(&empty).unwrap();
+    for dst in [&new, &keep] {
+        let args = [empty.to_str().unwrap(), dst.to_str().unwrap()];
+        let o = run(&bin, &args, Duration::from_secs(20));
+        assert!(o.status.success(), "copy {args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("0 bytes"),
+            "copy {args:?}: {}",
+            stderr(&o)
+        );
+        assert_eq!(std::fs::metadata(dst).unwrap().len(), 0, "copy {args:?}");
+    }
+}
+
 // ---- iobench -----------------------------------------------------------------------------
 
 /// Finding 12: `iobench` on a missing path silently created a 256 MiB file, and on a FIFO
@@ -374,6 +497,82 @@ fn iobench_creates_only_when_asked_and_refuses_what_it_cannot_bench() {
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 }
 
+/// Review 2, item 1: `--size` beyond what the filesystem can hold (18446744073709551615,
+/// 9223372036854775807, 100000000000000) created FILE and filled it until the disk was
+/// full. Such a size is refused before FILE is created or grown, naming `--size` and the
+/// value: above i64::MAX (the largest file offset) always, and above the free space when
+/// the file must be filled, counting the bytes it already has. Run on an 8 MiB tmpfs, so
+/// that a regression fills 8 MiB, not the disk.
+#[test]
+fn iobench_refuses_a_size_the_filesystem_cannot_hold() {
+    let Some(bin) = example("iobench") else {
+        common::skip("the iobench example binary is not built");
+        return;
+    };
+    let Some(fs) = SmallFs::new(8 << 20) else {
+        return;
+    };
+    let bench = |rw: &str, size: &str, file: &Path| {
+        let args = [
+            "--rw",
+            rw,
+            "--bs",
+            "4096",
+            "--qd",
+            "4",
+            "--seconds",
+            "0.05",
+            "--size",
+            size,
+            file.to_str().unwrap(),
+        ];
+        (run(&bin, &args, Duration::from_secs(30)), args.join(" "))
+    };
+    let refused = |o: &Output, what: &str, size: &str| {
+        let msg = stderr(o);
+        assert!(!o.status.success(), "iobench {what} succeeded: {msg}");
+        assert!(
+            msg.contains("--size") && msg.contains(size),
+            "iobench {what}: the message names --size and the value: {msg}"
+        );
+    };
+    // A missing FILE: refused, nothing created.
+    let new = fs.path().join("new.bin");
+    for (rw, size) in [
+        ("randwrite", "18446744073709551615"),
+        ("randwrite", "9223372036854775807"),
+        ("randread", "100000000000000"),
+        ("write", "9437184"), // 9 MiB: more than the whole 8 MiB filesystem
+    ] {
+        let (o, what) = bench(rw, size, &new);
+        refused(&o, &what, size);
+        assert!(!new.exists(), "iobench {what} created FILE");
+    }
+    // An existing 6 MiB FILE (2 MiB free): growing it by 10 MiB is refused, FILE
+    // unchanged; growing it by 1 MiB fits (only the missing bytes need room).
+    let six = 6 << 20;
+    let old = make(fs.path(), "old.bin", six, 89);
+    for size in ["16777216", "9223372036854775807"] {
+        let (o, what) = bench("randwrite", size, &old);
+        refused(&o, &what, size);
+        let data = std::fs::read(&old).unwrap();
+        assert_eq!(data.len() as u64, six, "iobench {what} resized FILE");
+        verify::check_range(&data, BS, 89, 0).unwrap();
+    }
+    let (o, what) = bench("randwrite", "7340032", &old);
+    assert!(o.status.success(), "iobench {what}: {}", stderr(&o));
+    assert_eq!(std::fs::metadata(&old).unwrap().len(), 7 << 20);
+    std::fs::remove_file(&old).unwrap();
+    // Past the largest file offset: refused even where nothing would be filled (a read
+    // job on an existing file).
+    let dir = common::disk_dir();
+    let f = make(dir.path(), "f", 64 * 1024, 90);
+    let size = "18446744073709551615";
+    let (o, what) = bench("randread", size, &f);
+    refused(&o, &what, size);
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 64 * 1024);
+}
+
 /// `--seconds` too large for a `Duration` panicked (exit 101) instead of a usage error.
 #[test]
 fn iobench_refuses_unrepresentable_durations() {
@@ -435,4 +634,105 @@ fn gather_refuses_what_it_cannot_read_without_blocking() {
     ]
     .concat();
     assert_eq!(o.stdout, want);
+}
+
+// ---- cat ---------------------------------------------------------------------------------
+
+/// Review 2, item 3: `cat F >> F` read back its own output (1,131,072 bytes delivered from
+/// a 1,000,000-byte file). As GNU cat does, an input that is stdout's regular file (the
+/// same device and inode, by any name, or as stdin) is refused before anything is
+/// written: "input file is output file", exit 1. `cat F > G`, `cat F >> G` and
+/// `cat F | ...` are unaffected.
+#[test]
+fn cat_refuses_an_input_that_is_its_own_output() {
+    let Some(bin) = example("cat") else {
+        common::skip("the cat example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let size = 1_000_000u64;
+    let f = make(dir.path(), "F", size, 92);
+    let want = std::fs::read(&f).unwrap();
+    let link = dir.path().join("link");
+    std::fs::hard_link(&f, &link).unwrap();
+    let fs = f.to_str().unwrap();
+    let append = |p: &Path| Stdio::from(OpenOptions::new().append(true).open(p).unwrap());
+    let read = |p: &Path| Stdio::from(std::fs::File::open(p).unwrap());
+    for (args, stdin, stdout, name) in [
+        ([fs], Stdio::null(), append(&f), fs),
+        ([fs], Stdio::null(), append(&link), fs),
+        (["-"], read(&f), append(&f), "stdin"),
+        // Read-write at offset 0 (`cat F 1<>F`): the same file all the same.
+        (
+            [fs],
+            Stdio::null(),
+            Stdio::from(OpenOptions::new().read(true).write(true).open(&f).unwrap()),
+            fs,
+        ),
+    ] {
+        let o = run_with(&bin, &args, stdin, Some(stdout), Duration::from_secs(30));
+        let msg = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "cat {args:?} into itself: {msg}");
+        assert!(
+            msg.contains(&format!("{name}: input file is output file")),
+            "cat {args:?} into itself: {msg}"
+        );
+        assert!(
+            std::fs::read(&f).unwrap() == want,
+            "cat {args:?} into itself changed the file"
+        );
+    }
+    // Into another file, truncated or appended to, and into a pipe: unaffected.
+    let g = dir.path().join("G");
+    let o = run_with(
+        &bin,
+        &[fs],
+        Stdio::null(),
+        Some(Stdio::from(std::fs::File::create(&g).unwrap())),
+        LIMIT,
+    );
+    assert!(o.status.success(), "cat F > G: {}", stderr(&o));
+    assert!(std::fs::read(&g).unwrap() == want, "cat F > G: G differs");
+    std::fs::write(&g, b"earlier\n").unwrap();
+    let o = run_with(&bin, &[fs], Stdio::null(), Some(append(&g)), LIMIT);
+    assert!(o.status.success(), "cat F >> G: {}", stderr(&o));
+    let got = std::fs::read(&g).unwrap();
+    assert!(
+        got[..8] == *b"earlier\n" && got[8..] == want[..],
+        "cat F >> G: G differs"
+    );
+    let o = run(&bin, &[fs], LIMIT);
+    assert!(o.status.success(), "cat F | ...: {}", stderr(&o));
+    assert!(o.stdout == want, "cat F | ...: output differs");
+}
+
+// ---- fiforx ------------------------------------------------------------------------------
+
+/// Review 2, item 4: `fiforx --len 0 PATH` exited 0 without reading. It reads exactly N
+/// bytes, so N = 0 is bad input: a usage error (exit 2) naming `--len`, before PATH is
+/// opened and with nothing written.
+#[test]
+fn fiforx_refuses_a_zero_length() {
+    let Some(bin) = example("fiforx") else {
+        common::skip("the fiforx example binary is not built");
+        return;
+    };
+    let dir = common::disk_dir();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let fp = fifo.to_str().unwrap();
+    for args in [
+        &["--len", "0", fp][..],
+        &["--len=0", fp],
+        &["--len", "0K", "-"],
+    ] {
+        let o = run(&bin, args, Duration::from_secs(20));
+        let msg = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "fiforx {args:?}: {msg}");
+        assert!(
+            msg.contains("--len") && msg.contains("at least 1"),
+            "fiforx {args:?}: {msg}"
+        );
+        assert!(o.stdout.is_empty(), "fiforx {args:?} wrote to stdout");
+    }
 }

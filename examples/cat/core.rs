@@ -8,8 +8,8 @@
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::Seek;
-use std::os::fd::BorrowedFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -211,6 +211,30 @@ impl Writer {
     }
 }
 
+/// `(st_dev, st_ino)` of the regular file open on `fd`; `None` for anything else (or when
+/// `fstat` fails: reading or writing it then fails on its own).
+fn regular_file(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    let m = std::fs::File::from(fd.try_clone_to_owned().ok()?)
+        .metadata()
+        .ok()?;
+    m.is_file().then(|| (m.dev(), m.ino()))
+}
+
+/// Refuse an input that is stdout's regular file (`cat F >> F`): cat would read back what
+/// it wrote, on and on. As GNU cat says it, before anything is written.
+fn check_not_output(
+    input: BorrowedFd<'_>,
+    stdout: BorrowedFd<'_>,
+    name: &str,
+) -> Result<(), String> {
+    match regular_file(stdout) {
+        Some(out) if regular_file(input) == Some(out) => {
+            Err(format!("{name}: input file is output file"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Stream `opts.path` (or `stdin` for `-`) to `stdout`. Errors are full messages.
 pub(crate) fn run(
     args: &[String],
@@ -227,6 +251,7 @@ pub(crate) fn run(
         if opts.direct {
             return Err("--direct needs a file or block device PATH, not stdin".into());
         }
+        check_not_output(stdin, stdout, "stdin")?;
         let t = ring
             .register_dup(stdin)
             .map_err(|e| format!("stdin: {e}"))?;
@@ -240,6 +265,7 @@ pub(crate) fn run(
         let f = o
             .open(&opts.path)
             .map_err(|e| format!("{}: {e}", opts.path))?;
+        check_not_output(f.as_fd(), stdout, &opts.path)?;
         let t = ring
             .register(f)
             .map_err(|e| format!("{}: {e}", opts.path))?;

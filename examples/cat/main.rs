@@ -11,7 +11,9 @@
 //! front of each slot's data (it is not written out), `--direct` opens PATH with
 //! `O_DIRECT` (the chunk must be a multiple of the device's alignment), `--ordered` is
 //! the default for files and block devices. Sizes take `k`, `m`, `g` suffixes. A
-//! one-line summary goes to stderr; bad input exits with status 2, I/O errors with 1.
+//! one-line summary goes to stderr; bad input exits with status 2, I/O errors with 1. An
+//! input that is stdout's own regular file (`cat F >> F`) is refused, as GNU cat does
+//! ("input file is output file", status 1), before anything is written.
 
 #[path = "core.rs"]
 mod cat_core;

@@ -14,7 +14,10 @@
 //! block device (anything else is refused, checked before it is opened). A missing FILE
 //! is created and filled to `--size` only when `--size` is given (otherwise it is an
 //! error); a regular file is extended to `--size` for write jobs. The range benched is
-//! `min(--size, size of FILE)`. Numbers take k/m/g (powers of 1024) suffixes.
+//! `min(--size, size of FILE)`. Numbers take k/m/g (powers of 1024) suffixes. A `--size`
+//! past the largest file offset (`i64::MAX`) is refused, and so is one whose fill would
+//! need more than the filesystem's free space (`statvfs` `f_bavail`), before FILE is
+//! created or grown.
 //!
 //! The ring is built with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`
 //! (falling back to a plain ring on kernels without them); `IOBENCH_RING=single` drops
@@ -126,6 +129,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     if let Some(s) = size.filter(|s| *s < bs) {
         return Err(format!("--size {s} is smaller than one --bs {bs} block"));
     }
+    if let Some(s) = size.filter(|&s| s > i64::MAX as u64) {
+        return Err(format!(
+            "--size {s} is past the largest file offset, {} (i64::MAX)",
+            i64::MAX
+        ));
+    }
     if direct && bs % 512 != 0 {
         return Err(format!(
             "misaligned direct I/O: --bs {bs} is not a multiple of 512 bytes"
@@ -139,6 +148,60 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         seconds,
         size,
         file,
+    })
+}
+
+/// Bytes free to an unprivileged writer (`f_bavail` blocks) on the filesystem holding
+/// `path`, and its block size.
+fn free_space(path: &Path) -> Result<(u64, u64), String> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+    // SAFETY: `statvfs` is plain old data; all-zero is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer, both live across
+    // the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("{}: statvfs: {e}", path.display()));
+    }
+    Ok((st.f_bavail as u64, (st.f_frsize as u64).max(1)))
+}
+
+/// Fill `path` to `size` bytes: create it (`had` is `None`) or grow it from `had` bytes.
+/// Refused first, with nothing created or changed, when the bytes to add need more blocks
+/// than its filesystem has free (the file's own blocks count as taken already). A fill
+/// that fails all the same (the space taken meanwhile) is undone: a created file is
+/// removed, a grown one cut back to its length.
+fn grow(path: &Path, had: Option<u64>, size: u64) -> Result<(), String> {
+    // The directory of a file still to be created ("new.bin" lives in ".").
+    let on = match (had, path.parent()) {
+        (Some(_), _) => path,
+        (None, Some(dir)) if !dir.as_os_str().is_empty() => dir,
+        (None, _) => Path::new("."),
+    };
+    let (avail, block) = free_space(on)?;
+    let have = had.unwrap_or(0);
+    // Whole blocks: a partial last block of the file is allocated already.
+    let need = size.div_ceil(block).saturating_sub(have.div_ceil(block));
+    if need > avail {
+        return Err(format!(
+            "--size {size}: filling {} to it needs {} more bytes, but its filesystem has \
+             only {} bytes free",
+            path.display(),
+            size.saturating_sub(have),
+            avail.saturating_mul(block)
+        ));
+    }
+    fill_to(path, size).inspect_err(|_| match had {
+        None => {
+            let _ = std::fs::remove_file(path);
+        }
+        Some(len) => {
+            let _ = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(len));
+        }
     })
 }
 
@@ -209,7 +272,9 @@ fn run(a: &Args) -> Result<(), String> {
     // writer came, and nothing else can be benched.
     let not_benchable = || format!("{}: not a regular file or block device", a.file.display());
     match (std::fs::metadata(&a.file), a.size) {
-        (Err(e), Some(size)) if e.kind() == std::io::ErrorKind::NotFound => fill_to(&a.file, size)?,
+        (Err(e), Some(size)) if e.kind() == std::io::ErrorKind::NotFound => {
+            grow(&a.file, None, size)?
+        }
         (Err(e), None) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!(
                 "{}: no such file (give --size BYTES to create it)",
@@ -222,7 +287,7 @@ fn run(a: &Args) -> Result<(), String> {
         }
         // A write job grows a regular file to the size asked for.
         (Ok(m), Some(size)) if a.rw.is_write() && m.is_file() && m.len() < size => {
-            fill_to(&a.file, size)?
+            grow(&a.file, Some(m.len()), size)?
         }
         (Ok(_), _) => {}
     }
