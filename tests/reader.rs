@@ -1456,22 +1456,9 @@ fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
     }
 }
 
-/// The `cat` example binary, built by `cargo test` (or here, when running one test file).
+/// The `cat` example binary (see `common::example_binary`).
 fn cat_binary() -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent()?.parent()?.to_path_buf(); // target/<profile>/deps/..
-    let bin = profile_dir.join("examples").join("cat");
-    if let Ok(cargo) = std::env::var("CARGO") {
-        // Up to date even when only this test file was built.
-        let mut c = std::process::Command::new(cargo);
-        c.args(["build", "--quiet", "--example", "cat"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            c.arg("--release");
-        }
-        let status = c.status().unwrap();
-        assert!(status.success(), "cargo build --example cat failed");
-    }
-    bin.exists().then_some(bin)
+    common::example_binary("cat")
 }
 
 /// Run the `cat` binary with `args`, `stdin` as its standard input, while `feed` writes

@@ -18,24 +18,8 @@ use common::{verify, LoopDev};
 const BS: usize = 4096;
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// The example binary `name`, built now (so it is current even when only this test file
-/// was built). `None` if cargo is not available to build it.
 fn example(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent()?.parent()?.to_path_buf(); // target/<profile>/deps/..
-    let bin = profile_dir.join("examples").join(name);
-    if let Ok(cargo) = std::env::var("CARGO") {
-        let mut c = Command::new(cargo);
-        c.args(["build", "--quiet", "--example", name]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            c.arg("--release");
-        }
-        assert!(
-            c.status().unwrap().success(),
-            "cargo build --example {name} failed"
-        );
-    }
-    bin.exists().then_some(bin)
+    common::example_binary(name)
 }
 
 /// Run `bin` with `args` (stdin empty); kill it and fail if it runs past `limit`.

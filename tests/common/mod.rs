@@ -8,6 +8,37 @@ pub mod fuse;
 mod skip;
 pub use skip::skip;
 
+/// The example binary `name`, built now by the cargo running these tests, so it is
+/// current even when only one test file was built — in the same target directory, for
+/// the same target triple (an ASan run builds with `--target`, and its `RUSTFLAGS` must
+/// not reach the host's proc macros), and the same profile. `None` (a skip) only when no
+/// cargo runs these tests; a failed build fails the test.
+pub fn example_binary(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent()?.parent()?.to_path_buf(); // target/[triple/]<profile>/deps/..
+    let bin = profile_dir.join("examples").join(name);
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return bin.exists().then_some(bin);
+    };
+    let mut c = std::process::Command::new(cargo);
+    c.args(["build", "--quiet", "--example", name]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        c.arg("--release");
+    }
+    // target/<triple>/<profile>: build for that triple, into that target directory.
+    let triple_dir = profile_dir.parent()?;
+    let triple = triple_dir.file_name()?.to_str()?;
+    if triple.contains("-linux-") {
+        c.args(["--target", triple]);
+        c.env("CARGO_TARGET_DIR", triple_dir.parent()?);
+    } else {
+        c.env("CARGO_TARGET_DIR", triple_dir);
+    }
+    let status = c.status().unwrap();
+    assert!(status.success(), "cargo build --example {name} failed");
+    Some(bin)
+}
+
 pub mod verify {
     //! Blocks that carry their own identity, like fio's `verify=crc32c`: each block starts
     //! with a 24-byte header (magic, offset, seed, crc32c of the rest) followed by bytes
