@@ -44,6 +44,7 @@ t0=$SECONDS
 # so std itself is not (ASan still catches our heap/stack/arena errors and leaks).
 RUSTFLAGS="-Zsanitizer=address" RUSTDOCFLAGS="-Zsanitizer=address" \
     CARGO_TARGET_DIR=target/asan ASAN_OPTIONS=detect_leaks=1 \
+    LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp:print_suppressions=1" \
     cargo +nightly test --no-fail-fast --target x86_64-unknown-linux-gnu >"$logs/asan.log" 2>&1
 rc=$?
 read -r passed failed < <(test_counts "$logs/asan.log")
