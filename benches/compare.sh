@@ -77,6 +77,7 @@ fi
 ROOTDEV=$(findmnt -no SOURCE / 2>/dev/null || echo "?")
 {
     echo "# date: $(date -Is)"
+    echo "# commit: $(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "# cores: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
     echo "# kernel: $(uname -r); fio: $(fio --version); mem: $(free -g | awk '/Mem:/ {print $2}') GiB"
     echo "# root disk: $ROOTDEV ($(lsblk -dno MODEL,SIZE "$ROOTDEV" 2>/dev/null | xargs || echo '?')); file: $FILE ($FILE_BYTES bytes, $(stat -f -c %T "$DIR"))"
