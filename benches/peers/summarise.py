@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Summarise benches/peers/run.sh output (CSV on stdin or in the files named).
+
+Per workload: each engine's median IOPS and CPU us/IO over its repetitions, and its median
+of per-repetition ratios iocomplete / engine (IOPS: > 1 means iocomplete is ahead; CPU:
+< 1 means iocomplete spends less per I/O). The ratios pair runs of the same repetition
+only, so drifts in the machine's load hit both sides of each ratio alike.
+"""
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+
+def main():
+    files = [open(p) for p in sys.argv[1:]] or [sys.stdin]
+    rows = []
+    for f in files:
+        lines = [l for l in f if l.strip() and not l.startswith("#")]
+        rows += list(csv.DictReader(lines))
+    runs = defaultdict(dict)  # (workload, rep) -> engine -> (iops, cpu)
+    order = []
+    for r in rows:
+        key = (r["workload"], r.get("rep", "1"))
+        runs[key][r["engine"]] = (float(r["iops"]), float(r["cpu_us_per_io"]))
+        if r["workload"] not in order:
+            order.append(r["workload"])
+    med = statistics.median
+    for wl in order:
+        reps = {k[1]: v for k, v in runs.items() if k[0] == wl}
+        engines = []
+        for v in reps.values():
+            engines += [e for e in v if e not in engines]
+        print(f"\n{wl} ({len(reps)} reps)")
+        print(f"  {'engine':<15} {'IOPS':>10} {'CPU us/IO':>10} {'ioc/eng IOPS':>13} {'ioc/eng CPU':>12}")
+        best = None
+        for e in engines:
+            iops = [v[e][0] for v in reps.values() if e in v]
+            cpu = [v[e][1] for v in reps.values() if e in v]
+            r_iops = [v["iocomplete"][0] / v[e][0] for v in reps.values() if e in v and "iocomplete" in v]
+            r_cpu = [v["iocomplete"][1] / v[e][1] for v in reps.values() if e in v and "iocomplete" in v]
+            ri = f"{med(r_iops):.2f}x" if r_iops else "-"
+            rc = f"{med(r_cpu):.2f}x" if r_cpu else "-"
+            rng = f" ({min(r_iops):.2f}-{max(r_iops):.2f})" if len(r_iops) > 1 else ""
+            print(f"  {e:<15} {med(iops):>10.0f} {med(cpu):>10.3f} {ri:>13}{rng} {rc:>6}")
+            if e != "iocomplete" and r_iops and (best is None or med(iops) > best[1]):
+                best = (e, med(iops), med(r_iops))
+        if best:
+            verdict = "ahead" if best[2] >= 1.0 else "BEHIND"
+            print(f"  best peer: {best[0]}; iocomplete / best peer = {best[2]:.2f}x (median of per-rep ratios): {verdict}")
+
+
+if __name__ == "__main__":
+    main()
