@@ -3,7 +3,8 @@
 
 Per workload: each engine's median IOPS and CPU us/IO over its repetitions, and its median
 of per-repetition ratios iocomplete / engine (IOPS: > 1 means iocomplete is ahead; CPU:
-< 1 means iocomplete spends less per I/O). The ratios pair runs of the same repetition
+< 1 means iocomplete spends less per I/O); then iocomplete / the best peer of each
+repetition (whichever it was), median and range. The ratios pair runs of the same repetition
 only, so drifts in the machine's load hit both sides of each ratio alike.
 """
 import csv
@@ -21,6 +22,8 @@ def main():
     runs = defaultdict(dict)  # (workload, rep) -> engine -> (iops, cpu)
     order = []
     for r in rows:
+        if not r.get("cpu_us_per_io"):
+            continue  # a truncated line
         key = (r["workload"], r.get("rep", "1"))
         runs[key][r["engine"]] = (float(r["iops"]), float(r["cpu_us_per_io"]))
         if r["workload"] not in order:
@@ -45,10 +48,19 @@ def main():
             print(f"  {e:<15} {med(iops):>10.0f} {med(cpu):>10.3f} {ri:>13}{rng} {rc:>6}")
             if e != "iocomplete" and r_iops and (best is None or med(iops) > best[1]):
                 best = (e, med(iops), med(r_iops))
-        if best:
-            verdict = "ahead" if best[2] >= 1.0 else "BEHIND"
-            print(f"  best peer: {best[0]}; iocomplete / best peer = {best[2]:.2f}x (median of per-rep ratios): {verdict}")
-
+        # Per repetition: iocomplete / the best peer of that repetition; then the median.
+        per_rep = []
+        for v in reps.values():
+            peers = [(x[0], e) for e, x in v.items() if e != "iocomplete"]
+            if "iocomplete" in v and peers:
+                top = max(peers)
+                per_rep.append((v["iocomplete"][0] / top[0], top[1]))
+        if best and per_rep:
+            r = med([x[0] for x in per_rep])
+            who = sorted({x[1] for x in per_rep})
+            verdict = "ahead" if r >= 1.0 else "BEHIND"
+            print(f"  iocomplete / best peer of each rep ({', '.join(who)}): median {r:.2f}x, "
+                  f"range {min(x[0] for x in per_rep):.2f}-{max(x[0] for x in per_rep):.2f}: {verdict}")
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,9 @@
 //! (READ_FIXED), a registered file, completions through the ring's own FIFO
 //! (`Submission::to_ring` + `Ring::pop_completion`), each buffer re-armed at once; each
 //! `run_wait` submits everything re-armed and waits for a quarter of the queue.
+//!
+//! For A/B only (run.sh never sets them): `IOC_RING=single` drops `defer_taskrun`,
+//! `IOC_RING=plain` both flags; `IOC_WAIT=N` waits for N completions per enter instead.
 use iocomplete::{BufferPool, BufferRegistration, Op, Ring};
 use iocomplete_peers::{fail, spec, verify, Meter};
 
@@ -13,14 +16,16 @@ fn main() {
     let (qd, bs) = (spec.qd(), spec.bs());
     let err = |what: &str, e: iocomplete::Error| -> ! { fail(ENGINE, &format!("{what}: {e}")) };
     let entries = (qd as u32).next_power_of_two().max(8);
+    let mode = std::env::var("IOC_RING").unwrap_or_default();
+    let wait: Option<usize> = std::env::var("IOC_WAIT").ok().and_then(|v| v.parse().ok());
     let mut ring = Ring::builder()
         .entries(entries)
         .cq_entries(entries * 2)
         .files(4)
         .buffers(4)
         .ops(qd * 2 + 16)
-        .single_issuer(true)
-        .defer_taskrun(true)
+        .single_issuer(mode != "plain")
+        .defer_taskrun(mode.is_empty())
         .build()
         .unwrap_or_else(|e| err("ring", e));
     let pool = BufferPool::builder()
@@ -44,7 +49,7 @@ fn main() {
     let mut in_flight = qd;
     let mut stopping = false;
     while in_flight > 0 {
-        let want = (in_flight / 4).max(1);
+        let want = wait.unwrap_or(in_flight / 4).clamp(1, in_flight);
         ring.run_wait(want, None).unwrap_or_else(|e| err("run_wait", e));
         while let Some(c) = ring.pop_completion() {
             in_flight -= 1;
