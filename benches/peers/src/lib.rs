@@ -107,10 +107,14 @@ pub fn spec(engine: &'static str) -> Spec {
     }
     let workload = Workload::parse(&args[0]).unwrap_or_else(|| usage());
     let path = PathBuf::from(&args[1]);
-    let size = target_size(&path).unwrap_or_else(|e| fail(engine, &format!("{}: {e}", path.display())));
+    let size =
+        target_size(&path).unwrap_or_else(|e| fail(engine, &format!("{}: {e}", path.display())));
     let blocks = size / workload.bs() as u64;
     if blocks < workload.qd() as u64 {
-        fail(engine, &format!("{}: too small ({size} bytes)", path.display()));
+        fail(
+            engine,
+            &format!("{}: too small ({size} bytes)", path.display()),
+        );
     }
     Spec {
         engine,
@@ -228,7 +232,10 @@ pub fn fill_block(block: &mut [u8], off: u64) {
 #[inline]
 pub fn verify(engine: &str, data: &[u8], off: u64, want: usize) {
     if data.len() != want {
-        fail(engine, &format!("short read at {off}: {} of {want} bytes", data.len()));
+        fail(
+            engine,
+            &format!("short read at {off}: {} of {want} bytes", data.len()),
+        );
     }
     let last = want - BLOCK;
     for b in [0, last] {
@@ -362,7 +369,7 @@ impl Meter {
     #[inline]
     pub fn done(&self) -> bool {
         let n = self.ops.fetch_add(1, Relaxed) + 1;
-        if n % 32 == 0 {
+        if n.is_multiple_of(32) {
             self.tick(n);
         }
         self.phase.load(Relaxed) == STOP

@@ -30,9 +30,7 @@ impl IoBufMut for Buf {
     fn as_uninit(&mut self) -> &mut [std::mem::MaybeUninit<u8>] {
         // SAFETY: `cap` initialised bytes owned by the buffer; u8 and MaybeUninit<u8> have
         // the same layout.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.0.ptr().cast(), self.0.cap())
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.0.ptr().cast(), self.0.cap()) }
     }
 }
 
@@ -41,7 +39,9 @@ fn main() {
     let mut pb = compio::driver::ProactorBuilder::new();
     pb.capacity(256);
     if std::env::var("COMPIO_RING").as_deref() != Ok("default") {
-        pb.single_issuer(true).defer_taskrun(true).coop_taskrun(true);
+        pb.single_issuer(true)
+            .defer_taskrun(true)
+            .coop_taskrun(true);
     }
     let rt = compio::runtime::RuntimeBuilder::new()
         .with_proactor(pb)

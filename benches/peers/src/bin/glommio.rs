@@ -14,67 +14,63 @@ const ENGINE: &str = "glommio";
 fn main() {
     let spec = spec(ENGINE);
     let spec2 = spec.clone();
-    let meter = LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(move || async move {
-            let spec = Rc::new(spec2);
-            let meter = Rc::new(Meter::new(&spec));
-            let mut tasks = Vec::new();
-            if spec.workload.direct() {
-                let file = Rc::new(
-                    DmaFile::open(&spec.path)
-                        .await
-                        .unwrap_or_else(|e| fail(ENGINE, &format!("{}: {e}", spec.path.display()))),
-                );
-                for i in 0..spec.qd() {
-                    let (file, meter, spec) = (file.clone(), meter.clone(), spec.clone());
-                    tasks.push(glommio::spawn_local(async move {
-                        let mut offs = spec.offsets(i);
-                        let bs = spec.bs();
-                        loop {
-                            let off = offs.next();
-                            let r = file
-                                .read_at_aligned(off, bs)
-                                .await
-                                .unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
-                            verify(ENGINE, &r, off, bs);
-                            if meter.done() {
-                                break;
-                            }
-                        }
+    let meter =
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let spec = Rc::new(spec2);
+                let meter = Rc::new(Meter::new(&spec));
+                let mut tasks = Vec::new();
+                if spec.workload.direct() {
+                    let file = Rc::new(DmaFile::open(&spec.path).await.unwrap_or_else(|e| {
+                        fail(ENGINE, &format!("{}: {e}", spec.path.display()))
                     }));
-                }
-            } else {
-                let file = Rc::new(
-                    BufferedFile::open(&spec.path)
-                        .await
-                        .unwrap_or_else(|e| fail(ENGINE, &format!("{}: {e}", spec.path.display()))),
-                );
-                for i in 0..spec.qd() {
-                    let (file, meter, spec) = (file.clone(), meter.clone(), spec.clone());
-                    tasks.push(glommio::spawn_local(async move {
-                        let mut offs = spec.offsets(i);
-                        let bs = spec.bs();
-                        loop {
-                            let off = offs.next();
-                            let r = file
-                                .read_at(off, bs)
-                                .await
-                                .unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
-                            verify(ENGINE, &r, off, bs);
-                            if meter.done() {
-                                break;
+                    for i in 0..spec.qd() {
+                        let (file, meter, spec) = (file.clone(), meter.clone(), spec.clone());
+                        tasks.push(glommio::spawn_local(async move {
+                            let mut offs = spec.offsets(i);
+                            let bs = spec.bs();
+                            loop {
+                                let off = offs.next();
+                                let r = file.read_at_aligned(off, bs).await.unwrap_or_else(|e| {
+                                    fail(ENGINE, &format!("read at {off}: {e}"))
+                                });
+                                verify(ENGINE, &r, off, bs);
+                                if meter.done() {
+                                    break;
+                                }
                             }
-                        }
+                        }));
+                    }
+                } else {
+                    let file = Rc::new(BufferedFile::open(&spec.path).await.unwrap_or_else(|e| {
+                        fail(ENGINE, &format!("{}: {e}", spec.path.display()))
                     }));
+                    for i in 0..spec.qd() {
+                        let (file, meter, spec) = (file.clone(), meter.clone(), spec.clone());
+                        tasks.push(glommio::spawn_local(async move {
+                            let mut offs = spec.offsets(i);
+                            let bs = spec.bs();
+                            loop {
+                                let off = offs.next();
+                                let r = file.read_at(off, bs).await.unwrap_or_else(|e| {
+                                    fail(ENGINE, &format!("read at {off}: {e}"))
+                                });
+                                verify(ENGINE, &r, off, bs);
+                                if meter.done() {
+                                    break;
+                                }
+                            }
+                        }));
+                    }
                 }
-            }
-            for t in tasks {
-                t.await;
-            }
-            Rc::try_unwrap(meter).ok().expect("workers done")
-        })
-        .unwrap_or_else(|e| fail(ENGINE, &format!("executor: {e}")))
-        .join()
-        .unwrap_or_else(|e| fail(ENGINE, &format!("executor: {e}")));
+                for t in tasks {
+                    t.await;
+                }
+                Rc::try_unwrap(meter)
+                    .unwrap_or_else(|_| fail(ENGINE, "a worker still holds the meter"))
+            })
+            .unwrap_or_else(|e| fail(ENGINE, &format!("executor: {e}")))
+            .join()
+            .unwrap_or_else(|e| fail(ENGINE, &format!("executor: {e}")));
     meter.report(&spec, "");
 }

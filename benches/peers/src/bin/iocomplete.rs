@@ -50,7 +50,8 @@ fn main() {
     let mut stopping = false;
     while in_flight > 0 {
         let want = wait.unwrap_or(in_flight / 4).clamp(1, in_flight);
-        ring.run_wait(want, None).unwrap_or_else(|e| err("run_wait", e));
+        ring.run_wait(want, None)
+            .unwrap_or_else(|e| err("run_wait", e));
         while let Some(c) = ring.pop_completion() {
             in_flight -= 1;
             let tag = c.tag() as usize;
@@ -72,5 +73,11 @@ fn main() {
             }
         }
     }
-    meter.report(&spec, &format!("fixed buffers {fixed}, fixed file {}", ring.capabilities().fixed_files));
+    meter.report(
+        &spec,
+        &format!(
+            "fixed buffers {fixed}, fixed file {}",
+            ring.capabilities().fixed_files
+        ),
+    );
 }

@@ -6,7 +6,7 @@ fn main() {
         std::process::exit(2);
     }
     let size: u64 = a[1].parse().expect("BYTES: a number");
-    assert!(size % (1 << 20) == 0, "BYTES: a multiple of 1 MiB");
+    assert!(size.is_multiple_of(1 << 20), "BYTES: a multiple of 1 MiB");
     if let Err(e) = iocomplete_peers::make_data(std::path::Path::new(&a[0]), size) {
         eprintln!("mkdata: {}: {e}", a[0]);
         std::process::exit(1);

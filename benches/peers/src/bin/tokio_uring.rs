@@ -43,7 +43,8 @@ fn main() {
     let meter = Rc::new(Meter::new(&spec));
     let std_file = spec.open_std();
     tokio_uring::start(async {
-        let registry = FixedBufRegistry::new((0..spec.qd()).map(|_| Buf(AlignedBuf::new(spec.bs()))));
+        let registry =
+            FixedBufRegistry::new((0..spec.qd()).map(|_| Buf(AlignedBuf::new(spec.bs()))));
         registry
             .register()
             .unwrap_or_else(|e| fail(ENGINE, &format!("register buffers: {e}")));
