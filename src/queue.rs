@@ -2,7 +2,7 @@
 //! completions from the ring thread to any thread.
 //!
 //! Built on `crossbeam_queue::ArrayQueue`. Push and pop never lock; a consumer that wants
-//! to *block* spins briefly, then registers as a sleeper (see [`Sleepers`]), and a
+//! to *block* spins briefly, then registers as a sleeper (`Sleepers`), and a
 //! producer takes the wake-up lock only when a sleeper exists — so a busy queue costs no
 //! syscall, no lock and no fence per item: checking for sleepers is one load, ordered by
 //! the `SeqCst` compare-and-swap the push or pop itself made (the same handshake as
