@@ -1,5 +1,6 @@
-//! CompletionQueue against `std::sync::mpsc::sync_channel`: single thread, and across two
-//! threads (producer → consumer), items per second.
+//! CompletionQueue against `std::sync::mpsc::sync_channel` and `crossbeam-channel`'s
+//! bounded channel (same capacity, the producer waiting for room when full): single
+//! thread, and across two threads (producer → consumer), items per second.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented public functions
 
@@ -24,6 +25,13 @@ fn single_thread(c: &mut Criterion) {
     });
     let (tx, rx) = std::sync::mpsc::sync_channel(CAP);
     g.bench_function("mpsc_sync_channel", |b| {
+        b.iter(|| {
+            tx.send(black_box(1u64)).unwrap();
+            black_box(rx.recv().unwrap());
+        })
+    });
+    let (tx, rx) = crossbeam_channel::bounded(CAP);
+    g.bench_function("crossbeam_bounded", |b| {
         b.iter(|| {
             tx.send(black_box(1u64)).unwrap();
             black_box(rx.recv().unwrap());
@@ -76,6 +84,22 @@ fn mpsc_cross(n: u64) -> Duration {
     el
 }
 
+fn crossbeam_cross(n: u64) -> Duration {
+    let (tx, rx) = crossbeam_channel::bounded(CAP);
+    let p = std::thread::spawn(move || {
+        for i in 0..n {
+            tx.send(i).unwrap();
+        }
+    });
+    let start = Instant::now();
+    for _ in 0..n {
+        black_box(rx.recv().unwrap());
+    }
+    let el = start.elapsed();
+    p.join().unwrap();
+    el
+}
+
 fn cross_thread(c: &mut Criterion) {
     let mut g = c.benchmark_group("queue_cross_thread");
     const N: u64 = 100_000;
@@ -90,6 +114,9 @@ fn cross_thread(c: &mut Criterion) {
     }
     g.bench_function("mpsc_sync_channel", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| mpsc_cross(N)).sum())
+    });
+    g.bench_function("crossbeam_bounded", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| crossbeam_cross(N)).sum())
     });
     g.finish();
 }
