@@ -20,6 +20,7 @@
 //! turns it into a [`SharedBuf`], a cheap clonable read-only view whose slot returns when
 //! the last clone drops. Neither allocates.
 
+mod magazine;
 mod pool;
 mod pooled;
 

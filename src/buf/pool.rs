@@ -5,9 +5,12 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
+use crossbeam_utils::CachePadded;
+
 use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::waiters::{deadline_after, Waiters};
 
+use super::magazine::{Magazine, MAGAZINES, MAG_SLOTS};
 use super::pooled::PoolBuf;
 
 /// The kernel limits one registered buffer to 1 GiB; slots are registered in regions no
@@ -194,7 +197,8 @@ impl PoolGeometry {
 pub struct PoolStats {
     /// Slots in the pool.
     pub total: usize,
-    /// Slots on the free list now.
+    /// Free slots now: on the shared free list or cached in a thread's magazine (exact
+    /// when no thread is getting or putting at the same moment).
     pub free: usize,
     /// Slots whose buffers the kernel owns now (submitted, completion not yet reaped).
     pub in_flight: usize,
@@ -233,6 +237,12 @@ pub(crate) struct PoolInner {
     in_flight: AtomicUsize,
     /// Threads blocked in a waiting get; a returning slot wakes them.
     waiters: Waiters,
+    /// Per-thread caches of free slots (see `magazine`); slots in them count as free.
+    mags: Box<[CachePadded<Magazine>]>,
+    /// Most slots one magazine holds: `slots / (2 * MAGAZINES)`, at most `MAG_SLOTS`; 0
+    /// (no magazines) for pools under 16 slots. All magazines together thus hold at most
+    /// half the pool.
+    mag_cap: usize,
     /// Number of rings that have this arena registered as fixed buffers.
     registrations: AtomicU64,
 }
@@ -293,6 +303,16 @@ impl PoolInner {
                 state: AtomicU32::new(FREE),
             })
             .collect();
+        // Loom models the magazine on its own (see `magazine`); pools under loom use the
+        // shared list only, so the existing models keep their size.
+        let mag_cap = if cfg!(loom) {
+            0
+        } else {
+            (geometry.slots / (2 * MAGAZINES)).min(MAG_SLOTS)
+        };
+        let mags = (0..if mag_cap > 0 { MAGAZINES } else { 0 })
+            .map(|_| CachePadded::new(Magazine::new()))
+            .collect();
         Ok(PoolInner {
             id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             geometry,
@@ -302,6 +322,8 @@ impl PoolInner {
             meta,
             in_flight: AtomicUsize::new(0),
             waiters: Waiters::new(),
+            mags,
+            mag_cap,
             registrations: AtomicU64::new(0),
         })
     }
@@ -391,30 +413,110 @@ impl PoolInner {
         }
     }
 
-    /// Take a free slot, if any.
-    pub(crate) fn try_take(&self) -> Option<u32> {
-        let slot = self.free.pop()?;
+    /// Take a free slot, if any: from this thread's magazine, else the shared list, else
+    /// another thread's magazine (so a slot parked there never makes the pool look empty).
+    pub(crate) fn try_take(self: &Arc<Self>) -> Option<u32> {
+        let slot = self
+            .from_magazine()
+            .or_else(|| self.free.pop())
+            .or_else(|| {
+                self.mags
+                    .iter()
+                    .filter(|m| m.len() > 0)
+                    .find_map(|m| m.steal())
+            })?;
         self.mark(slot, FREE, CHECKED_OUT);
         Some(slot)
     }
 
-    /// Return a slot to the free list. Lock-free unless a thread is blocked in a waiting
-    /// get, in which case it is woken.
-    pub(crate) fn put(&self, slot: u32) {
+    #[inline]
+    fn from_magazine(self: &Arc<Self>) -> Option<u32> {
+        if self.mag_cap == 0 {
+            return None;
+        }
+        with_magazine(self, |m| {
+            // Taking the last slot races thieves (the owner must CAS `top`); topping the
+            // magazine up from the shared list first keeps a get/put loop on one thread off
+            // that path: it pops with one fence and no CAS.
+            if m.len() == 1 {
+                while m.len() < self.mag_cap {
+                    let Some(slot) = self.free.pop() else { break };
+                    if !m.push(slot, self.mag_cap) {
+                        self.put_shared(slot);
+                        break;
+                    }
+                }
+            }
+            m.pop()
+        })
+        .flatten()
+    }
+
+    /// Return a slot: to this thread's magazine while it has room and nobody waits for a
+    /// slot, else to the shared free list, waking a waiting get.
+    pub(crate) fn put(self: &Arc<Self>, slot: u32) {
         self.mark(slot, CHECKED_OUT, FREE);
+        // Relaxed `has_waiters`: a fast hint only. A waiter that registers just after we
+        // looked finds the slot by stealing when it re-scans (see `take_wait`).
+        if self.mag_cap > 0
+            && !self.waiters.has_waiters()
+            && with_magazine(self, |m| m.push(slot, self.mag_cap)) == Some(true)
+        {
+            return;
+        }
+        self.put_shared(slot);
+        self.waiters.notify();
+    }
+
+    fn put_shared(&self, slot: u32) {
         if self.free.push(slot).is_err() {
             // Unreachable by construction: the queue holds every slot and `mark` rejects a
             // double return. Losing a slot is better than panicking in a destructor.
             debug_assert!(false, "free list overflow: slot {slot} returned twice");
-            return;
         }
-        self.waiters.notify();
+    }
+
+    /// Empty magazine `i` (owned by the caller) onto the shared list and give it up.
+    fn hand_back(&self, i: usize) {
+        let m = &self.mags[i];
+        let mut any = false;
+        while let Some(slot) = m.pop() {
+            self.put_shared(slot);
+            any = true;
+        }
+        m.release();
+        if any {
+            self.waiters.notify();
+        }
     }
 
     /// Take a slot, waiting up to `timeout` (forever if `None`) for one to be returned.
-    pub(crate) fn take_wait(&self, timeout: Option<Duration>) -> Option<u32> {
+    ///
+    /// A slot returned to another thread's magazine wakes nobody (that is what keeps
+    /// `put` cheap); the waiter steals it instead. `put` skips the magazine while anyone
+    /// waits, and since that check may race with a waiter registering, a waiter with
+    /// magazines to watch sleeps at most `RESCAN` before it looks again: a slot parked in
+    /// an idle thread's magazine is found within that time, never stranded.
+    pub(crate) fn take_wait(self: &Arc<Self>, timeout: Option<Duration>) -> Option<u32> {
+        const RESCAN: Duration = Duration::from_millis(2);
         let deadline = timeout.and_then(deadline_after);
-        self.waiters.wait_until(deadline, || self.try_take())
+        if self.mag_cap == 0 {
+            return self.waiters.wait_until(deadline, || self.try_take());
+        }
+        loop {
+            let now = std::time::Instant::now();
+            let step = now.checked_add(RESCAN);
+            let until = match (deadline, step) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            };
+            if let Some(slot) = self.waiters.wait_until(until, || self.try_take()) {
+                return Some(slot);
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return None;
+            }
+        }
     }
 
     fn mark(&self, slot: u32, from: u32, to: u32) {
@@ -427,13 +529,118 @@ impl PoolInner {
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
+        let cached: usize = self.mags.iter().map(|m| m.len()).sum();
         PoolStats {
             total: self.geometry.slots,
-            free: self.free.len(),
+            free: (self.free.len() + cached).min(self.geometry.slots),
             // Relaxed: a snapshot for reporting.
             in_flight: self.in_flight.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Entries in a thread's magazine cache: the pools one thread uses at once with a
+/// magazine each. A fifth pool evicts one (round robin), handing its slots back.
+#[cfg(not(loom))]
+const CACHE_ENTRIES: usize = 4;
+
+/// One thread's claim on one pool's magazine.
+#[cfg(not(loom))]
+struct CacheEntry {
+    /// The pool. Weak: the entry keeps no arena alive, and holding the allocation keeps
+    /// `Weak::as_ptr` from being reused by another pool, so the address is a safe key.
+    pool: std::sync::Weak<PoolInner>,
+    /// Index of the claimed magazine in `pool.mags`, or `None` if all were taken when this
+    /// thread first used the pool (it then uses the shared list only).
+    mag: Option<usize>,
+}
+
+#[cfg(not(loom))]
+impl CacheEntry {
+    /// Hand the magazine back to its pool, if the pool still exists.
+    fn hand_back(self) {
+        if let (Some(i), Some(pool)) = (self.mag, self.pool.upgrade()) {
+            pool.hand_back(i);
+        }
+    }
+}
+
+/// A thread's magazine claims; dropped (handing every magazine back) at thread exit.
+#[cfg(not(loom))]
+struct Cache {
+    entries: [Option<CacheEntry>; CACHE_ENTRIES],
+    victim: usize,
+}
+
+#[cfg(not(loom))]
+impl Drop for Cache {
+    fn drop(&mut self) {
+        for e in self.entries.iter_mut().filter_map(Option::take) {
+            e.hand_back();
+        }
+    }
+}
+
+#[cfg(not(loom))]
+std::thread_local! {
+    static CACHE: std::cell::RefCell<Cache> = const {
+        std::cell::RefCell::new(Cache { entries: [None, None, None, None], victim: 0 })
+    };
+}
+
+/// Run `f` on this thread's magazine of `pool`, claiming one on first use. `None` when
+/// the thread has none (all taken, or thread-local storage already torn down at thread
+/// exit): the caller uses the shared list.
+#[cfg(not(loom))]
+#[inline]
+fn with_magazine<R>(pool: &Arc<PoolInner>, f: impl FnOnce(&Magazine) -> R) -> Option<R> {
+    let key = Arc::as_ptr(pool);
+    CACHE
+        .try_with(|c| {
+            let mut c = c.try_borrow_mut().ok()?;
+            let found = c
+                .entries
+                .iter()
+                .flatten()
+                .find(|e| std::sync::Weak::as_ptr(&e.pool) == key)
+                .map(|e| e.mag);
+            let mag = match found {
+                Some(m) => m,
+                None => claim(&mut c, pool),
+            }?;
+            Some(f(&pool.mags[mag]))
+        })
+        .ok()
+        .flatten()
+}
+
+#[cfg(loom)]
+fn with_magazine<R>(_: &Arc<PoolInner>, _: impl FnOnce(&Magazine) -> R) -> Option<R> {
+    None
+}
+
+/// First use of `pool` on this thread: claim a free magazine and record it, evicting an
+/// entry if the cache is full.
+#[cfg(not(loom))]
+#[cold]
+fn claim(c: &mut Cache, pool: &Arc<PoolInner>) -> Option<usize> {
+    let mag = pool.mags.iter().position(|m| m.claim());
+    let i = match c.entries.iter().position(Option::is_none) {
+        Some(i) => i,
+        None => {
+            let i = c.victim;
+            c.victim = (i + 1) % CACHE_ENTRIES;
+            if let Some(old) = c.entries[i].take() {
+                old.hand_back();
+            }
+            i
+        }
+    };
+    c.entries[i] = Some(CacheEntry {
+        pool: Arc::downgrade(pool),
+        mag,
+    });
+    mag
 }
 
 /// A pool of aligned, header-offset buffers in one arena. Cheap to clone (an `Arc`).
