@@ -24,6 +24,87 @@
 
 use crate::sync::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
+/// Asymmetric fences: the magazine's owner (every `get` and `put`) pays a compiler
+/// fence where the Chase-Lev protocol needs a StoreLoad fence, and the rare other side (a
+/// thief, a pool's last handle being dropped) pays for both with `membarrier(2)`
+/// (`MEMBARRIER_CMD_PRIVATE_EXPEDITED`): the kernel makes every running thread of the
+/// process execute a full memory barrier before the call returns, and a thread not
+/// running has passed one in its context switch. So for any owner, either its accesses
+/// before the compiler fence are visible to the heavy side after the call, or its loads
+/// after the fence see the heavy side's stores before the call — exactly the guarantee a
+/// pair of SeqCst fences gives (this is the "asymmetric Dekker" of liburcu and folly).
+///
+/// Without `membarrier` (old kernel, seccomp), both sides use SeqCst fences. Loom cannot
+/// see `membarrier`, so the models run with SeqCst fences on both sides: they check the
+/// protocol, and the paragraph above is why the substitution keeps it correct.
+pub(crate) mod asym {
+    #[cfg(not(loom))]
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// 0: not probed yet; 1: `membarrier` registered; 2: not available.
+    #[cfg(not(loom))]
+    static STATE: AtomicU8 = AtomicU8::new(0);
+
+    const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+    const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+    /// Probe and register once, before any pool exists (called by `PoolInner::new`; a
+    /// pool reaches other threads only through synchronization that carries this
+    /// store, so every owner and thief reads the same, final state).
+    pub(crate) fn init() {
+        #[cfg(not(loom))]
+        if STATE.load(Ordering::Relaxed) == 0 {
+            // SAFETY: membarrier takes two integers and touches no memory of ours.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_membarrier,
+                    MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                    0,
+                    0,
+                )
+            };
+            let state = if r == 0 { 1 } else { 2 };
+            // Relaxed: a one-way, idempotent probe; whoever stores first wins and every
+            // later value is the same (registration cannot be undone).
+            let _ = STATE.compare_exchange(0, state, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        let _ = (
+            MEMBARRIER_CMD_PRIVATE_EXPEDITED,
+            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+        );
+    }
+
+    #[cfg(not(loom))]
+    #[inline(always)]
+    fn available() -> bool {
+        // Relaxed: see `init`.
+        STATE.load(Ordering::Relaxed) == 1
+    }
+
+    /// The owner's side.
+    #[inline(always)]
+    pub(crate) fn light(site: &'static str) {
+        #[cfg(not(loom))]
+        if available() {
+            std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+            return;
+        }
+        super::fence(super::Ordering::SeqCst, site);
+    }
+
+    /// The other side: acts as a SeqCst fence on every thread of the process.
+    pub(crate) fn heavy(site: &'static str) {
+        #[cfg(not(loom))]
+        if available() {
+            // SAFETY: as in `init`. After a successful registration this command does not
+            // fail (EINVAL would mean an unregistered process); a SeqCst fence is issued
+            // as well, which makes the call a fence for this thread too.
+            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
+        }
+        super::fence(super::Ordering::SeqCst, site);
+    }
+}
+
 /// Magazines per pool: at most this many threads cache slots of one pool at once; the
 /// others use the shared free list directly.
 pub(crate) const MAGAZINES: usize = 8;
@@ -65,6 +146,12 @@ impl Magazine {
                 .is_ok()
     }
 
+    /// Whether a thread has claimed it (a snapshot, for tests).
+    #[cfg(test)]
+    pub(crate) fn claimed(&self) -> bool {
+        self.owner.load(Ordering::Relaxed)
+    }
+
     /// Give the (emptied) magazine up; the caller must be its owner.
     pub(crate) fn release(&self) {
         // Release: see `claim`.
@@ -102,11 +189,11 @@ impl Magazine {
             return None;
         }
         let b = b.wrapping_sub(1);
-        // Reserve the bottom element, then look at `top`: the SeqCst fence pairs with the
-        // one in `steal`, so that either a thief sees the smaller `bottom` or we see its
+        // Reserve the bottom element, then look at `top`: the (light) fence pairs with the
+        // (heavy) one in `steal`, so that either a thief sees the smaller `bottom` or we see its
         // larger `top` — never both taking the same element.
         self.bottom.store(b, Ordering::Relaxed);
-        fence(Ordering::SeqCst, "magazine.pop");
+        asym::light("magazine.pop");
         let t = self.top.load(Ordering::Relaxed);
         if t <= b {
             let v = self.slots[b % MAG_SLOTS].load(Ordering::Relaxed);
@@ -134,7 +221,7 @@ impl Magazine {
             // Acquire on both: the owner's Release store of `bottom` that published the
             // slot happens-before our use of it.
             let t = self.top.load(Ordering::Acquire);
-            fence(Ordering::SeqCst, "magazine.steal");
+            asym::heavy("magazine.steal");
             let b = self.bottom.load(Ordering::Acquire);
             if t >= b || b.wrapping_sub(t) > MAG_SLOTS {
                 // Empty (or `bottom` read mid-pop: the owner reserved the last one).
