@@ -15,12 +15,28 @@
 //! magazines before it reports exhaustion or sleeps, and a sleeping `get` re-scans them
 //! periodically (see `PoolInner::take_wait`).
 //!
-//! The magazines hold slot *indices* only. The cache entry that names a pool's magazine
-//! holds a `Weak` reference to the pool: it keeps no arena alive, and it makes the pool's
-//! address a safe key (the allocation cannot be reused by another pool while the entry
-//! exists). A pool dropped while a thread's magazine holds some of its slots is simply
-//! gone, magazines included; the thread's stale entry is discarded when next evicted or at
-//! thread exit.
+//! Bound and policy:
+//! - a magazine holds at most `mag_cap = min(MAG_SLOTS, slots / (2 * MAGAZINES))` = `min(32,
+//!   slots / 16)` slots, and a pool has `MAGAZINES` = 8, so at most half of a pool is ever
+//!   parked; pools under 16 slots have no magazines (the shared list only);
+//! - `put` keeps the slot in the thread's magazine only while it has room and no `get` is
+//!   waiting; otherwise the slot goes to the shared list and wakes a waiter;
+//! - `get` takes from its own magazine (topping it up from the shared list when one slot
+//!   is left, so the owner rarely races a thief), then the shared list, then steals from
+//!   the other magazines; a waiting `get` re-scans at least every 2 ms, so a slot parked
+//!   in an idle thread's magazine reaches it within that time;
+//! - a thread's exit, or its need for the cache entry (more than `CACHE_ENTRIES` pools
+//!   on one thread), hands its magazine back; the pool's last handle empties them all.
+//!
+//! The magazines hold slot indices, each with the slot's *credit* (one strong count of
+//! the pool, see `PoolInner`), so that a get or put through a magazine changes no
+//! reference count. When the pool's last handle drops, every magazine is emptied and its
+//! credits released (`PoolInner::orphan`, racing returns through the handshake modelled
+//! below), so an idle thread's magazine never keeps a dropped pool's arena mapped. The
+//! cache entry that names a pool's magazine holds a `Weak` reference: it keeps no arena
+//! alive, and it makes the pool's address a safe key (the allocation cannot be reused by
+//! another pool while the entry exists); a dead pool's entry is discarded when next
+//! evicted or at thread exit.
 
 use crate::sync::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
@@ -405,5 +421,57 @@ mod loom_tests {
                 "taken twice or lost: {mine:?} {theirs:?}"
             );
         });
+    }
+
+    /// The orphaning handshake of `PoolInner::push_own` and `PoolInner::orphan`, step for
+    /// step: a buffer returned to its thread's magazine while the pool's last handle is
+    /// dropped. Either the dropper's scan finds the slot or the returning thread sees
+    /// `orphaned` and empties its magazine itself: never neither (the arena would be kept
+    /// alive by an idle magazine), never both.
+    fn orphan_handshake() {
+        loom::model(|| {
+            let m = Arc::new(Magazine::new());
+            let orphaned = Arc::new(AtomicBool::new(false));
+            assert!(m.claim());
+            let (m2, o2) = (m.clone(), orphaned.clone());
+            let dropper = loom::thread::spawn(move || {
+                o2.store(true, Ordering::Relaxed);
+                asym::heavy("pool.orphan");
+                let mut got = Vec::new();
+                if m2.len() > 0 {
+                    while let Some(s) = m2.steal() {
+                        got.push(s);
+                    }
+                }
+                got
+            });
+            assert!(m.push(5, 1));
+            asym::light("pool.put");
+            let mut got = Vec::new();
+            if orphaned.load(Ordering::Relaxed) {
+                while let Some(s) = m.pop() {
+                    got.push(s);
+                }
+            }
+            got.extend(dropper.join().unwrap());
+            assert_eq!(got, [5], "slot stranded in a magazine, or taken twice");
+        });
+    }
+
+    #[test]
+    fn orphaned_pool_never_leaves_a_slot_in_a_magazine() {
+        orphan_handshake();
+    }
+
+    #[test]
+    #[should_panic(expected = "stranded")]
+    fn without_the_put_fence_an_orphaned_slot_is_stranded() {
+        without_fence("pool.put", orphan_handshake);
+    }
+
+    #[test]
+    #[should_panic(expected = "stranded")]
+    fn without_the_orphan_fence_an_orphaned_slot_is_stranded() {
+        without_fence("pool.orphan", orphan_handshake);
     }
 }

@@ -440,26 +440,26 @@ impl PoolInner {
     /// Returns the slot with its credit (see the type's docs): the caller's buffer adopts it
     /// as its `Arc` (`PoolBuf::adopt`).
     #[inline]
-    pub(crate) fn try_take(self: &Arc<Self>) -> Option<u32> {
-        let slot = match self.from_magazine() {
+    pub(crate) fn try_take(this: &Arc<Self>) -> Option<u32> {
+        let slot = match PoolInner::from_magazine(this) {
             Some(slot) => slot,
-            None => self.take_shared()?,
+            None => PoolInner::take_shared(this)?,
         };
-        self.mark(slot, FREE, CHECKED_OUT);
+        this.mark(slot, FREE, CHECKED_OUT);
         Some(slot)
     }
 
     /// `try_take` past this thread's magazine: the shared list, then stealing.
     #[cold]
-    fn take_shared(self: &Arc<Self>) -> Option<u32> {
-        match self.free.pop() {
+    fn take_shared(this: &Arc<Self>) -> Option<u32> {
+        match this.free.pop() {
             Some(slot) => {
                 // Off the shared list: the slot gets its credit now.
-                self.credit(1);
+                PoolInner::credit(this, 1);
                 Some(slot)
             }
             // A stolen slot carries its magazine credit.
-            None => self.steal(),
+            None => this.steal(),
         }
     }
 
@@ -475,10 +475,10 @@ impl PoolInner {
 
     /// Add `n` slot credits (slots leaving the shared list). Relaxed increment, as
     /// `Arc::clone`: the caller holds a strong reference already.
-    fn credit(self: &Arc<Self>, n: usize) {
+    fn credit(this: &Arc<Self>, n: usize) {
         for _ in 0..n {
-            // SAFETY: the pointer comes from a live `Arc` (`self`).
-            unsafe { Arc::increment_strong_count(Arc::as_ptr(self)) };
+            // SAFETY: the pointer comes from a live `Arc` (`this`).
+            unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
         }
     }
 
@@ -494,13 +494,13 @@ impl PoolInner {
     }
 
     #[inline]
-    fn from_magazine(self: &Arc<Self>) -> Option<u32> {
-        if self.mag_cap == 0 {
+    fn from_magazine(this: &Arc<Self>) -> Option<u32> {
+        if this.mag_cap == 0 {
             return None;
         }
-        with_magazine(self, |m| {
+        with_magazine(this, |m| {
             if m.len() == 1 {
-                self.refill(m);
+                PoolInner::refill(this, m);
             }
             m.pop()
         })
@@ -511,17 +511,17 @@ impl PoolInner {
     /// topping it up from the shared list first keeps a get/put loop on one thread off
     /// that path: it pops with a compiler fence and no atomic read-modify-write.
     #[cold]
-    fn refill(self: &Arc<Self>, m: &Magazine) {
-        let mut n = 0;
-        while m.len() < self.mag_cap {
-            let Some(slot) = self.free.pop() else { break };
-            if !m.push(slot, self.mag_cap) {
-                self.put_shared(slot);
+    fn refill(this: &Arc<Self>, m: &Magazine) {
+        while m.len() < this.mag_cap {
+            let Some(slot) = this.free.pop() else { break };
+            // Credit first: once pushed, a thief may adopt the slot's credit.
+            PoolInner::credit(this, 1);
+            if !m.push(slot, this.mag_cap) {
+                this.put_shared(slot);
+                this.uncredit(1);
                 break;
             }
-            n += 1;
         }
-        self.credit(n);
     }
 
     /// Return a slot. To this thread's magazine while it has room and nobody waits for a
@@ -532,24 +532,24 @@ impl PoolInner {
     /// After `true` the pool may already be freed (an orphaned pool's last slot): the
     /// caller must not touch it again.
     #[inline]
-    pub(crate) fn put(self: &Arc<Self>, slot: u32) -> bool {
-        self.mark(slot, CHECKED_OUT, FREE);
+    pub(crate) fn put(this: &Arc<Self>, slot: u32) -> bool {
+        this.mark(slot, CHECKED_OUT, FREE);
         // Relaxed `has_waiters`: a fast hint only. A waiter that registers just after we
         // looked finds the slot by stealing when it re-scans (see `take_wait`).
-        if self.mag_cap > 0 && !self.waiters.has_waiters() {
-            match with_magazine(self, |m| self.push_own(m, slot)) {
+        if this.mag_cap > 0 && !this.waiters.has_waiters() {
+            match with_magazine(this, |m| this.push_own(m, slot)) {
                 Some(Some(0)) => return true,
                 Some(Some(n)) => {
                     // Orphaned: we emptied our magazine, `n` slots with their credits
                     // (ours among them, or taken by `orphan`). Releasing them may free
                     // the pool: last thing we do.
-                    PoolInner::uncredit(self, n);
+                    this.uncredit(n);
                     return true;
                 }
                 _ => {}
             }
         }
-        self.put_to_shared(slot)
+        this.put_to_shared(slot)
     }
 
     /// `put` past this thread's magazine.
@@ -643,11 +643,13 @@ impl PoolInner {
     /// waits, and since that check may race with a waiter registering, a waiter with
     /// magazines to watch sleeps at most `RESCAN` before it looks again: a slot parked in
     /// an idle thread's magazine is found within that time, never stranded.
-    pub(crate) fn take_wait(self: &Arc<Self>, timeout: Option<Duration>) -> Option<u32> {
+    pub(crate) fn take_wait(this: &Arc<Self>, timeout: Option<Duration>) -> Option<u32> {
         const RESCAN: Duration = Duration::from_millis(2);
         let deadline = timeout.and_then(deadline_after);
-        if self.mag_cap == 0 {
-            return self.waiters.wait_until(deadline, || self.try_take());
+        if this.mag_cap == 0 {
+            return this
+                .waiters
+                .wait_until(deadline, || PoolInner::try_take(this));
         }
         loop {
             let now = std::time::Instant::now();
@@ -656,7 +658,7 @@ impl PoolInner {
                 (Some(d), Some(s)) => Some(d.min(s)),
                 (d, s) => d.or(s),
             };
-            if let Some(slot) = self.waiters.wait_until(until, || self.try_take()) {
+            if let Some(slot) = this.waiters.wait_until(until, || PoolInner::try_take(this)) {
                 return Some(slot);
             }
             if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
@@ -886,7 +888,7 @@ impl BufferPool {
     /// Take a free buffer without waiting; [`ErrorKind::PoolExhausted`] if none is free.
     #[inline]
     pub fn try_get(&self) -> Result<PoolBuf> {
-        match self.inner.try_take() {
+        match PoolInner::try_take(&self.inner) {
             Some(slot) => Ok(PoolBuf::adopt(&self.inner, slot)),
             None => Err(Error::new(ErrorKind::PoolExhausted)),
         }
@@ -896,7 +898,7 @@ impl BufferPool {
     /// A `timeout` too large to add to the current instant (e.g. `Duration::MAX`) waits
     /// forever.
     pub fn get_timeout(&self, timeout: Duration) -> Result<PoolBuf> {
-        match self.inner.take_wait(Some(timeout)) {
+        match PoolInner::take_wait(&self.inner, Some(timeout)) {
             Some(slot) => Ok(PoolBuf::adopt(&self.inner, slot)),
             None => Err(Error::new(ErrorKind::PoolExhausted)),
         }
@@ -905,7 +907,7 @@ impl BufferPool {
     /// Take a buffer, waiting as long as it takes for one to be returned.
     pub fn get(&self) -> PoolBuf {
         loop {
-            if let Some(slot) = self.inner.take_wait(None) {
+            if let Some(slot) = PoolInner::take_wait(&self.inner, None) {
                 return PoolBuf::adopt(&self.inner, slot);
             }
         }

@@ -211,7 +211,7 @@ impl PoolBuf {
 impl Drop for PoolBuf {
     #[inline]
     fn drop(&mut self) {
-        if !self.pool.put(self.slot) {
+        if !PoolInner::put(&self.pool, self.slot) {
             // SAFETY: dropped once, here; the slot went to the shared list, so its credit
             // (this `Arc`) is released. (On `true` the credit stays with the slot in a
             // magazine and the `Arc` is left undropped — the pool may even be gone.)
@@ -334,7 +334,7 @@ impl Drop for SharedBuf {
             return;
         }
         fence(Ordering::Acquire, "shared_buf.drop");
-        if !self.pool.put(self.slot) {
+        if !PoolInner::put(&self.pool, self.slot) {
             // SAFETY: dropped once, here; as in `PoolBuf::drop`.
             unsafe { ManuallyDrop::drop(&mut self.pool) };
         }
