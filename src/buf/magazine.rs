@@ -163,7 +163,7 @@ impl Magazine {
     }
 
     /// Whether a thread has claimed it (a snapshot, for tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn claimed(&self) -> bool {
         self.owner.load(Ordering::Relaxed)
     }

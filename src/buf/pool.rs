@@ -622,6 +622,7 @@ impl PoolInner {
 
     /// Empty magazine `i` (owned by the caller) onto the shared list, release its credits
     /// and give it up. The caller holds a strong reference.
+    #[cfg(not(loom))]
     fn hand_back(&self, i: usize) {
         let m = &self.mags[i];
         let mut n = 0;
