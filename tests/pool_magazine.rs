@@ -150,10 +150,8 @@ fn slots_parked_in_an_idle_threads_magazine_are_not_stranded() {
         }
     }
     assert_eq!(held.len(), 30);
-    let started = Instant::now();
     held.push(pool.get_timeout(Duration::from_secs(10)).unwrap());
     held.push(pool.get_timeout(Duration::from_secs(10)).unwrap());
-    assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(
         pool.get_timeout(Duration::from_millis(20))
             .unwrap_err()
