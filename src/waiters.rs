@@ -47,6 +47,13 @@ impl Waiters {
         }
     }
 
+    /// Whether a consumer is registered (asleep or about to sleep) now. A Relaxed load with
+    /// no fence: a hint for a producer choosing where to put something, never a substitute
+    /// for [`notify`](Self::notify)'s handshake.
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.count.load(Ordering::Relaxed) > 0
+    }
+
     /// Run `take` until it yields something or `deadline` passes (never, if `None`).
     pub(crate) fn wait_until<T>(
         &self,

@@ -16,10 +16,16 @@
 //! fills `header_mut()`, and `frame()` goes out in one piece without a copy.
 //!
 //! Ownership is the reference count: a [`PoolBuf`] is unique; dropping it returns its
-//! slot to the pool's lock-free free list at once, from any thread. [`PoolBuf::share`]
+//! slot to the pool at once, from any thread: to that thread's *magazine* (a small
+//! per-thread cache of free slots, for pools of 16 slots or more) or to the pool's
+//! lock-free shared free list. Slots in magazines count as free in
+//! [`PoolStats`](BufferPool::stats), are taken by other threads when the shared list runs
+//! dry, go back to the shared list when their thread exits, and keep no dropped pool
+//! alive (see `magazine.rs` for the bounds and the policy). [`PoolBuf::share`]
 //! turns it into a [`SharedBuf`], a cheap clonable read-only view whose slot returns when
 //! the last clone drops. Neither allocates.
 
+mod magazine;
 mod pool;
 mod pooled;
 

@@ -5,9 +5,12 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::waiters::{deadline_after, Waiters};
 
+use super::magazine::{asym, Magazine, MAGAZINES, MAG_SLOTS};
 use super::pooled::PoolBuf;
 
 /// The kernel limits one registered buffer to 1 GiB; slots are registered in regions no
@@ -197,7 +200,8 @@ impl PoolGeometry {
 pub struct PoolStats {
     /// Slots in the pool.
     pub total: usize,
-    /// Slots on the free list now.
+    /// Free slots now: on the shared free list or cached in a thread's magazine (exact
+    /// when no thread is getting or putting at the same moment).
     pub free: usize,
     /// Slots whose buffers the kernel owns now (submitted, completion not yet reaped).
     pub in_flight: usize,
@@ -222,7 +226,19 @@ const FREE: u32 = 0;
 const CHECKED_OUT: u32 = 1;
 const IN_FLIGHT: u32 = 2;
 
-/// The shared core of a pool; `PoolBuf`s and rings hold it through an `Arc`.
+/// The shared core of a pool; handles, buffers and rings hold it through an `Arc`.
+///
+/// Lifetime (the arena must outlive every buffer): the `Arc`'s strong count is held by
+/// each [`BufferPool`] handle, each ring that registered the arena, each live `SharedBuf`
+/// clone, and one *credit* per slot that is off the shared free list — in a `PoolBuf`, in
+/// the last `SharedBuf` of a slot, or cached in a magazine. A credit moves with its slot
+/// without touching the count: a `PoolBuf` taken from a magazine adopts the slot's credit
+/// as its `Arc`, and one returned to a magazine leaves its `Arc` there (forgotten). Only
+/// moves between the shared list and the rest of the world change the count (one RMW
+/// each, on the slow path). When the last handle drops, the pool is *orphaned*: every
+/// magazine is emptied and its credits released, and any later return to a magazine
+/// hands the magazine back at once (see `orphan`, `put`), so magazines never keep an
+/// unreachable arena alive.
 pub(crate) struct PoolInner {
     id: u64,
     geometry: PoolGeometry,
@@ -236,6 +252,16 @@ pub(crate) struct PoolInner {
     in_flight: AtomicUsize,
     /// Threads blocked in a waiting get; a returning slot wakes them.
     waiters: Waiters,
+    /// Per-thread caches of free slots (see `magazine`); slots in them count as free.
+    mags: Box<[CachePadded<Magazine>]>,
+    /// Most slots one magazine holds: `slots / (2 * MAGAZINES)`, at most `MAG_SLOTS`; 0
+    /// (no magazines) for pools under 16 slots. All magazines together thus hold at most
+    /// half the pool.
+    mag_cap: usize,
+    /// Live `BufferPool` handles (only they can take slots).
+    handles: AtomicUsize,
+    /// The last handle is gone: returns skip the magazines.
+    orphaned: AtomicBool,
     /// Number of rings that have this arena registered as fixed buffers.
     registrations: AtomicU64,
 }
@@ -324,6 +350,19 @@ impl PoolInner {
                 state: AtomicU32::new(FREE),
             })
             .collect();
+        // Loom models the magazine on its own (see `magazine`); pools under loom use the
+        // shared list only, so the existing models keep their size.
+        let mag_cap = if cfg!(loom) {
+            0
+        } else {
+            (geometry.slots / (2 * MAGAZINES)).min(MAG_SLOTS)
+        };
+        if mag_cap > 0 {
+            asym::init();
+        }
+        let mags = (0..if mag_cap > 0 { MAGAZINES } else { 0 })
+            .map(|_| CachePadded::new(Magazine::new()))
+            .collect();
         Ok(PoolInner {
             id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             geometry,
@@ -333,6 +372,10 @@ impl PoolInner {
             meta,
             in_flight: AtomicUsize::new(0),
             waiters: Waiters::new(),
+            mags,
+            mag_cap,
+            handles: AtomicUsize::new(1),
+            orphaned: AtomicBool::new(false),
             registrations: AtomicU64::new(0),
         })
     }
@@ -422,30 +465,238 @@ impl PoolInner {
         }
     }
 
-    /// Take a free slot, if any.
-    pub(crate) fn try_take(&self) -> Option<u32> {
-        let slot = self.free.pop()?;
-        self.mark(slot, FREE, CHECKED_OUT);
+    /// Take a free slot, if any: from this thread's magazine, else the shared list, else
+    /// another thread's magazine (so a slot parked there never makes the pool look empty).
+    ///
+    /// Returns the slot with its credit (see the type's docs): the caller's buffer adopts it
+    /// as its `Arc` (`PoolBuf::adopt`).
+    #[inline]
+    pub(crate) fn try_take(this: &Arc<Self>) -> Option<u32> {
+        let slot = match PoolInner::from_magazine(this) {
+            Some(slot) => slot,
+            None => PoolInner::take_shared(this)?,
+        };
+        this.mark(slot, FREE, CHECKED_OUT);
         Some(slot)
     }
 
-    /// Return a slot to the free list. Lock-free unless a thread is blocked in a waiting
-    /// get, in which case it is woken.
-    pub(crate) fn put(&self, slot: u32) {
-        self.mark(slot, CHECKED_OUT, FREE);
+    /// `try_take` past this thread's magazine: the shared list, then stealing.
+    #[cold]
+    fn take_shared(this: &Arc<Self>) -> Option<u32> {
+        match this.free.pop() {
+            Some(slot) => {
+                // Off the shared list: the slot gets its credit now.
+                PoolInner::credit(this, 1);
+                Some(slot)
+            }
+            // A stolen slot carries its magazine credit.
+            None => this.steal(),
+        }
+    }
+
+    /// Steal a slot (with its credit) from any magazine.
+    fn steal(&self) -> Option<u32> {
+        // `len` first: a Relaxed look that skips the heavy fence of `steal` for magazines
+        // that look empty (a slot pushed this instant is found on the next try).
+        self.mags
+            .iter()
+            .filter(|m| m.len() > 0)
+            .find_map(|m| m.steal())
+    }
+
+    /// Add `n` slot credits (slots leaving the shared list). Relaxed increment, as
+    /// `Arc::clone`: the caller holds a strong reference already.
+    fn credit(this: &Arc<Self>, n: usize) {
+        for _ in 0..n {
+            // SAFETY: the pointer comes from a live `Arc` (`this`).
+            unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
+        }
+    }
+
+    /// Release `n` slot credits. The caller must hold a strong reference of its own while
+    /// calling (so this never frees the pool under it), or call it last on `ptr`.
+    fn uncredit(&self, n: usize) {
+        let ptr: *const PoolInner = self;
+        for _ in 0..n {
+            // SAFETY: each credit is one strong count of this pool's `Arc`, taken in
+            // `credit` (or carried by a buffer's `Arc`) and released exactly once, here.
+            unsafe { Arc::decrement_strong_count(ptr) };
+        }
+    }
+
+    #[inline]
+    fn from_magazine(this: &Arc<Self>) -> Option<u32> {
+        if this.mag_cap == 0 {
+            return None;
+        }
+        with_magazine(this, |m| {
+            if m.len() == 1 {
+                PoolInner::refill(this, m);
+            }
+            m.pop()
+        })
+        .flatten()
+    }
+
+    /// Taking the last slot of a magazine races thieves (the owner must CAS `top`);
+    /// topping it up from the shared list first keeps a get/put loop on one thread off
+    /// that path: it pops with a compiler fence and no atomic read-modify-write.
+    #[cold]
+    fn refill(this: &Arc<Self>, m: &Magazine) {
+        while m.len() < this.mag_cap {
+            let Some(slot) = this.free.pop() else { break };
+            // Credit first: once pushed, a thief may adopt the slot's credit.
+            PoolInner::credit(this, 1);
+            if !m.push(slot, this.mag_cap) {
+                this.put_shared(slot);
+                this.uncredit(1);
+                break;
+            }
+        }
+    }
+
+    /// Return a slot. To this thread's magazine while it has room and nobody waits for a
+    /// slot: then the slot's credit stays with it and this returns `true` (the caller
+    /// forgets its `Arc`). Otherwise to the shared free list, waking a waiting get, and
+    /// `false` (the caller drops its `Arc`, releasing the credit).
+    ///
+    /// After `true` the pool may already be freed (an orphaned pool's last slot): the
+    /// caller must not touch it again.
+    #[inline]
+    pub(crate) fn put(this: &Arc<Self>, slot: u32) -> bool {
+        this.mark(slot, CHECKED_OUT, FREE);
+        // Relaxed `has_waiters`: a fast hint only. A waiter that registers just after we
+        // looked finds the slot by stealing when it re-scans (see `take_wait`).
+        if this.mag_cap > 0 && !this.waiters.has_waiters() {
+            match with_magazine(this, |m| this.push_own(m, slot)) {
+                Some(Some(0)) => return true,
+                Some(Some(n)) => {
+                    // Orphaned: we emptied our magazine, `n` slots with their credits
+                    // (ours among them, or taken by `orphan`). Releasing them may free
+                    // the pool: last thing we do.
+                    this.uncredit(n);
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        this.put_to_shared(slot)
+    }
+
+    /// `put` past this thread's magazine.
+    #[cold]
+    fn put_to_shared(&self, slot: u32) -> bool {
+        self.put_shared(slot);
+        self.waiters.notify();
+        false
+    }
+
+    /// Push into this thread's magazine `m`. `None`: full. `Some(0)`: kept. `Some(n)`:
+    /// the pool is orphaned and `n` slots were moved from the magazine to the shared list
+    /// (their credits are the caller's to release).
+    #[inline]
+    fn push_own(&self, m: &Magazine, slot: u32) -> Option<usize> {
+        if !m.push(slot, self.mag_cap) {
+            return None;
+        }
+        // Pairs with the heavy fence in `orphan`: either `orphan`'s scan sees this push,
+        // or this load sees `orphaned` (and we hand the magazine's slots back ourselves).
+        asym::light("pool.put");
+        // Relaxed: ordered by the fence pair above.
+        if !self.orphaned.load(Ordering::Relaxed) {
+            return Some(0);
+        }
+        Some(self.empty_own(m))
+    }
+
+    /// Move every slot of this thread's magazine `m` to the shared list; returns how many
+    /// (their credits are the caller's).
+    #[cold]
+    fn empty_own(&self, m: &Magazine) -> usize {
+        let mut n = 0;
+        while let Some(s) = m.pop() {
+            self.put_shared(s);
+            n += 1;
+        }
+        n
+    }
+
+    /// The last handle is gone: no slot will be taken again, so empty every magazine
+    /// (their owners may be idle forever) and release their credits.
+    fn orphan(&self) {
+        if self.mag_cap == 0 {
+            return;
+        }
+        // Relaxed store + heavy fence: see `push_own`.
+        self.orphaned.store(true, Ordering::Relaxed);
+        asym::heavy("pool.orphan");
+        let mut n = 0;
+        // After the heavy fence, a Relaxed `len` sees every push whose owner missed
+        // `orphaned` (the fence pair), so skipping empty-looking magazines is exact here.
+        for m in self.mags.iter().filter(|m| m.len() > 0) {
+            while let Some(slot) = m.steal() {
+                self.put_shared(slot);
+                n += 1;
+            }
+        }
+        // The caller (the last handle) still holds its own strong reference.
+        self.uncredit(n);
+    }
+
+    fn put_shared(&self, slot: u32) {
         if self.free.push(slot).is_err() {
             // Unreachable by construction: the queue holds every slot and `mark` rejects a
             // double return. Losing a slot is better than panicking in a destructor.
             debug_assert!(false, "free list overflow: slot {slot} returned twice");
-            return;
         }
-        self.waiters.notify();
+    }
+
+    /// Empty magazine `i` (owned by the caller) onto the shared list, release its credits
+    /// and give it up. The caller holds a strong reference.
+    #[cfg(not(loom))]
+    fn hand_back(&self, i: usize) {
+        let m = &self.mags[i];
+        let mut n = 0;
+        while let Some(slot) = m.pop() {
+            self.put_shared(slot);
+            n += 1;
+        }
+        m.release();
+        if n > 0 {
+            self.waiters.notify();
+        }
+        self.uncredit(n);
     }
 
     /// Take a slot, waiting up to `timeout` (forever if `None`) for one to be returned.
-    pub(crate) fn take_wait(&self, timeout: Option<Duration>) -> Option<u32> {
+    ///
+    /// A slot returned to another thread's magazine wakes nobody (that is what keeps
+    /// `put` cheap); the waiter steals it instead. `put` skips the magazine while anyone
+    /// waits, and since that check may race with a waiter registering, a waiter with
+    /// magazines to watch sleeps at most `RESCAN` before it looks again: a slot parked in
+    /// an idle thread's magazine is found within that time, never stranded.
+    pub(crate) fn take_wait(this: &Arc<Self>, timeout: Option<Duration>) -> Option<u32> {
+        const RESCAN: Duration = Duration::from_millis(2);
         let deadline = timeout.and_then(deadline_after);
-        self.waiters.wait_until(deadline, || self.try_take())
+        if this.mag_cap == 0 {
+            return this
+                .waiters
+                .wait_until(deadline, || PoolInner::try_take(this));
+        }
+        loop {
+            let now = std::time::Instant::now();
+            let step = now.checked_add(RESCAN);
+            let until = match (deadline, step) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            };
+            if let Some(slot) = this.waiters.wait_until(until, || PoolInner::try_take(this)) {
+                return Some(slot);
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return None;
+            }
+        }
     }
 
     fn mark(&self, slot: u32, from: u32, to: u32) {
@@ -458,13 +709,161 @@ impl PoolInner {
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
+        let cached: usize = self.mags.iter().map(|m| m.len()).sum();
         PoolStats {
             total: self.geometry.slots,
-            free: self.free.len(),
+            free: (self.free.len() + cached).min(self.geometry.slots),
             // Relaxed: a snapshot for reporting.
             in_flight: self.in_flight.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Entries in a thread's magazine cache: the pools one thread uses at once with a
+/// magazine each. A fifth pool evicts one (round robin), handing its slots back.
+#[cfg(not(loom))]
+const CACHE_ENTRIES: usize = 4;
+
+/// One thread's claim on one pool's magazine.
+#[cfg(not(loom))]
+struct CacheEntry {
+    /// The pool. Weak: the entry keeps no arena alive, and holding the allocation keeps
+    /// `Weak::as_ptr` from being reused by another pool, so the address is a safe key.
+    pool: std::sync::Weak<PoolInner>,
+    /// `Weak::as_ptr(&pool)`, the lookup key.
+    key: *const PoolInner,
+    /// Index of the claimed magazine in `pool.mags`, or `None` if all were taken when this
+    /// thread first used the pool (it then uses the shared list only).
+    mag: Option<usize>,
+}
+
+#[cfg(not(loom))]
+impl CacheEntry {
+    /// Hand the magazine back to its pool, if the pool still exists.
+    fn hand_back(self) {
+        if let (Some(i), Some(pool)) = (self.mag, self.pool.upgrade()) {
+            pool.hand_back(i);
+        }
+    }
+}
+
+/// A thread's magazine claims; dropped (handing every magazine back) at thread exit.
+#[cfg(not(loom))]
+struct Cache {
+    entries: [Option<CacheEntry>; CACHE_ENTRIES],
+    victim: usize,
+}
+
+#[cfg(not(loom))]
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // `HOT` outlives `CACHE` (no destructor): clear it before handing back, so a buffer
+        // dropped later in this thread's exit goes to the shared list.
+        HOT.with(|h| h.set((std::ptr::null(), std::ptr::null())));
+        for e in self.entries.iter_mut().filter_map(Option::take) {
+            e.hand_back();
+        }
+    }
+}
+
+#[cfg(not(loom))]
+std::thread_local! {
+    static CACHE: std::cell::RefCell<Cache> = const {
+        std::cell::RefCell::new(Cache { entries: [None, None, None, None], victim: 0 })
+    };
+}
+
+#[cfg(not(loom))]
+std::thread_local! {
+    /// The most recently used entry of `CACHE`: the pool's address and its magazine. No
+    /// destructor, so reading it costs one thread-relative load and it stays readable
+    /// while `CACHE` is being destroyed. Invariant: when set, `CACHE` holds an entry for
+    /// this pool with this magazine (whose `Weak` keeps the address from being reused);
+    /// whoever removes that entry clears this first.
+    static HOT: std::cell::Cell<(*const PoolInner, *const Magazine)> =
+        const { std::cell::Cell::new((std::ptr::null(), std::ptr::null())) };
+}
+
+/// Run `f` on this thread's magazine of `pool`, claiming one on first use. `None` when
+/// the thread has none (all taken, or thread-local storage already torn down at thread
+/// exit): the caller uses the shared list.
+#[cfg(not(loom))]
+#[inline(always)]
+fn with_magazine<R>(pool: &Arc<PoolInner>, f: impl FnOnce(&Magazine) -> R) -> Option<R> {
+    let key = Arc::as_ptr(pool);
+    let (hot, mag) = HOT.with(|h| h.get());
+    if hot == key {
+        // SAFETY: `HOT`'s invariant: this thread owns this magazine of `pool`, which the
+        // caller keeps alive (`pool` is a strong reference) for the duration of the call.
+        return Some(f(unsafe { &*mag }));
+    }
+    with_magazine_slow(pool, f)
+}
+
+#[cfg(not(loom))]
+#[cold]
+fn with_magazine_slow<R>(pool: &Arc<PoolInner>, f: impl FnOnce(&Magazine) -> R) -> Option<R> {
+    let key = Arc::as_ptr(pool);
+    CACHE
+        .try_with(|c| {
+            let mut c = c.try_borrow_mut().ok()?;
+            let found = c
+                .entries
+                .iter()
+                .flatten()
+                .find(|e| e.key == key)
+                .map(|e| e.mag);
+            let mag = match found {
+                Some(m) => m,
+                None => claim(&mut c, pool),
+            }?;
+            let m: &Magazine = &pool.mags[mag];
+            HOT.with(|h| h.set((key, m)));
+            Some(f(m))
+        })
+        .ok()
+        .flatten()
+}
+
+#[cfg(loom)]
+fn with_magazine<R>(_: &Arc<PoolInner>, _: impl FnOnce(&Magazine) -> R) -> Option<R> {
+    None
+}
+
+/// Forget the hot entry if it is `key`'s (its `CACHE` entry is going away).
+#[cfg(not(loom))]
+fn clear_hot(key: *const PoolInner) {
+    HOT.with(|h| {
+        if h.get().0 == key {
+            h.set((std::ptr::null(), std::ptr::null()));
+        }
+    });
+}
+
+/// First use of `pool` on this thread: claim a free magazine and record it, evicting an
+/// entry if the cache is full.
+#[cfg(not(loom))]
+#[cold]
+fn claim(c: &mut Cache, pool: &Arc<PoolInner>) -> Option<usize> {
+    let mag = pool.mags.iter().position(|m| m.claim());
+    let i = match c.entries.iter().position(Option::is_none) {
+        Some(i) => i,
+        None => {
+            let i = c.victim;
+            c.victim = (i + 1) % CACHE_ENTRIES;
+            if let Some(old) = c.entries[i].take() {
+                clear_hot(old.key);
+                old.hand_back();
+            }
+            i
+        }
+    };
+    c.entries[i] = Some(CacheEntry {
+        pool: Arc::downgrade(pool),
+        key: Arc::as_ptr(pool),
+        mag,
+    });
+    mag
 }
 
 /// A pool of aligned, header-offset buffers in one arena. Cheap to clone (an `Arc`).
@@ -480,9 +879,27 @@ impl PoolInner {
 /// assert_eq!(pool.stats().free, 2);
 /// # Ok::<(), iocomplete::Error>(())
 /// ```
-#[derive(Clone)]
 pub struct BufferPool {
     pub(crate) inner: Arc<PoolInner>,
+}
+
+impl Clone for BufferPool {
+    fn clone(&self) -> Self {
+        // Relaxed: as `Arc::clone`; a handle is made from a live one.
+        self.inner.handles.fetch_add(1, Ordering::Relaxed);
+        BufferPool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for BufferPool {
+    fn drop(&mut self) {
+        // AcqRel: the last handle's `orphan` comes after every other handle's gets.
+        if self.inner.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.orphan();
+        }
+    }
 }
 
 impl fmt::Debug for BufferPool {
@@ -501,9 +918,10 @@ impl BufferPool {
     }
 
     /// Take a free buffer without waiting; [`ErrorKind::PoolExhausted`] if none is free.
+    #[inline]
     pub fn try_get(&self) -> Result<PoolBuf> {
-        match self.inner.try_take() {
-            Some(slot) => Ok(PoolBuf::new(self.inner.clone(), slot)),
+        match PoolInner::try_take(&self.inner) {
+            Some(slot) => Ok(PoolBuf::adopt(&self.inner, slot)),
             None => Err(Error::new(ErrorKind::PoolExhausted)),
         }
     }
@@ -512,8 +930,8 @@ impl BufferPool {
     /// A `timeout` too large to add to the current instant (e.g. `Duration::MAX`) waits
     /// forever.
     pub fn get_timeout(&self, timeout: Duration) -> Result<PoolBuf> {
-        match self.inner.take_wait(Some(timeout)) {
-            Some(slot) => Ok(PoolBuf::new(self.inner.clone(), slot)),
+        match PoolInner::take_wait(&self.inner, Some(timeout)) {
+            Some(slot) => Ok(PoolBuf::adopt(&self.inner, slot)),
             None => Err(Error::new(ErrorKind::PoolExhausted)),
         }
     }
@@ -521,8 +939,8 @@ impl BufferPool {
     /// Take a buffer, waiting as long as it takes for one to be returned.
     pub fn get(&self) -> PoolBuf {
         loop {
-            if let Some(slot) = self.inner.take_wait(None) {
-                return PoolBuf::new(self.inner.clone(), slot);
+            if let Some(slot) = PoolInner::take_wait(&self.inner, None) {
+                return PoolBuf::adopt(&self.inner, slot);
             }
         }
     }
@@ -703,6 +1121,34 @@ mod tests {
         let _held = pool.try_get().unwrap();
         let e = pool.get_timeout(Duration::from_millis(5)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::PoolExhausted);
+    }
+
+    /// A thread's exit hands its magazine back (slots to the shared list, claim released):
+    /// more threads than the pool has magazines, one after the other, each find one.
+    #[test]
+    fn exiting_threads_release_their_magazines() {
+        let pool = BufferPool::builder()
+            .slots(32)
+            .slot_len(4096)
+            .build()
+            .unwrap();
+        for round in 0..3 * MAGAZINES {
+            let p = pool.clone();
+            std::thread::spawn(move || {
+                let bufs: Vec<_> = (0..2).map(|_| p.try_get().unwrap()).collect();
+                drop(bufs);
+                assert_eq!(
+                    p.inner.mags.iter().filter(|m| m.claimed()).count(),
+                    1,
+                    "round {round}: a magazine was not released by an earlier thread"
+                );
+                assert_eq!(p.inner.mags.iter().map(|m| m.len()).sum::<usize>(), 2);
+            })
+            .join()
+            .unwrap();
+            assert!(pool.inner.mags.iter().all(|m| !m.claimed() && m.len() == 0));
+            assert_eq!(pool.inner.free.len(), 32);
+        }
     }
 
     #[test]

@@ -28,14 +28,26 @@ use super::pool::PoolInner;
 /// # Ok::<(), iocomplete::Error>(())
 /// ```
 pub struct PoolBuf {
-    pool: Arc<PoolInner>,
+    /// The slot's credit on its pool (see `PoolInner`): adopted from the pool in `adopt`,
+    /// left with the slot or released in `drop`.
+    pool: ManuallyDrop<Arc<PoolInner>>,
     slot: u32,
     len: u32,
 }
 
 impl PoolBuf {
-    pub(crate) fn new(pool: Arc<PoolInner>, slot: u32) -> PoolBuf {
-        PoolBuf { pool, slot, len: 0 }
+    /// Wrap `slot`, just taken by `PoolInner::try_take`, adopting its credit as this
+    /// buffer's `Arc` (no reference-count change).
+    #[inline]
+    pub(crate) fn adopt(pool: &Arc<PoolInner>, slot: u32) -> PoolBuf {
+        // SAFETY: `try_take` handed us the slot with one strong count of `pool` that no one
+        // else owns (its credit); `from_raw` takes ownership of exactly that count.
+        let pool = unsafe { Arc::from_raw(Arc::as_ptr(pool)) };
+        PoolBuf {
+            pool: ManuallyDrop::new(pool),
+            slot,
+            len: 0,
+        }
     }
 
     /// Bytes of data held (transferred), not counting the header.
@@ -197,8 +209,14 @@ impl PoolBuf {
 }
 
 impl Drop for PoolBuf {
+    #[inline]
     fn drop(&mut self) {
-        self.pool.put(self.slot);
+        if !PoolInner::put(&self.pool, self.slot) {
+            // SAFETY: dropped once, here; the slot went to the shared list, so its credit
+            // (this `Arc`) is released. (On `true` the credit stays with the slot in a
+            // magazine and the `Arc` is left undropped — the pool may even be gone.)
+            unsafe { ManuallyDrop::drop(&mut self.pool) };
+        }
     }
 }
 
@@ -219,7 +237,8 @@ impl fmt::Debug for PoolBuf {
 /// nothing; the protocol is `Arc`'s (relaxed increment, release decrement, acquire fence
 /// before the slot is freed).
 pub struct SharedBuf {
-    pool: Arc<PoolInner>,
+    /// One strong count; the last clone's is the slot's credit (see `PoolBuf`).
+    pool: ManuallyDrop<Arc<PoolInner>>,
     slot: u32,
     len: u32,
 }
@@ -291,7 +310,7 @@ impl Clone for SharedBuf {
             .fetch_add(1, Ordering::Relaxed);
         assert!(old < u32::MAX / 2, "SharedBuf refcount overflow");
         SharedBuf {
-            pool: self.pool.clone(),
+            pool: ManuallyDrop::new(Arc::clone(&self.pool)),
             slot: self.slot,
             len: self.len,
         }
@@ -310,10 +329,15 @@ impl Drop for SharedBuf {
             .fetch_sub(1, Ordering::Release)
             != 1
         {
+            // SAFETY: dropped once, here: not the last clone, an ordinary reference.
+            unsafe { ManuallyDrop::drop(&mut self.pool) };
             return;
         }
         fence(Ordering::Acquire, "shared_buf.drop");
-        self.pool.put(self.slot);
+        if !PoolInner::put(&self.pool, self.slot) {
+            // SAFETY: dropped once, here; as in `PoolBuf::drop`.
+            unsafe { ManuallyDrop::drop(&mut self.pool) };
+        }
     }
 }
 
