@@ -100,7 +100,4 @@ impl<T> ArrayQueue<T> {
     pub(crate) fn len(&self) -> usize {
         self.0.lock().unwrap().len()
     }
-    pub(crate) fn capacity(&self) -> usize {
-        self.1
-    }
 }
