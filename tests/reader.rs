@@ -385,13 +385,21 @@ fn loop_block_device_direct() {
 // ---- faults on a positional source: /proc/self/mem -----------------------------------
 
 /// `pages` pages of anonymous memory filled with verify blocks whose "offset" is their
-/// address, read through `/proc/self/mem`: a page unmapped with `hole` makes reads of it
-/// fail with a real `EIO` from the kernel; `heal` maps it again with its content.
+/// address, read through `/proc/self/mem`: a page made a hole with `hole` makes reads of
+/// it fail with a real `EIO` from the kernel; `heal` maps it again with its content.
+///
+/// A hole is never unmapped: the tests share one address space, and a free page-sized gap
+/// is where the kernel puts the next page-sized mapping of whichever test asks (see
+/// `memfile_holes_are_never_handed_to_other_mappings`). A hole is a page of an empty
+/// memfd instead — past its end, so the kernel cannot fault it in and the read fails with
+/// `EIO` — and the whole range stays this `MemFile`'s until it is dropped.
 struct MemFile {
     base: u64,
     len: u64,
     seed: u64,
     holes: Mutex<Vec<u64>>,
+    /// An empty memfd whose (nonexistent) first page backs every hole.
+    empty: OwnedFd,
 }
 
 impl MemFile {
@@ -409,11 +417,16 @@ impl MemFile {
             )
         };
         assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: a NUL-terminated name and no flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"memfile-hole".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
         let m = MemFile {
             base: p as u64,
             len: len as u64,
             seed,
             holes: Mutex::new(Vec::new()),
+            // SAFETY: a fresh descriptor owned by nobody else.
+            empty: unsafe { OwnedFd::from_raw_fd(fd) },
         };
         for page in 0..pages as u64 {
             m.fill(m.base + page * BS as u64);
@@ -428,9 +441,21 @@ impl MemFile {
     }
 
     fn hole(&self, page: u64) {
+        assert!(page < self.len / BS as u64);
         let addr = self.base + page * BS as u64;
-        // SAFETY: unmaps one page of our own mapping; nothing holds a reference into it.
-        assert_eq!(unsafe { libc::munmap(addr as *mut _, BS) }, 0);
+        // SAFETY: replaces one page of our own mapping (nothing holds a reference into it)
+        // with the first page of the empty memfd, in place: the range never has a gap.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut _,
+                BS,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                self.empty.as_raw_fd(),
+                0,
+            )
+        };
+        assert_eq!(p as u64, addr, "could not make a hole");
         self.holes.lock().unwrap().push(addr);
     }
 
@@ -442,14 +467,14 @@ impl MemFile {
             return false;
         }
         let addr = holes.remove(0);
-        // SAFETY: maps the page we unmapped; NOREPLACE fails (checked) rather than clobber
-        // anything that took its place.
+        // SAFETY: replaces a hole — still our mapping (of the memfd), nobody else's — with
+        // fresh anonymous memory, in place.
         let p = unsafe {
             libc::mmap(
                 addr as *mut _,
                 BS,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
                 -1,
                 0,
             )
@@ -462,7 +487,7 @@ impl MemFile {
 
 impl Drop for MemFile {
     fn drop(&mut self) {
-        // SAFETY: unmaps our own mapping (holes included: munmap of unmapped pages is fine).
+        // SAFETY: unmaps our own mapping, holes included (they are ours too, see `hole`).
         unsafe { libc::munmap(self.base as *mut _, self.len as usize) };
     }
 }
@@ -608,6 +633,118 @@ fn failure_without_restart_ends_with_one_final_result() {
     // Ordered: exactly the bytes before the hole, in order, once.
     check_spans(&seen.spans(), base, base + 33 * BS as u64, true);
     drop(mem);
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+}
+
+/// A `MemFile` hole must stay ours. The address space is shared by the tests running in
+/// parallel: a hole that is plainly unmapped is the highest free 4 KiB gap, so the next
+/// page-sized mapping of another test (a provided-buffer ring's entries are one page)
+/// lands in it. The reader then read that test's memory ("bad magic") and panicked, and
+/// `MemFile::drop` — or the drop of a `MemFile` whose hole was never healed — unmapped the
+/// other test's page under it: SIGSEGV in `BufRingState::offer_one` of
+/// `multishot_readers_sharing_a_small_pool_all_get_all_their_data`, 1 run in 20 of the
+/// whole binary with `--test-threads=8`. Here another thread keeps asking for fresh pages
+/// while the reader runs over two holes: none may land inside the `MemFile`, the reader
+/// fails at each hole with `EIO` and, healed, delivers every byte once; all the pages the
+/// other thread got are still mapped after the `MemFile` is gone.
+#[test]
+fn memfile_holes_are_never_handed_to_other_mappings() {
+    // Bound on the pages asked for: stop earlier once the kernel places one below the
+    // `MemFile` (it fills the highest free gap first, so no gap above it fits a page).
+    const MAX_PAGES: usize = 1 << 16;
+    let mem = MemFile::new(32, 12);
+    mem.hole(7);
+    mem.hole(8);
+    mem.hole(25);
+    let (base, end) = (mem.base, mem.base + mem.len);
+    let (start_tx, start_rx) = std::sync::mpsc::channel::<()>();
+    let mapper = std::thread::spawn(move || {
+        start_rx.recv().unwrap();
+        let mut pages = Vec::new();
+        for _ in 0..MAX_PAGES {
+            // SAFETY: a fresh private anonymous page; the result is checked.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    BS,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            pages.push(p as u64);
+            if (p as u64) < base {
+                break;
+            }
+        }
+        pages
+    });
+    let mut ring = Ring::new().unwrap();
+    let pool = pool(8, BS);
+    let t = ring
+        .register(File::open("/proc/self/mem").unwrap())
+        .unwrap();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let f2 = failures.clone();
+    let reader = ContinuousReader::builder(t, &pool)
+        .pending_reads(2)
+        .ordered(true)
+        .range(base, end)
+        .build(
+            &mut ring,
+            (Seen::default(), mem),
+            |(seen, _): &(Seen, MemFile), buf: PoolBuf, off: u64| {
+                verify_handler(12)(seen, buf, off)
+            },
+            move |(_, mem): &(Seen, MemFile), e: &iocomplete::Error| {
+                assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
+                f2.fetch_add(1, Ordering::SeqCst);
+                if f2.load(Ordering::SeqCst) == 1 {
+                    // The first failure: let the other thread map while holes remain.
+                    start_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if mem.heal_lowest() {
+                    Restart::Yes
+                } else {
+                    Restart::No
+                }
+            },
+        )
+        .unwrap();
+    let (report, (seen, mem)) = reader.run_into_ctx(&mut ring).unwrap();
+    let pages = mapper.join().unwrap();
+    // The check is conclusive only if the kernel ran out of gaps above the `MemFile`.
+    assert!(
+        pages.last().is_some_and(|&p| p < base),
+        "{} pages mapped, none below the MemFile",
+        pages.len()
+    );
+    let inside: Vec<u64> = pages
+        .iter()
+        .copied()
+        .filter(|p| (base..end).contains(p))
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "pages mapped by another thread landed inside the MemFile {base:#x}..{end:#x} at \
+         {inside:x?}"
+    );
+    assert_eq!(report.reason, FinishReason::EndOfRange);
+    assert_eq!(failures.load(Ordering::SeqCst) as u64, report.failures);
+    assert!(report.failures >= 2, "{} failures", report.failures);
+    check_spans(&seen.spans(), base, end, true);
+    drop(mem);
+    for &p in &pages {
+        // SAFETY: a page this test mapped; still mapped unless the MemFile took it.
+        unsafe {
+            (p as *mut u8).write_volatile(1);
+            libc::munmap(p as *mut _, BS);
+        }
+    }
     ring.close(t).unwrap();
     check_teardown(&ring, &[&pool]);
 }
