@@ -68,6 +68,28 @@ fn cq_cross(n: u64, batch: usize) -> Duration {
     el
 }
 
+/// Like `Receiver::recv`: one item per call, waiting as long as it takes (no deadline).
+fn cq_cross_wait(n: u64) -> Duration {
+    let q = Arc::new(CompletionQueue::new(CAP));
+    let p = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            for i in 0..n {
+                if let Err(v) = q.push(i) {
+                    q.push_wait(v);
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    for _ in 0..n {
+        black_box(q.pop_wait());
+    }
+    let el = start.elapsed();
+    p.join().unwrap();
+    el
+}
+
 fn mpsc_cross(n: u64) -> Duration {
     let (tx, rx) = std::sync::mpsc::sync_channel(CAP);
     let p = std::thread::spawn(move || {
@@ -112,6 +134,9 @@ fn cross_thread(c: &mut Criterion) {
             |b, &batch| b.iter_custom(|iters| (0..iters).map(|_| cq_cross(N, batch)).sum()),
         );
     }
+    g.bench_function("completion_queue_pop_wait", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| cq_cross_wait(N)).sum())
+    });
     g.bench_function("mpsc_sync_channel", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| mpsc_cross(N)).sum())
     });
