@@ -17,6 +17,15 @@ use iocomplete::{BufferPool, Completion, CompletionQueue, ErrorKind, Op, PoolBuf
 
 const BS: usize = 4096;
 
+/// The tests of this file run one at a time: two of them check through `/proc/self/maps`
+/// that a dropped pool's arena is unmapped, and a pool made meanwhile by a parallel test
+/// could be mapped at the freed address.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn pool(slots: usize) -> BufferPool {
     BufferPool::builder()
         .slots(slots)
@@ -81,6 +90,7 @@ fn mapped(addr: usize) -> bool {
 /// their thread-local destructors hand every slot back.
 #[test]
 fn exiting_threads_hand_their_magazines_back() {
+    let _serial = serial();
     let pool = pool(64);
     let ts: Vec<_> = (0..4u64)
         .map(|who| {
@@ -131,6 +141,7 @@ fn park_in_idle_thread(
 /// and by a waiting `get` — when the shared list runs dry.
 #[test]
 fn slots_parked_in_an_idle_threads_magazine_are_not_stranded() {
+    let _serial = serial();
     let pool = pool(32); // 2 per magazine
     let (go, t) = park_in_idle_thread(&pool, 2);
     let st = pool.stats();
@@ -169,6 +180,7 @@ fn slots_parked_in_an_idle_threads_magazine_are_not_stranded() {
 /// land on the shared list or in that thread's magazine.
 #[test]
 fn blocked_get_wakes_on_returns_from_another_thread() {
+    let _serial = serial();
     let pool = pool(32);
     for round in 0..20 {
         let mut all = take_all(&pool);
@@ -196,6 +208,7 @@ fn blocked_get_wakes_on_returns_from_another_thread() {
 /// nothing of the dead pool.
 #[test]
 fn pool_dropped_while_a_magazine_holds_its_slots_is_freed() {
+    let _serial = serial();
     let pool = pool(64);
     let addr = pool.try_get().unwrap().data_ptr() as usize;
     let (go, t) = park_in_idle_thread(&pool, 4);
@@ -211,6 +224,7 @@ fn pool_dropped_while_a_magazine_holds_its_slots_is_freed() {
 /// thread is still alive.
 #[test]
 fn pool_dropped_while_a_buffer_is_out_is_freed_when_it_returns() {
+    let _serial = serial();
     let pool = pool(64);
     let (to_t, from_main) = mpsc::channel::<PoolBuf>();
     let (dropped_tx, dropped_rx) = mpsc::channel();
@@ -249,6 +263,7 @@ fn pool_dropped_while_a_buffer_is_out_is_freed_when_it_returns() {
 /// content stays with its owner and every pool ends with every slot free.
 #[test]
 fn several_pools_per_thread_from_many_threads() {
+    let _serial = serial();
     let pools: Arc<Vec<BufferPool>> = Arc::new((0..6).map(|_| pool(32)).collect());
     let ts: Vec<_> = (0..4u64)
         .map(|who| {
@@ -289,6 +304,7 @@ fn several_pools_per_thread_from_many_threads() {
 /// back); the reader waits for free buffers. Every block checked, every slot back.
 #[test]
 fn reads_with_buffers_returned_on_another_thread() {
+    let _serial = serial();
     let dir = common::disk_dir();
     let path = dir.path().join("f");
     let blocks = 512u64;
@@ -336,6 +352,7 @@ fn reads_with_buffers_returned_on_another_thread() {
 /// one), and the per-ring share is respected.
 #[test]
 fn provided_buffer_ring_refills_from_slots_parked_elsewhere() {
+    let _serial = serial();
     let mut ring = Ring::new().unwrap();
     if !ring.capabilities().read_multishot {
         common::skip("kernel lacks IORING_OP_READ_MULTISHOT");

@@ -133,6 +133,10 @@ pub(crate) const MAG_SLOTS: usize = 32;
 pub(crate) struct Magazine {
     /// Claimed by a thread (which alone may `push`/`pop`).
     owner: AtomicBool,
+    /// The owner is between announcing a return and finishing it (see `PoolInner::put`):
+    /// the pool's last handle waits for it to clear before emptying this magazine, so a
+    /// returning thread never touches a pool that its own push let be freed.
+    busy: AtomicBool,
     /// Next index a thief takes; only ever increases (CAS by thieves, and by the owner
     /// for the last element).
     top: AtomicUsize,
@@ -145,6 +149,7 @@ impl Magazine {
     pub(crate) fn new() -> Magazine {
         Magazine {
             owner: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             top: AtomicUsize::new(0),
             bottom: AtomicUsize::new(0),
             slots: std::array::from_fn(|_| AtomicU32::new(0)),
@@ -172,6 +177,32 @@ impl Magazine {
     pub(crate) fn release(&self) {
         // Release: see `claim`.
         self.owner.store(false, Ordering::Release);
+    }
+
+    /// Owner only: announce a return (`true`) or finish it (`false`). Relaxed to set: the
+    /// caller's light fence orders it before its load of `orphaned`. Release to clear: the
+    /// push before it happens-before the last handle's Acquire `wait_idle` that sees it
+    /// cleared, and the clear is the returning thread's last access to the pool.
+    #[inline]
+    pub(crate) fn set_busy(&self, on: bool) {
+        let order = if on {
+            Ordering::Relaxed
+        } else {
+            Ordering::Release
+        };
+        self.busy.store(on, order);
+    }
+
+    /// The pool's last handle: wait until the owner is not mid-return. The owner's window
+    /// is a handful of instructions; if it was preempted inside it, yield until it runs.
+    pub(crate) fn wait_idle(&self) {
+        // Acquire: pairs with the Release clear in `set_busy`.
+        while self.busy.load(Ordering::Acquire) {
+            #[cfg(loom)]
+            loom::thread::yield_now();
+            #[cfg(not(loom))]
+            std::thread::yield_now();
+        }
     }
 
     /// Owner only: keep `slot`, if fewer than `cap` are held.
@@ -426,33 +457,39 @@ mod loom_tests {
     /// The orphaning handshake of `PoolInner::push_own` and `PoolInner::orphan`, step for
     /// step: a buffer returned to its thread's magazine while the pool's last handle is
     /// dropped. Either the dropper's scan finds the slot or the returning thread sees
-    /// `orphaned` and empties its magazine itself: never neither (the arena would be kept
-    /// alive by an idle magazine), never both.
+    /// `orphaned` and returns the slot to the shared list: never neither (the arena would
+    /// be kept alive by an idle magazine), never both; and the dropper never frees the
+    /// pool (here: sets `freed`) while the returning thread may still touch it.
     fn orphan_handshake() {
         loom::model(|| {
             let m = Arc::new(Magazine::new());
             let orphaned = Arc::new(AtomicBool::new(false));
+            let freed = Arc::new(AtomicBool::new(false));
             assert!(m.claim());
-            let (m2, o2) = (m.clone(), orphaned.clone());
+            let (m2, o2, f2) = (m.clone(), orphaned.clone(), freed.clone());
             let dropper = loom::thread::spawn(move || {
                 o2.store(true, Ordering::Relaxed);
                 asym::heavy("pool.orphan");
+                m2.wait_idle();
                 let mut got = Vec::new();
-                if m2.len() > 0 {
-                    while let Some(s) = m2.steal() {
-                        got.push(s);
-                    }
-                }
-                got
-            });
-            assert!(m.push(5, 1));
-            asym::light("pool.put");
-            let mut got = Vec::new();
-            if orphaned.load(Ordering::Relaxed) {
-                while let Some(s) = m.pop() {
+                while let Some(s) = m2.steal() {
                     got.push(s);
                 }
-            }
+                f2.store(true, Ordering::Relaxed);
+                got
+            });
+            m.set_busy(true);
+            asym::light("pool.put");
+            let kept = !orphaned.load(Ordering::Relaxed) && m.push(5, 1);
+            // Once pushed, the slot's credit is no longer this thread's: the dropper must
+            // not have released the pool yet. (Not pushed, the thread still holds the
+            // credit, which keeps the pool alive whatever the dropper did.)
+            assert!(
+                !(kept && freed.load(Ordering::Relaxed)),
+                "the pool was freed under a returning thread"
+            );
+            m.set_busy(false);
+            let mut got = if kept { Vec::new() } else { vec![5] };
             got.extend(dropper.join().unwrap());
             assert_eq!(got, [5], "slot stranded in a magazine, or taken twice");
         });

@@ -567,18 +567,11 @@ impl PoolInner {
         this.mark(slot, CHECKED_OUT, FREE);
         // Relaxed `has_waiters`: a fast hint only. A waiter that registers just after we
         // looked finds the slot by stealing when it re-scans (see `take_wait`).
-        if this.mag_cap > 0 && !this.waiters.has_waiters() {
-            match with_magazine(this, |m| this.push_own(m, slot)) {
-                Some(Some(0)) => return true,
-                Some(Some(n)) => {
-                    // Orphaned: we emptied our magazine, `n` slots with their credits
-                    // (ours among them, or taken by `orphan`). Releasing them may free
-                    // the pool: last thing we do.
-                    this.uncredit(n);
-                    return true;
-                }
-                _ => {}
-            }
+        if this.mag_cap > 0
+            && !this.waiters.has_waiters()
+            && with_magazine(this, |m| this.push_own(m, slot)) == Some(true)
+        {
+            return true;
         }
         this.put_to_shared(slot)
     }
@@ -591,34 +584,24 @@ impl PoolInner {
         false
     }
 
-    /// Push into this thread's magazine `m`. `None`: full. `Some(0)`: kept. `Some(n)`:
-    /// the pool is orphaned and `n` slots were moved from the magazine to the shared list
-    /// (their credits are the caller's to release).
+    /// Push into this thread's magazine `m`; `false` if it is full or the pool is orphaned
+    /// (the slot and its credit stay the caller's).
+    ///
+    /// Once pushed, the slot's credit may be taken by a thief or by `orphan`, and the pool
+    /// freed by whoever releases the last strong count — so the push must be this
+    /// thread's last access to the pool. The `busy` flag makes it so: announced before
+    /// the check of `orphaned` (the fence pair with `orphan`: either this load sees
+    /// `orphaned`, or `orphan` sees `busy` and waits), cleared as the last access.
+    /// While `orphaned` is unset here, the last handle's strong reference outlives the
+    /// whole window (it waits in `orphan` first).
     #[inline]
-    fn push_own(&self, m: &Magazine, slot: u32) -> Option<usize> {
-        if !m.push(slot, self.mag_cap) {
-            return None;
-        }
-        // Pairs with the heavy fence in `orphan`: either `orphan`'s scan sees this push,
-        // or this load sees `orphaned` (and we hand the magazine's slots back ourselves).
+    fn push_own(&self, m: &Magazine, slot: u32) -> bool {
+        m.set_busy(true);
         asym::light("pool.put");
         // Relaxed: ordered by the fence pair above.
-        if !self.orphaned.load(Ordering::Relaxed) {
-            return Some(0);
-        }
-        Some(self.empty_own(m))
-    }
-
-    /// Move every slot of this thread's magazine `m` to the shared list; returns how many
-    /// (their credits are the caller's).
-    #[cold]
-    fn empty_own(&self, m: &Magazine) -> usize {
-        let mut n = 0;
-        while let Some(s) = m.pop() {
-            self.put_shared(s);
-            n += 1;
-        }
-        n
+        let kept = !self.orphaned.load(Ordering::Relaxed) && m.push(slot, self.mag_cap);
+        m.set_busy(false);
+        kept
     }
 
     /// The last handle is gone: no slot will be taken again, so empty every magazine
@@ -631,9 +614,11 @@ impl PoolInner {
         self.orphaned.store(true, Ordering::Relaxed);
         asym::heavy("pool.orphan");
         let mut n = 0;
-        // After the heavy fence, a Relaxed `len` sees every push whose owner missed
-        // `orphaned` (the fence pair), so skipping empty-looking magazines is exact here.
-        for m in self.mags.iter().filter(|m| m.len() > 0) {
+        for m in self.mags.iter() {
+            // An owner that missed `orphaned` (the fence pair) is seen busy here: wait for
+            // its push to finish, so that the steal below finds it and the owner no
+            // longer touches the pool once we release the credits.
+            m.wait_idle();
             while let Some(slot) = m.steal() {
                 self.put_shared(slot);
                 n += 1;
