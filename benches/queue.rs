@@ -41,12 +41,14 @@ fn single_thread(c: &mut Criterion) {
 }
 
 /// Move `n` items from a producer thread to this thread; returns the elapsed time.
-fn cq_cross(n: u64, batch: usize) -> Duration {
+/// 100,000 items from a producer thread (waiting for room when full, like
+/// `SyncSender::send`) to this thread, which takes them with `consume` (returns how many
+/// it took).
+fn cq_cross(n: u64, mut consume: impl FnMut(&CompletionQueue<u64>) -> usize) -> Duration {
     let q = Arc::new(CompletionQueue::new(CAP));
     let p = {
         let q = q.clone();
         std::thread::spawn(move || {
-            // Like `SyncSender::send`: wait for room when full (spin, then sleep).
             for i in 0..n {
                 if let Err(v) = q.push(i) {
                     q.push_wait(v);
@@ -56,38 +58,29 @@ fn cq_cross(n: u64, batch: usize) -> Duration {
     };
     let start = Instant::now();
     let mut got = 0u64;
-    let mut buf = Vec::with_capacity(batch);
     while got < n {
-        buf.clear();
-        let k = q.pop_batch_timeout(&mut buf, batch, Duration::from_secs(5));
-        got += k as u64;
-        black_box(&buf);
+        got += consume(&q) as u64;
     }
     let el = start.elapsed();
     p.join().unwrap();
     el
 }
 
-/// Like `Receiver::recv`: one item per call, waiting as long as it takes (no deadline).
-fn cq_cross_wait(n: u64) -> Duration {
-    let q = Arc::new(CompletionQueue::new(CAP));
-    let p = {
-        let q = q.clone();
-        std::thread::spawn(move || {
-            for i in 0..n {
-                if let Err(v) = q.push(i) {
-                    q.push_wait(v);
-                }
-            }
-        })
-    };
-    let start = Instant::now();
-    for _ in 0..n {
-        black_box(q.pop_wait());
+/// Consumer: `pop_batch_timeout` of up to `batch` items.
+fn batches(batch: usize) -> impl FnMut(&CompletionQueue<u64>) -> usize {
+    let mut buf = Vec::with_capacity(batch);
+    move |q| {
+        buf.clear();
+        let k = q.pop_batch_timeout(&mut buf, batch, Duration::from_secs(5));
+        black_box(&buf);
+        k
     }
-    let el = start.elapsed();
-    p.join().unwrap();
-    el
+}
+
+/// Consumer like `Receiver::recv`: one item per call, waiting as long as it takes.
+fn pop_wait(q: &CompletionQueue<u64>) -> usize {
+    black_box(q.pop_wait());
+    1
 }
 
 fn mpsc_cross(n: u64) -> Duration {
@@ -131,11 +124,13 @@ fn cross_thread(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("completion_queue_batch", batch),
             &batch,
-            |b, &batch| b.iter_custom(|iters| (0..iters).map(|_| cq_cross(N, batch)).sum()),
+            |b, &batch| {
+                b.iter_custom(|iters| (0..iters).map(|_| cq_cross(N, batches(batch))).sum())
+            },
         );
     }
     g.bench_function("completion_queue_pop_wait", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| cq_cross_wait(N)).sum())
+        b.iter_custom(|iters| (0..iters).map(|_| cq_cross(N, pop_wait)).sum())
     });
     g.bench_function("mpsc_sync_channel", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| mpsc_cross(N)).sum())

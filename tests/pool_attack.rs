@@ -5,6 +5,8 @@
 //! Every stress loop is bounded in time. The one finding (a return racing the last
 //! handle's drop touched a freed pool) is fixed; its test stays as a regression.
 
+mod common;
+
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
@@ -12,39 +14,7 @@ use std::time::{Duration, Instant};
 
 use iocomplete::{BufferPool, ErrorKind, PoolBuf};
 
-const BS: usize = 4096;
-
-/// The tests of this file run one at a time: several of them check through
-/// `/proc/self/maps` that a dropped pool's arena is unmapped, and a pool made meanwhile by
-/// a parallel test could be mapped at the freed address.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn pool(slots: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(BS)
-        .header_len(8)
-        .build()
-        .unwrap()
-}
-
-/// Whether `addr` is inside a mapping of this process.
-fn mapped(addr: usize) -> bool {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines().any(|l| {
-        let range = l.split_whitespace().next().unwrap();
-        let (a, b) = range.split_once('-').unwrap();
-        let (a, b) = (
-            usize::from_str_radix(a, 16).unwrap(),
-            usize::from_str_radix(b, 16).unwrap(),
-        );
-        (a..b).contains(&addr)
-    })
-}
+use common::maps::{mapped, serial, small_pool as pool};
 
 /// Fill header and the first 256 data bytes with a word unique to (owner, iteration).
 fn stamp(b: &mut PoolBuf, tag: u64) {

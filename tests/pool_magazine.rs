@@ -17,23 +17,7 @@ use iocomplete::{BufferPool, Completion, CompletionQueue, ErrorKind, Op, PoolBuf
 
 const BS: usize = 4096;
 
-/// The tests of this file run one at a time: two of them check through `/proc/self/maps`
-/// that a dropped pool's arena is unmapped, and a pool made meanwhile by a parallel test
-/// could be mapped at the freed address.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn pool(slots: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(BS)
-        .header_len(8)
-        .build()
-        .unwrap()
-}
+use common::maps::{mapped, serial, small_pool as pool};
 
 /// Take every slot without waiting; asserts they are all distinct and that one more is
 /// refused.
@@ -70,20 +54,6 @@ fn check(b: &PoolBuf, who: u64, i: u64) {
             "buffer shared between owners"
         );
     }
-}
-
-/// Whether `addr` is inside a mapping of this process.
-fn mapped(addr: usize) -> bool {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines().any(|l| {
-        let range = l.split_whitespace().next().unwrap();
-        let (a, b) = range.split_once('-').unwrap();
-        let (a, b) = (
-            usize::from_str_radix(a, 16).unwrap(),
-            usize::from_str_radix(b, 16).unwrap(),
-        );
-        (a..b).contains(&addr)
-    })
 }
 
 /// Threads that get and put (their magazines full of slots when they finish) and exit:

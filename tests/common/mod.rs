@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod fuse;
+pub mod maps;
 
 mod skip;
 pub use skip::skip;
