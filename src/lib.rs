@@ -89,7 +89,7 @@ pub use reader::{
 };
 pub use request::{Bufs, Completion, OpFuture, Submission, Ticket};
 pub use ring::{
-    BufRing, BufferRegistration, Capabilities, FdInfo, FdKind, Op, OpId, Ring, RingBuilder,
+    BufRing, BufferRegistration, Capabilities, Driver, FdInfo, FdKind, Op, OpId, Ring, RingBuilder,
     RingHandle, RingStats, Target,
 };
 pub use split::{SplitDriver, SplitMachine, TransferPlan};
