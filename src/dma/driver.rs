@@ -11,8 +11,7 @@ use super::transaction::{Action, Completion, Config, Transaction, TransferStatus
 use crate::buf::{IoBuf, PoolBuf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::queue::CompletionQueue;
-use crate::request::Bufs;
-use crate::ring::{BufPart, Op, OpId, Ring, Target};
+use crate::ring::{BufPart, Bufs, Op, OpId, Ring, Target};
 use crate::split::Direction;
 
 /// One transfer's completion, as the per-transfer callback sees it (the seed's

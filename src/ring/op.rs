@@ -185,7 +185,7 @@ pub(crate) enum OpKind {
     },
     ReadMulti {
         target: Target,
-        group: super::provided::BufRing,
+        group: super::buf_ring::BufRing,
     },
     Poll {
         target: Target,
@@ -354,7 +354,7 @@ impl Op {
     /// Linux (6.18) keeps the read armed after end of file and its last completion never
     /// comes; [`ContinuousReader`](crate::ContinuousReader) detects such files (its first
     /// read is a `RWF_NOWAIT` probe) and reads them single-shot.
-    pub fn read_multishot(target: Target, group: super::provided::BufRing) -> Op {
+    pub fn read_multishot(target: Target, group: super::buf_ring::BufRing) -> Op {
         Op::of(OpKind::ReadMulti { target, group })
     }
 

@@ -251,15 +251,6 @@ pub struct Target {
     pub(crate) gen: u32,
 }
 
-impl super::Ring {
-    /// Whether `t` was registered with this ring (it may have been closed since). Drivers
-    /// check it before acting on their operations' ids, which only mean something to the
-    /// ring that issued them.
-    pub(crate) fn owns(&self, t: Target) -> bool {
-        t.ring == self.id
-    }
-}
-
 /// The ring's record of a registered target.
 #[derive(Debug)]
 pub(crate) struct TargetEntry {

@@ -12,8 +12,7 @@ use crate::dma::MAX_TRANSFER;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::{CompletionGate, Status};
 use crate::queue::CompletionQueue;
-use crate::request::Bufs;
-use crate::ring::{Op, OpId, Ring, Target};
+use crate::ring::{Bufs, Op, OpId, Ring, Target};
 
 /// What a split request moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
