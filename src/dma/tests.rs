@@ -4,6 +4,7 @@
 use super::*;
 use crate::error::{Error, ErrorKind};
 use crate::gate::Status;
+use crate::ring::MAX_TRANSFER;
 
 fn drain<S: AsRef<[Segment]>>(tx: &mut Transaction<S>) -> Vec<Action> {
     std::iter::from_fn(|| tx.poll_action()).collect()

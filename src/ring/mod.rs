@@ -60,10 +60,15 @@ pub use buf_ring::BufRing;
 pub(crate) use buf_ring::BufRingLease;
 pub use completion::{Bufs, Completion, OpFuture};
 pub use handle::RingHandle;
+pub(crate) use op::kernel_deadline;
 pub use op::{BufPart, Op, OpId};
 pub use probe::Capabilities;
 pub use submission::{Submission, Ticket};
-pub use target::{FdInfo, FdKind, Target};
+pub(crate) use target::{addressable, storage_of};
+pub use target::{
+    block_device_limits, default_max_chunk, BlockLimits, Direction, FdInfo, FdKind, Target,
+    MAX_TRANSFER,
+};
 
 use buf_ring::BufRingState;
 use completion::Delivery;

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 
 use super::plan::TransferPlan;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ring::Direction;
 
 /// The most children [`Mode::Parallel`] may keep in flight.
 pub const MAX_IN_FLIGHT: u32 = 4096;
@@ -18,16 +19,6 @@ pub enum Mode {
         /// Children in flight at most.
         max_in_flight: u32,
     },
-}
-
-/// Which way the bytes move. It matters for a 0-byte child completion: end of file on a
-/// read, a failure on a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// From the device into memory.
-    Read,
-    /// From memory to the device.
-    Write,
 }
 
 /// A child request's id: the index of its slot, `0..max_in_flight` (always 0 in

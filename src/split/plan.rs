@@ -3,6 +3,7 @@
 use std::iter::FusedIterator;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::ring::BlockLimits;
 
 /// One piece of a request, as planned by [`TransferPlan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,10 +124,20 @@ impl PlanBuilder {
     }
 }
 
+impl BlockLimits {
+    /// A plan builder preset with these limits (max chunk and alignment); add a boundary or
+    /// a segment limit if the request's buffers need one, then `build()`.
+    pub const fn plan_builder(&self) -> PlanBuilder {
+        TransferPlan::builder()
+            .max_chunk(self.max_chunk)
+            .align(self.logical_block_size)
+    }
+}
+
 /// The transfer planner: how a large request is cut into chunks a target can take.
 ///
 /// [`TransferPlan`] is pure arithmetic: no I/O, no allocation. Build it once per target
-/// (from the device's limits, see [`super::block_device_limits`]), then ask it for the
+/// (from the device's limits, see [`block_device_limits`](crate::ring::block_device_limits)), then ask it for the
 /// chunks of any request with [`TransferPlan::chunks`].
 ///
 /// A chunk obeys every limit at once:
@@ -564,6 +575,20 @@ mod tests {
         assert_eq!(it.next(), None);
         assert_eq!(it.remaining(), 0);
         assert_eq!(it.size_hint(), (0, Some(0)));
+    }
+
+    /// The plan of a device's limits (the limits `ring`'s sysfs test reads from a fake
+    /// sysfs tree).
+    #[test]
+    fn a_plan_builder_from_block_limits() {
+        let l = BlockLimits {
+            logical_block_size: 4096,
+            max_chunk: 1280 * 1024,
+            max_segments: Some(128),
+            max_segment_size: None,
+        };
+        let plan = l.plan_builder().build().unwrap();
+        assert_eq!((plan.max_chunk(), plan.align()), (1280 * 1024, 4096));
     }
 
     #[test]
