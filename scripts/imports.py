@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The crate's file-level module import graph over src/, and its cycles.
 
-    python3 scripts/imports.py [--edges]
+    python3 scripts/imports.py [--edges] [--dirs]
 
 A node is a source file, named by its path under src/ without `.rs` (`lib`, `ring/mod`,
 `buf/pool`). There is an edge A -> B when file A names an item defined in file B:
@@ -20,11 +20,14 @@ Not edges: `mod x;` declarations (they contain, they do not use) and `pub use` /
 `pub(crate) use` re-exports whose name the file does not use in its own code. So lib.rs
 and a mod.rs of only declarations and re-exports depend on nothing, and a re-export in a
 mod.rs with code (ring/mod.rs) is an edge only when that code uses the name. Comments,
-doc links, strings and `#[cfg]` are ignored: test-only code counts like the rest.
+doc links, strings and `#[cfg]` are ignored: test-only code counts like the rest. A
+method call names no path, so it is no edge (an `impl Ring` block in ring/x.rs is an edge
+x -> ring/mod, through the name `Ring`; ring/mod calling its methods is none).
 
 Prints the edges (all of them with --edges; by default the ones inside cycles, each with
 the first line that makes it) and every strongly connected component of more than one
-file. Exits 1 when a cycle other than `buf/pool <-> buf/pooled` exists.
+file. Exits 1 when a cycle other than `buf/pool <-> buf/pooled` exists. --dirs also lists,
+for information only, the cycles between top-level modules (a folder counts as one node).
 """
 
 import os
@@ -269,7 +272,7 @@ class Graph:
         return None  # a module itself
 
     def edges(self):
-        """{(a, b): (line, text)} for a != b."""
+        """{(a, b): (line, text)} for a != b: the first line of a that names b."""
         e = {}
 
         def add(m, segs, line, glob=False):
@@ -285,8 +288,9 @@ class Graph:
                 f = mod.file
             else:
                 f = self.resolve(*t)
-            if f and f != m.file:
-                e.setdefault((m.file, f), (line, "::".join(segs) + ("::*" if glob else "")))
+            first = e.get((m.file, f))
+            if f and f != m.file and (first is None or first[0] > line):
+                e[(m.file, f)] = (line, "::".join(segs) + ("::*" if glob else ""))
 
         for m in self.modules:
             for segs, line in m.paths:
@@ -352,6 +356,20 @@ def main():
         for (a, b), (line, text) in sorted(edges.items()):
             if a in c and b in c:
                 print(f"    {a} -> {b}  (src/{a}.rs:{line}: {text})")
+    if "--dirs" in sys.argv:
+        top = {}
+        for a, b in edges:
+            a, b = a.split("/")[0], b.split("/")[0]
+            if a != b:
+                top.setdefault(a, set()).add(b)
+        nodes = sorted({f.split("/")[0] for f in g.files})
+        for c in sccs(nodes, top):
+            if len(c) > 1:
+                print("module cycle (not checked): " + " <-> ".join(c))
+                for (a, b), (line, text) in sorted(edges.items()):
+                    ta, tb = a.split("/")[0], b.split("/")[0]
+                    if ta != tb and ta in c and tb in c:
+                        print(f"    {a} -> {b}  (src/{a}.rs:{line}: {text})")
     return 1 if bad else 0
 
 
