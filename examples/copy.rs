@@ -29,7 +29,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use iocomplete::split::{default_max_chunk, ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
+use iocomplete::ring::default_max_chunk;
+use iocomplete::split::{ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
 use iocomplete::{BufferPool, Error, Ring};
 
 /// Parsed command line.

@@ -22,7 +22,8 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use iocomplete::dma::{Config, DmaDriver, SgList, TransferReport, MAX_TRANSFER};
+use iocomplete::dma::{Config, DmaDriver, SgList, TransferReport};
+use iocomplete::ring::MAX_TRANSFER;
 use iocomplete::split::Direction;
 use iocomplete::{BufferPool, Ring};
 

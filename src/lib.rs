@@ -14,7 +14,7 @@
 //! * **Ring** ([`ring`]): one io_uring per thread. Operations ([`Op`]) carry their buffers;
 //!   the ring parks them in its op table until the kernel's completion arrives — never
 //!   freed or reused earlier, even on cancel or drop.
-//! * **Exactly-once completion** ([`request`]): every operation yields one [`Completion`]
+//! * **Exactly-once completion** ([`Submission`]): every operation yields one [`Completion`]
 //!   (status, bytes, buffers back), by the route the caller chose: `.wait()`, a ticket, a
 //!   completion routine, a [`CompletionQueue`] any thread consumes, a future, or
 //!   `.detach()`. Invalid requests complete with a typed [`Error`] without a syscall.
@@ -66,7 +66,6 @@ pub mod fifo;
 pub mod gate;
 pub mod queue;
 pub mod reader;
-pub mod request;
 pub mod ring;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
@@ -87,9 +86,8 @@ pub use reader::{
     ContinuousReader, Dispatch, FinishReason, ReaderAction, ReaderConfig, ReaderEvent,
     ReaderMachine, ReaderReport, Restart, StopHandle, StreamReads,
 };
-pub use request::{Bufs, Completion, OpFuture, Submission, Ticket};
 pub use ring::{
-    BufRing, BufferRegistration, Capabilities, Driver, FdInfo, FdKind, Op, OpId, Ring, RingBuilder,
-    RingHandle, RingStats, Target,
+    BufRing, BufferRegistration, Bufs, Capabilities, Completion, Driver, FdInfo, FdKind, Op,
+    OpFuture, OpId, Ring, RingBuilder, RingHandle, RingStats, Submission, Target, Ticket,
 };
 pub use split::{SplitDriver, SplitMachine, TransferPlan};

@@ -3256,7 +3256,8 @@ fn split_driver_edges() {
 #[test]
 fn dma_driver_edges() {
     bounded(Duration::from_secs(120), || {
-        use iocomplete::dma::{MAX_IN_FLIGHT, MAX_SEGMENTS, MAX_TRANSFER};
+        use iocomplete::dma::{MAX_IN_FLIGHT, MAX_SEGMENTS};
+        use iocomplete::ring::MAX_TRANSFER;
         let mut t = Table::new("SgList / DmaDriver");
         t.row("SgList::push edges", "", || {
             let p = pool(4);

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{check_teardown, verify, LoopDev};
-use iocomplete::dma::{Config, DmaDriver, SgList, TransferReport, TransferStatus, MAX_TRANSFER};
-use iocomplete::ring::BufPart;
+use iocomplete::dma::{Config, DmaDriver, SgList, TransferReport, TransferStatus};
+use iocomplete::ring::{BufPart, MAX_TRANSFER};
 use iocomplete::split::Direction;
 use iocomplete::{BufferPool, Error, ErrorKind, Op, Ring};
 

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{check_teardown, verify, LoopDev};
-use iocomplete::split::{block_device_limits, ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
+use iocomplete::ring::block_device_limits;
+use iocomplete::split::{ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
 use iocomplete::{BufferPool, Error, ErrorKind, PoolBuf, Ring, Target};
 
 const BS: usize = 4096;

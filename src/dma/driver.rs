@@ -11,9 +11,7 @@ use super::transaction::{Action, Completion, Config, Transaction, TransferStatus
 use crate::buf::{IoBuf, PoolBuf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::queue::CompletionQueue;
-use crate::request::Bufs;
-use crate::ring::{BufPart, Op, OpId, Ring, Target};
-use crate::split::Direction;
+use crate::ring::{addressable, kernel_deadline, BufPart, Bufs, Direction, Op, OpId, Ring, Target};
 
 /// One transfer's completion, as the per-transfer callback sees it (the seed's
 /// `EvtDmaTransactionDmaTransferComplete`).
@@ -149,7 +147,7 @@ fn check(
     if !sg
         .segments()
         .iter()
-        .all(|s| crate::split::addressable(s.device_offset, s.len))
+        .all(|s| addressable(s.device_offset, s.len))
     {
         return Err(Error::invalid(
             "dma: a segment ends past the largest file offset (2^63 - 1)",
@@ -308,7 +306,7 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
         } else {
             1
         };
-        let deadline = crate::split::kernel_deadline(deadline);
+        let deadline = kernel_deadline(deadline);
         let config = config.timer(deadline.is_some());
         let tx = match Transaction::new(sg.segments().to_vec(), direction, config) {
             Ok(tx) => tx,

@@ -64,11 +64,10 @@ mod sglist;
 mod tests;
 mod transaction;
 
-pub use crate::split::Direction;
+pub use crate::ring::Direction;
 pub use driver::{DmaDriver, DmaStats, Rejected, TransferReport};
 pub use sg::{Piece, Pieces, Segment, Transfer, TransferId};
 pub use sglist::SgList;
 pub use transaction::{
     Action, Completion, Config, Event, Transaction, TransferStatus, MAX_IN_FLIGHT, MAX_SEGMENTS,
-    MAX_TRANSFER,
 };

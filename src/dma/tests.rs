@@ -4,6 +4,8 @@
 use super::*;
 use crate::error::{Error, ErrorKind};
 use crate::gate::Status;
+use crate::ring::MAX_TRANSFER;
+use fastrand::Rng;
 
 fn drain<S: AsRef<[Segment]>>(tx: &mut Transaction<S>) -> Vec<Action> {
     std::iter::from_fn(|| tx.poll_action()).collect()
@@ -91,28 +93,18 @@ fn naive(segs: &[Segment], max_transfer: u64, max_segments: u32) -> Vec<Shape> {
     out
 }
 
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
-}
-
 fn random_list(rng: &mut Rng) -> Vec<Segment> {
-    let n = 1 + rng.below(8) as usize;
+    let n = 1 + rng.usize(..8);
     let mut segs = Vec::with_capacity(n);
-    let mut dev = rng.below(100);
+    let mut dev = rng.u64(..100);
     for _ in 0..n {
-        if rng.below(2) == 0 {
-            dev = rng.below(1000);
+        if rng.u64(..2) == 0 {
+            dev = rng.u64(..1000);
         }
-        let len = if rng.below(6) == 0 {
+        let len = if rng.u64(..6) == 0 {
             0
         } else {
-            1 + rng.below(40)
+            1 + rng.u64(..40)
         };
         segs.push(Segment::new(dev, len));
         dev += len;
@@ -122,16 +114,16 @@ fn random_list(rng: &mut Rng) -> Vec<Segment> {
 
 #[test]
 fn planning_matches_naive_model() {
-    let mut rng = Rng(0xDEAD_BEEF);
+    let mut rng = Rng::with_seed(0xDEAD_BEEF);
     let cases = if cfg!(miri) { 30 } else { 2_000 };
     for case in 0..cases {
         let segs = random_list(&mut rng);
         if segs.iter().all(|s| s.len == 0) {
             continue;
         }
-        let max_transfer = 1 + rng.below(60);
-        let max_segments = 1 + rng.below(4) as u32;
-        let in_flight = 1 + rng.below(3) as u32;
+        let max_transfer = 1 + rng.u64(..60);
+        let max_segments = 1 + rng.u32(..4);
+        let in_flight = 1 + rng.u32(..3);
         let config = Config::new()
             .max_transfer(max_transfer)
             .max_segments(max_segments)
@@ -516,26 +508,23 @@ fn a_segments_count_is_the_prefix_that_moved_whatever_the_order() {
 /// A simulated device drives random transactions with short transfers, errors, stops,
 /// timeouts and timer races; every invariant is checked on the way.
 fn simulate(seed: u64) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::with_seed(seed | 1);
     let segs = random_list(&mut rng);
-    let timer = rng.below(2) == 0;
-    let (max_transfer, max_segments, max_in_flight) = (
-        1 + rng.below(60),
-        1 + rng.below(4) as u32,
-        1 + rng.below(3) as usize,
-    );
+    let timer = rng.u64(..2) == 0;
+    let (max_transfer, max_segments, max_in_flight) =
+        (1 + rng.u64(..60), 1 + rng.u32(..4), 1 + rng.usize(..3));
     let cfg = Config::new()
         .max_transfer(max_transfer)
         .max_segments(max_segments)
         .max_in_flight(max_in_flight as u32)
         .timer(timer);
-    let direction = if rng.below(2) == 0 {
+    let direction = if rng.u64(..2) == 0 {
         Direction::Read
     } else {
         Direction::Write
     };
-    let eof = if direction == Direction::Read && rng.below(3) == 0 {
-        rng.below(1200)
+    let eof = if direction == Direction::Read && rng.u64(..3) == 0 {
+        rng.u64(..1200)
     } else {
         u64::MAX
     };
@@ -596,15 +585,15 @@ fn simulate(seed: u64) {
         if done.is_some() {
             break;
         }
-        let roll = rng.below(100);
+        let roll = rng.u64(..100);
         if !flight.is_empty() && roll < 90 {
-            let t = flight.swap_remove(rng.below(flight.len() as u64) as usize);
+            let t = flight.swap_remove(rng.usize(..flight.len()));
             let was_cancelled = cancelled.contains(&t.id);
-            let fate = rng.below(100);
+            let fate = rng.u64(..100);
             let (status, n) = if fate < 3 {
                 (
                     TransferStatus::Error(libc::EIO + fate as i32),
-                    rng.below(t.len + 1),
+                    rng.u64(..t.len + 1),
                 )
             } else if (was_cancelled && fate < 50) || fate < 5 {
                 // Our cancel took effect, or someone else cancelled it (ring teardown).
@@ -614,7 +603,7 @@ fn simulate(seed: u64) {
             } else {
                 let avail = eof.saturating_sub(t.device_offset).min(t.len);
                 let n = if fate < 35 && avail > 0 {
-                    1 + rng.below(avail)
+                    1 + rng.u64(..avail)
                 } else {
                     avail
                 };
@@ -648,7 +637,7 @@ fn simulate(seed: u64) {
                 TransferStatus::Complete if n == 0 => eof_seen = true,
                 TransferStatus::Complete => {}
             }
-            let last = rng.below(30) == 0;
+            let last = rng.u64(..30) == 0;
             final_declared |= last;
             let ended = if last {
                 tx.completed_final(t.id, status, n)
@@ -711,28 +700,28 @@ fn randomized_against_a_simulated_device() {
 /// completes at most once and at most one event ends the DMA part.
 #[test]
 fn arbitrary_event_sequences_never_panic() {
-    let mut rng = Rng(99);
+    let mut rng = Rng::with_seed(99);
     for _ in 0..2_000 {
         let segs = random_list(&mut rng);
         let cfg = Config::new()
-            .max_transfer(1 + rng.below(30))
-            .max_segments(1 + rng.below(3) as u32)
-            .max_in_flight(1 + rng.below(3) as u32)
-            .timer(rng.below(2) == 0);
+            .max_transfer(1 + rng.u64(..30))
+            .max_segments(1 + rng.u32(..3))
+            .max_in_flight(1 + rng.u32(..3))
+            .timer(rng.u64(..2) == 0);
         let Ok(mut tx) = Transaction::new(&segs[..], Direction::Read, cfg) else {
             continue;
         };
         let (mut completes, mut trues) = (0, 0);
         let cap = tx.action_capacity();
         for _ in 0..60 {
-            let id = TransferId::new(rng.below(8) as u32);
-            let status = match rng.below(3) {
+            let id = TransferId::new(rng.u32(..8));
+            let status = match rng.u64(..3) {
                 0 => TransferStatus::Complete,
                 1 => TransferStatus::Cancelled,
-                _ => TransferStatus::Error(rng.below(200) as i32),
+                _ => TransferStatus::Error(rng.u64(..200) as i32),
             };
-            let bytes = rng.below(40);
-            let ev = match rng.below(12) {
+            let bytes = rng.u64(..40);
+            let ev = match rng.u64(..12) {
                 0 => Event::Stop,
                 1 => Event::Timeout,
                 2 => Event::TimerCancelled,
@@ -743,7 +732,7 @@ fn arbitrary_event_sequences_never_panic() {
                 trues += 1;
             }
             assert_eq!(tx.action_capacity(), cap, "the action queue grew");
-            if rng.below(3) != 0 {
+            if rng.u64(..3) != 0 {
                 while let Some(a) = tx.poll_action() {
                     completes += usize::from(matches!(a, Action::Complete(_)));
                 }

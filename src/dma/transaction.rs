@@ -5,11 +5,8 @@ use std::collections::VecDeque;
 use super::sg::{self, Cursor, Segment, Transfer, TransferId};
 use crate::error::{Error, Result};
 use crate::gate::{CompletionGate, Status};
-use crate::split::Direction;
+use crate::ring::{Direction, MAX_TRANSFER};
 
-/// Largest transfer the kernel moves in one `readv`/`writev` (`MAX_RW_COUNT`, `INT_MAX`
-/// rounded down to a page): also the largest byte count a CQE can report.
-pub const MAX_TRANSFER: u64 = 0x7fff_f000;
 /// Most iovecs in one transfer (`UIO_MAXIOV`).
 pub const MAX_SEGMENTS: u32 = 1024;
 /// Most transfers a transaction may keep in flight.

@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::buf::PoolBuf;
 use crate::error::{Error, Result};
-use crate::request::{Bufs, Ticket};
-use crate::ring::{FdKind, Op, Ring, RingHandle, Target};
+use crate::ring::{Bufs, FdKind, Op, Ring, RingHandle, Target, Ticket};
 
 use super::machine::{
     FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus, OpId as Seq, TxnId,

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::error::{Error, ErrorKind};
-use crate::sim::{run_fifo, seeds, Fault, FifoTxnSpec, Rng, SimParams};
+use crate::sim::{run_fifo, seeds, Fault, FifoTxnSpec, SimParams};
+use fastrand::Rng;
 
 fn actions(m: &mut FifoMachine) -> Vec<FifoAction> {
     std::iter::from_fn(|| m.poll_action()).collect()
@@ -241,14 +242,14 @@ fn impossible_events_are_rejected_and_change_nothing() {
 #[test]
 fn garbage_event_streams_never_panic() {
     for seed in seeds(300) {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::with_seed(seed);
         let mut m = FifoMachine::new();
         let mut ids: Vec<OpId> = Vec::new();
         let mut txns: Vec<TxnId> = Vec::new();
         for _ in 0..300 {
-            if rng.chance(10) {
-                let len = rng.below(20) as u32;
-                let r = if rng.chance(50) {
+            if rng.u32(..100) < 10 {
+                let len = rng.u32(..20);
+                let r = if rng.u32(..100) < 50 {
                     m.receive(len)
                 } else {
                     m.drain(len)
@@ -262,19 +263,19 @@ fn garbage_event_streams_never_panic() {
                     ids.push(seq);
                 }
             }
-            let seq = if ids.is_empty() || rng.chance(10) {
-                OpId::new(rng.below(40))
+            let seq = if ids.is_empty() || rng.u32(..100) < 10 {
+                OpId::new(rng.u64(..40))
             } else {
-                ids[rng.below(ids.len() as u64) as usize]
+                ids[rng.usize(..ids.len())]
             };
             let txn = txns.last().copied().unwrap_or(TxnId::new(0));
-            let res = match rng.below(5) {
-                0 => -(rng.below(140) as i32),
+            let res = match rng.u64(..5) {
+                0 => -(rng.u64(..140) as i32),
                 1 => i32::MIN,
-                2 => rng.below(0x4000) as i32,
-                _ => rng.below(12) as i32,
+                2 => rng.u64(..0x4000) as i32,
+                _ => rng.u64(..12) as i32,
             };
-            let ev = match rng.below(4) {
+            let ev = match rng.u64(..4) {
                 0 => FifoEvent::ReadDone { seq, res },
                 1 => FifoEvent::PollDone { seq, res },
                 2 => FifoEvent::Cancel { txn },
@@ -315,29 +316,29 @@ struct Script {
 impl Script {
     fn random(rng: &mut Rng) -> Script {
         let reads = (0..64)
-            .map(|_| match rng.below(20) {
+            .map(|_| match rng.u64(..20) {
                 0 => ReadResp::Eof,
                 1 => ReadResp::Err(libc::EIO),
                 2..=8 => ReadResp::Again,
-                _ => ReadResp::Data(1 + rng.below(12) as u32),
+                _ => ReadResp::Data(1 + rng.u32(..12)),
             })
             .collect();
         let polls = (0..64)
             .map(|_| {
-                if rng.chance(8) {
+                if rng.u32(..100) < 8 {
                     PollResp::HangUp
                 } else {
                     PollResp::Ready
                 }
             })
             .collect();
-        let stop = rng.chance(40).then(|| {
-            let status = if rng.chance(50) {
+        let stop = (rng.u32(..100) < 40).then(|| {
+            let status = if rng.u32(..100) < 50 {
                 FifoStatus::Cancelled
             } else {
                 FifoStatus::TimedOut
             };
-            (rng.below(10) as usize, status, rng.chance(50))
+            (rng.usize(..10), status, rng.u32(..100) < 50)
         });
         Script { reads, polls, stop }
     }
@@ -468,10 +469,10 @@ fn machine(len: u32, drain: bool, s: &Script) -> FifoOutcome {
 fn machine_agrees_with_the_naive_loop_on_random_arrival_patterns() {
     let mut seen = std::collections::HashSet::new();
     for seed in seeds(3000) {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::with_seed(seed);
         let s = Script::random(&mut rng);
-        let len = 1 + rng.below(40) as u32;
-        let drain = rng.chance(20);
+        let len = 1 + rng.u32(..40);
+        let drain = rng.u32(..100) < 20;
         let o = machine(len, drain, &s);
         let want = naive(len, drain, &s);
         assert_eq!(
@@ -490,16 +491,16 @@ fn machine_agrees_with_the_naive_loop_on_random_arrival_patterns() {
 fn random_simulated_transactions_keep_every_byte_in_order() {
     let (mut polls, mut hangups) = (0, 0);
     for seed in seeds(300) {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::with_seed(seed);
         let params = SimParams {
-            data_len: rng.below(3000),
-            short_pct: rng.below(60) as u32,
-            max_delay: rng.below(5) as u32,
-            burst_max: 1 + rng.below(400) as u32,
-            burst_pct: 5 + rng.below(50) as u32,
-            faults: if rng.chance(20) {
+            data_len: rng.u64(..3000),
+            short_pct: rng.u32(..60),
+            max_delay: rng.u32(..5),
+            burst_max: 1 + rng.u32(..400),
+            burst_pct: 5 + rng.u32(..50),
+            faults: if rng.u32(..100) < 20 {
                 vec![Fault {
-                    at: rng.below(3000),
+                    at: rng.u64(..3000),
                     errno: libc::EIO,
                     times: 1,
                 }]
@@ -508,12 +509,12 @@ fn random_simulated_transactions_keep_every_byte_in_order() {
             },
             ..SimParams::default()
         };
-        let txns: Vec<FifoTxnSpec> = (0..1 + rng.below(6))
+        let txns: Vec<FifoTxnSpec> = (0..1 + rng.u64(..6))
             .map(|_| FifoTxnSpec {
-                len: rng.below(800) as u32,
-                drain: rng.chance(15),
-                cancel_after: rng.chance(15).then(|| rng.below(30) as u32),
-                deadline_after: rng.chance(15).then(|| rng.below(30) as u32),
+                len: rng.u32(..800),
+                drain: rng.u32(..100) < 15,
+                cancel_after: (rng.u32(..100) < 15).then(|| rng.u32(..30)),
+                deadline_after: (rng.u32(..100) < 15).then(|| rng.u32(..30)),
             })
             .collect();
         let r = match run_fifo(seed, &txns, &params) {

@@ -19,8 +19,7 @@ use std::time::Duration;
 use crate::buf::{BufferPool, PoolBuf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::queue::CompletionQueue;
-use crate::request::Completion;
-use crate::ring::{BufRingLease, FdKind, Op, OpId, Ring, RingHandle, Target};
+use crate::ring::{BufRingLease, Completion, FdKind, Op, OpId, Ring, RingHandle, Target};
 use crate::waiters::SleepFlag;
 
 use super::machine::{

@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::error::{Error, ErrorKind};
-use crate::sim::{run_reader, seeds, Fault, Rng, SimFailure, SimParams};
+use crate::sim::{run_reader, seeds, Fault, SimFailure, SimParams};
+use fastrand::Rng;
 
 fn actions(m: &mut ReaderMachine) -> Vec<ReaderAction> {
     std::iter::from_fn(|| m.poll_action()).collect()
@@ -488,7 +489,7 @@ fn impossible_events_are_rejected_and_change_nothing() {
 #[test]
 fn garbage_event_streams_never_panic() {
     for seed in seeds(300) {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::with_seed(seed);
         let cfg = match seed % 4 {
             0 => ReaderConfig::positional(16).pending_reads(3),
             1 => ReaderConfig::positional(16)
@@ -511,33 +512,33 @@ fn garbage_event_streams_never_panic() {
                     _ => {}
                 }
             }
-            let seq = if seen.is_empty() || rng.chance(10) {
-                Seq::new(rng.below(50))
+            let seq = if seen.is_empty() || rng.u32(..100) < 10 {
+                Seq::new(rng.u64(..50))
             } else {
-                seen[rng.below(seen.len() as u64) as usize]
+                seen[rng.usize(..seen.len())]
             };
-            let res = match rng.below(6) {
-                0 => -(rng.below(140) as i32),
+            let res = match rng.u64(..6) {
+                0 => -(rng.u64(..140) as i32),
                 1 => 0,
                 2 => i32::MIN,
-                _ => rng.below(20) as i32,
+                _ => rng.u64(..20) as i32,
             };
-            let ev = match rng.below(7) {
+            let ev = match rng.u64(..7) {
                 0 | 1 => ReaderEvent::ReadDone { seq, res },
                 2 => ReaderEvent::MultishotDone {
                     seq,
                     res,
-                    buf_id: rng.chance(80).then(|| rng.below(8) as u16),
-                    more: rng.chance(50),
+                    buf_id: (rng.u32(..100) < 80).then(|| rng.u16(..8)),
+                    more: rng.u32(..100) < 50,
                 },
                 3 => ReaderEvent::PollDone { seq, res },
                 4 => ReaderEvent::Delivered { seq },
-                5 => ReaderEvent::Restart(if rng.chance(50) {
+                5 => ReaderEvent::Restart(if rng.u32(..100) < 50 {
                     Restart::Yes
                 } else {
                     Restart::No
                 }),
-                _ if rng.chance(10) => ReaderEvent::Stop,
+                _ if rng.u32(..100) < 10 => ReaderEvent::Stop,
                 _ => ReaderEvent::Delivered { seq },
             };
             let _ = m.handle(ev); // rejections are fine; panics are not
@@ -550,12 +551,12 @@ fn garbage_event_streams_never_panic() {
 
 fn params(rng: &mut Rng) -> SimParams {
     SimParams {
-        data_len: rng.below(20_000),
-        short_pct: rng.below(60) as u32,
-        max_delay: rng.below(8) as u32,
-        ack_pct: 10 + rng.below(90) as u32,
-        burst_max: 1 + rng.below(5000) as u32,
-        burst_pct: 5 + rng.below(60) as u32,
+        data_len: rng.u64(..20_000),
+        short_pct: rng.u32(..60),
+        max_delay: rng.u32(..8),
+        ack_pct: 10 + rng.u32(..90),
+        burst_max: 1 + rng.u32(..5000),
+        burst_pct: 5 + rng.u32(..60),
         ..SimParams::default()
     }
 }
@@ -570,10 +571,9 @@ fn run_ok(seed: u64, cfg: ReaderConfig, p: &SimParams) -> crate::sim::ReaderRepo
 #[test]
 fn random_unordered_runs_deliver_every_byte_exactly_once() {
     for seed in seeds(200) {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::with_seed(seed);
         let p = params(&mut rng);
-        let cfg = ReaderConfig::positional(1 + rng.below(3000) as u32)
-            .pending_reads(1 + rng.below(8) as u32);
+        let cfg = ReaderConfig::positional(1 + rng.u32(..3000)).pending_reads(1 + rng.u32(..8));
         let r = run_ok(seed, cfg, &p);
         assert_eq!(r.finish, FinishReason::Eof);
         assert_eq!(r.bytes_delivered, p.data_len);
@@ -584,13 +584,13 @@ fn random_unordered_runs_deliver_every_byte_exactly_once() {
 fn random_ordered_runs_deliver_in_strictly_increasing_offsets() {
     let mut reordered = 0;
     for seed in seeds(200) {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::with_seed(seed);
         let p = params(&mut rng);
-        let pending = 1 + rng.below(8) as u32;
-        let cfg = ReaderConfig::positional(512 * (1 + rng.below(6) as u32))
+        let pending = 1 + rng.u32(..8);
+        let cfg = ReaderConfig::positional(512 * (1 + rng.u32(..6)))
             .align(512)
             .pending_reads(pending)
-            .reorder_window(pending + rng.below(8) as u32)
+            .reorder_window(pending + rng.u32(..8))
             .ordered(true);
         // The simulator checks each delivery starts where the previous one ended.
         let r = run_ok(seed, cfg, &p);
@@ -603,10 +603,10 @@ fn random_ordered_runs_deliver_in_strictly_increasing_offsets() {
 #[test]
 fn random_ranges_end_exactly_at_the_range() {
     for seed in seeds(100) {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::with_seed(seed);
         let p = params(&mut rng);
-        let start = rng.below(p.data_len + 1) / 512 * 512;
-        let end = start + rng.below(p.data_len + 2048) / 512 * 512;
+        let start = rng.u64(..p.data_len + 1) / 512 * 512;
+        let end = start + rng.u64(..p.data_len + 2048) / 512 * 512;
         let cfg = ReaderConfig::positional(1024)
             .align(512)
             .pending_reads(3)
@@ -626,23 +626,23 @@ fn random_ranges_end_exactly_at_the_range() {
 fn random_faults_with_restarts_lose_and_duplicate_nothing() {
     let mut failed_runs = 0;
     for seed in seeds(200) {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::with_seed(seed);
         let mut p = params(&mut rng);
-        p.data_len = 2_000 + rng.below(20_000);
-        p.max_restarts = rng.below(4) as u32;
-        p.faults = (0..1 + rng.below(3))
+        p.data_len = 2_000 + rng.u64(..20_000);
+        p.max_restarts = rng.u32(..4);
+        p.faults = (0..1 + rng.u64(..3))
             .map(|_| Fault {
-                at: rng.below(p.data_len),
-                errno: if rng.chance(50) {
+                at: rng.u64(..p.data_len),
+                errno: if rng.u32(..100) < 50 {
                     libc::EIO
                 } else {
                     libc::ENXIO
                 },
-                times: 1 + rng.below(3) as u32,
+                times: 1 + rng.u32(..3),
             })
             .collect();
-        let cfg = ReaderConfig::positional(256 * (1 + rng.below(8) as u32))
-            .pending_reads(1 + rng.below(6) as u32)
+        let cfg = ReaderConfig::positional(256 * (1 + rng.u32(..8)))
+            .pending_reads(1 + rng.u32(..6))
             .ordered(seed % 2 == 1);
         let r = run_ok(seed, cfg, &p);
         assert!(r.failures >= 1, "a fault always fails a read");
@@ -663,10 +663,10 @@ fn random_faults_with_restarts_lose_and_duplicate_nothing() {
 #[test]
 fn random_stops_finish_stopped_with_no_duplicates() {
     for seed in seeds(200) {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::with_seed(seed);
         let mut p = params(&mut rng);
         p.data_len = 50_000;
-        p.stop_at_step = Some(1 + rng.below(60));
+        p.stop_at_step = Some(1 + rng.u64(..60));
         let cfg = match seed % 4 {
             0 => ReaderConfig::positional(512).pending_reads(4),
             1 => ReaderConfig::positional(512).pending_reads(4).ordered(true),
@@ -683,19 +683,19 @@ fn random_stops_finish_stopped_with_no_duplicates() {
 fn random_stream_runs_keep_order_through_eagain_gaps() {
     let mut waits = 0;
     for seed in seeds(200) {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::with_seed(seed);
         let mut p = params(&mut rng);
-        p.faults = if rng.chance(30) {
+        p.faults = if rng.u32(..100) < 30 {
             vec![Fault {
-                at: rng.below(p.data_len + 1),
+                at: rng.u64(..p.data_len + 1),
                 errno: libc::EIO,
                 times: 1,
             }]
         } else {
             Vec::new()
         };
-        p.provided_buffers = 1 + rng.below(6) as u16;
-        let cfg = ReaderConfig::stream(1 + rng.below(4000) as u32).multishot(seed % 2 == 1);
+        p.provided_buffers = 1 + rng.u16(..6);
+        let cfg = ReaderConfig::stream(1 + rng.u32(..4000)).multishot(seed % 2 == 1);
         let r = run_ok(seed, cfg, &p);
         assert_eq!(r.finish, FinishReason::Eof, "seed {seed}");
         assert_eq!(r.bytes_delivered, p.data_len);

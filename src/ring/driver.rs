@@ -5,17 +5,14 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::request::{Bufs, Completion, Delivery};
 
+use super::completion::{Bufs, Completion, Delivery};
 use super::op::{sentinel, OpId};
-use super::{EntryState, Ring};
+use super::{EntryState, Ring, CQE_BATCH};
 
 /// How long dropping a ring waits for the kernel to return the operations in flight
 /// (after cancelling them) before it gives up on them.
 pub(crate) const DROP_GRACE: Duration = Duration::from_secs(10);
-
-/// CQEs copied out of the CQ at a time (see [`Ring::reap`]).
-pub(super) const CQE_BATCH: usize = 64;
 
 /// `IORING_ENTER_GETEVENTS`.
 const ENTER_GETEVENTS: u32 = 1;

@@ -9,8 +9,8 @@ use crossbeam_queue::SegQueue;
 
 use crate::error::{Error, Result};
 use crate::queue::CompletionQueue;
-use crate::request::{Bufs, Completion, Delivery, FutureSlot, OpFuture};
 
+use super::completion::{Bufs, Completion, Delivery, FutureSlot, OpFuture};
 use super::op::{Op, OpId, OpKind};
 
 /// State shared by a ring and its handles: an inbox of operations and an eventfd that

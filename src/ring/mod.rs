@@ -13,7 +13,28 @@
 //! The kernel owns an operation's buffers from submission until its completion is reaped.
 //! The op table holds them until then — whatever happens to the ticket, future or
 //! routine that was waiting for it, and even when the operation is cancelled.
+//!
+//! Every operation submitted to a [`Ring`] completes **exactly once**, with a
+//! [`Completion`]: its status, its byte count, and its buffers back. The caller picks, per
+//! operation, how that completion reaches it (see [`Submission`]):
+//!
+//! | method | the completion goes to |
+//! |---|---|
+//! | [`Submission::wait`] | the caller, after driving the ring until it arrives |
+//! | [`Submission::ticket`] + [`Ring::wait`] | the caller, later (several in flight) |
+//! | [`Submission::then`] | a completion routine (closure) run on the ring's thread |
+//! | [`Submission::to_queue`] | a [`CompletionQueue`](crate::CompletionQueue) that any thread consumes |
+//! | [`Submission::to_ring`] + [`Ring::pop_completion`] | the ring's own FIFO, read by the thread driving it (no atomics: the cheapest route) |
+//! | [`Submission::future`] | an [`OpFuture`] that any executor can `.await` |
+//! | [`Submission::detach`] | nobody: send and forget; buffers are still reclaimed |
+//!
+//! An invalid request (misaligned direct I/O, zero length, a buffer too small, a closed
+//! target, a wrong-kind target) completes the same way, with a typed error, without a
+//! syscall. A dropped [`Ticket`] or [`OpFuture`] does not free anything early: the ring
+//! parks the operation's buffers until the kernel's completion arrives.
 
+mod buf_ring;
+mod completion;
 mod driver;
 mod handle;
 mod op;
@@ -22,6 +43,7 @@ mod op;
 mod port;
 mod probe;
 mod provided;
+mod submission;
 mod submit;
 mod target;
 
@@ -36,24 +58,34 @@ use slab::Slab;
 
 use crate::buf::{BufferPool, PoolInner};
 use crate::error::{Error, ErrorKind, Result};
-use crate::request::{Bufs, Completion, Delivery, Submission, Ticket};
 
+pub use buf_ring::BufRing;
+pub(crate) use buf_ring::BufRingLease;
+pub use completion::{Bufs, Completion, OpFuture};
 pub use handle::RingHandle;
+pub(crate) use op::kernel_deadline;
 pub use op::{BufPart, Op, OpId};
 pub use port::Driver;
 #[allow(unused_imports)]
-pub(crate) use port::{kernel_deadline, Done, Port, PortEvent};
+pub(crate) use port::{Port, PortEvent};
 pub use probe::Capabilities;
-pub use provided::BufRing;
-pub(crate) use provided::BufRingLease;
-pub use target::{FdInfo, FdKind, Target};
+pub use submission::{Submission, Ticket};
+pub(crate) use target::{addressable, storage_of};
+pub use target::{
+    block_device_limits, default_max_chunk, BlockLimits, Direction, FdInfo, FdKind, Target,
+    MAX_TRANSFER,
+};
 
+use buf_ring::BufRingState;
+use completion::Delivery;
 use handle::HandleShared;
-use provided::BufRingState;
 use target::TargetEntry;
 
 /// Largest op-table reservation [`RingBuilder::ops`] accepts (about 1 GiB of entries).
 const MAX_OPS_RESERVED: usize = 1 << 24;
+
+/// CQEs copied out of the CQ at a time (see [`Ring::reap`]).
+const CQE_BATCH: usize = 64;
 
 static NEXT_RING_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
@@ -215,7 +247,7 @@ impl RingBuilder {
             issuer: 0,
             stats: RingStats::default(),
             spare_iovs: SpareIovs::default(),
-            cqes: VecDeque::with_capacity(driver::CQE_BATCH),
+            cqes: VecDeque::with_capacity(CQE_BATCH),
         })
     }
 }
@@ -482,6 +514,13 @@ impl Ring {
         Ok(())
     }
 
+    /// Whether `t` was registered with this ring (it may have been closed since). Drivers
+    /// check it before acting on their operations' ids, which only mean something to the
+    /// ring that issued them.
+    pub(crate) fn owns(&self, t: Target) -> bool {
+        t.ring == self.id
+    }
+
     fn target(&self, t: Target) -> Result<&TargetEntry> {
         if t.ring != self.id {
             return Err(ErrorKind::StaleTarget.into());
@@ -540,36 +579,6 @@ impl Ring {
         }
     }
 
-    /// Describe how the completion of `op` should reach you; see [`Submission`].
-    pub fn submit(&mut self, op: Op) -> Submission<'_> {
-        Submission {
-            ring: self,
-            op: Some(op),
-        }
-    }
-
-    /// A ticket for a kept entry.
-    pub(crate) fn ticket(&self, id: OpId) -> Ticket {
-        Ticket {
-            id,
-            abandoned: Some(self.abandoned.clone()),
-        }
-    }
-
-    /// Collect the completion of a ticketed operation, driving the ring until it arrives.
-    pub fn wait(&mut self, ticket: Ticket) -> Result<Completion> {
-        let same_ring = ticket
-            .abandoned
-            .as_ref()
-            .is_some_and(|q| Arc::ptr_eq(q, &self.abandoned));
-        if !same_ring {
-            // Dropping the foreign ticket hands it back to its own ring.
-            return Err(Error::invalid("ticket belongs to another ring"));
-        }
-        let id = ticket.disarm();
-        self.wait_id(id)
-    }
-
     /// The op-table entry of `id`, if it is still that operation's (generation check).
     fn entry(&self, id: OpId) -> Option<&Entry> {
         if id.ring() != self.id {
@@ -584,11 +593,6 @@ impl Ring {
             return None;
         }
         self.ops.get_mut(id.index()).filter(|e| e.gen == id.gen())
-    }
-
-    /// Whether the ticketed operation has completed (without driving the ring).
-    pub fn is_done(&self, ticket: &Ticket) -> bool {
-        matches!(self.entry(ticket.id), Some(e) if matches!(e.state, EntryState::Done(_)))
     }
 
     /// Take the oldest completion of the operations submitted with

@@ -89,6 +89,19 @@ pub(crate) fn kernel_timespec(d: Duration) -> io_uring::types::Timespec {
     }
 }
 
+/// `KTIME_MAX / NSEC_PER_SEC`: the kernel turns a timespec of this many seconds or more
+/// into `KTIME_MAX`, a timer that never fires.
+const KTIME_SEC_MAX: u64 = i64::MAX as u64 / 1_000_000_000;
+
+/// The deadline to arm a kernel timer with, if any: `None` for no deadline, and for one no
+/// kernel timer can reach — `KTIME_SEC_MAX` seconds or more (about 292 years), such as
+/// `from_secs(i64::MAX)`, or more than a timespec holds (2⁶³ s, `Duration::MAX`). Such a
+/// timer could never fire; armed, it would only keep the ring busy forever after a driver
+/// dropped mid-flight. For the drivers' own deadline timers.
+pub(crate) fn kernel_deadline(d: Option<Duration>) -> Option<Duration> {
+    d.filter(|d| d.as_secs() < KTIME_SEC_MAX)
+}
+
 /// The next generation after `g`, skipping the reserved one.
 pub(crate) fn next_gen(g: u32) -> u32 {
     let n = g.wrapping_add(1);
@@ -185,7 +198,7 @@ pub(crate) enum OpKind {
     },
     ReadMulti {
         target: Target,
-        group: super::provided::BufRing,
+        group: super::buf_ring::BufRing,
     },
     Poll {
         target: Target,
@@ -354,7 +367,7 @@ impl Op {
     /// Linux (6.18) keeps the read armed after end of file and its last completion never
     /// comes; [`ContinuousReader`](crate::ContinuousReader) detects such files (its first
     /// read is a `RWF_NOWAIT` probe) and reads them single-shot.
-    pub fn read_multishot(target: Target, group: super::provided::BufRing) -> Op {
+    pub fn read_multishot(target: Target, group: super::buf_ring::BufRing) -> Op {
         Op::of(OpKind::ReadMulti { target, group })
     }
 

@@ -19,22 +19,13 @@ use std::time::Duration;
 
 use slab::Slab;
 
-use super::{Op, OpId, Ring, RingHandle};
+use super::completion::{Bufs, Completion};
+use super::handle::RingHandle;
+use super::op::kernel_deadline;
+use super::op::{Op, OpId};
+use super::Ring;
 use crate::error::{Error, Result};
 use crate::queue::CompletionQueue;
-use crate::request::{Bufs, Completion};
-
-/// `KTIME_MAX / NSEC_PER_SEC`: the kernel turns a timespec of this many seconds or more
-/// into `KTIME_MAX`, a timer that never fires.
-const KTIME_SEC_MAX: u64 = i64::MAX as u64 / 1_000_000_000;
-
-/// The deadline a kernel timer can be armed with: `None` for none, and for one no kernel
-/// timer can reach — `KTIME_SEC_MAX` seconds or more (about 292 years), such as
-/// `from_secs(i64::MAX)` or [`Duration::MAX`]. Such a timer could never fire; armed, it
-/// would only keep the ring busy forever after its driver was dropped mid-flight.
-pub(crate) fn kernel_deadline(d: Option<Duration>) -> Option<Duration> {
-    d.filter(|d| d.as_secs() < KTIME_SEC_MAX)
-}
 
 /// Where the port's timer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 use io_uring::{opcode, squeue, types};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::request::{Bufs, Delivery};
 
+use super::completion::{Bufs, Delivery};
 use super::op::{kernel_timespec, next_gen, sentinel, Op, OpId, OpKind, Pos};
 use super::probe::{OP_READV_FIXED, OP_WRITEV_FIXED};
 use super::target::{FdInfo, Target};

@@ -4,16 +4,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::machine::{Action, ChildId, Completion, Direction, Event, Mode, SplitMachine};
+use super::machine::{Action, ChildId, Completion, Event, Mode, SplitMachine};
 use super::plan::TransferPlan;
-use super::sysfs::default_max_chunk;
 use crate::buf::{BufferPool, PoolBuf};
-use crate::dma::MAX_TRANSFER;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::{CompletionGate, Status};
 use crate::queue::CompletionQueue;
-use crate::request::Bufs;
-use crate::ring::{Op, OpId, Ring, Target};
+use crate::ring::{
+    addressable, default_max_chunk, kernel_deadline, storage_of, Bufs, Direction, Op, OpId, Ring,
+    Target, MAX_TRANSFER,
+};
 
 /// What a split request moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,10 +119,10 @@ impl SplitConfig {
     }
 
     /// Largest chunk in bytes. Without it: the smallest `max_sectors_kb` of the block
-    /// devices involved ([`block_device_limits`](super::block_device_limits), read from
+    /// devices involved ([`block_device_limits`](crate::ring::block_device_limits), read from
     /// sysfs at each [`SplitDriver::new`] — set a chunk when starting many small
     /// requests), or a pool slot for files. Always capped
-    /// at a pool slot's capacity and at [`MAX_TRANSFER`](crate::dma::MAX_TRANSFER), and
+    /// at a pool slot's capacity and at [`MAX_TRANSFER`](crate::ring::MAX_TRANSFER), and
     /// rounded down to the direct-I/O alignment.
     pub const fn max_chunk(mut self, bytes: u64) -> SplitConfig {
         self.max_chunk = Some(bytes);
@@ -240,30 +240,8 @@ enum Timer {
 /// Tag of the timer's operation; children use their slot index.
 const TIMER_TAG: u64 = u64::MAX;
 
-/// Whether `len` bytes at `offset` lie within the offsets a file or block device can
-/// address (`loff_t`: up to 2⁶³ − 1). The kernel fails anything past that with `EINVAL`.
-/// Shared by the split and dma drivers.
-pub(crate) fn addressable(offset: u64, len: u64) -> bool {
-    offset
-        .checked_add(len)
-        .is_some_and(|end| i64::try_from(end).is_ok())
-}
-
 const PAST_MAX_OFFSET: Error =
     Error::invalid("split: range ends past the largest file offset (2^63 - 1)");
-
-/// `KTIME_MAX / NSEC_PER_SEC`: the kernel turns a timespec of this many seconds or more
-/// into `KTIME_MAX`, a timer that never fires.
-const KTIME_SEC_MAX: u64 = i64::MAX as u64 / 1_000_000_000;
-
-/// The deadline to arm a kernel timer with, if any: `None` for no deadline, and for one no
-/// kernel timer can reach — `KTIME_SEC_MAX` seconds or more (about 292 years), such as
-/// `from_secs(i64::MAX)`, or more than a timespec holds (2⁶³ s, `Duration::MAX`). Such a
-/// timer could never fire; armed, it would only keep the ring busy forever after a driver
-/// dropped mid-flight. Shared by the split and dma drivers.
-pub(crate) fn kernel_deadline(d: Option<Duration>) -> Option<Duration> {
-    d.filter(|d| d.as_secs() < KTIME_SEC_MAX)
-}
 
 /// Runs one split request — a large read, write or copy cut into chunks by a
 /// [`TransferPlan`] — on a [`Ring`], with the [`SplitMachine`] deciding and the ring
@@ -475,8 +453,8 @@ impl SplitDriver {
         {
             // The same storage under any name: the same inode or device, a partition and
             // its disk, a loop device and its backing file (resolved through sysfs).
-            let (ss, sb) = super::sysfs::storage_of(&s);
-            let (ds, db) = super::sysfs::storage_of(&d);
+            let (ss, sb) = storage_of(&s);
+            let (ds, db) = storage_of(&d);
             // In u128: base + offset + len cannot overflow there.
             let (s0, d0) = (
                 u128::from(sb) + u128::from(src_offset),

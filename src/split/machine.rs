@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 
 use super::plan::TransferPlan;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ring::Direction;
 
 /// The most children [`Mode::Parallel`] may keep in flight.
 pub const MAX_IN_FLIGHT: u32 = 4096;
@@ -18,16 +19,6 @@ pub enum Mode {
         /// Children in flight at most.
         max_in_flight: u32,
     },
-}
-
-/// Which way the bytes move. It matters for a 0-byte child completion: end of file on a
-/// read, a failure on a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// From the device into memory.
-    Read,
-    /// From memory to the device.
-    Write,
 }
 
 /// A child request's id: the index of its slot, `0..max_in_flight` (always 0 in
@@ -543,6 +534,7 @@ impl SplitMachine {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use fastrand::Rng;
 
     fn plan(max_chunk: u64) -> TransferPlan {
         TransferPlan::builder()
@@ -822,32 +814,32 @@ mod tests {
         /// errors and cancels are injected at random. Returns the completion, having
         /// checked the machine's invariants at every step.
         pub(super) fn run(seed: u64) {
-            let mut rng = Rng(seed | 1);
-            let slots = 1 + rng.below(5) as u32;
-            let mode = if rng.below(2) == 0 && slots == 1 {
+            let mut rng = Rng::with_seed(seed | 1);
+            let slots = 1 + rng.u32(..5);
+            let mode = if rng.u64(..2) == 0 && slots == 1 {
                 Mode::Serial
             } else {
                 Mode::Parallel {
                     max_in_flight: slots,
                 }
             };
-            let direction = if rng.below(2) == 0 {
+            let direction = if rng.u64(..2) == 0 {
                 Direction::Read
             } else {
                 Direction::Write
             };
             let p = TransferPlan::builder()
-                .max_chunk(1 + rng.below(64))
-                .boundary(if rng.below(2) == 0 {
+                .max_chunk(1 + rng.u64(..64))
+                .boundary(if rng.u64(..2) == 0 {
                     0
                 } else {
-                    1 + rng.below(100)
+                    1 + rng.u64(..100)
                 })
                 .build()
                 .unwrap();
-            let start = rng.below(1000);
-            let len = rng.below(600);
-            let eof = start + rng.below(len + len / 2 + 1);
+            let start = rng.u64(..1000);
+            let len = rng.u64(..600);
+            let eof = start + rng.u64(..len + len / 2 + 1);
             let mut m = SplitMachine::new(p, mode, direction, start, len).unwrap();
             // The action queue never grows past what `new` reserved.
             let cap = m.actions.capacity();
@@ -891,9 +883,9 @@ mod tests {
                     break;
                 }
                 // Pick a random in-flight child and a random fate.
-                let k = rng.below(flight.len() as u64) as usize;
+                let k = rng.usize(..flight.len());
                 let (child, off, l) = flight.swap_remove(k);
-                let roll = rng.below(100);
+                let roll = rng.u64(..100);
                 let result = if roll < 3 {
                     Err(Error::from_errno(libc::EIO))
                 } else if cancelled.contains(&child) && roll < 60 {
@@ -908,7 +900,7 @@ mod tests {
                     let n = if direction == Direction::Write && roll < 5 {
                         0
                     } else if roll < 30 && avail > 0 {
-                        1 + rng.below(avail)
+                        1 + rng.u64(..avail)
                     } else {
                         avail
                     };
@@ -925,8 +917,8 @@ mod tests {
                     first_err.get_or_insert(Error::from_errno(libc::EIO));
                 }
                 m.child_completed(child, result).unwrap();
-                if rng.below(200) == 0 {
-                    let ev = if rng.below(2) == 0 {
+                if rng.u64(..200) == 0 {
+                    let ev = if rng.u64(..2) == 0 {
                         Event::Cancel
                     } else {
                         Event::Timeout
@@ -960,16 +952,6 @@ mod tests {
                 assert!(prefix >= want, "seed {seed}");
             }
         }
-
-        pub(super) struct Rng(pub(super) u64);
-        impl Rng {
-            pub(super) fn below(&mut self, n: u64) -> u64 {
-                self.0 ^= self.0 >> 12;
-                self.0 ^= self.0 << 25;
-                self.0 ^= self.0 >> 27;
-                self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-            }
-        }
     }
 
     #[test]
@@ -984,31 +966,31 @@ mod tests {
     /// parent completes at most once.
     #[test]
     fn arbitrary_event_sequences_never_panic() {
-        let mut rng = model::Rng(12345);
+        let mut rng = Rng::with_seed(12345);
         for _ in 0..2_000 {
             let mode = Mode::Parallel {
-                max_in_flight: 1 + rng.below(4) as u32,
+                max_in_flight: 1 + rng.u32(..4),
             };
             let mut m = SplitMachine::new(
-                plan(1 + rng.below(50)),
+                plan(1 + rng.u64(..50)),
                 mode,
                 Direction::Read,
                 0,
-                rng.below(300),
+                rng.u64(..300),
             )
             .unwrap();
             let mut completes = 0;
             let cap = m.actions.capacity();
             for _ in 0..60 {
-                let ev = match rng.below(10) {
+                let ev = match rng.u64(..10) {
                     0 => Event::Cancel,
                     1 => Event::Timeout,
-                    2 => Event::from_cqe(ChildId(rng.below(6) as u32), -(rng.below(200) as i32)),
-                    _ => Event::from_cqe(ChildId(rng.below(6) as u32), rng.below(80) as i32),
+                    2 => Event::from_cqe(ChildId(rng.u32(..6)), -(rng.u64(..200) as i32)),
+                    _ => Event::from_cqe(ChildId(rng.u32(..6)), rng.u64(..80) as i32),
                 };
                 let _ = m.handle(ev);
                 assert_eq!(m.actions.capacity(), cap, "the action queue grew");
-                if rng.below(3) != 0 {
+                if rng.u64(..3) != 0 {
                     while let Some(a) = m.poll_action() {
                         completes += usize::from(matches!(a, Action::Complete(_)));
                     }

@@ -5,19 +5,16 @@
 //!   segments per chunk — yielding [`Chunk`]s without allocating.
 //! - [`SplitMachine`] (in `machine`): the sans-I/O driver state machine, [`Mode::Serial`]
 //!   (one child re-armed) or [`Mode::Parallel`]; events in, [`Action`]s out.
-//! - [`block_device_limits`]: default limits of a block device, from sysfs.
+//! - A device's limits ([`block_device_limits`](crate::ring::block_device_limits)) preset a
+//!   plan ([`BlockLimits::plan_builder`](crate::ring::BlockLimits::plan_builder)).
 //! - [`SplitDriver`] (in `driver`): runs the machine on a [`Ring`](crate::Ring) for a
 //!   [`Job`] — a large read, write, or zero-copy copy.
 
 mod driver;
 mod machine;
 mod plan;
-mod sysfs;
 
-pub(crate) use driver::{addressable, kernel_deadline};
+pub use crate::ring::Direction;
 pub use driver::{ChunkHandler, Job, SplitConfig, SplitDriver, SplitStats};
-pub use machine::{
-    Action, ChildId, Completion, Direction, Event, Mode, SplitMachine, MAX_IN_FLIGHT,
-};
+pub use machine::{Action, ChildId, Completion, Event, Mode, SplitMachine, MAX_IN_FLIGHT};
 pub use plan::{Chunk, Chunks, PlanBuilder, TransferPlan};
-pub use sysfs::{block_device_limits, default_max_chunk, BlockLimits};

@@ -3,6 +3,7 @@
 use std::iter::FusedIterator;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::ring::BlockLimits;
 
 /// One piece of a request, as planned by [`TransferPlan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,10 +124,20 @@ impl PlanBuilder {
     }
 }
 
+impl BlockLimits {
+    /// A plan builder preset with these limits (max chunk and alignment); add a boundary or
+    /// a segment limit if the request's buffers need one, then `build()`.
+    pub const fn plan_builder(&self) -> PlanBuilder {
+        TransferPlan::builder()
+            .max_chunk(self.max_chunk)
+            .align(self.logical_block_size)
+    }
+}
+
 /// The transfer planner: how a large request is cut into chunks a target can take.
 ///
 /// [`TransferPlan`] is pure arithmetic: no I/O, no allocation. Build it once per target
-/// (from the device's limits, see [`super::block_device_limits`]), then ask it for the
+/// (from the device's limits, see [`block_device_limits`](crate::ring::block_device_limits)), then ask it for the
 /// chunks of any request with [`TransferPlan::chunks`].
 ///
 /// A chunk obeys every limit at once:
@@ -349,6 +360,7 @@ impl FusedIterator for Chunks {}
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use fastrand::Rng;
 
     /// The naive model: walk the request byte by byte; a byte joins the current chunk
     /// unless that would break a limit.
@@ -375,20 +387,6 @@ mod tests {
         out
     }
 
-    /// A tiny deterministic PRNG (xorshift64*), so the property test needs no dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     fn check_invariants(plan: &TransferPlan, offset: u64, len: u64, chunks: &[Chunk]) {
         let a = u64::from(plan.align());
         let mut next = offset;
@@ -412,20 +410,20 @@ mod tests {
     #[test]
     fn matches_naive_model_on_random_inputs() {
         let cases = if cfg!(miri) { 50 } else { 3_000 };
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::with_seed(0x9E37_79B9_7F4A_7C15);
         for case in 0..cases {
-            let align = 1u32 << rng.below(5); // 1..=16
+            let align = 1u32 << rng.u64(..5); // 1..=16
             let a = u64::from(align);
-            let max_chunk = 1 + rng.below(200);
-            let boundary = if rng.below(3) == 0 {
+            let max_chunk = 1 + rng.u64(..200);
+            let boundary = if rng.u64(..3) == 0 {
                 0
             } else {
-                a * (1 + rng.below(20))
+                a * (1 + rng.u64(..20))
             };
-            let seg = if rng.below(3) == 0 {
+            let seg = if rng.u64(..3) == 0 {
                 (0, 0)
             } else {
-                (a * (1 + rng.below(8)), 1 + rng.below(4) as u32)
+                (a * (1 + rng.u64(..8)), 1 + rng.u32(..4))
             };
             let mut b = TransferPlan::builder()
                 .max_chunk(max_chunk)
@@ -441,8 +439,8 @@ mod tests {
                     continue;
                 }
             };
-            let offset = a * rng.below(300);
-            let len = a * rng.below(1200 / a + 1);
+            let offset = a * rng.u64(..300);
+            let len = a * rng.u64(..1200 / a + 1);
             let got: Vec<Chunk> = plan.chunks(offset, len).unwrap().collect();
             let want = naive(plan.max_chunk(), boundary, seg, offset, len);
             assert_eq!(got, want, "case {case}: {plan:?} offset {offset} len {len}");
@@ -566,6 +564,20 @@ mod tests {
         assert_eq!(it.size_hint(), (0, Some(0)));
     }
 
+    /// The plan of a device's limits (the limits `ring`'s sysfs test reads from a fake
+    /// sysfs tree).
+    #[test]
+    fn a_plan_builder_from_block_limits() {
+        let l = BlockLimits {
+            logical_block_size: 4096,
+            max_chunk: 1280 * 1024,
+            max_segments: Some(128),
+            max_segment_size: None,
+        };
+        let plan = l.plan_builder().build().unwrap();
+        assert_eq!((plan.max_chunk(), plan.align()), (1280 * 1024, 4096));
+    }
+
     #[test]
     fn chunk_len_is_total() {
         let p = TransferPlan::builder()
@@ -574,9 +586,9 @@ mod tests {
             .segments(4096, 1)
             .build()
             .unwrap();
-        let mut rng = Rng(7);
+        let mut rng = Rng::with_seed(7);
         for _ in 0..10_000 {
-            let (o, pos, r) = (rng.next(), rng.next(), rng.next() >> rng.below(64));
+            let (o, pos, r) = (rng.u64(..), rng.u64(..), rng.u64(..) >> rng.u64(..64));
             let l = p.chunk_len(o, pos, r);
             assert!(if r == 0 { l == 0 } else { (1..=r).contains(&l) });
         }

@@ -1,156 +1,14 @@
-//! Deterministic simulated device, for tests and fuzzing only (feature `sim`).
-//!
-//! It plays the driver's part for the sans-I/O machines: executes their actions against an
-//! in-memory source and feeds completions back in a seeded random order, with short
-//! transfers, injected errors at chosen offsets, delays, out-of-order acknowledgements and
-//! stops. [`run_reader`] and [`run_fifo`] drive a machine to its end, check the invariants
-//! after every step and at teardown, and return a report. The same seed gives the same run.
-//!
-//! This is not a backend: real-device tests still run against real files, pipes and ptys.
-//!
-//! ```
-//! use iocomplete::reader::{FinishReason, ReaderConfig};
-//! use iocomplete::sim::{run_reader, SimParams};
-//!
-//! let params = SimParams { data_len: 10_000, ..SimParams::default() };
-//! let report = run_reader(7, ReaderConfig::positional(512).pending_reads(4), &params).unwrap();
-//! assert_eq!(report.finish, FinishReason::Eof);
-//! assert_eq!(report.bytes_delivered, 10_000);
-//! ```
+//! The simulated reader run: [`run_reader`] drives a [`ReaderMachine`] over a simulated
+//! file or stream.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 
-use crate::error::Error;
-use crate::fifo::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus, OpId, TxnId};
+use fastrand::Rng;
+
+use super::{pattern, take_fault, transfer, violation, Fault, SimFailure, SimParams, Stream};
 use crate::reader::{
     FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, Restart, Seq, SourceKind,
 };
-
-/// A tiny deterministic PRNG (SplitMix64): fast, seedable, no dependencies.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..n` (0 if `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
-    }
-
-    /// True with probability `pct` percent.
-    pub fn chance(&mut self, pct: u32) -> bool {
-        self.below(100) < u64::from(pct)
-    }
-}
-
-/// The content of the simulated source at `offset`: a function of the offset, so that any
-/// misplaced, duplicated or corrupted byte is detected.
-pub fn pattern(offset: u64) -> u8 {
-    let mut z = offset.wrapping_add(0x5851_F42D_4C95_7F2D);
-    z = (z ^ (z >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    (z >> 56) as u8
-}
-
-/// An injected error: an operation whose range covers byte `at` fails with `errno`, the
-/// first `times` times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fault {
-    /// Byte offset (file offset, or stream position) that fails.
-    pub at: u64,
-    /// The errno returned (positive, e.g. `libc::EIO`).
-    pub errno: i32,
-    /// How many times it fails before the byte reads fine.
-    pub times: u32,
-}
-
-/// Parameters of a simulated run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimParams {
-    /// Bytes in the source (file length, or total bytes the stream produces before closing).
-    pub data_len: u64,
-    /// Percent of transfers that move fewer bytes than they could.
-    pub short_pct: u32,
-    /// Largest completion delay, in steps, after an operation is issued.
-    pub max_delay: u32,
-    /// Percent chance per step that one pending delivery is acknowledged (the rest of the
-    /// time other things happen first: deliveries run "on other threads").
-    pub ack_pct: u32,
-    /// Stream: largest burst of bytes arriving at once.
-    pub burst_max: u32,
-    /// Stream: percent chance per step that a burst arrives.
-    pub burst_pct: u32,
-    /// Injected errors.
-    pub faults: Vec<Fault>,
-    /// Stop the reader at this step (reader runs only).
-    pub stop_at_step: Option<u64>,
-    /// Answer [`Restart::Yes`] this many times, then [`Restart::No`].
-    pub max_restarts: u32,
-    /// Multishot: buffers in the provided-buffer ring.
-    pub provided_buffers: u16,
-    /// Give up (and report a violation: no progress) after this many steps.
-    pub max_steps: u64,
-}
-
-impl Default for SimParams {
-    fn default() -> Self {
-        SimParams {
-            data_len: 64 * 1024,
-            short_pct: 20,
-            max_delay: 4,
-            ack_pct: 50,
-            burst_max: 3000,
-            burst_pct: 30,
-            faults: Vec::new(),
-            stop_at_step: None,
-            max_restarts: 3,
-            provided_buffers: 8,
-            max_steps: 1_000_000,
-        }
-    }
-}
-
-/// Why a simulated run did not produce a report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SimFailure {
-    /// The machine rejected the configuration (not a bug: fuzzers skip these).
-    InvalidConfig(Error),
-    /// An invariant was broken: a bug.
-    Violation {
-        /// Step at which it was detected.
-        step: u64,
-        /// What was broken.
-        what: String,
-    },
-}
-
-impl fmt::Display for SimFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SimFailure::InvalidConfig(e) => write!(f, "invalid configuration: {e}"),
-            SimFailure::Violation { step, what } => write!(f, "step {step}: {what}"),
-        }
-    }
-}
-
-impl std::error::Error for SimFailure {}
 
 /// What a reader run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,132 +34,6 @@ pub struct ReaderReport {
     /// Steps the run took.
     pub steps: u64,
 }
-
-/// What a FIFO run did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FifoReport {
-    /// One outcome per transaction, in order.
-    pub outcomes: Vec<FifoOutcome>,
-    /// Bytes received over all transactions.
-    pub bytes_received: u64,
-    /// Reads issued.
-    pub reads: u64,
-    /// Reads that found the source empty (`EAGAIN`).
-    pub eagains: u64,
-    /// Readiness polls armed.
-    pub polls: u64,
-    /// Steps the run took.
-    pub steps: u64,
-}
-
-/// One transaction for [`run_fifo`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FifoTxnSpec {
-    /// Bytes to receive (drain mode: buffer capacity).
-    pub len: u32,
-    /// Drain mode.
-    pub drain: bool,
-    /// Feed [`FifoEvent::Cancel`] this many steps into the transaction.
-    pub cancel_after: Option<u32>,
-    /// Feed [`FifoEvent::Deadline`] this many steps into the transaction.
-    pub deadline_after: Option<u32>,
-}
-
-impl FifoTxnSpec {
-    /// A plain receive of `len` bytes.
-    pub fn receive(len: u32) -> FifoTxnSpec {
-        FifoTxnSpec {
-            len,
-            drain: false,
-            cancel_after: None,
-            deadline_after: None,
-        }
-    }
-}
-
-// ---- the simulated source -----------------------------------------------------------------
-
-/// A stream that produces `total` bytes in bursts; some time later the writer closes it.
-#[derive(Debug)]
-struct Stream {
-    total: u64,
-    /// Bytes produced so far.
-    produced: u64,
-    /// Bytes consumed by reads.
-    consumed: u64,
-    /// The writer has closed its end (after producing everything).
-    closed: bool,
-}
-
-impl Stream {
-    fn new(total: u64) -> Stream {
-        Stream {
-            total,
-            produced: 0,
-            consumed: 0,
-            closed: false,
-        }
-    }
-
-    fn avail(&self) -> u64 {
-        self.produced - self.consumed
-    }
-
-    fn closed(&self) -> bool {
-        self.closed
-    }
-
-    fn tick(&mut self, rng: &mut Rng, p: &SimParams) {
-        if !rng.chance(p.burst_pct.max(1)) {
-            return;
-        }
-        if self.produced < self.total {
-            let burst = 1 + rng.below(u64::from(p.burst_max.max(1)));
-            self.produced = (self.produced + burst).min(self.total);
-        } else {
-            self.closed = true;
-        }
-    }
-}
-
-/// Take a fault covering `[at, at + len)`, if one is armed.
-fn take_fault(faults: &mut [Fault], at: u64, len: u64) -> Option<i32> {
-    let f = faults
-        .iter_mut()
-        .find(|f| f.times > 0 && f.at >= at && f.at < at.saturating_add(len))?;
-    f.times -= 1;
-    Some(f.errno)
-}
-
-/// How many of `n` available bytes a transfer moves (short transfers, in `align` units).
-fn transfer(rng: &mut Rng, p: &SimParams, n: u64, align: u64) -> (u64, bool) {
-    if n > align && rng.chance(p.short_pct) {
-        let units = n / align;
-        if units > 1 {
-            return (align * (1 + rng.below(units - 1)), true);
-        }
-    }
-    (n, false)
-}
-
-/// Seeds for a randomized test: `default`, or `IOCOMPLETE_SIM_SEEDS` for longer campaigns.
-#[cfg(test)]
-pub(crate) fn seeds(default: u64) -> std::ops::Range<u64> {
-    let n = std::env::var("IOCOMPLETE_SIM_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    0..n
-}
-
-fn violation(step: u64, what: impl Into<String>) -> SimFailure {
-    SimFailure::Violation {
-        step,
-        what: what.into(),
-    }
-}
-
-// ---- reader run -----------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SimOpKind {
@@ -383,7 +115,7 @@ impl ReaderSim<'_> {
         if !self.seen_seqs.insert(seq) {
             return Err(self.fail(format!("seq {seq:?} reused")));
         }
-        let ready_at = self.step + self.rng.below(u64::from(self.p.max_delay) + 1);
+        let ready_at = self.step + self.rng.u64(..=u64::from(self.p.max_delay));
         self.ops.push(SimOp {
             seq,
             kind,
@@ -578,7 +310,7 @@ impl ReaderSim<'_> {
     fn complete(&mut self, i: usize) -> Result<(), SimFailure> {
         let op = self.ops[i];
         // A cancelled operation either loses the race (ECANCELED) or had already finished.
-        let cancelled = op.cancel && self.rng.chance(70);
+        let cancelled = op.cancel && self.rng.u32(..100) < 70;
         match op.kind {
             SimOpKind::ReadAt { offset, len } => {
                 self.ops.swap_remove(i);
@@ -645,7 +377,7 @@ impl ReaderSim<'_> {
                     self.stream.consumed += n;
                     self.provided
                         .insert(id, (0..n).map(|k| pattern(start + k)).collect());
-                    (n as i32, Some(id), !self.rng.chance(10))
+                    (n as i32, Some(id), self.rng.u32(..100) >= 10)
                 } else {
                     (-libc::ENOBUFS, None, false)
                 };
@@ -711,12 +443,12 @@ impl ReaderSim<'_> {
         let step = self.step;
         let ready = self.ops.iter().filter(|op| op.ready_at <= step).count();
         let ack_now =
-            !self.pending_acks.is_empty() && (ready == 0 || self.rng.chance(self.p.ack_pct));
+            !self.pending_acks.is_empty() && (ready == 0 || self.rng.u32(..100) < self.p.ack_pct);
         if ack_now {
-            let k = self.rng.below(self.pending_acks.len() as u64) as usize;
+            let k = self.rng.usize(..self.pending_acks.len());
             self.ack(k)?;
         } else if ready > 0 {
-            let k = self.rng.below(ready as u64) as usize;
+            let k = self.rng.usize(..ready);
             let i = (0..self.ops.len())
                 .filter(|&i| self.ops[i].ready_at <= step)
                 .nth(k)
@@ -748,7 +480,7 @@ pub fn run_reader(
     let positional = matches!(config.source(), SourceKind::Positional { .. });
     let mut sim = ReaderSim {
         p: params,
-        rng: Rng::new(seed),
+        rng: Rng::with_seed(seed),
         cfg: config,
         m,
         step: 0,
@@ -851,288 +583,6 @@ pub fn run_reader(
         short_transfers: sim.short_transfers,
         steps: sim.step,
     })
-}
-
-// ---- FIFO run -------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy)]
-struct FifoOp {
-    seq: OpId,
-    poll: bool,
-    at: u32,
-    len: u32,
-    ready_at: u64,
-    cancel: bool,
-}
-
-/// Drive a [`FifoMachine`] through the transactions `txns`, in order, over a simulated
-/// stream (`params.data_len` bytes arriving in bursts, then a hang-up), checking:
-///
-/// * `Begin` before the first read and `End` + `Complete` after the last completion, once
-///   per transaction; at most one operation in flight;
-/// * each read asks for exactly the remaining space at the right offset; the bytes received
-///   are the stream's bytes, in order, none lost between transactions;
-/// * one poll per `EAGAIN`, none in drain mode; the outcome counts them;
-/// * the status matches what happened (full, EOF, hang-up, drained, cancel/deadline only if
-///   requested).
-///
-/// `params.stop_at_step`, `max_restarts` and `provided_buffers` are not used.
-pub fn run_fifo(
-    seed: u64,
-    txns: &[FifoTxnSpec],
-    params: &SimParams,
-) -> Result<FifoReport, SimFailure> {
-    let mut rng = Rng::new(seed);
-    let mut m = FifoMachine::new();
-    let mut stream = Stream::new(params.data_len);
-    let mut faults = params.faults.clone();
-    let mut report = FifoReport {
-        outcomes: Vec::new(),
-        bytes_received: 0,
-        reads: 0,
-        eagains: 0,
-        polls: 0,
-        steps: 0,
-    };
-    let mut step = 0u64;
-    for spec in txns {
-        let started = if spec.drain {
-            m.drain(spec.len)
-        } else {
-            m.receive(spec.len)
-        };
-        let txn = match started {
-            Ok(t) => t,
-            Err(e) if spec.len == 0 || spec.len > i32::MAX as u32 => {
-                // Rejected up front, as it must be; nothing started.
-                if m.poll_action().is_some() || m.current().is_some() {
-                    return Err(violation(step, format!("rejected receive left state: {e}")));
-                }
-                continue;
-            }
-            Err(e) => return Err(violation(step, format!("receive refused: {e}"))),
-        };
-        let begin_step = step;
-        let mut op: Option<FifoOp> = None;
-        let mut begun = false;
-        let mut ended: Option<u32> = None;
-        let mut outcome: Option<FifoOutcome> = None;
-        let mut bytes = 0u32;
-        let mut eagain_pending = false;
-        let mut waits = 0u32;
-        let mut stop_requested: Option<FifoStatus> = None;
-        let mut hangup_seen = false;
-        let mut eof_seen = false;
-        loop {
-            // Execute actions.
-            while let Some(a) = m.poll_action() {
-                if outcome.is_some() {
-                    return Err(violation(step, format!("{a:?} after Complete")));
-                }
-                match a {
-                    FifoAction::Begin { txn: t, len } => {
-                        if begun || t != txn || len != spec.len {
-                            return Err(violation(step, "bad or repeated Begin"));
-                        }
-                        begun = true;
-                    }
-                    FifoAction::Read { seq, at, len } => {
-                        if !begun || ended.is_some() || op.is_some() {
-                            return Err(violation(step, "Read outside Begin..End or concurrent"));
-                        }
-                        if at != bytes || at.checked_add(len) != Some(spec.len) || len == 0 {
-                            return Err(violation(step, format!("bad Read at {at} len {len}")));
-                        }
-                        report.reads += 1;
-                        let ready_at = step + rng.below(u64::from(params.max_delay) + 1);
-                        op = Some(FifoOp {
-                            seq,
-                            poll: false,
-                            at,
-                            len,
-                            ready_at,
-                            cancel: false,
-                        });
-                    }
-                    FifoAction::ArmPoll { seq } => {
-                        if spec.drain || !std::mem::take(&mut eagain_pending) || op.is_some() {
-                            return Err(violation(
-                                step,
-                                "ArmPoll without EAGAIN, or in drain mode",
-                            ));
-                        }
-                        report.polls += 1;
-                        waits += 1;
-                        op = Some(FifoOp {
-                            seq,
-                            poll: true,
-                            at: 0,
-                            len: 0,
-                            ready_at: step,
-                            cancel: false,
-                        });
-                    }
-                    FifoAction::Cancel { seq } => match op.as_mut() {
-                        Some(o) if o.seq == seq && stop_requested.is_some() => o.cancel = true,
-                        _ => return Err(violation(step, "Cancel of an operation not in flight")),
-                    },
-                    FifoAction::End { txn: t, bytes: b } => {
-                        if t != txn || ended.is_some() || op.is_some() || b != bytes {
-                            return Err(violation(step, "bad End"));
-                        }
-                        ended = Some(b);
-                    }
-                    FifoAction::Complete(o) => {
-                        if ended.is_none() {
-                            return Err(violation(step, "Complete before End"));
-                        }
-                        outcome = Some(o);
-                    }
-                }
-            }
-            if let Some(o) = outcome {
-                check_fifo_outcome(
-                    step,
-                    spec,
-                    &o,
-                    txn,
-                    bytes,
-                    waits,
-                    stop_requested,
-                    hangup_seen,
-                    eof_seen,
-                )?;
-                report.outcomes.push(o);
-                report.bytes_received += u64::from(o.bytes);
-                break;
-            }
-            step += 1;
-            if step >= params.max_steps {
-                return Err(violation(
-                    step,
-                    "transaction did not complete within max_steps",
-                ));
-            }
-            stream.tick(&mut rng, params);
-            let since = step - begin_step;
-            let stop = if spec.cancel_after.is_some_and(|c| u64::from(c) == since) {
-                Some((FifoEvent::Cancel { txn }, FifoStatus::Cancelled))
-            } else if spec.deadline_after.is_some_and(|d| u64::from(d) == since) {
-                Some((FifoEvent::Deadline { txn }, FifoStatus::TimedOut))
-            } else {
-                None
-            };
-            if let Some((ev, status)) = stop {
-                stop_requested.get_or_insert(status);
-                m.handle(ev)
-                    .map_err(|e| violation(step, format!("{ev:?} rejected: {e}")))?;
-                continue;
-            }
-            let Some(o) = op else {
-                return Err(violation(step, "transaction active with nothing in flight"));
-            };
-            if o.ready_at > step {
-                continue;
-            }
-            let cancelled = o.cancel && rng.chance(70);
-            let ev = if o.poll {
-                let res = if cancelled {
-                    -libc::ECANCELED
-                } else if stream.avail() > 0 {
-                    i32::from(libc::POLLIN)
-                        | if stream.closed() {
-                            i32::from(libc::POLLHUP)
-                        } else {
-                            0
-                        }
-                } else if stream.closed() {
-                    hangup_seen = true;
-                    i32::from(libc::POLLHUP)
-                } else if o.cancel {
-                    -libc::ECANCELED
-                } else {
-                    continue; // not readable yet
-                };
-                FifoEvent::PollDone { seq: o.seq, res }
-            } else {
-                let res = if cancelled {
-                    -libc::ECANCELED
-                } else if let Some(errno) =
-                    take_fault(&mut faults, stream.consumed, u64::from(o.len))
-                {
-                    -errno
-                } else if stream.avail() == 0 {
-                    if stream.closed() {
-                        eof_seen = true;
-                        0
-                    } else {
-                        report.eagains += 1;
-                        eagain_pending = true;
-                        -libc::EAGAIN
-                    }
-                } else {
-                    let avail = stream.avail().min(u64::from(o.len));
-                    let (n, _) = transfer(&mut rng, params, avail, 1);
-                    // The bytes land in the buffer at `at`: check they are the next ones.
-                    if u64::from(o.at) + report.bytes_received != stream.consumed {
-                        return Err(violation(step, "read lands at the wrong buffer offset"));
-                    }
-                    stream.consumed += n;
-                    bytes += n as u32;
-                    n as i32
-                };
-                FifoEvent::ReadDone { seq: o.seq, res }
-            };
-            op = None;
-            m.handle(ev)
-                .map_err(|e| violation(step, format!("{ev:?} rejected: {e}")))?;
-        }
-    }
-    if m.current().is_some() || m.has_op_in_flight() {
-        return Err(violation(step, "receiver still busy at the end"));
-    }
-    if report.bytes_received != stream.consumed {
-        return Err(violation(
-            step,
-            "bytes consumed from the source were not received",
-        ));
-    }
-    if m.readiness_waits() != report.polls {
-        return Err(violation(
-            step,
-            "readiness wait count disagrees with polls armed",
-        ));
-    }
-    report.steps = step;
-    Ok(report)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check_fifo_outcome(
-    step: u64,
-    spec: &FifoTxnSpec,
-    o: &FifoOutcome,
-    txn: TxnId,
-    bytes: u32,
-    waits: u32,
-    stop: Option<FifoStatus>,
-    hangup_seen: bool,
-    eof_seen: bool,
-) -> Result<(), SimFailure> {
-    let bad = |what: &str| Err(violation(step, format!("{what}: {o:?} (spec {spec:?})")));
-    if o.txn != txn || o.bytes != bytes || o.readiness_waits != waits {
-        return bad("outcome disagrees with the operations seen");
-    }
-    match o.status {
-        FifoStatus::Full if o.bytes != spec.len => bad("Full but not full"),
-        FifoStatus::Eof if !eof_seen || o.bytes >= spec.len => bad("Eof without a 0-byte read"),
-        FifoStatus::HangUp if !hangup_seen || o.bytes >= spec.len => bad("HangUp without POLLHUP"),
-        FifoStatus::Drained if !spec.drain => bad("Drained outside drain mode"),
-        FifoStatus::Cancelled | FifoStatus::TimedOut if stop != Some(o.status) => {
-            bad("cancel/deadline status without that request")
-        }
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

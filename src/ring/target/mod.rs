@@ -1,10 +1,40 @@
 //! Targets: file descriptors registered with a ring, with what the ring needs to know
 //! about them (kind, access mode, direct-I/O alignment, size) read once at registration,
-//! so every request can be validated without a syscall.
+//! so every request can be validated without a syscall; and what the kernel and sysfs say
+//! about files and block devices in general ([`MAX_TRANSFER`], [`addressable`],
+//! [`block_device_limits`]).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::{Error, Result};
+
+mod sysfs;
+
+pub(crate) use sysfs::storage_of;
+pub use sysfs::{block_device_limits, default_max_chunk, BlockLimits};
+
+/// Largest transfer the kernel moves in one `readv`/`writev` (`MAX_RW_COUNT`, `INT_MAX`
+/// rounded down to a page): also the largest byte count a CQE can report.
+pub const MAX_TRANSFER: u64 = 0x7fff_f000;
+
+/// Which way the bytes move. For a split or DMA transfer it decides what a 0-byte
+/// completion means: end of file on a read, a failure on a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the device into memory.
+    Read,
+    /// From memory to the device.
+    Write,
+}
+
+/// Whether `len` bytes at `offset` lie within the offsets a file or block device can
+/// address (`loff_t`: up to 2⁶³ − 1). The kernel fails anything past that with `EINVAL`.
+/// Checked by the drivers before anything reaches the kernel.
+pub(crate) fn addressable(offset: u64, len: u64) -> bool {
+    offset
+        .checked_add(len)
+        .is_some_and(|end| i64::try_from(end).is_ok())
+}
 
 /// What kind of file a target is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,15 +279,6 @@ pub struct Target {
     pub(crate) ring: u32,
     pub(crate) index: u32,
     pub(crate) gen: u32,
-}
-
-impl super::Ring {
-    /// Whether `t` was registered with this ring (it may have been closed since). Drivers
-    /// check it before acting on their operations' ids, which only mean something to the
-    /// ring that issued them.
-    pub(crate) fn owns(&self, t: Target) -> bool {
-        t.ring == self.id
-    }
 }
 
 /// The ring's record of a registered target.

@@ -1,13 +1,10 @@
-//! Default chunk limits of a block device, read from sysfs.
-//!
-//! This is the one part of `split` that does I/O (it reads a few small sysfs files); it is
-//! separate from the planner and the machine, which never do.
+//! What sysfs tells about a block device: its queue limits, and what storage lies under
+//! it (a partition's disk, a loop device's backing file).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::plan::PlanBuilder;
-use super::TransferPlan;
+use super::{FdInfo, FdKind};
 use crate::error::{Error, Result};
 
 /// A block device's transfer limits, from `/sys/dev/block/MAJ:MIN/queue/`.
@@ -22,16 +19,6 @@ pub struct BlockLimits {
     pub max_segments: Option<u32>,
     /// `max_segment_size`: largest memory segment, if the file exists.
     pub max_segment_size: Option<u64>,
-}
-
-impl BlockLimits {
-    /// A plan builder preset with these limits (max chunk and alignment); add a boundary or
-    /// a segment limit if the request's buffers need one, then `build()`.
-    pub const fn plan_builder(&self) -> PlanBuilder {
-        TransferPlan::builder()
-            .max_chunk(self.max_chunk)
-            .align(self.logical_block_size)
-    }
 }
 
 /// The default chunk limits of the block device `st_rdev` (from `fstat`/`stat` of a block
@@ -103,8 +90,7 @@ pub(crate) enum Storage {
 /// `loop/offset`), repeatedly (a loop device over a partition of another loop device...).
 /// Stops at what sysfs does not describe (device-mapper and other stacked devices resolve
 /// to themselves).
-pub(crate) fn storage_of(info: &crate::ring::FdInfo) -> (Storage, u64) {
-    use crate::ring::FdKind;
+pub(crate) fn storage_of(info: &FdInfo) -> (Storage, u64) {
     if info.kind != FdKind::BlockDevice {
         return (Storage::File(info.dev_ino.0, info.dev_ino.1), 0);
     }
@@ -208,8 +194,6 @@ mod tests {
                 max_segment_size: None,
             }
         );
-        let plan = l.plan_builder().build().unwrap();
-        assert_eq!((plan.max_chunk(), plan.align()), (1280 * 1024, 4096));
         // A partition has no queue/ of its own: the disk's is used.
         let part = disk.join("part1");
         fs::create_dir_all(&part).unwrap();
@@ -268,10 +252,10 @@ mod tests {
 /// The default chunk for a transfer between these targets: the smallest `max_chunk` of
 /// the block devices among them (from sysfs), or `None` when none is a block device (or
 /// sysfs has no answer).
-pub fn default_max_chunk<'a>(infos: impl IntoIterator<Item = &'a crate::FdInfo>) -> Option<u64> {
+pub fn default_max_chunk<'a>(infos: impl IntoIterator<Item = &'a FdInfo>) -> Option<u64> {
     infos
         .into_iter()
-        .filter(|i| i.kind == crate::FdKind::BlockDevice)
+        .filter(|i| i.kind == FdKind::BlockDevice)
         .filter_map(|i| block_device_limits(i.rdev as libc::dev_t).ok())
         .map(|l| l.max_chunk)
         .min()

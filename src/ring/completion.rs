@@ -1,0 +1,218 @@
+//! The one result of one operation ([`Completion`], with its [`Bufs`]) and the routes it
+//! is delivered by ([`Delivery`]); [`OpFuture`] for the route that is a future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use crate::buf::{IoBuf, PoolBuf, SharedBuf};
+use crate::error::{Error, Result};
+use crate::queue::CompletionQueue;
+
+use super::op::OpId;
+
+/// The buffers an operation gives back.
+#[derive(Debug, Default)]
+pub enum Bufs {
+    /// The operation had no buffer.
+    #[default]
+    None,
+    /// One unique pooled buffer (reads, writes of a `PoolBuf`).
+    Pool(PoolBuf),
+    /// One shared buffer (writes of a `SharedBuf`).
+    Shared(SharedBuf),
+    /// Several unique buffers (vectored reads), in order.
+    PoolList(Vec<PoolBuf>),
+    /// Several buffers (vectored writes), in order.
+    List(Vec<IoBuf>),
+}
+
+impl Bufs {
+    pub(crate) fn from_io(b: IoBuf) -> Bufs {
+        match b {
+            IoBuf::Pool(p) => Bufs::Pool(p),
+            IoBuf::Shared(s) => Bufs::Shared(s),
+        }
+    }
+}
+
+/// The one result of one operation.
+///
+/// ```
+/// # use iocomplete::{Op, Ring};
+/// let mut ring = Ring::builder().build()?;
+/// let done = ring.submit(Op::nop().tag(9)).wait()?;
+/// assert_eq!(done.tag(), 9);
+/// assert_eq!(done.result(), Ok(0));
+/// # Ok::<(), iocomplete::Error>(())
+/// ```
+pub struct Completion {
+    pub(crate) id: OpId,
+    pub(crate) tag: u64,
+    pub(crate) result: Result<usize>,
+    pub(crate) bufs: Bufs,
+    pub(crate) more: bool,
+}
+
+impl Completion {
+    /// Bytes transferred (for a poll: the ready event mask), or the error.
+    pub fn result(&self) -> Result<usize> {
+        self.result
+    }
+
+    /// Bytes transferred; 0 on error.
+    pub fn bytes(&self) -> usize {
+        self.result.unwrap_or(0)
+    }
+
+    /// The error, if the operation failed.
+    pub fn error(&self) -> Option<Error> {
+        self.result.err()
+    }
+
+    /// True on success.
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    /// The tag given with [`Op::tag`](super::Op::tag).
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// For multishot operations: true while the operation stays armed and more
+    /// completions will follow; false on the last one (always false for other ops).
+    pub fn has_more(&self) -> bool {
+        self.more
+    }
+
+    /// The operation's id.
+    pub fn id(&self) -> OpId {
+        self.id
+    }
+
+    /// The buffers, by reference.
+    pub fn bufs(&self) -> &Bufs {
+        &self.bufs
+    }
+
+    /// Take the buffers out.
+    pub fn take_bufs(&mut self) -> Bufs {
+        std::mem::take(&mut self.bufs)
+    }
+
+    /// The unique buffer of a read (or of a write of a `PoolBuf`), if there is one.
+    pub fn into_buf(self) -> Option<PoolBuf> {
+        match self.bufs {
+            Bufs::Pool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The buffer of a read together with the result: `Ok(buf)` with `buf.len()` bytes,
+    /// or the error (the buffer, if any, is dropped back to its pool).
+    pub fn into_result(self) -> Result<PoolBuf> {
+        let r = self.result;
+        match (r, self.bufs) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Bufs::Pool(b)) => Ok(b),
+            (Ok(_), _) => Err(Error::invalid("completion carries no unique buffer")),
+        }
+    }
+}
+
+impl fmt::Debug for Completion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion")
+            .field("id", &self.id)
+            .field("tag", &self.tag)
+            .field("result", &self.result)
+            .field("bufs", &self.bufs)
+            .field("more", &self.more)
+            .finish()
+    }
+}
+
+/// A completion routine: runs once, on the thread that drives the ring.
+pub(crate) type Routine = Box<dyn FnOnce(Completion) + Send + 'static>;
+
+/// Where a completion goes.
+pub(crate) enum Delivery {
+    /// Kept in the op table until [`Ring::wait`](super::Ring::wait) collects it.
+    Keep,
+    Routine(Routine),
+    Queue(Arc<CompletionQueue<Completion>>),
+    /// Appended to the ring's own completion FIFO ([`Ring::pop_completion`](super::Ring::pop_completion)).
+    Local,
+    Future(Arc<FutureSlot>),
+    Detach,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Delivery::Keep => "Keep",
+            Delivery::Routine(_) => "Routine",
+            Delivery::Queue(_) => "Queue",
+            Delivery::Local => "Local",
+            Delivery::Future(_) => "Future",
+            Delivery::Detach => "Detach",
+        })
+    }
+}
+
+/// Shared between an [`OpFuture`] and the ring.
+#[derive(Debug, Default)]
+pub(crate) struct FutureSlot {
+    state: Mutex<FutureState>,
+}
+
+#[derive(Debug, Default)]
+struct FutureState {
+    done: Option<Completion>,
+    waker: Option<Waker>,
+}
+
+impl FutureSlot {
+    pub(crate) fn complete(&self, c: Completion) {
+        let waker = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.done = Some(c);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// A future resolving to an operation's [`Completion`]; works on any executor. It is
+/// woken by whichever thread drives the ring. Dropping it early is safe: the ring keeps
+/// the buffers until the kernel completes the operation.
+#[derive(Debug)]
+pub struct OpFuture {
+    slot: Arc<FutureSlot>,
+}
+
+impl OpFuture {
+    pub(crate) fn new(slot: Arc<FutureSlot>) -> OpFuture {
+        OpFuture { slot }
+    }
+}
+
+impl Future for OpFuture {
+    type Output = Completion;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
+        let mut st = self.slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        match st.done.take() {
+            Some(c) => Poll::Ready(c),
+            None => {
+                st.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
