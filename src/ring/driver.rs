@@ -322,7 +322,7 @@ impl Ring {
         self.stats.completed += 1;
         let keep = match &self.ops[key].state {
             EntryState::InKernel(d) => matches!(d, Delivery::Keep),
-            EntryState::Done(_) => unreachable!("operation at slot {key} completed twice"),
+            EntryState::Kept(_) => unreachable!("operation at slot {key} completed twice"),
         };
         let c = {
             let e = &mut self.ops[key];
@@ -337,12 +337,12 @@ impl Ring {
         };
         if keep {
             // Kept in the table until `Ring::wait` collects it.
-            self.ops[key].state = EntryState::Done(c);
+            self.ops[key].state = EntryState::Kept(c);
             return;
         }
         match self.ops.remove(key).state {
             EntryState::InKernel(d) => self.deliver(d, c),
-            EntryState::Done(_) => unreachable!(),
+            EntryState::Kept(_) => unreachable!(),
         }
     }
 
@@ -394,7 +394,7 @@ impl Ring {
             };
             match &mut e.state {
                 // Completed and unclaimed: free it now (its buffers return to the pool).
-                EntryState::Done(_) => drop(self.ops.remove(id.index())),
+                EntryState::Kept(_) => drop(self.ops.remove(id.index())),
                 // Still owned by the kernel: the buffers stay parked until the CQE.
                 EntryState::InKernel(d) => *d = Delivery::Detach,
             }
@@ -406,9 +406,9 @@ impl Ring {
         loop {
             match self.entry(id) {
                 Some(e) => {
-                    if let EntryState::Done(_) = e.state {
+                    if let EntryState::Kept(_) = e.state {
                         return match self.ops.remove(id.index()).state {
-                            EntryState::Done(c) => Ok(c),
+                            EntryState::Kept(c) => Ok(c),
                             EntryState::InKernel(_) => unreachable!(),
                         };
                     }

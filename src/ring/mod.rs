@@ -67,7 +67,7 @@ pub(crate) use op::kernel_deadline;
 pub use op::{BufPart, Op, OpId};
 pub use port::Driver;
 #[allow(unused_imports)]
-pub(crate) use port::{Port, PortEvent};
+pub(crate) use port::{Done, Port, PortEvent};
 pub use probe::Capabilities;
 pub use submission::{Submission, Ticket};
 pub(crate) use target::{addressable, storage_of};
@@ -291,7 +291,7 @@ enum EntryState {
     /// The kernel owns the operation; its completion goes to this delivery.
     InKernel(Delivery),
     /// Completed, kept for [`Ring::wait`].
-    Done(Completion),
+    Kept(Completion),
 }
 
 /// One operation in the op table.

@@ -158,6 +158,6 @@ impl Ring {
 
     /// Whether the ticketed operation has completed (without driving the ring).
     pub fn is_done(&self, ticket: &Ticket) -> bool {
-        matches!(self.entry(ticket.id), Some(e) if matches!(e.state, EntryState::Done(_)))
+        matches!(self.entry(ticket.id), Some(e) if matches!(e.state, EntryState::Kept(_)))
     }
 }
