@@ -15,7 +15,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use iocomplete::{BufferPool, FifoReceiver, FifoStatus, Op, Ring};
+use iocomplete::{BufferPool, Driver, FifoReceiver, FifoStatus, Op, Ring};
 
 #[derive(Debug, Clone, Copy)]
 enum Method {
@@ -106,7 +106,7 @@ fn measure(method: Method, interval: Duration, samples: usize) -> (Vec<u64>, Dur
             for _ in 0..samples {
                 if let Some(fifo) = fifo.as_mut().filter(|_| nonblocking) {
                     fifo.receive(&mut ring, pool.try_get().unwrap(), 8).unwrap();
-                    let r = fifo.wait(&mut ring).unwrap();
+                    let r = fifo.run(&mut ring).unwrap();
                     assert_eq!(r.status(), FifoStatus::Full);
                     record(r.buf.data());
                 } else {

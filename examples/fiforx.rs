@@ -22,7 +22,9 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
 
-use iocomplete::{BufferPool, FdKind, FifoReceiver, FifoStatus, Op, PoolBuf, Ring, Target, Ticket};
+use iocomplete::{
+    BufferPool, Driver, FdKind, FifoReceiver, FifoStatus, Op, PoolBuf, Ring, Target, Ticket,
+};
 
 /// Bytes per receive transaction (one pooled buffer).
 const CHUNK: usize = 256 * 1024;
@@ -353,7 +355,7 @@ pub(crate) fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
         };
         rx.receive(&mut ring, buf, want)
             .map_err(|e| fail(format!("{path}: {e}")))?;
-        let done = rx.wait(&mut ring).map_err(|e| fail(format!("ring: {e}")))?;
+        let done = rx.run(&mut ring).map_err(|e| fail(format!("ring: {e}")))?;
         let status = done.status();
         got += done.bytes() as u64;
         if !done.buf.is_empty() {

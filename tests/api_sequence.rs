@@ -54,6 +54,7 @@ use common::verify;
 use iocomplete::dma::{Config as DmaConfig, Direction, SgList};
 use iocomplete::ring::BufPart;
 use iocomplete::split::{ChunkHandler, Job, Mode, SplitConfig};
+use iocomplete::Driver as _;
 use iocomplete::{
     BufferPool, Bufs, Completion, CompletionQueue, ContinuousReader, DmaDriver, Error, ErrorKind,
     FifoReceiver, FifoStatus, IoBuf, Op, OpFuture, OpId, PoolBuf, ReaderReport, Restart, Ring,
@@ -2748,7 +2749,7 @@ impl<'w> Episode<'w> {
                 if self.rng.chance(3) {
                     f.cancel(ring);
                 }
-                match f.poll(ring).unwrap() {
+                match f.process(ring).unwrap() {
                     Some(got) => {
                         check_fifo(&got, *len, *sent, stream);
                         true

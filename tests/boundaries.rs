@@ -34,7 +34,7 @@ use iocomplete::dma::{Config as DmaConfig, Direction, SgList};
 use iocomplete::ring::BufPart;
 use iocomplete::split::{Job, Mode, SplitConfig};
 use iocomplete::{
-    BufferPool, Bufs, Completion, CompletionQueue, ContinuousReader, Dispatch, DmaDriver,
+    BufferPool, Bufs, Completion, CompletionQueue, ContinuousReader, Dispatch, DmaDriver, Driver,
     ErrorKind, FifoReceiver, FifoStatus, IoBuf, Op, PoolBuf, Restart, Ring, RingBuilder,
     SplitDriver, Target,
 };
@@ -1498,7 +1498,7 @@ fn fifo_receive_with_deadline_durations() {
                 let (mut ring, pool, mut fifo, _tx) = setup();
                 fifo.receive_with_deadline(&mut ring, pool.try_get().unwrap(), 8, d)
                     .unwrap();
-                let got = fifo.wait(&mut ring).unwrap();
+                let got = fifo.run(&mut ring).unwrap();
                 assert_eq!(got.status(), FifoStatus::TimedOut);
                 assert_eq!(got.bytes(), 0);
                 drop(got);
@@ -1513,10 +1513,10 @@ fn fifo_receive_with_deadline_durations() {
                     .unwrap();
                 for _ in 0..3 {
                     ring.run_once(Some(Duration::from_millis(20))).unwrap();
-                    assert!(fifo.poll(&mut ring).unwrap().is_none(), "ended early");
+                    assert!(fifo.process(&mut ring).unwrap().is_none(), "ended early");
                 }
                 write_fd(tx.as_raw_fd(), b"8 bytes!");
-                let got = fifo.wait(&mut ring).unwrap();
+                let got = fifo.run(&mut ring).unwrap();
                 assert_eq!(got.status(), FifoStatus::Full);
                 assert_eq!(got.buf.data(), b"8 bytes!");
                 drop(got);
@@ -3034,7 +3034,7 @@ fn fifo_receiver_edges() {
                         assert!(ok, "accepted");
                         let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
                         write_fd(tx.as_raw_fd(), &data);
-                        let got = fifo.wait(&mut ring).unwrap();
+                        let got = fifo.run(&mut ring).unwrap();
                         assert_eq!(got.status(), FifoStatus::Full);
                         assert_eq!(got.buf.data(), &data[..]);
                     }
@@ -3059,19 +3059,19 @@ fn fifo_receiver_edges() {
             assert!(matches!(r.error.kind(), ErrorKind::InvalidInput { .. }));
             drop(r);
             write_fd(tx.as_raw_fd(), b"four");
-            assert_eq!(fifo.wait(&mut ring).unwrap().buf.data(), b"four");
+            assert_eq!(fifo.run(&mut ring).unwrap().buf.data(), b"four");
             ring.run_until_idle().unwrap();
             check_teardown(&ring, &[&pool]);
         });
         t.row("drain an empty source, then one with data", "", || {
             let (mut ring, pool, mut fifo, tx) = setup();
             fifo.drain(&mut ring, pool.try_get().unwrap()).unwrap();
-            let got = fifo.wait(&mut ring).unwrap();
+            let got = fifo.run(&mut ring).unwrap();
             assert_eq!((got.status(), got.bytes()), (FifoStatus::Drained, 0));
             drop(got);
             write_fd(tx.as_raw_fd(), b"left over");
             fifo.drain(&mut ring, pool.try_get().unwrap()).unwrap();
-            let got = fifo.wait(&mut ring).unwrap();
+            let got = fifo.run(&mut ring).unwrap();
             assert_eq!(got.buf.data(), b"left over");
             drop(got);
             ring.run_until_idle().unwrap();
@@ -3080,8 +3080,8 @@ fn fifo_receiver_edges() {
         t.row("wait and cancel with no transaction", "", || {
             let (mut ring, pool, mut fifo, _tx) = setup();
             assert!(!fifo.cancel(&mut ring));
-            assert!(fifo.wait(&mut ring).is_err());
-            assert!(fifo.poll(&mut ring).unwrap().is_none());
+            assert!(fifo.run(&mut ring).is_err());
+            assert!(fifo.process(&mut ring).unwrap().is_none());
             check_teardown(&ring, &[&pool]);
         });
         t.row("new() on a blocking pipe, a write end, a file", "", || {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::check_teardown;
 use iocomplete::fifo::TxnId;
-use iocomplete::{BufferPool, ErrorKind, FifoReceiver, FifoStatus, Op, Ring};
+use iocomplete::{BufferPool, Driver, ErrorKind, FifoReceiver, FifoStatus, Op, Ring};
 
 // ---- sources -----------------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ fn logged(ring: &Ring, t: iocomplete::Target) -> (FifoReceiver, Log) {
 fn drive_until_waiting(ring: &mut Ring, rx: &mut FifoReceiver) {
     let until = Instant::now() + Duration::from_secs(5);
     loop {
-        assert!(rx.poll(ring).unwrap().is_none(), "completed early");
+        assert!(rx.process(ring).unwrap().is_none(), "completed early");
         if rx.is_waiting_for_readiness() {
             return;
         }
@@ -248,7 +248,7 @@ fn trickled(src: Source, seed: u64, total: usize, chunk: usize, max_burst: u64) 
         let mut buf = pool.try_get().unwrap();
         buf.header_mut().fill(0x5A);
         rx.receive(&mut ring, buf, len).unwrap();
-        let r = rx.wait(&mut ring).unwrap();
+        let r = rx.run(&mut ring).unwrap();
         assert_eq!(r.status(), FifoStatus::Full, "{name}");
         assert_eq!((r.bytes(), r.buf.len()), (len, len));
         assert!(r.buf.header().iter().all(|&b| b == 0x5A), "header touched");
@@ -332,7 +332,7 @@ fn no_readiness_wait_when_all_data_is_already_there() {
         for _ in 0..3 {
             rx.receive(&mut ring, pool.try_get().unwrap(), 16 * 1024)
                 .unwrap();
-            let r = rx.wait(&mut ring).unwrap();
+            let r = rx.run(&mut ring).unwrap();
             assert_eq!(r.status(), FifoStatus::Full);
             assert_eq!(r.readiness_waits(), 0);
             got.extend_from_slice(r.buf.data());
@@ -366,7 +366,7 @@ fn eof_before_len_completes_with_the_bytes_received() {
             .unwrap();
         let (tx, _) = writer.join().unwrap();
         drop(tx); // the writer goes away: end of stream after 3000 bytes
-        let r = rx.wait(&mut ring).unwrap();
+        let r = rx.run(&mut ring).unwrap();
         assert!(
             matches!(r.status(), FifoStatus::Eof | FifoStatus::HangUp),
             "{name}: {:?}",
@@ -399,7 +399,7 @@ fn hang_up_while_waiting_is_a_distinct_status() {
     rx.receive(&mut ring, pool.try_get().unwrap(), 100).unwrap();
     drive_until_waiting(&mut ring, &mut rx);
     drop(tx); // POLLHUP, nothing readable
-    let r = rx.wait(&mut ring).unwrap();
+    let r = rx.run(&mut ring).unwrap();
     assert_eq!(r.status(), FifoStatus::HangUp);
     assert_eq!(r.buf.data(), b"partial");
     assert_eq!(r.readiness_waits(), 1);
@@ -428,7 +428,7 @@ fn cancel_while_waiting_for_readiness_completes_once_with_bytes_so_far() {
         drive_until_waiting(&mut ring, &mut rx);
         // (A pty may hand the 100 bytes over in pieces: fewer may be in when it waits.)
         assert!(rx.cancel(&mut ring));
-        let r = rx.wait(&mut ring).unwrap();
+        let r = rx.run(&mut ring).unwrap();
         assert_eq!(r.status(), FifoStatus::Cancelled, "{name}");
         assert_eq!(r.outcome.txn, txn);
         let first = r.bytes();
@@ -441,13 +441,13 @@ fn cancel_while_waiting_for_readiness_completes_once_with_bytes_so_far() {
             ('E', txn, first as u32)
         );
         // Exactly once: nothing more for that transaction.
-        assert!(rx.poll(&mut ring).unwrap().is_none());
+        assert!(rx.process(&mut ring).unwrap().is_none());
         assert!(!rx.cancel(&mut ring));
         // Nothing is lost: the rest arrives in the next transaction.
         tx.write_all(&data[100..]).unwrap();
         rx.receive(&mut ring, pool.try_get().unwrap(), 1000 - first)
             .unwrap();
-        let r = rx.wait(&mut ring).unwrap();
+        let r = rx.run(&mut ring).unwrap();
         assert_eq!(r.status(), FifoStatus::Full);
         assert!(r.buf.data() == &data[first..], "{name}: bytes differ");
         drop((r, rx));
@@ -475,7 +475,7 @@ fn deadline_completes_once_with_bytes_so_far() {
             Duration::from_millis(60),
         )
         .unwrap();
-        let r = rx.wait(&mut ring).unwrap();
+        let r = rx.run(&mut ring).unwrap();
         let took = started.elapsed();
         assert_eq!(r.status(), FifoStatus::TimedOut, "{name}");
         assert!(took >= Duration::from_millis(60), "{name}: {took:?}");
@@ -486,7 +486,7 @@ fn deadline_completes_once_with_bytes_so_far() {
         // The next transaction (no deadline) gets the rest.
         tx.write_all(&data[10..]).unwrap();
         rx.receive(&mut ring, pool.try_get().unwrap(), 490).unwrap();
-        let r = rx.wait(&mut ring).unwrap();
+        let r = rx.run(&mut ring).unwrap();
         assert!(r.buf.data() == &data[10..], "{name}: bytes differ");
         drop((r, rx));
         check_teardown(&ring, &[&pool]);
@@ -510,7 +510,7 @@ fn deadline_while_data_keeps_coming_still_ends_the_transaction() {
         Duration::from_millis(30),
     )
     .unwrap();
-    let r = rx.wait(&mut ring).unwrap();
+    let r = rx.run(&mut ring).unwrap();
     let (tx, _) = writer.join().unwrap();
     assert_eq!(r.status(), FifoStatus::TimedOut);
     let first = r.bytes();
@@ -520,7 +520,7 @@ fn deadline_while_data_keeps_coming_still_ends_the_transaction() {
     drop(tx);
     // What the writer sent after the deadline is still in the pipe: drain it.
     rx.drain(&mut ring, pool.try_get().unwrap()).unwrap();
-    let r = rx.wait(&mut ring).unwrap();
+    let r = rx.run(&mut ring).unwrap();
     assert_eq!(r.status(), FifoStatus::Eof);
     assert!(
         r.buf.data() == &data[first..],
@@ -546,14 +546,14 @@ fn drain_saves_what_the_writer_sent_beyond_the_request() {
         tx.write_all(&data).unwrap();
         rx.receive(&mut ring, pool.try_get().unwrap(), 4000)
             .unwrap();
-        let first = rx.wait(&mut ring).unwrap();
+        let first = rx.run(&mut ring).unwrap();
         assert_eq!(first.status(), FifoStatus::Full);
         // Shutting down: save what the source still holds, buffer after buffer.
         let mut saved = Vec::new();
         let mut statuses = Vec::new();
         loop {
             rx.drain(&mut ring, pool.try_get().unwrap()).unwrap();
-            let r = rx.wait(&mut ring).unwrap();
+            let r = rx.run(&mut ring).unwrap();
             assert_eq!(r.readiness_waits(), 0, "a drain never waits");
             saved.extend_from_slice(r.buf.data());
             statuses.push(r.status());
@@ -579,7 +579,7 @@ fn drain_saves_what_the_writer_sent_beyond_the_request() {
         // A drain of an empty source ends at once, empty.
         drop(log);
         rx.drain(&mut ring, pool.try_get().unwrap()).unwrap();
-        let r = rx.wait(&mut ring).unwrap();
+        let r = rx.run(&mut ring).unwrap();
         assert_eq!((r.status(), r.bytes()), (FifoStatus::Drained, 0));
         drop((first, r, rx));
         check_teardown(&ring, &[&pool]);
@@ -646,7 +646,7 @@ fn regular_files_and_bad_requests_are_refused_before_the_kernel() {
             have: 4096
         }
     );
-    assert!(rx.wait(&mut ring).is_err(), "wait without a transaction");
+    assert!(rx.run(&mut ring).is_err(), "wait without a transaction");
     assert_eq!(ring.stats().submitted, before.submitted);
     assert_eq!(
         ring.stats().enters,
@@ -667,7 +667,7 @@ fn regular_files_and_bad_requests_are_refused_before_the_kernel() {
     drop(drained);
     let mut tx = src.tx;
     tx.write_all(b"0123456789").unwrap();
-    let r = rx.wait(&mut ring).unwrap();
+    let r = rx.run(&mut ring).unwrap();
     assert_eq!(r.buf.data(), b"0123456789");
 
     // The ring's own additions: nowait is for reads; an appended read must fit.
@@ -761,7 +761,7 @@ fn several_receivers_share_one_ring_through_poll() {
         assert!(Instant::now() < until, "receivers did not finish");
         ring.run_once(Some(Duration::from_millis(50))).unwrap();
         for (rx, slot) in rxs.iter_mut().zip(&mut got) {
-            if let Some(r) = rx.poll(&mut ring).unwrap() {
+            if let Some(r) = rx.process(&mut ring).unwrap() {
                 assert_eq!(r.status(), FifoStatus::Full);
                 *slot = Some(r.buf.data().to_vec());
             }
@@ -904,8 +904,8 @@ fn fiforx_refuses_bad_input_with_clear_messages() {
 // ---- regression tests: huge deadlines, dropped receivers, foreign rings -------------------
 
 /// Finding 5: a huge deadline means "effectively never" — no overflow panic; the
-/// transaction completes normally when its data arrives, after a readiness wait. (The
-/// last one fits an `Instant`: the readiness wait carries it as a linked timeout.)
+/// transaction completes normally when its data arrives, after a readiness wait. (None
+/// of them reaches a kernel timer: no timer is armed.)
 #[test]
 fn huge_deadlines_mean_never_and_complete_normally() {
     let timeouts = [
@@ -927,7 +927,7 @@ fn huge_deadlines_mean_never_and_complete_normally() {
             .unwrap();
         drive_until_waiting(&mut ring, &mut rx);
         tx.write_all(&data[1000..]).unwrap();
-        let r = rx.wait(&mut ring).unwrap();
+        let r = rx.run(&mut ring).unwrap();
         assert_eq!(r.status(), FifoStatus::Full, "{timeout:?}");
         assert!(r.buf.data() == &data[..], "{timeout:?}: bytes differ");
         assert!(r.readiness_waits() >= 1);
@@ -987,8 +987,8 @@ fn a_receiver_refuses_a_foreign_ring_and_cancels_nothing_there() {
     rx.receive(&mut ring, pool.try_get().unwrap(), 5).unwrap();
     drive_until_waiting(&mut ring, &mut rx);
     assert!(!rx.cancel(&mut other), "cancelled through a foreign ring");
-    assert!(rx.poll(&mut other).is_err());
-    assert!(rx.wait(&mut other).is_err());
+    assert!(rx.process(&mut other).is_err());
+    assert!(rx.run(&mut other).is_err());
     let refused = rx.drain(&mut other, pool.try_get().unwrap()).unwrap_err();
     drop(refused);
     other.poll().unwrap();
@@ -999,7 +999,7 @@ fn a_receiver_refuses_a_foreign_ring_and_cancels_nothing_there() {
     // The receiver still works on its own ring.
     let mut tx = src.tx;
     tx.write_all(b"hello").unwrap();
-    let r = rx.wait(&mut ring).unwrap();
+    let r = rx.run(&mut ring).unwrap();
     assert_eq!(r.buf.data(), b"hello");
     drop((r, rx));
     check_teardown(&ring, &[&pool]);

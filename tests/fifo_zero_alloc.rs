@@ -8,7 +8,7 @@ mod common;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use iocomplete::{BufferPool, FifoReceiver, FifoStatus, Ring};
+use iocomplete::{BufferPool, Driver, FifoReceiver, FifoStatus, Ring};
 
 #[path = "common/alloc.rs"]
 mod alloc;
@@ -47,14 +47,14 @@ fn steady_state_fifo_receive_does_not_allocate() {
         write(&tx, &msg);
         fifo.receive(ring, pool.try_get().unwrap(), 16).unwrap();
         loop {
-            assert!(fifo.poll(ring).unwrap().is_none());
+            assert!(fifo.process(ring).unwrap().is_none());
             if fifo.is_waiting_for_readiness() {
                 break;
             }
             ring.run_once(Some(Duration::from_secs(5))).unwrap();
         }
         write(&tx, &msg);
-        let r = fifo.wait(ring).unwrap();
+        let r = fifo.run(ring).unwrap();
         assert_eq!(r.status(), FifoStatus::Full);
         assert_eq!(r.readiness_waits(), 1);
         assert_eq!(&r.buf.data()[..8], &msg);

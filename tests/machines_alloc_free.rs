@@ -4,6 +4,7 @@
 
 use iocomplete::fifo::{FifoAction, FifoEvent, FifoMachine};
 use iocomplete::reader::{ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine};
+use iocomplete::Error;
 
 #[path = "common/alloc.rs"]
 mod alloc;
@@ -134,22 +135,22 @@ fn fifo_steady_state_allocates_nothing() {
     let run = |m: &mut FifoMachine, txns: u32| {
         let mut k = 0u32;
         for _ in 0..txns {
-            m.receive(100).unwrap();
+            m.receive(100, None).unwrap();
             loop {
                 k += 1;
                 match m.poll_action().unwrap() {
                     FifoAction::Begin { .. } | FifoAction::End { .. } => {}
                     FifoAction::Read { seq, len, .. } => {
-                        let res = if k % 3 == 0 {
-                            -libc::EAGAIN
+                        let result = if k % 3 == 0 {
+                            Err(Error::from_errno(libc::EAGAIN))
                         } else {
-                            len.min(30) as i32
+                            Ok(len.min(30))
                         };
-                        m.handle(FifoEvent::ReadDone { seq, res }).unwrap();
+                        m.handle(FifoEvent::ReadDone { seq, result }).unwrap();
                     }
                     FifoAction::ArmPoll { seq } => {
-                        let res = i32::from(libc::POLLIN);
-                        m.handle(FifoEvent::PollDone { seq, res }).unwrap();
+                        let result = Ok(libc::POLLIN as u32);
+                        m.handle(FifoEvent::PollDone { seq, result }).unwrap();
                     }
                     FifoAction::Complete(o) => {
                         assert_eq!(o.bytes, 100);

@@ -1,7 +1,9 @@
 //! The FIFO receive machine on the simulated stream: arbitrary transactions (lengths,
-//! drain mode, cancels and deadlines at any step), burst patterns, short reads, faults.
-//! `sim::run_fifo` checks every byte arrives once and in order, one poll per `EAGAIN`,
-//! and statuses that match what happened; a violation is a bug.
+//! drain mode, cancels at any step, deadline timers that fire at any step), burst
+//! patterns, short reads, faults; timer firings and timer cancels complete in any order
+//! with the operations. `sim::run_fifo` checks every byte arrives once and in order, one
+//! poll per `EAGAIN`, the timer armed once and back before the transaction ends, and
+//! statuses that match what happened; a violation is a bug.
 #![no_main]
 
 use iocomplete::sim::{run_fifo, Fault, FifoTxnSpec, SimFailure, SimParams};

@@ -2,6 +2,8 @@
 
 use std::collections::VecDeque;
 
+use std::time::Duration;
+
 use crate::error::{Error, ErrorKind, Result};
 
 /// Identifies one transaction ([`FifoMachine::receive`] or [`FifoMachine::drain`]). Never
@@ -23,12 +25,12 @@ impl TxnId {
 
 /// Identifies one operation (read or poll) the machine asked for. Never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct OpId(u64);
+pub struct FifoSeq(u64);
 
-impl OpId {
-    /// An operation id from its raw value (for drivers decoding `user_data`, and fuzzers).
-    pub const fn new(raw: u64) -> OpId {
-        OpId(raw)
+impl FifoSeq {
+    /// An operation id from its raw value (for drivers and fuzzers).
+    pub const fn new(raw: u64) -> FifoSeq {
+        FifoSeq(raw)
     }
 
     /// The raw value.
@@ -95,11 +97,19 @@ pub enum FifoAction {
         /// Bytes wanted (drain mode: buffer capacity).
         len: u32,
     },
+    /// Arm the transaction's deadline timer to fire after `after`; report it with
+    /// [`FifoEvent::Deadline`] (it fired) or [`FifoEvent::TimerCancelled`] (it did not).
+    ArmTimer {
+        /// Time until the deadline.
+        after: Duration,
+    },
+    /// Cancel the deadline timer; its completion must still be reported.
+    CancelTimer,
     /// Non-blocking read of up to `len` bytes into the buffer at offset `at`; report with
-    /// [`FifoEvent::ReadDone`].
+    /// [`FifoEvent::ReadDone`] (or [`FifoEvent::ReadEmpty`]).
     Read {
         /// Tag of the read.
-        seq: OpId,
+        seq: FifoSeq,
         /// Offset in the transaction's buffer.
         at: u32,
         /// Space left in the buffer.
@@ -108,14 +118,14 @@ pub enum FifoAction {
     /// Arm one one-shot readiness poll (`POLLIN`); report with [`FifoEvent::PollDone`].
     ArmPoll {
         /// Tag of the poll.
-        seq: OpId,
+        seq: FifoSeq,
     },
     /// Cancel operation `seq`; its completion must still be reported.
     Cancel {
         /// The operation to cancel.
-        seq: OpId,
+        seq: FifoSeq,
     },
-    /// Run the `on_end` hook: nothing is in flight any more.
+    /// Run the `on_end` hook: nothing is in flight any more (no operation, no timer).
     End {
         /// The transaction.
         txn: TxnId,
@@ -129,45 +139,72 @@ pub enum FifoAction {
 /// What happened; feed it to [`FifoMachine::handle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FifoEvent {
-    /// A read completed: bytes, 0 at end of file, or `-errno` (`-EAGAIN`: nothing there).
+    /// A read completed: the bytes read (0 at end of file), or the typed error
+    /// ([`ErrorKind::Os`]`(EAGAIN)`: the source is empty, as [`ReadEmpty`](Self::ReadEmpty)).
     ReadDone {
         /// The read's tag.
-        seq: OpId,
-        /// Bytes read, or a negated errno.
-        res: i32,
+        seq: FifoSeq,
+        /// Bytes read, or the error.
+        result: Result<u32>,
     },
-    /// A readiness poll completed: the event mask (`POLLIN`, `POLLHUP`, ...) or `-errno`.
+    /// A read found the source empty and read nothing. What a driver reports when the
+    /// kernel cannot answer `EAGAIN` for the source and the driver learns it otherwise
+    /// (the [`FifoReceiver`](crate::FifoReceiver)'s zero linked timeout expired).
+    ReadEmpty {
+        /// The read's tag.
+        seq: FifoSeq,
+    },
+    /// A readiness poll completed: the event mask (`POLLIN`, `POLLHUP`, ...), or the
+    /// typed error.
     PollDone {
         /// The poll's tag.
-        seq: OpId,
-        /// Poll mask, or a negated errno.
-        res: i32,
+        seq: FifoSeq,
+        /// Poll mask, or the error.
+        result: Result<u32>,
     },
     /// Cancel the transaction.
     Cancel {
         /// The transaction.
         txn: TxnId,
     },
-    /// The transaction's deadline expired.
+    /// The transaction's timer fired: its deadline passed.
     Deadline {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// The transaction's timer completed without firing: cancelled, or refused (e.g. a
+    /// deadline no kernel timer reaches) — the transaction then has no deadline.
+    TimerCancelled {
         /// The transaction.
         txn: TxnId,
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OpKind {
-    Read,
-    Poll,
+/// A completion of the operation in flight.
+#[derive(Debug, Clone, Copy)]
+enum Done {
+    Read(Result<u32>),
+    Empty,
+    Poll(Result<u32>),
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Pending {
-    seq: OpId,
-    kind: OpKind,
+    seq: FifoSeq,
+    poll: bool,
     /// The `len` of the read (0 for a poll).
     len: u32,
-    cancelling: bool,
+}
+
+/// The deadline timer of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// None armed, or its completion is back.
+    Off,
+    /// Armed: it fires at the deadline.
+    Armed,
+    /// Asked to cancel; its completion (fired or not) is still to come.
+    Cancelling,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -177,31 +214,40 @@ struct Txn {
     bytes: u32,
     waits: u32,
     drain: bool,
-    /// The operation in flight. Always `Some` while the transaction is active.
+    /// The read or poll in flight.
     op: Option<Pending>,
+    timer: Timer,
     /// Cancel or deadline requested: the status unless the transaction ends by itself.
-    stop: Option<FifoStatus>,
+    requested: Option<FifoStatus>,
+    /// How it ended, once its last operation is back; it completes when the timer is.
+    /// While the transaction is active, `op` or `end` is set.
+    end: Option<FifoStatus>,
 }
 
 /// The FIFO receiver's sans-I/O core: one transaction at a time, one operation in flight at
-/// a time.
+/// a time, plus the transaction's deadline timer.
 ///
 /// Total: every event is accepted or rejected with
-/// [`ErrorKind::InvalidInput`] (stale or unknown ids, results larger than the read) and a
-/// rejected event changes nothing. No heap allocation after construction.
+/// [`ErrorKind::InvalidInput`] (stale or unknown ids, results larger than the read, a timer
+/// event with no timer armed) and a rejected event changes nothing. No heap allocation
+/// after construction.
 ///
 /// # Rules
 ///
-/// * `Begin` comes before the first `Read`; `End` and then `Complete` after the last
-///   operation's completion, once per transaction.
+/// * `Begin` comes before the first `Read` (and `ArmTimer`, for a deadline); `End` and
+///   then `Complete` after the last operation's completion and the timer's, once per
+///   transaction.
 /// * On `EAGAIN` exactly one `ArmPoll`; reading resumes only when the poll completes. No
 ///   busy loop: every read after the first follows either data or a poll.
 /// * `POLLHUP` without `POLLIN`/`POLLERR` ends the transaction with [`FifoStatus::HangUp`];
 ///   a 0-byte read with [`FifoStatus::Eof`]; both carry the bytes received.
-/// * Cancel and deadline: a `Cancel` for the operation in flight, then completion with
-///   [`FifoStatus::Cancelled`] / [`FifoStatus::TimedOut`] once its completion is back. The
-///   bytes of a read that completes meanwhile count; if that completion ends the transaction
-///   by itself (buffer full, EOF, a hard error) its own status wins.
+/// * Cancel and deadline: a `Cancel` for the operation in flight (and a `CancelTimer` for
+///   the timer, on cancel), then completion with [`FifoStatus::Cancelled`] /
+///   [`FifoStatus::TimedOut`] once its completion is back. The bytes of a read that
+///   completes meanwhile count; if that completion ends the transaction by itself (buffer
+///   full, EOF, a hard error) its own status wins. The first of cancel and deadline decides.
+/// * A transaction that ends by itself with its timer armed asks `CancelTimer` and
+///   completes when the timer is back, with its own status even if the timer fired.
 /// * Drain mode never polls: `EAGAIN` ends it with [`FifoStatus::Drained`].
 #[derive(Debug)]
 pub struct FifoMachine {
@@ -218,13 +264,27 @@ impl Default for FifoMachine {
     }
 }
 
-/// The status for an operation that failed with `errno`, given a pending stop request.
-fn error_status(errno: i32, stop: Option<FifoStatus>) -> FifoStatus {
-    match errno {
-        libc::ECANCELED => stop.unwrap_or(FifoStatus::Cancelled),
-        libc::ETIME | libc::ETIMEDOUT => stop.unwrap_or(FifoStatus::TimedOut),
-        e => FifoStatus::Failed(Error::from_errno(e)),
+/// The status for an operation that failed with `e`, given a pending request.
+fn error_status(e: Error, requested: Option<FifoStatus>) -> FifoStatus {
+    match e.kind() {
+        ErrorKind::Cancelled => requested.unwrap_or(FifoStatus::Cancelled),
+        ErrorKind::TimedOut => requested.unwrap_or(FifoStatus::TimedOut),
+        _ => FifoStatus::Failed(e),
     }
+}
+
+/// The transaction `id`, if it is the one in progress.
+fn current(txn: &mut Option<Txn>, id: TxnId) -> Result<&mut Txn> {
+    match txn.as_mut() {
+        Some(t) if t.id == id => Ok(t),
+        _ => Err(Error::invalid(
+            "cancel or timer event for a transaction not in progress",
+        )),
+    }
+}
+
+fn is_errno(e: Error, errno: i32) -> bool {
+    e.kind() == ErrorKind::Os(errno)
 }
 
 impl FifoMachine {
@@ -234,26 +294,28 @@ impl FifoMachine {
             txn: None,
             next_seq: 0,
             next_txn: 0,
-            // Begin + Read, or Cancel, or End + Complete (+ room to spare).
+            // Begin + ArmTimer + Read, or Cancel + CancelTimer, or End + Complete.
             actions: VecDeque::with_capacity(8),
             total_waits: 0,
         }
     }
 
-    /// Start a transaction receiving exactly `len` bytes. Fails if one is in progress or
-    /// `len` is 0 or above `i32::MAX`.
-    pub fn receive(&mut self, len: u32) -> Result<TxnId> {
-        self.start(len, false)
+    /// Start a transaction receiving exactly `len` bytes, ending as
+    /// [`FifoStatus::TimedOut`] when `deadline` (if any) passes first. Fails if one is in
+    /// progress or `len` is 0 or above `i32::MAX`.
+    pub fn receive(&mut self, len: u32, deadline: Option<Duration>) -> Result<TxnId> {
+        self.start(len, false, deadline)
     }
 
     /// Start a drain transaction: read up to `capacity` bytes of whatever the source still
     /// holds, without waiting for readiness. Ends with [`FifoStatus::Drained`] (source
-    /// empty), [`FifoStatus::Full`] or [`FifoStatus::Eof`].
-    pub fn drain(&mut self, capacity: u32) -> Result<TxnId> {
-        self.start(capacity, true)
+    /// empty), [`FifoStatus::Full`] or [`FifoStatus::Eof`] (or as a receive, on cancel or
+    /// `deadline`).
+    pub fn drain(&mut self, capacity: u32, deadline: Option<Duration>) -> Result<TxnId> {
+        self.start(capacity, true, deadline)
     }
 
-    fn start(&mut self, len: u32, drain: bool) -> Result<TxnId> {
+    fn start(&mut self, len: u32, drain: bool, deadline: Option<Duration>) -> Result<TxnId> {
         if self.txn.is_some() {
             return Err(Error::invalid("a FIFO transaction is already in progress"));
         }
@@ -272,10 +334,15 @@ impl FifoMachine {
             waits: 0,
             drain,
             op: None,
-            stop: None,
+            timer: deadline.map_or(Timer::Off, |_| Timer::Armed),
+            requested: None,
+            end: None,
         });
         self.actions.push_back(FifoAction::Begin { txn: id, len });
-        self.issue_read();
+        if let Some(after) = deadline {
+            self.actions.push_back(FifoAction::ArmTimer { after });
+        }
+        self.issue(false);
         Ok(id)
     }
 
@@ -289,9 +356,10 @@ impl FifoMachine {
         self.txn.map(|t| t.id)
     }
 
-    /// True if an operation is in flight.
+    /// True if an operation (a read, a poll, or the deadline timer) is in flight.
     pub fn has_op_in_flight(&self) -> bool {
-        self.txn.is_some_and(|t| t.op.is_some())
+        self.txn
+            .is_some_and(|t| t.op.is_some() || t.timer != Timer::Off)
     }
 
     /// Transactions started over the machine's lifetime (receives and drains).
@@ -307,49 +375,50 @@ impl FifoMachine {
     /// Feed one event. Impossible or stale events are rejected and change nothing.
     pub fn handle(&mut self, event: FifoEvent) -> Result<()> {
         match event {
-            FifoEvent::ReadDone { seq, res } => self.on_done(seq, OpKind::Read, res),
-            FifoEvent::PollDone { seq, res } => self.on_done(seq, OpKind::Poll, res),
-            FifoEvent::Cancel { txn } => self.on_stop(txn, FifoStatus::Cancelled),
-            FifoEvent::Deadline { txn } => self.on_stop(txn, FifoStatus::TimedOut),
+            FifoEvent::ReadDone { seq, result } => self.on_done(seq, Done::Read(result)),
+            FifoEvent::ReadEmpty { seq } => self.on_done(seq, Done::Empty),
+            FifoEvent::PollDone { seq, result } => self.on_done(seq, Done::Poll(result)),
+            FifoEvent::Cancel { txn } => self.on_cancel(txn, FifoStatus::Cancelled),
+            FifoEvent::Deadline { txn } => self.on_timer(txn, true),
+            FifoEvent::TimerCancelled { txn } => self.on_timer(txn, false),
         }
     }
 
-    fn alloc_seq(&mut self) -> OpId {
-        let s = OpId(self.next_seq);
+    /// Issue the next read (or, `poll`, readiness poll) of the transaction.
+    fn issue(&mut self, poll: bool) {
+        let seq = FifoSeq(self.next_seq);
         self.next_seq = self.next_seq.wrapping_add(1);
-        s
-    }
-
-    fn issue_read(&mut self) {
-        let seq = self.alloc_seq();
         let Some(t) = self.txn.as_mut() else { return };
-        let at = t.bytes;
-        let len = t.len - t.bytes;
-        t.op = Some(Pending {
-            seq,
-            kind: OpKind::Read,
-            len,
-            cancelling: false,
-        });
-        self.actions.push_back(FifoAction::Read { seq, at, len });
+        let len = if poll { 0 } else { t.len - t.bytes };
+        t.op = Some(Pending { seq, poll, len });
+        if poll {
+            t.waits = t.waits.saturating_add(1);
+            self.total_waits += 1;
+            self.actions.push_back(FifoAction::ArmPoll { seq });
+        } else {
+            let at = t.bytes;
+            self.actions.push_back(FifoAction::Read { seq, at, len });
+        }
     }
 
-    fn issue_poll(&mut self) {
-        let seq = self.alloc_seq();
+    /// The transaction's last operation is back and ended it with `status`: complete it,
+    /// or first cancel its timer and wait for it.
+    fn end(&mut self, status: FifoStatus) {
         let Some(t) = self.txn.as_mut() else { return };
-        t.waits = t.waits.saturating_add(1);
-        self.total_waits += 1;
-        t.op = Some(Pending {
-            seq,
-            kind: OpKind::Poll,
-            len: 0,
-            cancelling: false,
-        });
-        self.actions.push_back(FifoAction::ArmPoll { seq });
+        t.end = Some(status);
+        if t.timer == Timer::Armed {
+            t.timer = Timer::Cancelling;
+            self.actions.push_back(FifoAction::CancelTimer);
+        }
+        self.complete_if_done();
     }
 
-    fn complete(&mut self, status: FifoStatus) {
-        let Some(t) = self.txn.take() else { return };
+    fn complete_if_done(&mut self) {
+        let Some(t) = self.txn else { return };
+        let Some(status) = t.end.filter(|_| t.timer == Timer::Off) else {
+            return;
+        };
+        self.txn = None;
         self.actions.push_back(FifoAction::End {
             txn: t.id,
             bytes: t.bytes,
@@ -362,33 +431,38 @@ impl FifoMachine {
         }));
     }
 
-    fn on_stop(&mut self, txn: TxnId, status: FifoStatus) -> Result<()> {
-        let t = match self.txn.as_mut() {
-            Some(t) if t.id == txn => t,
-            _ => {
-                return Err(Error::invalid(
-                    "cancel or deadline for a transaction not in progress",
-                ))
-            }
-        };
-        if t.stop.is_some() {
-            return Ok(()); // the first request decides the status
+    /// Cancel (`Cancelled`) or the deadline (`TimedOut`): cancel what is in flight.
+    fn on_cancel(&mut self, txn: TxnId, status: FifoStatus) -> Result<()> {
+        let t = current(&mut self.txn, txn)?;
+        if t.requested.is_some() || t.end.is_some() {
+            return Ok(()); // the first request, or the transaction's own end, decides
         }
-        t.stop = Some(status);
-        match t.op.as_mut() {
-            Some(op) => {
-                if !op.cancelling {
-                    op.cancelling = true;
-                    let seq = op.seq;
-                    self.actions.push_back(FifoAction::Cancel { seq });
-                }
-            }
-            None => self.complete(status),
+        // Once: no operation is issued after a request.
+        t.requested = Some(status);
+        if let Some(op) = t.op {
+            self.actions.push_back(FifoAction::Cancel { seq: op.seq });
+        }
+        if t.timer == Timer::Armed && status == FifoStatus::Cancelled {
+            t.timer = Timer::Cancelling;
+            self.actions.push_back(FifoAction::CancelTimer);
         }
         Ok(())
     }
 
-    fn on_done(&mut self, seq: OpId, kind: OpKind, res: i32) -> Result<()> {
+    fn on_timer(&mut self, txn: TxnId, fired: bool) -> Result<()> {
+        let t = current(&mut self.txn, txn)?;
+        if t.timer == Timer::Off {
+            return Err(Error::invalid("timer event with no timer armed"));
+        }
+        t.timer = Timer::Off;
+        if fired {
+            self.on_cancel(txn, FifoStatus::TimedOut)?;
+        }
+        self.complete_if_done();
+        Ok(())
+    }
+
+    fn on_done(&mut self, seq: FifoSeq, done: Done) -> Result<()> {
         let t = self.txn.as_mut().ok_or(Error::invalid(
             "completion while no transaction is in progress",
         ))?;
@@ -400,63 +474,45 @@ impl FifoMachine {
                 ))
             }
         };
-        if op.kind != kind {
+        if op.poll != matches!(done, Done::Poll(_)) {
             return Err(Error::invalid(
                 "completion of the wrong kind for this operation",
             ));
         }
-        if kind == OpKind::Read && res > 0 && res as u32 > op.len {
-            return Err(Error::invalid(
-                "completion reports more bytes than requested",
-            ));
+        if let Done::Read(Ok(n)) = done {
+            if n > op.len {
+                return Err(Error::invalid(
+                    "completion reports more bytes than requested",
+                ));
+            }
         }
         t.op = None;
-        let stop = t.stop;
-        let drain = t.drain;
-        match kind {
-            OpKind::Read => {
-                if res > 0 {
-                    t.bytes += res as u32;
-                    if t.bytes == t.len {
-                        self.complete(FifoStatus::Full);
-                    } else if let Some(status) = stop {
-                        self.complete(status);
-                    } else {
-                        self.issue_read();
-                    }
-                } else if res == 0 {
-                    self.complete(FifoStatus::Eof);
-                } else {
-                    match crate::error::errno_of(res) {
-                        libc::EAGAIN | libc::EINTR if stop.is_some() => {
-                            self.complete(stop.unwrap_or(FifoStatus::Cancelled));
-                        }
-                        libc::EAGAIN if drain => self.complete(FifoStatus::Drained),
-                        libc::EAGAIN => self.issue_poll(),
-                        libc::EINTR => self.issue_read(),
-                        e => self.complete(error_status(e, stop)),
-                    }
-                }
+        let requested = t.requested;
+        let empty = requested.or(t.drain.then_some(FifoStatus::Drained));
+        // `Some(status)`: the transaction ends; `None`: it goes on (`poll`: with a poll).
+        let (end, poll) = match done {
+            Done::Read(Ok(0)) => (Some(FifoStatus::Eof), false),
+            Done::Read(Ok(n)) => {
+                t.bytes += n;
+                let full = (t.bytes == t.len).then_some(FifoStatus::Full);
+                (full.or(requested), false)
             }
-            OpKind::Poll => {
-                if res < 0 {
-                    match crate::error::errno_of(res) {
-                        // Interrupted wait: the next read says whether data came.
-                        libc::EINTR if stop.is_none() => self.issue_read(),
-                        e => self.complete(error_status(e, stop)),
-                    }
-                } else if let Some(status) = stop {
-                    self.complete(status);
-                } else {
-                    let mask = res as u32;
-                    let readable = (libc::POLLIN | libc::POLLERR) as u32;
-                    if mask & libc::POLLHUP as u32 != 0 && mask & readable == 0 {
-                        self.complete(FifoStatus::HangUp);
-                    } else {
-                        self.issue_read();
-                    }
-                }
+            Done::Empty => (empty, true),
+            Done::Read(Err(e)) if is_errno(e, libc::EAGAIN) => (empty, true),
+            Done::Read(Err(e)) if is_errno(e, libc::EINTR) => (requested, false),
+            // Interrupted wait: the next read says whether data came.
+            Done::Poll(Err(e)) if is_errno(e, libc::EINTR) && requested.is_none() => (None, false),
+            Done::Read(Err(e)) | Done::Poll(Err(e)) => (Some(error_status(e, requested)), false),
+            Done::Poll(Ok(_)) if requested.is_some() => (requested, false),
+            Done::Poll(Ok(mask)) => {
+                let readable = (libc::POLLIN | libc::POLLERR) as u32;
+                let hup = mask & libc::POLLHUP as u32 != 0 && mask & readable == 0;
+                (hup.then_some(FifoStatus::HangUp), false)
             }
+        };
+        match end {
+            Some(status) => self.end(status),
+            None => self.issue(poll),
         }
         Ok(())
     }

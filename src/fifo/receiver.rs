@@ -4,8 +4,9 @@
 //! [`Op::read_append`] into the transaction's buffer (the kernel writes straight after the
 //! bytes already received: no copy), each [`FifoAction::ArmPoll`] one one-shot
 //! [`Op::poll`] (`IORING_OP_POLL_ADD`, `POLLIN`), each [`FifoAction::Cancel`] a
-//! [`Ring::cancel`]; their completions go back to the machine as events. Exactly one
-//! operation is in flight per receiver, so a receiver costs the ring one op-table entry.
+//! cancel through the receiver's completion port, each [`FifoAction::ArmTimer`] the port's
+//! timer; their completions go back to the machine as events. At most one operation (and
+//! the deadline timer) is in flight per receiver.
 //!
 //! ## Learning that the source ran dry
 //!
@@ -18,31 +19,21 @@
 //! * where the kernel refuses that (`EOPNOTSUPP`: ttys, many character devices), with a
 //!   zero linked timeout instead: the read takes whatever is there at once, or is
 //!   cancelled by the timeout right after the kernel found nothing — which the driver
-//!   reports to the machine as `-EAGAIN`. The switch happens once per receiver, on the
-//!   first `EOPNOTSUPP`, by reissuing the same read.
+//!   reports to the machine as [`FifoEvent::ReadEmpty`]. The switch happens once per
+//!   receiver, on the first `EOPNOTSUPP`, by reissuing the same read.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::buf::PoolBuf;
-use crate::error::{Error, Result};
-use crate::ring::{Bufs, FdKind, Op, Ring, RingHandle, Target, Ticket};
+use crate::error::{Error, ErrorKind, Result};
 
-use super::machine::{
-    FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus, OpId as Seq, TxnId,
-};
+use crate::ring::{Bufs, Driver, FdKind, Op, Port, PortEvent, Ring, Target};
+
+use super::machine::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoSeq, FifoStatus, TxnId};
 
 /// A transaction hook: `(transaction, bytes)`.
 type Hook = Box<dyn FnMut(TxnId, u32) + Send + 'static>;
-
-/// What the receiver's one operation in flight is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waiting {
-    /// A read into the transaction's buffer (the ring holds the buffer).
-    Read,
-    /// A readiness poll (the receiver holds the buffer).
-    Readiness,
-}
 
 /// How reads learn that the source is empty (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +44,13 @@ enum DryProbe {
     ZeroTimeout,
 }
 
-#[derive(Debug)]
+/// The receiver's one operation in flight, as the port records it.
+#[derive(Debug, Clone, Copy)]
 struct InFlight {
-    seq: Seq,
-    what: Waiting,
-    /// For a read: the bytes it asked for (to reissue it).
-    len: usize,
-    ticket: Ticket,
+    seq: FifoSeq,
+    /// `Some(len)`: a read of `len` bytes into the buffer (kept to reissue it); `None`: a
+    /// readiness poll (the receiver holds the buffer).
+    read: Option<usize>,
 }
 
 /// A finished transaction: the buffer, holding `outcome.bytes` bytes of data received,
@@ -135,25 +126,25 @@ impl From<FifoRefused> for Error {
 /// runs before the first read of a transaction, `on_end` after the last, with the byte
 /// count. Every transaction completes exactly once, as a [`FifoReceived`] whose
 /// [`FifoStatus`] says why: `Full`; `Eof` or `HangUp` when the source ended first;
-/// `Cancelled` ([`cancel`](Self::cancel)); `TimedOut`
+/// `Cancelled` ([`cancel`](Driver::cancel)); `TimedOut`
 /// ([`receive_with_deadline`](Self::receive_with_deadline)); `Failed`. In every case the
 /// buffer comes back holding the bytes received so far.
 ///
-/// Collect a completion with [`wait`](Self::wait) (drives the ring) or
-/// [`poll`](Self::poll) (does not: for an event loop that drives one ring for many
-/// sources). Before shutting down, [`drain`](Self::drain) saves whatever the source
-/// still holds without waiting.
+/// The receiver is a [`Driver`]: collect a completion with [`run`](Driver::run) (drives
+/// the ring) or [`process`](Driver::process) (does not: for an event loop that drives one
+/// ring for many sources). Before shutting down, [`drain`](Self::drain) saves whatever
+/// the source still holds without waiting.
 ///
-/// Dropping a receiver with a transaction in flight abandons it: its operation is
-/// cancelled (a readiness wait on a silent source would otherwise keep the ring busy
+/// Dropping a receiver with a transaction in flight abandons it: its operation and timer
+/// are cancelled (a readiness wait on a silent source would otherwise keep the ring busy
 /// forever) and the ring reclaims the buffer once the kernel is done with it, but its
-/// bytes are lost and `on_end` does not run. Cancel and wait first.
+/// bytes are lost and `on_end` does not run. Cancel and run first.
 ///
 /// A receiver works with the ring it was made for: the other methods refuse any other
 /// ring (the ids of its operations mean nothing there).
 ///
 /// ```
-/// use iocomplete::{BufferPool, FifoReceiver, FifoStatus, Ring};
+/// use iocomplete::{BufferPool, Driver, FifoReceiver, FifoStatus, Ring};
 /// use std::io::Write;
 /// use std::os::fd::{FromRawFd, OwnedFd};
 ///
@@ -171,10 +162,10 @@ impl From<FifoRefused> for Error {
 ///
 /// tx.write_all(b"hello ").unwrap();
 /// fifo.receive(&mut ring, pool.try_get()?, 11)?;
-/// fifo.poll(&mut ring)?; // nothing to collect yet: the ring has not run
+/// fifo.process(&mut ring)?; // nothing to collect yet: the ring has not run
 /// ring.run_once(None)?; // reads "hello ", then finds the pipe empty
 /// tx.write_all(b"world").unwrap();
-/// let done = fifo.wait(&mut ring)?;
+/// let done = fifo.run(&mut ring)?;
 /// assert_eq!(done.status(), FifoStatus::Full);
 /// assert_eq!(done.buf.data(), b"hello world");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -184,19 +175,10 @@ pub struct FifoReceiver {
     machine: FifoMachine,
     /// The transaction's buffer while no read holds it.
     buf: Option<PoolBuf>,
-    /// The one operation in flight.
-    op: Option<InFlight>,
-    /// When the transaction times out; `None`: never (no deadline, or one so far away
-    /// that it is not representable).
-    deadline: Option<Instant>,
-    /// The ring's handle, taken at the first transaction: a dropped receiver asks the ring
-    /// through it to cancel its operation.
-    handle: Option<RingHandle>,
+    /// The read or poll in flight, and the deadline timer.
+    port: Port<InFlight>,
     /// A completed transaction not yet handed out.
     done: Option<FifoReceived>,
-    /// An operation's typed error without an errno (e.g. a closed target), so the outcome
-    /// carries it rather than the stand-in errno the machine was fed.
-    typed_failure: Option<Error>,
     on_begin: Option<Hook>,
     on_end: Option<Hook>,
     probe: DryProbe,
@@ -207,26 +189,11 @@ impl fmt::Debug for FifoReceiver {
         f.debug_struct("FifoReceiver")
             .field("target", &self.target)
             .field("machine", &self.machine)
-            .field("op", &self.op)
-            .field("deadline", &self.deadline)
+            .field("port", &self.port)
             .field("probe", &self.probe)
             .field("on_begin", &self.on_begin.is_some())
             .field("on_end", &self.on_end.is_some())
             .finish_non_exhaustive()
-    }
-}
-
-/// `-errno` for the machine, from an operation's result.
-fn as_res(r: Result<usize>, typed: &mut Option<Error>) -> i32 {
-    match r {
-        Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
-        Err(e) => match e.raw_os_error() {
-            Some(errno) => -errno,
-            None => {
-                *typed = Some(e);
-                -libc::EINVAL
-            }
-        },
     }
 }
 
@@ -258,11 +225,8 @@ impl FifoReceiver {
             target: source,
             machine: FifoMachine::new(),
             buf: None,
-            op: None,
-            deadline: None,
-            handle: None,
+            port: Port::new(1),
             done: None,
-            typed_failure: None,
             on_begin: None,
             on_end: None,
             probe: DryProbe::NoWait,
@@ -296,9 +260,7 @@ impl FifoReceiver {
     /// True while the receiver waits for the source to become readable (its readiness
     /// notification is armed).
     pub fn is_waiting_for_readiness(&self) -> bool {
-        self.op
-            .as_ref()
-            .is_some_and(|o| o.what == Waiting::Readiness)
+        self.port.find(|op| op.read.is_none()).is_some()
     }
 
     /// Readiness notifications armed over the receiver's lifetime: how often the source
@@ -336,10 +298,11 @@ impl FifoReceiver {
 
     /// Like [`receive`](Self::receive), completing with [`FifoStatus::TimedOut`] (and
     /// the bytes received so far) if the buffer is not full within `timeout`. Reads never
-    /// wait; each readiness wait carries a linked timeout for the time left, so a receiver
-    /// waiting on a silent source is woken by the kernel when the deadline expires, and a
-    /// transaction still receiving data past it ends at its next completion. A `timeout`
-    /// too large to add to the current time (e.g. [`Duration::MAX`]) means no deadline.
+    /// wait; the deadline is a kernel timer armed with the transaction, so a receiver
+    /// waiting on a silent source is woken by the kernel when it expires, and one still
+    /// receiving data past it ends as soon as its read in flight is back. A `timeout` no
+    /// kernel timer reaches (about 292 years or more, e.g. [`Duration::MAX`]) means no
+    /// deadline.
     pub fn receive_with_deadline(
         &mut self,
         ring: &mut Ring,
@@ -378,7 +341,7 @@ impl FifoReceiver {
             );
         }
         if len > buf.capacity() {
-            let error = Error::new(crate::ErrorKind::BufferTooSmall {
+            let error = Error::new(ErrorKind::BufferTooSmall {
                 need: len as u64,
                 have: buf.capacity() as u64,
             });
@@ -390,35 +353,158 @@ impl FifoReceiver {
         }
         let len32 = u32::try_from(len).unwrap_or(u32::MAX);
         let started = if drain {
-            self.machine.drain(len32)
+            self.machine.drain(len32, timeout)
         } else {
-            self.machine.receive(len32)
+            self.machine.receive(len32, timeout)
         };
         let txn = match started {
             Ok(t) => t,
             Err(error) => return refuse(error, buf),
         };
-        if self.handle.is_none() {
-            // Without it a dropped receiver cannot cancel its wait; it still works.
-            self.handle = ring.handle().ok();
-        }
+        // Without it a dropped receiver cannot cancel its wait; it still works.
+        let _ = self.port.cancel_on_drop(ring);
         buf.clear();
         self.buf = Some(buf);
-        // Overflow: a deadline beyond what an `Instant` holds never comes.
-        self.deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        self.typed_failure = None;
         self.pump(ring);
         Ok(txn)
     }
 
-    /// Ask for the transaction in progress to stop. It then completes — once — with
+    /// Submit the machine's operation `seq`: a read of `Some(len)` bytes into the
+    /// transaction's buffer, after the bytes it holds, or (`None`) a readiness poll.
+    fn submit(&mut self, ring: &mut Ring, seq: FifoSeq, read: Option<usize>) {
+        let op = match read {
+            None => Op::poll(self.target, libc::POLLIN as u32),
+            Some(len) => {
+                // The buffer is here: the machine reads only after the previous
+                // operation's completion (which returned it) was fed to it.
+                let Some(buf) = self.buf.take() else {
+                    debug_assert!(false, "FIFO read without its buffer");
+                    return;
+                };
+                // Reads never wait (see the module docs): the deadline is the timer's.
+                let op = Op::read_append(self.target, 0, buf, len);
+                match self.probe {
+                    DryProbe::NoWait => op.nowait(),
+                    DryProbe::ZeroTimeout => op.deadline(Duration::ZERO),
+                }
+            }
+        };
+        self.port.submit(ring, op, InFlight { seq, read });
+    }
+
+    /// Carry out the machine's actions.
+    fn pump(&mut self, ring: &mut Ring) {
+        while let Some(action) = self.machine.poll_action() {
+            match action {
+                FifoAction::Begin { txn, len } => {
+                    if let Some(f) = self.on_begin.as_mut() {
+                        f(txn, len);
+                    }
+                }
+                FifoAction::ArmTimer { after } => {
+                    // A deadline no kernel timer reaches is none: the timer never comes.
+                    let txn = self.machine.current();
+                    if let (false, Some(txn)) = (self.port.arm_timer(ring, after), txn) {
+                        let _ = self.machine.handle(FifoEvent::TimerCancelled { txn });
+                    }
+                }
+                FifoAction::CancelTimer => _ = self.port.cancel_timer(ring),
+                FifoAction::Read { seq, at, len } => {
+                    debug_assert_eq!(self.buf.as_ref().map(|b| b.len()), Some(at as usize));
+                    self.submit(ring, seq, Some(len as usize));
+                }
+                FifoAction::ArmPoll { seq } => self.submit(ring, seq, None),
+                FifoAction::Cancel { seq } => {
+                    if let Some(key) = self.port.find(|op| op.seq == seq) {
+                        // False when the operation already completed (its completion
+                        // waits in the port): the machine handles that race.
+                        self.port.cancel(ring, key);
+                    }
+                }
+                FifoAction::End { txn, bytes } => {
+                    if let Some(f) = self.on_end.as_mut() {
+                        f(txn, bytes);
+                    }
+                }
+                FifoAction::Complete(outcome) => match self.buf.take() {
+                    Some(buf) => self.done = Some(FifoReceived { buf, outcome }),
+                    None => debug_assert!(false, "FIFO transaction completed without its buffer"),
+                },
+            }
+        }
+    }
+
+    /// The machine's event for a completion of the port; `None` when the driver handled it
+    /// itself (a read reissued).
+    fn event(&mut self, ring: &mut Ring, ev: PortEvent<InFlight>) -> Option<FifoEvent> {
+        let (child, result, bufs) = match ev {
+            PortEvent::Op(d) => (d.child, d.result, d.bufs),
+            PortEvent::Timer { fired } => {
+                // The timer is armed only within a transaction, which waits for it.
+                let txn = self.machine.current()?;
+                return Some(if fired {
+                    FifoEvent::Deadline { txn }
+                } else {
+                    FifoEvent::TimerCancelled { txn }
+                });
+            }
+        };
+        if let Bufs::Pool(b) = bufs {
+            self.buf = Some(b);
+        }
+        let seq = child.seq;
+        Some(match result {
+            _ if child.read.is_none() => FifoEvent::PollDone { seq, result },
+            Err(e)
+                if self.probe == DryProbe::NoWait
+                    && e.kind() == ErrorKind::Os(libc::EOPNOTSUPP) =>
+            {
+                // The file cannot say "empty" by itself: reissue the same read with a
+                // zero timeout, and keep doing so.
+                self.probe = DryProbe::ZeroTimeout;
+                self.submit(ring, seq, child.read);
+                return None;
+            }
+            // The zero timeout expired: the kernel found nothing to read.
+            Err(e) if self.probe == DryProbe::ZeroTimeout && e.is_timed_out() => {
+                FifoEvent::ReadEmpty { seq }
+            }
+            result => FifoEvent::ReadDone { seq, result },
+        })
+    }
+}
+
+impl Driver for FifoReceiver {
+    type Output = FifoReceived;
+
+    /// Feed the completions the ring has already produced to the machine, submit what it
+    /// asks for next, and hand out the transaction's completion once it is there. Does not
+    /// drive the ring: call it after [`Ring::run_once`] (or [`Ring::poll`]) in an event
+    /// loop. `Ok(None)` while the transaction goes on, and when there is none. `Err` if
+    /// the ring is not the receiver's.
+    fn process(&mut self, ring: &mut Ring) -> Result<Option<FifoReceived>> {
+        if !ring.owns(self.target) {
+            return Err(Error::invalid(
+                "FIFO receiver used with a ring it was not made for",
+            ));
+        }
+        while let Some(ev) = self.port.next() {
+            if let Some(event) = self.event(ring, ev) {
+                self.machine.handle(event)?;
+                self.pump(ring);
+            }
+        }
+        Ok(self.done.take())
+    }
+
+    /// Ask for the transaction in progress to end early. It then completes — once — with
     /// [`FifoStatus::Cancelled`] and the bytes received so far (or with its own status if
     /// its last read filled the buffer or hit EOF meanwhile); collect it with
-    /// [`wait`](Self::wait) or [`poll`](Self::poll). Returns false when no transaction
-    /// is in progress. Cancelling twice, or after a deadline expired, changes nothing:
-    /// the first stop decides the status. False, and nothing happens, on a ring other
-    /// than the receiver's.
-    pub fn cancel(&mut self, ring: &mut Ring) -> bool {
+    /// [`run`](Driver::run) or [`process`](Driver::process). Returns false when no
+    /// transaction is in progress. Cancelling twice, or after a deadline expired, changes
+    /// nothing: the first of them decides the status. False, and nothing happens, on a
+    /// ring other than the receiver's.
+    fn cancel(&mut self, ring: &mut Ring) -> bool {
         if !ring.owns(self.target) {
             return false;
         }
@@ -432,172 +518,8 @@ impl FifoReceiver {
         true
     }
 
-    /// Collect the transaction's completion if it is there, feeding the completions the
-    /// ring has already produced to the machine and submitting what it asks for next. Does
-    /// not drive the ring: call it after [`Ring::run_once`] (or [`Ring::poll`]) in an
-    /// event loop. `Ok(None)` while the transaction goes on, and when there is none. `Err`
-    /// if the ring itself failed, or is not the receiver's.
-    pub fn poll(&mut self, ring: &mut Ring) -> Result<Option<FifoReceived>> {
-        if !ring.owns(self.target) {
-            return Err(Error::invalid(
-                "FIFO receiver used with a ring it was not made for",
-            ));
-        }
-        loop {
-            if let Some(r) = self.done.take() {
-                return Ok(Some(r));
-            }
-            match &self.op {
-                Some(op) if ring.is_done(&op.ticket) => {}
-                _ => return Ok(None),
-            }
-            let Some(op) = self.op.take() else {
-                return Ok(None);
-            };
-            let mut c = ring.wait(op.ticket)?;
-            if let Bufs::Pool(b) = c.take_bufs() {
-                self.buf = Some(b);
-            }
-            let result = c.result();
-            if op.what == Waiting::Read {
-                let errno = result.err().and_then(|e| e.raw_os_error());
-                if self.probe == DryProbe::NoWait && errno == Some(libc::EOPNOTSUPP) {
-                    // The file cannot say "empty" by itself: reissue the same read with
-                    // a zero timeout, and keep doing so.
-                    self.probe = DryProbe::ZeroTimeout;
-                    self.issue_read(ring, op.seq, op.len);
-                    continue;
-                }
-            }
-            let res = match (op.what, self.probe, result) {
-                (Waiting::Read, DryProbe::ZeroTimeout, Err(e)) if e.is_timed_out() => -libc::EAGAIN,
-                (_, _, r) => as_res(r, &mut self.typed_failure),
-            };
-            if let (Some(txn), Some(at)) = (self.machine.current(), self.deadline) {
-                if Instant::now() >= at {
-                    // The deadline passed while this operation ran: the machine counts
-                    // its bytes, then ends the transaction as timed out (the Cancel it
-                    // asks for finds nothing in flight). Repeated deadlines are ignored.
-                    let _ = self.machine.handle(FifoEvent::Deadline { txn });
-                }
-            }
-            let event = match op.what {
-                Waiting::Read => FifoEvent::ReadDone { seq: op.seq, res },
-                Waiting::Readiness => FifoEvent::PollDone { seq: op.seq, res },
-            };
-            self.machine.handle(event)?;
-            self.pump(ring);
-        }
-    }
-
-    /// Drive the ring until the transaction completes, and return it. Sleeps in the
-    /// kernel while the source is dry (no busy loop). `Err` when no transaction is in
-    /// progress, the ring failed or is not the receiver's.
-    pub fn wait(&mut self, ring: &mut Ring) -> Result<FifoReceived> {
-        loop {
-            if let Some(r) = self.poll(ring)? {
-                return Ok(r);
-            }
-            if self.op.is_none() {
-                return Err(Error::invalid("no FIFO transaction in progress"));
-            }
-            ring.run_once(None)?;
-        }
-    }
-
-    fn remaining(&self) -> Option<Duration> {
-        self.deadline
-            .map(|at| at.saturating_duration_since(Instant::now()))
-    }
-
-    /// Issue the read `seq` of `len` bytes into the transaction's buffer, after the bytes
-    /// it holds.
-    fn issue_read(&mut self, ring: &mut Ring, seq: Seq, len: usize) {
-        // The buffer is here: the machine reads only after the previous operation's
-        // completion (which returned it) was fed to it.
-        let Some(buf) = self.buf.take() else {
-            debug_assert!(false, "FIFO read without its buffer");
-            return;
-        };
-        // Reads never wait (see the module docs), so they need no deadline of their own.
-        let op = Op::read_append(self.target, 0, buf, len);
-        let op = match self.probe {
-            DryProbe::NoWait => op.nowait(),
-            DryProbe::ZeroTimeout => op.deadline(Duration::ZERO),
-        };
-        let ticket = ring.submit(op).ticket();
-        self.op = Some(InFlight {
-            seq,
-            what: Waiting::Read,
-            len,
-            ticket,
-        });
-    }
-
-    /// Carry out the machine's actions.
-    fn pump(&mut self, ring: &mut Ring) {
-        while let Some(action) = self.machine.poll_action() {
-            match action {
-                FifoAction::Begin { txn, len } => {
-                    if let Some(f) = self.on_begin.as_mut() {
-                        f(txn, len);
-                    }
-                }
-                FifoAction::Read { seq, at, len } => {
-                    debug_assert_eq!(self.buf.as_ref().map(|b| b.len()), Some(at as usize));
-                    self.issue_read(ring, seq, len as usize);
-                }
-                FifoAction::ArmPoll { seq } => {
-                    let op = Op::poll(self.target, libc::POLLIN as u32);
-                    let op = match self.remaining() {
-                        Some(left) => op.deadline(left),
-                        None => op,
-                    };
-                    let ticket = ring.submit(op).ticket();
-                    self.op = Some(InFlight {
-                        seq,
-                        what: Waiting::Readiness,
-                        len: 0,
-                        ticket,
-                    });
-                }
-                FifoAction::Cancel { seq } => {
-                    if let Some(op) = self.op.as_ref().filter(|o| o.seq == seq) {
-                        // False when the operation already completed (its completion
-                        // waits in the ring): the machine handles that race.
-                        let _ = ring.cancel(op.ticket.id());
-                    }
-                }
-                FifoAction::End { txn, bytes } => {
-                    if let Some(f) = self.on_end.as_mut() {
-                        f(txn, bytes);
-                    }
-                }
-                FifoAction::Complete(mut outcome) => {
-                    if let (FifoStatus::Failed(_), Some(e)) =
-                        (outcome.status, self.typed_failure.take())
-                    {
-                        outcome.status = FifoStatus::Failed(e);
-                    }
-                    self.deadline = None;
-                    match self.buf.take() {
-                        Some(buf) => self.done = Some(FifoReceived { buf, outcome }),
-                        None => {
-                            debug_assert!(false, "FIFO transaction completed without its buffer")
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Drop for FifoReceiver {
-    fn drop(&mut self) {
-        // The ticket's own drop detaches the operation (the ring frees its buffer when the
-        // kernel returns it); the cancel makes sure that happens even on a silent source.
-        if let (Some(op), Some(h)) = (&self.op, &self.handle) {
-            h.cancel(op.ticket.id());
-        }
+    /// No transaction in progress and nothing to collect.
+    fn is_idle(&self) -> bool {
+        self.machine.current().is_none() && self.done.is_none()
     }
 }

@@ -1,8 +1,10 @@
 //! Tests of the FIFO receive machine: scripted scenarios, a naive blocking-loop model
 //! driven by the same random source scripts, simulated runs, and garbage events.
 
+use std::time::Duration;
+
 use super::*;
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Result};
 use crate::sim::{run_fifo, seeds, Fault, FifoTxnSpec, SimParams};
 use fastrand::Rng;
 
@@ -10,14 +12,14 @@ fn actions(m: &mut FifoMachine) -> Vec<FifoAction> {
     std::iter::from_fn(|| m.poll_action()).collect()
 }
 
-fn expect_read(m: &mut FifoMachine) -> (OpId, u32, u32) {
+fn expect_read(m: &mut FifoMachine) -> (FifoSeq, u32, u32) {
     match m.poll_action() {
         Some(FifoAction::Read { seq, at, len }) => (seq, at, len),
         other => panic!("expected Read, got {other:?}"),
     }
 }
 
-fn expect_poll(m: &mut FifoMachine) -> OpId {
+fn expect_poll(m: &mut FifoMachine) -> FifoSeq {
     match m.poll_action() {
         Some(FifoAction::ArmPoll { seq }) => seq,
         other => panic!("expected ArmPoll, got {other:?}"),
@@ -33,13 +35,31 @@ fn expect_end(m: &mut FifoMachine, bytes: u32) -> FifoOutcome {
 }
 
 fn start(m: &mut FifoMachine, len: u32) -> TxnId {
-    let txn = m.receive(len).unwrap();
+    let txn = m.receive(len, None).unwrap();
     assert_eq!(m.poll_action(), Some(FifoAction::Begin { txn, len }));
     txn
 }
 
-const POLLIN: i32 = libc::POLLIN as i32;
-const POLLHUP: i32 = libc::POLLHUP as i32;
+const DEADLINE: Duration = Duration::from_secs(1);
+
+/// A receive with a deadline: `Begin`, then `ArmTimer`.
+fn start_with_deadline(m: &mut FifoMachine, len: u32) -> TxnId {
+    let txn = m.receive(len, Some(DEADLINE)).unwrap();
+    assert_eq!(m.poll_action(), Some(FifoAction::Begin { txn, len }));
+    assert_eq!(
+        m.poll_action(),
+        Some(FifoAction::ArmTimer { after: DEADLINE })
+    );
+    txn
+}
+
+const POLLIN: u32 = libc::POLLIN as u32;
+const POLLHUP: u32 = libc::POLLHUP as u32;
+
+/// An operation's result: the typed error for `errno`.
+fn errno(e: i32) -> Result<u32> {
+    Err(Error::from_errno(e))
+}
 
 // ---- scenarios --------------------------------------------------------------------------
 
@@ -48,10 +68,18 @@ fn eof_before_len_completes_with_bytes_and_eof_status() {
     let mut m = FifoMachine::new();
     start(&mut m, 10);
     let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone { seq: s, res: 4 }).unwrap();
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        result: Ok(4),
+    })
+    .unwrap();
     let (s, at, len) = expect_read(&mut m);
     assert_eq!((at, len), (4, 6));
-    m.handle(FifoEvent::ReadDone { seq: s, res: 0 }).unwrap();
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        result: Ok(0),
+    })
+    .unwrap();
     let o = expect_end(&mut m, 4);
     assert_eq!(o.status, FifoStatus::Eof);
     assert_eq!(
@@ -67,28 +95,32 @@ fn hangup_with_nothing_readable_completes_with_hangup() {
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::ReadDone {
         seq: s,
-        res: -libc::EAGAIN,
+        result: errno(libc::EAGAIN),
     })
     .unwrap();
     let p = expect_poll(&mut m);
     // POLLIN|POLLHUP: data is still there, read it.
     m.handle(FifoEvent::PollDone {
         seq: p,
-        res: POLLIN | POLLHUP,
+        result: Ok(POLLIN | POLLHUP),
     })
     .unwrap();
     let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone { seq: s, res: 3 }).unwrap();
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        result: Ok(3),
+    })
+    .unwrap();
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::ReadDone {
         seq: s,
-        res: -libc::EAGAIN,
+        result: errno(libc::EAGAIN),
     })
     .unwrap();
     let p = expect_poll(&mut m);
     m.handle(FifoEvent::PollDone {
         seq: p,
-        res: POLLHUP,
+        result: Ok(POLLHUP),
     })
     .unwrap();
     let o = expect_end(&mut m, 3);
@@ -99,13 +131,20 @@ fn hangup_with_nothing_readable_completes_with_hangup() {
 #[test]
 fn cancel_while_read_in_flight_counts_the_reads_bytes() {
     let mut m = FifoMachine::new();
-    let txn = start(&mut m, 10);
+    let txn = start_with_deadline(&mut m, 10);
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::Cancel { txn }).unwrap();
-    assert_eq!(actions(&mut m), [FifoAction::Cancel { seq: s }]);
+    assert_eq!(
+        actions(&mut m),
+        [FifoAction::Cancel { seq: s }, FifoAction::CancelTimer]
+    );
     m.handle(FifoEvent::Deadline { txn }).unwrap(); // racing deadline: no second cancel
     assert!(actions(&mut m).is_empty());
-    m.handle(FifoEvent::ReadDone { seq: s, res: 6 }).unwrap();
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        result: Ok(6),
+    })
+    .unwrap();
     let o = expect_end(&mut m, 6);
     assert_eq!((o.status, o.bytes), (FifoStatus::Cancelled, 6));
     assert!(
@@ -117,13 +156,17 @@ fn cancel_while_read_in_flight_counts_the_reads_bytes() {
 #[test]
 fn deadline_while_polling_times_out_after_the_poll_returns() {
     let mut m = FifoMachine::new();
-    let txn = start(&mut m, 10);
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone { seq: s, res: 2 }).unwrap();
+    let txn = start_with_deadline(&mut m, 10);
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::ReadDone {
         seq: s,
-        res: -libc::EAGAIN,
+        result: Ok(2),
+    })
+    .unwrap();
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        result: errno(libc::EAGAIN),
     })
     .unwrap();
     let p = expect_poll(&mut m);
@@ -131,12 +174,83 @@ fn deadline_while_polling_times_out_after_the_poll_returns() {
     assert_eq!(actions(&mut m), [FifoAction::Cancel { seq: p }]);
     m.handle(FifoEvent::PollDone {
         seq: p,
-        res: -libc::ECANCELED,
+        result: errno(libc::ECANCELED),
     })
     .unwrap();
     let o = expect_end(&mut m, 2);
     assert_eq!(o.status, FifoStatus::TimedOut);
     assert!(o.into_result().unwrap_err().is_timed_out());
+}
+
+#[test]
+fn a_transaction_that_ends_by_itself_cancels_its_timer_and_waits_for_it() {
+    let mut m = FifoMachine::new();
+    let txn = start_with_deadline(&mut m, 4);
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        result: Ok(4),
+    })
+    .unwrap();
+    assert_eq!(actions(&mut m), [FifoAction::CancelTimer]);
+    assert!(m.has_op_in_flight(), "the timer is still in flight");
+    assert!(m.handle(FifoEvent::Cancel { txn }).is_ok());
+    assert!(actions(&mut m).is_empty(), "nothing left to cancel");
+    // The timer fired before its cancel reached it: the transaction's own status wins.
+    m.handle(FifoEvent::Deadline { txn }).unwrap();
+    assert_eq!(expect_end(&mut m, 4).status, FifoStatus::Full);
+    assert!(!m.has_op_in_flight());
+}
+
+#[test]
+fn a_refused_timer_leaves_the_transaction_without_a_deadline() {
+    let mut m = FifoMachine::new();
+    let txn = start_with_deadline(&mut m, 4);
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::TimerCancelled { txn }).unwrap();
+    assert!(actions(&mut m).is_empty());
+    assert!(
+        m.handle(FifoEvent::Deadline { txn }).is_err(),
+        "no timer now"
+    );
+    m.handle(FifoEvent::ReadEmpty { seq: s }).unwrap();
+    let p = expect_poll(&mut m);
+    m.handle(FifoEvent::PollDone {
+        seq: p,
+        result: Ok(POLLIN),
+    })
+    .unwrap();
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        result: Ok(4),
+    })
+    .unwrap();
+    let o = expect_end(&mut m, 4);
+    assert_eq!((o.status, o.readiness_waits), (FifoStatus::Full, 1));
+}
+
+#[test]
+fn cancel_with_a_deadline_cancels_the_operation_and_the_timer() {
+    let mut m = FifoMachine::new();
+    let txn = start_with_deadline(&mut m, 10);
+    let (s, _, _) = expect_read(&mut m);
+    m.handle(FifoEvent::ReadEmpty { seq: s }).unwrap();
+    let p = expect_poll(&mut m);
+    m.handle(FifoEvent::Cancel { txn }).unwrap();
+    assert_eq!(
+        actions(&mut m),
+        [FifoAction::Cancel { seq: p }, FifoAction::CancelTimer]
+    );
+    m.handle(FifoEvent::PollDone {
+        seq: p,
+        result: errno(libc::ECANCELED),
+    })
+    .unwrap();
+    assert!(actions(&mut m).is_empty(), "the timer is not back yet");
+    m.handle(FifoEvent::TimerCancelled { txn }).unwrap();
+    let o = expect_end(&mut m, 0);
+    assert_eq!(o.status, FifoStatus::Cancelled);
 }
 
 #[test]
@@ -146,7 +260,11 @@ fn cancelled_read_that_fills_the_buffer_is_full() {
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::Cancel { txn }).unwrap();
     actions(&mut m);
-    m.handle(FifoEvent::ReadDone { seq: s, res: 4 }).unwrap();
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        result: Ok(4),
+    })
+    .unwrap();
     assert_eq!(expect_end(&mut m, 4).status, FifoStatus::Full);
 }
 
@@ -157,7 +275,7 @@ fn linked_timeout_etime_without_deadline_event_is_timed_out() {
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::ReadDone {
         seq: s,
-        res: -libc::ETIME,
+        result: errno(libc::ETIME),
     })
     .unwrap();
     assert_eq!(expect_end(&mut m, 0).status, FifoStatus::TimedOut);
@@ -166,15 +284,19 @@ fn linked_timeout_etime_without_deadline_event_is_timed_out() {
 #[test]
 fn drain_reads_until_eagain_without_polling() {
     let mut m = FifoMachine::new();
-    let txn = m.drain(100).unwrap();
+    let txn = m.drain(100, None).unwrap();
     assert_eq!(m.poll_action(), Some(FifoAction::Begin { txn, len: 100 }));
     let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone { seq: s, res: 30 }).unwrap();
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        result: Ok(30),
+    })
+    .unwrap();
     let (s, at, len) = expect_read(&mut m);
     assert_eq!((at, len), (30, 70));
     m.handle(FifoEvent::ReadDone {
         seq: s,
-        res: -libc::EAGAIN,
+        result: errno(libc::EAGAIN),
     })
     .unwrap();
     let o = expect_end(&mut m, 30);
@@ -185,14 +307,18 @@ fn drain_reads_until_eagain_without_polling() {
 #[test]
 fn one_transaction_at_a_time_and_bad_lengths_rejected() {
     let mut m = FifoMachine::new();
-    assert!(m.receive(0).is_err());
-    assert!(m.receive(u32::MAX).is_err());
+    assert!(m.receive(0, None).is_err());
+    assert!(m.receive(u32::MAX, None).is_err());
     assert!(actions(&mut m).is_empty());
     let t1 = start(&mut m, 2);
-    assert!(m.receive(2).is_err());
-    assert!(m.drain(2).is_err());
+    assert!(m.receive(2, None).is_err());
+    assert!(m.drain(2, None).is_err());
     let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone { seq: s, res: 2 }).unwrap();
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        result: Ok(2),
+    })
+    .unwrap();
     expect_end(&mut m, 2);
     let t2 = start(&mut m, 2);
     assert_ne!(t1, t2);
@@ -203,21 +329,24 @@ fn impossible_events_are_rejected_and_change_nothing() {
     let mut m = FifoMachine::new();
     assert!(m
         .handle(FifoEvent::ReadDone {
-            seq: OpId::new(0),
-            res: 1
+            seq: FifoSeq::new(0),
+            result: Ok(1)
         })
         .is_err());
     let txn = start(&mut m, 5);
     let (s, _, _) = expect_read(&mut m);
     let bad = [
         FifoEvent::ReadDone {
-            seq: OpId::new(77),
-            res: 1,
+            seq: FifoSeq::new(77),
+            result: Ok(1),
         },
-        FifoEvent::ReadDone { seq: s, res: 6 },
+        FifoEvent::ReadDone {
+            seq: s,
+            result: Ok(6),
+        },
         FifoEvent::PollDone {
             seq: s,
-            res: POLLIN,
+            result: Ok(POLLIN),
         },
         FifoEvent::Cancel {
             txn: TxnId::new(txn.get() + 1),
@@ -225,6 +354,12 @@ fn impossible_events_are_rejected_and_change_nothing() {
         FifoEvent::Deadline {
             txn: TxnId::new(txn.get() + 1),
         },
+        FifoEvent::ReadEmpty {
+            seq: FifoSeq::new(77),
+        },
+        // No timer armed.
+        FifoEvent::Deadline { txn },
+        FifoEvent::TimerCancelled { txn },
     ];
     for ev in bad {
         let e = m.handle(ev).unwrap_err();
@@ -232,9 +367,17 @@ fn impossible_events_are_rejected_and_change_nothing() {
         assert!(actions(&mut m).is_empty());
         assert!(m.has_op_in_flight());
     }
-    m.handle(FifoEvent::ReadDone { seq: s, res: 1 }).unwrap();
+    m.handle(FifoEvent::ReadDone {
+        seq: s,
+        result: Ok(1),
+    })
+    .unwrap();
     assert!(
-        m.handle(FifoEvent::ReadDone { seq: s, res: 1 }).is_err(),
+        m.handle(FifoEvent::ReadDone {
+            seq: s,
+            result: Ok(1)
+        })
+        .is_err(),
         "duplicate"
     );
 }
@@ -244,15 +387,16 @@ fn garbage_event_streams_never_panic() {
     for seed in seeds(300) {
         let mut rng = Rng::with_seed(seed);
         let mut m = FifoMachine::new();
-        let mut ids: Vec<OpId> = Vec::new();
+        let mut ids: Vec<FifoSeq> = Vec::new();
         let mut txns: Vec<TxnId> = Vec::new();
         for _ in 0..300 {
             if rng.u32(..100) < 10 {
-                let len = rng.u32(..20);
+                let len = rng.u64(..20) as u32;
+                let deadline = (rng.u32(..100) < 50).then_some(Duration::from_millis(len.into()));
                 let r = if rng.u32(..100) < 50 {
-                    m.receive(len)
+                    m.receive(len, deadline)
                 } else {
-                    m.drain(len)
+                    m.drain(len, deadline)
                 };
                 if let Ok(t) = r {
                     txns.push(t);
@@ -264,22 +408,24 @@ fn garbage_event_streams_never_panic() {
                 }
             }
             let seq = if ids.is_empty() || rng.u32(..100) < 10 {
-                OpId::new(rng.u64(..40))
+                FifoSeq::new(rng.u64(..40))
             } else {
-                ids[rng.usize(..ids.len())]
+                ids[rng.u64(..ids.len() as u64) as usize]
             };
             let txn = txns.last().copied().unwrap_or(TxnId::new(0));
-            let res = match rng.u64(..5) {
-                0 => -(rng.u64(..140) as i32),
-                1 => i32::MIN,
-                2 => rng.u64(..0x4000) as i32,
-                _ => rng.u64(..12) as i32,
+            let result = match rng.u64(..5) {
+                0 => errno(rng.u64(..140) as i32),
+                1 => Ok(u32::MAX),
+                2 => Ok(rng.u64(..0x4000) as u32),
+                _ => Ok(rng.u64(..12) as u32),
             };
-            let ev = match rng.u64(..4) {
-                0 => FifoEvent::ReadDone { seq, res },
-                1 => FifoEvent::PollDone { seq, res },
-                2 => FifoEvent::Cancel { txn },
-                _ => FifoEvent::Deadline { txn },
+            let ev = match rng.u64(..6) {
+                0 => FifoEvent::ReadDone { seq, result },
+                1 => FifoEvent::PollDone { seq, result },
+                2 => FifoEvent::ReadEmpty { seq },
+                3 => FifoEvent::Cancel { txn },
+                4 => FifoEvent::Deadline { txn },
+                _ => FifoEvent::TimerCancelled { txn },
             };
             let _ = m.handle(ev); // rejections are fine; panics are not
             assert_eq!(m.has_op_in_flight(), m.current().is_some());
@@ -320,7 +466,7 @@ impl Script {
                 0 => ReadResp::Eof,
                 1 => ReadResp::Err(libc::EIO),
                 2..=8 => ReadResp::Again,
-                _ => ReadResp::Data(1 + rng.u32(..12)),
+                _ => ReadResp::Data(1 + rng.u64(..12) as u32),
             })
             .collect();
         let polls = (0..64)
@@ -338,7 +484,7 @@ impl Script {
             } else {
                 FifoStatus::TimedOut
             };
-            (rng.usize(..10), status, rng.u32(..100) < 50)
+            (rng.u64(..10) as usize, status, rng.u32(..100) < 50)
         });
         Script { reads, polls, stop }
     }
@@ -402,17 +548,31 @@ fn naive(len: u32, drain: bool, s: &Script) -> (FifoStatus, u32, u32) {
     }
 }
 
-/// Drive the machine with the same script.
+/// Drive the machine with the same script (with a deadline timer when the script stops
+/// it: the timer fires for a deadline, and is cancelled otherwise).
 fn machine(len: u32, drain: bool, s: &Script) -> FifoOutcome {
     let mut m = FifoMachine::new();
-    let txn = if drain { m.drain(len) } else { m.receive(len) }.unwrap();
+    let deadline = s.stop.map(|_| DEADLINE);
+    let txn = if drain {
+        m.drain(len, deadline)
+    } else {
+        m.receive(len, deadline)
+    }
+    .unwrap();
     assert_eq!(m.poll_action(), Some(FifoAction::Begin { txn, len }));
+    if let Some(after) = deadline {
+        assert_eq!(m.poll_action(), Some(FifoAction::ArmTimer { after }));
+    }
     let (mut k, mut ri, mut pi) = (0usize, 0usize, 0usize);
     loop {
         let a = m.poll_action().expect("machine stalled with nothing to do");
         let (seq, is_read, room) = match a {
             FifoAction::Read { seq, len: room, .. } => (seq, true, room),
             FifoAction::ArmPoll { seq } => (seq, false, 0),
+            FifoAction::CancelTimer => {
+                m.handle(FifoEvent::TimerCancelled { txn }).unwrap();
+                continue;
+            }
             FifoAction::End { .. } => match m.poll_action() {
                 Some(FifoAction::Complete(o)) => return o,
                 other => panic!("End not followed by Complete: {other:?}"),
@@ -434,32 +594,32 @@ fn machine(len: u32, drain: bool, s: &Script) -> FifoOutcome {
             if is_read {
                 FifoEvent::ReadDone {
                     seq,
-                    res: -libc::ECANCELED,
+                    result: errno(libc::ECANCELED),
                 }
             } else {
                 FifoEvent::PollDone {
                     seq,
-                    res: -libc::ECANCELED,
+                    result: errno(libc::ECANCELED),
                 }
             }
         } else if is_read {
             let r = s.read(ri);
             ri += 1;
-            let res = match r {
-                ReadResp::Data(n) => n.min(room) as i32,
-                ReadResp::Again => -libc::EAGAIN,
-                ReadResp::Eof => 0,
-                ReadResp::Err(e) => -e,
+            let result = match r {
+                ReadResp::Data(n) => Ok(n.min(room)),
+                ReadResp::Again => errno(libc::EAGAIN),
+                ReadResp::Eof => Ok(0),
+                ReadResp::Err(e) => errno(e),
             };
-            FifoEvent::ReadDone { seq, res }
+            FifoEvent::ReadDone { seq, result }
         } else {
             let p = s.poll(pi);
             pi += 1;
-            let res = match p {
-                PollResp::Ready => POLLIN,
-                PollResp::HangUp => POLLHUP,
+            let result = match p {
+                PollResp::Ready => Ok(POLLIN),
+                PollResp::HangUp => Ok(POLLHUP),
             };
-            FifoEvent::PollDone { seq, res }
+            FifoEvent::PollDone { seq, result }
         };
         m.handle(ev).unwrap();
     }
@@ -471,7 +631,7 @@ fn machine_agrees_with_the_naive_loop_on_random_arrival_patterns() {
     for seed in seeds(3000) {
         let mut rng = Rng::with_seed(seed);
         let s = Script::random(&mut rng);
-        let len = 1 + rng.u32(..40);
+        let len = 1 + rng.u64(..40) as u32;
         let drain = rng.u32(..100) < 20;
         let o = machine(len, drain, &s);
         let want = naive(len, drain, &s);
@@ -494,10 +654,10 @@ fn random_simulated_transactions_keep_every_byte_in_order() {
         let mut rng = Rng::with_seed(seed);
         let params = SimParams {
             data_len: rng.u64(..3000),
-            short_pct: rng.u32(..60),
-            max_delay: rng.u32(..5),
-            burst_max: 1 + rng.u32(..400),
-            burst_pct: 5 + rng.u32(..50),
+            short_pct: rng.u64(..60) as u32,
+            max_delay: rng.u64(..5) as u32,
+            burst_max: 1 + rng.u64(..400) as u32,
+            burst_pct: 5 + rng.u64(..50) as u32,
             faults: if rng.u32(..100) < 20 {
                 vec![Fault {
                     at: rng.u64(..3000),
@@ -511,10 +671,10 @@ fn random_simulated_transactions_keep_every_byte_in_order() {
         };
         let txns: Vec<FifoTxnSpec> = (0..1 + rng.u64(..6))
             .map(|_| FifoTxnSpec {
-                len: rng.u32(..800),
+                len: rng.u64(..800) as u32,
                 drain: rng.u32(..100) < 15,
-                cancel_after: (rng.u32(..100) < 15).then(|| rng.u32(..30)),
-                deadline_after: (rng.u32(..100) < 15).then(|| rng.u32(..30)),
+                cancel_after: (rng.u32(..100) < 15).then(|| rng.u64(..30) as u32),
+                deadline_after: (rng.u32(..100) < 15).then(|| rng.u64(..30) as u32),
             })
             .collect();
         let r = match run_fifo(seed, &txns, &params) {
@@ -536,4 +696,71 @@ fn random_simulated_transactions_keep_every_byte_in_order() {
         polls > 100 && hangups > 10,
         "polls {polls}, hang-ups {hangups}"
     );
+}
+
+// ---- the receiver's deadline on a real pipe -------------------------------------------------
+
+/// A silent source with a deadline: the kernel timer wakes the ring (one wait of up to
+/// 10 s returns at the deadline) and the transaction ends `TimedOut` with the bytes so far.
+#[test]
+fn a_deadline_on_a_silent_source_is_woken_by_the_kernel_timer() {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    use std::time::{Duration, Instant};
+
+    use crate::{BufferPool, Driver, Ring};
+
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2");
+    // SAFETY: pipe2 succeeded: both are open descriptors that nothing else owns.
+    let (rx, mut tx) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let mut ring = Ring::new().unwrap();
+    let pool = BufferPool::builder()
+        .slots(1)
+        .slot_len(4096)
+        .build()
+        .unwrap();
+    let t = ring.register(rx).unwrap();
+    let mut fifo = FifoReceiver::new(&ring, t).unwrap();
+    tx.write_all(b"early").unwrap();
+    let started = Instant::now();
+    fifo.receive_with_deadline(
+        &mut ring,
+        pool.try_get().unwrap(),
+        100,
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    let done = loop {
+        if let Some(done) = fifo.process(&mut ring).unwrap() {
+            break done;
+        }
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(10), "never woken: {waited:?}");
+        ring.run_once(Some(Duration::from_secs(10))).unwrap();
+    };
+    let took = started.elapsed();
+    assert_eq!(done.status(), FifoStatus::TimedOut, "after {took:?}");
+    assert!(took >= Duration::from_millis(50), "{took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "not woken by the timer: {took:?}"
+    );
+    assert_eq!(done.buf.data(), b"early");
+    assert_eq!(done.readiness_waits(), 1);
+    drop((done, fifo, tx));
+    ring.run_until_idle().unwrap();
+    let s = ring.stats();
+    assert_eq!(
+        (s.submitted, ring.in_flight(), ring.pending()),
+        (s.completed, 0, 0)
+    );
+    assert_eq!(pool.stats().free, 1);
 }

@@ -4,7 +4,10 @@
 use fastrand::Rng;
 
 use super::{take_fault, transfer, violation, SimFailure, SimParams, Stream};
-use crate::fifo::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus, OpId, TxnId};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::fifo::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoSeq, FifoStatus, TxnId};
 
 /// What a FIFO run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +35,8 @@ pub struct FifoTxnSpec {
     pub drain: bool,
     /// Feed [`FifoEvent::Cancel`] this many steps into the transaction.
     pub cancel_after: Option<u32>,
-    /// Feed [`FifoEvent::Deadline`] this many steps into the transaction.
+    /// Start the transaction with a deadline timer that fires this many steps into it
+    /// ([`FifoEvent::Deadline`]) unless its cancel came back first.
     pub deadline_after: Option<u32>,
 }
 
@@ -50,12 +54,24 @@ impl FifoTxnSpec {
 
 #[derive(Debug, Clone, Copy)]
 struct FifoOp {
-    seq: OpId,
+    seq: FifoSeq,
     poll: bool,
     at: u32,
     len: u32,
     ready_at: u64,
     cancel: bool,
+}
+
+/// A transaction's deadline timer, as the simulated kernel holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FifoTimer {
+    Off,
+    Armed,
+    /// Asked to cancel: its completion (not fired) comes back at `ready_at`, unless the
+    /// deadline comes first and it fires.
+    Cancelling {
+        ready_at: u64,
+    },
 }
 
 /// Drive a [`FifoMachine`] through the transactions `txns`, in order, over a simulated
@@ -66,6 +82,9 @@ struct FifoOp {
 /// * each read asks for exactly the remaining space at the right offset; the bytes received
 ///   are the stream's bytes, in order, none lost between transactions;
 /// * one poll per `EAGAIN`, none in drain mode; the outcome counts them;
+/// * the deadline timer is armed once, with a transaction that has one, cancelled at most
+///   once, and back before `End`; it fires, or its cancel comes back, in any order with
+///   the operation's completion;
 /// * the status matches what happened (full, EOF, hang-up, drained, cancel/deadline only if
 ///   requested).
 ///
@@ -89,10 +108,13 @@ pub fn run_fifo(
     };
     let mut step = 0u64;
     for spec in txns {
+        let deadline = spec
+            .deadline_after
+            .map(|d| Duration::from_millis(u64::from(d)));
         let started = if spec.drain {
-            m.drain(spec.len)
+            m.drain(spec.len, deadline)
         } else {
-            m.receive(spec.len)
+            m.receive(spec.len, deadline)
         };
         let txn = match started {
             Ok(t) => t,
@@ -114,6 +136,8 @@ pub fn run_fifo(
         let mut eagain_pending = false;
         let mut waits = 0u32;
         let mut stop_requested: Option<FifoStatus> = None;
+        let mut timer = FifoTimer::Off;
+        let mut timer_armed = false;
         let mut hangup_seen = false;
         let mut eof_seen = false;
         loop {
@@ -128,6 +152,20 @@ pub fn run_fifo(
                             return Err(violation(step, "bad or repeated Begin"));
                         }
                         begun = true;
+                    }
+                    FifoAction::ArmTimer { .. } => {
+                        if !begun || ended.is_some() || deadline.is_none() || timer_armed {
+                            return Err(violation(step, "ArmTimer without a deadline, or twice"));
+                        }
+                        timer_armed = true;
+                        timer = FifoTimer::Armed;
+                    }
+                    FifoAction::CancelTimer => {
+                        if timer != FifoTimer::Armed {
+                            return Err(violation(step, "CancelTimer with no timer armed"));
+                        }
+                        let ready_at = step + rng.u64(..u64::from(params.max_delay) + 1);
+                        timer = FifoTimer::Cancelling { ready_at };
                     }
                     FifoAction::Read { seq, at, len } => {
                         if !begun || ended.is_some() || op.is_some() {
@@ -170,7 +208,8 @@ pub fn run_fifo(
                         _ => return Err(violation(step, "Cancel of an operation not in flight")),
                     },
                     FifoAction::End { txn: t, bytes: b } => {
-                        if t != txn || ended.is_some() || op.is_some() || b != bytes {
+                        let busy = op.is_some() || timer != FifoTimer::Off;
+                        if t != txn || ended.is_some() || busy || b != bytes {
                             return Err(violation(step, "bad End"));
                         }
                         ended = Some(b);
@@ -208,60 +247,82 @@ pub fn run_fifo(
             }
             stream.tick(&mut rng, params);
             let since = step - begin_step;
+            // The timer fires at the deadline, even asked to cancel, unless the cancel came
+            // back first; the cancel comes back before or after the operation's completion.
+            let fires = timer != FifoTimer::Off
+                && spec.deadline_after.is_some_and(|d| u64::from(d) <= since);
+            let cancel_back = match timer {
+                FifoTimer::Cancelling { ready_at } => {
+                    ready_at <= step && (op.is_none() || rng.u32(..100) < 50)
+                }
+                _ => false,
+            };
             let stop = if spec.cancel_after.is_some_and(|c| u64::from(c) == since) {
-                Some((FifoEvent::Cancel { txn }, FifoStatus::Cancelled))
-            } else if spec.deadline_after.is_some_and(|d| u64::from(d) == since) {
-                Some((FifoEvent::Deadline { txn }, FifoStatus::TimedOut))
+                Some((FifoEvent::Cancel { txn }, Some(FifoStatus::Cancelled)))
+            } else if fires {
+                timer = FifoTimer::Off;
+                Some((FifoEvent::Deadline { txn }, Some(FifoStatus::TimedOut)))
+            } else if cancel_back {
+                timer = FifoTimer::Off;
+                Some((FifoEvent::TimerCancelled { txn }, None))
             } else {
                 None
             };
             if let Some((ev, status)) = stop {
-                stop_requested.get_or_insert(status);
+                if let Some(status) = status {
+                    stop_requested.get_or_insert(status);
+                }
                 m.handle(ev)
                     .map_err(|e| violation(step, format!("{ev:?} rejected: {e}")))?;
                 continue;
             }
             let Some(o) = op else {
+                if matches!(timer, FifoTimer::Cancelling { .. }) {
+                    continue; // waiting for the timer
+                }
                 return Err(violation(step, "transaction active with nothing in flight"));
             };
             if o.ready_at > step {
                 continue;
             }
             let cancelled = o.cancel && rng.u32(..100) < 70;
+            let seq = o.seq;
             let ev = if o.poll {
-                let res = if cancelled {
-                    -libc::ECANCELED
+                let hup = if stream.closed() { libc::POLLHUP } else { 0 };
+                let result = if cancelled {
+                    Err(Error::from_errno(libc::ECANCELED))
                 } else if stream.avail() > 0 {
-                    i32::from(libc::POLLIN)
-                        | if stream.closed() {
-                            i32::from(libc::POLLHUP)
-                        } else {
-                            0
-                        }
+                    Ok((libc::POLLIN | hup) as u32)
                 } else if stream.closed() {
                     hangup_seen = true;
-                    i32::from(libc::POLLHUP)
+                    Ok(libc::POLLHUP as u32)
                 } else if o.cancel {
-                    -libc::ECANCELED
+                    Err(Error::from_errno(libc::ECANCELED))
                 } else {
                     continue; // not readable yet
                 };
-                FifoEvent::PollDone { seq: o.seq, res }
+                FifoEvent::PollDone { seq, result }
             } else {
-                let res = if cancelled {
-                    -libc::ECANCELED
+                let read = |result| FifoEvent::ReadDone { seq, result };
+                if cancelled {
+                    read(Err(Error::from_errno(libc::ECANCELED)))
                 } else if let Some(errno) =
                     take_fault(&mut faults, stream.consumed, u64::from(o.len))
                 {
-                    -errno
+                    read(Err(Error::from_errno(errno)))
                 } else if stream.avail() == 0 {
                     if stream.closed() {
                         eof_seen = true;
-                        0
+                        read(Ok(0))
                     } else {
                         report.eagains += 1;
                         eagain_pending = true;
-                        -libc::EAGAIN
+                        // Either way a driver learns it (see `FifoEvent::ReadEmpty`).
+                        if rng.u32(..100) < 50 {
+                            FifoEvent::ReadEmpty { seq }
+                        } else {
+                            read(Err(Error::from_errno(libc::EAGAIN)))
+                        }
                     }
                 } else {
                     let avail = stream.avail().min(u64::from(o.len));
@@ -272,9 +333,8 @@ pub fn run_fifo(
                     }
                     stream.consumed += n;
                     bytes += n as u32;
-                    n as i32
-                };
-                FifoEvent::ReadDone { seq: o.seq, res }
+                    read(Ok(n as u32))
+                }
             };
             op = None;
             m.handle(ev)
