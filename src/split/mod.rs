@@ -14,7 +14,7 @@ mod machine;
 mod plan;
 mod sysfs;
 
-pub(crate) use driver::{addressable, kernel_deadline};
+pub(crate) use driver::addressable;
 pub use driver::{ChunkHandler, Job, SplitConfig, SplitDriver, SplitStats};
 pub use machine::{
     Action, ChildId, Completion, Direction, Event, Mode, SplitMachine, MAX_IN_FLIGHT,
