@@ -436,32 +436,23 @@ impl DmaDriver {
             return false;
         }
         let mut parts = Vec::with_capacity(t.segment_count);
-        let op = match self.tx.direction() {
-            Direction::Read => {
-                let mut v = std::mem::take(&mut self.spare);
-                for p in t.pieces(segs) {
-                    if let Some(b) = self.bufs[p.segment].take() {
-                        v.push(b);
-                        parts.push(BufPart {
-                            start: p.offset as usize,
-                            len: p.len as usize,
-                        });
-                    }
-                }
-                Op::readv_parts(self.target, t.device_offset, v, parts)
+        let mut v = std::mem::take(&mut self.spare);
+        for p in t.pieces(segs) {
+            if let Some(b) = self.bufs[p.segment].take() {
+                v.push(b);
+                parts.push(BufPart {
+                    start: p.offset as usize,
+                    len: p.len as usize,
+                });
             }
+        }
+        let op = match self.tx.direction() {
+            Direction::Read => Op::readv_parts(self.target, t.device_offset, v, parts),
             Direction::Write => {
-                let mut v = std::mem::take(&mut self.spare_io);
-                for p in t.pieces(segs) {
-                    if let Some(b) = self.bufs[p.segment].take() {
-                        v.push(IoBuf::Pool(b));
-                        parts.push(BufPart {
-                            start: p.offset as usize,
-                            len: p.len as usize,
-                        });
-                    }
-                }
-                Op::writev_parts(self.target, t.device_offset, v, parts)
+                let mut io = std::mem::take(&mut self.spare_io);
+                io.extend(v.drain(..).map(IoBuf::Pool));
+                self.spare = v;
+                Op::writev_parts(self.target, t.device_offset, io, parts)
             }
         };
         let key = self.port.submit(ring, op, t);
