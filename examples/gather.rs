@@ -20,12 +20,13 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iocomplete::dma::{Config, DmaDriver, SgList, TransferReport};
+use iocomplete::dma::{DmaConfig, DmaDriver, SgList};
 use iocomplete::ring::MAX_TRANSFER;
 use iocomplete::split::Direction;
-use iocomplete::{BufferPool, Ring};
+use iocomplete::{BufferPool, Driver, Ring};
 
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,27 +182,24 @@ pub fn gather(args: &Args, out: &mut dyn Write) -> Result<Report, String> {
     for &(off, len) in &args.extents {
         sg.push_extent(&pool, off, len).map_err(|e| e.to_string())?;
     }
-    let config = Config::new()
+    let config = DmaConfig::new()
         .max_transfer(args.max_transfer)
         .max_segments(args.max_segments)
         .max_in_flight(args.inflight);
-    let mut transfers = 0u64;
-    let mut max_pieces = 0usize;
-    let on_transfer = |r: &TransferReport| {
-        transfers += 1;
-        max_pieces = max_pieces.max(r.transfer.segment_count);
-    };
-    let driver = DmaDriver::new(
-        &mut ring,
-        target,
-        sg,
-        Direction::Read,
-        config,
-        None,
-        on_transfer,
-    )
-    .map_err(|e| e.to_string())?;
+    // (transfers, most buffers in one), counted by the per-transfer callback.
+    let counts = Arc::new(Mutex::new((0u64, 0usize)));
+    let c = counts.clone();
+    let mut driver = DmaDriver::builder(target, sg, Direction::Read)
+        .config(config)
+        .on_transfer(move |r| {
+            let mut c = c.lock().unwrap();
+            c.0 += 1;
+            c.1 = c.1.max(r.transfer.segment_count);
+        })
+        .build(&mut ring)
+        .map_err(|e| e.to_string())?;
     let (done, sg) = driver.run(&mut ring).map_err(|e| e.to_string())?;
+    let (transfers, max_pieces) = *counts.lock().unwrap();
     done.status
         .map_err(|e| format!("{e} (after {} bytes)", done.bytes))?;
     let total = sg.total_len();

@@ -51,7 +51,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use common::verify;
-use iocomplete::dma::{Config as DmaConfig, Direction, SgList};
+use iocomplete::dma::{Direction, DmaConfig, DmaOutcome, SgList};
 use iocomplete::ring::BufPart;
 use iocomplete::split::{ChunkHandler, Job, Mode, SplitConfig};
 use iocomplete::Driver as _;
@@ -60,6 +60,7 @@ use iocomplete::{
     FifoReceiver, FifoStatus, IoBuf, Op, OpFuture, OpId, PoolBuf, ReaderReport, Restart, Ring,
     RingHandle, SplitDriver, StreamReads, Target, Ticket,
 };
+// The trait, for `DmaDriver::process` (this file's own `Driver` is the harness's enum).
 
 const BS: usize = 4096;
 /// The verify file: read-only, `FILE_BLOCKS` blocks.
@@ -571,8 +572,10 @@ enum Driver {
         h: ChunkCheck,
     },
     Dma {
-        d: Box<DmaDriver<fn(&iocomplete::dma::TransferReport)>>,
+        d: Box<DmaDriver>,
         extents: Vec<(u64, u64)>,
+        /// The outcome and the list, once handed out.
+        out: Option<(DmaOutcome, SgList)>,
     },
     Fifo {
         f: FifoReceiver,
@@ -2666,7 +2669,6 @@ impl<'w> Episode<'w> {
         let cfg = DmaConfig::new()
             .max_transfer(1 + self.rng.below(4 * BS as u64))
             .max_in_flight(1 + self.rng.below(3) as u32);
-        let report: fn(&iocomplete::dma::TransferReport) = |_| {};
         let t = self.file_t;
         // A huge deadline means none: the transaction completes normally.
         let deadline = if self.rng.chance(30) {
@@ -2674,12 +2676,15 @@ impl<'w> Episode<'w> {
         } else {
             None
         };
-        let d = DmaDriver::new(self.ring(), t, sg, Direction::Read, cfg, deadline, report)
-            .map_err(|r| r.error())
-            .unwrap();
+        let mut b = DmaDriver::builder(t, sg, Direction::Read).config(cfg);
+        if let Some(d) = deadline {
+            b = b.deadline(d);
+        }
+        let d = b.build(self.ring()).map_err(|r| r.error()).unwrap();
         Some(Driver::Dma {
             d: Box::new(d),
             extents,
+            out: None,
         })
     }
 
@@ -2730,9 +2735,11 @@ impl<'w> Episode<'w> {
                 d.process(ring, h);
                 d.is_complete()
             }
-            Driver::Dma { d, .. } => {
-                d.process(ring);
-                d.outcome().is_some()
+            Driver::Dma { d, out, .. } => {
+                if let Some(o) = d.process(ring).unwrap() {
+                    *out = Some(o);
+                }
+                out.is_some()
             }
             Driver::Fifo {
                 f,
@@ -2801,9 +2808,8 @@ impl<'w> Episode<'w> {
                 );
                 assert_eq!(h.bytes, want, "split: chunk bytes");
             }
-            Driver::Dma { mut d, extents } => {
-                let c = d.outcome().expect("complete");
-                let sg = d.take_sg().expect("buffers back after the final transfer");
+            Driver::Dma { extents, out, .. } => {
+                let (c, sg) = out.expect("complete, buffers back after the final transfer");
                 let want: u64 = extents
                     .iter()
                     .map(|&(o, l)| l.min(FILE_SIZE.saturating_sub(o)))
@@ -2923,7 +2929,7 @@ fn describe(d: &Driver) -> String {
             reader.debug()
         ),
         Driver::Split { d, off, len, .. } => format!("split read {off}+{len}: {d:?}"),
-        Driver::Dma { d, extents } => format!("dma {extents:?}: {d:?}"),
+        Driver::Dma { d, extents, .. } => format!("dma {extents:?}: {d:?}"),
         Driver::Fifo { f, len, sent, .. } => format!("fifo {sent}/{len} sent: {f:?}"),
     }
 }

@@ -30,7 +30,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{check_teardown, verify};
-use iocomplete::dma::{Config as DmaConfig, Direction, SgList};
+use iocomplete::dma::{Direction, DmaConfig, SgList};
 use iocomplete::ring::BufPart;
 use iocomplete::split::{Job, Mode, SplitConfig};
 use iocomplete::{
@@ -1585,16 +1585,10 @@ fn split_and_dma_deadline_durations() {
                 let mut fx = Fx::new(Dev::File).unwrap();
                 let mut sg = SgList::new();
                 sg.push_extent(&fx.pool, 100, 3 * BS as u64).unwrap();
-                let dr = DmaDriver::new(
-                    &mut fx.ring,
-                    fx.t,
-                    sg,
-                    Direction::Read,
-                    DmaConfig::new(),
-                    Some(d),
-                    |_: &iocomplete::dma::TransferReport| {},
-                )
-                .unwrap();
+                let mut dr = DmaDriver::builder(fx.t, sg, Direction::Read)
+                    .deadline(d)
+                    .build(&mut fx.ring)
+                    .unwrap();
                 let (c, sg) = dr.run(&mut fx.ring).unwrap();
                 if huge {
                     assert_eq!((c.status, c.bytes), (Ok(()), 3 * BS as u64));
@@ -2119,17 +2113,10 @@ fn stale_targets_for_every_op_kind() {
                 );
                 let mut sg = SgList::new();
                 sg.push_extent(&fx.pool, 0, 10).unwrap();
-                let rej = DmaDriver::new(
-                    &mut fx.ring,
-                    stale_t,
-                    sg,
-                    Direction::Read,
-                    DmaConfig::new(),
-                    None,
-                    |_: &iocomplete::dma::TransferReport| {},
-                )
-                .map(drop)
-                .unwrap_err();
+                let rej = DmaDriver::builder(stale_t, sg, Direction::Read)
+                    .build(&mut fx.ring)
+                    .map(drop)
+                    .unwrap_err();
                 stale_kind(rej.error());
                 assert_eq!(rej.into_sg().len(), 1, "the list is handed back");
                 assert_eq!(fx.ring.stats().enters, 0);
@@ -3348,16 +3335,10 @@ fn dma_driver_edges() {
                         }
                         sg = s2;
                     }
-                    let d = DmaDriver::new(
-                        &mut fx.ring,
-                        fx.t,
-                        sg,
-                        dir,
-                        cfg,
-                        None,
-                        |_: &iocomplete::dma::TransferReport| {},
-                    );
-                    let d = match (want, d) {
+                    let d = DmaDriver::builder(fx.t, sg, dir)
+                        .config(cfg)
+                        .build(&mut fx.ring);
+                    let mut d = match (want, d) {
                         (Drv::Refused | Drv::RefusedOrNothing, Err(r)) => {
                             assert!(refused_kind(&r.error()), "{:?}", r.error());
                             drop(r.into_sg());

@@ -12,13 +12,14 @@ mod gather_tool;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{check_teardown, verify, LoopDev};
-use iocomplete::dma::{Config, DmaDriver, SgList, TransferReport, TransferStatus};
+use iocomplete::dma::{DmaConfig, DmaDriver, DmaOutcome, SgList, TransferReport};
 use iocomplete::ring::{BufPart, MAX_TRANSFER};
 use iocomplete::split::Direction;
-use iocomplete::{BufferPool, Error, ErrorKind, Op, Ring};
+use iocomplete::{BufferPool, Driver, Error, ErrorKind, Op, Ring};
 
 const BS: usize = 4096;
 
@@ -53,27 +54,34 @@ impl Rng {
     }
 }
 
-/// Records every transfer report and checks the exactly-once `last` rule as it goes.
+/// Records every transfer report (through [`hook`](Reports::hook), the driver's callback)
+/// and checks the exactly-once `last` rule as it goes.
 #[derive(Default)]
-struct Reports {
-    all: Vec<TransferReport>,
-}
+struct Reports(Arc<Mutex<Vec<TransferReport>>>);
 
 impl Reports {
-    fn record(&mut self, r: &TransferReport) {
-        assert!(
-            !self.all.iter().any(|x| x.last),
-            "a report after the final transfer: {r:?}"
-        );
-        self.all.push(*r);
+    fn hook(&self) -> impl FnMut(&TransferReport) + Send + 'static {
+        let all = self.0.clone();
+        move |r| {
+            let mut all = all.lock().unwrap();
+            assert!(
+                !all.iter().any(|x| x.last),
+                "a report after the final transfer: {r:?}"
+            );
+            all.push(*r);
+        }
+    }
+
+    fn all(&self) -> Vec<TransferReport> {
+        self.0.lock().unwrap().clone()
     }
 
     fn finals(&self) -> usize {
-        self.all.iter().filter(|r| r.last).count()
+        self.all().iter().filter(|r| r.last).count()
     }
 
     fn bytes(&self) -> u64 {
-        self.all.iter().map(|r| r.bytes).sum()
+        self.all().iter().map(|r| r.bytes).sum()
     }
 }
 
@@ -127,31 +135,26 @@ fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
             }
         }
         let total = sg.total_len();
-        let config = Config::new()
+        let config = DmaConfig::new()
             .max_transfer(max_transfer)
             .max_segments(max_segments)
             .max_in_flight(inflight);
-        let mut reports = Reports::default();
-        let drv = DmaDriver::new(
-            &mut ring,
-            t,
-            sg,
-            Direction::Read,
-            config,
-            None,
-            |r: &TransferReport| reports.record(r),
-        )
-        .unwrap();
+        let reports = Reports::default();
+        let mut drv = DmaDriver::builder(t, sg, Direction::Read)
+            .config(config)
+            .on_transfer(reports.hook())
+            .build(&mut ring)
+            .unwrap();
         let (done, sg) = drv.run(&mut ring).unwrap();
         assert_eq!((done.status, done.bytes), (Ok(()), total), "case {n}");
         assert_eq!(reports.finals(), 1);
         assert!(
-            reports.all.last().unwrap().last,
+            reports.all().last().unwrap().last,
             "the final report is the last one"
         );
         assert_eq!(reports.bytes(), total);
-        for r in &reports.all {
-            assert_eq!(r.status, TransferStatus::Complete);
+        for r in &reports.all() {
+            assert_eq!(r.status, Ok(()));
             assert!(r.transfer.len <= max_transfer);
             assert!(r.transfer.segment_count <= max_segments as usize);
         }
@@ -159,13 +162,13 @@ fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
             .div_ceil(max_transfer)
             .max(n.div_ceil(max_segments as usize) as u64);
         assert!(
-            reports.all.len() as u64 >= min_transfers,
+            reports.all().len() as u64 >= min_transfers,
             "case {n}: {} transfers",
-            reports.all.len()
+            reports.all().len()
         );
         if contiguous && max_segments == 1024 {
             // One contiguous extent of 1000 buffers: one vectored transfer carries it.
-            assert_eq!(reports.all.len(), 1);
+            assert_eq!(reports.all().len(), 1);
         }
         check_list(&sg, 31);
         drop(sg);
@@ -186,18 +189,13 @@ fn direct_gather_ends_at_an_unaligned_end_of_file() {
     let mut sg = SgList::new();
     sg.push_extent(&pool, 4 * BS as u64, 4 * BS as u64).unwrap(); // crosses the end
     sg.push_extent(&pool, 0, BS as u64).unwrap();
-    let mut reports = Reports::default();
-    let config = Config::new().max_in_flight(2);
-    let drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
+    let reports = Reports::default();
+    let config = DmaConfig::new().max_in_flight(2);
+    let mut drv = DmaDriver::builder(t, sg, Direction::Read)
+        .config(config)
+        .on_transfer(reports.hook())
+        .build(&mut ring)
+        .unwrap();
     let (done, sg) = drv.run(&mut ring).unwrap();
     assert_eq!(
         (done.status, done.bytes),
@@ -236,20 +234,14 @@ fn direct_gather_from_a_block_device_with_split_segments_in_flight() {
     let total = sg.total_len();
     // 24 KiB transfers over 64 KiB buffers: most buffers are split across transfers, and
     // with 4 in flight two of them want the same buffer at once.
-    let config = Config::new().max_transfer(24 * 1024).max_in_flight(4);
-    let mut reports = Reports::default();
-    let drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
-    let mut drv = drv;
-    let done = loop {
+    let config = DmaConfig::new().max_transfer(24 * 1024).max_in_flight(4);
+    let reports = Reports::default();
+    let mut drv = DmaDriver::builder(t, sg, Direction::Read)
+        .config(config)
+        .on_transfer(reports.hook())
+        .build(&mut ring)
+        .unwrap();
+    let (done, sg) = loop {
         if let Some(c) = drv
             .step(&mut ring, Some(Duration::from_millis(100)))
             .unwrap()
@@ -258,7 +250,6 @@ fn direct_gather_from_a_block_device_with_split_segments_in_flight() {
         }
     };
     let stats = drv.stats();
-    let sg = drv.take_sg().unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), total));
     assert!(
         stats.deferred > 0,
@@ -300,21 +291,16 @@ fn scatter_write_to_a_block_device_then_read_back() {
         sg.push(buf, off).unwrap();
         extents.push((off, len));
     }
-    let config = Config::new()
+    let config = DmaConfig::new()
         .max_transfer(16 * 1024)
         .max_segments(2)
         .max_in_flight(4);
-    let mut reports = Reports::default();
-    let drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Write,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
+    let reports = Reports::default();
+    let mut drv = DmaDriver::builder(t, sg, Direction::Write)
+        .config(config)
+        .on_transfer(reports.hook())
+        .build(&mut ring)
+        .unwrap();
     let (done, sg) = drv.run(&mut ring).unwrap();
     let total: u64 = extents.iter().map(|e| e.1).sum();
     assert_eq!((done.status, done.bytes), (Ok(()), total));
@@ -354,24 +340,18 @@ fn device_error_ends_the_transaction_once_with_completed_final() {
             .unwrap();
         sg.push(buf, off).unwrap();
     }
-    let mut reports = Reports::default();
-    let drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Write,
-        Config::new(),
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
+    let reports = Reports::default();
+    let mut drv = DmaDriver::builder(t, sg, Direction::Write)
+        .on_transfer(reports.hook())
+        .build(&mut ring)
+        .unwrap();
     let (done, sg) = drv.run(&mut ring).unwrap();
     assert_eq!(done.status, Err(Error::from_errno(libc::ENOSPC)));
     assert_eq!(done.bytes, 8192, "the bytes that moved before the error");
     assert_eq!(reports.bytes(), 8192);
     assert_eq!(reports.finals(), 1);
-    let last = reports.all.last().unwrap();
-    assert_eq!(last.status, TransferStatus::Error(libc::ENOSPC));
+    let last = *reports.all().last().unwrap();
+    assert_eq!(last.status, Err(Error::from_errno(libc::ENOSPC)));
     assert!(last.last);
     drop(sg);
     let image = std::fs::read(&dev.path).unwrap();
@@ -406,20 +386,17 @@ fn a_target_that_cannot_read_is_refused_before_the_kernel_and_buffers_come_back(
         .unwrap();
     let mut sg = SgList::new();
     sg.push_extent(&pool, 0, 8 * BS as u64).unwrap();
-    let mut reports = Reports::default();
-    let config = Config::new().max_transfer(2 * BS as u64).max_in_flight(2);
+    let reports = Reports::default();
+    let config = DmaConfig::new()
+        .max_transfer(2 * BS as u64)
+        .max_in_flight(2);
     let enters = ring.stats().enters;
-    let err = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .map(|_| ())
-    .unwrap_err();
+    let err = DmaDriver::builder(t, sg, Direction::Read)
+        .config(config)
+        .on_transfer(reports.hook())
+        .build(&mut ring)
+        .map(|_| ())
+        .unwrap_err();
     assert!(
         matches!(err.error().kind(), ErrorKind::InvalidInput { .. }),
         "{err:?}"
@@ -428,7 +405,7 @@ fn a_target_that_cannot_read_is_refused_before_the_kernel_and_buffers_come_back(
     let sg = err.into_sg();
     assert_eq!(sg.len(), 8);
     drop(sg);
-    assert!(reports.all.is_empty());
+    assert!(reports.all().is_empty());
     check_teardown(&ring, &[&pool]);
 }
 
@@ -449,45 +426,38 @@ fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
     for i in 0..128u64 {
         sg.push_extent(&pool, i * 128 * 1024, 64 * 1024).unwrap();
     }
-    let config = Config::new().max_in_flight(2);
-    let mut reports = Reports::default();
-    let mut drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
+    let config = DmaConfig::new().max_in_flight(2);
+    let reports = Reports::default();
+    let mut drv = DmaDriver::builder(t, sg, Direction::Read)
+        .config(config)
+        .on_transfer(reports.hook())
+        .build(&mut ring)
+        .unwrap();
     while drv.stats().transfers < 6 {
         assert!(drv
             .step(&mut ring, Some(Duration::from_millis(100)))
             .unwrap()
             .is_none());
     }
-    assert!(drv.stop(&mut ring));
-    assert!(!drv.stop(&mut ring), "stopped twice");
-    if drv.in_flight() > 0 {
-        assert!(
-            drv.take_sg().is_none(),
-            "buffers handed back with transfers in flight"
-        );
-    }
-    let done = loop {
-        if let Some(c) = drv
-            .step(&mut ring, Some(Duration::from_millis(100)))
-            .unwrap()
-        {
+    assert!(drv.cancel(&mut ring));
+    assert!(!drv.cancel(&mut ring), "stopped twice");
+    let mut out = drv.process(&mut ring).unwrap();
+    assert!(
+        out.is_none() || drv.in_flight() == 0,
+        "buffers handed back with transfers in flight"
+    );
+    let (done, sg) = loop {
+        if let Some(c) = out {
             break c;
         }
+        out = drv
+            .step(&mut ring, Some(Duration::from_millis(100)))
+            .unwrap();
     };
     assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
     assert_eq!(done.bytes, drv.bytes_transferred());
     assert!(done.bytes < 128 * 64 * 1024);
     assert_eq!(ring.in_flight(), 0);
-    let sg = drv.take_sg().unwrap();
     drop(drv);
     assert_eq!(reports.finals(), 1);
     assert_eq!(reports.bytes(), done.bytes);
@@ -526,19 +496,14 @@ fn deadline_races_the_final_transfer_thousands_of_times() {
         let mut sg = SgList::with_capacity(1);
         sg.push_extent(&pool, off, BS as u64).unwrap();
         let d = Duration::from_micros(delays_us[i % delays_us.len()]);
-        let mut finals = 0;
-        let mut drv = DmaDriver::new(
-            &mut ring,
-            t,
-            sg,
-            Direction::Read,
-            Config::new(),
-            Some(d),
-            |r: &TransferReport| finals += usize::from(r.last),
-        )
-        .unwrap();
+        let reports = Reports::default();
+        let mut drv = DmaDriver::builder(t, sg, Direction::Read)
+            .deadline(d)
+            .on_transfer(reports.hook())
+            .build(&mut ring)
+            .unwrap();
         let mut completions = 0;
-        let done = loop {
+        let (done, sg) = loop {
             if let Some(c) = drv
                 .step(&mut ring, Some(Duration::from_millis(100)))
                 .unwrap()
@@ -547,7 +512,7 @@ fn deadline_races_the_final_transfer_thousands_of_times() {
                 break c;
             }
         };
-        assert!(drv.process(&mut ring).is_none(), "completed twice");
+        assert!(drv.process(&mut ring).unwrap().is_none(), "completed twice");
         assert_eq!(completions, 1);
         assert_eq!(
             ring.in_flight(),
@@ -555,9 +520,8 @@ fn deadline_races_the_final_transfer_thousands_of_times() {
             "completed with the timer or transfer in flight"
         );
         let moved = drv.bytes_transferred();
-        let sg = drv.take_sg().unwrap();
         drop(drv);
-        assert_eq!(finals, 1, "iteration {i}");
+        assert_eq!(reports.finals(), 1, "iteration {i}");
         assert_eq!(done.bytes, moved);
         match done.status {
             Ok(()) => {
@@ -602,8 +566,10 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
         sg.push_extent(&pool, off, len).unwrap();
         sg
     };
-    let err = |ring: &mut Ring, sg: SgList, dir: Direction, config: Config| {
-        DmaDriver::new(ring, t, sg, dir, config, None, |_: &TransferReport| {})
+    let err = |ring: &mut Ring, sg: SgList, dir: Direction, config: DmaConfig| {
+        DmaDriver::builder(t, sg, dir)
+            .config(config)
+            .build(ring)
             .unwrap_err()
             .kind()
     };
@@ -612,7 +578,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
             &mut ring,
             list(100, BS as u64),
             Direction::Read,
-            Config::new()
+            DmaConfig::new()
         ),
         ErrorKind::Misaligned {
             what: "offset",
@@ -621,7 +587,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
         }
     );
     assert_eq!(
-        err(&mut ring, list(0, 1000), Direction::Read, Config::new()),
+        err(&mut ring, list(0, 1000), Direction::Read, DmaConfig::new()),
         ErrorKind::Misaligned {
             what: "length",
             value: 1000,
@@ -633,7 +599,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
             &mut ring,
             list(0, BS as u64),
             Direction::Read,
-            Config::new().max_transfer(1000)
+            DmaConfig::new().max_transfer(1000)
         ),
         ErrorKind::Misaligned {
             what: "max transfer",
@@ -645,12 +611,12 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
             &mut ring,
             list(0, BS as u64),
             Direction::Write,
-            Config::new()
+            DmaConfig::new()
         ),
         ErrorKind::InvalidInput { .. }
     ));
     assert!(matches!(
-        err(&mut ring, SgList::new(), Direction::Read, Config::new()),
+        err(&mut ring, SgList::new(), Direction::Read, DmaConfig::new()),
         ErrorKind::InvalidInput { .. }
     ));
     assert!(matches!(
@@ -658,7 +624,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
             &mut ring,
             list(0, BS as u64),
             Direction::Read,
-            Config::new().max_segments(0)
+            DmaConfig::new().max_segments(0)
         ),
         ErrorKind::InvalidInput { .. }
     ));
@@ -667,16 +633,9 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     let mut buf = pool.try_get().unwrap();
     buf.extend_from_slice(&[7u8; 100]).unwrap();
     sg.push(buf, 0).unwrap();
-    let rejected = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        Config::new(),
-        None,
-        |_: &TransferReport| {},
-    )
-    .unwrap_err();
+    let rejected = DmaDriver::builder(t, sg, Direction::Read)
+        .build(&mut ring)
+        .unwrap_err();
     assert!(matches!(
         rejected.kind(),
         ErrorKind::Misaligned {
@@ -690,16 +649,9 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     drop(back);
     let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
     let s = ring.register(sock).unwrap();
-    let e = DmaDriver::new(
-        &mut ring,
-        s,
-        list(0, 10),
-        Direction::Read,
-        Config::new(),
-        None,
-        |_: &TransferReport| {},
-    )
-    .unwrap_err();
+    let e = DmaDriver::builder(s, list(0, 10), Direction::Read)
+        .build(&mut ring)
+        .unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
     drop(e);
     assert_eq!(ring.stats().submitted, before, "something reached the ring");
@@ -850,12 +802,17 @@ fn check_prefixes(sg: &SgList, seed: u64) -> u64 {
     got
 }
 
-/// Step `drv` until `cond` holds (bounded: a regression fails instead of hanging).
-fn step_until<F: FnMut(&TransferReport)>(
-    drv: &mut DmaDriver<F>,
+/// What a driver hands out: the outcome and the list.
+type Output = (DmaOutcome, SgList);
+
+/// Step `drv` until `cond` holds (bounded: a regression fails instead of hanging); the
+/// output, if the transaction completed on the way, goes to `out`.
+fn step_until(
+    drv: &mut DmaDriver,
     ring: &mut Ring,
+    out: &mut Option<Output>,
     what: &str,
-    mut cond: impl FnMut(&DmaDriver<F>) -> bool,
+    mut cond: impl FnMut(&DmaDriver) -> bool,
 ) {
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while !cond(drv) {
@@ -863,24 +820,21 @@ fn step_until<F: FnMut(&TransferReport)>(
             std::time::Instant::now() < end,
             "timed out waiting for {what}"
         );
-        drv.step(ring, Some(Duration::from_millis(10))).unwrap();
+        if let Some(o) = drv.step(ring, Some(Duration::from_millis(10))).unwrap() {
+            *out = Some(o);
+        }
     }
 }
 
-/// Step `drv` until it completes (bounded: a regression fails instead of hanging).
-fn finish<F: FnMut(&TransferReport)>(
-    drv: &mut DmaDriver<F>,
-    ring: &mut Ring,
-) -> iocomplete::dma::Completion {
+/// Step `drv` until it completes (bounded: a regression fails instead of hanging); `out`
+/// is the output if `step_until` stepped past the completion already.
+fn finish(drv: &mut DmaDriver, ring: &mut Ring, mut out: Option<Output>) -> Output {
     let end = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        // `step_until` may have stepped past the completion already.
-        if let Some(c) = drv.outcome() {
-            return c;
+        if let Some(o) = out {
+            return o;
         }
-        if let Some(c) = drv.step(ring, Some(Duration::from_millis(100))).unwrap() {
-            return c;
-        }
+        out = drv.step(ring, Some(Duration::from_millis(100))).unwrap();
         assert!(
             std::time::Instant::now() < end,
             "the transaction never completed: {drv:?}"
@@ -903,29 +857,24 @@ fn a_failed_transfer_leaves_no_stale_bytes_counted_in_its_segment() {
     let pool = pool(2, 2 * BS);
     ring.register_pool(&pool);
     let t = ring.register(open(&fs.path(), false, false)).unwrap();
-    let config = Config::new().max_transfer(BS as u64).max_in_flight(2);
-    let reports = std::cell::RefCell::new(Reports::default());
-    let mut drv = DmaDriver::new(
-        &mut ring,
-        t,
-        split_segment_list(&pool),
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.borrow_mut().record(r),
-    )
-    .unwrap();
-    step_until(&mut drv, &mut ring, "A's error", |_| {
-        !reports.borrow().all.is_empty()
+    let config = DmaConfig::new().max_transfer(BS as u64).max_in_flight(2);
+    let reports = Reports::default();
+    let mut drv = DmaDriver::builder(t, split_segment_list(&pool), Direction::Read)
+        .config(config)
+        .on_transfer(reports.hook())
+        .build(&mut ring)
+        .unwrap();
+    let mut out = None;
+    step_until(&mut drv, &mut ring, &mut out, "A's error", |_| {
+        !reports.all().is_empty()
     });
     fs.ctl().release();
-    let done = finish(&mut drv, &mut ring);
+    let (done, sg) = finish(&mut drv, &mut ring, out);
     // B, withdrawn by the error while it waited, never reached the kernel.
     assert_eq!(drv.stats().transfers, 1, "{:?}", drv.stats());
-    let sg = drv.take_sg().unwrap();
     drop(drv);
     assert_eq!(done.status, Err(Error::from_errno(libc::EIO)), "{done:?}");
-    assert_eq!(reports.borrow().finals(), 1);
+    assert_eq!(reports.finals(), 1);
     check_prefixes(&sg, spec.seed);
     assert_eq!(
         sg.bufs()[0].len(),
@@ -966,39 +915,40 @@ fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() 
     let pool = pool(2, 2 * BS);
     ring.register_pool(&pool);
     let t = ring.register(open(&fs.path(), false, false)).unwrap();
-    let config = Config::new().max_transfer(BS as u64).max_in_flight(2);
-    let reports = std::cell::RefCell::new(Reports::default());
-    let mut drv = DmaDriver::new(
-        &mut ring,
-        t,
-        split_segment_list(&pool),
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.borrow_mut().record(r),
-    )
-    .unwrap();
-    step_until(&mut drv, &mut ring, "A at the server", |_| {
+    let config = DmaConfig::new().max_transfer(BS as u64).max_in_flight(2);
+    let reports = Reports::default();
+    let mut drv = DmaDriver::builder(t, split_segment_list(&pool), Direction::Read)
+        .config(config)
+        .on_transfer(reports.hook())
+        .build(&mut ring)
+        .unwrap();
+    let mut out = None;
+    step_until(&mut drv, &mut ring, &mut out, "A at the server", |_| {
         fs.ctl().outstanding() == 1
     });
     // Whatever reads next touching 4096.. is held; A is answered now (1000 bytes).
     fs.ctl().release();
     fs.ctl().hold(BS as u64..2 * BS as u64);
-    step_until(&mut drv, &mut ring, "A's short completion", |_| {
-        !reports.borrow().all.is_empty()
-    });
-    assert_eq!(reports.borrow().all[0].bytes, short);
+    step_until(
+        &mut drv,
+        &mut ring,
+        &mut out,
+        "A's short completion",
+        |_| !reports.all().is_empty(),
+    );
+    assert_eq!(reports.all()[0].bytes, short);
     // The file grows back; whatever was submitted next is at the server or done.
     grow(spec.size);
     std::thread::sleep(Duration::from_millis(50));
-    drv.process(&mut ring);
-    assert!(drv.stop(&mut ring));
+    if let Some(o) = drv.process(&mut ring).unwrap() {
+        out = Some(o);
+    }
+    assert!(drv.cancel(&mut ring));
     fs.ctl().release();
-    let done = finish(&mut drv, &mut ring);
-    let sg = drv.take_sg().unwrap();
+    let (done, sg) = finish(&mut drv, &mut ring, out);
     drop(drv);
     assert!(done.status.is_err(), "{done:?}");
-    assert_eq!(reports.borrow().finals(), 1);
+    assert_eq!(reports.finals(), 1);
     let got = check_prefixes(&sg, spec.seed);
     assert!(got >= short, "A's bytes are a prefix: {got}");
     drop(sg);
@@ -1028,24 +978,19 @@ fn huge_deadlines_never_fire_and_every_byte_is_gathered() {
             sg.push_extent(&pool, off, len).unwrap();
         }
         let total = sg.total_len();
-        let config = Config::new().max_transfer(BS as u64).max_in_flight(3);
-        let mut finals = 0;
-        let mut drv = DmaDriver::new(
-            &mut ring,
-            t,
-            sg,
-            Direction::Read,
-            config,
-            Some(d),
-            |r: &TransferReport| finals += usize::from(r.last),
-        )
-        .unwrap();
-        let done = finish(&mut drv, &mut ring);
+        let config = DmaConfig::new().max_transfer(BS as u64).max_in_flight(3);
+        let reports = Reports::default();
+        let mut drv = DmaDriver::builder(t, sg, Direction::Read)
+            .config(config)
+            .deadline(d)
+            .on_transfer(reports.hook())
+            .build(&mut ring)
+            .unwrap();
+        let (done, sg) = finish(&mut drv, &mut ring, None);
         assert_eq!((done.status, done.bytes), (Ok(()), total), "deadline {d:?}");
         assert_eq!(ring.in_flight(), 0, "completed with the timer in flight");
-        let sg = drv.take_sg().unwrap();
         drop(drv);
-        assert_eq!(finals, 1);
+        assert_eq!(reports.finals(), 1);
         check_list(&sg, 72);
     }
     check_teardown(&ring, &[&pool]);
@@ -1067,18 +1012,13 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
         sg.push_extent(&pool, i * 65536, 4 * BS as u64).unwrap();
     }
     let deadline = Duration::from_secs(2);
-    let config = Config::new().max_in_flight(4);
-    let mut drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        config,
-        Some(deadline),
-        |_: &TransferReport| {},
-    )
-    .unwrap();
-    assert!(drv.process(&mut ring).is_none());
+    let config = DmaConfig::new().max_in_flight(4);
+    let mut drv = DmaDriver::builder(t, sg, Direction::Read)
+        .config(config)
+        .deadline(deadline)
+        .build(&mut ring)
+        .unwrap();
+    assert!(drv.process(&mut ring).unwrap().is_none());
     assert!(drv.in_flight() > 0);
     let armed = std::time::Instant::now();
     drop(drv);
@@ -1101,9 +1041,10 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
     check_teardown(&ring, &[&pool]);
 }
 
-/// Taking the list back before anything was submitted ends the transaction (it completes
-/// `Cancelled`, 0 bytes): stepping it afterwards hung, its transfers waiting forever for
-/// buffers that were gone.
+/// Taking the list back before anything was submitted — a cancel before the start — ends
+/// the transaction: it completes `Cancelled`, 0 bytes, with the list as it was (taking the
+/// list out of an unstarted driver hung when it was stepped afterwards, its transfers
+/// waiting forever for buffers that were gone).
 #[test]
 fn taking_the_list_before_the_start_ends_the_transaction() {
     let dir = common::disk_dir();
@@ -1117,25 +1058,20 @@ fn taking_the_list_before_the_start_ends_the_transaction() {
         let mut sg = SgList::new();
         sg.push_extent(&pool, 0, 2 * BS as u64).unwrap();
         sg.push_extent(&pool, 10 * BS as u64, 100).unwrap();
-        let mut reports = 0;
-        let mut drv = DmaDriver::new(
-            &mut ring,
-            t,
-            sg,
-            Direction::Read,
-            Config::new(),
-            deadline,
-            |_: &TransferReport| reports += 1,
-        )
-        .unwrap();
-        let sg = drv.take_sg().expect("the list, before the start");
-        assert!(drv.take_sg().is_none(), "taken twice");
-        let done = finish(&mut drv, &mut ring);
+        let reports = Reports::default();
+        let mut builder = DmaDriver::builder(t, sg, Direction::Read).on_transfer(reports.hook());
+        if let Some(d) = deadline {
+            builder = builder.deadline(d);
+        }
+        let mut drv = builder.build(&mut ring).unwrap();
+        assert!(drv.cancel(&mut ring), "the list, before the start");
+        let (done, sg) = finish(&mut drv, &mut ring, None);
+        assert!(drv.process(&mut ring).unwrap().is_none(), "taken twice");
         assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
         assert_eq!(done.bytes, 0);
-        assert!(!drv.stop(&mut ring), "stopped after it ended");
+        assert!(!drv.cancel(&mut ring), "stopped after it ended");
         drop(drv);
-        assert_eq!(reports, 0, "nothing was submitted");
+        assert_eq!(reports.all().len(), 0, "nothing was submitted");
         let lens: Vec<usize> = sg.bufs().iter().map(|b| b.len()).collect();
         assert_eq!(lens, [BS, BS, 100], "the list came back as it was");
         drop(sg);
@@ -1167,16 +1103,9 @@ fn segments_past_the_largest_file_offset_are_refused_before_the_kernel() {
             let mut sg = SgList::new();
             sg.push_extent(&pool, 0, 100).unwrap();
             sg.push_extent(&pool, off, len).unwrap();
-            let r = DmaDriver::new(
-                &mut ring,
-                t,
-                sg,
-                direction,
-                Config::new(),
-                None,
-                |_: &TransferReport| {},
-            )
-            .unwrap_err();
+            let r = DmaDriver::builder(t, sg, direction)
+                .build(&mut ring)
+                .unwrap_err();
             assert!(
                 matches!(r.kind(), ErrorKind::InvalidInput { .. }),
                 "{off}+{len}: {r}"
@@ -1217,16 +1146,9 @@ fn scatter_writes_to_an_append_only_descriptor_are_refused() {
     let mut buf = pool.try_get().unwrap();
     buf.extend_from_slice(&[7u8; 10]).unwrap();
     sg.push(buf, 0).unwrap();
-    let r = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Write,
-        Config::new(),
-        None,
-        |_: &TransferReport| {},
-    )
-    .unwrap_err();
+    let r = DmaDriver::builder(t, sg, Direction::Write)
+        .build(&mut ring)
+        .unwrap_err();
     assert!(
         matches!(r.kind(), ErrorKind::InvalidInput { reason } if reason.contains("append")),
         "{r}"
@@ -1237,18 +1159,11 @@ fn scatter_writes_to_an_append_only_descriptor_are_refused() {
     // A gather through it is positional as ever.
     let mut sg = SgList::new();
     sg.push_extent(&pool, 1, 3).unwrap();
-    let (done, sg) = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        Config::new(),
-        None,
-        |_: &TransferReport| {},
-    )
-    .unwrap()
-    .run(&mut ring)
-    .unwrap();
+    let (done, sg) = DmaDriver::builder(t, sg, Direction::Read)
+        .build(&mut ring)
+        .unwrap()
+        .run(&mut ring)
+        .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), 3));
     assert_eq!(sg.bufs()[0].data(), b"eep");
     drop(sg);

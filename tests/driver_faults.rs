@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use common::fuse::{FileSpec, FuseMount};
 use common::{check_teardown, verify, LoopDev};
-use iocomplete::dma::{Config, DmaDriver, SgList, TransferReport, TransferStatus};
+use iocomplete::dma::{DmaConfig, DmaDriver, SgList, TransferReport};
 use iocomplete::split::{ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
 use iocomplete::{
-    BufferPool, ContinuousReader, Error, ErrorKind, FinishReason, PoolBuf, Restart, Ring,
+    BufferPool, ContinuousReader, Driver, Error, ErrorKind, FinishReason, PoolBuf, Restart, Ring,
 };
 
 const BS: usize = 4096;
@@ -322,19 +322,26 @@ fn split_copy_cancelled_mid_flight_on_a_slow_device_completes_once() {
 
 // ---- DmaDriver ---------------------------------------------------------------------------
 
-/// Records every transfer report; the final one (`last`) comes exactly once, last.
+/// Records every transfer report (through [`hook`](Reports::hook), the driver's callback);
+/// the final one (`last`) comes exactly once, last.
 #[derive(Default)]
-struct Reports {
-    all: Vec<TransferReport>,
-}
+struct Reports(Arc<Mutex<Vec<TransferReport>>>);
 
 impl Reports {
-    fn record(&mut self, r: &TransferReport) {
-        assert!(
-            !self.all.iter().any(|x| x.last),
-            "a report after the final transfer: {r:?}"
-        );
-        self.all.push(*r);
+    fn hook(&self) -> impl FnMut(&TransferReport) + Send + 'static {
+        let all = self.0.clone();
+        move |r| {
+            let mut all = all.lock().unwrap();
+            assert!(
+                !all.iter().any(|x| x.last),
+                "a report after the final transfer: {r:?}"
+            );
+            all.push(*r);
+        }
+    }
+
+    fn all(&self) -> Vec<TransferReport> {
+        self.0.lock().unwrap().clone()
     }
 }
 
@@ -347,37 +354,36 @@ fn gather_with_a_bad_extent(
     t: iocomplete::Target,
     seed: u64,
     extents: &[(u64, u64)],
-    config: Config,
+    config: DmaConfig,
 ) -> u64 {
     let mut sg = SgList::new();
     for &(b, n) in extents {
         sg.push_extent(pool, b * BS as u64, n * BS as u64).unwrap();
     }
-    let mut reports = Reports::default();
-    let drv = DmaDriver::new(
-        ring,
-        t,
-        sg,
-        iocomplete::dma::Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
+    let reports = Reports::default();
+    let mut drv = DmaDriver::builder(t, sg, iocomplete::dma::Direction::Read)
+        .config(config)
+        .on_transfer(reports.hook())
+        .build(ring)
+        .unwrap();
     let (done, sg) = drv.run(ring).unwrap();
     assert_eq!(done.status, Err(Error::from_errno(libc::EIO)), "{done:?}");
-    assert_eq!(reports.all.iter().filter(|r| r.last).count(), 1);
+    assert_eq!(reports.all().iter().filter(|r| r.last).count(), 1);
     assert!(
-        reports.all.last().unwrap().last,
+        reports.all().last().unwrap().last,
         "the final report is the last"
     );
     let eio = reports
-        .all
+        .all()
         .iter()
-        .filter(|r| r.status == TransferStatus::Error(libc::EIO))
+        .filter(|r| r.status == Err(Error::from_errno(libc::EIO)))
         .count();
-    assert!(eio >= 1, "no transfer reported the EIO: {:?}", reports.all);
-    let reported: u64 = reports.all.iter().map(|r| r.bytes).sum();
+    assert!(
+        eio >= 1,
+        "no transfer reported the EIO: {:?}",
+        reports.all()
+    );
+    let reported: u64 = reports.all().iter().map(|r| r.bytes).sum();
     assert_eq!(done.bytes, reported);
     assert!(done.bytes < sg.total_len());
     // Every byte that arrived is the right one.
@@ -407,7 +413,9 @@ fn dma_gather_with_one_failing_extent_reports_the_error_once() {
     ring.register_pool(&pool);
     let t = ring.register(open(&fs.path(), false, false)).unwrap();
     let extents = [(3, 3), (40, 2), (77, 5), (120, 4), (200, 3), (250, 6)];
-    let config = Config::new().max_transfer(2 * BS as u64).max_in_flight(4);
+    let config = DmaConfig::new()
+        .max_transfer(2 * BS as u64)
+        .max_in_flight(4);
     let bytes = gather_with_a_bad_extent(&mut ring, &pool, t, spec.seed, &extents, config);
     assert!(bytes > 0, "nothing arrived before the error");
     eprintln!("dma gather: {bytes} bytes verified, {:?}", fs.ctl().stats());
@@ -441,7 +449,7 @@ fn dma_gather_through_a_loop_device_on_the_faulty_file() {
     // One transfer at a time: the block layer merges adjacent requests in flight, and a
     // merged request fails whole.
     let extents = [(10, 4), (64, 8), (150, 2), (298, 4), (400, 4)];
-    let config = Config::new().max_transfer(4 * BS as u64);
+    let config = DmaConfig::new().max_transfer(4 * BS as u64);
     let bytes = gather_with_a_bad_extent(&mut ring, &pool, t, spec.seed, &extents, config);
     // In order, one at a time: everything before the bad extent arrived.
     assert_eq!(bytes, (4 + 8 + 2) * BS as u64);

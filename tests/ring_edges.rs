@@ -745,9 +745,9 @@ fn positional_writes_on_an_append_only_file_are_refused() {
 /// none, like the durations of 2^63 s and more.
 #[test]
 fn split_and_dma_deadlines_no_timer_can_reach_arm_no_timer() {
-    use iocomplete::dma::{Config as DmaConfig, Direction, SgList};
+    use iocomplete::dma::{Direction, SgList};
     use iocomplete::split::{Job, SplitConfig};
-    use iocomplete::{DmaDriver, SplitDriver};
+    use iocomplete::{DmaDriver, Driver, SplitDriver};
     let never = [
         Duration::from_secs(i64::MAX as u64),
         // KTIME_MAX / 10^9: from here on the kernel clamps to KTIME_MAX.
@@ -761,19 +761,12 @@ fn split_and_dma_deadlines_no_timer_can_reach_arm_no_timer() {
             if dma {
                 let mut sg = SgList::new();
                 sg.push_extent(&pool, 0, 4 * BS as u64).unwrap();
-                let report: fn(&iocomplete::dma::TransferReport) = |_| {};
-                let mut drv = DmaDriver::new(
-                    &mut ring,
-                    t,
-                    sg,
-                    Direction::Read,
-                    DmaConfig::new(),
-                    Some(d),
-                    report,
-                )
-                .map_err(|r| r.error())
-                .unwrap();
-                assert!(drv.process(&mut ring).is_none());
+                let mut drv = DmaDriver::builder(t, sg, Direction::Read)
+                    .deadline(d)
+                    .build(&mut ring)
+                    .map_err(|r| r.error())
+                    .unwrap();
+                assert!(drv.process(&mut ring).unwrap().is_none());
                 drop(drv);
             } else {
                 let job = Job::Read {

@@ -1,7 +1,7 @@
 //! Steady-state operation of the sans-I/O machines performs zero heap allocations: proven
 //! with a counting global allocator (per thread, so other test threads do not interfere).
 
-use iocomplete::dma::{self, Segment, Transaction, TransferStatus};
+use iocomplete::dma::{self, Segment, Transaction};
 use iocomplete::gate::{CompletionGate, Status};
 use iocomplete::split::{Action, Direction, Event, Mode, SplitMachine, TransferPlan};
 
@@ -87,7 +87,7 @@ fn dma_transfers_do_not_allocate() {
     let segments: Vec<Segment> = (0..256u64)
         .map(|i| Segment::new(i * 4096 + (i / 16) * 65536, 4096))
         .collect();
-    let config = dma::Config::new()
+    let config = dma::DmaConfig::new()
         .max_transfer(32 * 1024)
         .max_segments(4)
         .max_in_flight(4)
@@ -98,19 +98,16 @@ fn dma_transfers_do_not_allocate() {
     let mut short = false;
     while let Some(a) = tx.poll_action() {
         match a {
-            dma::Action::Submit(t) => {
+            dma::DmaAction::Submit(t) => {
                 let pieces = t.pieces(&segments).count();
                 assert_eq!(pieces, t.segment_count);
                 short = !short;
                 let moved = if short { (t.len / 3).max(1) } else { t.len };
-                finals += u32::from(
-                    tx.transfer_completed(t.id, TransferStatus::Complete, moved)
-                        .unwrap(),
-                );
+                finals += u32::from(tx.transfer_completed(t.id, Ok(()), moved).unwrap());
             }
-            dma::Action::CancelTimer => tx.timer_cancelled().unwrap(),
-            dma::Action::Complete(c) => assert_eq!((c.status, c.bytes), (Ok(()), 256 * 4096)),
-            dma::Action::Cancel(_) => unreachable!(),
+            dma::DmaAction::CancelTimer => tx.timer_cancelled().unwrap(),
+            dma::DmaAction::Complete(c) => assert_eq!((c.status, c.bytes), (Ok(()), 256 * 4096)),
+            dma::DmaAction::Cancel(_) => unreachable!(),
         }
     }
     assert_eq!(finals, 1);

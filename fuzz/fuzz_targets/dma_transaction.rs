@@ -1,19 +1,21 @@
 //! The DMA `Transaction` machine: arbitrary segment lists and limits (invalid ones must be
 //! refused with an error), then arbitrary interleavings of transfer completions (any
-//! status, any byte count, final or not), stop, timeout, timer cancellation, impossible
+//! status, any byte count, final or not), cancel, timeout, timer cancellation, impossible
 //! events and polls. Checked throughout: the DMA part ends (`true`) at most once and
 //! exactly once when the transaction is driven to its end; the request completes exactly
 //! once, only after the DMA part ended; bytes transferred equal the sum of reported bytes
 //! and never exceed the total; no memory byte moves twice; each segment's
 //! `segment_moved` is exactly the prefix of it that moved; buffers are releasable only
 //! with nothing in flight; a refused event changes nothing; the final status follows the
-//! rules (first device error wins, else the first of stop/timeout, else cancelled/success).
+//! rules (first device error wins, typed as it was reported, else the first of
+//! cancel/timeout, else cancelled/success).
 #![no_main]
 
 use iocomplete::dma::{
-    Action, Config, Direction, Event, Segment, Transaction, TransferId, TransferStatus,
+    Direction, DmaAction, DmaConfig, DmaEvent, Segment, Transaction, TransferId,
 };
 use iocomplete::gate::Status;
+use iocomplete::{Error, ErrorKind, Result};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -33,7 +35,10 @@ struct Input {
 enum St {
     Complete,
     Cancelled,
+    /// An errno (may be `ECANCELED`: a cancel, or `ETIMEDOUT`).
     Error(u8),
+    /// An error without an errno (refused before the kernel).
+    Typed(bool),
 }
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
@@ -47,7 +52,7 @@ enum Ev {
         full: bool,
         last: bool,
     },
-    Stop,
+    Cancel,
     Timeout,
     TimerCancelled,
     Poll(u8),
@@ -74,8 +79,8 @@ struct Harness<'a> {
     completes: u32,
     reported: u64,
     moved: Vec<Vec<bool>>,
-    first_error: Option<i32>,
-    /// First of stop / timeout that ran while the request was undecided.
+    first_error: Option<Error>,
+    /// First of cancel / timeout that ran while the request was undecided.
     first_abort: Option<Status>,
     saw_cancelled: bool,
     short_end: bool,
@@ -88,7 +93,7 @@ impl Harness<'_> {
                 return;
             };
             match a {
-                Action::Submit(t) => {
+                DmaAction::Submit(t) => {
                     assert!(!self.tx.buffers_releasable(), "submit after the end");
                     assert!(t.len > 0);
                     assert!(t.segment_count as u32 <= self.tx.config().max_segments_count());
@@ -110,7 +115,7 @@ impl Harness<'_> {
                     self.issued = self.issued.max(t.id.get() + 1);
                     self.in_flight.push(t);
                 }
-                Action::Cancel(id) => {
+                DmaAction::Cancel(id) => {
                     // A cancel names a transfer that is in flight now: one whose completion
                     // came back while the cancel was queued is withdrawn by the machine.
                     assert!(id.get() < self.issued, "cancel of {id:?}, never submitted");
@@ -119,15 +124,18 @@ impl Harness<'_> {
                         "stale cancel of {id:?}: its completion already came back"
                     );
                 }
-                Action::CancelTimer => {
+                DmaAction::CancelTimer => {
                     // Never stale: a timer that fired (or whose cancel was reported) while the
                     // request was queued has its request withdrawn by the machine.
                     assert!(self.tx.config().has_timer() && self.tx.buffers_releasable());
-                    assert!(!self.timer_resolved, "stale CancelTimer: the timer is resolved");
+                    assert!(
+                        !self.timer_resolved,
+                        "stale CancelTimer: the timer is resolved"
+                    );
                     assert!(!self.cancel_timer_asked, "CancelTimer twice");
                     self.cancel_timer_asked = true;
                 }
-                Action::Complete(c) => {
+                DmaAction::Complete(c) => {
                     self.completes += 1;
                     assert_eq!(self.completes, 1, "completed twice");
                     assert_eq!(self.ended, 1, "completed before the DMA part ended");
@@ -138,7 +146,7 @@ impl Harness<'_> {
         }
     }
 
-    fn feed(&mut self, ev: Event) {
+    fn feed(&mut self, ev: DmaEvent) {
         let before = (
             self.tx.bytes_transferred(),
             self.tx.in_flight(),
@@ -154,16 +162,16 @@ impl Harness<'_> {
                     assert_eq!(self.ended, 1, "DMA part ended twice");
                 }
                 match ev {
-                    Event::Stop if undecided && !was_finished => {
+                    DmaEvent::Cancel if undecided && !was_finished => {
                         self.first_abort.get_or_insert(Status::Cancelled);
                     }
-                    Event::Timeout => {
+                    DmaEvent::Timeout => {
                         self.timer_resolved = true;
                         if undecided && !was_finished {
                             self.first_abort.get_or_insert(Status::TimedOut);
                         }
                     }
-                    Event::TimerCancelled => self.timer_resolved = true,
+                    DmaEvent::TimerCancelled => self.timer_resolved = true,
                     _ => {}
                 }
             }
@@ -189,7 +197,7 @@ impl Harness<'_> {
         }
     }
 
-    fn complete(&mut self, k: usize, status: TransferStatus, bytes: u64, last: bool) {
+    fn complete(&mut self, k: usize, status: Result<()>, bytes: u64, last: bool) {
         let t = self.in_flight.swap_remove(k);
         let mut left = bytes;
         for p in t.pieces(self.segs) {
@@ -203,31 +211,31 @@ impl Harness<'_> {
         self.reported += bytes;
         if !self.tx.buffers_releasable() {
             match status {
-                TransferStatus::Error(e) => {
+                Err(e) if e.is_cancelled() => self.saw_cancelled = true,
+                Err(e) => {
                     self.first_error.get_or_insert(e);
                 }
-                TransferStatus::Complete if bytes == 0 => {
+                Ok(()) if bytes == 0 => {
                     if self.tx.direction() == Direction::Write {
-                        self.first_error.get_or_insert(libc::EIO);
+                        self.first_error.get_or_insert(Error::from_errno(libc::EIO));
                     } else {
                         self.short_end = true;
                     }
                 }
-                TransferStatus::Cancelled => self.saw_cancelled = true,
-                _ => {}
+                Ok(()) => {}
             }
             if last || bytes < t.len {
                 self.short_end = true;
             }
         }
         let ev = if last {
-            Event::CompletedFinal {
+            DmaEvent::CompletedFinal {
                 id: t.id,
                 status,
                 bytes,
             }
         } else {
-            Event::TransferCompleted {
+            DmaEvent::TransferCompleted {
                 id: t.id,
                 status,
                 bytes,
@@ -246,7 +254,7 @@ fuzz_target!(|i: Input| {
         segs.push(Segment::new(off, len));
         next = off + len;
     }
-    let config = Config::new()
+    let config = DmaConfig::new()
         .max_transfer(u64::from(i.max_transfer) % 4097)
         .max_segments(u32::from(i.max_segments) % 20)
         .max_in_flight(u32::from(i.max_in_flight) % 10)
@@ -308,31 +316,36 @@ fuzz_target!(|i: Input| {
                     u64::from(bytes) % (len + 1)
                 };
                 let status = match status {
-                    St::Complete => TransferStatus::Complete,
-                    St::Cancelled => TransferStatus::Cancelled,
-                    St::Error(e) => TransferStatus::Error(1 + i32::from(e % 130)),
+                    St::Complete => Ok(()),
+                    St::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
+                    St::Error(e) => Err(Error::from_errno(1 + i32::from(e % 130))),
+                    St::Typed(stale) => Err(Error::new(if stale {
+                        ErrorKind::StaleTarget
+                    } else {
+                        ErrorKind::PoolExhausted
+                    })),
                 };
                 h.complete(k, status, bytes, last);
             }
-            Ev::Stop => h.feed(Event::Stop),
-            Ev::Timeout => h.feed(Event::Timeout),
-            Ev::TimerCancelled => h.feed(Event::TimerCancelled),
+            Ev::Cancel => h.feed(DmaEvent::Cancel),
+            Ev::Timeout => h.feed(DmaEvent::Timeout),
+            Ev::TimerCancelled => h.feed(DmaEvent::TimerCancelled),
             Ev::Bogus { id, extra } => {
                 if let Some(t) = h.in_flight.first().copied() {
                     if extra % 2 == 0 {
                         let bytes = t.len + 1 + u64::from(extra);
-                        h.feed(Event::TransferCompleted {
+                        h.feed(DmaEvent::TransferCompleted {
                             id: t.id,
-                            status: TransferStatus::Complete,
+                            status: Ok(()),
                             bytes,
                         });
                         continue;
                     }
                 }
                 if !h.in_flight.iter().any(|t| t.id.get() == id) {
-                    h.feed(Event::TransferCompleted {
+                    h.feed(DmaEvent::TransferCompleted {
                         id: TransferId::new(id),
-                        status: TransferStatus::Complete,
+                        status: Ok(()),
                         bytes: 0,
                     });
                 }
@@ -348,9 +361,9 @@ fuzz_target!(|i: Input| {
         assert!(steps <= 4 * total + 64, "transaction does not end");
         if !h.in_flight.is_empty() {
             let len = h.in_flight[0].len;
-            h.complete(0, TransferStatus::Complete, len, false);
+            h.complete(0, Ok(()), len, false);
         } else if h.cancel_timer_asked && !h.timer_resolved {
-            h.feed(Event::TimerCancelled);
+            h.feed(DmaEvent::TimerCancelled);
         } else {
             break;
         }
@@ -362,7 +375,7 @@ fuzz_target!(|i: Input| {
     assert_eq!(out.bytes, h.reported);
     assert!(out.bytes <= total);
     let want = if let Some(e) = h.first_error {
-        Status::Failed(e)
+        Status::from_error(e)
     } else if let Some(s) = h.first_abort {
         s
     } else if h.saw_cancelled {
@@ -371,6 +384,9 @@ fuzz_target!(|i: Input| {
         Status::Success
     };
     assert_eq!(h.tx.status(), Some(want), "final status");
+    // The outcome carries the first device error itself, typed as it was reported.
+    let want_result = h.first_error.map_or(want.into_result(), Err);
+    assert_eq!(out.status, want_result, "final outcome");
     // A clean run moves every byte exactly once.
     if want == Status::Success && !h.short_end {
         assert_eq!(out.bytes, total, "clean run moved {} of {total}", out.bytes);

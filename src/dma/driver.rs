@@ -1,31 +1,34 @@
 //! The DMA driver: a [`Transaction`] over an [`SgList`] executed on a [`Ring`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::sg::{Segment, Transfer, TransferId};
 use super::sglist::SgList;
-use super::transaction::{Action, Completion, Config, Transaction, TransferStatus};
+use super::transaction::{DmaAction, DmaConfig, DmaOutcome, Transaction};
 use crate::buf::{IoBuf, PoolBuf};
 use crate::error::{Error, ErrorKind, Result};
-use crate::queue::CompletionQueue;
-use crate::ring::{addressable, kernel_deadline, BufPart, Bufs, Direction, Op, OpId, Ring, Target};
 
-/// One transfer's completion, as the per-transfer callback sees it (the seed's
-/// `EvtDmaTransactionDmaTransferComplete`).
+use crate::ring::{
+    addressable, kernel_deadline, BufPart, Bufs, Direction, Done, Driver, Op, Port, PortEvent,
+    Ring, Target,
+};
+
+/// One transfer's completion, as the [`on_transfer`](DmaDriverBuilder::on_transfer)
+/// callback sees it (the seed's `EvtDmaTransactionDmaTransferComplete`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransferReport {
     /// The transfer (device offset, length, first segment, pieces).
     pub transfer: Transfer,
-    /// How it ended.
-    pub status: TransferStatus,
+    /// How it ended: `Ok(())`, or its typed error (of kind
+    /// [`Cancelled`](ErrorKind::Cancelled) for a cancelled transfer).
+    pub status: Result<()>,
     /// Bytes it moved.
     pub bytes: u64,
-    /// What the transaction answered — [`Transaction::transfer_completed`] for `Complete`,
-    /// [`Transaction::completed_final`] for `Error` and `Cancelled`: true exactly once,
-    /// on the final transfer, after which the buffers may be handed back.
+    /// What the transaction answered — [`Transaction::transfer_completed`] for `Ok`,
+    /// [`Transaction::completed_final`] for an error: true exactly once, on the final
+    /// transfer, after which the buffers may be handed back.
     pub last: bool,
 }
 
@@ -43,43 +46,12 @@ pub struct DmaStats {
     pub max_in_flight: usize,
 }
 
-/// A transfer submitted to the ring.
-#[derive(Debug, Clone, Copy)]
-struct Flight {
-    transfer: Transfer,
-    op: OpId,
-}
+/// The per-transfer callback.
+type OnTransfer = Box<dyn FnMut(&TransferReport) + Send>;
 
-/// The deadline timer's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Timer {
-    None,
-    Pending(Duration),
-    Armed(OpId),
-    Done,
-}
-
-/// Tag of the timer's operation; transfers use their id.
-const TIMER_TAG: u64 = u64::MAX;
-
-/// The errno a transfer status carries for an error that has none (the request was refused
-/// before reaching the kernel); the typed error is kept for the completion.
-fn errno_of(e: &Error) -> i32 {
-    if let Some(n) = e.raw_os_error() {
-        return n;
-    }
-    match e.kind() {
-        ErrorKind::StaleTarget => libc::EBADF,
-        ErrorKind::PoolExhausted => libc::ENOBUFS,
-        ErrorKind::Unsupported { .. } => libc::EOPNOTSUPP,
-        ErrorKind::UnexpectedEof { .. } => libc::EIO,
-        _ => libc::EINVAL,
-    }
-}
-
-/// Why [`DmaDriver::new`] refused a transaction, with the scatter/gather list handed back
-/// untouched (its buffers may hold data to write). Converts into the crate's [`Error`], so
-/// `?` works in functions returning [`Result`].
+/// Why [`DmaDriverBuilder::build`] refused a transaction, with the scatter/gather list
+/// handed back untouched (its buffers may hold data to write). Converts into the crate's
+/// [`Error`], so `?` works in functions returning [`Result`].
 #[derive(Debug)]
 pub struct Rejected {
     error: Error,
@@ -117,13 +89,13 @@ impl From<Rejected> for Error {
     }
 }
 
-/// Everything [`DmaDriver::new`] checks before building the transaction.
+/// Everything [`DmaDriverBuilder::build`] checks before building the transaction.
 fn check(
     ring: &Ring,
     target: Target,
     sg: &SgList,
     direction: Direction,
-    config: Config,
+    config: DmaConfig,
 ) -> Result<crate::FdInfo> {
     let info = ring.info(target)?;
     if !info.kind.is_seekable() {
@@ -172,40 +144,153 @@ fn check(
     Ok(info)
 }
 
+/// Sets up a [`DmaDriver`]: from [`DmaDriver::builder`], finished by
+/// [`build`](Self::build).
+pub struct DmaDriverBuilder {
+    target: Target,
+    sg: SgList,
+    direction: Direction,
+    config: DmaConfig,
+    deadline: Option<Duration>,
+    on_transfer: Option<OnTransfer>,
+}
+
+impl fmt::Debug for DmaDriverBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaDriverBuilder")
+            .field("target", &self.target)
+            .field("sg", &self.sg)
+            .field("direction", &self.direction)
+            .field("config", &self.config)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DmaDriverBuilder {
+    /// The transfer limits (its `timer` setting is replaced by whether a
+    /// [`deadline`](Self::deadline) is given). Default: [`DmaConfig::new`].
+    pub fn config(mut self, config: DmaConfig) -> DmaDriverBuilder {
+        self.config = config;
+        self
+    }
+
+    /// End the transaction with [`ErrorKind::TimedOut`] after `d`, counted from the first
+    /// submission. One no kernel timer can reach (about 292 years or more, e.g.
+    /// `from_secs(i64::MAX)` or [`Duration::MAX`]) means no deadline.
+    pub fn deadline(mut self, d: Duration) -> DmaDriverBuilder {
+        self.deadline = Some(d);
+        self
+    }
+
+    /// Call `f` with every transfer's [`TransferReport`] as it completes.
+    pub fn on_transfer(
+        mut self,
+        f: impl FnMut(&TransferReport) + Send + 'static,
+    ) -> DmaDriverBuilder {
+        self.on_transfer = Some(Box::new(f));
+        self
+    }
+
+    /// Validate and prepare the transaction. Nothing is submitted until the driver is
+    /// first processed ([`Driver::process`], [`step`](Driver::step), [`run`](Driver::run)).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::StaleTarget`]; [`ErrorKind::InvalidInput`] for a target that is not a
+    /// file or block device or not open for the direction (or open `O_APPEND` for a
+    /// write, which ignores offsets), an empty list, a segment ending past the largest
+    /// file offset (2⁶³ − 1), or a config out of range; [`ErrorKind::Misaligned`] for a
+    /// direct target and a segment offset or length, a buffer address or the max transfer
+    /// not aligned as it needs. The error hands the list back ([`Rejected::into_sg`]); `?`
+    /// turns it into the plain [`Error`].
+    pub fn build(self, ring: &mut Ring) -> std::result::Result<DmaDriver, Rejected> {
+        let DmaDriverBuilder {
+            target,
+            sg,
+            direction,
+            config,
+            deadline,
+            on_transfer,
+        } = self;
+        let deadline = kernel_deadline(deadline);
+        let config = config.timer(deadline.is_some());
+        let checked = check(ring, target, &sg, direction, config).and_then(|info| {
+            let tx = Transaction::new(sg.segments().to_vec(), direction, config)?;
+            Ok((info, tx))
+        });
+        let (info, tx) = match checked {
+            Ok(v) => v,
+            Err(error) => return Err(Rejected { error, sg }),
+        };
+        let read_align = if info.direct && direction == Direction::Read {
+            u64::from(info.offset_align)
+        } else {
+            1
+        };
+        let (_, bufs) = sg.into_parts();
+        let max = config.max_in_flight_count() as usize;
+        Ok(DmaDriver {
+            tx,
+            bufs: bufs.into_iter().map(Some).collect(),
+            target,
+            port: Port::new(max),
+            // Twice the most in flight: a full map rehashes in place, never allocating.
+            keys: HashMap::with_capacity(2 * max),
+            deferred: VecDeque::with_capacity(max),
+            spare: Vec::new(),
+            spare_io: Vec::new(),
+            deadline,
+            cancelled: false,
+            read_align,
+            stats: DmaStats::default(),
+            on_transfer,
+        })
+    }
+}
+
 /// Executes a DMA-style [`Transaction`] over an [`SgList`] on a [`Ring`]: one vectored
 /// operation per transfer (`Op::readv_parts` / `Op::writev_parts`, so `READV_FIXED` /
 /// `WRITEV_FIXED` when the pool is registered and the kernel has them), transfers bounded
-/// by the config's max transfer length and max segments.
+/// by the config's max transfer length and max segments. A [`Driver`]: its output is the
+/// [`DmaOutcome`] and the list, handed back.
 ///
-/// - The per-transfer callback gets a [`TransferReport`] for every transfer: its
-///   [`TransferStatus`], the bytes it moved, and `last` — the driver calls
-///   [`Transaction::transfer_completed`] for a `Complete` transfer and
-///   [`Transaction::completed_final`] for an `Error` or `Cancelled` one, and `last` is what
-///   they return: true exactly once, on the final transfer.
-/// - [`stop`](Self::stop) ends the transaction with [`ErrorKind::Cancelled`]; a deadline
-///   ends it with [`ErrorKind::TimedOut`] (a kernel timer, raced against the transfers and
-///   a stop through the transaction's [`CompletionGate`](crate::gate::CompletionGate)).
-///   Transfers in flight are cancelled and drain first.
+/// - The [`on_transfer`](DmaDriverBuilder::on_transfer) callback gets a
+///   [`TransferReport`] for every transfer: its status, the bytes it moved, and `last` —
+///   the driver calls [`Transaction::transfer_completed`] for a transfer that ended `Ok`
+///   and [`Transaction::completed_final`] for one that failed or was cancelled, and `last`
+///   is what they return: true exactly once, on the final transfer.
+/// - [`cancel`](Driver::cancel) ends the transaction with [`ErrorKind::Cancelled`]; a
+///   deadline ends it with [`ErrorKind::TimedOut`] (a kernel timer, raced against the
+///   transfers and a cancel through the transaction's
+///   [`CompletionGate`](crate::gate::CompletionGate)). Transfers in flight are cancelled
+///   and drain first.
 /// - [`bytes_transferred`](Self::bytes_transferred) counts what actually moved, even when
-///   a stop or a timeout wins.
-/// - The buffers are handed back ([`take_sg`](Self::take_sg), [`run`](Self::run)) only
-///   after the final transfer's completion came back. A transfer whose buffers another
-///   transfer in flight still holds (a segment split across two transfers) waits for them.
+///   a cancel or a timeout wins.
+/// - The buffers are handed back, with the outcome, only after the final transfer's
+///   completion came back (after a read, each buffer's `len()` is the prefix of it that
+///   was received — [`Transaction::segment_moved`]: bytes after a gap left by a cancel, an
+///   error or a short read are not counted). A transfer whose buffers another transfer in
+///   flight still holds (a segment split across two transfers) waits for them. Cancelled
+///   before anything was submitted, the transaction completes `Cancelled` with the list
+///   as it was.
 /// - Bad input — a target that is not a file or block device, open the wrong way, or a
 ///   direct target and segments, buffers or a max transfer not aligned as it needs — is an
-///   error from [`new`](Self::new), before anything reaches the kernel.
+///   error from [`build`](DmaDriverBuilder::build), before anything reaches the kernel.
 ///
 /// Dropping a driver mid-flight is safe: the buffers of transfers in flight are parked in
 /// the ring until the kernel is done with them, and return to their pool when their
 /// completions arrive. An armed deadline timer stays in the ring until it fires (a drop
-/// has no ring to cancel it with): to end everything early, [`stop`](Self::stop) and
+/// has no ring to cancel it with): to end everything early, [`cancel`](Driver::cancel) and
 /// drive the transaction to its completion.
 ///
 /// ```
-/// use iocomplete::dma::{Config, DmaDriver, SgList};
-/// use iocomplete::split::Direction;
-/// use iocomplete::{BufferPool, Ring};
+/// use iocomplete::dma::{DmaConfig, DmaDriver, SgList};
+/// use iocomplete::ring::Direction;
+/// use iocomplete::{BufferPool, Driver, Ring};
 /// use std::io::Write;
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
 ///
 /// let mut f = tempfile::tempfile().unwrap();
 /// f.write_all(&(0..=255u8).cycle().take(64 * 1024).collect::<Vec<_>>()).unwrap();
@@ -216,124 +301,67 @@ fn check(
 /// let mut sg = SgList::new();
 /// sg.push_extent(&pool, 1000, 5000)?; // two segments
 /// sg.push_extent(&pool, 40_000, 100)?; // one more
-/// let mut finals = 0;
-/// let config = Config::new().max_transfer(4096);
-/// let driver = DmaDriver::new(&mut ring, file, sg, Direction::Read, config, None,
-///     |r: &iocomplete::dma::TransferReport| finals += r.last as u32)?;
+/// let finals = Arc::new(AtomicU32::new(0));
+/// let f = finals.clone();
+/// let mut driver = DmaDriver::builder(file, sg, Direction::Read)
+///     .config(DmaConfig::new().max_transfer(4096))
+///     .on_transfer(move |r| drop(f.fetch_add(u32::from(r.last), Ordering::Relaxed)))
+///     .build(&mut ring)?;
 /// let (done, sg) = driver.run(&mut ring)?;
 /// assert_eq!((done.status, done.bytes), (Ok(()), 5100));
 /// assert_eq!(sg.bufs()[2].data()[0], (40_000 % 256) as u8);
-/// assert_eq!(finals, 1);
+/// assert_eq!(finals.load(Ordering::Relaxed), 1);
 /// # Ok::<(), iocomplete::Error>(())
 /// ```
-pub struct DmaDriver<F> {
+pub struct DmaDriver {
     tx: Transaction<Vec<Segment>>,
-    /// The list's buffers; `None` while a transfer in flight holds one.
+    /// The list's buffers; `None` while a transfer in flight holds one; empty once handed
+    /// back.
     bufs: Vec<Option<PoolBuf>>,
     target: Target,
-    queue: Arc<CompletionQueue<crate::Completion>>,
-    /// The deadline timer's own queue: an armed timer keeps only this one alive, so after
-    /// a drop mid-flight the children's completions (and their buffers) are freed as soon
-    /// as the last of them arrives, not when the timer fires.
-    timer_queue: Arc<CompletionQueue<crate::Completion>>,
-    flights: Vec<Flight>,
+    port: Port<Transfer>,
+    /// The port keys of the transfers in flight, by id (for their cancels).
+    keys: HashMap<TransferId, usize>,
     /// Submitted by the transaction, waiting for buffers held by another transfer.
     deferred: VecDeque<Transfer>,
     /// Emptied buffer vectors from completed transfers, reused for the next ones.
     spare: Vec<PoolBuf>,
     spare_io: Vec<IoBuf>,
-    timer: Timer,
-    /// The first error that had no errno of its own (a refused request), to report typed.
-    first_error: Option<Error>,
-    outcome: Option<Completion>,
-    delivered: bool,
-    started: bool,
-    stopped: bool,
+    /// The deadline, until it is armed at the first process (or the transaction ends
+    /// before that).
+    deadline: Option<Duration>,
+    cancelled: bool,
     /// Direct-I/O alignment of a read target (1 otherwise): a transfer resuming at an
     /// offset that is not a multiple of it follows a short read at end of file.
     read_align: u64,
     stats: DmaStats,
-    on_transfer: F,
+    on_transfer: Option<OnTransfer>,
 }
 
-impl<F> fmt::Debug for DmaDriver<F> {
+impl fmt::Debug for DmaDriver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DmaDriver")
             .field("tx", &self.tx)
             .field("target", &self.target)
-            .field("in_flight", &self.flights.len())
+            .field("port", &self.port)
             .field("deferred", &self.deferred.len())
-            .field("outcome", &self.outcome)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
 
-impl<F: FnMut(&TransferReport)> DmaDriver<F> {
-    /// Validate and prepare a transaction moving `sg` in `direction` on `target`, with the
-    /// transfer limits of `config` (its `timer` setting is replaced by whether a
-    /// `deadline` is given). Nothing is submitted until the first
-    /// [`process`](Self::process) / [`step`](Self::step) / [`run`](Self::run).
-    ///
-    /// The deadline counts from the first submission. One no kernel timer can reach
-    /// (about 292 years or more, e.g. `from_secs(i64::MAX)` or [`Duration::MAX`]) means no
-    /// deadline.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::StaleTarget`]; [`ErrorKind::InvalidInput`] for a target that is not a
-    /// file or block device or not open for `direction` (or open `O_APPEND` for a write,
-    /// which ignores offsets), an empty list, a segment ending past the largest file
-    /// offset (2⁶³ − 1), or a config out of range; [`ErrorKind::Misaligned`] for a direct
-    /// target and a segment offset or length, a buffer address or the max transfer not
-    /// aligned as it needs. The error hands the
-    /// list back ([`Rejected::into_sg`]); `?` turns it into the plain [`Error`].
-    pub fn new(
-        ring: &mut Ring,
-        target: Target,
-        sg: SgList,
-        direction: Direction,
-        config: Config,
-        deadline: Option<Duration>,
-        on_transfer: F,
-    ) -> std::result::Result<DmaDriver<F>, Rejected> {
-        let info = match check(ring, target, &sg, direction, config) {
-            Ok(info) => info,
-            Err(error) => return Err(Rejected { error, sg }),
-        };
-        let read_align = if info.direct && direction == Direction::Read {
-            u64::from(info.offset_align)
-        } else {
-            1
-        };
-        let deadline = kernel_deadline(deadline);
-        let config = config.timer(deadline.is_some());
-        let tx = match Transaction::new(sg.segments().to_vec(), direction, config) {
-            Ok(tx) => tx,
-            Err(error) => return Err(Rejected { error, sg }),
-        };
-        let (_, bufs) = sg.into_parts();
-        let max = config.max_in_flight_count() as usize;
-        Ok(DmaDriver {
-            tx,
-            bufs: bufs.into_iter().map(Some).collect(),
+impl DmaDriver {
+    /// A driver moving `sg` in `direction` on `target`; set it up with the builder's
+    /// methods and [`build`](DmaDriverBuilder::build) it.
+    pub fn builder(target: Target, sg: SgList, direction: Direction) -> DmaDriverBuilder {
+        DmaDriverBuilder {
             target,
-            queue: Arc::new(CompletionQueue::new(max + 1)),
-            timer_queue: Arc::new(CompletionQueue::new(1)),
-            flights: Vec::with_capacity(max),
-            deferred: VecDeque::with_capacity(max),
-            spare: Vec::new(),
-            spare_io: Vec::new(),
-            timer: deadline.map_or(Timer::None, Timer::Pending),
-            first_error: None,
-            outcome: None,
-            delivered: false,
-            started: false,
-            stopped: false,
-            read_align,
-            stats: DmaStats::default(),
-            on_transfer,
-        })
+            sg,
+            direction,
+            config: DmaConfig::new(),
+            deadline: None,
+            on_transfer: None,
+        }
     }
 
     /// Bytes actually moved so far, by every transfer, whatever the status.
@@ -351,169 +379,51 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
         self.stats
     }
 
-    /// The request's completion, once it completed.
-    pub fn outcome(&self) -> Option<Completion> {
-        self.outcome
+    /// The request's outcome, once it completed.
+    pub fn outcome(&self) -> Option<DmaOutcome> {
+        self.tx.outcome()
     }
 
     /// Transfers in the ring now.
     pub fn in_flight(&self) -> usize {
-        self.flights.len()
-    }
-
-    /// Stop the transaction (the seed's `StopSystemTransfer`): it completes with
-    /// [`ErrorKind::Cancelled`] unless a status was set first, after the transfers in
-    /// flight drained. Returns false if it was already stopped or finished.
-    pub fn stop(&mut self, ring: &mut Ring) -> bool {
-        if self.stopped || self.tx.buffers_releasable() {
-            return false;
-        }
-        self.stopped = true;
-        self.tx.stop();
-        self.pump(ring);
-        true
-    }
-
-    /// Consume the completions that arrived, submit what the transaction asks for, and
-    /// return its completion the first time it is available (`None` before and after).
-    /// Does not drive the ring; see [`step`](Self::step).
-    pub fn process(&mut self, ring: &mut Ring) -> Option<Completion> {
-        if !self.started {
-            self.started = true;
-            // Not for a transaction that already ended (stopped before the start).
-            let pending = match self.timer {
-                Timer::Pending(d) if !self.tx.buffers_releasable() => Some(d),
-                _ => None,
-            };
-            if let Some(d) = pending {
-                let id = ring
-                    .submit(Op::timeout(d).tag(TIMER_TAG))
-                    .to_queue(&self.timer_queue);
-                self.timer = Timer::Armed(id);
-            }
-        }
-        loop {
-            self.pump(ring);
-            match self.queue.pop().or_else(|| self.timer_queue.pop()) {
-                Some(c) => self.on_completion(ring, c),
-                None => break,
-            }
-        }
-        match self.outcome {
-            Some(c) if !self.delivered => {
-                self.delivered = true;
-                Some(c)
-            }
-            _ => None,
-        }
-    }
-
-    /// Drive the ring once (waiting up to `timeout`), then [`process`](Self::process).
-    ///
-    /// # Errors
-    ///
-    /// Only if the ring itself fails.
-    pub fn step(
-        &mut self,
-        ring: &mut Ring,
-        timeout: Option<Duration>,
-    ) -> Result<Option<Completion>> {
-        if let Some(c) = self.process(ring) {
-            return Ok(Some(c));
-        }
-        if self.outcome.is_some() {
-            return Ok(None);
-        }
-        ring.run_once(timeout)?;
-        Ok(self.process(ring))
-    }
-
-    /// Drive the ring until the transaction completes; return its completion and the list
-    /// (after a read, each buffer's `len()` is the prefix of it that was received —
-    /// [`Transaction::segment_moved`]: bytes after a gap left by a stop, an error or a
-    /// short read are not counted).
-    ///
-    /// # Errors
-    ///
-    /// If the ring fails, or the completion was already handed out.
-    pub fn run(mut self, ring: &mut Ring) -> Result<(Completion, SgList)> {
-        loop {
-            if self.delivered {
-                return Err(Error::invalid("dma: the transaction already completed"));
-            }
-            if let Some(c) = self.step(ring, Some(Duration::from_millis(100)))? {
-                return match self.take_sg() {
-                    Some(sg) => Ok((c, sg)),
-                    None => Err(Error::invalid("dma: buffers not back after completion")),
-                };
-            }
-        }
-    }
-
-    /// The list back, once the final transfer's completion came back (or before anything
-    /// was submitted: that ends the transaction, which completes with
-    /// [`ErrorKind::Cancelled`] and 0 bytes at the next [`process`](Self::process));
-    /// `None` while a transfer may still touch the buffers, or once taken.
-    pub fn take_sg(&mut self) -> Option<SgList> {
-        let home = self.flights.is_empty()
-            && !self.bufs.is_empty()
-            && self.bufs.iter().all(Option::is_some);
-        if !(home && (self.tx.buffers_releasable() || !self.started)) {
-            return None;
-        }
-        if !self.started && !self.stopped {
-            // Nothing was submitted: the stop withdraws every transfer and ends the DMA
-            // part now; its actions are carried out by the next `process`.
-            self.stopped = true;
-            self.tx.stop();
-        }
-        let bufs = std::mem::take(&mut self.bufs);
-        Some(SgList::from_parts(
-            self.tx.segments().to_vec(),
-            bufs.into_iter().flatten().collect(),
-        ))
+        self.port.in_flight()
     }
 
     fn pump(&mut self, ring: &mut Ring) {
         while let Some(action) = self.tx.poll_action() {
             match action {
-                Action::Submit(t) if t.device_offset % self.read_align != 0 => {
+                DmaAction::Submit(t) if t.device_offset % self.read_align != 0 => {
                     // Direct I/O returns a count that is not a multiple of the alignment
                     // only at end of file: this resumption is past it. End of file, without
                     // a request the kernel would refuse.
-                    self.report(t, TransferStatus::Complete, 0);
+                    self.report(t, Ok(0));
                 }
-                Action::Submit(t) => {
+                DmaAction::Submit(t) => {
                     if !self.try_submit(ring, t) {
                         self.stats.deferred += 1;
                         self.deferred.push_back(t);
                     }
                 }
-                Action::Cancel(id) => {
-                    if let Some(k) = self.deferred.iter().position(|t| t.id == id) {
+                DmaAction::Cancel(id) => {
+                    if let Some(&key) = self.keys.get(&id) {
+                        self.stats.cancels += 1;
+                        // False when the completion already arrived (in the port).
+                        self.port.cancel(ring, key);
+                    } else if let Some(k) = self.deferred.iter().position(|t| t.id == id) {
                         // Never reached the kernel: it ends cancelled at once.
                         if let Some(t) = self.deferred.remove(k) {
-                            self.report(t, TransferStatus::Cancelled, 0);
+                            self.report(t, Err(Error::new(ErrorKind::Cancelled)));
                         }
-                    } else if let Some(f) = self.flights.iter().find(|f| f.transfer.id == id) {
-                        self.stats.cancels += 1;
-                        // False when the completion is already reaped (in our queue).
-                        ring.cancel(f.op);
                     }
                 }
-                Action::CancelTimer => match self.timer {
-                    Timer::Armed(id) => {
-                        ring.cancel(id);
-                    }
-                    Timer::Pending(_) => {
-                        // Never armed: it can never fire.
-                        self.timer = Timer::Done;
+                DmaAction::CancelTimer => {
+                    // Not armed yet (the transaction ended before its start): it never will.
+                    if !self.port.cancel_timer(ring) && self.deadline.take().is_some() {
                         let r = self.tx.timer_cancelled();
                         debug_assert!(r.is_ok(), "{r:?}");
                     }
-                    Timer::None | Timer::Done => {}
-                },
-                Action::Complete(c) => self.complete(c),
+                }
+                DmaAction::Complete(_) => {}
             }
         }
     }
@@ -528,73 +438,37 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
             return false;
         }
         let mut parts = Vec::with_capacity(t.segment_count);
-        let op = match self.tx.direction() {
-            Direction::Read => {
-                let mut v = std::mem::take(&mut self.spare);
-                for p in t.pieces(segs) {
-                    if let Some(b) = self.bufs[p.segment].take() {
-                        v.push(b);
-                        parts.push(BufPart {
-                            start: p.offset as usize,
-                            len: p.len as usize,
-                        });
-                    }
-                }
-                Op::readv_parts(self.target, t.device_offset, v, parts)
+        let mut v = std::mem::take(&mut self.spare);
+        for p in t.pieces(segs) {
+            if let Some(b) = self.bufs[p.segment].take() {
+                v.push(b);
+                parts.push(BufPart {
+                    start: p.offset as usize,
+                    len: p.len as usize,
+                });
             }
+        }
+        let op = match self.tx.direction() {
+            Direction::Read => Op::readv_parts(self.target, t.device_offset, v, parts),
             Direction::Write => {
-                let mut v = std::mem::take(&mut self.spare_io);
-                for p in t.pieces(segs) {
-                    if let Some(b) = self.bufs[p.segment].take() {
-                        v.push(IoBuf::Pool(b));
-                        parts.push(BufPart {
-                            start: p.offset as usize,
-                            len: p.len as usize,
-                        });
-                    }
-                }
-                Op::writev_parts(self.target, t.device_offset, v, parts)
+                let mut io = std::mem::take(&mut self.spare_io);
+                io.extend(v.drain(..).map(IoBuf::Pool));
+                self.spare = v;
+                Op::writev_parts(self.target, t.device_offset, io, parts)
             }
         };
-        let op = ring
-            .submit(op.tag(u64::from(t.id.get())))
-            .to_queue(&self.queue);
-        self.flights.push(Flight { transfer: t, op });
+        let key = self.port.submit(ring, op, t);
+        self.keys.insert(t.id, key);
         self.stats.transfers += 1;
-        self.stats.max_in_flight = self.stats.max_in_flight.max(self.flights.len());
+        self.stats.max_in_flight = self.stats.max_in_flight.max(self.port.in_flight());
         true
     }
 
-    fn on_completion(&mut self, ring: &mut Ring, mut c: crate::Completion) {
-        if c.tag() == TIMER_TAG {
-            self.timer = Timer::Done;
-            // Fired: `TimedOut`. Anything else — cancelled after the final transfer, or a
-            // timer the ring or kernel refused — never fired and never will.
-            let r = match c.result() {
-                Err(e) if e.is_timed_out() => self.tx.timeout().map(|_| ()),
-                _ => self.tx.timer_cancelled(),
-            };
-            debug_assert!(r.is_ok(), "{r:?}");
-            return;
-        }
-        let id = TransferId::new(c.tag() as u32);
-        let Some(k) = self.flights.iter().position(|f| f.transfer.id == id) else {
-            debug_assert!(false, "completion for unknown transfer {id:?}");
-            return;
-        };
-        let t = self.flights.swap_remove(k).transfer;
-        self.put_home(t, c.take_bufs());
-        let (status, bytes) = match c.result() {
-            Ok(n) => (TransferStatus::Complete, n as u64),
-            Err(e) if e.is_cancelled() => (TransferStatus::Cancelled, 0),
-            Err(e) => {
-                if e.raw_os_error().is_none() {
-                    self.first_error.get_or_insert(e);
-                }
-                (TransferStatus::Error(errno_of(&e)), 0)
-            }
-        };
-        self.report(t, status, bytes);
+    fn on_done(&mut self, ring: &mut Ring, d: Done<Transfer>) {
+        let t = d.child;
+        self.keys.remove(&t.id);
+        self.put_home(t, d.bufs);
+        self.report(t, d.result);
         // What the transaction asks for now goes first: the rest of a short transfer (which
         // must fill its buffers before a later transfer sharing one), or cancels after an
         // error (a waiting transfer is then withdrawn, never submitted).
@@ -610,24 +484,26 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
         }
     }
 
-    /// Tell the transaction (and the callback) how transfer `t` ended.
-    fn report(&mut self, t: Transfer, status: TransferStatus, bytes: u64) {
+    /// Tell the transaction (and the callback) how transfer `t` ended: the bytes it moved,
+    /// or its error.
+    fn report(&mut self, t: Transfer, result: Result<u32>) {
+        let (status, bytes) = (result.map(drop), result.map_or(0, u64::from));
         let r = match status {
-            TransferStatus::Complete => self.tx.transfer_completed(t.id, status, bytes),
-            TransferStatus::Cancelled | TransferStatus::Error(_) => {
-                self.tx.completed_final(t.id, status, bytes)
-            }
+            Ok(()) => self.tx.transfer_completed(t.id, status, bytes),
+            Err(_) => self.tx.completed_final(t.id, status, bytes),
         };
         debug_assert!(
             r.is_ok(),
             "dma driver out of step with its transaction: {r:?}"
         );
-        (self.on_transfer)(&TransferReport {
-            transfer: t,
-            status,
-            bytes,
-            last: r.unwrap_or(false),
-        });
+        if let Some(f) = &mut self.on_transfer {
+            f(&TransferReport {
+                transfer: t,
+                status,
+                bytes,
+                last: r.unwrap_or(false),
+            });
+        }
     }
 
     /// Return a completed transfer's buffers to their segments.
@@ -652,20 +528,79 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
         }
     }
 
-    fn complete(&mut self, mut c: Completion) {
-        if let (Err(e), Some(first)) = (c.status, self.first_error) {
-            if e == Error::from_errno(errno_of(&first)) {
-                c.status = Err(first);
+    /// The outcome and the list, once the transaction completed and every buffer is home
+    /// (`None` before, and once handed back). After a read, each buffer's `len()` is the
+    /// prefix of its segment that was received.
+    fn hand_back(&mut self) -> Option<(DmaOutcome, SgList)> {
+        let outcome = self.tx.outcome()?;
+        if self.bufs.is_empty() || !self.bufs.iter().all(Option::is_some) {
+            return None;
+        }
+        // Cancelled before anything was submitted, the list comes back as it was.
+        let read = self.tx.direction() == Direction::Read && self.stats.transfers > 0;
+        let bufs = std::mem::take(&mut self.bufs).into_iter().enumerate();
+        let bufs = bufs.filter_map(|(i, b)| {
+            let mut b = b?;
+            if read {
+                // A prefix of the segment, whose length fits the buffer.
+                let _ = b.set_len(self.tx.segment_moved(i) as usize);
+            }
+            Some(b)
+        });
+        let bufs = bufs.collect();
+        Some((
+            outcome,
+            SgList::from_parts(self.tx.segments().to_vec(), bufs),
+        ))
+    }
+}
+
+impl Driver for DmaDriver {
+    /// The request's outcome and the list, handed back.
+    type Output = (DmaOutcome, SgList);
+
+    fn process(&mut self, ring: &mut Ring) -> Result<Option<(DmaOutcome, SgList)>> {
+        if let Some(d) = self.deadline.take() {
+            // The deadline counts from the first submission. `build` kept only deadlines
+            // a kernel timer reaches: one refused anyway never fires.
+            if !self.port.arm_timer(ring, d) {
+                let r = self.tx.timer_cancelled();
+                debug_assert!(r.is_ok(), "{r:?}");
             }
         }
-        if self.tx.direction() == Direction::Read {
-            for (i, b) in self.bufs.iter_mut().enumerate() {
-                if let Some(b) = b {
-                    // A prefix of the segment, whose length fits the buffer.
-                    let _ = b.set_len(self.tx.segment_moved(i) as usize);
+        loop {
+            self.pump(ring);
+            match self.port.next() {
+                Some(PortEvent::Op(d)) => self.on_done(ring, d),
+                Some(PortEvent::Timer { fired }) => {
+                    let r = if fired {
+                        self.tx.timeout().map(drop)
+                    } else {
+                        self.tx.timer_cancelled()
+                    };
+                    debug_assert!(r.is_ok(), "{r:?}");
                 }
+                None => break,
             }
         }
-        self.outcome = Some(c);
+        Ok(self.hand_back())
+    }
+
+    /// Cancel the transaction (the seed's `StopSystemTransfer`): it completes with
+    /// [`ErrorKind::Cancelled`] unless a status was set first, after the transfers in
+    /// flight drained. Returns false if it was already cancelled or finished.
+    fn cancel(&mut self, ring: &mut Ring) -> bool {
+        if self.cancelled || self.tx.buffers_releasable() {
+            return false;
+        }
+        self.cancelled = true;
+        self.tx.cancel();
+        self.pump(ring);
+        true
+    }
+
+    /// True once the outcome and the list were handed out.
+    fn is_idle(&self) -> bool {
+        self.bufs.is_empty()
     }
 }

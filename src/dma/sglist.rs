@@ -13,7 +13,7 @@ use super::sg::Segment;
 /// at `segments()[i].device_offset`: for a write, the buffer's data; for a read, set the
 /// buffer's `len()` to the bytes wanted first (as for [`Op::readv`](crate::Op::readv)) —
 /// or let [`push_extent`](Self::push_extent) do it. After a read, each buffer's `len()` is
-/// the prefix of it that was received: never bytes after a gap (a stop, an error or a
+/// the prefix of it that was received: never bytes after a gap (a cancel, an error or a
 /// short read that left one), which would be stale memory.
 ///
 /// Only pooled buffers: the ring must own what the kernel may touch until the completion

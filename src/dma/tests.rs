@@ -2,28 +2,28 @@
 //! randomized simulation of a device, and arbitrary event sequences.
 
 use super::*;
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Result};
 use crate::gate::Status;
 use crate::ring::MAX_TRANSFER;
 use fastrand::Rng;
 
-fn drain<S: AsRef<[Segment]>>(tx: &mut Transaction<S>) -> Vec<Action> {
+fn drain<S: AsRef<[Segment]>>(tx: &mut Transaction<S>) -> Vec<DmaAction> {
     std::iter::from_fn(|| tx.poll_action()).collect()
 }
 
-fn submits(actions: &[Action]) -> Vec<Transfer> {
+fn submits(actions: &[DmaAction]) -> Vec<Transfer> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Submit(t) => Some(*t),
+            DmaAction::Submit(t) => Some(*t),
             _ => None,
         })
         .collect()
 }
 
-fn completion(actions: &[Action]) -> Option<Completion> {
+fn completion(actions: &[DmaAction]) -> Option<DmaOutcome> {
     actions.iter().find_map(|a| match a {
-        Action::Complete(c) => Some(*c),
+        DmaAction::Complete(c) => Some(*c),
         _ => None,
     })
 }
@@ -34,13 +34,19 @@ fn pieces(t: &Transfer, segs: &[Segment]) -> Vec<(usize, u64, u64)> {
         .collect()
 }
 
-const OK: TransferStatus = TransferStatus::Complete;
+const OK: Result<()> = Ok(());
+
+const CANCELLED: Result<()> = Err(Error::new(ErrorKind::Cancelled));
+
+fn errno(e: i32) -> Result<()> {
+    Err(Error::from_errno(e))
+}
 
 /// Run a transaction to the end with every transfer moving all its bytes; returns the
 /// transfers as (device offset, len, pieces).
 type Shape = (u64, u64, Vec<(usize, u64, u64)>);
 
-fn run_full(segs: &[Segment], config: Config) -> Vec<Shape> {
+fn run_full(segs: &[Segment], config: DmaConfig) -> Vec<Shape> {
     let mut tx = Transaction::new(segs, Direction::Write, config).unwrap();
     let mut out = Vec::new();
     let mut finals = 0;
@@ -94,7 +100,7 @@ fn naive(segs: &[Segment], max_transfer: u64, max_segments: u32) -> Vec<Shape> {
 }
 
 fn random_list(rng: &mut Rng) -> Vec<Segment> {
-    let n = 1 + rng.usize(..8);
+    let n = 1 + rng.u64(..8) as usize;
     let mut segs = Vec::with_capacity(n);
     let mut dev = rng.u64(..100);
     for _ in 0..n {
@@ -122,9 +128,9 @@ fn planning_matches_naive_model() {
             continue;
         }
         let max_transfer = 1 + rng.u64(..60);
-        let max_segments = 1 + rng.u32(..4);
-        let in_flight = 1 + rng.u32(..3);
-        let config = Config::new()
+        let max_segments = 1 + rng.u64(..4) as u32;
+        let in_flight = 1 + rng.u64(..3) as u32;
+        let config = DmaConfig::new()
             .max_transfer(max_transfer)
             .max_segments(max_segments)
             .max_in_flight(in_flight);
@@ -143,7 +149,7 @@ fn serial_transfers_report_final_once_and_buffers_wait_for_it() {
         Segment::new(100, 50),
         Segment::new(500, 30),
     ];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
+    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
     let a = submits(&drain(&mut tx));
     assert_eq!(a.len(), 1, "one transfer at a time by default");
     assert_eq!(
@@ -160,7 +166,7 @@ fn serial_transfers_report_final_once_and_buffers_wait_for_it() {
     let c = completion(&drain(&mut tx)).unwrap();
     assert_eq!(
         c,
-        Completion {
+        DmaOutcome {
             status: Ok(()),
             bytes: 180
         }
@@ -176,7 +182,7 @@ fn long_segment_is_split_and_segment_count_bounded() {
         Segment::new(10, 10),
         Segment::new(20, 25),
     ];
-    let cfg = Config::new().max_transfer(16).max_segments(2);
+    let cfg = DmaConfig::new().max_transfer(16).max_segments(2);
     let got = run_full(&segs, cfg);
     let want: Vec<Shape> = vec![
         (0, 16, vec![(0, 0, 10), (1, 0, 6)]),
@@ -185,7 +191,7 @@ fn long_segment_is_split_and_segment_count_bounded() {
     ];
     assert_eq!(got, want);
     // Without a byte limit, the 2-segment limit alone ends the first transfer.
-    let got = run_full(&segs, Config::new().max_segments(2));
+    let got = run_full(&segs, DmaConfig::new().max_segments(2));
     assert_eq!(got[0].1, 20);
     assert_eq!(got[1], (20, 25, vec![(2, 0, 25)]));
 }
@@ -197,7 +203,7 @@ fn short_transfer_continues_mid_segment() {
         Segment::new(10, 10),
         Segment::new(20, 10),
     ];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
+    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
     let t = submits(&drain(&mut tx))[0];
     assert_eq!(t.segment_count, 3);
     assert!(!tx.transfer_completed(t.id, OK, 13).unwrap());
@@ -215,14 +221,28 @@ fn short_transfer_continues_mid_segment() {
 #[test]
 fn error_ends_the_transaction_with_its_errno() {
     let segs = [Segment::new(0, 10), Segment::new(100, 10)];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
+    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
     let t = submits(&drain(&mut tx))[0];
-    assert!(tx
-        .transfer_completed(t.id, TransferStatus::Error(libc::EIO), 4)
-        .unwrap());
+    assert!(tx.transfer_completed(t.id, errno(libc::EIO), 4).unwrap());
     let c = completion(&drain(&mut tx)).unwrap();
     assert_eq!(c.status, Err(Error::from_errno(libc::EIO)));
     assert_eq!(c.bytes, 4);
+}
+
+/// An error without an errno (refused before the kernel) reaches the outcome as it came,
+/// and still beats an earlier cancel.
+#[test]
+fn a_typed_error_reaches_the_outcome_unchanged() {
+    let segs = [Segment::new(0, 10), Segment::new(100, 10)];
+    let cfg = DmaConfig::new().max_in_flight(2);
+    let mut tx = Transaction::new(&segs[..], Direction::Read, cfg).unwrap();
+    let ts = submits(&drain(&mut tx));
+    assert!(!tx.cancel());
+    let stale = Error::new(ErrorKind::StaleTarget);
+    assert!(!tx.transfer_completed(ts[0].id, Err(stale), 0).unwrap());
+    assert!(tx.transfer_completed(ts[1].id, OK, 10).unwrap());
+    let c = completion(&drain(&mut tx)).unwrap();
+    assert_eq!((c.status, c.bytes), (Err(stale), 10));
 }
 
 #[test]
@@ -232,21 +252,23 @@ fn error_overrides_an_earlier_stop_and_first_error_wins() {
         Segment::new(100, 10),
         Segment::new(200, 10),
     ];
-    let cfg = Config::new().max_in_flight(3);
+    let cfg = DmaConfig::new().max_in_flight(3);
     let mut tx = Transaction::new(&segs[..], Direction::Read, cfg).unwrap();
     let ts = submits(&drain(&mut tx));
     assert_eq!(ts.len(), 3);
-    assert!(!tx.stop());
+    assert!(!tx.cancel());
     assert_eq!(
         drain(&mut tx),
-        ts.iter().map(|t| Action::Cancel(t.id)).collect::<Vec<_>>()
+        ts.iter()
+            .map(|t| DmaAction::Cancel(t.id))
+            .collect::<Vec<_>>()
     );
     assert_eq!(tx.status(), Some(Status::Cancelled));
     assert!(!tx
-        .transfer_completed(ts[0].id, TransferStatus::Error(libc::EIO), 0)
+        .transfer_completed(ts[0].id, errno(libc::EIO), 0)
         .unwrap());
     assert!(!tx
-        .transfer_completed(ts[1].id, TransferStatus::Error(libc::ENOSPC), 0)
+        .transfer_completed(ts[1].id, errno(libc::ENOSPC), 0)
         .unwrap());
     assert!(!tx.buffers_releasable(), "transfer 2 still in flight");
     assert!(tx.transfer_completed(ts[2].id, OK, 10).unwrap());
@@ -261,36 +283,34 @@ fn error_overrides_an_earlier_stop_and_first_error_wins() {
 #[test]
 fn stop_drains_in_flight_transfers_first() {
     let segs = [Segment::new(0, 100)];
-    let cfg = Config::new().max_transfer(10).max_in_flight(2);
+    let cfg = DmaConfig::new().max_transfer(10).max_in_flight(2);
     let mut tx = Transaction::new(&segs[..], Direction::Write, cfg).unwrap();
     let ts = submits(&drain(&mut tx));
     assert!(!tx.transfer_completed(ts[0].id, OK, 10).unwrap());
-    // Transfer 2 is queued (not polled) in slot 0: stop withdraws it.
-    assert!(!tx.stop());
-    assert_eq!(drain(&mut tx), [Action::Cancel(ts[1].id)]);
-    assert!(!tx.stop(), "second stop ignored");
+    // Transfer 2 is queued (not polled) in slot 0: the cancel withdraws it.
+    assert!(!tx.cancel());
+    assert_eq!(drain(&mut tx), [DmaAction::Cancel(ts[1].id)]);
+    assert!(!tx.cancel(), "second cancel ignored");
     assert!(!tx.buffers_releasable());
     // The cancelled transfer raced and moved 6 bytes.
-    assert!(tx
-        .transfer_completed(ts[1].id, TransferStatus::Cancelled, 6)
-        .unwrap());
+    assert!(tx.transfer_completed(ts[1].id, CANCELLED, 6).unwrap());
     assert!(tx.buffers_releasable());
     let c = completion(&drain(&mut tx)).unwrap();
     assert!(c.status.unwrap_err().is_cancelled());
     assert_eq!(c.bytes, 16);
     assert_eq!(tx.bytes_transferred(), 16);
-    assert!(!tx.stop(), "stop after completion ignored");
+    assert!(!tx.cancel(), "cancel after completion ignored");
 }
 
 #[test]
 fn stop_before_anything_was_submitted_ends_at_once() {
     let segs = [Segment::new(0, 100)];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
-    assert!(tx.stop());
+    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
+    assert!(tx.cancel());
     let a = drain(&mut tx);
     assert_eq!(
         a,
-        [Action::Complete(Completion {
+        [DmaAction::Complete(DmaOutcome {
             status: Err(Error::new(ErrorKind::Cancelled)),
             bytes: 0
         })]
@@ -300,14 +320,13 @@ fn stop_before_anything_was_submitted_ends_at_once() {
 #[test]
 fn timeout_cancels_and_completes_timed_out() {
     let segs = [Segment::new(0, 100)];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new().timer(true)).unwrap();
+    let mut tx =
+        Transaction::new(&segs[..], Direction::Read, DmaConfig::new().timer(true)).unwrap();
     let t = submits(&drain(&mut tx))[0];
     assert!(!tx.timeout().unwrap());
-    assert_eq!(drain(&mut tx), [Action::Cancel(t.id)]);
+    assert_eq!(drain(&mut tx), [DmaAction::Cancel(t.id)]);
     assert_eq!(tx.timeout(), Err(NO_TIMER_ERR));
-    assert!(tx
-        .transfer_completed(t.id, TransferStatus::Cancelled, 0)
-        .unwrap());
+    assert!(tx.transfer_completed(t.id, CANCELLED, 0).unwrap());
     let c = completion(&drain(&mut tx)).unwrap();
     assert!(c.status.unwrap_err().is_timed_out());
 }
@@ -317,17 +336,18 @@ const NO_TIMER_ERR: Error = Error::invalid("dma: no timer armed or it was alread
 #[test]
 fn final_transfer_first_then_timer_cancel_completes() {
     let segs = [Segment::new(0, 100)];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new().timer(true)).unwrap();
+    let mut tx =
+        Transaction::new(&segs[..], Direction::Read, DmaConfig::new().timer(true)).unwrap();
     let t = submits(&drain(&mut tx))[0];
     assert!(tx.transfer_completed(t.id, OK, 100).unwrap());
     // The timer is queued: the transaction asks for it to be stopped and waits.
-    assert_eq!(drain(&mut tx), [Action::CancelTimer]);
+    assert_eq!(drain(&mut tx), [DmaAction::CancelTimer]);
     assert!(tx.buffers_releasable() && !tx.is_complete());
     tx.timer_cancelled().unwrap();
     let c = completion(&drain(&mut tx)).unwrap();
     assert_eq!(
         c,
-        Completion {
+        DmaOutcome {
             status: Ok(()),
             bytes: 100
         }
@@ -338,10 +358,11 @@ fn final_transfer_first_then_timer_cancel_completes() {
 #[test]
 fn timer_that_fires_after_the_final_transfer_loses() {
     let segs = [Segment::new(0, 100)];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new().timer(true)).unwrap();
+    let mut tx =
+        Transaction::new(&segs[..], Direction::Read, DmaConfig::new().timer(true)).unwrap();
     let t = submits(&drain(&mut tx))[0];
     assert!(tx.transfer_completed(t.id, OK, 100).unwrap());
-    assert_eq!(drain(&mut tx), [Action::CancelTimer]);
+    assert_eq!(drain(&mut tx), [DmaAction::CancelTimer]);
     assert!(!tx.timeout().unwrap(), "the DMA part already ended");
     let c = completion(&drain(&mut tx)).unwrap();
     assert_eq!(c.status, Ok(()));
@@ -350,13 +371,13 @@ fn timer_that_fires_after_the_final_transfer_loses() {
 #[test]
 fn completed_final_ends_early() {
     let segs = [Segment::new(0, 10), Segment::new(100, 10)];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
+    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
     let t = submits(&drain(&mut tx))[0];
     assert!(tx.completed_final(t.id, OK, 7).unwrap());
     let c = completion(&drain(&mut tx)).unwrap();
     assert_eq!(
         c,
-        Completion {
+        DmaOutcome {
             status: Ok(()),
             bytes: 7
         }
@@ -370,7 +391,7 @@ fn read_eof_ends_ok_short_and_lets_earlier_transfers_drain() {
         Segment::new(10, 10),
         Segment::new(20, 10),
     ];
-    let cfg = Config::new().max_transfer(10).max_in_flight(3);
+    let cfg = DmaConfig::new().max_transfer(10).max_in_flight(3);
     let mut tx = Transaction::new(&segs[..], Direction::Read, cfg).unwrap();
     let ts = submits(&drain(&mut tx));
     // The file ends at 14: the last transfer reads nothing, the middle one is short.
@@ -385,7 +406,7 @@ fn read_eof_ends_ok_short_and_lets_earlier_transfers_drain() {
     let c = completion(&drain(&mut tx)).unwrap();
     assert_eq!(
         c,
-        Completion {
+        DmaOutcome {
             status: Ok(()),
             bytes: 14
         }
@@ -395,7 +416,7 @@ fn read_eof_ends_ok_short_and_lets_earlier_transfers_drain() {
 #[test]
 fn write_of_zero_bytes_fails() {
     let segs = [Segment::new(0, 10)];
-    let mut tx = Transaction::new(&segs[..], Direction::Write, Config::new()).unwrap();
+    let mut tx = Transaction::new(&segs[..], Direction::Write, DmaConfig::new()).unwrap();
     let t = submits(&drain(&mut tx))[0];
     assert!(tx.transfer_completed(t.id, OK, 0).unwrap());
     let c = completion(&drain(&mut tx)).unwrap();
@@ -405,7 +426,7 @@ fn write_of_zero_bytes_fails() {
 #[test]
 fn impossible_events_are_rejected_and_change_nothing() {
     let segs = [Segment::new(0, 10), Segment::new(50, 10)];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, Config::new()).unwrap();
+    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
     // Queued, not yet polled: cannot have completed.
     assert!(tx.transfer_completed(TransferId::new(0), OK, 10).is_err());
     let t = submits(&drain(&mut tx))[0];
@@ -416,19 +437,22 @@ fn impossible_events_are_rejected_and_change_nothing() {
     assert_eq!(tx.in_flight(), 1);
     assert!(!tx.transfer_completed(t.id, OK, 10).unwrap());
     assert!(tx.transfer_completed(t.id, OK, 10).is_err(), "twice");
-    assert!(tx.handle(Event::from_cqe(TransferId::new(1), -5)).is_err());
+    let eio = Err(Error::from_errno(libc::EIO));
+    assert!(tx
+        .handle(DmaEvent::from_result(TransferId::new(1), eio))
+        .is_err());
 }
 
 #[test]
 fn config_and_list_are_validated() {
     let segs = [Segment::new(0, 10)];
     for cfg in [
-        Config::new().max_transfer(0),
-        Config::new().max_transfer(MAX_TRANSFER + 1),
-        Config::new().max_segments(0),
-        Config::new().max_segments(MAX_SEGMENTS + 1),
-        Config::new().max_in_flight(0),
-        Config::new().max_in_flight(MAX_IN_FLIGHT + 1),
+        DmaConfig::new().max_transfer(0),
+        DmaConfig::new().max_transfer(MAX_TRANSFER + 1),
+        DmaConfig::new().max_segments(0),
+        DmaConfig::new().max_segments(MAX_SEGMENTS + 1),
+        DmaConfig::new().max_in_flight(0),
+        DmaConfig::new().max_in_flight(MAX_IN_FLIGHT + 1),
     ] {
         assert!(
             Transaction::new(&segs[..], Direction::Read, cfg).is_err(),
@@ -436,31 +460,33 @@ fn config_and_list_are_validated() {
         );
     }
     let empty: [Segment; 0] = [];
-    assert!(Transaction::new(&empty[..], Direction::Read, Config::new()).is_err());
+    assert!(Transaction::new(&empty[..], Direction::Read, DmaConfig::new()).is_err());
     let zeros = [Segment::new(0, 0); 3];
-    assert!(Transaction::new(&zeros[..], Direction::Read, Config::new()).is_err());
+    assert!(Transaction::new(&zeros[..], Direction::Read, DmaConfig::new()).is_err());
     let overflow = [Segment::new(u64::MAX, 2)];
-    assert!(Transaction::new(&overflow[..], Direction::Read, Config::new()).is_err());
+    assert!(Transaction::new(&overflow[..], Direction::Read, DmaConfig::new()).is_err());
     let big = [Segment::new(0, u64::MAX), Segment::new(0, 1)];
-    assert!(Transaction::new(&big[..], Direction::Read, Config::new()).is_err());
+    assert!(Transaction::new(&big[..], Direction::Read, DmaConfig::new()).is_err());
     // Owned lists work too.
-    assert!(Transaction::new(vec![Segment::new(0, 1)], Direction::Read, Config::new()).is_ok());
+    assert!(Transaction::new(vec![Segment::new(0, 1)], Direction::Read, DmaConfig::new()).is_ok());
 }
 
 #[test]
 fn cqe_results_map_to_statuses() {
-    assert_eq!(TransferStatus::from_cqe(42), (OK, 42));
+    let id = TransferId::new(3);
+    let ev = |status, bytes| DmaEvent::TransferCompleted { id, status, bytes };
+    assert_eq!(DmaEvent::from_result(id, Ok(42)), ev(OK, 42));
     assert_eq!(
-        TransferStatus::from_cqe(-libc::ECANCELED),
-        (TransferStatus::Cancelled, 0)
+        DmaEvent::from_result(id, Err(Error::from_errno(libc::ECANCELED))),
+        ev(CANCELLED, 0)
     );
     assert_eq!(
-        TransferStatus::from_cqe(-libc::EIO),
-        (TransferStatus::Error(libc::EIO), 0)
+        DmaEvent::from_result(id, Err(Error::from_errno(libc::EIO))),
+        ev(errno(libc::EIO), 0)
     );
     assert_eq!(
-        TransferStatus::from_cqe(i32::MIN).0,
-        TransferStatus::Error(i32::MIN)
+        DmaEvent::from_result(id, Err(Error::from_errno(i32::MIN))),
+        ev(errno(i32::MIN), 0)
     );
 }
 
@@ -478,7 +504,7 @@ fn check_segment_prefixes<S: AsRef<[Segment]>>(tx: &Transaction<S>, moved: &[Vec
 fn a_segments_count_is_the_prefix_that_moved_whatever_the_order() {
     // One 30-byte segment cut into three 10-byte transfers, all in flight at once.
     let segs = [Segment::new(0, 30)];
-    let cfg = Config::new().max_transfer(10).max_in_flight(3);
+    let cfg = DmaConfig::new().max_transfer(10).max_in_flight(3);
     let mut tx = Transaction::new(&segs[..], Direction::Read, cfg).unwrap();
     let ts = submits(&drain(&mut tx));
     assert_eq!(ts.len(), 3);
@@ -492,28 +518,29 @@ fn a_segments_count_is_the_prefix_that_moved_whatever_the_order() {
     assert_eq!(tx.segment_moved(0), 4);
     let rest = submits(&drain(&mut tx));
     assert_eq!(pieces(&rest[0], &segs), [(0, 4, 6)]);
-    // A stop now: the rest is cancelled and never moves. The segment holds 4 bytes that
+    // A cancel now: the rest is cancelled and never moves. The segment holds 4 bytes that
     // are a prefix, a gap, then 20 bytes that moved but are not counted.
-    assert!(!tx.stop());
-    assert_eq!(drain(&mut tx), [Action::Cancel(rest[0].id)]);
-    assert!(tx
-        .transfer_completed(rest[0].id, TransferStatus::Cancelled, 0)
-        .unwrap());
+    assert!(!tx.cancel());
+    assert_eq!(drain(&mut tx), [DmaAction::Cancel(rest[0].id)]);
+    assert!(tx.transfer_completed(rest[0].id, CANCELLED, 0).unwrap());
     assert_eq!(tx.segment_moved(0), 4);
     assert_eq!(tx.segment_moved(1), 0, "past the list");
     assert_eq!(tx.bytes_transferred(), 24);
     assert_eq!(completion(&drain(&mut tx)).unwrap().bytes, 24);
 }
 
-/// A simulated device drives random transactions with short transfers, errors, stops,
+/// A simulated device drives random transactions with short transfers, errors, cancels,
 /// timeouts and timer races; every invariant is checked on the way.
 fn simulate(seed: u64) {
     let mut rng = Rng::with_seed(seed | 1);
     let segs = random_list(&mut rng);
     let timer = rng.u64(..2) == 0;
-    let (max_transfer, max_segments, max_in_flight) =
-        (1 + rng.u64(..60), 1 + rng.u32(..4), 1 + rng.usize(..3));
-    let cfg = Config::new()
+    let (max_transfer, max_segments, max_in_flight) = (
+        1 + rng.u64(..60),
+        1 + rng.u64(..4) as u32,
+        1 + rng.u64(..3) as usize,
+    );
+    let cfg = DmaConfig::new()
         .max_transfer(max_transfer)
         .max_segments(max_segments)
         .max_in_flight(max_in_flight as u32)
@@ -540,32 +567,32 @@ fn simulate(seed: u64) {
     let mut cancelled: Vec<TransferId> = Vec::new();
     let mut timer_pending = timer;
     let mut cancel_timer_asked = false;
-    let mut first_error: Option<i32> = None;
-    let mut early: Option<Status> = None; // first effective stop / timeout
+    let mut first_error: Option<Error> = None;
+    let mut early: Option<Status> = None; // first effective cancel / timeout
     let mut saw_cancelled = false;
     let mut eof_seen = false;
     let mut final_declared = false;
     let mut trues = 0;
-    let mut done: Option<Completion> = None;
+    let mut done: Option<DmaOutcome> = None;
     for _ in 0..100_000 {
         for a in drain(&mut tx) {
             match a {
-                Action::Submit(t) => {
+                DmaAction::Submit(t) => {
                     assert!(!tx.buffers_releasable(), "submit after the final transfer");
                     assert!(t.len > 0 && t.len <= max_transfer);
                     assert!(t.segment_count as u32 <= max_segments);
                     assert_eq!(t.segment_count, t.pieces(&segs).count());
                     flight.push(t);
                 }
-                Action::Cancel(id) => {
+                DmaAction::Cancel(id) => {
                     assert!(flight.iter().any(|t| t.id == id), "cancel of idle transfer");
                     cancelled.push(id);
                 }
-                Action::CancelTimer => {
+                DmaAction::CancelTimer => {
                     assert!(timer_pending && tx.buffers_releasable());
                     cancel_timer_asked = true;
                 }
-                Action::Complete(c) => {
+                DmaAction::Complete(c) => {
                     assert!(done.is_none(), "completed twice");
                     assert!(flight.is_empty() && tx.buffers_releasable());
                     assert!(!timer_pending, "completed with the timer still queued");
@@ -587,19 +614,16 @@ fn simulate(seed: u64) {
         }
         let roll = rng.u64(..100);
         if !flight.is_empty() && roll < 90 {
-            let t = flight.swap_remove(rng.usize(..flight.len()));
+            let t = flight.swap_remove(rng.u64(..flight.len() as u64) as usize);
             let was_cancelled = cancelled.contains(&t.id);
             let fate = rng.u64(..100);
             let (status, n) = if fate < 3 {
-                (
-                    TransferStatus::Error(libc::EIO + fate as i32),
-                    rng.u64(..t.len + 1),
-                )
+                (errno(libc::EIO + fate as i32), rng.u64(..t.len + 1))
             } else if (was_cancelled && fate < 50) || fate < 5 {
                 // Our cancel took effect, or someone else cancelled it (ring teardown).
-                (TransferStatus::Cancelled, 0)
+                (CANCELLED, 0)
             } else if direction == Direction::Write && fate < 7 {
-                (TransferStatus::Complete, 0)
+                (OK, 0)
             } else {
                 let avail = eof.saturating_sub(t.device_offset).min(t.len);
                 let n = if fate < 35 && avail > 0 {
@@ -607,7 +631,7 @@ fn simulate(seed: u64) {
                 } else {
                     avail
                 };
-                (TransferStatus::Complete, n)
+                (OK, n)
             };
             // Mark the bytes moved, checking the device offsets the pieces map to.
             let mut left = n;
@@ -627,15 +651,15 @@ fn simulate(seed: u64) {
                 left -= take;
             }
             match status {
-                TransferStatus::Error(e) => {
+                Err(e) if e.is_cancelled() => saw_cancelled = true,
+                Err(e) => {
                     first_error.get_or_insert(e);
                 }
-                TransferStatus::Cancelled => saw_cancelled = true,
-                TransferStatus::Complete if n == 0 && direction == Direction::Write => {
-                    first_error.get_or_insert(libc::EIO);
+                Ok(()) if n == 0 && direction == Direction::Write => {
+                    first_error.get_or_insert(Error::from_errno(libc::EIO));
                 }
-                TransferStatus::Complete if n == 0 => eof_seen = true,
-                TransferStatus::Complete => {}
+                Ok(()) if n == 0 => eof_seen = true,
+                Ok(()) => {}
             }
             let last = rng.u64(..30) == 0;
             final_declared |= last;
@@ -651,7 +675,7 @@ fn simulate(seed: u64) {
             }
         } else if roll < 94 || (flight.is_empty() && !timer_pending) {
             let before = tx.buffers_releasable();
-            let ended = tx.stop();
+            let ended = tx.cancel();
             if !before && early.is_none() {
                 early = Some(Status::Cancelled);
             }
@@ -677,12 +701,12 @@ fn simulate(seed: u64) {
     assert_eq!(c.bytes, total, "seed {seed}");
     assert_eq!(tx.bytes_transferred(), total);
     let want = match (first_error, early) {
-        (Some(e), _) => Status::Failed(e),
-        (None, Some(s)) => s,
-        (None, None) if saw_cancelled => Status::Cancelled,
-        (None, None) => Status::Success,
+        (Some(e), _) => Err(e),
+        (None, Some(s)) => s.into_result(),
+        (None, None) if saw_cancelled => Status::Cancelled.into_result(),
+        (None, None) => Ok(()),
     };
-    assert_eq!(c.status, want.into_result(), "seed {seed}");
+    assert_eq!(c.status, want, "seed {seed}");
     if c.status.is_ok() && !eof_seen && !final_declared {
         assert_eq!(c.bytes, tx.total_len(), "seed {seed}");
     }
@@ -703,10 +727,10 @@ fn arbitrary_event_sequences_never_panic() {
     let mut rng = Rng::with_seed(99);
     for _ in 0..2_000 {
         let segs = random_list(&mut rng);
-        let cfg = Config::new()
+        let cfg = DmaConfig::new()
             .max_transfer(1 + rng.u64(..30))
-            .max_segments(1 + rng.u32(..3))
-            .max_in_flight(1 + rng.u32(..3))
+            .max_segments(1 + rng.u64(..3) as u32)
+            .max_in_flight(1 + rng.u64(..3) as u32)
             .timer(rng.u64(..2) == 0);
         let Ok(mut tx) = Transaction::new(&segs[..], Direction::Read, cfg) else {
             continue;
@@ -714,19 +738,19 @@ fn arbitrary_event_sequences_never_panic() {
         let (mut completes, mut trues) = (0, 0);
         let cap = tx.action_capacity();
         for _ in 0..60 {
-            let id = TransferId::new(rng.u32(..8));
+            let id = TransferId::new(rng.u64(..8) as u32);
             let status = match rng.u64(..3) {
-                0 => TransferStatus::Complete,
-                1 => TransferStatus::Cancelled,
-                _ => TransferStatus::Error(rng.u64(..200) as i32),
+                0 => OK,
+                1 => CANCELLED,
+                _ => errno(rng.u64(..200) as i32),
             };
             let bytes = rng.u64(..40);
             let ev = match rng.u64(..12) {
-                0 => Event::Stop,
-                1 => Event::Timeout,
-                2 => Event::TimerCancelled,
-                3 => Event::CompletedFinal { id, status, bytes },
-                _ => Event::TransferCompleted { id, status, bytes },
+                0 => DmaEvent::Cancel,
+                1 => DmaEvent::Timeout,
+                2 => DmaEvent::TimerCancelled,
+                3 => DmaEvent::CompletedFinal { id, status, bytes },
+                _ => DmaEvent::TransferCompleted { id, status, bytes },
             };
             if let Ok(true) = tx.handle(ev) {
                 trues += 1;
@@ -734,7 +758,7 @@ fn arbitrary_event_sequences_never_panic() {
             assert_eq!(tx.action_capacity(), cap, "the action queue grew");
             if rng.u64(..3) != 0 {
                 while let Some(a) = tx.poll_action() {
-                    completes += usize::from(matches!(a, Action::Complete(_)));
+                    completes += usize::from(matches!(a, DmaAction::Complete(_)));
                 }
             }
         }

@@ -15,18 +15,18 @@ pub const MAX_IN_FLIGHT: u32 = 1024;
 /// How a transaction executes: transfer limits, concurrency, and whether a deadline timer
 /// is armed. Setters take values; [`Transaction::new`] validates them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Config {
+pub struct DmaConfig {
     max_transfer: u64,
     max_segments: u32,
     max_in_flight: u32,
     timer: bool,
 }
 
-impl Config {
+impl DmaConfig {
     /// Defaults: transfers up to [`MAX_TRANSFER`] bytes and [`MAX_SEGMENTS`] iovecs, one
     /// transfer in flight at a time (the DMA model), no timer.
-    pub const fn new() -> Config {
-        Config {
+    pub const fn new() -> DmaConfig {
+        DmaConfig {
             max_transfer: MAX_TRANSFER,
             max_segments: MAX_SEGMENTS,
             max_in_flight: 1,
@@ -35,19 +35,19 @@ impl Config {
     }
 
     /// Largest transfer in bytes, `1..=`[`MAX_TRANSFER`]. A longer segment is split.
-    pub const fn max_transfer(mut self, bytes: u64) -> Config {
+    pub const fn max_transfer(mut self, bytes: u64) -> DmaConfig {
         self.max_transfer = bytes;
         self
     }
 
     /// Most segments (iovecs) per transfer, `1..=`[`MAX_SEGMENTS`].
-    pub const fn max_segments(mut self, n: u32) -> Config {
+    pub const fn max_segments(mut self, n: u32) -> DmaConfig {
         self.max_segments = n;
         self
     }
 
     /// Transfers in flight at once, `1..=`[`MAX_IN_FLIGHT`].
-    pub const fn max_in_flight(mut self, n: u32) -> Config {
+    pub const fn max_in_flight(mut self, n: u32) -> DmaConfig {
         self.max_in_flight = n;
         self
     }
@@ -74,54 +74,31 @@ impl Config {
 
     /// The driver arms a deadline timer for the transaction (a linked or standalone
     /// timeout): the transaction then holds a reference for it, and completes only once
-    /// the timer fired ([`Event::Timeout`]) or its cancellation came back
-    /// ([`Event::TimerCancelled`]).
-    pub const fn timer(mut self, armed: bool) -> Config {
+    /// the timer fired ([`DmaEvent::Timeout`]) or its cancellation came back
+    /// ([`DmaEvent::TimerCancelled`]).
+    pub const fn timer(mut self, armed: bool) -> DmaConfig {
         self.timer = armed;
         self
     }
 }
 
-impl Default for Config {
-    fn default() -> Config {
-        Config::new()
-    }
-}
-
-/// How one transfer ended (the seed's `DMA_COMPLETION_STATUS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TransferStatus {
-    /// The transfer finished (possibly short: see the byte count).
-    Complete,
-    /// The transfer was cancelled.
-    Cancelled,
-    /// The device failed the transfer with this errno.
-    Error(i32),
-}
-
-impl TransferStatus {
-    /// Status and byte count from a CQE result: `res >= 0` is a byte count, `-ECANCELED`
-    /// a cancel, any other negative value an errno.
-    pub const fn from_cqe(res: i32) -> (TransferStatus, u64) {
-        if res >= 0 {
-            (TransferStatus::Complete, res as u64)
-        } else if res == -libc::ECANCELED {
-            (TransferStatus::Cancelled, 0)
-        } else {
-            (TransferStatus::Error(res.wrapping_neg()), 0)
-        }
+impl Default for DmaConfig {
+    fn default() -> DmaConfig {
+        DmaConfig::new()
     }
 }
 
 /// Something that happened to a transaction; fed with [`Transaction::handle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub enum DmaEvent {
     /// A transfer's completion came back ([`Transaction::transfer_completed`]).
     TransferCompleted {
         /// Which transfer.
         id: TransferId,
-        /// How it ended.
-        status: TransferStatus,
+        /// How it ended (the seed's `DMA_COMPLETION_STATUS`): `Ok(())` (possibly short:
+        /// see `bytes`), an error of kind [`Cancelled`](crate::ErrorKind::Cancelled) for a
+        /// cancelled transfer, or the device's error.
+        status: Result<()>,
         /// Bytes it moved (at most its length).
         bytes: u64,
     },
@@ -130,13 +107,13 @@ pub enum Event {
     CompletedFinal {
         /// Which transfer.
         id: TransferId,
-        /// How it ended.
-        status: TransferStatus,
+        /// How it ended (as for `TransferCompleted`).
+        status: Result<()>,
         /// Bytes it moved (at most its length).
         bytes: u64,
     },
-    /// Stop the transaction ([`Transaction::stop`]): status `Cancelled`.
-    Stop,
+    /// Cancel the transaction ([`Transaction::cancel`]): status `Cancelled`.
+    Cancel,
     /// The deadline timer fired ([`Transaction::timeout`]).
     Timeout,
     /// The timer's cancellation came back: it will never fire
@@ -144,19 +121,24 @@ pub enum Event {
     TimerCancelled,
 }
 
-impl Event {
-    /// The event for a transfer's CQE result (see [`TransferStatus::from_cqe`]).
-    pub const fn from_cqe(id: TransferId, res: i32) -> Event {
-        let (status, bytes) = TransferStatus::from_cqe(res);
-        Event::TransferCompleted { id, status, bytes }
+impl DmaEvent {
+    /// The event for a transfer's completion as the ring reports it: the bytes it moved,
+    /// or its error (a cancel is an error of kind [`Cancelled`](crate::ErrorKind::Cancelled))
+    /// and none.
+    pub fn from_result(id: TransferId, result: Result<u32>) -> DmaEvent {
+        DmaEvent::TransferCompleted {
+            id,
+            status: result.map(drop),
+            bytes: result.map_or(0, u64::from),
+        }
     }
 }
 
-/// The request's outcome, carried by [`Action::Complete`].
+/// The request's outcome, carried by [`DmaAction::Complete`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Completion {
-    /// `Ok(())`, or why not: the device error, `Cancelled` (stop or a cancelled transfer),
-    /// `TimedOut`.
+pub struct DmaOutcome {
+    /// `Ok(())`, or why not: the first device error as it was reported, `Cancelled` (a
+    /// cancel or a cancelled transfer), `TimedOut`.
     pub status: Result<()>,
     /// Bytes actually moved by all transfers, whatever the status.
     pub bytes: u64,
@@ -164,17 +146,17 @@ pub struct Completion {
 
 /// Something the driver must do for a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum DmaAction {
     /// Submit this transfer (one `readv`/`writev` of its [`Transfer::pieces`]).
     Submit(Transfer),
     /// Cancel this in-flight transfer; its completion still comes back.
     Cancel(TransferId),
     /// Cancel the deadline timer (the final transfer came back first). Report the result
-    /// with [`Event::TimerCancelled`], or [`Event::Timeout`] if it fired anyway.
+    /// with [`DmaEvent::TimerCancelled`], or [`DmaEvent::Timeout`] if it fired anyway.
     CancelTimer,
     /// Complete the request. Emitted exactly once, when the last completion reference is
     /// dropped.
-    Complete(Completion),
+    Complete(DmaOutcome),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,16 +197,16 @@ const NO_TIMER: Error = Error::invalid("dma: no timer armed or it was already re
 /// See the [module documentation](super) for the rules. `S` is the segment list: a
 /// `&[Segment]`, a `Vec<Segment>`, an array — anything that derefs to a slice.
 ///
-/// Completion references (a [`CompletionGate`]): the *execution* path holds one until the
+/// DmaOutcome references (a [`CompletionGate`]): the *execution* path holds one until the
 /// final transfer came back; the *cancel* path holds one while the transaction is
-/// cancelable ([`stop`](Self::stop) drops it by running; the final transfer drops it by
+/// cancelable ([`cancel`](Self::cancel) drops it by running; the final transfer drops it by
 /// making the transaction non-cancelable); the *timer* holds one when armed
 /// ([`timeout`](Self::timeout) drops it by firing; [`timer_cancelled`](Self::timer_cancelled)
-/// when it will never fire). [`Action::Complete`] goes out when the last one drops.
+/// when it will never fire). [`DmaAction::Complete`] goes out when the last one drops.
 #[derive(Debug)]
 pub struct Transaction<S> {
     segments: S,
-    config: Config,
+    config: DmaConfig,
     direction: Direction,
     /// Where the next new transfer starts.
     cursor: Cursor,
@@ -234,7 +216,7 @@ pub struct Transaction<S> {
     bytes: u64,
     next_id: u32,
     slots: Vec<Slot>,
-    actions: VecDeque<Action>,
+    actions: VecDeque<DmaAction>,
     gate: CompletionGate,
     /// The cancel path's reference is still held (the transaction is cancelable).
     cancel_ref: bool,
@@ -252,13 +234,14 @@ pub struct Transaction<S> {
     /// that ended short without a resubmission, failed, was cancelled or withdrawn);
     /// `u64::MAX` while there is none. Bounds [`segment_moved`](Self::segment_moved).
     holes: Vec<u64>,
-    /// A device error was recorded (the first one forces the status; later ones do not).
-    error_seen: bool,
+    /// The first device error: it forces the status (later ones do not) and is the
+    /// outcome's error, typed as it was reported.
+    error: Option<Error>,
     /// A transfer came back `Cancelled` (the status if nobody set one).
     saw_cancelled: bool,
     /// The final transfer came back: the DMA part is over; buffers may be released.
     finished: bool,
-    outcome: Option<Completion>,
+    outcome: Option<DmaOutcome>,
 }
 
 impl<S: AsRef<[Segment]>> Transaction<S> {
@@ -269,7 +252,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a config value out
     /// of range, a list that moves no bytes, or a segment whose device range overflows.
-    pub fn new(segments: S, direction: Direction, config: Config) -> Result<Transaction<S>> {
+    pub fn new(segments: S, direction: Direction, config: DmaConfig) -> Result<Transaction<S>> {
         if config.max_transfer == 0 || config.max_transfer > MAX_TRANSFER {
             return Err(Error::invalid("dma: max_transfer must be 1..=MAX_TRANSFER"));
         }
@@ -312,7 +295,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
             stopping: false,
             eof_at: u64::MAX,
             holes,
-            error_seen: false,
+            error: None,
             saw_cancelled: false,
             finished: false,
             outcome: None,
@@ -334,15 +317,17 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     /// event — a completion for a transfer not in flight (unknown id, submit not yet
     /// polled, already completed) or with more bytes than its length; a timeout or timer
     /// cancellation without an armed timer. The transaction is then unchanged.
-    pub fn handle(&mut self, event: Event) -> Result<bool> {
+    pub fn handle(&mut self, event: DmaEvent) -> Result<bool> {
         match event {
-            Event::TransferCompleted { id, status, bytes } => {
+            DmaEvent::TransferCompleted { id, status, bytes } => {
                 self.transfer_completed(id, status, bytes)
             }
-            Event::CompletedFinal { id, status, bytes } => self.completed_final(id, status, bytes),
-            Event::Stop => Ok(self.stop()),
-            Event::Timeout => self.timeout(),
-            Event::TimerCancelled => self.timer_cancelled().map(|()| false),
+            DmaEvent::CompletedFinal { id, status, bytes } => {
+                self.completed_final(id, status, bytes)
+            }
+            DmaEvent::Cancel => Ok(self.cancel()),
+            DmaEvent::Timeout => self.timeout(),
+            DmaEvent::TimerCancelled => self.timer_cancelled().map(|()| false),
         }
     }
 
@@ -351,14 +336,15 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     /// which no transfer is in flight and none will be started. From then on
     /// [`buffers_releasable`](Self::buffers_releasable) is true.
     ///
-    /// `Complete` with fewer bytes than the transfer's length continues with the rest of
-    /// it. `Complete` with 0 bytes on a read is end of file: no new transfer starts,
+    /// `Ok(())` with fewer bytes than the transfer's length continues with the rest of
+    /// it. `Ok(())` with 0 bytes on a read is end of file: no new transfer starts,
     /// those in flight drain (continuing only below the end), and the transaction ends
     /// with `Ok(())` and fewer bytes than [`total_len`](Self::total_len); on a write it is
-    /// a failure (`EIO`), since retrying could loop. `Error` ends
-    /// the transaction with that errno — the first device error overrides a cancel or
-    /// timeout status, as the seed's forced status update does. `Cancelled` ends it with
-    /// the status set by whoever cancelled (or `Cancelled`).
+    /// a failure (`EIO`), since retrying could loop. An error of kind
+    /// [`Cancelled`](crate::ErrorKind::Cancelled) ends it with the status set by whoever
+    /// cancelled (or `Cancelled`). Any other error ends the transaction with that error —
+    /// the first device error overrides a cancel or timeout status, as the seed's forced
+    /// status update does.
     ///
     /// # Errors
     ///
@@ -366,7 +352,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     pub fn transfer_completed(
         &mut self,
         id: TransferId,
-        status: TransferStatus,
+        status: Result<()>,
         bytes: u64,
     ) -> Result<bool> {
         self.on_transfer(id, status, bytes, false)
@@ -383,18 +369,18 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     pub fn completed_final(
         &mut self,
         id: TransferId,
-        status: TransferStatus,
+        status: Result<()>,
         bytes: u64,
     ) -> Result<bool> {
         self.on_transfer(id, status, bytes, true)
     }
 
-    /// Stop the transaction (the seed's `StopSystemTransfer`): status `Cancelled` unless a
-    /// status was set first; transfers in flight are cancelled and drain, queued ones are
-    /// withdrawn. Returns `true` if nothing was in flight, so the DMA part ended now.
+    /// Cancel the transaction (the seed's `StopSystemTransfer`): status `Cancelled` unless
+    /// a status was set first; transfers in flight are cancelled and drain, queued ones
+    /// are withdrawn. Returns `true` if nothing was in flight, so the DMA part ended now.
     /// Ignored (returns `false`) once the final transfer came back or after an earlier
-    /// stop.
-    pub fn stop(&mut self) -> bool {
+    /// cancel.
+    pub fn cancel(&mut self) -> bool {
         if !self.cancel_ref {
             return false;
         }
@@ -422,7 +408,8 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         self.timer_ref = false;
         self.gate.begin_completion(Status::TimedOut);
         // The timer fired: a queued request to cancel it is moot (see `on_transfer`).
-        self.actions.retain(|a| !matches!(a, Action::CancelTimer));
+        self.actions
+            .retain(|a| !matches!(a, DmaAction::CancelTimer));
         let ended = if self.finished {
             false
         } else {
@@ -445,16 +432,17 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
             return Err(NO_TIMER);
         }
         // Reported without the request being polled: withdraw it (see `on_transfer`).
-        self.actions.retain(|a| !matches!(a, Action::CancelTimer));
+        self.actions
+            .retain(|a| !matches!(a, DmaAction::CancelTimer));
         self.timer_ref = false;
         self.drop_ref();
         Ok(())
     }
 
     /// The next action to carry out, or `None` until the next event.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub fn poll_action(&mut self) -> Option<DmaAction> {
         let action = self.actions.pop_front()?;
-        if let Action::Submit(t) = action {
+        if let DmaAction::Submit(t) = action {
             if let Some(s) = self
                 .slots
                 .iter_mut()
@@ -475,7 +463,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     /// Bytes of segment `i`, from its start, that moved without a gap: the prefix of its
     /// memory the device filled (read) or took (write). A byte that moved after a gap is
     /// not counted (it is in [`bytes_transferred`](Self::bytes_transferred)): after a
-    /// stop, an error or a short transfer, a segment's count is always a prefix that
+    /// cancel, an error or a short transfer, a segment's count is always a prefix that
     /// really moved. Final once [`buffers_releasable`](Self::buffers_releasable); 0 for an
     /// index past the list.
     pub fn segment_moved(&self, i: usize) -> u64 {
@@ -520,12 +508,12 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         self.finished
     }
 
-    /// The request's outcome, once [`Action::Complete`] was emitted.
-    pub const fn outcome(&self) -> Option<Completion> {
+    /// The request's outcome, once [`DmaAction::Complete`] was emitted.
+    pub const fn outcome(&self) -> Option<DmaOutcome> {
         self.outcome
     }
 
-    /// True once the request completed ([`Action::Complete`] emitted).
+    /// True once the request completed ([`DmaAction::Complete`] emitted).
     pub const fn is_complete(&self) -> bool {
         self.outcome.is_some()
     }
@@ -549,7 +537,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     }
 
     /// The configuration.
-    pub const fn config(&self) -> &Config {
+    pub const fn config(&self) -> &DmaConfig {
         &self.config
     }
 
@@ -567,7 +555,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     fn on_transfer(
         &mut self,
         id: TransferId,
-        status: TransferStatus,
+        status: Result<()>,
         bytes: u64,
         last: bool,
     ) -> Result<bool> {
@@ -585,19 +573,19 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         self.slots[i].state = SlotState::Idle;
         self.bytes += bytes;
         // A cancel still queued for this transfer is moot now: withdraw it, so that every
-        // `Action::Cancel` the driver polls names a transfer that is really in flight.
+        // `DmaAction::Cancel` the driver polls names a transfer that is really in flight.
         if self.slots[i].cancel_sent {
             self.actions
-                .retain(|a| !matches!(a, Action::Cancel(c) if *c == id));
+                .retain(|a| !matches!(a, DmaAction::Cancel(c) if *c == id));
         }
         if last {
             self.stop_all();
         }
         match status {
-            TransferStatus::Complete if bytes == t.len => {
+            Ok(()) if bytes == t.len => {
                 self.arm_next(i);
             }
-            TransferStatus::Complete if bytes == 0 => {
+            Ok(()) if bytes == 0 => {
                 self.note_holes(t, 0);
                 match self.direction {
                     // End of file: start nothing new; transfers in flight drain (they may
@@ -606,10 +594,10 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
                         self.no_new = true;
                         self.eof_at = self.eof_at.min(t.device_offset);
                     }
-                    Direction::Write => self.device_error(libc::EIO),
+                    Direction::Write => self.device_error(Error::from_errno(libc::EIO)),
                 }
             }
-            TransferStatus::Complete => {
+            Ok(()) => {
                 // Short: continue from where it stopped, unless stopped or past the end.
                 if !self.stopping && t.device_offset + bytes < self.eof_at {
                     self.resubmit_rest(i, t, bytes);
@@ -617,14 +605,14 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
                     self.note_holes(t, bytes);
                 }
             }
-            TransferStatus::Cancelled => {
+            Err(e) if e.is_cancelled() => {
                 self.note_holes(t, bytes);
                 self.saw_cancelled = true;
                 self.stop_all();
             }
-            TransferStatus::Error(errno) => {
+            Err(e) => {
                 self.note_holes(t, bytes);
-                self.device_error(errno);
+                self.device_error(e);
             }
         }
         Ok(self.finish_if_drained())
@@ -701,15 +689,15 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
             transfer,
             cancel_sent: false,
         };
-        self.actions.push_back(Action::Submit(transfer));
+        self.actions.push_back(DmaAction::Submit(transfer));
     }
 
     /// The device failed a transfer: the first error forces the status (it beats a cancel
     /// or timeout, as in the seed); everything else stops.
-    fn device_error(&mut self, errno: i32) {
-        if !self.error_seen && !self.finished {
-            self.error_seen = true;
-            self.gate.force_status(Status::Failed(errno));
+    fn device_error(&mut self, e: Error) {
+        if self.error.is_none() && !self.finished {
+            self.error = Some(e);
+            self.gate.force_status(Status::from_error(e));
         }
         self.stop_all();
     }
@@ -725,14 +713,14 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
                 SlotState::Queued => {
                     let id = s.transfer.id;
                     self.actions
-                        .retain(|a| !matches!(a, Action::Submit(t) if t.id == id));
+                        .retain(|a| !matches!(a, DmaAction::Submit(t) if t.id == id));
                     self.slots[i].state = SlotState::Idle;
                     self.note_holes(s.transfer, 0);
                 }
                 SlotState::InFlight => {
                     if !s.cancel_sent {
                         self.slots[i].cancel_sent = true;
-                        self.actions.push_back(Action::Cancel(s.transfer.id));
+                        self.actions.push_back(DmaAction::Cancel(s.transfer.id));
                     }
                 }
             }
@@ -766,7 +754,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         // The timer is still queued: ask for it to be stopped; its reference drops when
         // the cancellation (or the timer itself) comes back.
         if self.timer_ref {
-            self.actions.push_back(Action::CancelTimer);
+            self.actions.push_back(DmaAction::CancelTimer);
         }
         // Drop the execution reference.
         self.drop_ref();
@@ -776,12 +764,13 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     /// Drop one completion reference; if it was the last, emit the completion.
     fn drop_ref(&mut self) {
         if let Ok(Some(status)) = self.gate.release() {
-            let c = Completion {
-                status: status.into_result(),
+            let c = DmaOutcome {
+                // The first device error forced the status: report it as it came.
+                status: self.error.map_or(status.into_result(), Err),
                 bytes: self.bytes,
             };
             self.outcome = Some(c);
-            self.actions.push_back(Action::Complete(c));
+            self.actions.push_back(DmaAction::Complete(c));
         }
     }
 }
