@@ -308,7 +308,7 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
         } else {
             1
         };
-        let deadline = crate::split::kernel_deadline(deadline);
+        let deadline = crate::ring::kernel_deadline(deadline);
         let config = config.timer(deadline.is_some());
         let tx = match Transaction::new(sg.segments().to_vec(), direction, config) {
             Ok(tx) => tx,
