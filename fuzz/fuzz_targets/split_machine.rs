@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use iocomplete::split::oracle::SplitOracle;
+use iocomplete::split::oracle::{Check, SplitOracle};
 use iocomplete::split::{ChildId, Direction, Mode, TransferPlan};
 use iocomplete::Error;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -63,7 +63,7 @@ enum Ev {
 /// Requests are at most 8 KiB: the oracle's byte maps stay cheap.
 const MAX_LEN: u64 = 8 * 1024;
 
-fn check(r: Result<(), String>) {
+fn check(r: Check) {
     if let Err(e) = r {
         panic!("{e}");
     }

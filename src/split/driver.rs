@@ -12,7 +12,7 @@ use crate::buf::{BufferPool, PoolBuf};
 use crate::dma::MAX_TRANSFER;
 use crate::error::{Error, ErrorKind, Result};
 use crate::request::Bufs;
-use crate::ring::{kernel_deadline, Done, Driver, Op, Port, PortEvent, Ring, Target};
+use crate::ring::{Done, Driver, Op, Port, PortEvent, Ring, Target};
 
 /// What a split request moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,15 +391,13 @@ impl SplitDriver {
             .boundary(config.boundary)
             .align(align)
             .build()?;
-        // A deadline no kernel timer reaches is none.
-        let deadline = kernel_deadline(config.deadline);
         let machine = SplitMachine::new(
             plan,
             config.mode,
             job.direction(),
             job.offset(),
             job.len(),
-            deadline,
+            config.deadline,
         )?;
         if !addressable(job.offset(), job.len()) {
             return Err(PAST_MAX_OFFSET);
@@ -542,8 +540,7 @@ impl SplitDriver {
             match action {
                 SplitAction::ArmTimer(d) => {
                     if !self.port.arm_timer(ring, d) {
-                        // Not armed (the deadline was filtered, so never in practice): it
-                        // can never fire.
+                        // A deadline no kernel timer reaches: none, it can never fire.
                         let r = self.machine.handle(SplitEvent::TimerCancelled);
                         debug_assert!(r.is_ok(), "split: {r:?}");
                     }

@@ -1110,7 +1110,7 @@ mod tests {
             // The oracle checks every action and event: completion once, after the last
             // child and the timer; status, bytes and transferred; nothing moved twice.
             let mut o = SplitOracle::new(p, mode, direction, start, len, deadline).unwrap();
-            let check = |r: std::result::Result<(), String>| {
+            let check = |r: crate::split::oracle::Check| {
                 r.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             };
             // The action queue never grows past what `new` reserved (the oracle checks it

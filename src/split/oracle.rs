@@ -47,8 +47,8 @@ use super::machine::{
 use super::plan::TransferPlan;
 use crate::error::{Error, ErrorKind, Result};
 
-/// What the oracle found broken.
-pub type Violation = String;
+/// `Err` with what the oracle found broken.
+pub type Check<T = ()> = std::result::Result<T, String>;
 
 macro_rules! ensure {
     ($cond:expr, $($what:tt)+) => {
@@ -122,8 +122,6 @@ impl SplitOracle {
         deadline: Option<Duration>,
     ) -> Result<SplitOracle> {
         let m = SplitMachine::new(plan, mode, direction, offset, len, deadline)?;
-        let bytes = usize::try_from(len)
-            .map_err(|_| Error::invalid("split oracle: request too long to model"))?;
         let slots = match mode {
             Mode::Serial => 1,
             Mode::Parallel { max_in_flight } => max_in_flight as usize,
@@ -131,12 +129,12 @@ impl SplitOracle {
         let mut o = SplitOracle {
             cap: m.action_capacity(),
             m,
-            start: offset,
-            len,
+            start: 0,
+            len: 0,
             slots,
             in_flight: Vec::new(),
-            moved: vec![false; bytes],
-            out: vec![false; bytes],
+            moved: Vec::new(),
+            out: Vec::new(),
             moved_total: 0,
             want: None,
             eof: false,
@@ -145,9 +143,26 @@ impl SplitOracle {
             decided: None,
             completed: None,
         };
-        o.note_decided()
-            .map_err(|_| Error::invalid("split oracle: decided at construction"))?;
+        o.begin(offset, len)
+            .map_err(|_| Error::invalid("split oracle: a request it cannot model"))?;
         Ok(o)
+    }
+
+    /// The model of a new request.
+    fn begin(&mut self, offset: u64, len: u64) -> Check {
+        let bytes = usize::try_from(len).map_err(|e| e.to_string())?;
+        self.start = offset;
+        self.len = len;
+        self.moved = vec![false; bytes];
+        self.out = vec![false; bytes];
+        self.moved_total = 0;
+        self.want = None;
+        self.eof = false;
+        self.cancelled = false;
+        self.timer = Timer::NotArmed;
+        self.decided = None;
+        self.completed = None;
+        self.note_decided()
     }
 
     /// The machine.
@@ -168,17 +183,12 @@ impl SplitOracle {
         matches!(self.timer, Timer::Armed | Timer::CancelAsked)
     }
 
-    /// The completion, once polled.
-    pub fn completed(&self) -> Option<SplitOutcome> {
-        self.completed
-    }
-
     /// Poll up to `n` actions, checking each.
     ///
     /// # Errors
     ///
     /// What was broken.
-    pub fn poll(&mut self, n: usize) -> std::result::Result<(), Violation> {
+    pub fn poll(&mut self, n: usize) -> Check {
         for _ in 0..n {
             let Some(a) = self.m.poll_action() else {
                 return Ok(());
@@ -251,13 +261,7 @@ impl SplitOracle {
         Ok(())
     }
 
-    fn submitted(
-        &mut self,
-        child: ChildId,
-        offset: u64,
-        len: u64,
-        pos: u64,
-    ) -> std::result::Result<(), Violation> {
+    fn submitted(&mut self, child: ChildId, offset: u64, len: u64, pos: u64) -> Check {
         ensure!(
             self.decided.is_none(),
             "submit after the outcome was decided"
@@ -303,11 +307,7 @@ impl SplitOracle {
     /// # Errors
     ///
     /// What was broken; `k` out of range.
-    pub fn complete(
-        &mut self,
-        k: usize,
-        result: Result<u64>,
-    ) -> std::result::Result<(), Violation> {
+    pub fn complete(&mut self, k: usize, result: Result<u64>) -> Check {
         let Some(&s) = self.in_flight.get(k) else {
             return Err(format!("no submit {k} in flight"));
         };
@@ -350,7 +350,7 @@ impl SplitOracle {
     /// # Errors
     ///
     /// What was broken.
-    pub fn cancel(&mut self) -> std::result::Result<(), Violation> {
+    pub fn cancel(&mut self) -> Check {
         let can = !self.cancelled && self.decided.is_none();
         let did = self.m.cancel();
         ensure!(did == can, "cancel returned {did}, want {can}");
@@ -367,7 +367,7 @@ impl SplitOracle {
     /// # Errors
     ///
     /// What was broken.
-    pub fn timer_fired(&mut self) -> std::result::Result<(), Violation> {
+    pub fn timer_fired(&mut self) -> Check {
         if !self.timer_out() {
             return self.refused(SplitEvent::Timeout);
         }
@@ -384,7 +384,7 @@ impl SplitOracle {
     /// # Errors
     ///
     /// What was broken.
-    pub fn timer_cancelled(&mut self) -> std::result::Result<(), Violation> {
+    pub fn timer_cancelled(&mut self) -> Check {
         if !self.timer_out() {
             return self.refused(SplitEvent::TimerCancelled);
         }
@@ -398,11 +398,7 @@ impl SplitOracle {
     /// # Errors
     ///
     /// What was broken; `child` in flight.
-    pub fn stray(
-        &mut self,
-        child: ChildId,
-        result: Result<u64>,
-    ) -> std::result::Result<(), Violation> {
+    pub fn stray(&mut self, child: ChildId, result: Result<u64>) -> Check {
         ensure!(
             !self.in_flight.iter().any(|s| s.child == child),
             "{child:?} is in flight: not a stray"
@@ -410,14 +406,14 @@ impl SplitOracle {
         self.refused(SplitEvent::ChildCompleted { child, result })
     }
 
-    fn accepted(&mut self, ev: SplitEvent) -> std::result::Result<(), Violation> {
+    fn accepted(&mut self, ev: SplitEvent) -> Check {
         if let Err(e) = self.m.handle(ev) {
             return Err(format!("{ev:?} refused: {e}"));
         }
         self.after()
     }
 
-    fn refused(&mut self, ev: SplitEvent) -> std::result::Result<(), Violation> {
+    fn refused(&mut self, ev: SplitEvent) -> Check {
         let state = |m: &SplitMachine| {
             (
                 m.in_flight(),
@@ -437,7 +433,7 @@ impl SplitOracle {
     }
 
     /// Checks after every event.
-    fn after(&mut self) -> std::result::Result<(), Violation> {
+    fn after(&mut self) -> Check {
         ensure!(
             self.m.bytes_transferred() == self.moved_total,
             "transferred {} of {} moved",
@@ -457,7 +453,7 @@ impl SplitOracle {
     }
 
     /// The machine's outcome, once there, must be final and right.
-    fn note_decided(&mut self) -> std::result::Result<(), Violation> {
+    fn note_decided(&mut self) -> Check {
         let now = self.m.outcome();
         if let Some(d) = self.decided {
             ensure!(now == Some(d), "outcome {d:?} became {now:?}");
@@ -502,7 +498,7 @@ impl SplitOracle {
     /// # Errors
     ///
     /// What was broken; a request that does not end.
-    pub fn finish(&mut self) -> std::result::Result<SplitOutcome, Violation> {
+    pub fn finish(&mut self) -> Check<SplitOutcome> {
         let mut steps = 0u64;
         loop {
             self.poll(usize::MAX)?;
@@ -534,22 +530,10 @@ impl SplitOracle {
     /// # Errors
     ///
     /// What was broken: the machine refused, or a request too long to model.
-    pub fn restart(&mut self, offset: u64, len: u64) -> std::result::Result<(), Violation> {
+    pub fn restart(&mut self, offset: u64, len: u64) -> Check {
         self.m
             .restart(offset, len)
             .map_err(|e| format!("restart({offset}, {len}): {e}"))?;
-        let bytes = usize::try_from(len).map_err(|e| e.to_string())?;
-        self.start = offset;
-        self.len = len;
-        self.moved = vec![false; bytes];
-        self.out = vec![false; bytes];
-        self.moved_total = 0;
-        self.want = None;
-        self.eof = false;
-        self.cancelled = false;
-        self.timer = Timer::NotArmed;
-        self.decided = None;
-        self.completed = None;
-        self.note_decided()
+        self.begin(offset, len)
     }
 }
