@@ -239,7 +239,7 @@ type OnProgress = Box<dyn FnMut(u64, u64) + Send>;
 ///
 /// Dropping a driver before it completed abandons the request: the children in flight still
 /// complete, and their buffers return to the pool when they do. An armed deadline timer
-/// stays in the ring until it fires (a drop has no ring to cancel it with): to end
+/// stays in the ring until it fires (the driver holds no handle to cancel it with): to end
 /// everything early, [`cancel`](Driver::cancel) and drive the request to its completion.
 ///
 /// ```
