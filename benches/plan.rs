@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use iocomplete::split::{Action, Direction, Event, Mode, SplitMachine, TransferPlan};
+use iocomplete::split::{Direction, Mode, SplitAction, SplitEvent, SplitMachine, TransferPlan};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -57,21 +57,21 @@ fn machine(c: &mut Criterion) {
         for len in SIZES {
             group.throughput(Throughput::Bytes(len));
             group.bench_with_input(BenchmarkId::from_parameter(len), &len, |b, &len| {
-                let mut m = SplitMachine::new(plan, mode, Direction::Read, 0, 0).unwrap();
+                let mut m = SplitMachine::new(plan, mode, Direction::Read, 0, 0, None).unwrap();
                 while m.poll_action().is_some() {}
                 b.iter(|| {
                     m.restart(0, len).unwrap();
                     let mut done = None;
                     while done.is_none() {
                         match m.poll_action() {
-                            Some(Action::Submit { child, len, .. }) => m
-                                .handle(Event::ChildCompleted {
+                            Some(SplitAction::Submit { child, len, .. }) => m
+                                .handle(SplitEvent::ChildCompleted {
                                     child,
                                     result: Ok(len),
                                 })
                                 .unwrap(),
-                            Some(Action::Complete(c)) => done = Some(c),
-                            Some(Action::Cancel { .. }) | None => unreachable!(),
+                            Some(SplitAction::Complete(c)) => done = Some(c),
+                            _ => unreachable!(),
                         }
                     }
                     black_box(done)

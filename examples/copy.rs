@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use iocomplete::ring::default_max_chunk;
-use iocomplete::split::{ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
-use iocomplete::{BufferPool, Error, Ring};
+use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
+use iocomplete::{BufferPool, Driver, Error, Ring};
 
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,27 +257,33 @@ fn open_dst(path: &Path, direct: bool, src: (&Path, Identity)) -> Result<(File, 
     }
 }
 
-/// Progress hook: the bytes copied before this job plus the job's own.
+/// Progress: the bytes copied before this job plus the job's own.
 struct Progress<'a> {
     base: u64,
     total: u64,
     f: &'a mut dyn FnMut(u64, u64),
 }
 
-impl ChunkHandler for Progress<'_> {
-    fn on_progress(&mut self, done: u64, _len: u64) {
-        (self.f)(self.base + done, self.total);
-    }
-}
-
-/// Run a copy job's driver to its end: the child operations it took, or why it failed.
+/// Run a copy job's driver to its end, reporting its progress as chunks land: the child
+/// operations it took, or why it failed.
 fn finish_job(
     ring: &mut Ring,
     driver: &mut SplitDriver,
     (offset, len): (u64, u64),
     progress: &mut Progress<'_>,
 ) -> Result<u64, String> {
-    let done = driver.run(ring, progress).map_err(|e| e.to_string())?;
+    let mut reported = 0;
+    let done = loop {
+        let out = driver.step(ring, Some(Duration::from_millis(100)));
+        let moved = driver.bytes_transferred();
+        if moved > reported {
+            reported = moved;
+            (progress.f)(progress.base + moved, progress.total);
+        }
+        if let Some(done) = out.map_err(|e| e.to_string())? {
+            break done;
+        }
+    };
     match done.status {
         Ok(()) if done.bytes == len => Ok(driver.stats().child_ops),
         Ok(()) => Err(format!(

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-60}
-targets=(reader fifo frame ring_ops plan gate dma_transaction)
+targets=(reader fifo frame ring_ops plan gate dma_transaction split_machine)
 
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked

@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use common::verify;
 use iocomplete::dma::{Direction, DmaConfig, DmaOutcome, SgList};
 use iocomplete::ring::BufPart;
-use iocomplete::split::{ChunkHandler, Job, Mode, SplitConfig};
+use iocomplete::split::{Job, Mode, SplitConfig};
 use iocomplete::Driver as _;
 use iocomplete::{
     BufferPool, Bufs, Completion, CompletionQueue, ContinuousReader, DmaDriver, Error, ErrorKind,
@@ -617,18 +617,22 @@ where
 /// Checks every chunk a split read hands out against the file.
 struct ChunkCheck {
     file: Arc<Vec<u8>>,
-    bytes: u64,
+    bytes: Arc<AtomicU64>,
 }
 
-impl ChunkHandler for ChunkCheck {
-    fn on_read(&mut self, offset: u64, buf: &PoolBuf) -> iocomplete::Result<()> {
-        let o = offset as usize;
-        assert!(
-            buf.data() == &self.file[o..o + buf.len()],
-            "split chunk at {offset} differs from the file"
-        );
-        self.bytes += buf.len() as u64;
-        Ok(())
+impl ChunkCheck {
+    /// `d`, its chunks checked and counted.
+    fn hook(&self, d: SplitDriver) -> SplitDriver {
+        let (file, bytes) = (Arc::clone(&self.file), Arc::clone(&self.bytes));
+        d.on_read(move |offset, buf| {
+            let o = offset as usize;
+            assert!(
+                buf.data() == &file[o..o + buf.len()],
+                "split chunk at {offset} differs from the file"
+            );
+            bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            Ok(())
+        })
     }
 }
 
@@ -2637,15 +2641,14 @@ impl<'w> Episode<'w> {
             len,
         };
         match SplitDriver::new(self.ring(), &pool, job, cfg) {
-            Ok(d) => Some(Driver::Split {
-                d,
-                off,
-                len,
-                h: ChunkCheck {
+            Ok(d) => {
+                let h = ChunkCheck {
                     file: self.w.file.clone(),
-                    bytes: 0,
-                },
-            }),
+                    bytes: Arc::new(AtomicU64::new(0)),
+                };
+                let d = h.hook(d);
+                Some(Driver::Split { d, off, len, h })
+            }
             Err(e) => {
                 assert_eq!(e.kind(), ErrorKind::PoolExhausted, "split: {e:?}");
                 None
@@ -2731,8 +2734,8 @@ impl<'w> Episode<'w> {
                     Err(p) => panic!("{}; ring {:?}", panic_text(&p), ring.stats()),
                 }
             }
-            Driver::Split { d, h, .. } => {
-                d.process(ring, h);
+            Driver::Split { d, .. } => {
+                d.process(ring).unwrap();
                 d.is_complete()
             }
             Driver::Dma { d, out, .. } => {
@@ -2806,7 +2809,7 @@ impl<'w> Episode<'w> {
                     (Ok(()), want),
                     "split read at {off} len {len}: {c:?}"
                 );
-                assert_eq!(h.bytes, want, "split: chunk bytes");
+                assert_eq!(h.bytes.load(Ordering::Relaxed), want, "split: chunk bytes");
             }
             Driver::Dma { extents, out, .. } => {
                 let (c, sg) = out.expect("complete, buffers back after the final transfer");

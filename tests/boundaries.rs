@@ -1530,21 +1530,19 @@ fn fifo_receive_with_deadline_durations() {
 
 /// Run a split read of the whole file with `config`; returns its completion after
 /// checking the bytes it delivered.
-fn split_read(fx: &mut Fx, job: Job, config: SplitConfig) -> iocomplete::split::Completion {
-    struct Check(Vec<(u64, usize)>);
-    impl iocomplete::split::ChunkHandler for Check {
-        fn on_read(&mut self, offset: u64, buf: &PoolBuf) -> iocomplete::Result<()> {
+fn split_read(fx: &mut Fx, job: Job, config: SplitConfig) -> iocomplete::split::SplitOutcome {
+    let mut chunks: Vec<(u64, usize)> = Vec::new();
+    let mut d = SplitDriver::new(&mut fx.ring, &fx.pool, job, config)
+        .unwrap()
+        .on_read(move |offset: u64, buf: &PoolBuf| {
             assert!(
                 buf.data() == file_bytes(offset, buf.len()),
                 "chunk at {offset} differs"
             );
-            self.0.push((offset, buf.len()));
+            chunks.push((offset, buf.len()));
             Ok(())
-        }
-    }
-    let mut d = SplitDriver::new(&mut fx.ring, &fx.pool, job, config).unwrap();
-    let mut h = Check(Vec::new());
-    d.run(&mut fx.ring, &mut h).unwrap()
+        });
+    d.run(&mut fx.ring).unwrap()
 }
 
 // finding 5 (via Op::timeout): a split or DMA deadline past i64::MAX seconds fails the
@@ -3125,22 +3123,22 @@ impl JobSpec {
     }
 }
 
-/// A ChunkHandler writing a known pattern and checking what it reads.
+/// Callbacks writing a known pattern and checking what they read.
 struct Pattern;
 
 fn pattern_byte(off: u64) -> u8 {
     (off.wrapping_mul(31) >> 3) as u8 ^ 0xA5
 }
 
-impl iocomplete::split::ChunkHandler for Pattern {
-    fn on_read(&mut self, offset: u64, buf: &PoolBuf) -> iocomplete::Result<()> {
+impl Pattern {
+    fn on_read(offset: u64, buf: &PoolBuf) -> iocomplete::Result<()> {
         assert!(
             buf.data() == file_bytes(offset, buf.len()),
             "chunk at {offset} differs"
         );
         Ok(())
     }
-    fn fill(&mut self, offset: u64, buf: &mut PoolBuf) -> iocomplete::Result<()> {
+    fn fill(offset: u64, buf: &mut PoolBuf) -> iocomplete::Result<()> {
         for (i, b) in buf.data_mut().iter_mut().enumerate() {
             *b = pattern_byte(offset + i as u64);
         }
@@ -3194,7 +3192,7 @@ fn split_driver_edges() {
                 let (before, before_len) = fx.snapshot();
                 let job = mk.job(fx.t);
                 let d = SplitDriver::new(&mut fx.ring, &fx.pool, job, cfg);
-                let mut d = match (want, d) {
+                let d = match (want, d) {
                     (Drv::Refused | Drv::RefusedOrNothing, Err(e)) => {
                         assert!(refused_kind(&e), "refused by the kernel: {e:?}");
                         assert_eq!(fx.ring.stats().enters, 0);
@@ -3205,7 +3203,8 @@ fn split_driver_edges() {
                     (Drv::Moves(..), Err(e)) => panic!("refused: {e:?}"),
                     (_, Ok(d)) => d,
                 };
-                let c = d.run(&mut fx.ring, &mut Pattern).unwrap();
+                let mut d = d.on_read(Pattern::on_read).on_fill(Pattern::fill);
+                let c = d.run(&mut fx.ring).unwrap();
                 match want {
                     Drv::Moves(off, n) => {
                         assert_eq!((c.status, c.bytes), (Ok(()), n), "{c:?}");

@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::fuse::{FileSpec, FuseMount};
 use common::{check_teardown, verify, LoopDev};
 use iocomplete::dma::{DmaConfig, DmaDriver, SgList, TransferReport};
-use iocomplete::split::{ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
+use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
 use iocomplete::{
     BufferPool, ContinuousReader, Driver, Error, ErrorKind, FinishReason, PoolBuf, Restart, Ring,
 };
@@ -192,25 +192,28 @@ struct Progress {
     calls: usize,
 }
 
-impl ChunkHandler for Progress {
-    fn on_progress(&mut self, done: u64, len: u64) {
-        assert!(done <= len && done >= self.last, "progress {done}/{len}");
-        self.last = done;
-        self.calls += 1;
+impl Progress {
+    /// `drv`, reporting its progress to a new `Progress`.
+    fn hook(drv: SplitDriver) -> (SplitDriver, Arc<Mutex<Progress>>) {
+        let p = Arc::new(Mutex::new(Progress::default()));
+        let q = Arc::clone(&p);
+        let drv = drv.on_progress(move |done, len| {
+            let mut p = q.lock().unwrap();
+            assert!(done <= len && done >= p.last, "progress {done}/{len}");
+            p.last = done;
+            p.calls += 1;
+        });
+        (drv, p)
     }
 }
 
 /// Drive to completion; check it completed once, with no child and no CQE left.
-fn run_split(
-    drv: &mut SplitDriver,
-    ring: &mut Ring,
-    h: &mut Progress,
-) -> iocomplete::split::Completion {
+fn run_split(drv: &mut SplitDriver, ring: &mut Ring) -> iocomplete::split::SplitOutcome {
     loop {
-        if let Some(c) = drv.step(ring, h, Some(Duration::from_millis(100))).unwrap() {
+        if let Some(c) = drv.step(ring, Some(Duration::from_millis(100))).unwrap() {
             assert_eq!(drv.in_flight(), 0, "completed with children in flight");
             assert_eq!(ring.in_flight(), 0, "completed before its last CQE");
-            assert!(drv.process(ring, h).is_none(), "completed twice");
+            assert!(drv.process(ring).unwrap().is_none(), "completed twice");
             assert!(drv.is_complete());
             return c;
         }
@@ -250,9 +253,10 @@ fn split_copy_with_one_eio_completes_once_after_every_child() {
     let config = SplitConfig::new()
         .mode(Mode::Parallel { max_in_flight: 4 })
         .max_chunk(CHUNK);
-    let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-    let mut h = Progress::default();
-    let done = run_split(&mut drv, &mut ring, &mut h);
+    let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+    let (mut drv, h) = Progress::hook(drv);
+    let done = run_split(&mut drv, &mut ring);
+    let h = h.lock().unwrap();
     assert_eq!(done.status, Err(Error::from_errno(libc::EIO)), "{done:?}");
     // The prefix done without a gap stops at the failed chunk; the children in flight
     // came back first and their bytes count as transferred.
@@ -297,18 +301,18 @@ fn split_copy_cancelled_mid_flight_on_a_slow_device_completes_once() {
     let config = SplitConfig::new()
         .mode(Mode::Parallel { max_in_flight: 4 })
         .max_chunk(CHUNK);
-    let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-    let mut h = Progress::default();
+    let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+    let (mut drv, _h) = Progress::hook(drv);
     while drv.bytes_transferred() < 4 * CHUNK {
         assert!(drv
-            .step(&mut ring, &mut h, Some(Duration::from_millis(100)))
+            .step(&mut ring, Some(Duration::from_millis(100)))
             .unwrap()
             .is_none());
     }
     assert!(drv.in_flight() > 0, "nothing in flight to cancel");
     assert!(drv.cancel(&mut ring));
     assert!(!drv.cancel(&mut ring), "cancelled twice");
-    let done = run_split(&mut drv, &mut ring, &mut h);
+    let done = run_split(&mut drv, &mut ring);
     assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
     assert!(
         done.bytes >= 4 * CHUNK && done.bytes < spec.size,

@@ -12,12 +12,13 @@ mod copy_tool;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{check_teardown, verify, LoopDev};
 use iocomplete::ring::block_device_limits;
-use iocomplete::split::{ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
-use iocomplete::{BufferPool, Error, ErrorKind, PoolBuf, Ring, Target};
+use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
+use iocomplete::{BufferPool, Driver, Error, ErrorKind, PoolBuf, Ring, Target};
 
 const BS: usize = 4096;
 const CHUNK: u64 = 64 * 1024;
@@ -68,12 +69,26 @@ struct Collect {
     calls: usize,
 }
 
-impl ChunkHandler for Collect {
+impl Collect {
+    fn new(base: u64, len: usize) -> Arc<Mutex<Collect>> {
+        Arc::new(Mutex::new(Collect {
+            base,
+            data: vec![0; len],
+            calls: 0,
+        }))
+    }
+
     fn on_read(&mut self, offset: u64, buf: &PoolBuf) -> iocomplete::Result<()> {
         let at = (offset - self.base) as usize;
         self.data[at..at + buf.len()].copy_from_slice(buf.data());
         self.calls += 1;
         Ok(())
+    }
+
+    /// `drv`, delivering its chunks to `c`.
+    fn hook(c: &Arc<Mutex<Collect>>, drv: SplitDriver) -> SplitDriver {
+        let c = Arc::clone(c);
+        drv.on_read(move |offset, buf| c.lock().unwrap().on_read(offset, buf))
     }
 }
 
@@ -83,7 +98,7 @@ struct Pattern {
     progress: Vec<u64>,
 }
 
-impl ChunkHandler for Pattern {
+impl Pattern {
     fn fill(&mut self, offset: u64, buf: &mut PoolBuf) -> iocomplete::Result<()> {
         let n = buf.len();
         buf.data_mut()
@@ -98,6 +113,13 @@ impl ChunkHandler for Pattern {
             "progress went back"
         );
         self.progress.push(done);
+    }
+
+    /// `drv`, filled by `p` and reporting its progress to it.
+    fn hook(p: &Arc<Mutex<Pattern>>, drv: SplitDriver) -> SplitDriver {
+        let (f, g) = (Arc::clone(p), Arc::clone(p));
+        drv.on_fill(move |offset, buf| f.lock().unwrap().fill(offset, buf))
+            .on_progress(move |done, len| g.lock().unwrap().on_progress(done, len))
     }
 }
 
@@ -135,7 +157,7 @@ fn copies_around_chunk_and_block_boundaries_in_both_modes() {
             };
             let config = SplitConfig::new().mode(mode).max_chunk(CHUNK);
             let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-            let done = drv.run(&mut ring, &mut ()).unwrap();
+            let done = drv.run(&mut ring).unwrap();
             assert_eq!(done.status, Ok(()), "{mode:?} size {size}");
             assert_eq!((done.bytes, done.transferred), (size, size));
             assert_eq!(drv.in_flight(), 0);
@@ -148,7 +170,7 @@ fn copies_around_chunk_and_block_boundaries_in_both_modes() {
                 Mode::Parallel { max_in_flight } => chunks.min(u64::from(max_in_flight)),
             };
             assert_eq!(st.max_in_flight as u64, expect_par, "{st:?}");
-            assert!(drv.process(&mut ring, &mut ()).is_none(), "completed twice");
+            assert!(drv.process(&mut ring).unwrap().is_none(), "completed twice");
             assert_eq!(std::fs::metadata(&dst).unwrap().len(), size);
             check_prefix(&dst, size, seed);
             ring.close(s).unwrap();
@@ -170,54 +192,44 @@ fn read_and_write_jobs_with_boundaries_and_progress() {
     let config = SplitConfig::new()
         .mode(Mode::Parallel { max_in_flight: 3 })
         .boundary(16 * 1024);
-    let mut pat = Pattern {
+    let pat = Arc::new(Mutex::new(Pattern {
         seed: 9,
         progress: Vec::new(),
-    };
+    }));
     let job = Job::Write {
         dst: t,
         offset,
         len,
     };
-    let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+    let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+    let mut drv = Pattern::hook(&pat, drv);
     assert_eq!(drv.plan().max_chunk(), 12 * 1024, "capped at a pool slot");
-    let done = drv.run(&mut ring, &mut pat).unwrap();
+    let done = drv.run(&mut ring).unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), len));
-    assert_eq!(pat.progress.last(), Some(&len));
+    assert_eq!(pat.lock().unwrap().progress.last(), Some(&len));
     // Chunks never cross a 16 KiB boundary: at least one chunk per boundary window.
     assert!(drv.stats().child_ops >= (offset + len) / (16 * 1024) - offset / (16 * 1024));
-    let mut got = Collect {
-        base: offset,
-        data: vec![0; len as usize],
-        calls: 0,
-    };
+    let got = Collect::new(offset, len as usize);
     let job = Job::Read {
         src: t,
         offset,
         len,
     };
-    let done = SplitDriver::new(&mut ring, &pool, job, config)
-        .unwrap()
-        .run(&mut ring, &mut got)
-        .unwrap();
+    let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+    let done = Collect::hook(&got, drv).run(&mut ring).unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), len));
-    verify::check_range(&got.data, BS, 9, offset).unwrap();
+    verify::check_range(&got.lock().unwrap().data, BS, 9, offset).unwrap();
     // Reading past the end stops at end of file, successfully, with fewer bytes.
-    let mut tail = Collect {
-        base: offset + len - 1000,
-        data: vec![0; 50_000],
-        calls: 0,
-    };
+    let tail = Collect::new(offset + len - 1000, 50_000);
     let job = Job::Read {
         src: t,
         offset: offset + len - 1000,
         len: 50_000,
     };
-    let done = SplitDriver::new(&mut ring, &pool, job, config)
-        .unwrap()
-        .run(&mut ring, &mut tail)
-        .unwrap();
+    let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+    let done = Collect::hook(&tail, drv).run(&mut ring).unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), 1000));
+    let tail = tail.lock().unwrap();
     verify::check_range(&tail.data[..1000], BS, 9, offset + len - 1000).unwrap();
     check_teardown(&ring, &[&pool]);
 }
@@ -251,7 +263,7 @@ fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
             SplitDriver::new(&mut ring, &pool, job, SplitConfig::new().mode(mode)).unwrap();
         assert_eq!(drv.plan().max_chunk(), 128 * 1024, "default: a pool slot");
         assert_eq!(u64::from(drv.plan().align()), align);
-        let done = drv.run(&mut ring, &mut ()).unwrap();
+        let done = drv.run(&mut ring).unwrap();
         assert_eq!((done.status, done.bytes), (Ok(()), size), "{mode:?}");
         check_prefix(&dst, size, 3);
     }
@@ -322,21 +334,17 @@ fn direct_reads_end_at_an_unaligned_end_of_file() {
     let s = ring.register(open(&src, false, true)).unwrap();
     let len = 4 * CHUNK;
     for mode in [Mode::Serial, Mode::Parallel { max_in_flight: 2 }] {
-        let mut got = Collect {
-            base: 0,
-            data: vec![0; len as usize],
-            calls: 0,
-        };
+        let got = Collect::new(0, len as usize);
         let job = Job::Read {
             src: s,
             offset: 0,
             len,
         };
         let config = SplitConfig::new().mode(mode).max_chunk(CHUNK);
-        let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-        let done = drv.run(&mut ring, &mut got).unwrap();
+        let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+        let done = Collect::hook(&got, drv).run(&mut ring).unwrap();
         assert_eq!((done.status, done.bytes), (Ok(()), size), "{mode:?}");
-        verify::check_range(&got.data[..size as usize], BS, 13, 0).unwrap();
+        verify::check_range(&got.lock().unwrap().data[..size as usize], BS, 13, 0).unwrap();
     }
     check_teardown(&ring, &[&pool]);
 }
@@ -370,7 +378,7 @@ fn block_devices_default_to_their_limits_and_copy_both_ways() {
     };
     let mut drv = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap();
     assert_eq!(drv.plan().max_chunk(), limits.max_chunk.min(2 << 20));
-    let done = drv.run(&mut ring, &mut ()).unwrap();
+    let done = drv.run(&mut ring).unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), size));
     check_prefix(&mid, size, 21);
     // File -> block device, serial, and read the device back.
@@ -388,7 +396,7 @@ fn block_devices_default_to_their_limits_and_copy_both_ways() {
     let config = SplitConfig::new().mode(Mode::Serial).max_chunk(256 * 1024);
     let done = SplitDriver::new(&mut ring, &pool, job, config)
         .unwrap()
-        .run(&mut ring, &mut ())
+        .run(&mut ring)
         .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), size));
     check_prefix(Path::new(&dst_dev.path), size, 21);
@@ -397,15 +405,12 @@ fn block_devices_default_to_their_limits_and_copy_both_ways() {
 
 /// Run a driver step by step, checking that its completion never comes while one of its
 /// operations is still in the ring.
-fn run_checked(drv: &mut SplitDriver, ring: &mut Ring) -> iocomplete::split::Completion {
+fn run_checked(drv: &mut SplitDriver, ring: &mut Ring) -> iocomplete::split::SplitOutcome {
     loop {
-        if let Some(c) = drv
-            .step(ring, &mut (), Some(Duration::from_millis(100)))
-            .unwrap()
-        {
+        if let Some(c) = drv.step(ring, Some(Duration::from_millis(100))).unwrap() {
             assert_eq!(drv.in_flight(), 0, "completed with children in flight");
             assert_eq!(ring.in_flight(), 0, "completed before its last CQE");
-            assert!(drv.process(ring, &mut ()).is_none(), "completed twice");
+            assert!(drv.process(ring).unwrap().is_none(), "completed twice");
             return c;
         }
     }
@@ -468,7 +473,7 @@ fn first_error_closed_destination_mid_copy() {
     let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
     while drv.bytes_transferred() < size / 4 {
         assert!(drv
-            .step(&mut ring, &mut (), Some(Duration::from_millis(100)))
+            .step(&mut ring, Some(Duration::from_millis(100)))
             .unwrap()
             .is_none());
     }
@@ -554,7 +559,7 @@ fn cancelling_the_parent_cancels_its_children() {
     let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
     while drv.bytes_transferred() < (1 << 20) {
         assert!(drv
-            .step(&mut ring, &mut (), Some(Duration::from_millis(100)))
+            .step(&mut ring, Some(Duration::from_millis(100)))
             .unwrap()
             .is_none());
     }
@@ -593,27 +598,21 @@ fn deadline_races_the_last_transfer_thousands_of_times() {
         };
         let d = Duration::from_micros(delays_us[i % delays_us.len()]);
         let config = SplitConfig::new().mode(Mode::Serial).deadline(d);
-        let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-        let mut got = Collect {
-            base: offset,
-            data: vec![0; BS],
-            calls: 0,
-        };
+        let got = Collect::new(offset, BS);
+        let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+        let mut drv = Collect::hook(&got, drv);
         let mut completions = 0;
         let done = loop {
             if let Some(c) = drv
-                .step(&mut ring, &mut got, Some(Duration::from_millis(100)))
+                .step(&mut ring, Some(Duration::from_millis(100)))
                 .unwrap()
             {
                 completions += 1;
                 break c;
             }
         };
-        assert!(drv.process(&mut ring, &mut got).is_none());
-        assert!(
-            drv.run(&mut ring, &mut got).is_err(),
-            "second completion handed out"
-        );
+        assert!(drv.process(&mut ring).unwrap().is_none());
+        assert!(drv.run(&mut ring).is_err(), "second completion handed out");
         assert_eq!(completions, 1);
         assert_eq!(
             ring.in_flight(),
@@ -632,6 +631,7 @@ fn deadline_races_the_last_transfer_thousands_of_times() {
             }
         }
         // Bytes that moved are the right bytes, whoever won.
+        let got = got.lock().unwrap();
         assert_eq!(done.transferred, got.calls as u64 * BS as u64);
         if got.calls > 0 {
             verify::check_block(&got.data, offset, 11).unwrap();
@@ -739,7 +739,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     let config = SplitConfig::new().mode(Mode::Parallel { max_in_flight: 2 });
     let done = SplitDriver::new(&mut ring, &pool, job, config)
         .unwrap()
-        .run(&mut ring, &mut ())
+        .run(&mut ring)
         .unwrap();
     assert!(matches!(
         done.status.unwrap_err().kind(),
@@ -902,7 +902,7 @@ fn copying_allocates_nothing_per_chunk() {
             let config = SplitConfig::new().mode(mode).max_chunk(BS as u64);
             let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
             let before = alloc_count::count();
-            let done = drv.run(&mut ring, &mut ()).unwrap();
+            let done = drv.run(&mut ring).unwrap();
             per_run.push((mode, chunks, alloc_count::count() - before));
             assert_eq!((done.status, done.bytes), (Ok(()), size));
             assert!(drv.stats().child_ops >= 2 * chunks);
@@ -1019,7 +1019,7 @@ fn copies_onto_the_same_file_are_refused_unless_the_ranges_are_disjoint() {
     let job = copy(s, 0, d_hard, half, half);
     let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
         .unwrap()
-        .run(&mut ring, &mut ())
+        .run(&mut ring)
         .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), half));
     let got = std::fs::read(&f).unwrap();
@@ -1077,7 +1077,7 @@ fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
     };
     let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
         .unwrap()
-        .run(&mut ring, &mut ())
+        .run(&mut ring)
         .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), size));
     assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
@@ -1108,7 +1108,7 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
     };
     let mut drv =
         SplitDriver::new(&mut ring, &pool, job, SplitConfig::new().deadline(deadline)).unwrap();
-    assert!(drv.process(&mut ring, &mut ()).is_none());
+    assert!(drv.process(&mut ring).unwrap().is_none());
     assert!(drv.in_flight() > 1, "children and the timer in flight");
     let armed = std::time::Instant::now();
     drop(drv);
@@ -1188,7 +1188,7 @@ fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
     // The last addressable bytes are fine (end of file: nothing to read).
     let done = SplitDriver::new(&mut ring, &pool, read(big - 4096, 4096), SplitConfig::new())
         .unwrap()
-        .run(&mut ring, &mut ())
+        .run(&mut ring)
         .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), 0));
     ring.close(s).unwrap();
@@ -1253,7 +1253,7 @@ fn append_only_destinations_are_refused() {
     };
     let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
         .unwrap()
-        .run(&mut ring, &mut ())
+        .run(&mut ring)
         .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), CHUNK));
     for t in [s, d, ra] {
@@ -1419,7 +1419,7 @@ fn copies_between_a_disk_its_partition_and_a_loop_backing_file_must_not_overlap(
     };
     let done = SplitDriver::new(&mut ring, &bufs, job, SplitConfig::new())
         .unwrap()
-        .run(&mut ring, &mut ())
+        .run(&mut ring)
         .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), mib));
     let mut got = vec![0u8; mib as usize];

@@ -3,7 +3,7 @@
 
 use iocomplete::dma::{self, Segment, Transaction};
 use iocomplete::gate::{CompletionGate, Status};
-use iocomplete::split::{Action, Direction, Event, Mode, SplitMachine, TransferPlan};
+use iocomplete::split::{Direction, Mode, SplitAction, SplitEvent, SplitMachine, TransferPlan};
 
 #[path = "common/alloc.rs"]
 mod alloc;
@@ -19,19 +19,22 @@ fn run_split(m: &mut SplitMachine, short: bool) -> u64 {
     let mut steps = 0;
     loop {
         match m.poll_action() {
-            Some(Action::Submit { child, len, .. }) => {
+            Some(SplitAction::Submit { child, len, .. }) => {
                 let moved = if short && len > 512 { len / 2 } else { len };
-                m.handle(Event::ChildCompleted {
+                m.handle(SplitEvent::ChildCompleted {
                     child,
                     result: Ok(moved),
                 })
                 .unwrap();
             }
-            Some(Action::Complete(c)) => {
+            Some(SplitAction::Complete(c)) => {
                 assert!(c.status.is_ok());
                 return steps;
             }
-            Some(Action::Cancel { .. }) => unreachable!("no cancel in this run"),
+            Some(SplitAction::Cancel { .. }) => unreachable!("no cancel in this run"),
+            Some(SplitAction::ArmTimer(_) | SplitAction::CancelTimer) => {
+                unreachable!("no deadline in this run")
+            }
             None => unreachable!("stalled"),
         }
         steps += 1;
@@ -48,7 +51,7 @@ fn split_machine_steady_state_does_not_allocate() {
     for mode in [Mode::Serial, Mode::Parallel { max_in_flight: 8 }] {
         // Only construction allocates (the child table and the action queue, sized for
         // the worst case): no warm-up, the first request counts too.
-        let mut m = SplitMachine::new(plan, mode, Direction::Read, 0, 1 << 20).unwrap();
+        let mut m = SplitMachine::new(plan, mode, Direction::Read, 0, 1 << 20, None).unwrap();
         let before = allocations();
         let mut steps = run_split(&mut m, false);
         for round in 0..20u64 {
@@ -60,16 +63,20 @@ fn split_machine_steady_state_does_not_allocate() {
         m.restart(0, 8 << 20).unwrap();
         let mut first = None;
         while let Some(a) = m.poll_action() {
-            if let Action::Submit { child, .. } = a {
+            if let SplitAction::Submit { child, .. } = a {
                 first.get_or_insert(child);
             }
         }
-        m.handle(Event::from_cqe(first.unwrap(), -libc::EIO))
-            .unwrap();
-        m.handle(Event::Cancel).unwrap();
+        m.child_completed(
+            first.unwrap(),
+            Err(iocomplete::Error::from_errno(libc::EIO)),
+        )
+        .unwrap();
+        m.handle(SplitEvent::Cancel).unwrap();
         while let Some(a) = m.poll_action() {
-            if let Action::Cancel { child } = a {
-                m.handle(Event::from_cqe(child, -libc::ECANCELED)).unwrap();
+            if let SplitAction::Cancel { child } = a {
+                let cancelled = iocomplete::Error::from_errno(libc::ECANCELED);
+                m.child_completed(child, Err(cancelled)).unwrap();
             }
         }
         assert!(m.is_complete());

@@ -1,25 +1,22 @@
 //! The split driver: a [`SplitMachine`] executed on a [`Ring`].
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::machine::{Action, ChildId, Completion, Event, Mode, SplitMachine};
+use super::machine::{ChildId, Mode, SplitAction, SplitEvent, SplitMachine, SplitOutcome};
 use super::plan::TransferPlan;
 use crate::buf::{BufferPool, PoolBuf};
 use crate::error::{Error, ErrorKind, Result};
-use crate::gate::{CompletionGate, Status};
-use crate::queue::CompletionQueue;
 use crate::ring::{
-    addressable, default_max_chunk, kernel_deadline, storage_of, Bufs, Direction, Op, OpId, Ring,
-    Target, MAX_TRANSFER,
+    addressable, default_max_chunk, storage_of, Bufs, Direction, Done, Driver, Op, Port, PortEvent,
+    Ring, Target, MAX_TRANSFER,
 };
 
 /// What a split request moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Job {
     /// Read `len` bytes of `src` from `offset`; each chunk goes to
-    /// [`ChunkHandler::on_read`].
+    /// [`SplitDriver::on_read`].
     Read {
         /// A file or block device open for reading.
         src: Target,
@@ -31,7 +28,7 @@ pub enum Job {
         len: u64,
     },
     /// Write `len` bytes to `dst` from `offset`; each chunk is produced by
-    /// [`ChunkHandler::fill`].
+    /// [`SplitDriver::on_fill`].
     Write {
         /// A file or block device open for writing.
         dst: Target,
@@ -152,37 +149,6 @@ impl Default for SplitConfig {
     }
 }
 
-/// What the caller does with the chunks of a split request. Every method has a default, so
-/// `()` is a handler for copies that need no hook.
-pub trait ChunkHandler {
-    /// A read child (of a [`Job::Read`], or the read half of a [`Job::Copy`]) received
-    /// `buf.len()` bytes from `offset` (a source offset). The buffer is reused after the
-    /// call; copy out what you keep. An error fails the child, and so the request.
-    fn on_read(&mut self, offset: u64, buf: &PoolBuf) -> Result<()> {
-        let _ = (offset, buf);
-        Ok(())
-    }
-
-    /// Fill `buf.data_mut()` (exactly `buf.len()` bytes) with the bytes that belong at
-    /// device offset `offset` of a [`Job::Write`]. After a short write the rest of a chunk
-    /// is asked for again, so the same offset must always give the same bytes. An error
-    /// fails the child, and so the request.
-    fn fill(&mut self, offset: u64, buf: &mut PoolBuf) -> Result<()> {
-        let _ = (offset, buf);
-        Err(Error::invalid(
-            "split: a write job needs a ChunkHandler that fills buffers",
-        ))
-    }
-
-    /// Progress: `done` of the request's `len` bytes have moved (written, for writes and
-    /// copies). Called after every child completion that moved bytes.
-    fn on_progress(&mut self, done: u64, len: u64) {
-        let _ = (done, len);
-    }
-}
-
-impl ChunkHandler for () {}
-
 /// Counters of one split request, for tests and diagnostics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SplitStats {
@@ -213,39 +179,28 @@ enum Phase {
 }
 
 /// One child: its buffer (reused for every chunk it carries — the seed's request reuse),
-/// and the ring operation it has in flight.
+/// and the port key of the operation it has in flight.
 #[derive(Debug)]
 struct Child {
     /// The child's buffer while no operation holds it.
     buf: Option<PoolBuf>,
     phase: Phase,
-    op: Option<OpId>,
+    key: Option<usize>,
     /// The machine asked to cancel the current chunk.
     cancel: bool,
 }
 
-/// The deadline timer's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Timer {
-    /// No deadline.
-    None,
-    /// A deadline, not submitted yet (the driver has not started).
-    Pending(Duration),
-    /// In the kernel.
-    Armed(OpId),
-    /// Its completion came back (fired or cancelled).
-    Done,
-}
-
-/// Tag of the timer's operation; children use their slot index.
-const TIMER_TAG: u64 = u64::MAX;
-
 const PAST_MAX_OFFSET: Error =
     Error::invalid("split: range ends past the largest file offset (2^63 - 1)");
 
+type OnRead = Box<dyn FnMut(u64, &PoolBuf) -> Result<()> + Send>;
+type OnFill = Box<dyn FnMut(u64, &mut PoolBuf) -> Result<()> + Send>;
+type OnProgress = Box<dyn FnMut(u64, u64) + Send>;
+
 /// Runs one split request — a large read, write or copy cut into chunks by a
 /// [`TransferPlan`] — on a [`Ring`], with the [`SplitMachine`] deciding and the ring
-/// executing.
+/// executing. A [`Driver`]: drive it with [`run`](Driver::run), [`step`](Driver::step) or
+/// [`process`](Driver::process); its output is the request's [`SplitOutcome`].
 ///
 /// - **Modes**: [`Mode::Serial`] re-arms one child for each chunk in turn; each child keeps
 ///   one pooled buffer for all its chunks (request reuse, no allocation per chunk).
@@ -257,28 +212,28 @@ const PAST_MAX_OFFSET: Error =
 /// - **First error wins**: the remaining children are cancelled ([`Ring::cancel`]); the
 ///   request completes once, with that error and the bytes done so far, and never before
 ///   its last child's completion came back.
-/// - **Cancel** ([`cancel`](Self::cancel)) cancels the children in flight; the request then
-///   completes with [`ErrorKind::Cancelled`] once they are back.
+/// - **Cancel** ([`cancel`](Driver::cancel)) cancels the children in flight; the request
+///   then completes with [`ErrorKind::Cancelled`] once they are back.
 /// - **Deadline** ([`SplitConfig::deadline`]): a kernel timer races the transfer and a
-///   cancel through a [`CompletionGate`] holding one reference per path — execution (until
-///   the machine completed), cancel (until cancelled, or made non-cancelable by the
-///   completion), timer (until it fired or its cancellation came back). The last one to
-///   drop completes the request. The first path to begin completion sets the status,
-///   except that a child's error forces its status over a later cancel or timeout.
+///   cancel, as events of the [`SplitMachine`]: the first path to set a status wins — a
+///   child's error stands over a later cancel or timeout — and the request completes once
+///   every child and the timer (fired, or cancelled once the children were back) are back.
+/// - **Callbacks** ([`on_read`](Self::on_read), [`on_fill`](Self::on_fill),
+///   [`on_progress`](Self::on_progress)): closures the driver calls as chunks move.
 ///
-/// Completions reach the driver through its own [`CompletionQueue`]; whoever drives the
-/// ring (the driver's [`step`](Self::step)/[`run`](Self::run), or other code) fills it, and
-/// [`process`](Self::process) consumes it. Validation happens in [`new`](Self::new), before
-/// anything reaches the kernel.
+/// Completions reach the driver through its completion port; whoever drives the ring (the
+/// driver's [`step`](Driver::step)/[`run`](Driver::run), or other code) fills it, and
+/// [`process`](Driver::process) consumes it. Validation happens in [`new`](Self::new),
+/// before anything reaches the kernel.
 ///
 /// Dropping a driver before it completed abandons the request: the children in flight still
 /// complete, and their buffers return to the pool when they do. An armed deadline timer
-/// stays in the ring until it fires (a drop has no ring to cancel it with): to end
-/// everything early, [`cancel`](Self::cancel) and drive the request to its completion.
+/// stays in the ring until it fires (the driver holds no handle to cancel it with): to end
+/// everything early, [`cancel`](Driver::cancel) and drive the request to its completion.
 ///
 /// ```
 /// use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
-/// use iocomplete::{BufferPool, Ring};
+/// use iocomplete::{BufferPool, Driver, Ring};
 /// use std::io::Write;
 ///
 /// let mut src = tempfile::tempfile().unwrap();
@@ -290,7 +245,7 @@ const PAST_MAX_OFFSET: Error =
 /// let (src, dst) = (ring.register(src)?, ring.register(dst)?);
 /// let job = Job::Copy { src, src_offset: 0, dst, dst_offset: 0, len: 100_000 };
 /// let config = SplitConfig::new().mode(Mode::Parallel { max_in_flight: 4 });
-/// let done = SplitDriver::new(&mut ring, &pool, job, config)?.run(&mut ring, &mut ())?;
+/// let done = SplitDriver::new(&mut ring, &pool, job, config)?.run(&mut ring)?;
 /// assert_eq!((done.status, done.bytes), (Ok(()), 100_000));
 /// assert_eq!(pool.stats().free, 4);
 /// # Ok::<(), iocomplete::Error>(())
@@ -298,29 +253,19 @@ const PAST_MAX_OFFSET: Error =
 pub struct SplitDriver {
     job: Job,
     machine: SplitMachine,
-    queue: Arc<CompletionQueue<crate::Completion>>,
-    /// The deadline timer's own queue: an armed timer keeps only this one alive, so after
-    /// a drop mid-flight the children's completions (and their buffers) are freed as soon
-    /// as the last of them arrives, not when the timer fires.
-    timer_queue: Arc<CompletionQueue<crate::Completion>>,
+    /// The children's operations (keyed by child index) and the deadline timer.
+    port: Port<u32>,
     children: Vec<Child>,
-    gate: CompletionGate,
-    /// The cancel path's reference is held: the request is still cancelable.
-    cancel_ref: bool,
-    /// The timer path's reference is held while the timer is not `Done`.
-    timer: Timer,
-    /// The machine's completion: the execution path is done.
-    machine_done: Option<Completion>,
-    /// The request's completion, once the last gate reference dropped.
-    outcome: Option<Completion>,
-    /// The outcome was handed out by `process`.
+    outcome: Option<SplitOutcome>,
+    /// The outcome was handed out by [`process`](Driver::process).
     delivered: bool,
-    started: bool,
-    in_flight: usize,
     /// Direct-I/O alignment of the source (1 when buffered): a chunk resuming at an
     /// offset that is not a multiple of it follows a short read at end of file.
     src_align: u64,
     stats: SplitStats,
+    on_read: Option<OnRead>,
+    on_fill: Option<OnFill>,
+    on_progress: Option<OnProgress>,
 }
 
 impl fmt::Debug for SplitDriver {
@@ -329,8 +274,7 @@ impl fmt::Debug for SplitDriver {
             .field("job", &self.job)
             .field("plan", self.machine.plan())
             .field("mode", &self.machine.mode())
-            .field("in_flight", &self.in_flight)
-            .field("gate", &self.gate)
+            .field("port", &self.port)
             .field("outcome", &self.outcome)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -363,7 +307,7 @@ fn target_info(ring: &Ring, t: Target, write: bool) -> Result<crate::FdInfo> {
 impl SplitDriver {
     /// Validate the request and take one pooled buffer per child that will run (an error
     /// if the pool has too few free). Nothing is submitted until the first
-    /// [`process`](Self::process) / [`step`](Self::step) / [`run`](Self::run).
+    /// [`process`](Driver::process) / [`step`](Driver::step) / [`run`](Driver::run).
     ///
     /// # Errors
     ///
@@ -436,8 +380,14 @@ impl SplitDriver {
             .boundary(config.boundary)
             .align(align)
             .build()?;
-        let machine =
-            SplitMachine::new(plan, config.mode, job.direction(), job.offset(), job.len())?;
+        let machine = SplitMachine::new(
+            plan,
+            config.mode,
+            job.direction(),
+            job.offset(),
+            job.len(),
+            config.deadline,
+        )?;
         if !addressable(job.offset(), job.len()) {
             return Err(PAST_MAX_OFFSET);
         }
@@ -480,7 +430,7 @@ impl SplitDriver {
             children.push(Child {
                 buf: Some(pool.try_get()?),
                 phase: Phase::Idle,
-                op: None,
+                key: None,
                 cancel: false,
             });
         }
@@ -488,30 +438,54 @@ impl SplitDriver {
             (Job::Read { .. } | Job::Copy { .. }, Some(i)) if i.direct => u64::from(i.offset_align),
             _ => 1,
         };
-        let deadline = kernel_deadline(config.deadline);
-        let timer = match deadline {
-            Some(d) => Timer::Pending(d),
-            None => Timer::None,
-        };
-        // References: execution + cancel (+ timer).
-        let gate = CompletionGate::with_refs(2 + u32::from(deadline.is_some()))?;
         Ok(SplitDriver {
             job,
             machine,
-            queue: Arc::new(CompletionQueue::new(used + 1)),
-            timer_queue: Arc::new(CompletionQueue::new(1)),
+            port: Port::new(used),
             children,
-            gate,
-            cancel_ref: true,
-            timer,
-            machine_done: None,
             outcome: None,
             delivered: false,
-            started: false,
-            in_flight: 0,
             src_align,
             stats: SplitStats::default(),
+            on_read: None,
+            on_fill: None,
+            on_progress: None,
         })
+    }
+
+    /// Call `f(offset, &buf)` with every chunk a read child (of a [`Job::Read`], or the
+    /// read half of a [`Job::Copy`]) received: `buf.len()` bytes from source offset
+    /// `offset`. The buffer is reused after the call; copy out what you keep. An error
+    /// fails the child, and so the request.
+    #[must_use]
+    pub fn on_read(
+        mut self,
+        f: impl FnMut(u64, &PoolBuf) -> Result<()> + Send + 'static,
+    ) -> SplitDriver {
+        self.on_read = Some(Box::new(f));
+        self
+    }
+
+    /// Call `f(offset, &mut buf)` to fill `buf.data_mut()` (exactly `buf.len()` bytes)
+    /// with the bytes that belong at device offset `offset` of a [`Job::Write`]. After a
+    /// short write the rest of a chunk is asked for again, so the same offset must always
+    /// give the same bytes. An error fails the child, and so the request. A write job
+    /// without it fails its children before they reach the kernel.
+    #[must_use]
+    pub fn on_fill(
+        mut self,
+        f: impl FnMut(u64, &mut PoolBuf) -> Result<()> + Send + 'static,
+    ) -> SplitDriver {
+        self.on_fill = Some(Box::new(f));
+        self
+    }
+
+    /// Call `f(done, len)` after every child completion that moved bytes: `done` of the
+    /// request's `len` bytes have moved (written, for writes and copies).
+    #[must_use]
+    pub fn on_progress(mut self, f: impl FnMut(u64, u64) + Send + 'static) -> SplitDriver {
+        self.on_progress = Some(Box::new(f));
+        self
     }
 
     /// The plan the request is cut with (after defaults and caps).
@@ -531,7 +505,7 @@ impl SplitDriver {
 
     /// Ring operations of this request in flight (children, and the timer).
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.port.in_flight() + usize::from(self.port.timer_pending())
     }
 
     /// Bytes moved so far by the children (written, for writes and copies).
@@ -539,8 +513,8 @@ impl SplitDriver {
         self.machine.bytes_transferred()
     }
 
-    /// The request's completion, once it completed.
-    pub fn outcome(&self) -> Option<Completion> {
+    /// The request's outcome, once it completed.
+    pub fn outcome(&self) -> Option<SplitOutcome> {
         self.outcome
     }
 
@@ -549,119 +523,40 @@ impl SplitDriver {
         self.outcome.is_some()
     }
 
-    /// Cancel the request: children in flight are cancelled; the request completes with
-    /// [`ErrorKind::Cancelled`] (unless an error or the deadline came first) once they are
-    /// back. Returns false if it can no longer be cancelled (it completed, or is
-    /// completing).
-    pub fn cancel(&mut self, ring: &mut Ring) -> bool {
-        if !self.cancel_ref {
-            return false;
-        }
-        // The cancel routine runs: begin completion (first setter wins), stop the children,
-        // drop its reference. The execution reference keeps the request alive until the
-        // children drained.
-        self.cancel_ref = false;
-        self.gate.begin_completion(Status::Cancelled);
-        self.machine.cancel();
-        self.pump(ring, &mut ());
-        self.release();
-        true
-    }
-
-    /// Consume the completions that arrived, submit what the machine asks for, and return
-    /// the request's completion the first time it is available (`None` before and after).
-    /// Does not drive the ring; see [`step`](Self::step).
-    pub fn process(
-        &mut self,
-        ring: &mut Ring,
-        handler: &mut impl ChunkHandler,
-    ) -> Option<Completion> {
-        if !self.started {
-            self.started = true;
-            let pending = match self.timer {
-                Timer::Pending(d) if !self.machine.is_complete() => Some(d),
-                _ => None,
-            };
-            if let Some(d) = pending {
-                let id = ring
-                    .submit(Op::timeout(d).tag(TIMER_TAG))
-                    .to_queue(&self.timer_queue);
-                self.in_flight += 1;
-                self.timer = Timer::Armed(id);
-            }
-        }
-        loop {
-            self.pump(ring, handler);
-            match self.queue.pop().or_else(|| self.timer_queue.pop()) {
-                Some(c) => self.on_completion(ring, handler, c),
-                None => break,
-            }
-        }
-        match self.outcome {
-            Some(c) if !self.delivered => {
-                self.delivered = true;
-                Some(c)
-            }
-            _ => None,
-        }
-    }
-
-    /// Drive the ring once (waiting up to `timeout` for a completion), then
-    /// [`process`](Self::process).
-    ///
-    /// # Errors
-    ///
-    /// Only if the ring itself fails.
-    pub fn step(
-        &mut self,
-        ring: &mut Ring,
-        handler: &mut impl ChunkHandler,
-        timeout: Option<Duration>,
-    ) -> Result<Option<Completion>> {
-        if let Some(c) = self.process(ring, handler) {
-            return Ok(Some(c));
-        }
-        if self.outcome.is_some() {
-            return Ok(None);
-        }
-        ring.run_once(timeout)?;
-        Ok(self.process(ring, handler))
-    }
-
-    /// Drive the ring until the request completes; return its completion.
-    ///
-    /// # Errors
-    ///
-    /// If the ring fails, or the completion was already handed out.
-    pub fn run(&mut self, ring: &mut Ring, handler: &mut impl ChunkHandler) -> Result<Completion> {
-        loop {
-            if self.delivered {
-                return Err(Error::invalid("split: the request already completed"));
-            }
-            if let Some(c) = self.step(ring, handler, Some(Duration::from_millis(100)))? {
-                return Ok(c);
-            }
-        }
-    }
-
     /// Carry out the machine's actions.
-    fn pump(&mut self, ring: &mut Ring, handler: &mut impl ChunkHandler) {
+    fn pump(&mut self, ring: &mut Ring) {
         while let Some(action) = self.machine.poll_action() {
             match action {
-                Action::Submit {
+                SplitAction::ArmTimer(d) => {
+                    if !self.port.arm_timer(ring, d) {
+                        // A deadline no kernel timer reaches: none, it can never fire.
+                        let r = self.machine.handle(SplitEvent::TimerCancelled);
+                        debug_assert!(r.is_ok(), "split: {r:?}");
+                    }
+                }
+                SplitAction::Submit {
                     child, offset, len, ..
-                } => self.submit_child(ring, handler, child, offset, len),
-                Action::Cancel { child } => {
+                } => self.submit_child(ring, child, offset, len),
+                SplitAction::Cancel { child } => {
                     if let Some(c) = self.children.get_mut(child.index() as usize) {
                         c.cancel = true;
-                        if let Some(op) = c.op {
+                        if let Some(key) = c.key {
                             self.stats.cancels += 1;
-                            // False when the completion is already reaped (in our queue).
-                            ring.cancel(op);
+                            // False when the completion is already reaped (in our port).
+                            self.port.cancel(ring, key);
                         }
                     }
                 }
-                Action::Complete(c) => self.execution_done(ring, c),
+                SplitAction::CancelTimer => {
+                    self.port.cancel_timer(ring);
+                }
+                SplitAction::Complete(c) => {
+                    // Every child is back: hand the buffers to the pool.
+                    for child in &mut self.children {
+                        child.buf = None;
+                    }
+                    self.outcome = Some(c);
+                }
             }
         }
     }
@@ -687,14 +582,7 @@ impl SplitDriver {
         );
     }
 
-    fn submit_child(
-        &mut self,
-        ring: &mut Ring,
-        handler: &mut impl ChunkHandler,
-        child: ChildId,
-        offset: u64,
-        len: u64,
-    ) {
+    fn submit_child(&mut self, ring: &mut Ring, child: ChildId, offset: u64, len: u64) {
         let i = child.index() as usize;
         let Some(mut buf) = self.children.get_mut(i).and_then(|c| c.buf.take()) else {
             // Impossible by construction (a child is armed only when idle, with its buffer
@@ -721,7 +609,12 @@ impl SplitDriver {
             Job::Write { dst, .. } => {
                 let filled = buf
                     .set_len(len as usize)
-                    .and_then(|()| handler.fill(offset, &mut buf));
+                    .and_then(|()| match &mut self.on_fill {
+                        Some(f) => f(offset, &mut buf),
+                        None => Err(Error::invalid(
+                            "split: a write job needs on_fill to fill its buffers",
+                        )),
+                    });
                 if let Err(e) = filled {
                     self.children[i].buf = Some(buf);
                     self.report(i, Err(e));
@@ -736,40 +629,18 @@ impl SplitDriver {
 
     fn issue(&mut self, ring: &mut Ring, i: usize, op: Op) {
         self.stats.child_ops += 1;
-        self.in_flight += 1;
-        let id = ring.submit(op.tag(i as u64)).to_queue(&self.queue);
-        self.children[i].op = Some(id);
-        // `in_flight` counts the children's ops and the armed deadline timer.
-        let children = self.in_flight - usize::from(matches!(self.timer, Timer::Armed(_)));
-        self.stats.max_in_flight = self.stats.max_in_flight.max(children);
+        self.children[i].key = Some(self.port.submit(ring, op, i as u32));
+        self.stats.max_in_flight = self.stats.max_in_flight.max(self.port.in_flight());
     }
 
-    fn on_completion(
-        &mut self,
-        ring: &mut Ring,
-        handler: &mut impl ChunkHandler,
-        mut c: crate::Completion,
-    ) {
-        self.in_flight -= 1;
-        if c.tag() == TIMER_TAG {
-            self.timer = Timer::Done;
-            // Fired: `TimedOut`. Anything else — cancelled by the completion path, or a
-            // timer the ring or kernel refused — never fired and never will.
-            if c.result().is_err_and(|e| e.is_timed_out()) {
-                self.gate.begin_completion(Status::TimedOut);
-                let _ = self.machine.handle(Event::Timeout);
-                self.pump(ring, handler);
-            }
-            self.release();
-            return;
-        }
-        let i = c.tag() as usize;
+    fn on_completion(&mut self, ring: &mut Ring, done: Done<u32>) {
+        let i = done.child as usize;
         let Some(slot) = self.children.get_mut(i) else {
-            debug_assert!(false, "completion with an unknown tag {}", c.tag());
+            debug_assert!(false, "completion for an unknown child {i}");
             return;
         };
-        slot.op = None;
-        let mut buf = match c.take_bufs() {
+        slot.key = None;
+        let mut buf = match done.bufs {
             Bufs::Pool(b) => b,
             other => {
                 // Reads and writes of a `PoolBuf` always give it back as `Bufs::Pool`.
@@ -779,16 +650,16 @@ impl SplitDriver {
                 return;
             }
         };
-        let phase = slot.phase;
-        let cancel = slot.cancel;
-        let result = c.result();
-        match (phase, result) {
+        let (phase, cancel) = (slot.phase, slot.cancel);
+        match (phase, done.result) {
             (Phase::Reading { offset, len }, Ok(n)) => {
                 if n > 0 {
-                    if let Err(e) = handler.on_read(offset, &buf) {
-                        self.children[i].buf = Some(buf);
-                        self.report(i, Err(e));
-                        return;
+                    if let Some(f) = &mut self.on_read {
+                        if let Err(e) = f(offset, &buf) {
+                            self.children[i].buf = Some(buf);
+                            self.report(i, Err(e));
+                            return;
+                        }
                     }
                 }
                 match self.job {
@@ -808,8 +679,7 @@ impl SplitDriver {
                     _ => {
                         buf.clear();
                         self.children[i].buf = Some(buf);
-                        self.report_moved(i, n as u64, len);
-                        self.progress(handler);
+                        self.report_moved(i, u64::from(n), len);
                     }
                 }
             }
@@ -820,8 +690,7 @@ impl SplitDriver {
                     // No progress; retrying could loop.
                     self.report(i, Err(Error::from_errno(libc::EIO)));
                 } else {
-                    self.report_moved(i, n as u64, len);
-                    self.progress(handler);
+                    self.report_moved(i, u64::from(n), len);
                 }
             }
             (_, Err(e)) => {
@@ -836,79 +705,59 @@ impl SplitDriver {
         }
     }
 
-    /// Report `n` of `len` bytes moved (the machine continues a short transfer).
+    /// Report `n` of `len` bytes moved (the machine continues a short transfer), and the
+    /// progress.
     fn report_moved(&mut self, i: usize, n: u64, len: u64) {
         if n > 0 && n < len {
             self.stats.short_transfers += 1;
         }
         self.report(i, Ok(n));
+        if let Some(f) = &mut self.on_progress {
+            f(self.machine.bytes_transferred(), self.job.len());
+        }
     }
+}
 
-    fn progress(&mut self, handler: &mut impl ChunkHandler) {
-        handler.on_progress(self.machine.bytes_transferred(), self.job.len());
-    }
+impl Driver for SplitDriver {
+    type Output = SplitOutcome;
 
-    /// The machine completed: every child is back. The execution path begins completion
-    /// (a child's error forces its status), makes the request non-cancelable, stops the
-    /// timer, and drops its reference.
-    fn execution_done(&mut self, ring: &mut Ring, c: Completion) {
-        self.machine_done = Some(c);
-        match c.status {
-            Ok(()) => {
-                self.gate.begin_completion(Status::Success);
-            }
-            Err(e) => {
-                let status = Status::from_error(e);
-                if matches!(status, Status::Failed(_)) {
-                    self.gate.force_status(status);
-                } else {
-                    self.gate.begin_completion(status);
+    fn process(&mut self, ring: &mut Ring) -> Result<Option<SplitOutcome>> {
+        loop {
+            self.pump(ring);
+            match self.port.next() {
+                Some(PortEvent::Op(done)) => self.on_completion(ring, done),
+                Some(PortEvent::Timer { fired }) => {
+                    let ev = if fired {
+                        SplitEvent::Timeout
+                    } else {
+                        SplitEvent::TimerCancelled
+                    };
+                    let r = self.machine.handle(ev);
+                    debug_assert!(r.is_ok(), "split: {r:?}");
                 }
+                None => break,
             }
         }
-        if self.cancel_ref {
-            self.cancel_ref = false;
-            self.release();
-        }
-        match self.timer {
-            // Its reference drops when its completion (cancelled, or fired after all)
-            // comes back.
-            Timer::Armed(id) => {
-                ring.cancel(id);
+        Ok(match self.outcome {
+            Some(c) if !self.delivered => {
+                self.delivered = true;
+                Some(c)
             }
-            // Never armed (completed before the first submission): it can never fire.
-            Timer::Pending(_) => {
-                self.timer = Timer::Done;
-                self.release();
-            }
-            Timer::None | Timer::Done => {}
-        }
-        self.release();
+            _ => None,
+        })
     }
 
-    /// Drop one gate reference; the last one completes the request.
-    fn release(&mut self) {
-        let Ok(Some(status)) = self.gate.release() else {
-            return;
-        };
-        let c = self.machine_done.unwrap_or(Completion {
-            status: Ok(()),
-            bytes: 0,
-            transferred: self.machine.bytes_transferred(),
-        });
-        let status = match status {
-            // The machine kept the typed error; the gate only its errno.
-            Status::Failed(errno) => Err(c.status.err().unwrap_or(Error::from_errno(errno))),
-            other => other.into_result(),
-        };
-        // Every child is back: hand the buffers to the pool.
-        for child in &mut self.children {
-            child.buf = None;
-        }
-        self.outcome = Some(Completion {
-            status,
-            bytes: c.bytes,
-            transferred: c.transferred,
-        });
+    /// Cancel the request: children in flight are cancelled; the request completes with
+    /// [`ErrorKind::Cancelled`] (unless an error or the deadline came first) once they are
+    /// back. Returns false if it can no longer be cancelled (it was cancelled, completed,
+    /// or is completing).
+    fn cancel(&mut self, ring: &mut Ring) -> bool {
+        let cancelled = self.machine.cancel();
+        self.pump(ring);
+        cancelled
+    }
+
+    fn is_idle(&self) -> bool {
+        self.delivered
     }
 }

@@ -1,6 +1,7 @@
 //! The split driver state machine ([`SplitMachine`]).
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use super::plan::TransferPlan;
 use crate::error::{Error, ErrorKind, Result};
@@ -42,7 +43,7 @@ impl ChildId {
 
 /// Something that happened to a split request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub enum SplitEvent {
     /// A child's completion came back: the bytes it moved, or its error.
     ChildCompleted {
         /// Which child.
@@ -50,28 +51,19 @@ pub enum Event {
         /// Bytes moved (at most the submitted length), or the error.
         result: Result<u64>,
     },
-    /// The parent request was cancelled.
+    /// The parent request was cancelled ([`SplitMachine::cancel`]).
     Cancel,
-    /// The parent request's deadline expired.
+    /// The deadline timer fired ([`SplitAction::ArmTimer`] was carried out and its deadline
+    /// passed).
     Timeout,
+    /// The deadline timer's completion came back without firing: cancelled
+    /// ([`SplitAction::CancelTimer`]) or refused. It never fires.
+    TimerCancelled,
 }
 
-impl Event {
-    /// The event for a child's CQE result: `res >= 0` is a byte count, `res < 0` a negated
-    /// errno.
-    pub const fn from_cqe(child: ChildId, res: i32) -> Event {
-        let result = if res >= 0 {
-            Ok(res as u64)
-        } else {
-            Err(Error::from_errno(res.wrapping_neg()))
-        };
-        Event::ChildCompleted { child, result }
-    }
-}
-
-/// The parent request's outcome, carried by [`Action::Complete`].
+/// The parent request's outcome, carried by [`SplitAction::Complete`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Completion {
+pub struct SplitOutcome {
     /// `Ok(())` on success and at end of file; otherwise the first error, or
     /// [`ErrorKind::Cancelled`] / [`ErrorKind::TimedOut`].
     pub status: Result<()>,
@@ -83,7 +75,11 @@ pub struct Completion {
 
 /// Something the driver must do for a split request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum SplitAction {
+    /// Arm the request's deadline timer to fire after this long (the first action of a
+    /// request with a deadline). Report its end with [`SplitEvent::Timeout`] (fired) or
+    /// [`SplitEvent::TimerCancelled`] (cancelled, or could not be armed).
+    ArmTimer(Duration),
     /// Submit child `child` for `len` bytes at device offset `offset`, using the parent's
     /// buffer space from position `pos`.
     Submit {
@@ -101,8 +97,13 @@ pub enum Action {
         /// Which child.
         child: ChildId,
     },
-    /// Complete the parent. Emitted exactly once, after the last child's completion.
-    Complete(Completion),
+    /// Cancel the deadline timer: every child is back before it fired. Its completion
+    /// still comes back ([`SplitEvent::TimerCancelled`], or [`SplitEvent::Timeout`] if it
+    /// fired after all).
+    CancelTimer,
+    /// Complete the parent. Emitted exactly once, after the last child's completion and the
+    /// timer's.
+    Complete(SplitOutcome),
 }
 
 /// Where a child slot stands.
@@ -138,18 +139,32 @@ const IDLE: Child = Child {
     cancel_sent: false,
 };
 
+/// Where the deadline timer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// None armed, or its completion came back: it holds the request no longer.
+    Idle,
+    /// `ArmTimer` is queued, not yet polled: it cannot fire.
+    Queued,
+    /// Armed by the driver: it may fire.
+    Armed,
+    /// `CancelTimer` was queued (and maybe polled); its completion is still to come.
+    Cancelling,
+}
+
 const NOT_IN_FLIGHT: Error = Error::invalid("split: completion for a child that is not in flight");
 const TOO_MANY_BYTES: Error =
     Error::invalid("split: child reported more bytes than were submitted");
+const NO_TIMER: Error = Error::invalid("split: no deadline timer armed, or it already ended");
 
 /// The split driver: one parent request carried out as chunk-sized child requests.
 ///
-/// [`SplitMachine`] is sans-I/O, in the style of `quinn-proto`: feed it [`Event`]s
-/// (a child completed, the parent was cancelled or timed out) with
-/// [`SplitMachine::handle`], and pull the [`Action`]s it wants carried out (submit a child,
-/// cancel a child, complete the parent) with [`SplitMachine::poll_action`] until it returns
-/// `None`. It never makes a syscall; the ring driver turns actions into SQEs and CQEs into
-/// events.
+/// [`SplitMachine`] is sans-I/O, in the style of `quinn-proto`: feed it [`SplitEvent`]s
+/// (a child completed, the parent was cancelled, the deadline timer fired or was
+/// cancelled) with [`SplitMachine::handle`], and pull the [`SplitAction`]s it wants
+/// carried out (arm or cancel the timer, submit or cancel a child, complete the parent)
+/// with [`SplitMachine::poll_action`] until it returns `None`. It never makes a syscall;
+/// the ring driver turns actions into SQEs and CQEs into events.
 ///
 /// # Rules
 ///
@@ -164,17 +179,26 @@ const TOO_MANY_BYTES: Error =
 ///   as `read(2)` reports a short count. Compare `bytes` with the request length to detect
 ///   it. A *write* child that moves 0 bytes made no progress and cannot be retried without
 ///   risking a loop: it fails the parent with `Os(EIO)`.
-/// - **First error wins.** The first child error (or parent cancel, or timeout) fixes the
+/// - **First status wins.** The first child error, parent cancel or deadline fixes the
 ///   parent's status; every other child in flight is cancelled; children not yet submitted
-///   are dropped. Later errors, and the `ECANCELED` completions of the children it
-///   cancelled, change nothing.
-/// - **The parent completes once, after its last child.** [`Action::Complete`] is emitted
-///   exactly once, only when no child is in flight.
-/// - **Cancel** ([`Event::Cancel`]) completes the parent with [`ErrorKind::Cancelled`] and
-///   a timeout ([`Event::Timeout`]) with [`ErrorKind::TimedOut`] (unless an error came
-///   first); both after the children's completions come back.
+///   are dropped. Later errors, cancels and deadlines — the `ECANCELED` completions of the
+///   children it cancelled among them — change nothing: a child's error stands over a
+///   later cancel or timeout. Once every child is back the status is final (`Ok(())` if
+///   nothing came first): a deadline that fires after that loses the race.
+/// - **The parent completes once, after its last child and its timer.**
+///   [`SplitAction::Complete`] is emitted exactly once, only when no child is in flight
+///   and the deadline timer (if one was armed) is back: fired, or cancelled with
+///   [`SplitAction::CancelTimer`] once the children were back.
+/// - **Cancel** ([`SplitEvent::Cancel`]) completes the parent with [`ErrorKind::Cancelled`]
+///   and the deadline ([`SplitEvent::Timeout`]) with [`ErrorKind::TimedOut`] (unless a
+///   status came first); both after the children's completions come back.
 ///
-/// The byte counts of the [`Completion`]: `bytes` is the length of the request's prefix
+/// These are the completion references of a request raced by several paths (see
+/// [`gate`](crate::gate)), held as plain state: the execution path's until every child is
+/// back, the cancel path's until it ran or the request stopped being cancelable, the
+/// timer's until its completion came back.
+///
+/// The byte counts of the [`SplitOutcome`]: `bytes` is the length of the request's prefix
 /// that was transferred without a gap (what a caller can use: on a read, the valid bytes
 /// from the start of the buffer); `transferred` is every byte any child moved, which can be
 /// more when children after a gap succeeded.
@@ -182,33 +206,34 @@ const TOO_MANY_BYTES: Error =
 /// # Allocation
 ///
 /// [`SplitMachine::new`] allocates the child table and an action queue with room for every
-/// action that can be pending at once (a submit and a cancel per child, and the
-/// completion). After that, handling events and polling actions never allocates, and
+/// action that can be pending at once (a submit and a cancel per child, the timer's, and
+/// the completion). After that, handling events and polling actions never allocates, and
 /// [`SplitMachine::restart`] reuses both for the next request.
 ///
 /// # Totality
 ///
 /// Every method is total: on any sequence of events (the fuzz target's input) the machine
 /// never panics. An event that cannot happen — a completion for a child that is not in
-/// flight (never submitted, its submit not yet polled, or already completed), or one that
-/// reports more bytes than were submitted — is rejected with an
-/// [`ErrorKind::InvalidInput`] error and changes nothing. Cancel and timeout after the
-/// parent completed are accepted and ignored (the benign race of a late cancel).
+/// flight (never submitted, its submit not yet polled, or already completed), one that
+/// reports more bytes than were submitted, a timer event with no timer armed (none asked
+/// for, its `ArmTimer` not yet polled, or its completion already reported) — is rejected
+/// with an [`ErrorKind::InvalidInput`] error and changes nothing. A cancel after the
+/// children are back is accepted and ignored (the benign race of a late cancel).
 ///
 /// # Example
 ///
 /// ```
-/// use iocomplete::split::{Action, Direction, Event, Mode, SplitMachine, TransferPlan};
+/// use iocomplete::split::{Direction, Mode, SplitAction, SplitEvent, SplitMachine, TransferPlan};
 /// let plan = TransferPlan::builder().max_chunk(4096).build()?;
-/// let mut m = SplitMachine::new(plan, Mode::Serial, Direction::Read, 0, 10_000)?;
+/// let mut m = SplitMachine::new(plan, Mode::Serial, Direction::Read, 0, 10_000, None)?;
 /// let mut done = None;
 /// while done.is_none() {
 ///     match m.poll_action() {
 ///         // A real driver submits an SQE here; pretend the device moves every byte.
-///         Some(Action::Submit { child, len, .. }) => {
-///             m.handle(Event::ChildCompleted { child, result: Ok(len) })?
+///         Some(SplitAction::Submit { child, len, .. }) => {
+///             m.handle(SplitEvent::ChildCompleted { child, result: Ok(len) })?
 ///         }
-///         Some(Action::Complete(c)) => done = Some(c),
+///         Some(SplitAction::Complete(c)) => done = Some(c),
 ///         other => unreachable!("{other:?}"),
 ///     }
 /// }
@@ -221,6 +246,8 @@ pub struct SplitMachine {
     plan: TransferPlan,
     mode: Mode,
     direction: Direction,
+    /// The deadline each request's timer is armed with, if any.
+    deadline: Option<Duration>,
     /// Device offset of the request's first byte.
     start: u64,
     /// Device offset one past the request.
@@ -234,16 +261,22 @@ pub struct SplitMachine {
     transferred: u64,
     /// The first error (cancel and timeout included): fixes the parent's status.
     failure: Option<Error>,
+    /// The cancel path ran ([`cancel`](Self::cancel)).
+    cancelled: bool,
+    timer: Timer,
+    /// Every child is back: the outcome is final (emitted once the timer is back too).
+    outcome: Option<SplitOutcome>,
     /// The parent's completion was emitted.
     completed: bool,
     children: Vec<Child>,
-    actions: VecDeque<Action>,
+    actions: VecDeque<SplitAction>,
 }
 
 impl SplitMachine {
-    /// A machine for the request of `len` bytes at device offset `offset`, with the first
-    /// submits already queued (poll them). A zero-length request completes at once with
-    /// `Ok(())` and 0 bytes.
+    /// A machine for the request of `len` bytes at device offset `offset`, with its first
+    /// actions already queued (poll them): the deadline timer's ([`SplitAction::ArmTimer`],
+    /// when `deadline` is given), then the first submits. A zero-length request completes
+    /// at once with `Ok(())` and 0 bytes, arming no timer.
     ///
     /// # Errors
     ///
@@ -256,6 +289,7 @@ impl SplitMachine {
         direction: Direction,
         offset: u64,
         len: u64,
+        deadline: Option<Duration>,
     ) -> Result<SplitMachine> {
         let slots = match mode {
             Mode::Serial => 1,
@@ -271,22 +305,26 @@ impl SplitMachine {
             plan,
             mode,
             direction,
+            deadline,
             start: offset,
             end: offset,
             next: offset,
             hole: offset,
             transferred: 0,
             failure: None,
+            cancelled: false,
+            timer: Timer::Idle,
+            outcome: None,
             completed: false,
             children: vec![IDLE; slots],
-            actions: VecDeque::with_capacity(2 * slots + 1),
+            actions: VecDeque::with_capacity(2 * slots + 2),
         };
         m.begin(offset, len);
         Ok(m)
     }
 
     /// Reuse this machine (its child table and action queue: no allocation) for a new
-    /// request with the same plan, mode and direction.
+    /// request with the same plan, mode, direction and deadline.
     ///
     /// # Errors
     ///
@@ -311,8 +349,15 @@ impl SplitMachine {
         self.hole = self.end;
         self.transferred = 0;
         self.failure = None;
+        self.cancelled = false;
+        self.timer = Timer::Idle;
+        self.outcome = None;
         self.completed = false;
         self.children.fill(IDLE);
+        if let Some(d) = self.deadline.filter(|_| len > 0) {
+            self.timer = Timer::Queued;
+            self.actions.push_back(SplitAction::ArmTimer(d));
+        }
         for i in 0..self.children.len() {
             if !self.arm_next(i) {
                 break;
@@ -326,23 +371,20 @@ impl SplitMachine {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`] for an impossible event (see *Totality* on
-    /// [`SplitMachine`]);
-    /// the machine is unchanged.
-    pub fn handle(&mut self, event: Event) -> Result<()> {
+    /// [`SplitMachine`]); the machine is unchanged.
+    pub fn handle(&mut self, event: SplitEvent) -> Result<()> {
         match event {
-            Event::ChildCompleted { child, result } => self.child_completed(child, result),
-            Event::Cancel => {
-                self.abort(Error::new(ErrorKind::Cancelled));
+            SplitEvent::ChildCompleted { child, result } => self.child_completed(child, result),
+            SplitEvent::Cancel => {
+                self.cancel();
                 Ok(())
             }
-            Event::Timeout => {
-                self.abort(Error::new(ErrorKind::TimedOut));
-                Ok(())
-            }
+            SplitEvent::Timeout => self.timer_done(true),
+            SplitEvent::TimerCancelled => self.timer_done(false),
         }
     }
 
-    /// Shorthand for [`Event::ChildCompleted`].
+    /// Shorthand for [`SplitEvent::ChildCompleted`].
     ///
     /// # Errors
     ///
@@ -359,6 +401,12 @@ impl SplitMachine {
             }
         }
         self.children[i].state = ChildState::Idle;
+        if c.cancel_sent {
+            // A cancel still queued for it is moot now: withdraw it, so that every
+            // `Cancel` the driver polls names a child really in flight.
+            self.actions
+                .retain(|a| !matches!(a, SplitAction::Cancel { child: x } if *x == child));
+        }
         match result {
             Ok(n) => {
                 self.transferred += n;
@@ -390,26 +438,61 @@ impl SplitMachine {
         Ok(())
     }
 
-    /// Shorthand for [`Event::Cancel`]: cancel the parent. Ignored once it completed.
-    pub fn cancel(&mut self) {
+    /// Cancel the parent ([`SplitEvent::Cancel`]): status [`ErrorKind::Cancelled`] unless
+    /// one was set first; the children in flight are cancelled, queued ones withdrawn.
+    /// Returns false — and does nothing — once it was cancelled, or every child is back
+    /// (it completed, or is completing).
+    pub fn cancel(&mut self) -> bool {
+        if self.cancelled || self.outcome.is_some() {
+            return false;
+        }
+        self.cancelled = true;
         self.abort(Error::new(ErrorKind::Cancelled));
+        true
+    }
+
+    /// The timer's completion came back: it `fired`, or it was cancelled (or refused).
+    fn timer_done(&mut self, fired: bool) -> Result<()> {
+        if !matches!(self.timer, Timer::Armed | Timer::Cancelling) {
+            return Err(NO_TIMER);
+        }
+        // A cancel of it still queued is moot now.
+        self.actions
+            .retain(|a| !matches!(a, SplitAction::CancelTimer));
+        self.timer = Timer::Idle;
+        if fired {
+            self.abort(Error::new(ErrorKind::TimedOut));
+        }
+        self.maybe_complete();
+        Ok(())
     }
 
     /// The next action to carry out, in order, or `None` when there is nothing to do until
     /// the next event.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub fn poll_action(&mut self) -> Option<SplitAction> {
         let action = self.actions.pop_front()?;
-        if let Action::Submit { child, .. } = action {
-            if let Some(c) = self.children.get_mut(child.0 as usize) {
-                c.state = ChildState::InFlight;
+        match action {
+            SplitAction::Submit { child, .. } => {
+                if let Some(c) = self.children.get_mut(child.0 as usize) {
+                    c.state = ChildState::InFlight;
+                }
             }
+            SplitAction::ArmTimer(_) => self.timer = Timer::Armed,
+            _ => {}
         }
         Some(action)
     }
 
-    /// True once [`Action::Complete`] was emitted (it may still be waiting to be polled).
+    /// True once [`SplitAction::Complete`] was emitted (it may still be waiting to be
+    /// polled).
     pub const fn is_complete(&self) -> bool {
         self.completed
+    }
+
+    /// The parent's outcome, final once every child is back (before the timer's completion
+    /// came back and [`SplitAction::Complete`] carried it); `None` before.
+    pub const fn outcome(&self) -> Option<SplitOutcome> {
+        self.outcome
     }
 
     /// Bytes moved by all children so far.
@@ -446,6 +529,23 @@ impl SplitMachine {
         self.direction
     }
 
+    /// The deadline each request's timer is armed with.
+    pub const fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    /// The action queue's capacity (tests check that it never grows).
+    #[cfg(any(test, feature = "sim"))]
+    pub(crate) fn action_capacity(&self) -> usize {
+        self.actions.capacity()
+    }
+
+    /// Actions queued, not yet polled.
+    #[cfg(any(test, feature = "sim"))]
+    pub(crate) fn pending_actions(&self) -> usize {
+        self.actions.len()
+    }
+
     /// Give slot `i` the next chunk, if the request still wants one. Returns whether it did.
     fn arm_next(&mut self, i: usize) -> bool {
         if self.failure.is_some() || self.next >= self.hole {
@@ -468,7 +568,7 @@ impl SplitMachine {
         c.state = ChildState::Queued;
         c.submitted = c.end - c.cur;
         c.cancel_sent = false;
-        self.actions.push_back(Action::Submit {
+        self.actions.push_back(SplitAction::Submit {
             child: ChildId(i as u32),
             offset: c.cur,
             len: c.submitted,
@@ -483,7 +583,7 @@ impl SplitMachine {
     /// Fix the parent's status to `error` unless one is already fixed, and stop every
     /// child: queued submits are withdrawn, in-flight children cancelled.
     fn abort(&mut self, error: Error) {
-        if self.completed || self.failure.is_some() {
+        if self.outcome.is_some() || self.failure.is_some() {
             return;
         }
         self.failure = Some(error);
@@ -493,15 +593,16 @@ impl SplitMachine {
                 ChildState::Idle => {}
                 ChildState::Queued => {
                     let child = ChildId(i as u32);
-                    self.actions
-                        .retain(|a| !matches!(a, Action::Submit { child: x, .. } if *x == child));
+                    self.actions.retain(
+                        |a| !matches!(a, SplitAction::Submit { child: x, .. } if *x == child),
+                    );
                     self.children[i].state = ChildState::Idle;
                     self.note_hole(c.cur);
                 }
                 ChildState::InFlight => {
                     if !c.cancel_sent {
                         self.children[i].cancel_sent = true;
-                        self.actions.push_back(Action::Cancel {
+                        self.actions.push_back(SplitAction::Cancel {
                             child: ChildId(i as u32),
                         });
                     }
@@ -511,30 +612,50 @@ impl SplitMachine {
         self.maybe_complete();
     }
 
-    /// Emit the parent's completion if it is due: no child in flight and nothing left to
-    /// start.
+    /// Fix the outcome once every child is back and nothing is left to start (then stop
+    /// the timer), and emit the completion once the timer is back too.
     fn maybe_complete(&mut self) {
-        if self.completed || self.children.iter().any(|c| c.state != ChildState::Idle) {
+        if self.completed {
             return;
         }
-        if self.failure.is_none() && self.next < self.hole && self.arm_next(0) {
-            // Unreachable by construction (a slot is re-armed whenever its chunk is done),
-            // kept so that no event sequence can strand the request.
-            return;
+        if self.outcome.is_none() {
+            if self.children.iter().any(|c| c.state != ChildState::Idle) {
+                return;
+            }
+            if self.failure.is_none() && self.next < self.hole && self.arm_next(0) {
+                // Unreachable by construction (a slot is re-armed whenever its chunk is
+                // done), kept so that no event sequence can strand the request.
+                return;
+            }
+            self.outcome = Some(SplitOutcome {
+                status: self.failure.map_or(Ok(()), Err),
+                bytes: self.hole.min(self.next) - self.start,
+                transferred: self.transferred,
+            });
+            match self.timer {
+                // Never armed: it can never fire.
+                Timer::Queued => {
+                    self.actions
+                        .retain(|a| !matches!(a, SplitAction::ArmTimer(_)));
+                    self.timer = Timer::Idle;
+                }
+                Timer::Armed => {
+                    self.timer = Timer::Cancelling;
+                    self.actions.push_back(SplitAction::CancelTimer);
+                }
+                Timer::Idle | Timer::Cancelling => {}
+            }
         }
-        self.completed = true;
-        self.actions.push_back(Action::Complete(Completion {
-            status: self.failure.map_or(Ok(()), Err),
-            bytes: self.hole.min(self.next) - self.start,
-            transferred: self.transferred,
-        }));
+        if let (Timer::Idle, Some(c)) = (self.timer, self.outcome) {
+            self.completed = true;
+            self.actions.push_back(SplitAction::Complete(c));
+        }
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use fastrand::Rng;
 
     fn plan(max_chunk: u64) -> TransferPlan {
         TransferPlan::builder()
@@ -543,15 +664,15 @@ mod tests {
             .unwrap()
     }
 
-    fn drain(m: &mut SplitMachine) -> Vec<Action> {
+    fn drain(m: &mut SplitMachine) -> Vec<SplitAction> {
         std::iter::from_fn(|| m.poll_action()).collect()
     }
 
-    fn submits(actions: &[Action]) -> Vec<(u32, u64, u64, u64)> {
+    fn submits(actions: &[SplitAction]) -> Vec<(u32, u64, u64, u64)> {
         actions
             .iter()
             .filter_map(|a| match *a {
-                Action::Submit {
+                SplitAction::Submit {
                     child,
                     offset,
                     len,
@@ -562,12 +683,15 @@ mod tests {
             .collect()
     }
 
-    fn completion(actions: &[Action]) -> Option<Completion> {
+    fn completion(actions: &[SplitAction]) -> Option<SplitOutcome> {
         actions.iter().find_map(|a| match a {
-            Action::Complete(c) => Some(*c),
+            SplitAction::Complete(c) => Some(*c),
             _ => None,
         })
     }
+
+    const SECOND: Option<Duration> = Some(Duration::from_secs(1));
+    const ECANCELED: Error = Error::new(ErrorKind::Cancelled);
 
     const C0: ChildId = ChildId(0);
     const C1: ChildId = ChildId(1);
@@ -575,14 +699,15 @@ mod tests {
 
     #[test]
     fn serial_reuses_one_child_in_order() {
-        let mut m = SplitMachine::new(plan(100), Mode::Serial, Direction::Read, 1000, 250).unwrap();
+        let mut m =
+            SplitMachine::new(plan(100), Mode::Serial, Direction::Read, 1000, 250, None).unwrap();
         let mut seen = Vec::new();
         loop {
             let a = drain(&mut m);
             if let Some(c) = completion(&a) {
                 assert_eq!(
                     c,
-                    Completion {
+                    SplitOutcome {
                         status: Ok(()),
                         bytes: 250,
                         transferred: 250
@@ -605,7 +730,8 @@ mod tests {
 
     #[test]
     fn short_transfer_resubmits_the_rest_of_the_chunk() {
-        let mut m = SplitMachine::new(plan(100), Mode::Serial, Direction::Write, 0, 150).unwrap();
+        let mut m =
+            SplitMachine::new(plan(100), Mode::Serial, Direction::Write, 0, 150, None).unwrap();
         assert_eq!(submits(&drain(&mut m)), [(0, 0, 100, 0)]);
         m.child_completed(C0, Ok(30)).unwrap();
         assert_eq!(submits(&drain(&mut m)), [(0, 30, 70, 30)]);
@@ -617,7 +743,8 @@ mod tests {
 
     #[test]
     fn read_eof_completes_ok_with_bytes_so_far() {
-        let mut m = SplitMachine::new(plan(100), Mode::Serial, Direction::Read, 0, 300).unwrap();
+        let mut m =
+            SplitMachine::new(plan(100), Mode::Serial, Direction::Read, 0, 300, None).unwrap();
         drain(&mut m);
         m.child_completed(C0, Ok(100)).unwrap();
         drain(&mut m);
@@ -627,7 +754,7 @@ mod tests {
         let c = completion(&drain(&mut m)).unwrap();
         assert_eq!(
             c,
-            Completion {
+            SplitOutcome {
                 status: Ok(()),
                 bytes: 140,
                 transferred: 140
@@ -637,7 +764,8 @@ mod tests {
 
     #[test]
     fn write_of_zero_bytes_fails_with_eio() {
-        let mut m = SplitMachine::new(plan(100), Mode::Serial, Direction::Write, 0, 300).unwrap();
+        let mut m =
+            SplitMachine::new(plan(100), Mode::Serial, Direction::Write, 0, 300, None).unwrap();
         drain(&mut m);
         m.child_completed(C0, Ok(0)).unwrap();
         let c = completion(&drain(&mut m)).unwrap();
@@ -648,7 +776,7 @@ mod tests {
     #[test]
     fn parallel_keeps_max_in_flight_and_refills() {
         let mode = Mode::Parallel { max_in_flight: 3 };
-        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 55).unwrap();
+        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 55, None).unwrap();
         let a = submits(&drain(&mut m));
         assert_eq!(a, [(0, 0, 10, 0), (1, 10, 10, 10), (2, 20, 10, 20)]);
         assert_eq!(m.in_flight(), 3);
@@ -664,7 +792,7 @@ mod tests {
         let c = completion(&drain(&mut m)).unwrap();
         assert_eq!(
             c,
-            Completion {
+            SplitOutcome {
                 status: Ok(()),
                 bytes: 55,
                 transferred: 55
@@ -675,14 +803,14 @@ mod tests {
     #[test]
     fn first_error_wins_cancels_the_rest_and_waits_for_them() {
         let mode = Mode::Parallel { max_in_flight: 3 };
-        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 100).unwrap();
+        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 100, None).unwrap();
         drain(&mut m);
         m.child_completed(C0, Ok(10)).unwrap(); // child 0 re-armed at 30, queued
         m.child_completed(C1, Err(Error::from_errno(libc::EIO)))
             .unwrap();
         // Child 0's queued submit was withdrawn; child 2 (in flight) is cancelled.
         let a = drain(&mut m);
-        assert_eq!(a, [Action::Cancel { child: C2 }]);
+        assert_eq!(a, [SplitAction::Cancel { child: C2 }]);
         assert!(!m.is_complete());
         // A later, different error does not replace the first.
         m.child_completed(C2, Err(Error::from_errno(libc::ENOSPC)))
@@ -695,12 +823,15 @@ mod tests {
     #[test]
     fn cancelled_children_that_finished_anyway_count() {
         let mode = Mode::Parallel { max_in_flight: 2 };
-        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40).unwrap();
+        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, None).unwrap();
         drain(&mut m);
-        m.handle(Event::Cancel).unwrap();
+        m.handle(SplitEvent::Cancel).unwrap();
         assert_eq!(
             drain(&mut m),
-            [Action::Cancel { child: C0 }, Action::Cancel { child: C1 }]
+            [
+                SplitAction::Cancel { child: C0 },
+                SplitAction::Cancel { child: C1 }
+            ]
         );
         m.child_completed(C0, Ok(10)).unwrap(); // raced the cancel and won
         m.child_completed(C1, Err(Error::from_errno(libc::ECANCELED)))
@@ -709,25 +840,147 @@ mod tests {
         assert!(c.status.unwrap_err().is_cancelled());
         assert_eq!((c.bytes, c.transferred), (10, 10));
         // A late cancel is ignored.
-        m.handle(Event::Cancel).unwrap();
+        m.handle(SplitEvent::Cancel).unwrap();
         assert_eq!(m.poll_action(), None);
     }
 
     #[test]
     fn timeout_completes_timed_out() {
-        let mut m = SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 40).unwrap();
+        let mut m =
+            SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 40, SECOND).unwrap();
         drain(&mut m);
-        m.handle(Event::Timeout).unwrap();
-        assert_eq!(drain(&mut m), [Action::Cancel { child: C0 }]);
-        m.handle(Event::from_cqe(C0, -libc::ECANCELED)).unwrap();
+        m.handle(SplitEvent::Timeout).unwrap();
+        assert_eq!(drain(&mut m), [SplitAction::Cancel { child: C0 }]);
+        m.child_completed(C0, Err(ECANCELED)).unwrap();
         let c = completion(&drain(&mut m)).unwrap();
         assert!(c.status.unwrap_err().is_timed_out());
     }
 
     #[test]
+    fn the_timer_is_armed_first_and_awaited_after_the_last_child() {
+        let mut m =
+            SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 10, SECOND).unwrap();
+        let a = drain(&mut m);
+        assert_eq!(a[0], SplitAction::ArmTimer(Duration::from_secs(1)));
+        assert_eq!(submits(&a), [(0, 0, 10, 0)]);
+        m.child_completed(C0, Ok(10)).unwrap();
+        // Every child is back: the outcome is final, the timer is asked to stop.
+        assert_eq!(drain(&mut m), [SplitAction::CancelTimer]);
+        assert!(!m.is_complete());
+        assert_eq!(m.outcome().map(|c| c.status), Some(Ok(())));
+        assert!(!m.cancel(), "not cancelable once every child is back");
+        // It fired after all: it lost the race.
+        m.handle(SplitEvent::Timeout).unwrap();
+        let c = completion(&drain(&mut m)).unwrap();
+        assert_eq!((c.status, c.bytes), (Ok(()), 10));
+        assert_eq!(m.poll_action(), None);
+        // The next request arms it again; its cancellation completes it.
+        m.restart(0, 10).unwrap();
+        let a = drain(&mut m);
+        assert_eq!(a[0], SplitAction::ArmTimer(Duration::from_secs(1)));
+        m.child_completed(C0, Ok(10)).unwrap();
+        assert_eq!(drain(&mut m), [SplitAction::CancelTimer]);
+        m.handle(SplitEvent::TimerCancelled).unwrap();
+        assert_eq!(completion(&drain(&mut m)).unwrap().status, Ok(()));
+    }
+
+    #[test]
+    fn a_timer_reported_before_its_cancel_was_polled_withdraws_it() {
+        let mut m =
+            SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 10, SECOND).unwrap();
+        drain(&mut m);
+        m.child_completed(C0, Ok(10)).unwrap();
+        // CancelTimer is queued; the timer's completion comes back first.
+        m.handle(SplitEvent::Timeout).unwrap();
+        let a = drain(&mut m);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(completion(&a).unwrap().status, Ok(()));
+    }
+
+    #[test]
+    fn a_child_error_stands_over_a_later_deadline_and_cancel() {
+        let mode = Mode::Parallel { max_in_flight: 2 };
+        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, SECOND).unwrap();
+        drain(&mut m);
+        m.child_completed(C0, Err(Error::from_errno(libc::EIO)))
+            .unwrap();
+        assert_eq!(drain(&mut m), [SplitAction::Cancel { child: C1 }]);
+        m.handle(SplitEvent::Timeout).unwrap();
+        assert!(m.cancel(), "still cancelable: a child is out");
+        assert_eq!(drain(&mut m), [], "C1 already cancelled, the timer fired");
+        m.child_completed(C1, Err(ECANCELED)).unwrap();
+        let c = completion(&drain(&mut m)).unwrap();
+        assert_eq!(c.status, Err(Error::from_errno(libc::EIO)));
+    }
+
+    #[test]
+    fn a_deadline_before_the_last_child_times_out_after_it() {
+        let mut m =
+            SplitMachine::new(plan(10), Mode::Serial, Direction::Write, 0, 40, SECOND).unwrap();
+        drain(&mut m);
+        m.handle(SplitEvent::Timeout).unwrap();
+        assert_eq!(drain(&mut m), [SplitAction::Cancel { child: C0 }]);
+        assert!(!m.is_complete(), "its child is still out");
+        // A later cancel changes nothing.
+        assert!(m.cancel());
+        m.child_completed(C0, Ok(4)).unwrap();
+        let a = drain(&mut m);
+        assert_eq!(a.len(), 1, "no CancelTimer: it fired; {a:?}");
+        let c = completion(&a).unwrap();
+        assert!(c.status.unwrap_err().is_timed_out());
+        assert_eq!((c.bytes, c.transferred), (4, 4));
+    }
+
+    #[test]
+    fn a_cancel_before_the_timer_was_armed_withdraws_it() {
+        let mut m =
+            SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 40, SECOND).unwrap();
+        assert!(m.cancel());
+        let a = drain(&mut m);
+        assert_eq!(a.len(), 1, "no ArmTimer, no submit: {a:?}");
+        assert!(completion(&a).unwrap().status.unwrap_err().is_cancelled());
+        // A zero-length request arms nothing.
+        let mut m =
+            SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 0, SECOND).unwrap();
+        assert_eq!(completion(&drain(&mut m)).unwrap().status, Ok(()));
+    }
+
+    #[test]
+    fn a_cancel_queued_for_a_child_that_came_back_is_withdrawn() {
+        let mode = Mode::Parallel { max_in_flight: 2 };
+        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, None).unwrap();
+        drain(&mut m);
+        assert!(m.cancel());
+        // Both cancels are queued; C0 comes back before the driver polled them.
+        m.child_completed(C0, Ok(10)).unwrap();
+        assert_eq!(drain(&mut m), [SplitAction::Cancel { child: C1 }]);
+    }
+
+    #[test]
+    fn timer_events_without_a_timer_out_are_rejected() {
+        let mut m =
+            SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 10, None).unwrap();
+        drain(&mut m);
+        assert_eq!(m.handle(SplitEvent::Timeout), Err(NO_TIMER), "no deadline");
+        let mut m =
+            SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 10, SECOND).unwrap();
+        assert_eq!(
+            m.handle(SplitEvent::Timeout),
+            Err(NO_TIMER),
+            "not armed yet"
+        );
+        assert_eq!(m.handle(SplitEvent::TimerCancelled), Err(NO_TIMER));
+        drain(&mut m);
+        m.handle(SplitEvent::TimerCancelled).unwrap(); // refused by the ring
+        assert_eq!(m.handle(SplitEvent::Timeout), Err(NO_TIMER), "already back");
+        m.child_completed(C0, Ok(10)).unwrap();
+        assert_eq!(completion(&drain(&mut m)).unwrap().status, Ok(()));
+    }
+
+    #[test]
     fn cancel_before_any_submit_was_polled_completes_at_once() {
         let mode = Mode::Parallel { max_in_flight: 4 };
-        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40).unwrap();
+        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, None).unwrap();
         m.cancel();
         let a = drain(&mut m);
         assert_eq!(a.len(), 1, "{a:?}");
@@ -739,11 +992,11 @@ mod tests {
     #[test]
     fn unexpected_ecanceled_is_an_error_like_any_other() {
         let mode = Mode::Parallel { max_in_flight: 2 };
-        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40).unwrap();
+        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, None).unwrap();
         drain(&mut m);
-        m.handle(Event::from_cqe(C1, -libc::ECANCELED)).unwrap();
-        assert_eq!(drain(&mut m), [Action::Cancel { child: C0 }]);
-        m.handle(Event::from_cqe(C0, 10)).unwrap();
+        m.child_completed(C1, Err(ECANCELED)).unwrap();
+        assert_eq!(drain(&mut m), [SplitAction::Cancel { child: C0 }]);
+        m.child_completed(C0, Ok(10)).unwrap();
         let c = completion(&drain(&mut m)).unwrap();
         assert!(c.status.unwrap_err().is_cancelled());
         assert_eq!(c.bytes, 10);
@@ -752,7 +1005,7 @@ mod tests {
     #[test]
     fn impossible_events_are_rejected_and_change_nothing() {
         let mode = Mode::Parallel { max_in_flight: 2 };
-        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40).unwrap();
+        let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, None).unwrap();
         // Submits queued but not polled: the driver cannot have a completion yet.
         assert_eq!(m.child_completed(C0, Ok(10)), Err(NOT_IN_FLIGHT));
         drain(&mut m);
@@ -770,20 +1023,20 @@ mod tests {
     #[test]
     fn construction_validates() {
         let p = TransferPlan::builder().align(512).build().unwrap();
-        let e = SplitMachine::new(p, Mode::Serial, Direction::Read, 1, 512).unwrap_err();
+        let e = SplitMachine::new(p, Mode::Serial, Direction::Read, 1, 512, None).unwrap_err();
         assert!(matches!(
             e.kind(),
             ErrorKind::Misaligned { what: "offset", .. }
         ));
         for n in [0, MAX_IN_FLIGHT + 1] {
             let mode = Mode::Parallel { max_in_flight: n };
-            assert!(SplitMachine::new(p, mode, Direction::Read, 0, 512).is_err());
+            assert!(SplitMachine::new(p, mode, Direction::Read, 0, 512, None).is_err());
         }
-        let mut m = SplitMachine::new(p, Mode::Serial, Direction::Read, 0, 0).unwrap();
+        let mut m = SplitMachine::new(p, Mode::Serial, Direction::Read, 0, 0, None).unwrap();
         let c = completion(&drain(&mut m)).unwrap();
         assert_eq!(
             c,
-            Completion {
+            SplitOutcome {
                 status: Ok(()),
                 bytes: 0,
                 transferred: 0
@@ -793,7 +1046,8 @@ mod tests {
 
     #[test]
     fn restart_reuses_the_machine() {
-        let mut m = SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 10).unwrap();
+        let mut m =
+            SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 10, None).unwrap();
         assert!(m.restart(0, 10).is_err(), "still running");
         drain(&mut m);
         m.child_completed(C0, Ok(10)).unwrap();
@@ -808,14 +1062,16 @@ mod tests {
     /// a per-byte view of what happened.
     mod model {
         use super::*;
+        use crate::split::oracle::SplitOracle;
 
         /// Runs the machine against a simulated device: `eof` ends the file; each child
         /// submission moves `min(len, budget)` bytes where the budget comes from the PRNG;
-        /// errors and cancels are injected at random. Returns the completion, having
-        /// checked the machine's invariants at every step.
+        /// errors, cancels and deadlines are injected at random. The oracle checks the
+        /// machine at every step (including that the status is the first error, cancel or
+        /// deadline); this checks the bytes against end of file.
         pub(super) fn run(seed: u64) {
-            let mut rng = Rng::with_seed(seed | 1);
-            let slots = 1 + rng.u32(..5);
+            let mut rng = fastrand::Rng::with_seed(seed | 1);
+            let slots = 1 + rng.u64(..5) as u32;
             let mode = if rng.u64(..2) == 0 && slots == 1 {
                 Mode::Serial
             } else {
@@ -840,55 +1096,32 @@ mod tests {
             let start = rng.u64(..1000);
             let len = rng.u64(..600);
             let eof = start + rng.u64(..len + len / 2 + 1);
-            let mut m = SplitMachine::new(p, mode, direction, start, len).unwrap();
-            // The action queue never grows past what `new` reserved.
-            let cap = m.actions.capacity();
-            assert!(cap > 2 * slots as usize);
+            // A deadline on half the runs (drawn after the rest: the other draws stay).
+            let deadline = (rng.u64(..2) == 0).then_some(Duration::from_millis(1));
+            // The oracle checks every action and event: completion once, after the last
+            // child and the timer; status, bytes and transferred; nothing moved twice.
+            let mut o = SplitOracle::new(p, mode, direction, start, len, deadline).unwrap();
+            let check = |r: crate::split::oracle::Check| {
+                r.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            };
+            // The action queue never grows past what `new` reserved (the oracle checks it
+            // after every event).
+            assert!(o.machine().action_capacity() > 2 * slots as usize);
             // Byte map of what the device moved, relative to `start`.
             let mut moved = vec![false; len as usize];
-            // In-flight submissions: (child, offset, len).
-            let mut flight: Vec<(ChildId, u64, u64)> = Vec::new();
-            let mut cancelled: Vec<ChildId> = Vec::new();
-            let mut first_err: Option<Error> = None;
-            let mut done = None;
             for _step in 0..100_000 {
-                while let Some(a) = m.poll_action() {
-                    match a {
-                        Action::Submit {
-                            child,
-                            offset,
-                            len: l,
-                            pos,
-                        } => {
-                            assert!(done.is_none(), "submit after completion");
-                            assert!(l > 0 && pos == offset - start && offset + l <= start + len);
-                            assert!(!flight.iter().any(|f| f.0 == child), "child armed twice");
-                            cancelled.retain(|c| *c != child);
-                            flight.push((child, offset, l));
-                        }
-                        Action::Cancel { child } => {
-                            assert!(flight.iter().any(|f| f.0 == child), "cancel of idle child");
-                            cancelled.push(child);
-                        }
-                        Action::Complete(c) => {
-                            assert!(done.is_none(), "completed twice");
-                            assert!(flight.is_empty(), "completed before its last child");
-                            done = Some(c);
-                        }
-                    }
-                }
-                assert!(m.in_flight() <= slots as usize);
-                assert_eq!(m.actions.capacity(), cap);
-                if flight.is_empty() {
+                check(o.poll(usize::MAX));
+                if o.in_flight().is_empty() {
                     break;
                 }
                 // Pick a random in-flight child and a random fate.
-                let k = rng.usize(..flight.len());
-                let (child, off, l) = flight.swap_remove(k);
+                let k = rng.u64(..o.in_flight().len() as u64) as usize;
+                let s = o.in_flight()[k];
+                let (off, l) = (s.offset, s.len);
                 let roll = rng.u64(..100);
                 let result = if roll < 3 {
                     Err(Error::from_errno(libc::EIO))
-                } else if cancelled.contains(&child) && roll < 60 {
+                } else if s.cancelled && roll < 60 {
                     Err(Error::from_errno(libc::ECANCELED))
                 } else {
                     let avail = if direction == Direction::Read {
@@ -909,35 +1142,24 @@ mod tests {
                     }
                     Ok(n)
                 };
-                if let Err(e) = result {
-                    if !(cancelled.contains(&child) && e.is_cancelled()) {
-                        first_err.get_or_insert(e);
-                    }
-                } else if result == Ok(0) && direction == Direction::Write {
-                    first_err.get_or_insert(Error::from_errno(libc::EIO));
-                }
-                m.child_completed(child, result).unwrap();
+                check(o.complete(k, result));
                 if rng.u64(..200) == 0 {
-                    let ev = if rng.u64(..2) == 0 {
-                        Event::Cancel
+                    if rng.u64(..2) == 0 || !o.timer_out() {
+                        check(o.cancel());
                     } else {
-                        Event::Timeout
-                    };
-                    if !m.is_complete() {
-                        first_err.get_or_insert(match ev {
-                            Event::Cancel => Error::new(ErrorKind::Cancelled),
-                            _ => Error::new(ErrorKind::TimedOut),
-                        });
+                        check(o.timer_fired());
                     }
-                    m.handle(ev).unwrap();
                 }
             }
-            let c = done.expect("the parent completed");
-            assert!(m.is_complete());
+            // Sometimes the deadline fires after the children are back: it loses the race.
+            if o.timer_out() && rng.u64(..2) == 0 {
+                check(o.timer_fired());
+            }
+            let c = o.finish().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert!(o.machine().is_complete());
             let total = moved.iter().filter(|b| **b).count() as u64;
             let prefix = moved.iter().take_while(|b| **b).count() as u64;
             assert_eq!(c.transferred, total, "seed {seed}");
-            assert_eq!(c.status, first_err.map_or(Ok(()), Err), "seed {seed}");
             // The reported prefix was all moved; on success it is everything (or up to EOF).
             assert!(c.bytes <= prefix, "seed {seed}: {c:?} prefix {prefix}");
             if c.status.is_ok() {
@@ -966,10 +1188,10 @@ mod tests {
     /// parent completes at most once.
     #[test]
     fn arbitrary_event_sequences_never_panic() {
-        let mut rng = Rng::with_seed(12345);
+        let mut rng = fastrand::Rng::with_seed(12345);
         for _ in 0..2_000 {
             let mode = Mode::Parallel {
-                max_in_flight: 1 + rng.u32(..4),
+                max_in_flight: 1 + rng.u64(..4) as u32,
             };
             let mut m = SplitMachine::new(
                 plan(1 + rng.u64(..50)),
@@ -977,22 +1199,30 @@ mod tests {
                 Direction::Read,
                 0,
                 rng.u64(..300),
+                None,
             )
             .unwrap();
             let mut completes = 0;
             let cap = m.actions.capacity();
             for _ in 0..60 {
                 let ev = match rng.u64(..10) {
-                    0 => Event::Cancel,
-                    1 => Event::Timeout,
-                    2 => Event::from_cqe(ChildId(rng.u32(..6)), -(rng.u64(..200) as i32)),
-                    _ => Event::from_cqe(ChildId(rng.u32(..6)), rng.u64(..80) as i32),
+                    0 => SplitEvent::Cancel,
+                    1 => SplitEvent::Timeout,
+                    2 => SplitEvent::ChildCompleted {
+                        child: ChildId(rng.u64(..6) as u32),
+                        result: Err(Error::from_errno(1 + rng.u64(..199) as i32)),
+                    },
+                    3 => SplitEvent::TimerCancelled,
+                    _ => SplitEvent::ChildCompleted {
+                        child: ChildId(rng.u64(..6) as u32),
+                        result: Ok(rng.u64(..80)),
+                    },
                 };
                 let _ = m.handle(ev);
                 assert_eq!(m.actions.capacity(), cap, "the action queue grew");
                 if rng.u64(..3) != 0 {
                     while let Some(a) = m.poll_action() {
-                        completes += usize::from(matches!(a, Action::Complete(_)));
+                        completes += usize::from(matches!(a, SplitAction::Complete(_)));
                     }
                 }
             }
