@@ -23,7 +23,7 @@ use crate::request::Completion;
 use crate::ring::{BufRingLease, FdKind, Op, OpId, Ring, RingHandle, Target};
 use crate::waiters::SleepFlag;
 
-use super::machine::{
+use super::{
     FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, ReaderStats, Restart, Seq,
 };
 

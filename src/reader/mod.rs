@@ -46,15 +46,16 @@
 //! assert_eq!(finished, Some(iocomplete::reader::FinishReason::Eof));
 //! ```
 
+mod config;
 mod driver;
+mod events;
 mod machine;
 #[cfg(test)]
 mod tests;
 
+pub use config::{ReaderConfig, SourceKind};
 pub use driver::{
     ContinuousReader, ContinuousReaderBuilder, Dispatch, ReaderReport, StopHandle, StreamReads,
 };
-pub use machine::{
-    Delivery, FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, ReaderStats,
-    Restart, Seq, SourceKind,
-};
+pub use events::{Delivery, FinishReason, ReaderAction, ReaderEvent, ReaderStats, Restart, Seq};
+pub use machine::ReaderMachine;
