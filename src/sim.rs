@@ -582,61 +582,72 @@ impl ReaderSim<'_> {
         match op.kind {
             SimOpKind::ReadAt { offset, len } => {
                 self.ops.swap_remove(i);
-                let res = if cancelled {
-                    -libc::ECANCELED
+                let result = if cancelled {
+                    Err(Error::from_errno(libc::ECANCELED))
                 } else if let Some(errno) = take_fault(&mut self.faults, offset, u64::from(len)) {
-                    -errno
+                    Err(Error::from_errno(errno))
                 } else {
                     let avail = self.p.data_len.saturating_sub(offset).min(u64::from(len));
                     let align = u64::from(self.positional().unwrap_or(1));
                     let (n, short) = transfer(&mut self.rng, self.p, avail, align);
                     self.short_transfers += u64::from(short);
-                    n as i32
+                    Ok(n as u32)
                 };
-                let content: Vec<u8> = (0..res.max(0) as u64)
+                let content: Vec<u8> = (0..u64::from(result.unwrap_or(0)))
                     .map(|k| pattern(offset + k))
                     .collect();
                 self.buffers.insert(op.seq, content);
-                self.feed(ReaderEvent::ReadDone { seq: op.seq, res })
+                self.feed(ReaderEvent::ReadDone {
+                    seq: op.seq,
+                    result,
+                })
             }
             SimOpKind::Read { len } => {
                 self.ops.swap_remove(i);
-                let res = self.stream_read(cancelled, len);
-                let start = self.stream.consumed - res.max(0) as u64;
-                let content: Vec<u8> = (0..res.max(0) as u64).map(|k| pattern(start + k)).collect();
+                let result = self.stream_read(cancelled, len);
+                let n = u64::from(result.unwrap_or(0));
+                let start = self.stream.consumed - n;
+                let content: Vec<u8> = (0..n).map(|k| pattern(start + k)).collect();
                 self.buffers.insert(op.seq, content);
-                self.feed(ReaderEvent::ReadDone { seq: op.seq, res })
+                self.feed(ReaderEvent::ReadDone {
+                    seq: op.seq,
+                    result,
+                })
             }
             SimOpKind::Poll => {
-                let res = if cancelled {
-                    -libc::ECANCELED
+                let result = if cancelled {
+                    Err(Error::from_errno(libc::ECANCELED))
                 } else if self.stream.avail() > 0 {
-                    i32::from(libc::POLLIN)
+                    Ok(libc::POLLIN as u32)
                 } else if self.stream.closed() {
-                    i32::from(libc::POLLHUP)
+                    Ok(libc::POLLHUP as u32)
                 } else if op.cancel {
-                    -libc::ECANCELED
+                    Err(Error::from_errno(libc::ECANCELED))
                 } else {
                     return Ok(()); // not ready yet
                 };
                 self.ops.swap_remove(i);
-                self.feed(ReaderEvent::PollDone { seq: op.seq, res })
+                self.feed(ReaderEvent::PollDone {
+                    seq: op.seq,
+                    result,
+                })
             }
             SimOpKind::Multishot { len } => {
-                let (res, buf_id, more) = if cancelled {
-                    (-libc::ECANCELED, None, false)
+                let cancelled_err = Err(Error::from_errno(libc::ECANCELED));
+                let (result, buf_id, more) = if cancelled {
+                    (cancelled_err, None, false)
                 } else if self.stream.avail() == 0 && !self.stream.closed() {
                     if op.cancel {
-                        (-libc::ECANCELED, None, false)
+                        (cancelled_err, None, false)
                     } else {
                         return Ok(()); // armed, waiting for data
                     }
                 } else if self.stream.avail() == 0 {
-                    (0, None, false)
+                    (Ok(0), None, false)
                 } else if let Some(errno) =
                     take_fault(&mut self.faults, self.stream.consumed, u64::from(len))
                 {
-                    (-errno, None, false)
+                    (Err(Error::from_errno(errno)), None, false)
                 } else if let Some(id) = self.free_provided.pop() {
                     let avail = self.stream.avail().min(u64::from(len));
                     let (n, short) = transfer(&mut self.rng, self.p, avail, 1);
@@ -645,16 +656,16 @@ impl ReaderSim<'_> {
                     self.stream.consumed += n;
                     self.provided
                         .insert(id, (0..n).map(|k| pattern(start + k)).collect());
-                    (n as i32, Some(id), !self.rng.chance(10))
+                    (Ok(n as u32), Some(id), !self.rng.chance(10))
                 } else {
-                    (-libc::ENOBUFS, None, false)
+                    (Err(Error::from_errno(libc::ENOBUFS)), None, false)
                 };
                 if !more {
                     self.ops.swap_remove(i);
                 }
                 self.feed(ReaderEvent::MultishotDone {
                     seq: op.seq,
-                    res,
+                    result,
                     buf_id,
                     more,
                 })
@@ -663,25 +674,25 @@ impl ReaderSim<'_> {
     }
 
     /// A non-blocking stream read; advances `consumed`.
-    fn stream_read(&mut self, cancelled: bool, len: u32) -> i32 {
+    fn stream_read(&mut self, cancelled: bool, len: u32) -> Result<u32, Error> {
         if cancelled {
-            return -libc::ECANCELED;
+            return Err(Error::from_errno(libc::ECANCELED));
         }
         if let Some(errno) = take_fault(&mut self.faults, self.stream.consumed, u64::from(len)) {
-            return -errno;
+            return Err(Error::from_errno(errno));
         }
         if self.stream.avail() == 0 {
             if self.stream.closed() {
-                return 0;
+                return Ok(0);
             }
             self.eagain_seen = true;
-            return -libc::EAGAIN;
+            return Err(Error::from_errno(libc::EAGAIN));
         }
         let avail = self.stream.avail().min(u64::from(len));
         let (n, short) = transfer(&mut self.rng, self.p, avail, 1);
         self.short_transfers += u64::from(short);
         self.stream.consumed += n;
-        n as i32
+        Ok(n as u32)
     }
 
     fn ack(&mut self, k: usize) -> Result<(), SimFailure> {

@@ -487,7 +487,6 @@ impl ContinuousReaderBuilder {
             signal: self.signal,
             stop_applied: false,
             report: None,
-            typed_error: None,
             enobufs: 0,
             buffer_waits: 0,
             workers,
@@ -676,9 +675,6 @@ pub struct ContinuousReader<C, R, F> {
     signal: Arc<Signal>,
     stop_applied: bool,
     report: Option<ReaderReport>,
-    /// A failure the ring reported with a typed error (no errno); the machine only carries
-    /// errnos, so it is substituted back when the failure surfaces.
-    typed_error: Option<Error>,
     enobufs: u64,
     buffer_waits: u64,
     workers: Option<Workers>,
@@ -886,7 +882,7 @@ where
         while let Some(c) = self.events.pop() {
             let kind = c.tag() >> KIND_SHIFT;
             let seq = Seq::new(c.tag() & SEQ_MASK);
-            let res = self.res_of(&c);
+            let result = c.result().map(|n| u32::try_from(n).unwrap_or(u32::MAX));
             let more = c.has_more();
             let buf = c.into_buf();
             match kind {
@@ -894,7 +890,7 @@ where
                     self.ops.remove(&seq.get());
                     if self.probing {
                         self.probing = false;
-                        if res == -libc::EOPNOTSUPP {
+                        if result.is_err_and(|e| e.raw_os_error() == Some(libc::EOPNOTSUPP)) {
                             // No RWF_NOWAIT, so no multishot (see `StreamReads`); nothing
                             // was read. The same read again, without the flag.
                             self.multishot = false;
@@ -909,13 +905,13 @@ where
                     if let Some(b) = buf {
                         self.filled.insert(seq.get(), b);
                     }
-                    self.machine.handle(ReaderEvent::ReadDone { seq, res })?;
+                    self.machine.handle(ReaderEvent::ReadDone { seq, result })?;
                 }
                 KIND_MULTISHOT => {
                     if !more {
                         self.ops.remove(&seq.get());
                     }
-                    if res == -libc::ENOBUFS {
+                    if result.is_err_and(|e| e.raw_os_error() == Some(libc::ENOBUFS)) {
                         self.enobufs += 1;
                     }
                     let buf_id =
@@ -935,51 +931,18 @@ where
                         };
                     self.machine.handle(ReaderEvent::MultishotDone {
                         seq,
-                        res,
+                        result,
                         buf_id,
                         more,
                     })?;
                 }
                 _ => {
                     self.ops.remove(&seq.get());
-                    self.machine.handle(ReaderEvent::PollDone { seq, res })?;
+                    self.machine.handle(ReaderEvent::PollDone { seq, result })?;
                 }
             }
         }
         Ok(())
-    }
-
-    /// The CQE-style result of a completion: bytes (or poll mask), or `-errno`. A typed
-    /// error without an errno (e.g. the target was closed) is remembered and reported to
-    /// `on_failed` as itself.
-    fn res_of(&mut self, c: &Completion) -> i32 {
-        match c.result() {
-            Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
-            Err(e) => self.res_of_error(e),
-        }
-    }
-
-    /// `-errno` for `e`; see [`res_of`](Self::res_of).
-    fn res_of_error(&mut self, e: Error) -> i32 {
-        match e.raw_os_error() {
-            Some(errno) => -errno,
-            None => {
-                self.typed_error.get_or_insert(e);
-                if e.kind() == ErrorKind::StaleTarget {
-                    -libc::EBADF
-                } else {
-                    -libc::EINVAL
-                }
-            }
-        }
-    }
-
-    /// The error to report for the machine's `e`.
-    fn reported(&self, e: Error) -> Error {
-        match (self.typed_error, e.kind()) {
-            (Some(t), ErrorKind::Os(libc::EBADF | libc::EINVAL)) => t,
-            _ => e,
-        }
     }
 
     fn retry_deferred(&mut self, ring: &mut Ring) -> Result<()> {
@@ -1006,10 +969,9 @@ where
                         Err(e) => {
                             // Complete the read here, as the kernel would have: a failure
                             // for `on_failed`.
-                            let res = self.res_of_error(e);
                             self.machine.handle(ReaderEvent::MultishotDone {
                                 seq,
-                                res,
+                                result: Err(e),
                                 buf_id: None,
                                 more: false,
                             })?;
@@ -1076,20 +1038,10 @@ where
                     };
                 }
                 ReaderAction::Failed(e) => {
-                    let e = self.reported(e);
                     let decision = (self.on_failed)(&self.callbacks.ctx, &e);
-                    if decision == Restart::Yes {
-                        self.typed_error = None;
-                    }
                     self.machine.handle(ReaderEvent::Restart(decision))?;
                 }
-                ReaderAction::Finished(reason) => {
-                    let reason = match reason {
-                        FinishReason::Failed(e) => FinishReason::Failed(self.reported(e)),
-                        r => r,
-                    };
-                    self.close(ring, reason);
-                }
+                ReaderAction::Finished(reason) => self.close(ring, reason),
             }
         }
         Ok(())
@@ -1110,15 +1062,15 @@ where
         };
         // Never submitted: complete it here, as the kernel would have.
         let a = self.deferred.remove(pos);
-        let res = -libc::ECANCELED;
+        let result = Err(Error::new(ErrorKind::Cancelled));
         let ev = match a {
             Some(ReaderAction::ReadMultishot { .. }) => ReaderEvent::MultishotDone {
                 seq,
-                res,
+                result,
                 buf_id: None,
                 more: false,
             },
-            _ => ReaderEvent::ReadDone { seq, res },
+            _ => ReaderEvent::ReadDone { seq, result },
         };
         self.machine.handle(ev)
     }

@@ -85,9 +85,9 @@ pub enum ReaderAction {
         len: u32,
     },
     /// Arm one multishot read (buffers of `len` bytes from the provided-buffer ring); report
-    /// each of its completions with [`ReaderEvent::MultishotDone`]. After `-ENOBUFS` this
+    /// each of its completions with [`ReaderEvent::MultishotDone`]. After `ENOBUFS` this
     /// comes again at once: a driver whose ring is still empty should hold the submission
-    /// until a buffer is returned, or the kernel answers `-ENOBUFS` straight away again.
+    /// until a buffer is returned, or the kernel answers `ENOBUFS` straight away again.
     ReadMultishot {
         /// Tag of the multishot read.
         seq: Seq,
@@ -126,31 +126,30 @@ pub enum ReaderAction {
 /// What happened; feed it to [`ReaderMachine::handle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReaderEvent {
-    /// A `ReadAt` or `Read` completed; `res` is the CQE result (bytes, or `-errno`).
+    /// A `ReadAt` or `Read` completed.
     ReadDone {
         /// The read's tag.
         seq: Seq,
-        /// Bytes read, or a negated errno.
-        res: i32,
+        /// Bytes read, or the error.
+        result: Result<u32, Error>,
     },
     /// One completion of a multishot read.
     MultishotDone {
         /// The multishot read's tag.
         seq: Seq,
-        /// Bytes read, or a negated errno (`-ENOBUFS` when the provided-buffer ring was
-        /// empty).
-        res: i32,
+        /// Bytes read, or the error (`ENOBUFS` when the provided-buffer ring was empty).
+        result: Result<u32, Error>,
         /// The provided buffer used (`IORING_CQE_F_BUFFER`), if any.
         buf_id: Option<u16>,
         /// `IORING_CQE_F_MORE`: the multishot read stays armed.
         more: bool,
     },
-    /// A readiness poll completed; `res` is the event mask, or `-errno`.
+    /// A readiness poll completed.
     PollDone {
         /// The poll's tag.
         seq: Seq,
-        /// Poll mask, or a negated errno.
-        res: i32,
+        /// The ready mask, or the error.
+        result: Result<u32, Error>,
     },
     /// `on_read` for this delivery returned.
     Delivered {

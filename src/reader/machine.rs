@@ -75,7 +75,7 @@ enum Phase {
 ///   delivered twice or skipped. With direct I/O (`align > 1`) a short read that is not a
 ///   multiple of `align` marks the end of the file (the kernel only returns one at EOF).
 /// * `EAGAIN` on a stream: one [`ReaderAction::PollReadable`], then a new read.
-/// * Multishot: a completion without `more`, or `-ENOBUFS`, re-arms the read.
+/// * Multishot: a completion without `more`, or `ENOBUFS`, re-arms the read.
 /// * Error: no new reads; in-flight reads drain — those before the failure point are
 ///   delivered, those after it discarded and re-read on restart — then exactly one
 ///   [`ReaderAction::Failed`]. [`Restart::Yes`] resumes where delivery stopped,
@@ -126,6 +126,11 @@ pub struct ReaderMachine {
 
 fn reject(reason: &'static str) -> Error {
     Error::invalid(reason)
+}
+
+/// Whether `e` is the kernel's `errno`.
+fn is_errno(e: Error, errno: i32) -> bool {
+    e.raw_os_error() == Some(errno)
 }
 
 impl ReaderMachine {
@@ -241,14 +246,14 @@ impl ReaderMachine {
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) and changes nothing.
     pub fn handle(&mut self, event: ReaderEvent) -> Result<()> {
         match event {
-            ReaderEvent::ReadDone { seq, res } => self.on_read_done(seq, res)?,
+            ReaderEvent::ReadDone { seq, result } => self.on_read_done(seq, result)?,
             ReaderEvent::MultishotDone {
                 seq,
-                res,
+                result,
                 buf_id,
                 more,
-            } => self.on_multishot(seq, res, buf_id, more)?,
-            ReaderEvent::PollDone { seq, res } => self.on_poll_done(seq, res)?,
+            } => self.on_multishot(seq, result, buf_id, more)?,
+            ReaderEvent::PollDone { seq, result } => self.on_poll_done(seq, result)?,
             ReaderEvent::Delivered { seq } => {
                 let i = self.unacked.iter().position(|&s| s == seq).ok_or(reject(
                     "acknowledged delivery is unknown or already acknowledged",
@@ -279,29 +284,21 @@ impl ReaderMachine {
         ))
     }
 
-    fn on_read_done(&mut self, seq: Seq, res: i32) -> Result<()> {
+    fn on_read_done(&mut self, seq: Seq, result: Result<u32>) -> Result<()> {
         let i = self.find_op(seq)?;
         let op = self.ops[i];
+        let (OpKind::ReadAt { len, .. } | OpKind::Read { len }) = op.kind else {
+            return Err(reject(
+                "ReadDone for an operation that is not a single-shot read",
+            ));
+        };
+        if result.is_ok_and(|n| n > len) {
+            return Err(reject("completion reports more bytes than requested"));
+        }
+        self.ops.swap_remove(i);
         match op.kind {
-            OpKind::ReadAt { offset, len } => {
-                if res > 0 && res as u32 > len {
-                    return Err(reject("completion reports more bytes than requested"));
-                }
-                self.ops.swap_remove(i);
-                self.positional_done(seq, offset, len, res);
-            }
-            OpKind::Read { len } => {
-                if res > 0 && res as u32 > len {
-                    return Err(reject("completion reports more bytes than requested"));
-                }
-                self.ops.swap_remove(i);
-                self.stream_done(seq, res);
-            }
-            OpKind::Multishot { .. } | OpKind::Poll => {
-                return Err(reject(
-                    "ReadDone for an operation that is not a single-shot read",
-                ));
-            }
+            OpKind::ReadAt { offset, len } => self.positional_done(seq, offset, len, result),
+            _ => self.stream_done(seq, result),
         }
         Ok(())
     }

@@ -27,8 +27,8 @@
 //!         ReaderAction::ReadAt { seq, offset, len } => {
 //!             let start = (offset as usize).min(file.len());
 //!             let end = (start + len as usize).min(file.len());
-//!             let res = (end - start) as i32;
-//!             m.handle(ReaderEvent::ReadDone { seq, res }).unwrap();
+//!             let result = Ok((end - start) as u32);
+//!             m.handle(ReaderEvent::ReadDone { seq, result }).unwrap();
 //!         }
 //!         ReaderAction::Deliver(d) => {
 //!             let at = d.offset as usize;

@@ -17,8 +17,13 @@ fn read_at(a: &ReaderAction) -> (Seq, u64, u32) {
     }
 }
 
-fn done(m: &mut ReaderMachine, seq: Seq, res: i32) {
-    m.handle(ReaderEvent::ReadDone { seq, res }).unwrap();
+fn done(m: &mut ReaderMachine, seq: Seq, result: Result<u32, Error>) {
+    m.handle(ReaderEvent::ReadDone { seq, result }).unwrap();
+}
+
+/// The kernel's `errno`, as a completion carries it.
+fn os(errno: i32) -> Result<u32, Error> {
+    Err(Error::from_errno(errno))
 }
 
 fn deliver(offset: u64, len: u32, seq: Seq) -> ReaderAction {
@@ -93,7 +98,7 @@ fn keeps_pending_reads_in_flight_and_rearms_on_each_completion() {
     let reads: Vec<_> = a.iter().map(read_at).collect();
     assert_eq!(reads.iter().map(|r| r.1).collect::<Vec<_>>(), [0, 100, 200]);
     assert!(reads.iter().all(|r| r.2 == 100));
-    done(&mut m, reads[1].0, 100);
+    done(&mut m, reads[1].0, Ok(100));
     let a = actions(&mut m);
     assert_eq!(a[0], deliver(100, 100, reads[1].0));
     assert_eq!(
@@ -108,7 +113,7 @@ fn keeps_pending_reads_in_flight_and_rearms_on_each_completion() {
 fn short_read_rereads_the_gap_before_new_offsets() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(100).pending_reads(2)).unwrap();
     let r: Vec<_> = actions(&mut m).iter().map(read_at).collect();
-    done(&mut m, r[0].0, 30);
+    done(&mut m, r[0].0, Ok(30));
     let a = actions(&mut m);
     assert_eq!(a[0], deliver(0, 30, r[0].0));
     assert_eq!(
@@ -122,7 +127,7 @@ fn short_read_rereads_the_gap_before_new_offsets() {
 fn eof_finishes_after_everything_before_it_is_delivered_and_acked() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(10).pending_reads(3)).unwrap();
     let r: Vec<_> = actions(&mut m).iter().map(read_at).collect();
-    done(&mut m, r[2].0, 0); // EOF at 20 seen first
+    done(&mut m, r[2].0, Ok(0)); // EOF at 20 seen first
     assert_eq!(
         actions(&mut m),
         [ReaderAction::Discard {
@@ -130,13 +135,13 @@ fn eof_finishes_after_everything_before_it_is_delivered_and_acked() {
             buf_id: None
         }]
     );
-    done(&mut m, r[1].0, 4); // file is 14 bytes: short read at 10
+    done(&mut m, r[1].0, Ok(4)); // file is 14 bytes: short read at 10
     let a = actions(&mut m);
     assert_eq!(a[0], deliver(10, 4, r[1].0));
     let (s, off, len) = read_at(&a[1]);
     assert_eq!((off, len), (14, 6));
-    done(&mut m, s, 0);
-    done(&mut m, r[0].0, 10);
+    done(&mut m, s, Ok(0));
+    done(&mut m, r[0].0, Ok(10));
     let a = actions(&mut m);
     assert_eq!(
         a[0],
@@ -168,7 +173,7 @@ fn range_end_clamps_the_last_read_and_finishes_with_end_of_range() {
         [(4, 8), (12, 8)]
     );
     for &(seq, _, len) in &r {
-        done(&mut m, seq, len as i32);
+        done(&mut m, seq, Ok(len));
         m.handle(ReaderEvent::Delivered { seq }).unwrap();
     }
     let a = actions(&mut m);
@@ -183,7 +188,7 @@ fn direct_io_unaligned_short_read_is_end_of_file() {
     let cfg = ReaderConfig::positional(1024).align(512).pending_reads(1);
     let mut m = ReaderMachine::new(cfg).unwrap();
     let (s, _, _) = read_at(&actions(&mut m)[0]);
-    done(&mut m, s, 700);
+    done(&mut m, s, Ok(700));
     let a = actions(&mut m);
     assert_eq!(a, [deliver(0, 700, s)], "no misaligned re-read at 700");
     m.handle(ReaderEvent::Delivered { seq: s }).unwrap();
@@ -194,7 +199,7 @@ fn direct_io_unaligned_short_read_is_end_of_file() {
 fn error_drains_delivers_before_discards_after_then_fails_once_acked() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(10).pending_reads(3)).unwrap();
     let r: Vec<_> = actions(&mut m).iter().map(read_at).collect();
-    done(&mut m, r[1].0, -libc::EIO); // failure point: offset 10
+    done(&mut m, r[1].0, os(libc::EIO)); // failure point: offset 10
     assert_eq!(
         actions(&mut m),
         [ReaderAction::Discard {
@@ -202,7 +207,7 @@ fn error_drains_delivers_before_discards_after_then_fails_once_acked() {
             buf_id: None
         }]
     );
-    done(&mut m, r[2].0, 10); // after the failure point
+    done(&mut m, r[2].0, Ok(10)); // after the failure point
     assert_eq!(
         actions(&mut m),
         [ReaderAction::Discard {
@@ -210,7 +215,7 @@ fn error_drains_delivers_before_discards_after_then_fails_once_acked() {
             buf_id: None
         }]
     );
-    done(&mut m, r[0].0, 10); // before it
+    done(&mut m, r[0].0, Ok(10)); // before it
     assert_eq!(
         actions(&mut m),
         [deliver(0, 10, r[0].0)],
@@ -233,7 +238,7 @@ fn error_drains_delivers_before_discards_after_then_fails_once_acked() {
 fn no_restart_finishes_with_the_error() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(10).pending_reads(1)).unwrap();
     let (s, _, _) = read_at(&actions(&mut m)[0]);
-    done(&mut m, s, -libc::EIO);
+    done(&mut m, s, os(libc::EIO));
     let a = actions(&mut m);
     assert_eq!(
         a.last(),
@@ -263,7 +268,7 @@ fn stop_cancels_in_flight_and_finishes_once_all_are_back() {
     );
     m.stop(); // idempotent
     assert!(actions(&mut m).is_empty());
-    done(&mut m, r[0].0, -libc::ECANCELED);
+    done(&mut m, r[0].0, os(libc::ECANCELED));
     assert_eq!(
         actions(&mut m),
         [ReaderAction::Discard {
@@ -271,7 +276,7 @@ fn stop_cancels_in_flight_and_finishes_once_all_are_back() {
             buf_id: None
         }]
     );
-    done(&mut m, r[1].0, 10); // won the race: still delivered, no new read
+    done(&mut m, r[1].0, Ok(10)); // won the race: still delivered, no new read
     assert_eq!(actions(&mut m), [deliver(10, 10, r[1].0)]);
     m.handle(ReaderEvent::Delivered { seq: r[1].0 }).unwrap();
     assert_eq!(
@@ -284,7 +289,7 @@ fn stop_cancels_in_flight_and_finishes_once_all_are_back() {
 fn stop_while_awaiting_restart_finishes_stopped() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(10).pending_reads(1)).unwrap();
     let (s, _, _) = read_at(&actions(&mut m)[0]);
-    done(&mut m, s, -libc::EIO);
+    done(&mut m, s, os(libc::EIO));
     actions(&mut m);
     m.handle(ReaderEvent::Stop).unwrap();
     assert_eq!(
@@ -298,14 +303,14 @@ fn ordered_mode_holds_early_completions_until_the_gap_fills() {
     let cfg = ReaderConfig::positional(10).pending_reads(3).ordered(true);
     let mut m = ReaderMachine::new(cfg).unwrap();
     let r: Vec<_> = actions(&mut m).iter().map(read_at).collect();
-    done(&mut m, r[2].0, 10);
-    done(&mut m, r[1].0, 10);
+    done(&mut m, r[2].0, Ok(10));
+    done(&mut m, r[1].0, Ok(10));
     let a = actions(&mut m);
     assert!(
         a.iter().all(|a| matches!(a, ReaderAction::ReadAt { .. })),
         "{a:?}"
     );
-    done(&mut m, r[0].0, 10);
+    done(&mut m, r[0].0, Ok(10));
     let a = actions(&mut m);
     let delivered: Vec<_> = a
         .iter()
@@ -325,7 +330,7 @@ fn max_unacked_applies_back_pressure() {
     let mut a = actions(&mut m);
     for _ in 0..2 {
         let (s, _, _) = read_at(a.last().unwrap());
-        done(&mut m, s, 10);
+        done(&mut m, s, Ok(10));
         seqs.push(s);
         a = actions(&mut m);
     }
@@ -348,7 +353,7 @@ fn stream_keeps_one_read_and_polls_on_eagain() {
     };
     m.handle(ReaderEvent::ReadDone {
         seq,
-        res: -libc::EAGAIN,
+        result: os(libc::EAGAIN),
     })
     .unwrap();
     let a = actions(&mut m);
@@ -359,20 +364,25 @@ fn stream_keeps_one_read_and_polls_on_eagain() {
     assert_eq!(a.len(), 2);
     m.handle(ReaderEvent::PollDone {
         seq: p,
-        res: i32::from(libc::POLLIN),
+        result: Ok(libc::POLLIN as u32),
     })
     .unwrap();
     let a = actions(&mut m);
     let [ReaderAction::Read { seq, .. }] = a[..] else {
         panic!("{a:?}")
     };
-    m.handle(ReaderEvent::ReadDone { seq, res: 5 }).unwrap();
+    m.handle(ReaderEvent::ReadDone { seq, result: Ok(5) })
+        .unwrap();
     let a = actions(&mut m);
     assert_eq!(a[0], deliver(0, 5, seq));
     let ReaderAction::Read { seq: s2, .. } = a[1] else {
         panic!("{a:?}")
     };
-    m.handle(ReaderEvent::ReadDone { seq: s2, res: 7 }).unwrap();
+    m.handle(ReaderEvent::ReadDone {
+        seq: s2,
+        result: Ok(7),
+    })
+    .unwrap();
     assert_eq!(
         actions(&mut m)[0],
         deliver(5, 7, s2),
@@ -388,14 +398,14 @@ fn multishot_rearms_on_end_and_enobufs_and_finishes_at_eof() {
     let [ReaderAction::ReadMultishot { seq, len: 32 }] = a[..] else {
         panic!("{a:?}")
     };
-    let ev = |res, buf_id, more| ReaderEvent::MultishotDone {
+    let ev = |result, buf_id, more| ReaderEvent::MultishotDone {
         seq,
-        res,
+        result,
         buf_id,
         more,
     };
-    m.handle(ev(10, Some(3), true)).unwrap();
-    m.handle(ev(4, Some(1), true)).unwrap();
+    m.handle(ev(Ok(10), Some(3), true)).unwrap();
+    m.handle(ev(Ok(4), Some(1), true)).unwrap();
     let a = actions(&mut m);
     let ds: Vec<Delivery> = a
         .iter()
@@ -410,13 +420,13 @@ fn multishot_rearms_on_end_and_enobufs_and_finishes_at_eof() {
         ds[0].seq, ds[1].seq,
         "each multishot delivery has its own seq"
     );
-    m.handle(ev(-libc::ENOBUFS, None, false)).unwrap();
+    m.handle(ev(os(libc::ENOBUFS), None, false)).unwrap();
     let a = actions(&mut m);
     let [ReaderAction::ReadMultishot { seq: s2, .. }] = a[..] else {
         panic!("{a:?}")
     };
     assert!(
-        m.handle(ev(1, Some(0), true)).is_err(),
+        m.handle(ev(Ok(1), Some(0), true)).is_err(),
         "old multishot is over"
     );
     for d in &ds {
@@ -424,7 +434,7 @@ fn multishot_rearms_on_end_and_enobufs_and_finishes_at_eof() {
     }
     m.handle(ReaderEvent::MultishotDone {
         seq: s2,
-        res: 0,
+        result: Ok(0),
         buf_id: None,
         more: false,
     })
@@ -441,19 +451,19 @@ fn impossible_events_are_rejected_and_change_nothing() {
     let bad = [
         ReaderEvent::ReadDone {
             seq: Seq::new(99),
-            res: 1,
+            result: Ok(1),
         },
         ReaderEvent::ReadDone {
             seq: r[0].0,
-            res: 11,
+            result: Ok(11),
         },
         ReaderEvent::PollDone {
             seq: r[0].0,
-            res: 1,
+            result: Ok(1),
         },
         ReaderEvent::MultishotDone {
             seq: r[0].0,
-            res: 1,
+            result: Ok(1),
             buf_id: Some(0),
             more: true,
         },
@@ -469,11 +479,11 @@ fn impossible_events_are_rejected_and_change_nothing() {
         assert!(actions(&mut m).is_empty(), "{ev:?} produced actions");
         assert_eq!(m.in_flight(), 2);
     }
-    done(&mut m, r[0].0, 10);
+    done(&mut m, r[0].0, Ok(10));
     assert!(
         m.handle(ReaderEvent::ReadDone {
             seq: r[0].0,
-            res: 10
+            result: Ok(10)
         })
         .is_err(),
         "duplicate"
@@ -516,21 +526,21 @@ fn garbage_event_streams_never_panic() {
             } else {
                 seen[rng.below(seen.len() as u64) as usize]
             };
-            let res = match rng.below(6) {
-                0 => -(rng.below(140) as i32),
-                1 => 0,
-                2 => i32::MIN,
-                _ => rng.below(20) as i32,
+            let result = match rng.below(6) {
+                0 => os(rng.below(140) as i32),
+                1 => Ok(0),
+                2 => Ok(u32::MAX),
+                _ => Ok(rng.below(20) as u32),
             };
             let ev = match rng.below(7) {
-                0 | 1 => ReaderEvent::ReadDone { seq, res },
+                0 | 1 => ReaderEvent::ReadDone { seq, result },
                 2 => ReaderEvent::MultishotDone {
                     seq,
-                    res,
+                    result,
                     buf_id: rng.chance(80).then(|| rng.below(8) as u16),
                     more: rng.chance(50),
                 },
-                3 => ReaderEvent::PollDone { seq, res },
+                3 => ReaderEvent::PollDone { seq, result },
                 4 => ReaderEvent::Delivered { seq },
                 5 => ReaderEvent::Restart(if rng.chance(50) {
                     Restart::Yes
@@ -719,7 +729,8 @@ fn set_multishot_switches_the_next_stream_read_and_is_refused_for_files() {
     };
     m.set_multishot(true).unwrap();
     // The read in flight keeps its kind; the next one is multishot.
-    m.handle(ReaderEvent::ReadDone { seq, res: 5 }).unwrap();
+    m.handle(ReaderEvent::ReadDone { seq, result: Ok(5) })
+        .unwrap();
     let a = actions(&mut m);
     assert_eq!(a[0], deliver(0, 5, seq));
     let ReaderAction::ReadMultishot { seq: ms, len: 32 } = a[1] else {
@@ -728,7 +739,7 @@ fn set_multishot_switches_the_next_stream_read_and_is_refused_for_files() {
     m.set_multishot(false).unwrap();
     m.handle(ReaderEvent::MultishotDone {
         seq: ms,
-        res: -libc::ENOBUFS,
+        result: os(libc::ENOBUFS),
         buf_id: None,
         more: false,
     })

@@ -1,42 +1,21 @@
 //! Positional reads (files, block devices): reads at advancing offsets, holes re-read after
 //! short or failed reads, the ordering window, end of file and end of range.
 
-use super::{Held, OpKind, Phase, ReaderMachine, Span};
-use crate::error::Error;
+use super::{is_errno, Held, OpKind, Phase, ReaderMachine, Span};
+use crate::error::{Error, Result};
 use crate::reader::events::Seq;
 
 impl ReaderMachine {
-    pub(super) fn positional_done(&mut self, seq: Seq, offset: u64, len: u32, res: i32) {
-        if res < 0 {
-            self.discard(seq, None);
-            let errno = crate::error::errno_of(res);
-            if errno == libc::EINTR {
-                self.add_hole(offset, u64::from(len));
+    pub(super) fn positional_done(&mut self, seq: Seq, offset: u64, len: u32, result: Result<u32>) {
+        let mut n = match result {
+            Ok(0) => {
+                self.discard(seq, None);
+                self.set_eof(offset);
                 return;
             }
-            match self.phase {
-                Phase::Running => {
-                    self.add_hole(offset, u64::from(len));
-                    self.enter_failing(Error::from_errno(errno), offset);
-                }
-                Phase::Failing { error, at } => {
-                    self.add_hole(offset, u64::from(len));
-                    if offset < at {
-                        self.phase = Phase::Failing { error, at: offset };
-                        self.discard_held_from(offset, true);
-                    }
-                }
-                // Stopping: errors of cancelled reads are expected; nothing to report.
-                Phase::Stopping | Phase::AwaitingRestart { .. } | Phase::Done => {}
-            }
-            return;
-        }
-        if res == 0 {
-            self.discard(seq, None);
-            self.set_eof(offset);
-            return;
-        }
-        let mut n = res as u32;
+            Ok(n) => n,
+            Err(e) => return self.positional_error(seq, offset, len, e),
+        };
         if let Phase::Failing { at, .. } = self.phase {
             if offset >= at {
                 // After the failure point: re-read on restart.
@@ -62,6 +41,30 @@ impl ReaderMachine {
             }
         }
         self.deliver_or_hold(seq, offset, n);
+    }
+
+    /// Read `seq` of `[offset, offset + len)` failed with `e`.
+    fn positional_error(&mut self, seq: Seq, offset: u64, len: u32, e: Error) {
+        self.discard(seq, None);
+        if is_errno(e, libc::EINTR) {
+            self.add_hole(offset, u64::from(len));
+            return;
+        }
+        match self.phase {
+            Phase::Running => {
+                self.add_hole(offset, u64::from(len));
+                self.enter_failing(e, offset);
+            }
+            Phase::Failing { error, at } => {
+                self.add_hole(offset, u64::from(len));
+                if offset < at {
+                    self.phase = Phase::Failing { error, at: offset };
+                    self.discard_held_from(offset, true);
+                }
+            }
+            // Stopping: errors of cancelled reads are expected; nothing to report.
+            Phase::Stopping | Phase::AwaitingRestart { .. } | Phase::Done => {}
+        }
     }
 
     pub(super) fn deliver_or_hold(&mut self, seq: Seq, offset: u64, n: u32) {

@@ -2,39 +2,37 @@
 //! readiness poll after `EAGAIN`, or one armed multishot read whose completions each carry
 //! a provided buffer.
 
-use super::{reject, OpKind, Phase, ReaderMachine};
+use super::{is_errno, reject, OpKind, Phase, ReaderMachine};
 use crate::error::{Error, Result};
 use crate::reader::events::{ReaderAction, Seq};
 
 impl ReaderMachine {
-    pub(super) fn stream_done(&mut self, seq: Seq, res: i32) {
-        if res > 0 {
-            if matches!(self.phase, Phase::Failing { .. }) {
+    pub(super) fn stream_done(&mut self, seq: Seq, result: Result<u32>) {
+        match result {
+            Ok(0) => {
                 self.discard(seq, None);
-            } else {
-                self.deliver_stream(seq, res as u32, None);
+                self.stream_eof = true;
             }
-            return;
+            Ok(_) if matches!(self.phase, Phase::Failing { .. }) => self.discard(seq, None),
+            Ok(n) => self.deliver_stream(seq, n, None),
+            Err(e) => {
+                self.discard(seq, None);
+                self.stream_error(e);
+            }
         }
-        self.discard(seq, None);
-        if res == 0 {
-            self.stream_eof = true;
-            return;
-        }
-        self.stream_error(crate::error::errno_of(res));
     }
 
-    /// A stream read (single-shot or multishot, already ended) failed with `errno`.
-    pub(super) fn stream_error(&mut self, errno: i32) {
+    /// A stream read (single-shot or multishot, already ended) failed with `e`.
+    pub(super) fn stream_error(&mut self, e: Error) {
         if self.phase != Phase::Running {
             return;
         }
-        match errno {
-            libc::EAGAIN => self.issue(OpKind::Poll),
-            libc::EINTR | libc::ENOBUFS => {} // pump re-arms
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => self.issue(OpKind::Poll),
+            Some(libc::EINTR | libc::ENOBUFS) => {} // pump re-arms
             _ => {
                 let at = self.cursor;
-                self.enter_failing(Error::from_errno(errno), at);
+                self.enter_failing(e, at);
             }
         }
     }
@@ -42,7 +40,7 @@ impl ReaderMachine {
     pub(super) fn on_multishot(
         &mut self,
         seq: Seq,
-        res: i32,
+        result: Result<u32>,
         buf_id: Option<u16>,
         more: bool,
     ) -> Result<()> {
@@ -52,35 +50,38 @@ impl ReaderMachine {
                 "MultishotDone for an operation that is not a multishot read",
             ));
         };
-        if res > 0 && res as u32 > len {
+        if result.is_ok_and(|n| n > len) {
             return Err(reject(
                 "completion reports more bytes than the provided buffer holds",
             ));
         }
-        if res > 0 && buf_id.is_none() {
+        if result.is_ok_and(|n| n > 0) && buf_id.is_none() {
             return Err(reject("multishot data completion without a buffer id"));
         }
         let cancelling = self.ops[i].cancelling;
         if !more {
             self.ops.swap_remove(i);
         }
-        if res > 0 {
-            if matches!(self.phase, Phase::Failing { .. }) {
-                self.discard(seq, buf_id);
-            } else {
-                self.deliver_stream(seq, res as u32, buf_id);
+        let e = match result {
+            Ok(n) if n > 0 => {
+                if matches!(self.phase, Phase::Failing { .. }) {
+                    self.discard(seq, buf_id);
+                } else {
+                    self.deliver_stream(seq, n, buf_id);
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
+            Ok(_) => None,
+            Err(e) => Some(e),
+        };
         if buf_id.is_some() {
             self.discard(seq, buf_id);
         }
-        if res == 0 {
+        let Some(e) = e else {
             self.stream_eof = true;
             self.cancel_if_armed(i, more);
             return Ok(());
-        }
-        let errno = crate::error::errno_of(res);
+        };
         if cancelling {
             // We cancelled it (stop, EOF, or an earlier error): its errors mean nothing.
             return Ok(());
@@ -88,12 +89,15 @@ impl ReaderMachine {
         if more {
             // The kernel ends a multishot read on any error; if it says otherwise, only a
             // hard error needs acting on: cancel it and let the final completion re-arm.
-            if !matches!(errno, libc::ENOBUFS | libc::EAGAIN | libc::EINTR) {
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR)
+            ) {
                 self.cancel_if_armed(i, more);
-                self.stream_error(errno);
+                self.stream_error(e);
             }
         } else {
-            self.stream_error(errno);
+            self.stream_error(e);
         }
         Ok(())
     }
@@ -106,17 +110,16 @@ impl ReaderMachine {
         }
     }
 
-    pub(super) fn on_poll_done(&mut self, seq: Seq, res: i32) -> Result<()> {
+    pub(super) fn on_poll_done(&mut self, seq: Seq, result: Result<u32>) -> Result<()> {
         let i = self.find_op(seq)?;
         if self.ops[i].kind != OpKind::Poll {
             return Err(reject("PollDone for an operation that is not a poll"));
         }
         self.ops.swap_remove(i);
-        if res < 0 {
-            let errno = crate::error::errno_of(res);
-            if self.phase == Phase::Running && errno != libc::EINTR {
+        if let Err(e) = result {
+            if self.phase == Phase::Running && !is_errno(e, libc::EINTR) {
                 let at = self.cursor;
-                self.enter_failing(Error::from_errno(errno), at);
+                self.enter_failing(e, at);
             }
         }
         // Readable, hung up or in error: the next read tells which (pump issues it).
