@@ -154,7 +154,7 @@ impl std::error::Error for SimFailure {}
 
 /// What a reader run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReaderReport {
+pub struct ReaderRun {
     /// How the reader finished.
     pub finish: FinishReason,
     /// Bytes delivered (each exactly once).
@@ -179,7 +179,7 @@ pub struct ReaderReport {
 
 /// What a FIFO run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FifoReport {
+pub struct FifoRun {
     /// One outcome per transaction, in order.
     pub outcomes: Vec<FifoOutcome>,
     /// Bytes received over all transactions.
@@ -519,7 +519,7 @@ impl ReaderSim<'_> {
                     return Err(self.fail("Failed while operations are in flight"));
                 }
                 if self.stopped {
-                    return Err(self.fail(format!("Failed({e}) after stop()")));
+                    return Err(self.fail(format!("Failed({e}) after cancel()")));
                 }
                 let decision = if self.restarts < u64::from(self.p.max_restarts) {
                     self.restarts += 1;
@@ -536,7 +536,7 @@ impl ReaderSim<'_> {
                 if !self.ops.is_empty() {
                     return Err(self.fail("Finished while operations are in flight"));
                 }
-                if self.stopped != (reason == FinishReason::Stopped) {
+                if self.stopped != (reason == FinishReason::Cancelled) {
                     return Err(self.fail(format!(
                         "Finished({reason:?}) with stopped={}",
                         self.stopped
@@ -713,7 +713,7 @@ impl ReaderSim<'_> {
         }
         if self.p.stop_at_step == Some(self.step) {
             self.stopped = true;
-            self.m.stop();
+            self.m.cancel();
             // A driver executes the cancels before it reaps more completions.
             self.drain_actions()?;
         }
@@ -754,7 +754,7 @@ pub fn run_reader(
     seed: u64,
     config: ReaderConfig,
     params: &SimParams,
-) -> Result<ReaderReport, SimFailure> {
+) -> Result<ReaderRun, SimFailure> {
     let m = ReaderMachine::new(config).map_err(SimFailure::InvalidConfig)?;
     let positional = matches!(config.source(), SourceKind::Positional { .. });
     let mut sim = ReaderSim {
@@ -806,7 +806,7 @@ pub fn run_reader(
     if sim.free_provided.len() != usize::from(params.provided_buffers) {
         return Err(sim.fail("provided buffers leaked"));
     }
-    let finish = sim.finished.unwrap_or(FinishReason::Stopped);
+    let finish = sim.finished.unwrap_or(FinishReason::Cancelled);
     let expected = if positional {
         let end = config.end().unwrap_or(u64::MAX).min(params.data_len);
         end.saturating_sub(config.start())
@@ -835,9 +835,9 @@ pub fn run_reader(
                 return Err(sim.fail(format!("finished with {finish:?}, expected {want:?}")));
             }
         }
-        FinishReason::Stopped => {
+        FinishReason::Cancelled => {
             if params.stop_at_step.is_none() {
-                return Err(sim.fail("Stopped without stop()"));
+                return Err(sim.fail("Cancelled without cancel()"));
             }
         }
         FinishReason::Failed(_) => {
@@ -850,7 +850,7 @@ pub fn run_reader(
     if stats.bytes_delivered != sim.bytes_delivered || stats.failures != sim.failures {
         return Err(sim.fail("machine statistics disagree with what the device saw"));
     }
-    Ok(ReaderReport {
+    Ok(ReaderRun {
         finish,
         bytes_delivered: sim.bytes_delivered,
         deliveries: stats.deliveries,
@@ -892,12 +892,12 @@ pub fn run_fifo(
     seed: u64,
     txns: &[FifoTxnSpec],
     params: &SimParams,
-) -> Result<FifoReport, SimFailure> {
+) -> Result<FifoRun, SimFailure> {
     let mut rng = Rng::new(seed);
     let mut m = FifoMachine::new();
     let mut stream = Stream::new(params.data_len);
     let mut faults = params.faults.clone();
-    let mut report = FifoReport {
+    let mut report = FifoRun {
         outcomes: Vec::new(),
         bytes_received: 0,
         reads: 0,

@@ -40,8 +40,8 @@ pub enum FinishReason {
     Eof,
     /// Every byte of the configured range was delivered.
     EndOfRange,
-    /// [`ReaderMachine::stop`] was called.
-    Stopped,
+    /// [`ReaderMachine::cancel`] was called.
+    Cancelled,
     /// A read failed and the user chose [`Restart::No`].
     Failed(Error),
 }
@@ -158,8 +158,8 @@ pub enum ReaderEvent {
     },
     /// The user's answer to [`ReaderAction::Failed`].
     Restart(Restart),
-    /// Stop the reader (same as [`ReaderMachine::stop`]).
-    Stop,
+    /// Cancel the reader (same as [`ReaderMachine::cancel`]).
+    Cancel,
 }
 
 /// Counters, for reports and tests.

@@ -51,8 +51,8 @@ enum Phase {
     Failing { error: Error, at: u64 },
     /// `Failed` was emitted; waiting for [`ReaderEvent::Restart`].
     AwaitingRestart { error: Error },
-    /// `stop()` was called: cancels emitted, waiting for completions and acks.
-    Stopping,
+    /// `cancel()` was called: cancels emitted, waiting for completions and acks.
+    Cancelling,
     /// `Finished` was emitted.
     Done,
 }
@@ -70,7 +70,7 @@ enum Phase {
 ///
 /// * Up to `pending_reads` reads are in flight (positional), exactly one (stream), or one
 ///   armed multishot read. Each successful completion yields a [`ReaderAction::Deliver`]
-///   and a new read at once, until stop, EOF (a 0-byte read) or the end of the range.
+///   and a new read at once, until cancelled, EOF (a 0-byte read) or the end of the range.
 /// * A short positional read is delivered and the rest of its range re-read: no byte is
 ///   delivered twice or skipped. With direct I/O (`align > 1`) a short read that is not a
 ///   multiple of `align` marks the end of the file (the kernel only returns one at EOF).
@@ -80,8 +80,8 @@ enum Phase {
 ///   delivered, those after it discarded and re-read on restart — then exactly one
 ///   [`ReaderAction::Failed`]. [`Restart::Yes`] resumes where delivery stopped,
 ///   [`Restart::No`] ends with [`FinishReason::Failed`].
-/// * [`stop`](Self::stop): a [`ReaderAction::Cancel`] per operation in flight, then
-///   `Finished(Stopped)` once all completions are back and deliveries acknowledged. Data
+/// * [`cancel`](Self::cancel): a [`ReaderAction::Cancel`] per operation in flight, then
+///   `Finished(Cancelled)` once all completions are back and deliveries acknowledged. Data
 ///   that still arrives is delivered (for a stream it would otherwise be lost) unless
 ///   ordering forbids it, in which case it is discarded.
 /// * Every single-shot read ends in exactly one `Deliver` or `Discard` of its `seq`; every
@@ -222,12 +222,12 @@ impl ReaderMachine {
         Ok(())
     }
 
-    /// Stop the reader: cancel what is in flight, finish with [`FinishReason::Stopped`]
+    /// Cancel the reader: cancel what is in flight, finish with [`FinishReason::Cancelled`]
     /// once everything is back. Idempotent; does nothing once finished.
-    pub fn stop(&mut self) {
+    pub fn cancel(&mut self) {
         match self.phase {
             Phase::Running | Phase::Failing { .. } => {
-                self.phase = Phase::Stopping;
+                self.phase = Phase::Cancelling;
                 for op in &mut self.ops {
                     if !op.cancelling {
                         op.cancelling = true;
@@ -235,8 +235,8 @@ impl ReaderMachine {
                     }
                 }
             }
-            Phase::AwaitingRestart { .. } => self.phase = Phase::Stopping,
-            Phase::Stopping | Phase::Done => {}
+            Phase::AwaitingRestart { .. } => self.phase = Phase::Cancelling,
+            Phase::Cancelling | Phase::Done => {}
         }
         self.pump();
     }
@@ -272,7 +272,7 @@ impl ReaderMachine {
                     Restart::No => self.finish(FinishReason::Failed(error)),
                 }
             }
-            ReaderEvent::Stop => self.stop(),
+            ReaderEvent::Cancel => self.cancel(),
         }
         self.pump();
         Ok(())
@@ -392,9 +392,9 @@ impl ReaderMachine {
                     self.actions.push_back(ReaderAction::Failed(error));
                 }
             }
-            Phase::Stopping => {
+            Phase::Cancelling => {
                 if self.ops.is_empty() && self.unacked.is_empty() {
-                    self.finish(FinishReason::Stopped);
+                    self.finish(FinishReason::Cancelled);
                 }
             }
             Phase::AwaitingRestart { .. } | Phase::Done => {}

@@ -55,7 +55,7 @@ mod tests;
 
 pub use config::{ReaderConfig, SourceKind};
 pub use driver::{
-    ContinuousReader, ContinuousReaderBuilder, Dispatch, ReaderReport, StopHandle, StreamReads,
+    CancelHandle, ContinuousReader, ContinuousReaderBuilder, Dispatch, ReaderReport, StreamReads,
 };
 pub use events::{Delivery, FinishReason, ReaderAction, ReaderEvent, ReaderStats, Restart, Seq};
 pub use machine::ReaderMachine;

@@ -254,10 +254,10 @@ fn no_restart_finishes_with_the_error() {
 }
 
 #[test]
-fn stop_cancels_in_flight_and_finishes_once_all_are_back() {
+fn cancel_cancels_in_flight_and_finishes_once_all_are_back() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(10).pending_reads(2)).unwrap();
     let r: Vec<_> = actions(&mut m).iter().map(read_at).collect();
-    m.stop();
+    m.cancel();
     let a = actions(&mut m);
     assert_eq!(
         a,
@@ -266,7 +266,7 @@ fn stop_cancels_in_flight_and_finishes_once_all_are_back() {
             ReaderAction::Cancel { seq: r[1].0 }
         ]
     );
-    m.stop(); // idempotent
+    m.cancel(); // idempotent
     assert!(actions(&mut m).is_empty());
     done(&mut m, r[0].0, os(libc::ECANCELED));
     assert_eq!(
@@ -281,20 +281,20 @@ fn stop_cancels_in_flight_and_finishes_once_all_are_back() {
     m.handle(ReaderEvent::Delivered { seq: r[1].0 }).unwrap();
     assert_eq!(
         actions(&mut m),
-        [ReaderAction::Finished(FinishReason::Stopped)]
+        [ReaderAction::Finished(FinishReason::Cancelled)]
     );
 }
 
 #[test]
-fn stop_while_awaiting_restart_finishes_stopped() {
+fn cancel_while_awaiting_restart_finishes_cancelled() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(10).pending_reads(1)).unwrap();
     let (s, _, _) = read_at(&actions(&mut m)[0]);
     done(&mut m, s, os(libc::EIO));
     actions(&mut m);
-    m.handle(ReaderEvent::Stop).unwrap();
+    m.handle(ReaderEvent::Cancel).unwrap();
     assert_eq!(
         actions(&mut m),
-        [ReaderAction::Finished(FinishReason::Stopped)]
+        [ReaderAction::Finished(FinishReason::Cancelled)]
     );
 }
 
@@ -547,7 +547,7 @@ fn garbage_event_streams_never_panic() {
                 } else {
                     Restart::No
                 }),
-                _ if rng.chance(10) => ReaderEvent::Stop,
+                _ if rng.chance(10) => ReaderEvent::Cancel,
                 _ => ReaderEvent::Delivered { seq },
             };
             let _ = m.handle(ev); // rejections are fine; panics are not
@@ -570,7 +570,7 @@ fn params(rng: &mut Rng) -> SimParams {
     }
 }
 
-fn run_ok(seed: u64, cfg: ReaderConfig, p: &SimParams) -> crate::sim::ReaderReport {
+fn run_ok(seed: u64, cfg: ReaderConfig, p: &SimParams) -> crate::sim::ReaderRun {
     match run_reader(seed, cfg, p) {
         Ok(r) => r,
         Err(e) => panic!("seed {seed} cfg {cfg:?} params {p:?}: {e}"),
@@ -671,7 +671,7 @@ fn random_faults_with_restarts_lose_and_duplicate_nothing() {
 }
 
 #[test]
-fn random_stops_finish_stopped_with_no_duplicates() {
+fn random_cancels_finish_cancelled_with_no_duplicates() {
     for seed in seeds(200) {
         let mut rng = Rng::new(seed);
         let mut p = params(&mut rng);
@@ -684,7 +684,7 @@ fn random_stops_finish_stopped_with_no_duplicates() {
             _ => ReaderConfig::stream(512).multishot(true),
         };
         let r = run_ok(seed, cfg, &p);
-        assert_eq!(r.finish, FinishReason::Stopped);
+        assert_eq!(r.finish, FinishReason::Cancelled);
         assert!(r.bytes_delivered < p.data_len);
     }
 }

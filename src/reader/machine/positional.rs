@@ -62,8 +62,8 @@ impl ReaderMachine {
                     self.discard_held_from(offset, true);
                 }
             }
-            // Stopping: errors of cancelled reads are expected; nothing to report.
-            Phase::Stopping | Phase::AwaitingRestart { .. } | Phase::Done => {}
+            // Cancelling: errors of cancelled reads are expected; nothing to report.
+            Phase::Cancelling | Phase::AwaitingRestart { .. } | Phase::Done => {}
         }
     }
 

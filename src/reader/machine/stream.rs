@@ -83,7 +83,7 @@ impl ReaderMachine {
             return Ok(());
         };
         if cancelling {
-            // We cancelled it (stop, EOF, or an earlier error): its errors mean nothing.
+            // We cancelled it (cancel, EOF, or an earlier error): its errors mean nothing.
             return Ok(());
         }
         if more {
