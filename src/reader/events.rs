@@ -6,14 +6,14 @@ use crate::error::Error;
 /// Identifies one operation the machine asked for (a read, a poll, a multishot arm) or one
 /// multishot delivery. Unique for the machine's lifetime, never reused.
 ///
-/// The driver keys the buffer it reads into by the read's `Seq`, and puts the `Seq` in the
-/// operation's `user_data` (together with its own generation bits) so that the completion
-/// can be routed back with [`ReaderEvent::ReadDone`].
+/// The driver keys the buffer it reads into by the read's `Seq`, and records the `Seq`
+/// with the operation so that the completion can be routed back with
+/// [`ReaderEvent::ReadDone`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Seq(u64);
 
 impl Seq {
-    /// A sequence number from its raw value (for drivers decoding `user_data`, and fuzzers).
+    /// A sequence number from its raw value (for drivers and fuzzers).
     pub const fn new(raw: u64) -> Seq {
         Seq(raw)
     }

@@ -1,8 +1,8 @@
 //! Continuous reader: many reads in flight per source, re-armed on every completion.
 //!
 //! [`ContinuousReader`] runs it on a [`Ring`](crate::Ring): `pending_reads` reads in
-//! flight per source, `on_read(ctx, buf, offset)` for every filled buffer,
-//! `on_failed(ctx, &error) -> Restart` after a failure, optional worker threads for
+//! flight per source, `on_read(buf, offset)` for every filled buffer,
+//! `on_failed(&error) -> Restart` after a failure, optional worker threads for
 //! `on_read`.
 //!
 //! The sans-I/O core is [`ReaderMachine`]: it decides which reads to issue,
