@@ -128,11 +128,6 @@ fn reject(reason: &'static str) -> Error {
     Error::invalid(reason)
 }
 
-/// Whether `e` is the kernel's `errno`.
-fn is_errno(e: Error, errno: i32) -> bool {
-    e.raw_os_error() == Some(errno)
-}
-
 impl ReaderMachine {
     /// A reader in its initial state; its first reads are ready in
     /// [`poll_action`](Self::poll_action). Fails if the configuration is invalid.

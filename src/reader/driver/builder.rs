@@ -17,13 +17,10 @@ use crate::ring::{FdKind, Port, Ring, Target};
 pub struct ContinuousReaderBuilder {
     target: Target,
     pool: BufferPool,
-    pending_reads: u32,
+    /// The settings the target does not decide (pending reads, range, order, window,
+    /// acknowledgement bound); completed at build.
+    cfg: ReaderConfig,
     transfer_len: Option<u32>,
-    start: u64,
-    end: Option<u64>,
-    ordered: bool,
-    reorder_window: Option<u32>,
-    max_unacked: Option<u32>,
     dispatch: Dispatch,
     stream_reads: StreamReads,
     on_read: Option<OnRead>,
@@ -35,10 +32,8 @@ impl fmt::Debug for ContinuousReaderBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ContinuousReaderBuilder")
             .field("target", &self.target)
-            .field("pending_reads", &self.pending_reads)
+            .field("cfg", &self.cfg)
             .field("transfer_len", &self.transfer_len)
-            .field("range", &(self.start, self.end))
-            .field("ordered", &self.ordered)
             .field("dispatch", &self.dispatch)
             .field("stream_reads", &self.stream_reads)
             .finish_non_exhaustive()
@@ -53,13 +48,8 @@ impl ContinuousReader {
         ContinuousReaderBuilder {
             target,
             pool: pool.clone(),
-            pending_reads: ReaderConfig::DEFAULT_PENDING_READS,
+            cfg: ReaderConfig::positional(0),
             transfer_len: None,
-            start: 0,
-            end: None,
-            ordered: false,
-            reorder_window: None,
-            max_unacked: None,
             dispatch: Dispatch::Inline,
             stream_reads: StreamReads::Auto,
             on_read: None,
@@ -72,7 +62,7 @@ impl ContinuousReader {
 impl ContinuousReaderBuilder {
     /// Reads kept in flight for a file or block device (default 2). Streams keep one.
     pub fn pending_reads(mut self, n: u32) -> Self {
-        self.pending_reads = n;
+        self.cfg = self.cfg.pending_reads(n);
         self
     }
 
@@ -87,15 +77,13 @@ impl ContinuousReaderBuilder {
 
     /// Read only `[start, end)` (files and block devices).
     pub fn range(mut self, start: u64, end: u64) -> Self {
-        self.start = start;
-        self.end = Some(end);
+        self.cfg = self.cfg.range(start, end);
         self
     }
 
     /// Start at `offset` and read to the end of the file (files and block devices).
     pub fn start_at(mut self, offset: u64) -> Self {
-        self.start = offset;
-        self.end = None;
+        self.cfg = self.cfg.start_at(offset);
         self
     }
 
@@ -103,7 +91,7 @@ impl ContinuousReaderBuilder {
     /// Default off. Streams are always in order. With [`Dispatch::Workers`], deliveries
     /// are handed out in order but `on_read` calls on different workers may overlap.
     pub fn ordered(mut self, on: bool) -> Self {
-        self.ordered = on;
+        self.cfg = self.cfg.ordered(on);
         self
     }
 
@@ -111,14 +99,14 @@ impl ContinuousReaderBuilder {
     /// capped at the pool's slots minus one, at least `pending_reads`). Must be below the
     /// pool's slot count.
     pub fn reorder_window(mut self, reads: u32) -> Self {
-        self.reorder_window = Some(reads);
+        self.cfg = self.cfg.reorder_window(reads);
         self
     }
 
     /// Most deliveries awaiting acknowledgement before the reader holds back new reads
     /// (default [`ReaderConfig::DEFAULT_MAX_UNACKED`]; matters with workers).
     pub fn max_unacked(mut self, n: u32) -> Self {
-        self.max_unacked = Some(n);
+        self.cfg = self.cfg.max_unacked(n);
         self
     }
 
@@ -199,37 +187,33 @@ impl ContinuousReaderBuilder {
             }
             _ => {}
         }
+        let mut cfg = self.cfg;
+        cfg.transfer_len = transfer_len;
         let mut multishot = false;
         let mut probing = false;
-        let mut cfg = if info.kind.is_seekable() {
-            let align = if info.direct { info.offset_align } else { 1 };
-            if info.direct && g.align < info.mem_align as usize {
-                return Err(Error::new(ErrorKind::Misaligned {
-                    what: "buffer",
-                    value: g.align as u64,
-                    align: info.mem_align,
-                }));
+        if info.kind.is_seekable() {
+            if info.direct {
+                if g.align < info.mem_align as usize {
+                    return Err(Error::new(ErrorKind::Misaligned {
+                        what: "buffer",
+                        value: g.align as u64,
+                        align: info.mem_align,
+                    }));
+                }
+                cfg.align = info.offset_align;
             }
-            if (g.slots as u64) < u64::from(self.pending_reads) + u64::from(self.ordered) {
+            if (g.slots as u64) < u64::from(cfg.pending_reads) + u64::from(cfg.ordered) {
                 return Err(Error::invalid(
                     "pool has fewer slots than pending_reads (plus one when ordered)",
                 ));
             }
-            let mut cfg = ReaderConfig::positional(transfer_len)
-                .align(align)
-                .pending_reads(self.pending_reads)
-                .ordered(self.ordered);
-            cfg = match self.end {
-                Some(end) => cfg.range(self.start, end),
-                None => cfg.start_at(self.start),
-            };
-            if self.ordered {
+            if cfg.ordered {
                 let room = u32::try_from(g.slots - 1).unwrap_or(u32::MAX);
-                let window = self.reorder_window.unwrap_or_else(|| {
-                    self.pending_reads
+                let window = cfg.reorder_window.unwrap_or_else(|| {
+                    cfg.pending_reads
                         .saturating_mul(2)
                         .min(room)
-                        .max(self.pending_reads)
+                        .max(cfg.pending_reads)
                 });
                 // Reads held back for ordering keep their slots: a window the pool cannot
                 // cover, plus one slot for the read that unblocks it, could deadlock.
@@ -238,11 +222,12 @@ impl ContinuousReaderBuilder {
                         "reorder_window must be below the pool's slot count",
                     ));
                 }
-                cfg = cfg.reorder_window(window);
+                cfg.reorder_window = Some(window);
+            } else {
+                cfg.reorder_window = None; // unordered: no window
             }
-            cfg
         } else if info.kind.is_stream() {
-            if self.start != 0 || self.end.is_some() {
+            if cfg.start != 0 || cfg.end.is_some() {
                 return Err(Error::invalid("a byte range needs a file or block device"));
             }
             multishot = self
@@ -253,14 +238,13 @@ impl ContinuousReaderBuilder {
             probing = multishot && info.kind != FdKind::Socket;
             // A multishot read fills whole provided buffers.
             let len = if multishot { capacity } else { transfer_len };
-            ReaderConfig::stream(len).multishot(multishot && !probing)
+            cfg = ReaderConfig::stream(len)
+                .multishot(multishot && !probing)
+                .max_unacked(cfg.max_unacked);
         } else {
             return Err(Error::invalid(
                 "unsupported source: needs a file, block device, pipe, FIFO, socket or tty",
             ));
-        };
-        if let Some(n) = self.max_unacked {
-            cfg = cfg.max_unacked(n);
         }
         let machine = ReaderMachine::new(cfg)?;
 

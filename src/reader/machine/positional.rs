@@ -1,7 +1,7 @@
 //! Positional reads (files, block devices): reads at advancing offsets, holes re-read after
 //! short or failed reads, the ordering window, end of file and end of range.
 
-use super::{is_errno, Held, OpKind, Phase, ReaderMachine, Span};
+use super::{Held, OpKind, Phase, ReaderMachine, Span};
 use crate::error::{Error, Result};
 use crate::reader::events::Seq;
 
@@ -46,7 +46,7 @@ impl ReaderMachine {
     /// Read `seq` of `[offset, offset + len)` failed with `e`.
     fn positional_error(&mut self, seq: Seq, offset: u64, len: u32, e: Error) {
         self.discard(seq, None);
-        if is_errno(e, libc::EINTR) {
+        if e.raw_os_error() == Some(libc::EINTR) {
             self.add_hole(offset, u64::from(len));
             return;
         }

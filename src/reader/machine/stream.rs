@@ -2,7 +2,7 @@
 //! readiness poll after `EAGAIN`, or one armed multishot read whose completions each carry
 //! a provided buffer.
 
-use super::{is_errno, reject, OpKind, Phase, ReaderMachine};
+use super::{reject, OpKind, Phase, ReaderMachine};
 use crate::error::{Error, Result};
 use crate::reader::events::{ReaderAction, Seq};
 
@@ -62,22 +62,18 @@ impl ReaderMachine {
         if !more {
             self.ops.swap_remove(i);
         }
-        let e = match result {
-            Ok(n) if n > 0 => {
-                if matches!(self.phase, Phase::Failing { .. }) {
-                    self.discard(seq, buf_id);
-                } else {
-                    self.deliver_stream(seq, n, buf_id);
-                }
-                return Ok(());
+        if let Ok(n @ 1..) = result {
+            if matches!(self.phase, Phase::Failing { .. }) {
+                self.discard(seq, buf_id);
+            } else {
+                self.deliver_stream(seq, n, buf_id);
             }
-            Ok(_) => None,
-            Err(e) => Some(e),
-        };
+            return Ok(());
+        }
         if buf_id.is_some() {
             self.discard(seq, buf_id);
         }
-        let Some(e) = e else {
+        let Err(e) = result else {
             self.stream_eof = true;
             self.cancel_if_armed(i, more);
             return Ok(());
@@ -117,7 +113,7 @@ impl ReaderMachine {
         }
         self.ops.swap_remove(i);
         if let Err(e) = result {
-            if self.phase == Phase::Running && !is_errno(e, libc::EINTR) {
+            if self.phase == Phase::Running && e.raw_os_error() != Some(libc::EINTR) {
                 let at = self.cursor;
                 self.enter_failing(e, at);
             }
