@@ -2,6 +2,8 @@
 //! in which order — validated before anything runs.
 
 use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::reader::{ReaderEvent, ReaderMachine};
 
 /// What kind of source the reader reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

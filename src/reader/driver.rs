@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::buf::{BufferPool, PoolBuf};
+#[cfg(doc)]
+use crate::error::ErrorKind;
 use crate::error::{Error, Result};
 use crate::request::Bufs;
 use crate::ring::{Done, Driver, Op, Port, PortEvent, Ring, Target};

@@ -2,6 +2,8 @@
 //! for, the events the driver feeds back, and the values they carry.
 
 use crate::error::Error;
+#[cfg(doc)]
+use crate::reader::ReaderMachine;
 
 /// Identifies one operation the machine asked for (a read, a poll, a multishot arm) or one
 /// multishot delivery. Unique for the machine's lifetime, never reused.
