@@ -83,8 +83,8 @@ pub use fifo::{
 pub use gate::CompletionGate;
 pub use queue::CompletionQueue;
 pub use reader::{
-    ContinuousReader, Dispatch, FinishReason, ReaderAction, ReaderConfig, ReaderEvent,
-    ReaderMachine, ReaderReport, Restart, StopHandle, StreamReads,
+    CancelHandle, ContinuousReader, Dispatch, FinishReason, ReaderAction, ReaderConfig,
+    ReaderEvent, ReaderMachine, ReaderReport, Restart, StreamReads,
 };
 pub use ring::{
     BufRing, BufferRegistration, Bufs, Capabilities, Completion, Driver, FdInfo, FdKind, Op,

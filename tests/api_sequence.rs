@@ -590,24 +590,19 @@ enum Driver {
 trait Drive {
     fn drive(&mut self, ring: &mut Ring) -> iocomplete::Result<Option<ReaderReport>>;
     fn debug(&self) -> String;
-    fn stop(&self);
+    fn cancel(&self);
     fn is_multishot(&self) -> bool;
 }
 
-impl<C, R, F> Drive for ContinuousReader<C, R, F>
-where
-    C: Send + Sync + 'static,
-    R: Fn(&C, PoolBuf, u64) + Send + Sync + 'static,
-    F: FnMut(&C, &Error) -> Restart,
-{
+impl Drive for ContinuousReader {
     fn drive(&mut self, ring: &mut Ring) -> iocomplete::Result<Option<ReaderReport>> {
-        ContinuousReader::drive(self, ring, Some(Duration::ZERO))
+        iocomplete::Driver::step(self, ring, Some(Duration::ZERO))
     }
     fn debug(&self) -> String {
         format!("{self:?}")
     }
-    fn stop(&self) {
-        ContinuousReader::stop(self)
+    fn cancel(&self) {
+        self.cancel_handle().cancel()
     }
     fn is_multishot(&self) -> bool {
         ContinuousReader::is_multishot(self)
@@ -2463,7 +2458,7 @@ impl<'w> Episode<'w> {
                 reader, stopped, ..
             } = &mut self.drivers[i]
             {
-                reader.stop();
+                reader.cancel();
                 *stopped = true;
                 self.event("stop a reader".into());
                 return;
@@ -2495,7 +2490,7 @@ impl<'w> Episode<'w> {
         let got = Arc::new(AtomicU64::new(0));
         let fails = Arc::new(Mutex::new(Vec::new()));
         let f2 = fails.clone();
-        let on_failed = move |_: &RCtx, e: &Error| {
+        let on_failed = move |e: &Error| {
             f2.lock().unwrap().push(*e);
             Restart::No
         };
@@ -2536,7 +2531,9 @@ impl<'w> Episode<'w> {
             };
             let reader = ContinuousReader::builder(r, &pool)
                 .stream_reads(reads)
-                .build(self.ring(), ctx, on_read, on_failed);
+                .on_read(move |b, off| on_read(&ctx, b, off))
+                .on_failed(on_failed)
+                .build(self.ring());
             let reader = match reader {
                 Ok(r) => r,
                 Err(e) => {
@@ -2604,7 +2601,11 @@ impl<'w> Episode<'w> {
             if self.rng.chance(40) {
                 b = b.ordered(true);
             }
-            let reader = b.build(self.ring(), ctx, on_read, on_failed).unwrap();
+            let reader = b
+                .on_read(move |b, off| on_read(&ctx, b, off))
+                .on_failed(on_failed)
+                .build(self.ring())
+                .unwrap();
             self.w.totals.readers += 1;
             let expect = end.min(FILE_SIZE).saturating_sub(start);
             Some(Driver::Reader {

@@ -2091,12 +2091,10 @@ fn stale_targets_for_every_op_kind() {
                 }
                 let stale_kind =
                     |e: iocomplete::Error| assert_eq!(e.kind(), ErrorKind::StaleTarget);
-                let r = ContinuousReader::builder(stale_t, &fx.pool).build(
-                    &mut fx.ring,
-                    (),
-                    |_: &(), _b: PoolBuf, _o: u64| {},
-                    |_: &(), _e: &iocomplete::Error| Restart::No,
-                );
+                let r = ContinuousReader::builder(stale_t, &fx.pool)
+                    .on_read(|_b: PoolBuf, _o: u64| {})
+                    .on_failed(|_e: &iocomplete::Error| Restart::No)
+                    .build(&mut fx.ring);
                 stale_kind(r.map(drop).unwrap_err());
                 stale_kind(FifoReceiver::new(&fx.ring, stale_t).map(drop).unwrap_err());
                 let job = Job::Read {
@@ -2800,12 +2798,9 @@ fn wrong_kind_targets_are_refused_before_the_kernel() {
                 };
                 inv(FifoReceiver::new(&ring, tg).map(drop).unwrap_err());
                 inv(ContinuousReader::builder(tg, &p)
-                    .build(
-                        &mut ring,
-                        (),
-                        |_: &(), _: PoolBuf, _: u64| {},
-                        |_: &(), _: &iocomplete::Error| Restart::No,
-                    )
+                    .on_read(|_: PoolBuf, _: u64| {})
+                    .on_failed(|_: &iocomplete::Error| Restart::No)
+                    .build(&mut ring)
                     .map(drop)
                     .unwrap_err());
                 inv(SplitDriver::new(
@@ -2932,16 +2927,16 @@ fn reader_row(
     let mut fx = Fx::new(dev).unwrap();
     let failures = Arc::new(Mutex::new(Vec::new()));
     let f2 = failures.clone();
-    let built = cfg(ContinuousReader::builder(fx.t, &fx.pool)).build(
-        &mut fx.ring,
-        Deliveries::default(),
-        |d: &Deliveries, buf: PoolBuf, off: u64| d.lock().unwrap().push((off, buf.data().to_vec())),
-        move |_: &Deliveries, e: &iocomplete::Error| {
+    let got = Arc::new(Deliveries::default());
+    let d = got.clone();
+    let built = cfg(ContinuousReader::builder(fx.t, &fx.pool))
+        .on_read(move |buf: PoolBuf, off: u64| d.lock().unwrap().push((off, buf.data().to_vec())))
+        .on_failed(move |e: &iocomplete::Error| {
             f2.lock().unwrap().push(*e);
             Restart::No
-        },
-    );
-    let reader = match (want, built) {
+        })
+        .build(&mut fx.ring);
+    let mut reader = match (want, built) {
         (Drv::Refused | Drv::RefusedOrNothing, Err(e)) => {
             assert!(refused_kind(&e), "refused with a kernel error: {e:?}");
             assert_eq!(fx.ring.stats().enters, 0, "reached the kernel");
@@ -2952,8 +2947,9 @@ fn reader_row(
         (Drv::Refused, Ok(_)) => panic!("built; want a typed refusal"),
         (_, Ok(r)) => r,
     };
-    let (report, got) = reader.run_into_ctx(&mut fx.ring).unwrap();
-    let mut got = got.into_inner().unwrap();
+    let report = reader.run(&mut fx.ring).unwrap();
+    drop(reader);
+    let mut got = std::mem::take(&mut *got.lock().unwrap());
     got.sort_by_key(|g| g.0);
     let fails = failures.lock().unwrap().clone();
     for (off, bytes) in &got {
@@ -3438,14 +3434,11 @@ fn dropped_multishot_reader_gives_its_pool_back() {
         let g2 = got.clone();
         let mut reader = ContinuousReader::builder(r, &p)
             .stream_reads(iocomplete::StreamReads::Multishot)
-            .build(
-                &mut ring,
-                (),
-                move |_: &(), b: PoolBuf, _: u64| {
-                    g2.fetch_add(b.len() as u64, Ordering::Relaxed);
-                },
-                |_: &(), _: &iocomplete::Error| Restart::No,
-            )
+            .on_read(move |b: PoolBuf, _: u64| {
+                g2.fetch_add(b.len() as u64, Ordering::Relaxed);
+            })
+            .on_failed(|_: &iocomplete::Error| Restart::No)
+            .build(&mut ring)
             .unwrap();
         assert!(reader.is_multishot());
         write_fd(tx.as_raw_fd(), b"some bytes");
@@ -3453,7 +3446,7 @@ fn dropped_multishot_reader_gives_its_pool_back() {
         while got.load(Ordering::Relaxed) < 10 {
             assert!(Instant::now() < end, "nothing delivered");
             reader
-                .drive(&mut ring, Some(Duration::from_millis(10)))
+                .step(&mut ring, Some(Duration::from_millis(10)))
                 .unwrap();
         }
         drop(reader);

@@ -98,27 +98,26 @@ fn reader_restarts_after_eio_and_delivers_every_byte_once() {
         let ctl = fs.ctl().clone();
         let failures = Arc::new(AtomicUsize::new(0));
         let f2 = failures.clone();
-        let reader = ContinuousReader::builder(t, &pool)
+        let seen = Arc::new(Seen {
+            seed: spec.seed,
+            ..Seen::default()
+        });
+        let s = seen.clone();
+        let mut reader = ContinuousReader::builder(t, &pool)
             .pending_reads(pending)
             .ordered(ordered)
             .range(0, spec.size)
-            .build(
-                &mut ring,
-                Seen {
-                    seed: spec.seed,
-                    ..Seen::default()
-                },
-                on_read,
-                move |_, e| {
-                    assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
-                    f2.fetch_add(1, Ordering::SeqCst);
-                    // The device heals: the restart re-reads from where delivery stopped.
-                    ctl.clear();
-                    Restart::Yes
-                },
-            )
+            .on_read(move |buf, off| on_read(&s, buf, off))
+            .on_failed(move |e| {
+                assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
+                f2.fetch_add(1, Ordering::SeqCst);
+                // The device heals: the restart re-reads from where delivery stopped.
+                ctl.clear();
+                Restart::Yes
+            })
+            .build(&mut ring)
             .unwrap();
-        let (report, seen) = reader.run_into_ctx(&mut ring).unwrap();
+        let report = reader.run(&mut ring).unwrap();
         assert_eq!(report.reason, FinishReason::EndOfRange, "ordered {ordered}");
         assert_eq!(
             failures.load(Ordering::SeqCst),
@@ -151,24 +150,23 @@ fn reader_without_restart_ends_once_with_the_error() {
     let t = ring.register(open(&fs.path(), false, false)).unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let c2 = calls.clone();
-    let reader = ContinuousReader::builder(t, &pool)
+    let seen = Arc::new(Seen {
+        seed: spec.seed,
+        ..Seen::default()
+    });
+    let s = seen.clone();
+    let mut reader = ContinuousReader::builder(t, &pool)
         .pending_reads(6)
         .ordered(true)
-        .build(
-            &mut ring,
-            Seen {
-                seed: spec.seed,
-                ..Seen::default()
-            },
-            on_read,
-            move |_, e| {
-                assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
-                c2.fetch_add(1, Ordering::SeqCst);
-                Restart::No
-            },
-        )
+        .on_read(move |buf, off| on_read(&s, buf, off))
+        .on_failed(move |e| {
+            assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
+            c2.fetch_add(1, Ordering::SeqCst);
+            Restart::No
+        })
+        .build(&mut ring)
         .unwrap();
-    let (report, seen) = reader.run_into_ctx(&mut ring).unwrap();
+    let report = reader.run(&mut ring).unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(report.failures, 1);
     assert_eq!(report.restarts, 0);

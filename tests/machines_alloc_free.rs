@@ -49,7 +49,7 @@ impl Driver {
             let seq = iocomplete::reader::Seq::new(seq);
             m.handle(ReaderEvent::ReadDone {
                 seq,
-                res: len as i32,
+                result: Ok(len),
             })
             .unwrap();
         }
@@ -108,14 +108,14 @@ fn multishot_steady_state_allocates_nothing() {
             let ev = if i % 7 == 6 {
                 ReaderEvent::MultishotDone {
                     seq,
-                    res: -libc::ENOBUFS,
+                    result: Err(iocomplete::Error::from_errno(libc::ENOBUFS)),
                     buf_id: None,
                     more: false,
                 }
             } else {
                 ReaderEvent::MultishotDone {
                     seq,
-                    res: 100,
+                    result: Ok(100),
                     buf_id: Some(i as u16),
                     more: true,
                 }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use common::{check_teardown, verify, LoopDev};
 use iocomplete::reader::ContinuousReaderBuilder;
 use iocomplete::{
-    BufferPool, ContinuousReader, Dispatch, ErrorKind, FinishReason, Op, PoolBuf, ReaderReport,
-    Restart, Ring, StopHandle, StreamReads, Target,
+    BufferPool, CancelHandle, ContinuousReader, Dispatch, Driver, ErrorKind, FinishReason, Op,
+    PoolBuf, ReaderReport, Restart, Ring, StreamReads, Target,
 };
 
 const BS: usize = 4096;
@@ -73,8 +73,9 @@ impl Seen {
 }
 
 /// `on_read` for verify-pattern sources: header untouched, every block checked in place.
-fn verify_handler(seed: u64) -> impl Fn(&Seen, PoolBuf, u64) + Send + Sync + 'static {
-    move |seen: &Seen, buf: PoolBuf, off: u64| {
+fn verify_handler(seed: u64, seen: &Arc<Seen>) -> impl Fn(PoolBuf, u64) + Send + Sync + 'static {
+    let seen = seen.clone();
+    move |buf: PoolBuf, off: u64| {
         check_header(&buf);
         assert!(!buf.is_empty());
         verify::check_range(buf.data(), BS, seed, off).unwrap();
@@ -121,12 +122,13 @@ fn read_verify(
     configure: Box<Configure>,
 ) -> (ReaderReport, Vec<(u64, usize)>) {
     let b = configure(ContinuousReader::builder(t, pool));
-    let reader = b
-        .build(ring, Seen::default(), verify_handler(seed), |_, e| {
-            panic!("unexpected failure {e}")
-        })
+    let seen = Arc::new(Seen::default());
+    let mut reader = b
+        .on_read(verify_handler(seed, &seen))
+        .on_failed(|e| panic!("unexpected failure {e}"))
+        .build(ring)
         .unwrap();
-    let (report, seen) = reader.run_into_ctx(ring).unwrap();
+    let report = reader.run(ring).unwrap();
     (report, seen.spans())
 }
 
@@ -276,9 +278,10 @@ fn direct_io_settings_that_do_not_fit_are_typed_errors_before_the_kernel() {
     let pool = pool(8, 64 * 1024);
     let t = ring.register(open_direct(&path)).unwrap();
     let align = ring.info(t).unwrap().offset_align;
-    let noop = |_: &Seen, _: PoolBuf, _: u64| {};
     let build = |ring: &mut Ring, b: ContinuousReaderBuilder| {
-        b.build(ring, Seen::default(), noop, |_, _| Restart::No)
+        b.on_read(|_, _| {})
+            .on_failed(|_| Restart::No)
+            .build(ring)
             .unwrap_err()
             .kind()
     };
@@ -521,7 +524,7 @@ fn restart_after_eio_delivers_everything_once_inline_and_on_workers() {
         let t = ring
             .register(File::open("/proc/self/mem").unwrap())
             .unwrap();
-        let ctx = FaultCtx {
+        let ctx = Arc::new(FaultCtx {
             mem,
             seen: Seen::default(),
             in_read: AtomicUsize::new(0),
@@ -529,8 +532,9 @@ fn restart_after_eio_delivers_everything_once_inline_and_on_workers() {
             in_failed: AtomicBool::new(false),
             failures: AtomicUsize::new(0),
             slow: matches!(dispatch, Dispatch::Workers(_)),
-        };
-        let on_read = |c: &FaultCtx, buf: PoolBuf, off: u64| {
+        });
+        let c = ctx.clone();
+        let on_read = move |buf: PoolBuf, off: u64| {
             let n = c.in_read.fetch_add(1, Ordering::SeqCst) + 1;
             c.max_in_read.fetch_max(n, Ordering::SeqCst);
             assert!(
@@ -545,7 +549,8 @@ fn restart_after_eio_delivers_everything_once_inline_and_on_workers() {
             }
             c.in_read.fetch_sub(1, Ordering::SeqCst);
         };
-        let on_failed = |c: &FaultCtx, e: &iocomplete::Error| {
+        let c = ctx.clone();
+        let on_failed = move |e: &iocomplete::Error| {
             c.in_failed.store(true, Ordering::SeqCst);
             assert_eq!(
                 c.in_read.load(Ordering::SeqCst),
@@ -564,14 +569,16 @@ fn restart_after_eio_delivers_everything_once_inline_and_on_workers() {
                 Restart::No
             }
         };
-        let reader = ContinuousReader::builder(t, &pool)
+        let mut reader = ContinuousReader::builder(t, &pool)
             .pending_reads(pending)
             .ordered(ordered)
             .range(base, end)
             .dispatch(dispatch)
-            .build(&mut ring, ctx, on_read, on_failed)
+            .on_read(on_read)
+            .on_failed(on_failed)
+            .build(&mut ring)
             .unwrap();
-        let (report, ctx) = reader.run_into_ctx(&mut ring).unwrap();
+        let report = reader.run(&mut ring).unwrap();
         assert_eq!(report.reason, FinishReason::EndOfRange, "{dispatch:?}");
         // Pages 20 and 21 may fail as one failure or two, depending on where reads land.
         let failures = ctx.failures.load(Ordering::SeqCst) as u64;
@@ -609,22 +616,20 @@ fn failure_without_restart_ends_with_one_final_result() {
         .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let c2 = calls.clone();
-    let reader = ContinuousReader::builder(t, &pool)
+    let seen = Arc::new(Seen::default());
+    let mut reader = ContinuousReader::builder(t, &pool)
         .pending_reads(6)
         .ordered(true)
         .range(base, end)
-        .build(
-            &mut ring,
-            Seen::default(),
-            verify_handler(9),
-            move |_, e| {
-                assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
-                c2.fetch_add(1, Ordering::SeqCst);
-                Restart::No
-            },
-        )
+        .on_read(verify_handler(9, &seen))
+        .on_failed(move |e| {
+            assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
+            c2.fetch_add(1, Ordering::SeqCst);
+            Restart::No
+        })
+        .build(&mut ring)
         .unwrap();
-    let (report, seen) = reader.run_into_ctx(&mut ring).unwrap();
+    let report = reader.run(&mut ring).unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(
         report.reason,
@@ -689,33 +694,33 @@ fn memfile_holes_are_never_handed_to_other_mappings() {
         .unwrap();
     let failures = Arc::new(AtomicUsize::new(0));
     let f2 = failures.clone();
-    let reader = ContinuousReader::builder(t, &pool)
+    let seen = Arc::new(Seen::default());
+    let mem = Arc::new(mem);
+    let m2 = mem.clone();
+    let mut reader = ContinuousReader::builder(t, &pool)
         .pending_reads(2)
         .ordered(true)
         .range(base, end)
-        .build(
-            &mut ring,
-            (Seen::default(), mem),
-            |(seen, _): &(Seen, MemFile), buf: PoolBuf, off: u64| {
-                verify_handler(12)(seen, buf, off)
-            },
-            move |(_, mem): &(Seen, MemFile), e: &iocomplete::Error| {
-                assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
-                f2.fetch_add(1, Ordering::SeqCst);
-                if f2.load(Ordering::SeqCst) == 1 {
-                    // The first failure: let the other thread map while holes remain.
-                    start_tx.send(()).unwrap();
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                if mem.heal_lowest() {
-                    Restart::Yes
-                } else {
-                    Restart::No
-                }
-            },
-        )
+        .on_read(verify_handler(12, &seen))
+        .on_failed(move |e: &iocomplete::Error| {
+            assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
+            f2.fetch_add(1, Ordering::SeqCst);
+            if f2.load(Ordering::SeqCst) == 1 {
+                // The first failure: let the other thread map while holes remain.
+                start_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if m2.heal_lowest() {
+                Restart::Yes
+            } else {
+                Restart::No
+            }
+        })
+        .build(&mut ring)
         .unwrap();
-    let (report, (seen, mem)) = reader.run_into_ctx(&mut ring).unwrap();
+    let report = reader.run(&mut ring).unwrap();
+    // The reader's `on_failed` holds the other reference to `mem`.
+    drop(reader);
     let pages = mapper.join().unwrap();
     // The check is conclusive only if the kernel ran out of gaps above the `MemFile`.
     assert!(
@@ -765,29 +770,27 @@ fn closing_the_target_mid_run_fails_then_restart_fails_again() {
     let t = ring.register(File::open(&path).unwrap()).unwrap();
     let failed = Arc::new(Mutex::new(Vec::new()));
     let f2 = failed.clone();
+    let seen = Arc::new(Seen::default());
     let mut reader = ContinuousReader::builder(t, &pool)
         .pending_reads(4)
-        .build(
-            &mut ring,
-            Seen::default(),
-            verify_handler(11),
-            move |_, e| {
-                let mut f = f2.lock().unwrap();
-                f.push(*e);
-                if f.len() == 1 {
-                    Restart::Yes
-                } else {
-                    Restart::No
-                }
-            },
-        )
+        .on_read(verify_handler(11, &seen))
+        .on_failed(move |e| {
+            let mut f = f2.lock().unwrap();
+            f.push(*e);
+            if f.len() == 1 {
+                Restart::Yes
+            } else {
+                Restart::No
+            }
+        })
+        .build(&mut ring)
         .unwrap();
     let mut closed = false;
     let report = loop {
-        if let Some(r) = reader.drive(&mut ring, None).unwrap() {
+        if let Some(r) = reader.step(&mut ring, None).unwrap() {
             break r;
         }
-        if !closed && reader.ctx().bytes() > 0 {
+        if !closed && seen.bytes() > 0 {
             ring.close(t).unwrap();
             closed = true;
         }
@@ -805,7 +808,7 @@ fn closing_the_target_mid_run_fails_then_restart_fails_again() {
     assert_eq!(errs[1].kind(), ErrorKind::StaleTarget);
     assert_eq!(report.reason, FinishReason::Failed(errs[1]));
     assert_eq!((report.failures, report.restarts), (2, 1));
-    let spans = reader.ctx().spans();
+    let spans = seen.spans();
     check_disjoint(&spans);
     assert!(report.bytes > 0 && report.bytes < 4 << 20);
     drop(reader);
@@ -828,8 +831,8 @@ struct StreamSeen {
     want: Vec<u8>,
     next: AtomicU64,
     deliveries: AtomicU64,
-    stop_at: Option<u64>,
-    stop: Mutex<Option<StopHandle>>,
+    cancel_at: Option<u64>,
+    cancel: Mutex<Option<CancelHandle>>,
     /// Buffers kept by the handler (to drain the pool on purpose).
     kept: Mutex<Vec<PoolBuf>>,
     keep: bool,
@@ -860,9 +863,9 @@ fn stream_on_read(s: &StreamSeen, buf: PoolBuf, off: u64) {
     );
     s.next.store(end as u64, Ordering::SeqCst);
     s.deliveries.fetch_add(1, Ordering::SeqCst);
-    if s.stop_at.is_some_and(|n| end as u64 >= n) {
-        if let Some(h) = &*s.stop.lock().unwrap() {
-            h.stop();
+    if s.cancel_at.is_some_and(|n| end as u64 >= n) {
+        if let Some(h) = &*s.cancel.lock().unwrap() {
+            h.cancel();
         }
     }
     if s.keep {
@@ -894,18 +897,36 @@ fn run_stream(
     t: Target,
     seen: StreamSeen,
     mode: StreamReads,
-) -> (ReaderReport, StreamSeen) {
+) -> (ReaderReport, Arc<StreamSeen>) {
     let b = ContinuousReader::builder(t, pool)
         .stream_reads(mode)
         .transfer_len(pool.geometry().capacity as u32);
-    let stop = b.stop_handle();
-    *seen.stop.lock().unwrap() = Some(stop);
-    let reader = b
-        .build(ring, seen, stream_on_read, |_, e| {
-            panic!("unexpected failure {e}")
-        })
+    *seen.cancel.lock().unwrap() = Some(b.cancel_handle());
+    let seen = Arc::new(seen);
+    let s = seen.clone();
+    let mut reader = b
+        .on_read(move |buf, off| stream_on_read(&s, buf, off))
+        .on_failed(|e| panic!("unexpected failure {e}"))
+        .build(ring)
         .unwrap();
-    reader.run_into_ctx(ring).unwrap()
+    (reader.run(ring).unwrap(), seen)
+}
+
+/// `b` built with `stream_on_read` checking the stream against `want` (and no failure
+/// expected); returns the reader and what its handler saw.
+fn build_stream(
+    ring: &mut Ring,
+    b: ContinuousReaderBuilder,
+    want: Vec<u8>,
+) -> (ContinuousReader, Arc<StreamSeen>) {
+    let seen = Arc::new(StreamSeen::new(want));
+    let s = seen.clone();
+    let reader = b
+        .on_read(move |buf, off| stream_on_read(&s, buf, off))
+        .on_failed(|e| panic!("unexpected failure {e}"))
+        .build(ring)
+        .unwrap();
+    (reader, seen)
 }
 
 #[test]
@@ -1041,15 +1062,15 @@ fn pty_in_raw_mode() {
         let t = ring.register(master).unwrap();
         assert_eq!(ring.info(t).unwrap().kind, iocomplete::FdKind::Tty);
         // The writer keeps the slave open (a closed slave makes the master fail with
-        // EIO); the handler stops the reader once every byte is in.
+        // EIO); the handler cancels the reader once every byte is in.
         let keep = slave.try_clone().unwrap();
         let w = slow_writer(slave, want.clone(), 4);
         let mut seen = StreamSeen::new(want.clone());
-        seen.stop_at = Some(want.len() as u64);
+        seen.cancel_at = Some(want.len() as u64);
         let (report, seen) = run_stream(&mut ring, &pool, t, seen, mode);
         w.join().unwrap();
         drop(keep);
-        assert_eq!(report.reason, FinishReason::Stopped);
+        assert_eq!(report.reason, FinishReason::Cancelled);
         if mode == StreamReads::Auto {
             assert!(!report.multishot);
         }
@@ -1101,23 +1122,20 @@ fn tcp_reset_round(mode: StreamReads) {
     };
     let e2 = errors.clone();
     let want2 = want.clone();
-    let reader = ContinuousReader::builder(t, &pool)
+    let mut reader = ContinuousReader::builder(t, &pool)
         .stream_reads(mode)
-        .build(
-            &mut ring,
-            seen,
-            move |seen: &Arc<AtomicU64>, buf: PoolBuf, off: u64| {
-                check_header(&buf);
-                assert_eq!(off, seen.load(Ordering::SeqCst));
-                let end = off as usize + buf.len();
-                assert!(buf.data() == &want2[off as usize..end]);
-                seen.store(end as u64, Ordering::SeqCst);
-            },
-            move |_, e| {
-                e2.lock().unwrap().push(*e);
-                Restart::Yes
-            },
-        )
+        .on_read(move |buf: PoolBuf, off: u64| {
+            check_header(&buf);
+            assert_eq!(off, seen.load(Ordering::SeqCst));
+            let end = off as usize + buf.len();
+            assert!(buf.data() == &want2[off as usize..end]);
+            seen.store(end as u64, Ordering::SeqCst);
+        })
+        .on_failed(move |e| {
+            e2.lock().unwrap().push(*e);
+            Restart::Yes
+        })
+        .build(&mut ring)
         .unwrap();
     let report = reader.run(&mut ring).unwrap();
     w.join().unwrap();
@@ -1139,7 +1157,7 @@ fn restart_after_a_tcp_reset() {
 }
 
 #[test]
-fn stop_mid_stream_from_on_read_and_from_another_thread() {
+fn cancel_mid_stream_from_on_read_and_from_another_thread() {
     // 1. From inside on_read, with the writer still going.
     let want = verify::expected(BS, 36, 0, 4 << 20);
     let (rx, tx) = pipe();
@@ -1159,9 +1177,9 @@ fn stop_mid_stream_from_on_read_and_from_another_thread() {
         })
     };
     let mut seen = StreamSeen::new(want.clone());
-    seen.stop_at = Some(64 * 1024);
+    seen.cancel_at = Some(64 * 1024);
     let (report, seen) = run_stream(&mut ring, &pool, t, seen, StreamReads::Auto);
-    assert_eq!(report.reason, FinishReason::Stopped);
+    assert_eq!(report.reason, FinishReason::Cancelled);
     let got = seen.next.load(Ordering::SeqCst);
     assert!((64 * 1024..4 << 20).contains(&got), "{got}");
     assert_eq!(report.bytes, got);
@@ -1174,49 +1192,50 @@ fn stop_mid_stream_from_on_read_and_from_another_thread() {
     let (rx, tx) = pipe();
     let t = ring.register(rx).unwrap();
     let b = ContinuousReader::builder(t, &pool);
-    let stop = b.stop_handle();
-    let reader = b
-        .build(
-            &mut ring,
-            (),
-            |_: &(), _, _| panic!("no data was written"),
-            |_, _| Restart::No,
-        )
+    let cancel = b.cancel_handle();
+    let mut reader = b
+        .on_read(|_, _| panic!("no data was written"))
+        .on_failed(|_| Restart::No)
+        .build(&mut ring)
         .unwrap();
     let started = Instant::now();
     let s = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(30));
-        stop.stop();
+        cancel.cancel();
     });
     let report = reader.run(&mut ring).unwrap();
     s.join().unwrap();
-    assert_eq!(report.reason, FinishReason::Stopped);
+    assert_eq!(report.reason, FinishReason::Cancelled);
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(tx);
     ring.close(t).unwrap();
     check_teardown(&ring, &[&pool]);
 
-    // 3. A file with 8 reads in flight, stopped from another thread mid-way.
+    // 3. A file with 8 reads in flight, cancelled from another thread mid-way.
     let dir = common::disk_dir();
     let path = dir.path().join("s");
     verify::make_file(&path, 16 << 20, BS, 37);
     let t = ring.register(File::open(&path).unwrap()).unwrap();
     let b = ContinuousReader::builder(t, &pool).pending_reads(8);
-    let stop = b.stop_handle();
-    let slow = move |s: &Seen, buf: PoolBuf, off: u64| {
-        verify_handler(37)(s, buf, off);
+    let cancel = b.cancel_handle();
+    let seen = Arc::new(Seen::default());
+    let verify = verify_handler(37, &seen);
+    let slow = move |buf: PoolBuf, off: u64| {
+        verify(buf, off);
         std::thread::sleep(Duration::from_micros(200));
     };
-    let reader = b
-        .build(&mut ring, Seen::default(), slow, |_, _| Restart::No)
+    let mut reader = b
+        .on_read(slow)
+        .on_failed(|_| Restart::No)
+        .build(&mut ring)
         .unwrap();
     let s = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
-        stop.stop();
+        cancel.cancel();
     });
-    let (report, seen) = reader.run_into_ctx(&mut ring).unwrap();
+    let report = reader.run(&mut ring).unwrap();
     s.join().unwrap();
-    assert_eq!(report.reason, FinishReason::Stopped);
+    assert_eq!(report.reason, FinishReason::Cancelled);
     check_disjoint(&seen.spans());
     assert!(seen.bytes() < 16 << 20);
     ring.close(t).unwrap();
@@ -1239,11 +1258,13 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
     let t = ring.register(rx).unwrap();
     let mut seen = StreamSeen::new(want.clone());
     seen.keep = true;
+    let seen = Arc::new(seen);
+    let s = seen.clone();
     let b = ContinuousReader::builder(t, &pool).stream_reads(StreamReads::Multishot);
     let reader = b
-        .build(&mut ring, seen, stream_on_read, |_, e| {
-            panic!("unexpected failure {e}")
-        })
+        .on_read(move |buf, off| stream_on_read(&s, buf, off))
+        .on_failed(|e| panic!("unexpected failure {e}"))
+        .build(&mut ring)
         .unwrap();
     assert!(reader.is_multishot());
     let w = {
@@ -1256,19 +1277,18 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
             }
         })
     };
-    // The reader's context is reachable through the reader only, so the releaser works
-    // between drive steps from this thread instead: every 40 ms, drop what is kept.
+    // The releaser works between steps from this thread: every 40 ms, drop what is kept.
     let mut reader = reader;
     let mut last = Instant::now();
     let report = loop {
         if let Some(r) = reader
-            .drive(&mut ring, Some(Duration::from_millis(5)))
+            .step(&mut ring, Some(Duration::from_millis(5)))
             .unwrap()
         {
             break r;
         }
         if last.elapsed() > Duration::from_millis(40) {
-            reader.ctx().kept.lock().unwrap().clear();
+            seen.kept.lock().unwrap().clear();
             last = Instant::now();
         }
     };
@@ -1280,7 +1300,7 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
         "the buffer ring never ran dry: {report:?}"
     );
     assert!(report.buffer_waits >= 1, "{report:?}");
-    reader.ctx().kept.lock().unwrap().clear();
+    seen.kept.lock().unwrap().clear();
     drop(reader);
     ring.close(t).unwrap();
     check_teardown(&ring, &[&pool]);
@@ -1431,20 +1451,20 @@ fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
     let mut reader = ContinuousReader::builder(t, &pool)
         .pending_reads(8)
         .dispatch(Dispatch::Workers(2))
-        .build(
-            &mut ring,
-            AtomicUsize::new(0),
-            |n: &AtomicUsize, buf: PoolBuf, off: u64| {
+        .on_read({
+            let n = AtomicUsize::new(0);
+            move |buf: PoolBuf, off: u64| {
                 verify::check_range(buf.data(), BS, 41, off).unwrap();
                 if n.fetch_add(1, Ordering::SeqCst) == 10 {
                     panic!("handler bug at delivery 10");
                 }
-            },
-            |_, e| panic!("unexpected failure {e}"),
-        )
+            }
+        })
+        .on_failed(|e| panic!("unexpected failure {e}"))
+        .build(&mut ring)
         .unwrap();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
-        if let Some(r) = reader.drive(&mut ring, None).unwrap() {
+        if let Some(r) = reader.step(&mut ring, None).unwrap() {
             return r;
         }
     }));
@@ -1453,11 +1473,11 @@ fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
         payload.downcast_ref::<&str>().copied(),
         Some("handler bug at delivery 10")
     );
-    // The reader wound down before resuming the panic: stopped, or already at the end
-    // of the file when the stop came (the panic hook is slow; page-cached reads are not).
+    // The reader wound down before resuming the panic: cancelled, or already at the end
+    // of the file when the cancel came (the panic hook is slow; page-cached reads are not).
     let report = reader.report().expect("finished");
     assert!(
-        matches!(report.reason, FinishReason::Stopped | FinishReason::Eof),
+        matches!(report.reason, FinishReason::Cancelled | FinishReason::Eof),
         "{report:?}"
     );
     drop(reader);
@@ -1477,20 +1497,15 @@ fn mkfifo(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Drive `reader` to its end, failing (not hanging) if it takes more than `limit`.
-fn drive_bounded<C, R, F>(
+fn drive_bounded(
     ring: &mut Ring,
-    reader: &mut ContinuousReader<C, R, F>,
+    reader: &mut ContinuousReader,
     limit: Duration,
     what: &str,
-) -> ReaderReport
-where
-    C: Send + Sync + 'static,
-    R: Fn(&C, PoolBuf, u64) + Send + Sync + 'static,
-    F: FnMut(&C, &iocomplete::Error) -> Restart,
-{
+) -> ReaderReport {
     let started = Instant::now();
     loop {
-        if let Some(r) = reader.drive(ring, Some(Duration::from_millis(50))).unwrap() {
+        if let Some(r) = reader.step(ring, Some(Duration::from_millis(50))).unwrap() {
             return r;
         }
         assert!(
@@ -1568,21 +1583,14 @@ fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
                 !info.nonblocking && info.kind == iocomplete::FdKind::Pipe,
                 "{what}"
             );
-            let mut reader = ContinuousReader::builder(t, &pool)
-                .stream_reads(mode)
-                .build(
-                    &mut ring,
-                    StreamSeen::new(want.clone()),
-                    stream_on_read,
-                    |_, e| panic!("unexpected failure {e}"),
-                )
-                .unwrap();
+            let b = ContinuousReader::builder(t, &pool).stream_reads(mode);
+            let (mut reader, seen) = build_stream(&mut ring, b, want.clone());
             let report = drive_bounded(&mut ring, &mut reader, Duration::from_secs(20), &what);
             w.join().unwrap();
             assert_eq!(report.reason, FinishReason::Eof, "{what}");
             assert_eq!(report.bytes, want.len() as u64, "{what}");
             assert_eq!(
-                reader.ctx().next.load(Ordering::SeqCst),
+                seen.next.load(Ordering::SeqCst),
                 want.len() as u64,
                 "{what}"
             );
@@ -1706,30 +1714,24 @@ fn dropping_an_unfinished_reader_returns_every_slot() {
             let (rx, tx) = pipe();
             let pool = pool(8, BS);
             let t = ring.register(rx).unwrap();
-            let mut reader = ContinuousReader::builder(t, &pool)
+            let b = ContinuousReader::builder(t, &pool)
                 .stream_reads(mode)
-                .dispatch(dispatch)
-                .build(
-                    &mut ring,
-                    StreamSeen::new(want.clone()),
-                    stream_on_read,
-                    |_, e| panic!("unexpected failure {e}"),
-                )
-                .unwrap();
+                .dispatch(dispatch);
+            let (mut reader, seen) = build_stream(&mut ring, b, want.clone());
             // Half the data; the writer stays open, so the reader never finishes.
             let mut tx = File::from(tx);
             tx.write_all(&want[..32 * 1024]).unwrap();
             let started = Instant::now();
-            while reader.ctx().next.load(Ordering::SeqCst) < 32 * 1024 {
+            while seen.next.load(Ordering::SeqCst) < 32 * 1024 {
                 assert!(reader
-                    .drive(&mut ring, Some(Duration::from_millis(20)))
+                    .step(&mut ring, Some(Duration::from_millis(20)))
                     .unwrap()
                     .is_none());
                 assert!(started.elapsed() < Duration::from_secs(10), "{what}");
             }
             // Drive a little more so the next read (or re-armed multishot) is in flight.
             reader
-                .drive(&mut ring, Some(Duration::from_millis(20)))
+                .step(&mut ring, Some(Duration::from_millis(20)))
                 .unwrap();
             assert!(ring.in_flight() > 0, "{what}: nothing in flight to abandon");
             drop(reader);
@@ -1765,22 +1767,16 @@ fn multishot_readers_sharing_a_small_pool_all_get_all_their_data() {
         let others_done = Arc::new(AtomicBool::new(false));
         let mut targets = Vec::new();
         let mut readers = Vec::new();
+        let mut seens = Vec::new();
         let mut writers = Vec::new();
         for (i, want) in wants.iter().enumerate() {
             let (rx, tx) = pipe();
             let t = ring.register(rx).unwrap();
             targets.push(t);
-            readers.push(
-                ContinuousReader::builder(t, &pool)
-                    .stream_reads(StreamReads::Multishot)
-                    .build(
-                        &mut ring,
-                        StreamSeen::new(want.clone()),
-                        stream_on_read,
-                        |_, e| panic!("unexpected failure {e}"),
-                    )
-                    .unwrap(),
-            );
+            let b = ContinuousReader::builder(t, &pool).stream_reads(StreamReads::Multishot);
+            let (reader, seen) = build_stream(&mut ring, b, want.clone());
+            readers.push(reader);
+            seens.push(seen);
             writers.push(if i == 0 {
                 let (want, others_done) = (want.clone(), others_done.clone());
                 std::thread::spawn(move || {
@@ -1808,16 +1804,16 @@ fn multishot_readers_sharing_a_small_pool_all_get_all_their_data() {
             for (r, reader) in reports.iter_mut().zip(&mut readers) {
                 if r.is_none() {
                     *r = reader
-                        .drive(&mut ring, Some(Duration::from_millis(5)))
+                        .step(&mut ring, Some(Duration::from_millis(5)))
                         .unwrap();
                 }
             }
             if reports[1..].iter().all(Option::is_some) {
                 others_done.store(true, Ordering::SeqCst);
             }
-            let got: Vec<u64> = readers
+            let got: Vec<u64> = seens
                 .iter()
-                .map(|r| r.ctx().next.load(Ordering::SeqCst))
+                .map(|s| s.next.load(Ordering::SeqCst))
                 .collect();
             assert!(
                 started.elapsed() < Duration::from_secs(30),
@@ -1828,12 +1824,12 @@ fn multishot_readers_sharing_a_small_pool_all_get_all_their_data() {
         for w in writers {
             w.join().unwrap();
         }
-        for ((r, reader), want) in reports.iter().zip(&readers).zip(&wants) {
+        for ((r, seen), want) in reports.iter().zip(&seens).zip(&wants) {
             let r = r.unwrap();
             assert_eq!(r.reason, FinishReason::Eof, "{what}");
             assert_eq!(r.bytes, want.len() as u64, "{what}");
             assert!(r.multishot, "{what}");
-            assert_eq!(reader.ctx().next.load(Ordering::SeqCst), want.len() as u64);
+            assert_eq!(seen.next.load(Ordering::SeqCst), want.len() as u64);
         }
         drop(readers);
         for t in targets {
@@ -1853,9 +1849,10 @@ fn bad_arguments_and_foreign_rings_are_refused() {
     let pool = pool(4, BS);
     let (rx, tx) = pipe();
     let t = ring.register(rx).unwrap();
-    let noop = |_: &(), _: PoolBuf, _: u64| {};
     let kind = |ring: &mut Ring, b: ContinuousReaderBuilder| {
-        b.build(ring, (), noop, |_, _| Restart::No)
+        b.on_read(|_, _| {})
+            .on_failed(|_| Restart::No)
+            .build(ring)
             .unwrap_err()
             .kind()
     };
@@ -1905,7 +1902,9 @@ fn bad_arguments_and_foreign_rings_are_refused() {
         "{k:?}"
     );
     let auto = ContinuousReader::builder(t, &big)
-        .build(&mut ring, (), noop, |_, _| Restart::No)
+        .on_read(|_, _| {})
+        .on_failed(|_| Restart::No)
+        .build(&mut ring)
         .unwrap();
     assert!(!auto.is_multishot());
     drop(auto);
@@ -1918,15 +1917,17 @@ fn bad_arguments_and_foreign_rings_are_refused() {
     other.poll().unwrap();
     let before = other.stats();
     let mut reader = ContinuousReader::builder(t, &pool)
-        .build(&mut ring, (), noop, |_, _| Restart::No)
+        .on_read(|_, _| {})
+        .on_failed(|_| Restart::No)
+        .build(&mut ring)
         .unwrap();
     assert!(reader
-        .drive(&mut ring, Some(Duration::from_millis(5)))
+        .step(&mut ring, Some(Duration::from_millis(5)))
         .unwrap()
         .is_none());
-    reader.stop();
+    assert!(reader.cancel(&mut ring));
     let e = reader
-        .drive(&mut other, Some(Duration::from_millis(5)))
+        .step(&mut other, Some(Duration::from_millis(5)))
         .unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
     other.poll().unwrap();
@@ -1935,9 +1936,9 @@ fn bad_arguments_and_foreign_rings_are_refused() {
         !other.is_done(&ticket),
         "the foreign ring's poll was cancelled"
     );
-    // On its own ring the reader stops as asked.
-    let report = drive_bounded(&mut ring, &mut reader, Duration::from_secs(10), "stop");
-    assert_eq!(report.reason, FinishReason::Stopped);
+    // On its own ring the reader cancels as asked.
+    let report = drive_bounded(&mut ring, &mut reader, Duration::from_secs(10), "cancel");
+    assert_eq!(report.reason, FinishReason::Cancelled);
     drop(reader);
     drop(tx);
     ring.close(t).unwrap();
@@ -1963,14 +1964,13 @@ fn pty_hang_up_ends_every_stream_mode() {
         let (master, slave) = raw_pty();
         let pool = pool(8, BS);
         let t = ring.register(master).unwrap();
+        let seen = Arc::new(StreamSeen::new(want.clone()));
+        let s = seen.clone();
         let mut reader = ContinuousReader::builder(t, &pool)
             .stream_reads(mode)
-            .build(
-                &mut ring,
-                StreamSeen::new(want.clone()),
-                stream_on_read,
-                |_, _| Restart::No,
-            )
+            .on_read(move |buf, off| stream_on_read(&s, buf, off))
+            .on_failed(|_| Restart::No)
+            .build(&mut ring)
             .unwrap();
         let w = {
             let want = want.clone();
@@ -1982,10 +1982,10 @@ fn pty_hang_up_ends_every_stream_mode() {
         };
         let started = Instant::now();
         // Everything written, then the hang-up.
-        while reader.ctx().next.load(Ordering::SeqCst) < want.len() as u64 {
+        while seen.next.load(Ordering::SeqCst) < want.len() as u64 {
             assert!(
                 reader
-                    .drive(&mut ring, Some(Duration::from_millis(20)))
+                    .step(&mut ring, Some(Duration::from_millis(20)))
                     .unwrap()
                     .is_none(),
                 "{mode:?}: ended before all bytes were in"
@@ -2037,13 +2037,10 @@ fn a_reader_at_the_largest_file_position_ends_without_reading_past_it() {
             Some(e) => b.range(start, e),
             None => b.start_at(start),
         };
-        let reader = b
-            .build(
-                &mut ring,
-                (),
-                |_: &(), _: PoolBuf, _: u64| {},
-                |_, _| Restart::No,
-            )
+        let mut reader = b
+            .on_read(|_: PoolBuf, _: u64| {})
+            .on_failed(|_| Restart::No)
+            .build(&mut ring)
             .unwrap();
         let report = reader.run(&mut ring).unwrap();
         let case = (start, end, direct);

@@ -7,8 +7,11 @@ mod common;
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use iocomplete::{BufferPool, ContinuousReader, FinishReason, PoolBuf, Restart, Ring, StreamReads};
+use iocomplete::{
+    BufferPool, ContinuousReader, Driver, FinishReason, PoolBuf, Restart, Ring, StreamReads,
+};
 
 #[path = "common/alloc.rs"]
 mod alloc;
@@ -49,15 +52,15 @@ fn on_read(w: &Window, buf: PoolBuf, _off: u64) {
     }
 }
 
-fn window(from: u64, to: u64) -> Window {
-    Window {
+fn window(from: u64, to: u64) -> Arc<Window> {
+    Arc::new(Window {
         n: AtomicU64::new(0),
         from,
         to,
         bytes: AtomicU64::new(0),
         at_from: AtomicU64::new(0),
         at_to: AtomicU64::new(0),
-    }
+    })
 }
 
 #[test]
@@ -75,12 +78,16 @@ fn steady_state_reader_does_not_allocate() {
         .unwrap();
     ring.register_pool(&pool);
     let t = ring.register(File::open(&path).unwrap()).unwrap();
-    let reader = ContinuousReader::builder(t, &pool)
+    let w = window(500, 3500);
+    let w2 = w.clone();
+    let mut reader = ContinuousReader::builder(t, &pool)
         .pending_reads(8)
         .ordered(true)
-        .build(&mut ring, window(500, 3500), on_read, |_, _| Restart::No)
+        .on_read(move |buf, off| on_read(&w2, buf, off))
+        .on_failed(|_| Restart::No)
+        .build(&mut ring)
         .unwrap();
-    let (report, w) = reader.run_into_ctx(&mut ring).unwrap();
+    let report = reader.run(&mut ring).unwrap();
     assert_eq!(report.reason, FinishReason::Eof);
     assert_eq!(w.bytes.load(Ordering::SeqCst), 4000 * 4096);
     let n = w.allocations();
@@ -103,11 +110,15 @@ fn steady_state_reader_does_not_allocate() {
                 std::io::Write::write_all(&mut f, &block).unwrap();
             }
         });
-        let reader = ContinuousReader::builder(t, &pool)
+        let w = window(100, 400);
+        let w2 = w.clone();
+        let mut reader = ContinuousReader::builder(t, &pool)
             .stream_reads(mode)
-            .build(&mut ring, window(100, 400), on_read, |_, _| Restart::No)
+            .on_read(move |buf, off| on_read(&w2, buf, off))
+            .on_failed(|_| Restart::No)
+            .build(&mut ring)
             .unwrap();
-        let (report, w) = reader.run_into_ctx(&mut ring).unwrap();
+        let report = reader.run(&mut ring).unwrap();
         writer.join().unwrap();
         assert_eq!(report.reason, FinishReason::Eof);
         assert_eq!(w.bytes.load(Ordering::SeqCst), 2_000_000);

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iocomplete::{
-    BufferPool, Completion, CompletionQueue, ContinuousReader, Error, FinishReason, Op, PoolBuf,
-    Restart, Ring, Target,
+    BufferPool, Completion, CompletionQueue, ContinuousReader, Driver, Error, FinishReason, Op,
+    PoolBuf, Ring, Target,
 };
 
 pub(crate) const USAGE: &str =
@@ -126,13 +126,6 @@ pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {
     }
     o.path = path.ok_or_else(|| USAGE.to_string())?;
     Ok(o)
-}
-
-/// The reader's context: delivered buffers, in delivery order, waiting to be written.
-/// Every queued buffer owns a distinct pool slot, so a queue as large as the pool never
-/// refuses one.
-struct Forward {
-    bufs: CompletionQueue<PoolBuf>,
 }
 
 /// Writes buffers to stdout through the ring, one at a time (stdout may be a pipe or a
@@ -306,25 +299,23 @@ pub(crate) fn run(
     }
 
     let chunk = u32::try_from(opts.chunk).map_err(|_| "--chunk too large".to_string())?;
+    // Delivered buffers, in delivery order, waiting to be written. Every queued buffer
+    // owns a distinct pool slot, so a queue as large as the pool never refuses one.
+    let bufs = Arc::new(CompletionQueue::<PoolBuf>::new(slots));
+    let forward = bufs.clone();
     let mut reader = ContinuousReader::builder(source, &pool)
         .pending_reads(opts.pending)
         .transfer_len(chunk)
         // File order for files and block devices (streams are in order anyway).
         .ordered(seekable)
         .start_at(start)
-        .build(
-            &mut ring,
-            Forward {
-                bufs: CompletionQueue::new(slots),
-            },
-            |f: &Forward, buf: PoolBuf, _offset: u64| {
-                // Never full (see `Forward`); if it were, dropping the buffer would lose
-                // data, which the byte count check below would report.
-                let _ = f.bufs.push(buf);
-            },
-            // The error comes back in the report's `FinishReason::Failed`.
-            |_, _: &Error| Restart::No,
-        )
+        .on_read(move |buf, _offset| {
+            // Never full (see `bufs`); if it were, dropping the buffer would lose data,
+            // which the byte count check below would report.
+            let _ = forward.push(buf);
+        })
+        // Without `on_failed`, the error comes back in the report's `FinishReason::Failed`.
+        .build(&mut ring)
         .map_err(|e| format!("cannot read {name}: {e}"))?;
 
     let started = Instant::now();
@@ -339,9 +330,9 @@ pub(crate) fn run(
     let mut stopping = false;
     let report = loop {
         let r = reader
-            .drive(&mut ring, None)
+            .step(&mut ring, None)
             .map_err(|e| format!("io_uring: {e}"))?;
-        while let Some(b) = reader.ctx().bufs.pop() {
+        while let Some(b) = bufs.pop() {
             w.queue.push_back(b);
         }
         w.collect(&mut ring);
@@ -350,7 +341,7 @@ pub(crate) fn run(
             break r;
         }
         if w.error.is_some() && !stopping {
-            reader.stop();
+            reader.cancel(&mut ring);
             stopping = true;
         }
     };
@@ -367,7 +358,7 @@ pub(crate) fn run(
     match report.reason {
         FinishReason::Eof | FinishReason::EndOfRange => {}
         FinishReason::Failed(e) => return Err(format!("{name}: read error: {e}")),
-        FinishReason::Stopped => return Err(format!("{name}: stopped")),
+        FinishReason::Cancelled => return Err(format!("{name}: cancelled")),
     }
     if w.written != report.bytes {
         return Err(format!(

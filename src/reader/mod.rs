@@ -1,8 +1,8 @@
 //! Continuous reader: many reads in flight per source, re-armed on every completion.
 //!
 //! [`ContinuousReader`] runs it on a [`Ring`](crate::Ring): `pending_reads` reads in
-//! flight per source, `on_read(ctx, buf, offset)` for every filled buffer,
-//! `on_failed(ctx, &error) -> Restart` after a failure, optional worker threads for
+//! flight per source, `on_read(buf, offset)` for every filled buffer,
+//! `on_failed(&error) -> Restart` after a failure, optional worker threads for
 //! `on_read`.
 //!
 //! The sans-I/O core is [`ReaderMachine`]: it decides which reads to issue,
@@ -27,8 +27,8 @@
 //!         ReaderAction::ReadAt { seq, offset, len } => {
 //!             let start = (offset as usize).min(file.len());
 //!             let end = (start + len as usize).min(file.len());
-//!             let res = (end - start) as i32;
-//!             m.handle(ReaderEvent::ReadDone { seq, res }).unwrap();
+//!             let result = Ok((end - start) as u32);
+//!             m.handle(ReaderEvent::ReadDone { seq, result }).unwrap();
 //!         }
 //!         ReaderAction::Deliver(d) => {
 //!             let at = d.offset as usize;
@@ -46,15 +46,16 @@
 //! assert_eq!(finished, Some(iocomplete::reader::FinishReason::Eof));
 //! ```
 
+mod config;
 mod driver;
+mod events;
 mod machine;
 #[cfg(test)]
 mod tests;
 
+pub use config::{ReaderConfig, SourceKind};
 pub use driver::{
-    ContinuousReader, ContinuousReaderBuilder, Dispatch, ReaderReport, StopHandle, StreamReads,
+    CancelHandle, ContinuousReader, ContinuousReaderBuilder, Dispatch, ReaderReport, StreamReads,
 };
-pub use machine::{
-    Delivery, FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, ReaderStats,
-    Restart, Seq, SourceKind,
-};
+pub use events::{Delivery, FinishReason, ReaderAction, ReaderEvent, ReaderStats, Restart, Seq};
+pub use machine::ReaderMachine;

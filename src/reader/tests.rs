@@ -18,8 +18,13 @@ fn read_at(a: &ReaderAction) -> (Seq, u64, u32) {
     }
 }
 
-fn done(m: &mut ReaderMachine, seq: Seq, res: i32) {
-    m.handle(ReaderEvent::ReadDone { seq, res }).unwrap();
+fn done(m: &mut ReaderMachine, seq: Seq, result: Result<u32, Error>) {
+    m.handle(ReaderEvent::ReadDone { seq, result }).unwrap();
+}
+
+/// The kernel's `errno`, as a completion carries it.
+fn os(errno: i32) -> Result<u32, Error> {
+    Err(Error::from_errno(errno))
 }
 
 fn deliver(offset: u64, len: u32, seq: Seq) -> ReaderAction {
@@ -94,7 +99,7 @@ fn keeps_pending_reads_in_flight_and_rearms_on_each_completion() {
     let reads: Vec<_> = a.iter().map(read_at).collect();
     assert_eq!(reads.iter().map(|r| r.1).collect::<Vec<_>>(), [0, 100, 200]);
     assert!(reads.iter().all(|r| r.2 == 100));
-    done(&mut m, reads[1].0, 100);
+    done(&mut m, reads[1].0, Ok(100));
     let a = actions(&mut m);
     assert_eq!(a[0], deliver(100, 100, reads[1].0));
     assert_eq!(
@@ -109,7 +114,7 @@ fn keeps_pending_reads_in_flight_and_rearms_on_each_completion() {
 fn short_read_rereads_the_gap_before_new_offsets() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(100).pending_reads(2)).unwrap();
     let r: Vec<_> = actions(&mut m).iter().map(read_at).collect();
-    done(&mut m, r[0].0, 30);
+    done(&mut m, r[0].0, Ok(30));
     let a = actions(&mut m);
     assert_eq!(a[0], deliver(0, 30, r[0].0));
     assert_eq!(
@@ -123,7 +128,7 @@ fn short_read_rereads_the_gap_before_new_offsets() {
 fn eof_finishes_after_everything_before_it_is_delivered_and_acked() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(10).pending_reads(3)).unwrap();
     let r: Vec<_> = actions(&mut m).iter().map(read_at).collect();
-    done(&mut m, r[2].0, 0); // EOF at 20 seen first
+    done(&mut m, r[2].0, Ok(0)); // EOF at 20 seen first
     assert_eq!(
         actions(&mut m),
         [ReaderAction::Discard {
@@ -131,13 +136,13 @@ fn eof_finishes_after_everything_before_it_is_delivered_and_acked() {
             buf_id: None
         }]
     );
-    done(&mut m, r[1].0, 4); // file is 14 bytes: short read at 10
+    done(&mut m, r[1].0, Ok(4)); // file is 14 bytes: short read at 10
     let a = actions(&mut m);
     assert_eq!(a[0], deliver(10, 4, r[1].0));
     let (s, off, len) = read_at(&a[1]);
     assert_eq!((off, len), (14, 6));
-    done(&mut m, s, 0);
-    done(&mut m, r[0].0, 10);
+    done(&mut m, s, Ok(0));
+    done(&mut m, r[0].0, Ok(10));
     let a = actions(&mut m);
     assert_eq!(
         a[0],
@@ -169,7 +174,7 @@ fn range_end_clamps_the_last_read_and_finishes_with_end_of_range() {
         [(4, 8), (12, 8)]
     );
     for &(seq, _, len) in &r {
-        done(&mut m, seq, len as i32);
+        done(&mut m, seq, Ok(len));
         m.handle(ReaderEvent::Delivered { seq }).unwrap();
     }
     let a = actions(&mut m);
@@ -184,7 +189,7 @@ fn direct_io_unaligned_short_read_is_end_of_file() {
     let cfg = ReaderConfig::positional(1024).align(512).pending_reads(1);
     let mut m = ReaderMachine::new(cfg).unwrap();
     let (s, _, _) = read_at(&actions(&mut m)[0]);
-    done(&mut m, s, 700);
+    done(&mut m, s, Ok(700));
     let a = actions(&mut m);
     assert_eq!(a, [deliver(0, 700, s)], "no misaligned re-read at 700");
     m.handle(ReaderEvent::Delivered { seq: s }).unwrap();
@@ -195,7 +200,7 @@ fn direct_io_unaligned_short_read_is_end_of_file() {
 fn error_drains_delivers_before_discards_after_then_fails_once_acked() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(10).pending_reads(3)).unwrap();
     let r: Vec<_> = actions(&mut m).iter().map(read_at).collect();
-    done(&mut m, r[1].0, -libc::EIO); // failure point: offset 10
+    done(&mut m, r[1].0, os(libc::EIO)); // failure point: offset 10
     assert_eq!(
         actions(&mut m),
         [ReaderAction::Discard {
@@ -203,7 +208,7 @@ fn error_drains_delivers_before_discards_after_then_fails_once_acked() {
             buf_id: None
         }]
     );
-    done(&mut m, r[2].0, 10); // after the failure point
+    done(&mut m, r[2].0, Ok(10)); // after the failure point
     assert_eq!(
         actions(&mut m),
         [ReaderAction::Discard {
@@ -211,7 +216,7 @@ fn error_drains_delivers_before_discards_after_then_fails_once_acked() {
             buf_id: None
         }]
     );
-    done(&mut m, r[0].0, 10); // before it
+    done(&mut m, r[0].0, Ok(10)); // before it
     assert_eq!(
         actions(&mut m),
         [deliver(0, 10, r[0].0)],
@@ -234,7 +239,7 @@ fn error_drains_delivers_before_discards_after_then_fails_once_acked() {
 fn no_restart_finishes_with_the_error() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(10).pending_reads(1)).unwrap();
     let (s, _, _) = read_at(&actions(&mut m)[0]);
-    done(&mut m, s, -libc::EIO);
+    done(&mut m, s, os(libc::EIO));
     let a = actions(&mut m);
     assert_eq!(
         a.last(),
@@ -250,10 +255,10 @@ fn no_restart_finishes_with_the_error() {
 }
 
 #[test]
-fn stop_cancels_in_flight_and_finishes_once_all_are_back() {
+fn cancel_cancels_in_flight_and_finishes_once_all_are_back() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(10).pending_reads(2)).unwrap();
     let r: Vec<_> = actions(&mut m).iter().map(read_at).collect();
-    m.stop();
+    m.cancel();
     let a = actions(&mut m);
     assert_eq!(
         a,
@@ -262,9 +267,9 @@ fn stop_cancels_in_flight_and_finishes_once_all_are_back() {
             ReaderAction::Cancel { seq: r[1].0 }
         ]
     );
-    m.stop(); // idempotent
+    m.cancel(); // idempotent
     assert!(actions(&mut m).is_empty());
-    done(&mut m, r[0].0, -libc::ECANCELED);
+    done(&mut m, r[0].0, os(libc::ECANCELED));
     assert_eq!(
         actions(&mut m),
         [ReaderAction::Discard {
@@ -272,25 +277,25 @@ fn stop_cancels_in_flight_and_finishes_once_all_are_back() {
             buf_id: None
         }]
     );
-    done(&mut m, r[1].0, 10); // won the race: still delivered, no new read
+    done(&mut m, r[1].0, Ok(10)); // won the race: still delivered, no new read
     assert_eq!(actions(&mut m), [deliver(10, 10, r[1].0)]);
     m.handle(ReaderEvent::Delivered { seq: r[1].0 }).unwrap();
     assert_eq!(
         actions(&mut m),
-        [ReaderAction::Finished(FinishReason::Stopped)]
+        [ReaderAction::Finished(FinishReason::Cancelled)]
     );
 }
 
 #[test]
-fn stop_while_awaiting_restart_finishes_stopped() {
+fn cancel_while_awaiting_restart_finishes_cancelled() {
     let mut m = ReaderMachine::new(ReaderConfig::positional(10).pending_reads(1)).unwrap();
     let (s, _, _) = read_at(&actions(&mut m)[0]);
-    done(&mut m, s, -libc::EIO);
+    done(&mut m, s, os(libc::EIO));
     actions(&mut m);
-    m.handle(ReaderEvent::Stop).unwrap();
+    m.handle(ReaderEvent::Cancel).unwrap();
     assert_eq!(
         actions(&mut m),
-        [ReaderAction::Finished(FinishReason::Stopped)]
+        [ReaderAction::Finished(FinishReason::Cancelled)]
     );
 }
 
@@ -299,14 +304,14 @@ fn ordered_mode_holds_early_completions_until_the_gap_fills() {
     let cfg = ReaderConfig::positional(10).pending_reads(3).ordered(true);
     let mut m = ReaderMachine::new(cfg).unwrap();
     let r: Vec<_> = actions(&mut m).iter().map(read_at).collect();
-    done(&mut m, r[2].0, 10);
-    done(&mut m, r[1].0, 10);
+    done(&mut m, r[2].0, Ok(10));
+    done(&mut m, r[1].0, Ok(10));
     let a = actions(&mut m);
     assert!(
         a.iter().all(|a| matches!(a, ReaderAction::ReadAt { .. })),
         "{a:?}"
     );
-    done(&mut m, r[0].0, 10);
+    done(&mut m, r[0].0, Ok(10));
     let a = actions(&mut m);
     let delivered: Vec<_> = a
         .iter()
@@ -326,7 +331,7 @@ fn max_unacked_applies_back_pressure() {
     let mut a = actions(&mut m);
     for _ in 0..2 {
         let (s, _, _) = read_at(a.last().unwrap());
-        done(&mut m, s, 10);
+        done(&mut m, s, Ok(10));
         seqs.push(s);
         a = actions(&mut m);
     }
@@ -349,7 +354,7 @@ fn stream_keeps_one_read_and_polls_on_eagain() {
     };
     m.handle(ReaderEvent::ReadDone {
         seq,
-        res: -libc::EAGAIN,
+        result: os(libc::EAGAIN),
     })
     .unwrap();
     let a = actions(&mut m);
@@ -360,20 +365,25 @@ fn stream_keeps_one_read_and_polls_on_eagain() {
     assert_eq!(a.len(), 2);
     m.handle(ReaderEvent::PollDone {
         seq: p,
-        res: i32::from(libc::POLLIN),
+        result: Ok(libc::POLLIN as u32),
     })
     .unwrap();
     let a = actions(&mut m);
     let [ReaderAction::Read { seq, .. }] = a[..] else {
         panic!("{a:?}")
     };
-    m.handle(ReaderEvent::ReadDone { seq, res: 5 }).unwrap();
+    m.handle(ReaderEvent::ReadDone { seq, result: Ok(5) })
+        .unwrap();
     let a = actions(&mut m);
     assert_eq!(a[0], deliver(0, 5, seq));
     let ReaderAction::Read { seq: s2, .. } = a[1] else {
         panic!("{a:?}")
     };
-    m.handle(ReaderEvent::ReadDone { seq: s2, res: 7 }).unwrap();
+    m.handle(ReaderEvent::ReadDone {
+        seq: s2,
+        result: Ok(7),
+    })
+    .unwrap();
     assert_eq!(
         actions(&mut m)[0],
         deliver(5, 7, s2),
@@ -389,14 +399,14 @@ fn multishot_rearms_on_end_and_enobufs_and_finishes_at_eof() {
     let [ReaderAction::ReadMultishot { seq, len: 32 }] = a[..] else {
         panic!("{a:?}")
     };
-    let ev = |res, buf_id, more| ReaderEvent::MultishotDone {
+    let ev = |result, buf_id, more| ReaderEvent::MultishotDone {
         seq,
-        res,
+        result,
         buf_id,
         more,
     };
-    m.handle(ev(10, Some(3), true)).unwrap();
-    m.handle(ev(4, Some(1), true)).unwrap();
+    m.handle(ev(Ok(10), Some(3), true)).unwrap();
+    m.handle(ev(Ok(4), Some(1), true)).unwrap();
     let a = actions(&mut m);
     let ds: Vec<Delivery> = a
         .iter()
@@ -411,13 +421,13 @@ fn multishot_rearms_on_end_and_enobufs_and_finishes_at_eof() {
         ds[0].seq, ds[1].seq,
         "each multishot delivery has its own seq"
     );
-    m.handle(ev(-libc::ENOBUFS, None, false)).unwrap();
+    m.handle(ev(os(libc::ENOBUFS), None, false)).unwrap();
     let a = actions(&mut m);
     let [ReaderAction::ReadMultishot { seq: s2, .. }] = a[..] else {
         panic!("{a:?}")
     };
     assert!(
-        m.handle(ev(1, Some(0), true)).is_err(),
+        m.handle(ev(Ok(1), Some(0), true)).is_err(),
         "old multishot is over"
     );
     for d in &ds {
@@ -425,7 +435,7 @@ fn multishot_rearms_on_end_and_enobufs_and_finishes_at_eof() {
     }
     m.handle(ReaderEvent::MultishotDone {
         seq: s2,
-        res: 0,
+        result: Ok(0),
         buf_id: None,
         more: false,
     })
@@ -442,19 +452,19 @@ fn impossible_events_are_rejected_and_change_nothing() {
     let bad = [
         ReaderEvent::ReadDone {
             seq: Seq::new(99),
-            res: 1,
+            result: Ok(1),
         },
         ReaderEvent::ReadDone {
             seq: r[0].0,
-            res: 11,
+            result: Ok(11),
         },
         ReaderEvent::PollDone {
             seq: r[0].0,
-            res: 1,
+            result: Ok(1),
         },
         ReaderEvent::MultishotDone {
             seq: r[0].0,
-            res: 1,
+            result: Ok(1),
             buf_id: Some(0),
             more: true,
         },
@@ -470,11 +480,11 @@ fn impossible_events_are_rejected_and_change_nothing() {
         assert!(actions(&mut m).is_empty(), "{ev:?} produced actions");
         assert_eq!(m.in_flight(), 2);
     }
-    done(&mut m, r[0].0, 10);
+    done(&mut m, r[0].0, Ok(10));
     assert!(
         m.handle(ReaderEvent::ReadDone {
             seq: r[0].0,
-            res: 10
+            result: Ok(10)
         })
         .is_err(),
         "duplicate"
@@ -515,30 +525,30 @@ fn garbage_event_streams_never_panic() {
             let seq = if seen.is_empty() || rng.u32(..100) < 10 {
                 Seq::new(rng.u64(..50))
             } else {
-                seen[rng.usize(..seen.len())]
+                seen[rng.u64(..seen.len() as u64) as usize]
             };
-            let res = match rng.u64(..6) {
-                0 => -(rng.u64(..140) as i32),
-                1 => 0,
-                2 => i32::MIN,
-                _ => rng.u64(..20) as i32,
+            let result = match rng.u64(..6) {
+                0 => os(rng.u64(..140) as i32),
+                1 => Ok(0),
+                2 => Ok(u32::MAX),
+                _ => Ok(rng.u64(..20) as u32),
             };
             let ev = match rng.u64(..7) {
-                0 | 1 => ReaderEvent::ReadDone { seq, res },
+                0 | 1 => ReaderEvent::ReadDone { seq, result },
                 2 => ReaderEvent::MultishotDone {
                     seq,
-                    res,
-                    buf_id: (rng.u32(..100) < 80).then(|| rng.u16(..8)),
+                    result,
+                    buf_id: (rng.u32(..100) < 80).then(|| rng.u64(..8) as u16),
                     more: rng.u32(..100) < 50,
                 },
-                3 => ReaderEvent::PollDone { seq, res },
+                3 => ReaderEvent::PollDone { seq, result },
                 4 => ReaderEvent::Delivered { seq },
                 5 => ReaderEvent::Restart(if rng.u32(..100) < 50 {
                     Restart::Yes
                 } else {
                     Restart::No
                 }),
-                _ if rng.u32(..100) < 10 => ReaderEvent::Stop,
+                _ if rng.u32(..100) < 10 => ReaderEvent::Cancel,
                 _ => ReaderEvent::Delivered { seq },
             };
             let _ = m.handle(ev); // rejections are fine; panics are not
@@ -552,16 +562,16 @@ fn garbage_event_streams_never_panic() {
 fn params(rng: &mut Rng) -> SimParams {
     SimParams {
         data_len: rng.u64(..20_000),
-        short_pct: rng.u32(..60),
-        max_delay: rng.u32(..8),
-        ack_pct: 10 + rng.u32(..90),
-        burst_max: 1 + rng.u32(..5000),
-        burst_pct: 5 + rng.u32(..60),
+        short_pct: rng.u64(..60) as u32,
+        max_delay: rng.u64(..8) as u32,
+        ack_pct: 10 + rng.u64(..90) as u32,
+        burst_max: 1 + rng.u64(..5000) as u32,
+        burst_pct: 5 + rng.u64(..60) as u32,
         ..SimParams::default()
     }
 }
 
-fn run_ok(seed: u64, cfg: ReaderConfig, p: &SimParams) -> crate::sim::ReaderReport {
+fn run_ok(seed: u64, cfg: ReaderConfig, p: &SimParams) -> crate::sim::ReaderRun {
     match run_reader(seed, cfg, p) {
         Ok(r) => r,
         Err(e) => panic!("seed {seed} cfg {cfg:?} params {p:?}: {e}"),
@@ -573,7 +583,8 @@ fn random_unordered_runs_deliver_every_byte_exactly_once() {
     for seed in seeds(200) {
         let mut rng = Rng::with_seed(seed);
         let p = params(&mut rng);
-        let cfg = ReaderConfig::positional(1 + rng.u32(..3000)).pending_reads(1 + rng.u32(..8));
+        let cfg = ReaderConfig::positional(1 + rng.u64(..3000) as u32)
+            .pending_reads(1 + rng.u64(..8) as u32);
         let r = run_ok(seed, cfg, &p);
         assert_eq!(r.finish, FinishReason::Eof);
         assert_eq!(r.bytes_delivered, p.data_len);
@@ -586,11 +597,11 @@ fn random_ordered_runs_deliver_in_strictly_increasing_offsets() {
     for seed in seeds(200) {
         let mut rng = Rng::with_seed(seed);
         let p = params(&mut rng);
-        let pending = 1 + rng.u32(..8);
-        let cfg = ReaderConfig::positional(512 * (1 + rng.u32(..6)))
+        let pending = 1 + rng.u64(..8) as u32;
+        let cfg = ReaderConfig::positional(512 * (1 + rng.u64(..6) as u32))
             .align(512)
             .pending_reads(pending)
-            .reorder_window(pending + rng.u32(..8))
+            .reorder_window(pending + rng.u64(..8) as u32)
             .ordered(true);
         // The simulator checks each delivery starts where the previous one ended.
         let r = run_ok(seed, cfg, &p);
@@ -629,7 +640,7 @@ fn random_faults_with_restarts_lose_and_duplicate_nothing() {
         let mut rng = Rng::with_seed(seed);
         let mut p = params(&mut rng);
         p.data_len = 2_000 + rng.u64(..20_000);
-        p.max_restarts = rng.u32(..4);
+        p.max_restarts = rng.u64(..4) as u32;
         p.faults = (0..1 + rng.u64(..3))
             .map(|_| Fault {
                 at: rng.u64(..p.data_len),
@@ -638,11 +649,11 @@ fn random_faults_with_restarts_lose_and_duplicate_nothing() {
                 } else {
                     libc::ENXIO
                 },
-                times: 1 + rng.u32(..3),
+                times: 1 + rng.u64(..3) as u32,
             })
             .collect();
-        let cfg = ReaderConfig::positional(256 * (1 + rng.u32(..8)))
-            .pending_reads(1 + rng.u32(..6))
+        let cfg = ReaderConfig::positional(256 * (1 + rng.u64(..8) as u32))
+            .pending_reads(1 + rng.u64(..6) as u32)
             .ordered(seed % 2 == 1);
         let r = run_ok(seed, cfg, &p);
         assert!(r.failures >= 1, "a fault always fails a read");
@@ -661,7 +672,7 @@ fn random_faults_with_restarts_lose_and_duplicate_nothing() {
 }
 
 #[test]
-fn random_stops_finish_stopped_with_no_duplicates() {
+fn random_cancels_finish_cancelled_with_no_duplicates() {
     for seed in seeds(200) {
         let mut rng = Rng::with_seed(seed);
         let mut p = params(&mut rng);
@@ -674,7 +685,7 @@ fn random_stops_finish_stopped_with_no_duplicates() {
             _ => ReaderConfig::stream(512).multishot(true),
         };
         let r = run_ok(seed, cfg, &p);
-        assert_eq!(r.finish, FinishReason::Stopped);
+        assert_eq!(r.finish, FinishReason::Cancelled);
         assert!(r.bytes_delivered < p.data_len);
     }
 }
@@ -694,8 +705,8 @@ fn random_stream_runs_keep_order_through_eagain_gaps() {
         } else {
             Vec::new()
         };
-        p.provided_buffers = 1 + rng.u16(..6);
-        let cfg = ReaderConfig::stream(1 + rng.u32(..4000)).multishot(seed % 2 == 1);
+        p.provided_buffers = 1 + rng.u64(..6) as u16;
+        let cfg = ReaderConfig::stream(1 + rng.u64(..4000) as u32).multishot(seed % 2 == 1);
         let r = run_ok(seed, cfg, &p);
         assert_eq!(r.finish, FinishReason::Eof, "seed {seed}");
         assert_eq!(r.bytes_delivered, p.data_len);
@@ -719,7 +730,8 @@ fn set_multishot_switches_the_next_stream_read_and_is_refused_for_files() {
     };
     m.set_multishot(true).unwrap();
     // The read in flight keeps its kind; the next one is multishot.
-    m.handle(ReaderEvent::ReadDone { seq, res: 5 }).unwrap();
+    m.handle(ReaderEvent::ReadDone { seq, result: Ok(5) })
+        .unwrap();
     let a = actions(&mut m);
     assert_eq!(a[0], deliver(0, 5, seq));
     let ReaderAction::ReadMultishot { seq: ms, len: 32 } = a[1] else {
@@ -728,7 +740,7 @@ fn set_multishot_switches_the_next_stream_read_and_is_refused_for_files() {
     m.set_multishot(false).unwrap();
     m.handle(ReaderEvent::MultishotDone {
         seq: ms,
-        res: -libc::ENOBUFS,
+        result: os(libc::ENOBUFS),
         buf_id: None,
         more: false,
     })

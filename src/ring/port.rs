@@ -157,6 +157,13 @@ impl<T: Copy> Port<T> {
         self.timer != Timer::Idle
     }
 
+    /// Whether a completion (or the timer's) waits for [`next`](Self::next): one can
+    /// arrive while the driver submits (a full submission queue makes the ring reap), so
+    /// a driver about to block in the ring checks this first.
+    pub(crate) fn has_events(&self) -> bool {
+        !self.sink.is_empty() || !self.timer_sink.is_empty()
+    }
+
     /// Nothing in flight: no operation and no timer.
     pub(crate) fn is_idle(&self) -> bool {
         self.children.is_empty() && self.timer == Timer::Idle

@@ -11,7 +11,7 @@ use crate::fifo::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoSeq, Fifo
 
 /// What a FIFO run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FifoReport {
+pub struct FifoRun {
     /// One outcome per transaction, in order.
     pub outcomes: Vec<FifoOutcome>,
     /// Bytes received over all transactions.
@@ -93,12 +93,12 @@ pub fn run_fifo(
     seed: u64,
     txns: &[FifoTxnSpec],
     params: &SimParams,
-) -> Result<FifoReport, SimFailure> {
+) -> Result<FifoRun, SimFailure> {
     let mut rng = Rng::with_seed(seed);
     let mut m = FifoMachine::new();
     let mut stream = Stream::new(params.data_len);
     let mut faults = params.faults.clone();
-    let mut report = FifoReport {
+    let mut report = FifoRun {
         outcomes: Vec::new(),
         bytes_received: 0,
         reads: 0,

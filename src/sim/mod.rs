@@ -31,8 +31,8 @@ use crate::error::Error;
 mod fifo;
 mod reader;
 
-pub use fifo::{run_fifo, FifoReport, FifoTxnSpec};
-pub use reader::{run_reader, ReaderReport};
+pub use fifo::{run_fifo, FifoRun, FifoTxnSpec};
+pub use reader::{run_reader, ReaderRun};
 
 /// The content of the simulated source at `offset`: a function of the offset, so that any
 /// misplaced, duplicated or corrupted byte is detected.

@@ -6,13 +6,14 @@ use std::collections::{HashMap, HashSet};
 use fastrand::Rng;
 
 use super::{pattern, take_fault, transfer, violation, Fault, SimFailure, SimParams, Stream};
+use crate::error::Error;
 use crate::reader::{
     FinishReason, ReaderAction, ReaderConfig, ReaderEvent, ReaderMachine, Restart, Seq, SourceKind,
 };
 
 /// What a reader run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReaderReport {
+pub struct ReaderRun {
     /// How the reader finished.
     pub finish: FinishReason,
     /// Bytes delivered (each exactly once).
@@ -251,7 +252,7 @@ impl ReaderSim<'_> {
                     return Err(self.fail("Failed while operations are in flight"));
                 }
                 if self.stopped {
-                    return Err(self.fail(format!("Failed({e}) after stop()")));
+                    return Err(self.fail(format!("Failed({e}) after cancel()")));
                 }
                 let decision = if self.restarts < u64::from(self.p.max_restarts) {
                     self.restarts += 1;
@@ -268,7 +269,7 @@ impl ReaderSim<'_> {
                 if !self.ops.is_empty() {
                     return Err(self.fail("Finished while operations are in flight"));
                 }
-                if self.stopped != (reason == FinishReason::Stopped) {
+                if self.stopped != (reason == FinishReason::Cancelled) {
                     return Err(self.fail(format!(
                         "Finished({reason:?}) with stopped={}",
                         self.stopped
@@ -314,61 +315,72 @@ impl ReaderSim<'_> {
         match op.kind {
             SimOpKind::ReadAt { offset, len } => {
                 self.ops.swap_remove(i);
-                let res = if cancelled {
-                    -libc::ECANCELED
+                let result = if cancelled {
+                    Err(Error::from_errno(libc::ECANCELED))
                 } else if let Some(errno) = take_fault(&mut self.faults, offset, u64::from(len)) {
-                    -errno
+                    Err(Error::from_errno(errno))
                 } else {
                     let avail = self.p.data_len.saturating_sub(offset).min(u64::from(len));
                     let align = u64::from(self.positional().unwrap_or(1));
                     let (n, short) = transfer(&mut self.rng, self.p, avail, align);
                     self.short_transfers += u64::from(short);
-                    n as i32
+                    Ok(n as u32)
                 };
-                let content: Vec<u8> = (0..res.max(0) as u64)
+                let content: Vec<u8> = (0..u64::from(result.unwrap_or(0)))
                     .map(|k| pattern(offset + k))
                     .collect();
                 self.buffers.insert(op.seq, content);
-                self.feed(ReaderEvent::ReadDone { seq: op.seq, res })
+                self.feed(ReaderEvent::ReadDone {
+                    seq: op.seq,
+                    result,
+                })
             }
             SimOpKind::Read { len } => {
                 self.ops.swap_remove(i);
-                let res = self.stream_read(cancelled, len);
-                let start = self.stream.consumed - res.max(0) as u64;
-                let content: Vec<u8> = (0..res.max(0) as u64).map(|k| pattern(start + k)).collect();
+                let result = self.stream_read(cancelled, len);
+                let n = u64::from(result.unwrap_or(0));
+                let start = self.stream.consumed - n;
+                let content: Vec<u8> = (0..n).map(|k| pattern(start + k)).collect();
                 self.buffers.insert(op.seq, content);
-                self.feed(ReaderEvent::ReadDone { seq: op.seq, res })
+                self.feed(ReaderEvent::ReadDone {
+                    seq: op.seq,
+                    result,
+                })
             }
             SimOpKind::Poll => {
-                let res = if cancelled {
-                    -libc::ECANCELED
+                let result = if cancelled {
+                    Err(Error::from_errno(libc::ECANCELED))
                 } else if self.stream.avail() > 0 {
-                    i32::from(libc::POLLIN)
+                    Ok(libc::POLLIN as u32)
                 } else if self.stream.closed() {
-                    i32::from(libc::POLLHUP)
+                    Ok(libc::POLLHUP as u32)
                 } else if op.cancel {
-                    -libc::ECANCELED
+                    Err(Error::from_errno(libc::ECANCELED))
                 } else {
                     return Ok(()); // not ready yet
                 };
                 self.ops.swap_remove(i);
-                self.feed(ReaderEvent::PollDone { seq: op.seq, res })
+                self.feed(ReaderEvent::PollDone {
+                    seq: op.seq,
+                    result,
+                })
             }
             SimOpKind::Multishot { len } => {
-                let (res, buf_id, more) = if cancelled {
-                    (-libc::ECANCELED, None, false)
+                let cancelled_err = Err(Error::from_errno(libc::ECANCELED));
+                let (result, buf_id, more) = if cancelled {
+                    (cancelled_err, None, false)
                 } else if self.stream.avail() == 0 && !self.stream.closed() {
                     if op.cancel {
-                        (-libc::ECANCELED, None, false)
+                        (cancelled_err, None, false)
                     } else {
                         return Ok(()); // armed, waiting for data
                     }
                 } else if self.stream.avail() == 0 {
-                    (0, None, false)
+                    (Ok(0), None, false)
                 } else if let Some(errno) =
                     take_fault(&mut self.faults, self.stream.consumed, u64::from(len))
                 {
-                    (-errno, None, false)
+                    (Err(Error::from_errno(errno)), None, false)
                 } else if let Some(id) = self.free_provided.pop() {
                     let avail = self.stream.avail().min(u64::from(len));
                     let (n, short) = transfer(&mut self.rng, self.p, avail, 1);
@@ -377,16 +389,16 @@ impl ReaderSim<'_> {
                     self.stream.consumed += n;
                     self.provided
                         .insert(id, (0..n).map(|k| pattern(start + k)).collect());
-                    (n as i32, Some(id), self.rng.u32(..100) >= 10)
+                    (Ok(n as u32), Some(id), self.rng.u32(..100) >= 10)
                 } else {
-                    (-libc::ENOBUFS, None, false)
+                    (Err(Error::from_errno(libc::ENOBUFS)), None, false)
                 };
                 if !more {
                     self.ops.swap_remove(i);
                 }
                 self.feed(ReaderEvent::MultishotDone {
                     seq: op.seq,
-                    res,
+                    result,
                     buf_id,
                     more,
                 })
@@ -395,25 +407,25 @@ impl ReaderSim<'_> {
     }
 
     /// A non-blocking stream read; advances `consumed`.
-    fn stream_read(&mut self, cancelled: bool, len: u32) -> i32 {
+    fn stream_read(&mut self, cancelled: bool, len: u32) -> Result<u32, Error> {
         if cancelled {
-            return -libc::ECANCELED;
+            return Err(Error::from_errno(libc::ECANCELED));
         }
         if let Some(errno) = take_fault(&mut self.faults, self.stream.consumed, u64::from(len)) {
-            return -errno;
+            return Err(Error::from_errno(errno));
         }
         if self.stream.avail() == 0 {
             if self.stream.closed() {
-                return 0;
+                return Ok(0);
             }
             self.eagain_seen = true;
-            return -libc::EAGAIN;
+            return Err(Error::from_errno(libc::EAGAIN));
         }
         let avail = self.stream.avail().min(u64::from(len));
         let (n, short) = transfer(&mut self.rng, self.p, avail, 1);
         self.short_transfers += u64::from(short);
         self.stream.consumed += n;
-        n as i32
+        Ok(n as u32)
     }
 
     fn ack(&mut self, k: usize) -> Result<(), SimFailure> {
@@ -434,7 +446,7 @@ impl ReaderSim<'_> {
         }
         if self.p.stop_at_step == Some(self.step) {
             self.stopped = true;
-            self.m.stop();
+            self.m.cancel();
             // A driver executes the cancels before it reaps more completions.
             self.drain_actions()?;
         }
@@ -475,7 +487,7 @@ pub fn run_reader(
     seed: u64,
     config: ReaderConfig,
     params: &SimParams,
-) -> Result<ReaderReport, SimFailure> {
+) -> Result<ReaderRun, SimFailure> {
     let m = ReaderMachine::new(config).map_err(SimFailure::InvalidConfig)?;
     let positional = matches!(config.source(), SourceKind::Positional { .. });
     let mut sim = ReaderSim {
@@ -527,7 +539,7 @@ pub fn run_reader(
     if sim.free_provided.len() != usize::from(params.provided_buffers) {
         return Err(sim.fail("provided buffers leaked"));
     }
-    let finish = sim.finished.unwrap_or(FinishReason::Stopped);
+    let finish = sim.finished.unwrap_or(FinishReason::Cancelled);
     let expected = if positional {
         let end = config.end().unwrap_or(u64::MAX).min(params.data_len);
         end.saturating_sub(config.start())
@@ -556,9 +568,9 @@ pub fn run_reader(
                 return Err(sim.fail(format!("finished with {finish:?}, expected {want:?}")));
             }
         }
-        FinishReason::Stopped => {
+        FinishReason::Cancelled => {
             if params.stop_at_step.is_none() {
-                return Err(sim.fail("Stopped without stop()"));
+                return Err(sim.fail("Cancelled without cancel()"));
             }
         }
         FinishReason::Failed(_) => {
@@ -571,7 +583,7 @@ pub fn run_reader(
     if stats.bytes_delivered != sim.bytes_delivered || stats.failures != sim.failures {
         return Err(sim.fail("machine statistics disagree with what the device saw"));
     }
-    Ok(ReaderReport {
+    Ok(ReaderRun {
         finish,
         bytes_delivered: sim.bytes_delivered,
         deliveries: stats.deliveries,

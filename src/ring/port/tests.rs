@@ -187,3 +187,28 @@ fn a_port_dropped_mid_flight_cancels_its_operations_and_timer_and_frees_nothing_
     }
     assert_eq!(ring.stats().stale_cqes, 0);
 }
+
+#[test]
+fn has_events_tells_whether_next_has_something() {
+    let mut ring = Ring::new().unwrap();
+    let mut port = Port::<u8>::new(2);
+    assert!(!port.has_events());
+    port.submit(&mut ring, Op::nop(), 1);
+    let until = Instant::now() + Duration::from_secs(10);
+    while !port.has_events() {
+        assert!(Instant::now() < until, "the nop never completed");
+        ring.run_once(Some(Duration::from_millis(50))).unwrap();
+    }
+    assert!(matches!(port.next(), Some(PortEvent::Op(_))));
+    assert!(!port.has_events());
+    assert!(port.arm_timer(&mut ring, Duration::from_millis(1)));
+    while !port.has_events() {
+        assert!(Instant::now() < until, "the timer never fired");
+        ring.run_once(Some(Duration::from_millis(50))).unwrap();
+    }
+    assert!(matches!(
+        port.next(),
+        Some(PortEvent::Timer { fired: true })
+    ));
+    assert!(!port.has_events() && port.is_idle());
+}

@@ -1,0 +1,287 @@
+//! [`ContinuousReaderBuilder`]: the reader's settings and callbacks, checked against the
+//! target, the pool and the ring before anything reaches the kernel.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use super::multishot::{Provided, StreamReads};
+use super::workers::OnRead;
+use super::workers::{CancelHandle, Dispatch, Signal, Workers};
+use super::{Child, ContinuousReader, OnFailed};
+use crate::buf::{BufferPool, PoolBuf};
+use crate::error::{Error, ErrorKind, Result};
+use crate::reader::{ReaderConfig, ReaderMachine, Restart};
+use crate::ring::{FdKind, Port, Ring, Target};
+
+/// Builder of a [`ContinuousReader`]; from [`ContinuousReader::builder`].
+pub struct ContinuousReaderBuilder {
+    target: Target,
+    pool: BufferPool,
+    /// The settings the target does not decide (pending reads, range, order, window,
+    /// acknowledgement bound); completed at build.
+    cfg: ReaderConfig,
+    transfer_len: Option<u32>,
+    dispatch: Dispatch,
+    stream_reads: StreamReads,
+    on_read: Option<OnRead>,
+    on_failed: Option<OnFailed>,
+    signal: Arc<Signal>,
+}
+
+impl fmt::Debug for ContinuousReaderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContinuousReaderBuilder")
+            .field("target", &self.target)
+            .field("cfg", &self.cfg)
+            .field("transfer_len", &self.transfer_len)
+            .field("dispatch", &self.dispatch)
+            .field("stream_reads", &self.stream_reads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ContinuousReader {
+    /// A builder for a reader of `target` (registered on the ring the reader will be
+    /// built on) into slots of `pool` (its header and trailer room come with every
+    /// buffer).
+    pub fn builder(target: Target, pool: &BufferPool) -> ContinuousReaderBuilder {
+        ContinuousReaderBuilder {
+            target,
+            pool: pool.clone(),
+            cfg: ReaderConfig::positional(0),
+            transfer_len: None,
+            dispatch: Dispatch::Inline,
+            stream_reads: StreamReads::Auto,
+            on_read: None,
+            on_failed: None,
+            signal: Arc::default(),
+        }
+    }
+}
+
+impl ContinuousReaderBuilder {
+    /// Reads kept in flight for a file or block device (default 2). Streams keep one.
+    pub fn pending_reads(mut self, n: u32) -> Self {
+        self.cfg = self.cfg.pending_reads(n);
+        self
+    }
+
+    /// Bytes per read (default: the pool's slot capacity; not 0). With direct I/O it must
+    /// be a multiple of the target's alignment. Multishot stream reads fill up to a whole
+    /// slot, and so do the reads of a stream chosen for multishot that turns out not to
+    /// allow it (see [`StreamReads`]).
+    pub fn transfer_len(mut self, len: u32) -> Self {
+        self.transfer_len = Some(len);
+        self
+    }
+
+    /// Read only `[start, end)` (files and block devices).
+    pub fn range(mut self, start: u64, end: u64) -> Self {
+        self.cfg = self.cfg.range(start, end);
+        self
+    }
+
+    /// Start at `offset` and read to the end of the file (files and block devices).
+    pub fn start_at(mut self, offset: u64) -> Self {
+        self.cfg = self.cfg.start_at(offset);
+        self
+    }
+
+    /// Deliver in file order (a bounded reorder window) instead of completion order.
+    /// Default off. Streams are always in order. With [`Dispatch::Workers`], deliveries
+    /// are handed out in order but `on_read` calls on different workers may overlap.
+    pub fn ordered(mut self, on: bool) -> Self {
+        self.cfg = self.cfg.ordered(on);
+        self
+    }
+
+    /// Ordered mode: most reads in flight or held back (default: `2 * pending_reads`,
+    /// capped at the pool's slots minus one, at least `pending_reads`). Must be below the
+    /// pool's slot count.
+    pub fn reorder_window(mut self, reads: u32) -> Self {
+        self.cfg = self.cfg.reorder_window(reads);
+        self
+    }
+
+    /// Most deliveries awaiting acknowledgement before the reader holds back new reads
+    /// (default [`ReaderConfig::DEFAULT_MAX_UNACKED`]; matters with workers).
+    pub fn max_unacked(mut self, n: u32) -> Self {
+        self.cfg = self.cfg.max_unacked(n);
+        self
+    }
+
+    /// Where `on_read` runs (default [`Dispatch::Inline`]). At most as many workers as
+    /// the pool has slots (each delivery holds one, so more could never all be busy).
+    pub fn dispatch(mut self, d: Dispatch) -> Self {
+        self.dispatch = d;
+        self
+    }
+
+    /// How streams are read (default [`StreamReads::Auto`]).
+    pub fn stream_reads(mut self, s: StreamReads) -> Self {
+        self.stream_reads = s;
+        self
+    }
+
+    /// `on_read(buf, offset)`, called for every filled buffer (see
+    /// [`ContinuousReader`]'s handlers). Without it, filled buffers go straight back to
+    /// the pool.
+    pub fn on_read(mut self, f: impl Fn(PoolBuf, u64) + Send + Sync + 'static) -> Self {
+        self.on_read = Some(Arc::new(f));
+        self
+    }
+
+    /// `on_failed(&error) -> Restart`, called after a failure (see
+    /// [`ContinuousReader`]'s handlers). Without it, a failure ends the reader
+    /// ([`Restart::No`]).
+    pub fn on_failed(mut self, f: impl FnMut(&Error) -> Restart + Send + 'static) -> Self {
+        self.on_failed = Some(Box::new(f));
+        self
+    }
+
+    /// A handle that cancels the reader once built (capture it in `on_read` to cancel
+    /// from there, or hand it to another thread).
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle {
+            signal: self.signal.clone(),
+        }
+    }
+
+    /// Check the configuration against the target, the pool and the ring, and start
+    /// reading: the first reads go to the kernel when the reader is first processed.
+    ///
+    /// Typed errors, before anything reaches the kernel: a target not open for reading or
+    /// of an unsupported kind ([`ErrorKind::InvalidInput`], [`ErrorKind::StaleTarget`]),
+    /// a zero transfer length, or one over the slot capacity
+    /// ([`ErrorKind::BufferTooSmall`]), direct I/O settings that do not fit the target's
+    /// alignment ([`ErrorKind::Misaligned`]), a pool with fewer slots than the reads need,
+    /// zero workers or more than the pool's slots, multishot requested on a ring without
+    /// it ([`ErrorKind::Unsupported`]) or with a pool of more than 65536 slots.
+    pub fn build(self, ring: &mut Ring) -> Result<ContinuousReader> {
+        let info = ring.info(self.target)?;
+        if !info.readable {
+            return Err(Error::invalid("target is not open for reading"));
+        }
+        let g = self.pool.geometry();
+        let capacity = u32::try_from(g.capacity.min(i32::MAX as usize)).unwrap_or(u32::MAX);
+        let transfer_len = self.transfer_len.unwrap_or(capacity);
+        if transfer_len == 0 {
+            return Err(Error::invalid("transfer_len must be non-zero"));
+        }
+        if transfer_len as usize > g.capacity {
+            return Err(Error::new(ErrorKind::BufferTooSmall {
+                need: u64::from(transfer_len),
+                have: g.capacity as u64,
+            }));
+        }
+        match self.dispatch {
+            Dispatch::Workers(0) => {
+                return Err(Error::invalid(
+                    "Dispatch::Workers needs at least one worker",
+                ))
+            }
+            Dispatch::Workers(n) if n > g.slots => {
+                return Err(Error::invalid(
+                    "Dispatch::Workers: more workers than the pool has slots",
+                ))
+            }
+            _ => {}
+        }
+        let mut cfg = self.cfg;
+        cfg.transfer_len = transfer_len;
+        let mut multishot = false;
+        let mut probing = false;
+        if info.kind.is_seekable() {
+            if info.direct {
+                if g.align < info.mem_align as usize {
+                    return Err(Error::new(ErrorKind::Misaligned {
+                        what: "buffer",
+                        value: g.align as u64,
+                        align: info.mem_align,
+                    }));
+                }
+                cfg.align = info.offset_align;
+            }
+            if (g.slots as u64) < u64::from(cfg.pending_reads) + u64::from(cfg.ordered) {
+                return Err(Error::invalid(
+                    "pool has fewer slots than pending_reads (plus one when ordered)",
+                ));
+            }
+            if cfg.ordered {
+                let room = u32::try_from(g.slots - 1).unwrap_or(u32::MAX);
+                let window = cfg.reorder_window.unwrap_or_else(|| {
+                    cfg.pending_reads
+                        .saturating_mul(2)
+                        .min(room)
+                        .max(cfg.pending_reads)
+                });
+                // Reads held back for ordering keep their slots: a window the pool cannot
+                // cover, plus one slot for the read that unblocks it, could deadlock.
+                if window > room {
+                    return Err(Error::invalid(
+                        "reorder_window must be below the pool's slot count",
+                    ));
+                }
+                cfg.reorder_window = Some(window);
+            } else {
+                cfg.reorder_window = None; // unordered: no window
+            }
+        } else if info.kind.is_stream() {
+            if cfg.start != 0 || cfg.end.is_some() {
+                return Err(Error::invalid("a byte range needs a file or block device"));
+            }
+            multishot = self
+                .stream_reads
+                .multishot(ring.capabilities(), info.kind, g.slots)?;
+            // Sockets are always read without blocking; other streams prove it first (see
+            // `StreamReads`): the machine starts single-shot, the driver switches it.
+            probing = multishot && info.kind != FdKind::Socket;
+            // A multishot read fills whole provided buffers.
+            let len = if multishot { capacity } else { transfer_len };
+            cfg = ReaderConfig::stream(len)
+                .multishot(multishot && !probing)
+                .max_unacked(cfg.max_unacked);
+        } else {
+            return Err(Error::invalid(
+                "unsupported source: needs a file, block device, pipe, FIFO, socket or tty",
+            ));
+        }
+        let machine = ReaderMachine::new(cfg)?;
+
+        // Other threads (workers' acknowledgements, cancel handles) wake a driver blocked
+        // in the ring through the ring's own wake-up poll. `ring` is set once, here; the
+        // cancel handle given out earlier shares `signal`.
+        let _ = self.signal.ring.set(ring.handle()?);
+        let pending = cfg.effective_pending_reads() as usize;
+        // Completions: one per slot (single-shot reads, multishot buffers) and a few more.
+        let mut port = Port::<Child>::new(g.slots + pending + 8);
+        port.cancel_on_drop(ring)?;
+        let on_read = self.on_read.unwrap_or_else(|| Arc::new(|_, _| {}));
+        let workers = match self.dispatch {
+            Dispatch::Inline => None,
+            Dispatch::Workers(n) => Some(Workers::spawn(n, g.slots, &on_read, &self.signal)?),
+        };
+        let window = (cfg.effective_reorder_window() as usize).max(pending);
+        Ok(ContinuousReader {
+            machine,
+            target: self.target,
+            pool: self.pool,
+            port,
+            filled: HashMap::with_capacity(window + pending + 4),
+            provided: Provided::new(g.slots, multishot),
+            deferred: VecDeque::with_capacity(pending + 4),
+            probing,
+            signal: self.signal,
+            cancel_applied: false,
+            report: None,
+            handed_out: false,
+            enobufs: 0,
+            buffer_waits: 0,
+            workers,
+            on_read,
+            on_failed: self.on_failed.unwrap_or_else(|| Box::new(|_| Restart::No)),
+            multishot,
+        })
+    }
+}
