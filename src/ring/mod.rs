@@ -38,8 +38,6 @@ mod completion;
 mod driver;
 mod handle;
 mod op;
-// Until the drivers move onto the port (issue 12); removed with the last one.
-#[allow(dead_code)]
 mod port;
 mod probe;
 mod provided;
@@ -66,7 +64,6 @@ pub use handle::RingHandle;
 pub(crate) use op::kernel_deadline;
 pub use op::{BufPart, Op, OpId};
 pub use port::Driver;
-#[allow(unused_imports)]
 pub(crate) use port::{Done, Port, PortEvent};
 pub use probe::Capabilities;
 pub use submission::{Submission, Ticket};

@@ -41,8 +41,6 @@ enum Timer {
 /// One operation's completion, routed back to the child it was submitted for.
 #[derive(Debug)]
 pub(crate) struct Done<T> {
-    /// The child's key (the operation's tag), free for reuse once `more` is false.
-    pub(crate) key: usize,
     /// What the driver recorded when it submitted the operation.
     pub(crate) child: T,
     /// Bytes transferred (for a poll, the ready mask), or the typed error.
@@ -123,28 +121,11 @@ impl<T: Copy> Port<T> {
             .is_some_and(|&(id, _)| ring.cancel(id))
     }
 
-    /// Ask the ring to cancel every operation in flight (not the timer).
-    pub(crate) fn cancel_all(&self, ring: &mut Ring) {
-        for (_, &(id, _)) in &self.children {
-            ring.cancel(id);
-        }
-    }
-
-    /// The child recorded for `key`, while its operation is in flight.
-    pub(crate) fn child(&self, key: usize) -> Option<&T> {
-        self.children.get(key).map(|(_, c)| c)
-    }
-
     /// The key of the first child in flight that `pred` accepts.
     pub(crate) fn find(&self, mut pred: impl FnMut(&T) -> bool) -> Option<usize> {
         self.children
             .iter()
             .find_map(|(k, (_, c))| pred(c).then_some(k))
-    }
-
-    /// The children in flight, by key.
-    pub(crate) fn children(&self) -> impl Iterator<Item = (usize, &T)> {
-        self.children.iter().map(|(k, (_, c))| (k, c))
     }
 
     /// Operations in flight, not counting the timer.
@@ -162,11 +143,6 @@ impl<T: Copy> Port<T> {
     /// a driver about to block in the ring checks this first.
     pub(crate) fn has_events(&self) -> bool {
         !self.sink.is_empty() || !self.timer_sink.is_empty()
-    }
-
-    /// Nothing in flight: no operation and no timer.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.children.is_empty() && self.timer == Timer::Idle
     }
 
     /// Arm the timer to fire after `after`. False, and nothing is submitted, when it is
@@ -216,7 +192,6 @@ impl<T: Copy> Port<T> {
                     continue;
                 };
                 return Some(PortEvent::Op(Done {
-                    key,
                     child,
                     result: c.result().map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
                     bufs: c.take_bufs(),
