@@ -8,7 +8,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use iocomplete::split::{Direction, Mode, SplitAction, SplitEvent, SplitMachine, TransferPlan};
+use iocomplete::split::{Mode, SplitAction, SplitEvent, SplitMachine, TransferPlan};
+use iocomplete::Direction;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;

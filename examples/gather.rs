@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use iocomplete::dma::{DmaConfig, DmaDriver, SgList};
 use iocomplete::ring::MAX_TRANSFER;
-use iocomplete::split::Direction;
+use iocomplete::Direction;
 use iocomplete::{BufferPool, Driver, Ring};
 
 /// Parsed command line.

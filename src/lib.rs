@@ -73,21 +73,27 @@ pub mod split;
 pub(crate) mod sync;
 mod waiters;
 
+// What the crate root re-exports (the rule): the ring and everything needed to submit to
+// it and consume its completions; the buffer pool; errors; the completion queue and gate
+// primitives; and each driver with everything needed to build, run and read one — its
+// builder, config, job/mode types, callbacks' argument types, outcome and report. The
+// sans-I/O machines (`ReaderMachine`, `FifoMachine`, `SplitMachine`, `dma::Transaction`)
+// and their actions, events and configs stay in their modules: they are for driving a
+// machine yourself, and their names say which module they come from.
 pub use buf::{BufferPool, IoBuf, PoolBuf, SharedBuf};
-pub use dma::{DmaDriver, SgList};
-pub use error::{Error, ErrorKind, Result};
-pub use fifo::{
-    FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoReceived, FifoReceiver, FifoRefused,
-    FifoStatus,
+pub use dma::{
+    DmaConfig, DmaDriver, DmaDriverBuilder, DmaOutcome, DmaStats, Rejected, SgList, TransferReport,
 };
+pub use error::{Error, ErrorKind, Result};
+pub use fifo::{FifoOutcome, FifoReceived, FifoReceiver, FifoRefused, FifoStatus, TxnId};
 pub use gate::CompletionGate;
 pub use queue::CompletionQueue;
 pub use reader::{
-    CancelHandle, ContinuousReader, Dispatch, FinishReason, ReaderAction, ReaderConfig,
-    ReaderEvent, ReaderMachine, ReaderReport, Restart, StreamReads,
+    CancelHandle, ContinuousReader, ContinuousReaderBuilder, Dispatch, FinishReason, ReaderReport,
+    ReaderStats, Restart, StreamReads,
 };
 pub use ring::{
-    BufRing, BufferRegistration, Bufs, Capabilities, Completion, Driver, FdInfo, FdKind, Op,
-    OpFuture, OpId, Ring, RingBuilder, RingHandle, RingStats, Submission, Target, Ticket,
+    BufRing, BufferRegistration, Bufs, Capabilities, Completion, Direction, Driver, FdInfo, FdKind,
+    Op, OpFuture, OpId, Ring, RingBuilder, RingHandle, RingStats, Submission, Target, Ticket,
 };
-pub use split::{SplitDriver, SplitMachine, TransferPlan};
+pub use split::{Job, Mode, SplitConfig, SplitDriver, SplitOutcome, SplitStats};

@@ -51,9 +51,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use common::verify;
-use iocomplete::dma::{Direction, DmaConfig, DmaOutcome, SgList};
+use iocomplete::dma::{DmaConfig, DmaOutcome, SgList};
 use iocomplete::ring::BufPart;
 use iocomplete::split::{Job, Mode, SplitConfig};
+use iocomplete::Direction;
 use iocomplete::Driver as _;
 use iocomplete::{
     BufferPool, Bufs, Completion, CompletionQueue, ContinuousReader, DmaDriver, Error, ErrorKind,

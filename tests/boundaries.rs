@@ -30,9 +30,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{check_teardown, verify};
-use iocomplete::dma::{Direction, DmaConfig, SgList};
+use iocomplete::dma::{DmaConfig, SgList};
 use iocomplete::ring::BufPart;
 use iocomplete::split::{Job, Mode, SplitConfig};
+use iocomplete::Direction;
 use iocomplete::{
     BufferPool, Bufs, Completion, CompletionQueue, ContinuousReader, Dispatch, DmaDriver, Driver,
     ErrorKind, FifoReceiver, FifoStatus, IoBuf, Op, PoolBuf, Restart, Ring, RingBuilder,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::{check_teardown, verify, LoopDev};
 use iocomplete::dma::{DmaConfig, DmaDriver, DmaOutcome, SgList, TransferReport};
 use iocomplete::ring::{BufPart, MAX_TRANSFER};
-use iocomplete::split::Direction;
+use iocomplete::Direction;
 use iocomplete::{BufferPool, Driver, Error, ErrorKind, Op, Ring};
 
 const BS: usize = 4096;

@@ -363,7 +363,7 @@ fn gather_with_a_bad_extent(
         sg.push_extent(pool, b * BS as u64, n * BS as u64).unwrap();
     }
     let reports = Reports::default();
-    let mut drv = DmaDriver::builder(t, sg, iocomplete::dma::Direction::Read)
+    let mut drv = DmaDriver::builder(t, sg, iocomplete::Direction::Read)
         .config(config)
         .on_transfer(reports.hook())
         .build(ring)

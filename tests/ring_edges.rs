@@ -745,8 +745,9 @@ fn positional_writes_on_an_append_only_file_are_refused() {
 /// none, like the durations of 2^63 s and more.
 #[test]
 fn split_and_dma_deadlines_no_timer_can_reach_arm_no_timer() {
-    use iocomplete::dma::{Direction, SgList};
+    use iocomplete::dma::SgList;
     use iocomplete::split::{Job, SplitConfig};
+    use iocomplete::Direction;
     use iocomplete::{DmaDriver, Driver, SplitDriver};
     let never = [
         Duration::from_secs(i64::MAX as u64),

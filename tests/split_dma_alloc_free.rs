@@ -3,7 +3,8 @@
 
 use iocomplete::dma::{self, Segment, Transaction};
 use iocomplete::gate::{CompletionGate, Status};
-use iocomplete::split::{Direction, Mode, SplitAction, SplitEvent, SplitMachine, TransferPlan};
+use iocomplete::split::{Mode, SplitAction, SplitEvent, SplitMachine, TransferPlan};
+use iocomplete::Direction;
 
 #[path = "common/alloc.rs"]
 mod alloc;

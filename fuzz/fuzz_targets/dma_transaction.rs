@@ -11,11 +11,9 @@
 //! cancel/timeout, else cancelled/success).
 #![no_main]
 
-use iocomplete::dma::{
-    Direction, DmaAction, DmaConfig, DmaEvent, Segment, Transaction, TransferId,
-};
+use iocomplete::dma::{DmaAction, DmaConfig, DmaEvent, Segment, Transaction, TransferId};
 use iocomplete::gate::Status;
-use iocomplete::{Error, ErrorKind, Result};
+use iocomplete::{Direction, Error, ErrorKind, Result};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 

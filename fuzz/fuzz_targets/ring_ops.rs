@@ -421,7 +421,11 @@ impl Harness {
                 let len = 1 + usize::from(len) % CAP;
                 let enters = self.ring.stats().enters;
                 let b = self.buf(off % 2 == 0);
-                let c = self.ring.submit(Op::read_len(t, off, b, len)).wait().unwrap();
+                let c = self
+                    .ring
+                    .submit(Op::read_len(t, off, b, len))
+                    .wait()
+                    .unwrap();
                 let fits = off
                     .checked_add(len as u64)
                     .is_some_and(|end| end <= i64::MAX as u64);

@@ -13,7 +13,8 @@
 use std::time::Duration;
 
 use iocomplete::split::oracle::{Check, SplitOracle};
-use iocomplete::split::{ChildId, Direction, Mode, TransferPlan};
+use iocomplete::split::{ChildId, Mode, TransferPlan};
+use iocomplete::Direction;
 use iocomplete::Error;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -50,14 +51,24 @@ enum Fate {
 enum Ev {
     Poll(u8),
     /// The in-flight submit number `which` (mod count) completes.
-    Complete { which: u8, fate: Fate },
+    Complete {
+        which: u8,
+        fate: Fate,
+    },
     Cancel,
     TimerFired,
     TimerCancelled,
     /// A completion for a child not in flight (skipped if it is).
-    Stray { child: u8, bytes: u16, error: bool },
+    Stray {
+        child: u8,
+        bytes: u16,
+        error: bool,
+    },
     /// A completion reporting more bytes than submitted.
-    TooMany { which: u8, extra: u16 },
+    TooMany {
+        which: u8,
+        extra: u16,
+    },
 }
 
 /// Requests are at most 8 KiB: the oracle's byte maps stay cheap.

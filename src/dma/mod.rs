@@ -63,7 +63,6 @@ mod sglist;
 mod tests;
 mod transaction;
 
-pub use crate::ring::Direction;
 pub use driver::{DmaDriver, DmaDriverBuilder, DmaStats, Rejected, TransferReport};
 pub use sg::{Piece, Pieces, Segment, Transfer, TransferId};
 pub use sglist::SgList;

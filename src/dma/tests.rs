@@ -4,7 +4,7 @@
 use super::*;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::Status;
-use crate::ring::MAX_TRANSFER;
+use crate::ring::{Direction, MAX_TRANSFER};
 use fastrand::Rng;
 
 fn drain<S: AsRef<[Segment]>>(tx: &mut Transaction<S>) -> Vec<DmaAction> {

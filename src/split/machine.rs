@@ -223,7 +223,8 @@ const NO_TIMER: Error = Error::invalid("split: no deadline timer armed, or it al
 /// # Example
 ///
 /// ```
-/// use iocomplete::split::{Direction, Mode, SplitAction, SplitEvent, SplitMachine, TransferPlan};
+/// use iocomplete::Direction;
+/// use iocomplete::split::{Mode, SplitAction, SplitEvent, SplitMachine, TransferPlan};
 /// let plan = TransferPlan::builder().max_chunk(4096).build()?;
 /// let mut m = SplitMachine::new(plan, Mode::Serial, Direction::Read, 0, 10_000, None)?;
 /// let mut done = None;

@@ -17,7 +17,6 @@ mod machine;
 pub mod oracle;
 mod plan;
 
-pub use crate::ring::Direction;
 pub use driver::{Job, SplitConfig, SplitDriver, SplitStats};
 pub use machine::{
     ChildId, Mode, SplitAction, SplitEvent, SplitMachine, SplitOutcome, MAX_IN_FLIGHT,

@@ -23,7 +23,8 @@
 //!
 //! ```
 //! use iocomplete::split::oracle::SplitOracle;
-//! use iocomplete::split::{Direction, Mode, TransferPlan};
+//! use iocomplete::Direction;
+//! use iocomplete::split::{Mode, TransferPlan};
 //! use std::time::Duration;
 //!
 //! let plan = TransferPlan::builder().max_chunk(100).build()?;
