@@ -123,20 +123,38 @@ impl PoolBuilder {
     /// Map the arena and build the pool.
     pub fn build(self) -> Result<BufferPool> {
         if self.slots == 0 || self.slots >= (1 << 31) {
-            return Err(Error::invalid("pool slot count must be in 1..2^31"));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "pool slots",
+                min: 1,
+                max: (1 << 31) - 1,
+            }));
         }
-        if !self.align.is_power_of_two() || self.align > (1 << 21) {
-            return Err(Error::invalid(
-                "pool alignment must be a power of two <= 2 MiB",
-            ));
+        if !self.align.is_power_of_two() {
+            return Err(Error::new(ErrorKind::NotPowerOfTwo {
+                what: "pool alignment",
+                value: self.align as u64,
+            }));
+        }
+        if self.align > (1 << 21) {
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "pool alignment",
+                min: 1,
+                max: 1 << 21,
+            }));
         }
         if self.slot_len == 0 || self.slot_len > MAX_SLOT_LEN {
-            return Err(Error::invalid("pool slot length must be in 1..=1 GiB"));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "pool slot length",
+                min: 1,
+                max: MAX_SLOT_LEN as u64,
+            }));
         }
         if self.header_len > MAX_SLOT_LEN || self.trailer_len > MAX_SLOT_LEN {
-            return Err(Error::invalid(
-                "pool header/trailer length must be <= 1 GiB",
-            ));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "pool header/trailer length",
+                min: 0,
+                max: MAX_SLOT_LEN as u64,
+            }));
         }
         let align = self.align;
         let capacity = round_up(self.slot_len, align);

@@ -129,31 +129,27 @@ fn check(
 ) -> Result<crate::FdInfo> {
     let info = ring.info(target)?;
     if !info.kind.is_seekable() {
-        return Err(Error::invalid("dma: target must be a file or block device"));
+        return Err(Error::new(ErrorKind::WrongTargetKind {
+            need: "a file or block device",
+            have: info.kind,
+        }));
     }
     match direction {
-        Direction::Read if !info.readable => {
-            return Err(Error::invalid("dma: target is not open for reading"))
-        }
-        Direction::Write if !info.writable => {
-            return Err(Error::invalid("dma: target is not open for writing"))
-        }
+        Direction::Read if !info.readable => return Err(Error::new(ErrorKind::NotReadable)),
+        Direction::Write if !info.writable => return Err(Error::new(ErrorKind::NotWritable)),
         // Its writes would land at the end of the file, not at the segments' offsets.
-        Direction::Write if info.append => {
-            return Err(Error::invalid(
-                "dma: target is open for append (O_APPEND): writes would ignore offsets",
-            ))
-        }
+        Direction::Write if info.append => return Err(Error::new(ErrorKind::AppendOnly)),
         _ => {}
     }
-    if !sg
+    if let Some(s) = sg
         .segments()
         .iter()
-        .all(|s| crate::split::addressable(s.device_offset, s.len))
+        .find(|s| !crate::split::addressable(s.device_offset, s.len))
     {
-        return Err(Error::invalid(
-            "dma: a segment ends past the largest file offset (2^63 - 1)",
-        ));
+        return Err(Error::new(ErrorKind::OffsetOutOfRange {
+            offset: s.device_offset,
+            len: s.len,
+        }));
     }
     if info.direct {
         let a = info.offset_align;
@@ -441,7 +437,7 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     pub fn run(mut self, ring: &mut Ring) -> Result<(Completion, SgList)> {
         loop {
             if self.delivered {
-                return Err(Error::invalid("dma: the transaction already completed"));
+                return Err(Error::new(ErrorKind::AlreadyCompleted));
             }
             if let Some(c) = self.step(ring, Some(Duration::from_millis(100)))? {
                 return match self.take_sg() {

@@ -1,7 +1,7 @@
 //! [`SgList`]: a scatter/gather list of pooled buffers mapped to device offsets.
 
 use crate::buf::{BufferPool, PoolBuf};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 use super::sg::Segment;
 
@@ -63,7 +63,10 @@ impl SgList {
     pub fn push(&mut self, buf: PoolBuf, device_offset: u64) -> Result<()> {
         let len = buf.len() as u64;
         if device_offset.checked_add(len).is_none() {
-            return Err(Error::invalid("sg list: segment device range overflows"));
+            return Err(Error::new(ErrorKind::OffsetOutOfRange {
+                offset: device_offset,
+                len,
+            }));
         }
         self.segments.push(Segment::new(device_offset, len));
         self.bufs.push(buf);
@@ -87,10 +90,15 @@ impl SgList {
         len: u64,
     ) -> Result<usize> {
         if len == 0 {
-            return Err(Error::invalid("sg list: zero-length extent"));
+            return Err(Error::new(ErrorKind::ZeroLength {
+                what: "scatter/gather extent",
+            }));
         }
         if device_offset.checked_add(len).is_none() {
-            return Err(Error::invalid("sg list: extent device range overflows"));
+            return Err(Error::new(ErrorKind::OffsetOutOfRange {
+                offset: device_offset,
+                len,
+            }));
         }
         let before = self.len();
         let cap = pool.geometry().capacity as u64;

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use super::sg::{self, Cursor, Segment, Transfer, TransferId};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::gate::{CompletionGate, Status};
 use crate::split::Direction;
 
@@ -209,9 +209,11 @@ const IDLE: Slot = Slot {
     cancel_sent: false,
 };
 
-const NOT_IN_FLIGHT: Error = Error::invalid("dma: completion for a transfer that is not in flight");
-const TOO_MANY_BYTES: Error = Error::invalid("dma: transfer reported more bytes than its length");
-const NO_TIMER: Error = Error::invalid("dma: no timer armed or it was already resolved");
+const NOT_IN_FLIGHT: Error = Error::new(ErrorKind::NotInProgress {
+    what: "dma transfer",
+});
+const TOO_MANY_BYTES: Error = Error::new(ErrorKind::ExcessBytes);
+const NO_TIMER: Error = Error::new(ErrorKind::NotInProgress { what: "dma timer" });
 
 /// A scatter/gather transaction executed as transfers; sans-I/O.
 ///
@@ -274,25 +276,42 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     /// of range, a list that moves no bytes, or a segment whose device range overflows.
     pub fn new(segments: S, direction: Direction, config: Config) -> Result<Transaction<S>> {
         if config.max_transfer == 0 || config.max_transfer > MAX_TRANSFER {
-            return Err(Error::invalid("dma: max_transfer must be 1..=MAX_TRANSFER"));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "max_transfer",
+                min: 1,
+                max: MAX_TRANSFER,
+            }));
         }
         if config.max_segments == 0 || config.max_segments > MAX_SEGMENTS {
-            return Err(Error::invalid("dma: max_segments must be 1..=1024"));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "max_segments",
+                min: 1,
+                max: MAX_SEGMENTS.into(),
+            }));
         }
         if config.max_in_flight == 0 || config.max_in_flight > MAX_IN_FLIGHT {
-            return Err(Error::invalid("dma: max_in_flight must be 1..=1024"));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "max_in_flight",
+                min: 1,
+                max: MAX_IN_FLIGHT.into(),
+            }));
         }
         let mut total = 0u64;
         for s in segments.as_ref() {
             if s.device_offset.checked_add(s.len).is_none() {
-                return Err(Error::invalid("dma: segment device range overflows"));
+                return Err(Error::new(ErrorKind::OffsetOutOfRange {
+                    offset: s.device_offset,
+                    len: s.len,
+                }));
             }
             total = total
                 .checked_add(s.len)
                 .ok_or(Error::invalid("dma: total length overflows"))?;
         }
         if total == 0 {
-            return Err(Error::invalid("dma: scatter/gather list moves no bytes"));
+            return Err(Error::new(ErrorKind::ZeroLength {
+                what: "scatter/gather list",
+            }));
         }
         // References: execution + cancel (+ timer).
         let gate = CompletionGate::with_refs(2 + u32::from(config.timer))?;

@@ -255,13 +255,19 @@ impl FifoMachine {
 
     fn start(&mut self, len: u32, drain: bool) -> Result<TxnId> {
         if self.txn.is_some() {
-            return Err(Error::invalid("a FIFO transaction is already in progress"));
+            return Err(Error::new(ErrorKind::InProgress {
+                what: "a FIFO transaction",
+            }));
         }
         if len == 0 {
-            return Err(Error::invalid("zero-length receive"));
+            return Err(Error::new(ErrorKind::ZeroLength { what: "receive" }));
         }
         if len > i32::MAX as u32 {
-            return Err(Error::invalid("receive length exceeds i32::MAX"));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "receive length",
+                min: 1,
+                max: i32::MAX as u64,
+            }));
         }
         let id = TxnId(self.next_txn);
         self.next_txn = self.next_txn.wrapping_add(1);
@@ -366,9 +372,9 @@ impl FifoMachine {
         let t = match self.txn.as_mut() {
             Some(t) if t.id == txn => t,
             _ => {
-                return Err(Error::invalid(
-                    "cancel or deadline for a transaction not in progress",
-                ))
+                return Err(Error::new(ErrorKind::NotInProgress {
+                    what: "FIFO transaction to cancel or time out",
+                }))
             }
         };
         if t.stop.is_some() {
@@ -389,26 +395,21 @@ impl FifoMachine {
     }
 
     fn on_done(&mut self, seq: OpId, kind: OpKind, res: i32) -> Result<()> {
-        let t = self.txn.as_mut().ok_or(Error::invalid(
-            "completion while no transaction is in progress",
-        ))?;
+        let t = self
+            .txn
+            .as_mut()
+            .ok_or(Error::new(ErrorKind::NotInProgress {
+                what: "FIFO transaction",
+            }))?;
         let op = match t.op {
             Some(op) if op.seq == seq => op,
-            _ => {
-                return Err(Error::invalid(
-                    "completion for an unknown or stale operation",
-                ))
-            }
+            _ => return Err(Error::new(ErrorKind::NotInProgress { what: "operation" })),
         };
         if op.kind != kind {
-            return Err(Error::invalid(
-                "completion of the wrong kind for this operation",
-            ));
+            return Err(Error::new(ErrorKind::EventMismatch));
         }
         if kind == OpKind::Read && res > 0 && res as u32 > op.len {
-            return Err(Error::invalid(
-                "completion reports more bytes than requested",
-            ));
+            return Err(Error::new(ErrorKind::ExcessBytes));
         }
         t.op = None;
         let stop = t.stop;

@@ -25,9 +25,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::buf::PoolBuf;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::request::{Bufs, Ticket};
-use crate::ring::{FdKind, Op, Ring, RingHandle, Target};
+use crate::ring::{Op, Ring, RingHandle, Target};
 
 use super::machine::{
     FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoStatus, OpId as Seq, TxnId,
@@ -241,14 +241,13 @@ impl FifoReceiver {
     pub fn new(ring: &Ring, source: Target) -> Result<FifoReceiver> {
         let info = ring.info(source)?;
         if !info.kind.is_stream() {
-            return Err(Error::invalid(match info.kind {
-                FdKind::File => "FIFO receive refuses a regular file: it is not FIFO-like",
-                FdKind::BlockDevice => "FIFO receive refuses a block device: it is not FIFO-like",
-                _ => "FIFO receive needs a pipe, FIFO, socket, tty or character device",
+            return Err(Error::new(ErrorKind::WrongTargetKind {
+                need: "a FIFO-like stream (pipe, FIFO, socket, tty or character device)",
+                have: info.kind,
             }));
         }
         if !info.readable {
-            return Err(Error::invalid("FIFO source is not open for reading"));
+            return Err(Error::new(ErrorKind::NotReadable));
         }
         if !info.nonblocking {
             // With a blocking descriptor, a read the kernel cannot do without blocking
@@ -374,7 +373,9 @@ impl FifoReceiver {
         let refuse = |error: Error, buf: PoolBuf| Err(FifoRefused { error, buf });
         if self.machine.current().is_some() || self.done.is_some() {
             return refuse(
-                Error::invalid("a FIFO transaction is in progress or not yet collected"),
+                Error::new(ErrorKind::InProgress {
+                    what: "a FIFO transaction (or its completion, not yet collected)",
+                }),
                 buf,
             );
         }
@@ -440,9 +441,9 @@ impl FifoReceiver {
     /// if the ring itself failed, or is not the receiver's.
     pub fn poll(&mut self, ring: &mut Ring) -> Result<Option<FifoReceived>> {
         if !ring.owns(self.target) {
-            return Err(Error::invalid(
-                "FIFO receiver used with a ring it was not made for",
-            ));
+            return Err(Error::new(ErrorKind::WrongRing {
+                what: "FIFO receiver",
+            }));
         }
         loop {
             if let Some(r) = self.done.take() {
@@ -500,7 +501,9 @@ impl FifoReceiver {
                 return Ok(r);
             }
             if self.op.is_none() {
-                return Err(Error::invalid("no FIFO transaction in progress"));
+                return Err(Error::new(ErrorKind::NotInProgress {
+                    what: "FIFO transaction",
+                }));
             }
             ring.run_once(None)?;
         }

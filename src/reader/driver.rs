@@ -341,13 +341,15 @@ impl ContinuousReaderBuilder {
     {
         let info = ring.info(self.target)?;
         if !info.readable {
-            return Err(Error::invalid("target is not open for reading"));
+            return Err(Error::new(ErrorKind::NotReadable));
         }
         let g = self.pool.geometry();
         let capacity = u32::try_from(g.capacity.min(i32::MAX as usize)).unwrap_or(u32::MAX);
         let transfer_len = self.transfer_len.unwrap_or(capacity);
         if transfer_len == 0 {
-            return Err(Error::invalid("transfer_len must be non-zero"));
+            return Err(Error::new(ErrorKind::ZeroLength {
+                what: "read (transfer_len)",
+            }));
         }
         if transfer_len as usize > g.capacity {
             return Err(Error::new(ErrorKind::BufferTooSmall {
@@ -357,14 +359,18 @@ impl ContinuousReaderBuilder {
         }
         match self.dispatch {
             Dispatch::Workers(0) => {
-                return Err(Error::invalid(
-                    "Dispatch::Workers needs at least one worker",
-                ))
+                return Err(Error::new(ErrorKind::OutOfRange {
+                    what: "Dispatch::Workers",
+                    min: 1,
+                    max: g.slots as u64,
+                }))
             }
             Dispatch::Workers(n) if n > g.slots => {
-                return Err(Error::invalid(
-                    "Dispatch::Workers: more workers than the pool has slots",
-                ))
+                return Err(Error::new(ErrorKind::PoolTooSmall {
+                    what: "Dispatch::Workers",
+                    need: u32::try_from(n).unwrap_or(u32::MAX),
+                    have: g.slots as u32,
+                }))
             }
             _ => {}
         }
@@ -381,9 +387,11 @@ impl ContinuousReaderBuilder {
                 }));
             }
             if (g.slots as u64) < u64::from(self.pending_reads) + u64::from(self.ordered) {
-                return Err(Error::invalid(
-                    "pool has fewer slots than pending_reads (plus one when ordered)",
-                ));
+                return Err(Error::new(ErrorKind::PoolTooSmall {
+                    what: "pending_reads (plus one when ordered)",
+                    need: self.pending_reads.saturating_add(u32::from(self.ordered)),
+                    have: g.slots as u32,
+                }));
             }
             let mut cfg = ReaderConfig::positional(transfer_len)
                 .align(align)
@@ -404,16 +412,21 @@ impl ContinuousReaderBuilder {
                 // Reads held back for ordering keep their slots: a window the pool cannot
                 // cover, plus one slot for the read that unblocks it, could deadlock.
                 if window > room {
-                    return Err(Error::invalid(
-                        "reorder_window must be below the pool's slot count",
-                    ));
+                    return Err(Error::new(ErrorKind::PoolTooSmall {
+                        what: "reorder_window (plus one)",
+                        need: window.saturating_add(1),
+                        have: g.slots as u32,
+                    }));
                 }
                 cfg = cfg.reorder_window(window);
             }
             cfg
         } else if info.kind.is_stream() {
             if self.start != 0 || self.end.is_some() {
-                return Err(Error::invalid("a byte range needs a file or block device"));
+                return Err(Error::new(ErrorKind::WrongTargetKind {
+                    need: "a file or block device (for a byte range)",
+                    have: info.kind,
+                }));
             }
             let can = caps.read_multishot && caps.buf_ring;
             // Provided-buffer ids are 16 bits: a larger pool cannot back a buffer ring.
@@ -428,9 +441,11 @@ impl ContinuousReaderBuilder {
                     return Err(Error::unsupported("IORING_OP_READ_MULTISHOT (Linux 6.7)"))
                 }
                 StreamReads::Multishot if !fits => {
-                    return Err(Error::invalid(
-                        "multishot reads need a pool of at most 65536 slots",
-                    ))
+                    return Err(Error::new(ErrorKind::OutOfRange {
+                        what: "slots of a multishot reader's pool",
+                        min: 1,
+                        max: 1 << 16,
+                    }))
                 }
                 StreamReads::Multishot => true,
             };
@@ -441,9 +456,10 @@ impl ContinuousReaderBuilder {
             let len = if multishot { capacity } else { transfer_len };
             ReaderConfig::stream(len).multishot(multishot && !probing)
         } else {
-            return Err(Error::invalid(
-                "unsupported source: needs a file, block device, pipe, FIFO, socket or tty",
-            ));
+            return Err(Error::new(ErrorKind::WrongTargetKind {
+                need: "a file, block device, pipe, FIFO, socket or tty",
+                have: info.kind,
+            }));
         };
         if let Some(n) = self.max_unacked {
             cfg = cfg.max_unacked(n);
@@ -812,9 +828,7 @@ where
         timeout: Option<Duration>,
     ) -> Result<Option<ReaderReport>> {
         if !ring.owns(self.target) {
-            return Err(Error::invalid(
-                "reader driven on a ring it was not built on",
-            ));
+            return Err(Error::new(ErrorKind::WrongRing { what: "reader" }));
         }
         if let Some(r) = self.report {
             return Ok(Some(r));

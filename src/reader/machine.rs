@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// Identifies one operation the machine asked for (a read, a poll, a multishot arm) or one
 /// multishot delivery. Unique for the machine's lifetime, never reused.
@@ -228,21 +228,31 @@ impl ReaderConfig {
     /// Check the configuration; [`ReaderMachine::new`] calls this.
     pub fn validate(&self) -> Result<()> {
         if self.transfer_len == 0 {
-            return Err(Error::invalid("transfer_len must be non-zero"));
+            return Err(Error::new(ErrorKind::ZeroLength {
+                what: "read (transfer_len)",
+            }));
         }
         if self.transfer_len > i32::MAX as u32 {
-            return Err(Error::invalid(
-                "transfer_len exceeds i32::MAX, the largest read a completion can report",
-            ));
+            // i32::MAX: the largest read a completion can report.
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "transfer_len",
+                min: 1,
+                max: i32::MAX as u64,
+            }));
         }
-        if self.pending_reads == 0 {
-            return Err(Error::invalid("pending_reads must be at least 1"));
-        }
-        if self.pending_reads > Self::MAX_PENDING_READS {
-            return Err(Error::invalid("pending_reads exceeds MAX_PENDING_READS"));
+        if self.pending_reads == 0 || self.pending_reads > Self::MAX_PENDING_READS {
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "pending_reads",
+                min: 1,
+                max: Self::MAX_PENDING_READS.into(),
+            }));
         }
         if self.max_unacked == 0 || self.max_unacked > Self::MAX_WINDOW {
-            return Err(Error::invalid("max_unacked must be in 1..=MAX_WINDOW"));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "max_unacked",
+                min: 1,
+                max: Self::MAX_WINDOW.into(),
+            }));
         }
         if let Some(end) = self.end {
             if self.start > end {
@@ -253,11 +263,14 @@ impl ReaderConfig {
             if self.multishot {
                 return Err(Error::invalid("multishot reads need a stream source"));
             }
-            if self.align == 0 || !self.align.is_power_of_two() {
-                return Err(Error::invalid("alignment must be a power of two"));
+            if !self.align.is_power_of_two() {
+                return Err(Error::new(ErrorKind::NotPowerOfTwo {
+                    what: "alignment",
+                    value: self.align.into(),
+                }));
             }
             let misaligned = |what, value: u64| {
-                Error::new(crate::ErrorKind::Misaligned {
+                Error::new(ErrorKind::Misaligned {
                     what,
                     value,
                     align: self.align,
@@ -278,9 +291,11 @@ impl ReaderConfig {
             if self.ordered {
                 let w = self.effective_reorder_window();
                 if w < self.pending_reads || w > Self::MAX_WINDOW {
-                    return Err(Error::invalid(
-                        "reorder_window must be in pending_reads..=MAX_WINDOW",
-                    ));
+                    return Err(Error::new(ErrorKind::OutOfRange {
+                        what: "reorder_window",
+                        min: self.pending_reads,
+                        max: Self::MAX_WINDOW.into(),
+                    }));
                 }
             }
         } else {
@@ -567,10 +582,6 @@ pub struct ReaderMachine {
     stats: ReaderStats,
 }
 
-fn reject(reason: &'static str) -> Error {
-    Error::invalid(reason)
-}
-
 impl ReaderMachine {
     /// A reader in its initial state; its first reads are ready in
     /// [`poll_action`](Self::poll_action). Fails if the configuration is invalid.
@@ -654,7 +665,7 @@ impl ReaderMachine {
     /// [`ContinuousReader`]: crate::ContinuousReader
     pub fn set_multishot(&mut self, on: bool) -> Result<()> {
         if self.cfg.positional {
-            return Err(reject("multishot reads need a stream source"));
+            return Err(Error::invalid("multishot reads need a stream source"));
         }
         self.cfg.multishot = on;
         Ok(())
@@ -693,14 +704,20 @@ impl ReaderMachine {
             } => self.on_multishot(seq, res, buf_id, more)?,
             ReaderEvent::PollDone { seq, res } => self.on_poll_done(seq, res)?,
             ReaderEvent::Delivered { seq } => {
-                let i = self.unacked.iter().position(|&s| s == seq).ok_or(reject(
-                    "acknowledged delivery is unknown or already acknowledged",
-                ))?;
+                let i = self
+                    .unacked
+                    .iter()
+                    .position(|&s| s == seq)
+                    .ok_or(Error::new(ErrorKind::NotInProgress {
+                        what: "delivery awaiting acknowledgement",
+                    }))?;
                 self.unacked.swap_remove(i);
             }
             ReaderEvent::Restart(decision) => {
                 let Phase::AwaitingRestart { error } = self.phase else {
-                    return Err(reject("restart decision while no failure awaits one"));
+                    return Err(Error::new(ErrorKind::NotInProgress {
+                        what: "failure awaiting a restart decision",
+                    }));
                 };
                 match decision {
                     Restart::Yes => {
@@ -719,9 +736,10 @@ impl ReaderMachine {
     // ---- event handlers -------------------------------------------------------------
 
     fn find_op(&self, seq: Seq) -> Result<usize> {
-        self.ops.iter().position(|op| op.seq == seq).ok_or(reject(
-            "completion for an unknown or already completed operation",
-        ))
+        self.ops
+            .iter()
+            .position(|op| op.seq == seq)
+            .ok_or(Error::new(ErrorKind::NotInProgress { what: "operation" }))
     }
 
     fn on_read_done(&mut self, seq: Seq, res: i32) -> Result<()> {
@@ -730,22 +748,20 @@ impl ReaderMachine {
         match op.kind {
             OpKind::ReadAt { offset, len } => {
                 if res > 0 && res as u32 > len {
-                    return Err(reject("completion reports more bytes than requested"));
+                    return Err(Error::new(ErrorKind::ExcessBytes));
                 }
                 self.ops.swap_remove(i);
                 self.positional_done(seq, offset, len, res);
             }
             OpKind::Read { len } => {
                 if res > 0 && res as u32 > len {
-                    return Err(reject("completion reports more bytes than requested"));
+                    return Err(Error::new(ErrorKind::ExcessBytes));
                 }
                 self.ops.swap_remove(i);
                 self.stream_done(seq, res);
             }
             OpKind::Multishot { .. } | OpKind::Poll => {
-                return Err(reject(
-                    "ReadDone for an operation that is not a single-shot read",
-                ));
+                return Err(Error::new(ErrorKind::EventMismatch));
             }
         }
         Ok(())
@@ -844,17 +860,15 @@ impl ReaderMachine {
     fn on_multishot(&mut self, seq: Seq, res: i32, buf_id: Option<u16>, more: bool) -> Result<()> {
         let i = self.find_op(seq)?;
         let OpKind::Multishot { len } = self.ops[i].kind else {
-            return Err(reject(
-                "MultishotDone for an operation that is not a multishot read",
-            ));
+            return Err(Error::new(ErrorKind::EventMismatch));
         };
         if res > 0 && res as u32 > len {
-            return Err(reject(
-                "completion reports more bytes than the provided buffer holds",
-            ));
+            return Err(Error::new(ErrorKind::ExcessBytes));
         }
         if res > 0 && buf_id.is_none() {
-            return Err(reject("multishot data completion without a buffer id"));
+            return Err(Error::invalid(
+                "multishot data completion without a buffer id",
+            ));
         }
         let cancelling = self.ops[i].cancelling;
         if !more {
@@ -905,7 +919,7 @@ impl ReaderMachine {
     fn on_poll_done(&mut self, seq: Seq, res: i32) -> Result<()> {
         let i = self.find_op(seq)?;
         if self.ops[i].kind != OpKind::Poll {
-            return Err(reject("PollDone for an operation that is not a poll"));
+            return Err(Error::new(ErrorKind::EventMismatch));
         }
         self.ops.swap_remove(i);
         if res < 0 {

@@ -416,7 +416,11 @@ impl Ring {
                         };
                     }
                 }
-                _ => return Err(Error::invalid("no such operation kept by this ring")),
+                _ => {
+                    return Err(Error::new(ErrorKind::NotInProgress {
+                        what: "operation kept by this ring",
+                    }))
+                }
             }
             self.run_once(None)?;
         }

@@ -146,13 +146,19 @@ impl RingBuilder {
     /// kernel has no io_uring (or a seccomp policy forbids it).
     pub fn build(self) -> Result<Ring> {
         if self.entries == 0 || self.entries > 32768 {
-            return Err(Error::invalid("ring entries must be in 1..=32768"));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "ring entries",
+                min: 1,
+                max: 32768,
+            }));
         }
         let entries = self.entries.max(2);
         if self.ops > MAX_OPS_RESERVED {
-            return Err(Error::invalid(
-                "op-table reservation must be <= 2^24 entries",
-            ));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "op-table reservation",
+                min: 0,
+                max: MAX_OPS_RESERVED as u64,
+            }));
         }
         let mut b = IoUring::builder();
         b.setup_cqsize(self.cq_entries.unwrap_or(entries * 2).max(entries));
@@ -558,7 +564,7 @@ impl Ring {
             .is_some_and(|q| Arc::ptr_eq(q, &self.abandoned));
         if !same_ring {
             // Dropping the foreign ticket hands it back to its own ring.
-            return Err(Error::invalid("ticket belongs to another ring"));
+            return Err(Error::new(ErrorKind::WrongRing { what: "ticket" }));
         }
         let id = ticket.disarm();
         self.wait_id(id)

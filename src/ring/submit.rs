@@ -57,9 +57,15 @@ const SQE_BUF_INDEX: usize = 40;
 
 fn io_len(len: usize) -> Result<u32> {
     if len == 0 {
-        return Err(Error::invalid("zero-length transfer"));
+        return Err(Error::new(ErrorKind::ZeroLength { what: "transfer" }));
     }
-    u32::try_from(len).map_err(|_| Error::invalid("transfer longer than 4 GiB"))
+    u32::try_from(len).map_err(|_| {
+        Error::new(ErrorKind::OutOfRange {
+            what: "transfer length",
+            min: 1,
+            max: u32::MAX.into(),
+        })
+    })
 }
 
 impl Ring {
@@ -141,15 +147,14 @@ impl Ring {
     fn fd_for(&self, t: Target, access: Access) -> Result<(Fd, FdInfo)> {
         let (fd, info) = self.fd_of(t)?;
         if !info.kind.is_transferable() {
-            return Err(Error::invalid(
-                "target is neither a file, a block device nor a stream (a directory, an eventfd, ...)",
-            ));
+            return Err(Error::new(ErrorKind::WrongTargetKind {
+                need: "a file, a block device or a stream",
+                have: info.kind,
+            }));
         }
         match access {
-            Access::Read if !info.readable => Err(Error::invalid("target is not open for reading")),
-            Access::Write if !info.writable => {
-                Err(Error::invalid("target is not open for writing"))
-            }
+            Access::Read if !info.readable => Err(Error::new(ErrorKind::NotReadable)),
+            Access::Write if !info.writable => Err(Error::new(ErrorKind::NotWritable)),
             _ => Ok((fd, info)),
         }
     }
@@ -347,9 +352,10 @@ impl Ring {
             OpKind::Fsync { target, datasync } => {
                 let (fd, info) = self.fd_open(target)?;
                 if !(info.kind.is_seekable() || info.kind == super::FdKind::Directory) {
-                    return Err(Error::invalid(
-                        "fsync needs a file, a block device or a directory",
-                    ));
+                    return Err(Error::new(ErrorKind::WrongTargetKind {
+                        need: "a file, a block device or a directory (fsync)",
+                        have: info.kind,
+                    }));
                 }
                 let flags = if datasync {
                     types::FsyncFlags::DATASYNC
@@ -364,10 +370,15 @@ impl Ring {
                     return Err(Error::unsupported("IORING_OP_READ_MULTISHOT (Linux 6.7)"));
                 }
                 if !info.kind.is_stream() {
-                    return Err(Error::invalid("multishot read needs a pollable stream"));
+                    return Err(Error::new(ErrorKind::WrongTargetKind {
+                        need: "a pollable stream (multishot read)",
+                        have: info.kind,
+                    }));
                 }
                 if self.buf_ring_pos(group).is_none() {
-                    return Err(Error::invalid("buffer ring not registered with this ring"));
+                    return Err(Error::new(ErrorKind::WrongRing {
+                        what: "buffer ring",
+                    }));
                 }
                 self.ops[key].multishot = Some(group.bgid);
                 // The raw descriptor, not the fixed one: Linux 6.18 answers EBADFD to a
@@ -457,17 +468,23 @@ impl Ring {
     /// Check a vectored transfer's iovecs; returns its total length.
     fn check_iov(&self, iov: &[libc::iovec], info: &FdInfo, offset: u64) -> Result<u64> {
         if iov.is_empty() {
-            return Err(Error::invalid("vectored transfer with no buffers"));
+            return Err(Error::new(ErrorKind::ZeroLength {
+                what: "vectored transfer (no buffers)",
+            }));
         }
         if iov.len() > IOV_MAX {
-            return Err(Error::invalid(
-                "more than 1024 buffers in one vectored transfer",
-            ));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "buffers in one vectored transfer",
+                min: 1,
+                max: IOV_MAX as u64,
+            }));
         }
         let mut total: u64 = 0;
         for (i, v) in iov.iter().enumerate() {
             if v.iov_len == 0 {
-                return Err(Error::invalid("zero-length buffer in a vectored transfer"));
+                return Err(Error::new(ErrorKind::ZeroLength {
+                    what: "buffer in a vectored transfer",
+                }));
             }
             // Direct I/O: each segment's address and length aligned; the offset only for
             // the first (the others follow contiguously).
@@ -476,7 +493,11 @@ impl Ring {
             total = total.saturating_add(v.iov_len as u64);
         }
         if total > i32::MAX as u64 {
-            return Err(Error::invalid("vectored transfer longer than 2 GiB"));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "vectored transfer length",
+                min: 1,
+                max: i32::MAX as u64,
+            }));
         }
         Ok(total)
     }

@@ -249,9 +249,6 @@ pub(crate) fn addressable(offset: u64, len: u64) -> bool {
         .is_some_and(|end| i64::try_from(end).is_ok())
 }
 
-const PAST_MAX_OFFSET: Error =
-    Error::invalid("split: range ends past the largest file offset (2^63 - 1)");
-
 /// `KTIME_MAX / NSEC_PER_SEC`: the kernel turns a timespec of this many seconds or more
 /// into `KTIME_MAX`, a timer that never fires.
 const KTIME_SEC_MAX: u64 = i64::MAX as u64 / 1_000_000_000;
@@ -363,21 +360,20 @@ impl fmt::Debug for SplitDriver {
 fn target_info(ring: &Ring, t: Target, write: bool) -> Result<crate::FdInfo> {
     let info = ring.info(t)?;
     if !info.kind.is_seekable() {
-        return Err(Error::invalid(
-            "split: targets must be files or block devices",
-        ));
+        return Err(Error::new(ErrorKind::WrongTargetKind {
+            need: "a file or block device",
+            have: info.kind,
+        }));
     }
     if write && !info.writable {
-        return Err(Error::invalid("split: destination is not open for writing"));
+        return Err(Error::new(ErrorKind::NotWritable));
     }
     if write && info.append {
         // Its writes would land at the end of the file, in completion order.
-        return Err(Error::invalid(
-            "split: destination is open for append (O_APPEND): writes would ignore offsets",
-        ));
+        return Err(Error::new(ErrorKind::AppendOnly));
     }
     if !write && !info.readable {
-        return Err(Error::invalid("split: source is not open for reading"));
+        return Err(Error::new(ErrorKind::NotReadable));
     }
     Ok(info)
 }
@@ -438,13 +434,20 @@ impl SplitDriver {
                 }));
             }
             if !addressable(dst_offset, job.len()) {
-                return Err(PAST_MAX_OFFSET);
+                return Err(Error::new(ErrorKind::OffsetOutOfRange {
+                    offset: dst_offset,
+                    len: job.len(),
+                }));
             }
         }
         let capacity = geometry.capacity as u64;
         let wanted = config.max_chunk.or(device_chunk).unwrap_or(capacity);
         if wanted == 0 {
-            return Err(Error::invalid("split: max chunk must not be 0"));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "max chunk",
+                min: 1,
+                max: u64::MAX,
+            }));
         }
         if config.max_chunk.is_some_and(|c| c % u64::from(align) != 0) {
             return Err(Error::new(ErrorKind::Misaligned {
@@ -461,7 +464,10 @@ impl SplitDriver {
         let machine =
             SplitMachine::new(plan, config.mode, job.direction(), job.offset(), job.len())?;
         if !addressable(job.offset(), job.len()) {
-            return Err(PAST_MAX_OFFSET);
+            return Err(Error::new(ErrorKind::OffsetOutOfRange {
+                offset: job.offset(),
+                len: job.len(),
+            }));
         }
         if let (
             Job::Copy {
@@ -658,7 +664,7 @@ impl SplitDriver {
     pub fn run(&mut self, ring: &mut Ring, handler: &mut impl ChunkHandler) -> Result<Completion> {
         loop {
             if self.delivered {
-                return Err(Error::invalid("split: the request already completed"));
+                return Err(Error::new(ErrorKind::AlreadyCompleted));
             }
             if let Some(c) = self.step(ring, handler, Some(Duration::from_millis(100)))? {
                 return Ok(c);

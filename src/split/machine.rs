@@ -147,9 +147,10 @@ const IDLE: Child = Child {
     cancel_sent: false,
 };
 
-const NOT_IN_FLIGHT: Error = Error::invalid("split: completion for a child that is not in flight");
-const TOO_MANY_BYTES: Error =
-    Error::invalid("split: child reported more bytes than were submitted");
+const NOT_IN_FLIGHT: Error = Error::new(ErrorKind::NotInProgress {
+    what: "split child",
+});
+const TOO_MANY_BYTES: Error = Error::new(ErrorKind::ExcessBytes);
 
 /// The split driver: one parent request carried out as chunk-sized child requests.
 ///
@@ -270,7 +271,11 @@ impl SplitMachine {
             Mode::Serial => 1,
             Mode::Parallel { max_in_flight } => {
                 if max_in_flight == 0 || max_in_flight > MAX_IN_FLIGHT {
-                    return Err(Error::invalid("split: max_in_flight must be 1..=4096"));
+                    return Err(Error::new(ErrorKind::OutOfRange {
+                        what: "max_in_flight",
+                        min: 1,
+                        max: MAX_IN_FLIGHT.into(),
+                    }));
                 }
                 max_in_flight as usize
             }
@@ -304,9 +309,9 @@ impl SplitMachine {
     /// changes.
     pub fn restart(&mut self, offset: u64, len: u64) -> Result<()> {
         if !self.completed || !self.actions.is_empty() {
-            return Err(Error::invalid(
-                "split: restart before the request completed and its actions were polled",
-            ));
+            return Err(Error::new(ErrorKind::InProgress {
+                what: "the split request (or its actions, not all polled)",
+            }));
         }
         self.plan.check(offset, len)?;
         self.begin(offset, len);

@@ -82,14 +82,19 @@ impl PlanBuilder {
     pub fn build(self) -> Result<TransferPlan> {
         let align = self.align.max(1);
         if !align.is_power_of_two() {
-            return Err(Error::invalid("plan: alignment must be a power of two"));
+            return Err(Error::new(ErrorKind::NotPowerOfTwo {
+                what: "alignment",
+                value: align.into(),
+            }));
         }
         let a = u64::from(align);
         let max_chunk = self.max_chunk - self.max_chunk % a;
         if max_chunk == 0 {
-            return Err(Error::invalid(
-                "plan: max chunk must be at least the alignment",
-            ));
+            return Err(Error::new(ErrorKind::OutOfRange {
+                what: "max chunk",
+                min: align,
+                max: u64::MAX,
+            }));
         }
         if self.boundary % a != 0 {
             return Err(Error::new(ErrorKind::Misaligned {
@@ -245,7 +250,7 @@ impl TransferPlan {
             }));
         }
         if offset.checked_add(len).is_none() {
-            return Err(Error::invalid("plan: offset + length overflows"));
+            return Err(Error::new(ErrorKind::OffsetOutOfRange { offset, len }));
         }
         Ok(())
     }
