@@ -186,7 +186,7 @@ impl CompletionGate {
 
     /// A gate with `refs` references (one per path that may run) and no status.
     ///
-    /// Fails with [`ErrorKind::InvalidInput`] if `refs` is 0 (a gate with no reference is
+    /// Fails with [`ErrorKind::OutOfRange`] if `refs` is 0 (a gate with no reference is
     /// already complete, without a status) or above [`Self::MAX_REFS`].
     pub fn with_refs(refs: u32) -> Result<CompletionGate> {
         if refs == 0 || refs > Self::MAX_REFS {

@@ -279,10 +279,13 @@ impl<F: FnMut(&TransferReport)> DmaDriver<F> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::StaleTarget`]; [`ErrorKind::InvalidInput`] for a target that is not a
-    /// file or block device or not open for `direction` (or open `O_APPEND` for a write,
-    /// which ignores offsets), an empty list, a segment ending past the largest file
-    /// offset (2⁶³ − 1), or a config out of range; [`ErrorKind::Misaligned`] for a direct
+    /// [`ErrorKind::StaleTarget`]; [`ErrorKind::WrongTargetKind`] for a target that is
+    /// not a file or block device; [`ErrorKind::NotReadable`] / [`ErrorKind::NotWritable`]
+    /// for one not open for `direction`, [`ErrorKind::AppendOnly`] for a write to one open
+    /// `O_APPEND` (which ignores offsets); [`ErrorKind::ZeroLength`] for an empty list;
+    /// [`ErrorKind::OffsetOutOfRange`] for a segment ending past the largest file offset
+    /// (2⁶³ − 1); [`ErrorKind::OutOfRange`] for a config out of range;
+    /// [`ErrorKind::Misaligned`] for a direct
     /// target and a segment offset or length, a buffer address or the max transfer not
     /// aligned as it needs. The error hands the
     /// list back ([`Rejected::into_sg`]); `?` turns it into the plain [`Error`].

@@ -58,8 +58,8 @@ impl SgList {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if the device range
-    /// overflows (the buffer is dropped back to its pool).
+    /// [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange) if the device
+    /// range overflows (the buffer is dropped back to its pool).
     pub fn push(&mut self, buf: PoolBuf, device_offset: u64) -> Result<()> {
         let len = buf.len() as u64;
         if device_offset.checked_add(len).is_none() {
@@ -81,7 +81,8 @@ impl SgList {
     /// # Errors
     ///
     /// [`ErrorKind::PoolExhausted`](crate::ErrorKind::PoolExhausted) if the pool runs out;
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a zero length or an
+    /// [`ErrorKind::ZeroLength`](crate::ErrorKind::ZeroLength) for a zero length,
+    /// [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange) for an
     /// overflowing range. On error the list is as it was.
     pub fn push_extent(
         &mut self,

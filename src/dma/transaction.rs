@@ -272,8 +272,12 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a config value out
-    /// of range, a list that moves no bytes, or a segment whose device range overflows.
+    /// [`ErrorKind::OutOfRange`](crate::ErrorKind::OutOfRange) for a config value out
+    /// of range, [`ErrorKind::ZeroLength`](crate::ErrorKind::ZeroLength) for a list that
+    /// moves no bytes, [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange)
+    /// for a segment whose device range overflows,
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if the lengths add up
+    /// past `u64::MAX`.
     pub fn new(segments: S, direction: Direction, config: Config) -> Result<Transaction<S>> {
         if config.max_transfer == 0 || config.max_transfer > MAX_TRANSFER {
             return Err(Error::new(ErrorKind::OutOfRange {
@@ -352,10 +356,11 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an impossible
-    /// event — a completion for a transfer not in flight (unknown id, submit not yet
-    /// polled, already completed) or with more bytes than its length; a timeout or timer
-    /// cancellation without an armed timer. The transaction is then unchanged.
+    /// An impossible event: [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress)
+    /// for a completion for a transfer not in flight (unknown id, submit not yet polled,
+    /// already completed) or a timeout or timer cancellation without an armed timer;
+    /// [`ErrorKind::ExcessBytes`](crate::ErrorKind::ExcessBytes) for a completion with more
+    /// bytes than its length. The transaction is then unchanged.
     pub fn handle(&mut self, event: Event) -> Result<bool> {
         match event {
             Event::TransferCompleted { id, status, bytes } => {
@@ -435,8 +440,8 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if no timer is armed or
-    /// it already fired or was cancelled.
+    /// [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress) if no timer is armed
+    /// or it already fired or was cancelled.
     pub fn timeout(&mut self) -> Result<bool> {
         if !self.timer_ref {
             return Err(NO_TIMER);
@@ -460,8 +465,8 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if no timer is armed or
-    /// it already fired or was cancelled.
+    /// [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress) if no timer is armed
+    /// or it already fired or was cancelled.
     pub fn timer_cancelled(&mut self) -> Result<()> {
         if !self.timer_ref {
             return Err(NO_TIMER);

@@ -186,9 +186,10 @@ struct Txn {
 /// The FIFO receiver's sans-I/O core: one transaction at a time, one operation in flight at
 /// a time.
 ///
-/// Total: every event is accepted or rejected with
-/// [`ErrorKind::InvalidInput`] (stale or unknown ids, results larger than the read) and a
-/// rejected event changes nothing. No heap allocation after construction.
+/// Total: every event is accepted or rejected with [`ErrorKind::NotInProgress`] (stale or
+/// unknown ids, no transaction), [`ErrorKind::EventMismatch`] (a completion of the wrong
+/// kind) or [`ErrorKind::ExcessBytes`] (a result larger than the read), and a rejected
+/// event changes nothing. No heap allocation after construction.
 ///
 /// # Rules
 ///

@@ -233,9 +233,11 @@ fn as_res(r: Result<usize>, typed: &mut Option<Error>) -> i32 {
 
 impl FifoReceiver {
     /// A receiver for `source`, a target registered with `ring`. Refused with
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the descriptor
-    /// is a regular file, block device or other non-stream file, is not open for reading,
-    /// or lacks `O_NONBLOCK`; with
+    /// [`ErrorKind::WrongTargetKind`](crate::ErrorKind::WrongTargetKind) when the
+    /// descriptor is a regular file, block device or other non-stream file; with
+    /// [`ErrorKind::NotReadable`](crate::ErrorKind::NotReadable) when it is not open for
+    /// reading; with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when it
+    /// lacks `O_NONBLOCK`; with
     /// [`ErrorKind::StaleTarget`](crate::ErrorKind::StaleTarget) when `source` is not
     /// registered with `ring`.
     pub fn new(ring: &Ring, source: Target) -> Result<FifoReceiver> {
@@ -321,8 +323,8 @@ impl FifoReceiver {
     /// Start a transaction receiving exactly `len` bytes into `buf` (its data area, from
     /// the start: whatever it held is discarded). Refused, with the buffer handed back and
     /// nothing submitted, when a transaction is in progress or its completion has not been
-    /// collected, when `len` is 0
-    /// ([`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)), or above the
+    /// collected ([`ErrorKind::InProgress`](crate::ErrorKind::InProgress)), when `len` is 0
+    /// ([`ErrorKind::ZeroLength`](crate::ErrorKind::ZeroLength)), or above the
     /// buffer's capacity ([`ErrorKind::BufferTooSmall`](crate::ErrorKind::BufferTooSmall);
     /// a slot holds at most 1 GiB, so this covers every length above `i32::MAX` too).
     pub fn receive(

@@ -67,7 +67,7 @@ pub enum StreamReads {
     SingleShot,
     /// Multishot whenever the source allows it (single-shot reads for a file that cannot
     /// be read without blocking, see above); [`ErrorKind::Unsupported`] at build when
-    /// the ring cannot, [`ErrorKind::InvalidInput`] when the pool has more than 65536
+    /// the ring cannot, [`ErrorKind::OutOfRange`] when the pool has more than 65536
     /// slots (provided-buffer ids are 16 bits; `Auto` reads such a pool single-shot).
     Multishot,
 }
@@ -320,13 +320,17 @@ impl ContinuousReaderBuilder {
     /// Check the configuration against the target, the pool and the ring, and start
     /// reading: the first reads are queued on `ring` (submitted when it is next driven).
     ///
-    /// Typed errors, before anything reaches the kernel: a target not open for reading or
-    /// of an unsupported kind ([`ErrorKind::InvalidInput`], [`ErrorKind::StaleTarget`]),
-    /// a zero transfer length, or one over the slot capacity
+    /// Typed errors, before anything reaches the kernel: a target not open for reading
+    /// ([`ErrorKind::NotReadable`]), of an unsupported kind or given a byte range it cannot
+    /// take ([`ErrorKind::WrongTargetKind`]), not registered ([`ErrorKind::StaleTarget`]),
+    /// a zero transfer length ([`ErrorKind::ZeroLength`]), or one over the slot capacity
     /// ([`ErrorKind::BufferTooSmall`]), direct I/O settings that do not fit the target's
-    /// alignment ([`ErrorKind::Misaligned`]), a pool with fewer slots than the reads need,
-    /// zero workers or more than the pool's slots, multishot requested on a ring without
-    /// it ([`ErrorKind::Unsupported`]) or with a pool of more than 65536 slots.
+    /// alignment ([`ErrorKind::Misaligned`]), a pool with fewer slots than the reads, the
+    /// reorder window or the workers need ([`ErrorKind::PoolTooSmall`]), zero workers
+    /// ([`ErrorKind::OutOfRange`]), multishot requested on a ring without it
+    /// ([`ErrorKind::Unsupported`]) or with a pool of more than 65536 slots
+    /// ([`ErrorKind::OutOfRange`]); the machine's configuration errors
+    /// ([`ReaderConfig::validate`](crate::reader::ReaderConfig::validate)).
     pub fn build<C, R, F>(
         self,
         ring: &mut Ring,
@@ -821,7 +825,7 @@ where
     /// thread, as `std::thread::scope` does.
     ///
     /// `ring` must be the ring the reader was built on
-    /// ([`ErrorKind::InvalidInput`] otherwise, and nothing happens).
+    /// ([`ErrorKind::WrongRing`] otherwise, and nothing happens).
     pub fn drive(
         &mut self,
         ring: &mut Ring,

@@ -690,9 +690,11 @@ impl ReaderMachine {
         self.pump();
     }
 
-    /// Feed one event. An impossible event (unknown or stale `seq`, a result larger than
-    /// the read, a restart decision nobody asked for, ...) is rejected with
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) and changes nothing.
+    /// Feed one event. An impossible event is rejected and changes nothing:
+    /// [`ErrorKind::NotInProgress`] for an unknown or stale `seq` or a restart decision
+    /// nobody asked for, [`ErrorKind::ExcessBytes`] for a result larger than the read,
+    /// [`ErrorKind::EventMismatch`] for an event of the wrong kind for its operation,
+    /// [`ErrorKind::InvalidInput`] for a multishot data completion without a buffer id.
     pub fn handle(&mut self, event: ReaderEvent) -> Result<()> {
         match event {
             ReaderEvent::ReadDone { seq, res } => self.on_read_done(seq, res)?,

@@ -303,9 +303,10 @@ impl Ring {
 
     /// Unregister a provided-buffer ring (`IORING_UNREGISTER_PBUF_RING`) and give the
     /// slots it still offers back to their pool. Refused with
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) while a multishot read
-    /// using it is in flight (the kernel could still pick one of its buffers), and for a
-    /// ring that is not registered here.
+    /// [`ErrorKind::InProgress`] while a multishot read
+    /// using it is in flight (the kernel could still pick one of its buffers), and with
+    /// [`ErrorKind::WrongRing`] for a ring that is not
+    /// registered here.
     pub fn unregister_buf_ring(&mut self, br: BufRing) -> Result<()> {
         let pos = self
             .buf_ring_pos(br)

@@ -386,10 +386,13 @@ impl SplitDriver {
     /// # Errors
     ///
     /// [`ErrorKind::StaleTarget`] for a target not registered with `ring`;
-    /// [`ErrorKind::InvalidInput`] for a target that is not a file or block device, not
-    /// open the right way (a destination opened `O_APPEND` ignores offsets), a range
-    /// ending past the largest file offset (2⁶³ − 1), a copy
-    /// between overlapping ranges of one file, or an impossible config; [`ErrorKind::Misaligned`] for a direct
+    /// [`ErrorKind::WrongTargetKind`] for a target that is not a file or block device;
+    /// [`ErrorKind::NotReadable`] / [`ErrorKind::NotWritable`] / [`ErrorKind::AppendOnly`]
+    /// for one not open the right way (a destination opened `O_APPEND` ignores offsets);
+    /// [`ErrorKind::OffsetOutOfRange`] for a range ending past the largest file offset
+    /// (2⁶³ − 1); [`ErrorKind::InvalidInput`] for a copy between overlapping ranges of one
+    /// file; [`ErrorKind::OutOfRange`] (and the plan's errors) for an impossible config;
+    /// [`ErrorKind::Misaligned`] for a direct
     /// target and an offset, length or chunk that is not a multiple of its alignment (or a
     /// pool whose buffers are less aligned than it needs); [`ErrorKind::PoolExhausted`].
     pub fn new(

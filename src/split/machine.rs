@@ -201,8 +201,8 @@ const TOO_MANY_BYTES: Error = Error::new(ErrorKind::ExcessBytes);
 /// Every method is total: on any sequence of events (the fuzz target's input) the machine
 /// never panics. An event that cannot happen — a completion for a child that is not in
 /// flight (never submitted, its submit not yet polled, or already completed), or one that
-/// reports more bytes than were submitted — is rejected with an
-/// [`ErrorKind::InvalidInput`] error and changes nothing. Cancel and timeout after the
+/// reports more bytes than were submitted — is rejected with
+/// [`ErrorKind::NotInProgress`] or [`ErrorKind::ExcessBytes`] and changes nothing. Cancel and timeout after the
 /// parent completed are accepted and ignored (the benign race of a late cancel).
 ///
 /// # Example
@@ -257,8 +257,8 @@ impl SplitMachine {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Misaligned`] or [`ErrorKind::InvalidInput`] for a request the plan
-    /// rejects ([`TransferPlan::check`]); [`ErrorKind::InvalidInput`] for a
+    /// [`ErrorKind::Misaligned`] or [`ErrorKind::OffsetOutOfRange`] for a request the plan
+    /// rejects ([`TransferPlan::check`]); [`ErrorKind::OutOfRange`] for a
     /// `max_in_flight` outside `1..=`[`MAX_IN_FLIGHT`].
     pub fn new(
         plan: TransferPlan,
@@ -304,7 +304,7 @@ impl SplitMachine {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] if the current request has not completed or its actions
+    /// [`ErrorKind::InProgress`] if the current request has not completed or its actions
     /// were not all polled; the plan's errors for the new request. On error nothing
     /// changes.
     pub fn restart(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -339,8 +339,8 @@ impl SplitMachine {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] for an impossible event (see *Totality* on
-    /// [`SplitMachine`]);
+    /// [`ErrorKind::NotInProgress`] or [`ErrorKind::ExcessBytes`] for an impossible event
+    /// (see *Totality* on [`SplitMachine`]);
     /// the machine is unchanged.
     pub fn handle(&mut self, event: Event) -> Result<()> {
         match event {

@@ -75,8 +75,9 @@ impl PlanBuilder {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] if the alignment is not a power of two, the max chunk is
-    /// smaller than the alignment, or a segment limit is half set (a zero segment length
+    /// [`ErrorKind::NotPowerOfTwo`] if the alignment is not a power of two;
+    /// [`ErrorKind::OutOfRange`] if the max chunk is smaller than the alignment;
+    /// [`ErrorKind::InvalidInput`] if a segment limit is half set (a zero segment length
     /// or a zero segment count); [`ErrorKind::Misaligned`] if the boundary or the segment
     /// length is not a multiple of the alignment.
     pub fn build(self) -> Result<TransferPlan> {
@@ -232,7 +233,7 @@ impl TransferPlan {
     /// # Errors
     ///
     /// [`ErrorKind::Misaligned`] naming `"offset"` or `"length"`;
-    /// [`ErrorKind::InvalidInput`] on overflow.
+    /// [`ErrorKind::OffsetOutOfRange`] if `offset + len` overflows.
     pub fn check(&self, offset: u64, len: u64) -> Result<()> {
         let a = u64::from(self.align);
         if offset % a != 0 {
