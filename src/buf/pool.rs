@@ -1083,15 +1083,32 @@ mod tests {
     #[test]
     fn builder_rejects_bad_values() {
         let bad = [
-            BufferPool::builder().slots(0).build(),
-            BufferPool::builder().align(3000).build(),
-            BufferPool::builder().slot_len(0).build(),
+            (
+                BufferPool::builder().slots(0).build(),
+                ErrorKind::OutOfRange {
+                    what: "pool slots",
+                    min: 1,
+                    max: (1 << 31) - 1,
+                },
+            ),
+            (
+                BufferPool::builder().align(3000).build(),
+                ErrorKind::NotPowerOfTwo {
+                    what: "pool alignment",
+                    value: 3000,
+                },
+            ),
+            (
+                BufferPool::builder().slot_len(0).build(),
+                ErrorKind::OutOfRange {
+                    what: "pool slot length",
+                    min: 1,
+                    max: 1 << 30,
+                },
+            ),
         ];
-        for b in bad {
-            assert!(matches!(
-                b.unwrap_err().kind(),
-                ErrorKind::InvalidInput { .. }
-            ));
+        for (b, want) in bad {
+            assert_eq!(b.unwrap_err().kind(), want);
         }
     }
 

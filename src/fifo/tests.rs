@@ -208,26 +208,41 @@ fn impossible_events_are_rejected_and_change_nothing() {
         .is_err());
     let txn = start(&mut m, 5);
     let (s, _, _) = expect_read(&mut m);
+    let stopped = ErrorKind::NotInProgress {
+        what: "FIFO transaction to cancel or time out",
+    };
     let bad = [
-        FifoEvent::ReadDone {
-            seq: OpId::new(77),
-            res: 1,
-        },
-        FifoEvent::ReadDone { seq: s, res: 6 },
-        FifoEvent::PollDone {
-            seq: s,
-            res: POLLIN,
-        },
-        FifoEvent::Cancel {
-            txn: TxnId::new(txn.get() + 1),
-        },
-        FifoEvent::Deadline {
-            txn: TxnId::new(txn.get() + 1),
-        },
+        (
+            FifoEvent::ReadDone {
+                seq: OpId::new(77),
+                res: 1,
+            },
+            ErrorKind::NotInProgress { what: "operation" },
+        ),
+        (FifoEvent::ReadDone { seq: s, res: 6 }, ErrorKind::ExcessBytes),
+        (
+            FifoEvent::PollDone {
+                seq: s,
+                res: POLLIN,
+            },
+            ErrorKind::EventMismatch,
+        ),
+        (
+            FifoEvent::Cancel {
+                txn: TxnId::new(txn.get() + 1),
+            },
+            stopped,
+        ),
+        (
+            FifoEvent::Deadline {
+                txn: TxnId::new(txn.get() + 1),
+            },
+            stopped,
+        ),
     ];
-    for ev in bad {
+    for (ev, want) in bad {
         let e = m.handle(ev).unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{ev:?}");
+        assert_eq!(e.kind(), want, "{ev:?}");
         assert!(actions(&mut m).is_empty());
         assert!(m.has_op_in_flight());
     }

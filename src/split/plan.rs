@@ -469,15 +469,26 @@ mod tests {
             u64::MAX
         );
         let e = TransferPlan::builder().align(3).build().unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+        assert_eq!(
+            e.kind(),
+            ErrorKind::NotPowerOfTwo {
+                what: "alignment",
+                value: 3
+            }
+        );
+        let chunk = |min| ErrorKind::OutOfRange {
+            what: "max chunk",
+            min,
+            max: u64::MAX,
+        };
         let e = TransferPlan::builder()
             .max_chunk(100)
             .align(512)
             .build()
             .unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+        assert_eq!(e.kind(), chunk(512));
         let e = TransferPlan::builder().max_chunk(0).build().unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+        assert_eq!(e.kind(), chunk(1));
         let e = TransferPlan::builder()
             .align(512)
             .boundary(1000)
