@@ -219,7 +219,10 @@ fn impossible_events_are_rejected_and_change_nothing() {
             },
             ErrorKind::NotInProgress { what: "operation" },
         ),
-        (FifoEvent::ReadDone { seq: s, res: 6 }, ErrorKind::ExcessBytes),
+        (
+            FifoEvent::ReadDone { seq: s, res: 6 },
+            ErrorKind::ExcessBytes,
+        ),
         (
             FifoEvent::PollDone {
                 seq: s,
