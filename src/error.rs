@@ -259,6 +259,26 @@ impl Error {
         Error::new(ErrorKind::InvalidInput { reason })
     }
 
+    /// Shorthand for [`ErrorKind::OutOfRange`].
+    pub(crate) const fn out_of_range(what: &'static str, min: u32, max: u64) -> Error {
+        Error::new(ErrorKind::OutOfRange { what, min, max })
+    }
+
+    /// Shorthand for [`ErrorKind::WrongTargetKind`].
+    pub(crate) const fn wrong_kind(need: &'static str, have: FdKind) -> Error {
+        Error::new(ErrorKind::WrongTargetKind { need, have })
+    }
+
+    /// Shorthand for [`ErrorKind::ZeroLength`].
+    pub(crate) const fn zero_length(what: &'static str) -> Error {
+        Error::new(ErrorKind::ZeroLength { what })
+    }
+
+    /// Shorthand for [`ErrorKind::NotInProgress`].
+    pub(crate) const fn not_in_progress(what: &'static str) -> Error {
+        Error::new(ErrorKind::NotInProgress { what })
+    }
+
     /// Shorthand for [`ErrorKind::Unsupported`].
     pub const fn unsupported(feature: &'static str) -> Error {
         Error::new(ErrorKind::Unsupported { feature })

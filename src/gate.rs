@@ -146,11 +146,11 @@ const ALREADY_COMPLETED: Error = Error::new(ErrorKind::AlreadyCompleted);
 const NO_STATUS: Error =
     Error::invalid("completion gate: last reference dropped before a status was set");
 /// Error for more references than the word can count.
-const TOO_MANY_REFS: Error = Error::new(ErrorKind::OutOfRange {
-    what: "completion gate references",
-    min: 1,
-    max: CompletionGate::MAX_REFS as u64,
-});
+const TOO_MANY_REFS: Error = Error::out_of_range(
+    "completion gate references",
+    1,
+    CompletionGate::MAX_REFS as u64,
+);
 
 /// Begin-completion plus a completion reference count, in one atomic word.
 ///

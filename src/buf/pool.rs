@@ -123,11 +123,7 @@ impl PoolBuilder {
     /// Map the arena and build the pool.
     pub fn build(self) -> Result<BufferPool> {
         if self.slots == 0 || self.slots >= (1 << 31) {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "pool slots",
-                min: 1,
-                max: (1 << 31) - 1,
-            }));
+            return Err(Error::out_of_range("pool slots", 1, (1 << 31) - 1));
         }
         if !self.align.is_power_of_two() {
             return Err(Error::new(ErrorKind::NotPowerOfTwo {
@@ -136,25 +132,21 @@ impl PoolBuilder {
             }));
         }
         if self.align > (1 << 21) {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "pool alignment",
-                min: 1,
-                max: 1 << 21,
-            }));
+            return Err(Error::out_of_range("pool alignment", 1, 1 << 21));
         }
         if self.slot_len == 0 || self.slot_len > MAX_SLOT_LEN {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "pool slot length",
-                min: 1,
-                max: MAX_SLOT_LEN as u64,
-            }));
+            return Err(Error::out_of_range(
+                "pool slot length",
+                1,
+                MAX_SLOT_LEN as u64,
+            ));
         }
         if self.header_len > MAX_SLOT_LEN || self.trailer_len > MAX_SLOT_LEN {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "pool header/trailer length",
-                min: 0,
-                max: MAX_SLOT_LEN as u64,
-            }));
+            return Err(Error::out_of_range(
+                "pool header/trailer length",
+                0,
+                MAX_SLOT_LEN as u64,
+            ));
         }
         let align = self.align;
         let capacity = round_up(self.slot_len, align);

@@ -129,10 +129,7 @@ fn check(
 ) -> Result<crate::FdInfo> {
     let info = ring.info(target)?;
     if !info.kind.is_seekable() {
-        return Err(Error::new(ErrorKind::WrongTargetKind {
-            need: "a file or block device",
-            have: info.kind,
-        }));
+        return Err(Error::wrong_kind("a file or block device", info.kind));
     }
     match direction {
         Direction::Read if !info.readable => return Err(Error::new(ErrorKind::NotReadable)),

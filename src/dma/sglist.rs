@@ -91,9 +91,7 @@ impl SgList {
         len: u64,
     ) -> Result<usize> {
         if len == 0 {
-            return Err(Error::new(ErrorKind::ZeroLength {
-                what: "scatter/gather extent",
-            }));
+            return Err(Error::zero_length("scatter/gather extent"));
         }
         if device_offset.checked_add(len).is_none() {
             return Err(Error::new(ErrorKind::OffsetOutOfRange {

@@ -209,11 +209,9 @@ const IDLE: Slot = Slot {
     cancel_sent: false,
 };
 
-const NOT_IN_FLIGHT: Error = Error::new(ErrorKind::NotInProgress {
-    what: "dma transfer",
-});
+const NOT_IN_FLIGHT: Error = Error::not_in_progress("dma transfer");
 const TOO_MANY_BYTES: Error = Error::new(ErrorKind::ExcessBytes);
-const NO_TIMER: Error = Error::new(ErrorKind::NotInProgress { what: "dma timer" });
+const NO_TIMER: Error = Error::not_in_progress("dma timer");
 
 /// A scatter/gather transaction executed as transfers; sans-I/O.
 ///
@@ -280,25 +278,17 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     /// past `u64::MAX`.
     pub fn new(segments: S, direction: Direction, config: Config) -> Result<Transaction<S>> {
         if config.max_transfer == 0 || config.max_transfer > MAX_TRANSFER {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "max_transfer",
-                min: 1,
-                max: MAX_TRANSFER,
-            }));
+            return Err(Error::out_of_range("max_transfer", 1, MAX_TRANSFER));
         }
         if config.max_segments == 0 || config.max_segments > MAX_SEGMENTS {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "max_segments",
-                min: 1,
-                max: MAX_SEGMENTS.into(),
-            }));
+            return Err(Error::out_of_range("max_segments", 1, MAX_SEGMENTS.into()));
         }
         if config.max_in_flight == 0 || config.max_in_flight > MAX_IN_FLIGHT {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "max_in_flight",
-                min: 1,
-                max: MAX_IN_FLIGHT.into(),
-            }));
+            return Err(Error::out_of_range(
+                "max_in_flight",
+                1,
+                MAX_IN_FLIGHT.into(),
+            ));
         }
         let mut total = 0u64;
         for s in segments.as_ref() {
@@ -313,9 +303,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
                 .ok_or(Error::invalid("dma: total length overflows"))?;
         }
         if total == 0 {
-            return Err(Error::new(ErrorKind::ZeroLength {
-                what: "scatter/gather list",
-            }));
+            return Err(Error::zero_length("scatter/gather list"));
         }
         // References: execution + cancel (+ timer).
         let gate = CompletionGate::with_refs(2 + u32::from(config.timer))?;

@@ -261,14 +261,10 @@ impl FifoMachine {
             }));
         }
         if len == 0 {
-            return Err(Error::new(ErrorKind::ZeroLength { what: "receive" }));
+            return Err(Error::zero_length("receive"));
         }
         if len > i32::MAX as u32 {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "receive length",
-                min: 1,
-                max: i32::MAX as u64,
-            }));
+            return Err(Error::out_of_range("receive length", 1, i32::MAX as u64));
         }
         let id = TxnId(self.next_txn);
         self.next_txn = self.next_txn.wrapping_add(1);
@@ -373,9 +369,9 @@ impl FifoMachine {
         let t = match self.txn.as_mut() {
             Some(t) if t.id == txn => t,
             _ => {
-                return Err(Error::new(ErrorKind::NotInProgress {
-                    what: "FIFO transaction to cancel or time out",
-                }))
+                return Err(Error::not_in_progress(
+                    "FIFO transaction to cancel or time out",
+                ))
             }
         };
         if t.stop.is_some() {
@@ -399,12 +395,10 @@ impl FifoMachine {
         let t = self
             .txn
             .as_mut()
-            .ok_or(Error::new(ErrorKind::NotInProgress {
-                what: "FIFO transaction",
-            }))?;
+            .ok_or(Error::not_in_progress("FIFO transaction"))?;
         let op = match t.op {
             Some(op) if op.seq == seq => op,
-            _ => return Err(Error::new(ErrorKind::NotInProgress { what: "operation" })),
+            _ => return Err(Error::not_in_progress("operation")),
         };
         if op.kind != kind {
             return Err(Error::new(ErrorKind::EventMismatch));

@@ -243,10 +243,10 @@ impl FifoReceiver {
     pub fn new(ring: &Ring, source: Target) -> Result<FifoReceiver> {
         let info = ring.info(source)?;
         if !info.kind.is_stream() {
-            return Err(Error::new(ErrorKind::WrongTargetKind {
-                need: "a FIFO-like stream (pipe, FIFO, socket, tty or character device)",
-                have: info.kind,
-            }));
+            return Err(Error::wrong_kind(
+                "a FIFO-like stream (pipe, FIFO, socket, tty or character device)",
+                info.kind,
+            ));
         }
         if !info.readable {
             return Err(Error::new(ErrorKind::NotReadable));
@@ -503,9 +503,7 @@ impl FifoReceiver {
                 return Ok(r);
             }
             if self.op.is_none() {
-                return Err(Error::new(ErrorKind::NotInProgress {
-                    what: "FIFO transaction",
-                }));
+                return Err(Error::not_in_progress("FIFO transaction"));
             }
             ring.run_once(None)?;
         }

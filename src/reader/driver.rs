@@ -351,9 +351,7 @@ impl ContinuousReaderBuilder {
         let capacity = u32::try_from(g.capacity.min(i32::MAX as usize)).unwrap_or(u32::MAX);
         let transfer_len = self.transfer_len.unwrap_or(capacity);
         if transfer_len == 0 {
-            return Err(Error::new(ErrorKind::ZeroLength {
-                what: "read (transfer_len)",
-            }));
+            return Err(Error::zero_length("read (transfer_len)"));
         }
         if transfer_len as usize > g.capacity {
             return Err(Error::new(ErrorKind::BufferTooSmall {
@@ -363,11 +361,7 @@ impl ContinuousReaderBuilder {
         }
         match self.dispatch {
             Dispatch::Workers(0) => {
-                return Err(Error::new(ErrorKind::OutOfRange {
-                    what: "Dispatch::Workers",
-                    min: 1,
-                    max: g.slots as u64,
-                }))
+                return Err(Error::out_of_range("Dispatch::Workers", 1, g.slots as u64))
             }
             Dispatch::Workers(n) if n > g.slots => {
                 return Err(Error::new(ErrorKind::PoolTooSmall {
@@ -427,10 +421,10 @@ impl ContinuousReaderBuilder {
             cfg
         } else if info.kind.is_stream() {
             if self.start != 0 || self.end.is_some() {
-                return Err(Error::new(ErrorKind::WrongTargetKind {
-                    need: "a file or block device (for a byte range)",
-                    have: info.kind,
-                }));
+                return Err(Error::wrong_kind(
+                    "a file or block device (for a byte range)",
+                    info.kind,
+                ));
             }
             let can = caps.read_multishot && caps.buf_ring;
             // Provided-buffer ids are 16 bits: a larger pool cannot back a buffer ring.
@@ -445,11 +439,11 @@ impl ContinuousReaderBuilder {
                     return Err(Error::unsupported("IORING_OP_READ_MULTISHOT (Linux 6.7)"))
                 }
                 StreamReads::Multishot if !fits => {
-                    return Err(Error::new(ErrorKind::OutOfRange {
-                        what: "slots of a multishot reader's pool",
-                        min: 1,
-                        max: 1 << 16,
-                    }))
+                    return Err(Error::out_of_range(
+                        "slots of a multishot reader's pool",
+                        1,
+                        1 << 16,
+                    ))
                 }
                 StreamReads::Multishot => true,
             };
@@ -460,10 +454,10 @@ impl ContinuousReaderBuilder {
             let len = if multishot { capacity } else { transfer_len };
             ReaderConfig::stream(len).multishot(multishot && !probing)
         } else {
-            return Err(Error::new(ErrorKind::WrongTargetKind {
-                need: "a file, block device, pipe, FIFO, socket or tty",
-                have: info.kind,
-            }));
+            return Err(Error::wrong_kind(
+                "a file, block device, pipe, FIFO, socket or tty",
+                info.kind,
+            ));
         };
         if let Some(n) = self.max_unacked {
             cfg = cfg.max_unacked(n);

@@ -228,31 +228,25 @@ impl ReaderConfig {
     /// Check the configuration; [`ReaderMachine::new`] calls this.
     pub fn validate(&self) -> Result<()> {
         if self.transfer_len == 0 {
-            return Err(Error::new(ErrorKind::ZeroLength {
-                what: "read (transfer_len)",
-            }));
+            return Err(Error::zero_length("read (transfer_len)"));
         }
         if self.transfer_len > i32::MAX as u32 {
             // i32::MAX: the largest read a completion can report.
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "transfer_len",
-                min: 1,
-                max: i32::MAX as u64,
-            }));
+            return Err(Error::out_of_range("transfer_len", 1, i32::MAX as u64));
         }
         if self.pending_reads == 0 || self.pending_reads > Self::MAX_PENDING_READS {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "pending_reads",
-                min: 1,
-                max: Self::MAX_PENDING_READS.into(),
-            }));
+            return Err(Error::out_of_range(
+                "pending_reads",
+                1,
+                Self::MAX_PENDING_READS.into(),
+            ));
         }
         if self.max_unacked == 0 || self.max_unacked > Self::MAX_WINDOW {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "max_unacked",
-                min: 1,
-                max: Self::MAX_WINDOW.into(),
-            }));
+            return Err(Error::out_of_range(
+                "max_unacked",
+                1,
+                Self::MAX_WINDOW.into(),
+            ));
         }
         if let Some(end) = self.end {
             if self.start > end {
@@ -291,11 +285,11 @@ impl ReaderConfig {
             if self.ordered {
                 let w = self.effective_reorder_window();
                 if w < self.pending_reads || w > Self::MAX_WINDOW {
-                    return Err(Error::new(ErrorKind::OutOfRange {
-                        what: "reorder_window",
-                        min: self.pending_reads,
-                        max: Self::MAX_WINDOW.into(),
-                    }));
+                    return Err(Error::out_of_range(
+                        "reorder_window",
+                        self.pending_reads,
+                        Self::MAX_WINDOW.into(),
+                    ));
                 }
             }
         } else {
@@ -710,16 +704,14 @@ impl ReaderMachine {
                     .unacked
                     .iter()
                     .position(|&s| s == seq)
-                    .ok_or(Error::new(ErrorKind::NotInProgress {
-                        what: "delivery awaiting acknowledgement",
-                    }))?;
+                    .ok_or(Error::not_in_progress("delivery awaiting acknowledgement"))?;
                 self.unacked.swap_remove(i);
             }
             ReaderEvent::Restart(decision) => {
                 let Phase::AwaitingRestart { error } = self.phase else {
-                    return Err(Error::new(ErrorKind::NotInProgress {
-                        what: "failure awaiting a restart decision",
-                    }));
+                    return Err(Error::not_in_progress(
+                        "failure awaiting a restart decision",
+                    ));
                 };
                 match decision {
                     Restart::Yes => {
@@ -741,7 +733,7 @@ impl ReaderMachine {
         self.ops
             .iter()
             .position(|op| op.seq == seq)
-            .ok_or(Error::new(ErrorKind::NotInProgress { what: "operation" }))
+            .ok_or(Error::not_in_progress("operation"))
     }
 
     fn on_read_done(&mut self, seq: Seq, res: i32) -> Result<()> {

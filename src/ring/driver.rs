@@ -416,11 +416,7 @@ impl Ring {
                         };
                     }
                 }
-                _ => {
-                    return Err(Error::new(ErrorKind::NotInProgress {
-                        what: "operation kept by this ring",
-                    }))
-                }
+                _ => return Err(Error::not_in_progress("operation kept by this ring")),
             }
             self.run_once(None)?;
         }

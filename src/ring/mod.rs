@@ -146,19 +146,15 @@ impl RingBuilder {
     /// kernel has no io_uring (or a seccomp policy forbids it).
     pub fn build(self) -> Result<Ring> {
         if self.entries == 0 || self.entries > 32768 {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "ring entries",
-                min: 1,
-                max: 32768,
-            }));
+            return Err(Error::out_of_range("ring entries", 1, 32768));
         }
         let entries = self.entries.max(2);
         if self.ops > MAX_OPS_RESERVED {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "op-table reservation",
-                min: 0,
-                max: MAX_OPS_RESERVED as u64,
-            }));
+            return Err(Error::out_of_range(
+                "op-table reservation",
+                0,
+                MAX_OPS_RESERVED as u64,
+            ));
         }
         let mut b = IoUring::builder();
         b.setup_cqsize(self.cq_entries.unwrap_or(entries * 2).max(entries));

@@ -209,18 +209,14 @@ impl Ring {
         }
         let g = pool.geometry();
         if g.slots > 65536 {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "slots of a buffer ring's pool",
-                min: 1,
-                max: 65536,
-            }));
+            return Err(Error::out_of_range(
+                "slots of a buffer ring's pool",
+                1,
+                65536,
+            ));
         }
         let len = u32::try_from(g.capacity).map_err(|_| {
-            Error::new(ErrorKind::OutOfRange {
-                what: "slot length of a buffer ring's pool",
-                min: 1,
-                max: u32::MAX.into(),
-            })
+            Error::out_of_range("slot length of a buffer ring's pool", 1, u32::MAX.into())
         })?;
         // The next group id not in use, counting on from the last one: the id of an
         // unregistered ring comes back only after the count wraps, so a stale `BufRing`

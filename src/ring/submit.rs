@@ -57,15 +57,9 @@ const SQE_BUF_INDEX: usize = 40;
 
 fn io_len(len: usize) -> Result<u32> {
     if len == 0 {
-        return Err(Error::new(ErrorKind::ZeroLength { what: "transfer" }));
+        return Err(Error::zero_length("transfer"));
     }
-    u32::try_from(len).map_err(|_| {
-        Error::new(ErrorKind::OutOfRange {
-            what: "transfer length",
-            min: 1,
-            max: u32::MAX.into(),
-        })
-    })
+    u32::try_from(len).map_err(|_| Error::out_of_range("transfer length", 1, u32::MAX.into()))
 }
 
 impl Ring {
@@ -147,10 +141,10 @@ impl Ring {
     fn fd_for(&self, t: Target, access: Access) -> Result<(Fd, FdInfo)> {
         let (fd, info) = self.fd_of(t)?;
         if !info.kind.is_transferable() {
-            return Err(Error::new(ErrorKind::WrongTargetKind {
-                need: "a file, a block device or a stream",
-                have: info.kind,
-            }));
+            return Err(Error::wrong_kind(
+                "a file, a block device or a stream",
+                info.kind,
+            ));
         }
         match access {
             Access::Read if !info.readable => Err(Error::new(ErrorKind::NotReadable)),
@@ -352,10 +346,10 @@ impl Ring {
             OpKind::Fsync { target, datasync } => {
                 let (fd, info) = self.fd_open(target)?;
                 if !(info.kind.is_seekable() || info.kind == super::FdKind::Directory) {
-                    return Err(Error::new(ErrorKind::WrongTargetKind {
-                        need: "a file, a block device or a directory (fsync)",
-                        have: info.kind,
-                    }));
+                    return Err(Error::wrong_kind(
+                        "a file, a block device or a directory (fsync)",
+                        info.kind,
+                    ));
                 }
                 let flags = if datasync {
                     types::FsyncFlags::DATASYNC
@@ -370,10 +364,10 @@ impl Ring {
                     return Err(Error::unsupported("IORING_OP_READ_MULTISHOT (Linux 6.7)"));
                 }
                 if !info.kind.is_stream() {
-                    return Err(Error::new(ErrorKind::WrongTargetKind {
-                        need: "a pollable stream (multishot read)",
-                        have: info.kind,
-                    }));
+                    return Err(Error::wrong_kind(
+                        "a pollable stream (multishot read)",
+                        info.kind,
+                    ));
                 }
                 if self.buf_ring_pos(group).is_none() {
                     return Err(Error::new(ErrorKind::WrongRing {
@@ -468,23 +462,19 @@ impl Ring {
     /// Check a vectored transfer's iovecs; returns its total length.
     fn check_iov(&self, iov: &[libc::iovec], info: &FdInfo, offset: u64) -> Result<u64> {
         if iov.is_empty() {
-            return Err(Error::new(ErrorKind::ZeroLength {
-                what: "vectored transfer (no buffers)",
-            }));
+            return Err(Error::zero_length("vectored transfer (no buffers)"));
         }
         if iov.len() > IOV_MAX {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "buffers in one vectored transfer",
-                min: 1,
-                max: IOV_MAX as u64,
-            }));
+            return Err(Error::out_of_range(
+                "buffers in one vectored transfer",
+                1,
+                IOV_MAX as u64,
+            ));
         }
         let mut total: u64 = 0;
         for (i, v) in iov.iter().enumerate() {
             if v.iov_len == 0 {
-                return Err(Error::new(ErrorKind::ZeroLength {
-                    what: "buffer in a vectored transfer",
-                }));
+                return Err(Error::zero_length("buffer in a vectored transfer"));
             }
             // Direct I/O: each segment's address and length aligned; the offset only for
             // the first (the others follow contiguously).
@@ -493,11 +483,11 @@ impl Ring {
             total = total.saturating_add(v.iov_len as u64);
         }
         if total > i32::MAX as u64 {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "vectored transfer length",
-                min: 1,
-                max: i32::MAX as u64,
-            }));
+            return Err(Error::out_of_range(
+                "vectored transfer length",
+                1,
+                i32::MAX as u64,
+            ));
         }
         Ok(total)
     }

@@ -360,10 +360,7 @@ impl fmt::Debug for SplitDriver {
 fn target_info(ring: &Ring, t: Target, write: bool) -> Result<crate::FdInfo> {
     let info = ring.info(t)?;
     if !info.kind.is_seekable() {
-        return Err(Error::new(ErrorKind::WrongTargetKind {
-            need: "a file or block device",
-            have: info.kind,
-        }));
+        return Err(Error::wrong_kind("a file or block device", info.kind));
     }
     if write && !info.writable {
         return Err(Error::new(ErrorKind::NotWritable));
@@ -446,11 +443,7 @@ impl SplitDriver {
         let capacity = geometry.capacity as u64;
         let wanted = config.max_chunk.or(device_chunk).unwrap_or(capacity);
         if wanted == 0 {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "max chunk",
-                min: 1,
-                max: u64::MAX,
-            }));
+            return Err(Error::out_of_range("max chunk", 1, u64::MAX));
         }
         if config.max_chunk.is_some_and(|c| c % u64::from(align) != 0) {
             return Err(Error::new(ErrorKind::Misaligned {

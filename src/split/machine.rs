@@ -147,9 +147,7 @@ const IDLE: Child = Child {
     cancel_sent: false,
 };
 
-const NOT_IN_FLIGHT: Error = Error::new(ErrorKind::NotInProgress {
-    what: "split child",
-});
+const NOT_IN_FLIGHT: Error = Error::not_in_progress("split child");
 const TOO_MANY_BYTES: Error = Error::new(ErrorKind::ExcessBytes);
 
 /// The split driver: one parent request carried out as chunk-sized child requests.
@@ -271,11 +269,11 @@ impl SplitMachine {
             Mode::Serial => 1,
             Mode::Parallel { max_in_flight } => {
                 if max_in_flight == 0 || max_in_flight > MAX_IN_FLIGHT {
-                    return Err(Error::new(ErrorKind::OutOfRange {
-                        what: "max_in_flight",
-                        min: 1,
-                        max: MAX_IN_FLIGHT.into(),
-                    }));
+                    return Err(Error::out_of_range(
+                        "max_in_flight",
+                        1,
+                        MAX_IN_FLIGHT.into(),
+                    ));
                 }
                 max_in_flight as usize
             }

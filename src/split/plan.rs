@@ -91,11 +91,7 @@ impl PlanBuilder {
         let a = u64::from(align);
         let max_chunk = self.max_chunk - self.max_chunk % a;
         if max_chunk == 0 {
-            return Err(Error::new(ErrorKind::OutOfRange {
-                what: "max chunk",
-                min: align,
-                max: u64::MAX,
-            }));
+            return Err(Error::out_of_range("max chunk", align, u64::MAX));
         }
         if self.boundary % a != 0 {
             return Err(Error::new(ErrorKind::Misaligned {
