@@ -690,6 +690,20 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
         kind(&mut ring, copy(s, s, 10), SplitConfig::new().max_chunk(0)),
         ErrorKind::NotWritable
     );
+    let read = Job::Read {
+        src: s,
+        offset: 0,
+        len: 10,
+    };
+    let chunk0 = ErrorKind::OutOfRange {
+        what: "max chunk",
+        min: 1,
+        max: u64::MAX,
+    };
+    assert_eq!(
+        kind(&mut ring, read, SplitConfig::new().max_chunk(0)),
+        chunk0
+    );
     let zero = SplitConfig::new().mode(Mode::Parallel { max_in_flight: 0 });
     assert!(matches!(
         kind(
