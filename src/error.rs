@@ -42,12 +42,86 @@ pub enum ErrorKind {
         /// The missing feature, e.g. `"io_uring"` or `"IORING_OP_READ_MULTISHOT"`.
         feature: &'static str,
     },
-    /// The request is invalid on its face (zero length, a length over the buffer, a
-    /// wrong-kind file descriptor, ...). `reason` says which rule it broke.
+    /// The request is invalid on its face in a way no other kind names (a one-off rule:
+    /// conflicting options, an internal invariant, ...). `reason` says which rule it broke.
     InvalidInput {
         /// A short, static description of the rule that was broken.
         reason: &'static str,
     },
+    /// The target is the wrong kind of file for the request (a transfer on a directory, a
+    /// FIFO receive on a regular file, a byte range on a pipe, ...).
+    WrongTargetKind {
+        /// What the request needs, e.g. `"a file or block device"`.
+        need: &'static str,
+        /// What the target is.
+        have: FdKind,
+    },
+    /// The request reads from a target that is not open for reading.
+    NotReadable,
+    /// The request writes to a target that is not open for writing.
+    NotWritable,
+    /// A positional write to a target opened `O_APPEND`: it would land at the end of the
+    /// file, not at its offset, so it is refused.
+    AppendOnly,
+    /// A transfer, list or buffer that must hold at least one byte is empty. `what` names
+    /// it (`"transfer"`, `"receive"`, `"scatter/gather list"`, ...).
+    ZeroLength {
+        /// What is empty.
+        what: &'static str,
+    },
+    /// A number (a length, a count, a configuration value) outside the range the API
+    /// accepts: `what` must lie in `min..=max` (`max == u64::MAX`: no upper bound).
+    OutOfRange {
+        /// Which value, e.g. `"max_in_flight"` or `"transfer length"`.
+        what: &'static str,
+        /// The smallest value accepted.
+        min: u32,
+        /// The largest value accepted.
+        max: u64,
+    },
+    /// A value that must be a power of two (an alignment, a ring size) is not.
+    NotPowerOfTwo {
+        /// Which value, e.g. `"alignment"`.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// The buffer pool has fewer slots than the configuration needs.
+    PoolTooSmall {
+        /// What needs the slots, e.g. `"pending_reads"`.
+        what: &'static str,
+        /// Slots needed.
+        need: u32,
+        /// Slots the pool has.
+        have: u32,
+    },
+    /// An object (a ticket, a driver, a buffer ring) used with a ring it does not belong
+    /// to, or no longer registered with this one.
+    WrongRing {
+        /// The object, e.g. `"ticket"`.
+        what: &'static str,
+    },
+    /// The request (or transaction) already completed: nothing is left to wait for, and no
+    /// reference can be taken on it.
+    AlreadyCompleted,
+    /// Refused while something is still in progress (a transaction not yet completed or
+    /// collected, a buffer ring still in use).
+    InProgress {
+        /// What is in progress, e.g. `"a FIFO transaction"`.
+        what: &'static str,
+    },
+    /// An event or call refers to something that is not in progress: an unknown or stale
+    /// id, one that already completed, or nothing started at all. For a state machine, a
+    /// completion it cannot have asked for.
+    NotInProgress {
+        /// What is missing, e.g. `"operation"` or `"timer"`.
+        what: &'static str,
+    },
+    /// A completion reports more bytes than its operation asked for.
+    ExcessBytes,
+    /// A completion event of the wrong kind for its operation (a poll result for a read,
+    /// ...).
+    EventMismatch,
     /// The buffer cannot hold what the request asks for.
     BufferTooSmall {
         /// Bytes the request needs.
@@ -73,6 +147,64 @@ pub enum ErrorKind {
     },
     /// The kernel returned this errno.
     Os(i32),
+}
+
+/// What kind of file a target is (see [`FdInfo`](crate::FdInfo)); defined here so
+/// [`ErrorKind::WrongTargetKind`] can name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    /// A regular file: positional I/O.
+    File,
+    /// A block device: positional I/O.
+    BlockDevice,
+    /// A pipe or named FIFO: a stream.
+    Pipe,
+    /// A socket: a stream.
+    Socket,
+    /// A terminal (pty, serial tty): a stream.
+    Tty,
+    /// Another character device: a stream.
+    CharDevice,
+    /// A directory: no transfers; `fsync` (to make its entries durable) and poll.
+    Directory,
+    /// Anything else (eventfd, epoll, timerfd, signalfd, ...): no transfers; poll only.
+    Other,
+}
+
+impl FdKind {
+    /// Whether reads and writes take a file offset (regular files and block devices).
+    pub fn is_seekable(self) -> bool {
+        matches!(self, FdKind::File | FdKind::BlockDevice)
+    }
+
+    /// Whether reads and writes make sense on it: seekable or a stream (not a directory,
+    /// not an eventfd or other anonymous inode).
+    pub fn is_transferable(self) -> bool {
+        self.is_seekable() || self.is_stream()
+    }
+
+    /// Whether this is a FIFO-like source: pipe, FIFO, socket, tty, character device.
+    pub fn is_stream(self) -> bool {
+        matches!(
+            self,
+            FdKind::Pipe | FdKind::Socket | FdKind::Tty | FdKind::CharDevice
+        )
+    }
+}
+
+impl fmt::Display for FdKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FdKind::File => "a regular file",
+            FdKind::BlockDevice => "a block device",
+            FdKind::Pipe => "a pipe or FIFO",
+            FdKind::Socket => "a socket",
+            FdKind::Tty => "a terminal",
+            FdKind::CharDevice => "a character device",
+            FdKind::Directory => "a directory",
+            FdKind::Other => "an eventfd, epoll or other special file",
+        })
+    }
 }
 
 /// The crate's error: an [`ErrorKind`] you can match on, printable, convertible to
@@ -125,6 +257,26 @@ impl Error {
     /// Shorthand for [`ErrorKind::InvalidInput`].
     pub const fn invalid(reason: &'static str) -> Error {
         Error::new(ErrorKind::InvalidInput { reason })
+    }
+
+    /// Shorthand for [`ErrorKind::OutOfRange`].
+    pub(crate) const fn out_of_range(what: &'static str, min: u32, max: u64) -> Error {
+        Error::new(ErrorKind::OutOfRange { what, min, max })
+    }
+
+    /// Shorthand for [`ErrorKind::WrongTargetKind`].
+    pub(crate) const fn wrong_kind(need: &'static str, have: FdKind) -> Error {
+        Error::new(ErrorKind::WrongTargetKind { need, have })
+    }
+
+    /// Shorthand for [`ErrorKind::ZeroLength`].
+    pub(crate) const fn zero_length(what: &'static str) -> Error {
+        Error::new(ErrorKind::ZeroLength { what })
+    }
+
+    /// Shorthand for [`ErrorKind::NotInProgress`].
+    pub(crate) const fn not_in_progress(what: &'static str) -> Error {
+        Error::new(ErrorKind::NotInProgress { what })
     }
 
     /// Shorthand for [`ErrorKind::Unsupported`].
@@ -185,6 +337,44 @@ impl fmt::Display for Error {
             ErrorKind::PoolExhausted => f.write_str("buffer pool exhausted"),
             ErrorKind::Unsupported { feature } => write!(f, "unsupported: {feature}"),
             ErrorKind::InvalidInput { reason } => write!(f, "invalid input: {reason}"),
+            ErrorKind::WrongTargetKind { need, have } => {
+                write!(f, "wrong kind of target: needs {need}, but it is {have}")
+            }
+            ErrorKind::NotReadable => f.write_str("target is not open for reading"),
+            ErrorKind::NotWritable => f.write_str("target is not open for writing"),
+            ErrorKind::AppendOnly => f.write_str(
+                "target is open for append (O_APPEND): a positional write would ignore its offset",
+            ),
+            ErrorKind::ZeroLength { what } => write!(f, "zero-length {what}"),
+            ErrorKind::OutOfRange { what, min, max } if max == u64::MAX => {
+                write!(f, "{what} out of range: must be at least {min}")
+            }
+            ErrorKind::OutOfRange { what, min, max } => {
+                write!(f, "{what} out of range: must be in {min}..={max}")
+            }
+            ErrorKind::NotPowerOfTwo { what, value } => {
+                write!(f, "{what} {value} is not a power of two")
+            }
+            ErrorKind::PoolTooSmall { what, need, have } => write!(
+                f,
+                "buffer pool too small: {what} needs {need} slots, the pool has {have}"
+            ),
+            ErrorKind::WrongRing { what } => write!(
+                f,
+                "{what} belongs to another ring (or is no longer registered with this one)"
+            ),
+            ErrorKind::AlreadyCompleted => f.write_str("the request already completed"),
+            ErrorKind::InProgress { what } => write!(f, "{what} is still in progress"),
+            ErrorKind::NotInProgress { what } => write!(
+                f,
+                "{what}: not in progress (unknown, stale, already completed or never started)"
+            ),
+            ErrorKind::ExcessBytes => {
+                f.write_str("completion reports more bytes than its operation asked for")
+            }
+            ErrorKind::EventMismatch => {
+                f.write_str("completion event of the wrong kind for its operation")
+            }
             ErrorKind::BufferTooSmall { need, have } => {
                 write!(f, "buffer too small: need {need} bytes, have {have}")
             }
@@ -214,6 +404,20 @@ impl From<Error> for io::Error {
             ErrorKind::Abandoned => K::Other,
             ErrorKind::Misaligned { .. }
             | ErrorKind::InvalidInput { .. }
+            | ErrorKind::WrongTargetKind { .. }
+            | ErrorKind::NotReadable
+            | ErrorKind::NotWritable
+            | ErrorKind::AppendOnly
+            | ErrorKind::ZeroLength { .. }
+            | ErrorKind::OutOfRange { .. }
+            | ErrorKind::NotPowerOfTwo { .. }
+            | ErrorKind::PoolTooSmall { .. }
+            | ErrorKind::WrongRing { .. }
+            | ErrorKind::AlreadyCompleted
+            | ErrorKind::InProgress { .. }
+            | ErrorKind::NotInProgress { .. }
+            | ErrorKind::ExcessBytes
+            | ErrorKind::EventMismatch
             | ErrorKind::BufferTooSmall { .. }
             | ErrorKind::OffsetOutOfRange { .. } => K::InvalidInput,
             ErrorKind::PoolExhausted => K::WouldBlock,
@@ -264,6 +468,34 @@ mod tests {
     }
 
     #[test]
+    fn typed_input_errors_say_what_went_wrong() {
+        let s = |k| Error::new(k).to_string();
+        let wrong = s(ErrorKind::WrongTargetKind {
+            need: "a file or block device",
+            have: FdKind::Pipe,
+        });
+        assert!(wrong.contains("a file or block device") && wrong.contains("pipe"));
+        let range = s(ErrorKind::OutOfRange {
+            what: "max_in_flight",
+            min: 1,
+            max: 1024,
+        });
+        assert!(range.contains("max_in_flight") && range.contains("1..=1024"));
+        let open = s(ErrorKind::OutOfRange {
+            what: "max chunk",
+            min: 512,
+            max: u64::MAX,
+        });
+        assert!(open.contains("at least 512"), "{open}");
+        let pool = s(ErrorKind::PoolTooSmall {
+            what: "pending_reads",
+            need: 9,
+            have: 8,
+        });
+        assert!(pool.contains("pending_reads") && pool.contains('9') && pool.contains('8'));
+    }
+
+    #[test]
     fn os_errors_name_the_errno_once() {
         let s = Error::from_errno(libc::EPIPE).to_string();
         assert_eq!(s.matches("os error 32").count(), 1, "{s}");
@@ -272,5 +504,6 @@ mod tests {
     #[test]
     fn error_is_small() {
         assert!(std::mem::size_of::<Error>() <= 32);
+        assert!(std::mem::size_of::<Result<u32>>() <= 32);
     }
 }

@@ -141,12 +141,16 @@ const _: () = assert!(REFS_MASK & STATUS_MASK == 0);
 /// Error for a reference dropped that the gate does not hold.
 const NO_REFERENCE: Error = Error::invalid("completion gate: no reference left to drop");
 /// Error for a reference taken after the request completed.
-const ALREADY_COMPLETED: Error = Error::invalid("completion gate: request already completed");
+const ALREADY_COMPLETED: Error = Error::new(ErrorKind::AlreadyCompleted);
 /// Error for the last reference dropped before any path set a status.
 const NO_STATUS: Error =
     Error::invalid("completion gate: last reference dropped before a status was set");
 /// Error for more references than the word can count.
-const TOO_MANY_REFS: Error = Error::invalid("completion gate: too many references");
+const TOO_MANY_REFS: Error = Error::out_of_range(
+    "completion gate references",
+    1,
+    CompletionGate::MAX_REFS as u64,
+);
 
 /// Begin-completion plus a completion reference count, in one atomic word.
 ///
@@ -182,15 +186,10 @@ impl CompletionGate {
 
     /// A gate with `refs` references (one per path that may run) and no status.
     ///
-    /// Fails with [`ErrorKind::InvalidInput`] if `refs` is 0 (a gate with no reference is
+    /// Fails with [`ErrorKind::OutOfRange`] if `refs` is 0 (a gate with no reference is
     /// already complete, without a status) or above [`Self::MAX_REFS`].
     pub fn with_refs(refs: u32) -> Result<CompletionGate> {
-        if refs == 0 {
-            return Err(Error::invalid(
-                "completion gate: needs at least one reference",
-            ));
-        }
-        if refs > Self::MAX_REFS {
+        if refs == 0 || refs > Self::MAX_REFS {
             return Err(TOO_MANY_REFS);
         }
         Ok(CompletionGate {

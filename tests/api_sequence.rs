@@ -58,8 +58,8 @@ use iocomplete::Direction;
 use iocomplete::Driver as _;
 use iocomplete::{
     BufferPool, Bufs, Completion, CompletionQueue, ContinuousReader, DmaDriver, Error, ErrorKind,
-    FifoReceiver, FifoStatus, IoBuf, Op, OpFuture, OpId, PoolBuf, ReaderReport, Restart, Ring,
-    RingHandle, SplitDriver, StreamReads, Target, Ticket,
+    FdKind, FifoReceiver, FifoStatus, IoBuf, Op, OpFuture, OpId, PoolBuf, ReaderReport, Restart,
+    Ring, RingHandle, SplitDriver, StreamReads, Target, Ticket,
 };
 // The trait, for `DmaDriver::process` (this file's own `Driver` is the harness's enum).
 
@@ -362,6 +362,8 @@ enum Expect {
     Exact(ErrorKind),
     /// `InvalidInput` whose reason contains this text ("" for any reason).
     Invalid(&'static str),
+    /// `WrongTargetKind` for a target of this kind.
+    WrongKind(FdKind),
     BufferTooSmall,
     Stale,
 }
@@ -371,6 +373,7 @@ impl Expect {
         match (self, k) {
             (Expect::Exact(want), k) => *k == want,
             (Expect::Invalid(text), ErrorKind::InvalidInput { reason }) => reason.contains(text),
+            (Expect::WrongKind(want), ErrorKind::WrongTargetKind { have, .. }) => *have == want,
             (Expect::BufferTooSmall, ErrorKind::BufferTooSmall { .. }) => true,
             (Expect::Stale, ErrorKind::StaleTarget) => true,
             _ => false,
@@ -383,6 +386,7 @@ impl std::fmt::Debug for Expect {
         match self {
             Expect::Exact(k) => write!(f, "{k:?}"),
             Expect::Invalid(t) => write!(f, "InvalidInput({t:?})"),
+            Expect::WrongKind(k) => write!(f, "WrongTargetKind({k:?})"),
             Expect::BufferTooSmall => write!(f, "BufferTooSmall"),
             Expect::Stale => write!(f, "StaleTarget"),
         }
@@ -545,7 +549,7 @@ fn check_handle(c: &Completion, file: &[u8]) {
                 other => panic!("handle read {tag:#x}: buffers {other:?}"),
             }
         }
-        (HKind::Invalid, Err(e)) if matches!(e.kind(), ErrorKind::InvalidInput { .. }) => {}
+        (HKind::Invalid, Err(e)) if matches!(e.kind(), ErrorKind::ZeroLength { .. }) => {}
         (k, r) => panic!("handle op {tag:#x} ({k:?}): unexpected {r:?} (cancelled {cancelled})"),
     }
 }
@@ -1303,6 +1307,8 @@ impl<'w> Episode<'w> {
     /// An operation refused before the kernel.
     fn make_invalid(&mut self) -> Option<(Kind, Op)> {
         let inv = Expect::Invalid("");
+        let zero = Expect::Exact(ErrorKind::ZeroLength { what: "transfer" });
+        let not_writable = Expect::Exact(ErrorKind::NotWritable);
         let oor = |offset: u64, len: usize| {
             Expect::Exact(ErrorKind::OffsetOutOfRange {
                 offset,
@@ -1315,7 +1321,7 @@ impl<'w> Episode<'w> {
         let (what, want, op): (&'static str, Expect, Op) = match which {
             0 => {
                 let b = self.pattern_buf(0)?;
-                ("read_len 0", inv, Op::read_len(t, 0, b, 0))
+                ("read_len 0", zero, Op::read_len(t, 0, b, 0))
             }
             1 => {
                 let b = self.pattern_buf(0)?;
@@ -1332,13 +1338,23 @@ impl<'w> Episode<'w> {
             }
             3 => {
                 let b = self.pattern_buf(4)?;
-                ("write to a read-only file", inv, Op::write(t, 0, b))
+                (
+                    "write to a read-only file",
+                    not_writable,
+                    Op::write(t, 0, b),
+                )
             }
             4 => {
                 let b = self.pattern_buf(0)?;
-                ("write of 0 bytes", inv, Op::write(self.scratch_t, 0, b))
+                ("write of 0 bytes", zero, Op::write(self.scratch_t, 0, b))
             }
-            5 => ("readv of nothing", inv, Op::readv(t, 0, Vec::new())),
+            5 => (
+                "readv of nothing",
+                Expect::Exact(ErrorKind::ZeroLength {
+                    what: "vectored transfer (no buffers)",
+                }),
+                Op::readv(t, 0, Vec::new()),
+            ),
             6 => {
                 let b = self.pattern_buf(0)?;
                 let cap = b.capacity();
@@ -1475,8 +1491,18 @@ impl<'w> Episode<'w> {
             }
             14 => {
                 // Transfers on a directory, an eventfd, an O_PATH descriptor.
-                let tgt = [self.dir_t, self.efd_t, self.opath_t][self.rng.below(3) as usize];
-                let op = match self.rng.below(5) {
+                let k = self.rng.below(3) as usize;
+                let tgt = [self.dir_t, self.efd_t, self.opath_t][k];
+                let which = self.rng.below(5);
+                // The O_PATH descriptor is a regular file open for neither reading nor
+                // writing.
+                let want = match (k, which) {
+                    (0, _) => Expect::WrongKind(FdKind::Directory),
+                    (1, _) => Expect::WrongKind(FdKind::Other),
+                    (_, 2 | 4) => not_writable,
+                    _ => Expect::Exact(ErrorKind::NotReadable),
+                };
+                let op = match which {
                     0 => Op::read(tgt, 0, self.pattern_buf(0)?),
                     1 => Op::read_len(tgt, 0, self.pattern_buf(0)?, 8),
                     2 => Op::write(tgt, 0, self.pattern_buf(8)?),
@@ -1489,12 +1515,12 @@ impl<'w> Episode<'w> {
                         Op::writev(tgt, 0, bufs.into_iter().map(IoBuf::from).collect())
                     }
                 };
-                ("transfer on a wrong-kind target", inv, op)
+                ("transfer on a wrong-kind target", want, op)
             }
             15 => match self.rng.below(4) {
                 0 => (
                     "fsync of an eventfd",
-                    Expect::Invalid("fsync"),
+                    Expect::WrongKind(FdKind::Other),
                     Op::fsync(self.efd_t, false),
                 ),
                 1 => (
@@ -1532,7 +1558,7 @@ impl<'w> Episode<'w> {
                 };
                 (
                     "positional write to an O_APPEND file",
-                    Expect::Invalid("O_APPEND"),
+                    Expect::Exact(ErrorKind::AppendOnly),
                     op,
                 )
             }
@@ -1549,14 +1575,14 @@ impl<'w> Episode<'w> {
                 if self.rng.chance(50) {
                     (
                         "write_cursor to a read-only file",
-                        inv,
+                        not_writable,
                         Op::write_cursor(t, self.pattern_buf(4)?),
                     )
                 } else {
                     let ct = self.cursors[CURSOR].t;
                     (
                         "write_cursor of 0 bytes",
-                        inv,
+                        zero,
                         Op::write_cursor(ct, self.pattern_buf(0)?),
                     )
                 }

@@ -36,7 +36,7 @@ use iocomplete::split::{Job, Mode, SplitConfig};
 use iocomplete::Direction;
 use iocomplete::{
     BufferPool, Bufs, Completion, CompletionQueue, ContinuousReader, Dispatch, DmaDriver, Driver,
-    ErrorKind, FifoReceiver, FifoStatus, IoBuf, Op, PoolBuf, Restart, Ring, RingBuilder,
+    ErrorKind, FdKind, FifoReceiver, FifoStatus, IoBuf, Op, PoolBuf, Restart, Ring, RingBuilder,
     SplitDriver, Target,
 };
 
@@ -879,10 +879,13 @@ fn vectored_parts_counts_must_match_buffers() {
                             Op::readv_parts(fx.t, 0, bs, ps)
                         };
                         let e = fx.ring.submit(op).wait().unwrap().error();
-                        assert!(
-                            matches!(e.map(|e| e.kind()), Some(ErrorKind::InvalidInput { .. })),
-                            "want InvalidInput, got {e:?}"
-                        );
+                        // No buffers and no parts: counted right, but an empty transfer.
+                        let refused = match e.map(|e| e.kind()) {
+                            Some(ErrorKind::ZeroLength { .. }) => (bufs, parts) == (0, 0),
+                            Some(ErrorKind::InvalidInput { .. }) => (bufs, parts) != (0, 0),
+                            _ => false,
+                        };
+                        assert!(refused, "want InvalidInput (or ZeroLength), got {e:?}");
                         assert_eq!(fx.ring.stats().enters, 0);
                         assert!(fx.snapshot().0 == before);
                         fx.teardown();
@@ -944,9 +947,9 @@ fn vectored_buffer_count_and_total_limits() {
                         assert!(
                             matches!(
                                 c.error().map(|e| e.kind()),
-                                Some(ErrorKind::InvalidInput { .. })
+                                Some(ErrorKind::OutOfRange { max: 1024, .. })
                             ),
-                            "want InvalidInput, got {:?}",
+                            "want OutOfRange, got {:?}",
                             c.result()
                         );
                         assert!(fx.snapshot().0 == before);
@@ -984,9 +987,12 @@ fn vectored_buffer_count_and_total_limits() {
                     assert!(
                         matches!(
                             c.error().map(|e| e.kind()),
-                            Some(ErrorKind::InvalidInput { .. })
+                            Some(ErrorKind::OutOfRange {
+                                what: "vectored transfer length",
+                                ..
+                            })
                         ),
-                        "want InvalidInput, got {:?}",
+                        "want OutOfRange, got {:?}",
                         c.result()
                     );
                 }
@@ -1657,7 +1663,13 @@ fn ring_builder_sizes() {
                 let r = mk().build();
                 match (w, r) {
                     (W::Works, Ok(ring)) => exercise_ring(ring),
-                    (W::Invalid, Err(e)) if matches!(e.kind(), ErrorKind::InvalidInput { .. }) => {}
+                    (W::Invalid, Err(e))
+                        if e.kind()
+                            == (ErrorKind::OutOfRange {
+                                what: "ring entries",
+                                min: 1,
+                                max: 32768,
+                            }) => {}
                     (w, Err(e)) => panic!("want {w:?}, got {e:?}"),
                     (w, Ok(_)) => panic!("want {w:?}, got a ring"),
                 }
@@ -1682,7 +1694,13 @@ fn ring_builder_ops_huge_is_not_a_panic() {
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => assert!(
-                matches!(e.kind(), ErrorKind::InvalidInput { .. }),
+                matches!(
+                    e.kind(),
+                    ErrorKind::OutOfRange {
+                        what: "op-table reservation",
+                        ..
+                    }
+                ),
                 "ops({n}): {e:?}"
             ),
             Err(_) => panic!("ops({n}) panicked in RingBuilder::build"),
@@ -1791,8 +1809,20 @@ fn pool_builder_sizes() {
                         "want a pool, got {e:?}"
                     ),
                     Err(e) => assert!(
-                        matches!(e.kind(), ErrorKind::InvalidInput { .. }),
-                        "want InvalidInput, got {e:?}"
+                        matches!(
+                            e.kind(),
+                            ErrorKind::OutOfRange {
+                                what: "pool slots"
+                                    | "pool slot length"
+                                    | "pool header/trailer length"
+                                    | "pool alignment",
+                                ..
+                            } | ErrorKind::NotPowerOfTwo {
+                                what: "pool alignment",
+                                ..
+                            }
+                        ),
+                        "want OutOfRange or NotPowerOfTwo, got {e:?}"
                     ),
                 }
             });
@@ -1917,7 +1947,13 @@ fn buf_ring_entries() {
                     }
                     Err(e) => {
                         assert!(!ok, "refused: {e:?}");
-                        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
+                        assert_eq!(
+                            e.kind(),
+                            ErrorKind::NotPowerOfTwo {
+                                what: "buffer ring entries",
+                                value: entries.into()
+                            }
+                        );
                         assert_eq!(p.stats().free, 4);
                     }
                 }
@@ -1933,7 +1969,10 @@ fn buf_ring_entries() {
                 .build()
                 .unwrap();
             let e = ring.register_buf_ring(&p, 4).unwrap_err();
-            assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
+            assert!(
+                matches!(e.kind(), ErrorKind::OutOfRange { max: 65536, .. }),
+                "{e:?}"
+            );
         });
         t.finish();
     });
@@ -2150,7 +2189,7 @@ fn tickets_and_ids_of_another_or_dropped_ring() {
                 let ((mut a, ra, txa), (mut b, _, _), p) = twin_rings();
                 let tk = a.submit(Op::read(ra, 0, p.try_get().unwrap())).ticket();
                 let e = b.wait(tk).unwrap_err();
-                assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
+                assert_eq!(e.kind(), ErrorKind::WrongRing { what: "ticket" }, "{e:?}");
                 write_fd(txa.as_raw_fd(), b"x");
                 a.run_until_idle().unwrap();
                 check_teardown(&a, &[&p]);
@@ -2167,7 +2206,7 @@ fn tickets_and_ids_of_another_or_dropped_ring() {
                 drop(a);
                 assert_eq!(p.stats().free, 4, "the dropped ring kept a slot");
                 let e = b.wait(tk).unwrap_err();
-                assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
+                assert_eq!(e.kind(), ErrorKind::WrongRing { what: "ticket" }, "{e:?}");
                 check_teardown(&b, &[&p]);
             },
         );
@@ -2406,7 +2445,7 @@ fn stale_buf_rings() {
         let id = ring.submit(Op::read_multishot(r, br)).to_queue(&q);
         ring.poll().unwrap();
         let e = ring.unregister_buf_ring(br).unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
+        assert!(matches!(e.kind(), ErrorKind::InProgress { .. }), "{e:?}");
         ring.cancel(id);
         drop(tx);
         ring.run_until_idle().unwrap();
@@ -2415,20 +2454,17 @@ fn stale_buf_rings() {
         }
         ring.unregister_buf_ring(br).unwrap();
         let e = ring.unregister_buf_ring(br).unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
+        let stale = ErrorKind::WrongRing {
+            what: "buffer ring",
+        };
+        assert_eq!(e.kind(), stale, "{e:?}");
         // A stale BufRing: refused before the kernel.
         let (rx2, _tx2) = pipe();
         let r2 = ring.register(rx2).unwrap();
         let enters = ring.stats().enters;
         ring.submit(Op::read_multishot(r2, br)).to_queue(&q);
         let c = q.pop().expect("refused at once");
-        assert!(
-            matches!(
-                c.error().map(|e| e.kind()),
-                Some(ErrorKind::InvalidInput { .. })
-            ),
-            "{c:?}"
-        );
+        assert_eq!(c.error().map(|e| e.kind()), Some(stale), "{c:?}");
         assert_eq!(ring.stats().enters, enters);
         drop(c);
         drop(other);
@@ -2776,11 +2812,12 @@ fn wrong_kind_targets_are_refused_before_the_kernel() {
                     let mut ring = Ring::new().unwrap();
                     let p = pool(2);
                     let tg = ring.register(mk_fd(dir.path())).unwrap();
+                    let kind = ring.info(tg).unwrap().kind;
                     let c = ring.submit(mk_op(tg, &p)).wait().unwrap();
                     let e = c.error();
                     assert!(
-                        matches!(e.map(|e| e.kind()), Some(ErrorKind::InvalidInput { .. })),
-                        "want InvalidInput before the kernel, got {:?} ({} enters)",
+                        matches!(e.map(|e| e.kind()), Some(ErrorKind::WrongTargetKind { have, .. }) if have == kind),
+                        "want WrongTargetKind before the kernel, got {:?} ({} enters)",
                         c.result(),
                         ring.stats().enters
                     );
@@ -2794,8 +2831,12 @@ fn wrong_kind_targets_are_refused_before_the_kernel() {
                 let mut ring = Ring::new().unwrap();
                 let p = pool(2);
                 let tg = ring.register(mk_fd(dir.path())).unwrap();
+                let kind = ring.info(tg).unwrap().kind;
                 let inv = |e: iocomplete::Error| {
-                    assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}")
+                    assert!(
+                        matches!(e.kind(), ErrorKind::WrongTargetKind { have, .. } if have == kind),
+                        "{e:?}"
+                    )
                 };
                 inv(FifoReceiver::new(&ring, tg).map(drop).unwrap_err());
                 inv(ContinuousReader::builder(tg, &p)
@@ -3038,7 +3079,7 @@ fn fifo_receiver_edges() {
             let r = fifo
                 .receive(&mut ring, pool.try_get().unwrap(), 4)
                 .unwrap_err();
-            assert!(matches!(r.error.kind(), ErrorKind::InvalidInput { .. }));
+            assert!(matches!(r.error.kind(), ErrorKind::InProgress { .. }));
             drop(r);
             write_fd(tx.as_raw_fd(), b"four");
             assert_eq!(fifo.run(&mut ring).unwrap().buf.data(), b"four");
@@ -3062,7 +3103,10 @@ fn fifo_receiver_edges() {
         t.row("wait and cancel with no transaction", "", || {
             let (mut ring, pool, mut fifo, _tx) = setup();
             assert!(!fifo.cancel(&mut ring));
-            assert!(fifo.run(&mut ring).is_err());
+            let idle = ErrorKind::NotInProgress {
+                what: "driver request",
+            };
+            assert!(matches!(fifo.run(&mut ring), Err(e) if e.kind() == idle));
             assert!(fifo.process(&mut ring).unwrap().is_none());
             check_teardown(&ring, &[&pool]);
         });
@@ -3076,10 +3120,21 @@ fn fifo_receiver_edges() {
             let f = ring
                 .register(File::open(dir.path().join("f")).unwrap())
                 .unwrap();
-            for tg in [r, w, f] {
-                let e = FifoReceiver::new(&ring, tg).map(drop).unwrap_err();
-                assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
-            }
+            let e = |tg| FifoReceiver::new(&ring, tg).map(drop).unwrap_err().kind();
+            // Blocking (no O_NONBLOCK), not readable, not a stream.
+            assert!(matches!(e(r), ErrorKind::InvalidInput { .. }), "{:?}", e(r));
+            assert_eq!(e(w), ErrorKind::NotReadable);
+            assert!(
+                matches!(
+                    e(f),
+                    ErrorKind::WrongTargetKind {
+                        have: FdKind::File,
+                        ..
+                    }
+                ),
+                "{:?}",
+                e(f)
+            );
         });
         t.finish();
     });
@@ -3247,10 +3302,13 @@ fn dma_driver_edges() {
             let mut sg = SgList::new();
             let mut b = p.try_get().unwrap();
             b.set_len(1).unwrap();
-            assert!(matches!(
+            assert_eq!(
                 sg.push(b, u64::MAX).unwrap_err().kind(),
-                ErrorKind::InvalidInput { .. }
-            ));
+                ErrorKind::OffsetOutOfRange {
+                    offset: u64::MAX,
+                    len: 1
+                }
+            );
             assert!(sg.is_empty());
             let mut b = p.try_get().unwrap();
             b.set_len(BS).unwrap();
@@ -3259,12 +3317,15 @@ fn dma_driver_edges() {
             assert_eq!(sg.total_len(), BS as u64);
             assert!(matches!(
                 sg.push_extent(&p, 0, 0).unwrap_err().kind(),
-                ErrorKind::InvalidInput { .. }
+                ErrorKind::ZeroLength { .. }
             ));
-            assert!(matches!(
+            assert_eq!(
                 sg.push_extent(&p, u64::MAX - 10, 20).unwrap_err().kind(),
-                ErrorKind::InvalidInput { .. }
-            ));
+                ErrorKind::OffsetOutOfRange {
+                    offset: u64::MAX - 10,
+                    len: 20
+                }
+            );
             assert!(matches!(
                 sg.push_extent(&p, 0, u64::MAX).unwrap_err().kind(),
                 ErrorKind::PoolExhausted
@@ -3486,13 +3547,10 @@ fn other_op_kinds_edges() {
             let r = ring.register(rx).unwrap();
             (ring, p, r, tx)
         };
-        let refused = |ring: &Ring, c: &Completion| {
+        let refused = |ring: &Ring, c: &Completion, want: fn(&ErrorKind) -> bool| {
             assert!(
-                matches!(
-                    c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
-                ),
-                "want InvalidInput, got {:?}",
+                c.error().is_some_and(|e| want(&e.kind())),
+                "want a typed refusal, got {:?}",
                 c.result()
             );
             assert_eq!(ring.stats().enters, 0, "reached the kernel");
@@ -3545,7 +3603,10 @@ fn other_op_kinds_edges() {
             let c = q.pop().expect("refused at once");
             assert!(matches!(
                 c.error().map(|e| e.kind()),
-                Some(ErrorKind::InvalidInput { .. })
+                Some(ErrorKind::WrongTargetKind {
+                    have: FdKind::File,
+                    ..
+                })
             ));
             assert_eq!(fx.ring.stats().enters, enters);
             drop(c);
@@ -3588,7 +3649,7 @@ fn other_op_kinds_edges() {
         t.row("poll with an empty mask: refused", "", || {
             let (mut ring, p, r, _tx) = setup();
             let c = ring.submit(Op::poll(r, 0)).wait().unwrap();
-            refused(&ring, &c);
+            refused(&ring, &c, |k| matches!(k, ErrorKind::InvalidInput { .. }));
             check_teardown(&ring, &[&p]);
         });
         t.row("poll(u32::MAX) on a pipe with data", "", || {
@@ -3608,7 +3669,15 @@ fn other_op_kinds_edges() {
             let (mut ring, p, r, _tx) = setup();
             for ds in [false, true] {
                 let c = ring.submit(Op::fsync(r, ds)).wait().unwrap();
-                refused(&ring, &c);
+                refused(&ring, &c, |k| {
+                    matches!(
+                        k,
+                        ErrorKind::WrongTargetKind {
+                            have: FdKind::Pipe,
+                            ..
+                        }
+                    )
+                });
             }
             check_teardown(&ring, &[&p]);
         });

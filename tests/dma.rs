@@ -18,8 +18,7 @@ use std::time::Duration;
 use common::{check_teardown, verify, LoopDev};
 use iocomplete::dma::{DmaConfig, DmaDriver, DmaOutcome, SgList, TransferReport};
 use iocomplete::ring::{BufPart, MAX_TRANSFER};
-use iocomplete::Direction;
-use iocomplete::{BufferPool, Driver, Error, ErrorKind, Op, Ring};
+use iocomplete::{BufferPool, Direction, Driver, Error, ErrorKind, FdKind, Op, Ring};
 
 const BS: usize = 4096;
 
@@ -398,7 +397,7 @@ fn a_target_that_cannot_read_is_refused_before_the_kernel_and_buffers_come_back(
         .map(|_| ())
         .unwrap_err();
     assert!(
-        matches!(err.error().kind(), ErrorKind::InvalidInput { .. }),
+        matches!(err.error().kind(), ErrorKind::NotReadable),
         "{err:?}"
     );
     assert_eq!(ring.stats().enters, enters, "reached the kernel");
@@ -606,28 +605,34 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
             ..
         }
     ));
-    assert!(matches!(
+    assert_eq!(
         err(
             &mut ring,
             list(0, BS as u64),
             Direction::Write,
             DmaConfig::new()
         ),
-        ErrorKind::InvalidInput { .. }
-    ));
-    assert!(matches!(
+        ErrorKind::NotWritable
+    );
+    assert_eq!(
         err(&mut ring, SgList::new(), Direction::Read, DmaConfig::new()),
-        ErrorKind::InvalidInput { .. }
-    ));
-    assert!(matches!(
+        ErrorKind::ZeroLength {
+            what: "scatter/gather list"
+        }
+    );
+    assert_eq!(
         err(
             &mut ring,
             list(0, BS as u64),
             Direction::Read,
             DmaConfig::new().max_segments(0)
         ),
-        ErrorKind::InvalidInput { .. }
-    ));
+        ErrorKind::OutOfRange {
+            what: "max_segments",
+            min: 1,
+            max: 1024
+        }
+    );
     // A refused list comes back untouched (its buffers may hold data to write).
     let mut sg = SgList::new();
     let mut buf = pool.try_get().unwrap();
@@ -652,7 +657,13 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     let e = DmaDriver::builder(s, list(0, 10), Direction::Read)
         .build(&mut ring)
         .unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+    assert!(matches!(
+        e.kind(),
+        ErrorKind::WrongTargetKind {
+            have: FdKind::Socket,
+            ..
+        }
+    ));
     drop(e);
     assert_eq!(ring.stats().submitted, before, "something reached the ring");
     // The ring's own checks on buffer parts: typed errors without a syscall.
@@ -1107,7 +1118,7 @@ fn segments_past_the_largest_file_offset_are_refused_before_the_kernel() {
                 .build(&mut ring)
                 .unwrap_err();
             assert!(
-                matches!(r.kind(), ErrorKind::InvalidInput { .. }),
+                matches!(r.kind(), ErrorKind::OffsetOutOfRange { offset, len: l } if offset == off && l == len),
                 "{off}+{len}: {r}"
             );
             assert_eq!(r.into_sg().len(), 2, "the list comes back");
@@ -1149,10 +1160,7 @@ fn scatter_writes_to_an_append_only_descriptor_are_refused() {
     let r = DmaDriver::builder(t, sg, Direction::Write)
         .build(&mut ring)
         .unwrap_err();
-    assert!(
-        matches!(r.kind(), ErrorKind::InvalidInput { reason } if reason.contains("append")),
-        "{r}"
-    );
+    assert!(matches!(r.kind(), ErrorKind::AppendOnly), "{r}");
     assert_eq!(r.into_sg().bufs()[0].data(), &[7u8; 10][..]);
     assert_eq!(ring.stats().submitted, before);
     assert_eq!(std::fs::read(&path).unwrap(), b"keep");

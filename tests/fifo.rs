@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::check_teardown;
 use iocomplete::fifo::TxnId;
-use iocomplete::{BufferPool, Driver, ErrorKind, FifoReceiver, FifoStatus, Op, Ring};
+use iocomplete::{BufferPool, Driver, ErrorKind, FdKind, FifoReceiver, FifoStatus, Op, Ring};
 
 // ---- sources -----------------------------------------------------------------------------
 
@@ -598,7 +598,13 @@ fn regular_files_and_bad_requests_are_refused_before_the_kernel() {
     let file = ring.register(tempfile::tempfile().unwrap()).unwrap();
     let e = FifoReceiver::new(&ring, file).unwrap_err();
     assert!(
-        matches!(e.kind(), ErrorKind::InvalidInput { reason } if reason.contains("regular file")),
+        matches!(
+            e.kind(),
+            ErrorKind::WrongTargetKind {
+                have: FdKind::File,
+                ..
+            }
+        ),
         "{e}"
     );
     // A blocking descriptor never runs dry; a write end cannot be read.
@@ -622,10 +628,10 @@ fn regular_files_and_bad_requests_are_refused_before_the_kernel() {
     );
     let _r2 = owned(wfds[0]);
     let write_end = ring.register(owned(wfds[1])).unwrap();
-    assert!(matches!(
+    assert_eq!(
         FifoReceiver::new(&ring, write_end).unwrap_err().kind(),
-        ErrorKind::InvalidInput { .. }
-    ));
+        ErrorKind::NotReadable
+    );
 
     let src = pipe_source();
     let t = ring.register(src.rx).unwrap();
@@ -633,10 +639,10 @@ fn regular_files_and_bad_requests_are_refused_before_the_kernel() {
     let refused = rx
         .receive(&mut ring, pool.try_get().unwrap(), 0)
         .unwrap_err();
-    assert!(matches!(
+    assert_eq!(
         refused.error.kind(),
-        ErrorKind::InvalidInput { .. }
-    ));
+        ErrorKind::ZeroLength { what: "receive" }
+    );
     let buf = refused.buf; // handed back
     let refused = rx.receive(&mut ring, buf, 5000).unwrap_err();
     assert_eq!(
@@ -646,7 +652,13 @@ fn regular_files_and_bad_requests_are_refused_before_the_kernel() {
             have: 4096
         }
     );
-    assert!(rx.run(&mut ring).is_err(), "wait without a transaction");
+    let idle = ErrorKind::NotInProgress {
+        what: "driver request",
+    };
+    assert!(
+        matches!(rx.run(&mut ring), Err(e) if e.kind() == idle),
+        "wait without a transaction"
+    );
     assert_eq!(ring.stats().submitted, before.submitted);
     assert_eq!(
         ring.stats().enters,
@@ -659,10 +671,7 @@ fn regular_files_and_bad_requests_are_refused_before_the_kernel() {
     let second = rx
         .receive(&mut ring, pool.try_get().unwrap(), 10)
         .unwrap_err();
-    assert!(matches!(
-        second.error.kind(),
-        ErrorKind::InvalidInput { .. }
-    ));
+    assert!(matches!(second.error.kind(), ErrorKind::InProgress { .. }));
     let drained = rx.drain(&mut ring, second.buf).unwrap_err();
     drop(drained);
     let mut tx = src.tx;
@@ -676,10 +685,8 @@ fn regular_files_and_bad_requests_are_refused_before_the_kernel() {
     let mut b = pool.try_get().unwrap();
     b.extend_from_slice(b"x").unwrap();
     let c = ring.submit(Op::write(t, 0, b).nowait()).wait().unwrap();
-    assert!(matches!(
-        c.error().unwrap().kind(),
-        ErrorKind::InvalidInput { .. }
-    ));
+    // `t` is the pipe's read end: the write is refused before its nowait is looked at.
+    assert_eq!(c.error().unwrap().kind(), ErrorKind::NotWritable);
     drop(c);
     let mut b = pool.try_get().unwrap();
     b.set_len(4000).unwrap();
@@ -987,8 +994,11 @@ fn a_receiver_refuses_a_foreign_ring_and_cancels_nothing_there() {
     rx.receive(&mut ring, pool.try_get().unwrap(), 5).unwrap();
     drive_until_waiting(&mut ring, &mut rx);
     assert!(!rx.cancel(&mut other), "cancelled through a foreign ring");
-    assert!(rx.process(&mut other).is_err());
-    assert!(rx.run(&mut other).is_err());
+    let foreign = ErrorKind::WrongRing {
+        what: "FIFO receiver",
+    };
+    assert!(matches!(rx.process(&mut other), Err(e) if e.kind() == foreign));
+    assert!(matches!(rx.run(&mut other), Err(e) if e.kind() == foreign));
     let refused = rx.drain(&mut other, pool.try_get().unwrap()).unwrap_err();
     drop(refused);
     other.poll().unwrap();

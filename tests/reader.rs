@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use common::{check_teardown, verify, LoopDev};
 use iocomplete::reader::ContinuousReaderBuilder;
 use iocomplete::{
-    BufferPool, CancelHandle, ContinuousReader, Dispatch, Driver, ErrorKind, FinishReason, Op,
-    PoolBuf, ReaderReport, Restart, Ring, StreamReads, Target,
+    BufferPool, CancelHandle, ContinuousReader, Dispatch, Driver, ErrorKind, FdKind, FinishReason,
+    Op, PoolBuf, ReaderReport, Restart, Ring, StreamReads, Target,
 };
 
 const BS: usize = 4096;
@@ -318,7 +318,14 @@ fn direct_io_settings_that_do_not_fit_are_typed_errors_before_the_kernel() {
         &mut ring,
         ContinuousReader::builder(t, &pool).pending_reads(9),
     );
-    assert!(matches!(k, ErrorKind::InvalidInput { .. }));
+    assert!(matches!(
+        k,
+        ErrorKind::PoolTooSmall {
+            need: 9,
+            have: 8,
+            ..
+        }
+    ));
     // Ordered reads held back keep their slots: the window must leave one free.
     let k = build(
         &mut ring,
@@ -327,21 +334,41 @@ fn direct_io_settings_that_do_not_fit_are_typed_errors_before_the_kernel() {
             .ordered(true)
             .reorder_window(8),
     );
-    assert!(matches!(k, ErrorKind::InvalidInput { .. }));
+    assert_eq!(
+        k,
+        ErrorKind::PoolTooSmall {
+            what: "reorder_window (plus one)",
+            need: 9,
+            have: 8
+        }
+    );
     let k = build(
         &mut ring,
         ContinuousReader::builder(t, &pool).dispatch(Dispatch::Workers(0)),
     );
-    assert!(matches!(k, ErrorKind::InvalidInput { .. }));
+    assert!(matches!(
+        k,
+        ErrorKind::OutOfRange {
+            what: "Dispatch::Workers",
+            min: 1,
+            ..
+        }
+    ));
     let wronly = ring
         .register(OpenOptions::new().write(true).open(&path).unwrap())
         .unwrap();
     let k = build(&mut ring, ContinuousReader::builder(wronly, &pool));
-    assert!(matches!(k, ErrorKind::InvalidInput { .. }));
+    assert_eq!(k, ErrorKind::NotReadable);
     let (rx, _tx) = pipe();
     let p = ring.register(rx).unwrap();
     let k = build(&mut ring, ContinuousReader::builder(p, &pool).range(0, 10));
-    assert!(matches!(k, ErrorKind::InvalidInput { .. }));
+    assert!(matches!(
+        k,
+        ErrorKind::WrongTargetKind {
+            have: FdKind::Pipe,
+            ..
+        }
+    ));
     // Nothing reached the kernel, nothing leaked.
     assert_eq!(ring.stats().submitted, 0);
     check_teardown(&ring, &[&pool]);
@@ -1326,7 +1353,7 @@ fn buffer_ring_is_unregistered_only_once_no_multishot_read_uses_it() {
         .to_queue(&q);
     ring.poll().unwrap();
     let e = ring.unregister_buf_ring(br).unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+    assert!(matches!(e.kind(), ErrorKind::InProgress { .. }));
     File::from(tx).write_all(b"last words").unwrap(); // then EOF ends the read
     ring.run_until_idle().unwrap();
     let mut got = Vec::new();
@@ -1861,7 +1888,14 @@ fn bad_arguments_and_foreign_rings_are_refused() {
     for n in [5, usize::MAX] {
         let b = ContinuousReader::builder(t, &pool).dispatch(Dispatch::Workers(n));
         assert!(
-            matches!(kind(&mut ring, b), ErrorKind::InvalidInput { .. }),
+            matches!(
+                kind(&mut ring, b),
+                ErrorKind::PoolTooSmall {
+                    what: "Dispatch::Workers",
+                    have: 4,
+                    ..
+                }
+            ),
             "{n}"
         );
     }
@@ -1879,7 +1913,7 @@ fn bad_arguments_and_foreign_rings_are_refused() {
         assert!(
             matches!(
                 k,
-                ErrorKind::InvalidInput { .. } | ErrorKind::Unsupported { .. }
+                ErrorKind::ZeroLength { .. } | ErrorKind::Unsupported { .. }
             ),
             "{mode:?}: {k:?}"
         );
@@ -1897,7 +1931,7 @@ fn bad_arguments_and_foreign_rings_are_refused() {
     assert!(
         matches!(
             k,
-            ErrorKind::InvalidInput { .. } | ErrorKind::Unsupported { .. }
+            ErrorKind::OutOfRange { max: 65536, .. } | ErrorKind::Unsupported { .. }
         ),
         "{k:?}"
     );
@@ -1929,7 +1963,7 @@ fn bad_arguments_and_foreign_rings_are_refused() {
     let e = reader
         .step(&mut other, Some(Duration::from_millis(5)))
         .unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
+    assert_eq!(e.kind(), ErrorKind::WrongRing { what: "reader" }, "{e:?}");
     other.poll().unwrap();
     assert_eq!(other.stats().submitted, before.submitted);
     assert!(

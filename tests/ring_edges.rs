@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::check_teardown;
 use iocomplete::ring::BufPart;
-use iocomplete::{BufferPool, CompletionQueue, ErrorKind, Op, Ring};
+use iocomplete::{BufferPool, CompletionQueue, ErrorKind, FdKind, Op, Ring};
 
 const BS: usize = 4096;
 
@@ -497,7 +497,10 @@ fn wrong_kind_targets_are_refused_before_the_kernel() {
             assert!(
                 matches!(
                     c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
+                    Some(ErrorKind::WrongTargetKind {
+                        have: FdKind::Directory | FdKind::Other,
+                        ..
+                    })
                 ),
                 "{c:?}"
             );
@@ -651,7 +654,10 @@ fn ring_builder_refuses_impossible_sizes_with_typed_errors() {
         let e = std::panic::catch_unwind(|| b.build()).expect("build panicked");
         assert!(matches!(
             e.map(|_| ()).unwrap_err().kind(),
-            ErrorKind::InvalidInput { .. }
+            ErrorKind::OutOfRange {
+                what: "op-table reservation" | "ring entries",
+                ..
+            }
         ));
     }
     let mut ring = Ring::builder()
@@ -689,10 +695,7 @@ fn o_path_targets_are_refused_before_the_kernel() {
         .wait()
         .unwrap();
     assert!(
-        matches!(
-            c.error().map(|e| e.kind()),
-            Some(ErrorKind::InvalidInput { .. })
-        ),
+        matches!(c.error().map(|e| e.kind()), Some(ErrorKind::NotReadable)),
         "{c:?}"
     );
     assert_eq!(ring.stats().enters, before);
@@ -720,10 +723,7 @@ fn positional_writes_on_an_append_only_file_are_refused() {
     for op in [Op::write(t, 0, a), Op::writev(t, 0, vec![b.into()])] {
         let c = ring.submit(op).wait().unwrap();
         assert!(
-            matches!(
-                c.error().map(|e| e.kind()),
-                Some(ErrorKind::InvalidInput { .. })
-            ),
+            matches!(c.error().map(|e| e.kind()), Some(ErrorKind::AppendOnly)),
             "{c:?}"
         );
     }

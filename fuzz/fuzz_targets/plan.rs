@@ -77,7 +77,10 @@ fuzz_target!(|i: Input| {
             assert!(
                 matches!(
                     e.kind(),
-                    ErrorKind::InvalidInput { .. } | ErrorKind::Misaligned { .. }
+                    ErrorKind::NotPowerOfTwo { .. }
+                        | ErrorKind::OutOfRange { .. }
+                        | ErrorKind::InvalidInput { .. }
+                        | ErrorKind::Misaligned { .. }
                 ),
                 "unexpected error kind {e:?}"
             );
@@ -135,7 +138,7 @@ fuzz_target!(|i: Input| {
             assert!(misaligned || overflow, "valid request refused: {e:?}");
             assert!(matches!(
                 e.kind(),
-                ErrorKind::InvalidInput { .. } | ErrorKind::Misaligned { .. }
+                ErrorKind::OffsetOutOfRange { .. } | ErrorKind::Misaligned { .. }
             ));
             return;
         }

@@ -123,19 +123,29 @@ impl PoolBuilder {
     /// Map the arena and build the pool.
     pub fn build(self) -> Result<BufferPool> {
         if self.slots == 0 || self.slots >= (1 << 31) {
-            return Err(Error::invalid("pool slot count must be in 1..2^31"));
+            return Err(Error::out_of_range("pool slots", 1, (1 << 31) - 1));
         }
-        if !self.align.is_power_of_two() || self.align > (1 << 21) {
-            return Err(Error::invalid(
-                "pool alignment must be a power of two <= 2 MiB",
-            ));
+        if !self.align.is_power_of_two() {
+            return Err(Error::new(ErrorKind::NotPowerOfTwo {
+                what: "pool alignment",
+                value: self.align as u64,
+            }));
+        }
+        if self.align > (1 << 21) {
+            return Err(Error::out_of_range("pool alignment", 1, 1 << 21));
         }
         if self.slot_len == 0 || self.slot_len > MAX_SLOT_LEN {
-            return Err(Error::invalid("pool slot length must be in 1..=1 GiB"));
+            return Err(Error::out_of_range(
+                "pool slot length",
+                1,
+                MAX_SLOT_LEN as u64,
+            ));
         }
         if self.header_len > MAX_SLOT_LEN || self.trailer_len > MAX_SLOT_LEN {
-            return Err(Error::invalid(
-                "pool header/trailer length must be <= 1 GiB",
+            return Err(Error::out_of_range(
+                "pool header/trailer length",
+                0,
+                MAX_SLOT_LEN as u64,
             ));
         }
         let align = self.align;
@@ -1065,15 +1075,32 @@ mod tests {
     #[test]
     fn builder_rejects_bad_values() {
         let bad = [
-            BufferPool::builder().slots(0).build(),
-            BufferPool::builder().align(3000).build(),
-            BufferPool::builder().slot_len(0).build(),
+            (
+                BufferPool::builder().slots(0).build(),
+                ErrorKind::OutOfRange {
+                    what: "pool slots",
+                    min: 1,
+                    max: (1 << 31) - 1,
+                },
+            ),
+            (
+                BufferPool::builder().align(3000).build(),
+                ErrorKind::NotPowerOfTwo {
+                    what: "pool alignment",
+                    value: 3000,
+                },
+            ),
+            (
+                BufferPool::builder().slot_len(0).build(),
+                ErrorKind::OutOfRange {
+                    what: "pool slot length",
+                    min: 1,
+                    max: 1 << 30,
+                },
+            ),
         ];
-        for b in bad {
-            assert!(matches!(
-                b.unwrap_err().kind(),
-                ErrorKind::InvalidInput { .. }
-            ));
+        for (b, want) in bad {
+            assert_eq!(b.unwrap_err().kind(), want);
         }
     }
 

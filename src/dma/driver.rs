@@ -99,31 +99,24 @@ fn check(
 ) -> Result<crate::FdInfo> {
     let info = ring.info(target)?;
     if !info.kind.is_seekable() {
-        return Err(Error::invalid("dma: target must be a file or block device"));
+        return Err(Error::wrong_kind("a file or block device", info.kind));
     }
     match direction {
-        Direction::Read if !info.readable => {
-            return Err(Error::invalid("dma: target is not open for reading"))
-        }
-        Direction::Write if !info.writable => {
-            return Err(Error::invalid("dma: target is not open for writing"))
-        }
+        Direction::Read if !info.readable => return Err(Error::new(ErrorKind::NotReadable)),
+        Direction::Write if !info.writable => return Err(Error::new(ErrorKind::NotWritable)),
         // Its writes would land at the end of the file, not at the segments' offsets.
-        Direction::Write if info.append => {
-            return Err(Error::invalid(
-                "dma: target is open for append (O_APPEND): writes would ignore offsets",
-            ))
-        }
+        Direction::Write if info.append => return Err(Error::new(ErrorKind::AppendOnly)),
         _ => {}
     }
-    if !sg
+    if let Some(s) = sg
         .segments()
         .iter()
-        .all(|s| addressable(s.device_offset, s.len))
+        .find(|s| !addressable(s.device_offset, s.len))
     {
-        return Err(Error::invalid(
-            "dma: a segment ends past the largest file offset (2^63 - 1)",
-        ));
+        return Err(Error::new(ErrorKind::OffsetOutOfRange {
+            offset: s.device_offset,
+            len: s.len,
+        }));
     }
     if info.direct {
         let a = info.offset_align;
@@ -197,13 +190,15 @@ impl DmaDriverBuilder {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::StaleTarget`]; [`ErrorKind::InvalidInput`] for a target that is not a
-    /// file or block device or not open for the direction (or open `O_APPEND` for a
-    /// write, which ignores offsets), an empty list, a segment ending past the largest
-    /// file offset (2⁶³ − 1), or a config out of range; [`ErrorKind::Misaligned`] for a
-    /// direct target and a segment offset or length, a buffer address or the max transfer
-    /// not aligned as it needs. The error hands the list back ([`Rejected::into_sg`]); `?`
-    /// turns it into the plain [`Error`].
+    /// [`ErrorKind::StaleTarget`]; [`ErrorKind::WrongTargetKind`] for a target that is
+    /// not a file or block device; [`ErrorKind::NotReadable`] / [`ErrorKind::NotWritable`]
+    /// for one not open for the direction, [`ErrorKind::AppendOnly`] for a write to one
+    /// open `O_APPEND` (which ignores offsets); [`ErrorKind::ZeroLength`] for an empty
+    /// list; [`ErrorKind::OffsetOutOfRange`] for a segment ending past the largest file
+    /// offset (2⁶³ − 1); [`ErrorKind::OutOfRange`] for a config out of range;
+    /// [`ErrorKind::Misaligned`] for a direct target and a segment offset or length, a
+    /// buffer address or the max transfer not aligned as it needs. The error hands the
+    /// list back ([`Rejected::into_sg`]); `?` turns it into the plain [`Error`].
     pub fn build(self, ring: &mut Ring) -> std::result::Result<DmaDriver, Rejected> {
         let DmaDriverBuilder {
             target,

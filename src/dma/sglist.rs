@@ -1,7 +1,7 @@
 //! [`SgList`]: a scatter/gather list of pooled buffers mapped to device offsets.
 
 use crate::buf::{BufferPool, PoolBuf};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 use super::sg::Segment;
 
@@ -58,12 +58,15 @@ impl SgList {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if the device range
-    /// overflows (the buffer is dropped back to its pool).
+    /// [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange) if the device
+    /// range overflows (the buffer is dropped back to its pool).
     pub fn push(&mut self, buf: PoolBuf, device_offset: u64) -> Result<()> {
         let len = buf.len() as u64;
         if device_offset.checked_add(len).is_none() {
-            return Err(Error::invalid("sg list: segment device range overflows"));
+            return Err(Error::new(ErrorKind::OffsetOutOfRange {
+                offset: device_offset,
+                len,
+            }));
         }
         self.segments.push(Segment::new(device_offset, len));
         self.bufs.push(buf);
@@ -78,7 +81,8 @@ impl SgList {
     /// # Errors
     ///
     /// [`ErrorKind::PoolExhausted`](crate::ErrorKind::PoolExhausted) if the pool runs out;
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a zero length or an
+    /// [`ErrorKind::ZeroLength`](crate::ErrorKind::ZeroLength) for a zero length,
+    /// [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange) for an
     /// overflowing range. On error the list is as it was.
     pub fn push_extent(
         &mut self,
@@ -87,10 +91,13 @@ impl SgList {
         len: u64,
     ) -> Result<usize> {
         if len == 0 {
-            return Err(Error::invalid("sg list: zero-length extent"));
+            return Err(Error::zero_length("scatter/gather extent"));
         }
         if device_offset.checked_add(len).is_none() {
-            return Err(Error::invalid("sg list: extent device range overflows"));
+            return Err(Error::new(ErrorKind::OffsetOutOfRange {
+                offset: device_offset,
+                len,
+            }));
         }
         let before = self.len();
         let cap = pool.geometry().capacity as u64;

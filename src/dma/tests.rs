@@ -331,7 +331,7 @@ fn timeout_cancels_and_completes_timed_out() {
     assert!(c.status.unwrap_err().is_timed_out());
 }
 
-const NO_TIMER_ERR: Error = Error::invalid("dma: no timer armed or it was already resolved");
+const NO_TIMER_ERR: Error = Error::new(ErrorKind::NotInProgress { what: "dma timer" });
 
 #[test]
 fn final_transfer_first_then_timer_cancel_completes() {

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use super::sg::{self, Cursor, Segment, Transfer, TransferId};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::gate::{CompletionGate, Status};
 use crate::ring::{Direction, MAX_TRANSFER};
 
@@ -188,9 +188,9 @@ const IDLE: Slot = Slot {
     cancel_sent: false,
 };
 
-const NOT_IN_FLIGHT: Error = Error::invalid("dma: completion for a transfer that is not in flight");
-const TOO_MANY_BYTES: Error = Error::invalid("dma: transfer reported more bytes than its length");
-const NO_TIMER: Error = Error::invalid("dma: no timer armed or it was already resolved");
+const NOT_IN_FLIGHT: Error = Error::not_in_progress("dma transfer");
+const TOO_MANY_BYTES: Error = Error::new(ErrorKind::ExcessBytes);
+const NO_TIMER: Error = Error::not_in_progress("dma timer");
 
 /// A scatter/gather transaction executed as transfers; sans-I/O.
 ///
@@ -250,29 +250,40 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a config value out
-    /// of range, a list that moves no bytes, or a segment whose device range overflows.
+    /// [`ErrorKind::OutOfRange`](crate::ErrorKind::OutOfRange) for a config value out
+    /// of range, [`ErrorKind::ZeroLength`](crate::ErrorKind::ZeroLength) for a list that
+    /// moves no bytes, [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange)
+    /// for a segment whose device range overflows,
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if the lengths add up
+    /// past `u64::MAX`.
     pub fn new(segments: S, direction: Direction, config: DmaConfig) -> Result<Transaction<S>> {
         if config.max_transfer == 0 || config.max_transfer > MAX_TRANSFER {
-            return Err(Error::invalid("dma: max_transfer must be 1..=MAX_TRANSFER"));
+            return Err(Error::out_of_range("max_transfer", 1, MAX_TRANSFER));
         }
         if config.max_segments == 0 || config.max_segments > MAX_SEGMENTS {
-            return Err(Error::invalid("dma: max_segments must be 1..=1024"));
+            return Err(Error::out_of_range("max_segments", 1, MAX_SEGMENTS.into()));
         }
         if config.max_in_flight == 0 || config.max_in_flight > MAX_IN_FLIGHT {
-            return Err(Error::invalid("dma: max_in_flight must be 1..=1024"));
+            return Err(Error::out_of_range(
+                "max_in_flight",
+                1,
+                MAX_IN_FLIGHT.into(),
+            ));
         }
         let mut total = 0u64;
         for s in segments.as_ref() {
             if s.device_offset.checked_add(s.len).is_none() {
-                return Err(Error::invalid("dma: segment device range overflows"));
+                return Err(Error::new(ErrorKind::OffsetOutOfRange {
+                    offset: s.device_offset,
+                    len: s.len,
+                }));
             }
             total = total
                 .checked_add(s.len)
                 .ok_or(Error::invalid("dma: total length overflows"))?;
         }
         if total == 0 {
-            return Err(Error::invalid("dma: scatter/gather list moves no bytes"));
+            return Err(Error::zero_length("scatter/gather list"));
         }
         // References: execution + cancel (+ timer).
         let gate = CompletionGate::with_refs(2 + u32::from(config.timer))?;
@@ -313,10 +324,11 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an impossible
-    /// event — a completion for a transfer not in flight (unknown id, submit not yet
-    /// polled, already completed) or with more bytes than its length; a timeout or timer
-    /// cancellation without an armed timer. The transaction is then unchanged.
+    /// An impossible event: [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress)
+    /// for a completion for a transfer not in flight (unknown id, submit not yet polled,
+    /// already completed) or a timeout or timer cancellation without an armed timer;
+    /// [`ErrorKind::ExcessBytes`](crate::ErrorKind::ExcessBytes) for a completion with more
+    /// bytes than its length. The transaction is then unchanged.
     pub fn handle(&mut self, event: DmaEvent) -> Result<bool> {
         match event {
             DmaEvent::TransferCompleted { id, status, bytes } => {
@@ -399,8 +411,8 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if no timer is armed or
-    /// it already fired or was cancelled.
+    /// [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress) if no timer is armed
+    /// or it already fired or was cancelled.
     pub fn timeout(&mut self) -> Result<bool> {
         if !self.timer_ref {
             return Err(NO_TIMER);
@@ -425,8 +437,8 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if no timer is armed or
-    /// it already fired or was cancelled.
+    /// [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress) if no timer is armed
+    /// or it already fired or was cancelled.
     pub fn timer_cancelled(&mut self) -> Result<()> {
         if !self.timer_ref {
             return Err(NO_TIMER);

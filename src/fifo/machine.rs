@@ -227,10 +227,11 @@ struct Txn {
 /// The FIFO receiver's sans-I/O core: one transaction at a time, one operation in flight at
 /// a time, plus the transaction's deadline timer.
 ///
-/// Total: every event is accepted or rejected with
-/// [`ErrorKind::InvalidInput`] (stale or unknown ids, results larger than the read, a timer
-/// event with no timer armed) and a rejected event changes nothing. No heap allocation
-/// after construction.
+/// Total: every event is accepted or rejected with [`ErrorKind::NotInProgress`] (stale or
+/// unknown ids, no transaction, a timer event with no timer armed),
+/// [`ErrorKind::EventMismatch`] (a completion of the wrong kind) or
+/// [`ErrorKind::ExcessBytes`] (a result larger than the read), and a rejected event changes
+/// nothing. No heap allocation after construction.
 ///
 /// # Rules
 ///
@@ -277,8 +278,8 @@ fn error_status(e: Error, requested: Option<FifoStatus>) -> FifoStatus {
 fn current(txn: &mut Option<Txn>, id: TxnId) -> Result<&mut Txn> {
     match txn.as_mut() {
         Some(t) if t.id == id => Ok(t),
-        _ => Err(Error::invalid(
-            "cancel or timer event for a transaction not in progress",
+        _ => Err(Error::not_in_progress(
+            "FIFO transaction to cancel or time out",
         )),
     }
 }
@@ -317,13 +318,15 @@ impl FifoMachine {
 
     fn start(&mut self, len: u32, drain: bool, deadline: Option<Duration>) -> Result<TxnId> {
         if self.txn.is_some() {
-            return Err(Error::invalid("a FIFO transaction is already in progress"));
+            return Err(Error::new(ErrorKind::InProgress {
+                what: "a FIFO transaction",
+            }));
         }
         if len == 0 {
-            return Err(Error::invalid("zero-length receive"));
+            return Err(Error::zero_length("receive"));
         }
         if len > i32::MAX as u32 {
-            return Err(Error::invalid("receive length exceeds i32::MAX"));
+            return Err(Error::out_of_range("receive length", 1, i32::MAX as u64));
         }
         let id = TxnId(self.next_txn);
         self.next_txn = self.next_txn.wrapping_add(1);
@@ -452,7 +455,7 @@ impl FifoMachine {
     fn on_timer(&mut self, txn: TxnId, fired: bool) -> Result<()> {
         let t = current(&mut self.txn, txn)?;
         if t.timer == Timer::Off {
-            return Err(Error::invalid("timer event with no timer armed"));
+            return Err(Error::not_in_progress("FIFO timer"));
         }
         t.timer = Timer::Off;
         if fired {
@@ -463,27 +466,20 @@ impl FifoMachine {
     }
 
     fn on_done(&mut self, seq: FifoSeq, done: Done) -> Result<()> {
-        let t = self.txn.as_mut().ok_or(Error::invalid(
-            "completion while no transaction is in progress",
-        ))?;
+        let t = self
+            .txn
+            .as_mut()
+            .ok_or(Error::not_in_progress("FIFO transaction"))?;
         let op = match t.op {
             Some(op) if op.seq == seq => op,
-            _ => {
-                return Err(Error::invalid(
-                    "completion for an unknown or stale operation",
-                ))
-            }
+            _ => return Err(Error::not_in_progress("operation")),
         };
         if op.poll != matches!(done, Done::Poll(_)) {
-            return Err(Error::invalid(
-                "completion of the wrong kind for this operation",
-            ));
+            return Err(Error::new(ErrorKind::EventMismatch));
         }
         if let Done::Read(Ok(n)) = done {
             if n > op.len {
-                return Err(Error::invalid(
-                    "completion reports more bytes than requested",
-                ));
+                return Err(Error::new(ErrorKind::ExcessBytes));
             }
         }
         t.op = None;

@@ -28,7 +28,7 @@ use std::time::Duration;
 use crate::buf::PoolBuf;
 use crate::error::{Error, ErrorKind, Result};
 
-use crate::ring::{Bufs, Driver, FdKind, Op, Port, PortEvent, Ring, Target};
+use crate::ring::{Bufs, Driver, Op, Port, PortEvent, Ring, Target};
 
 use super::machine::{FifoAction, FifoEvent, FifoMachine, FifoOutcome, FifoSeq, FifoStatus, TxnId};
 
@@ -199,22 +199,23 @@ impl fmt::Debug for FifoReceiver {
 
 impl FifoReceiver {
     /// A receiver for `source`, a target registered with `ring`. Refused with
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the descriptor
-    /// is a regular file, block device or other non-stream file, is not open for reading,
-    /// or lacks `O_NONBLOCK`; with
+    /// [`ErrorKind::WrongTargetKind`](crate::ErrorKind::WrongTargetKind) when the
+    /// descriptor is a regular file, block device or other non-stream file; with
+    /// [`ErrorKind::NotReadable`](crate::ErrorKind::NotReadable) when it is not open for
+    /// reading; with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when it
+    /// lacks `O_NONBLOCK`; with
     /// [`ErrorKind::StaleTarget`](crate::ErrorKind::StaleTarget) when `source` is not
     /// registered with `ring`.
     pub fn new(ring: &Ring, source: Target) -> Result<FifoReceiver> {
         let info = ring.info(source)?;
         if !info.kind.is_stream() {
-            return Err(Error::invalid(match info.kind {
-                FdKind::File => "FIFO receive refuses a regular file: it is not FIFO-like",
-                FdKind::BlockDevice => "FIFO receive refuses a block device: it is not FIFO-like",
-                _ => "FIFO receive needs a pipe, FIFO, socket, tty or character device",
-            }));
+            return Err(Error::wrong_kind(
+                "a FIFO-like stream (pipe, FIFO, socket, tty or character device)",
+                info.kind,
+            ));
         }
         if !info.readable {
-            return Err(Error::invalid("FIFO source is not open for reading"));
+            return Err(Error::new(ErrorKind::NotReadable));
         }
         if !info.nonblocking {
             // With a blocking descriptor, a read the kernel cannot do without blocking
@@ -283,8 +284,8 @@ impl FifoReceiver {
     /// Start a transaction receiving exactly `len` bytes into `buf` (its data area, from
     /// the start: whatever it held is discarded). Refused, with the buffer handed back and
     /// nothing submitted, when a transaction is in progress or its completion has not been
-    /// collected, when `len` is 0
-    /// ([`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)), or above the
+    /// collected ([`ErrorKind::InProgress`](crate::ErrorKind::InProgress)), when `len` is 0
+    /// ([`ErrorKind::ZeroLength`](crate::ErrorKind::ZeroLength)), or above the
     /// buffer's capacity ([`ErrorKind::BufferTooSmall`](crate::ErrorKind::BufferTooSmall);
     /// a slot holds at most 1 GiB, so this covers every length above `i32::MAX` too).
     pub fn receive(
@@ -336,7 +337,9 @@ impl FifoReceiver {
         let refuse = |error: Error, buf: PoolBuf| Err(FifoRefused { error, buf });
         if self.machine.current().is_some() || self.done.is_some() {
             return refuse(
-                Error::invalid("a FIFO transaction is in progress or not yet collected"),
+                Error::new(ErrorKind::InProgress {
+                    what: "a FIFO transaction (or its completion, not yet collected)",
+                }),
                 buf,
             );
         }
@@ -484,9 +487,9 @@ impl Driver for FifoReceiver {
     /// the ring is not the receiver's.
     fn process(&mut self, ring: &mut Ring) -> Result<Option<FifoReceived>> {
         if !ring.owns(self.target) {
-            return Err(Error::invalid(
-                "FIFO receiver used with a ring it was not made for",
-            ));
+            return Err(Error::new(ErrorKind::WrongRing {
+                what: "FIFO receiver",
+            }));
         }
         while let Some(ev) = self.port.next() {
             if let Some(event) = self.event(ring, ev) {

@@ -335,35 +335,57 @@ fn impossible_events_are_rejected_and_change_nothing() {
         .is_err());
     let txn = start(&mut m, 5);
     let (s, _, _) = expect_read(&mut m);
+    let stopped = ErrorKind::NotInProgress {
+        what: "FIFO transaction to cancel or time out",
+    };
+    let no_timer = ErrorKind::NotInProgress { what: "FIFO timer" };
     let bad = [
-        FifoEvent::ReadDone {
-            seq: FifoSeq::new(77),
-            result: Ok(1),
-        },
-        FifoEvent::ReadDone {
-            seq: s,
-            result: Ok(6),
-        },
-        FifoEvent::PollDone {
-            seq: s,
-            result: Ok(POLLIN),
-        },
-        FifoEvent::Cancel {
-            txn: TxnId::new(txn.get() + 1),
-        },
-        FifoEvent::Deadline {
-            txn: TxnId::new(txn.get() + 1),
-        },
-        FifoEvent::ReadEmpty {
-            seq: FifoSeq::new(77),
-        },
+        (
+            FifoEvent::ReadDone {
+                seq: FifoSeq::new(77),
+                result: Ok(1),
+            },
+            ErrorKind::NotInProgress { what: "operation" },
+        ),
+        (
+            FifoEvent::ReadDone {
+                seq: s,
+                result: Ok(6),
+            },
+            ErrorKind::ExcessBytes,
+        ),
+        (
+            FifoEvent::PollDone {
+                seq: s,
+                result: Ok(POLLIN),
+            },
+            ErrorKind::EventMismatch,
+        ),
+        (
+            FifoEvent::Cancel {
+                txn: TxnId::new(txn.get() + 1),
+            },
+            stopped,
+        ),
+        (
+            FifoEvent::Deadline {
+                txn: TxnId::new(txn.get() + 1),
+            },
+            stopped,
+        ),
+        (
+            FifoEvent::ReadEmpty {
+                seq: FifoSeq::new(77),
+            },
+            ErrorKind::NotInProgress { what: "operation" },
+        ),
         // No timer armed.
-        FifoEvent::Deadline { txn },
-        FifoEvent::TimerCancelled { txn },
+        (FifoEvent::Deadline { txn }, no_timer),
+        (FifoEvent::TimerCancelled { txn }, no_timer),
     ];
-    for ev in bad {
+    for (ev, want) in bad {
         let e = m.handle(ev).unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{ev:?}");
+        assert_eq!(e.kind(), want, "{ev:?}");
         assert!(actions(&mut m).is_empty());
         assert!(m.has_op_in_flight());
     }

@@ -1,7 +1,7 @@
 //! The reader's configuration: what it reads, how much at a time, how many reads at once,
 //! in which order — validated before anything runs.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// What kind of source the reader reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,21 +206,25 @@ impl ReaderConfig {
     /// Check the configuration; [`ReaderMachine::new`](crate::reader::ReaderMachine::new) calls this.
     pub fn validate(&self) -> Result<()> {
         if self.transfer_len == 0 {
-            return Err(Error::invalid("transfer_len must be non-zero"));
+            return Err(Error::zero_length("read (transfer_len)"));
         }
         if self.transfer_len > i32::MAX as u32 {
-            return Err(Error::invalid(
-                "transfer_len exceeds i32::MAX, the largest read a completion can report",
+            // i32::MAX: the largest read a completion can report.
+            return Err(Error::out_of_range("transfer_len", 1, i32::MAX as u64));
+        }
+        if self.pending_reads == 0 || self.pending_reads > Self::MAX_PENDING_READS {
+            return Err(Error::out_of_range(
+                "pending_reads",
+                1,
+                Self::MAX_PENDING_READS.into(),
             ));
         }
-        if self.pending_reads == 0 {
-            return Err(Error::invalid("pending_reads must be at least 1"));
-        }
-        if self.pending_reads > Self::MAX_PENDING_READS {
-            return Err(Error::invalid("pending_reads exceeds MAX_PENDING_READS"));
-        }
         if self.max_unacked == 0 || self.max_unacked > Self::MAX_WINDOW {
-            return Err(Error::invalid("max_unacked must be in 1..=MAX_WINDOW"));
+            return Err(Error::out_of_range(
+                "max_unacked",
+                1,
+                Self::MAX_WINDOW.into(),
+            ));
         }
         if let Some(end) = self.end {
             if self.start > end {
@@ -231,11 +235,14 @@ impl ReaderConfig {
             if self.multishot {
                 return Err(Error::invalid("multishot reads need a stream source"));
             }
-            if self.align == 0 || !self.align.is_power_of_two() {
-                return Err(Error::invalid("alignment must be a power of two"));
+            if !self.align.is_power_of_two() {
+                return Err(Error::new(ErrorKind::NotPowerOfTwo {
+                    what: "alignment",
+                    value: self.align.into(),
+                }));
             }
             let misaligned = |what, value: u64| {
-                Error::new(crate::ErrorKind::Misaligned {
+                Error::new(ErrorKind::Misaligned {
                     what,
                     value,
                     align: self.align,
@@ -256,8 +263,10 @@ impl ReaderConfig {
             if self.ordered {
                 let w = self.effective_reorder_window();
                 if w < self.pending_reads || w > Self::MAX_WINDOW {
-                    return Err(Error::invalid(
-                        "reorder_window must be in pending_reads..=MAX_WINDOW",
+                    return Err(Error::out_of_range(
+                        "reorder_window",
+                        self.pending_reads,
+                        Self::MAX_WINDOW.into(),
                     ));
                 }
             }

@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::buf::{BufferPool, PoolBuf};
-#[cfg(doc)]
-use crate::error::ErrorKind;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::ring::{Bufs, Done, Driver, Op, Port, PortEvent, Ring, Target};
 
 use super::{FinishReason, ReaderAction, ReaderEvent, ReaderMachine, ReaderStats, Restart, Seq};
@@ -139,7 +137,7 @@ pub struct ReaderReport {
 /// the ring through the ring's own wake-up poll ([`RingHandle::wake`]).
 /// [`Driver::cancel`] / [`CancelHandle::cancel`] cancel what is in flight; the reader
 /// finishes with [`FinishReason::Cancelled`] once every completion is back, with no slot
-/// leaked. `ring` must be the ring the reader was built on ([`ErrorKind::InvalidInput`]
+/// leaked. `ring` must be the ring the reader was built on ([`ErrorKind::WrongRing`]
 /// otherwise, and nothing happens).
 ///
 /// A panic raised by `on_read` on a worker thread cancels the reader; once it has wound
@@ -406,9 +404,7 @@ impl Driver for ContinuousReader {
     /// `on_read` raised on a worker, once the reader has wound down.
     fn process(&mut self, ring: &mut Ring) -> Result<Option<ReaderReport>> {
         if !ring.owns(self.target) {
-            return Err(Error::invalid(
-                "reader driven on a ring it was not built on",
-            ));
+            return Err(Error::new(ErrorKind::WrongRing { what: "reader" }));
         }
         if self.report.is_none() {
             self.pump(ring)?;

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use super::config::ReaderConfig;
 use super::events::{Delivery, FinishReason, ReaderAction, ReaderEvent, ReaderStats, Restart, Seq};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 mod positional;
 mod stream;
@@ -124,10 +124,6 @@ pub struct ReaderMachine {
     stats: ReaderStats,
 }
 
-fn reject(reason: &'static str) -> Error {
-    Error::invalid(reason)
-}
-
 impl ReaderMachine {
     /// A reader in its initial state; its first reads are ready in
     /// [`poll_action`](Self::poll_action). Fails if the configuration is invalid.
@@ -211,7 +207,7 @@ impl ReaderMachine {
     /// [`ContinuousReader`]: crate::ContinuousReader
     pub fn set_multishot(&mut self, on: bool) -> Result<()> {
         if self.cfg.positional {
-            return Err(reject("multishot reads need a stream source"));
+            return Err(Error::invalid("multishot reads need a stream source"));
         }
         self.cfg.multishot = on;
         Ok(())
@@ -236,9 +232,11 @@ impl ReaderMachine {
         self.pump();
     }
 
-    /// Feed one event. An impossible event (unknown or stale `seq`, a result larger than
-    /// the read, a restart decision nobody asked for, ...) is rejected with
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) and changes nothing.
+    /// Feed one event. An impossible event is rejected and changes nothing:
+    /// [`ErrorKind::NotInProgress`] for an unknown or stale `seq` or a restart decision
+    /// nobody asked for, [`ErrorKind::ExcessBytes`] for a result larger than the read,
+    /// [`ErrorKind::EventMismatch`] for an event of the wrong kind for its operation,
+    /// [`ErrorKind::InvalidInput`] for a multishot data completion without a buffer id.
     pub fn handle(&mut self, event: ReaderEvent) -> Result<()> {
         match event {
             ReaderEvent::ReadDone { seq, result } => self.on_read_done(seq, result)?,
@@ -250,14 +248,18 @@ impl ReaderMachine {
             } => self.on_multishot(seq, result, buf_id, more)?,
             ReaderEvent::PollDone { seq, result } => self.on_poll_done(seq, result)?,
             ReaderEvent::Delivered { seq } => {
-                let i = self.unacked.iter().position(|&s| s == seq).ok_or(reject(
-                    "acknowledged delivery is unknown or already acknowledged",
-                ))?;
+                let i = self
+                    .unacked
+                    .iter()
+                    .position(|&s| s == seq)
+                    .ok_or(Error::not_in_progress("delivery awaiting acknowledgement"))?;
                 self.unacked.swap_remove(i);
             }
             ReaderEvent::Restart(decision) => {
                 let Phase::AwaitingRestart { error } = self.phase else {
-                    return Err(reject("restart decision while no failure awaits one"));
+                    return Err(Error::not_in_progress(
+                        "failure awaiting a restart decision",
+                    ));
                 };
                 match decision {
                     Restart::Yes => {
@@ -274,21 +276,20 @@ impl ReaderMachine {
     }
 
     fn find_op(&self, seq: Seq) -> Result<usize> {
-        self.ops.iter().position(|op| op.seq == seq).ok_or(reject(
-            "completion for an unknown or already completed operation",
-        ))
+        self.ops
+            .iter()
+            .position(|op| op.seq == seq)
+            .ok_or(Error::not_in_progress("operation"))
     }
 
     fn on_read_done(&mut self, seq: Seq, result: Result<u32>) -> Result<()> {
         let i = self.find_op(seq)?;
         let op = self.ops[i];
         let (OpKind::ReadAt { len, .. } | OpKind::Read { len }) = op.kind else {
-            return Err(reject(
-                "ReadDone for an operation that is not a single-shot read",
-            ));
+            return Err(Error::new(ErrorKind::EventMismatch));
         };
         if result.is_ok_and(|n| n > len) {
-            return Err(reject("completion reports more bytes than requested"));
+            return Err(Error::new(ErrorKind::ExcessBytes));
         }
         self.ops.swap_remove(i);
         match op.kind {

@@ -40,28 +40,68 @@ fn deliver(offset: u64, len: u32, seq: Seq) -> ReaderAction {
 
 #[test]
 fn config_rejects_impossible_combinations_with_typed_errors() {
-    let invalid = |c: ReaderConfig| match ReaderMachine::new(c).unwrap_err().kind() {
+    let invalid = |c: ReaderConfig, want: ErrorKind| {
+        assert_eq!(ReaderMachine::new(c).unwrap_err().kind(), want, "{c:?}")
+    };
+    let one_off = |c: ReaderConfig| match ReaderMachine::new(c).unwrap_err().kind() {
         ErrorKind::InvalidInput { reason } => reason,
         other => panic!("expected InvalidInput, got {other:?}"),
     };
-    invalid(ReaderConfig::positional(0));
-    invalid(ReaderConfig::positional(4096).pending_reads(0));
-    invalid(ReaderConfig::positional(4096).pending_reads(ReaderConfig::MAX_PENDING_READS + 1));
-    invalid(ReaderConfig::positional(4096).max_unacked(0));
-    invalid(ReaderConfig::positional(4096).align(3));
-    invalid(ReaderConfig::positional(4096).align(0));
-    invalid(ReaderConfig::positional(4096).range(10, 5));
-    invalid(ReaderConfig::positional(4096).multishot(true));
+    let pending = ErrorKind::OutOfRange {
+        what: "pending_reads",
+        min: 1,
+        max: ReaderConfig::MAX_PENDING_READS.into(),
+    };
+    let window = |min| ErrorKind::OutOfRange {
+        what: "reorder_window",
+        min,
+        max: ReaderConfig::MAX_WINDOW.into(),
+    };
+    invalid(
+        ReaderConfig::positional(0),
+        ErrorKind::ZeroLength {
+            what: "read (transfer_len)",
+        },
+    );
+    invalid(ReaderConfig::positional(4096).pending_reads(0), pending);
+    invalid(
+        ReaderConfig::positional(4096).pending_reads(ReaderConfig::MAX_PENDING_READS + 1),
+        pending,
+    );
+    invalid(
+        ReaderConfig::positional(4096).max_unacked(0),
+        ErrorKind::OutOfRange {
+            what: "max_unacked",
+            min: 1,
+            max: ReaderConfig::MAX_WINDOW.into(),
+        },
+    );
+    let align = |value| ErrorKind::NotPowerOfTwo {
+        what: "alignment",
+        value,
+    };
+    invalid(ReaderConfig::positional(4096).align(3), align(3));
+    invalid(ReaderConfig::positional(4096).align(0), align(0));
+    one_off(ReaderConfig::positional(4096).range(10, 5));
+    one_off(ReaderConfig::positional(4096).multishot(true));
     invalid(
         ReaderConfig::positional(4096)
             .pending_reads(8)
             .ordered(true)
             .reorder_window(4),
+        window(8),
     );
-    invalid(ReaderConfig::positional(u32::MAX));
-    invalid(ReaderConfig::stream(4096).range(0, 100));
-    invalid(ReaderConfig::stream(4096).start_at(1));
-    invalid(ReaderConfig::stream(4096).align(512));
+    invalid(
+        ReaderConfig::positional(u32::MAX),
+        ErrorKind::OutOfRange {
+            what: "transfer_len",
+            min: 1,
+            max: i32::MAX as u64,
+        },
+    );
+    one_off(ReaderConfig::stream(4096).range(0, 100));
+    one_off(ReaderConfig::stream(4096).start_at(1));
+    one_off(ReaderConfig::stream(4096).align(512));
 
     let misaligned = |c: ReaderConfig| match ReaderMachine::new(c).unwrap_err().kind() {
         ErrorKind::Misaligned { what, value, align } => (what, value, align),
@@ -471,12 +511,21 @@ fn impossible_events_are_rejected_and_change_nothing() {
         ReaderEvent::Delivered { seq: r[0].0 },
         ReaderEvent::Restart(Restart::Yes),
     ];
-    for ev in bad {
+    let want = [
+        ErrorKind::NotInProgress { what: "operation" },
+        ErrorKind::ExcessBytes,
+        ErrorKind::EventMismatch,
+        ErrorKind::EventMismatch,
+        ErrorKind::NotInProgress {
+            what: "delivery awaiting acknowledgement",
+        },
+        ErrorKind::NotInProgress {
+            what: "failure awaiting a restart decision",
+        },
+    ];
+    for (ev, want) in bad.into_iter().zip(want) {
         let err = m.handle(ev).unwrap_err();
-        assert!(
-            matches!(err.kind(), ErrorKind::InvalidInput { .. }),
-            "{ev:?}: {err:?}"
-        );
+        assert_eq!(err.kind(), want, "{ev:?}: {err:?}");
         assert!(actions(&mut m).is_empty(), "{ev:?} produced actions");
         assert_eq!(m.in_flight(), 2);
     }

@@ -413,7 +413,7 @@ impl Ring {
                         };
                     }
                 }
-                _ => return Err(Error::invalid("no such operation kept by this ring")),
+                _ => return Err(Error::not_in_progress("operation kept by this ring")),
             }
             self.run_once(None)?;
         }

@@ -181,12 +181,14 @@ impl RingBuilder {
     /// kernel has no io_uring (or a seccomp policy forbids it).
     pub fn build(self) -> Result<Ring> {
         if self.entries == 0 || self.entries > 32768 {
-            return Err(Error::invalid("ring entries must be in 1..=32768"));
+            return Err(Error::out_of_range("ring entries", 1, 32768));
         }
         let entries = self.entries.max(2);
         if self.ops > MAX_OPS_RESERVED {
-            return Err(Error::invalid(
-                "op-table reservation must be <= 2^24 entries",
+            return Err(Error::out_of_range(
+                "op-table reservation",
+                0,
+                MAX_OPS_RESERVED as u64,
             ));
         }
         let mut b = IoUring::builder();

@@ -372,8 +372,10 @@ impl Op {
     }
 
     /// `fsync` (or `fdatasync` when `datasync`) a file, block device or directory. Other
-    /// kinds, and `O_PATH` descriptors, are refused with
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) without a syscall.
+    /// kinds are refused with
+    /// [`ErrorKind::WrongTargetKind`](crate::ErrorKind::WrongTargetKind), `O_PATH`
+    /// descriptors with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput),
+    /// without a syscall.
     pub fn fsync(target: Target, datasync: bool) -> Op {
         Op::of(OpKind::Fsync { target, datasync })
     }

@@ -274,7 +274,8 @@ impl<T> Drop for Port<T> {
 /// let mut ring = Ring::new()?;
 /// let mut nop = Nop(Some(ring.submit(Op::nop().tag(7)).ticket()));
 /// assert_eq!(nop.run(&mut ring)?, 7);
-/// assert!(nop.run(&mut ring).is_err()); // handed out once
+/// let again = nop.run(&mut ring).unwrap_err(); // handed out once
+/// assert!(matches!(again.kind(), iocomplete::ErrorKind::NotInProgress { .. }));
 /// # Ok::<(), iocomplete::Error>(())
 /// ```
 pub trait Driver {
@@ -331,17 +332,16 @@ pub trait Driver {
     ///
     /// # Errors
     ///
-    /// If the ring fails, or nothing is in progress (the output was already handed out,
-    /// or no transaction was started).
+    /// If the ring fails; [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress) if
+    /// nothing is in progress (the output was already handed out, or no transaction was
+    /// started).
     fn run(&mut self, ring: &mut Ring) -> Result<Self::Output> {
         loop {
             if let Some(out) = self.process(ring)? {
                 return Ok(out);
             }
             if self.is_idle() {
-                return Err(Error::invalid(
-                    "nothing in progress: the output was already handed out",
-                ));
+                return Err(Error::not_in_progress("driver request"));
             }
             self.wait(ring, Some(Duration::from_millis(100)))?;
         }

@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::buf::BufferPool;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 use super::buf_ring::{BufRing, BufRingLease, BufRingState, ENTRY};
 use super::Ring;
@@ -35,17 +35,22 @@ impl Ring {
         }
         // A power-of-two u16 is at most 32768 already.
         if !entries.is_power_of_two() {
-            return Err(Error::invalid(
-                "buffer ring entries must be a power of two <= 32768",
-            ));
+            return Err(Error::new(ErrorKind::NotPowerOfTwo {
+                what: "buffer ring entries",
+                value: entries.into(),
+            }));
         }
         let g = pool.geometry();
         if g.slots > 65536 {
-            return Err(Error::invalid(
-                "buffer ring pools may have at most 65536 slots",
+            return Err(Error::out_of_range(
+                "slots of a buffer ring's pool",
+                1,
+                65536,
             ));
         }
-        let len = u32::try_from(g.capacity).map_err(|_| Error::invalid("slot too large"))?;
+        let len = u32::try_from(g.capacity).map_err(|_| {
+            Error::out_of_range("slot length of a buffer ring's pool", 1, u32::MAX.into())
+        })?;
         // The next group id not in use, counting on from the last one: the id of an
         // unregistered ring comes back only after the count wraps, so a stale `BufRing`
         // token does not name a new ring any time soon.
@@ -127,17 +132,20 @@ impl Ring {
 
     /// Unregister a provided-buffer ring (`IORING_UNREGISTER_PBUF_RING`) and give the
     /// slots it still offers back to their pool. Refused with
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) while a multishot read
-    /// using it is in flight (the kernel could still pick one of its buffers), and for a
-    /// ring that is not registered here.
+    /// [`ErrorKind::InProgress`] while a multishot read
+    /// using it is in flight (the kernel could still pick one of its buffers), and with
+    /// [`ErrorKind::WrongRing`] for a ring that is not
+    /// registered here.
     pub fn unregister_buf_ring(&mut self, br: BufRing) -> Result<()> {
         let pos = self
             .buf_ring_pos(br)
-            .ok_or(Error::invalid("buffer ring not registered with this ring"))?;
+            .ok_or(Error::new(ErrorKind::WrongRing {
+                what: "buffer ring",
+            }))?;
         if self.buf_ring_users(br.bgid, false) > 0 {
-            return Err(Error::invalid(
-                "a multishot read still uses this buffer ring",
-            ));
+            return Err(Error::new(ErrorKind::InProgress {
+                what: "a multishot read on this buffer ring",
+            }));
         }
         self.remove_buf_ring(pos)
     }

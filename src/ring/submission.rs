@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::queue::CompletionQueue;
 
 use super::completion::{Completion, Delivery, FutureSlot, OpFuture};
@@ -150,7 +150,7 @@ impl Ring {
             .is_some_and(|q| Arc::ptr_eq(q, &self.abandoned));
         if !same_ring {
             // Dropping the foreign ticket hands it back to its own ring.
-            return Err(Error::invalid("ticket belongs to another ring"));
+            return Err(Error::new(ErrorKind::WrongRing { what: "ticket" }));
         }
         let id = ticket.disarm();
         self.wait_id(id)

@@ -57,9 +57,9 @@ const SQE_BUF_INDEX: usize = 40;
 
 fn io_len(len: usize) -> Result<u32> {
     if len == 0 {
-        return Err(Error::invalid("zero-length transfer"));
+        return Err(Error::zero_length("transfer"));
     }
-    u32::try_from(len).map_err(|_| Error::invalid("transfer longer than 4 GiB"))
+    u32::try_from(len).map_err(|_| Error::out_of_range("transfer length", 1, u32::MAX.into()))
 }
 
 impl Ring {
@@ -141,15 +141,14 @@ impl Ring {
     fn fd_for(&self, t: Target, access: Access) -> Result<(Fd, FdInfo)> {
         let (fd, info) = self.fd_of(t)?;
         if !info.kind.is_transferable() {
-            return Err(Error::invalid(
-                "target is neither a file, a block device nor a stream (a directory, an eventfd, ...)",
+            return Err(Error::wrong_kind(
+                "a file, a block device or a stream",
+                info.kind,
             ));
         }
         match access {
-            Access::Read if !info.readable => Err(Error::invalid("target is not open for reading")),
-            Access::Write if !info.writable => {
-                Err(Error::invalid("target is not open for writing"))
-            }
+            Access::Read if !info.readable => Err(Error::new(ErrorKind::NotReadable)),
+            Access::Write if !info.writable => Err(Error::new(ErrorKind::NotWritable)),
             _ => Ok((fd, info)),
         }
     }
@@ -347,8 +346,9 @@ impl Ring {
             OpKind::Fsync { target, datasync } => {
                 let (fd, info) = self.fd_open(target)?;
                 if !(info.kind.is_seekable() || info.kind == super::FdKind::Directory) {
-                    return Err(Error::invalid(
-                        "fsync needs a file, a block device or a directory",
+                    return Err(Error::wrong_kind(
+                        "a file, a block device or a directory (fsync)",
+                        info.kind,
                     ));
                 }
                 let flags = if datasync {
@@ -364,10 +364,15 @@ impl Ring {
                     return Err(Error::unsupported("IORING_OP_READ_MULTISHOT (Linux 6.7)"));
                 }
                 if !info.kind.is_stream() {
-                    return Err(Error::invalid("multishot read needs a pollable stream"));
+                    return Err(Error::wrong_kind(
+                        "a pollable stream (multishot read)",
+                        info.kind,
+                    ));
                 }
                 if self.buf_ring_pos(group).is_none() {
-                    return Err(Error::invalid("buffer ring not registered with this ring"));
+                    return Err(Error::new(ErrorKind::WrongRing {
+                        what: "buffer ring",
+                    }));
                 }
                 self.ops[key].multishot = Some(group.bgid);
                 // The raw descriptor, not the fixed one: Linux 6.18 answers EBADFD to a
@@ -457,17 +462,19 @@ impl Ring {
     /// Check a vectored transfer's iovecs; returns its total length.
     fn check_iov(&self, iov: &[libc::iovec], info: &FdInfo, offset: u64) -> Result<u64> {
         if iov.is_empty() {
-            return Err(Error::invalid("vectored transfer with no buffers"));
+            return Err(Error::zero_length("vectored transfer (no buffers)"));
         }
         if iov.len() > IOV_MAX {
-            return Err(Error::invalid(
-                "more than 1024 buffers in one vectored transfer",
+            return Err(Error::out_of_range(
+                "buffers in one vectored transfer",
+                1,
+                IOV_MAX as u64,
             ));
         }
         let mut total: u64 = 0;
         for (i, v) in iov.iter().enumerate() {
             if v.iov_len == 0 {
-                return Err(Error::invalid("zero-length buffer in a vectored transfer"));
+                return Err(Error::zero_length("buffer in a vectored transfer"));
             }
             // Direct I/O: each segment's address and length aligned; the offset only for
             // the first (the others follow contiguously).
@@ -476,7 +483,11 @@ impl Ring {
             total = total.saturating_add(v.iov_len as u64);
         }
         if total > i32::MAX as u64 {
-            return Err(Error::invalid("vectored transfer longer than 2 GiB"));
+            return Err(Error::out_of_range(
+                "vectored transfer length",
+                1,
+                i32::MAX as u64,
+            ));
         }
         Ok(total)
     }

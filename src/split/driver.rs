@@ -190,9 +190,6 @@ struct Child {
     cancel: bool,
 }
 
-const PAST_MAX_OFFSET: Error =
-    Error::invalid("split: range ends past the largest file offset (2^63 - 1)");
-
 type OnRead = Box<dyn FnMut(u64, &PoolBuf) -> Result<()> + Send>;
 type OnFill = Box<dyn FnMut(u64, &mut PoolBuf) -> Result<()> + Send>;
 type OnProgress = Box<dyn FnMut(u64, u64) + Send>;
@@ -285,21 +282,17 @@ impl fmt::Debug for SplitDriver {
 fn target_info(ring: &Ring, t: Target, write: bool) -> Result<crate::FdInfo> {
     let info = ring.info(t)?;
     if !info.kind.is_seekable() {
-        return Err(Error::invalid(
-            "split: targets must be files or block devices",
-        ));
+        return Err(Error::wrong_kind("a file or block device", info.kind));
     }
     if write && !info.writable {
-        return Err(Error::invalid("split: destination is not open for writing"));
+        return Err(Error::new(ErrorKind::NotWritable));
     }
     if write && info.append {
         // Its writes would land at the end of the file, in completion order.
-        return Err(Error::invalid(
-            "split: destination is open for append (O_APPEND): writes would ignore offsets",
-        ));
+        return Err(Error::new(ErrorKind::AppendOnly));
     }
     if !write && !info.readable {
-        return Err(Error::invalid("split: source is not open for reading"));
+        return Err(Error::new(ErrorKind::NotReadable));
     }
     Ok(info)
 }
@@ -312,10 +305,13 @@ impl SplitDriver {
     /// # Errors
     ///
     /// [`ErrorKind::StaleTarget`] for a target not registered with `ring`;
-    /// [`ErrorKind::InvalidInput`] for a target that is not a file or block device, not
-    /// open the right way (a destination opened `O_APPEND` ignores offsets), a range
-    /// ending past the largest file offset (2⁶³ − 1), a copy
-    /// between overlapping ranges of one file, or an impossible config; [`ErrorKind::Misaligned`] for a direct
+    /// [`ErrorKind::WrongTargetKind`] for a target that is not a file or block device;
+    /// [`ErrorKind::NotReadable`] / [`ErrorKind::NotWritable`] / [`ErrorKind::AppendOnly`]
+    /// for one not open the right way (a destination opened `O_APPEND` ignores offsets);
+    /// [`ErrorKind::OffsetOutOfRange`] for a range ending past the largest file offset
+    /// (2⁶³ − 1); [`ErrorKind::InvalidInput`] for a copy between overlapping ranges of one
+    /// file; [`ErrorKind::OutOfRange`] (and the plan's errors) for an impossible config;
+    /// [`ErrorKind::Misaligned`] for a direct
     /// target and an offset, length or chunk that is not a multiple of its alignment (or a
     /// pool whose buffers are less aligned than it needs); [`ErrorKind::PoolExhausted`].
     pub fn new(
@@ -360,13 +356,16 @@ impl SplitDriver {
                 }));
             }
             if !addressable(dst_offset, job.len()) {
-                return Err(PAST_MAX_OFFSET);
+                return Err(Error::new(ErrorKind::OffsetOutOfRange {
+                    offset: dst_offset,
+                    len: job.len(),
+                }));
             }
         }
         let capacity = geometry.capacity as u64;
         let wanted = config.max_chunk.or(device_chunk).unwrap_or(capacity);
         if wanted == 0 {
-            return Err(Error::invalid("split: max chunk must not be 0"));
+            return Err(Error::out_of_range("max chunk", 1, u64::MAX));
         }
         if config.max_chunk.is_some_and(|c| c % u64::from(align) != 0) {
             return Err(Error::new(ErrorKind::Misaligned {
@@ -389,7 +388,10 @@ impl SplitDriver {
             config.deadline,
         )?;
         if !addressable(job.offset(), job.len()) {
-            return Err(PAST_MAX_OFFSET);
+            return Err(Error::new(ErrorKind::OffsetOutOfRange {
+                offset: job.offset(),
+                len: job.len(),
+            }));
         }
         if let (
             Job::Copy {

@@ -152,10 +152,9 @@ enum Timer {
     Cancelling,
 }
 
-const NOT_IN_FLIGHT: Error = Error::invalid("split: completion for a child that is not in flight");
-const TOO_MANY_BYTES: Error =
-    Error::invalid("split: child reported more bytes than were submitted");
-const NO_TIMER: Error = Error::invalid("split: no deadline timer armed, or it already ended");
+const NOT_IN_FLIGHT: Error = Error::not_in_progress("split child");
+const TOO_MANY_BYTES: Error = Error::new(ErrorKind::ExcessBytes);
+const NO_TIMER: Error = Error::not_in_progress("split timer");
 
 /// The split driver: one parent request carried out as chunk-sized child requests.
 ///
@@ -217,8 +216,9 @@ const NO_TIMER: Error = Error::invalid("split: no deadline timer armed, or it al
 /// flight (never submitted, its submit not yet polled, or already completed), one that
 /// reports more bytes than were submitted, a timer event with no timer armed (none asked
 /// for, its `ArmTimer` not yet polled, or its completion already reported) — is rejected
-/// with an [`ErrorKind::InvalidInput`] error and changes nothing. A cancel after the
-/// children are back is accepted and ignored (the benign race of a late cancel).
+/// with [`ErrorKind::NotInProgress`] or [`ErrorKind::ExcessBytes`] and changes nothing. A
+/// cancel after the children are back is accepted and ignored (the benign race of a late
+/// cancel).
 ///
 /// # Example
 ///
@@ -281,8 +281,8 @@ impl SplitMachine {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Misaligned`] or [`ErrorKind::InvalidInput`] for a request the plan
-    /// rejects ([`TransferPlan::check`]); [`ErrorKind::InvalidInput`] for a
+    /// [`ErrorKind::Misaligned`] or [`ErrorKind::OffsetOutOfRange`] for a request the plan
+    /// rejects ([`TransferPlan::check`]); [`ErrorKind::OutOfRange`] for a
     /// `max_in_flight` outside `1..=`[`MAX_IN_FLIGHT`].
     pub fn new(
         plan: TransferPlan,
@@ -296,7 +296,11 @@ impl SplitMachine {
             Mode::Serial => 1,
             Mode::Parallel { max_in_flight } => {
                 if max_in_flight == 0 || max_in_flight > MAX_IN_FLIGHT {
-                    return Err(Error::invalid("split: max_in_flight must be 1..=4096"));
+                    return Err(Error::out_of_range(
+                        "max_in_flight",
+                        1,
+                        MAX_IN_FLIGHT.into(),
+                    ));
                 }
                 max_in_flight as usize
             }
@@ -329,14 +333,14 @@ impl SplitMachine {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] if the current request has not completed or its actions
+    /// [`ErrorKind::InProgress`] if the current request has not completed or its actions
     /// were not all polled; the plan's errors for the new request. On error nothing
     /// changes.
     pub fn restart(&mut self, offset: u64, len: u64) -> Result<()> {
         if !self.completed || !self.actions.is_empty() {
-            return Err(Error::invalid(
-                "split: restart before the request completed and its actions were polled",
-            ));
+            return Err(Error::new(ErrorKind::InProgress {
+                what: "the split request (or its actions, not all polled)",
+            }));
         }
         self.plan.check(offset, len)?;
         self.begin(offset, len);
@@ -371,8 +375,8 @@ impl SplitMachine {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] for an impossible event (see *Totality* on
-    /// [`SplitMachine`]); the machine is unchanged.
+    /// [`ErrorKind::NotInProgress`] or [`ErrorKind::ExcessBytes`] for an impossible event
+    /// (see *Totality* on [`SplitMachine`]); the machine is unchanged.
     pub fn handle(&mut self, event: SplitEvent) -> Result<()> {
         match event {
             SplitEvent::ChildCompleted { child, result } => self.child_completed(child, result),

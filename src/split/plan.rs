@@ -76,21 +76,23 @@ impl PlanBuilder {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] if the alignment is not a power of two, the max chunk is
-    /// smaller than the alignment, or a segment limit is half set (a zero segment length
+    /// [`ErrorKind::NotPowerOfTwo`] if the alignment is not a power of two;
+    /// [`ErrorKind::OutOfRange`] if the max chunk is smaller than the alignment;
+    /// [`ErrorKind::InvalidInput`] if a segment limit is half set (a zero segment length
     /// or a zero segment count); [`ErrorKind::Misaligned`] if the boundary or the segment
     /// length is not a multiple of the alignment.
     pub fn build(self) -> Result<TransferPlan> {
         let align = self.align.max(1);
         if !align.is_power_of_two() {
-            return Err(Error::invalid("plan: alignment must be a power of two"));
+            return Err(Error::new(ErrorKind::NotPowerOfTwo {
+                what: "alignment",
+                value: align.into(),
+            }));
         }
         let a = u64::from(align);
         let max_chunk = self.max_chunk - self.max_chunk % a;
         if max_chunk == 0 {
-            return Err(Error::invalid(
-                "plan: max chunk must be at least the alignment",
-            ));
+            return Err(Error::out_of_range("max chunk", align, u64::MAX));
         }
         if self.boundary % a != 0 {
             return Err(Error::new(ErrorKind::Misaligned {
@@ -238,7 +240,7 @@ impl TransferPlan {
     /// # Errors
     ///
     /// [`ErrorKind::Misaligned`] naming `"offset"` or `"length"`;
-    /// [`ErrorKind::InvalidInput`] on overflow.
+    /// [`ErrorKind::OffsetOutOfRange`] if `offset + len` overflows.
     pub fn check(&self, offset: u64, len: u64) -> Result<()> {
         let a = u64::from(self.align);
         if offset % a != 0 {
@@ -256,7 +258,7 @@ impl TransferPlan {
             }));
         }
         if offset.checked_add(len).is_none() {
-            return Err(Error::invalid("plan: offset + length overflows"));
+            return Err(Error::new(ErrorKind::OffsetOutOfRange { offset, len }));
         }
         Ok(())
     }
@@ -461,15 +463,26 @@ mod tests {
             u64::MAX
         );
         let e = TransferPlan::builder().align(3).build().unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+        assert_eq!(
+            e.kind(),
+            ErrorKind::NotPowerOfTwo {
+                what: "alignment",
+                value: 3
+            }
+        );
+        let chunk = |min| ErrorKind::OutOfRange {
+            what: "max chunk",
+            min,
+            max: u64::MAX,
+        };
         let e = TransferPlan::builder()
             .max_chunk(100)
             .align(512)
             .build()
             .unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+        assert_eq!(e.kind(), chunk(512));
         let e = TransferPlan::builder().max_chunk(0).build().unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
+        assert_eq!(e.kind(), chunk(1));
         let e = TransferPlan::builder()
             .align(512)
             .boundary(1000)

@@ -151,23 +151,27 @@ impl ContinuousReaderBuilder {
     /// Check the configuration against the target, the pool and the ring, and start
     /// reading: the first reads go to the kernel when the reader is first processed.
     ///
-    /// Typed errors, before anything reaches the kernel: a target not open for reading or
-    /// of an unsupported kind ([`ErrorKind::InvalidInput`], [`ErrorKind::StaleTarget`]),
-    /// a zero transfer length, or one over the slot capacity
+    /// Typed errors, before anything reaches the kernel: a target not open for reading
+    /// ([`ErrorKind::NotReadable`]), of an unsupported kind or given a byte range it cannot
+    /// take ([`ErrorKind::WrongTargetKind`]), not registered ([`ErrorKind::StaleTarget`]),
+    /// a zero transfer length ([`ErrorKind::ZeroLength`]), or one over the slot capacity
     /// ([`ErrorKind::BufferTooSmall`]), direct I/O settings that do not fit the target's
-    /// alignment ([`ErrorKind::Misaligned`]), a pool with fewer slots than the reads need,
-    /// zero workers or more than the pool's slots, multishot requested on a ring without
-    /// it ([`ErrorKind::Unsupported`]) or with a pool of more than 65536 slots.
+    /// alignment ([`ErrorKind::Misaligned`]), a pool with fewer slots than the reads, the
+    /// reorder window or the workers need ([`ErrorKind::PoolTooSmall`]), zero workers
+    /// ([`ErrorKind::OutOfRange`]), multishot requested on a ring without it
+    /// ([`ErrorKind::Unsupported`]) or with a pool of more than 65536 slots
+    /// ([`ErrorKind::OutOfRange`]); the machine's configuration errors
+    /// ([`ReaderConfig::validate`](crate::reader::ReaderConfig::validate)).
     pub fn build(self, ring: &mut Ring) -> Result<ContinuousReader> {
         let info = ring.info(self.target)?;
         if !info.readable {
-            return Err(Error::invalid("target is not open for reading"));
+            return Err(Error::new(ErrorKind::NotReadable));
         }
         let g = self.pool.geometry();
         let capacity = u32::try_from(g.capacity.min(i32::MAX as usize)).unwrap_or(u32::MAX);
         let transfer_len = self.transfer_len.unwrap_or(capacity);
         if transfer_len == 0 {
-            return Err(Error::invalid("transfer_len must be non-zero"));
+            return Err(Error::zero_length("read (transfer_len)"));
         }
         if transfer_len as usize > g.capacity {
             return Err(Error::new(ErrorKind::BufferTooSmall {
@@ -177,14 +181,14 @@ impl ContinuousReaderBuilder {
         }
         match self.dispatch {
             Dispatch::Workers(0) => {
-                return Err(Error::invalid(
-                    "Dispatch::Workers needs at least one worker",
-                ))
+                return Err(Error::out_of_range("Dispatch::Workers", 1, g.slots as u64))
             }
             Dispatch::Workers(n) if n > g.slots => {
-                return Err(Error::invalid(
-                    "Dispatch::Workers: more workers than the pool has slots",
-                ))
+                return Err(Error::new(ErrorKind::PoolTooSmall {
+                    what: "Dispatch::Workers",
+                    need: u32::try_from(n).unwrap_or(u32::MAX),
+                    have: g.slots as u32,
+                }))
             }
             _ => {}
         }
@@ -204,9 +208,11 @@ impl ContinuousReaderBuilder {
                 cfg.align = info.offset_align;
             }
             if (g.slots as u64) < u64::from(cfg.pending_reads) + u64::from(cfg.ordered) {
-                return Err(Error::invalid(
-                    "pool has fewer slots than pending_reads (plus one when ordered)",
-                ));
+                return Err(Error::new(ErrorKind::PoolTooSmall {
+                    what: "pending_reads (plus one when ordered)",
+                    need: cfg.pending_reads.saturating_add(u32::from(cfg.ordered)),
+                    have: g.slots as u32,
+                }));
             }
             if cfg.ordered {
                 let room = u32::try_from(g.slots - 1).unwrap_or(u32::MAX);
@@ -219,9 +225,11 @@ impl ContinuousReaderBuilder {
                 // Reads held back for ordering keep their slots: a window the pool cannot
                 // cover, plus one slot for the read that unblocks it, could deadlock.
                 if window > room {
-                    return Err(Error::invalid(
-                        "reorder_window must be below the pool's slot count",
-                    ));
+                    return Err(Error::new(ErrorKind::PoolTooSmall {
+                        what: "reorder_window (plus one)",
+                        need: window.saturating_add(1),
+                        have: g.slots as u32,
+                    }));
                 }
                 cfg.reorder_window = Some(window);
             } else {
@@ -229,7 +237,10 @@ impl ContinuousReaderBuilder {
             }
         } else if info.kind.is_stream() {
             if cfg.start != 0 || cfg.end.is_some() {
-                return Err(Error::invalid("a byte range needs a file or block device"));
+                return Err(Error::wrong_kind(
+                    "a file or block device (for a byte range)",
+                    info.kind,
+                ));
             }
             multishot = self
                 .stream_reads
@@ -243,8 +254,9 @@ impl ContinuousReaderBuilder {
                 .multishot(multishot && !probing)
                 .max_unacked(cfg.max_unacked);
         } else {
-            return Err(Error::invalid(
-                "unsupported source: needs a file, block device, pipe, FIFO, socket or tty",
+            return Err(Error::wrong_kind(
+                "a file, block device, pipe, FIFO, socket or tty",
+                info.kind,
             ));
         }
         let machine = ReaderMachine::new(cfg)?;

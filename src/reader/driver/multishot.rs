@@ -31,11 +31,11 @@ pub enum StreamReads {
     SingleShot,
     /// Multishot whenever the source allows it (single-shot reads for a file that cannot
     /// be read without blocking, see above); [`ErrorKind::Unsupported`] at build when
-    /// the ring cannot, [`ErrorKind::InvalidInput`] when the pool has more than 65536
+    /// the ring cannot, [`ErrorKind::OutOfRange`] when the pool has more than 65536
     /// slots (provided-buffer ids are 16 bits; `Auto` reads such a pool single-shot).
     ///
     /// [`ErrorKind::Unsupported`]: crate::ErrorKind::Unsupported
-    /// [`ErrorKind::InvalidInput`]: crate::ErrorKind::InvalidInput
+    /// [`ErrorKind::OutOfRange`]: crate::ErrorKind::OutOfRange
     Multishot,
 }
 
@@ -55,8 +55,10 @@ impl StreamReads {
             StreamReads::Multishot if !can => {
                 Err(Error::unsupported("IORING_OP_READ_MULTISHOT (Linux 6.7)"))
             }
-            StreamReads::Multishot if !fits => Err(Error::invalid(
-                "multishot reads need a pool of at most 65536 slots",
+            StreamReads::Multishot if !fits => Err(Error::out_of_range(
+                "slots of a multishot reader's pool",
+                1,
+                1 << 16,
             )),
             StreamReads::Multishot => Ok(true),
         }

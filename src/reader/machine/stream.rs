@@ -2,8 +2,8 @@
 //! readiness poll after `EAGAIN`, or one armed multishot read whose completions each carry
 //! a provided buffer.
 
-use super::{reject, OpKind, Phase, ReaderMachine};
-use crate::error::{Error, Result};
+use super::{OpKind, Phase, ReaderMachine};
+use crate::error::{Error, ErrorKind, Result};
 use crate::reader::events::{ReaderAction, Seq};
 
 impl ReaderMachine {
@@ -46,17 +46,15 @@ impl ReaderMachine {
     ) -> Result<()> {
         let i = self.find_op(seq)?;
         let OpKind::Multishot { len } = self.ops[i].kind else {
-            return Err(reject(
-                "MultishotDone for an operation that is not a multishot read",
-            ));
+            return Err(Error::new(ErrorKind::EventMismatch));
         };
         if result.is_ok_and(|n| n > len) {
-            return Err(reject(
-                "completion reports more bytes than the provided buffer holds",
-            ));
+            return Err(Error::new(ErrorKind::ExcessBytes));
         }
         if result.is_ok_and(|n| n > 0) && buf_id.is_none() {
-            return Err(reject("multishot data completion without a buffer id"));
+            return Err(Error::invalid(
+                "multishot data completion without a buffer id",
+            ));
         }
         let cancelling = self.ops[i].cancelling;
         if !more {
@@ -109,7 +107,7 @@ impl ReaderMachine {
     pub(super) fn on_poll_done(&mut self, seq: Seq, result: Result<u32>) -> Result<()> {
         let i = self.find_op(seq)?;
         if self.ops[i].kind != OpKind::Poll {
-            return Err(reject("PollDone for an operation that is not a poll"));
+            return Err(Error::new(ErrorKind::EventMismatch));
         }
         self.ops.swap_remove(i);
         if let Err(e) = result {

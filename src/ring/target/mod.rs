@@ -36,47 +36,7 @@ pub(crate) fn addressable(offset: u64, len: u64) -> bool {
         .is_some_and(|end| i64::try_from(end).is_ok())
 }
 
-/// What kind of file a target is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FdKind {
-    /// A regular file: positional I/O.
-    File,
-    /// A block device: positional I/O.
-    BlockDevice,
-    /// A pipe or named FIFO: a stream.
-    Pipe,
-    /// A socket: a stream.
-    Socket,
-    /// A terminal (pty, serial tty): a stream.
-    Tty,
-    /// Another character device: a stream.
-    CharDevice,
-    /// A directory: no transfers; `fsync` (to make its entries durable) and poll.
-    Directory,
-    /// Anything else (eventfd, epoll, timerfd, signalfd, ...): no transfers; poll only.
-    Other,
-}
-
-impl FdKind {
-    /// Whether reads and writes take a file offset (regular files and block devices).
-    pub fn is_seekable(self) -> bool {
-        matches!(self, FdKind::File | FdKind::BlockDevice)
-    }
-
-    /// Whether reads and writes make sense on it: seekable or a stream (not a directory,
-    /// not an eventfd or other anonymous inode).
-    pub fn is_transferable(self) -> bool {
-        self.is_seekable() || self.is_stream()
-    }
-
-    /// Whether this is a FIFO-like source: pipe, FIFO, socket, tty, character device.
-    pub fn is_stream(self) -> bool {
-        matches!(
-            self,
-            FdKind::Pipe | FdKind::Socket | FdKind::Tty | FdKind::CharDevice
-        )
-    }
-}
+pub use crate::error::FdKind;
 
 /// Facts about a target, read once when it is registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,9 +97,7 @@ impl FdInfo {
     /// silently ignored. [`Op::write_cursor`](super::Op::write_cursor) appends there.
     pub(crate) fn check_positional_write(&self) -> Result<()> {
         if self.append && self.kind.is_seekable() {
-            return Err(Error::invalid(
-                "positional write on an O_APPEND target (it would land at the end; use write_cursor)",
-            ));
+            return Err(Error::new(crate::ErrorKind::AppendOnly));
         }
         Ok(())
     }
