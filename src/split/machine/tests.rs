@@ -414,7 +414,8 @@ mod model {
         let deadline = (rng.u64(..2) == 0).then_some(Duration::from_millis(1));
         // The oracle checks every action and event: completion once, after the last
         // child and the timer; status, bytes and transferred; nothing moved twice.
-        let mut o = SplitOracle::new(p, mode, direction, start, len, deadline).unwrap();
+        let m = SplitMachine::new(p, mode, direction, start, len, deadline).unwrap();
+        let mut o = SplitOracle::new(m).unwrap();
         let check = |r: crate::split::oracle::Check| {
             r.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         };
