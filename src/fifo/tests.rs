@@ -63,15 +63,16 @@ fn start(m: &mut FifoMachine, len: u32) -> TxnId {
 
 const DEADLINE: Duration = Duration::from_secs(1);
 
-/// A receive with a deadline: `Begin`, then `ArmTimer`.
-fn start_with_deadline(m: &mut FifoMachine, len: u32) -> TxnId {
+/// A machine with a receive with a deadline: `Begin`, then `ArmTimer`.
+fn with_deadline(len: u32) -> (FifoMachine, TxnId) {
+    let mut m = FifoMachine::new();
     let txn = m.receive(len, Some(DEADLINE)).unwrap();
     assert_eq!(m.poll_action(), Some(FifoAction::Begin { txn, len }));
     assert_eq!(
         m.poll_action(),
         Some(FifoAction::ArmTimer { after: DEADLINE })
     );
-    txn
+    (m, txn)
 }
 
 const POLLIN: u32 = libc::POLLIN as u32;
@@ -115,8 +116,7 @@ fn hangup_with_nothing_readable_completes_with_hangup() {
 
 #[test]
 fn cancel_while_read_in_flight_counts_the_reads_bytes() {
-    let mut m = FifoMachine::new();
-    let txn = start_with_deadline(&mut m, 10);
+    let (mut m, txn) = with_deadline(10);
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::Cancel { txn }).unwrap();
     assert_eq!(
@@ -136,8 +136,7 @@ fn cancel_while_read_in_flight_counts_the_reads_bytes() {
 
 #[test]
 fn deadline_while_polling_times_out_after_the_poll_returns() {
-    let mut m = FifoMachine::new();
-    let txn = start_with_deadline(&mut m, 10);
+    let (mut m, txn) = with_deadline(10);
     read(&mut m, Ok(2));
     read(&mut m, errno(libc::EAGAIN));
     let p = expect_poll(&mut m);
@@ -151,8 +150,7 @@ fn deadline_while_polling_times_out_after_the_poll_returns() {
 
 #[test]
 fn a_transaction_that_ends_by_itself_cancels_its_timer_and_waits_for_it() {
-    let mut m = FifoMachine::new();
-    let txn = start_with_deadline(&mut m, 4);
+    let (mut m, txn) = with_deadline(4);
     read(&mut m, Ok(4));
     assert_eq!(actions(&mut m), [FifoAction::CancelTimer]);
     assert!(m.has_op_in_flight(), "the timer is still in flight");
@@ -166,8 +164,7 @@ fn a_transaction_that_ends_by_itself_cancels_its_timer_and_waits_for_it() {
 
 #[test]
 fn a_refused_timer_leaves_the_transaction_without_a_deadline() {
-    let mut m = FifoMachine::new();
-    let txn = start_with_deadline(&mut m, 4);
+    let (mut m, txn) = with_deadline(4);
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::TimerCancelled { txn }).unwrap();
     assert!(actions(&mut m).is_empty());
@@ -184,8 +181,7 @@ fn a_refused_timer_leaves_the_transaction_without_a_deadline() {
 
 #[test]
 fn cancel_with_a_deadline_cancels_the_operation_and_the_timer() {
-    let mut m = FifoMachine::new();
-    let txn = start_with_deadline(&mut m, 10);
+    let (mut m, txn) = with_deadline(10);
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::ReadEmpty { seq: s }).unwrap();
     let p = expect_poll(&mut m);
@@ -442,51 +438,53 @@ impl Script {
 /// The obvious blocking loop: read until full; on EAGAIN wait once and read again.
 fn naive(len: u32, drain: bool, s: &Script) -> (FifoStatus, u32, u32) {
     let (mut bytes, mut waits, mut k, mut ri, mut pi) = (0u32, 0u32, 0usize, 0usize, 0usize);
-    let stop_at = |k: usize| s.stop.filter(|st| st.0 == k);
-    loop {
-        let stop = stop_at(k);
-        if let Some((_, status, true)) = stop {
-            return (status, bytes, waits);
-        }
+    // Start the next operation: the stop due while it is in flight, if any.
+    let mut next_op = || {
         k += 1;
-        let r = s.read(ri);
+        s.stop.filter(|st| st.0 == k - 1)
+    };
+    let status = loop {
+        let stop = next_op();
+        if let Some((_, status, true)) = stop {
+            break status;
+        }
         ri += 1;
-        match r {
+        match s.read(ri - 1) {
             ReadResp::Data(n) => {
                 bytes += n.min(len - bytes);
                 if bytes == len {
-                    return (FifoStatus::Full, bytes, waits);
+                    break FifoStatus::Full;
                 }
                 if let Some((_, status, _)) = stop {
-                    return (status, bytes, waits);
+                    break status;
                 }
             }
-            ReadResp::Eof => return (FifoStatus::Eof, bytes, waits),
-            ReadResp::Err(e) => return (FifoStatus::Failed(Error::from_errno(e)), bytes, waits),
+            ReadResp::Eof => break FifoStatus::Eof,
+            ReadResp::Err(e) => break FifoStatus::Failed(Error::from_errno(e)),
             ReadResp::Again => {
                 if let Some((_, status, _)) = stop {
-                    return (status, bytes, waits);
+                    break status;
                 }
                 if drain {
-                    return (FifoStatus::Drained, bytes, waits);
+                    break FifoStatus::Drained;
                 }
                 waits += 1;
-                let stop = stop_at(k);
+                let stop = next_op();
                 if let Some((_, status, true)) = stop {
-                    return (status, bytes, waits);
+                    break status;
                 }
-                k += 1;
-                let p = s.poll(pi);
                 pi += 1;
+                let p = s.poll(pi - 1);
                 if let Some((_, status, _)) = stop {
-                    return (status, bytes, waits);
+                    break status;
                 }
                 if let PollResp::HangUp = p {
-                    return (FifoStatus::HangUp, bytes, waits);
+                    break FifoStatus::HangUp;
                 }
             }
         }
-    }
+    };
+    (status, bytes, waits)
 }
 
 /// Drive the machine with the same script (with a deadline timer when the script stops
