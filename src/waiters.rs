@@ -1,10 +1,10 @@
-//! `Waiters`: the blocking slow path shared by the buffer pool (waiting for a free slot)
-//! and the completion queue (waiting for an item).
+//! `Waiters`: the blocking slow path of the buffer pool (waiting for a free slot); its wait
+//! shape ([`spin`], then [`sleep_until`]) is shared with the completion queue's sleepers.
 //!
-//! The fast paths stay lock-free: a producer (a slot returned, an item pushed) pays one
-//! fence and one relaxed load, and takes the lock only when a consumer is actually
-//! asleep. A consumer spins briefly (a producer mid-burst refills within microseconds,
-//! far sooner than a futex round trip), then registers as a waiter and sleeps.
+//! The fast paths stay lock-free: a producer (a slot returned) pays one fence and one
+//! relaxed load, and takes the lock only when a consumer is actually asleep. A consumer
+//! spins briefly (a producer mid-burst refills within microseconds, far sooner than a
+//! futex round trip), then registers as a waiter and sleeps.
 
 use std::time::{Duration, Instant};
 
