@@ -71,6 +71,8 @@ pub mod ring;
 pub mod sim;
 pub mod split;
 pub(crate) mod sync;
+#[cfg(test)]
+mod testing;
 mod waiters;
 
 // What the crate root re-exports (the rule): the ring and everything needed to submit to

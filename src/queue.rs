@@ -21,12 +21,10 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-use std::time::Instant;
-
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{fence, AtomicUsize, Condvar, Mutex, Ordering};
-use crate::waiters::deadline_after;
+use crate::waiters::{deadline_after, sleep_until, spin};
 
 #[cfg(not(loom))]
 type Inner<T> = crate::sync::ArrayQueue<T>;
@@ -386,24 +384,14 @@ impl Sleepers {
         timeout: Option<Duration>,
         mut take: impl FnMut() -> Option<T>,
     ) -> Option<T> {
-        // Spin, then yield, before sleeping: a producer mid-burst refills within
-        // microseconds, far sooner than a futex round trip. (Skipped under loom, where it
-        // would only multiply the states to explore.)
-        #[cfg(not(loom))]
-        {
-            let backoff = crossbeam_utils::Backoff::new();
-            while !backoff.is_completed() {
-                if let Some(v) = take() {
-                    return Some(v);
-                }
-                backoff.snooze();
-            }
+        if let Some(v) = spin(&mut take) {
+            return Some(v);
         }
         let deadline = timeout.and_then(deadline_after);
-        let mut gen = self.gen.lock().unwrap_or_else(|e| e.into_inner());
+        let gen = self.gen.lock().unwrap_or_else(|e| e.into_inner());
         // The generation this thread is counted in, if any.
         let mut counted: Option<u64> = None;
-        let got = loop {
+        let (gen, got) = sleep_until(&self.cv, gen, deadline, |gen| {
             if counted != Some(*gen) {
                 // Not (or no longer) counted: register, then re-check with `take` (see the
                 // type's docs). Relaxed increment: under the lock (for the other writers);
@@ -412,24 +400,8 @@ impl Sleepers {
                 self.count.fetch_add(1, Ordering::Relaxed);
                 counted = Some(*gen);
             }
-            if let Some(v) = take() {
-                break Some(v);
-            }
-            match deadline {
-                None => gen = self.cv.wait(gen).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break None;
-                    }
-                    gen = self
-                        .cv
-                        .wait_timeout(gen, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
-        };
+            take()
+        });
         if counted == Some(*gen) {
             // Still counted (no wake-up since registering): leave. Relaxed: under the lock.
             self.count.fetch_sub(1, Ordering::Relaxed);

@@ -1,14 +1,14 @@
-//! `Waiters`: the blocking slow path shared by the buffer pool (waiting for a free slot)
-//! and the completion queue (waiting for an item).
+//! `Waiters`: the blocking slow path of the buffer pool (waiting for a free slot); its wait
+//! shape ([`spin`], then [`sleep_until`]) is shared with the completion queue's sleepers.
 //!
-//! The fast paths stay lock-free: a producer (a slot returned, an item pushed) pays one
-//! fence and one relaxed load, and takes the lock only when a consumer is actually
-//! asleep. A consumer spins briefly (a producer mid-burst refills within microseconds,
-//! far sooner than a futex round trip), then registers as a waiter and sleeps.
+//! The fast paths stay lock-free: a producer (a slot returned) pays one fence and one
+//! relaxed load, and takes the lock only when a consumer is actually asleep. A consumer
+//! spins briefly (a producer mid-burst refills within microseconds, far sooner than a
+//! futex round trip), then registers as a waiter and sleeps.
 
 use std::time::{Duration, Instant};
 
-use crate::sync::{fence, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{fence, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 
 /// The instant `timeout` from now, or `None` ("never") when that is past what `Instant`
 /// can represent (e.g. `Duration::MAX`): a huge timeout waits forever, never panics.
@@ -60,50 +60,71 @@ impl Waiters {
         deadline: Option<Instant>,
         mut take: impl FnMut() -> Option<T>,
     ) -> Option<T> {
-        // Spin, then yield, before sleeping. (Skipped under loom, where it would only
-        // multiply the states to explore.)
-        #[cfg(not(loom))]
-        {
-            let backoff = crossbeam_utils::Backoff::new();
-            while !backoff.is_completed() {
-                if let Some(v) = take() {
-                    return Some(v);
-                }
-                backoff.snooze();
-            }
+        if let Some(v) = spin(&mut take) {
+            return Some(v);
         }
+        // Under loom, where `spin` does nothing, one try stands for it.
         #[cfg(loom)]
         if let Some(v) = take() {
             return Some(v);
         }
-        let mut g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         // Relaxed increment + SeqCst fence: see `notify`.
         self.count.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst, "waiters.wait_until");
-        let got = loop {
-            if let Some(v) = take() {
-                break Some(v);
-            }
-            match deadline {
-                None => g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break None;
-                    }
-                    g = self
-                        .cv
-                        .wait_timeout(g, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
-        };
+        let (g, got) = sleep_until(&self.cv, g, deadline, |_| take());
         // Relaxed: the count only gates notifications; a stale non-zero value costs one
         // spurious notify.
         self.count.fetch_sub(1, Ordering::Relaxed);
         drop(g);
         got
+    }
+}
+
+/// Spin, then yield, running `take` until it yields something or the backoff is done: a
+/// producer mid-burst refills within microseconds, far sooner than a futex round trip.
+/// (Skipped under loom, where it would only multiply the states to explore.)
+pub(crate) fn spin<T>(take: &mut impl FnMut() -> Option<T>) -> Option<T> {
+    #[cfg(not(loom))]
+    {
+        let backoff = crossbeam_utils::Backoff::new();
+        while !backoff.is_completed() {
+            if let Some(v) = take() {
+                return Some(v);
+            }
+            backoff.snooze();
+        }
+    }
+    #[cfg(loom)]
+    let _ = take;
+    None
+}
+
+/// Holding `guard`'s lock, run `step` (given the guarded value) until it yields something,
+/// sleeping on `cv` between tries, or until `deadline` passes (never, if `None`). Returns
+/// the lock, still held, with what `step` yielded.
+pub(crate) fn sleep_until<'a, G, T>(
+    cv: &Condvar,
+    mut guard: MutexGuard<'a, G>,
+    deadline: Option<Instant>,
+    mut step: impl FnMut(&G) -> Option<T>,
+) -> (MutexGuard<'a, G>, Option<T>) {
+    loop {
+        if let Some(v) = step(&guard) {
+            return (guard, Some(v));
+        }
+        guard = match deadline {
+            None => cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return (guard, None);
+                }
+                cv.wait_timeout(guard, d - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
     }
 }
 

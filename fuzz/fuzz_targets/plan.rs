@@ -4,6 +4,7 @@
 //! any chunk agrees, and is total on arbitrary inputs.
 #![no_main]
 
+use iocomplete::split::oracle::naive_chunks;
 use iocomplete::split::{Chunk, TransferPlan};
 use iocomplete::ErrorKind;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -26,34 +27,14 @@ struct Input {
 /// Requests are at most 64 KiB, so the byte-by-byte reference stays cheap.
 const MAX_LEN: u64 = 1 << 16;
 
-/// The naive planner: walk the request byte by byte; a byte joins the current chunk unless
-/// that would break a limit.
+/// The naive planner, with the plan's limits.
 fn naive(plan: &TransferPlan, offset: u64, len: u64) -> Vec<Chunk> {
-    let boundary = plan.boundary().unwrap_or(0);
     let seg = (
         plan.segment_len().unwrap_or(0),
         plan.max_segments().unwrap_or(0),
     );
-    let mut out: Vec<Chunk> = Vec::new();
-    for i in 0..len {
-        let off = offset + i;
-        let joins = out.last().is_some_and(|c| {
-            c.end() == off
-                && c.len < plan.max_chunk()
-                && (boundary == 0 || off % boundary != 0)
-                && (seg.0 == 0 || i / seg.0 < c.pos / seg.0 + u64::from(seg.1))
-        });
-        if joins {
-            out.last_mut().unwrap().len += 1;
-        } else {
-            out.push(Chunk {
-                offset: off,
-                len: 1,
-                pos: i,
-            });
-        }
-    }
-    out
+    let boundary = plan.boundary().unwrap_or(0);
+    naive_chunks(plan.max_chunk(), boundary, seg, offset, len)
 }
 
 fuzz_target!(|i: Input| {

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use iocomplete::split::oracle::{Check, SplitOracle};
-use iocomplete::split::{ChildId, Mode, TransferPlan};
+use iocomplete::split::{ChildId, Mode, SplitMachine, TransferPlan};
 use iocomplete::Direction;
 use iocomplete::Error;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -158,7 +158,8 @@ fuzz_target!(|i: Input| {
     };
     let (offset, len) = (u64::from(i.offset), u64::from(i.len) % (MAX_LEN + 1));
     let deadline = i.deadline.then_some(Duration::from_millis(5));
-    let mut o = match SplitOracle::new(plan, mode, direction, offset, len, deadline) {
+    let m = SplitMachine::new(plan, mode, direction, offset, len, deadline);
+    let mut o = match m.and_then(SplitOracle::new) {
         Ok(o) => o,
         Err(_) => {
             assert!(

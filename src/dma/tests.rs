@@ -21,11 +21,39 @@ fn submits(actions: &[DmaAction]) -> Vec<Transfer> {
         .collect()
 }
 
+/// Drain the actions: the transfers they submit.
+fn submitted<S: AsRef<[Segment]>>(tx: &mut Transaction<S>) -> Vec<Transfer> {
+    submits(&drain(tx))
+}
+
 fn completion(actions: &[DmaAction]) -> Option<DmaOutcome> {
     actions.iter().find_map(|a| match a {
         DmaAction::Complete(c) => Some(*c),
         _ => None,
     })
+}
+
+/// Drain the actions: the completion they must hold.
+fn done<S: AsRef<[Segment]>>(tx: &mut Transaction<S>) -> DmaOutcome {
+    completion(&drain(tx)).unwrap()
+}
+
+/// Success with `bytes` moved.
+const fn ok(bytes: u64) -> DmaOutcome {
+    DmaOutcome {
+        status: Ok(()),
+        bytes,
+    }
+}
+
+/// Segments from (device offset, length) pairs.
+fn segs<const N: usize>(list: [(u64, u64); N]) -> [Segment; N] {
+    list.map(|(offset, len)| Segment::new(offset, len))
+}
+
+/// A read of `segs`.
+fn read_tx(segs: &[Segment], config: DmaConfig) -> Transaction<&[Segment]> {
+    Transaction::new(segs, Direction::Read, config).unwrap()
 }
 
 fn pieces(t: &Transfer, segs: &[Segment]) -> Vec<(usize, u64, u64)> {
@@ -144,13 +172,9 @@ fn planning_matches_naive_model() {
 
 #[test]
 fn serial_transfers_report_final_once_and_buffers_wait_for_it() {
-    let segs = [
-        Segment::new(0, 100),
-        Segment::new(100, 50),
-        Segment::new(500, 30),
-    ];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
-    let a = submits(&drain(&mut tx));
+    let segs = segs([(0, 100), (100, 50), (500, 30)]);
+    let mut tx = read_tx(&segs, DmaConfig::new());
+    let a = submitted(&mut tx);
     assert_eq!(a.len(), 1, "one transfer at a time by default");
     assert_eq!(
         (a[0].device_offset, a[0].len, pieces(&a[0], &segs)),
@@ -158,30 +182,20 @@ fn serial_transfers_report_final_once_and_buffers_wait_for_it() {
     );
     assert!(!tx.buffers_releasable());
     assert!(!tx.transfer_completed(a[0].id, OK, 150).unwrap());
-    let b = submits(&drain(&mut tx));
+    let b = submitted(&mut tx);
     assert_eq!((b[0].device_offset, b[0].len), (500, 30));
     assert!(!tx.buffers_releasable());
     assert!(tx.transfer_completed(b[0].id, OK, 30).unwrap());
     assert!(tx.buffers_releasable());
-    let c = completion(&drain(&mut tx)).unwrap();
-    assert_eq!(
-        c,
-        DmaOutcome {
-            status: Ok(()),
-            bytes: 180
-        }
-    );
+    let c = done(&mut tx);
+    assert_eq!(c, ok(180));
     assert_eq!(tx.status(), Some(Status::Success));
     assert_eq!(tx.outcome(), Some(c));
 }
 
 #[test]
 fn long_segment_is_split_and_segment_count_bounded() {
-    let segs = [
-        Segment::new(0, 10),
-        Segment::new(10, 10),
-        Segment::new(20, 25),
-    ];
+    let segs = segs([(0, 10), (10, 10), (20, 25)]);
     let cfg = DmaConfig::new().max_transfer(16).max_segments(2);
     let got = run_full(&segs, cfg);
     let want: Vec<Shape> = vec![
@@ -198,33 +212,29 @@ fn long_segment_is_split_and_segment_count_bounded() {
 
 #[test]
 fn short_transfer_continues_mid_segment() {
-    let segs = [
-        Segment::new(0, 10),
-        Segment::new(10, 10),
-        Segment::new(20, 10),
-    ];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
-    let t = submits(&drain(&mut tx))[0];
+    let segs = segs([(0, 10), (10, 10), (20, 10)]);
+    let mut tx = read_tx(&segs, DmaConfig::new());
+    let t = submitted(&mut tx)[0];
     assert_eq!(t.segment_count, 3);
     assert!(!tx.transfer_completed(t.id, OK, 13).unwrap());
-    let r = submits(&drain(&mut tx))[0];
+    let r = submitted(&mut tx)[0];
     assert_ne!(r.id, t.id);
     assert_eq!((r.device_offset, r.len, r.segment_count), (13, 17, 2));
     assert_eq!(pieces(&r, &segs), [(1, 3, 7), (2, 0, 10)]);
     assert!(!tx.transfer_completed(r.id, OK, 7).unwrap());
-    let r = submits(&drain(&mut tx))[0];
+    let r = submitted(&mut tx)[0];
     assert_eq!(pieces(&r, &segs), [(2, 0, 10)]);
     assert!(tx.transfer_completed(r.id, OK, 10).unwrap());
-    assert_eq!(completion(&drain(&mut tx)).unwrap().bytes, 30);
+    assert_eq!(done(&mut tx).bytes, 30);
 }
 
 #[test]
 fn error_ends_the_transaction_with_its_errno() {
-    let segs = [Segment::new(0, 10), Segment::new(100, 10)];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
-    let t = submits(&drain(&mut tx))[0];
+    let segs = segs([(0, 10), (100, 10)]);
+    let mut tx = read_tx(&segs, DmaConfig::new());
+    let t = submitted(&mut tx)[0];
     assert!(tx.transfer_completed(t.id, errno(libc::EIO), 4).unwrap());
-    let c = completion(&drain(&mut tx)).unwrap();
+    let c = done(&mut tx);
     assert_eq!(c.status, Err(Error::from_errno(libc::EIO)));
     assert_eq!(c.bytes, 4);
 }
@@ -233,28 +243,24 @@ fn error_ends_the_transaction_with_its_errno() {
 /// and still beats an earlier cancel.
 #[test]
 fn a_typed_error_reaches_the_outcome_unchanged() {
-    let segs = [Segment::new(0, 10), Segment::new(100, 10)];
+    let segs = segs([(0, 10), (100, 10)]);
     let cfg = DmaConfig::new().max_in_flight(2);
-    let mut tx = Transaction::new(&segs[..], Direction::Read, cfg).unwrap();
-    let ts = submits(&drain(&mut tx));
+    let mut tx = read_tx(&segs, cfg);
+    let ts = submitted(&mut tx);
     assert!(!tx.cancel());
     let stale = Error::new(ErrorKind::StaleTarget);
     assert!(!tx.transfer_completed(ts[0].id, Err(stale), 0).unwrap());
     assert!(tx.transfer_completed(ts[1].id, OK, 10).unwrap());
-    let c = completion(&drain(&mut tx)).unwrap();
+    let c = done(&mut tx);
     assert_eq!((c.status, c.bytes), (Err(stale), 10));
 }
 
 #[test]
 fn error_overrides_an_earlier_stop_and_first_error_wins() {
-    let segs = [
-        Segment::new(0, 10),
-        Segment::new(100, 10),
-        Segment::new(200, 10),
-    ];
+    let segs = segs([(0, 10), (100, 10), (200, 10)]);
     let cfg = DmaConfig::new().max_in_flight(3);
-    let mut tx = Transaction::new(&segs[..], Direction::Read, cfg).unwrap();
-    let ts = submits(&drain(&mut tx));
+    let mut tx = read_tx(&segs, cfg);
+    let ts = submitted(&mut tx);
     assert_eq!(ts.len(), 3);
     assert!(!tx.cancel());
     assert_eq!(
@@ -272,7 +278,7 @@ fn error_overrides_an_earlier_stop_and_first_error_wins() {
         .unwrap());
     assert!(!tx.buffers_releasable(), "transfer 2 still in flight");
     assert!(tx.transfer_completed(ts[2].id, OK, 10).unwrap());
-    let c = completion(&drain(&mut tx)).unwrap();
+    let c = done(&mut tx);
     assert_eq!(c.status, Err(Error::from_errno(libc::EIO)));
     assert_eq!(
         c.bytes, 10,
@@ -282,10 +288,10 @@ fn error_overrides_an_earlier_stop_and_first_error_wins() {
 
 #[test]
 fn stop_drains_in_flight_transfers_first() {
-    let segs = [Segment::new(0, 100)];
+    let segs = segs([(0, 100)]);
     let cfg = DmaConfig::new().max_transfer(10).max_in_flight(2);
     let mut tx = Transaction::new(&segs[..], Direction::Write, cfg).unwrap();
-    let ts = submits(&drain(&mut tx));
+    let ts = submitted(&mut tx);
     assert!(!tx.transfer_completed(ts[0].id, OK, 10).unwrap());
     // Transfer 2 is queued (not polled) in slot 0: the cancel withdraws it.
     assert!(!tx.cancel());
@@ -295,7 +301,7 @@ fn stop_drains_in_flight_transfers_first() {
     // The cancelled transfer raced and moved 6 bytes.
     assert!(tx.transfer_completed(ts[1].id, CANCELLED, 6).unwrap());
     assert!(tx.buffers_releasable());
-    let c = completion(&drain(&mut tx)).unwrap();
+    let c = done(&mut tx);
     assert!(c.status.unwrap_err().is_cancelled());
     assert_eq!(c.bytes, 16);
     assert_eq!(tx.bytes_transferred(), 16);
@@ -304,8 +310,8 @@ fn stop_drains_in_flight_transfers_first() {
 
 #[test]
 fn stop_before_anything_was_submitted_ends_at_once() {
-    let segs = [Segment::new(0, 100)];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
+    let segs = segs([(0, 100)]);
+    let mut tx = read_tx(&segs, DmaConfig::new());
     assert!(tx.cancel());
     let a = drain(&mut tx);
     assert_eq!(
@@ -319,117 +325,83 @@ fn stop_before_anything_was_submitted_ends_at_once() {
 
 #[test]
 fn timeout_cancels_and_completes_timed_out() {
-    let segs = [Segment::new(0, 100)];
-    let mut tx =
-        Transaction::new(&segs[..], Direction::Read, DmaConfig::new().timer(true)).unwrap();
-    let t = submits(&drain(&mut tx))[0];
+    let segs = segs([(0, 100)]);
+    let mut tx = read_tx(&segs, DmaConfig::new().timer(true));
+    let t = submitted(&mut tx)[0];
     assert!(!tx.timeout().unwrap());
     assert_eq!(drain(&mut tx), [DmaAction::Cancel(t.id)]);
     assert_eq!(tx.timeout(), Err(NO_TIMER_ERR));
     assert!(tx.transfer_completed(t.id, CANCELLED, 0).unwrap());
-    let c = completion(&drain(&mut tx)).unwrap();
-    assert!(c.status.unwrap_err().is_timed_out());
+    assert!(done(&mut tx).status.unwrap_err().is_timed_out());
 }
 
 const NO_TIMER_ERR: Error = Error::new(ErrorKind::NotInProgress { what: "dma timer" });
 
+/// The final transfer comes back first: the timer is queued, so the transaction asks for
+/// it to be stopped and waits. Its cancellation completes the transaction; a timer that
+/// fires after all loses.
 #[test]
-fn final_transfer_first_then_timer_cancel_completes() {
-    let segs = [Segment::new(0, 100)];
-    let mut tx =
-        Transaction::new(&segs[..], Direction::Read, DmaConfig::new().timer(true)).unwrap();
-    let t = submits(&drain(&mut tx))[0];
-    assert!(tx.transfer_completed(t.id, OK, 100).unwrap());
-    // The timer is queued: the transaction asks for it to be stopped and waits.
-    assert_eq!(drain(&mut tx), [DmaAction::CancelTimer]);
-    assert!(tx.buffers_releasable() && !tx.is_complete());
-    tx.timer_cancelled().unwrap();
-    let c = completion(&drain(&mut tx)).unwrap();
-    assert_eq!(
-        c,
-        DmaOutcome {
-            status: Ok(()),
-            bytes: 100
+fn final_transfer_first_then_the_timer_is_cancelled_or_loses() {
+    for fires in [false, true] {
+        let segs = segs([(0, 100)]);
+        let mut tx = read_tx(&segs, DmaConfig::new().timer(true));
+        let t = submitted(&mut tx)[0];
+        assert!(tx.transfer_completed(t.id, OK, 100).unwrap());
+        assert_eq!(drain(&mut tx), [DmaAction::CancelTimer]);
+        assert!(tx.buffers_releasable() && !tx.is_complete());
+        if fires {
+            assert!(!tx.timeout().unwrap(), "the DMA part already ended");
+        } else {
+            tx.timer_cancelled().unwrap();
         }
-    );
-    assert_eq!(tx.timer_cancelled(), Err(NO_TIMER_ERR));
-}
-
-#[test]
-fn timer_that_fires_after_the_final_transfer_loses() {
-    let segs = [Segment::new(0, 100)];
-    let mut tx =
-        Transaction::new(&segs[..], Direction::Read, DmaConfig::new().timer(true)).unwrap();
-    let t = submits(&drain(&mut tx))[0];
-    assert!(tx.transfer_completed(t.id, OK, 100).unwrap());
-    assert_eq!(drain(&mut tx), [DmaAction::CancelTimer]);
-    assert!(!tx.timeout().unwrap(), "the DMA part already ended");
-    let c = completion(&drain(&mut tx)).unwrap();
-    assert_eq!(c.status, Ok(()));
+        assert_eq!(done(&mut tx), ok(100), "fires: {fires}");
+        assert_eq!(tx.timer_cancelled(), Err(NO_TIMER_ERR));
+    }
 }
 
 #[test]
 fn completed_final_ends_early() {
-    let segs = [Segment::new(0, 10), Segment::new(100, 10)];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
-    let t = submits(&drain(&mut tx))[0];
+    let segs = segs([(0, 10), (100, 10)]);
+    let mut tx = read_tx(&segs, DmaConfig::new());
+    let t = submitted(&mut tx)[0];
     assert!(tx.completed_final(t.id, OK, 7).unwrap());
-    let c = completion(&drain(&mut tx)).unwrap();
-    assert_eq!(
-        c,
-        DmaOutcome {
-            status: Ok(()),
-            bytes: 7
-        }
-    );
+    assert_eq!(done(&mut tx), ok(7));
 }
 
 #[test]
 fn read_eof_ends_ok_short_and_lets_earlier_transfers_drain() {
-    let segs = [
-        Segment::new(0, 10),
-        Segment::new(10, 10),
-        Segment::new(20, 10),
-    ];
+    let segs = segs([(0, 10), (10, 10), (20, 10)]);
     let cfg = DmaConfig::new().max_transfer(10).max_in_flight(3);
-    let mut tx = Transaction::new(&segs[..], Direction::Read, cfg).unwrap();
-    let ts = submits(&drain(&mut tx));
+    let mut tx = read_tx(&segs, cfg);
+    let ts = submitted(&mut tx);
     // The file ends at 14: the last transfer reads nothing, the middle one is short.
     assert!(!tx.transfer_completed(ts[2].id, OK, 0).unwrap());
     assert_eq!(drain(&mut tx), [], "nothing cancelled at end of file");
     // Short below the known end (20): the rest continues, and finds the real end.
     assert!(!tx.transfer_completed(ts[1].id, OK, 4).unwrap());
-    let rest = submits(&drain(&mut tx));
+    let rest = submitted(&mut tx);
     assert_eq!((rest[0].device_offset, rest[0].len), (14, 6));
     assert!(!tx.transfer_completed(rest[0].id, OK, 0).unwrap());
     assert!(tx.transfer_completed(ts[0].id, OK, 10).unwrap());
-    let c = completion(&drain(&mut tx)).unwrap();
-    assert_eq!(
-        c,
-        DmaOutcome {
-            status: Ok(()),
-            bytes: 14
-        }
-    );
+    assert_eq!(done(&mut tx), ok(14));
 }
 
 #[test]
 fn write_of_zero_bytes_fails() {
-    let segs = [Segment::new(0, 10)];
+    let segs = segs([(0, 10)]);
     let mut tx = Transaction::new(&segs[..], Direction::Write, DmaConfig::new()).unwrap();
-    let t = submits(&drain(&mut tx))[0];
+    let t = submitted(&mut tx)[0];
     assert!(tx.transfer_completed(t.id, OK, 0).unwrap());
-    let c = completion(&drain(&mut tx)).unwrap();
-    assert_eq!(c.status, Err(Error::from_errno(libc::EIO)));
+    assert_eq!(done(&mut tx).status, Err(Error::from_errno(libc::EIO)));
 }
 
 #[test]
 fn impossible_events_are_rejected_and_change_nothing() {
-    let segs = [Segment::new(0, 10), Segment::new(50, 10)];
-    let mut tx = Transaction::new(&segs[..], Direction::Read, DmaConfig::new()).unwrap();
+    let segs = segs([(0, 10), (50, 10)]);
+    let mut tx = read_tx(&segs, DmaConfig::new());
     // Queued, not yet polled: cannot have completed.
     assert!(tx.transfer_completed(TransferId::new(0), OK, 10).is_err());
-    let t = submits(&drain(&mut tx))[0];
+    let t = submitted(&mut tx)[0];
     assert!(tx.transfer_completed(TransferId::new(99), OK, 1).is_err());
     assert!(tx.transfer_completed(t.id, OK, 11).is_err());
     assert!(tx.timeout().is_err(), "no timer armed");
@@ -445,7 +417,7 @@ fn impossible_events_are_rejected_and_change_nothing() {
 
 #[test]
 fn config_and_list_are_validated() {
-    let segs = [Segment::new(0, 10)];
+    let segs = segs([(0, 10)]);
     for cfg in [
         DmaConfig::new().max_transfer(0),
         DmaConfig::new().max_transfer(MAX_TRANSFER + 1),
@@ -503,10 +475,10 @@ fn check_segment_prefixes<S: AsRef<[Segment]>>(tx: &Transaction<S>, moved: &[Vec
 #[test]
 fn a_segments_count_is_the_prefix_that_moved_whatever_the_order() {
     // One 30-byte segment cut into three 10-byte transfers, all in flight at once.
-    let segs = [Segment::new(0, 30)];
+    let segs = segs([(0, 30)]);
     let cfg = DmaConfig::new().max_transfer(10).max_in_flight(3);
-    let mut tx = Transaction::new(&segs[..], Direction::Read, cfg).unwrap();
-    let ts = submits(&drain(&mut tx));
+    let mut tx = read_tx(&segs, cfg);
+    let ts = submitted(&mut tx);
     assert_eq!(ts.len(), 3);
     assert_eq!(tx.segment_moved(0), 0);
     // The second and third land first: not a prefix yet.
@@ -516,7 +488,7 @@ fn a_segments_count_is_the_prefix_that_moved_whatever_the_order() {
     // The first is short: 4 bytes; its rest goes again.
     assert!(!tx.transfer_completed(ts[0].id, OK, 4).unwrap());
     assert_eq!(tx.segment_moved(0), 4);
-    let rest = submits(&drain(&mut tx));
+    let rest = submitted(&mut tx);
     assert_eq!(pieces(&rest[0], &segs), [(0, 4, 6)]);
     // A cancel now: the rest is cancelled and never moves. The segment holds 4 bytes that
     // are a prefix, a gap, then 20 bytes that moved but are not counted.
@@ -526,7 +498,7 @@ fn a_segments_count_is_the_prefix_that_moved_whatever_the_order() {
     assert_eq!(tx.segment_moved(0), 4);
     assert_eq!(tx.segment_moved(1), 0, "past the list");
     assert_eq!(tx.bytes_transferred(), 24);
-    assert_eq!(completion(&drain(&mut tx)).unwrap().bytes, 24);
+    assert_eq!(done(&mut tx).bytes, 24);
 }
 
 /// A simulated device drives random transactions with short transfers, errors, cancels,

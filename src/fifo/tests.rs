@@ -26,6 +26,27 @@ fn expect_poll(m: &mut FifoMachine) -> FifoSeq {
     }
 }
 
+fn read_done(m: &mut FifoMachine, seq: FifoSeq, result: Result<u32>) {
+    m.handle(FifoEvent::ReadDone { seq, result }).unwrap();
+}
+
+fn poll_done(m: &mut FifoMachine, seq: FifoSeq, result: Result<u32>) {
+    m.handle(FifoEvent::PollDone { seq, result }).unwrap();
+}
+
+/// Expect a `Read` and complete it with `result`; returns where it read: (at, len).
+fn read(m: &mut FifoMachine, result: Result<u32>) -> (u32, u32) {
+    let (seq, at, len) = expect_read(m);
+    read_done(m, seq, result);
+    (at, len)
+}
+
+/// Expect an `ArmPoll` and complete it with `result`.
+fn poll(m: &mut FifoMachine, result: Result<u32>) {
+    let seq = expect_poll(m);
+    poll_done(m, seq, result);
+}
+
 fn expect_end(m: &mut FifoMachine, bytes: u32) -> FifoOutcome {
     let a = actions(m);
     match a[..] {
@@ -42,15 +63,16 @@ fn start(m: &mut FifoMachine, len: u32) -> TxnId {
 
 const DEADLINE: Duration = Duration::from_secs(1);
 
-/// A receive with a deadline: `Begin`, then `ArmTimer`.
-fn start_with_deadline(m: &mut FifoMachine, len: u32) -> TxnId {
+/// A machine with a receive with a deadline: `Begin`, then `ArmTimer`.
+fn with_deadline(len: u32) -> (FifoMachine, TxnId) {
+    let mut m = FifoMachine::new();
     let txn = m.receive(len, Some(DEADLINE)).unwrap();
     assert_eq!(m.poll_action(), Some(FifoAction::Begin { txn, len }));
     assert_eq!(
         m.poll_action(),
         Some(FifoAction::ArmTimer { after: DEADLINE })
     );
-    txn
+    (m, txn)
 }
 
 const POLLIN: u32 = libc::POLLIN as u32;
@@ -67,19 +89,8 @@ fn errno(e: i32) -> Result<u32> {
 fn eof_before_len_completes_with_bytes_and_eof_status() {
     let mut m = FifoMachine::new();
     start(&mut m, 10);
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: Ok(4),
-    })
-    .unwrap();
-    let (s, at, len) = expect_read(&mut m);
-    assert_eq!((at, len), (4, 6));
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: Ok(0),
-    })
-    .unwrap();
+    read(&mut m, Ok(4));
+    assert_eq!(read(&mut m, Ok(0)), (4, 6));
     let o = expect_end(&mut m, 4);
     assert_eq!(o.status, FifoStatus::Eof);
     assert_eq!(
@@ -92,37 +103,12 @@ fn eof_before_len_completes_with_bytes_and_eof_status() {
 fn hangup_with_nothing_readable_completes_with_hangup() {
     let mut m = FifoMachine::new();
     start(&mut m, 10);
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: errno(libc::EAGAIN),
-    })
-    .unwrap();
-    let p = expect_poll(&mut m);
+    read(&mut m, errno(libc::EAGAIN));
     // POLLIN|POLLHUP: data is still there, read it.
-    m.handle(FifoEvent::PollDone {
-        seq: p,
-        result: Ok(POLLIN | POLLHUP),
-    })
-    .unwrap();
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: Ok(3),
-    })
-    .unwrap();
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: errno(libc::EAGAIN),
-    })
-    .unwrap();
-    let p = expect_poll(&mut m);
-    m.handle(FifoEvent::PollDone {
-        seq: p,
-        result: Ok(POLLHUP),
-    })
-    .unwrap();
+    poll(&mut m, Ok(POLLIN | POLLHUP));
+    read(&mut m, Ok(3));
+    read(&mut m, errno(libc::EAGAIN));
+    poll(&mut m, Ok(POLLHUP));
     let o = expect_end(&mut m, 3);
     assert_eq!((o.status, o.readiness_waits), (FifoStatus::HangUp, 2));
     assert_eq!(m.readiness_waits(), 2);
@@ -130,8 +116,7 @@ fn hangup_with_nothing_readable_completes_with_hangup() {
 
 #[test]
 fn cancel_while_read_in_flight_counts_the_reads_bytes() {
-    let mut m = FifoMachine::new();
-    let txn = start_with_deadline(&mut m, 10);
+    let (mut m, txn) = with_deadline(10);
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::Cancel { txn }).unwrap();
     assert_eq!(
@@ -140,11 +125,7 @@ fn cancel_while_read_in_flight_counts_the_reads_bytes() {
     );
     m.handle(FifoEvent::Deadline { txn }).unwrap(); // racing deadline: no second cancel
     assert!(actions(&mut m).is_empty());
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: Ok(6),
-    })
-    .unwrap();
+    read_done(&mut m, s, Ok(6));
     let o = expect_end(&mut m, 6);
     assert_eq!((o.status, o.bytes), (FifoStatus::Cancelled, 6));
     assert!(
@@ -155,28 +136,13 @@ fn cancel_while_read_in_flight_counts_the_reads_bytes() {
 
 #[test]
 fn deadline_while_polling_times_out_after_the_poll_returns() {
-    let mut m = FifoMachine::new();
-    let txn = start_with_deadline(&mut m, 10);
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: Ok(2),
-    })
-    .unwrap();
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: errno(libc::EAGAIN),
-    })
-    .unwrap();
+    let (mut m, txn) = with_deadline(10);
+    read(&mut m, Ok(2));
+    read(&mut m, errno(libc::EAGAIN));
     let p = expect_poll(&mut m);
     m.handle(FifoEvent::Deadline { txn }).unwrap();
     assert_eq!(actions(&mut m), [FifoAction::Cancel { seq: p }]);
-    m.handle(FifoEvent::PollDone {
-        seq: p,
-        result: errno(libc::ECANCELED),
-    })
-    .unwrap();
+    poll_done(&mut m, p, errno(libc::ECANCELED));
     let o = expect_end(&mut m, 2);
     assert_eq!(o.status, FifoStatus::TimedOut);
     assert!(o.into_result().unwrap_err().is_timed_out());
@@ -184,14 +150,8 @@ fn deadline_while_polling_times_out_after_the_poll_returns() {
 
 #[test]
 fn a_transaction_that_ends_by_itself_cancels_its_timer_and_waits_for_it() {
-    let mut m = FifoMachine::new();
-    let txn = start_with_deadline(&mut m, 4);
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: Ok(4),
-    })
-    .unwrap();
+    let (mut m, txn) = with_deadline(4);
+    read(&mut m, Ok(4));
     assert_eq!(actions(&mut m), [FifoAction::CancelTimer]);
     assert!(m.has_op_in_flight(), "the timer is still in flight");
     assert!(m.handle(FifoEvent::Cancel { txn }).is_ok());
@@ -204,8 +164,7 @@ fn a_transaction_that_ends_by_itself_cancels_its_timer_and_waits_for_it() {
 
 #[test]
 fn a_refused_timer_leaves_the_transaction_without_a_deadline() {
-    let mut m = FifoMachine::new();
-    let txn = start_with_deadline(&mut m, 4);
+    let (mut m, txn) = with_deadline(4);
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::TimerCancelled { txn }).unwrap();
     assert!(actions(&mut m).is_empty());
@@ -214,26 +173,15 @@ fn a_refused_timer_leaves_the_transaction_without_a_deadline() {
         "no timer now"
     );
     m.handle(FifoEvent::ReadEmpty { seq: s }).unwrap();
-    let p = expect_poll(&mut m);
-    m.handle(FifoEvent::PollDone {
-        seq: p,
-        result: Ok(POLLIN),
-    })
-    .unwrap();
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: Ok(4),
-    })
-    .unwrap();
+    poll(&mut m, Ok(POLLIN));
+    read(&mut m, Ok(4));
     let o = expect_end(&mut m, 4);
     assert_eq!((o.status, o.readiness_waits), (FifoStatus::Full, 1));
 }
 
 #[test]
 fn cancel_with_a_deadline_cancels_the_operation_and_the_timer() {
-    let mut m = FifoMachine::new();
-    let txn = start_with_deadline(&mut m, 10);
+    let (mut m, txn) = with_deadline(10);
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::ReadEmpty { seq: s }).unwrap();
     let p = expect_poll(&mut m);
@@ -242,11 +190,7 @@ fn cancel_with_a_deadline_cancels_the_operation_and_the_timer() {
         actions(&mut m),
         [FifoAction::Cancel { seq: p }, FifoAction::CancelTimer]
     );
-    m.handle(FifoEvent::PollDone {
-        seq: p,
-        result: errno(libc::ECANCELED),
-    })
-    .unwrap();
+    poll_done(&mut m, p, errno(libc::ECANCELED));
     assert!(actions(&mut m).is_empty(), "the timer is not back yet");
     m.handle(FifoEvent::TimerCancelled { txn }).unwrap();
     let o = expect_end(&mut m, 0);
@@ -260,11 +204,7 @@ fn cancelled_read_that_fills_the_buffer_is_full() {
     let (s, _, _) = expect_read(&mut m);
     m.handle(FifoEvent::Cancel { txn }).unwrap();
     actions(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: Ok(4),
-    })
-    .unwrap();
+    read_done(&mut m, s, Ok(4));
     assert_eq!(expect_end(&mut m, 4).status, FifoStatus::Full);
 }
 
@@ -272,12 +212,7 @@ fn cancelled_read_that_fills_the_buffer_is_full() {
 fn linked_timeout_etime_without_deadline_event_is_timed_out() {
     let mut m = FifoMachine::new();
     start(&mut m, 4);
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: errno(libc::ETIME),
-    })
-    .unwrap();
+    read(&mut m, errno(libc::ETIME));
     assert_eq!(expect_end(&mut m, 0).status, FifoStatus::TimedOut);
 }
 
@@ -286,19 +221,8 @@ fn drain_reads_until_eagain_without_polling() {
     let mut m = FifoMachine::new();
     let txn = m.drain(100, None).unwrap();
     assert_eq!(m.poll_action(), Some(FifoAction::Begin { txn, len: 100 }));
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: Ok(30),
-    })
-    .unwrap();
-    let (s, at, len) = expect_read(&mut m);
-    assert_eq!((at, len), (30, 70));
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: errno(libc::EAGAIN),
-    })
-    .unwrap();
+    read(&mut m, Ok(30));
+    assert_eq!(read(&mut m, errno(libc::EAGAIN)), (30, 70));
     let o = expect_end(&mut m, 30);
     assert_eq!((o.status, o.readiness_waits), (FifoStatus::Drained, 0));
     assert_eq!(o.into_result(), Ok(30));
@@ -313,12 +237,7 @@ fn one_transaction_at_a_time_and_bad_lengths_rejected() {
     let t1 = start(&mut m, 2);
     assert!(m.receive(2, None).is_err());
     assert!(m.drain(2, None).is_err());
-    let (s, _, _) = expect_read(&mut m);
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: Ok(2),
-    })
-    .unwrap();
+    read(&mut m, Ok(2));
     expect_end(&mut m, 2);
     let t2 = start(&mut m, 2);
     assert_ne!(t1, t2);
@@ -389,11 +308,7 @@ fn impossible_events_are_rejected_and_change_nothing() {
         assert!(actions(&mut m).is_empty());
         assert!(m.has_op_in_flight());
     }
-    m.handle(FifoEvent::ReadDone {
-        seq: s,
-        result: Ok(1),
-    })
-    .unwrap();
+    read_done(&mut m, s, Ok(1));
     assert!(
         m.handle(FifoEvent::ReadDone {
             seq: s,
@@ -523,51 +438,53 @@ impl Script {
 /// The obvious blocking loop: read until full; on EAGAIN wait once and read again.
 fn naive(len: u32, drain: bool, s: &Script) -> (FifoStatus, u32, u32) {
     let (mut bytes, mut waits, mut k, mut ri, mut pi) = (0u32, 0u32, 0usize, 0usize, 0usize);
-    let stop_at = |k: usize| s.stop.filter(|st| st.0 == k);
-    loop {
-        let stop = stop_at(k);
-        if let Some((_, status, true)) = stop {
-            return (status, bytes, waits);
-        }
+    // Start the next operation: the stop due while it is in flight, if any.
+    let mut next_op = || {
         k += 1;
-        let r = s.read(ri);
+        s.stop.filter(|st| st.0 == k - 1)
+    };
+    let status = loop {
+        let stop = next_op();
+        if let Some((_, status, true)) = stop {
+            break status;
+        }
         ri += 1;
-        match r {
+        match s.read(ri - 1) {
             ReadResp::Data(n) => {
                 bytes += n.min(len - bytes);
                 if bytes == len {
-                    return (FifoStatus::Full, bytes, waits);
+                    break FifoStatus::Full;
                 }
                 if let Some((_, status, _)) = stop {
-                    return (status, bytes, waits);
+                    break status;
                 }
             }
-            ReadResp::Eof => return (FifoStatus::Eof, bytes, waits),
-            ReadResp::Err(e) => return (FifoStatus::Failed(Error::from_errno(e)), bytes, waits),
+            ReadResp::Eof => break FifoStatus::Eof,
+            ReadResp::Err(e) => break FifoStatus::Failed(Error::from_errno(e)),
             ReadResp::Again => {
                 if let Some((_, status, _)) = stop {
-                    return (status, bytes, waits);
+                    break status;
                 }
                 if drain {
-                    return (FifoStatus::Drained, bytes, waits);
+                    break FifoStatus::Drained;
                 }
                 waits += 1;
-                let stop = stop_at(k);
+                let stop = next_op();
                 if let Some((_, status, true)) = stop {
-                    return (status, bytes, waits);
+                    break status;
                 }
-                k += 1;
-                let p = s.poll(pi);
                 pi += 1;
+                let p = s.poll(pi - 1);
                 if let Some((_, status, _)) = stop {
-                    return (status, bytes, waits);
+                    break status;
                 }
                 if let PollResp::HangUp = p {
-                    return (FifoStatus::HangUp, bytes, waits);
+                    break FifoStatus::HangUp;
                 }
             }
         }
-    }
+    };
+    (status, bytes, waits)
 }
 
 /// Drive the machine with the same script (with a deadline timer when the script stops
@@ -612,38 +529,30 @@ fn machine(len: u32, drain: bool, s: &Script) -> FifoOutcome {
             cancelled = takes;
         }
         k += 1;
-        let ev = if cancelled {
-            if is_read {
-                FifoEvent::ReadDone {
-                    seq,
-                    result: errno(libc::ECANCELED),
-                }
-            } else {
-                FifoEvent::PollDone {
-                    seq,
-                    result: errno(libc::ECANCELED),
-                }
-            }
+        let result = if cancelled {
+            errno(libc::ECANCELED)
         } else if is_read {
             let r = s.read(ri);
             ri += 1;
-            let result = match r {
+            match r {
                 ReadResp::Data(n) => Ok(n.min(room)),
                 ReadResp::Again => errno(libc::EAGAIN),
                 ReadResp::Eof => Ok(0),
                 ReadResp::Err(e) => errno(e),
-            };
-            FifoEvent::ReadDone { seq, result }
+            }
         } else {
             let p = s.poll(pi);
             pi += 1;
-            let result = match p {
+            match p {
                 PollResp::Ready => Ok(POLLIN),
                 PollResp::HangUp => Ok(POLLHUP),
-            };
-            FifoEvent::PollDone { seq, result }
+            }
         };
-        m.handle(ev).unwrap();
+        if is_read {
+            read_done(&mut m, seq, result);
+        } else {
+            poll_done(&mut m, seq, result);
+        }
     }
 }
 
@@ -727,28 +636,15 @@ fn random_simulated_transactions_keep_every_byte_in_order() {
 #[test]
 fn a_deadline_on_a_silent_source_is_woken_by_the_kernel_timer() {
     use std::io::Write;
-    use std::os::fd::FromRawFd;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
-    use crate::{BufferPool, Driver, Ring};
+    use crate::testing::{pipe, pool};
+    use crate::{Driver, Ring};
 
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-    assert_eq!(r, 0, "pipe2");
-    // SAFETY: pipe2 succeeded: both are open descriptors that nothing else owns.
-    let (rx, mut tx) = unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    };
+    let (rx, tx) = pipe();
+    let mut tx = std::fs::File::from(tx);
     let mut ring = Ring::new().unwrap();
-    let pool = BufferPool::builder()
-        .slots(1)
-        .slot_len(4096)
-        .build()
-        .unwrap();
+    let pool = pool(1);
     let t = ring.register(rx).unwrap();
     let mut fifo = FifoReceiver::new(&ring, t).unwrap();
     tx.write_all(b"early").unwrap();

@@ -121,16 +121,26 @@ impl Request {
     }
 }
 
-#[test]
-fn gate_transfer_vs_cancel() {
-    model(|| {
-        let r = Request::new(true, false);
-        let c = r.clone();
-        let t = thread::spawn(move || c.cancel());
+/// The transfer path (succeeding) on this thread against the cancel routine (if `cancel`)
+/// and the timer routine (if `timer`), each on a thread of its own: the request completes
+/// once, with the status whose begin-completion won.
+fn transfer_vs(cancel: bool, timer: bool) {
+    model(move || {
+        let r = Request::new(cancel, timer);
+        let (c1, c2) = (r.clone(), r.clone());
+        let cancel = cancel.then(|| thread::spawn(move || c1.cancel()));
+        let timer = timer.then(|| thread::spawn(move || c2.timer_fires()));
         r.transfer_complete(Status::Success, false);
-        t.join().unwrap();
+        for t in [cancel, timer].into_iter().flatten() {
+            t.join().unwrap();
+        }
         r.check();
     });
+}
+
+#[test]
+fn gate_transfer_vs_cancel() {
+    transfer_vs(true, false);
 }
 
 #[test]
@@ -138,28 +148,12 @@ fn gate_transfer_vs_timer_queued_never_run() {
     // Exec + timer references. Either the timer runs (TimedOut may win) or the transfer
     // path stops it while still queued and drops its reference from the cancel-timer
     // path; the request completes once either way.
-    model(|| {
-        let r = Request::new(false, true);
-        let c = r.clone();
-        let t = thread::spawn(move || c.timer_fires());
-        r.transfer_complete(Status::Success, false);
-        t.join().unwrap();
-        r.check();
-    });
+    transfer_vs(false, true);
 }
 
 #[test]
 fn gate_transfer_vs_cancel_vs_timer() {
-    model(|| {
-        let r = Request::new(true, true);
-        let (c1, c2) = (r.clone(), r.clone());
-        let cancel = thread::spawn(move || c1.cancel());
-        let timer = thread::spawn(move || c2.timer_fires());
-        r.transfer_complete(Status::Success, false);
-        cancel.join().unwrap();
-        timer.join().unwrap();
-        r.check();
-    });
+    transfer_vs(true, true);
 }
 
 #[test]
@@ -203,24 +197,55 @@ struct BrokenGate {
     refs: AtomicU64,
     started: AtomicBool,
     status: AtomicU64,
+    /// Paths whose begin-completion won (Relaxed: read after the joins).
+    winners: AtomicUsize,
+    /// How many times the request completed (Relaxed: read after the joins).
+    completions: AtomicUsize,
 }
 
 impl BrokenGate {
-    fn begin(&self, s: Status) -> bool {
+    /// Two references; begin-completion already done if `started`.
+    fn new(started: bool) -> Arc<BrokenGate> {
+        Arc::new(BrokenGate {
+            refs: AtomicU64::new(2),
+            started: AtomicBool::new(started),
+            status: AtomicU64::new(0),
+            winners: AtomicUsize::new(0),
+            completions: AtomicUsize::new(0),
+        })
+    }
+
+    fn begin(&self, s: Status) {
         if !self.started.load(Ordering::SeqCst) {
             self.status.store(s.encode(), Ordering::SeqCst);
             self.started.store(true, Ordering::SeqCst);
-            true
-        } else {
-            false
+            self.winners.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn release(&self) -> Option<u64> {
+    /// Drop a reference; the last one completes the request (reading its status).
+    fn release(&self) {
         let refs = self.refs.load(Ordering::SeqCst);
         self.refs.store(refs - 1, Ordering::SeqCst);
-        (refs == 1).then(|| self.status.load(Ordering::SeqCst))
+        if refs == 1 {
+            let _completed_with = self.status.load(Ordering::SeqCst);
+            self.completions.fetch_add(1, Ordering::Relaxed);
+        }
     }
+}
+
+/// Two paths each run `path` on one [`BrokenGate`] (begin-completion already done if
+/// `started`), one of them on another thread; `check` looks at the gate after both, in
+/// every interleaving.
+fn broken_race(started: bool, path: fn(&BrokenGate, Status), check: fn(&BrokenGate)) {
+    model(move || {
+        let gate = BrokenGate::new(started);
+        let g = gate.clone();
+        let t = thread::spawn(move || path(&g, Status::Cancelled));
+        path(&gate, Status::Success);
+        t.join().unwrap();
+        check(&gate);
+    });
 }
 
 /// Loom finds the interleaving where both paths see `started == false` and both win
@@ -228,32 +253,13 @@ impl BrokenGate {
 #[test]
 #[should_panic(expected = "two winners")]
 fn gate_broken_check_then_act_fails_under_loom() {
-    model(|| {
-        let gate = Arc::new(BrokenGate {
-            refs: AtomicU64::new(2),
-            started: AtomicBool::new(false),
-            status: AtomicU64::new(0),
-        });
-        let completions = Arc::new(AtomicUsize::new(0));
-        let winners = Arc::new(AtomicUsize::new(0));
-        let (g, n, w) = (gate.clone(), completions.clone(), winners.clone());
-        let t = thread::spawn(move || {
-            if g.begin(Status::Cancelled) {
-                w.fetch_add(1, Ordering::Relaxed);
-            }
-            if g.release().is_some() {
-                n.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        if gate.begin(Status::Success) {
-            winners.fetch_add(1, Ordering::Relaxed);
-        }
-        if gate.release().is_some() {
-            completions.fetch_add(1, Ordering::Relaxed);
-        }
-        t.join().unwrap();
-        assert_eq!(winners.load(Ordering::Relaxed), 1, "two winners");
-        assert_eq!(completions.load(Ordering::Relaxed), 1, "lost completion");
+    let path = |g: &BrokenGate, s| {
+        g.begin(s);
+        g.release();
+    };
+    broken_race(false, path, |g| {
+        assert_eq!(g.winners.load(Ordering::Relaxed), 1, "two winners");
+        assert_eq!(g.completions.load(Ordering::Relaxed), 1, "lost completion");
     });
 }
 
@@ -262,23 +268,11 @@ fn gate_broken_check_then_act_fails_under_loom() {
 #[test]
 #[should_panic(expected = "lost completion")]
 fn gate_broken_refcount_fails_under_loom() {
-    model(|| {
-        let gate = Arc::new(BrokenGate {
-            refs: AtomicU64::new(2),
-            started: AtomicBool::new(true),
-            status: AtomicU64::new(0),
-        });
-        let completions = Arc::new(AtomicUsize::new(0));
-        let (g, n) = (gate.clone(), completions.clone());
-        let t = thread::spawn(move || {
-            if g.release().is_some() {
-                n.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        if gate.release().is_some() {
-            completions.fetch_add(1, Ordering::Relaxed);
-        }
-        t.join().unwrap();
-        assert_eq!(completions.load(Ordering::Relaxed), 1, "lost completion");
-    });
+    broken_race(
+        true,
+        |g, _| g.release(),
+        |g| {
+            assert_eq!(g.completions.load(Ordering::Relaxed), 1, "lost completion");
+        },
+    );
 }

@@ -1,5 +1,6 @@
 use super::*;
 use std::sync::Arc;
+use std::time::Instant;
 
 #[test]
 fn capacity_is_normalised_not_a_panic() {

@@ -620,6 +620,16 @@ fn params(rng: &mut Rng) -> SimParams {
     }
 }
 
+/// `n` runs (fewer or more with `IOCOMPLETE_SIM_SEEDS`): each seed with its generator
+/// and the random parameters drawn from it first.
+fn cases(n: u64) -> impl Iterator<Item = (u64, Rng, SimParams)> {
+    seeds(n).map(|seed| {
+        let mut rng = Rng::with_seed(seed);
+        let p = params(&mut rng);
+        (seed, rng, p)
+    })
+}
+
 fn run_ok(seed: u64, cfg: ReaderConfig, p: &SimParams) -> crate::sim::ReaderRun {
     match run_reader(seed, cfg, p) {
         Ok(r) => r,
@@ -629,9 +639,7 @@ fn run_ok(seed: u64, cfg: ReaderConfig, p: &SimParams) -> crate::sim::ReaderRun 
 
 #[test]
 fn random_unordered_runs_deliver_every_byte_exactly_once() {
-    for seed in seeds(200) {
-        let mut rng = Rng::with_seed(seed);
-        let p = params(&mut rng);
+    for (seed, mut rng, p) in cases(200) {
         let cfg = ReaderConfig::positional(1 + rng.u64(..3000) as u32)
             .pending_reads(1 + rng.u64(..8) as u32);
         let r = run_ok(seed, cfg, &p);
@@ -643,9 +651,7 @@ fn random_unordered_runs_deliver_every_byte_exactly_once() {
 #[test]
 fn random_ordered_runs_deliver_in_strictly_increasing_offsets() {
     let mut reordered = 0;
-    for seed in seeds(200) {
-        let mut rng = Rng::with_seed(seed);
-        let p = params(&mut rng);
+    for (seed, mut rng, p) in cases(200) {
         let pending = 1 + rng.u64(..8) as u32;
         let cfg = ReaderConfig::positional(512 * (1 + rng.u64(..6) as u32))
             .align(512)
@@ -662,9 +668,7 @@ fn random_ordered_runs_deliver_in_strictly_increasing_offsets() {
 
 #[test]
 fn random_ranges_end_exactly_at_the_range() {
-    for seed in seeds(100) {
-        let mut rng = Rng::with_seed(seed);
-        let p = params(&mut rng);
+    for (seed, mut rng, p) in cases(100) {
         let start = rng.u64(..p.data_len + 1) / 512 * 512;
         let end = start + rng.u64(..p.data_len + 2048) / 512 * 512;
         let cfg = ReaderConfig::positional(1024)
@@ -685,9 +689,7 @@ fn random_ranges_end_exactly_at_the_range() {
 #[test]
 fn random_faults_with_restarts_lose_and_duplicate_nothing() {
     let mut failed_runs = 0;
-    for seed in seeds(200) {
-        let mut rng = Rng::with_seed(seed);
-        let mut p = params(&mut rng);
+    for (seed, mut rng, mut p) in cases(200) {
         p.data_len = 2_000 + rng.u64(..20_000);
         p.max_restarts = rng.u64(..4) as u32;
         p.faults = (0..1 + rng.u64(..3))
@@ -722,9 +724,7 @@ fn random_faults_with_restarts_lose_and_duplicate_nothing() {
 
 #[test]
 fn random_cancels_finish_cancelled_with_no_duplicates() {
-    for seed in seeds(200) {
-        let mut rng = Rng::with_seed(seed);
-        let mut p = params(&mut rng);
+    for (seed, mut rng, mut p) in cases(200) {
         p.data_len = 50_000;
         p.stop_at_step = Some(1 + rng.u64(..60));
         let cfg = match seed % 4 {
@@ -742,9 +742,7 @@ fn random_cancels_finish_cancelled_with_no_duplicates() {
 #[test]
 fn random_stream_runs_keep_order_through_eagain_gaps() {
     let mut waits = 0;
-    for seed in seeds(200) {
-        let mut rng = Rng::with_seed(seed);
-        let mut p = params(&mut rng);
+    for (seed, mut rng, mut p) in cases(200) {
         p.faults = if rng.u32(..100) < 30 {
             vec![Fault {
                 at: rng.u64(..p.data_len + 1),

@@ -48,6 +48,7 @@ impl Bufs {
 /// assert_eq!(done.result(), Ok(0));
 /// # Ok::<(), iocomplete::Error>(())
 /// ```
+#[derive(Debug)]
 pub struct Completion {
     pub(crate) id: OpId,
     pub(crate) tag: u64,
@@ -120,18 +121,6 @@ impl Completion {
             (Ok(_), Bufs::Pool(b)) => Ok(b),
             (Ok(_), _) => Err(Error::invalid("completion carries no unique buffer")),
         }
-    }
-}
-
-impl fmt::Debug for Completion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Completion")
-            .field("id", &self.id)
-            .field("tag", &self.tag)
-            .field("result", &self.result)
-            .field("bufs", &self.bufs)
-            .field("more", &self.more)
-            .finish()
     }
 }
 

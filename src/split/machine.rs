@@ -545,6 +545,12 @@ impl SplitMachine {
         self.actions.capacity()
     }
 
+    /// Children that may be in flight at once.
+    #[cfg(any(test, feature = "sim"))]
+    pub(crate) fn slots(&self) -> usize {
+        self.children.len()
+    }
+
     /// Actions queued, not yet polled.
     #[cfg(any(test, feature = "sim"))]
     pub(crate) fn pending_actions(&self) -> usize {

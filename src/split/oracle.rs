@@ -21,15 +21,19 @@
 //!
 //! Every method returns `Err` with what was broken instead of panicking.
 //!
+//! [`naive_chunks`] is the byte-by-byte model a [`TransferPlan`](super::TransferPlan) is
+//! checked against.
+//!
 //! ```
 //! use iocomplete::split::oracle::SplitOracle;
 //! use iocomplete::Direction;
-//! use iocomplete::split::{Mode, TransferPlan};
+//! use iocomplete::split::{Mode, SplitMachine, TransferPlan};
 //! use std::time::Duration;
 //!
 //! let plan = TransferPlan::builder().max_chunk(100).build()?;
 //! let deadline = Some(Duration::from_secs(1));
-//! let mut o = SplitOracle::new(plan, Mode::Serial, Direction::Read, 0, 250, deadline)?;
+//! let m = SplitMachine::new(plan, Mode::Serial, Direction::Read, 0, 250, deadline)?;
+//! let mut o = SplitOracle::new(m)?;
 //! o.poll(usize::MAX).unwrap();
 //! let k = 0; // the first (only) child in flight moves 30 of its 100 bytes
 //! o.complete(k, Ok(30)).unwrap();
@@ -40,12 +44,44 @@
 //! # Ok::<(), iocomplete::Error>(())
 //! ```
 
-use std::time::Duration;
-
-use super::machine::{ChildId, Mode, SplitAction, SplitEvent, SplitMachine, SplitOutcome};
-use super::plan::TransferPlan;
+use super::machine::{ChildId, SplitAction, SplitEvent, SplitMachine, SplitOutcome};
+use super::plan::Chunk;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ring::Direction;
+
+/// The naive planner a [`TransferPlan`](super::TransferPlan) is checked against: walk the
+/// request of `len` bytes at `offset` byte by byte; a byte joins the current chunk unless
+/// that would break a limit: `max_chunk`, `boundary` (0: none), `segments` (segment
+/// length and most segments per chunk; length 0: none).
+pub fn naive_chunks(
+    max_chunk: u64,
+    boundary: u64,
+    segments: (u64, u32),
+    offset: u64,
+    len: u64,
+) -> Vec<Chunk> {
+    let (seg_len, seg_max) = segments;
+    let mut out: Vec<Chunk> = Vec::new();
+    for i in 0..len {
+        let off = offset.saturating_add(i);
+        match out.last_mut() {
+            Some(c)
+                if c.end() == off
+                    && c.len < max_chunk
+                    && (boundary == 0 || off % boundary != 0)
+                    && (seg_len == 0 || i / seg_len < c.pos / seg_len + u64::from(seg_max)) =>
+            {
+                c.len += 1;
+            }
+            _ => out.push(Chunk {
+                offset: off,
+                len: 1,
+                pos: i,
+            }),
+        }
+    }
+    out
+}
 
 /// `Err` with what the oracle found broken.
 pub type Check<T = ()> = std::result::Result<T, String>;
@@ -108,30 +144,20 @@ pub struct SplitOracle {
 }
 
 impl SplitOracle {
-    /// A machine for the request (as [`SplitMachine::new`]) under the oracle's watch.
+    /// The oracle's watch over `m`, a machine fresh from [`SplitMachine::new`] (none of
+    /// its actions polled yet).
     ///
     /// # Errors
     ///
-    /// The machine's, for a request it refuses.
-    pub fn new(
-        plan: TransferPlan,
-        mode: Mode,
-        direction: Direction,
-        offset: u64,
-        len: u64,
-        deadline: Option<Duration>,
-    ) -> Result<SplitOracle> {
-        let m = SplitMachine::new(plan, mode, direction, offset, len, deadline)?;
-        let slots = match mode {
-            Mode::Serial => 1,
-            Mode::Parallel { max_in_flight } => max_in_flight as usize,
-        };
+    /// A request too long to model byte by byte.
+    pub fn new(m: SplitMachine) -> Result<SplitOracle> {
+        let (offset, len) = m.request();
         let mut o = SplitOracle {
             cap: m.action_capacity(),
+            slots: m.slots(),
             m,
             start: 0,
             len: 0,
-            slots,
             in_flight: Vec::new(),
             moved: Vec::new(),
             out: Vec::new(),

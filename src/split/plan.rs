@@ -204,10 +204,9 @@ impl TransferPlan {
 
     /// The boundary no chunk crosses, if any.
     pub const fn boundary(&self) -> Option<u64> {
-        if self.boundary == 0 {
-            None
-        } else {
-            Some(self.boundary)
+        match self.boundary {
+            0 => None,
+            n => Some(n),
         }
     }
 
@@ -218,19 +217,17 @@ impl TransferPlan {
 
     /// Length of one buffer segment, if a segment limit is set.
     pub const fn segment_len(&self) -> Option<u64> {
-        if self.segment_len == 0 {
-            None
-        } else {
-            Some(self.segment_len)
+        match self.segment_len {
+            0 => None,
+            n => Some(n),
         }
     }
 
     /// Most segments one chunk may touch, if a segment limit is set.
     pub const fn max_segments(&self) -> Option<u32> {
-        if self.max_segments == 0 {
-            None
-        } else {
-            Some(self.max_segments)
+        match self.max_segments {
+            0 => None,
+            n => Some(n),
         }
     }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::testing::pool;
 
 #[test]
 fn geometry_aligns_data_and_places_header_before_it() {
@@ -135,11 +136,7 @@ fn builder_rejects_bad_values() {
 
 #[test]
 fn waiting_get_wakes_on_return_from_another_thread() {
-    let pool = BufferPool::builder()
-        .slots(1)
-        .slot_len(4096)
-        .build()
-        .unwrap();
+    let pool = pool(1);
     let held = pool.try_get().unwrap();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
@@ -154,11 +151,7 @@ fn waiting_get_wakes_on_return_from_another_thread() {
 
 #[test]
 fn waiting_get_times_out() {
-    let pool = BufferPool::builder()
-        .slots(1)
-        .slot_len(4096)
-        .build()
-        .unwrap();
+    let pool = pool(1);
     let _held = pool.try_get().unwrap();
     let e = pool.get_timeout(Duration::from_millis(5)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PoolExhausted);
@@ -168,11 +161,7 @@ fn waiting_get_times_out() {
 /// more threads than the pool has magazines, one after the other, each find one.
 #[test]
 fn exiting_threads_release_their_magazines() {
-    let pool = BufferPool::builder()
-        .slots(32)
-        .slot_len(4096)
-        .build()
-        .unwrap();
+    let pool = pool(32);
     for round in 0..3 * MAGAZINES {
         let p = pool.clone();
         std::thread::spawn(move || {

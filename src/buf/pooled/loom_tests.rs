@@ -1,16 +1,21 @@
 use super::super::BufferPool;
 
+/// A pool of one 4096-byte slot (not pre-faulted).
+fn one_slot_pool() -> BufferPool {
+    BufferPool::builder()
+        .slots(1)
+        .slot_len(4096)
+        .populate(false)
+        .build()
+        .unwrap()
+}
+
 /// Two clones dropped on two threads: the slot returns exactly once, and only after
 /// both are gone.
 #[test]
 fn shared_refcount_returns_slot_once() {
     loom::model(|| {
-        let pool = BufferPool::builder()
-            .slots(1)
-            .slot_len(4096)
-            .populate(false)
-            .build()
-            .unwrap();
+        let pool = one_slot_pool();
         let s = pool.try_get().unwrap().share();
         let s2 = s.clone();
         let t = loom::thread::spawn(move || drop(s2));
@@ -29,12 +34,7 @@ fn shared_refcount_returns_slot_once() {
 /// `PoolInner::touch`).
 fn shared_reads_then_reuse() {
     loom::model(|| {
-        let pool = BufferPool::builder()
-            .slots(1)
-            .slot_len(4096)
-            .populate(false)
-            .build()
-            .unwrap();
+        let pool = one_slot_pool();
         let s = pool.try_get().unwrap().share();
         let s2 = s.clone();
         // The next owner, started first so that only the free list can order it
@@ -74,12 +74,7 @@ fn without_the_drop_fence_a_read_races_the_next_owner() {
 #[test]
 fn free_list_take_and_return_race() {
     loom::model(|| {
-        let pool = BufferPool::builder()
-            .slots(1)
-            .slot_len(4096)
-            .populate(false)
-            .build()
-            .unwrap();
+        let pool = one_slot_pool();
         let b = pool.try_get().unwrap();
         let p2 = pool.clone();
         let t = loom::thread::spawn(move || p2.try_get().ok().map(|b| b.slot()));

@@ -1,12 +1,8 @@
-use super::super::BufferPool;
+use crate::testing::pool;
 
 #[test]
 fn shared_clones_on_threads_return_slot_once() {
-    let pool = BufferPool::builder()
-        .slots(2)
-        .slot_len(4096)
-        .build()
-        .unwrap();
+    let pool = pool(2);
     for _ in 0..200 {
         let mut b = pool.try_get().unwrap();
         b.extend_from_slice(b"shared").unwrap();
@@ -30,11 +26,7 @@ fn shared_clones_on_threads_return_slot_once() {
 
 #[test]
 fn set_len_beyond_capacity_is_typed_error() {
-    let pool = BufferPool::builder()
-        .slots(1)
-        .slot_len(4096)
-        .build()
-        .unwrap();
+    let pool = pool(1);
     let mut b = pool.try_get().unwrap();
     let e = b.set_len(4097).unwrap_err();
     assert!(matches!(

@@ -1,35 +1,17 @@
 use std::io::Write;
-use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
-use crate::buf::BufferPool;
 use crate::error::ErrorKind;
-
-/// A non-blocking pipe whose read end never gets data while the write end lives.
-fn silent_pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-    assert_eq!(r, 0, "pipe2");
-    // SAFETY: pipe2 succeeded: both are open descriptors that nothing else owns.
-    unsafe {
-        use std::os::fd::FromRawFd;
-        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
-    }
-}
+use crate::testing::{pipe, pool, run_until};
 
 /// Drive the ring until the port has `n` events (bounded: fails rather than hangs).
 fn collect<T: Copy>(ring: &mut Ring, port: &mut Port<T>, n: usize) -> Vec<PortEvent<T>> {
-    let until = Instant::now() + Duration::from_secs(10);
     let mut out = Vec::new();
-    while out.len() < n {
-        assert!(Instant::now() < until, "port: {} of {n} events", out.len());
-        ring.run_once(Some(Duration::from_millis(50))).unwrap();
-        while let Some(e) = port.next() {
-            out.push(e);
-        }
-    }
+    run_until(ring, &format!("port: fewer than {n} events"), |_| {
+        out.extend(std::iter::from_fn(|| port.next()));
+        out.len() >= n
+    });
     out
 }
 
@@ -66,11 +48,7 @@ fn children_come_back_with_their_records_and_keys_are_reused() {
 #[test]
 fn a_refused_operation_completes_with_its_typed_error() {
     let mut ring = Ring::new().unwrap();
-    let pool = BufferPool::builder()
-        .slots(1)
-        .slot_len(4096)
-        .build()
-        .unwrap();
+    let pool = pool(1);
     let mut f = tempfile::tempfile().unwrap();
     f.write_all(&[1; 10]).unwrap();
     let t = ring.register(f).unwrap();
@@ -137,7 +115,7 @@ fn a_deadline_no_kernel_timer_reaches_arms_nothing() {
 #[test]
 fn cancel_reaches_the_child_in_flight() {
     let mut ring = Ring::new().unwrap();
-    let (r, _w) = silent_pipe();
+    let (r, _w) = pipe();
     let t = ring.register(r).unwrap();
     let mut port = Port::<u8>::new(2);
     let k = port.submit(&mut ring, Op::poll(t, libc::POLLIN as u32), 5);
@@ -159,12 +137,8 @@ fn cancel_reaches_the_child_in_flight() {
 #[test]
 fn a_port_dropped_mid_flight_cancels_its_operations_and_timer_and_frees_nothing_early() {
     let mut ring = Ring::new().unwrap();
-    let pool = BufferPool::builder()
-        .slots(2)
-        .slot_len(4096)
-        .build()
-        .unwrap();
-    let (r, _w) = silent_pipe();
+    let pool = pool(2);
+    let (r, _w) = pipe();
     let t = ring.register(r).unwrap();
     let mut port = Port::<()>::new(2);
     port.cancel_on_drop(&mut ring).unwrap();
@@ -174,15 +148,10 @@ fn a_port_dropped_mid_flight_cancels_its_operations_and_timer_and_frees_nothing_
     assert_eq!(pool.stats().free, 1, "the kernel holds one buffer");
     drop(port);
     assert_eq!(pool.stats().free, 1, "not freed before its completion");
-    let until = Instant::now() + Duration::from_secs(10);
     // The wake-up poll the handle armed stays; the read and the timer must go.
-    while pool.stats().free != 2 || ring.in_flight() > 1 {
-        assert!(
-            Instant::now() < until,
-            "dropped port's operations never ended"
-        );
-        ring.run_once(Some(Duration::from_millis(50))).unwrap();
-    }
+    run_until(&mut ring, "dropped port's operations never ended", |r| {
+        pool.stats().free == 2 && r.in_flight() <= 1
+    });
     assert_eq!(ring.stats().stale_cqes, 0);
 }
 
@@ -192,18 +161,11 @@ fn has_events_tells_whether_next_has_something() {
     let mut port = Port::<u8>::new(2);
     assert!(!port.has_events());
     port.submit(&mut ring, Op::nop(), 1);
-    let until = Instant::now() + Duration::from_secs(10);
-    while !port.has_events() {
-        assert!(Instant::now() < until, "the nop never completed");
-        ring.run_once(Some(Duration::from_millis(50))).unwrap();
-    }
+    run_until(&mut ring, "the nop never completed", |_| port.has_events());
     assert!(matches!(port.next(), Some(PortEvent::Op(_))));
     assert!(!port.has_events());
     assert!(port.arm_timer(&mut ring, Duration::from_millis(1)));
-    while !port.has_events() {
-        assert!(Instant::now() < until, "the timer never fired");
-        ring.run_once(Some(Duration::from_millis(50))).unwrap();
-    }
+    run_until(&mut ring, "the timer never fired", |_| port.has_events());
     assert!(matches!(
         port.next(),
         Some(PortEvent::Timer { fired: true })

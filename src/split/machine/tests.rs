@@ -33,6 +33,30 @@ fn completion(actions: &[SplitAction]) -> Option<SplitOutcome> {
     })
 }
 
+/// A read of `len` bytes at offset 0 in chunks of 10.
+fn read(mode: Mode, len: u64, deadline: Option<Duration>) -> SplitMachine {
+    SplitMachine::new(plan(10), mode, Direction::Read, 0, len, deadline).unwrap()
+}
+
+/// [`read`] by `n` children in parallel.
+fn parallel(n: u32, len: u64, deadline: Option<Duration>) -> SplitMachine {
+    read(Mode::Parallel { max_in_flight: n }, len, deadline)
+}
+
+/// Drain the actions: the completion they must hold.
+fn done(m: &mut SplitMachine) -> SplitOutcome {
+    completion(&drain(m)).unwrap()
+}
+
+/// Success with `bytes` moved, all of them a prefix.
+const fn ok(bytes: u64) -> SplitOutcome {
+    SplitOutcome {
+        status: Ok(()),
+        bytes,
+        transferred: bytes,
+    }
+}
+
 const SECOND: Option<Duration> = Some(Duration::from_secs(1));
 const ECANCELED: Error = Error::new(ErrorKind::Cancelled);
 
@@ -48,14 +72,7 @@ fn serial_reuses_one_child_in_order() {
     loop {
         let a = drain(&mut m);
         if let Some(c) = completion(&a) {
-            assert_eq!(
-                c,
-                SplitOutcome {
-                    status: Ok(()),
-                    bytes: 250,
-                    transferred: 250
-                }
-            );
+            assert_eq!(c, ok(250));
             break;
         }
         let s = submits(&a);
@@ -80,7 +97,7 @@ fn short_transfer_resubmits_the_rest_of_the_chunk() {
     m.child_completed(C0, Ok(70)).unwrap();
     assert_eq!(submits(&drain(&mut m)), [(0, 100, 50, 100)]);
     m.child_completed(C0, Ok(50)).unwrap();
-    assert_eq!(completion(&drain(&mut m)).unwrap().bytes, 150);
+    assert_eq!(done(&mut m).bytes, 150);
 }
 
 #[test]
@@ -92,15 +109,7 @@ fn read_eof_completes_ok_with_bytes_so_far() {
     m.child_completed(C0, Ok(40)).unwrap();
     assert_eq!(submits(&drain(&mut m)), [(0, 140, 60, 140)]);
     m.child_completed(C0, Ok(0)).unwrap();
-    let c = completion(&drain(&mut m)).unwrap();
-    assert_eq!(
-        c,
-        SplitOutcome {
-            status: Ok(()),
-            bytes: 140,
-            transferred: 140
-        }
-    );
+    assert_eq!(done(&mut m), ok(140));
 }
 
 #[test]
@@ -108,15 +117,14 @@ fn write_of_zero_bytes_fails_with_eio() {
     let mut m = SplitMachine::new(plan(100), Mode::Serial, Direction::Write, 0, 300, None).unwrap();
     drain(&mut m);
     m.child_completed(C0, Ok(0)).unwrap();
-    let c = completion(&drain(&mut m)).unwrap();
+    let c = done(&mut m);
     assert_eq!(c.status, Err(Error::from_errno(libc::EIO)));
     assert_eq!(c.bytes, 0);
 }
 
 #[test]
 fn parallel_keeps_max_in_flight_and_refills() {
-    let mode = Mode::Parallel { max_in_flight: 3 };
-    let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 55, None).unwrap();
+    let mut m = parallel(3, 55, None);
     let a = submits(&drain(&mut m));
     assert_eq!(a, [(0, 0, 10, 0), (1, 10, 10, 10), (2, 20, 10, 20)]);
     assert_eq!(m.in_flight(), 3);
@@ -129,21 +137,12 @@ fn parallel_keeps_max_in_flight_and_refills() {
         let len = if c == C2 { 5 } else { 10 };
         m.child_completed(c, Ok(len)).unwrap();
     }
-    let c = completion(&drain(&mut m)).unwrap();
-    assert_eq!(
-        c,
-        SplitOutcome {
-            status: Ok(()),
-            bytes: 55,
-            transferred: 55
-        }
-    );
+    assert_eq!(done(&mut m), ok(55));
 }
 
 #[test]
 fn first_error_wins_cancels_the_rest_and_waits_for_them() {
-    let mode = Mode::Parallel { max_in_flight: 3 };
-    let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 100, None).unwrap();
+    let mut m = parallel(3, 100, None);
     drain(&mut m);
     m.child_completed(C0, Ok(10)).unwrap(); // child 0 re-armed at 30, queued
     m.child_completed(C1, Err(Error::from_errno(libc::EIO)))
@@ -155,15 +154,14 @@ fn first_error_wins_cancels_the_rest_and_waits_for_them() {
     // A later, different error does not replace the first.
     m.child_completed(C2, Err(Error::from_errno(libc::ENOSPC)))
         .unwrap();
-    let c = completion(&drain(&mut m)).unwrap();
+    let c = done(&mut m);
     assert_eq!(c.status, Err(Error::from_errno(libc::EIO)));
     assert_eq!((c.bytes, c.transferred), (10, 10));
 }
 
 #[test]
 fn cancelled_children_that_finished_anyway_count() {
-    let mode = Mode::Parallel { max_in_flight: 2 };
-    let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, None).unwrap();
+    let mut m = parallel(2, 40, None);
     drain(&mut m);
     m.handle(SplitEvent::Cancel).unwrap();
     assert_eq!(
@@ -176,7 +174,7 @@ fn cancelled_children_that_finished_anyway_count() {
     m.child_completed(C0, Ok(10)).unwrap(); // raced the cancel and won
     m.child_completed(C1, Err(Error::from_errno(libc::ECANCELED)))
         .unwrap();
-    let c = completion(&drain(&mut m)).unwrap();
+    let c = done(&mut m);
     assert!(c.status.unwrap_err().is_cancelled());
     assert_eq!((c.bytes, c.transferred), (10, 10));
     // A late cancel is ignored.
@@ -186,18 +184,17 @@ fn cancelled_children_that_finished_anyway_count() {
 
 #[test]
 fn timeout_completes_timed_out() {
-    let mut m = SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 40, SECOND).unwrap();
+    let mut m = read(Mode::Serial, 40, SECOND);
     drain(&mut m);
     m.handle(SplitEvent::Timeout).unwrap();
     assert_eq!(drain(&mut m), [SplitAction::Cancel { child: C0 }]);
     m.child_completed(C0, Err(ECANCELED)).unwrap();
-    let c = completion(&drain(&mut m)).unwrap();
-    assert!(c.status.unwrap_err().is_timed_out());
+    assert!(done(&mut m).status.unwrap_err().is_timed_out());
 }
 
 #[test]
 fn the_timer_is_armed_first_and_awaited_after_the_last_child() {
-    let mut m = SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 10, SECOND).unwrap();
+    let mut m = read(Mode::Serial, 10, SECOND);
     let a = drain(&mut m);
     assert_eq!(a[0], SplitAction::ArmTimer(Duration::from_secs(1)));
     assert_eq!(submits(&a), [(0, 0, 10, 0)]);
@@ -209,7 +206,7 @@ fn the_timer_is_armed_first_and_awaited_after_the_last_child() {
     assert!(!m.cancel(), "not cancelable once every child is back");
     // It fired after all: it lost the race.
     m.handle(SplitEvent::Timeout).unwrap();
-    let c = completion(&drain(&mut m)).unwrap();
+    let c = done(&mut m);
     assert_eq!((c.status, c.bytes), (Ok(()), 10));
     assert_eq!(m.poll_action(), None);
     // The next request arms it again; its cancellation completes it.
@@ -219,12 +216,12 @@ fn the_timer_is_armed_first_and_awaited_after_the_last_child() {
     m.child_completed(C0, Ok(10)).unwrap();
     assert_eq!(drain(&mut m), [SplitAction::CancelTimer]);
     m.handle(SplitEvent::TimerCancelled).unwrap();
-    assert_eq!(completion(&drain(&mut m)).unwrap().status, Ok(()));
+    assert_eq!(done(&mut m).status, Ok(()));
 }
 
 #[test]
 fn a_timer_reported_before_its_cancel_was_polled_withdraws_it() {
-    let mut m = SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 10, SECOND).unwrap();
+    let mut m = read(Mode::Serial, 10, SECOND);
     drain(&mut m);
     m.child_completed(C0, Ok(10)).unwrap();
     // CancelTimer is queued; the timer's completion comes back first.
@@ -236,8 +233,7 @@ fn a_timer_reported_before_its_cancel_was_polled_withdraws_it() {
 
 #[test]
 fn a_child_error_stands_over_a_later_deadline_and_cancel() {
-    let mode = Mode::Parallel { max_in_flight: 2 };
-    let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, SECOND).unwrap();
+    let mut m = parallel(2, 40, SECOND);
     drain(&mut m);
     m.child_completed(C0, Err(Error::from_errno(libc::EIO)))
         .unwrap();
@@ -246,8 +242,7 @@ fn a_child_error_stands_over_a_later_deadline_and_cancel() {
     assert!(m.cancel(), "still cancelable: a child is out");
     assert_eq!(drain(&mut m), [], "C1 already cancelled, the timer fired");
     m.child_completed(C1, Err(ECANCELED)).unwrap();
-    let c = completion(&drain(&mut m)).unwrap();
-    assert_eq!(c.status, Err(Error::from_errno(libc::EIO)));
+    assert_eq!(done(&mut m).status, Err(Error::from_errno(libc::EIO)));
 }
 
 #[test]
@@ -269,20 +264,19 @@ fn a_deadline_before_the_last_child_times_out_after_it() {
 
 #[test]
 fn a_cancel_before_the_timer_was_armed_withdraws_it() {
-    let mut m = SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 40, SECOND).unwrap();
+    let mut m = read(Mode::Serial, 40, SECOND);
     assert!(m.cancel());
     let a = drain(&mut m);
     assert_eq!(a.len(), 1, "no ArmTimer, no submit: {a:?}");
     assert!(completion(&a).unwrap().status.unwrap_err().is_cancelled());
     // A zero-length request arms nothing.
-    let mut m = SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 0, SECOND).unwrap();
-    assert_eq!(completion(&drain(&mut m)).unwrap().status, Ok(()));
+    let mut m = read(Mode::Serial, 0, SECOND);
+    assert_eq!(done(&mut m).status, Ok(()));
 }
 
 #[test]
 fn a_cancel_queued_for_a_child_that_came_back_is_withdrawn() {
-    let mode = Mode::Parallel { max_in_flight: 2 };
-    let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, None).unwrap();
+    let mut m = parallel(2, 40, None);
     drain(&mut m);
     assert!(m.cancel());
     // Both cancels are queued; C0 comes back before the driver polled them.
@@ -292,10 +286,10 @@ fn a_cancel_queued_for_a_child_that_came_back_is_withdrawn() {
 
 #[test]
 fn timer_events_without_a_timer_out_are_rejected() {
-    let mut m = SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 10, None).unwrap();
+    let mut m = read(Mode::Serial, 10, None);
     drain(&mut m);
     assert_eq!(m.handle(SplitEvent::Timeout), Err(NO_TIMER), "no deadline");
-    let mut m = SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 10, SECOND).unwrap();
+    let mut m = read(Mode::Serial, 10, SECOND);
     assert_eq!(
         m.handle(SplitEvent::Timeout),
         Err(NO_TIMER),
@@ -306,13 +300,12 @@ fn timer_events_without_a_timer_out_are_rejected() {
     m.handle(SplitEvent::TimerCancelled).unwrap(); // refused by the ring
     assert_eq!(m.handle(SplitEvent::Timeout), Err(NO_TIMER), "already back");
     m.child_completed(C0, Ok(10)).unwrap();
-    assert_eq!(completion(&drain(&mut m)).unwrap().status, Ok(()));
+    assert_eq!(done(&mut m).status, Ok(()));
 }
 
 #[test]
 fn cancel_before_any_submit_was_polled_completes_at_once() {
-    let mode = Mode::Parallel { max_in_flight: 4 };
-    let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, None).unwrap();
+    let mut m = parallel(4, 40, None);
     m.cancel();
     let a = drain(&mut m);
     assert_eq!(a.len(), 1, "{a:?}");
@@ -323,21 +316,19 @@ fn cancel_before_any_submit_was_polled_completes_at_once() {
 
 #[test]
 fn unexpected_ecanceled_is_an_error_like_any_other() {
-    let mode = Mode::Parallel { max_in_flight: 2 };
-    let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, None).unwrap();
+    let mut m = parallel(2, 40, None);
     drain(&mut m);
     m.child_completed(C1, Err(ECANCELED)).unwrap();
     assert_eq!(drain(&mut m), [SplitAction::Cancel { child: C0 }]);
     m.child_completed(C0, Ok(10)).unwrap();
-    let c = completion(&drain(&mut m)).unwrap();
+    let c = done(&mut m);
     assert!(c.status.unwrap_err().is_cancelled());
     assert_eq!(c.bytes, 10);
 }
 
 #[test]
 fn impossible_events_are_rejected_and_change_nothing() {
-    let mode = Mode::Parallel { max_in_flight: 2 };
-    let mut m = SplitMachine::new(plan(10), mode, Direction::Read, 0, 40, None).unwrap();
+    let mut m = parallel(2, 40, None);
     // Submits queued but not polled: the driver cannot have a completion yet.
     assert_eq!(m.child_completed(C0, Ok(10)), Err(NOT_IN_FLIGHT));
     drain(&mut m);
@@ -365,20 +356,12 @@ fn construction_validates() {
         assert!(SplitMachine::new(p, mode, Direction::Read, 0, 512, None).is_err());
     }
     let mut m = SplitMachine::new(p, Mode::Serial, Direction::Read, 0, 0, None).unwrap();
-    let c = completion(&drain(&mut m)).unwrap();
-    assert_eq!(
-        c,
-        SplitOutcome {
-            status: Ok(()),
-            bytes: 0,
-            transferred: 0
-        }
-    );
+    assert_eq!(done(&mut m), ok(0));
 }
 
 #[test]
 fn restart_reuses_the_machine() {
-    let mut m = SplitMachine::new(plan(10), Mode::Serial, Direction::Read, 0, 10, None).unwrap();
+    let mut m = read(Mode::Serial, 10, None);
     assert!(m.restart(0, 10).is_err(), "still running");
     drain(&mut m);
     m.child_completed(C0, Ok(10)).unwrap();
@@ -431,7 +414,8 @@ mod model {
         let deadline = (rng.u64(..2) == 0).then_some(Duration::from_millis(1));
         // The oracle checks every action and event: completion once, after the last
         // child and the timer; status, bytes and transferred; nothing moved twice.
-        let mut o = SplitOracle::new(p, mode, direction, start, len, deadline).unwrap();
+        let m = SplitMachine::new(p, mode, direction, start, len, deadline).unwrap();
+        let mut o = SplitOracle::new(m).unwrap();
         let check = |r: crate::split::oracle::Check| {
             r.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         };

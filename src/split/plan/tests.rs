@@ -1,30 +1,6 @@
 use super::*;
+use crate::split::oracle::naive_chunks;
 use fastrand::Rng;
-
-/// The naive model: walk the request byte by byte; a byte joins the current chunk
-/// unless that would break a limit.
-fn naive(max_chunk: u64, boundary: u64, seg: (u64, u32), offset: u64, len: u64) -> Vec<Chunk> {
-    let mut out: Vec<Chunk> = Vec::new();
-    for i in 0..len {
-        let off = offset + i;
-        let joins = out.last().is_some_and(|c| {
-            c.end() == off
-                && c.len < max_chunk
-                && (boundary == 0 || off % boundary != 0)
-                && (seg.0 == 0 || i / seg.0 < c.pos / seg.0 + u64::from(seg.1))
-        });
-        if joins {
-            out.last_mut().unwrap().len += 1;
-        } else {
-            out.push(Chunk {
-                offset: off,
-                len: 1,
-                pos: i,
-            });
-        }
-    }
-    out
-}
 
 fn check_invariants(plan: &TransferPlan, offset: u64, len: u64, chunks: &[Chunk]) {
     let a = u64::from(plan.align());
@@ -81,7 +57,7 @@ fn matches_naive_model_on_random_inputs() {
         let offset = a * rng.u64(..300);
         let len = a * rng.u64(..1200 / a + 1);
         let got: Vec<Chunk> = plan.chunks(offset, len).unwrap().collect();
-        let want = naive(plan.max_chunk(), boundary, seg, offset, len);
+        let want = naive_chunks(plan.max_chunk(), boundary, seg, offset, len);
         assert_eq!(got, want, "case {case}: {plan:?} offset {offset} len {len}");
         check_invariants(&plan, offset, len, &got);
     }
