@@ -300,7 +300,7 @@ fn zero_and_max_timeouts() {
         });
         let (tx, rx) = mpsc::channel();
         let q = p.clone();
-        std::thread::spawn(move || {
+        let getter = std::thread::spawn(move || {
             let _ = tx.send(
                 q.get_timeout(Duration::MAX)
                     .map(|b| b.frame().as_ptr() as usize),
@@ -311,6 +311,9 @@ fn zero_and_max_timeouts() {
             .expect("get_timeout(MAX) hung");
         assert_eq!(got.unwrap(), addr);
         t.join().unwrap();
+        // The getter's magazine goes back to the pool when its thread exits: wait for that
+        // before counting (a slot moving between them is briefly in neither).
+        getter.join().unwrap();
         drop(held);
         assert_eq!(p.stats().free, slots);
     }
