@@ -555,6 +555,9 @@ impl Driver for DmaDriver {
     type Output = (DmaOutcome, SgList);
 
     fn process(&mut self, ring: &mut Ring) -> Result<Option<(DmaOutcome, SgList)>> {
+        if !ring.owns(self.target) {
+            return Err(Error::new(ErrorKind::WrongRing { what: "dma driver" }));
+        }
         if let Some(d) = self.deadline.take() {
             // The deadline counts from the first submission. `build` kept only deadlines
             // a kernel timer reaches: one refused anyway never fires.
@@ -583,9 +586,10 @@ impl Driver for DmaDriver {
 
     /// Cancel the transaction (the seed's `StopSystemTransfer`): it completes with
     /// [`ErrorKind::Cancelled`] unless a status was set first, after the transfers in
-    /// flight drained. Returns false if it was already cancelled or finished.
+    /// flight drained. Returns false if it was already cancelled or finished; false, and
+    /// nothing happens, on a ring other than the driver's.
     fn cancel(&mut self, ring: &mut Ring) -> bool {
-        if self.cancelled || self.tx.buffers_releasable() {
+        if self.cancelled || self.tx.buffers_releasable() || !ring.owns(self.target) {
             return false;
         }
         self.cancelled = true;

@@ -424,15 +424,22 @@ impl FifoReceiver {
                         self.port.cancel(ring, key);
                     }
                 }
-                FifoAction::End { txn, bytes } => {
+                // The machine queues `End` right before `Complete`: the hook runs once the
+                // completion is stored, so a hook that panics cannot lose it (the next
+                // `process` hands it out).
+                FifoAction::End { .. } => {}
+                FifoAction::Complete(outcome) => {
+                    let (txn, bytes) = (outcome.txn, outcome.bytes);
+                    match self.buf.take() {
+                        Some(buf) => self.done = Some(FifoReceived { buf, outcome }),
+                        None => {
+                            debug_assert!(false, "FIFO transaction completed without its buffer")
+                        }
+                    }
                     if let Some(f) = self.on_end.as_mut() {
                         f(txn, bytes);
                     }
                 }
-                FifoAction::Complete(outcome) => match self.buf.take() {
-                    Some(buf) => self.done = Some(FifoReceived { buf, outcome }),
-                    None => debug_assert!(false, "FIFO transaction completed without its buffer"),
-                },
             }
         }
     }

@@ -78,6 +78,15 @@ impl Job {
         }
     }
 
+    /// The target every child's first operation goes to (a copy's source; both of a
+    /// copy's targets are registered with the same ring, checked by `new`).
+    fn target(&self) -> Target {
+        match *self {
+            Job::Read { src, .. } | Job::Copy { src, .. } => src,
+            Job::Write { dst, .. } => dst,
+        }
+    }
+
     fn direction(&self) -> Direction {
         match self {
             Job::Write { .. } => Direction::Write,
@@ -724,6 +733,11 @@ impl Driver for SplitDriver {
     type Output = SplitOutcome;
 
     fn process(&mut self, ring: &mut Ring) -> Result<Option<SplitOutcome>> {
+        if !ring.owns(self.job.target()) {
+            return Err(Error::new(ErrorKind::WrongRing {
+                what: "split driver",
+            }));
+        }
         loop {
             self.pump(ring);
             match self.port.next() {
@@ -752,8 +766,11 @@ impl Driver for SplitDriver {
     /// Cancel the request: children in flight are cancelled; the request completes with
     /// [`ErrorKind::Cancelled`] (unless an error or the deadline came first) once they are
     /// back. Returns false if it can no longer be cancelled (it was cancelled, completed,
-    /// or is completing).
+    /// or is completing); false, and nothing happens, on a ring other than the driver's.
     fn cancel(&mut self, ring: &mut Ring) -> bool {
+        if !ring.owns(self.job.target()) {
+            return false;
+        }
         let cancelled = self.machine.cancel();
         self.pump(ring);
         cancelled
