@@ -5,13 +5,10 @@
 //! `gather` example's core is tested here too.
 
 mod common;
-#[path = "../examples/gather.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod gather_tool;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{check_teardown, verify, LoopDev};
@@ -737,88 +734,6 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     check_teardown(&ring, &[&pool]);
 }
 
-fn gather_args(v: &[&str]) -> Result<gather_tool::Args, String> {
-    gather_tool::parse_args(v.iter().map(|s| s.to_string()))
-}
-
-#[test]
-fn gather_example_concatenates_extents_and_reports_clear_errors() {
-    let dir = common::disk_dir();
-    let size = 3u64 << 20;
-    let path: PathBuf = dir.path().join("f");
-    verify::make_file(&path, size, BS, 38);
-    let p = path.to_str().unwrap();
-    let mut rng = Rng(99);
-    for (n, flags) in [
-        (1, &[][..]),
-        (5, &["--max-transfer", "1000"]),
-        (50, &["--max-segments", "2", "--max-transfer", "64K"]),
-        (300, &["--max-segments", "1", "--inflight", "8"]),
-    ] {
-        let mut v: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
-        v.push(p.to_string());
-        let mut want = Vec::new();
-        for _ in 0..n {
-            let len = 1 + rng.below(200_000);
-            let off = rng.below(size - len + 1);
-            v.push(format!("{off}:{len}"));
-            want.extend_from_slice(&verify::expected(BS, 38, off, len as usize));
-        }
-        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
-        let args = gather_args(&refs).unwrap();
-        let mut out = Vec::new();
-        let r = gather_tool::gather(&args, &mut out).unwrap();
-        assert_eq!(r.extents, n);
-        assert_eq!(r.bytes, want.len() as u64);
-        assert!(out == want, "{n} extents: output differs");
-        if flags.contains(&"1000") {
-            assert!(r.transfers >= r.bytes / 1000, "{r:?}");
-        }
-    }
-    // Extents with suffixes, and the end of the file exactly.
-    let args = gather_args(&[p, "1K:2K", &format!("{}:4096", size - 4096)]).unwrap();
-    assert_eq!(args.extents, [(1024, 2048), (size - 4096, 4096)]);
-    let mut out = Vec::new();
-    gather_tool::gather(&args, &mut out).unwrap();
-    assert_eq!(out.len(), 2048 + 4096);
-    // Errors.
-    let e = gather_tool::gather(
-        &gather_args(&[p, &format!("{}:2", size - 1)]).unwrap(),
-        &mut Vec::new(),
-    )
-    .unwrap_err();
-    assert!(
-        e.contains("past the end") && e.contains(&size.to_string()),
-        "{e}"
-    );
-    let e = gather_tool::gather(
-        &gather_args(&["/nonexistent/f", "0:1"]).unwrap(),
-        &mut Vec::new(),
-    )
-    .unwrap_err();
-    assert!(
-        e.contains("/nonexistent/f") && e.contains("No such file"),
-        "{e}"
-    );
-    assert!(gather_args(&[p, "x:10"])
-        .unwrap_err()
-        .contains("bad number 'x'"));
-    assert!(gather_args(&[p, "10"]).unwrap_err().contains("OFFSET:LEN"));
-    assert!(gather_args(&[p, "10:0"]).unwrap_err().contains("empty"));
-    assert!(gather_args(&["--max-segments", "2000", p, "0:1"])
-        .unwrap_err()
-        .contains("bad number"));
-    assert!(gather_args(&["--max-transfer", "0", p, "0:1"])
-        .unwrap_err()
-        .contains("outside"));
-    assert!(gather_args(&[p]).unwrap_err().contains("OFFSET:LEN"));
-}
-
-// ---- finding 9: a segment's length counts only a transferred prefix ------------------------
-
-/// A read list of one 8 KiB buffer at device offset 0, cut into two 4 KiB transfers (A, B)
-/// that share the buffer, with 2 in flight: B waits for A to hand the buffer back. The
-/// buffer starts full of garbage, so stale bytes counted as received show.
 fn split_segment_list(pool: &BufferPool) -> SgList {
     let mut sg = SgList::new();
     sg.push_extent(pool, 0, 2 * BS as u64).unwrap();

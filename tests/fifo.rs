@@ -5,13 +5,9 @@
 
 mod common;
 
-#[path = "../examples/fiforx.rs"]
-#[allow(dead_code)]
-mod fiforx;
-
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -776,129 +772,6 @@ fn several_receivers_share_one_ring_through_poll() {
     assert!(rxs.iter().all(|r| r.readiness_waits() > 0));
     drop(rxs);
     check_teardown(&ring, &[&pool]);
-}
-
-// ---- the fiforx example --------------------------------------------------------------------
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-/// Run fiforx into a temp file; the file's bytes and the result.
-fn run_fiforx(a: &[&str]) -> (Vec<u8>, Result<fiforx::Summary, fiforx::Failure>) {
-    let mut out = tempfile::tempfile().unwrap();
-    let r = fiforx::run(&args(a), out.try_clone().unwrap().into());
-    let mut bytes = Vec::new();
-    std::io::Seek::rewind(&mut out).unwrap();
-    std::io::Read::read_to_end(&mut out, &mut bytes).unwrap();
-    (bytes, r)
-}
-
-#[test]
-fn fiforx_reads_exactly_n_bytes_from_a_named_fifo() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("f");
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let data = payload(30, 300_000);
-    let (p, d) = (path.clone(), data.clone());
-    // The writer opens late: fiforx must wait for it rather than see end of file. It
-    // writes more than asked; fiforx takes exactly N.
-    let writer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
-        let tx = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-        let (tx, _) = trickle(tx, d, 30, 40_000, 2000).join().unwrap();
-        tx
-    });
-    let (bytes, r) = run_fiforx(&["--len", "250000", path.to_str().unwrap()]);
-    let s = r.map_err(|f| f.message).unwrap();
-    drop(writer.join().unwrap());
-    assert!(bytes == data[..250_000], "fiforx output differs");
-    assert_eq!(s.bytes, 250_000);
-    assert!(s.readiness_waits > 0);
-    assert!(s.waited_for_writer);
-    assert!(s.to_string().contains("250000 bytes"), "{s}");
-}
-
-/// `fiforx ... >> log`: an output opened O_APPEND takes the bytes after what it holds
-/// (positional writes there would be refused: they cannot land where they say).
-#[test]
-fn fiforx_appends_to_an_append_only_output() {
-    let src = pipe_source();
-    let data = payload(32, 70_000);
-    let writer = trickle(src.tx, data.clone(), 32, 20_000, 500);
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log");
-    std::fs::write(&log, b"earlier\n").unwrap();
-    let out = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    let rx_path = format!("/proc/self/fd/{}", src.rx.as_raw_fd());
-    let r = fiforx::run(&args(&["--len", "70000", &rx_path]), out.into());
-    drop(writer.join().unwrap());
-    assert_eq!(r.map_err(|f| f.message).unwrap().bytes, 70_000);
-    let got = std::fs::read(&log).unwrap();
-    assert!(
-        got[..8] == *b"earlier\n" && got[8..] == data[..],
-        "appended output differs"
-    );
-}
-
-#[test]
-fn fiforx_reports_eof_before_n_with_the_count_and_writes_what_came() {
-    let src = pipe_source();
-    let data = payload(31, 5000);
-    let rx_path = format!("/proc/self/fd/{}", src.rx.as_raw_fd());
-    let writer = trickle(src.tx, data.clone(), 31, 1500, 1000);
-    let (tx, _) = writer.join().unwrap();
-    drop(tx);
-    let (bytes, r) = run_fiforx(&["--len=8K", &rx_path]);
-    let f = r.unwrap_err();
-    assert_eq!(f.code, 1);
-    assert!(
-        f.message.contains("after 5000 of 8192 bytes"),
-        "{}",
-        f.message
-    );
-    assert!(bytes == data, "the bytes that arrived were not all written");
-}
-
-#[test]
-fn fiforx_refuses_bad_input_with_clear_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("missing");
-    let (_, r) = run_fiforx(&["--len", "10", missing.to_str().unwrap()]);
-    let f = r.unwrap_err();
-    assert_eq!(f.code, 1);
-    assert!(f.message.contains("No such file"), "{}", f.message);
-
-    for bad in ["12x", "", "-3", "K", "99999999999999999999"] {
-        let (_, r) = run_fiforx(&["--len", bad, "-"]);
-        let f = r.unwrap_err();
-        assert_eq!(f.code, 2, "{bad}");
-        assert!(
-            f.message.contains("bad --len value"),
-            "{bad}: {}",
-            f.message
-        );
-    }
-    let (_, r) = run_fiforx(&["/dev/null"]);
-    assert!(r.unwrap_err().message.contains("--len N is required"));
-    let (_, r) = run_fiforx(&["--len", "1"]);
-    assert!(r.unwrap_err().message.contains("PATH is required"));
-
-    let regular = dir.path().join("regular");
-    std::fs::write(&regular, b"not a fifo").unwrap();
-    let (bytes, r) = run_fiforx(&["--len", "4", regular.to_str().unwrap()]);
-    let f = r.unwrap_err();
-    assert_eq!(f.code, 1);
-    assert!(
-        f.message.contains("regular file, not FIFO-like"),
-        "{}",
-        f.message
-    );
-    assert!(bytes.is_empty());
-    assert_eq!(fiforx::parse_len("64K").ok(), Some(65536));
-    assert_eq!(fiforx::parse_len("3M").ok(), Some(3 << 20));
 }
 
 // ---- regression tests: huge deadlines, dropped receivers, foreign rings -------------------

@@ -7,12 +7,9 @@
 
 mod common;
 
-#[path = "../examples/cat/core.rs"]
-mod cat_core;
-
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1328,97 +1325,6 @@ fn buffer_ring_is_unregistered_only_once_no_multishot_read_uses_it() {
     check_teardown(&ring, &[&pool]);
 }
 
-// ---- the `cat` example's core ---------------------------------------------------------
-
-fn cat(args: &[&str], stdin: impl AsFd, stdout: impl AsFd) -> Result<cat_core::Summary, String> {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    cat_core::run(&args, stdin.as_fd(), stdout.as_fd())
-}
-
-#[test]
-fn cat_example_copies_files_pipes_and_reports_bad_input() {
-    let dir = common::disk_dir();
-    let size = (3 << 20) + 1234;
-    let src = dir.path().join("src");
-    verify::make_file(&src, size, BS, 40);
-    let want = std::fs::read(&src).unwrap();
-    let null = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .unwrap();
-    let src_s = src.to_str().unwrap();
-
-    // File -> file, buffered and direct, several depths; header room on.
-    for args in [
-        vec!["--pending", "1", src_s],
-        vec![
-            "--pending",
-            "8",
-            "--chunk",
-            "65536",
-            "--header",
-            "16",
-            src_s,
-        ],
-        vec![
-            "--direct",
-            "--pending",
-            "4",
-            "--chunk",
-            "131072",
-            "--ordered",
-            src_s,
-        ],
-    ] {
-        let out_path = dir.path().join("out");
-        let out = File::create(&out_path).unwrap();
-        let s = cat(&args, &null, &out).unwrap();
-        assert_eq!(s.bytes, size, "{args:?}");
-        assert!(
-            std::fs::read(&out_path).unwrap() == want,
-            "{args:?}: output differs"
-        );
-    }
-
-    // A pipe on stdin ("-") -> a pipe on stdout, drained by another thread.
-    let (in_rx, in_tx) = pipe();
-    let (out_rx, out_tx) = pipe();
-    let w = slow_writer(in_tx, want.clone(), 16);
-    let r = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut File::from(out_rx), &mut v).unwrap();
-        v
-    });
-    let s = cat(&["-"], &in_rx, &out_tx).unwrap();
-    drop(out_tx);
-    w.join().unwrap();
-    let got = r.join().unwrap();
-    assert_eq!(s.bytes, size);
-    assert!(got == want, "pipe output differs");
-
-    // Bad input: a clear error, nothing written.
-    let e = cat(&["/nonexistent/file"], &null, &null).unwrap_err();
-    assert!(
-        e.contains("/nonexistent/file") && e.contains("No such file"),
-        "{e}"
-    );
-    let e = cat(&["--pending", "zero", src_s], &null, &null).unwrap_err();
-    assert!(e.contains("--pending") && e.contains("zero"), "{e}");
-    let e = cat(&["--chunk", "0", src_s], &null, &null).unwrap_err();
-    assert!(e.contains("--chunk"), "{e}");
-    let e = cat(&["--bogus", src_s], &null, &null).unwrap_err();
-    assert!(e.contains("--bogus"), "{e}");
-    let e = cat(&[], &null, &null).unwrap_err();
-    assert!(e.contains("usage"), "{e}");
-    let probe = Ring::new().unwrap().register(open_direct(&src)).map(|_| ());
-    assert!(probe.is_ok());
-    let e = cat(&["--direct", "--chunk", "1000", src_s], &null, &null).unwrap_err();
-    assert!(e.contains("1000") && e.contains("alignment"), "{e}");
-    let e = cat(&["--direct", "-"], &in_rx, &null).unwrap_err();
-    assert!(e.contains("--direct"), "{e}");
-}
-
 #[test]
 fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
     let dir = common::disk_dir();
@@ -1590,101 +1496,6 @@ fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
             ring.close(t).unwrap();
             check_teardown(&ring, &[&pool]);
         }
-    }
-}
-
-/// The `cat` example binary (see `common::example_binary`).
-fn cat_binary() -> Option<std::path::PathBuf> {
-    common::example_binary("cat")
-}
-
-/// Run the `cat` binary with `args`, `stdin` as its standard input, while `feed` writes
-/// the data; returns its stdout. Fails (not hangs) after `limit`.
-fn run_cat_bin(
-    bin: &std::path::Path,
-    args: &[&str],
-    stdin: std::process::Stdio,
-    feed: std::thread::JoinHandle<()>,
-    limit: Duration,
-) -> Vec<u8> {
-    let mut child = std::process::Command::new(bin)
-        .args(args)
-        .stdin(stdin)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut out, &mut v).unwrap();
-        v
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > limit {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("cat {args:?} did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    feed.join().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "cat {args:?}: {status:?}: {err}");
-    reader.join().unwrap()
-}
-
-/// Finding 10, end to end: the `cat` binary on a named FIFO given by path, and on a pipe
-/// as stdin given as `/dev/stdin` (and as `-`), exits with every byte.
-#[test]
-fn cat_binary_exits_on_a_fifo_path_and_on_dev_stdin() {
-    let Some(bin) = cat_binary() else {
-        common::skip("the cat example binary is not built");
-        return;
-    };
-    let want = verify::expected(BS, 43, 0, 700_000);
-    let limit = Duration::from_secs(30);
-
-    // A FIFO by path: cat's open blocks until the writer opens its end.
-    let dir = tempfile::tempdir().unwrap();
-    let path = mkfifo(dir.path());
-    let feed = {
-        let (want, path) = (want.clone(), path.clone());
-        std::thread::spawn(move || {
-            let mut tx = OpenOptions::new().write(true).open(&path).unwrap();
-            tx.write_all(&want).unwrap();
-        })
-    };
-    let got = run_cat_bin(
-        &bin,
-        &[path.to_str().unwrap()],
-        std::process::Stdio::null(),
-        feed,
-        limit,
-    );
-    assert!(
-        got == want,
-        "FIFO path: {} bytes out of {}",
-        got.len(),
-        want.len()
-    );
-
-    // A pipe as stdin, named /dev/stdin (a reopen of the pipe) and `-` (the descriptor).
-    for arg in ["/dev/stdin", "-"] {
-        let (rx, tx) = pipe();
-        let feed = slow_writer(tx, want.clone(), 64);
-        let got = run_cat_bin(&bin, &[arg], File::from(rx).into(), feed, limit);
-        assert!(
-            got == want,
-            "{arg}: {} bytes out of {}",
-            got.len(),
-            want.len()
-        );
     }
 }
 

@@ -3,42 +3,14 @@
 //! process-wide state (seccomp filters, capabilities, rlimits).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod alloc;
+pub mod bin;
+pub mod fd;
 pub mod fuse;
 pub mod maps;
 
 mod skip;
 pub use skip::skip;
-
-/// The example binary `name`, built now by the cargo running these tests, so it is
-/// current even when only one test file was built — in the same target directory, for
-/// the same target triple (an ASan run builds with `--target`, and its `RUSTFLAGS` must
-/// not reach the host's proc macros), and the same profile. `None` (a skip) only when no
-/// cargo runs these tests; a failed build fails the test.
-pub fn example_binary(name: &str) -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent()?.parent()?.to_path_buf(); // target/[triple/]<profile>/deps/..
-    let bin = profile_dir.join("examples").join(name);
-    let Ok(cargo) = std::env::var("CARGO") else {
-        return bin.exists().then_some(bin);
-    };
-    let mut c = std::process::Command::new(cargo);
-    c.args(["build", "--quiet", "--example", name]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        c.arg("--release");
-    }
-    // target/<triple>/<profile>: build for that triple, into that target directory.
-    let triple_dir = profile_dir.parent()?;
-    let triple = triple_dir.file_name()?.to_str()?;
-    if triple.contains("-linux-") {
-        c.args(["--target", triple]);
-        c.env("CARGO_TARGET_DIR", triple_dir.parent()?);
-    } else {
-        c.env("CARGO_TARGET_DIR", triple_dir);
-    }
-    let status = c.status().unwrap();
-    assert!(status.success(), "cargo build --example {name} failed");
-    Some(bin)
-}
 
 pub mod verify {
     //! Blocks that carry their own identity, like fio's `verify=crc32c`: each block starts
@@ -147,6 +119,26 @@ pub mod verify {
         f.sync_all().unwrap();
     }
 
+    /// A verify file `name` in `dir`: `size` bytes of 4 KiB blocks of `seed`; its path.
+    pub fn file_in(dir: &std::path::Path, name: &str, size: u64, seed: u64) -> std::path::PathBuf {
+        let p = dir.join(name);
+        make_file(&p, size, 4096, seed);
+        p
+    }
+
+    /// Check that `path` holds at least `len` bytes and that they are 4 KiB verify blocks
+    /// of `seed` from offset 0.
+    pub fn check_file_prefix(path: &std::path::Path, len: u64, seed: u64) {
+        let data = std::fs::read(path).unwrap();
+        assert!(
+            data.len() as u64 >= len,
+            "{} has {} bytes",
+            path.display(),
+            data.len()
+        );
+        check_range(&data[..len as usize], 4096, seed, 0).unwrap();
+    }
+
     #[test]
     fn checker_catches_corruption() {
         let mut b = vec![0u8; 512];
@@ -171,37 +163,19 @@ pub struct LoopDev {
 }
 
 impl LoopDev {
-    /// `None` (with the reason printed) only where loop devices are truly unavailable.
+    /// A loop device over a new file of `size` bytes, zeros or (`fill`: block size, seed)
+    /// verify blocks. `None` (with the reason printed) only where loop devices are truly
+    /// unavailable.
     pub fn new(size: u64, fill: Option<(usize, u64)>) -> Option<LoopDev> {
-        if unsafe_geteuid() != 0 {
-            skip("loop device tests need root");
-            return None;
-        }
-        if !std::path::Path::new("/dev/loop-control").exists() {
-            skip("/dev/loop-control is absent");
-            return None;
-        }
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let file = dir.path().join("backing.img");
         match fill {
             Some((bs, seed)) => verify::make_file(&file, size, bs, seed),
             None => std::fs::File::create(&file).unwrap().set_len(size).unwrap(),
         }
-        let out = std::process::Command::new("losetup")
-            .args(["--find", "--show", "--direct-io=on"])
-            .arg(&file)
-            .output()
-            .expect("losetup not installed (util-linux)");
-        assert!(
-            out.status.success(),
-            "losetup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        Some(LoopDev {
-            path,
-            _backing: Some(dir),
-        })
+        let mut dev = LoopDev::attach(&file)?;
+        dev._backing = Some(dir);
+        Some(dev)
     }
 
     /// A loop device over an existing file (e.g. a FUSE file from [`fuse`]), with direct
@@ -276,6 +250,41 @@ pub fn check_teardown(ring: &iocomplete::Ring, pools: &[&iocomplete::BufferPool]
         assert_eq!(st.free, st.total, "pool slots leaked: {st:?}");
         assert_eq!(st.in_flight, 0, "pool slots still in flight: {st:?}");
     }
+}
+
+/// A pool of `slots` slots of `len` bytes, no header room.
+pub fn pool(slots: usize, len: usize) -> iocomplete::BufferPool {
+    pool_hdr(slots, len, 0)
+}
+
+/// A pool of `slots` slots of `len` bytes with `header` bytes of header room each.
+pub fn pool_hdr(slots: usize, len: usize, header: usize) -> iocomplete::BufferPool {
+    iocomplete::BufferPool::builder()
+        .slots(slots)
+        .slot_len(len)
+        .header_len(header)
+        .build()
+        .unwrap()
+}
+
+/// Open `path` for reading, and writing (created if missing) when `write`, with
+/// `O_DIRECT` when `direct`.
+pub fn open(path: &std::path::Path, write: bool, direct: bool) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    if write {
+        o.write(true).create(true);
+    }
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path).unwrap()
+}
+
+/// The one PRNG of the tests: `fastrand`'s, seeded, so every run makes the same choices.
+pub fn rng(seed: u64) -> fastrand::Rng {
+    fastrand::Rng::with_seed(seed)
 }
 
 /// A directory on a disk filesystem (O_DIRECT works there, unlike some tmpfs setups).
