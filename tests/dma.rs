@@ -6,47 +6,63 @@
 
 mod common;
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::time::Duration;
 
-use common::{check_teardown, verify, LoopDev};
-use iocomplete::dma::{Config, DmaDriver, SgList, TransferReport, TransferStatus, MAX_TRANSFER};
+use common::{check_teardown, open, pool, ring_with, verify, LoopDev};
+use iocomplete::dma::{
+    Completion, Config, DmaDriver, Rejected, SgList, TransferReport, TransferStatus, MAX_TRANSFER,
+};
 use iocomplete::ring::BufPart;
 use iocomplete::split::Direction;
-use iocomplete::{BufferPool, Error, ErrorKind, Op, Ring};
+use iocomplete::{BufferPool, Error, ErrorKind, Op, Ring, Target};
 
 const BS: usize = 4096;
 
-fn pool(slots: usize, len: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .build()
-        .unwrap()
-}
+/// How a test runs a transaction: its direction, limits and deadline.
+#[derive(Debug, Clone, Copy)]
+struct Tx(Direction, Config, Option<Duration>);
 
-fn open(path: &Path, write: bool, direct: bool) -> File {
-    let mut o = OpenOptions::new();
-    o.read(true);
-    if write {
-        o.write(true);
+impl Tx {
+    fn read(config: Config) -> Tx {
+        Tx(Direction::Read, config, None)
     }
-    if direct {
-        o.custom_flags(libc::O_DIRECT);
-    }
-    o.open(path).unwrap()
-}
 
-/// A tiny deterministic PRNG (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    fn write(config: Config) -> Tx {
+        Tx(Direction::Write, config, None)
+    }
+
+    fn deadline(self, d: Option<Duration>) -> Tx {
+        Tx(self.0, self.1, d)
+    }
+
+    /// Start it on `sg` and `t`, reporting each transfer to `on_transfer`.
+    fn start<F: FnMut(&TransferReport)>(
+        self,
+        ring: &mut Ring,
+        t: Target,
+        sg: SgList,
+        on_transfer: F,
+    ) -> Result<DmaDriver<F>, Rejected> {
+        DmaDriver::new(ring, t, sg, self.0, self.1, self.2, on_transfer)
+    }
+
+    /// Run it on `sg` and `t` to its end, recording every report in `reports`.
+    fn run(
+        self,
+        ring: &mut Ring,
+        t: Target,
+        sg: SgList,
+        reports: &mut Reports,
+    ) -> (Completion, SgList) {
+        let drv = self.start(ring, t, sg, reports.hook()).unwrap();
+        drv.run(ring).unwrap()
+    }
+
+    /// Start it with no report hook; it must be refused: why.
+    fn refused(self, ring: &mut Ring, t: Target, sg: SgList) -> Rejected {
+        self.start(ring, t, sg, |_| {}).map(|_| ()).unwrap_err()
     }
 }
 
@@ -72,6 +88,11 @@ impl Reports {
     fn bytes(&self) -> u64 {
         self.all.iter().map(|r| r.bytes).sum()
     }
+
+    /// A report hook that records here.
+    fn hook(&mut self) -> impl FnMut(&TransferReport) + '_ {
+        |r| self.record(r)
+    }
 }
 
 /// Check each buffer of a read list against the verify pattern at its device offset.
@@ -93,11 +114,9 @@ fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
     let size = 8u64 << 20;
     let path = dir.path().join("f");
     verify::make_file(&path, size, BS, 31);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(1200, BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, false, false)).unwrap();
-    let mut rng = Rng(0x5EED);
+    let (mut ring, t) = ring_with(&pool, open(&path, false, false));
+    let mut rng = common::rng(0x5EED);
     // (segments, max transfer, max segments, in flight, contiguous)
     let cases = [
         (1, MAX_TRANSFER, 1024, 1, false),
@@ -111,15 +130,15 @@ fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
     for (n, max_transfer, max_segments, inflight, contiguous) in cases {
         let mut sg = SgList::with_capacity(n);
         if contiguous {
-            let base = rng.below(size - n as u64 * BS as u64 - 100);
+            let base = rng.u64(..size - n as u64 * BS as u64 - 100);
             assert_eq!(
                 sg.push_extent(&pool, base, n as u64 * BS as u64).unwrap(),
                 n
             );
         } else {
             for _ in 0..n {
-                let len = 1 + rng.below(BS as u64);
-                let off = rng.below(size - len);
+                let len = 1 + rng.u64(..BS as u64);
+                let off = rng.u64(..size - len);
                 assert_eq!(sg.push_extent(&pool, off, len).unwrap(), 1);
             }
         }
@@ -129,17 +148,7 @@ fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
             .max_segments(max_segments)
             .max_in_flight(inflight);
         let mut reports = Reports::default();
-        let drv = DmaDriver::new(
-            &mut ring,
-            t,
-            sg,
-            Direction::Read,
-            config,
-            None,
-            |r: &TransferReport| reports.record(r),
-        )
-        .unwrap();
-        let (done, sg) = drv.run(&mut ring).unwrap();
+        let (done, sg) = Tx::read(config).run(&mut ring, t, sg, &mut reports);
         assert_eq!((done.status, done.bytes), (Ok(()), total), "case {n}");
         assert_eq!(reports.finals(), 1);
         assert!(
@@ -176,26 +185,14 @@ fn direct_gather_ends_at_an_unaligned_end_of_file() {
     let path = dir.path().join("f");
     let size = 5 * BS as u64 + 1808;
     verify::make_file(&path, size, BS, 39);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, 2 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, false, true)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, false, true));
     let mut sg = SgList::new();
     sg.push_extent(&pool, 4 * BS as u64, 4 * BS as u64).unwrap(); // crosses the end
     sg.push_extent(&pool, 0, BS as u64).unwrap();
     let mut reports = Reports::default();
     let config = Config::new().max_in_flight(2);
-    let drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
-    let (done, sg) = drv.run(&mut ring).unwrap();
+    let (done, sg) = Tx::read(config).run(&mut ring, t, sg, &mut reports);
     assert_eq!(
         (done.status, done.bytes),
         (Ok(()), BS as u64 + 1808 + BS as u64)
@@ -217,17 +214,13 @@ fn direct_gather_from_a_block_device_with_split_segments_in_flight() {
     let Some(dev) = LoopDev::new(size, Some((BS, 32))) else {
         return;
     };
-    let mut ring = Ring::new().unwrap();
     let pool = pool(64, 64 * 1024);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
-    let mut rng = Rng(77);
+    let (mut ring, t) = ring_with(&pool, dev.open(false));
+    let mut rng = common::rng(77);
     let mut sg = SgList::new();
     for _ in 0..16 {
-        let blocks = 1 + rng.below(48);
-        let off = rng.below(size / BS as u64 - blocks) * BS as u64;
+        let blocks = 1 + rng.u64(..48);
+        let off = rng.u64(..size / BS as u64 - blocks) * BS as u64;
         sg.push_extent(&pool, off, blocks * BS as u64).unwrap();
     }
     let total = sg.total_len();
@@ -235,27 +228,13 @@ fn direct_gather_from_a_block_device_with_split_segments_in_flight() {
     // with 4 in flight two of them want the same buffer at once.
     let config = Config::new().max_transfer(24 * 1024).max_in_flight(4);
     let mut reports = Reports::default();
-    let drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
-    let mut drv = drv;
-    let done = loop {
-        if let Some(c) = drv
-            .step(&mut ring, Some(Duration::from_millis(100)))
-            .unwrap()
-        {
-            break c;
-        }
-    };
+    let mut drv = Tx::read(config)
+        .start(&mut ring, t, sg, reports.hook())
+        .unwrap();
+    let done = finish(&mut drv, &mut ring);
     let stats = drv.stats();
     let sg = drv.take_sg().unwrap();
+    drop(drv);
     assert_eq!((done.status, done.bytes), (Ok(()), total));
     assert!(
         stats.deferred > 0,
@@ -274,23 +253,19 @@ fn scatter_write_to_a_block_device_then_read_back() {
     let Some(dev) = LoopDev::new(size, None) else {
         return;
     };
-    let mut ring = Ring::new().unwrap();
     let pool = pool(256, 16 * 1024);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), true, true))
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, dev.open(true));
     // Distinct 16 KiB-aligned extents of 1..=4 blocks, shuffled.
-    let mut rng = Rng(5);
+    let mut rng = common::rng(5);
     let mut slots: Vec<u64> = (0..size / (16 * 1024)).collect();
     for i in (1..slots.len()).rev() {
-        slots.swap(i, rng.below(i as u64 + 1) as usize);
+        slots.swap(i, rng.u64(..i as u64 + 1) as usize);
     }
     let mut sg = SgList::new();
     let mut extents = Vec::new();
     for &s in slots.iter().take(200) {
         let off = s * 16 * 1024;
-        let len = (1 + rng.below(4)) * BS as u64;
+        let len = (1 + rng.u64(..4)) * BS as u64;
         let mut buf = pool.try_get().unwrap();
         buf.extend_from_slice(&verify::expected(BS, 33, off, len as usize))
             .unwrap();
@@ -302,17 +277,7 @@ fn scatter_write_to_a_block_device_then_read_back() {
         .max_segments(2)
         .max_in_flight(4);
     let mut reports = Reports::default();
-    let drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Write,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
-    let (done, sg) = drv.run(&mut ring).unwrap();
+    let (done, sg) = Tx::write(config).run(&mut ring, t, sg, &mut reports);
     let total: u64 = extents.iter().map(|e| e.1).sum();
     assert_eq!((done.status, done.bytes), (Ok(()), total));
     assert_eq!(reports.finals(), 1);
@@ -337,12 +302,8 @@ fn device_error_ends_the_transaction_once_with_completed_final() {
     let Some(dev) = LoopDev::new(dev_size, None) else {
         return;
     };
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, 16 * 1024);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), true, true))
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, dev.open(true));
     let mut sg = SgList::new();
     // The first extent straddles the end of the device: 8 KiB fit, then ENOSPC.
     for (off, len) in [(dev_size - 8192, 16384u64), (dev_size + 65536, 4096)] {
@@ -352,17 +313,7 @@ fn device_error_ends_the_transaction_once_with_completed_final() {
         sg.push(buf, off).unwrap();
     }
     let mut reports = Reports::default();
-    let drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Write,
-        Config::new(),
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
-    let (done, sg) = drv.run(&mut ring).unwrap();
+    let (done, sg) = Tx::write(Config::new()).run(&mut ring, t, sg, &mut reports);
     assert_eq!(done.status, Err(Error::from_errno(libc::ENOSPC)));
     assert_eq!(done.bytes, 8192, "the bytes that moved before the error");
     assert_eq!(reports.bytes(), 8192);
@@ -386,37 +337,25 @@ fn device_error_ends_the_transaction_once_with_completed_final() {
 fn a_target_that_cannot_read_is_refused_before_the_kernel_and_buffers_come_back() {
     // An O_PATH descriptor allows no I/O (the kernel would answer EBADF): the ring knows
     // it from registration, so the transaction is refused up front, list and all.
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
-    verify::make_file(&path, 1 << 20, BS, 35);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = verify::disk_file(1 << 20, 35);
     let pool = pool(8, BS);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH)
-                .open(&path)
-                .unwrap(),
-        )
-        .unwrap();
+    let (mut ring, t) = ring_with(
+        &pool,
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&path)
+            .unwrap(),
+    );
     let mut sg = SgList::new();
     sg.push_extent(&pool, 0, 8 * BS as u64).unwrap();
     let mut reports = Reports::default();
     let config = Config::new().max_transfer(2 * BS as u64).max_in_flight(2);
     let enters = ring.stats().enters;
-    let err = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .map(|_| ())
-    .unwrap_err();
+    let err = Tx::read(config)
+        .start(&mut ring, t, sg, reports.hook())
+        .map(|_| ())
+        .unwrap_err();
     assert!(
         matches!(err.error().kind(), ErrorKind::InvalidInput { .. }),
         "{err:?}"
@@ -435,12 +374,8 @@ fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
     let Some(dev) = LoopDev::new(size, Some((BS, 36))) else {
         return;
     };
-    let mut ring = Ring::new().unwrap();
     let pool = pool(256, 64 * 1024);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, dev.open(false));
     let mut sg = SgList::new();
     // Every other 64 KiB block: no two extents contiguous, one transfer each.
     for i in 0..128u64 {
@@ -448,16 +383,9 @@ fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
     }
     let config = Config::new().max_in_flight(2);
     let mut reports = Reports::default();
-    let mut drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
+    let mut drv = Tx::read(config)
+        .start(&mut ring, t, sg, reports.hook())
+        .unwrap();
     while drv.stats().transfers < 6 {
         assert!(drv
             .step(&mut ring, Some(Duration::from_millis(100)))
@@ -472,14 +400,7 @@ fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
             "buffers handed back with transfers in flight"
         );
     }
-    let done = loop {
-        if let Some(c) = drv
-            .step(&mut ring, Some(Duration::from_millis(100)))
-            .unwrap()
-        {
-            break c;
-        }
-    };
+    let done = finish(&mut drv, &mut ring);
     assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
     assert_eq!(done.bytes, drv.bytes_transferred());
     assert!(done.bytes < 128 * 64 * 1024);
@@ -509,12 +430,8 @@ fn deadline_races_the_final_transfer_thousands_of_times() {
     let Some(dev) = LoopDev::new(size, Some((BS, 37))) else {
         return;
     };
-    let mut ring = Ring::new().unwrap();
     let pool = pool(1, BS);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, dev.open(false));
     let delays_us = [0u64, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
     let iterations = 3000;
     let (mut ok, mut timed_out, mut moved_anyway) = (0, 0, 0);
@@ -524,16 +441,10 @@ fn deadline_races_the_final_transfer_thousands_of_times() {
         sg.push_extent(&pool, off, BS as u64).unwrap();
         let d = Duration::from_micros(delays_us[i % delays_us.len()]);
         let mut finals = 0;
-        let mut drv = DmaDriver::new(
-            &mut ring,
-            t,
-            sg,
-            Direction::Read,
-            Config::new(),
-            Some(d),
-            |r: &TransferReport| finals += usize::from(r.last),
-        )
-        .unwrap();
+        let mut drv = Tx::read(Config::new())
+            .deadline(Some(d))
+            .start(&mut ring, t, sg, |r| finals += usize::from(r.last))
+            .unwrap();
         let mut completions = 0;
         let done = loop {
             if let Some(c) = drv
@@ -586,12 +497,8 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     let Some(dev) = LoopDev::new(1 << 20, None) else {
         return;
     };
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, BS);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, dev.open(false));
     let align = ring.info(t).unwrap().offset_align;
     let before = ring.stats().submitted;
     let list = |off: u64, len: u64| {
@@ -600,9 +507,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
         sg
     };
     let err = |ring: &mut Ring, sg: SgList, dir: Direction, config: Config| {
-        DmaDriver::new(ring, t, sg, dir, config, None, |_: &TransferReport| {})
-            .unwrap_err()
-            .kind()
+        Tx(dir, config, None).refused(ring, t, sg).kind()
     };
     assert_eq!(
         err(
@@ -664,16 +569,9 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     let mut buf = pool.try_get().unwrap();
     buf.extend_from_slice(&[7u8; 100]).unwrap();
     sg.push(buf, 0).unwrap();
-    let rejected = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        Config::new(),
-        None,
-        |_: &TransferReport| {},
-    )
-    .unwrap_err();
+    let rejected = Tx::read(Config::new())
+        .start(&mut ring, t, sg, |_| {})
+        .unwrap_err();
     assert!(matches!(
         rejected.kind(),
         ErrorKind::Misaligned {
@@ -687,16 +585,9 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     drop(back);
     let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
     let s = ring.register(sock).unwrap();
-    let e = DmaDriver::new(
-        &mut ring,
-        s,
-        list(0, 10),
-        Direction::Read,
-        Config::new(),
-        None,
-        |_: &TransferReport| {},
-    )
-    .unwrap_err();
+    let e = Tx::read(Config::new())
+        .start(&mut ring, s, list(0, 10), |_| {})
+        .unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }));
     drop(e);
     assert_eq!(ring.stats().submitted, before, "something reached the ring");
@@ -783,10 +674,7 @@ fn step_until<F: FnMut(&TransferReport)>(
 }
 
 /// Step `drv` until it completes (bounded: a regression fails instead of hanging).
-fn finish<F: FnMut(&TransferReport)>(
-    drv: &mut DmaDriver<F>,
-    ring: &mut Ring,
-) -> iocomplete::dma::Completion {
+fn finish<F: FnMut(&TransferReport)>(drv: &mut DmaDriver<F>, ring: &mut Ring) -> Completion {
     let end = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         // `step_until` may have stepped past the completion already.
@@ -814,22 +702,15 @@ fn a_failed_transfer_leaves_no_stale_bytes_counted_in_its_segment() {
     // server so that it really reads once it is submitted.
     fs.ctl().fail_range(0, BS as u64);
     fs.ctl().hold(BS as u64..2 * BS as u64);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(2, 2 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&fs.path(), false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
     let config = Config::new().max_transfer(BS as u64).max_in_flight(2);
     let reports = std::cell::RefCell::new(Reports::default());
-    let mut drv = DmaDriver::new(
-        &mut ring,
-        t,
-        split_segment_list(&pool),
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.borrow_mut().record(r),
-    )
-    .unwrap();
+    let mut drv = Tx::read(config)
+        .start(&mut ring, t, split_segment_list(&pool), |r| {
+            reports.borrow_mut().record(r)
+        })
+        .unwrap();
     step_until(&mut drv, &mut ring, "A's error", |_| {
         !reports.borrow().all.is_empty()
     });
@@ -877,22 +758,15 @@ fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() 
         .set_len(short)
         .unwrap();
     fs.ctl().hold(0..BS as u64);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(2, 2 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&fs.path(), false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
     let config = Config::new().max_transfer(BS as u64).max_in_flight(2);
     let reports = std::cell::RefCell::new(Reports::default());
-    let mut drv = DmaDriver::new(
-        &mut ring,
-        t,
-        split_segment_list(&pool),
-        Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.borrow_mut().record(r),
-    )
-    .unwrap();
+    let mut drv = Tx::read(config)
+        .start(&mut ring, t, split_segment_list(&pool), |r| {
+            reports.borrow_mut().record(r)
+        })
+        .unwrap();
     step_until(&mut drv, &mut ring, "A at the server", |_| {
         fs.ctl().outstanding() == 1
     });
@@ -925,13 +799,9 @@ fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() 
 
 #[test]
 fn huge_deadlines_never_fire_and_every_byte_is_gathered() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
-    verify::make_file(&path, 1 << 20, BS, 72);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = verify::disk_file(1 << 20, 72);
     let pool = pool(32, 2 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, false, false));
     for d in [
         Duration::MAX,
         Duration::from_secs(u64::MAX),
@@ -945,16 +815,10 @@ fn huge_deadlines_never_fire_and_every_byte_is_gathered() {
         let total = sg.total_len();
         let config = Config::new().max_transfer(BS as u64).max_in_flight(3);
         let mut finals = 0;
-        let mut drv = DmaDriver::new(
-            &mut ring,
-            t,
-            sg,
-            Direction::Read,
-            config,
-            Some(d),
-            |r: &TransferReport| finals += usize::from(r.last),
-        )
-        .unwrap();
+        let mut drv = Tx::read(config)
+            .deadline(Some(d))
+            .start(&mut ring, t, sg, |r| finals += usize::from(r.last))
+            .unwrap();
         let done = finish(&mut drv, &mut ring);
         assert_eq!((done.status, done.bytes), (Ok(()), total), "deadline {d:?}");
         assert_eq!(ring.in_flight(), 0, "completed with the timer in flight");
@@ -970,29 +834,19 @@ fn huge_deadlines_never_fire_and_every_byte_is_gathered() {
 /// completions do, not only when its deadline timer fires.
 #[test]
 fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
-    verify::make_file(&path, 1 << 20, BS, 76);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = verify::disk_file(1 << 20, 76);
     let pool = pool(64, 4 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, false, false));
     let mut sg = SgList::new();
     for i in 0..16u64 {
         sg.push_extent(&pool, i * 65536, 4 * BS as u64).unwrap();
     }
     let deadline = Duration::from_secs(2);
     let config = Config::new().max_in_flight(4);
-    let mut drv = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        config,
-        Some(deadline),
-        |_: &TransferReport| {},
-    )
-    .unwrap();
+    let mut drv = Tx::read(config)
+        .deadline(Some(deadline))
+        .start(&mut ring, t, sg, |_| {})
+        .unwrap();
     assert!(drv.process(&mut ring).is_none());
     assert!(drv.in_flight() > 0);
     let armed = std::time::Instant::now();
@@ -1021,28 +875,18 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
 /// buffers that were gone.
 #[test]
 fn taking_the_list_before_the_start_ends_the_transaction() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
-    verify::make_file(&path, 1 << 20, BS, 77);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = verify::disk_file(1 << 20, 77);
     let pool = pool(4, BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, false, false));
     for deadline in [None, Some(Duration::from_secs(60))] {
         let mut sg = SgList::new();
         sg.push_extent(&pool, 0, 2 * BS as u64).unwrap();
         sg.push_extent(&pool, 10 * BS as u64, 100).unwrap();
         let mut reports = 0;
-        let mut drv = DmaDriver::new(
-            &mut ring,
-            t,
-            sg,
-            Direction::Read,
-            Config::new(),
-            deadline,
-            |_: &TransferReport| reports += 1,
-        )
-        .unwrap();
+        let mut drv = Tx::read(Config::new())
+            .deadline(deadline)
+            .start(&mut ring, t, sg, |_| reports += 1)
+            .unwrap();
         let sg = drv.take_sg().expect("the list, before the start");
         assert!(drv.take_sg().is_none(), "taken twice");
         let done = finish(&mut drv, &mut ring);
@@ -1068,13 +912,9 @@ fn taking_the_list_before_the_start_ends_the_transaction() {
 /// (`EINVAL`): refused with a typed error before the kernel, the list handed back.
 #[test]
 fn segments_past_the_largest_file_offset_are_refused_before_the_kernel() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
-    verify::make_file(&path, 1 << 20, BS, 78);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = verify::disk_file(1 << 20, 78);
     let pool = pool(4, BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, true, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, true, false));
     let before = ring.stats().submitted;
     let big = i64::MAX as u64;
     for (off, len) in [(big + 1, 10), (u64::MAX - 10, 10), (big - 10, 100)] {
@@ -1082,16 +922,9 @@ fn segments_past_the_largest_file_offset_are_refused_before_the_kernel() {
             let mut sg = SgList::new();
             sg.push_extent(&pool, 0, 100).unwrap();
             sg.push_extent(&pool, off, len).unwrap();
-            let r = DmaDriver::new(
-                &mut ring,
-                t,
-                sg,
-                direction,
-                Config::new(),
-                None,
-                |_: &TransferReport| {},
-            )
-            .unwrap_err();
+            let r = Tx(direction, Config::new(), None)
+                .start(&mut ring, t, sg, |_| {})
+                .unwrap_err();
             assert!(
                 matches!(r.kind(), ErrorKind::InvalidInput { .. }),
                 "{off}+{len}: {r}"
@@ -1115,33 +948,23 @@ fn scatter_writes_to_an_append_only_descriptor_are_refused() {
     let dir = common::disk_dir();
     let path = dir.path().join("f");
     std::fs::write(&path, b"keep").unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, BS);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(
-            OpenOptions::new()
-                .read(true)
-                .append(true)
-                .open(&path)
-                .unwrap(),
-        )
-        .unwrap();
+    let (mut ring, t) = ring_with(
+        &pool,
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap(),
+    );
     let before = ring.stats().submitted;
     let mut sg = SgList::new();
     let mut buf = pool.try_get().unwrap();
     buf.extend_from_slice(&[7u8; 10]).unwrap();
     sg.push(buf, 0).unwrap();
-    let r = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Write,
-        Config::new(),
-        None,
-        |_: &TransferReport| {},
-    )
-    .unwrap_err();
+    let r = Tx::write(Config::new())
+        .start(&mut ring, t, sg, |_| {})
+        .unwrap_err();
     assert!(
         matches!(r.kind(), ErrorKind::InvalidInput { reason } if reason.contains("append")),
         "{r}"
@@ -1152,18 +975,11 @@ fn scatter_writes_to_an_append_only_descriptor_are_refused() {
     // A gather through it is positional as ever.
     let mut sg = SgList::new();
     sg.push_extent(&pool, 1, 3).unwrap();
-    let (done, sg) = DmaDriver::new(
-        &mut ring,
-        t,
-        sg,
-        Direction::Read,
-        Config::new(),
-        None,
-        |_: &TransferReport| {},
-    )
-    .unwrap()
-    .run(&mut ring)
-    .unwrap();
+    let (done, sg) = Tx::read(Config::new())
+        .start(&mut ring, t, sg, |_| {})
+        .unwrap()
+        .run(&mut ring)
+        .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), 3));
     assert_eq!(sg.bufs()[0].data(), b"eep");
     drop(sg);

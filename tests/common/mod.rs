@@ -139,6 +139,14 @@ pub mod verify {
         check_range(&data[..len as usize], 4096, seed, 0).unwrap();
     }
 
+    /// A verify file of `size` bytes of 4 KiB blocks of `seed` in a new directory on disk
+    /// (removed when the returned guard drops); its path.
+    pub fn disk_file(size: u64, seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = super::disk_dir();
+        let path = file_in(dir.path(), "f", size, seed);
+        (dir, path)
+    }
+
     #[test]
     fn checker_catches_corruption() {
         let mut b = vec![0u8; 512];
@@ -206,6 +214,11 @@ impl LoopDev {
             path,
             _backing: None,
         })
+    }
+
+    /// The device opened with `O_DIRECT`, for reading, and writing when `write`.
+    pub fn open(&self, write: bool) -> std::fs::File {
+        open(std::path::Path::new(&self.path), write, true)
     }
 
     /// Whether the kernel runs this loop device with direct I/O to its backing file.
@@ -280,6 +293,17 @@ pub fn open(path: &std::path::Path, write: bool, direct: bool) -> std::fs::File 
         o.custom_flags(libc::O_DIRECT);
     }
     o.open(path).unwrap()
+}
+
+/// A new ring with `pool` registered and `fd` registered as its target.
+pub fn ring_with(
+    pool: &iocomplete::BufferPool,
+    fd: impl Into<std::os::fd::OwnedFd>,
+) -> (iocomplete::Ring, iocomplete::Target) {
+    let mut ring = iocomplete::Ring::new().unwrap();
+    ring.register_pool(pool);
+    let t = ring.register(fd).unwrap();
+    (ring, t)
 }
 
 /// The one PRNG of the tests: `fastrand`'s, seeded, so every run makes the same choices.
