@@ -10,6 +10,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
+use common::drivers::Reports;
 use common::{check_teardown, open, pool, ring_with, verify, LoopDev};
 use iocomplete::dma::{
     Completion, Config, DmaDriver, Rejected, SgList, TransferReport, TransferStatus, MAX_TRANSFER,
@@ -63,35 +64,6 @@ impl Tx {
     /// Start it with no report hook; it must be refused: why.
     fn refused(self, ring: &mut Ring, t: Target, sg: SgList) -> Rejected {
         self.start(ring, t, sg, |_| {}).map(|_| ()).unwrap_err()
-    }
-}
-
-/// Records every transfer report and checks the exactly-once `last` rule as it goes.
-#[derive(Default)]
-struct Reports {
-    all: Vec<TransferReport>,
-}
-
-impl Reports {
-    fn record(&mut self, r: &TransferReport) {
-        assert!(
-            !self.all.iter().any(|x| x.last),
-            "a report after the final transfer: {r:?}"
-        );
-        self.all.push(*r);
-    }
-
-    fn finals(&self) -> usize {
-        self.all.iter().filter(|r| r.last).count()
-    }
-
-    fn bytes(&self) -> u64 {
-        self.all.iter().map(|r| r.bytes).sum()
-    }
-
-    /// A report hook that records here.
-    fn hook(&mut self) -> impl FnMut(&TransferReport) + '_ {
-        |r| self.record(r)
     }
 }
 
@@ -694,7 +666,7 @@ fn finish<F: FnMut(&TransferReport)>(drv: &mut DmaDriver<F>, ring: &mut Ring) ->
 #[test]
 fn a_failed_transfer_leaves_no_stale_bytes_counted_in_its_segment() {
     use common::fuse::{FileSpec, FuseMount};
-    let spec = FileSpec::new(64 * BS as u64, BS, 61);
+    let spec = FileSpec::blocks(64, 61);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
@@ -737,7 +709,7 @@ fn a_failed_transfer_leaves_no_stale_bytes_counted_in_its_segment() {
 fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() {
     use common::fuse::{FileSpec, FuseMount};
     use std::os::unix::fs::FileExt;
-    let spec = FileSpec::new(64 * BS as u64, BS, 62);
+    let spec = FileSpec::blocks(64, 62);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };

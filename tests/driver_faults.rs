@@ -8,63 +8,21 @@
 
 mod common;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::drivers::{check_spans, copy_job, finish_split, Progress, Reports};
 use common::fuse::{FileSpec, FuseMount};
-use common::{check_teardown, verify, LoopDev};
-use iocomplete::dma::{Config, DmaDriver, SgList, TransferReport, TransferStatus};
-use iocomplete::split::{ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
+use common::{check_teardown, open, pool, ring_with, verify, LoopDev};
+use iocomplete::dma::{Config, Direction, DmaDriver, SgList, TransferStatus};
+use iocomplete::split::{Mode, SplitConfig, SplitDriver};
 use iocomplete::{
     BufferPool, ContinuousReader, Error, ErrorKind, FinishReason, PoolBuf, Restart, Ring,
 };
 
 const BS: usize = 4096;
 const CHUNK: u64 = 16 * 1024;
-
-fn pool(slots: usize, len: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .build()
-        .unwrap()
-}
-
-fn open(path: &Path, write: bool, direct: bool) -> File {
-    let mut o = OpenOptions::new();
-    o.read(true);
-    if write {
-        o.write(true).create(true);
-    }
-    if direct {
-        o.custom_flags(libc::O_DIRECT);
-    }
-    o.open(path).unwrap()
-}
-
-/// Every byte of `[start, end)` covered exactly once by `spans` (and in order if
-/// `ordered`).
-fn check_spans(spans: &[(u64, usize)], start: u64, end: u64, ordered: bool) {
-    if ordered {
-        let mut at = start;
-        for &(o, l) in spans {
-            assert_eq!(o, at, "ordered delivery out of order");
-            at += l as u64;
-        }
-    }
-    let mut s = spans.to_vec();
-    s.sort_unstable();
-    let mut at = start;
-    for (o, l) in s {
-        assert_eq!(o, at, "gap or duplicate at {at}");
-        at += l as u64;
-    }
-    assert_eq!(at, end, "bytes missing at the end");
-}
 
 /// What the reader's `on_read` saw, each buffer verified in place.
 #[derive(Default)]
@@ -84,17 +42,15 @@ fn on_read(seen: &Seen, buf: PoolBuf, off: u64) {
 #[test]
 fn reader_restarts_after_eio_and_delivers_every_byte_once() {
     for (ordered, pending) in [(false, 8), (true, 4)] {
-        let spec = FileSpec::new(128 * BS as u64, BS, 41);
+        let spec = FileSpec::blocks(128, 41);
         let Some(fs) = FuseMount::new(spec) else {
             return;
         };
         fs.ctl().fail_block(37);
         fs.ctl()
             .delay(Duration::from_micros(0), Duration::from_micros(500));
-        let mut ring = Ring::new().unwrap();
         let pool = pool(16, BS);
-        ring.register_pool(&pool);
-        let t = ring.register(open(&fs.path(), false, false)).unwrap();
+        let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
         let ctl = fs.ctl().clone();
         let failures = Arc::new(AtomicUsize::new(0));
         let f2 = failures.clone();
@@ -138,17 +94,15 @@ fn reader_restarts_after_eio_and_delivers_every_byte_once() {
 
 #[test]
 fn reader_without_restart_ends_once_with_the_error() {
-    let spec = FileSpec::new(96 * BS as u64, BS, 42);
+    let spec = FileSpec::blocks(96, 42);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
     fs.ctl().fail_block(50);
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_micros(500));
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&fs.path(), false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
     let calls = Arc::new(AtomicUsize::new(0));
     let c2 = calls.clone();
     let reader = ContinuousReader::builder(t, &pool)
@@ -185,47 +139,9 @@ fn reader_without_restart_ends_once_with_the_error() {
 
 // ---- SplitDriver ------------------------------------------------------------------------
 
-/// Progress reports: never backwards, never past the length.
-#[derive(Default)]
-struct Progress {
-    last: u64,
-    calls: usize,
-}
-
-impl ChunkHandler for Progress {
-    fn on_progress(&mut self, done: u64, len: u64) {
-        assert!(done <= len && done >= self.last, "progress {done}/{len}");
-        self.last = done;
-        self.calls += 1;
-    }
-}
-
-/// Drive to completion; check it completed once, with no child and no CQE left.
-fn run_split(
-    drv: &mut SplitDriver,
-    ring: &mut Ring,
-    h: &mut Progress,
-) -> iocomplete::split::Completion {
-    loop {
-        if let Some(c) = drv.step(ring, h, Some(Duration::from_millis(100))).unwrap() {
-            assert_eq!(drv.in_flight(), 0, "completed with children in flight");
-            assert_eq!(ring.in_flight(), 0, "completed before its last CQE");
-            assert!(drv.process(ring, h).is_none(), "completed twice");
-            assert!(drv.is_complete());
-            return c;
-        }
-    }
-}
-
-fn check_prefix(path: &Path, len: u64, seed: u64) {
-    let data = std::fs::read(path).unwrap();
-    assert!(data.len() as u64 >= len, "{} bytes written", data.len());
-    verify::check_range(&data[..len as usize], BS, seed, 0).unwrap();
-}
-
 #[test]
 fn split_copy_with_one_eio_completes_once_after_every_child() {
-    let spec = FileSpec::new(256 * BS as u64, BS, 43);
+    let spec = FileSpec::blocks(256, 43);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
@@ -235,24 +151,16 @@ fn split_copy_with_one_eio_completes_once_after_every_child() {
         .delay(Duration::from_micros(0), Duration::from_millis(1));
     let dir = common::disk_dir();
     let dst = dir.path().join("dst");
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&fs.path(), false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&fs.path(), false, false));
     let d = ring.register(open(&dst, true, false)).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: spec.size,
-    };
+    let job = copy_job(s, d, spec.size);
     let config = SplitConfig::new()
         .mode(Mode::Parallel { max_in_flight: 4 })
         .max_chunk(CHUNK);
     let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
     let mut h = Progress::default();
-    let done = run_split(&mut drv, &mut ring, &mut h);
+    let done = finish_split(&mut drv, &mut ring, &mut h);
     assert_eq!(done.status, Err(Error::from_errno(libc::EIO)), "{done:?}");
     // The prefix done without a gap stops at the failed chunk; the children in flight
     // came back first and their bytes count as transferred.
@@ -266,7 +174,7 @@ fn split_copy_with_one_eio_completes_once_after_every_child() {
         h.last
     );
     assert_eq!(fs.ctl().stats().eio_injected, 1);
-    check_prefix(&dst, done.bytes, spec.seed);
+    verify::check_file_prefix(&dst, done.bytes, spec.seed);
     ring.close(s).unwrap();
     ring.close(d).unwrap();
     check_teardown(&ring, &[&pool]);
@@ -274,26 +182,20 @@ fn split_copy_with_one_eio_completes_once_after_every_child() {
 
 #[test]
 fn split_copy_cancelled_mid_flight_on_a_slow_device_completes_once() {
-    let spec = FileSpec::new(256 * BS as u64, BS, 44);
+    let spec = FileSpec::blocks(256, 44);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
+    // A steady delay: the device answers in order, so the chunks done when the cancel
+    // comes are a prefix (random delays reordered them, and the prefix could be empty).
     fs.ctl()
-        .delay(Duration::from_millis(1), Duration::from_millis(4));
+        .delay(Duration::from_millis(2), Duration::from_millis(2));
     let dir = common::disk_dir();
     let dst = dir.path().join("dst");
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&fs.path(), false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&fs.path(), false, false));
     let d = ring.register(open(&dst, true, false)).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: spec.size,
-    };
+    let job = copy_job(s, d, spec.size);
     let config = SplitConfig::new()
         .mode(Mode::Parallel { max_in_flight: 4 })
         .max_chunk(CHUNK);
@@ -308,35 +210,19 @@ fn split_copy_cancelled_mid_flight_on_a_slow_device_completes_once() {
     assert!(drv.in_flight() > 0, "nothing in flight to cancel");
     assert!(drv.cancel(&mut ring));
     assert!(!drv.cancel(&mut ring), "cancelled twice");
-    let done = run_split(&mut drv, &mut ring, &mut h);
+    let done = finish_split(&mut drv, &mut ring, &mut h);
     assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
     assert!(
         done.bytes >= 4 * CHUNK && done.bytes < spec.size,
         "{done:?}"
     );
-    check_prefix(&dst, done.bytes, spec.seed);
+    verify::check_file_prefix(&dst, done.bytes, spec.seed);
     ring.close(s).unwrap();
     ring.close(d).unwrap();
     check_teardown(&ring, &[&pool]);
 }
 
 // ---- DmaDriver ---------------------------------------------------------------------------
-
-/// Records every transfer report; the final one (`last`) comes exactly once, last.
-#[derive(Default)]
-struct Reports {
-    all: Vec<TransferReport>,
-}
-
-impl Reports {
-    fn record(&mut self, r: &TransferReport) {
-        assert!(
-            !self.all.iter().any(|x| x.last),
-            "a report after the final transfer: {r:?}"
-        );
-        self.all.push(*r);
-    }
-}
 
 /// Gather `extents` (block index, blocks) of `t` with block `bad` failing; checks the
 /// final report and completion exactly once with `EIO`, and verifies every byte that
@@ -354,19 +240,10 @@ fn gather_with_a_bad_extent(
         sg.push_extent(pool, b * BS as u64, n * BS as u64).unwrap();
     }
     let mut reports = Reports::default();
-    let drv = DmaDriver::new(
-        ring,
-        t,
-        sg,
-        iocomplete::dma::Direction::Read,
-        config,
-        None,
-        |r: &TransferReport| reports.record(r),
-    )
-    .unwrap();
-    let (done, sg) = drv.run(ring).unwrap();
+    let drv = DmaDriver::new(ring, t, sg, Direction::Read, config, None, reports.hook());
+    let (done, sg) = drv.unwrap().run(ring).unwrap();
     assert_eq!(done.status, Err(Error::from_errno(libc::EIO)), "{done:?}");
-    assert_eq!(reports.all.iter().filter(|r| r.last).count(), 1);
+    assert_eq!(reports.finals(), 1);
     assert!(
         reports.all.last().unwrap().last,
         "the final report is the last"
@@ -377,8 +254,7 @@ fn gather_with_a_bad_extent(
         .filter(|r| r.status == TransferStatus::Error(libc::EIO))
         .count();
     assert!(eio >= 1, "no transfer reported the EIO: {:?}", reports.all);
-    let reported: u64 = reports.all.iter().map(|r| r.bytes).sum();
-    assert_eq!(done.bytes, reported);
+    assert_eq!(done.bytes, reports.bytes());
     assert!(done.bytes < sg.total_len());
     // Every byte that arrived is the right one.
     let mut got = 0;
@@ -394,7 +270,7 @@ fn gather_with_a_bad_extent(
 
 #[test]
 fn dma_gather_with_one_failing_extent_reports_the_error_once() {
-    let spec = FileSpec::new(256 * BS as u64, BS, 45);
+    let spec = FileSpec::blocks(256, 45);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
@@ -402,10 +278,8 @@ fn dma_gather_with_one_failing_extent_reports_the_error_once() {
         .delay(Duration::from_micros(0), Duration::from_millis(1));
     // Extent 3 (blocks 120..124) holds the bad block.
     fs.ctl().fail_block(122);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(32, 2 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&fs.path(), false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
     let extents = [(3, 3), (40, 2), (77, 5), (120, 4), (200, 3), (250, 6)];
     let config = Config::new().max_transfer(2 * BS as u64).max_in_flight(4);
     let bytes = gather_with_a_bad_extent(&mut ring, &pool, t, spec.seed, &extents, config);
@@ -418,7 +292,7 @@ fn dma_gather_with_one_failing_extent_reports_the_error_once() {
 
 #[test]
 fn dma_gather_through_a_loop_device_on_the_faulty_file() {
-    let spec = FileSpec::new(512 * BS as u64, BS, 46);
+    let spec = FileSpec::blocks(512, 46);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
@@ -427,17 +301,13 @@ fn dma_gather_through_a_loop_device_on_the_faulty_file() {
     };
     // Armed after losetup: partition probing must not trip it.
     fs.ctl().fail_block(300);
-    let mut ring = Ring::new().unwrap();
     let pool = BufferPool::builder()
         .slots(16)
         .slot_len(4 * BS)
         .align(BS)
         .build()
         .unwrap();
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, dev.open(false));
     // One transfer at a time: the block layer merges adjacent requests in flight, and a
     // merged request fails whole.
     let extents = [(10, 4), (64, 8), (150, 2), (298, 4), (400, 4)];

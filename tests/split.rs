@@ -6,56 +6,19 @@
 
 mod common;
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{check_teardown, verify, LoopDev};
+use common::drivers::{copy_job, finish_split};
+use common::{check_teardown, open, pool, ring_with, verify, LoopDev};
 use iocomplete::split::{block_device_limits, ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
-use iocomplete::{BufferPool, Error, ErrorKind, PoolBuf, Ring, Target};
+use iocomplete::{Error, ErrorKind, PoolBuf, Ring, Target};
 
 const BS: usize = 4096;
 const CHUNK: u64 = 64 * 1024;
 const PAR4: Mode = Mode::Parallel { max_in_flight: 4 };
-
-fn pool(slots: usize, len: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .build()
-        .unwrap()
-}
-
-fn open(path: &Path, write: bool, direct: bool) -> File {
-    let mut o = OpenOptions::new();
-    if write {
-        o.read(true).write(true).create(true);
-    } else {
-        o.read(true);
-    }
-    if direct {
-        o.custom_flags(libc::O_DIRECT);
-    }
-    o.open(path).unwrap()
-}
-
-fn src_file(dir: &Path, name: &str, size: u64, seed: u64) -> PathBuf {
-    let p = dir.join(name);
-    verify::make_file(&p, size, BS, seed);
-    p
-}
-
-fn check_prefix(path: &Path, len: u64, seed: u64) {
-    let data = std::fs::read(path).unwrap();
-    assert!(
-        data.len() as u64 >= len,
-        "{} has {} bytes",
-        path.display(),
-        data.len()
-    );
-    verify::check_range(&data[..len as usize], BS, seed, 0).unwrap();
-}
 
 /// Collects what a read job delivers, at the offsets it came from.
 struct Collect {
@@ -117,18 +80,12 @@ fn copies_around_chunk_and_block_boundaries_in_both_modes() {
         ring.register_pool(&pool);
         for (k, &size) in sizes.iter().enumerate() {
             let seed = 100 + k as u64;
-            let src = src_file(dir.path(), "src", size, seed);
+            let src = verify::file_in(dir.path(), "src", size, seed);
             let dst = dir.path().join("dst");
             let _ = std::fs::remove_file(&dst);
             let s = ring.register(open(&src, false, false)).unwrap();
             let d = ring.register(open(&dst, true, false)).unwrap();
-            let job = Job::Copy {
-                src: s,
-                src_offset: 0,
-                dst: d,
-                dst_offset: 0,
-                len: size,
-            };
+            let job = copy_job(s, d, size);
             let config = SplitConfig::new().mode(mode).max_chunk(CHUNK);
             let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
             let done = drv.run(&mut ring, &mut ()).unwrap();
@@ -146,7 +103,7 @@ fn copies_around_chunk_and_block_boundaries_in_both_modes() {
             assert_eq!(st.max_in_flight as u64, expect_par, "{st:?}");
             assert!(drv.process(&mut ring, &mut ()).is_none(), "completed twice");
             assert_eq!(std::fs::metadata(&dst).unwrap().len(), size);
-            check_prefix(&dst, size, seed);
+            verify::check_file_prefix(&dst, size, seed);
             ring.close(s).unwrap();
             ring.close(d).unwrap();
         }
@@ -158,10 +115,8 @@ fn copies_around_chunk_and_block_boundaries_in_both_modes() {
 fn read_and_write_jobs_with_boundaries_and_progress() {
     let dir = common::disk_dir();
     let path = dir.path().join("rw");
-    let mut ring = Ring::new().unwrap();
     let pool = pool(3, 12 * 1024);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, true, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, true, false));
     let (offset, len) = (5000u64, 200_000u64);
     let config = SplitConfig::new()
         .mode(Mode::Parallel { max_in_flight: 3 })
@@ -222,12 +177,10 @@ fn read_and_write_jobs_with_boundaries_and_progress() {
 fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
     let dir = common::disk_dir();
     let size = (1 << 20) + 8192;
-    let src = src_file(dir.path(), "src", size, 3);
+    let src = verify::file_in(dir.path(), "src", size, 3);
     let dst = dir.path().join("dst");
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, 128 * 1024);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, true)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, true));
     let d = ring.register(open(&dst, true, true)).unwrap();
     let align = u64::from(
         ring.info(s)
@@ -236,20 +189,14 @@ fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
             .max(ring.info(d).unwrap().offset_align),
     );
     for mode in [Mode::Serial, Mode::Parallel { max_in_flight: 8 }] {
-        let job = Job::Copy {
-            src: s,
-            src_offset: 0,
-            dst: d,
-            dst_offset: 0,
-            len: size,
-        };
+        let job = copy_job(s, d, size);
         let mut drv =
             SplitDriver::new(&mut ring, &pool, job, SplitConfig::new().mode(mode)).unwrap();
         assert_eq!(drv.plan().max_chunk(), 128 * 1024, "default: a pool slot");
         assert_eq!(u64::from(drv.plan().align()), align);
         let done = drv.run(&mut ring, &mut ()).unwrap();
         assert_eq!((done.status, done.bytes), (Ok(()), size), "{mode:?}");
-        check_prefix(&dst, size, 3);
+        verify::check_file_prefix(&dst, size, 3);
     }
     // Misaligned direct requests: typed errors, nothing submitted.
     let before = ring.stats().submitted;
@@ -311,11 +258,9 @@ fn direct_reads_end_at_an_unaligned_end_of_file() {
     // multiple of the alignment; the rest of the chunk is past the end, not an error.
     let dir = common::disk_dir();
     let size = 3 * CHUNK + 1000;
-    let src = src_file(dir.path(), "src", size, 13);
-    let mut ring = Ring::new().unwrap();
+    let src = verify::file_in(dir.path(), "src", size, 13);
     let pool = pool(2, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, true)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, true));
     let len = 4 * CHUNK;
     for mode in [Mode::Serial, Mode::Parallel { max_in_flight: 2 }] {
         let mut got = Collect {
@@ -348,63 +293,31 @@ fn block_devices_default_to_their_limits_and_copy_both_ways() {
     };
     let dir = common::disk_dir();
     let mid = dir.path().join("mid");
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, 2 << 20);
-    ring.register_pool(&pool);
-    let s = ring
-        .register(open(Path::new(&src_dev.path), false, true))
-        .unwrap();
+    let (mut ring, s) = ring_with(&pool, open(Path::new(&src_dev.path), false, true));
     let m = ring.register(open(&mid, true, true)).unwrap();
     let rdev = std::fs::metadata(&src_dev.path).unwrap().rdev();
     let limits = block_device_limits(rdev as libc::dev_t).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: m,
-        dst_offset: 0,
-        len: size,
-    };
+    let job = copy_job(s, m, size);
     let mut drv = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap();
     assert_eq!(drv.plan().max_chunk(), limits.max_chunk.min(2 << 20));
     let done = drv.run(&mut ring, &mut ()).unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), size));
-    check_prefix(&mid, size, 21);
+    verify::check_file_prefix(&mid, size, 21);
     // File -> block device, serial, and read the device back.
     let d = ring
         .register(open(Path::new(&dst_dev.path), true, true))
         .unwrap();
     let m2 = ring.register(open(&mid, false, true)).unwrap();
-    let job = Job::Copy {
-        src: m2,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: size,
-    };
+    let job = copy_job(m2, d, size);
     let config = SplitConfig::new().mode(Mode::Serial).max_chunk(256 * 1024);
     let done = SplitDriver::new(&mut ring, &pool, job, config)
         .unwrap()
         .run(&mut ring, &mut ())
         .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), size));
-    check_prefix(Path::new(&dst_dev.path), size, 21);
+    verify::check_file_prefix(Path::new(&dst_dev.path), size, 21);
     check_teardown(&ring, &[&pool]);
-}
-
-/// Run a driver step by step, checking that its completion never comes while one of its
-/// operations is still in the ring.
-fn run_checked(drv: &mut SplitDriver, ring: &mut Ring) -> iocomplete::split::Completion {
-    loop {
-        if let Some(c) = drv
-            .step(ring, &mut (), Some(Duration::from_millis(100)))
-            .unwrap()
-        {
-            assert_eq!(drv.in_flight(), 0, "completed with children in flight");
-            assert_eq!(ring.in_flight(), 0, "completed before its last CQE");
-            assert!(drv.process(ring, &mut ()).is_none(), "completed twice");
-            return c;
-        }
-    }
 }
 
 #[test]
@@ -415,30 +328,22 @@ fn first_error_enospc_on_a_small_device_completes_once_after_all_children() {
     };
     let dir = common::disk_dir();
     let size = 1u64 << 20;
-    let src = src_file(dir.path(), "src", size, 5);
-    let mut ring = Ring::new().unwrap();
+    let src = verify::file_in(dir.path(), "src", size, 5);
     let pool = pool(8, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let d = ring
         .register(open(Path::new(&dev.path), true, true))
         .unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: size,
-    };
+    let job = copy_job(s, d, size);
     let config = SplitConfig::new()
         .mode(Mode::Parallel { max_in_flight: 8 })
         .max_chunk(CHUNK);
     let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-    let done = run_checked(&mut drv, &mut ring);
+    let done = finish_split(&mut drv, &mut ring, &mut ());
     assert_eq!(done.status, Err(Error::from_errno(libc::ENOSPC)));
     assert!(done.bytes <= dev_size, "{done:?}");
     assert!(done.transferred <= dev_size, "{done:?}");
-    check_prefix(Path::new(&dev.path), done.bytes, 5);
+    verify::check_file_prefix(Path::new(&dev.path), done.bytes, 5);
     check_teardown(&ring, &[&pool]);
 }
 
@@ -446,20 +351,12 @@ fn first_error_enospc_on_a_small_device_completes_once_after_all_children() {
 fn first_error_closed_destination_mid_copy() {
     let dir = common::disk_dir();
     let size = 4u64 << 20;
-    let src = src_file(dir.path(), "src", size, 6);
+    let src = verify::file_in(dir.path(), "src", size, 6);
     let dst = dir.path().join("dst");
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let d = ring.register(open(&dst, true, false)).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: size,
-    };
+    let job = copy_job(s, d, size);
     let config = SplitConfig::new().mode(PAR4).max_chunk(CHUNK);
     let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
     while drv.bytes_transferred() < size / 4 {
@@ -471,7 +368,7 @@ fn first_error_closed_destination_mid_copy() {
     // The destination goes away mid-copy: the next write fails; the children in flight
     // finish; the parent completes once, with that first error.
     ring.close(d).unwrap();
-    let done = run_checked(&mut drv, &mut ring);
+    let done = finish_split(&mut drv, &mut ring, &mut ());
     // Refused by the ring (a child submitted after the close), or EBADF from the kernel
     // (a write queued in the SQ before the close reached the kernel after it): whichever
     // came first.
@@ -481,7 +378,7 @@ fn first_error_closed_destination_mid_copy() {
         "{kind:?}"
     );
     assert!(done.bytes >= size / 4 && done.bytes < size, "{done:?}");
-    check_prefix(&dst, done.bytes, 6);
+    verify::check_file_prefix(&dst, done.bytes, 6);
     check_teardown(&ring, &[&pool]);
 }
 
@@ -490,29 +387,20 @@ fn a_source_that_cannot_read_is_refused_before_the_kernel() {
     // An O_PATH descriptor passes every check up front (a readable regular file), and the
     // kernel answers EBADF to each read.
     let dir = common::disk_dir();
-    let src = src_file(dir.path(), "src", 1 << 20, 7);
-    let mut ring = Ring::new().unwrap();
+    let src = verify::file_in(dir.path(), "src", 1 << 20, 7);
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring
-        .register(
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH)
-                .open(&src)
-                .unwrap(),
-        )
-        .unwrap();
+    let (mut ring, s) = ring_with(
+        &pool,
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&src)
+            .unwrap(),
+    );
     let d = ring
         .register(open(&dir.path().join("dst"), true, false))
         .unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: 1 << 20,
-    };
+    let job = copy_job(s, d, 1 << 20);
     // An O_PATH descriptor allows no I/O (the kernel would answer EBADF): refused up
     // front, before anything reaches the kernel.
     let enters = ring.stats().enters;
@@ -532,20 +420,10 @@ fn cancelling_the_parent_cancels_its_children() {
     };
     let dir = common::disk_dir();
     let dst = dir.path().join("dst");
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
+    let (mut ring, s) = ring_with(&pool, dev.open(false));
     let d = ring.register(open(&dst, true, false)).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: size,
-    };
+    let job = copy_job(s, d, size);
     let config = SplitConfig::new().mode(PAR4).max_chunk(CHUNK);
     let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
     while drv.bytes_transferred() < (1 << 20) {
@@ -558,10 +436,10 @@ fn cancelling_the_parent_cancels_its_children() {
     assert!(drv.cancel(&mut ring));
     assert!(drv.stats().cancels > 0, "no child was cancelled");
     assert!(!drv.cancel(&mut ring), "cancelled twice");
-    let done = run_checked(&mut drv, &mut ring);
+    let done = finish_split(&mut drv, &mut ring, &mut ());
     assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
     assert!(done.bytes < size);
-    check_prefix(&dst, done.bytes, 8);
+    verify::check_file_prefix(&dst, done.bytes, 8);
     check_teardown(&ring, &[&pool]);
 }
 
@@ -571,12 +449,8 @@ fn deadline_races_the_last_transfer_thousands_of_times() {
     let Some(dev) = LoopDev::new(size, Some((BS, 11))) else {
         return;
     };
-    let mut ring = Ring::new().unwrap();
     let pool = pool(1, BS);
-    ring.register_pool(&pool);
-    let s = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
+    let (mut ring, s) = ring_with(&pool, dev.open(false));
     let delays_us = [0u64, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
     let iterations = 3000;
     let (mut ok, mut timed_out, mut moved_anyway) = (0, 0, 0);
@@ -645,11 +519,9 @@ fn deadline_races_the_last_transfer_thousands_of_times() {
 #[test]
 fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     let dir = common::disk_dir();
-    let src = src_file(dir.path(), "src", 1 << 20, 1);
-    let mut ring = Ring::new().unwrap();
+    let src = verify::file_in(dir.path(), "src", 1 << 20, 1);
     let pool = pool(2, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let ro = ring.register(open(&src, false, false)).unwrap();
     let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
     let p = ring.register(r).unwrap();
@@ -762,32 +634,24 @@ const HUGE_DEADLINES: [Duration; 4] = [
 fn huge_deadlines_never_fire_and_every_byte_is_copied() {
     let dir = common::disk_dir();
     let size = 5 * CHUNK + 777;
-    let src = src_file(dir.path(), "src", size, 71);
-    let mut ring = Ring::new().unwrap();
+    let src = verify::file_in(dir.path(), "src", size, 71);
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     for (k, d) in HUGE_DEADLINES.into_iter().enumerate() {
         for mode in [Mode::Serial, PAR4] {
             let dst = dir.path().join(format!("dst{k}"));
             let t = ring.register(open(&dst, true, false)).unwrap();
-            let job = Job::Copy {
-                src: s,
-                src_offset: 0,
-                dst: t,
-                dst_offset: 0,
-                len: size,
-            };
+            let job = copy_job(s, t, size);
             let config = SplitConfig::new().mode(mode).deadline(d);
             let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-            let done = run_checked(&mut drv, &mut ring);
+            let done = finish_split(&mut drv, &mut ring, &mut ());
             assert_eq!(
                 (done.status, done.bytes, done.transferred),
                 (Ok(()), size, size),
                 "deadline {d:?}, {mode:?}"
             );
             ring.close(t).unwrap();
-            check_prefix(&dst, size, 71);
+            verify::check_file_prefix(&dst, size, 71);
         }
     }
     check_teardown(&ring, &[&pool]);
@@ -801,16 +665,14 @@ fn huge_deadlines_never_fire_and_every_byte_is_copied() {
 fn copies_onto_the_same_file_are_refused_unless_the_ranges_are_disjoint() {
     let dir = common::disk_dir();
     let size = 4 * CHUNK;
-    let f = src_file(dir.path(), "f", size, 73);
+    let f = verify::file_in(dir.path(), "f", size, 73);
     let want = std::fs::read(&f).unwrap();
     let sym = dir.path().join("sym");
     std::os::unix::fs::symlink(&f, &sym).unwrap();
     let hard = dir.path().join("hard");
     std::fs::hard_link(&f, &hard).unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let rw = ring.register(open(&f, true, false)).unwrap();
+    let (mut ring, rw) = ring_with(&pool, open(&f, true, false));
     let s = ring.register(open(&f, false, false)).unwrap();
     let d_sym = ring.register(open(&sym, true, false)).unwrap();
     let d_hard = ring.register(open(&hard, true, false)).unwrap();
@@ -875,12 +737,8 @@ fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
     // SAFETY: `c` is a valid NUL-terminated path.
     let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, rdev as libc::dev_t) };
     assert_eq!(made, 0, "mknod: {}", std::io::Error::last_os_error());
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring
-        .register(open(Path::new(&dev.path), false, false))
-        .unwrap();
+    let (mut ring, s) = ring_with(&pool, open(Path::new(&dev.path), false, false));
     let d = ring.register(open(&node, true, false)).unwrap();
     let len = ring.info(s).unwrap().size;
     assert_eq!(len, size);
@@ -908,7 +766,7 @@ fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
         .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), size));
     assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
-    check_prefix(&out, size, 74);
+    verify::check_file_prefix(&out, size, 74);
     for t in [s, d, o] {
         ring.close(t).unwrap();
     }
@@ -922,11 +780,9 @@ fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
 fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
     let dir = common::disk_dir();
     let size = 1u64 << 20;
-    let src = src_file(dir.path(), "src", size, 75);
-    let mut ring = Ring::new().unwrap();
+    let src = verify::file_in(dir.path(), "src", size, 75);
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let deadline = Duration::from_secs(2);
     let job = Job::Read {
         src: s,
@@ -966,11 +822,9 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
 #[test]
 fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
     let dir = common::disk_dir();
-    let src = src_file(dir.path(), "src", 1 << 20, 76);
-    let mut ring = Ring::new().unwrap();
+    let src = verify::file_in(dir.path(), "src", 1 << 20, 76);
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let d = ring
         .register(open(&dir.path().join("dst"), true, false))
         .unwrap();
@@ -1030,25 +884,17 @@ fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
 #[test]
 fn append_only_destinations_are_refused() {
     let dir = common::disk_dir();
-    let src = src_file(dir.path(), "src", 4 * CHUNK, 77);
+    let src = verify::file_in(dir.path(), "src", 4 * CHUNK, 77);
     let dst = dir.path().join("dst");
     std::fs::write(&dst, b"keep").unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let d = ring
         .register(OpenOptions::new().append(true).open(&dst).unwrap())
         .unwrap();
     let before = ring.stats().submitted;
     for job in [
-        Job::Copy {
-            src: s,
-            src_offset: 0,
-            dst: d,
-            dst_offset: 0,
-            len: 4 * CHUNK,
-        },
+        copy_job(s, d, 4 * CHUNK),
         Job::Write {
             dst: d,
             offset: 0,
@@ -1237,13 +1083,7 @@ fn copies_between_a_disk_its_partition_and_a_loop_backing_file_must_not_overlap(
         f.write_all_at(&w, 0).unwrap();
         f.sync_all().unwrap();
     }
-    let job = Job::Copy {
-        src: disk,
-        src_offset: 0,
-        dst: part,
-        dst_offset: 0,
-        len: mib,
-    };
+    let job = copy_job(disk, part, mib);
     let done = SplitDriver::new(&mut ring, &bufs, job, SplitConfig::new())
         .unwrap()
         .run(&mut ring, &mut ())

@@ -67,6 +67,11 @@ impl FileSpec {
         FileSpec { size, bs, seed }
     }
 
+    /// A file of `blocks` 4 KiB verify blocks of `seed`.
+    pub fn blocks(blocks: u64, seed: u64) -> FileSpec {
+        FileSpec::new(blocks * 4096, 4096, seed)
+    }
+
     /// The file's initial content.
     pub fn content(&self) -> Vec<u8> {
         let mut data = vec![0u8; self.size as usize];
@@ -115,22 +120,27 @@ pub struct FuseStats {
     pub max_outstanding: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Plan {
     eio: Vec<Range<u64>>,
     eio_writes: bool,
     random_eio_permille: u32,
-    rng: u64,
+    rng: fastrand::Rng,
     delay: (Duration, Duration),
     hold: Option<Range<u64>>,
 }
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+impl Default for Plan {
+    fn default() -> Plan {
+        Plan {
+            eio: Vec::new(),
+            eio_writes: false,
+            random_eio_permille: 0,
+            rng: super::rng(0),
+            delay: (Duration::ZERO, Duration::ZERO),
+            hold: None,
+        }
+    }
 }
 
 fn overlaps(r: &Range<u64>, start: u64, len: u64) -> bool {
@@ -208,7 +218,7 @@ impl Control {
     pub fn random_eio(&self, permille: u32, seed: u64) {
         let mut p = self.plan();
         p.random_eio_permille = permille;
-        p.rng = seed;
+        p.rng = super::rng(seed);
     }
 
     /// Disarm every fault, delay and hold (held requests are released).
@@ -289,8 +299,7 @@ impl Control {
         let fail = {
             let mut p = self.plan();
             let ranged = p.eio.iter().any(|r| overlaps(r, offset, u64::from(size)));
-            let random = p.random_eio_permille > 0
-                && splitmix(&mut p.rng) % 1000 < u64::from(p.random_eio_permille);
+            let random = p.random_eio_permille > 0 && p.rng.u32(..1000) < p.random_eio_permille;
             ranged || random
         };
         if fail {
@@ -564,11 +573,7 @@ impl Filesystem for FaultyFs {
             let mut p = ctl.plan();
             let (min, max) = p.delay;
             let span = (max - min).as_micros() as u64;
-            let jitter = if span > 0 {
-                splitmix(&mut p.rng) % (span + 1)
-            } else {
-                0
-            };
+            let jitter = p.rng.u64(..=span);
             let held = p
                 .hold
                 .as_ref()

@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod bin;
+pub mod drivers;
 pub mod fd;
 pub mod fuse;
 pub mod maps;

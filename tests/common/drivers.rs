@@ -1,0 +1,103 @@
+//! Checks shared by the driver tests: DMA transfer reports, split progress and runs,
+//! reader deliveries.
+
+use std::time::Duration;
+
+use iocomplete::dma::TransferReport;
+use iocomplete::split::{ChunkHandler, Completion, Job, SplitDriver};
+use iocomplete::{Ring, Target};
+
+/// Records every DMA transfer report and checks the exactly-once `last` rule as it goes.
+#[derive(Debug, Default)]
+pub struct Reports {
+    pub all: Vec<TransferReport>,
+}
+
+impl Reports {
+    pub fn record(&mut self, r: &TransferReport) {
+        assert!(
+            !self.all.iter().any(|x| x.last),
+            "a report after the final transfer: {r:?}"
+        );
+        self.all.push(*r);
+    }
+
+    /// Final reports (exactly one for a finished transaction).
+    pub fn finals(&self) -> usize {
+        self.all.iter().filter(|r| r.last).count()
+    }
+
+    /// Bytes reported moved.
+    pub fn bytes(&self) -> u64 {
+        self.all.iter().map(|r| r.bytes).sum()
+    }
+
+    /// A report hook that records here.
+    pub fn hook(&mut self) -> impl FnMut(&TransferReport) + '_ {
+        |r| self.record(r)
+    }
+}
+
+/// Every byte of `[start, end)` covered exactly once by `spans` (offset, length), and in
+/// order if `ordered`.
+pub fn check_spans(spans: &[(u64, usize)], start: u64, end: u64, ordered: bool) {
+    if ordered {
+        let mut at = start;
+        for &(o, l) in spans {
+            assert_eq!(o, at, "ordered delivery out of order");
+            at += l as u64;
+        }
+    }
+    let mut s = spans.to_vec();
+    s.sort_unstable();
+    let mut at = start;
+    for (o, l) in s {
+        assert_eq!(o, at, "gap or duplicate at {at}");
+        at += l as u64;
+    }
+    assert_eq!(at, end, "bytes missing at the end");
+}
+
+/// A copy of `len` bytes from offset 0 of `src` to offset 0 of `dst`.
+pub fn copy_job(src: Target, dst: Target, len: u64) -> Job {
+    Job::Copy {
+        src,
+        src_offset: 0,
+        dst,
+        dst_offset: 0,
+        len,
+    }
+}
+
+/// Split progress reports: never backwards, never past the length.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub last: u64,
+    pub calls: usize,
+}
+
+impl ChunkHandler for Progress {
+    fn on_progress(&mut self, done: u64, len: u64) {
+        assert!(done <= len && done >= self.last, "progress {done}/{len}");
+        self.last = done;
+        self.calls += 1;
+    }
+}
+
+/// Step a split driver to its completion, checking that it completes once, with no child
+/// and no CQE left in the ring.
+pub fn finish_split(
+    drv: &mut SplitDriver,
+    ring: &mut Ring,
+    h: &mut impl ChunkHandler,
+) -> Completion {
+    loop {
+        if let Some(c) = drv.step(ring, h, Some(Duration::from_millis(100))).unwrap() {
+            assert_eq!(drv.in_flight(), 0, "completed with children in flight");
+            assert_eq!(ring.in_flight(), 0, "completed before its last CQE");
+            assert!(drv.process(ring, h).is_none(), "completed twice");
+            assert!(drv.is_complete());
+            return c;
+        }
+    }
+}
