@@ -50,6 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use common::fd::{payload, pipe, set_nonblocking, write_fd};
 use common::verify;
 use iocomplete::dma::{Config as DmaConfig, Direction, SgList};
 use iocomplete::ring::BufPart;
@@ -91,20 +92,22 @@ const APPEND: usize = 1;
 
 // ---- PRNG and configuration -------------------------------------------------------------
 
-/// splitmix64: small, fast, good enough to drive choices.
+/// The tests' PRNG (seeded: a seed replays a run), with the choices this test makes.
 #[derive(Debug, Clone)]
-struct Rng(u64);
+struct Rng(fastrand::Rng);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(common::rng(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
+        self.0.u64(..)
     }
     fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.0.u64(..n)
         }
     }
     fn chance(&mut self, pct: u64) -> bool {
@@ -132,6 +135,7 @@ fn file_at(file: &[u8], off: u64, n: usize) -> &[u8] {
     &file[off as usize..off as usize + n]
 }
 
+/// A hash of `z` (splitmix64's finalizer): content derived from tags, checkable later.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -744,42 +748,6 @@ struct Episode<'w> {
     sqpoll: bool,
 }
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn write_all_fd(fd: RawFd, mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        // SAFETY: valid buffer and descriptor.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        assert!(
-            n > 0,
-            "write to fd {fd}: {}",
-            std::io::Error::last_os_error()
-        );
-        bytes = &bytes[n as usize..];
-    }
-}
-
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: F_GETFL/F_SETFL on a descriptor this test owns.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        assert!(fl >= 0);
-        assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
-    }
-}
-
-/// A deterministic byte stream for the stream readers and FIFO receivers.
-fn stream_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut r = Rng(seed);
-    (0..len).map(|_| r.next() as u8).collect()
-}
-
 fn noop_poll(f: &mut OpFuture) -> Option<Completion> {
     let mut cx = Context::from_waker(Waker::noop());
     match Pin::new(f).poll(&mut cx) {
@@ -790,7 +758,7 @@ fn noop_poll(f: &mut OpFuture) -> Option<Completion> {
 
 impl<'w> Episode<'w> {
     fn new(w: &'w mut World, seed: u64, ops: u64, shared: Arc<Shared>) -> Episode<'w> {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let sqpoll = rng.chance(12);
         let mut b = Ring::builder();
         let mut tiny = false;
@@ -998,7 +966,7 @@ impl<'w> Episode<'w> {
             bytes.extend_from_slice(&self.records_written.to_le_bytes());
             self.records_written += 1;
         }
-        write_all_fd(self.pipe_tx.as_raw_fd(), &bytes);
+        write_fd(self.pipe_tx.as_raw_fd(), &bytes);
     }
 
     // ---- building operations ----
@@ -2398,7 +2366,7 @@ impl<'w> Episode<'w> {
             let pool = self.w.pools[0].clone();
             let file = self.w.file.clone();
             let t = self.file_t;
-            let mut rng = Rng(self.rng.next());
+            let mut rng = Rng::new(self.rng.next());
             let ops = 200 + rng.below(1500);
             self.w.totals.handle_ops += ops;
             self.handle_threads.push(std::thread::spawn(move || {
@@ -2513,7 +2481,7 @@ impl<'w> Episode<'w> {
             let (rx, tx) = pipe();
             let r = self.ring().register(rx).unwrap();
             let len = 1 + self.rng.below(60_000) as usize;
-            let data = Arc::new(stream_bytes(self.rng.next(), len));
+            let data = Arc::new(payload(self.rng.next(), len));
             let reads = [
                 StreamReads::Auto,
                 StreamReads::Multishot,
@@ -2545,7 +2513,7 @@ impl<'w> Episode<'w> {
                 "reader: stream {id} ({len} bytes, {reads:?}, multishot {}) on {r:?}",
                 reader.is_multishot()
             ));
-            let mut wr = Rng(self.rng.next());
+            let mut wr = Rng::new(self.rng.next());
             let quit = Arc::new(AtomicBool::new(false));
             let q2 = quit.clone();
             set_nonblocking(tx.as_raw_fd());
@@ -2689,7 +2657,7 @@ impl<'w> Episode<'w> {
         let mut f = FifoReceiver::new(self.ring.as_ref().unwrap(), r).unwrap();
         let b = self.w.pools[0].try_get().ok()?;
         let len = 1 + self.rng.below(b.capacity() as u64) as usize;
-        let stream = stream_bytes(self.rng.next(), len);
+        let stream = payload(self.rng.next(), len);
         let id = register_stream(&Arc::new(stream.clone()));
         self.event(format!("fifo: stream {id} ({len} bytes) on {r:?}"));
         if self.rng.chance(30) {
@@ -2742,7 +2710,7 @@ impl<'w> Episode<'w> {
             } => {
                 if *sent < *len && self.rng.chance(50) {
                     let n = (1 + self.rng.below(*len as u64) as usize).min(*len - *sent);
-                    write_all_fd(tx.as_raw_fd(), &stream[*sent..*sent + n]);
+                    write_fd(tx.as_raw_fd(), &stream[*sent..*sent + n]);
                     *sent += n;
                 }
                 if self.rng.chance(3) {
@@ -3103,7 +3071,7 @@ impl Episode<'_> {
                 } = &mut self.drivers[i]
                 {
                     if *sent < *len {
-                        write_all_fd(tx.as_raw_fd(), &stream[*sent..]);
+                        write_fd(tx.as_raw_fd(), &stream[*sent..]);
                         *sent = *len;
                     }
                 }
@@ -3621,7 +3589,7 @@ fn random_api_sequences() {
 fn run(seed: u64, target: u64, budget: Duration, shared: Arc<Shared>) -> Totals {
     let start = Instant::now();
     let mut w = World::new();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut episode = 0u64;
     let only = std::env::var("IOCOMPLETE_API_SEQ_EPISODE").ok().map(|v| {
         let v = v.trim();

@@ -21,7 +21,7 @@
 mod common;
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -29,7 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{check_teardown, verify};
+use common::fd::{pipe, set_nonblocking, write_fd};
+use common::{check_teardown, ring_with, verify};
 use iocomplete::dma::{Config as DmaConfig, Direction, SgList};
 use iocomplete::ring::BufPart;
 use iocomplete::split::{Job, Mode, SplitConfig};
@@ -173,36 +174,8 @@ impl Table {
 
 // ---- fixtures ----------------------------------------------------------------------------
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: F_GETFL/F_SETFL on a descriptor this test owns.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        assert!(fl >= 0);
-        assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
-    }
-}
-
-fn write_fd(fd: RawFd, bytes: &[u8]) {
-    // SAFETY: valid buffer and descriptor.
-    let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-    assert_eq!(n, bytes.len() as isize, "write to fd {fd}");
-}
-
 fn pool(slots: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(BS)
-        .header_len(HDR)
-        .build()
-        .unwrap()
+    common::pool_hdr(slots, BS, HDR)
 }
 
 /// The target's kind for the transfer table.
@@ -248,10 +221,8 @@ impl Fx {
             oo.custom_flags(libc::O_DIRECT);
         }
         let f = oo.open(&path).unwrap();
-        let mut ring = Ring::new().unwrap();
         let pool = pool(8);
-        ring.register_pool(&pool);
-        let t = ring.register(f).unwrap();
+        let (ring, t) = ring_with(&pool, f);
         Some(Fx {
             _dir: dir,
             _loop: lo,
@@ -1007,10 +978,8 @@ fn op_offsets_on_a_pipe_are_ignored() {
         for (oname, off) in offsets(BS) {
             t.row(format!("pipe read at {oname}"), "", || {
                 let (rx, tx) = pipe();
-                let mut ring = Ring::new().unwrap();
                 let pool = pool(2);
-                ring.register_pool(&pool);
-                let r = ring.register(rx).unwrap();
+                let (mut ring, r) = ring_with(&pool, rx);
                 let w = ring.register(tx).unwrap();
                 let mut b = pool.try_get().unwrap();
                 b.extend_from_slice(b"stream bytes").unwrap();
@@ -1044,10 +1013,8 @@ struct PipeFx {
 impl PipeFx {
     fn new() -> PipeFx {
         let (rx, tx) = pipe();
-        let mut ring = Ring::new().unwrap();
         let pool = pool(4);
-        ring.register_pool(&pool);
-        let r = ring.register(rx).unwrap();
+        let (ring, r) = ring_with(&pool, rx);
         PipeFx { ring, pool, r, tx }
     }
 
@@ -1486,10 +1453,8 @@ fn fifo_receive_with_deadline_durations() {
         let setup = || {
             let (rx, tx) = pipe();
             set_nonblocking(rx.as_raw_fd());
-            let mut ring = Ring::new().unwrap();
             let pool = pool(2);
-            ring.register_pool(&pool);
-            let r = ring.register(rx).unwrap();
+            let (ring, r) = ring_with(&pool, rx);
             let fifo = FifoReceiver::new(&ring, r).unwrap();
             (ring, pool, fifo, tx)
         };
@@ -3009,10 +2974,8 @@ fn fifo_receiver_edges() {
         let setup = || {
             let (rx, tx) = pipe();
             set_nonblocking(rx.as_raw_fd());
-            let mut ring = Ring::new().unwrap();
             let pool = pool(2);
-            ring.register_pool(&pool);
-            let r = ring.register(rx).unwrap();
+            let (ring, r) = ring_with(&pool, rx);
             let fifo = FifoReceiver::new(&ring, r).unwrap();
             (ring, pool, fifo, tx)
         };
@@ -3715,9 +3678,7 @@ fn shared_buffers_and_a_one_entry_file_table() {
             "",
             || {
                 let mut ring = Ring::builder().files(1).build().unwrap();
-                let dir = common::disk_dir();
-                let path = dir.path().join("f");
-                verify::make_file(&path, SIZE, BS, SEED);
+                let (_dir, path) = verify::disk_file(SIZE, SEED);
                 let p = pool(4);
                 ring.register_pool(&p);
                 let a = ring.register(File::open(&path).unwrap()).unwrap();

@@ -12,19 +12,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use common::fuse::{ChildFuse, FileSpec, FuseMount};
-use common::{check_teardown, verify, LoopDev};
+use common::{check_teardown, ring_with, verify, LoopDev};
 use iocomplete::{BufferPool, ErrorKind, Op, Ring, Target, Ticket};
 
 const BS: usize = 4096;
 
-fn pool(slots: usize, len: usize, header: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .header_len(header)
-        .build()
-        .unwrap()
-}
+use common::pool_hdr as pool;
 
 /// Outcome of one block read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +109,7 @@ fn read_blocks_in(
 
 #[test]
 fn eio_at_chosen_offsets_fails_only_those_reads() {
-    let spec = FileSpec::new(256 * BS as u64, BS, 21);
+    let spec = FileSpec::blocks(256, 21);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
@@ -127,12 +120,8 @@ fn eio_at_chosen_offsets_fails_only_those_reads() {
     // Jittered replies: reads really are in flight together and complete out of order.
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_millis(3));
-    let mut ring = Ring::new().unwrap();
     let pool = pool(32, BS, 16);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let got = read_blocks(&mut ring, &pool, t, 256, 32, spec.seed);
     for (b, g) in got.iter().enumerate() {
         let want = if bad.contains(&(b as u64)) {
@@ -166,7 +155,7 @@ fn eio_at_chosen_offsets_fails_only_those_reads() {
 
 #[test]
 fn write_eio_reaches_the_right_request_and_the_rest_land() {
-    let spec = FileSpec::new(64 * BS as u64, BS, 22);
+    let spec = FileSpec::blocks(64, 22);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
@@ -180,10 +169,8 @@ fn write_eio_reaches_the_right_request_and_the_rest_land() {
         .write(true)
         .open(fs.path())
         .unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     // Rewrite every block with a new seed, 16 in flight.
     let new_seed = 23;
     let mut results = HashMap::new();
@@ -237,7 +224,7 @@ fn write_eio_reaches_the_right_request_and_the_rest_land() {
 
 #[test]
 fn eio_through_a_loop_device_on_the_faulty_file() {
-    let spec = FileSpec::new(512 * BS as u64, BS, 24);
+    let spec = FileSpec::blocks(512, 24);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
@@ -261,10 +248,8 @@ fn eio_through_a_loop_device_on_the_faulty_file() {
         .custom_flags(libc::O_DIRECT)
         .open(&dev.path)
         .unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(32, BS, 64);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     assert_eq!(ring.info(t).unwrap().kind, iocomplete::FdKind::BlockDevice);
     // Even blocks, then odd ones: reads in flight together are never adjacent, so the
     // block layer cannot merge a good block's read into a failing request.
@@ -295,17 +280,13 @@ fn eio_through_a_loop_device_on_the_faulty_file() {
 #[test]
 fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
     const MIN_DELAY: Duration = Duration::from_millis(5);
-    let spec = FileSpec::new(128 * BS as u64, BS, 25);
+    let spec = FileSpec::blocks(128, 25);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
     fs.ctl().delay(MIN_DELAY, Duration::from_millis(40));
-    let mut ring = Ring::new().unwrap();
     let pool = pool(64, BS, 8);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let mut counts: HashMap<(u64, &str), u32> = HashMap::new();
     let (mut cancels_asked, mut expired_at_device) = (0u32, 0u32);
     for round in 0..4u64 {
@@ -388,17 +369,13 @@ fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
 
 #[test]
 fn stuck_device_reads_complete_once_when_released() {
-    let spec = FileSpec::new(64 * BS as u64, BS, 26);
+    let spec = FileSpec::blocks(64, 26);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
     fs.ctl().hold(0..u64::MAX);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(32, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let mut tks = Vec::new();
     for b in 0..24u64 {
         let mut op = Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS).tag(b);
@@ -455,7 +432,7 @@ fn stuck_device_reads_complete_once_when_released() {
 
 #[test]
 fn dropping_a_ring_while_the_device_holds_its_reads_returns_every_slot() {
-    let spec = FileSpec::new(32 * BS as u64, BS, 27);
+    let spec = FileSpec::blocks(32, 27);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
@@ -499,16 +476,12 @@ fn dropping_a_ring_while_the_device_holds_its_reads_returns_every_slot() {
 
 #[test]
 fn device_vanishing_mid_read_fails_in_flight_reads_once() {
-    let spec = FileSpec::new(64 * BS as u64, BS, 28);
+    let spec = FileSpec::blocks(64, 28);
     let Some(mut fs) = FuseMount::new(spec) else {
         return;
     };
-    let mut ring = Ring::new().unwrap();
     let pool = pool(32, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     // Served reads first, verified.
     let got = read_blocks(&mut ring, &pool, t, 8, 8, spec.seed);
     assert!(got.iter().all(|g| *g == Got::Verified));
@@ -554,17 +527,13 @@ fn fuse_child_server() {
 
 #[test]
 fn server_process_killed_mid_read() {
-    let spec = FileSpec::new(64 * BS as u64, BS, 29);
+    let spec = FileSpec::blocks(64, 29);
     let hold_from = 16 * BS as u64;
     let Some(mut srv) = ChildFuse::spawn("fuse_child_server", spec, hold_from) else {
         return;
     };
-    let mut ring = Ring::new().unwrap();
     let pool = pool(32, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(srv.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(srv.path()).unwrap());
     let got = read_blocks(&mut ring, &pool, t, 16, 8, spec.seed);
     assert!(got.iter().all(|g| *g == Got::Verified));
     let tks: Vec<_> = (16..32u64)
@@ -598,18 +567,14 @@ fn server_process_killed_mid_read() {
 
 #[test]
 fn server_without_async_dio_serves_reads_inside_submission_each_once() {
-    let spec = FileSpec::new(16 * BS as u64, BS, 30);
+    let spec = FileSpec::blocks(16, 30);
     let Some(fs) = FuseMount::with_async_dio(spec, false) else {
         return;
     };
     fs.ctl()
         .delay(Duration::from_millis(5), Duration::from_millis(5));
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let tks: Vec<_> = (0..8u64)
         .map(|b| {
             let op = Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS)
@@ -660,10 +625,8 @@ fn write_direct_file(path: &std::path::Path, blocks: u64, seed: u64) {
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     for b in 0..blocks {
         let mut buf = pool.try_get().unwrap();
         buf.set_len(BS).unwrap();
@@ -716,10 +679,8 @@ fn verify_mode_catches_blocks_corrupted_on_disk_between_write_and_read() {
         .custom_flags(libc::O_DIRECT)
         .open(&path)
         .unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     let mut caught = Vec::new();
     let mut whole = Vec::new();
     for b in 0..64u64 {
@@ -768,19 +729,15 @@ fn verify_mode_catches_blocks_corrupted_on_disk_between_write_and_read() {
 
 #[test]
 fn verify_mode_catches_a_byte_flipped_on_the_device_under_a_loop_device() {
-    let spec = FileSpec::new(256 * BS as u64, BS, 32);
+    let spec = FileSpec::blocks(256, 32);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
     let Some(dev) = LoopDev::attach(&fs.path()) else {
         return;
     };
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, BS, 0);
-    ring.register_pool(&pool);
-    let file = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, file) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let blk = ring
         .register(
             OpenOptions::new()
@@ -821,7 +778,7 @@ fn soak_random_faults_verify_every_block() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     const BLOCKS: u64 = 1024;
-    let spec = FileSpec::new(BLOCKS * BS as u64, BS, 33);
+    let spec = FileSpec::blocks(BLOCKS, 33);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
@@ -831,12 +788,8 @@ fn soak_random_faults_verify_every_block() {
     fs.ctl().random_eio(20, 0x5eed);
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_millis(2));
-    let mut ring = Ring::new().unwrap();
     let pool = pool(48, 4 * BS, 16);
-    ring.register_pool(&pool);
-    let file = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, file) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let blk = ring
         .register(
             OpenOptions::new()

@@ -11,22 +11,15 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use common::fd::pipe;
 use common::fuse::{FileSpec, FuseMount};
-use common::{check_teardown, child, verify};
+use common::{check_teardown, child, pool, ring_with, verify};
 use iocomplete::{BufferPool, BufferRegistration, ErrorKind, Op, Ring, Ticket};
 
 const BS: usize = 4096;
-
-fn pool(slots: usize, len: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .build()
-        .unwrap()
-}
 
 /// Check one read of `len` bytes at `offset` from a verify file that was cut to `cut`
 /// while it was in flight: it returns the original bytes, either in full (served before
@@ -65,12 +58,8 @@ fn file_truncated_under_reads_in_flight_gives_short_reads_up_to_the_cut() {
     };
     // The first half is served at once; reads of the second half wait at the device.
     fs.ctl().hold(512 * 1024..u64::MAX);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(64, READ);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let tks: Vec<(u64, Ticket)> = (0..64u64)
         .map(|i| {
             let off = i * READ as u64;
@@ -128,7 +117,7 @@ fn disk_file_truncated_while_a_batch_of_reads_races_it() {
     let mut ring = Ring::new().unwrap();
     let pool = pool(128, READ);
     ring.register_pool(&pool);
-    let mut rng = 0x1234_5678u64;
+    let mut rng = common::rng(0x1234_5678);
     let (mut mid, mut total_short) = (0, 0);
     // 24 rounds, and more (bounded) until a cut has landed mid-batch at least once: a test
     // of the race that never raced would prove nothing.
@@ -139,11 +128,8 @@ fn disk_file_truncated_while_a_batch_of_reads_races_it() {
         verify::make_file(&path, SIZE, BS, seed);
         let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
         // A page-aligned cut, so no partial page is zeroed under a racing read.
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let cut = (rng >> 33) % (SIZE / 4096) * 4096;
-        let delay = Duration::from_micros((rng >> 20) % 300);
+        let cut = rng.u64(..SIZE / 4096) * 4096;
+        let delay = Duration::from_micros(rng.u64(..300));
         let p = path.clone();
         let cutter = std::thread::spawn(move || {
             std::thread::sleep(delay);
@@ -190,7 +176,7 @@ fn disk_file_truncated_while_a_batch_of_reads_races_it() {
 /// Close the ring's target (`Ring::close`) while the device holds reads: they complete
 /// normally (the kernel holds its own reference), later requests fail without a syscall.
 fn close_target_with_reads_in_flight(files: u32) {
-    let spec = FileSpec::new(64 * BS as u64, BS, 42);
+    let spec = FileSpec::blocks(64, 42);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
@@ -248,7 +234,7 @@ fn closing_a_raw_fd_target_with_reads_in_flight() {
 /// wherever the ring's file table points (fixed files: still the original file; raw fds:
 /// the new occupant of the number, here `/dev/null`). Nothing leaks, nothing completes twice.
 fn raw_fd_replaced_with_reads_in_flight(files: u32) {
-    let spec = FileSpec::new(32 * BS as u64, BS, 43);
+    let spec = FileSpec::blocks(32, 43);
     let Some(fs) = FuseMount::new(spec) else {
         return;
     };
@@ -357,14 +343,6 @@ fn child_process_entry() {
         other => panic!("unknown child role {other}"),
     }
     child::ok(&role);
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 /// Child: really `close()` the ring's raw descriptor while a read is pending on it (only

@@ -435,16 +435,13 @@ fn orphan_race(for_how_long: Duration, stall: bool) {
             }
         }
         std::thread::spawn(move || {
-            let mut x = 1u64;
+            let mut rng = common::rng(1);
             while killing.load(Ordering::Relaxed) {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let id = ids[(x >> 33) as usize % ids.len()];
+                let id = ids[rng.usize(..ids.len())];
                 // SAFETY: the helper threads are alive until `killing` is cleared and this
                 // thread joined.
                 unsafe { libc::pthread_kill(id, libc::SIGUSR2) };
-                for _ in 0..(x >> 50) % 2000 {
+                for _ in 0..rng.u32(..2000) {
                     std::hint::spin_loop();
                 }
             }

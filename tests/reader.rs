@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{check_teardown, verify, LoopDev};
+use common::drivers::check_spans;
+use common::fd::{fifo_in, pipe, raw_pty, slow_writer};
+use common::{check_teardown, open, ring_with, verify, LoopDev};
 use iocomplete::reader::ContinuousReaderBuilder;
 use iocomplete::{
     BufferPool, ContinuousReader, Dispatch, ErrorKind, FinishReason, Op, PoolBuf, ReaderReport,
@@ -28,12 +30,7 @@ const HDR: usize = 24;
 const HDR_BYTE: u8 = 0x5A;
 
 fn pool(slots: usize, len: usize) -> BufferPool {
-    let pool = BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .header_len(HDR)
-        .build()
-        .unwrap();
+    let pool = common::pool_hdr(slots, len, HDR);
     let mut all = Vec::new();
     while let Ok(mut b) = pool.try_get() {
         b.header_mut().fill(HDR_BYTE);
@@ -77,25 +74,6 @@ fn verify_handler(seed: u64) -> impl Fn(&Seen, PoolBuf, u64) + Send + Sync + 'st
         verify::check_range(buf.data(), BS, seed, off).unwrap();
         seen.spans.lock().unwrap().push((off, buf.len()));
     }
-}
-
-/// Every byte of `[start, end)` delivered exactly once (and, if `ordered`, in order).
-fn check_spans(spans: &[(u64, usize)], start: u64, end: u64, ordered: bool) {
-    if ordered {
-        let mut at = start;
-        for &(o, l) in spans {
-            assert_eq!(o, at, "ordered delivery out of order");
-            at += l as u64;
-        }
-    }
-    let mut s = spans.to_vec();
-    s.sort_unstable();
-    let mut at = start;
-    for (o, l) in s {
-        assert_eq!(o, at, "gap or duplicate at {at}");
-        at += l as u64;
-    }
-    assert_eq!(at, end, "bytes missing at the end");
 }
 
 /// Check that the spans are disjoint (no byte delivered twice), without requiring a cover.
@@ -220,14 +198,6 @@ fn file_ranges_and_worker_dispatch() {
     }
 }
 
-fn open_direct(path: &std::path::Path) -> File {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .unwrap()
-}
-
 #[test]
 fn direct_files_aligned_and_unaligned_sizes() {
     const CH: usize = 64 * 1024;
@@ -245,7 +215,7 @@ fn direct_files_aligned_and_unaligned_sizes() {
         let path = dir.path().join(format!("d{i}"));
         verify::make_file(&path, size, BS, 20 + i as u64);
         for (pending, ordered) in [(1, true), (8, false), (8, true)] {
-            let t = ring.register(open_direct(&path)).unwrap();
+            let t = ring.register(open(&path, false, true)).unwrap();
             let info = ring.info(t).unwrap();
             assert!(info.direct && info.offset_align >= 512);
             let (report, spans) = read_verify(
@@ -271,7 +241,7 @@ fn direct_io_settings_that_do_not_fit_are_typed_errors_before_the_kernel() {
     verify::make_file(&path, 1 << 20, BS, 3);
     let mut ring = Ring::new().unwrap();
     let pool = pool(8, 64 * 1024);
-    let t = ring.register(open_direct(&path)).unwrap();
+    let t = ring.register(open(&path, false, true)).unwrap();
     let align = ring.info(t).unwrap().offset_align;
     let noop = |_: &Seen, _: PoolBuf, _: u64| {};
     let build = |ring: &mut Ring, b: ContinuousReaderBuilder| {
@@ -354,7 +324,7 @@ fn loop_block_device_direct() {
         (None, true, Dispatch::Inline),
         (Some((64 * 1024, 3 << 20)), false, Dispatch::Workers(2)),
     ] {
-        let t = ring.register(open_direct(dev.path.as_ref())).unwrap();
+        let t = ring.register(dev.open(false)).unwrap();
         let info = ring.info(t).unwrap();
         assert_eq!(info.kind, iocomplete::FdKind::BlockDevice);
         assert!(info.direct);
@@ -512,12 +482,8 @@ fn restart_after_eio_delivers_everything_once_inline_and_on_workers() {
         mem.hole(21);
         mem.hole(57);
         let (base, end) = (mem.base, mem.base + mem.len);
-        let mut ring = Ring::new().unwrap();
         let pool = pool(24, 2 * BS);
-        ring.register_pool(&pool);
-        let t = ring
-            .register(File::open("/proc/self/mem").unwrap())
-            .unwrap();
+        let (mut ring, t) = ring_with(&pool, File::open("/proc/self/mem").unwrap());
         let ctx = FaultCtx {
             mem,
             seen: Seen::default(),
@@ -756,10 +722,8 @@ fn closing_the_target_mid_run_fails_then_restart_fails_again() {
     let dir = common::disk_dir();
     let path = dir.path().join("c");
     verify::make_file(&path, 4 << 20, BS, 11);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, 16 * 1024);
-    ring.register_pool(&pool);
-    let t = ring.register(File::open(&path).unwrap()).unwrap();
+    let (mut ring, t) = ring_with(&pool, File::open(&path).unwrap());
     let failed = Arc::new(Mutex::new(Vec::new()));
     let f2 = failed.clone();
     let mut reader = ContinuousReader::builder(t, &pool)
@@ -811,14 +775,6 @@ fn closing_the_target_mid_run_fails_then_restart_fails_again() {
 
 // ---- streams --------------------------------------------------------------------------
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
 /// What a stream handler saw.
 #[derive(Default)]
 struct StreamSeen {
@@ -867,24 +823,6 @@ fn stream_on_read(s: &StreamSeen, buf: PoolBuf, off: u64) {
     }
 }
 
-/// Write `data` to `fd` in uneven pieces with pauses, then close it.
-fn slow_writer(fd: OwnedFd, data: Vec<u8>, pause_every: usize) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut f = File::from(fd);
-        let mut at = 0;
-        let mut k = 0usize;
-        while at < data.len() {
-            let n = (1 + (k * 7919) % 9000).min(data.len() - at);
-            f.write_all(&data[at..at + n]).unwrap();
-            at += n;
-            k += 1;
-            if k % pause_every == 0 {
-                std::thread::sleep(Duration::from_micros(500));
-            }
-        }
-    })
-}
-
 fn run_stream(
     ring: &mut Ring,
     pool: &BufferPool,
@@ -910,10 +848,8 @@ fn pipe_with_a_slow_writer_multishot_and_single_shot() {
     let want = verify::expected(BS, 31, 0, 300_000);
     for mode in [StreamReads::Auto, StreamReads::SingleShot] {
         let (rx, tx) = pipe();
-        let mut ring = Ring::new().unwrap();
         let pool = pool(8, BS);
-        ring.register_pool(&pool);
-        let t = ring.register(rx).unwrap();
+        let (mut ring, t) = ring_with(&pool, rx);
         let w = slow_writer(tx, want.clone(), 4);
         let (report, seen) = run_stream(&mut ring, &pool, t, StreamSeen::new(want.clone()), mode);
         w.join().unwrap();
@@ -974,10 +910,8 @@ fn named_fifo_nonblocking_waits_for_readiness() {
 fn socketpair_stream() {
     let want = verify::expected(BS, 33, 0, 400_000);
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, 8 * 1024);
-    ring.register_pool(&pool);
-    let t = ring.register(a).unwrap();
+    let (mut ring, t) = ring_with(&pool, a);
     let w = slow_writer(b.into(), want.clone(), 8);
     let (report, seen) = run_stream(
         &mut ring,
@@ -991,34 +925,6 @@ fn socketpair_stream() {
     assert_eq!(seen.next.load(Ordering::SeqCst), want.len() as u64);
     ring.close(t).unwrap();
     check_teardown(&ring, &[&pool]);
-}
-
-/// A pty pair with the slave in raw mode (no echo, no output processing).
-fn raw_pty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-pointers to two ints; the optional arguments are null.
-    let r = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    // SAFETY: `termios` is plain old data; tcgetattr fills it from a valid tty fd.
-    let mut tio: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd and out-pointer.
-    assert_eq!(unsafe { libc::tcgetattr(slave.as_raw_fd(), &mut tio) }, 0);
-    // SAFETY: `tio` is a valid termios.
-    unsafe { libc::cfmakeraw(&mut tio) };
-    // SAFETY: valid fd and termios.
-    let r = unsafe { libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &tio) };
-    assert_eq!(r, 0);
-    (master, slave)
 }
 
 /// Bytes written to the slave of a raw-mode pty, read from the master. `Auto` reads a tty
@@ -1330,10 +1236,8 @@ fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
     let dir = common::disk_dir();
     let path = dir.path().join("p");
     verify::make_file(&path, 2 << 20, BS, 41);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, 16 * 1024);
-    ring.register_pool(&pool);
-    let t = ring.register(File::open(&path).unwrap()).unwrap();
+    let (mut ring, t) = ring_with(&pool, File::open(&path).unwrap());
     let mut reader = ContinuousReader::builder(t, &pool)
         .pending_reads(8)
         .dispatch(Dispatch::Workers(2))
@@ -1374,14 +1278,6 @@ fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
 // ---- regression tests: blocking FIFOs, dropped readers, shared pools ----------------------
 
 /// Make a named FIFO in `dir`.
-fn mkfifo(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("fifo");
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    path
-}
-
 /// Drive `reader` to its end, failing (not hanging) if it takes more than `limit`.
 fn drive_bounded<C, R, F>(
     ring: &mut Ring,
@@ -1456,7 +1352,7 @@ fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
                 drop(rx);
                 (again, slow_writer(tx, want.clone(), 4))
             } else {
-                let path = mkfifo(dir.path());
+                let path = fifo_in(dir.path());
                 let w = {
                     let (want, path) = (want.clone(), path.clone());
                     std::thread::spawn(move || {

@@ -10,18 +10,15 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::check_teardown;
+use common::fd::pipe;
+use common::{check_teardown, ring_with};
 use iocomplete::ring::BufPart;
 use iocomplete::{BufferPool, CompletionQueue, ErrorKind, Op, Ring};
 
 const BS: usize = 4096;
 
 fn pool(slots: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(BS)
-        .build()
-        .unwrap()
+    common::pool(slots, BS)
 }
 
 /// Run `f` on its own thread; fail (instead of hanging the suite) if it takes longer than
@@ -42,14 +39,6 @@ fn within<T: Send + 'static>(
         }
         Err(_) => panic!("{what}: still running after {limit:?} (hang or spin)"),
     }
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 fn file_with(bytes: &[u8]) -> std::fs::File {
@@ -137,10 +126,8 @@ fn readv_part_whose_end_overflows_is_refused_and_writes_nowhere() {
 fn offsets_beyond_i64_max_are_refused_before_the_kernel() {
     let original: Vec<u8> = (0..BS).map(|i| (i % 251) as u8).collect();
     let f = file_with(&original);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4);
-    ring.register_pool(&pool);
-    let t = ring.register(f.try_clone().unwrap()).unwrap();
+    let (mut ring, t) = ring_with(&pool, f.try_clone().unwrap());
     let bad = [u64::MAX, u64::MAX - 1, i64::MAX as u64 + 1, 1 << 63];
     for off in bad {
         let mut buf = pool.try_get().unwrap();

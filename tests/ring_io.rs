@@ -4,27 +4,21 @@
 mod common;
 
 use std::fs::OpenOptions;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{check_teardown, verify, LoopDev};
+use common::fd::{pipe, raw_pty, socketpair};
+use common::{check_teardown, ring_with, verify, LoopDev};
 use iocomplete::{
     BufferPool, BufferRegistration, Completion, CompletionQueue, ErrorKind, Op, Ring, Target,
 };
 
 const BS: usize = 4096;
 
-fn pool(slots: usize, len: usize, header: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .header_len(header)
-        .build()
-        .unwrap()
-}
+use common::pool_hdr as pool;
 
 /// Write `blocks` verify blocks through the ring (several in flight), fsync, read them
 /// back through the ring (several in flight, header-offset buffers) and check each one.
@@ -118,10 +112,8 @@ fn direct_file_round_trip() {
         .custom_flags(libc::O_DIRECT)
         .open(dir.path().join("d"))
         .unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, BS, 16);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     let info = ring.info(t).unwrap();
     assert!(info.direct && info.offset_align >= 512, "{info:?}");
     round_trip(&mut ring, &pool, t, 64, 3);
@@ -139,10 +131,8 @@ fn loop_block_device_round_trip() {
         .custom_flags(libc::O_DIRECT)
         .open(&dev.path)
         .unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, BS, 64);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     let info = ring.info(t).unwrap();
     assert_eq!(info.kind, iocomplete::FdKind::BlockDevice);
     assert_eq!(info.size, 1 << 20);
@@ -150,26 +140,11 @@ fn loop_block_device_round_trip() {
     check_teardown(&ring, &[&pool]);
 }
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn socketpair() -> (OwnedFd, OwnedFd) {
-    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-    (a.into(), b.into())
-}
-
 /// Stream round trip: the writer side sends verify blocks, the reader side reassembles
 /// them (streams may return short reads) and checks every block.
 fn stream_round_trip(rx: OwnedFd, tx: OwnedFd) {
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, BS, 8);
-    ring.register_pool(&pool);
-    let r = ring.register(rx).unwrap();
+    let (mut ring, r) = ring_with(&pool, rx);
     let w = ring.register(tx).unwrap();
     let total = 32 * BS;
     let mut got = Vec::with_capacity(total);
@@ -589,10 +564,8 @@ fn futures_routines_queues_and_handles() {
     let dir = common::disk_dir();
     let path = dir.path().join("v");
     verify::make_file(&path, 32 * BS as u64, BS, 11);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
+    let (ring, t) = ring_with(&pool, std::fs::File::open(&path).unwrap());
     let (h, driver) = ring.spawn().unwrap();
     // Futures on another thread, woken by the ring thread.
     let c = common::block_on(h.submit_future(Op::read(t, 3 * BS as u64, pool.get())));
@@ -819,33 +792,9 @@ fn single_issuer_ring_moves_to_its_driving_thread() {
     t.join().unwrap();
 }
 
-fn openpty_raw() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-pointers are valid; name, termios and winsize may be null.
-    let r = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty failed");
-    // SAFETY: `tio` is filled by tcgetattr before use; `slave` is a valid tty.
-    unsafe {
-        let mut tio: libc::termios = std::mem::zeroed();
-        assert_eq!(libc::tcgetattr(slave, &mut tio), 0);
-        libc::cfmakeraw(&mut tio);
-        assert_eq!(libc::tcsetattr(slave, libc::TCSANOW, &tio), 0);
-    }
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
-}
-
 #[test]
 fn pty_round_trip_and_readiness_poll() {
-    let (master, slave) = openpty_raw();
+    let (master, slave) = raw_pty();
     let mut ring = Ring::new().unwrap();
     let pool = pool(4, BS, 4);
     let m = ring.register(master).unwrap();
