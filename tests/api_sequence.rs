@@ -38,6 +38,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -1566,9 +1568,7 @@ impl<'w> Episode<'w> {
 
     fn submit_random(&mut self) {
         let route = ALL_ROUTES[self.rng.weighted(&[10, 15, 15, 20, 20, 10, 10])];
-        let Some((kind, op)) = self.make_op(route) else {
-            return;
-        };
+        let (kind, op) = or_skip!(self.make_op(route));
         self.submit_op(kind, op, route);
     }
 
@@ -1740,9 +1740,7 @@ impl<'w> Episode<'w> {
     }
 
     fn cancel_tag(&mut self, tag: u64) {
-        let Some(id) = self.pending.get(&tag).and_then(|p| p.id) else {
-            return;
-        };
+        let id = or_skip!(self.pending.get(&tag).and_then(|p| p.id));
         let hit = self.ring().cancel(id);
         self.note(format!("cancel #{tag} -> {hit}"));
         if hit {
@@ -2112,9 +2110,7 @@ impl<'w> Episode<'w> {
     /// Give up on an operation's delivery; what it does to the files becomes unknowable
     /// (a pipe read may consume a record, a write may or may not land).
     fn abandon(&mut self, tag: u64) {
-        let Some(p) = self.pending.get_mut(&tag) else {
-            return;
-        };
+        let p = or_skip!(self.pending.get_mut(&tag));
         if p.abandoned {
             return;
         }
@@ -2198,9 +2194,7 @@ impl<'w> Episode<'w> {
                 while let Ok(b) = p.try_get() {
                     held.push(b);
                 }
-                let Some(b) = held.pop() else {
-                    return;
-                };
+                let b = or_skip!(held.pop());
                 self.note(format!("huge pool wait {huge:?}"));
                 let t = std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_micros(200));
@@ -2212,9 +2206,7 @@ impl<'w> Episode<'w> {
             }
             3 => {
                 // A completion queue with something in it.
-                let Some(i) = (0..self.queues.len()).find(|&i| !self.queues[i].is_empty()) else {
-                    return;
-                };
+                let i = or_skip!((0..self.queues.len()).find(|&i| !self.queues[i].is_empty()));
                 self.note(format!("huge queue pop {huge:?}"));
                 let c = self.queues[i].pop_timeout(huge);
                 let c = c.unwrap_or_else(|| panic!("pop_timeout({huge:?}) of a non-empty queue"));
@@ -2302,9 +2294,7 @@ impl<'w> Episode<'w> {
         }
         let mut mine = self.early_ids.clone();
         mine.extend(self.pending.values().filter_map(|p| p.id).take(8));
-        let Some(o) = self.other.as_mut() else {
-            return;
-        };
+        let o = or_skip!(self.other.as_mut());
         if !mine.is_empty() {
             let id = mine[self.rng.below(mine.len() as u64) as usize];
             assert!(
@@ -2329,9 +2319,7 @@ impl<'w> Episode<'w> {
 
     /// End the other ring: its own ids cancel its operations, each completes Cancelled.
     fn finish_other(&mut self) {
-        let Some(mut o) = self.other.take() else {
-            return;
-        };
+        let mut o = or_skip!(self.other.take());
         for &id in &o.ids {
             assert!(
                 o.ring.cancel(id),
@@ -3287,9 +3275,7 @@ impl Episode<'_> {
     /// Submissions through a handle whose ring is gone: each completes at once, Cancelled,
     /// by its route — a full queue included — with its buffers back.
     fn submit_after_the_ring(&mut self) {
-        let Some(h) = self.late_handle.take() else {
-            return;
-        };
+        let h = or_skip!(self.late_handle.take());
         assert!(h.is_closed(), "a handle of a dropped ring is not closed");
         let q = Arc::new(CompletionQueue::new(1));
         let n = 1 + self.rng.below(6);

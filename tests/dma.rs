@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
@@ -183,9 +185,7 @@ fn direct_gather_ends_at_an_unaligned_end_of_file() {
 #[test]
 fn direct_gather_from_a_block_device_with_split_segments_in_flight() {
     let size = 8u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 32))) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 32))));
     let pool = pool(64, 64 * 1024);
     let (mut ring, t) = ring_with(&pool, dev.open(false));
     let mut rng = common::rng(77);
@@ -222,9 +222,7 @@ fn direct_gather_from_a_block_device_with_split_segments_in_flight() {
 #[test]
 fn scatter_write_to_a_block_device_then_read_back() {
     let size = 4u64 << 20;
-    let Some(dev) = LoopDev::new(size, None) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(size, None));
     let pool = pool(256, 16 * 1024);
     let (mut ring, t) = ring_with(&pool, dev.open(true));
     // Distinct 16 KiB-aligned extents of 1..=4 blocks, shuffled.
@@ -271,9 +269,7 @@ fn scatter_write_to_a_block_device_then_read_back() {
 #[test]
 fn device_error_ends_the_transaction_once_with_completed_final() {
     let dev_size = 1u64 << 20;
-    let Some(dev) = LoopDev::new(dev_size, None) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(dev_size, None));
     let pool = pool(16, 16 * 1024);
     let (mut ring, t) = ring_with(&pool, dev.open(true));
     let mut sg = SgList::new();
@@ -343,9 +339,7 @@ fn a_target_that_cannot_read_is_refused_before_the_kernel_and_buffers_come_back(
 #[test]
 fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
     let size = 16u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 36))) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 36))));
     let pool = pool(256, 64 * 1024);
     let (mut ring, t) = ring_with(&pool, dev.open(false));
     let mut sg = SgList::new();
@@ -399,9 +393,7 @@ fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
 #[test]
 fn deadline_races_the_final_transfer_thousands_of_times() {
     let size = 1u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 37))) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 37))));
     let pool = pool(1, BS);
     let (mut ring, t) = ring_with(&pool, dev.open(false));
     let delays_us = [0u64, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
@@ -466,9 +458,7 @@ fn deadline_races_the_final_transfer_thousands_of_times() {
 
 #[test]
 fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
-    let Some(dev) = LoopDev::new(1 << 20, None) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(1 << 20, None));
     let pool = pool(8, BS);
     let (mut ring, t) = ring_with(&pool, dev.open(false));
     let align = ring.info(t).unwrap().offset_align;
@@ -667,9 +657,7 @@ fn finish<F: FnMut(&TransferReport)>(drv: &mut DmaDriver<F>, ring: &mut Ring) ->
 fn a_failed_transfer_leaves_no_stale_bytes_counted_in_its_segment() {
     use common::fuse::{FileSpec, FuseMount};
     let spec = FileSpec::blocks(64, 61);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     // A (bytes 0..4096) fails; B (4096..8192), waiting for the same buffer, is held at the
     // server so that it really reads once it is submitted.
     fs.ctl().fail_range(0, BS as u64);
@@ -710,9 +698,7 @@ fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() 
     use common::fuse::{FileSpec, FuseMount};
     use std::os::unix::fs::FileExt;
     let spec = FileSpec::blocks(64, 62);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     let content = spec.content();
     // The file is 1000 bytes long when A (0..4096) is answered: A is short, and the rest
     // of it (A') must come before B (4096..8192), which shares the buffer.

@@ -8,17 +8,19 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use common::or_skip;
+
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use common::drivers::{check_spans, copy_job, finish_split, Progress, Reports};
+use common::drivers::{check_spans, copy_job, finish_split, on_eio, Progress, Reports};
 use common::fuse::{FileSpec, FuseMount};
 use common::{check_teardown, open, pool, ring_with, verify, LoopDev};
 use iocomplete::dma::{Config, Direction, DmaDriver, SgList, TransferStatus};
 use iocomplete::split::{Mode, SplitConfig, SplitDriver};
 use iocomplete::{
-    BufferPool, ContinuousReader, Error, ErrorKind, FinishReason, PoolBuf, Restart, Ring,
+    BufferPool, ContinuousReader, Error, FinishReason, PoolBuf, ReaderReport, Restart, Ring,
 };
 
 const BS: usize = 4096;
@@ -39,91 +41,71 @@ fn on_read(seen: &Seen, buf: PoolBuf, off: u64) {
 
 // ---- ContinuousReader ------------------------------------------------------------------
 
+/// Read a FUSE file made to `spec` whose block `bad` fails with `EIO` (replies delayed up
+/// to 0.5 ms), `pending` reads in flight, in order or not, up to the end of the file
+/// when `range`. On the failure the device heals and the reader restarts, if `restart`.
+/// The report, the spans delivered (each verified) and the `on_failed` calls; the
+/// teardown invariants are checked.
+fn read_failing(
+    spec: FileSpec,
+    bad: u64,
+    (pending, ordered, range): (u32, bool, bool),
+    restart: Restart,
+) -> Option<(ReaderReport, Vec<(u64, usize)>, usize)> {
+    let fs = FuseMount::new(spec)?;
+    fs.ctl().fail_block(bad);
+    fs.ctl()
+        .delay(Duration::from_micros(0), Duration::from_micros(500));
+    let pool = pool(16, BS);
+    let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
+    let ctl = fs.ctl().clone();
+    let (calls, on_failed) = on_eio(move || {
+        if matches!(restart, Restart::Yes) {
+            // The device heals: the restart re-reads from where delivery stopped.
+            ctl.clear();
+        }
+        restart
+    });
+    let mut b = ContinuousReader::builder(t, &pool)
+        .pending_reads(pending)
+        .ordered(ordered);
+    if range {
+        b = b.range(0, spec.size);
+    }
+    let seen = Seen {
+        seed: spec.seed,
+        ..Seen::default()
+    };
+    let reader = b.build(&mut ring, seen, on_read, on_failed).unwrap();
+    let (report, seen) = reader.run_into_ctx(&mut ring).unwrap();
+    assert_eq!(fs.ctl().stats().eio_injected, 1);
+    ring.close(t).unwrap();
+    check_teardown(&ring, &[&pool]);
+    let spans = seen.spans.lock().unwrap().clone();
+    Some((report, spans, calls.load(Ordering::SeqCst)))
+}
+
 #[test]
 fn reader_restarts_after_eio_and_delivers_every_byte_once() {
     for (ordered, pending) in [(false, 8), (true, 4)] {
         let spec = FileSpec::blocks(128, 41);
-        let Some(fs) = FuseMount::new(spec) else {
-            return;
-        };
-        fs.ctl().fail_block(37);
-        fs.ctl()
-            .delay(Duration::from_micros(0), Duration::from_micros(500));
-        let pool = pool(16, BS);
-        let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
-        let ctl = fs.ctl().clone();
-        let failures = Arc::new(AtomicUsize::new(0));
-        let f2 = failures.clone();
-        let reader = ContinuousReader::builder(t, &pool)
-            .pending_reads(pending)
-            .ordered(ordered)
-            .range(0, spec.size)
-            .build(
-                &mut ring,
-                Seen {
-                    seed: spec.seed,
-                    ..Seen::default()
-                },
-                on_read,
-                move |_, e| {
-                    assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
-                    f2.fetch_add(1, Ordering::SeqCst);
-                    // The device heals: the restart re-reads from where delivery stopped.
-                    ctl.clear();
-                    Restart::Yes
-                },
-            )
-            .unwrap();
-        let (report, seen) = reader.run_into_ctx(&mut ring).unwrap();
+        let how = (pending, ordered, true);
+        let (report, spans, calls) = or_skip!(read_failing(spec, 37, how, Restart::Yes));
         assert_eq!(report.reason, FinishReason::EndOfRange, "ordered {ordered}");
-        assert_eq!(
-            failures.load(Ordering::SeqCst),
-            1,
-            "on_failed once per failure"
-        );
+        assert_eq!(calls, 1, "on_failed once per failure");
         assert_eq!((report.failures, report.restarts), (1, 1));
-        assert_eq!(fs.ctl().stats().eio_injected, 1);
         eprintln!("reader restart (ordered {ordered}): {report:?}");
-        let spans = seen.spans.lock().unwrap().clone();
         check_spans(&spans, 0, spec.size, ordered);
         assert_eq!(report.bytes, spec.size);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
     }
 }
 
 #[test]
 fn reader_without_restart_ends_once_with_the_error() {
-    let spec = FileSpec::blocks(96, 42);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    fs.ctl().fail_block(50);
-    fs.ctl()
-        .delay(Duration::from_micros(0), Duration::from_micros(500));
-    let pool = pool(16, BS);
-    let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c2 = calls.clone();
-    let reader = ContinuousReader::builder(t, &pool)
-        .pending_reads(6)
-        .ordered(true)
-        .build(
-            &mut ring,
-            Seen {
-                seed: spec.seed,
-                ..Seen::default()
-            },
-            on_read,
-            move |_, e| {
-                assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
-                c2.fetch_add(1, Ordering::SeqCst);
-                Restart::No
-            },
-        )
-        .unwrap();
-    let (report, seen) = reader.run_into_ctx(&mut ring).unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let how = (6, true, false);
+    let (report, spans, calls) =
+        or_skip!(read_failing(FileSpec::blocks(96, 42), 50, how, Restart::No));
+    assert_eq!(calls, 1);
     assert_eq!(report.failures, 1);
     assert_eq!(report.restarts, 0);
     assert_eq!(
@@ -131,10 +113,7 @@ fn reader_without_restart_ends_once_with_the_error() {
         FinishReason::Failed(Error::from_errno(libc::EIO))
     );
     // Ordered: exactly the bytes before the bad block, in order, once.
-    let spans = seen.spans.lock().unwrap().clone();
     check_spans(&spans, 0, 50 * BS as u64, true);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
 }
 
 // ---- SplitDriver ------------------------------------------------------------------------
@@ -142,9 +121,7 @@ fn reader_without_restart_ends_once_with_the_error() {
 #[test]
 fn split_copy_with_one_eio_completes_once_after_every_child() {
     let spec = FileSpec::blocks(256, 43);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     let bad = 100u64;
     fs.ctl().fail_block(bad);
     fs.ctl()
@@ -183,9 +160,7 @@ fn split_copy_with_one_eio_completes_once_after_every_child() {
 #[test]
 fn split_copy_cancelled_mid_flight_on_a_slow_device_completes_once() {
     let spec = FileSpec::blocks(256, 44);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     // A steady delay: the device answers in order, so the chunks done when the cancel
     // comes are a prefix (random delays reordered them, and the prefix could be empty).
     fs.ctl()
@@ -271,9 +246,7 @@ fn gather_with_a_bad_extent(
 #[test]
 fn dma_gather_with_one_failing_extent_reports_the_error_once() {
     let spec = FileSpec::blocks(256, 45);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_millis(1));
     // Extent 3 (blocks 120..124) holds the bad block.
@@ -293,12 +266,8 @@ fn dma_gather_with_one_failing_extent_reports_the_error_once() {
 #[test]
 fn dma_gather_through_a_loop_device_on_the_faulty_file() {
     let spec = FileSpec::blocks(512, 46);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    let Some(dev) = LoopDev::attach(&fs.path()) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
+    let dev = or_skip!(LoopDev::attach(&fs.path()));
     // Armed after losetup: partition probing must not trip it.
     fs.ctl().fail_block(300);
     let pool = BufferPool::builder()

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -110,9 +112,7 @@ fn read_blocks_in(
 #[test]
 fn eio_at_chosen_offsets_fails_only_those_reads() {
     let spec = FileSpec::blocks(256, 21);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     let bad = [0u64, 7, 100, 201, 255];
     for b in bad {
         fs.ctl().fail_block(b);
@@ -156,9 +156,7 @@ fn eio_at_chosen_offsets_fails_only_those_reads() {
 #[test]
 fn write_eio_reaches_the_right_request_and_the_rest_land() {
     let spec = FileSpec::blocks(64, 22);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     fs.ctl().fail_block(9);
     fs.ctl().fail_block(40);
     fs.ctl().fail_writes(true);
@@ -225,12 +223,8 @@ fn write_eio_reaches_the_right_request_and_the_rest_land() {
 #[test]
 fn eio_through_a_loop_device_on_the_faulty_file() {
     let spec = FileSpec::blocks(512, 24);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    let Some(dev) = LoopDev::attach(&fs.path()) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
+    let dev = or_skip!(LoopDev::attach(&fs.path()));
     eprintln!(
         "loop {} over FUSE, direct I/O {}",
         dev.path,
@@ -281,9 +275,7 @@ fn eio_through_a_loop_device_on_the_faulty_file() {
 fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
     const MIN_DELAY: Duration = Duration::from_millis(5);
     let spec = FileSpec::blocks(128, 25);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     fs.ctl().delay(MIN_DELAY, Duration::from_millis(40));
     let pool = pool(64, BS, 8);
     let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
@@ -370,9 +362,7 @@ fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
 #[test]
 fn stuck_device_reads_complete_once_when_released() {
     let spec = FileSpec::blocks(64, 26);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     fs.ctl().hold(0..u64::MAX);
     let pool = pool(32, BS, 0);
     let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
@@ -433,9 +423,7 @@ fn stuck_device_reads_complete_once_when_released() {
 #[test]
 fn dropping_a_ring_while_the_device_holds_its_reads_returns_every_slot() {
     let spec = FileSpec::blocks(32, 27);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     fs.ctl().hold(0..u64::MAX);
     let pool = pool(16, BS, 0);
     let q = std::sync::Arc::new(iocomplete::CompletionQueue::new(32));
@@ -477,9 +465,7 @@ fn dropping_a_ring_while_the_device_holds_its_reads_returns_every_slot() {
 #[test]
 fn device_vanishing_mid_read_fails_in_flight_reads_once() {
     let spec = FileSpec::blocks(64, 28);
-    let Some(mut fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let mut fs = or_skip!(FuseMount::new(spec));
     let pool = pool(32, BS, 0);
     let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     // Served reads first, verified.
@@ -529,9 +515,7 @@ fn fuse_child_server() {
 fn server_process_killed_mid_read() {
     let spec = FileSpec::blocks(64, 29);
     let hold_from = 16 * BS as u64;
-    let Some(mut srv) = ChildFuse::spawn("fuse_child_server", spec, hold_from) else {
-        return;
-    };
+    let mut srv = or_skip!(ChildFuse::spawn("fuse_child_server", spec, hold_from));
     let pool = pool(32, BS, 0);
     let (mut ring, t) = ring_with(&pool, std::fs::File::open(srv.path()).unwrap());
     let got = read_blocks(&mut ring, &pool, t, 16, 8, spec.seed);
@@ -568,9 +552,7 @@ fn server_process_killed_mid_read() {
 #[test]
 fn server_without_async_dio_serves_reads_inside_submission_each_once() {
     let spec = FileSpec::blocks(16, 30);
-    let Some(fs) = FuseMount::with_async_dio(spec, false) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::with_async_dio(spec, false));
     fs.ctl()
         .delay(Duration::from_millis(5), Duration::from_millis(5));
     let pool = pool(8, BS, 0);
@@ -730,12 +712,8 @@ fn verify_mode_catches_blocks_corrupted_on_disk_between_write_and_read() {
 #[test]
 fn verify_mode_catches_a_byte_flipped_on_the_device_under_a_loop_device() {
     let spec = FileSpec::blocks(256, 32);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    let Some(dev) = LoopDev::attach(&fs.path()) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
+    let dev = or_skip!(LoopDev::attach(&fs.path()));
     let pool = pool(16, BS, 0);
     let (mut ring, file) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let blk = ring
@@ -779,12 +757,8 @@ fn soak_random_faults_verify_every_block() {
         .unwrap_or(10);
     const BLOCKS: u64 = 1024;
     let spec = FileSpec::blocks(BLOCKS, 33);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    let Some(dev) = LoopDev::attach(&fs.path()) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
+    let dev = or_skip!(LoopDev::attach(&fs.path()));
     fs.ctl().random_eio(20, 0x5eed);
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_millis(2));

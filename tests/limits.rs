@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -53,9 +55,7 @@ fn check_cut_read(data: &[u8], offset: u64, len: usize, cut: u64, seed: u64, exa
 fn file_truncated_under_reads_in_flight_gives_short_reads_up_to_the_cut() {
     const READ: usize = 16 * 1024;
     let spec = FileSpec::new(1 << 20, BS, 41);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     // The first half is served at once; reads of the second half wait at the device.
     fs.ctl().hold(512 * 1024..u64::MAX);
     let pool = pool(64, READ);
@@ -177,9 +177,7 @@ fn disk_file_truncated_while_a_batch_of_reads_races_it() {
 /// normally (the kernel holds its own reference), later requests fail without a syscall.
 fn close_target_with_reads_in_flight(files: u32) {
     let spec = FileSpec::blocks(64, 42);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     fs.ctl().hold(0..u64::MAX);
     let mut ring = Ring::builder().files(files).build().unwrap();
     let pool = pool(16, BS);
@@ -235,9 +233,7 @@ fn closing_a_raw_fd_target_with_reads_in_flight() {
 /// the new occupant of the number, here `/dev/null`). Nothing leaks, nothing completes twice.
 fn raw_fd_replaced_with_reads_in_flight(files: u32) {
     let spec = FileSpec::blocks(32, 43);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     fs.ctl().hold(0..u64::MAX);
     let mut ring = Ring::builder().files(files).build().unwrap();
     let pool = pool(16, BS);
@@ -332,9 +328,7 @@ fn memlock_pool() -> BufferPool {
 /// The child side of the tests above; a no-op in normal runs.
 #[test]
 fn child_process_entry() {
-    let Some(role) = child::role() else {
-        return;
-    };
+    let role = or_skip!(child::role());
     match role.as_str() {
         "closed-fd" => closed_fd_child(),
         "seccomp-enosys" => seccomp_child(libc::ENOSYS),

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -15,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::drivers::check_spans;
+use common::drivers::{check_spans, on_eio};
 use common::fd::{fifo_in, pipe, raw_pty, slow_writer};
 use common::{check_teardown, open, ring_with, verify, LoopDev};
 use iocomplete::reader::ContinuousReaderBuilder;
@@ -314,9 +316,7 @@ fn direct_io_settings_that_do_not_fit_are_typed_errors_before_the_kernel() {
 #[test]
 fn loop_block_device_direct() {
     let size = 4u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 77))) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 77))));
     let mut ring = Ring::new().unwrap();
     let pool = pool(20, 64 * 1024);
     ring.register_pool(&pool);
@@ -570,22 +570,12 @@ fn failure_without_restart_ends_with_one_final_result() {
     let t = ring
         .register(File::open("/proc/self/mem").unwrap())
         .unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c2 = calls.clone();
+    let (calls, on_failed) = on_eio(|| Restart::No);
     let reader = ContinuousReader::builder(t, &pool)
         .pending_reads(6)
         .ordered(true)
         .range(base, end)
-        .build(
-            &mut ring,
-            Seen::default(),
-            verify_handler(9),
-            move |_, e| {
-                assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
-                c2.fetch_add(1, Ordering::SeqCst);
-                Restart::No
-            },
-        )
+        .build(&mut ring, Seen::default(), verify_handler(9), on_failed)
         .unwrap();
     let (report, seen) = reader.run_into_ctx(&mut ring).unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);

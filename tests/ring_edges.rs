@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -515,9 +517,7 @@ fn wrong_kind_targets_are_refused_before_the_kernel() {
 fn ring_dropped_while_the_device_never_answers_abandons_each_op_once() {
     use common::fuse::{FileSpec, FuseMount};
     let spec = FileSpec::new(16 * BS as u64, BS, 51);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     fs.ctl().hold(0..u64::MAX);
     let pool = pool(8);
     let q = Arc::new(CompletionQueue::new(2));

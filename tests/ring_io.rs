@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -122,9 +124,7 @@ fn direct_file_round_trip() {
 
 #[test]
 fn loop_block_device_round_trip() {
-    let Some(dev) = LoopDev::new(1 << 20, None) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(1 << 20, None));
     let f = OpenOptions::new()
         .read(true)
         .write(true)

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
@@ -285,12 +287,7 @@ fn direct_reads_end_at_an_unaligned_end_of_file() {
 #[test]
 fn block_devices_default_to_their_limits_and_copy_both_ways() {
     let size = 4u64 << 20;
-    let Some(src_dev) = LoopDev::new(size, Some((BS, 21))) else {
-        return;
-    };
-    let Some(dst_dev) = LoopDev::new(size, None) else {
-        return;
-    };
+    let (src_dev, dst_dev) = or_skip!(LoopDev::pair(size, 21));
     let dir = common::disk_dir();
     let mid = dir.path().join("mid");
     let pool = pool(4, 2 << 20);
@@ -323,9 +320,7 @@ fn block_devices_default_to_their_limits_and_copy_both_ways() {
 #[test]
 fn first_error_enospc_on_a_small_device_completes_once_after_all_children() {
     let dev_size = 256 * 1024;
-    let Some(dev) = LoopDev::new(dev_size, None) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(dev_size, None));
     let dir = common::disk_dir();
     let size = 1u64 << 20;
     let src = verify::file_in(dir.path(), "src", size, 5);
@@ -415,9 +410,7 @@ fn a_source_that_cannot_read_is_refused_before_the_kernel() {
 #[test]
 fn cancelling_the_parent_cancels_its_children() {
     let size = 32u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 8))) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 8))));
     let dir = common::disk_dir();
     let dst = dir.path().join("dst");
     let pool = pool(4, CHUNK as usize);
@@ -446,9 +439,7 @@ fn cancelling_the_parent_cancels_its_children() {
 #[test]
 fn deadline_races_the_last_transfer_thousands_of_times() {
     let size = 1u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 11))) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 11))));
     let pool = pool(1, BS);
     let (mut ring, s) = ring_with(&pool, dev.open(false));
     let delays_us = [0u64, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
@@ -726,9 +717,7 @@ fn copies_onto_the_same_file_are_refused_unless_the_ranges_are_disjoint() {
 #[test]
 fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
     let size = 2 * (1 << 20) + 3 * 512;
-    let Some(dev) = LoopDev::new(size, Some((BS, 74))) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 74))));
     assert_eq!(std::fs::metadata(&dev.path).unwrap().len(), 0);
     let dir = common::disk_dir();
     let node = dir.path().join("node");
@@ -742,24 +731,12 @@ fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
     let d = ring.register(open(&node, true, false)).unwrap();
     let len = ring.info(s).unwrap().size;
     assert_eq!(len, size);
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len,
-    };
+    let job = copy_job(s, d, len);
     let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e}");
     let out = dir.path().join("out");
     let o = ring.register(open(&out, true, false)).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: o,
-        dst_offset: 0,
-        len,
-    };
+    let job = copy_job(s, o, len);
     let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
         .unwrap()
         .run(&mut ring, &mut ())
@@ -1017,9 +994,7 @@ impl Drop for PartitionedLoop {
 /// disjoint ranges still copy.
 #[test]
 fn copies_between_a_disk_its_partition_and_a_loop_backing_file_must_not_overlap() {
-    let Some(pl) = PartitionedLoop::new() else {
-        return;
-    };
+    let pl = or_skip!(PartitionedLoop::new());
     let mut ring = Ring::new().unwrap();
     let bufs = pool(4, CHUNK as usize);
     ring.register_pool(&bufs);

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -102,9 +104,7 @@ fn refused(bin: &Path, args: &[&str], words: &[&str]) -> Output {
 /// under a block to the page cache; bad input fails with a clear message.
 #[test]
 fn copy_example_copies_and_reports_clear_errors() {
-    let Some(bin) = example("copy") else {
-        return;
-    };
+    let bin = or_skip!(example("copy"));
     let dir = common::disk_dir();
     let dst = dir.path().join("dst");
     let d = dst.to_str().unwrap();
@@ -186,12 +186,8 @@ fn copy_example_copies_and_reports_clear_errors() {
 
 #[test]
 fn copy_example_to_a_too_small_block_device_fails_clearly() {
-    let Some(bin) = example("copy") else {
-        return;
-    };
-    let Some(dev) = LoopDev::new(256 * 1024, None) else {
-        return;
-    };
+    let bin = or_skip!(example("copy"));
+    let dev = or_skip!(LoopDev::new(256 * 1024, None));
     let dir = common::disk_dir();
     let src = make(dir.path(), "src", 1 << 20, 12);
     refused(
@@ -206,9 +202,7 @@ fn copy_example_to_a_too_small_block_device_fails_clearly() {
 /// exited 0. Each must be refused, naming the argument, with F unchanged.
 #[test]
 fn copy_refuses_to_copy_a_file_onto_itself() {
-    let Some(bin) = example("copy") else {
-        return;
-    };
+    let bin = or_skip!(example("copy"));
     let dir = common::disk_dir();
     let size = 300_000u64;
     let f = make(dir.path(), "F", size, 81);
@@ -248,9 +242,7 @@ fn copy_refuses_to_copy_a_file_onto_itself() {
 /// FIFO as SRC or DST is refused without blocking in `open`.
 #[test]
 fn copy_checks_the_source_before_touching_the_destination() {
-    let Some(bin) = example("copy") else {
-        return;
-    };
+    let bin = or_skip!(example("copy"));
     let dir = common::disk_dir();
     let keep = make(dir.path(), "keep", 10_000, 82);
     let want = std::fs::read(&keep).unwrap();
@@ -311,9 +303,7 @@ fn copy_checks_the_source_before_touching_the_destination() {
 /// existing DST (or created a new one) before failing: bad input must change nothing.
 #[test]
 fn copy_with_a_bad_chunk_leaves_the_destination_alone() {
-    let Some(bin) = example("copy") else {
-        return;
-    };
+    let bin = or_skip!(example("copy"));
     let dir = common::disk_dir();
     let src = make(dir.path(), "src", 100_000, 87);
     let keep = make(dir.path(), "keep", 50_000, 88);
@@ -344,16 +334,9 @@ fn copy_with_a_bad_chunk_leaves_the_destination_alone() {
 /// and back onto another device, verified byte for byte.
 #[test]
 fn copy_copies_a_whole_block_device() {
-    let Some(bin) = example("copy") else {
-        return;
-    };
+    let bin = or_skip!(example("copy"));
     let size = 3 * (1 << 20) + 5 * 512;
-    let Some(dev) = LoopDev::new(size, Some((BS, 84))) else {
-        return;
-    };
-    let Some(dev2) = LoopDev::new(size, None) else {
-        return;
-    };
+    let (dev, dev2) = or_skip!(LoopDev::pair(size, 84));
     let dir = common::disk_dir();
     let out = dir.path().join("out");
     for flags in [&[][..], &["--direct"], &["--serial", "--chunk", "64K"]] {
@@ -402,9 +385,7 @@ fn copy_copies_a_whole_block_device() {
 /// truncated; an empty regular file still copies (0 bytes, exit 0).
 #[test]
 fn copy_refuses_a_pseudo_file_source() {
-    let Some(bin) = example("copy") else {
-        return;
-    };
+    let bin = or_skip!(example("copy"));
     let dir = common::disk_dir();
     let keep = make(dir.path(), "keep", 10_000, 91);
     let want = std::fs::read(&keep).unwrap();
@@ -462,9 +443,7 @@ fn copy_refuses_a_pseudo_file_source() {
 /// several queue depths, page-cached and O_DIRECT; every operation moves a whole block.
 #[test]
 fn iobench_loop_allocates_nothing_per_operation() {
-    let Some(bin) = example("iobench") else {
-        return;
-    };
+    let bin = or_skip!(example("iobench"));
     let dir = common::disk_dir();
     let f = make(dir.path(), "bench.dat", 256 * BS as u64, 93);
     let direct_ok = common::open(&f, false, true).metadata().is_ok();
@@ -511,9 +490,7 @@ fn iobench_loop_allocates_nothing_per_operation() {
 /// regular file or a block device is refused, at once, naming it.
 #[test]
 fn iobench_creates_only_when_asked_and_refuses_what_it_cannot_bench() {
-    let Some(bin) = example("iobench") else {
-        return;
-    };
+    let bin = or_skip!(example("iobench"));
     let dir = common::disk_dir();
     let quick = ["--bs", "4k", "--qd", "2", "--seconds", "0.05"];
     let bench = |rw: &str, extra: &[&str], file: &Path| {
@@ -587,12 +564,8 @@ fn iobench_creates_only_when_asked_and_refuses_what_it_cannot_bench() {
 /// that a regression fills 8 MiB, not the disk.
 #[test]
 fn iobench_refuses_a_size_the_filesystem_cannot_hold() {
-    let Some(bin) = example("iobench") else {
-        return;
-    };
-    let Some(fs) = SmallFs::new(8 << 20) else {
-        return;
-    };
+    let bin = or_skip!(example("iobench"));
+    let fs = or_skip!(SmallFs::new(8 << 20));
     let bench = |rw: &str, size: &str, file: &Path| {
         let args = [
             "--rw",
@@ -657,9 +630,7 @@ fn iobench_refuses_a_size_the_filesystem_cannot_hold() {
 /// `--seconds` too large for a `Duration` panicked (exit 101) instead of a usage error.
 #[test]
 fn iobench_refuses_unrepresentable_durations() {
-    let Some(bin) = example("iobench") else {
-        return;
-    };
+    let bin = or_skip!(example("iobench"));
     let dir = common::disk_dir();
     let f = make(dir.path(), "f", 64 * 1024, 86);
     for secs in ["1e30", "inf", "NaN", "-1", "0", "1e-300"] {
@@ -688,9 +659,7 @@ fn iobench_refuses_unrepresentable_durations() {
 /// an extent past the end, a missing file and bad numbers fail with clear messages.
 #[test]
 fn gather_example_concatenates_extents_and_reports_clear_errors() {
-    let Some(bin) = example("gather") else {
-        return;
-    };
+    let bin = or_skip!(example("gather"));
     let dir = common::disk_dir();
     let size = 3u64 << 20;
     let path = make(dir.path(), "f", size, 38);
@@ -752,9 +721,7 @@ fn gather_example_concatenates_extents_and_reports_clear_errors() {
 /// extents. Anything but a regular file or block device is refused at once, naming it.
 #[test]
 fn gather_refuses_what_it_cannot_read_without_blocking() {
-    let Some(bin) = example("gather") else {
-        return;
-    };
+    let bin = or_skip!(example("gather"));
     let dir = common::disk_dir();
     let fifo = dir.path().join("fifo");
     mkfifo(&fifo);
@@ -786,9 +753,7 @@ fn gather_refuses_what_it_cannot_read_without_blocking() {
 /// to a pipe on stdout: every byte, counted in the summary; bad input: a clear error.
 #[test]
 fn cat_example_copies_files_pipes_and_reports_bad_input() {
-    let Some(bin) = example("cat") else {
-        return;
-    };
+    let bin = or_skip!(example("cat"));
     let dir = common::disk_dir();
     let size = (3 << 20) + 1234;
     let src = make(dir.path(), "src", size, 40);
@@ -878,9 +843,7 @@ fn cat_example_copies_files_pipes_and_reports_bad_input() {
 /// `cat F | ...` are unaffected.
 #[test]
 fn cat_refuses_an_input_that_is_its_own_output() {
-    let Some(bin) = example("cat") else {
-        return;
-    };
+    let bin = or_skip!(example("cat"));
     let dir = common::disk_dir();
     let size = 1_000_000u64;
     let f = make(dir.path(), "F", size, 92);
@@ -942,9 +905,7 @@ fn cat_refuses_an_input_that_is_its_own_output() {
 /// as stdin given as `/dev/stdin` (and as `-`), exits with every byte.
 #[test]
 fn cat_binary_exits_on_a_fifo_path_and_on_dev_stdin() {
-    let Some(bin) = example("cat") else {
-        return;
-    };
+    let bin = or_skip!(example("cat"));
     let want = verify::expected(BS, 43, 0, 700_000);
     let limit = Duration::from_secs(30);
 
@@ -991,9 +952,7 @@ fn cat_binary_exits_on_a_fifo_path_and_on_dev_stdin() {
 /// opened and with nothing written.
 #[test]
 fn fiforx_refuses_a_zero_length() {
-    let Some(bin) = example("fiforx") else {
-        return;
-    };
+    let bin = or_skip!(example("fiforx"));
     let dir = common::disk_dir();
     let fifo = dir.path().join("fifo");
     mkfifo(&fifo);
@@ -1023,9 +982,7 @@ fn proc_path(fd: &impl AsRawFd) -> String {
 /// rather than see end of file), and writes more than asked: fiforx takes exactly N.
 #[test]
 fn fiforx_reads_exactly_n_bytes_from_a_named_fifo() {
-    let Some(bin) = example("fiforx") else {
-        return;
-    };
+    let bin = or_skip!(example("fiforx"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     mkfifo(&path);
@@ -1071,9 +1028,7 @@ fn fiforx_reads_exactly_n_bytes_from_a_named_fifo() {
 /// (positional writes there would be refused: they cannot land where they say).
 #[test]
 fn fiforx_appends_to_an_append_only_output() {
-    let Some(bin) = example("fiforx") else {
-        return;
-    };
+    let bin = or_skip!(example("fiforx"));
     let (rx, tx) = pipe();
     let data = payload(32, 70_000);
     let writer = trickle(tx.into(), data.clone(), 32, 20_000, 500);
@@ -1095,9 +1050,7 @@ fn fiforx_appends_to_an_append_only_output() {
 
 #[test]
 fn fiforx_reports_eof_before_n_with_the_count_and_writes_what_came() {
-    let Some(bin) = example("fiforx") else {
-        return;
-    };
+    let bin = or_skip!(example("fiforx"));
     let (rx, tx) = pipe();
     let data = payload(31, 5000);
     let (tx, _) = trickle(tx.into(), data.clone(), 31, 1500, 1000)
@@ -1119,9 +1072,7 @@ fn fiforx_reports_eof_before_n_with_the_count_and_writes_what_came() {
 
 #[test]
 fn fiforx_refuses_bad_input_with_clear_messages() {
-    let Some(bin) = example("fiforx") else {
-        return;
-    };
+    let bin = or_skip!(example("fiforx"));
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
     let code = |args: &[&str], want: i32, words: &[&str]| {

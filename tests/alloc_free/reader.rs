@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use iocomplete::{ContinuousReader, FinishReason, PoolBuf, Restart, Ring, StreamReads};
+use iocomplete::{ContinuousReader, FinishReason, PoolBuf, Restart, StreamReads};
 
 use crate::common::{self, alloc::thread_allocations};
 
@@ -55,12 +55,9 @@ fn window(from: u64, to: u64) -> Window {
 #[test]
 fn steady_state_reader_does_not_allocate() {
     // File: 4000 reads of 4 KiB, 8 in flight, ordered; count deliveries 500..3500.
-    let dir = common::disk_dir();
-    let path = common::verify::file_in(dir.path(), "a", 4000 * 4096, 1);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = common::verify::disk_file(4000 * 4096, 1);
     let pool = common::pool_hdr(24, 4096, 16);
-    ring.register_pool(&pool);
-    let t = ring.register(File::open(&path).unwrap()).unwrap();
+    let (mut ring, t) = common::ring_with(&pool, File::open(&path).unwrap());
     let reader = ContinuousReader::builder(t, &pool)
         .pending_reads(8)
         .ordered(true)

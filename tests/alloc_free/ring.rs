@@ -13,12 +13,9 @@ fn header_offset(data: &[u8]) -> u64 {
 
 #[test]
 fn steady_state_reads_do_not_allocate() {
-    let dir = common::disk_dir();
-    let path = common::verify::file_in(dir.path(), "v", 64 * 4096, 3);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = common::verify::disk_file(64 * 4096, 3);
     let pool = common::pool_hdr(32, 4096, 16);
-    ring.register_pool(&pool);
-    let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
+    let (mut ring, t) = common::ring_with(&pool, std::fs::File::open(&path).unwrap());
 
     // Warm-up: let every lazily-sized structure reach its steady size.
     let read_wait = |ring: &mut Ring, i: u64| {

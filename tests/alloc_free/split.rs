@@ -1,8 +1,9 @@
 //! A split copy allocates nothing per chunk: 64 and 512 chunks, serial and 4 in flight.
 
-use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
+use iocomplete::split::{Mode, SplitConfig, SplitDriver};
 use iocomplete::Ring;
 
+use crate::common::drivers::copy_job;
 use crate::common::{self, alloc::thread_allocations, check_teardown, open, verify};
 
 const BS: usize = 4096;
@@ -21,13 +22,7 @@ fn copying_allocates_nothing_per_chunk() {
         let dst = dir.path().join(format!("dst{k}"));
         let s = ring.register(open(&src, false, false)).unwrap();
         let d = ring.register(open(&dst, true, false)).unwrap();
-        let job = Job::Copy {
-            src: s,
-            src_offset: 0,
-            dst: d,
-            dst_offset: 0,
-            len: size,
-        };
+        let job = copy_job(s, d, size);
         for mode in [Mode::Serial, PAR4] {
             let config = SplitConfig::new().mode(mode).max_chunk(BS as u64);
             let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();

@@ -1,11 +1,13 @@
 //! Checks shared by the driver tests: DMA transfer reports, split progress and runs,
 //! reader deliveries.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use iocomplete::dma::TransferReport;
 use iocomplete::split::{ChunkHandler, Completion, Job, SplitDriver};
-use iocomplete::{Ring, Target};
+use iocomplete::{Error, ErrorKind, Restart, Ring, Target};
 
 /// Records every DMA transfer report and checks the exactly-once `last` rule as it goes.
 #[derive(Debug, Default)]
@@ -99,5 +101,30 @@ pub fn finish_split(
             assert!(drv.is_complete());
             return c;
         }
+    }
+}
+
+/// A reader's `on_failed` hook that expects `EIO`, counts its calls (the returned counter)
+/// and answers what `then` says (after healing the device, say).
+pub fn on_eio<C>(
+    mut then: impl FnMut() -> Restart,
+) -> (Arc<AtomicUsize>, impl FnMut(&C, &Error) -> Restart) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let hook = move |_: &C, e: &Error| {
+        assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
+        c.fetch_add(1, Ordering::SeqCst);
+        then()
+    };
+    (calls, hook)
+}
+
+/// Run `ring` until nothing is in flight; fail (not hang) after `limit`, saying `what`
+/// never ended.
+pub fn run_until_idle(ring: &mut Ring, limit: Duration, what: &str) {
+    let end = Instant::now() + limit;
+    while ring.in_flight() > 0 {
+        assert!(Instant::now() < end, "{what} never ended");
+        ring.run_once(Some(Duration::from_millis(10))).unwrap();
     }
 }

@@ -3,6 +3,20 @@
 //! process-wide state (seccomp filters, capabilities, rlimits).
 #![allow(dead_code, unreachable_pub)]
 
+/// The value of an `Option` from a helper that skips (it printed why), or return from the
+/// test: `let dev = or_skip!(LoopDev::new(size, None));`.
+#[allow(unused_macros)]
+macro_rules! or_skip {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return,
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use or_skip;
+
 pub mod alloc;
 pub mod bin;
 pub mod drivers;
@@ -185,6 +199,14 @@ impl LoopDev {
         let mut dev = LoopDev::attach(&file)?;
         dev._backing = Some(dir);
         Some(dev)
+    }
+
+    /// Two loop devices of `size` bytes: 4 KiB verify blocks of `seed`, and zeros.
+    pub fn pair(size: u64, seed: u64) -> Option<(LoopDev, LoopDev)> {
+        Some((
+            LoopDev::new(size, Some((4096, seed)))?,
+            LoopDev::new(size, None)?,
+        ))
     }
 
     /// A loop device over an existing file (e.g. a FUSE file from [`fuse`]), with direct
