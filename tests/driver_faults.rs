@@ -41,6 +41,9 @@ fn on_read(seen: &Seen, buf: PoolBuf, off: u64) {
 
 // ---- ContinuousReader ------------------------------------------------------------------
 
+/// A read's report, the spans it delivered, the `on_failed` calls.
+type Failing = (ReaderReport, Vec<(u64, usize)>, usize);
+
 /// Read a FUSE file made to `spec` whose block `bad` fails with `EIO` (replies delayed up
 /// to 0.5 ms), `pending` reads in flight, in order or not, up to the end of the file
 /// when `range`. On the failure the device heals and the reader restarts, if `restart`.
@@ -51,7 +54,7 @@ fn read_failing(
     bad: u64,
     (pending, ordered, range): (u32, bool, bool),
     restart: Restart,
-) -> Option<(ReaderReport, Vec<(u64, usize)>, usize)> {
+) -> Option<Failing> {
     let fs = FuseMount::new(spec)?;
     fs.ctl().fail_block(bad);
     fs.ctl()
