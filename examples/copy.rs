@@ -77,17 +77,14 @@ impl Report {
     }
 }
 
-#[path = "common/bytes.rs"]
-mod bytes;
+#[path = "common/cli.rs"]
+mod cli;
+
+use cli::{parse_count, parse_size};
 
 /// The usage line.
 pub const USAGE: &str =
     "usage: copy [--chunk BYTES] [--inflight N] [--serial] [--direct] [--progress] SRC DST";
-
-/// A byte count: digits with an optional K/M/G suffix (powers of 1024; `KiB` etc. too).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    bytes::parse_bytes(s).ok_or_else(|| format!("bad number '{s}'"))
-}
 
 /// Parse the arguments (without the program name).
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
@@ -100,14 +97,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "--chunk" => chunk = Some(parse_size(&value("--chunk")?)?),
-            "--inflight" => {
-                let v = value("--inflight")?;
-                inflight = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=4096).contains(n))
-                    .ok_or_else(|| format!("bad number '{v}' for --inflight (1..=4096)"))?;
-            }
+            "--inflight" => inflight = parse_count(&a, &value(&a)?, 4096)?,
             "--serial" => serial = true,
             "--direct" => direct = true,
             "--progress" => progress = true,
@@ -179,8 +169,7 @@ const PSEUDO_FS: &[(u32, &str)] = &[
 /// Refuse a SRC on a pseudo-filesystem: the size a split copy would take (0 for procfs,
 /// 4096 for sysfs) is not the file's content.
 fn check_not_pseudo(path: &Path) -> Result<(), String> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+    let c = cli::c_path(path)?;
     // SAFETY: `statfs` is plain old data; all-zero is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer, both live across
@@ -471,13 +460,7 @@ fn progress_bar() -> impl FnMut(u64, u64) {
 }
 
 fn main() {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("copy: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = cli::or_usage_exit("copy", parse_args(std::env::args().skip(1)));
     let tty = std::io::stderr().is_terminal();
     let mut bar = progress_bar();
     let mut lines = |done: u64, total: u64| eprintln!("copy: {done}/{total} bytes");

@@ -85,25 +85,19 @@ struct Args {
 
 fn main() {
     // Exit status: 2 for a bad command line, 1 for a failure while running.
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("iobench: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = cli::or_usage_exit("iobench", parse_args(std::env::args().skip(1)));
     if let Err(e) = run(&args) {
         eprintln!("iobench: {e}");
         std::process::exit(1);
     }
 }
 
-#[path = "../common/bytes.rs"]
-mod bytes;
+#[path = "../common/cli.rs"]
+mod cli;
 
 /// Parse `4096`, `4k`, `1m`, `2g`, `64KiB`...
 fn parse_size(flag: &str, s: &str) -> Result<u64, String> {
-    bytes::parse_bytes(s).ok_or_else(|| format!("{flag}: not a number of bytes: {s:?}\n{USAGE}"))
+    cli::parse_bytes(s).ok_or_else(|| format!("{flag}: not a number of bytes: {s:?}\n{USAGE}"))
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -199,8 +193,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
 /// Bytes free to an unprivileged writer (`f_bavail` blocks) on the filesystem holding
 /// `path`, and its block size.
 fn free_space(path: &Path) -> Result<(u64, u64), String> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+    let c = cli::c_path(path)?;
     // SAFETY: `statvfs` is plain old data; all-zero is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer, both live across

@@ -123,7 +123,10 @@ impl Harness<'_> {
                     // Never stale: a timer that fired (or whose cancel was reported) while the
                     // request was queued has its request withdrawn by the machine.
                     assert!(self.tx.config().has_timer() && self.tx.buffers_releasable());
-                    assert!(!self.timer_resolved, "stale CancelTimer: the timer is resolved");
+                    assert!(
+                        !self.timer_resolved,
+                        "stale CancelTimer: the timer is resolved"
+                    );
                     assert!(!self.cancel_timer_asked, "CancelTimer twice");
                     self.cancel_timer_asked = true;
                 }

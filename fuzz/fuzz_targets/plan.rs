@@ -37,20 +37,20 @@ fn naive(plan: &TransferPlan, offset: u64, len: u64) -> Vec<Chunk> {
     let mut out: Vec<Chunk> = Vec::new();
     for i in 0..len {
         let off = offset + i;
-        let joins = out.last().is_some_and(|c| {
+        if let Some(c) = out.last_mut().filter(|c| {
             c.end() == off
                 && c.len < plan.max_chunk()
                 && (boundary == 0 || off % boundary != 0)
                 && (seg.0 == 0 || i / seg.0 < c.pos / seg.0 + u64::from(seg.1))
-        });
-        if joins {
-            out.last_mut().unwrap().len += 1;
+        }) {
+            c.len += 1;
         } else {
-            out.push(Chunk {
+            let first = Chunk {
                 offset: off,
                 len: 1,
                 pos: i,
-            });
+            };
+            out.push(first);
         }
     }
     out

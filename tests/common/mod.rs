@@ -341,22 +341,21 @@ pub fn disk_dir() -> tempfile::TempDir {
 
 /// A minimal executor for one future: parks the thread until woken.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::sync::Arc;
     use std::task::{Context, Poll, Wake, Waker};
-    struct ThreadWaker(std::thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
+    /// Wakes the blocked thread.
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
             self.0.unpark();
         }
     }
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
     let mut f = std::pin::pin!(f);
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
     loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
+        match f.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
         }
-        std::thread::park();
     }
 }
 
