@@ -103,12 +103,18 @@ where
 
 fn mpsc_cross(n: u64) -> Duration {
     let (tx, rx) = std::sync::mpsc::sync_channel(CAP);
-    channel_cross(n, (move |i| tx.send(i).unwrap(), move || rx.recv().unwrap()))
+    channel_cross(
+        n,
+        (move |i| tx.send(i).unwrap(), move || rx.recv().unwrap()),
+    )
 }
 
 fn crossbeam_cross(n: u64) -> Duration {
     let (tx, rx) = crossbeam_channel::bounded(CAP);
-    channel_cross(n, (move |i| tx.send(i).unwrap(), move || rx.recv().unwrap()))
+    channel_cross(
+        n,
+        (move |i| tx.send(i).unwrap(), move || rx.recv().unwrap()),
+    )
 }
 
 fn cross_thread(c: &mut Criterion) {

@@ -26,6 +26,10 @@ use iocomplete::dma::{Config, DmaDriver, SgList, TransferReport, MAX_TRANSFER};
 use iocomplete::split::Direction;
 use iocomplete::{BufferPool, Ring};
 
+/// The usage line.
+pub const USAGE: &str =
+    "usage: gather [--max-transfer BYTES] [--max-segments N] [--inflight N] FILE OFFSET:LEN...";
+
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
@@ -62,10 +66,6 @@ pub struct Report {
 mod cli;
 
 use cli::{parse_count, parse_size};
-
-/// The usage line.
-pub const USAGE: &str =
-    "usage: gather [--max-transfer BYTES] [--max-segments N] [--inflight N] FILE OFFSET:LEN...";
 
 /// Parse the arguments (without the program name).
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {

@@ -275,11 +275,7 @@ fn direct_align() -> u64 {
         let dir = common::disk_dir();
         let path = dir.path().join("probe");
         std::fs::write(&path, [0u8; 4096]).unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .unwrap();
+        let f = common::open(&path, false, true);
         u64::from(
             iocomplete::FdInfo::probe(f.as_raw_fd())
                 .unwrap()

@@ -10,7 +10,6 @@ use common::or_skip;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use common::fuse::{ChildFuse, FileSpec, FuseMount};
@@ -237,11 +236,7 @@ fn eio_through_a_loop_device_on_the_faulty_file() {
     }
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_millis(2));
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&dev.path)
-        .unwrap();
+    let f = dev.open(false);
     let pool = pool(32, BS, 64);
     let (mut ring, t) = ring_with(&pool, f);
     assert_eq!(ring.info(t).unwrap().kind, iocomplete::FdKind::BlockDevice);
@@ -599,14 +594,7 @@ fn server_without_async_dio_serves_reads_inside_submission_each_once() {
 
 /// Write `blocks` verify blocks through the ring with O_DIRECT (so they are on disk).
 fn write_direct_file(path: &std::path::Path, blocks: u64, seed: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .unwrap();
+    let f = common::open(path, true, true);
     let pool = pool(8, BS, 0);
     let (mut ring, t) = ring_with(&pool, f);
     for b in 0..blocks {
@@ -628,12 +616,7 @@ fn edit_block_on_disk(path: &std::path::Path, b: u64, edit: impl FnOnce(&mut [u8
     use std::os::unix::fs::FileExt;
     let aligned = pool(1, BS, 0);
     let mut buf = aligned.try_get().unwrap();
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .unwrap();
+    let f = common::open(path, true, true);
     let data = buf.capacity_mut();
     f.read_exact_at(&mut data[..BS], b * BS as u64).unwrap();
     edit(&mut data[..BS]);
@@ -656,11 +639,7 @@ fn verify_mode_catches_blocks_corrupted_on_disk_between_write_and_read() {
     edit_block_on_disk(&path, 50, |b| {
         verify::fill_block(b, 50 * BS as u64, seed + 1)
     }); // stale
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-        .unwrap();
+    let f = common::open(&path, false, true);
     let pool = pool(16, BS, 0);
     let (mut ring, t) = ring_with(&pool, f);
     let mut caught = Vec::new();
@@ -716,15 +695,7 @@ fn verify_mode_catches_a_byte_flipped_on_the_device_under_a_loop_device() {
     let dev = or_skip!(LoopDev::attach(&fs.path()));
     let pool = pool(16, BS, 0);
     let (mut ring, file) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
-    let blk = ring
-        .register(
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&dev.path)
-                .unwrap(),
-        )
-        .unwrap();
+    let blk = ring.register(dev.open(false)).unwrap();
     // Silent corruption on the device: one bit of block 77's payload, one of block 200's
     // header magic.
     fs.ctl().corrupt(77 * BS as u64 + 2000, 0x04);
@@ -764,15 +735,7 @@ fn soak_random_faults_verify_every_block() {
         .delay(Duration::from_micros(0), Duration::from_millis(2));
     let pool = pool(48, 4 * BS, 16);
     let (mut ring, file) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
-    let blk = ring
-        .register(
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&dev.path)
-                .unwrap(),
-        )
-        .unwrap();
+    let blk = ring.register(dev.open(false)).unwrap();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
         rng ^= rng << 13;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use iocomplete::{BufferPool, ErrorKind, PoolBuf};
 
-use common::maps::{mapped, serial, small_pool as pool};
+use common::maps::{all_back, mapped, serial, small_pool as pool};
 
 /// Fill header and the first 256 data bytes with a word unique to (owner, iteration).
 fn stamp(b: &mut PoolBuf, tag: u64) {
@@ -103,8 +103,7 @@ fn many_threads_odd_sizes_no_double_handout_no_lost_slot() {
         }
         drop(tx);
         sink.join().unwrap();
-        let st = p.stats();
-        assert_eq!(st.free, st.total, "slots={slots}: {st:?}");
+        all_back(&p, &format!("slots={slots}"));
         // And every slot can actually be taken again, each once.
         let all: Vec<_> = (0..slots).map(|_| p.try_get().unwrap()).collect();
         let mut ids: Vec<_> = all.iter().map(|b| b.frame().as_ptr() as usize).collect();
@@ -157,9 +156,8 @@ fn many_pools_per_thread_evictions_lose_nothing_and_unmap() {
     parked.wait();
     let mut addrs = Vec::new();
     for p in &pools {
-        let st = p.stats();
-        assert_eq!(st.free, st.total, "{st:?}");
-        let all: Vec<_> = (0..st.total).map(|_| p.try_get().unwrap()).collect();
+        all_back(p, "parked");
+        let all: Vec<_> = (0..p.stats().total).map(|_| p.try_get().unwrap()).collect();
         addrs.push(all[0].data_ptr() as usize);
     }
     drop(pools);
@@ -233,8 +231,7 @@ fn slots_parked_in_eight_idle_magazines_are_all_reachable() {
     for t in ts {
         t.join().unwrap();
     }
-    let st = p.stats();
-    assert_eq!(st.free, st.total, "{st:?}");
+    all_back(&p, "at the end");
 }
 
 /// A waiter must not starve while another thread loops get/put on the only free slot
@@ -376,8 +373,7 @@ fn buffers_dropped_in_thread_local_destructors() {
         })
         .join()
         .unwrap();
-        let st = p.stats();
-        assert_eq!(st.free, st.total, "order {order}: {st:?}");
+        all_back(&p, &format!("order {order}"));
         drop(p);
         assert!(!mapped(addr), "order {order}: arena kept mapped");
     }
@@ -557,8 +553,7 @@ fn panicking_threads_return_everything() {
     .join();
     assert!(r.is_err());
     for p in &pools {
-        let st = p.stats();
-        assert_eq!(st.free, st.total, "{st:?}");
+        all_back(p, "at the end");
     }
 }
 

@@ -17,7 +17,7 @@ use iocomplete::{BufferPool, Completion, CompletionQueue, ErrorKind, Op, PoolBuf
 
 const BS: usize = 4096;
 
-use common::maps::{mapped, serial, small_pool as pool};
+use common::maps::{all_back, mapped, serial, small_pool as pool};
 
 /// Take every slot without waiting; asserts they are all distinct and that one more is
 /// refused.
@@ -80,11 +80,9 @@ fn exiting_threads_hand_their_magazines_back() {
     for t in ts {
         t.join().unwrap();
     }
-    let st = pool.stats();
-    assert_eq!(st.free, st.total, "{st:?}");
+    all_back(&pool, "at the end");
     drop(take_all(&pool));
-    let st = pool.stats();
-    assert_eq!(st.free, st.total, "{st:?}");
+    all_back(&pool, "at the end");
 }
 
 /// Start a thread that takes and returns `n` buffers (so they are parked in its
@@ -142,8 +140,7 @@ fn slots_parked_in_an_idle_threads_magazine_are_not_stranded() {
     drop(held);
     go.send(()).unwrap();
     t.join().unwrap();
-    let st = pool.stats();
-    assert_eq!(st.free, st.total, "{st:?}");
+    all_back(&pool, "at the end");
 }
 
 /// A `get` blocked on an empty pool is woken by returns on another thread, whether they
@@ -168,8 +165,7 @@ fn blocked_get_wakes_on_returns_from_another_thread() {
         }
         t.join().unwrap();
         drop(all);
-        let st = pool.stats();
-        assert_eq!(st.free, st.total, "round {round}: {st:?}");
+        all_back(&pool, &format!("round {round}"));
     }
 }
 
@@ -263,8 +259,7 @@ fn several_pools_per_thread_from_many_threads() {
         t.join().unwrap();
     }
     for p in pools.iter() {
-        let st = p.stats();
-        assert_eq!(st.free, st.total, "{st:?}");
+        all_back(p, "at the end");
         drop(take_all(p));
     }
 }
@@ -395,6 +390,5 @@ fn provided_buffer_ring_refills_from_slots_parked_elsewhere() {
     worker.join().unwrap();
     check_teardown(&ring, &[]);
     drop(ring);
-    let st = pool.stats();
-    assert_eq!(st.free, st.total, "{st:?}");
+    all_back(&pool, "at the end");
 }

@@ -7,7 +7,6 @@ use common::or_skip;
 
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,14 +105,7 @@ fn unregistered_pool_gives_same_results() {
 #[test]
 fn direct_file_round_trip() {
     let dir = common::disk_dir();
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(dir.path().join("d"))
-        .unwrap();
+    let f = common::open(&dir.path().join("d"), true, true);
     let pool = pool(16, BS, 16);
     let (mut ring, t) = ring_with(&pool, f);
     let info = ring.info(t).unwrap();
@@ -125,12 +117,7 @@ fn direct_file_round_trip() {
 #[test]
 fn loop_block_device_round_trip() {
     let dev = or_skip!(LoopDev::new(1 << 20, None));
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&dev.path)
-        .unwrap();
+    let f = dev.open(true);
     let pool = pool(16, BS, 64);
     let (mut ring, t) = ring_with(&pool, f);
     let info = ring.info(t).unwrap();
@@ -466,11 +453,7 @@ fn invalid_requests_complete_with_typed_errors_without_a_syscall() {
     let dir = common::disk_dir();
     let path = dir.path().join("d");
     verify::make_file(&path, 16 * BS as u64, BS, 1);
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-        .unwrap();
+    let f = common::open(&path, false, true);
     let (rx, _tx) = pipe();
     let mut ring = Ring::new().unwrap();
     let pool = pool(4, BS, 0);

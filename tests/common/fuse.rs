@@ -610,8 +610,7 @@ impl Filesystem for FaultyFs {
         reply: ReplyWrite,
     ) {
         if ino.0 != FILE_INO {
-            reply.error(Errno::EISDIR);
-            return;
+            return reply.error(Errno::EISDIR);
         }
         self.ctl.writes.fetch_add(1, Ordering::SeqCst);
         let fail = {
@@ -732,6 +731,19 @@ impl std::fmt::Debug for FuseMount {
     }
 }
 
+/// A fresh, empty mount point (in a directory removed on drop); `None` (with the reason
+/// printed) where FUSE is unavailable.
+fn mount_point() -> Option<(tempfile::TempDir, PathBuf)> {
+    if let Some(why) = unavailable() {
+        super::skip(&why);
+        return None;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    Some((dir, mountpoint))
+}
+
 impl FuseMount {
     /// Mount a fresh faulty filesystem serving a file made to `spec`. `None` (with the
     /// reason printed) only where FUSE is truly unavailable; any other failure panics.
@@ -743,13 +755,7 @@ impl FuseMount {
     /// negotiate `FUSE_ASYNC_DIO` (older or simpler servers): the kernel then serves each
     /// io_uring read synchronously, inside `io_uring_enter`.
     pub fn with_async_dio(spec: FileSpec, async_dio: bool) -> Option<FuseMount> {
-        if let Some(why) = unavailable() {
-            super::skip(&why);
-            return None;
-        }
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).unwrap();
+        let (dir, mountpoint) = mount_point()?;
         let ctl = Control::new(spec);
         let fs = FaultyFs {
             ctl: ctl.clone(),
@@ -822,13 +828,7 @@ impl ChildFuse {
     /// (never answered until the server dies). `entry_test` is the name of the test in
     /// this binary that calls [`child_server_entry`].
     pub fn spawn(entry_test: &str, spec: FileSpec, hold_from: u64) -> Option<ChildFuse> {
-        if let Some(why) = unavailable() {
-            super::skip(&why);
-            return None;
-        }
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).unwrap();
+        let (dir, mountpoint) = mount_point()?;
         let child = Command::new(std::env::current_exe().unwrap())
             .args([entry_test, "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_MOUNT_ENV, &mountpoint)
