@@ -232,8 +232,7 @@ const ALL_ROUTES: [Route; ROUTES] = [
 
 impl World {
     fn new() -> World {
-        let dir = common::disk_dir();
-        let verify_path = dir.path().join("verify");
+        let (dir, verify_path) = common::disk_path("verify");
         verify::make_file(&verify_path, FILE_SIZE, BS, FILE_SEED);
         let file = Arc::new(std::fs::read(&verify_path).unwrap());
         let scratch_path = dir.path().join("scratch");

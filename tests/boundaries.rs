@@ -204,8 +204,7 @@ impl Fx {
     fn new(dev: Dev) -> Option<Fx> {
         let (dir, lo, path) = match dev {
             Dev::File | Dev::Direct => {
-                let dir = common::disk_dir();
-                let path = dir.path().join("t");
+                let (dir, path) = common::disk_path("t");
                 verify::make_file(&path, SIZE, BS, SEED);
                 (Some(dir), None, path)
             }
@@ -272,8 +271,7 @@ impl Fx {
 fn direct_align() -> u64 {
     static ALIGN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *ALIGN.get_or_init(|| {
-        let dir = common::disk_dir();
-        let path = dir.path().join("probe");
+        let (_dir, path) = common::disk_path("probe");
         std::fs::write(&path, [0u8; 4096]).unwrap();
         let f = common::open(&path, false, true);
         u64::from(
@@ -1661,8 +1659,7 @@ fn ring_builder_ops_huge_is_not_a_panic() {
 /// A ring from a builder row must work: 40 nops, a file read and write with a registered
 /// pool, and a clean teardown.
 fn exercise_ring(mut ring: Ring) {
-    let dir = common::disk_dir();
-    let path = dir.path().join("x");
+    let (_dir, path) = common::disk_path("x");
     verify::make_file(&path, SIZE, BS, SEED);
     let f = OpenOptions::new()
         .read(true)
@@ -1980,8 +1977,7 @@ fn stale_targets_for_every_op_kind() {
                     let (before, _) = fx.snapshot();
                     let mut other = Ring::new().unwrap();
                     // Another file the reused slot now names: it must not be touched.
-                    let dir = common::disk_dir();
-                    let path2 = dir.path().join("second");
+                    let (_dir, path2) = common::disk_path("second");
                     std::fs::write(&path2, vec![0x5Au8; BS]).unwrap();
                     let open2 = || {
                         OpenOptions::new()

@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use common::drivers::Reports;
-use common::{check_teardown, open, pool, ring_with, verify, LoopDev};
+use common::{check_teardown, close_and_check, open, pool, ring_with, verify, LoopDev};
 use iocomplete::dma::{
     Completion, Config, DmaDriver, Rejected, SgList, TransferReport, TransferStatus, MAX_TRANSFER,
 };
@@ -155,8 +155,7 @@ fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
 
 #[test]
 fn direct_gather_ends_at_an_unaligned_end_of_file() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
+    let (_dir, path) = common::disk_path("f");
     let size = 5 * BS as u64 + 1808;
     verify::make_file(&path, size, BS, 39);
     let pool = pool(8, 2 * BS);
@@ -689,8 +688,7 @@ fn a_failed_transfer_leaves_no_stale_bytes_counted_in_its_segment() {
         "A failed: nothing of the segment is a prefix"
     );
     drop(sg);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 #[test]
@@ -749,8 +747,7 @@ fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() 
     let got = check_prefixes(&sg, spec.seed);
     assert!(got >= short, "A's bytes are a prefix: {got}");
     drop(sg);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 // ---- deadlines that mean "never" ----------------------------------------------------------
@@ -824,8 +821,7 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
         assert!(armed.elapsed() < deadline * 5, "the timer never fired");
         ring.run_once(Some(Duration::from_millis(100))).unwrap();
     }
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// Taking the list back before anything was submitted ends the transaction (it completes
@@ -862,8 +858,7 @@ fn taking_the_list_before_the_start_ends_the_transaction() {
             "a timer was armed for an ended transaction"
         );
     }
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// Segments past what a file offset (`loff_t`, 2⁶³ − 1) can address reached the kernel
@@ -895,16 +890,14 @@ fn segments_past_the_largest_file_offset_are_refused_before_the_kernel() {
         before,
         "something reached the kernel"
     );
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// A positional write to an `O_APPEND` descriptor lands at the end of the file, not at
 /// the segment's device offset: a scatter write there is refused before the kernel.
 #[test]
 fn scatter_writes_to_an_append_only_descriptor_are_refused() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
+    let (_dir, path) = common::disk_path("f");
     std::fs::write(&path, b"keep").unwrap();
     let pool = pool(4, BS);
     let (mut ring, t) = ring_with(
@@ -941,6 +934,5 @@ fn scatter_writes_to_an_append_only_descriptor_are_refused() {
     assert_eq!((done.status, done.bytes), (Ok(()), 3));
     assert_eq!(sg.bufs()[0].data(), b"eep");
     drop(sg);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }

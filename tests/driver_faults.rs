@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::drivers::{check_spans, copy_job, finish_split, on_eio, Progress, Reports};
 use common::fuse::{FileSpec, FuseMount};
-use common::{check_teardown, open, pool, ring_with, verify, LoopDev};
+use common::{close_and_check, open, pool, ring_with, verify, LoopDev};
 use iocomplete::dma::{Config, Direction, DmaDriver, SgList, TransferStatus};
 use iocomplete::split::{Mode, SplitConfig, SplitDriver};
 use iocomplete::{
@@ -82,8 +82,7 @@ fn read_failing(
     let reader = b.build(&mut ring, seen, on_read, on_failed).unwrap();
     let (report, seen) = reader.run_into_ctx(&mut ring).unwrap();
     assert_eq!(fs.ctl().stats().eio_injected, 1);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
     let spans = seen.spans.lock().unwrap().clone();
     Some((report, spans, calls.load(Ordering::SeqCst)))
 }
@@ -129,8 +128,7 @@ fn split_copy_with_one_eio_completes_once_after_every_child() {
     fs.ctl().fail_block(bad);
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_millis(1));
-    let dir = common::disk_dir();
-    let dst = dir.path().join("dst");
+    let (_dir, dst) = common::disk_path("dst");
     let pool = pool(4, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, open(&fs.path(), false, false));
     let d = ring.register(open(&dst, true, false)).unwrap();
@@ -155,9 +153,7 @@ fn split_copy_with_one_eio_completes_once_after_every_child() {
     );
     assert_eq!(fs.ctl().stats().eio_injected, 1);
     verify::check_file_prefix(&dst, done.bytes, spec.seed);
-    ring.close(s).unwrap();
-    ring.close(d).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[s, d], &[&pool]);
 }
 
 #[test]
@@ -168,8 +164,7 @@ fn split_copy_cancelled_mid_flight_on_a_slow_device_completes_once() {
     // comes are a prefix (random delays reordered them, and the prefix could be empty).
     fs.ctl()
         .delay(Duration::from_millis(2), Duration::from_millis(2));
-    let dir = common::disk_dir();
-    let dst = dir.path().join("dst");
+    let (_dir, dst) = common::disk_path("dst");
     let pool = pool(4, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, open(&fs.path(), false, false));
     let d = ring.register(open(&dst, true, false)).unwrap();
@@ -195,9 +190,7 @@ fn split_copy_cancelled_mid_flight_on_a_slow_device_completes_once() {
         "{done:?}"
     );
     verify::check_file_prefix(&dst, done.bytes, spec.seed);
-    ring.close(s).unwrap();
-    ring.close(d).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[s, d], &[&pool]);
 }
 
 // ---- DmaDriver ---------------------------------------------------------------------------
@@ -262,8 +255,7 @@ fn dma_gather_with_one_failing_extent_reports_the_error_once() {
     assert!(bytes > 0, "nothing arrived before the error");
     eprintln!("dma gather: {bytes} bytes verified, {:?}", fs.ctl().stats());
     assert!(fs.ctl().stats().eio_injected >= 1);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 #[test]
@@ -288,7 +280,6 @@ fn dma_gather_through_a_loop_device_on_the_faulty_file() {
     // In order, one at a time: everything before the bad extent arrived.
     assert_eq!(bytes, (4 + 8 + 2) * BS as u64);
     assert!(fs.ctl().stats().eio_injected >= 1);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
     drop(dev);
 }

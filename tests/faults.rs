@@ -626,8 +626,7 @@ fn edit_block_on_disk(path: &std::path::Path, b: u64, edit: impl FnOnce(&mut [u8
 
 #[test]
 fn verify_mode_catches_blocks_corrupted_on_disk_between_write_and_read() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("v");
+    let (_dir, path) = common::disk_path("v");
     let seed = 31;
     write_direct_file(&path, 64, seed);
     // Four kinds of damage, done on disk behind the ring's back.

@@ -112,8 +112,7 @@ fn file_truncated_under_reads_in_flight_gives_short_reads_up_to_the_cut() {
 fn disk_file_truncated_while_a_batch_of_reads_races_it() {
     const READ: usize = 16 * 1024;
     const SIZE: u64 = 2 << 20;
-    let dir = common::disk_dir();
-    let path = dir.path().join("t");
+    let (_dir, path) = common::disk_path("t");
     let mut ring = Ring::new().unwrap();
     let pool = pool(128, READ);
     ring.register_pool(&pool);
@@ -524,8 +523,7 @@ fn memlock_child() {
     );
     assert!(!pool.is_registered());
     // The unregistered pool gives the same results.
-    let dir = common::disk_dir();
-    let path = dir.path().join("m");
+    let (_dir, path) = common::disk_path("m");
     let f = OpenOptions::new()
         .read(true)
         .write(true)

@@ -270,8 +270,7 @@ fn several_pools_per_thread_from_many_threads() {
 #[test]
 fn reads_with_buffers_returned_on_another_thread() {
     let _serial = serial();
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
+    let (_dir, path) = common::disk_path("f");
     let blocks = 512u64;
     verify::make_file(&path, blocks * BS as u64, BS, 11);
     let mut ring = Ring::new().unwrap();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::drivers::{check_spans, on_eio};
 use common::fd::{fifo_in, pipe, raw_pty, slow_writer};
-use common::{check_teardown, open, ring_with, verify, LoopDev};
+use common::{check_teardown, close_and_check, open, ring_with, verify, LoopDev};
 use iocomplete::reader::ContinuousReaderBuilder;
 use iocomplete::{
     BufferPool, ContinuousReader, Dispatch, ErrorKind, FinishReason, Op, PoolBuf, ReaderReport,
@@ -145,8 +145,7 @@ fn buffered_files_every_size_pending_depth_and_order() {
                 assert_eq!(report.bytes, size);
                 assert_eq!(report.failures, 0);
                 check_spans(&spans, 0, size, ordered);
-                ring.close(t).unwrap();
-                check_teardown(&ring, &[&pool]);
+                close_and_check(&mut ring, &[t], &[&pool]);
                 runs += 1;
             }
         }
@@ -157,8 +156,7 @@ fn buffered_files_every_size_pending_depth_and_order() {
 #[test]
 fn file_ranges_and_worker_dispatch() {
     const CH: usize = 16 * 1024;
-    let dir = common::disk_dir();
-    let path = dir.path().join("r");
+    let (_dir, path) = common::disk_path("r");
     let size = 64 * CH as u64 + 123;
     verify::make_file(&path, size, BS, 7);
     let mut ring = Ring::new().unwrap();
@@ -194,8 +192,7 @@ fn file_ranges_and_worker_dispatch() {
             };
             assert_eq!(report.reason, want, "{start}..{end:?}");
             check_spans(&spans, start, stop, ordered && dispatch == Dispatch::Inline);
-            ring.close(t).unwrap();
-            check_teardown(&ring, &[&pool]);
+            close_and_check(&mut ring, &[t], &[&pool]);
         }
     }
 }
@@ -230,16 +227,14 @@ fn direct_files_aligned_and_unaligned_sizes() {
             assert_eq!(report.reason, FinishReason::Eof);
             assert_eq!(report.bytes, size, "size {size}");
             check_spans(&spans, 0, size, ordered);
-            ring.close(t).unwrap();
-            check_teardown(&ring, &[&pool]);
+            close_and_check(&mut ring, &[t], &[&pool]);
         }
     }
 }
 
 #[test]
 fn direct_io_settings_that_do_not_fit_are_typed_errors_before_the_kernel() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("a");
+    let (_dir, path) = common::disk_path("a");
     verify::make_file(&path, 1 << 20, BS, 3);
     let mut ring = Ring::new().unwrap();
     let pool = pool(8, 64 * 1024);
@@ -344,8 +339,7 @@ fn loop_block_device_direct() {
         let (s, e) = range.unwrap_or((0, size));
         assert_eq!(report.bytes, e - s);
         check_spans(&spans, s, e, ordered);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -555,8 +549,7 @@ fn restart_after_eio_delivers_everything_once_inline_and_on_workers() {
         } else {
             assert_eq!(ctx.max_in_read.load(Ordering::SeqCst), 1);
         }
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -586,8 +579,7 @@ fn failure_without_restart_ends_with_one_final_result() {
     // Ordered: exactly the bytes before the hole, in order, once.
     check_spans(&seen.spans(), base, base + 33 * BS as u64, true);
     drop(mem);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// A `MemFile` hole must stay ours. The address space is shared by the tests running in
@@ -698,8 +690,7 @@ fn memfile_holes_are_never_handed_to_other_mappings() {
             libc::munmap(p as *mut _, BS);
         }
     }
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// The user closes the source while reads are in flight. Reads the kernel already has
@@ -709,8 +700,7 @@ fn memfile_holes_are_never_handed_to_other_mappings() {
 /// error as its one final result.
 #[test]
 fn closing_the_target_mid_run_fails_then_restart_fails_again() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("c");
+    let (_dir, path) = common::disk_path("c");
     verify::make_file(&path, 4 << 20, BS, 11);
     let pool = pool(8, 16 * 1024);
     let (mut ring, t) = ring_with(&pool, File::open(&path).unwrap());
@@ -848,8 +838,7 @@ fn pipe_with_a_slow_writer_multishot_and_single_shot() {
         assert_eq!(seen.next.load(Ordering::SeqCst), want.len() as u64);
         let multishot = mode == StreamReads::Auto && ring.capabilities().read_multishot;
         assert_eq!(report.multishot, multishot);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -891,8 +880,7 @@ fn named_fifo_nonblocking_waits_for_readiness() {
         // empty FIFO makes the read wait rather than fail with EAGAIN; a kernel that does
         // return EAGAIN gets a readiness poll from the reader. Either way: no failure.
         assert_eq!(report.failures, 0);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -913,8 +901,7 @@ fn socketpair_stream() {
     w.join().unwrap();
     assert_eq!(report.reason, FinishReason::Eof);
     assert_eq!(seen.next.load(Ordering::SeqCst), want.len() as u64);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// Bytes written to the slave of a raw-mode pty, read from the master. `Auto` reads a tty
@@ -947,8 +934,7 @@ fn pty_in_raw_mode() {
             assert!(!report.multishot);
         }
         assert_eq!(seen.next.load(Ordering::SeqCst), want.len() as u64);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -1021,8 +1007,7 @@ fn tcp_reset_round(mode: StreamReads) {
         vec![iocomplete::Error::from_errno(libc::ECONNRESET)]
     );
     assert_eq!((report.failures, report.restarts), (1, 1));
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 #[test]
@@ -1086,12 +1071,10 @@ fn stop_mid_stream_from_on_read_and_from_another_thread() {
     assert_eq!(report.reason, FinishReason::Stopped);
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(tx);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 
     // 3. A file with 8 reads in flight, stopped from another thread mid-way.
-    let dir = common::disk_dir();
-    let path = dir.path().join("s");
+    let (_dir, path) = common::disk_path("s");
     verify::make_file(&path, 16 << 20, BS, 37);
     let t = ring.register(File::open(&path).unwrap()).unwrap();
     let b = ContinuousReader::builder(t, &pool).pending_reads(8);
@@ -1112,8 +1095,7 @@ fn stop_mid_stream_from_on_read_and_from_another_thread() {
     assert_eq!(report.reason, FinishReason::Stopped);
     check_disjoint(&seen.spans());
     assert!(seen.bytes() < 16 << 20);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 #[test]
@@ -1175,8 +1157,7 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
     assert!(report.buffer_waits >= 1, "{report:?}");
     reader.ctx().kept.lock().unwrap().clear();
     drop(reader);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// `Ring::unregister_buf_ring` (added for the reader): refused while a multishot read can
@@ -1217,14 +1198,12 @@ fn buffer_ring_is_unregistered_only_once_no_multishot_read_uses_it() {
     assert_eq!(ring.buf_ring_offered(br), 0);
     assert_eq!(ring.buf_ring_offered(again), 2);
     ring.unregister_buf_ring(again).unwrap();
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 #[test]
 fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("p");
+    let (_dir, path) = common::disk_path("p");
     verify::make_file(&path, 2 << 20, BS, 41);
     let pool = pool(16, 16 * 1024);
     let (mut ring, t) = ring_with(&pool, File::open(&path).unwrap());
@@ -1261,8 +1240,7 @@ fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
         "{report:?}"
     );
     drop(reader);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 // ---- regression tests: blocking FIFOs, dropped readers, shared pools ----------------------
@@ -1379,8 +1357,7 @@ fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
                 "{what}"
             );
             drop(reader);
-            ring.close(t).unwrap();
-            check_teardown(&ring, &[&pool]);
+            close_and_check(&mut ring, &[t], &[&pool]);
         }
     }
 }
@@ -1436,8 +1413,7 @@ fn dropping_an_unfinished_reader_returns_every_slot() {
             ring.run_once(Some(Duration::from_millis(20))).unwrap();
             assert_eq!(pool.stats().free, pool.stats().total, "{what}");
             drop(tx);
-            ring.close(t).unwrap();
-            check_teardown(&ring, &[&pool]);
+            close_and_check(&mut ring, &[t], &[&pool]);
         }
     }
 }
@@ -1637,8 +1613,7 @@ fn bad_arguments_and_foreign_rings_are_refused() {
     assert_eq!(report.reason, FinishReason::Stopped);
     drop(reader);
     drop(tx);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
     File::from(otx).write_all(b"x").unwrap();
     assert!(other.wait(ticket).unwrap().result().is_ok());
     other.close(ot).unwrap();
@@ -1699,8 +1674,7 @@ fn pty_hang_up_ends_every_stream_mode() {
         );
         assert_eq!(report.bytes, want.len() as u64, "{mode:?}");
         drop(reader);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -1711,8 +1685,7 @@ fn pty_hang_up_ends_every_stream_mode() {
 #[test]
 fn a_reader_at_the_largest_file_position_ends_without_reading_past_it() {
     use iocomplete::FinishReason;
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
+    let (_dir, path) = common::disk_path("f");
     std::fs::write(&path, vec![7u8; 3 * BS]).unwrap();
     for (start, end, direct) in [
         (i64::MAX as u64 - 10, None, false),

@@ -339,8 +339,7 @@ fn cancel_races_many_times_exactly_once() {
 
 #[test]
 fn ten_thousand_ops_through_an_eight_entry_cq() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("v");
+    let (_dir, path) = common::disk_path("v");
     verify::make_file(&path, 64 * 512, 512, 9);
     let mut ring = Ring::builder().entries(8).cq_entries(8).build().unwrap();
     assert_eq!(ring.capabilities().cq_entries, 8);
@@ -450,8 +449,7 @@ fn dropped_pending_op_parks_its_slot_until_the_cqe() {
 
 #[test]
 fn invalid_requests_complete_with_typed_errors_without_a_syscall() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("d");
+    let (_dir, path) = common::disk_path("d");
     verify::make_file(&path, 16 * BS as u64, BS, 1);
     let f = common::open(&path, false, true);
     let (rx, _tx) = pipe();
@@ -544,8 +542,7 @@ fn invalid_requests_complete_with_typed_errors_without_a_syscall() {
 
 #[test]
 fn futures_routines_queues_and_handles() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("v");
+    let (_dir, path) = common::disk_path("v");
     verify::make_file(&path, 32 * BS as u64, BS, 11);
     let pool = pool(8, BS, 0);
     let (ring, t) = ring_with(&pool, std::fs::File::open(&path).unwrap());
@@ -719,8 +716,7 @@ fn send_sync_contract() {
 /// The same reads on rings set up every way the builder offers.
 #[test]
 fn ring_setups_single_issuer_defer_taskrun_sqpoll() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("v");
+    let (_dir, path) = common::disk_path("v");
     verify::make_file(&path, 32 * BS as u64, BS, 21);
     let setups: Vec<(&str, iocomplete::RingBuilder)> = vec![
         ("default", Ring::builder()),

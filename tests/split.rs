@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::drivers::{copy_job, finish_split};
-use common::{check_teardown, open, pool, ring_with, verify, LoopDev};
+use common::{check_teardown, close_and_check, open, pool, ring_with, verify, LoopDev};
 use iocomplete::split::{block_device_limits, ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
 use iocomplete::{Error, ErrorKind, PoolBuf, Ring, Target};
 
@@ -115,8 +115,7 @@ fn copies_around_chunk_and_block_boundaries_in_both_modes() {
 
 #[test]
 fn read_and_write_jobs_with_boundaries_and_progress() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("rw");
+    let (_dir, path) = common::disk_path("rw");
     let pool = pool(3, 12 * 1024);
     let (mut ring, t) = ring_with(&pool, open(&path, true, false));
     let (offset, len) = (5000u64, 200_000u64);
@@ -288,8 +287,7 @@ fn direct_reads_end_at_an_unaligned_end_of_file() {
 fn block_devices_default_to_their_limits_and_copy_both_ways() {
     let size = 4u64 << 20;
     let (src_dev, dst_dev) = or_skip!(LoopDev::pair(size, 21));
-    let dir = common::disk_dir();
-    let mid = dir.path().join("mid");
+    let (_dir, mid) = common::disk_path("mid");
     let pool = pool(4, 2 << 20);
     let (mut ring, s) = ring_with(&pool, open(Path::new(&src_dev.path), false, true));
     let m = ring.register(open(&mid, true, true)).unwrap();
@@ -411,8 +409,7 @@ fn a_source_that_cannot_read_is_refused_before_the_kernel() {
 fn cancelling_the_parent_cancels_its_children() {
     let size = 32u64 << 20;
     let dev = or_skip!(LoopDev::new(size, Some((BS, 8))));
-    let dir = common::disk_dir();
-    let dst = dir.path().join("dst");
+    let (_dir, dst) = common::disk_path("dst");
     let pool = pool(4, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, dev.open(false));
     let d = ring.register(open(&dst, true, false)).unwrap();
@@ -719,8 +716,7 @@ fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
     let size = 2 * (1 << 20) + 3 * 512;
     let dev = or_skip!(LoopDev::new(size, Some((BS, 74))));
     assert_eq!(std::fs::metadata(&dev.path).unwrap().len(), 0);
-    let dir = common::disk_dir();
-    let node = dir.path().join("node");
+    let (dir, node) = common::disk_path("node");
     let rdev = std::fs::metadata(&dev.path).unwrap().rdev();
     let c = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: `c` is a valid NUL-terminated path.
@@ -789,8 +785,7 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
         assert!(armed.elapsed() < deadline * 5, "the timer never fired");
         ring.run_once(Some(Duration::from_millis(100))).unwrap();
     }
-    ring.close(s).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[s], &[&pool]);
 }
 
 /// Offsets past what a file offset (`loff_t`, 2⁶³ − 1) can address reached the kernel,
@@ -849,9 +844,7 @@ fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
         .run(&mut ring, &mut ())
         .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), 0));
-    ring.close(s).unwrap();
-    ring.close(d).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[s, d], &[&pool]);
 }
 
 /// A positional write to a descriptor opened `O_APPEND` lands at the end of the file,
@@ -922,8 +915,7 @@ struct PartitionedLoop {
 
 impl PartitionedLoop {
     fn new() -> Option<PartitionedLoop> {
-        let dir = common::disk_dir();
-        let img = dir.path().join("disk.img");
+        let (dir, img) = common::disk_path("disk.img");
         let mut mbr = vec![0u8; 512];
         let e = &mut mbr[446..462];
         e[4] = 0x83; // Linux

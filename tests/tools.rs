@@ -105,8 +105,7 @@ fn refused(bin: &Path, args: &[&str], words: &[&str]) -> Output {
 #[test]
 fn copy_example_copies_and_reports_clear_errors() {
     let bin = or_skip!(example("copy"));
-    let dir = common::disk_dir();
-    let dst = dir.path().join("dst");
+    let (dir, dst) = common::disk_path("dst");
     let d = dst.to_str().unwrap();
     for (k, size) in [0u64, 1, 4095, 4096, 65537, 3 * (1 << 20) + 123]
         .into_iter()
@@ -337,8 +336,7 @@ fn copy_copies_a_whole_block_device() {
     let bin = or_skip!(example("copy"));
     let size = 3 * (1 << 20) + 5 * 512;
     let (dev, dev2) = or_skip!(LoopDev::pair(size, 84));
-    let dir = common::disk_dir();
-    let out = dir.path().join("out");
+    let (dir, out) = common::disk_path("out");
     for flags in [&[][..], &["--direct"], &["--serial", "--chunk", "64K"]] {
         let mut args = flags.to_vec();
         args.extend([dev.path.as_str(), out.to_str().unwrap()]);
@@ -722,8 +720,7 @@ fn gather_example_concatenates_extents_and_reports_clear_errors() {
 #[test]
 fn gather_refuses_what_it_cannot_read_without_blocking() {
     let bin = or_skip!(example("gather"));
-    let dir = common::disk_dir();
-    let fifo = dir.path().join("fifo");
+    let (dir, fifo) = common::disk_path("fifo");
     mkfifo(&fifo);
     for path in [fifo.as_path(), dir.path(), Path::new("/dev/null")] {
         let args = [path.to_str().unwrap(), "0:10"];
@@ -953,8 +950,7 @@ fn cat_binary_exits_on_a_fifo_path_and_on_dev_stdin() {
 #[test]
 fn fiforx_refuses_a_zero_length() {
     let bin = or_skip!(example("fiforx"));
-    let dir = common::disk_dir();
-    let fifo = dir.path().join("fifo");
+    let (_dir, fifo) = common::disk_path("fifo");
     mkfifo(&fifo);
     let fp = fifo.to_str().unwrap();
     for args in [

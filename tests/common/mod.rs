@@ -157,8 +157,8 @@ pub mod verify {
     /// A verify file of `size` bytes of 4 KiB blocks of `seed` in a new directory on disk
     /// (removed when the returned guard drops); its path.
     pub fn disk_file(size: u64, seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = super::disk_dir();
-        let path = file_in(dir.path(), "f", size, seed);
+        let (dir, path) = super::disk_path("f");
+        make_file(&path, size, 4096, seed);
         (dir, path)
     }
 
@@ -337,6 +337,25 @@ pub fn rng(seed: u64) -> fastrand::Rng {
 /// A directory on a disk filesystem (O_DIRECT works there, unlike some tmpfs setups).
 pub fn disk_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// A path `name` in a new directory on disk (removed when the returned guard drops).
+pub fn disk_path(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = disk_dir();
+    let path = dir.path().join(name);
+    (dir, path)
+}
+
+/// Close `targets`, then check the teardown invariants ([`check_teardown`]).
+pub fn close_and_check(
+    ring: &mut iocomplete::Ring,
+    targets: &[iocomplete::Target],
+    pools: &[&iocomplete::BufferPool],
+) {
+    for &t in targets {
+        ring.close(t).unwrap();
+    }
+    check_teardown(ring, pools);
 }
 
 /// A minimal executor for one future: parks the thread until woken.
