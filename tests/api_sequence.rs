@@ -44,7 +44,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -814,11 +814,7 @@ impl<'w> Episode<'w> {
         assert!(efd >= 0, "eventfd: {}", std::io::Error::last_os_error());
         // SAFETY: a fresh descriptor owned by nobody else.
         let efd_t = ring.register(unsafe { OwnedFd::from_raw_fd(efd) }).unwrap();
-        let opath = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(&w.scratch_path)
-            .unwrap();
+        let opath = common::open_o_path(&w.scratch_path);
         let opath_t = ring.register(opath).unwrap();
         for f in [CURSOR, APPEND] {
             // Keep them small: start afresh past 1 MiB.

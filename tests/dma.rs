@@ -9,10 +9,9 @@ mod common;
 use common::or_skip;
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
-use common::drivers::Reports;
+use common::drivers::{drop_mid_flight, DeadlineRace, Reports};
 use common::{check_teardown, close_and_check, open, pool, ring_with, verify, LoopDev};
 use iocomplete::dma::{
     Completion, Config, DmaDriver, Rejected, SgList, TransferReport, TransferStatus, MAX_TRANSFER,
@@ -306,14 +305,7 @@ fn a_target_that_cannot_read_is_refused_before_the_kernel_and_buffers_come_back(
     // it from registration, so the transaction is refused up front, list and all.
     let (_dir, path) = verify::disk_file(1 << 20, 35);
     let pool = pool(8, BS);
-    let (mut ring, t) = ring_with(
-        &pool,
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(&path)
-            .unwrap(),
-    );
+    let (mut ring, t) = ring_with(&pool, common::open_o_path(&path));
     let mut sg = SgList::new();
     sg.push_extent(&pool, 0, 8 * BS as u64).unwrap();
     let mut reports = Reports::default();
@@ -391,18 +383,12 @@ fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
 
 #[test]
 fn deadline_races_the_final_transfer_thousands_of_times() {
-    let size = 1u64 << 20;
-    let dev = or_skip!(LoopDev::new(size, Some((BS, 37))));
-    let pool = pool(1, BS);
-    let (mut ring, t) = ring_with(&pool, dev.open(false));
-    let delays_us = [0u64, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
-    let iterations = 3000;
-    let (mut ok, mut timed_out, mut moved_anyway) = (0, 0, 0);
-    for i in 0..iterations {
-        let off = (i as u64 * 7919 % (size / BS as u64)) * BS as u64;
+    let (_dev, pool, mut ring, t) = or_skip!(DeadlineRace::device(37));
+    let mut race = DeadlineRace::default();
+    for i in 0..DeadlineRace::ROUNDS {
+        let (off, d) = DeadlineRace::round(i);
         let mut sg = SgList::with_capacity(1);
         sg.push_extent(&pool, off, BS as u64).unwrap();
-        let d = Duration::from_micros(delays_us[i % delays_us.len()]);
         let mut finals = 0;
         let mut drv = Tx::read(Config::new())
             .deadline(Some(d))
@@ -419,39 +405,19 @@ fn deadline_races_the_final_transfer_thousands_of_times() {
             }
         };
         assert!(drv.process(&mut ring).is_none(), "completed twice");
-        assert_eq!(completions, 1);
-        assert_eq!(
-            ring.in_flight(),
-            0,
-            "completed with the timer or transfer in flight"
-        );
         let moved = drv.bytes_transferred();
         let sg = drv.take_sg().unwrap();
         drop(drv);
         assert_eq!(finals, 1, "iteration {i}");
         assert_eq!(done.bytes, moved);
-        match done.status {
-            Ok(()) => {
-                ok += 1;
-                assert_eq!(moved, BS as u64);
-            }
-            Err(e) => {
-                assert!(e.is_timed_out(), "iteration {i}: {e}");
-                timed_out += 1;
-                moved_anyway += usize::from(moved > 0);
-            }
-        }
+        race.record(i, done.status, moved, (completions, ring.in_flight()));
         if moved > 0 {
             verify::check_block(sg.bufs()[0].data(), off, 37).unwrap();
         }
         drop(sg);
         assert_eq!(pool.stats().free, 1);
     }
-    eprintln!(
-        "deadline race: {ok} completed, {timed_out} timed out ({moved_anyway} of them had read)"
-    );
-    assert_eq!(ok + timed_out, iterations);
-    assert!(ok > 0 && timed_out > 0, "the race never went both ways");
+    race.check();
     check_teardown(&ring, &[&pool]);
 }
 
@@ -804,23 +770,7 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
         .unwrap();
     assert!(drv.process(&mut ring).is_none());
     assert!(drv.in_flight() > 0);
-    let armed = std::time::Instant::now();
-    drop(drv);
-    while ring.in_flight() > 1 {
-        assert!(armed.elapsed() < deadline, "transfers still in flight");
-        ring.run_once(Some(Duration::from_millis(10))).unwrap();
-    }
-    assert!(armed.elapsed() < deadline);
-    assert_eq!(
-        pool.stats().free,
-        64,
-        "buffers held until the deadline: {:?}",
-        pool.stats()
-    );
-    while ring.in_flight() > 0 {
-        assert!(armed.elapsed() < deadline * 5, "the timer never fired");
-        ring.run_once(Some(Duration::from_millis(100))).unwrap();
-    }
+    drop_mid_flight(&mut ring, &pool, drv, deadline, "transfers");
     close_and_check(&mut ring, &[t], &[&pool]);
 }
 

@@ -656,15 +656,10 @@ fn ring_builder_refuses_impossible_sizes_with_typed_errors() {
 /// sent to the kernel (EBADF); it is neither readable nor writable.
 #[test]
 fn o_path_targets_are_refused_before_the_kernel() {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("f");
     std::fs::write(&p, b"data").unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH)
-        .open(&p)
-        .unwrap();
+    let f = common::open_o_path(&p);
     let mut ring = Ring::new().unwrap();
     let pool = pool(1);
     let t = ring.register(f).unwrap();
@@ -891,17 +886,12 @@ fn completions_keep_the_kernel_order_when_a_handler_reaps_again() {
 /// them with `EBADF`. Refused before the kernel like the transfers on it.
 #[test]
 fn fsync_and_poll_of_an_o_path_target_are_refused_before_the_kernel() {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("f");
     std::fs::write(&p, b"data").unwrap();
     let mut ring = Ring::new().unwrap();
     for path in [p.as_path(), dir.path()] {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(path)
-            .unwrap();
+        let f = common::open_o_path(path);
         let t = ring.register(f).unwrap();
         let before = ring.stats().enters;
         for op in [

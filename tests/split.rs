@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use common::drivers::{copy_job, finish_split};
+use common::drivers::{copy_job, drop_mid_flight, finish_split, DeadlineRace};
 use common::{check_teardown, close_and_check, open, pool, ring_with, verify, LoopDev};
 use iocomplete::split::{block_device_limits, ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
 use iocomplete::{Error, ErrorKind, PoolBuf, Ring, Target};
@@ -382,14 +382,7 @@ fn a_source_that_cannot_read_is_refused_before_the_kernel() {
     let dir = common::disk_dir();
     let src = verify::file_in(dir.path(), "src", 1 << 20, 7);
     let pool = pool(4, CHUNK as usize);
-    let (mut ring, s) = ring_with(
-        &pool,
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(&src)
-            .unwrap(),
-    );
+    let (mut ring, s) = ring_with(&pool, common::open_o_path(&src));
     let d = ring
         .register(open(&dir.path().join("dst"), true, false))
         .unwrap();
@@ -435,21 +428,15 @@ fn cancelling_the_parent_cancels_its_children() {
 
 #[test]
 fn deadline_races_the_last_transfer_thousands_of_times() {
-    let size = 1u64 << 20;
-    let dev = or_skip!(LoopDev::new(size, Some((BS, 11))));
-    let pool = pool(1, BS);
-    let (mut ring, s) = ring_with(&pool, dev.open(false));
-    let delays_us = [0u64, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
-    let iterations = 3000;
-    let (mut ok, mut timed_out, mut moved_anyway) = (0, 0, 0);
-    for i in 0..iterations {
-        let offset = (i as u64 * 7919 % (size / BS as u64)) * BS as u64;
+    let (_dev, pool, mut ring, s) = or_skip!(DeadlineRace::device(11));
+    let mut race = DeadlineRace::default();
+    for i in 0..DeadlineRace::ROUNDS {
+        let (offset, d) = DeadlineRace::round(i);
         let job = Job::Read {
             src: s,
             offset,
             len: BS as u64,
         };
-        let d = Duration::from_micros(delays_us[i % delays_us.len()]);
         let config = SplitConfig::new().mode(Mode::Serial).deadline(d);
         let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
         let mut got = Collect {
@@ -472,23 +459,12 @@ fn deadline_races_the_last_transfer_thousands_of_times() {
             drv.run(&mut ring, &mut got).is_err(),
             "second completion handed out"
         );
-        assert_eq!(completions, 1);
-        assert_eq!(
-            ring.in_flight(),
-            0,
-            "completed with the timer or child in flight"
-        );
-        match done.status {
-            Ok(()) => {
-                ok += 1;
-                assert_eq!(done.bytes, BS as u64);
-            }
-            Err(e) => {
-                assert!(e.is_timed_out(), "iteration {i}: {e}");
-                timed_out += 1;
-                moved_anyway += usize::from(done.transferred > 0);
-            }
-        }
+        let moved = if done.status.is_ok() {
+            done.bytes
+        } else {
+            done.transferred
+        };
+        race.record(i, done.status, moved, (completions, ring.in_flight()));
         // Bytes that moved are the right bytes, whoever won.
         assert_eq!(done.transferred, got.calls as u64 * BS as u64);
         if got.calls > 0 {
@@ -496,11 +472,7 @@ fn deadline_races_the_last_transfer_thousands_of_times() {
         }
         assert_eq!(pool.stats().free, 1);
     }
-    eprintln!(
-        "deadline race: {ok} completed, {timed_out} timed out ({moved_anyway} of them had read)"
-    );
-    assert_eq!(ok + timed_out, iterations);
-    assert!(ok > 0 && timed_out > 0, "the race never went both ways");
+    race.check();
     check_teardown(&ring, &[&pool]);
 }
 
@@ -766,25 +738,8 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
         SplitDriver::new(&mut ring, &pool, job, SplitConfig::new().deadline(deadline)).unwrap();
     assert!(drv.process(&mut ring, &mut ()).is_none());
     assert!(drv.in_flight() > 1, "children and the timer in flight");
-    let armed = std::time::Instant::now();
-    drop(drv);
-    // The children complete; only the timer is left.
-    while ring.in_flight() > 1 {
-        assert!(armed.elapsed() < deadline, "children still in flight");
-        ring.run_once(Some(Duration::from_millis(10))).unwrap();
-    }
-    assert!(armed.elapsed() < deadline);
-    assert_eq!(
-        pool.stats().free,
-        4,
-        "buffers held until the deadline: {:?}",
-        pool.stats()
-    );
-    // The timer fires in the end; nothing is left.
-    while ring.in_flight() > 0 {
-        assert!(armed.elapsed() < deadline * 5, "the timer never fired");
-        ring.run_once(Some(Duration::from_millis(100))).unwrap();
-    }
+    // The children complete and their buffers come back; then the timer fires.
+    drop_mid_flight(&mut ring, &pool, drv, deadline, "children");
     close_and_check(&mut ring, &[s], &[&pool]);
 }
 

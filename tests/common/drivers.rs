@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use iocomplete::dma::TransferReport;
 use iocomplete::split::{ChunkHandler, Completion, Job, SplitDriver};
-use iocomplete::{Error, ErrorKind, Restart, Ring, Target};
+use iocomplete::{BufferPool, Error, ErrorKind, Restart, Ring, Target};
 
 /// Records every DMA transfer report and checks the exactly-once `last` rule as it goes.
 #[derive(Debug, Default)]
@@ -126,5 +126,100 @@ pub fn run_until_idle(ring: &mut Ring, limit: Duration, what: &str) {
     while ring.in_flight() > 0 {
         assert!(Instant::now() < end, "{what} never ended");
         ring.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+}
+
+/// Drop `driver` mid-flight, its `deadline` armed: its children (or transfers: `what`)
+/// complete and every buffer is back before the deadline, not only when the timer fires;
+/// the timer fires in the end, and nothing is left in the ring.
+pub fn drop_mid_flight<D>(
+    ring: &mut Ring,
+    pool: &BufferPool,
+    driver: D,
+    deadline: Duration,
+    what: &str,
+) {
+    let armed = Instant::now();
+    drop(driver);
+    while ring.in_flight() > 1 {
+        assert!(armed.elapsed() < deadline, "{what} still in flight");
+        ring.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    assert!(armed.elapsed() < deadline);
+    let st = pool.stats();
+    assert_eq!(st.free, st.total, "buffers held until the deadline: {st:?}");
+    while ring.in_flight() > 0 {
+        assert!(armed.elapsed() < deadline * 5, "the timer never fired");
+        ring.run_once(Some(Duration::from_millis(100))).unwrap();
+    }
+}
+
+/// A deadline racing the last transfer of a one-block request, thousands of times: the
+/// tallies, and the checks every round makes.
+#[derive(Debug, Default)]
+pub struct DeadlineRace {
+    ok: usize,
+    timed_out: usize,
+    moved_anyway: usize,
+}
+
+impl DeadlineRace {
+    /// Rounds to run.
+    pub const ROUNDS: usize = 3000;
+    /// The device's size.
+    pub const SIZE: u64 = 1 << 20;
+
+    /// A loop device of 4 KiB verify blocks of `seed` (direct I/O), a one-slot pool and a
+    /// ring reading it.
+    pub fn device(seed: u64) -> Option<(super::LoopDev, BufferPool, Ring, Target)> {
+        let dev = super::LoopDev::new(Self::SIZE, Some((4096, seed)))?;
+        let pool = super::pool(1, 4096);
+        let (ring, t) = super::ring_with(&pool, dev.open(false));
+        Some((dev, pool, ring, t))
+    }
+
+    /// Round `i`'s block offset in the device, and its deadline (0 µs to 1 ms, in turn).
+    pub fn round(i: usize) -> (u64, Duration) {
+        const DELAYS_US: [u64; 10] = [0, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
+        let off = (i as u64 * 7919 % (Self::SIZE / 4096)) * 4096;
+        (off, Duration::from_micros(DELAYS_US[i % DELAYS_US.len()]))
+    }
+
+    /// Round `i` ended with `status` after `moved` bytes, `completions` completions, and
+    /// `in_flight` operations left in the ring: once, with nothing left; done with the whole
+    /// block, or timed out.
+    pub fn record(
+        &mut self,
+        i: usize,
+        status: iocomplete::Result<()>,
+        moved: u64,
+        (completions, in_flight): (usize, usize),
+    ) {
+        assert_eq!(completions, 1);
+        assert_eq!(
+            in_flight, 0,
+            "completed with the timer or a transfer in flight"
+        );
+        match status {
+            Ok(()) => {
+                self.ok += 1;
+                assert_eq!(moved, 4096);
+            }
+            Err(e) => {
+                assert!(e.is_timed_out(), "iteration {i}: {e}");
+                self.timed_out += 1;
+                self.moved_anyway += usize::from(moved > 0);
+            }
+        }
+    }
+
+    /// Every round counted, and the race went both ways.
+    pub fn check(&self) {
+        let (ok, timed_out, moved_anyway) = (self.ok, self.timed_out, self.moved_anyway);
+        eprintln!(
+            "deadline race: {ok} completed, {timed_out} timed out ({moved_anyway} of them had read)"
+        );
+        assert_eq!(ok + timed_out, Self::ROUNDS);
+        assert!(ok > 0 && timed_out > 0, "the race never went both ways");
     }
 }

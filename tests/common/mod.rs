@@ -329,6 +329,16 @@ pub fn ring_with(
     (ring, t)
 }
 
+/// `path` opened `O_PATH`: a descriptor that allows no I/O.
+pub fn open_o_path(path: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .unwrap()
+}
+
 /// The one PRNG of the tests: `fastrand`'s, seeded, so every run makes the same choices.
 pub fn rng(seed: u64) -> fastrand::Rng {
     fastrand::Rng::with_seed(seed)
