@@ -20,6 +20,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -29,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::drivers::run_until_idle;
 use common::fd::{pipe, set_nonblocking, write_fd};
 use common::{check_teardown, ring_with, verify};
 use iocomplete::dma::{Config as DmaConfig, Direction, SgList};
@@ -1868,10 +1871,10 @@ fn buf_ring_entries() {
         ] {
             t.row(format!("entries({entries})"), "", || {
                 let mut ring = Ring::new().unwrap();
-                if !ring.capabilities().buf_ring {
-                    common::skip("no provided-buffer rings");
-                    return;
-                }
+                or_skip!(common::needs(
+                    ring.capabilities().buf_ring,
+                    "no provided-buffer rings"
+                ));
                 let p = pool(4);
                 match ring.register_buf_ring(&p, entries) {
                     Ok(br) => {
@@ -3433,14 +3436,11 @@ fn dropped_multishot_reader_gives_its_pool_back() {
         drop(reader);
         // End the stream: the dropped reader's multishot read completes.
         drop(tx);
-        let end = Instant::now() + Duration::from_secs(5);
-        while ring.in_flight() > 0 {
-            assert!(
-                Instant::now() < end,
-                "the dropped reader's read never ended"
-            );
-            ring.run_once(Some(Duration::from_millis(10))).unwrap();
-        }
+        run_until_idle(
+            &mut ring,
+            Duration::from_secs(5),
+            "the dropped reader's read",
+        );
         for _ in 0..3 {
             ring.run_once(Some(Duration::from_millis(5))).unwrap();
         }

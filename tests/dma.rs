@@ -11,7 +11,7 @@ use common::or_skip;
 use std::fs::OpenOptions;
 use std::time::Duration;
 
-use common::drivers::{drop_mid_flight, DeadlineRace, Reports};
+use common::drivers::{deadline_race, drop_mid_flight, Reports};
 use common::{check_teardown, close_and_check, open, pool, ring_with, verify, LoopDev};
 use iocomplete::dma::{
     Completion, Config, DmaDriver, Rejected, SgList, TransferReport, TransferStatus, MAX_TRANSFER,
@@ -383,42 +383,32 @@ fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
 
 #[test]
 fn deadline_races_the_final_transfer_thousands_of_times() {
-    let (_dev, pool, mut ring, t) = or_skip!(DeadlineRace::device(37));
-    let mut race = DeadlineRace::default();
-    for i in 0..DeadlineRace::ROUNDS {
-        let (off, d) = DeadlineRace::round(i);
+    deadline_race(37, |r| {
         let mut sg = SgList::with_capacity(1);
-        sg.push_extent(&pool, off, BS as u64).unwrap();
+        sg.push_extent(r.pool, r.offset, BS as u64).unwrap();
         let mut finals = 0;
         let mut drv = Tx::read(Config::new())
-            .deadline(Some(d))
-            .start(&mut ring, t, sg, |r| finals += usize::from(r.last))
+            .deadline(Some(r.deadline))
+            .start(r.ring, r.target, sg, |t| finals += usize::from(t.last))
             .unwrap();
         let mut completions = 0;
         let done = loop {
-            if let Some(c) = drv
-                .step(&mut ring, Some(Duration::from_millis(100)))
-                .unwrap()
-            {
+            if let Some(c) = drv.step(r.ring, Some(Duration::from_millis(100))).unwrap() {
                 completions += 1;
                 break c;
             }
         };
-        assert!(drv.process(&mut ring).is_none(), "completed twice");
+        assert!(drv.process(r.ring).is_none(), "completed twice");
         let moved = drv.bytes_transferred();
         let sg = drv.take_sg().unwrap();
         drop(drv);
-        assert_eq!(finals, 1, "iteration {i}");
+        assert_eq!(finals, 1, "iteration {}", r.i);
         assert_eq!(done.bytes, moved);
-        race.record(i, done.status, moved, (completions, ring.in_flight()));
         if moved > 0 {
-            verify::check_block(sg.bufs()[0].data(), off, 37).unwrap();
+            verify::check_block(sg.bufs()[0].data(), r.offset, 37).unwrap();
         }
-        drop(sg);
-        assert_eq!(pool.stats().free, 1);
-    }
-    race.check();
-    check_teardown(&ring, &[&pool]);
+        (done.status, moved, completions)
+    });
 }
 
 #[test]

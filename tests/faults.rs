@@ -424,11 +424,7 @@ fn dropping_a_ring_while_the_device_holds_its_reads_returns_every_slot() {
     let q = std::sync::Arc::new(iocomplete::CompletionQueue::new(32));
     let ctl = fs.ctl().clone();
     {
-        let mut ring = Ring::new().unwrap();
-        ring.register_pool(&pool);
-        let t = ring
-            .register(std::fs::File::open(fs.path()).unwrap())
-            .unwrap();
+        let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
         for b in 0..16u64 {
             ring.submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS).tag(b))
                 .to_queue(&q);
@@ -468,12 +464,7 @@ fn device_vanishing_mid_read_fails_in_flight_reads_once() {
     assert!(got.iter().all(|g| *g == Got::Verified));
     // Then the device stops answering, with 16 reads in flight, and vanishes.
     fs.ctl().hold(0..u64::MAX);
-    let tks: Vec<_> = (8..24u64)
-        .map(|b| {
-            ring.submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS).tag(b))
-                .ticket()
-        })
-        .collect();
+    let tks = common::read_tickets(&mut ring, t, &pool, 8..24);
     ring.poll().unwrap();
     assert!(fs.ctl().wait_outstanding(16, Duration::from_secs(5)));
     fs.abort();
@@ -515,12 +506,7 @@ fn server_process_killed_mid_read() {
     let (mut ring, t) = ring_with(&pool, std::fs::File::open(srv.path()).unwrap());
     let got = read_blocks(&mut ring, &pool, t, 16, 8, spec.seed);
     assert!(got.iter().all(|g| *g == Got::Verified));
-    let tks: Vec<_> = (16..32u64)
-        .map(|b| {
-            ring.submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS).tag(b))
-                .ticket()
-        })
-        .collect();
+    let tks = common::read_tickets(&mut ring, t, &pool, 16..32);
     ring.poll().unwrap();
     // Let the requests reach the server, then kill it.
     std::thread::sleep(Duration::from_millis(100));

@@ -12,6 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::drivers::run_until_idle;
 use common::fd::{fifo_in, payload, pipe, raw_pty, set_nonblocking, socketpair, trickle};
 use common::{check_teardown, ring_with};
 use iocomplete::fifo::TxnId;
@@ -674,14 +675,8 @@ fn dropping_a_waiting_receiver_leaves_the_ring_idle() {
         rx.receive(&mut ring, pool.try_get().unwrap(), 100).unwrap();
         drive_until_waiting(&mut ring, &mut rx);
         drop(rx);
-        let until = Instant::now() + Duration::from_secs(5);
-        while ring.in_flight() > 0 {
-            assert!(
-                Instant::now() < until,
-                "{name}: the dropped receiver's wait is still in flight"
-            );
-            ring.run_once(Some(Duration::from_millis(20))).unwrap();
-        }
+        let what = format!("{name}: the dropped receiver's wait");
+        run_until_idle(&mut ring, Duration::from_secs(5), &what);
         ring.run_until_idle().unwrap();
         drop(tx);
         check_teardown(&ring, &[&pool]);

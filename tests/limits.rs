@@ -174,22 +174,24 @@ fn disk_file_truncated_while_a_batch_of_reads_races_it() {
 
 /// Close the ring's target (`Ring::close`) while the device holds reads: they complete
 /// normally (the kernel holds its own reference), later requests fail without a syscall.
-fn close_target_with_reads_in_flight(files: u32) {
-    let spec = FileSpec::blocks(64, 42);
-    let fs = or_skip!(FuseMount::new(spec));
+/// A FUSE file of `blocks` verify blocks of `seed` whose server holds every read, a ring
+/// with `files` registered-file slots, and a 16-slot pool registered with it.
+fn held(blocks: u64, seed: u64, files: u32) -> Option<(FuseMount, Ring, BufferPool)> {
+    let fs = FuseMount::new(FileSpec::blocks(blocks, seed))?;
     fs.ctl().hold(0..u64::MAX);
     let mut ring = Ring::builder().files(files).build().unwrap();
     let pool = pool(16, BS);
     ring.register_pool(&pool);
+    Some((fs, ring, pool))
+}
+
+fn close_target_with_reads_in_flight(files: u32) {
+    let (fs, mut ring, pool) = or_skip!(held(64, 42, files));
+    let spec = fs.ctl().spec();
     let t = ring
         .register(std::fs::File::open(fs.path()).unwrap())
         .unwrap();
-    let tks: Vec<Ticket> = (0..16u64)
-        .map(|b| {
-            ring.submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS).tag(b))
-                .ticket()
-        })
-        .collect();
+    let tks = common::read_tickets(&mut ring, t, &pool, 0..16);
     ring.poll().unwrap();
     assert!(fs.ctl().wait_outstanding(16, Duration::from_secs(5)));
     ring.close(t).unwrap();
@@ -231,12 +233,8 @@ fn closing_a_raw_fd_target_with_reads_in_flight() {
 /// wherever the ring's file table points (fixed files: still the original file; raw fds:
 /// the new occupant of the number, here `/dev/null`). Nothing leaks, nothing completes twice.
 fn raw_fd_replaced_with_reads_in_flight(files: u32) {
-    let spec = FileSpec::blocks(32, 43);
-    let fs = or_skip!(FuseMount::new(spec));
-    fs.ctl().hold(0..u64::MAX);
-    let mut ring = Ring::builder().files(files).build().unwrap();
-    let pool = pool(16, BS);
-    ring.register_pool(&pool);
+    let (fs, mut ring, pool) = or_skip!(held(32, 43, files));
+    let spec = fs.ctl().spec();
     let file = std::fs::File::open(fs.path()).unwrap();
     let raw = file.as_raw_fd();
     let t = ring.register(file).unwrap();

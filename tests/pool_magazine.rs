@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -318,10 +320,7 @@ fn reads_with_buffers_returned_on_another_thread() {
 fn provided_buffer_ring_refills_from_slots_parked_elsewhere() {
     let _serial = serial();
     let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    or_skip!(common::needs_multishot(&ring));
     let pool = pool(16); // 1 slot per magazine
     let br = ring.register_buf_ring(&pool, 16).unwrap();
     assert_eq!(ring.buf_ring_offered(br), 16);

@@ -1101,10 +1101,7 @@ fn stop_mid_stream_from_on_read_and_from_another_thread() {
 #[test]
 fn multishot_pipe_survives_an_empty_buffer_ring() {
     let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    or_skip!(common::needs_multishot(&ring));
     // Four slots; the handler keeps every buffer, and a releaser thread drops them from
     // time to time. While it holds all four, data arrives with no provided buffer: the
     // multishot read ends with ENOBUFS and is re-armed once buffers are back.
@@ -1166,10 +1163,7 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
 #[test]
 fn buffer_ring_is_unregistered_only_once_no_multishot_read_uses_it() {
     let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    or_skip!(common::needs_multishot(&ring));
     let pool = pool(4, BS);
     let br = ring.register_buf_ring(&pool, 4).unwrap();
     assert_eq!(pool.stats().free, 0);
@@ -1425,10 +1419,7 @@ fn dropping_an_unfinished_reader_returns_every_slot() {
 #[test]
 fn multishot_readers_sharing_a_small_pool_all_get_all_their_data() {
     let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    or_skip!(common::needs_multishot(&ring));
     for (n, slots) in [(2, 2), (2, 4), (2, 8), (3, 2), (3, 4), (3, 8)] {
         let what = format!("{n} readers, {slots} slots");
         let pool = pool(slots, BS);

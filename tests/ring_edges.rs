@@ -516,18 +516,14 @@ fn wrong_kind_targets_are_refused_before_the_kernel() {
 #[test]
 fn ring_dropped_while_the_device_never_answers_abandons_each_op_once() {
     use common::fuse::{FileSpec, FuseMount};
-    let spec = FileSpec::new(16 * BS as u64, BS, 51);
+    let spec = FileSpec::blocks(16, 51);
     let fs = or_skip!(FuseMount::new(spec));
     fs.ctl().hold(0..u64::MAX);
     let pool = pool(8);
     let q = Arc::new(CompletionQueue::new(2));
     let fut;
     {
-        let mut ring = Ring::new().unwrap();
-        ring.register_pool(&pool);
-        let t = ring
-            .register(std::fs::File::open(fs.path()).unwrap())
-            .unwrap();
+        let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
         for b in 0..4u64 {
             ring.submit(Op::read(t, b * BS as u64, pool.try_get().unwrap()).tag(b))
                 .to_queue(&q);
@@ -931,10 +927,10 @@ fn fsync_and_poll_of_an_o_path_target_are_refused_before_the_kernel() {
 fn positional_writes_land_at_their_offset_after_o_append_is_set_behind_the_ring() {
     use std::os::fd::AsRawFd;
     let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().rwf_noappend {
-        common::skip("kernel without RWF_NOAPPEND (Linux 6.9)");
-        return;
-    }
+    or_skip!(common::needs(
+        ring.capabilities().rwf_noappend,
+        "kernel without RWF_NOAPPEND (Linux 6.9)"
+    ));
     let f = file_with(&[0u8; 2 * BS]);
     let pool = pool(4);
     ring.register_pool(&pool);

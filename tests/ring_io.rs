@@ -617,10 +617,7 @@ fn dropping_a_ring_with_reads_in_flight_completes_them_and_returns_slots() {
 fn multishot_read_with_provided_buffers_survives_running_dry() {
     let (rx, tx) = pipe();
     let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    or_skip!(common::needs_multishot(&ring));
     let pool = pool(4, BS, 8);
     let br = ring.register_buf_ring(&pool, 4).unwrap();
     assert_eq!(ring.buf_ring_offered(br), 4);
@@ -861,10 +858,7 @@ fn idle_spawned_ring_does_not_spin() {
 fn multishot_read_ended_by_cq_overflow_returns_its_last_buffer_once() {
     let (rx, tx) = pipe();
     let mut ring = Ring::builder().entries(4).cq_entries(4).build().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    or_skip!(common::needs_multishot(&ring));
     let pool = pool(32, BS, 0);
     let br = ring.register_buf_ring(&pool, 16).unwrap();
     let r = ring.register(rx).unwrap();

@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use common::drivers::{copy_job, drop_mid_flight, finish_split, DeadlineRace};
+use common::drivers::{copy_job, deadline_race, drop_mid_flight, finish_split};
 use common::{check_teardown, close_and_check, open, pool, ring_with, verify, LoopDev};
 use iocomplete::split::{block_device_limits, ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
 use iocomplete::{Error, ErrorKind, PoolBuf, Ring, Target};
@@ -428,52 +428,46 @@ fn cancelling_the_parent_cancels_its_children() {
 
 #[test]
 fn deadline_races_the_last_transfer_thousands_of_times() {
-    let (_dev, pool, mut ring, s) = or_skip!(DeadlineRace::device(11));
-    let mut race = DeadlineRace::default();
-    for i in 0..DeadlineRace::ROUNDS {
-        let (offset, d) = DeadlineRace::round(i);
+    deadline_race(11, |r| {
         let job = Job::Read {
-            src: s,
-            offset,
+            src: r.target,
+            offset: r.offset,
             len: BS as u64,
         };
-        let config = SplitConfig::new().mode(Mode::Serial).deadline(d);
-        let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+        let config = SplitConfig::new().mode(Mode::Serial).deadline(r.deadline);
+        let mut drv = SplitDriver::new(r.ring, r.pool, job, config).unwrap();
         let mut got = Collect {
-            base: offset,
+            base: r.offset,
             data: vec![0; BS],
             calls: 0,
         };
         let mut completions = 0;
         let done = loop {
             if let Some(c) = drv
-                .step(&mut ring, &mut got, Some(Duration::from_millis(100)))
+                .step(r.ring, &mut got, Some(Duration::from_millis(100)))
                 .unwrap()
             {
                 completions += 1;
                 break c;
             }
         };
-        assert!(drv.process(&mut ring, &mut got).is_none());
+        assert!(drv.process(r.ring, &mut got).is_none());
         assert!(
-            drv.run(&mut ring, &mut got).is_err(),
+            drv.run(r.ring, &mut got).is_err(),
             "second completion handed out"
         );
+        // Bytes that moved are the right bytes, whoever won.
+        assert_eq!(done.transferred, got.calls as u64 * BS as u64);
+        if got.calls > 0 {
+            verify::check_block(&got.data, r.offset, 11).unwrap();
+        }
         let moved = if done.status.is_ok() {
             done.bytes
         } else {
             done.transferred
         };
-        race.record(i, done.status, moved, (completions, ring.in_flight()));
-        // Bytes that moved are the right bytes, whoever won.
-        assert_eq!(done.transferred, got.calls as u64 * BS as u64);
-        if got.calls > 0 {
-            verify::check_block(&got.data, offset, 11).unwrap();
-        }
-        assert_eq!(pool.stats().free, 1);
-    }
-    race.check();
-    check_teardown(&ring, &[&pool]);
+        (done.status, moved, completions)
+    });
 }
 
 #[test]

@@ -154,72 +154,70 @@ pub fn drop_mid_flight<D>(
     }
 }
 
-/// A deadline racing the last transfer of a one-block request, thousands of times: the
-/// tallies, and the checks every round makes.
-#[derive(Debug, Default)]
-pub struct DeadlineRace {
-    ok: usize,
-    timed_out: usize,
-    moved_anyway: usize,
+/// One round of a [`deadline_race`]: request the 4 KiB block at `offset` of `target`
+/// (buffers from `pool`) with `deadline`.
+#[derive(Debug)]
+pub struct Round<'a> {
+    pub i: usize,
+    pub ring: &'a mut Ring,
+    pub pool: &'a BufferPool,
+    pub target: Target,
+    pub offset: u64,
+    pub deadline: Duration,
 }
 
-impl DeadlineRace {
-    /// Rounds to run.
-    pub const ROUNDS: usize = 3000;
-    /// The device's size.
-    pub const SIZE: u64 = 1 << 20;
-
-    /// A loop device of 4 KiB verify blocks of `seed` (direct I/O), a one-slot pool and a
-    /// ring reading it.
-    pub fn device(seed: u64) -> Option<(super::LoopDev, BufferPool, Ring, Target)> {
-        let dev = super::LoopDev::new(Self::SIZE, Some((4096, seed)))?;
-        let pool = super::pool(1, 4096);
-        let (ring, t) = super::ring_with(&pool, dev.open(false));
-        Some((dev, pool, ring, t))
-    }
-
-    /// Round `i`'s block offset in the device, and its deadline (0 µs to 1 ms, in turn).
-    pub fn round(i: usize) -> (u64, Duration) {
-        const DELAYS_US: [u64; 10] = [0, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
-        let off = (i as u64 * 7919 % (Self::SIZE / 4096)) * 4096;
-        (off, Duration::from_micros(DELAYS_US[i % DELAYS_US.len()]))
-    }
-
-    /// Round `i` ended with `status` after `moved` bytes, `completions` completions, and
-    /// `in_flight` operations left in the ring: once, with nothing left; done with the whole
-    /// block, or timed out.
-    pub fn record(
-        &mut self,
-        i: usize,
-        status: iocomplete::Result<()>,
-        moved: u64,
-        (completions, in_flight): (usize, usize),
-    ) {
+/// A deadline racing the last transfer of a one-block request, 3000 times, on a loop
+/// device of 4 KiB verify blocks of `seed` (direct I/O) with one buffer. `round` runs
+/// each request to its end (checking what it moved) and returns its status, the bytes it
+/// moved and the completions it saw: exactly one, with nothing left in the ring and the
+/// buffer back; done with the whole block, or timed out. The race must go both ways.
+pub fn deadline_race(
+    seed: u64,
+    mut round: impl FnMut(Round<'_>) -> (iocomplete::Result<()>, u64, usize),
+) {
+    const ROUNDS: usize = 3000;
+    const SIZE: u64 = 1 << 20;
+    const DELAYS_US: [u64; 10] = [0, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
+    let Some(dev) = super::LoopDev::new(SIZE, Some((4096, seed))) else {
+        return;
+    };
+    let pool = super::pool(1, 4096);
+    let (mut ring, target) = super::ring_with(&pool, dev.open(false));
+    let (mut ok, mut timed_out, mut moved_anyway) = (0, 0, 0);
+    for i in 0..ROUNDS {
+        let offset = (i as u64 * 7919 % (SIZE / 4096)) * 4096;
+        let deadline = Duration::from_micros(DELAYS_US[i % DELAYS_US.len()]);
+        let (status, moved, completions) = round(Round {
+            i,
+            ring: &mut ring,
+            pool: &pool,
+            target,
+            offset,
+            deadline,
+        });
         assert_eq!(completions, 1);
         assert_eq!(
-            in_flight, 0,
+            ring.in_flight(),
+            0,
             "completed with the timer or a transfer in flight"
         );
         match status {
             Ok(()) => {
-                self.ok += 1;
+                ok += 1;
                 assert_eq!(moved, 4096);
             }
             Err(e) => {
                 assert!(e.is_timed_out(), "iteration {i}: {e}");
-                self.timed_out += 1;
-                self.moved_anyway += usize::from(moved > 0);
+                timed_out += 1;
+                moved_anyway += usize::from(moved > 0);
             }
         }
+        assert_eq!(pool.stats().free, 1);
     }
-
-    /// Every round counted, and the race went both ways.
-    pub fn check(&self) {
-        let (ok, timed_out, moved_anyway) = (self.ok, self.timed_out, self.moved_anyway);
-        eprintln!(
-            "deadline race: {ok} completed, {timed_out} timed out ({moved_anyway} of them had read)"
-        );
-        assert_eq!(ok + timed_out, Self::ROUNDS);
-        assert!(ok > 0 && timed_out > 0, "the race never went both ways");
-    }
+    eprintln!(
+        "deadline race: {ok} completed, {timed_out} timed out ({moved_anyway} of them had read)"
+    );
+    assert_eq!(ok + timed_out, ROUNDS);
+    assert!(ok > 0 && timed_out > 0, "the race never went both ways");
+    super::check_teardown(&ring, &[&pool]);
 }

@@ -339,6 +339,37 @@ pub fn open_o_path(path: &std::path::Path) -> std::fs::File {
         .unwrap()
 }
 
+/// Submit reads of the 4 KiB blocks `blocks` of `t` (each tagged with its block number,
+/// buffers from `pool`); their tickets.
+pub fn read_tickets(
+    ring: &mut iocomplete::Ring,
+    t: iocomplete::Target,
+    pool: &iocomplete::BufferPool,
+    blocks: std::ops::Range<u64>,
+) -> Vec<iocomplete::Ticket> {
+    let read = |b: u64| iocomplete::Op::read_len(t, b * 4096, pool.try_get().unwrap(), 4096);
+    blocks
+        .map(|b| ring.submit(read(b).tag(b)).ticket())
+        .collect()
+}
+
+/// `Some(())` when `present`, else `None` after a skip saying `missing`: a kernel feature a
+/// test needs (`or_skip!(needs(..))`).
+pub fn needs(present: bool, missing: &str) -> Option<()> {
+    if !present {
+        skip(missing);
+    }
+    present.then_some(())
+}
+
+/// [`needs`] multishot reads of `ring`'s kernel.
+pub fn needs_multishot(ring: &iocomplete::Ring) -> Option<()> {
+    needs(
+        ring.capabilities().read_multishot,
+        "kernel lacks IORING_OP_READ_MULTISHOT",
+    )
+}
+
 /// The one PRNG of the tests: `fastrand`'s, seeded, so every run makes the same choices.
 pub fn rng(seed: u64) -> fastrand::Rng {
     fastrand::Rng::with_seed(seed)
