@@ -120,6 +120,44 @@ fn reader_without_restart_ends_once_with_the_error() {
 
 // ---- SplitDriver ------------------------------------------------------------------------
 
+/// A split copy of a FUSE file to a new file on disk, 16 KiB chunks, 4 in flight.
+struct Copy {
+    _dir: tempfile::TempDir,
+    dst: std::path::PathBuf,
+    pool: BufferPool,
+    ring: Ring,
+    targets: [iocomplete::Target; 2],
+    drv: SplitDriver,
+}
+
+impl Copy {
+    fn of(fs: &FuseMount) -> Copy {
+        let (_dir, dst) = common::disk_path("dst");
+        let pool = pool(4, CHUNK as usize);
+        let (mut ring, s) = ring_with(&pool, open(&fs.path(), false, false));
+        let d = ring.register(open(&dst, true, false)).unwrap();
+        let job = copy_job(s, d, fs.ctl().spec().size);
+        let config = SplitConfig::new()
+            .mode(Mode::Parallel { max_in_flight: 4 })
+            .max_chunk(CHUNK);
+        let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+        Copy {
+            _dir,
+            dst,
+            pool,
+            ring,
+            targets: [s, d],
+            drv,
+        }
+    }
+
+    /// The bytes done are the source's prefix; every operation completed once, every slot back.
+    fn check(mut self, done: &iocomplete::split::Completion, seed: u64) {
+        verify::check_file_prefix(&self.dst, done.bytes, seed);
+        close_and_check(&mut self.ring, &self.targets, &[&self.pool]);
+    }
+}
+
 #[test]
 fn split_copy_with_one_eio_completes_once_after_every_child() {
     let spec = FileSpec::blocks(256, 43);
@@ -128,17 +166,9 @@ fn split_copy_with_one_eio_completes_once_after_every_child() {
     fs.ctl().fail_block(bad);
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_millis(1));
-    let (_dir, dst) = common::disk_path("dst");
-    let pool = pool(4, CHUNK as usize);
-    let (mut ring, s) = ring_with(&pool, open(&fs.path(), false, false));
-    let d = ring.register(open(&dst, true, false)).unwrap();
-    let job = copy_job(s, d, spec.size);
-    let config = SplitConfig::new()
-        .mode(Mode::Parallel { max_in_flight: 4 })
-        .max_chunk(CHUNK);
-    let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+    let mut c = Copy::of(&fs);
     let mut h = Progress::default();
-    let done = finish_split(&mut drv, &mut ring, &mut h);
+    let done = finish_split(&mut c.drv, &mut c.ring, &mut h);
     assert_eq!(done.status, Err(Error::from_errno(libc::EIO)), "{done:?}");
     // The prefix done without a gap stops at the failed chunk; the children in flight
     // came back first and their bytes count as transferred.
@@ -152,8 +182,7 @@ fn split_copy_with_one_eio_completes_once_after_every_child() {
         h.last
     );
     assert_eq!(fs.ctl().stats().eio_injected, 1);
-    verify::check_file_prefix(&dst, done.bytes, spec.seed);
-    close_and_check(&mut ring, &[s, d], &[&pool]);
+    c.check(&done, spec.seed);
 }
 
 #[test]
@@ -164,33 +193,25 @@ fn split_copy_cancelled_mid_flight_on_a_slow_device_completes_once() {
     // comes are a prefix (random delays reordered them, and the prefix could be empty).
     fs.ctl()
         .delay(Duration::from_millis(2), Duration::from_millis(2));
-    let (_dir, dst) = common::disk_path("dst");
-    let pool = pool(4, CHUNK as usize);
-    let (mut ring, s) = ring_with(&pool, open(&fs.path(), false, false));
-    let d = ring.register(open(&dst, true, false)).unwrap();
-    let job = copy_job(s, d, spec.size);
-    let config = SplitConfig::new()
-        .mode(Mode::Parallel { max_in_flight: 4 })
-        .max_chunk(CHUNK);
-    let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+    let mut c = Copy::of(&fs);
+    let (drv, ring) = (&mut c.drv, &mut c.ring);
     let mut h = Progress::default();
     while drv.bytes_transferred() < 4 * CHUNK {
         assert!(drv
-            .step(&mut ring, &mut h, Some(Duration::from_millis(100)))
+            .step(ring, &mut h, Some(Duration::from_millis(100)))
             .unwrap()
             .is_none());
     }
     assert!(drv.in_flight() > 0, "nothing in flight to cancel");
-    assert!(drv.cancel(&mut ring));
-    assert!(!drv.cancel(&mut ring), "cancelled twice");
-    let done = finish_split(&mut drv, &mut ring, &mut h);
+    assert!(drv.cancel(ring));
+    assert!(!drv.cancel(ring), "cancelled twice");
+    let done = finish_split(drv, ring, &mut h);
     assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
     assert!(
         done.bytes >= 4 * CHUNK && done.bytes < spec.size,
         "{done:?}"
     );
-    verify::check_file_prefix(&dst, done.bytes, spec.seed);
-    close_and_check(&mut ring, &[s, d], &[&pool]);
+    c.check(&done, spec.seed);
 }
 
 // ---- DmaDriver ---------------------------------------------------------------------------

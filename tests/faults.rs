@@ -7,6 +7,7 @@
 mod common;
 
 use common::or_skip;
+use libc::ENOTCONN;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
@@ -357,8 +358,7 @@ fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
 #[test]
 fn stuck_device_reads_complete_once_when_released() {
     let spec = FileSpec::blocks(64, 26);
-    let fs = or_skip!(FuseMount::new(spec));
-    fs.ctl().hold(0..u64::MAX);
+    let fs = or_skip!(FuseMount::holding(spec));
     let pool = pool(32, BS, 0);
     let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let mut tks = Vec::new();
@@ -418,8 +418,7 @@ fn stuck_device_reads_complete_once_when_released() {
 #[test]
 fn dropping_a_ring_while_the_device_holds_its_reads_returns_every_slot() {
     let spec = FileSpec::blocks(32, 27);
-    let fs = or_skip!(FuseMount::new(spec));
-    fs.ctl().hold(0..u64::MAX);
+    let fs = or_skip!(FuseMount::holding(spec));
     let pool = pool(16, BS, 0);
     let q = std::sync::Arc::new(iocomplete::CompletionQueue::new(32));
     let ctl = fs.ctl().clone();
@@ -483,10 +482,7 @@ fn device_vanishing_mid_read_fails_in_flight_reads_once() {
         .submit(Op::read_len(t, 0, pool.try_get().unwrap(), BS))
         .wait()
         .unwrap();
-    assert_eq!(
-        c.error().map(|e| e.kind()),
-        Some(ErrorKind::Os(libc::ENOTCONN))
-    );
+    assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::Os(ENOTCONN)));
     drop(c);
     check_teardown(&ring, &[&pool]);
 }

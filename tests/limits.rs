@@ -10,6 +10,7 @@
 mod common;
 
 use common::or_skip;
+use libc::EBADF;
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -177,8 +178,7 @@ fn disk_file_truncated_while_a_batch_of_reads_races_it() {
 /// A FUSE file of `blocks` verify blocks of `seed` whose server holds every read, a ring
 /// with `files` registered-file slots, and a 16-slot pool registered with it.
 fn held(blocks: u64, seed: u64, files: u32) -> Option<(FuseMount, Ring, BufferPool)> {
-    let fs = FuseMount::new(FileSpec::blocks(blocks, seed))?;
-    fs.ctl().hold(0..u64::MAX);
+    let fs = FuseMount::holding(FileSpec::blocks(blocks, seed))?;
     let mut ring = Ring::builder().files(files).build().unwrap();
     let pool = pool(16, BS);
     ring.register_pool(&pool);
@@ -367,10 +367,7 @@ fn closed_fd_child() {
         .submit(Op::read(r, 0, pool.try_get().unwrap()))
         .wait()
         .unwrap();
-    assert_eq!(
-        c.error().map(|e| e.kind()),
-        Some(ErrorKind::Os(libc::EBADF))
-    );
+    assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::Os(EBADF)));
     drop(c);
     check_teardown(&ring, &[&pool]);
     // SAFETY: gives the closed number an owner again, so the ring's own close is sound.

@@ -517,8 +517,7 @@ fn wrong_kind_targets_are_refused_before_the_kernel() {
 fn ring_dropped_while_the_device_never_answers_abandons_each_op_once() {
     use common::fuse::{FileSpec, FuseMount};
     let spec = FileSpec::blocks(16, 51);
-    let fs = or_skip!(FuseMount::new(spec));
-    fs.ctl().hold(0..u64::MAX);
+    let fs = or_skip!(FuseMount::holding(spec));
     let pool = pool(8);
     let q = Arc::new(CompletionQueue::new(2));
     let fut;

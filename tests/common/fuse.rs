@@ -751,6 +751,14 @@ impl FuseMount {
         FuseMount::with_async_dio(spec, true)
     }
 
+    /// [`new`](FuseMount::new), the server holding every read until released: a stuck
+    /// device.
+    pub fn holding(spec: FileSpec) -> Option<FuseMount> {
+        let fs = FuseMount::new(spec)?;
+        fs.ctl().hold(0..u64::MAX);
+        Some(fs)
+    }
+
     /// Like [`new`](FuseMount::new); `async_dio: false` makes a server that does not
     /// negotiate `FUSE_ASYNC_DIO` (older or simpler servers): the kernel then serves each
     /// io_uring read synchronously, inside `io_uring_enter`.
