@@ -924,12 +924,8 @@ fn vectored_buffer_count_and_total_limits() {
                 });
             }
         }
-        let huge = BufferPool::builder()
-            .slots(2)
-            .slot_len(1 << 30)
-            .populate(false)
-            .build()
-            .unwrap();
+        let huge = BufferPool::builder().populate(false);
+        let huge = huge.slots(2).slot_len(1 << 30).build().unwrap();
         for (lens, ok) in [
             ([1usize << 30, (1 << 30) - 1], true),
             ([1 << 30, 1 << 30], false),

@@ -264,10 +264,10 @@ fn gather_with_a_bad_extent(
 fn dma_gather_with_one_failing_extent_reports_the_error_once() {
     let spec = FileSpec::blocks(256, 45);
     let fs = or_skip!(FuseMount::new(spec));
-    fs.ctl()
-        .delay(Duration::from_micros(0), Duration::from_millis(1));
     // Extent 3 (blocks 120..124) holds the bad block.
     fs.ctl().fail_block(122);
+    fs.ctl()
+        .delay(Duration::from_micros(0), Duration::from_millis(1));
     let pool = pool(32, 2 * BS);
     let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
     let extents = [(3, 3), (40, 2), (77, 5), (120, 4), (200, 3), (250, 6)];

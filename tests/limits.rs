@@ -467,6 +467,11 @@ fn seccomp_child(errno: i32) {
     println!("io_uring_setup -> errno {errno}: Ring build returned Unsupported(io_uring)");
 }
 
+/// `_LINUX_CAPABILITY_VERSION_3` and `CAP_IPC_LOCK` (linux/capability.h).
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const CAP_IPC_LOCK: u32 = 14;
+
+/// capget(2)/capset(2)'s header and data.
 #[repr(C)]
 struct CapHeader {
     version: u32,
@@ -480,9 +485,6 @@ struct CapData {
     permitted: u32,
     inheritable: u32,
 }
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-const CAP_IPC_LOCK: u32 = 14;
 
 /// Child: drop `CAP_IPC_LOCK` (which exempts root from memlock accounting) for this
 /// thread and lower `RLIMIT_MEMLOCK` to 64 KiB: registering a 1 MiB pool fails, the pool

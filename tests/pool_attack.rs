@@ -514,9 +514,7 @@ fn put_racing_the_last_handle_drop_never_touches_a_freed_pool() {
             std::thread::spawn(move || {
                 let mut held = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok(b) = p.try_get() {
-                        held.push(b);
-                    }
+                    held.extend(p.try_get().ok());
                     if held.len() > 6 {
                         held.clear();
                     }
