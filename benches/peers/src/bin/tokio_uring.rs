@@ -5,7 +5,7 @@
 //! `File`).
 use std::rc::Rc;
 
-use iocomplete_peers::{fail, spec, verify, AlignedBuf, Meter};
+use iocomplete_peers::{fail, read_loop, spec, verify, AlignedBuf, Meter};
 use tokio_uring::buf::fixed::FixedBufRegistry;
 use tokio_uring::buf::{IoBuf, IoBufMut};
 
@@ -52,20 +52,19 @@ fn main() {
         let mut tasks = Vec::new();
         for i in 0..spec.qd() {
             let (file, meter, spec) = (file.clone(), meter.clone(), spec.clone());
-            let mut buf = registry.check_out(i).expect("a free fixed buffer");
+            let buf = registry.check_out(i).expect("a free fixed buffer");
             tasks.push(tokio_uring::spawn(async move {
-                let mut offs = spec.offsets(i);
                 let bs = spec.bs();
-                loop {
-                    let off = offs.next();
-                    let (r, b) = file.read_fixed_at(buf, off).await;
-                    buf = b;
-                    let n = r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
-                    verify(ENGINE, &buf[..n], off, bs);
-                    if meter.done() {
-                        break;
+                read_loop(&spec, &meter, i, buf, |buf, off| {
+                    let file = file.clone();
+                    async move {
+                        let (r, buf) = file.read_fixed_at(buf, off).await;
+                        let n = r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
+                        verify(ENGINE, &buf[..n], off, bs);
+                        buf
                     }
-                }
+                })
+                .await;
             }));
         }
         for t in tasks {
