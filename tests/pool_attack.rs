@@ -508,20 +508,21 @@ fn put_racing_the_last_handle_drop_never_touches_a_freed_pool() {
     // and yields, so the returning threads get preempted inside the window.
     let stop = Arc::new(AtomicBool::new(false));
     let other = pool(64);
-    let hogs: Vec<_> = (0..8)
-        .map(|_| {
-            let (stop, p) = (stop.clone(), other.clone());
-            std::thread::spawn(move || {
-                let mut held = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    held.extend(p.try_get().ok());
-                    if held.len() > 6 {
-                        held.clear();
-                    }
-                    std::thread::yield_now();
+    // A hog: gets and puts on `p`, holding a few buffers at a time, until `stop`.
+    let hog = |stop: Arc<AtomicBool>, p: BufferPool| {
+        move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                held.extend(p.try_get().ok());
+                if held.len() > 6 {
+                    held.clear();
                 }
-            })
-        })
+                std::thread::yield_now();
+            }
+        }
+    };
+    let hogs: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(hog(stop.clone(), other.clone())))
         .collect();
     orphan_race(Duration::from_secs(secs), true);
     stop.store(true, Ordering::Relaxed);

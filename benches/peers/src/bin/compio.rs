@@ -64,17 +64,22 @@ fn main() {
             let (file, meter, spec) = (file.clone(), meter.clone(), spec.clone());
             tasks.push(compio::runtime::spawn(async move {
                 let bs = spec.bs();
-                let buf = Buf(AlignedBuf::new(bs));
-                read_loop(&spec, &meter, i, buf, |mut buf, off| {
-                    let file = file.clone();
-                    async move {
-                        buf.0.len = 0;
-                        let compio::BufResult(r, buf) = file.read_at(buf, off).await;
-                        r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
-                        verify(ENGINE, buf.0.data(), off, bs);
-                        buf
-                    }
-                })
+                read_loop(
+                    &spec,
+                    &meter,
+                    i,
+                    Buf(AlignedBuf::new(bs)),
+                    |mut buf, off| {
+                        let file = file.clone();
+                        async move {
+                            buf.0.len = 0;
+                            let compio::BufResult(r, buf) = file.read_at(buf, off).await;
+                            r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
+                            verify(ENGINE, buf.0.data(), off, bs);
+                            buf
+                        }
+                    },
+                )
                 .await;
             }));
         }

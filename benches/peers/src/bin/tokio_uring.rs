@@ -9,8 +9,6 @@ use iocomplete_peers::{fail, read_loop, spec, verify, AlignedBuf, Meter};
 use tokio_uring::buf::fixed::FixedBufRegistry;
 use tokio_uring::buf::{IoBuf, IoBufMut};
 
-const ENGINE: &str = "tokio_uring";
-
 struct Buf(AlignedBuf);
 
 // SAFETY: the allocation is stable (heap, never moved or resized) while the buffer lives.
@@ -18,13 +16,15 @@ unsafe impl IoBuf for Buf {
     fn stable_ptr(&self) -> *const u8 {
         self.0.ptr()
     }
-    fn bytes_init(&self) -> usize {
-        self.0.len
-    }
     fn bytes_total(&self) -> usize {
         self.0.cap()
     }
+    fn bytes_init(&self) -> usize {
+        self.0.len
+    }
 }
+
+const ENGINE: &str = "tokio_uring";
 
 // SAFETY: as above; `set_init` only records how many bytes the kernel filled.
 unsafe impl IoBufMut for Buf {
