@@ -909,10 +909,7 @@ fn vectored_buffer_count_and_total_limits() {
                         }
                     } else {
                         assert!(
-                            matches!(
-                                c.error().map(|e| e.kind()),
-                                Some(ErrorKind::InvalidInput { .. })
-                            ),
+                            common::invalid_input(&c),
                             "want InvalidInput, got {:?}",
                             c.result()
                         );
@@ -945,10 +942,7 @@ fn vectored_buffer_count_and_total_limits() {
                     assert_eq!(c.result(), Ok(SIZE as usize));
                 } else {
                     assert!(
-                        matches!(
-                            c.error().map(|e| e.kind()),
-                            Some(ErrorKind::InvalidInput { .. })
-                        ),
+                        common::invalid_input(&c),
                         "want InvalidInput, got {:?}",
                         c.result()
                     );
@@ -2394,13 +2388,7 @@ fn stale_buf_rings() {
         let enters = ring.stats().enters;
         ring.submit(Op::read_multishot(r2, br)).to_queue(&q);
         let c = q.pop().expect("refused at once");
-        assert!(
-            matches!(
-                c.error().map(|e| e.kind()),
-                Some(ErrorKind::InvalidInput { .. })
-            ),
-            "{c:?}"
-        );
+        assert!(common::invalid_input(&c), "{c:?}");
         assert_eq!(ring.stats().enters, enters);
         drop(c);
         drop(other);
@@ -3464,10 +3452,7 @@ fn other_op_kinds_edges() {
         };
         let refused = |ring: &Ring, c: &Completion| {
             assert!(
-                matches!(
-                    c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
-                ),
+                common::invalid_input(&c),
                 "want InvalidInput, got {:?}",
                 c.result()
             );
@@ -3484,21 +3469,12 @@ fn other_op_kinds_edges() {
                 let br = ring.register_buf_ring(&p, 4).unwrap();
                 let enters = ring.stats().enters;
                 let c = ring.submit(Op::read_multishot(r, br)).wait().unwrap();
-                assert!(matches!(
-                    c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
-                ));
+                assert!(common::invalid_input(&c));
                 let tk = ring.submit(Op::read_multishot(r, br)).ticket();
                 let c = ring.wait(tk).unwrap();
-                assert!(matches!(
-                    c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
-                ));
+                assert!(common::invalid_input(&c));
                 let c = common::block_on(ring.submit(Op::read_multishot(r, br)).future());
-                assert!(matches!(
-                    c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
-                ));
+                assert!(common::invalid_input(&c));
                 let (stx, srx) = mpsc::channel();
                 ring.submit(Op::read_multishot(r, br))
                     .then(move |c| stx.send(c.result()).unwrap());
@@ -3519,10 +3495,7 @@ fn other_op_kinds_edges() {
             let enters = fx.ring.stats().enters;
             fx.ring.submit(Op::read_multishot(fx.t, br)).to_queue(&q);
             let c = q.pop().expect("refused at once");
-            assert!(matches!(
-                c.error().map(|e| e.kind()),
-                Some(ErrorKind::InvalidInput { .. })
-            ));
+            assert!(common::invalid_input(&c));
             assert_eq!(fx.ring.stats().enters, enters);
             drop(c);
             fx.ring.unregister_buf_ring(br).unwrap();
@@ -3604,14 +3577,7 @@ fn other_op_kinds_edges() {
                 ];
                 for op in ops {
                     let c = fx.ring.submit(op).wait().unwrap();
-                    assert!(
-                        matches!(
-                            c.error().map(|e| e.kind()),
-                            Some(ErrorKind::InvalidInput { .. })
-                        ),
-                        "{:?}",
-                        c.result()
-                    );
+                    assert!(common::invalid_input(&c), "{:?}", c.result());
                 }
                 assert_eq!(fx.ring.stats().enters, 0);
                 assert!(fx.snapshot().0 == before);

@@ -87,10 +87,7 @@ fn readv_part_whose_end_overflows_is_refused_and_writes_nowhere() {
         .wait()
         .unwrap();
     assert!(
-        matches!(
-            c.error().map(|e| e.kind()),
-            Some(ErrorKind::InvalidInput { .. })
-        ),
+        common::invalid_input(&c),
         "overflowing part accepted: {c:?}"
     );
     victim.set_len(BS).unwrap();
@@ -114,10 +111,7 @@ fn readv_part_whose_end_overflows_is_refused_and_writes_nowhere() {
         ))
         .wait()
         .unwrap();
-    assert!(matches!(
-        c.error().map(|e| e.kind()),
-        Some(ErrorKind::InvalidInput { .. })
-    ));
+    assert!(common::invalid_input(&c));
     drop((c, victim));
     check_teardown(&ring, &[&pool]);
 }
@@ -483,13 +477,7 @@ fn wrong_kind_targets_are_refused_before_the_kernel() {
             ),
         ] {
             let c = ring.submit(op).wait().unwrap();
-            assert!(
-                matches!(
-                    c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
-                ),
-                "{c:?}"
-            );
+            assert!(common::invalid_input(&c), "{c:?}");
         }
     }
     assert_eq!(
@@ -665,13 +653,7 @@ fn o_path_targets_are_refused_before_the_kernel() {
         .submit(Op::read(t, 0, pool.try_get().unwrap()))
         .wait()
         .unwrap();
-    assert!(
-        matches!(
-            c.error().map(|e| e.kind()),
-            Some(ErrorKind::InvalidInput { .. })
-        ),
-        "{c:?}"
-    );
+    assert!(common::invalid_input(&c), "{c:?}");
     assert_eq!(ring.stats().enters, before);
     drop(c);
     check_teardown(&ring, &[&pool]);
@@ -696,13 +678,7 @@ fn positional_writes_on_an_append_only_file_are_refused() {
     b.extend_from_slice(b"CD").unwrap();
     for op in [Op::write(t, 0, a), Op::writev(t, 0, vec![b.into()])] {
         let c = ring.submit(op).wait().unwrap();
-        assert!(
-            matches!(
-                c.error().map(|e| e.kind()),
-                Some(ErrorKind::InvalidInput { .. })
-            ),
-            "{c:?}"
-        );
+        assert!(common::invalid_input(&c), "{c:?}");
     }
     assert_eq!(ring.stats().enters, before);
     let mut e = pool.try_get().unwrap();
@@ -895,14 +871,7 @@ fn fsync_and_poll_of_an_o_path_target_are_refused_before_the_kernel() {
             Op::poll(t, libc::POLLIN as u32),
         ] {
             let c = ring.submit(op).wait().unwrap();
-            assert!(
-                matches!(
-                    c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
-                ),
-                "{}: {c:?}",
-                path.display()
-            );
+            assert!(common::invalid_input(&c), "{}: {c:?}", path.display());
         }
         assert_eq!(ring.stats().enters, before, "{}", path.display());
     }

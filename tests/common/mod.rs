@@ -339,6 +339,12 @@ pub fn open_o_path(path: &std::path::Path) -> std::fs::File {
         .unwrap()
 }
 
+/// Whether `c` failed with `InvalidInput` (refused as bad input).
+pub fn invalid_input(c: &iocomplete::Completion) -> bool {
+    c.error()
+        .is_some_and(|e| matches!(e.kind(), iocomplete::ErrorKind::InvalidInput { .. }))
+}
+
 /// Submit reads of the 4 KiB blocks `blocks` of `t` (each tagged with its block number,
 /// buffers from `pool`); their tickets.
 pub fn read_tickets(
