@@ -3452,7 +3452,7 @@ fn other_op_kinds_edges() {
         };
         let refused = |ring: &Ring, c: &Completion| {
             assert!(
-                common::invalid_input(&c),
+                common::invalid_input(c),
                 "want InvalidInput, got {:?}",
                 c.result()
             );
