@@ -664,8 +664,7 @@ fn o_path_targets_are_refused_before_the_kernel() {
 /// `write_cursor` is the way to append.
 #[test]
 fn positional_writes_on_an_append_only_file_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("log");
+    let (_dir, p) = common::disk_path("log");
     std::fs::write(&p, b"0123456789").unwrap();
     let f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
     let mut ring = Ring::new().unwrap();
