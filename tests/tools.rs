@@ -22,6 +22,8 @@ use common::verify::{self, file_in as make};
 use common::LoopDev;
 
 const BS: usize = 4096;
+/// What the tools say of a path that is neither a regular file nor a block device.
+const NOT_A_FILE: &str = "not a regular file or block device";
 
 /// A small tmpfs mounted on a fresh directory, unmounted (and the directory removed) on
 /// drop: a filesystem whose free space a test can exceed without filling the real disk.
@@ -69,6 +71,29 @@ impl Drop for SmallFs {
         // SAFETY: a valid NUL-terminated path; detaching unmounts even if a file is open.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     }
+}
+
+/// The example binary `name` and a new directory on disk to run it in.
+fn tool(name: &str) -> Option<(std::path::PathBuf, tempfile::TempDir)> {
+    Some((example(name)?, common::disk_dir()))
+}
+
+/// A verify file `name` in `dir` ([`make`]) and its bytes.
+fn made(dir: &Path, name: &str, size: u64, seed: u64) -> (std::path::PathBuf, Vec<u8>) {
+    let p = make(dir, name, size, seed);
+    let bytes = std::fs::read(&p).unwrap();
+    (p, bytes)
+}
+
+/// `o` succeeded and wrote exactly `want` (`what` ran).
+fn wrote(o: &Output, want: &[u8], what: &str) {
+    assert!(o.status.success(), "{what}: {}", stderr(o));
+    assert!(
+        o.stdout == want,
+        "{what}: {} bytes out of {}",
+        o.stdout.len(),
+        want.len()
+    );
 }
 
 /// The number just before the first `unit` in `msg`: 42 for `" bytes in"` in
@@ -201,11 +226,9 @@ fn copy_example_to_a_too_small_block_device_fails_clearly() {
 /// exited 0. Each must be refused, naming the argument, with F unchanged.
 #[test]
 fn copy_refuses_to_copy_a_file_onto_itself() {
-    let bin = or_skip!(example("copy"));
-    let dir = common::disk_dir();
+    let (bin, dir) = or_skip!(tool("copy"));
     let size = 300_000u64;
-    let f = make(dir.path(), "F", size, 81);
-    let want = std::fs::read(&f).unwrap();
+    let (f, want) = made(dir.path(), "F", size, 81);
     let sym = dir.path().join("sym");
     std::os::unix::fs::symlink(&f, &sym).unwrap();
     let hard = dir.path().join("hard");
@@ -241,10 +264,8 @@ fn copy_refuses_to_copy_a_file_onto_itself() {
 /// FIFO as SRC or DST is refused without blocking in `open`.
 #[test]
 fn copy_checks_the_source_before_touching_the_destination() {
-    let bin = or_skip!(example("copy"));
-    let dir = common::disk_dir();
-    let keep = make(dir.path(), "keep", 10_000, 82);
-    let want = std::fs::read(&keep).unwrap();
+    let (bin, dir) = or_skip!(tool("copy"));
+    let (keep, want) = made(dir.path(), "keep", 10_000, 82);
     let fifo = dir.path().join("fifo");
     mkfifo(&fifo);
     let missing = dir.path().join("missing");
@@ -289,24 +310,16 @@ fn copy_checks_the_source_before_touching_the_destination() {
     }
     // A FIFO as DST: refused, no hang, nothing written into it.
     let args = [keep.to_str().unwrap(), fifo.to_str().unwrap()];
-    let o = run(&bin, &args, Duration::from_secs(20));
-    let msg = stderr(&o);
-    assert!(!o.status.success(), "copy to a FIFO succeeded");
-    assert!(
-        msg.contains("not a regular file or block device") && msg.contains(args[1]),
-        "{msg}"
-    );
+    refused(&bin, &args, &[NOT_A_FILE, args[1]]);
 }
 
 /// A bad `--chunk` (too large for a pool slot, or misaligned for `--direct`) truncated an
 /// existing DST (or created a new one) before failing: bad input must change nothing.
 #[test]
 fn copy_with_a_bad_chunk_leaves_the_destination_alone() {
-    let bin = or_skip!(example("copy"));
-    let dir = common::disk_dir();
+    let (bin, dir) = or_skip!(tool("copy"));
     let src = make(dir.path(), "src", 100_000, 87);
-    let keep = make(dir.path(), "keep", 50_000, 88);
-    let want = std::fs::read(&keep).unwrap();
+    let (keep, want) = made(dir.path(), "keep", 50_000, 88);
     let new = dir.path().join("new");
     for flags in [&["--chunk", "1T"][..], &["--direct", "--chunk", "3"]] {
         for dst in [&keep, &new] {
@@ -383,10 +396,8 @@ fn copy_copies_a_whole_block_device() {
 /// truncated; an empty regular file still copies (0 bytes, exit 0).
 #[test]
 fn copy_refuses_a_pseudo_file_source() {
-    let bin = or_skip!(example("copy"));
-    let dir = common::disk_dir();
-    let keep = make(dir.path(), "keep", 10_000, 91);
-    let want = std::fs::read(&keep).unwrap();
+    let (bin, dir) = or_skip!(tool("copy"));
+    let (keep, want) = made(dir.path(), "keep", 10_000, 91);
     let new = dir.path().join("new");
     let mut tried = 0;
     for src in [
@@ -441,8 +452,7 @@ fn copy_refuses_a_pseudo_file_source() {
 /// several queue depths, page-cached and O_DIRECT; every operation moves a whole block.
 #[test]
 fn iobench_loop_allocates_nothing_per_operation() {
-    let bin = or_skip!(example("iobench"));
-    let dir = common::disk_dir();
+    let (bin, dir) = or_skip!(tool("iobench"));
     let f = make(dir.path(), "bench.dat", 256 * BS as u64, 93);
     let direct_ok = common::open(&f, false, true).metadata().is_ok();
     let mut cases = vec![
@@ -488,8 +498,7 @@ fn iobench_loop_allocates_nothing_per_operation() {
 /// regular file or a block device is refused, at once, naming it.
 #[test]
 fn iobench_creates_only_when_asked_and_refuses_what_it_cannot_bench() {
-    let bin = or_skip!(example("iobench"));
-    let dir = common::disk_dir();
+    let (bin, dir) = or_skip!(tool("iobench"));
     let quick = ["--bs", "4k", "--qd", "2", "--seconds", "0.05"];
     let bench = |rw: &str, extra: &[&str], file: &Path| {
         let mut args = vec!["--rw", rw];
@@ -628,8 +637,7 @@ fn iobench_refuses_a_size_the_filesystem_cannot_hold() {
 /// `--seconds` too large for a `Duration` panicked (exit 101) instead of a usage error.
 #[test]
 fn iobench_refuses_unrepresentable_durations() {
-    let bin = or_skip!(example("iobench"));
-    let dir = common::disk_dir();
+    let (bin, dir) = or_skip!(tool("iobench"));
     let f = make(dir.path(), "f", 64 * 1024, 86);
     for secs in ["1e30", "inf", "NaN", "-1", "0", "1e-300"] {
         let args = [
@@ -657,8 +665,7 @@ fn iobench_refuses_unrepresentable_durations() {
 /// an extent past the end, a missing file and bad numbers fail with clear messages.
 #[test]
 fn gather_example_concatenates_extents_and_reports_clear_errors() {
-    let bin = or_skip!(example("gather"));
-    let dir = common::disk_dir();
+    let (bin, dir) = or_skip!(tool("gather"));
     let size = 3u64 << 20;
     let path = make(dir.path(), "f", size, 38);
     let p = path.to_str().unwrap();
@@ -724,13 +731,7 @@ fn gather_refuses_what_it_cannot_read_without_blocking() {
     mkfifo(&fifo);
     for path in [fifo.as_path(), dir.path(), Path::new("/dev/null")] {
         let args = [path.to_str().unwrap(), "0:10"];
-        let o = run(&bin, &args, Duration::from_secs(20));
-        let msg = stderr(&o);
-        assert!(!o.status.success(), "gather {args:?} succeeded");
-        assert!(
-            msg.contains("not a regular file or block device") && msg.contains(args[0]),
-            "gather {args:?}: {msg}"
-        );
+        refused(&bin, &args, &[NOT_A_FILE, args[0]]);
     }
     // And still gathers from a file.
     let f = make(dir.path(), "f", 100_000, 85);
@@ -750,11 +751,9 @@ fn gather_refuses_what_it_cannot_read_without_blocking() {
 /// to a pipe on stdout: every byte, counted in the summary; bad input: a clear error.
 #[test]
 fn cat_example_copies_files_pipes_and_reports_bad_input() {
-    let bin = or_skip!(example("cat"));
-    let dir = common::disk_dir();
+    let (bin, dir) = or_skip!(tool("cat"));
     let size = (3 << 20) + 1234;
-    let src = make(dir.path(), "src", size, 40);
-    let want = std::fs::read(&src).unwrap();
+    let (src, want) = made(dir.path(), "src", size, 40);
     let src_s = src.to_str().unwrap();
     let out_path = dir.path().join("out");
     for args in [
@@ -840,11 +839,8 @@ fn cat_example_copies_files_pipes_and_reports_bad_input() {
 /// `cat F | ...` are unaffected.
 #[test]
 fn cat_refuses_an_input_that_is_its_own_output() {
-    let bin = or_skip!(example("cat"));
-    let dir = common::disk_dir();
-    let size = 1_000_000u64;
-    let f = make(dir.path(), "F", size, 92);
-    let want = std::fs::read(&f).unwrap();
+    let (bin, dir) = or_skip!(tool("cat"));
+    let (f, want) = made(dir.path(), "F", 1_000_000, 92);
     let link = dir.path().join("link");
     std::fs::hard_link(&f, &link).unwrap();
     let fs = f.to_str().unwrap();
@@ -918,13 +914,7 @@ fn cat_binary_exits_on_a_fifo_path_and_on_dev_stdin() {
     };
     let o = run(&bin, &[path.to_str().unwrap()], limit);
     feed.join().unwrap();
-    assert!(o.status.success(), "cat FIFO: {}", stderr(&o));
-    assert!(
-        o.stdout == want,
-        "FIFO path: {} bytes out of {}",
-        o.stdout.len(),
-        want.len()
-    );
+    wrote(&o, &want, "FIFO path");
 
     // A pipe as stdin, named /dev/stdin (a reopen of the pipe) and `-` (the descriptor).
     for arg in ["/dev/stdin", "-"] {
@@ -932,13 +922,7 @@ fn cat_binary_exits_on_a_fifo_path_and_on_dev_stdin() {
         let feed = slow_writer(tx, want.clone(), 64);
         let o = run_with(&bin, &[arg], File::from(rx).into(), None, limit);
         feed.join().unwrap();
-        assert!(o.status.success(), "cat {arg}: {}", stderr(&o));
-        assert!(
-            o.stdout == want,
-            "{arg}: {} bytes out of {}",
-            o.stdout.len(),
-            want.len()
-        );
+        wrote(&o, &want, arg);
     }
 }
 
