@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use common::drivers::{copy_job, deadline_race, drop_mid_flight, finish_split};
+use common::drivers::{copy_at, copy_job, deadline_race, drop_mid_flight, finish_split, run_job};
 use common::{check_teardown, close_and_check, open, pool, ring_with, verify, LoopDev};
 use iocomplete::split::{block_device_limits, ChunkHandler, Job, Mode, SplitConfig, SplitDriver};
 use iocomplete::{Error, ErrorKind, PoolBuf, Ring, Target};
@@ -148,10 +148,7 @@ fn read_and_write_jobs_with_boundaries_and_progress() {
         offset,
         len,
     };
-    let done = SplitDriver::new(&mut ring, &pool, job, config)
-        .unwrap()
-        .run(&mut ring, &mut got)
-        .unwrap();
+    let done = run_job(&mut ring, &pool, job, config, &mut got);
     assert_eq!((done.status, done.bytes), (Ok(()), len));
     verify::check_range(&got.data, BS, 9, offset).unwrap();
     // Reading past the end stops at end of file, successfully, with fewer bytes.
@@ -165,10 +162,7 @@ fn read_and_write_jobs_with_boundaries_and_progress() {
         offset: offset + len - 1000,
         len: 50_000,
     };
-    let done = SplitDriver::new(&mut ring, &pool, job, config)
-        .unwrap()
-        .run(&mut ring, &mut tail)
-        .unwrap();
+    let done = run_job(&mut ring, &pool, job, config, &mut tail);
     assert_eq!((done.status, done.bytes), (Ok(()), 1000));
     verify::check_range(&tail.data[..1000], BS, 9, offset + len - 1000).unwrap();
     check_teardown(&ring, &[&pool]);
@@ -176,9 +170,8 @@ fn read_and_write_jobs_with_boundaries_and_progress() {
 
 #[test]
 fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
-    let dir = common::disk_dir();
     let size = (1 << 20) + 8192;
-    let src = verify::file_in(dir.path(), "src", size, 3);
+    let (dir, src) = verify::disk_file(size, 3);
     let dst = dir.path().join("dst");
     let pool = pool(8, 128 * 1024);
     let (mut ring, s) = ring_with(&pool, open(&src, false, true));
@@ -206,13 +199,7 @@ fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
             .unwrap_err()
             .kind()
     };
-    let copy = |src_offset, dst_offset, len| Job::Copy {
-        src: s,
-        src_offset,
-        dst: d,
-        dst_offset,
-        len,
-    };
+    let copy = |src_offset, dst_offset, len| copy_at((s, src_offset), (d, dst_offset), len);
     assert_eq!(
         bad(&mut ring, copy(0, 0, size - 1), SplitConfig::new()),
         ErrorKind::Misaligned {
@@ -257,9 +244,8 @@ fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
 fn direct_reads_end_at_an_unaligned_end_of_file() {
     // O_DIRECT returns a short, unaligned count at the end of a file whose size is not a
     // multiple of the alignment; the rest of the chunk is past the end, not an error.
-    let dir = common::disk_dir();
     let size = 3 * CHUNK + 1000;
-    let src = verify::file_in(dir.path(), "src", size, 13);
+    let (_dir, src) = verify::disk_file(size, 13);
     let pool = pool(2, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, open(&src, false, true));
     let len = 4 * CHUNK;
@@ -306,10 +292,7 @@ fn block_devices_default_to_their_limits_and_copy_both_ways() {
     let m2 = ring.register(open(&mid, false, true)).unwrap();
     let job = copy_job(m2, d, size);
     let config = SplitConfig::new().mode(Mode::Serial).max_chunk(256 * 1024);
-    let done = SplitDriver::new(&mut ring, &pool, job, config)
-        .unwrap()
-        .run(&mut ring, &mut ())
-        .unwrap();
+    let done = run_job(&mut ring, &pool, job, config, &mut ());
     assert_eq!((done.status, done.bytes), (Ok(()), size));
     verify::check_file_prefix(Path::new(&dst_dev.path), size, 21);
     check_teardown(&ring, &[&pool]);
@@ -319,9 +302,8 @@ fn block_devices_default_to_their_limits_and_copy_both_ways() {
 fn first_error_enospc_on_a_small_device_completes_once_after_all_children() {
     let dev_size = 256 * 1024;
     let dev = or_skip!(LoopDev::new(dev_size, None));
-    let dir = common::disk_dir();
     let size = 1u64 << 20;
-    let src = verify::file_in(dir.path(), "src", size, 5);
+    let (_dir, src) = verify::disk_file(size, 5);
     let pool = pool(8, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let d = ring
@@ -342,9 +324,8 @@ fn first_error_enospc_on_a_small_device_completes_once_after_all_children() {
 
 #[test]
 fn first_error_closed_destination_mid_copy() {
-    let dir = common::disk_dir();
     let size = 4u64 << 20;
-    let src = verify::file_in(dir.path(), "src", size, 6);
+    let (dir, src) = verify::disk_file(size, 6);
     let dst = dir.path().join("dst");
     let pool = pool(4, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, open(&src, false, false));
@@ -379,8 +360,7 @@ fn first_error_closed_destination_mid_copy() {
 fn a_source_that_cannot_read_is_refused_before_the_kernel() {
     // An O_PATH descriptor passes every check up front (a readable regular file), and the
     // kernel answers EBADF to each read.
-    let dir = common::disk_dir();
-    let src = verify::file_in(dir.path(), "src", 1 << 20, 7);
+    let (dir, src) = verify::disk_file(1 << 20, 7);
     let pool = pool(4, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, common::open_o_path(&src));
     let d = ring
@@ -472,8 +452,7 @@ fn deadline_races_the_last_transfer_thousands_of_times() {
 
 #[test]
 fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
-    let dir = common::disk_dir();
-    let src = verify::file_in(dir.path(), "src", 1 << 20, 1);
+    let (dir, src) = verify::disk_file(1 << 20, 1);
     let pool = pool(2, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let ro = ring.register(open(&src, false, false)).unwrap();
@@ -559,10 +538,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
         len: 3 * CHUNK,
     };
     let config = SplitConfig::new().mode(Mode::Parallel { max_in_flight: 2 });
-    let done = SplitDriver::new(&mut ring, &pool, job, config)
-        .unwrap()
-        .run(&mut ring, &mut ())
-        .unwrap();
+    let done = run_job(&mut ring, &pool, job, config, &mut ());
     assert!(matches!(
         done.status.unwrap_err().kind(),
         ErrorKind::InvalidInput { .. }
@@ -586,9 +562,8 @@ const HUGE_DEADLINES: [Duration; 4] = [
 
 #[test]
 fn huge_deadlines_never_fire_and_every_byte_is_copied() {
-    let dir = common::disk_dir();
     let size = 5 * CHUNK + 777;
-    let src = verify::file_in(dir.path(), "src", size, 71);
+    let (dir, src) = verify::disk_file(size, 71);
     let pool = pool(4, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     for (k, d) in HUGE_DEADLINES.into_iter().enumerate() {
@@ -660,10 +635,7 @@ fn copies_onto_the_same_file_are_refused_unless_the_ranges_are_disjoint() {
     // Disjoint ranges of one file: the first half onto the second.
     let half = size / 2;
     let job = copy(s, 0, d_hard, half, half);
-    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
-        .unwrap()
-        .run(&mut ring, &mut ())
-        .unwrap();
+    let done = run_job(&mut ring, &pool, job, SplitConfig::new(), &mut ());
     assert_eq!((done.status, done.bytes), (Ok(()), half));
     let got = std::fs::read(&f).unwrap();
     assert_eq!(got[..half as usize], want[..half as usize]);
@@ -699,10 +671,7 @@ fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
     let out = dir.path().join("out");
     let o = ring.register(open(&out, true, false)).unwrap();
     let job = copy_job(s, o, len);
-    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
-        .unwrap()
-        .run(&mut ring, &mut ())
-        .unwrap();
+    let done = run_job(&mut ring, &pool, job, SplitConfig::new(), &mut ());
     assert_eq!((done.status, done.bytes), (Ok(()), size));
     assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
     verify::check_file_prefix(&out, size, 74);
@@ -717,9 +686,8 @@ fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
 /// in the driver's completion queue, kept alive by the armed timer).
 #[test]
 fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
-    let dir = common::disk_dir();
     let size = 1u64 << 20;
-    let src = verify::file_in(dir.path(), "src", size, 75);
+    let (_dir, src) = verify::disk_file(size, 75);
     let pool = pool(4, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let deadline = Duration::from_secs(2);
@@ -742,8 +710,7 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
 /// the kernel.
 #[test]
 fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
-    let dir = common::disk_dir();
-    let src = verify::file_in(dir.path(), "src", 1 << 20, 76);
+    let (dir, src) = verify::disk_file(1 << 20, 76);
     let pool = pool(4, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let d = ring
@@ -756,13 +723,7 @@ fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
         offset,
         len,
     };
-    let copy = |src_offset, dst_offset, len| Job::Copy {
-        src: s,
-        src_offset,
-        dst: d,
-        dst_offset,
-        len,
-    };
+    let copy = |src_offset, dst_offset, len| copy_at((s, src_offset), (d, dst_offset), len);
     for job in [
         read(big + 1, 4096),
         read(u64::MAX - 1, 1),
@@ -802,8 +763,7 @@ fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
 /// descriptor is fine.
 #[test]
 fn append_only_destinations_are_refused() {
-    let dir = common::disk_dir();
-    let src = verify::file_in(dir.path(), "src", 4 * CHUNK, 77);
+    let (dir, src) = verify::disk_file(4 * CHUNK, 77);
     let dst = dir.path().join("dst");
     std::fs::write(&dst, b"keep").unwrap();
     let pool = pool(4, CHUNK as usize);
@@ -843,10 +803,7 @@ fn append_only_destinations_are_refused() {
         offset: CHUNK,
         len: CHUNK,
     };
-    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
-        .unwrap()
-        .run(&mut ring, &mut ())
-        .unwrap();
+    let done = run_job(&mut ring, &pool, job, SplitConfig::new(), &mut ());
     assert_eq!((done.status, done.bytes), (Ok(()), CHUNK));
     for t in [s, d, ra] {
         ring.close(t).unwrap();
@@ -1000,10 +957,7 @@ fn copies_between_a_disk_its_partition_and_a_loop_backing_file_must_not_overlap(
         f.sync_all().unwrap();
     }
     let job = copy_job(disk, part, mib);
-    let done = SplitDriver::new(&mut ring, &bufs, job, SplitConfig::new())
-        .unwrap()
-        .run(&mut ring, &mut ())
-        .unwrap();
+    let done = run_job(&mut ring, &bufs, job, SplitConfig::new(), &mut ());
     assert_eq!((done.status, done.bytes), (Ok(()), mib));
     let mut got = vec![0u8; mib as usize];
     {

@@ -62,13 +62,34 @@ pub fn check_spans(spans: &[(u64, usize)], start: u64, end: u64, ordered: bool) 
 
 /// A copy of `len` bytes from offset 0 of `src` to offset 0 of `dst`.
 pub fn copy_job(src: Target, dst: Target, len: u64) -> Job {
+    copy_at((src, 0), (dst, 0), len)
+}
+
+/// A copy of `len` bytes from `src` to `dst`, each a (target, offset).
+pub fn copy_at(
+    (src, src_offset): (Target, u64),
+    (dst, dst_offset): (Target, u64),
+    len: u64,
+) -> Job {
     Job::Copy {
         src,
-        src_offset: 0,
+        src_offset,
         dst,
-        dst_offset: 0,
+        dst_offset,
         len,
     }
+}
+
+/// Run `job` to its end with a new split driver (`handler` sees the chunks).
+pub fn run_job(
+    ring: &mut Ring,
+    pool: &BufferPool,
+    job: Job,
+    config: iocomplete::split::SplitConfig,
+    handler: &mut impl ChunkHandler,
+) -> Completion {
+    let mut drv = SplitDriver::new(ring, pool, job, config).unwrap();
+    drv.run(ring, handler).unwrap()
 }
 
 /// Split progress reports: never backwards, never past the length.
