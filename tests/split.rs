@@ -244,9 +244,9 @@ fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
 fn direct_reads_end_at_an_unaligned_end_of_file() {
     // O_DIRECT returns a short, unaligned count at the end of a file whose size is not a
     // multiple of the alignment; the rest of the chunk is past the end, not an error.
+    let pool = pool(2, CHUNK as usize);
     let size = 3 * CHUNK + 1000;
     let (_dir, src) = verify::disk_file(size, 13);
-    let pool = pool(2, CHUNK as usize);
     let (mut ring, s) = ring_with(&pool, open(&src, false, true));
     let len = 4 * CHUNK;
     for mode in [Mode::Serial, Mode::Parallel { max_in_flight: 2 }] {
