@@ -319,8 +319,7 @@ fn reads_with_buffers_returned_on_another_thread() {
 #[test]
 fn provided_buffer_ring_refills_from_slots_parked_elsewhere() {
     let _serial = serial();
-    let mut ring = Ring::new().unwrap();
-    or_skip!(common::needs_multishot(&ring));
+    let mut ring = or_skip!(common::multishot_ring());
     let pool = pool(16); // 1 slot per magazine
     let br = ring.register_buf_ring(&pool, 16).unwrap();
     assert_eq!(ring.buf_ring_offered(br), 16);

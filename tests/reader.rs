@@ -234,8 +234,7 @@ fn direct_files_aligned_and_unaligned_sizes() {
 
 #[test]
 fn direct_io_settings_that_do_not_fit_are_typed_errors_before_the_kernel() {
-    let (_dir, path) = common::disk_path("a");
-    verify::make_file(&path, 1 << 20, BS, 3);
+    let (_dir, path) = verify::disk_file(1 << 20, 3);
     let mut ring = Ring::new().unwrap();
     let pool = pool(8, 64 * 1024);
     let t = ring.register(open(&path, false, true)).unwrap();
@@ -700,8 +699,7 @@ fn memfile_holes_are_never_handed_to_other_mappings() {
 /// error as its one final result.
 #[test]
 fn closing_the_target_mid_run_fails_then_restart_fails_again() {
-    let (_dir, path) = common::disk_path("c");
-    verify::make_file(&path, 4 << 20, BS, 11);
+    let (_dir, path) = verify::disk_file(4 << 20, 11);
     let pool = pool(8, 16 * 1024);
     let (mut ring, t) = ring_with(&pool, File::open(&path).unwrap());
     let failed = Arc::new(Mutex::new(Vec::new()));
@@ -803,6 +801,32 @@ fn stream_on_read(s: &StreamSeen, buf: PoolBuf, off: u64) {
     }
 }
 
+/// A reader on a stream, fed to a [`StreamSeen`]; any failure fails the test.
+type StreamReader = ContinuousReader<
+    StreamSeen,
+    fn(&StreamSeen, PoolBuf, u64),
+    fn(&StreamSeen, &iocomplete::Error) -> Restart,
+>;
+
+fn no_failure(_: &StreamSeen, e: &iocomplete::Error) -> Restart {
+    panic!("unexpected failure {e}")
+}
+
+/// `b` built on `ring` into a reader that expects `seen`'s bytes.
+fn stream_reader(b: ContinuousReaderBuilder, ring: &mut Ring, seen: StreamSeen) -> StreamReader {
+    b.build(ring, seen, stream_on_read as _, no_failure as _)
+        .unwrap()
+}
+
+/// Every stream mode `ring`'s kernel has: auto and single-shot, and multishot.
+fn stream_modes(ring: &Ring) -> Vec<StreamReads> {
+    let mut modes = vec![StreamReads::Auto, StreamReads::SingleShot];
+    if ring.capabilities().read_multishot {
+        modes.push(StreamReads::Multishot);
+    }
+    modes
+}
+
 fn run_stream(
     ring: &mut Ring,
     pool: &BufferPool,
@@ -815,11 +839,7 @@ fn run_stream(
         .transfer_len(pool.geometry().capacity as u32);
     let stop = b.stop_handle();
     *seen.stop.lock().unwrap() = Some(stop);
-    let reader = b
-        .build(ring, seen, stream_on_read, |_, e| {
-            panic!("unexpected failure {e}")
-        })
-        .unwrap();
+    let reader = stream_reader(b, ring, seen);
     reader.run_into_ctx(ring).unwrap()
 }
 
@@ -1074,8 +1094,7 @@ fn stop_mid_stream_from_on_read_and_from_another_thread() {
     close_and_check(&mut ring, &[t], &[&pool]);
 
     // 3. A file with 8 reads in flight, stopped from another thread mid-way.
-    let (_dir, path) = common::disk_path("s");
-    verify::make_file(&path, 16 << 20, BS, 37);
+    let (_dir, path) = verify::disk_file(16 << 20, 37);
     let t = ring.register(File::open(&path).unwrap()).unwrap();
     let b = ContinuousReader::builder(t, &pool).pending_reads(8);
     let stop = b.stop_handle();
@@ -1100,8 +1119,7 @@ fn stop_mid_stream_from_on_read_and_from_another_thread() {
 
 #[test]
 fn multishot_pipe_survives_an_empty_buffer_ring() {
-    let mut ring = Ring::new().unwrap();
-    or_skip!(common::needs_multishot(&ring));
+    let mut ring = or_skip!(common::multishot_ring());
     // Four slots; the handler keeps every buffer, and a releaser thread drops them from
     // time to time. While it holds all four, data arrives with no provided buffer: the
     // multishot read ends with ENOBUFS and is re-armed once buffers are back.
@@ -1112,11 +1130,7 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
     let mut seen = StreamSeen::new(want.clone());
     seen.keep = true;
     let b = ContinuousReader::builder(t, &pool).stream_reads(StreamReads::Multishot);
-    let reader = b
-        .build(&mut ring, seen, stream_on_read, |_, e| {
-            panic!("unexpected failure {e}")
-        })
-        .unwrap();
+    let reader = stream_reader(b, &mut ring, seen);
     assert!(reader.is_multishot());
     let w = {
         let want = want.clone();
@@ -1162,8 +1176,7 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
 /// group id (a stale token does not name it).
 #[test]
 fn buffer_ring_is_unregistered_only_once_no_multishot_read_uses_it() {
-    let mut ring = Ring::new().unwrap();
-    or_skip!(common::needs_multishot(&ring));
+    let mut ring = or_skip!(common::multishot_ring());
     let pool = pool(4, BS);
     let br = ring.register_buf_ring(&pool, 4).unwrap();
     assert_eq!(pool.stats().free, 0);
@@ -1197,9 +1210,8 @@ fn buffer_ring_is_unregistered_only_once_no_multishot_read_uses_it() {
 
 #[test]
 fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
-    let (_dir, path) = common::disk_path("p");
-    verify::make_file(&path, 2 << 20, BS, 41);
     let pool = pool(16, 16 * 1024);
+    let (_dir, path) = verify::disk_file(2 << 20, 41);
     let (mut ring, t) = ring_with(&pool, File::open(&path).unwrap());
     let mut reader = ContinuousReader::builder(t, &pool)
         .pending_reads(8)
@@ -1293,11 +1305,7 @@ fn drive_ring_idle(ring: &mut Ring, pool: &BufferPool, limit: Duration, what: &s
 fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
     let want = verify::expected(BS, 42, 0, 150_000);
     let mut ring = Ring::new().unwrap();
-    let mut modes = vec![StreamReads::Auto, StreamReads::SingleShot];
-    if ring.capabilities().read_multishot {
-        modes.push(StreamReads::Multishot);
-    }
-    for mode in modes {
+    for mode in stream_modes(&ring) {
         for reopened_pipe in [false, true] {
             let what = format!(
                 "{mode:?} {}",
@@ -1332,15 +1340,11 @@ fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
                 !info.nonblocking && info.kind == iocomplete::FdKind::Pipe,
                 "{what}"
             );
-            let mut reader = ContinuousReader::builder(t, &pool)
-                .stream_reads(mode)
-                .build(
-                    &mut ring,
-                    StreamSeen::new(want.clone()),
-                    stream_on_read,
-                    |_, e| panic!("unexpected failure {e}"),
-                )
-                .unwrap();
+            let mut reader = stream_reader(
+                ContinuousReader::builder(t, &pool).stream_reads(mode),
+                &mut ring,
+                StreamSeen::new(want.clone()),
+            );
             let report = drive_bounded(&mut ring, &mut reader, Duration::from_secs(20), &what);
             w.join().unwrap();
             assert_eq!(report.reason, FinishReason::Eof, "{what}");
@@ -1362,11 +1366,7 @@ fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
 #[test]
 fn dropping_an_unfinished_reader_returns_every_slot() {
     let mut ring = Ring::new().unwrap();
-    let mut modes = vec![StreamReads::Auto, StreamReads::SingleShot];
-    if ring.capabilities().read_multishot {
-        modes.push(StreamReads::Multishot);
-    }
-    for mode in modes {
+    for mode in stream_modes(&ring) {
         // One worker: `stream_on_read` checks the order, and two could overlap.
         for dispatch in [Dispatch::Inline, Dispatch::Workers(1)] {
             let what = format!("{mode:?} {dispatch:?}");
@@ -1374,16 +1374,13 @@ fn dropping_an_unfinished_reader_returns_every_slot() {
             let (rx, tx) = pipe();
             let pool = pool(8, BS);
             let t = ring.register(rx).unwrap();
-            let mut reader = ContinuousReader::builder(t, &pool)
-                .stream_reads(mode)
-                .dispatch(dispatch)
-                .build(
-                    &mut ring,
-                    StreamSeen::new(want.clone()),
-                    stream_on_read,
-                    |_, e| panic!("unexpected failure {e}"),
-                )
-                .unwrap();
+            let mut reader = stream_reader(
+                ContinuousReader::builder(t, &pool)
+                    .stream_reads(mode)
+                    .dispatch(dispatch),
+                &mut ring,
+                StreamSeen::new(want.clone()),
+            );
             // Half the data; the writer stays open, so the reader never finishes.
             let mut tx = File::from(tx);
             tx.write_all(&want[..32 * 1024]).unwrap();
@@ -1418,8 +1415,7 @@ fn dropping_an_unfinished_reader_returns_every_slot() {
 /// and every reader gets every byte. Two readers, then three.
 #[test]
 fn multishot_readers_sharing_a_small_pool_all_get_all_their_data() {
-    let mut ring = Ring::new().unwrap();
-    or_skip!(common::needs_multishot(&ring));
+    let mut ring = or_skip!(common::multishot_ring());
     for (n, slots) in [(2, 2), (2, 4), (2, 8), (3, 2), (3, 4), (3, 8)] {
         let what = format!("{n} readers, {slots} slots");
         let pool = pool(slots, BS);
@@ -1434,17 +1430,11 @@ fn multishot_readers_sharing_a_small_pool_all_get_all_their_data() {
             let (rx, tx) = pipe();
             let t = ring.register(rx).unwrap();
             targets.push(t);
-            readers.push(
-                ContinuousReader::builder(t, &pool)
-                    .stream_reads(StreamReads::Multishot)
-                    .build(
-                        &mut ring,
-                        StreamSeen::new(want.clone()),
-                        stream_on_read,
-                        |_, e| panic!("unexpected failure {e}"),
-                    )
-                    .unwrap(),
-            );
+            readers.push(stream_reader(
+                ContinuousReader::builder(t, &pool).stream_reads(StreamReads::Multishot),
+                &mut ring,
+                StreamSeen::new(want.clone()),
+            ));
             writers.push(if i == 0 {
                 let (want, others_done) = (want.clone(), others_done.clone());
                 std::thread::spawn(move || {
@@ -1618,11 +1608,7 @@ fn bad_arguments_and_foreign_rings_are_refused() {
 fn pty_hang_up_ends_every_stream_mode() {
     let want = verify::expected(BS, 47, 0, 20_000);
     let mut ring = Ring::new().unwrap();
-    let mut modes = vec![StreamReads::Auto, StreamReads::SingleShot];
-    if ring.capabilities().read_multishot {
-        modes.push(StreamReads::Multishot);
-    }
-    for mode in modes {
+    for mode in stream_modes(&ring) {
         let (master, slave) = raw_pty();
         let pool = pool(8, BS);
         let t = ring.register(master).unwrap();

@@ -616,8 +616,7 @@ fn dropping_a_ring_with_reads_in_flight_completes_them_and_returns_slots() {
 #[test]
 fn multishot_read_with_provided_buffers_survives_running_dry() {
     let (rx, tx) = pipe();
-    let mut ring = Ring::new().unwrap();
-    or_skip!(common::needs_multishot(&ring));
+    let mut ring = or_skip!(common::multishot_ring());
     let pool = pool(4, BS, 8);
     let br = ring.register_buf_ring(&pool, 4).unwrap();
     assert_eq!(ring.buf_ring_offered(br), 4);

@@ -376,6 +376,13 @@ pub fn needs_multishot(ring: &iocomplete::Ring) -> Option<()> {
     )
 }
 
+/// A new ring whose kernel has multishot reads ([`needs_multishot`]).
+pub fn multishot_ring() -> Option<iocomplete::Ring> {
+    let ring = iocomplete::Ring::new().unwrap();
+    needs_multishot(&ring)?;
+    Some(ring)
+}
+
 /// The one PRNG of the tests: `fastrand`'s, seeded, so every run makes the same choices.
 pub fn rng(seed: u64) -> fastrand::Rng {
     fastrand::Rng::with_seed(seed)
