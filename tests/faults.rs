@@ -75,13 +75,7 @@ fn read_blocks_in(
             inflight.push((next, tk));
         }
         ring.run_once(Some(Duration::from_millis(10))).unwrap();
-        let mut i = 0;
-        while i < inflight.len() {
-            if !ring.is_done(&inflight[i].1) {
-                i += 1;
-                continue;
-            }
-            let (b, tk) = inflight.swap_remove(i);
+        for (b, tk) in take_done(ring, &mut inflight, |e| &e.1) {
             let c = ring.wait(tk).unwrap();
             assert_eq!(c.tag(), b, "completion routed to the wrong request");
             let got = match c.result() {
@@ -109,6 +103,39 @@ fn read_blocks_in(
         .collect()
 }
 
+/// Remove from `inflight` the entries whose operation (`ticket` of the entry) is done;
+/// return them, in the order found.
+fn take_done<T>(ring: &Ring, inflight: &mut Vec<T>, ticket: impl Fn(&T) -> &Ticket) -> Vec<T> {
+    let mut done = Vec::new();
+    let mut i = 0;
+    while i < inflight.len() {
+        if ring.is_done(ticket(&inflight[i])) {
+            done.push(inflight.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    done
+}
+
+/// Each block read `Verified`, but the `bad` ones, which failed with `EIO`.
+fn check_eio_only_at(got: &[Got], bad: &[u64]) {
+    for (b, g) in got.iter().enumerate() {
+        let want = if bad.contains(&(b as u64)) {
+            Got::Failed(ErrorKind::Os(libc::EIO))
+        } else {
+            Got::Verified
+        };
+        assert_eq!(*g, want, "block {b}");
+    }
+}
+
+/// Read block `b` of `t` (waiting for it).
+fn read_block(ring: &mut Ring, pool: &BufferPool, t: Target, b: u64) -> iocomplete::PoolBuf {
+    let op = Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS);
+    ring.submit(op).wait().unwrap().into_result().unwrap()
+}
+
 #[test]
 fn eio_at_chosen_offsets_fails_only_those_reads() {
     let spec = FileSpec::blocks(256, 21);
@@ -123,14 +150,7 @@ fn eio_at_chosen_offsets_fails_only_those_reads() {
     let pool = pool(32, BS, 16);
     let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let got = read_blocks(&mut ring, &pool, t, 256, 32, spec.seed);
-    for (b, g) in got.iter().enumerate() {
-        let want = if bad.contains(&(b as u64)) {
-            Got::Failed(ErrorKind::Os(libc::EIO))
-        } else {
-            Got::Verified
-        };
-        assert_eq!(*g, want, "block {b}");
-    }
+    check_eio_only_at(&got, &bad);
     let st = fs.ctl().stats();
     assert_eq!(st.eio_injected, bad.len() as u64);
     assert!(st.max_outstanding > 1, "reads never overlapped: {st:?}");
@@ -245,14 +265,7 @@ fn eio_through_a_loop_device_on_the_faulty_file() {
     // block layer cannot merge a good block's read into a failing request.
     let order: Vec<u64> = (0..512).step_by(2).chain((1..512).step_by(2)).collect();
     let got = read_blocks_in(&mut ring, &pool, t, &order, 32, spec.seed);
-    for (b, g) in got.iter().enumerate() {
-        let want = if bad.contains(&(b as u64)) {
-            Got::Failed(ErrorKind::Os(libc::EIO))
-        } else {
-            Got::Verified
-        };
-        assert_eq!(*g, want, "block {b}");
-    }
+    check_eio_only_at(&got, &bad);
     assert!(fs.ctl().stats().eio_injected >= bad.len() as u64);
     check_teardown(&ring, &[&pool]);
     drop(ring);
@@ -626,12 +639,7 @@ fn verify_mode_catches_blocks_corrupted_on_disk_between_write_and_read() {
     let mut caught = Vec::new();
     let mut whole = Vec::new();
     for b in 0..64u64 {
-        let buf = ring
-            .submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS))
-            .wait()
-            .unwrap()
-            .into_result()
-            .unwrap();
+        let buf = read_block(&mut ring, &pool, t, b);
         whole.extend_from_slice(buf.data());
         if let Err(e) = verify::check_block(buf.data(), b * BS as u64, seed) {
             caught.push((b, e));
@@ -658,12 +666,7 @@ fn verify_mode_catches_blocks_corrupted_on_disk_between_write_and_read() {
         edit_block_on_disk(&path, b, |d| verify::fill_block(d, b * BS as u64, seed));
     }
     for b in 0..64u64 {
-        let buf = ring
-            .submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS))
-            .wait()
-            .unwrap()
-            .into_result()
-            .unwrap();
+        let buf = read_block(&mut ring, &pool, t, b);
         verify::check_block(buf.data(), b * BS as u64, seed).unwrap();
     }
     check_teardown(&ring, &[&pool]);
@@ -777,13 +780,7 @@ fn soak_random_faults_verify_every_block() {
             n.reads += 1;
         }
         ring.run_once(Some(Duration::from_millis(5))).unwrap();
-        let mut i = 0;
-        while i < inflight.len() {
-            if !ring.is_done(&inflight[i].5) {
-                i += 1;
-                continue;
-            }
-            let (tg, b, len, mode, is_file, tk) = inflight.swap_remove(i);
+        for (tg, b, len, mode, is_file, tk) in take_done(&ring, &mut inflight, |e| &e.5) {
             let c = ring.wait(tk).unwrap();
             assert_eq!(c.tag(), tg);
             assert!(seen.insert(tg), "op {tg} completed twice");
