@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::drivers::{check_spans, copy_job, finish_split, on_eio, Progress, Reports};
 use common::fuse::{FileSpec, FuseMount};
-use common::{close_and_check, open, pool, ring_with, verify, LoopDev};
+use common::{close_and_check, open, pool, ring_with, verify};
 use iocomplete::dma::{Config, Direction, DmaDriver, SgList, TransferStatus};
 use iocomplete::split::{Mode, SplitConfig, SplitDriver};
 use iocomplete::{
@@ -282,8 +282,7 @@ fn dma_gather_with_one_failing_extent_reports_the_error_once() {
 #[test]
 fn dma_gather_through_a_loop_device_on_the_faulty_file() {
     let spec = FileSpec::blocks(512, 46);
-    let fs = or_skip!(FuseMount::new(spec));
-    let dev = or_skip!(LoopDev::attach(&fs.path()));
+    let (fs, dev) = or_skip!(FuseMount::under_loop(spec));
     // Armed after losetup: partition probing must not trip it.
     fs.ctl().fail_block(300);
     let pool = BufferPool::builder()

@@ -14,7 +14,7 @@ use std::fs::OpenOptions;
 use std::time::Duration;
 
 use common::fuse::{ChildFuse, FileSpec, FuseMount};
-use common::{check_teardown, ring_with, verify, LoopDev};
+use common::{check_teardown, ring_with, verify};
 use iocomplete::{BufferPool, ErrorKind, Op, Ring, Target, Ticket};
 
 const BS: usize = 4096;
@@ -130,6 +130,22 @@ fn check_eio_only_at(got: &[Got], bad: &[u64]) {
     }
 }
 
+/// Read the first `blocks` blocks of `t` back, each verified against the seed `seed_of`
+/// says; then the teardown invariants.
+fn check_blocks(
+    ring: &mut Ring,
+    pool: &BufferPool,
+    t: Target,
+    blocks: u64,
+    seed_of: impl Fn(u64) -> u64,
+) {
+    for b in 0..blocks {
+        let buf = read_block(ring, pool, t, b);
+        verify::check_block(buf.data(), b * BS as u64, seed_of(b)).unwrap();
+    }
+    check_teardown(ring, &[pool]);
+}
+
 /// Read block `b` of `t` (waiting for it).
 fn read_block(ring: &mut Ring, pool: &BufferPool, t: Target, b: u64) -> iocomplete::PoolBuf {
     let op = Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS);
@@ -224,27 +240,20 @@ fn write_eio_reaches_the_right_request_and_the_rest_land() {
     }
     // Read everything back: failed writes left the old block, the others the new one.
     fs.ctl().clear();
-    for b in 0..64u64 {
-        let c = ring
-            .submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS))
-            .wait()
-            .unwrap();
-        let buf = c.into_result().unwrap();
-        let seed = if b == 9 || b == 40 {
+    let seed_of = |b| {
+        if b == 9 || b == 40 {
             spec.seed
         } else {
             new_seed
-        };
-        verify::check_block(buf.data(), b * BS as u64, seed).unwrap();
-    }
-    check_teardown(&ring, &[&pool]);
+        }
+    };
+    check_blocks(&mut ring, &pool, t, 64, seed_of);
 }
 
 #[test]
 fn eio_through_a_loop_device_on_the_faulty_file() {
     let spec = FileSpec::blocks(512, 24);
-    let fs = or_skip!(FuseMount::new(spec));
-    let dev = or_skip!(LoopDev::attach(&fs.path()));
+    let (fs, dev) = or_skip!(FuseMount::under_loop(spec));
     eprintln!(
         "loop {} over FUSE, direct I/O {}",
         dev.path,
@@ -370,9 +379,8 @@ fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
 
 #[test]
 fn stuck_device_reads_complete_once_when_released() {
-    let spec = FileSpec::blocks(64, 26);
-    let fs = or_skip!(FuseMount::holding(spec));
     let pool = pool(32, BS, 0);
+    let fs = or_skip!(FuseMount::holding(FileSpec::blocks(64, 26)));
     let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let mut tks = Vec::new();
     for b in 0..24u64 {
@@ -665,18 +673,13 @@ fn verify_mode_catches_blocks_corrupted_on_disk_between_write_and_read() {
     for b in [17u64, 30, 45, 50] {
         edit_block_on_disk(&path, b, |d| verify::fill_block(d, b * BS as u64, seed));
     }
-    for b in 0..64u64 {
-        let buf = read_block(&mut ring, &pool, t, b);
-        verify::check_block(buf.data(), b * BS as u64, seed).unwrap();
-    }
-    check_teardown(&ring, &[&pool]);
+    check_blocks(&mut ring, &pool, t, 64, |_| seed);
 }
 
 #[test]
 fn verify_mode_catches_a_byte_flipped_on_the_device_under_a_loop_device() {
     let spec = FileSpec::blocks(256, 32);
-    let fs = or_skip!(FuseMount::new(spec));
-    let dev = or_skip!(LoopDev::attach(&fs.path()));
+    let (fs, dev) = or_skip!(FuseMount::under_loop(spec));
     let pool = pool(16, BS, 0);
     let (mut ring, file) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let blk = ring.register(dev.open(false)).unwrap();
@@ -712,8 +715,7 @@ fn soak_random_faults_verify_every_block() {
         .unwrap_or(10);
     const BLOCKS: u64 = 1024;
     let spec = FileSpec::blocks(BLOCKS, 33);
-    let fs = or_skip!(FuseMount::new(spec));
-    let dev = or_skip!(LoopDev::attach(&fs.path()));
+    let (fs, dev) = or_skip!(FuseMount::under_loop(spec));
     fs.ctl().random_eio(20, 0x5eed);
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_millis(2));

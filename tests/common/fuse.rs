@@ -759,6 +759,13 @@ impl FuseMount {
         Some(fs)
     }
 
+    /// [`new`](FuseMount::new), and a loop device stacked on the served file.
+    pub fn under_loop(spec: FileSpec) -> Option<(FuseMount, super::LoopDev)> {
+        let fs = FuseMount::new(spec)?;
+        let dev = super::LoopDev::attach(&fs.path())?;
+        Some((fs, dev))
+    }
+
     /// Like [`new`](FuseMount::new); `async_dio: false` makes a server that does not
     /// negotiate `FUSE_ASYNC_DIO` (older or simpler servers): the kernel then serves each
     /// io_uring read synchronously, inside `io_uring_enter`.
