@@ -202,9 +202,7 @@ def line_chart(title, ylabel, series, subtitle=""):
     def Y(v):
         return T + ph - v / ymax * ph
 
-    b = []
-    if subtitle:
-        b.append(f'<text x="{W / 2}" y="40" text-anchor="middle" fill="#555">{esc(subtitle)}</text>\n')
+    b = [subtitle_svg(W, subtitle)]
     for i in range(6):
         v = ymax * i / 5
         y = Y(v)
@@ -242,6 +240,13 @@ def line_chart(title, ylabel, series, subtitle=""):
     return svg_doc(W, H, "".join(b), title)
 
 
+def subtitle_svg(W, subtitle):
+    """The subtitle line of a chart `W` wide (nothing without one)."""
+    if not subtitle:
+        return ""
+    return f'<text x="{W / 2}" y="40" text-anchor="middle" fill="#555">{esc(subtitle)}</text>\n'
+
+
 def bar_chart(title, groups, subtitle=""):
     """groups: list of (label, [(engine, median, lo, hi)]) in MiB/s."""
     W, H = 760, 430
@@ -252,9 +257,7 @@ def bar_chart(title, groups, subtitle=""):
     def Y(v):
         return T + ph - v / vmax * ph
 
-    b = []
-    if subtitle:
-        b.append(f'<text x="{W / 2}" y="40" text-anchor="middle" fill="#555">{esc(subtitle)}</text>\n')
+    b = [subtitle_svg(W, subtitle)]
     for i in range(6):
         v = vmax * i / 5
         b.append(f'<line x1="{L}" y1="{Y(v):.1f}" x2="{L + pw}" y2="{Y(v):.1f}" stroke="#ddd"/>\n')

@@ -83,36 +83,38 @@ fn pop_wait(q: &CompletionQueue<u64>) -> usize {
     1
 }
 
-fn mpsc_cross(n: u64) -> Duration {
-    let (tx, rx) = std::sync::mpsc::sync_channel(CAP);
-    let p = std::thread::spawn(move || {
-        for i in 0..n {
-            tx.send(i).unwrap();
-        }
-    });
+/// `n` items from a producer thread through a channel (`send` and `recv` of the pair
+/// that `channel` makes): the consumer's time.
+fn channel_cross<T, R>(n: u64, (tx, rx): (T, R)) -> Duration
+where
+    T: FnMut(u64) + Send + 'static,
+    R: FnMut() -> u64,
+{
+    let (mut send, mut recv) = (tx, rx);
+    let p = std::thread::spawn(move || (0..n).for_each(&mut send));
     let start = Instant::now();
     for _ in 0..n {
-        black_box(rx.recv().unwrap());
+        black_box(recv());
     }
     let el = start.elapsed();
     p.join().unwrap();
     el
 }
 
+fn mpsc_cross(n: u64) -> Duration {
+    let (tx, rx) = std::sync::mpsc::sync_channel(CAP);
+    channel_cross(
+        n,
+        (move |i| tx.send(i).unwrap(), move || rx.recv().unwrap()),
+    )
+}
+
 fn crossbeam_cross(n: u64) -> Duration {
     let (tx, rx) = crossbeam_channel::bounded(CAP);
-    let p = std::thread::spawn(move || {
-        for i in 0..n {
-            tx.send(i).unwrap();
-        }
-    });
-    let start = Instant::now();
-    for _ in 0..n {
-        black_box(rx.recv().unwrap());
-    }
-    let el = start.elapsed();
-    p.join().unwrap();
-    el
+    channel_cross(
+        n,
+        (move |i| tx.send(i).unwrap(), move || rx.recv().unwrap()),
+    )
 }
 
 fn cross_thread(c: &mut Criterion) {

@@ -2,7 +2,7 @@
 //! pool buffer and writing that same buffer — no copy in user space.
 //!
 //! ```text
-//! copy [--chunk BYTES] [--inflight N] [--serial] [--direct] SRC DST
+//! copy [--chunk BYTES] [--inflight N] [--serial] [--direct] [--progress] SRC DST
 //! ```
 //!
 //! - `--chunk BYTES`: chunk size (suffixes K, M, G: powers of 1024). Default: the block
@@ -12,6 +12,8 @@
 //! - `--direct`: O_DIRECT on both sides; offsets and the chunk must be multiples of the
 //!   devices' alignment. A tail shorter than the alignment is copied through the page
 //!   cache afterwards, as `dd` does.
+//! - `--progress`: report progress as chunks land even when stderr is not a terminal, one
+//!   line `copy: DONE/TOTAL bytes` each (on a terminal a bar is redrawn anyway).
 //!
 //! SRC and DST are regular files or block devices (a block device's whole size is
 //! copied). A SRC on a pseudo-filesystem (procfs, sysfs, debugfs, tracefs, cgroupfs,
@@ -21,7 +23,7 @@
 //! refused if it is SRC under any name (symlink, hard link, another node of the device).
 //! Only then is DST created (or truncated, unless it is a block device). A progress bar
 //! goes to stderr when stderr is a terminal; a one-line summary with the throughput always
-//! does.
+//! does (with the bytes of a direct copy's buffered tail, if any).
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{IsTerminal, Write};
@@ -44,6 +46,8 @@ pub struct Args {
     pub serial: bool,
     /// `--direct`.
     pub direct: bool,
+    /// `--progress`.
+    pub progress: bool,
     /// Source path.
     pub src: PathBuf,
     /// Destination path.
@@ -74,38 +78,30 @@ impl Report {
     }
 }
 
-#[path = "common/bytes.rs"]
-mod bytes;
+#[path = "common/cli.rs"]
+mod cli;
+
+use cli::{parse_count, parse_size};
 
 /// The usage line.
-pub const USAGE: &str = "usage: copy [--chunk BYTES] [--inflight N] [--serial] [--direct] SRC DST";
-
-/// A byte count: digits with an optional K/M/G suffix (powers of 1024; `KiB` etc. too).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    bytes::parse_bytes(s).ok_or_else(|| format!("bad number '{s}'"))
-}
+pub const USAGE: &str =
+    "usage: copy [--chunk BYTES] [--inflight N] [--serial] [--direct] [--progress] SRC DST";
 
 /// Parse the arguments (without the program name).
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut it = args.into_iter();
     let mut chunk = None;
     let mut inflight = 4u32;
-    let (mut serial, mut direct) = (false, false);
+    let (mut serial, mut direct, mut progress) = (false, false, false);
     let mut paths = Vec::new();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "--chunk" => chunk = Some(parse_size(&value("--chunk")?)?),
-            "--inflight" => {
-                let v = value("--inflight")?;
-                inflight = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=4096).contains(n))
-                    .ok_or_else(|| format!("bad number '{v}' for --inflight (1..=4096)"))?;
-            }
+            "--inflight" => inflight = parse_count(&a, &value(&a)?, 4096)?,
             "--serial" => serial = true,
             "--direct" => direct = true,
+            "--progress" => progress = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
             _ => paths.push(PathBuf::from(a)),
@@ -122,6 +118,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
         inflight,
         serial,
         direct,
+        progress,
         src,
         dst,
     })
@@ -173,8 +170,7 @@ const PSEUDO_FS: &[(u32, &str)] = &[
 /// Refuse a SRC on a pseudo-filesystem: the size a split copy would take (0 for procfs,
 /// 4096 for sysfs) is not the file's content.
 fn check_not_pseudo(path: &Path) -> Result<(), String> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+    let c = cli::c_path(path)?;
     // SAFETY: `statfs` is plain old data; all-zero is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer, both live across
@@ -471,24 +467,28 @@ fn progress_bar() -> impl FnMut(u64, u64) {
 }
 
 fn main() {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("copy: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = cli::or_usage_exit("copy", parse_args(std::env::args().skip(1)));
     let tty = std::io::stderr().is_terminal();
     let mut bar = progress_bar();
+    let mut lines = |done: u64, total: u64| eprintln!("copy: {done}/{total} bytes");
     let mut quiet = |_: u64, _: u64| {};
-    let progress: &mut dyn FnMut(u64, u64) = if tty { &mut bar } else { &mut quiet };
+    let progress: &mut dyn FnMut(u64, u64) = match (tty, args.progress) {
+        (true, _) => &mut bar,
+        (false, true) => &mut lines,
+        (false, false) => &mut quiet,
+    };
     match copy(&args, progress) {
         Ok(r) => {
             if tty {
                 eprintln!();
             }
+            let tail = if r.tail > 0 {
+                format!(", last {} bytes buffered", r.tail)
+            } else {
+                String::new()
+            };
             eprintln!(
-                "copy: {} bytes in {:.3} s, {:.1} MiB/s (chunk {} KiB, {} in flight{}{})",
+                "copy: {} bytes in {:.3} s, {:.1} MiB/s (chunk {} KiB, {} in flight{}{}{tail})",
                 r.bytes,
                 r.elapsed.as_secs_f64(),
                 r.mib_per_s(),

@@ -33,17 +33,17 @@ const SLOTS: usize = 4;
 
 /// What a successful run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Summary {
+struct Summary {
     /// Bytes received and written.
-    pub(crate) bytes: u64,
+    bytes: u64,
     /// Readiness notifications armed (the source ran dry mid-receive).
-    pub(crate) readiness_waits: u64,
+    readiness_waits: u64,
     /// Receive transactions.
-    pub(crate) receives: u64,
+    receives: u64,
     /// Whether a named FIFO had no writer yet and fiforx waited for one.
-    pub(crate) waited_for_writer: bool,
+    waited_for_writer: bool,
     /// From the first receive to the last byte written.
-    pub(crate) elapsed: Duration,
+    elapsed: Duration,
 }
 
 impl fmt::Display for Summary {
@@ -68,11 +68,11 @@ impl fmt::Display for Summary {
 
 /// Why a run failed: a message for stderr and an exit status (2: usage, 1: the rest).
 #[derive(Debug)]
-pub(crate) struct Failure {
+struct Failure {
     /// Exit status.
-    pub(crate) code: i32,
+    code: i32,
     /// What went wrong, in one line.
-    pub(crate) message: String,
+    message: String,
 }
 
 fn usage(message: impl Into<String>) -> Failure {
@@ -92,12 +92,12 @@ fn fail(message: impl Into<String>) -> Failure {
     }
 }
 
-#[path = "common/bytes.rs"]
-mod bytes;
+#[path = "common/cli.rs"]
+mod cli;
 
 /// `N`, `NK`, `NM`, `NG` (binary multiples).
-pub(crate) fn parse_len(s: &str) -> Result<u64, Failure> {
-    bytes::parse_bytes(s).ok_or_else(|| {
+fn parse_len(s: &str) -> Result<u64, Failure> {
+    cli::parse_bytes(s).ok_or_else(|| {
         usage(format!(
             "bad --len value '{s}': expected a byte count like 4096 or 64K"
         ))
@@ -105,7 +105,7 @@ pub(crate) fn parse_len(s: &str) -> Result<u64, Failure> {
 }
 
 /// `--len N PATH` (also `--len=N`).
-pub(crate) fn parse_args(args: &[String]) -> Result<(u64, String), Failure> {
+fn parse_args(args: &[String]) -> Result<(u64, String), Failure> {
     let mut len = None;
     let mut path = None;
     let mut it = args.iter();
@@ -285,7 +285,7 @@ impl Output {
 
 /// The whole tool, testable: parse `args`, receive, write to `out`. The summary on
 /// success; a message and exit status on failure.
-pub(crate) fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
+fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
     let (len, path) = parse_args(args)?;
     let (src, _restore) = open_source(&path)?;
     let mut ring = Ring::builder()

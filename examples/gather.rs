@@ -28,6 +28,10 @@ use iocomplete::ring::MAX_TRANSFER;
 use iocomplete::Direction;
 use iocomplete::{BufferPool, Driver, Ring};
 
+/// The usage line.
+pub const USAGE: &str =
+    "usage: gather [--max-transfer BYTES] [--max-segments N] [--inflight N] FILE OFFSET:LEN...";
+
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
@@ -60,17 +64,10 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-#[path = "common/bytes.rs"]
-mod bytes;
+#[path = "common/cli.rs"]
+mod cli;
 
-/// The usage line.
-pub const USAGE: &str =
-    "usage: gather [--max-transfer BYTES] [--max-segments N] [--inflight N] FILE OFFSET:LEN...";
-
-/// A byte count: digits with an optional K/M/G suffix (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    bytes::parse_bytes(s).ok_or_else(|| format!("bad number '{s}'"))
-}
+use cli::{parse_count, parse_size};
 
 /// Parse the arguments (without the program name).
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
@@ -90,22 +87,8 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
                     return Err(format!("--max-transfer {v} is outside 1..={MAX_TRANSFER}"));
                 }
             }
-            "--max-segments" => {
-                let v = value("--max-segments")?;
-                max_segments = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1024).contains(n))
-                    .ok_or_else(|| format!("bad number '{v}' for --max-segments (1..=1024)"))?;
-            }
-            "--inflight" => {
-                let v = value("--inflight")?;
-                inflight = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1024).contains(n))
-                    .ok_or_else(|| format!("bad number '{v}' for --inflight (1..=1024)"))?;
-            }
+            "--max-segments" => max_segments = parse_count(&a, &value(&a)?, 1024)?,
+            "--inflight" => inflight = parse_count(&a, &value(&a)?, 1024)?,
             "-h" | "--help" => return Err(USAGE.to_string()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
             _ if file.is_none() => file = Some(PathBuf::from(a)),
@@ -228,13 +211,7 @@ pub fn gather(args: &Args, out: &mut dyn Write) -> Result<Report, String> {
 }
 
 fn main() {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("gather: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = cli::or_usage_exit("gather", parse_args(std::env::args().skip(1)));
     // Write straight to the descriptor (no line buffering of binary data).
     let mut out = match std::io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => File::from(fd),

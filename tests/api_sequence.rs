@@ -38,11 +38,13 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -50,6 +52,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use common::fd::{payload, pipe, set_nonblocking, write_fd};
 use common::verify;
 use iocomplete::dma::{DmaConfig, DmaOutcome, SgList};
 use iocomplete::ring::BufPart;
@@ -94,20 +97,22 @@ const APPEND: usize = 1;
 
 // ---- PRNG and configuration -------------------------------------------------------------
 
-/// splitmix64: small, fast, good enough to drive choices.
+/// The tests' PRNG (seeded: a seed replays a run), with the choices this test makes.
 #[derive(Debug, Clone)]
-struct Rng(u64);
+struct Rng(fastrand::Rng);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(common::rng(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
+        self.0.u64(..)
     }
     fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.0.u64(..n)
         }
     }
     fn chance(&mut self, pct: u64) -> bool {
@@ -135,6 +140,7 @@ fn file_at(file: &[u8], off: u64, n: usize) -> &[u8] {
     &file[off as usize..off as usize + n]
 }
 
+/// A hash of `z` (splitmix64's finalizer): content derived from tags, checkable later.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -229,8 +235,7 @@ const ALL_ROUTES: [Route; ROUTES] = [
 
 impl World {
     fn new() -> World {
-        let dir = common::disk_dir();
-        let verify_path = dir.path().join("verify");
+        let (dir, verify_path) = common::disk_path("verify");
         verify::make_file(&verify_path, FILE_SIZE, BS, FILE_SEED);
         let file = Arc::new(std::fs::read(&verify_path).unwrap());
         let scratch_path = dir.path().join("scratch");
@@ -752,42 +757,6 @@ struct Episode<'w> {
     sqpoll: bool,
 }
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn write_all_fd(fd: RawFd, mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        // SAFETY: valid buffer and descriptor.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        assert!(
-            n > 0,
-            "write to fd {fd}: {}",
-            std::io::Error::last_os_error()
-        );
-        bytes = &bytes[n as usize..];
-    }
-}
-
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: F_GETFL/F_SETFL on a descriptor this test owns.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        assert!(fl >= 0);
-        assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
-    }
-}
-
-/// A deterministic byte stream for the stream readers and FIFO receivers.
-fn stream_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut r = Rng(seed);
-    (0..len).map(|_| r.next() as u8).collect()
-}
-
 fn noop_poll(f: &mut OpFuture) -> Option<Completion> {
     let mut cx = Context::from_waker(Waker::noop());
     match Pin::new(f).poll(&mut cx) {
@@ -798,7 +767,7 @@ fn noop_poll(f: &mut OpFuture) -> Option<Completion> {
 
 impl<'w> Episode<'w> {
     fn new(w: &'w mut World, seed: u64, ops: u64, shared: Arc<Shared>) -> Episode<'w> {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let sqpoll = rng.chance(12);
         let mut b = Ring::builder();
         let mut tiny = false;
@@ -853,11 +822,7 @@ impl<'w> Episode<'w> {
         assert!(efd >= 0, "eventfd: {}", std::io::Error::last_os_error());
         // SAFETY: a fresh descriptor owned by nobody else.
         let efd_t = ring.register(unsafe { OwnedFd::from_raw_fd(efd) }).unwrap();
-        let opath = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(&w.scratch_path)
-            .unwrap();
+        let opath = common::open_o_path(&w.scratch_path);
         let opath_t = ring.register(opath).unwrap();
         for f in [CURSOR, APPEND] {
             // Keep them small: start afresh past 1 MiB.
@@ -1006,7 +971,7 @@ impl<'w> Episode<'w> {
             bytes.extend_from_slice(&self.records_written.to_le_bytes());
             self.records_written += 1;
         }
-        write_all_fd(self.pipe_tx.as_raw_fd(), &bytes);
+        write_fd(self.pipe_tx.as_raw_fd(), &bytes);
     }
 
     // ---- building operations ----
@@ -1628,9 +1593,7 @@ impl<'w> Episode<'w> {
 
     fn submit_random(&mut self) {
         let route = ALL_ROUTES[self.rng.weighted(&[10, 15, 15, 20, 20, 10, 10])];
-        let Some((kind, op)) = self.make_op(route) else {
-            return;
-        };
+        let (kind, op) = or_skip!(self.make_op(route));
         self.submit_op(kind, op, route);
     }
 
@@ -1802,9 +1765,7 @@ impl<'w> Episode<'w> {
     }
 
     fn cancel_tag(&mut self, tag: u64) {
-        let Some(id) = self.pending.get(&tag).and_then(|p| p.id) else {
-            return;
-        };
+        let id = or_skip!(self.pending.get(&tag).and_then(|p| p.id));
         let hit = self.ring().cancel(id);
         self.note(format!("cancel #{tag} -> {hit}"));
         if hit {
@@ -2174,9 +2135,7 @@ impl<'w> Episode<'w> {
     /// Give up on an operation's delivery; what it does to the files becomes unknowable
     /// (a pipe read may consume a record, a write may or may not land).
     fn abandon(&mut self, tag: u64) {
-        let Some(p) = self.pending.get_mut(&tag) else {
-            return;
-        };
+        let p = or_skip!(self.pending.get_mut(&tag));
         if p.abandoned {
             return;
         }
@@ -2260,9 +2219,7 @@ impl<'w> Episode<'w> {
                 while let Ok(b) = p.try_get() {
                     held.push(b);
                 }
-                let Some(b) = held.pop() else {
-                    return;
-                };
+                let b = or_skip!(held.pop());
                 self.note(format!("huge pool wait {huge:?}"));
                 let t = std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_micros(200));
@@ -2274,9 +2231,7 @@ impl<'w> Episode<'w> {
             }
             3 => {
                 // A completion queue with something in it.
-                let Some(i) = (0..self.queues.len()).find(|&i| !self.queues[i].is_empty()) else {
-                    return;
-                };
+                let i = or_skip!((0..self.queues.len()).find(|&i| !self.queues[i].is_empty()));
                 self.note(format!("huge queue pop {huge:?}"));
                 let c = self.queues[i].pop_timeout(huge);
                 let c = c.unwrap_or_else(|| panic!("pop_timeout({huge:?}) of a non-empty queue"));
@@ -2364,9 +2319,7 @@ impl<'w> Episode<'w> {
         }
         let mut mine = self.early_ids.clone();
         mine.extend(self.pending.values().filter_map(|p| p.id).take(8));
-        let Some(o) = self.other.as_mut() else {
-            return;
-        };
+        let o = or_skip!(self.other.as_mut());
         if !mine.is_empty() {
             let id = mine[self.rng.below(mine.len() as u64) as usize];
             assert!(
@@ -2391,9 +2344,7 @@ impl<'w> Episode<'w> {
 
     /// End the other ring: its own ids cancel its operations, each completes Cancelled.
     fn finish_other(&mut self) {
-        let Some(mut o) = self.other.take() else {
-            return;
-        };
+        let mut o = or_skip!(self.other.take());
         for &id in &o.ids {
             assert!(
                 o.ring.cancel(id),
@@ -2428,7 +2379,7 @@ impl<'w> Episode<'w> {
             let pool = self.w.pools[0].clone();
             let file = self.w.file.clone();
             let t = self.file_t;
-            let mut rng = Rng(self.rng.next());
+            let mut rng = Rng::new(self.rng.next());
             let ops = 200 + rng.below(1500);
             self.w.totals.handle_ops += ops;
             self.handle_threads.push(std::thread::spawn(move || {
@@ -2543,7 +2494,7 @@ impl<'w> Episode<'w> {
             let (rx, tx) = pipe();
             let r = self.ring().register(rx).unwrap();
             let len = 1 + self.rng.below(60_000) as usize;
-            let data = Arc::new(stream_bytes(self.rng.next(), len));
+            let data = Arc::new(payload(self.rng.next(), len));
             let reads = [
                 StreamReads::Auto,
                 StreamReads::Multishot,
@@ -2577,7 +2528,7 @@ impl<'w> Episode<'w> {
                 "reader: stream {id} ({len} bytes, {reads:?}, multishot {}) on {r:?}",
                 reader.is_multishot()
             ));
-            let mut wr = Rng(self.rng.next());
+            let mut wr = Rng::new(self.rng.next());
             let quit = Arc::new(AtomicBool::new(false));
             let q2 = quit.clone();
             set_nonblocking(tx.as_raw_fd());
@@ -2726,7 +2677,7 @@ impl<'w> Episode<'w> {
         let mut f = FifoReceiver::new(self.ring.as_ref().unwrap(), r).unwrap();
         let b = self.w.pools[0].try_get().ok()?;
         let len = 1 + self.rng.below(b.capacity() as u64) as usize;
-        let stream = stream_bytes(self.rng.next(), len);
+        let stream = payload(self.rng.next(), len);
         let id = register_stream(&Arc::new(stream.clone()));
         self.event(format!("fifo: stream {id} ({len} bytes) on {r:?}"));
         if self.rng.chance(30) {
@@ -2781,7 +2732,7 @@ impl<'w> Episode<'w> {
             } => {
                 if *sent < *len && self.rng.chance(50) {
                     let n = (1 + self.rng.below(*len as u64) as usize).min(*len - *sent);
-                    write_all_fd(tx.as_raw_fd(), &stream[*sent..*sent + n]);
+                    write_fd(tx.as_raw_fd(), &stream[*sent..*sent + n]);
                     *sent += n;
                 }
                 if self.rng.chance(3) {
@@ -3141,7 +3092,7 @@ impl Episode<'_> {
                 } = &mut self.drivers[i]
                 {
                     if *sent < *len {
-                        write_all_fd(tx.as_raw_fd(), &stream[*sent..]);
+                        write_fd(tx.as_raw_fd(), &stream[*sent..]);
                         *sent = *len;
                     }
                 }
@@ -3357,9 +3308,7 @@ impl Episode<'_> {
     /// Submissions through a handle whose ring is gone: each completes at once, Cancelled,
     /// by its route — a full queue included — with its buffers back.
     fn submit_after_the_ring(&mut self) {
-        let Some(h) = self.late_handle.take() else {
-            return;
-        };
+        let h = or_skip!(self.late_handle.take());
         assert!(h.is_closed(), "a handle of a dropped ring is not closed");
         let q = Arc::new(CompletionQueue::new(1));
         let n = 1 + self.rng.below(6);
@@ -3659,7 +3608,7 @@ fn random_api_sequences() {
 fn run(seed: u64, target: u64, budget: Duration, shared: Arc<Shared>) -> Totals {
     let start = Instant::now();
     let mut w = World::new();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut episode = 0u64;
     let only = std::env::var("IOCOMPLETE_API_SEQ_EPISODE").ok().map(|v| {
         let v = v.trim();

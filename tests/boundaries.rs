@@ -20,8 +20,10 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -29,7 +31,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{check_teardown, verify};
+use common::drivers::run_until_idle;
+use common::fd::{pipe, set_nonblocking, write_fd};
+use common::{check_teardown, ring_with, verify};
 use iocomplete::dma::{DmaConfig, SgList};
 use iocomplete::ring::BufPart;
 use iocomplete::split::{Job, Mode, SplitConfig};
@@ -174,36 +178,8 @@ impl Table {
 
 // ---- fixtures ----------------------------------------------------------------------------
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: F_GETFL/F_SETFL on a descriptor this test owns.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        assert!(fl >= 0);
-        assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
-    }
-}
-
-fn write_fd(fd: RawFd, bytes: &[u8]) {
-    // SAFETY: valid buffer and descriptor.
-    let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-    assert_eq!(n, bytes.len() as isize, "write to fd {fd}");
-}
-
 fn pool(slots: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(BS)
-        .header_len(HDR)
-        .build()
-        .unwrap()
+    common::pool_hdr(slots, BS, HDR)
 }
 
 /// The target's kind for the transfer table.
@@ -232,8 +208,7 @@ impl Fx {
     fn new(dev: Dev) -> Option<Fx> {
         let (dir, lo, path) = match dev {
             Dev::File | Dev::Direct => {
-                let dir = common::disk_dir();
-                let path = dir.path().join("t");
+                let (dir, path) = common::disk_path("t");
                 verify::make_file(&path, SIZE, BS, SEED);
                 (Some(dir), None, path)
             }
@@ -249,10 +224,8 @@ impl Fx {
             oo.custom_flags(libc::O_DIRECT);
         }
         let f = oo.open(&path).unwrap();
-        let mut ring = Ring::new().unwrap();
         let pool = pool(8);
-        ring.register_pool(&pool);
-        let t = ring.register(f).unwrap();
+        let (ring, t) = ring_with(&pool, f);
         Some(Fx {
             _dir: dir,
             _loop: lo,
@@ -302,14 +275,9 @@ impl Fx {
 fn direct_align() -> u64 {
     static ALIGN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *ALIGN.get_or_init(|| {
-        let dir = common::disk_dir();
-        let path = dir.path().join("probe");
+        let (_dir, path) = common::disk_path("probe");
         std::fs::write(&path, [0u8; 4096]).unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .unwrap();
+        let f = common::open(&path, false, true);
         u64::from(
             iocomplete::FdInfo::probe(f.as_raw_fd())
                 .unwrap()
@@ -960,12 +928,8 @@ fn vectored_buffer_count_and_total_limits() {
                 });
             }
         }
-        let huge = BufferPool::builder()
-            .slots(2)
-            .slot_len(1 << 30)
-            .populate(false)
-            .build()
-            .unwrap();
+        let huge = BufferPool::builder().populate(false);
+        let huge = huge.slots(2).slot_len(1 << 30).build().unwrap();
         for (lens, ok) in [
             ([1usize << 30, (1 << 30) - 1], true),
             ([1 << 30, 1 << 30], false),
@@ -1014,10 +978,8 @@ fn op_offsets_on_a_pipe_are_ignored() {
         for (oname, off) in offsets(BS) {
             t.row(format!("pipe read at {oname}"), "", || {
                 let (rx, tx) = pipe();
-                let mut ring = Ring::new().unwrap();
                 let pool = pool(2);
-                ring.register_pool(&pool);
-                let r = ring.register(rx).unwrap();
+                let (mut ring, r) = ring_with(&pool, rx);
                 let w = ring.register(tx).unwrap();
                 let mut b = pool.try_get().unwrap();
                 b.extend_from_slice(b"stream bytes").unwrap();
@@ -1051,10 +1013,8 @@ struct PipeFx {
 impl PipeFx {
     fn new() -> PipeFx {
         let (rx, tx) = pipe();
-        let mut ring = Ring::new().unwrap();
         let pool = pool(4);
-        ring.register_pool(&pool);
-        let r = ring.register(rx).unwrap();
+        let (ring, r) = ring_with(&pool, rx);
         PipeFx { ring, pool, r, tx }
     }
 
@@ -1493,10 +1453,8 @@ fn fifo_receive_with_deadline_durations() {
         let setup = || {
             let (rx, tx) = pipe();
             set_nonblocking(rx.as_raw_fd());
-            let mut ring = Ring::new().unwrap();
             let pool = pool(2);
-            ring.register_pool(&pool);
-            let r = ring.register(rx).unwrap();
+            let (ring, r) = ring_with(&pool, rx);
             let fifo = FifoReceiver::new(&ring, r).unwrap();
             (ring, pool, fifo, tx)
         };
@@ -1711,8 +1669,7 @@ fn ring_builder_ops_huge_is_not_a_panic() {
 /// A ring from a builder row must work: 40 nops, a file read and write with a registered
 /// pool, and a clean teardown.
 fn exercise_ring(mut ring: Ring) {
-    let dir = common::disk_dir();
-    let path = dir.path().join("x");
+    let (_dir, path) = common::disk_path("x");
     verify::make_file(&path, SIZE, BS, SEED);
     let f = OpenOptions::new()
         .read(true)
@@ -1933,10 +1890,10 @@ fn buf_ring_entries() {
         ] {
             t.row(format!("entries({entries})"), "", || {
                 let mut ring = Ring::new().unwrap();
-                if !ring.capabilities().buf_ring {
-                    common::skip("no provided-buffer rings");
-                    return;
-                }
+                or_skip!(common::needs(
+                    ring.capabilities().buf_ring,
+                    "no provided-buffer rings"
+                ));
                 let p = pool(4);
                 match ring.register_buf_ring(&p, entries) {
                     Ok(br) => {
@@ -2051,8 +2008,7 @@ fn stale_targets_for_every_op_kind() {
                     let (before, _) = fx.snapshot();
                     let mut other = Ring::new().unwrap();
                     // Another file the reused slot now names: it must not be touched.
-                    let dir = common::disk_dir();
-                    let path2 = dir.path().join("second");
+                    let (_dir, path2) = common::disk_path("second");
                     std::fs::write(&path2, vec![0x5Au8; BS]).unwrap();
                     let open2 = || {
                         OpenOptions::new()
@@ -3032,10 +2988,8 @@ fn fifo_receiver_edges() {
         let setup = || {
             let (rx, tx) = pipe();
             set_nonblocking(rx.as_raw_fd());
-            let mut ring = Ring::new().unwrap();
             let pool = pool(2);
-            ring.register_pool(&pool);
-            let r = ring.register(rx).unwrap();
+            let (ring, r) = ring_with(&pool, rx);
             let fifo = FifoReceiver::new(&ring, r).unwrap();
             (ring, pool, fifo, tx)
         };
@@ -3514,14 +3468,11 @@ fn dropped_multishot_reader_gives_its_pool_back() {
         drop(reader);
         // End the stream: the dropped reader's multishot read completes.
         drop(tx);
-        let end = Instant::now() + Duration::from_secs(5);
-        while ring.in_flight() > 0 {
-            assert!(
-                Instant::now() < end,
-                "the dropped reader's read never ended"
-            );
-            ring.run_once(Some(Duration::from_millis(10))).unwrap();
-        }
+        run_until_idle(
+            &mut ring,
+            Duration::from_secs(5),
+            "the dropped reader's read",
+        );
         for _ in 0..3 {
             ring.run_once(Some(Duration::from_millis(5))).unwrap();
         }
@@ -3566,21 +3517,12 @@ fn other_op_kinds_edges() {
                 let br = ring.register_buf_ring(&p, 4).unwrap();
                 let enters = ring.stats().enters;
                 let c = ring.submit(Op::read_multishot(r, br)).wait().unwrap();
-                assert!(matches!(
-                    c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
-                ));
+                assert!(common::invalid_input(&c));
                 let tk = ring.submit(Op::read_multishot(r, br)).ticket();
                 let c = ring.wait(tk).unwrap();
-                assert!(matches!(
-                    c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
-                ));
+                assert!(common::invalid_input(&c));
                 let c = common::block_on(ring.submit(Op::read_multishot(r, br)).future());
-                assert!(matches!(
-                    c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
-                ));
+                assert!(common::invalid_input(&c));
                 let (stx, srx) = mpsc::channel();
                 ring.submit(Op::read_multishot(r, br))
                     .then(move |c| stx.send(c.result()).unwrap());
@@ -3697,14 +3639,7 @@ fn other_op_kinds_edges() {
                 ];
                 for op in ops {
                     let c = fx.ring.submit(op).wait().unwrap();
-                    assert!(
-                        matches!(
-                            c.error().map(|e| e.kind()),
-                            Some(ErrorKind::InvalidInput { .. })
-                        ),
-                        "{:?}",
-                        c.result()
-                    );
+                    assert!(common::invalid_input(&c), "{:?}", c.result());
                 }
                 assert_eq!(fx.ring.stats().enters, 0);
                 assert!(fx.snapshot().0 == before);
@@ -3759,9 +3694,7 @@ fn shared_buffers_and_a_one_entry_file_table() {
             "",
             || {
                 let mut ring = Ring::builder().files(1).build().unwrap();
-                let dir = common::disk_dir();
-                let path = dir.path().join("f");
-                verify::make_file(&path, SIZE, BS, SEED);
+                let (_dir, path) = verify::disk_file(SIZE, SEED);
                 let p = pool(4);
                 ring.register_pool(&p);
                 let a = ring.register(File::open(&path).unwrap()).unwrap();

@@ -1,86 +1,76 @@
 //! The DMA driver against real files and loop block devices: gathers of 1 to 1000
-//! segments with limits that force many transfers, scatter writes, a device error, a stop
+//! segments with limits that force many transfers, scatter writes, a device error, a cancel
 //! mid-flight and a deadline racing the transfer thousands of times — content verified
 //! with per-block crc32c patterns that encode the offset, teardown invariants checked. The
-//! `gather` example's core is tested here too.
+//! `gather` example is tested in `tests/tools.rs`.
 
 mod common;
-#[path = "../examples/gather.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod gather_tool;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use common::or_skip;
+
+use std::fs::OpenOptions;
 use std::time::Duration;
 
-use common::{check_teardown, verify, LoopDev};
-use iocomplete::dma::{DmaConfig, DmaDriver, DmaOutcome, SgList, TransferReport};
+use common::drivers::{deadline_race, drop_mid_flight, Reports};
+use common::{check_teardown, close_and_check, open, pool, ring_with, verify, LoopDev};
+use iocomplete::dma::{DmaDriverBuilder, Rejected};
 use iocomplete::ring::{BufPart, MAX_TRANSFER};
-use iocomplete::{BufferPool, Direction, Driver, Error, ErrorKind, FdKind, Op, Ring};
+use iocomplete::{
+    BufferPool, Direction, DmaConfig, DmaDriver, DmaOutcome, Driver, Error, ErrorKind, FdKind, Op,
+    Ring, SgList, Target,
+};
 
 const BS: usize = 4096;
 
-fn pool(slots: usize, len: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .build()
-        .unwrap()
-}
+/// What a driver hands out: the outcome and the list.
+type Output = (DmaOutcome, SgList);
 
-fn open(path: &Path, write: bool, direct: bool) -> File {
-    let mut o = OpenOptions::new();
-    o.read(true);
-    if write {
-        o.write(true);
+/// How a test runs a transaction: its direction, limits and deadline.
+#[derive(Debug, Clone, Copy)]
+struct Tx(Direction, DmaConfig, Option<Duration>);
+
+impl Tx {
+    fn read(config: DmaConfig) -> Tx {
+        Tx(Direction::Read, config, None)
     }
-    if direct {
-        o.custom_flags(libc::O_DIRECT);
+
+    fn write(config: DmaConfig) -> Tx {
+        Tx(Direction::Write, config, None)
     }
-    o.open(path).unwrap()
-}
 
-/// A tiny deterministic PRNG (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    fn deadline(self, d: Option<Duration>) -> Tx {
+        Tx(self.0, self.1, d)
     }
-}
 
-/// Records every transfer report (through [`hook`](Reports::hook), the driver's callback)
-/// and checks the exactly-once `last` rule as it goes.
-#[derive(Default)]
-struct Reports(Arc<Mutex<Vec<TransferReport>>>);
-
-impl Reports {
-    fn hook(&self) -> impl FnMut(&TransferReport) + Send + 'static {
-        let all = self.0.clone();
-        move |r| {
-            let mut all = all.lock().unwrap();
-            assert!(
-                !all.iter().any(|x| x.last),
-                "a report after the final transfer: {r:?}"
-            );
-            all.push(*r);
+    /// Its builder on `sg` and `t` (no report hook).
+    fn builder(self, t: Target, sg: SgList) -> DmaDriverBuilder {
+        let b = DmaDriver::builder(t, sg, self.0).config(self.1);
+        match self.2 {
+            Some(d) => b.deadline(d),
+            None => b,
         }
     }
 
-    fn all(&self) -> Vec<TransferReport> {
-        self.0.lock().unwrap().clone()
+    /// Start it on `sg` and `t`, recording each transfer's report in `reports`.
+    fn start(
+        self,
+        ring: &mut Ring,
+        t: Target,
+        sg: SgList,
+        reports: &Reports,
+    ) -> Result<DmaDriver, Rejected> {
+        self.builder(t, sg).on_transfer(reports.hook()).build(ring)
     }
 
-    fn finals(&self) -> usize {
-        self.all().iter().filter(|r| r.last).count()
+    /// Run it on `sg` and `t` to its end, recording every report in `reports`.
+    fn run(self, ring: &mut Ring, t: Target, sg: SgList, reports: &Reports) -> Output {
+        let mut drv = self.start(ring, t, sg, reports).unwrap();
+        drv.run(ring).unwrap()
     }
 
-    fn bytes(&self) -> u64 {
-        self.all().iter().map(|r| r.bytes).sum()
+    /// Start it with no report hook; it must be refused: why.
+    fn refused(self, ring: &mut Ring, t: Target, sg: SgList) -> Rejected {
+        self.builder(t, sg).build(ring).map(|_| ()).unwrap_err()
     }
 }
 
@@ -103,11 +93,9 @@ fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
     let size = 8u64 << 20;
     let path = dir.path().join("f");
     verify::make_file(&path, size, BS, 31);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(1200, BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, false, false)).unwrap();
-    let mut rng = Rng(0x5EED);
+    let (mut ring, t) = ring_with(&pool, open(&path, false, false));
+    let mut rng = common::rng(0x5EED);
     // (segments, max transfer, max segments, in flight, contiguous)
     let cases = [
         (1, MAX_TRANSFER, 1024, 1, false),
@@ -121,15 +109,15 @@ fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
     for (n, max_transfer, max_segments, inflight, contiguous) in cases {
         let mut sg = SgList::with_capacity(n);
         if contiguous {
-            let base = rng.below(size - n as u64 * BS as u64 - 100);
+            let base = rng.u64(..size - n as u64 * BS as u64 - 100);
             assert_eq!(
                 sg.push_extent(&pool, base, n as u64 * BS as u64).unwrap(),
                 n
             );
         } else {
             for _ in 0..n {
-                let len = 1 + rng.below(BS as u64);
-                let off = rng.below(size - len);
+                let len = 1 + rng.u64(..BS as u64);
+                let off = rng.u64(..size - len);
                 assert_eq!(sg.push_extent(&pool, off, len).unwrap(), 1);
             }
         }
@@ -139,12 +127,7 @@ fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
             .max_segments(max_segments)
             .max_in_flight(inflight);
         let reports = Reports::default();
-        let mut drv = DmaDriver::builder(t, sg, Direction::Read)
-            .config(config)
-            .on_transfer(reports.hook())
-            .build(&mut ring)
-            .unwrap();
-        let (done, sg) = drv.run(&mut ring).unwrap();
+        let (done, sg) = Tx::read(config).run(&mut ring, t, sg, &reports);
         assert_eq!((done.status, done.bytes), (Ok(()), total), "case {n}");
         assert_eq!(reports.finals(), 1);
         assert!(
@@ -177,25 +160,17 @@ fn gathers_of_1_to_1000_segments_with_limits_forcing_many_transfers() {
 
 #[test]
 fn direct_gather_ends_at_an_unaligned_end_of_file() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
+    let (_dir, path) = common::disk_path("f");
     let size = 5 * BS as u64 + 1808;
     verify::make_file(&path, size, BS, 39);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, 2 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, false, true)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, false, true));
     let mut sg = SgList::new();
     sg.push_extent(&pool, 4 * BS as u64, 4 * BS as u64).unwrap(); // crosses the end
     sg.push_extent(&pool, 0, BS as u64).unwrap();
     let reports = Reports::default();
     let config = DmaConfig::new().max_in_flight(2);
-    let mut drv = DmaDriver::builder(t, sg, Direction::Read)
-        .config(config)
-        .on_transfer(reports.hook())
-        .build(&mut ring)
-        .unwrap();
-    let (done, sg) = drv.run(&mut ring).unwrap();
+    let (done, sg) = Tx::read(config).run(&mut ring, t, sg, &reports);
     assert_eq!(
         (done.status, done.bytes),
         (Ok(()), BS as u64 + 1808 + BS as u64)
@@ -214,20 +189,14 @@ fn direct_gather_ends_at_an_unaligned_end_of_file() {
 #[test]
 fn direct_gather_from_a_block_device_with_split_segments_in_flight() {
     let size = 8u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 32))) else {
-        return;
-    };
-    let mut ring = Ring::new().unwrap();
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 32))));
     let pool = pool(64, 64 * 1024);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
-    let mut rng = Rng(77);
+    let (mut ring, t) = ring_with(&pool, dev.open(false));
+    let mut rng = common::rng(77);
     let mut sg = SgList::new();
     for _ in 0..16 {
-        let blocks = 1 + rng.below(48);
-        let off = rng.below(size / BS as u64 - blocks) * BS as u64;
+        let blocks = 1 + rng.u64(..48);
+        let off = rng.u64(..size / BS as u64 - blocks) * BS as u64;
         sg.push_extent(&pool, off, blocks * BS as u64).unwrap();
     }
     let total = sg.total_len();
@@ -235,20 +204,10 @@ fn direct_gather_from_a_block_device_with_split_segments_in_flight() {
     // with 4 in flight two of them want the same buffer at once.
     let config = DmaConfig::new().max_transfer(24 * 1024).max_in_flight(4);
     let reports = Reports::default();
-    let mut drv = DmaDriver::builder(t, sg, Direction::Read)
-        .config(config)
-        .on_transfer(reports.hook())
-        .build(&mut ring)
-        .unwrap();
-    let (done, sg) = loop {
-        if let Some(c) = drv
-            .step(&mut ring, Some(Duration::from_millis(100)))
-            .unwrap()
-        {
-            break c;
-        }
-    };
+    let mut drv = Tx::read(config).start(&mut ring, t, sg, &reports).unwrap();
+    let (done, sg) = finish(&mut drv, &mut ring, None);
     let stats = drv.stats();
+    drop(drv);
     assert_eq!((done.status, done.bytes), (Ok(()), total));
     assert!(
         stats.deferred > 0,
@@ -264,26 +223,20 @@ fn direct_gather_from_a_block_device_with_split_segments_in_flight() {
 #[test]
 fn scatter_write_to_a_block_device_then_read_back() {
     let size = 4u64 << 20;
-    let Some(dev) = LoopDev::new(size, None) else {
-        return;
-    };
-    let mut ring = Ring::new().unwrap();
+    let dev = or_skip!(LoopDev::new(size, None));
     let pool = pool(256, 16 * 1024);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), true, true))
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, dev.open(true));
     // Distinct 16 KiB-aligned extents of 1..=4 blocks, shuffled.
-    let mut rng = Rng(5);
+    let mut rng = common::rng(5);
     let mut slots: Vec<u64> = (0..size / (16 * 1024)).collect();
     for i in (1..slots.len()).rev() {
-        slots.swap(i, rng.below(i as u64 + 1) as usize);
+        slots.swap(i, rng.u64(..i as u64 + 1) as usize);
     }
     let mut sg = SgList::new();
     let mut extents = Vec::new();
     for &s in slots.iter().take(200) {
         let off = s * 16 * 1024;
-        let len = (1 + rng.below(4)) * BS as u64;
+        let len = (1 + rng.u64(..4)) * BS as u64;
         let mut buf = pool.try_get().unwrap();
         buf.extend_from_slice(&verify::expected(BS, 33, off, len as usize))
             .unwrap();
@@ -295,12 +248,7 @@ fn scatter_write_to_a_block_device_then_read_back() {
         .max_segments(2)
         .max_in_flight(4);
     let reports = Reports::default();
-    let mut drv = DmaDriver::builder(t, sg, Direction::Write)
-        .config(config)
-        .on_transfer(reports.hook())
-        .build(&mut ring)
-        .unwrap();
-    let (done, sg) = drv.run(&mut ring).unwrap();
+    let (done, sg) = Tx::write(config).run(&mut ring, t, sg, &reports);
     let total: u64 = extents.iter().map(|e| e.1).sum();
     assert_eq!((done.status, done.bytes), (Ok(()), total));
     assert_eq!(reports.finals(), 1);
@@ -322,15 +270,9 @@ fn scatter_write_to_a_block_device_then_read_back() {
 #[test]
 fn device_error_ends_the_transaction_once_with_completed_final() {
     let dev_size = 1u64 << 20;
-    let Some(dev) = LoopDev::new(dev_size, None) else {
-        return;
-    };
-    let mut ring = Ring::new().unwrap();
+    let dev = or_skip!(LoopDev::new(dev_size, None));
     let pool = pool(16, 16 * 1024);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), true, true))
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, dev.open(true));
     let mut sg = SgList::new();
     // The first extent straddles the end of the device: 8 KiB fit, then ENOSPC.
     for (off, len) in [(dev_size - 8192, 16384u64), (dev_size + 65536, 4096)] {
@@ -340,11 +282,7 @@ fn device_error_ends_the_transaction_once_with_completed_final() {
         sg.push(buf, off).unwrap();
     }
     let reports = Reports::default();
-    let mut drv = DmaDriver::builder(t, sg, Direction::Write)
-        .on_transfer(reports.hook())
-        .build(&mut ring)
-        .unwrap();
-    let (done, sg) = drv.run(&mut ring).unwrap();
+    let (done, sg) = Tx::write(DmaConfig::new()).run(&mut ring, t, sg, &reports);
     assert_eq!(done.status, Err(Error::from_errno(libc::ENOSPC)));
     assert_eq!(done.bytes, 8192, "the bytes that moved before the error");
     assert_eq!(reports.bytes(), 8192);
@@ -368,21 +306,9 @@ fn device_error_ends_the_transaction_once_with_completed_final() {
 fn a_target_that_cannot_read_is_refused_before_the_kernel_and_buffers_come_back() {
     // An O_PATH descriptor allows no I/O (the kernel would answer EBADF): the ring knows
     // it from registration, so the transaction is refused up front, list and all.
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
-    verify::make_file(&path, 1 << 20, BS, 35);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = verify::disk_file(1 << 20, 35);
     let pool = pool(8, BS);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH)
-                .open(&path)
-                .unwrap(),
-        )
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, common::open_o_path(&path));
     let mut sg = SgList::new();
     sg.push_extent(&pool, 0, 8 * BS as u64).unwrap();
     let reports = Reports::default();
@@ -390,10 +316,8 @@ fn a_target_that_cannot_read_is_refused_before_the_kernel_and_buffers_come_back(
         .max_transfer(2 * BS as u64)
         .max_in_flight(2);
     let enters = ring.stats().enters;
-    let err = DmaDriver::builder(t, sg, Direction::Read)
-        .config(config)
-        .on_transfer(reports.hook())
-        .build(&mut ring)
+    let err = Tx::read(config)
+        .start(&mut ring, t, sg, &reports)
         .map(|_| ())
         .unwrap_err();
     assert!(
@@ -411,15 +335,9 @@ fn a_target_that_cannot_read_is_refused_before_the_kernel_and_buffers_come_back(
 #[test]
 fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
     let size = 16u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 36))) else {
-        return;
-    };
-    let mut ring = Ring::new().unwrap();
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 36))));
     let pool = pool(256, 64 * 1024);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, dev.open(false));
     let mut sg = SgList::new();
     // Every other 64 KiB block: no two extents contiguous, one transfer each.
     for i in 0..128u64 {
@@ -427,11 +345,7 @@ fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
     }
     let config = DmaConfig::new().max_in_flight(2);
     let reports = Reports::default();
-    let mut drv = DmaDriver::builder(t, sg, Direction::Read)
-        .config(config)
-        .on_transfer(reports.hook())
-        .build(&mut ring)
-        .unwrap();
+    let mut drv = Tx::read(config).start(&mut ring, t, sg, &reports).unwrap();
     while drv.stats().transfers < 6 {
         assert!(drv
             .step(&mut ring, Some(Duration::from_millis(100)))
@@ -440,19 +354,12 @@ fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
     }
     assert!(drv.cancel(&mut ring));
     assert!(!drv.cancel(&mut ring), "stopped twice");
-    let mut out = drv.process(&mut ring).unwrap();
+    let out = drv.process(&mut ring).unwrap();
     assert!(
         out.is_none() || drv.in_flight() == 0,
         "buffers handed back with transfers in flight"
     );
-    let (done, sg) = loop {
-        if let Some(c) = out {
-            break c;
-        }
-        out = drv
-            .step(&mut ring, Some(Duration::from_millis(100)))
-            .unwrap();
-    };
+    let (done, sg) = finish(&mut drv, &mut ring, out);
     assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
     assert_eq!(done.bytes, drv.bytes_transferred());
     assert!(done.bytes < 128 * 64 * 1024);
@@ -477,87 +384,38 @@ fn stop_mid_flight_cancels_drains_and_counts_what_moved() {
 
 #[test]
 fn deadline_races_the_final_transfer_thousands_of_times() {
-    let size = 1u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 37))) else {
-        return;
-    };
-    let mut ring = Ring::new().unwrap();
-    let pool = pool(1, BS);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
-    let delays_us = [0u64, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
-    let iterations = 3000;
-    let (mut ok, mut timed_out, mut moved_anyway) = (0, 0, 0);
-    for i in 0..iterations {
-        let off = (i as u64 * 7919 % (size / BS as u64)) * BS as u64;
+    deadline_race(37, |r| {
         let mut sg = SgList::with_capacity(1);
-        sg.push_extent(&pool, off, BS as u64).unwrap();
-        let d = Duration::from_micros(delays_us[i % delays_us.len()]);
+        sg.push_extent(r.pool, r.offset, BS as u64).unwrap();
         let reports = Reports::default();
-        let mut drv = DmaDriver::builder(t, sg, Direction::Read)
-            .deadline(d)
-            .on_transfer(reports.hook())
-            .build(&mut ring)
+        let mut drv = Tx::read(DmaConfig::new())
+            .deadline(Some(r.deadline))
+            .start(r.ring, r.target, sg, &reports)
             .unwrap();
         let mut completions = 0;
         let (done, sg) = loop {
-            if let Some(c) = drv
-                .step(&mut ring, Some(Duration::from_millis(100)))
-                .unwrap()
-            {
+            if let Some(c) = drv.step(r.ring, Some(Duration::from_millis(100))).unwrap() {
                 completions += 1;
                 break c;
             }
         };
-        assert!(drv.process(&mut ring).unwrap().is_none(), "completed twice");
-        assert_eq!(completions, 1);
-        assert_eq!(
-            ring.in_flight(),
-            0,
-            "completed with the timer or transfer in flight"
-        );
+        assert!(drv.process(r.ring).unwrap().is_none(), "completed twice");
         let moved = drv.bytes_transferred();
         drop(drv);
-        assert_eq!(reports.finals(), 1, "iteration {i}");
+        assert_eq!(reports.finals(), 1, "iteration {}", r.i);
         assert_eq!(done.bytes, moved);
-        match done.status {
-            Ok(()) => {
-                ok += 1;
-                assert_eq!(moved, BS as u64);
-            }
-            Err(e) => {
-                assert!(e.is_timed_out(), "iteration {i}: {e}");
-                timed_out += 1;
-                moved_anyway += usize::from(moved > 0);
-            }
-        }
         if moved > 0 {
-            verify::check_block(sg.bufs()[0].data(), off, 37).unwrap();
+            verify::check_block(sg.bufs()[0].data(), r.offset, 37).unwrap();
         }
-        drop(sg);
-        assert_eq!(pool.stats().free, 1);
-    }
-    eprintln!(
-        "deadline race: {ok} completed, {timed_out} timed out ({moved_anyway} of them had read)"
-    );
-    assert_eq!(ok + timed_out, iterations);
-    assert!(ok > 0 && timed_out > 0, "the race never went both ways");
-    check_teardown(&ring, &[&pool]);
+        (done.status, moved, completions)
+    });
 }
 
 #[test]
 fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
-    let Some(dev) = LoopDev::new(1 << 20, None) else {
-        return;
-    };
-    let mut ring = Ring::new().unwrap();
+    let dev = or_skip!(LoopDev::new(1 << 20, None));
     let pool = pool(8, BS);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, dev.open(false));
     let align = ring.info(t).unwrap().offset_align;
     let before = ring.stats().submitted;
     let list = |off: u64, len: u64| {
@@ -566,11 +424,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
         sg
     };
     let err = |ring: &mut Ring, sg: SgList, dir: Direction, config: DmaConfig| {
-        DmaDriver::builder(t, sg, dir)
-            .config(config)
-            .build(ring)
-            .unwrap_err()
-            .kind()
+        Tx(dir, config, None).refused(ring, t, sg).kind()
     };
     assert_eq!(
         err(
@@ -638,9 +492,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     let mut buf = pool.try_get().unwrap();
     buf.extend_from_slice(&[7u8; 100]).unwrap();
     sg.push(buf, 0).unwrap();
-    let rejected = DmaDriver::builder(t, sg, Direction::Read)
-        .build(&mut ring)
-        .unwrap_err();
+    let rejected = Tx::read(DmaConfig::new()).refused(&mut ring, t, sg);
     assert!(matches!(
         rejected.kind(),
         ErrorKind::Misaligned {
@@ -654,9 +506,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
     drop(back);
     let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
     let s = ring.register(sock).unwrap();
-    let e = DmaDriver::builder(s, list(0, 10), Direction::Read)
-        .build(&mut ring)
-        .unwrap_err();
+    let e = Tx::read(DmaConfig::new()).refused(&mut ring, s, list(0, 10));
     assert!(matches!(
         e.kind(),
         ErrorKind::WrongTargetKind {
@@ -674,10 +524,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
         .submit(Op::readv_parts(t, 0, bufs, one_part))
         .wait()
         .unwrap();
-    assert!(matches!(
-        c.error().unwrap().kind(),
-        ErrorKind::InvalidInput { .. }
-    ));
+    assert!(common::invalid_input(&c));
     assert!(
         matches!(c.bufs(), iocomplete::Bufs::PoolList(v) if v.len() == 2),
         "buffers handed back"
@@ -691,90 +538,10 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
         .submit(Op::readv_parts(t, 0, vec![pool.try_get().unwrap()], past))
         .wait()
         .unwrap();
-    assert!(matches!(
-        c.error().unwrap().kind(),
-        ErrorKind::InvalidInput { .. }
-    ));
+    assert!(common::invalid_input(&c));
     assert_eq!(ring.stats().rejected, rejected + 2);
     drop(c);
     check_teardown(&ring, &[&pool]);
-}
-
-fn gather_args(v: &[&str]) -> Result<gather_tool::Args, String> {
-    gather_tool::parse_args(v.iter().map(|s| s.to_string()))
-}
-
-#[test]
-fn gather_example_concatenates_extents_and_reports_clear_errors() {
-    let dir = common::disk_dir();
-    let size = 3u64 << 20;
-    let path: PathBuf = dir.path().join("f");
-    verify::make_file(&path, size, BS, 38);
-    let p = path.to_str().unwrap();
-    let mut rng = Rng(99);
-    for (n, flags) in [
-        (1, &[][..]),
-        (5, &["--max-transfer", "1000"]),
-        (50, &["--max-segments", "2", "--max-transfer", "64K"]),
-        (300, &["--max-segments", "1", "--inflight", "8"]),
-    ] {
-        let mut v: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
-        v.push(p.to_string());
-        let mut want = Vec::new();
-        for _ in 0..n {
-            let len = 1 + rng.below(200_000);
-            let off = rng.below(size - len + 1);
-            v.push(format!("{off}:{len}"));
-            want.extend_from_slice(&verify::expected(BS, 38, off, len as usize));
-        }
-        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
-        let args = gather_args(&refs).unwrap();
-        let mut out = Vec::new();
-        let r = gather_tool::gather(&args, &mut out).unwrap();
-        assert_eq!(r.extents, n);
-        assert_eq!(r.bytes, want.len() as u64);
-        assert!(out == want, "{n} extents: output differs");
-        if flags.contains(&"1000") {
-            assert!(r.transfers >= r.bytes / 1000, "{r:?}");
-        }
-    }
-    // Extents with suffixes, and the end of the file exactly.
-    let args = gather_args(&[p, "1K:2K", &format!("{}:4096", size - 4096)]).unwrap();
-    assert_eq!(args.extents, [(1024, 2048), (size - 4096, 4096)]);
-    let mut out = Vec::new();
-    gather_tool::gather(&args, &mut out).unwrap();
-    assert_eq!(out.len(), 2048 + 4096);
-    // Errors.
-    let e = gather_tool::gather(
-        &gather_args(&[p, &format!("{}:2", size - 1)]).unwrap(),
-        &mut Vec::new(),
-    )
-    .unwrap_err();
-    assert!(
-        e.contains("past the end") && e.contains(&size.to_string()),
-        "{e}"
-    );
-    let e = gather_tool::gather(
-        &gather_args(&["/nonexistent/f", "0:1"]).unwrap(),
-        &mut Vec::new(),
-    )
-    .unwrap_err();
-    assert!(
-        e.contains("/nonexistent/f") && e.contains("No such file"),
-        "{e}"
-    );
-    assert!(gather_args(&[p, "x:10"])
-        .unwrap_err()
-        .contains("bad number 'x'"));
-    assert!(gather_args(&[p, "10"]).unwrap_err().contains("OFFSET:LEN"));
-    assert!(gather_args(&[p, "10:0"]).unwrap_err().contains("empty"));
-    assert!(gather_args(&["--max-segments", "2000", p, "0:1"])
-        .unwrap_err()
-        .contains("bad number"));
-    assert!(gather_args(&["--max-transfer", "0", p, "0:1"])
-        .unwrap_err()
-        .contains("outside"));
-    assert!(gather_args(&[p]).unwrap_err().contains("OFFSET:LEN"));
 }
 
 // ---- finding 9: a segment's length counts only a transferred prefix ------------------------
@@ -812,9 +579,6 @@ fn check_prefixes(sg: &SgList, seed: u64) -> u64 {
     }
     got
 }
-
-/// What a driver hands out: the outcome and the list.
-type Output = (DmaOutcome, SgList);
 
 /// Step `drv` until `cond` holds (bounded: a regression fails instead of hanging); the
 /// output, if the transaction completed on the way, goes to `out`.
@@ -856,24 +620,18 @@ fn finish(drv: &mut DmaDriver, ring: &mut Ring, mut out: Option<Output>) -> Outp
 #[test]
 fn a_failed_transfer_leaves_no_stale_bytes_counted_in_its_segment() {
     use common::fuse::{FileSpec, FuseMount};
-    let spec = FileSpec::new(64 * BS as u64, BS, 61);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let spec = FileSpec::blocks(64, 61);
+    let fs = or_skip!(FuseMount::new(spec));
     // A (bytes 0..4096) fails; B (4096..8192), waiting for the same buffer, is held at the
     // server so that it really reads once it is submitted.
     fs.ctl().fail_range(0, BS as u64);
     fs.ctl().hold(BS as u64..2 * BS as u64);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(2, 2 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&fs.path(), false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
     let config = DmaConfig::new().max_transfer(BS as u64).max_in_flight(2);
     let reports = Reports::default();
-    let mut drv = DmaDriver::builder(t, split_segment_list(&pool), Direction::Read)
-        .config(config)
-        .on_transfer(reports.hook())
-        .build(&mut ring)
+    let mut drv = Tx::read(config)
+        .start(&mut ring, t, split_segment_list(&pool), &reports)
         .unwrap();
     let mut out = None;
     step_until(&mut drv, &mut ring, &mut out, "A's error", |_| {
@@ -893,18 +651,15 @@ fn a_failed_transfer_leaves_no_stale_bytes_counted_in_its_segment() {
         "A failed: nothing of the segment is a prefix"
     );
     drop(sg);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 #[test]
 fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() {
     use common::fuse::{FileSpec, FuseMount};
     use std::os::unix::fs::FileExt;
-    let spec = FileSpec::new(64 * BS as u64, BS, 62);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let spec = FileSpec::blocks(64, 62);
+    let fs = or_skip!(FuseMount::new(spec));
     let content = spec.content();
     // The file is 1000 bytes long when A (0..4096) is answered: A is short, and the rest
     // of it (A') must come before B (4096..8192), which shares the buffer.
@@ -922,16 +677,12 @@ fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() 
         .set_len(short)
         .unwrap();
     fs.ctl().hold(0..BS as u64);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(2, 2 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&fs.path(), false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
     let config = DmaConfig::new().max_transfer(BS as u64).max_in_flight(2);
     let reports = Reports::default();
-    let mut drv = DmaDriver::builder(t, split_segment_list(&pool), Direction::Read)
-        .config(config)
-        .on_transfer(reports.hook())
-        .build(&mut ring)
+    let mut drv = Tx::read(config)
+        .start(&mut ring, t, split_segment_list(&pool), &reports)
         .unwrap();
     let mut out = None;
     step_until(&mut drv, &mut ring, &mut out, "A at the server", |_| {
@@ -963,21 +714,16 @@ fn a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted() 
     let got = check_prefixes(&sg, spec.seed);
     assert!(got >= short, "A's bytes are a prefix: {got}");
     drop(sg);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 // ---- deadlines that mean "never" ----------------------------------------------------------
 
 #[test]
 fn huge_deadlines_never_fire_and_every_byte_is_gathered() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
-    verify::make_file(&path, 1 << 20, BS, 72);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = verify::disk_file(1 << 20, 72);
     let pool = pool(32, 2 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, false, false));
     for d in [
         Duration::MAX,
         Duration::from_secs(u64::MAX),
@@ -991,11 +737,9 @@ fn huge_deadlines_never_fire_and_every_byte_is_gathered() {
         let total = sg.total_len();
         let config = DmaConfig::new().max_transfer(BS as u64).max_in_flight(3);
         let reports = Reports::default();
-        let mut drv = DmaDriver::builder(t, sg, Direction::Read)
-            .config(config)
-            .deadline(d)
-            .on_transfer(reports.hook())
-            .build(&mut ring)
+        let mut drv = Tx::read(config)
+            .deadline(Some(d))
+            .start(&mut ring, t, sg, &reports)
             .unwrap();
         let (done, sg) = finish(&mut drv, &mut ring, None);
         assert_eq!((done.status, done.bytes), (Ok(()), total), "deadline {d:?}");
@@ -1011,45 +755,24 @@ fn huge_deadlines_never_fire_and_every_byte_is_gathered() {
 /// completions do, not only when its deadline timer fires.
 #[test]
 fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
-    verify::make_file(&path, 1 << 20, BS, 76);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = verify::disk_file(1 << 20, 76);
     let pool = pool(64, 4 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, false, false));
     let mut sg = SgList::new();
     for i in 0..16u64 {
         sg.push_extent(&pool, i * 65536, 4 * BS as u64).unwrap();
     }
     let deadline = Duration::from_secs(2);
     let config = DmaConfig::new().max_in_flight(4);
-    let mut drv = DmaDriver::builder(t, sg, Direction::Read)
-        .config(config)
-        .deadline(deadline)
+    let mut drv = Tx::read(config)
+        .deadline(Some(deadline))
+        .builder(t, sg)
         .build(&mut ring)
         .unwrap();
     assert!(drv.process(&mut ring).unwrap().is_none());
     assert!(drv.in_flight() > 0);
-    let armed = std::time::Instant::now();
-    drop(drv);
-    while ring.in_flight() > 1 {
-        assert!(armed.elapsed() < deadline, "transfers still in flight");
-        ring.run_once(Some(Duration::from_millis(10))).unwrap();
-    }
-    assert!(armed.elapsed() < deadline);
-    assert_eq!(
-        pool.stats().free,
-        64,
-        "buffers held until the deadline: {:?}",
-        pool.stats()
-    );
-    while ring.in_flight() > 0 {
-        assert!(armed.elapsed() < deadline * 5, "the timer never fired");
-        ring.run_once(Some(Duration::from_millis(100))).unwrap();
-    }
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    drop_mid_flight(&mut ring, &pool, drv, deadline, "transfers");
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// Taking the list back before anything was submitted — a cancel before the start — ends
@@ -1058,23 +781,18 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
 /// waiting forever for buffers that were gone).
 #[test]
 fn taking_the_list_before_the_start_ends_the_transaction() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
-    verify::make_file(&path, 1 << 20, BS, 77);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = verify::disk_file(1 << 20, 77);
     let pool = pool(4, BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, false, false));
     for deadline in [None, Some(Duration::from_secs(60))] {
         let mut sg = SgList::new();
         sg.push_extent(&pool, 0, 2 * BS as u64).unwrap();
         sg.push_extent(&pool, 10 * BS as u64, 100).unwrap();
         let reports = Reports::default();
-        let mut builder = DmaDriver::builder(t, sg, Direction::Read).on_transfer(reports.hook());
-        if let Some(d) = deadline {
-            builder = builder.deadline(d);
-        }
-        let mut drv = builder.build(&mut ring).unwrap();
+        let mut drv = Tx::read(DmaConfig::new())
+            .deadline(deadline)
+            .start(&mut ring, t, sg, &reports)
+            .unwrap();
         assert!(drv.cancel(&mut ring), "the list, before the start");
         let (done, sg) = finish(&mut drv, &mut ring, None);
         assert!(drv.process(&mut ring).unwrap().is_none(), "taken twice");
@@ -1092,21 +810,16 @@ fn taking_the_list_before_the_start_ends_the_transaction() {
             "a timer was armed for an ended transaction"
         );
     }
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// Segments past what a file offset (`loff_t`, 2⁶³ − 1) can address reached the kernel
 /// (`EINVAL`): refused with a typed error before the kernel, the list handed back.
 #[test]
 fn segments_past_the_largest_file_offset_are_refused_before_the_kernel() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
-    verify::make_file(&path, 1 << 20, BS, 78);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = verify::disk_file(1 << 20, 78);
     let pool = pool(4, BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, true, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, true, false));
     let before = ring.stats().submitted;
     let big = i64::MAX as u64;
     for (off, len) in [(big + 1, 10), (u64::MAX - 10, 10), (big - 10, 100)] {
@@ -1114,9 +827,7 @@ fn segments_past_the_largest_file_offset_are_refused_before_the_kernel() {
             let mut sg = SgList::new();
             sg.push_extent(&pool, 0, 100).unwrap();
             sg.push_extent(&pool, off, len).unwrap();
-            let r = DmaDriver::builder(t, sg, direction)
-                .build(&mut ring)
-                .unwrap_err();
+            let r = Tx(direction, DmaConfig::new(), None).refused(&mut ring, t, sg);
             assert!(
                 matches!(r.kind(), ErrorKind::OffsetOutOfRange { offset, len: l } if offset == off && l == len),
                 "{off}+{len}: {r}"
@@ -1129,37 +840,30 @@ fn segments_past_the_largest_file_offset_are_refused_before_the_kernel() {
         before,
         "something reached the kernel"
     );
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// A positional write to an `O_APPEND` descriptor lands at the end of the file, not at
 /// the segment's device offset: a scatter write there is refused before the kernel.
 #[test]
 fn scatter_writes_to_an_append_only_descriptor_are_refused() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
+    let (_dir, path) = common::disk_path("f");
     std::fs::write(&path, b"keep").unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, BS);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(
-            OpenOptions::new()
-                .read(true)
-                .append(true)
-                .open(&path)
-                .unwrap(),
-        )
-        .unwrap();
+    let (mut ring, t) = ring_with(
+        &pool,
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap(),
+    );
     let before = ring.stats().submitted;
     let mut sg = SgList::new();
     let mut buf = pool.try_get().unwrap();
     buf.extend_from_slice(&[7u8; 10]).unwrap();
     sg.push(buf, 0).unwrap();
-    let r = DmaDriver::builder(t, sg, Direction::Write)
-        .build(&mut ring)
-        .unwrap_err();
+    let r = Tx::write(DmaConfig::new()).refused(&mut ring, t, sg);
     assert!(matches!(r.kind(), ErrorKind::AppendOnly), "{r}");
     assert_eq!(r.into_sg().bufs()[0].data(), &[7u8; 10][..]);
     assert_eq!(ring.stats().submitted, before);
@@ -1167,14 +871,9 @@ fn scatter_writes_to_an_append_only_descriptor_are_refused() {
     // A gather through it is positional as ever.
     let mut sg = SgList::new();
     sg.push_extent(&pool, 1, 3).unwrap();
-    let (done, sg) = DmaDriver::builder(t, sg, Direction::Read)
-        .build(&mut ring)
-        .unwrap()
-        .run(&mut ring)
-        .unwrap();
+    let (done, sg) = Tx::read(DmaConfig::new()).run(&mut ring, t, sg, &Reports::default());
     assert_eq!((done.status, done.bytes), (Ok(()), 3));
     assert_eq!(sg.bufs()[0].data(), b"eep");
     drop(sg);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }

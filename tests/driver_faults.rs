@@ -8,63 +8,22 @@
 
 mod common;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use common::or_skip;
+
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::drivers::{check_spans, copy_job, finish_split, on_eio, Progress, Reports};
 use common::fuse::{FileSpec, FuseMount};
-use common::{check_teardown, verify, LoopDev};
-use iocomplete::dma::{DmaConfig, DmaDriver, SgList, TransferReport};
-use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
+use common::{close_and_check, open, pool, ring_with, verify};
 use iocomplete::{
-    BufferPool, ContinuousReader, Driver, Error, ErrorKind, FinishReason, PoolBuf, Restart, Ring,
+    BufferPool, ContinuousReader, Direction, DmaConfig, DmaDriver, Driver, Error, FinishReason,
+    Mode, PoolBuf, ReaderReport, Restart, Ring, SgList, SplitConfig, SplitDriver, SplitOutcome,
 };
 
 const BS: usize = 4096;
 const CHUNK: u64 = 16 * 1024;
-
-fn pool(slots: usize, len: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .build()
-        .unwrap()
-}
-
-fn open(path: &Path, write: bool, direct: bool) -> File {
-    let mut o = OpenOptions::new();
-    o.read(true);
-    if write {
-        o.write(true).create(true);
-    }
-    if direct {
-        o.custom_flags(libc::O_DIRECT);
-    }
-    o.open(path).unwrap()
-}
-
-/// Every byte of `[start, end)` covered exactly once by `spans` (and in order if
-/// `ordered`).
-fn check_spans(spans: &[(u64, usize)], start: u64, end: u64, ordered: bool) {
-    if ordered {
-        let mut at = start;
-        for &(o, l) in spans {
-            assert_eq!(o, at, "ordered delivery out of order");
-            at += l as u64;
-        }
-    }
-    let mut s = spans.to_vec();
-    s.sort_unstable();
-    let mut at = start;
-    for (o, l) in s {
-        assert_eq!(o, at, "gap or duplicate at {at}");
-        at += l as u64;
-    }
-    assert_eq!(at, end, "bytes missing at the end");
-}
 
 /// What the reader's `on_read` saw, each buffer verified in place.
 #[derive(Default)]
@@ -81,93 +40,78 @@ fn on_read(seen: &Seen, buf: PoolBuf, off: u64) {
 
 // ---- ContinuousReader ------------------------------------------------------------------
 
-#[test]
-fn reader_restarts_after_eio_and_delivers_every_byte_once() {
-    for (ordered, pending) in [(false, 8), (true, 4)] {
-        let spec = FileSpec::new(128 * BS as u64, BS, 41);
-        let Some(fs) = FuseMount::new(spec) else {
-            return;
-        };
-        fs.ctl().fail_block(37);
-        fs.ctl()
-            .delay(Duration::from_micros(0), Duration::from_micros(500));
-        let mut ring = Ring::new().unwrap();
-        let pool = pool(16, BS);
-        ring.register_pool(&pool);
-        let t = ring.register(open(&fs.path(), false, false)).unwrap();
-        let ctl = fs.ctl().clone();
-        let failures = Arc::new(AtomicUsize::new(0));
-        let f2 = failures.clone();
-        let seen = Arc::new(Seen {
-            seed: spec.seed,
-            ..Seen::default()
-        });
-        let s = seen.clone();
-        let mut reader = ContinuousReader::builder(t, &pool)
-            .pending_reads(pending)
-            .ordered(ordered)
-            .range(0, spec.size)
-            .on_read(move |buf, off| on_read(&s, buf, off))
-            .on_failed(move |e| {
-                assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
-                f2.fetch_add(1, Ordering::SeqCst);
-                // The device heals: the restart re-reads from where delivery stopped.
-                ctl.clear();
-                Restart::Yes
-            })
-            .build(&mut ring)
-            .unwrap();
-        let report = reader.run(&mut ring).unwrap();
-        assert_eq!(report.reason, FinishReason::EndOfRange, "ordered {ordered}");
-        assert_eq!(
-            failures.load(Ordering::SeqCst),
-            1,
-            "on_failed once per failure"
-        );
-        assert_eq!((report.failures, report.restarts), (1, 1));
-        assert_eq!(fs.ctl().stats().eio_injected, 1);
-        eprintln!("reader restart (ordered {ordered}): {report:?}");
-        let spans = seen.spans.lock().unwrap().clone();
-        check_spans(&spans, 0, spec.size, ordered);
-        assert_eq!(report.bytes, spec.size);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
-    }
-}
+/// A read's report, the spans it delivered, the `on_failed` calls.
+type Failing = (ReaderReport, Vec<(u64, usize)>, usize);
 
-#[test]
-fn reader_without_restart_ends_once_with_the_error() {
-    let spec = FileSpec::new(96 * BS as u64, BS, 42);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    fs.ctl().fail_block(50);
+/// Read a FUSE file made to `spec` whose block `bad` fails with `EIO` (replies delayed up
+/// to 0.5 ms), `pending` reads in flight, in order or not, up to the end of the file
+/// when `range`. On the failure the device heals and the reader restarts, if `restart`.
+/// The report, the spans delivered (each verified) and the `on_failed` calls; the
+/// teardown invariants are checked.
+fn read_failing(
+    spec: FileSpec,
+    bad: u64,
+    (pending, ordered, range): (u32, bool, bool),
+    restart: Restart,
+) -> Option<Failing> {
+    let fs = FuseMount::new(spec)?;
+    fs.ctl().fail_block(bad);
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_micros(500));
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&fs.path(), false, false)).unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c2 = calls.clone();
+    let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
+    let ctl = fs.ctl().clone();
+    let (calls, on_failed) = on_eio(move || {
+        if matches!(restart, Restart::Yes) {
+            // The device heals: the restart re-reads from where delivery stopped.
+            ctl.clear();
+        }
+        restart
+    });
+    let mut b = ContinuousReader::builder(t, &pool)
+        .pending_reads(pending)
+        .ordered(ordered);
+    if range {
+        b = b.range(0, spec.size);
+    }
     let seen = Arc::new(Seen {
         seed: spec.seed,
         ..Seen::default()
     });
     let s = seen.clone();
-    let mut reader = ContinuousReader::builder(t, &pool)
-        .pending_reads(6)
-        .ordered(true)
+    let mut reader = b
         .on_read(move |buf, off| on_read(&s, buf, off))
-        .on_failed(move |e| {
-            assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
-            c2.fetch_add(1, Ordering::SeqCst);
-            Restart::No
-        })
+        .on_failed(on_failed)
         .build(&mut ring)
         .unwrap();
     let report = reader.run(&mut ring).unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(fs.ctl().stats().eio_injected, 1);
+    close_and_check(&mut ring, &[t], &[&pool]);
+    let spans = seen.spans.lock().unwrap().clone();
+    Some((report, spans, calls.load(Ordering::SeqCst)))
+}
+
+#[test]
+fn reader_restarts_after_eio_and_delivers_every_byte_once() {
+    for (ordered, pending) in [(false, 8), (true, 4)] {
+        let spec = FileSpec::blocks(128, 41);
+        let how = (pending, ordered, true);
+        let (report, spans, calls) = or_skip!(read_failing(spec, 37, how, Restart::Yes));
+        assert_eq!(report.reason, FinishReason::EndOfRange, "ordered {ordered}");
+        assert_eq!(calls, 1, "on_failed once per failure");
+        assert_eq!((report.failures, report.restarts), (1, 1));
+        eprintln!("reader restart (ordered {ordered}): {report:?}");
+        check_spans(&spans, 0, spec.size, ordered);
+        assert_eq!(report.bytes, spec.size);
+    }
+}
+
+#[test]
+fn reader_without_restart_ends_once_with_the_error() {
+    let how = (6, true, false);
+    let (report, spans, calls) =
+        or_skip!(read_failing(FileSpec::blocks(96, 42), 50, how, Restart::No));
+    assert_eq!(calls, 1);
     assert_eq!(report.failures, 1);
     assert_eq!(report.restarts, 0);
     assert_eq!(
@@ -175,86 +119,64 @@ fn reader_without_restart_ends_once_with_the_error() {
         FinishReason::Failed(Error::from_errno(libc::EIO))
     );
     // Ordered: exactly the bytes before the bad block, in order, once.
-    let spans = seen.spans.lock().unwrap().clone();
     check_spans(&spans, 0, 50 * BS as u64, true);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
 }
 
 // ---- SplitDriver ------------------------------------------------------------------------
 
-/// Progress reports: never backwards, never past the length.
-#[derive(Default)]
-struct Progress {
-    last: u64,
-    calls: usize,
+/// A split copy of a FUSE file to a new file on disk, 16 KiB chunks, 4 in flight.
+struct Copy {
+    _dir: tempfile::TempDir,
+    dst: std::path::PathBuf,
+    pool: BufferPool,
+    ring: Ring,
+    targets: [iocomplete::Target; 2],
+    drv: SplitDriver,
+    progress: Arc<Mutex<Progress>>,
 }
 
-impl Progress {
-    /// `drv`, reporting its progress to a new `Progress`.
-    fn hook(drv: SplitDriver) -> (SplitDriver, Arc<Mutex<Progress>>) {
-        let p = Arc::new(Mutex::new(Progress::default()));
-        let q = Arc::clone(&p);
-        let drv = drv.on_progress(move |done, len| {
-            let mut p = q.lock().unwrap();
-            assert!(done <= len && done >= p.last, "progress {done}/{len}");
-            p.last = done;
-            p.calls += 1;
-        });
-        (drv, p)
-    }
-}
-
-/// Drive to completion; check it completed once, with no child and no CQE left.
-fn run_split(drv: &mut SplitDriver, ring: &mut Ring) -> iocomplete::split::SplitOutcome {
-    loop {
-        if let Some(c) = drv.step(ring, Some(Duration::from_millis(100))).unwrap() {
-            assert_eq!(drv.in_flight(), 0, "completed with children in flight");
-            assert_eq!(ring.in_flight(), 0, "completed before its last CQE");
-            assert!(drv.process(ring).unwrap().is_none(), "completed twice");
-            assert!(drv.is_complete());
-            return c;
+impl Copy {
+    fn of(fs: &FuseMount) -> Copy {
+        let (_dir, dst) = common::disk_path("dst");
+        let pool = pool(4, CHUNK as usize);
+        let (mut ring, s) = ring_with(&pool, open(&fs.path(), false, false));
+        let d = ring.register(open(&dst, true, false)).unwrap();
+        let job = copy_job(s, d, fs.ctl().spec().size);
+        let config = SplitConfig::new()
+            .mode(Mode::Parallel { max_in_flight: 4 })
+            .max_chunk(CHUNK);
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+        let drv = Progress::hook(&progress, drv);
+        Copy {
+            _dir,
+            dst,
+            pool,
+            ring,
+            targets: [s, d],
+            drv,
+            progress,
         }
     }
-}
 
-fn check_prefix(path: &Path, len: u64, seed: u64) {
-    let data = std::fs::read(path).unwrap();
-    assert!(data.len() as u64 >= len, "{} bytes written", data.len());
-    verify::check_range(&data[..len as usize], BS, seed, 0).unwrap();
+    /// The bytes done are the source's prefix; every operation completed once, every slot back.
+    fn check(mut self, done: &SplitOutcome, seed: u64) {
+        verify::check_file_prefix(&self.dst, done.bytes, seed);
+        close_and_check(&mut self.ring, &self.targets, &[&self.pool]);
+    }
 }
 
 #[test]
 fn split_copy_with_one_eio_completes_once_after_every_child() {
-    let spec = FileSpec::new(256 * BS as u64, BS, 43);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let spec = FileSpec::blocks(256, 43);
+    let fs = or_skip!(FuseMount::new(spec));
     let bad = 100u64;
     fs.ctl().fail_block(bad);
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_millis(1));
-    let dir = common::disk_dir();
-    let dst = dir.path().join("dst");
-    let mut ring = Ring::new().unwrap();
-    let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&fs.path(), false, false)).unwrap();
-    let d = ring.register(open(&dst, true, false)).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: spec.size,
-    };
-    let config = SplitConfig::new()
-        .mode(Mode::Parallel { max_in_flight: 4 })
-        .max_chunk(CHUNK);
-    let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-    let (mut drv, h) = Progress::hook(drv);
-    let done = run_split(&mut drv, &mut ring);
-    let h = h.lock().unwrap();
+    let mut c = Copy::of(&fs);
+    let done = finish_split(&mut c.drv, &mut c.ring);
+    let h = c.progress.lock().unwrap();
     assert_eq!(done.status, Err(Error::from_errno(libc::EIO)), "{done:?}");
     // The prefix done without a gap stops at the failed chunk; the children in flight
     // came back first and their bytes count as transferred.
@@ -268,84 +190,39 @@ fn split_copy_with_one_eio_completes_once_after_every_child() {
         h.last
     );
     assert_eq!(fs.ctl().stats().eio_injected, 1);
-    check_prefix(&dst, done.bytes, spec.seed);
-    ring.close(s).unwrap();
-    ring.close(d).unwrap();
-    check_teardown(&ring, &[&pool]);
+    drop(h);
+    c.check(&done, spec.seed);
 }
 
 #[test]
 fn split_copy_cancelled_mid_flight_on_a_slow_device_completes_once() {
-    let spec = FileSpec::new(256 * BS as u64, BS, 44);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let spec = FileSpec::blocks(256, 44);
+    let fs = or_skip!(FuseMount::new(spec));
+    // A steady delay: the device answers in order, so the chunks done when the cancel
+    // comes are a prefix (random delays reordered them, and the prefix could be empty).
     fs.ctl()
-        .delay(Duration::from_millis(1), Duration::from_millis(4));
-    let dir = common::disk_dir();
-    let dst = dir.path().join("dst");
-    let mut ring = Ring::new().unwrap();
-    let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&fs.path(), false, false)).unwrap();
-    let d = ring.register(open(&dst, true, false)).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: spec.size,
-    };
-    let config = SplitConfig::new()
-        .mode(Mode::Parallel { max_in_flight: 4 })
-        .max_chunk(CHUNK);
-    let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-    let (mut drv, _h) = Progress::hook(drv);
+        .delay(Duration::from_millis(2), Duration::from_millis(2));
+    let mut c = Copy::of(&fs);
+    let (drv, ring) = (&mut c.drv, &mut c.ring);
     while drv.bytes_transferred() < 4 * CHUNK {
         assert!(drv
-            .step(&mut ring, Some(Duration::from_millis(100)))
+            .step(ring, Some(Duration::from_millis(100)))
             .unwrap()
             .is_none());
     }
     assert!(drv.in_flight() > 0, "nothing in flight to cancel");
-    assert!(drv.cancel(&mut ring));
-    assert!(!drv.cancel(&mut ring), "cancelled twice");
-    let done = run_split(&mut drv, &mut ring);
+    assert!(drv.cancel(ring));
+    assert!(!drv.cancel(ring), "cancelled twice");
+    let done = finish_split(drv, ring);
     assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
     assert!(
         done.bytes >= 4 * CHUNK && done.bytes < spec.size,
         "{done:?}"
     );
-    check_prefix(&dst, done.bytes, spec.seed);
-    ring.close(s).unwrap();
-    ring.close(d).unwrap();
-    check_teardown(&ring, &[&pool]);
+    c.check(&done, spec.seed);
 }
 
 // ---- DmaDriver ---------------------------------------------------------------------------
-
-/// Records every transfer report (through [`hook`](Reports::hook), the driver's callback);
-/// the final one (`last`) comes exactly once, last.
-#[derive(Default)]
-struct Reports(Arc<Mutex<Vec<TransferReport>>>);
-
-impl Reports {
-    fn hook(&self) -> impl FnMut(&TransferReport) + Send + 'static {
-        let all = self.0.clone();
-        move |r| {
-            let mut all = all.lock().unwrap();
-            assert!(
-                !all.iter().any(|x| x.last),
-                "a report after the final transfer: {r:?}"
-            );
-            all.push(*r);
-        }
-    }
-
-    fn all(&self) -> Vec<TransferReport> {
-        self.0.lock().unwrap().clone()
-    }
-}
 
 /// Gather `extents` (block index, blocks) of `t` with block `bad` failing; checks the
 /// final report and completion exactly once with `EIO`, and verifies every byte that
@@ -363,14 +240,14 @@ fn gather_with_a_bad_extent(
         sg.push_extent(pool, b * BS as u64, n * BS as u64).unwrap();
     }
     let reports = Reports::default();
-    let mut drv = DmaDriver::builder(t, sg, iocomplete::Direction::Read)
+    let mut drv = DmaDriver::builder(t, sg, Direction::Read)
         .config(config)
         .on_transfer(reports.hook())
         .build(ring)
         .unwrap();
     let (done, sg) = drv.run(ring).unwrap();
     assert_eq!(done.status, Err(Error::from_errno(libc::EIO)), "{done:?}");
-    assert_eq!(reports.all().iter().filter(|r| r.last).count(), 1);
+    assert_eq!(reports.finals(), 1);
     assert!(
         reports.all().last().unwrap().last,
         "the final report is the last"
@@ -385,8 +262,7 @@ fn gather_with_a_bad_extent(
         "no transfer reported the EIO: {:?}",
         reports.all()
     );
-    let reported: u64 = reports.all().iter().map(|r| r.bytes).sum();
-    assert_eq!(done.bytes, reported);
+    assert_eq!(done.bytes, reports.bytes());
     assert!(done.bytes < sg.total_len());
     // Every byte that arrived is the right one.
     let mut got = 0;
@@ -402,18 +278,14 @@ fn gather_with_a_bad_extent(
 
 #[test]
 fn dma_gather_with_one_failing_extent_reports_the_error_once() {
-    let spec = FileSpec::new(256 * BS as u64, BS, 45);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    fs.ctl()
-        .delay(Duration::from_micros(0), Duration::from_millis(1));
+    let spec = FileSpec::blocks(256, 45);
+    let fs = or_skip!(FuseMount::new(spec));
     // Extent 3 (blocks 120..124) holds the bad block.
     fs.ctl().fail_block(122);
-    let mut ring = Ring::new().unwrap();
+    fs.ctl()
+        .delay(Duration::from_micros(0), Duration::from_millis(1));
     let pool = pool(32, 2 * BS);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&fs.path(), false, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&fs.path(), false, false));
     let extents = [(3, 3), (40, 2), (77, 5), (120, 4), (200, 3), (250, 6)];
     let config = DmaConfig::new()
         .max_transfer(2 * BS as u64)
@@ -422,32 +294,22 @@ fn dma_gather_with_one_failing_extent_reports_the_error_once() {
     assert!(bytes > 0, "nothing arrived before the error");
     eprintln!("dma gather: {bytes} bytes verified, {:?}", fs.ctl().stats());
     assert!(fs.ctl().stats().eio_injected >= 1);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 #[test]
 fn dma_gather_through_a_loop_device_on_the_faulty_file() {
-    let spec = FileSpec::new(512 * BS as u64, BS, 46);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    let Some(dev) = LoopDev::attach(&fs.path()) else {
-        return;
-    };
+    let spec = FileSpec::blocks(512, 46);
+    let (fs, dev) = or_skip!(FuseMount::under_loop(spec));
     // Armed after losetup: partition probing must not trip it.
     fs.ctl().fail_block(300);
-    let mut ring = Ring::new().unwrap();
     let pool = BufferPool::builder()
         .slots(16)
         .slot_len(4 * BS)
         .align(BS)
         .build()
         .unwrap();
-    ring.register_pool(&pool);
-    let t = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, dev.open(false));
     // One transfer at a time: the block layer merges adjacent requests in flight, and a
     // merged request fails whole.
     let extents = [(10, 4), (64, 8), (150, 2), (298, 4), (400, 4)];
@@ -456,7 +318,6 @@ fn dma_gather_through_a_loop_device_on_the_faulty_file() {
     // In order, one at a time: everything before the bad extent arrived.
     assert_eq!(bytes, (4 + 8 + 2) * BS as u64);
     assert!(fs.ctl().stats().eio_injected >= 1);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
     drop(dev);
 }

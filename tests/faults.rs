@@ -6,25 +6,20 @@
 
 mod common;
 
+use common::or_skip;
+use libc::ENOTCONN;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use common::fuse::{ChildFuse, FileSpec, FuseMount};
-use common::{check_teardown, verify, LoopDev};
+use common::{check_teardown, ring_with, verify};
 use iocomplete::{BufferPool, ErrorKind, Op, Ring, Target, Ticket};
 
 const BS: usize = 4096;
 
-fn pool(slots: usize, len: usize, header: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .header_len(header)
-        .build()
-        .unwrap()
-}
+use common::pool_hdr as pool;
 
 /// Outcome of one block read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,13 +75,7 @@ fn read_blocks_in(
             inflight.push((next, tk));
         }
         ring.run_once(Some(Duration::from_millis(10))).unwrap();
-        let mut i = 0;
-        while i < inflight.len() {
-            if !ring.is_done(&inflight[i].1) {
-                i += 1;
-                continue;
-            }
-            let (b, tk) = inflight.swap_remove(i);
+        for (b, tk) in take_done(ring, &mut inflight, |e| &e.1) {
             let c = ring.wait(tk).unwrap();
             assert_eq!(c.tag(), b, "completion routed to the wrong request");
             let got = match c.result() {
@@ -114,26 +103,23 @@ fn read_blocks_in(
         .collect()
 }
 
-#[test]
-fn eio_at_chosen_offsets_fails_only_those_reads() {
-    let spec = FileSpec::new(256 * BS as u64, BS, 21);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    let bad = [0u64, 7, 100, 201, 255];
-    for b in bad {
-        fs.ctl().fail_block(b);
+/// Remove from `inflight` the entries whose operation (`ticket` of the entry) is done;
+/// return them, in the order found.
+fn take_done<T>(ring: &Ring, inflight: &mut Vec<T>, ticket: impl Fn(&T) -> &Ticket) -> Vec<T> {
+    let mut done = Vec::new();
+    let mut i = 0;
+    while i < inflight.len() {
+        if ring.is_done(ticket(&inflight[i])) {
+            done.push(inflight.swap_remove(i));
+        } else {
+            i += 1;
+        }
     }
-    // Jittered replies: reads really are in flight together and complete out of order.
-    fs.ctl()
-        .delay(Duration::from_micros(0), Duration::from_millis(3));
-    let mut ring = Ring::new().unwrap();
-    let pool = pool(32, BS, 16);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
-    let got = read_blocks(&mut ring, &pool, t, 256, 32, spec.seed);
+    done
+}
+
+/// Each block read `Verified`, but the `bad` ones, which failed with `EIO`.
+fn check_eio_only_at(got: &[Got], bad: &[u64]) {
     for (b, g) in got.iter().enumerate() {
         let want = if bad.contains(&(b as u64)) {
             Got::Failed(ErrorKind::Os(libc::EIO))
@@ -142,6 +128,45 @@ fn eio_at_chosen_offsets_fails_only_those_reads() {
         };
         assert_eq!(*g, want, "block {b}");
     }
+}
+
+/// Read the first `blocks` blocks of `t` back, each verified against the seed `seed_of`
+/// says; then the teardown invariants.
+fn check_blocks(
+    ring: &mut Ring,
+    pool: &BufferPool,
+    t: Target,
+    blocks: u64,
+    seed_of: impl Fn(u64) -> u64,
+) {
+    for b in 0..blocks {
+        let buf = read_block(ring, pool, t, b);
+        verify::check_block(buf.data(), b * BS as u64, seed_of(b)).unwrap();
+    }
+    check_teardown(ring, &[pool]);
+}
+
+/// Read block `b` of `t` (waiting for it).
+fn read_block(ring: &mut Ring, pool: &BufferPool, t: Target, b: u64) -> iocomplete::PoolBuf {
+    let op = Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS);
+    ring.submit(op).wait().unwrap().into_result().unwrap()
+}
+
+#[test]
+fn eio_at_chosen_offsets_fails_only_those_reads() {
+    let spec = FileSpec::blocks(256, 21);
+    let fs = or_skip!(FuseMount::new(spec));
+    let bad = [0u64, 7, 100, 201, 255];
+    for b in bad {
+        fs.ctl().fail_block(b);
+    }
+    // Jittered replies: reads really are in flight together and complete out of order.
+    fs.ctl()
+        .delay(Duration::from_micros(0), Duration::from_millis(3));
+    let pool = pool(32, BS, 16);
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
+    let got = read_blocks(&mut ring, &pool, t, 256, 32, spec.seed);
+    check_eio_only_at(&got, &bad);
     let st = fs.ctl().stats();
     assert_eq!(st.eio_injected, bad.len() as u64);
     assert!(st.max_outstanding > 1, "reads never overlapped: {st:?}");
@@ -166,10 +191,8 @@ fn eio_at_chosen_offsets_fails_only_those_reads() {
 
 #[test]
 fn write_eio_reaches_the_right_request_and_the_rest_land() {
-    let spec = FileSpec::new(64 * BS as u64, BS, 22);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let spec = FileSpec::blocks(64, 22);
+    let fs = or_skip!(FuseMount::new(spec));
     fs.ctl().fail_block(9);
     fs.ctl().fail_block(40);
     fs.ctl().fail_writes(true);
@@ -180,10 +203,8 @@ fn write_eio_reaches_the_right_request_and_the_rest_land() {
         .write(true)
         .open(fs.path())
         .unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     // Rewrite every block with a new seed, 16 in flight.
     let new_seed = 23;
     let mut results = HashMap::new();
@@ -219,31 +240,20 @@ fn write_eio_reaches_the_right_request_and_the_rest_land() {
     }
     // Read everything back: failed writes left the old block, the others the new one.
     fs.ctl().clear();
-    for b in 0..64u64 {
-        let c = ring
-            .submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS))
-            .wait()
-            .unwrap();
-        let buf = c.into_result().unwrap();
-        let seed = if b == 9 || b == 40 {
+    let seed_of = |b| {
+        if b == 9 || b == 40 {
             spec.seed
         } else {
             new_seed
-        };
-        verify::check_block(buf.data(), b * BS as u64, seed).unwrap();
-    }
-    check_teardown(&ring, &[&pool]);
+        }
+    };
+    check_blocks(&mut ring, &pool, t, 64, seed_of);
 }
 
 #[test]
 fn eio_through_a_loop_device_on_the_faulty_file() {
-    let spec = FileSpec::new(512 * BS as u64, BS, 24);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    let Some(dev) = LoopDev::attach(&fs.path()) else {
-        return;
-    };
+    let spec = FileSpec::blocks(512, 24);
+    let (fs, dev) = or_skip!(FuseMount::under_loop(spec));
     eprintln!(
         "loop {} over FUSE, direct I/O {}",
         dev.path,
@@ -256,28 +266,15 @@ fn eio_through_a_loop_device_on_the_faulty_file() {
     }
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_millis(2));
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&dev.path)
-        .unwrap();
-    let mut ring = Ring::new().unwrap();
+    let f = dev.open(false);
     let pool = pool(32, BS, 64);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     assert_eq!(ring.info(t).unwrap().kind, iocomplete::FdKind::BlockDevice);
     // Even blocks, then odd ones: reads in flight together are never adjacent, so the
     // block layer cannot merge a good block's read into a failing request.
     let order: Vec<u64> = (0..512).step_by(2).chain((1..512).step_by(2)).collect();
     let got = read_blocks_in(&mut ring, &pool, t, &order, 32, spec.seed);
-    for (b, g) in got.iter().enumerate() {
-        let want = if bad.contains(&(b as u64)) {
-            Got::Failed(ErrorKind::Os(libc::EIO))
-        } else {
-            Got::Verified
-        };
-        assert_eq!(*g, want, "block {b}");
-    }
+    check_eio_only_at(&got, &bad);
     assert!(fs.ctl().stats().eio_injected >= bad.len() as u64);
     check_teardown(&ring, &[&pool]);
     drop(ring);
@@ -295,17 +292,11 @@ fn eio_through_a_loop_device_on_the_faulty_file() {
 #[test]
 fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
     const MIN_DELAY: Duration = Duration::from_millis(5);
-    let spec = FileSpec::new(128 * BS as u64, BS, 25);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let spec = FileSpec::blocks(128, 25);
+    let fs = or_skip!(FuseMount::new(spec));
     fs.ctl().delay(MIN_DELAY, Duration::from_millis(40));
-    let mut ring = Ring::new().unwrap();
     let pool = pool(64, BS, 8);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let mut counts: HashMap<(u64, &str), u32> = HashMap::new();
     let (mut cancels_asked, mut expired_at_device) = (0u32, 0u32);
     for round in 0..4u64 {
@@ -388,17 +379,9 @@ fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
 
 #[test]
 fn stuck_device_reads_complete_once_when_released() {
-    let spec = FileSpec::new(64 * BS as u64, BS, 26);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    fs.ctl().hold(0..u64::MAX);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(32, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let fs = or_skip!(FuseMount::holding(FileSpec::blocks(64, 26)));
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let mut tks = Vec::new();
     for b in 0..24u64 {
         let mut op = Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS).tag(b);
@@ -455,20 +438,13 @@ fn stuck_device_reads_complete_once_when_released() {
 
 #[test]
 fn dropping_a_ring_while_the_device_holds_its_reads_returns_every_slot() {
-    let spec = FileSpec::new(32 * BS as u64, BS, 27);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    fs.ctl().hold(0..u64::MAX);
+    let spec = FileSpec::blocks(32, 27);
+    let fs = or_skip!(FuseMount::holding(spec));
     let pool = pool(16, BS, 0);
     let q = std::sync::Arc::new(iocomplete::CompletionQueue::new(32));
     let ctl = fs.ctl().clone();
     {
-        let mut ring = Ring::new().unwrap();
-        ring.register_pool(&pool);
-        let t = ring
-            .register(std::fs::File::open(fs.path()).unwrap())
-            .unwrap();
+        let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
         for b in 0..16u64 {
             ring.submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS).tag(b))
                 .to_queue(&q);
@@ -499,27 +475,16 @@ fn dropping_a_ring_while_the_device_holds_its_reads_returns_every_slot() {
 
 #[test]
 fn device_vanishing_mid_read_fails_in_flight_reads_once() {
-    let spec = FileSpec::new(64 * BS as u64, BS, 28);
-    let Some(mut fs) = FuseMount::new(spec) else {
-        return;
-    };
-    let mut ring = Ring::new().unwrap();
+    let spec = FileSpec::blocks(64, 28);
+    let mut fs = or_skip!(FuseMount::new(spec));
     let pool = pool(32, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     // Served reads first, verified.
     let got = read_blocks(&mut ring, &pool, t, 8, 8, spec.seed);
     assert!(got.iter().all(|g| *g == Got::Verified));
     // Then the device stops answering, with 16 reads in flight, and vanishes.
     fs.ctl().hold(0..u64::MAX);
-    let tks: Vec<_> = (8..24u64)
-        .map(|b| {
-            ring.submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS).tag(b))
-                .ticket()
-        })
-        .collect();
+    let tks = common::read_tickets(&mut ring, t, &pool, 8..24);
     ring.poll().unwrap();
     assert!(fs.ctl().wait_outstanding(16, Duration::from_secs(5)));
     fs.abort();
@@ -538,10 +503,7 @@ fn device_vanishing_mid_read_fails_in_flight_reads_once() {
         .submit(Op::read_len(t, 0, pool.try_get().unwrap(), BS))
         .wait()
         .unwrap();
-    assert_eq!(
-        c.error().map(|e| e.kind()),
-        Some(ErrorKind::Os(libc::ENOTCONN))
-    );
+    assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::Os(ENOTCONN)));
     drop(c);
     check_teardown(&ring, &[&pool]);
 }
@@ -554,25 +516,14 @@ fn fuse_child_server() {
 
 #[test]
 fn server_process_killed_mid_read() {
-    let spec = FileSpec::new(64 * BS as u64, BS, 29);
+    let spec = FileSpec::blocks(64, 29);
     let hold_from = 16 * BS as u64;
-    let Some(mut srv) = ChildFuse::spawn("fuse_child_server", spec, hold_from) else {
-        return;
-    };
-    let mut ring = Ring::new().unwrap();
+    let mut srv = or_skip!(ChildFuse::spawn("fuse_child_server", spec, hold_from));
     let pool = pool(32, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(srv.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(srv.path()).unwrap());
     let got = read_blocks(&mut ring, &pool, t, 16, 8, spec.seed);
     assert!(got.iter().all(|g| *g == Got::Verified));
-    let tks: Vec<_> = (16..32u64)
-        .map(|b| {
-            ring.submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS).tag(b))
-                .ticket()
-        })
-        .collect();
+    let tks = common::read_tickets(&mut ring, t, &pool, 16..32);
     ring.poll().unwrap();
     // Let the requests reach the server, then kill it.
     std::thread::sleep(Duration::from_millis(100));
@@ -598,18 +549,12 @@ fn server_process_killed_mid_read() {
 
 #[test]
 fn server_without_async_dio_serves_reads_inside_submission_each_once() {
-    let spec = FileSpec::new(16 * BS as u64, BS, 30);
-    let Some(fs) = FuseMount::with_async_dio(spec, false) else {
-        return;
-    };
+    let spec = FileSpec::blocks(16, 30);
+    let fs = or_skip!(FuseMount::with_async_dio(spec, false));
     fs.ctl()
         .delay(Duration::from_millis(5), Duration::from_millis(5));
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let tks: Vec<_> = (0..8u64)
         .map(|b| {
             let op = Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS)
@@ -652,18 +597,9 @@ fn server_without_async_dio_serves_reads_inside_submission_each_once() {
 
 /// Write `blocks` verify blocks through the ring with O_DIRECT (so they are on disk).
 fn write_direct_file(path: &std::path::Path, blocks: u64, seed: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .unwrap();
-    let mut ring = Ring::new().unwrap();
+    let f = common::open(path, true, true);
     let pool = pool(8, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     for b in 0..blocks {
         let mut buf = pool.try_get().unwrap();
         buf.set_len(BS).unwrap();
@@ -683,12 +619,7 @@ fn edit_block_on_disk(path: &std::path::Path, b: u64, edit: impl FnOnce(&mut [u8
     use std::os::unix::fs::FileExt;
     let aligned = pool(1, BS, 0);
     let mut buf = aligned.try_get().unwrap();
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .unwrap();
+    let f = common::open(path, true, true);
     let data = buf.capacity_mut();
     f.read_exact_at(&mut data[..BS], b * BS as u64).unwrap();
     edit(&mut data[..BS]);
@@ -698,8 +629,7 @@ fn edit_block_on_disk(path: &std::path::Path, b: u64, edit: impl FnOnce(&mut [u8
 
 #[test]
 fn verify_mode_catches_blocks_corrupted_on_disk_between_write_and_read() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("v");
+    let (_dir, path) = common::disk_path("v");
     let seed = 31;
     write_direct_file(&path, 64, seed);
     // Four kinds of damage, done on disk behind the ring's back.
@@ -711,24 +641,13 @@ fn verify_mode_catches_blocks_corrupted_on_disk_between_write_and_read() {
     edit_block_on_disk(&path, 50, |b| {
         verify::fill_block(b, 50 * BS as u64, seed + 1)
     }); // stale
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-        .unwrap();
-    let mut ring = Ring::new().unwrap();
+    let f = common::open(&path, false, true);
     let pool = pool(16, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     let mut caught = Vec::new();
     let mut whole = Vec::new();
     for b in 0..64u64 {
-        let buf = ring
-            .submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS))
-            .wait()
-            .unwrap()
-            .into_result()
-            .unwrap();
+        let buf = read_block(&mut ring, &pool, t, b);
         whole.extend_from_slice(buf.data());
         if let Err(e) = verify::check_block(buf.data(), b * BS as u64, seed) {
             caught.push((b, e));
@@ -754,42 +673,16 @@ fn verify_mode_catches_blocks_corrupted_on_disk_between_write_and_read() {
     for b in [17u64, 30, 45, 50] {
         edit_block_on_disk(&path, b, |d| verify::fill_block(d, b * BS as u64, seed));
     }
-    for b in 0..64u64 {
-        let buf = ring
-            .submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS))
-            .wait()
-            .unwrap()
-            .into_result()
-            .unwrap();
-        verify::check_block(buf.data(), b * BS as u64, seed).unwrap();
-    }
-    check_teardown(&ring, &[&pool]);
+    check_blocks(&mut ring, &pool, t, 64, |_| seed);
 }
 
 #[test]
 fn verify_mode_catches_a_byte_flipped_on_the_device_under_a_loop_device() {
-    let spec = FileSpec::new(256 * BS as u64, BS, 32);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    let Some(dev) = LoopDev::attach(&fs.path()) else {
-        return;
-    };
-    let mut ring = Ring::new().unwrap();
+    let spec = FileSpec::blocks(256, 32);
+    let (fs, dev) = or_skip!(FuseMount::under_loop(spec));
     let pool = pool(16, BS, 0);
-    ring.register_pool(&pool);
-    let file = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
-    let blk = ring
-        .register(
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&dev.path)
-                .unwrap(),
-        )
-        .unwrap();
+    let (mut ring, file) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
+    let blk = ring.register(dev.open(false)).unwrap();
     // Silent corruption on the device: one bit of block 77's payload, one of block 200's
     // header magic.
     fs.ctl().corrupt(77 * BS as u64 + 2000, 0x04);
@@ -821,31 +714,14 @@ fn soak_random_faults_verify_every_block() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     const BLOCKS: u64 = 1024;
-    let spec = FileSpec::new(BLOCKS * BS as u64, BS, 33);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    let Some(dev) = LoopDev::attach(&fs.path()) else {
-        return;
-    };
+    let spec = FileSpec::blocks(BLOCKS, 33);
+    let (fs, dev) = or_skip!(FuseMount::under_loop(spec));
     fs.ctl().random_eio(20, 0x5eed);
     fs.ctl()
         .delay(Duration::from_micros(0), Duration::from_millis(2));
-    let mut ring = Ring::new().unwrap();
     let pool = pool(48, 4 * BS, 16);
-    ring.register_pool(&pool);
-    let file = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
-    let blk = ring
-        .register(
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&dev.path)
-                .unwrap(),
-        )
-        .unwrap();
+    let (mut ring, file) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
+    let blk = ring.register(dev.open(false)).unwrap();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
         rng ^= rng << 13;
@@ -906,13 +782,7 @@ fn soak_random_faults_verify_every_block() {
             n.reads += 1;
         }
         ring.run_once(Some(Duration::from_millis(5))).unwrap();
-        let mut i = 0;
-        while i < inflight.len() {
-            if !ring.is_done(&inflight[i].5) {
-                i += 1;
-                continue;
-            }
-            let (tg, b, len, mode, is_file, tk) = inflight.swap_remove(i);
+        for (tg, b, len, mode, is_file, tk) in take_done(&ring, &mut inflight, |e| &e.5) {
             let c = ring.wait(tk).unwrap();
             assert_eq!(c.tag(), tg);
             assert!(seen.insert(tg), "op {tg} completed twice");

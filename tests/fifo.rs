@@ -5,57 +5,20 @@
 
 mod common;
 
-#[path = "../examples/fiforx.rs"]
-#[allow(dead_code)]
-mod fiforx;
-
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::check_teardown;
+use common::drivers::run_until_idle;
+use common::fd::{fifo_in, payload, pipe, raw_pty, set_nonblocking, socketpair, trickle};
+use common::{check_teardown, ring_with};
 use iocomplete::fifo::TxnId;
 use iocomplete::{BufferPool, Driver, ErrorKind, FdKind, FifoReceiver, FifoStatus, Op, Ring};
 
 // ---- sources -----------------------------------------------------------------------------
-
-/// A deterministic byte stream (splitmix64).
-fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
-
-/// A small xorshift for burst sizes and pauses.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: F_GETFL/F_SETFL on a descriptor this test owns.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        assert!(fl >= 0);
-        assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
-    }
-}
 
 /// The receiving end (non-blocking) and the writing end (blocking) of a source, plus
 /// whatever must stay alive with them.
@@ -66,141 +29,52 @@ struct Source {
     _keep: Option<Box<dyn std::any::Any + Send>>,
 }
 
-fn pipe_source() -> Source {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    set_nonblocking(fds[0]);
-    // SAFETY: pipe2 returned these descriptors; each is owned once.
-    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+/// A source: `rx` made non-blocking, `tx` as a file.
+fn source(
+    (rx, tx): (OwnedFd, OwnedFd),
+    name: &'static str,
+    keep: Option<Box<dyn std::any::Any + Send>>,
+) -> Source {
+    set_nonblocking(rx.as_raw_fd());
     Source {
         rx,
-        tx,
-        name: "pipe",
-        _keep: None,
+        tx: tx.into(),
+        name,
+        _keep: keep,
     }
 }
 
+fn pipe_source() -> Source {
+    source(pipe(), "pipe", None)
+}
+
 fn socket_source() -> Source {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0);
-    set_nonblocking(fds[0]);
-    // SAFETY: socketpair returned these descriptors; each is owned once.
-    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    Source {
-        rx,
-        tx,
-        name: "socketpair",
-        _keep: None,
-    }
+    source(socketpair(), "socketpair", None)
 }
 
 fn fifo_source() -> Source {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fifo");
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let path = fifo_in(dir.path());
     // The reader first (non-blocking: does not wait for a writer), then the writer (whose
     // blocking open returns at once, a reader being there).
     let rx = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags_nonblock()
+        .custom_flags(libc::O_NONBLOCK)
         .open(&path)
         .unwrap();
     let tx = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    Source {
-        rx: rx.into(),
-        tx,
-        name: "named FIFO",
-        _keep: Some(Box::new(dir)),
-    }
-}
-
-trait NonBlock {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-}
-
-impl NonBlock for std::fs::OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::custom_flags(self, libc::O_NONBLOCK)
-    }
+    source((rx.into(), tx.into()), "named FIFO", Some(Box::new(dir)))
 }
 
 /// A pty: the receiver reads the slave side, in raw mode (`cfmakeraw`: every byte value
 /// passes unchanged, no echo); the writer writes the master side.
 fn pty_source() -> Source {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-pointers to two ints; null name, termios and winsize are allowed.
-    let r = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: `termios` is plain old data; tcgetattr fills it for a valid tty fd.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        assert_eq!(libc::tcgetattr(slave, &mut t), 0);
-        libc::cfmakeraw(&mut t);
-        assert_eq!(libc::tcsetattr(slave, libc::TCSANOW, &t), 0);
-    }
-    set_nonblocking(slave);
-    // SAFETY: openpty returned these descriptors; each is owned once.
-    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(slave), File::from_raw_fd(master)) };
-    Source {
-        rx,
-        tx,
-        name: "pty (raw)",
-        _keep: None,
-    }
-}
-
-/// Write `data` in bursts of 1..=`max_burst` bytes with pauses of 0..`max_pause_us`;
-/// returns the writer (to keep it open) and the number of bursts.
-fn trickle(
-    tx: File,
-    data: Vec<u8>,
-    seed: u64,
-    max_burst: u64,
-    max_pause_us: u64,
-) -> JoinHandle<(File, u64)> {
-    std::thread::spawn(move || {
-        let mut rng = Rng(seed | 1);
-        let mut tx = tx;
-        let mut at = 0;
-        let mut bursts = 0;
-        while at < data.len() {
-            let n = (1 + rng.below(max_burst) as usize).min(data.len() - at);
-            tx.write_all(&data[at..at + n]).unwrap();
-            at += n;
-            bursts += 1;
-            std::thread::sleep(Duration::from_micros(rng.below(max_pause_us)));
-        }
-        (tx, bursts)
-    })
+    let (master, slave) = raw_pty();
+    source((slave, master), "pty (raw)", None)
 }
 
 fn pool(slots: usize, len: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .header_len(8)
-        .build()
-        .unwrap()
+    common::pool_hdr(slots, len, 8)
 }
 
 type Log = Arc<Mutex<Vec<(char, TxnId, u32)>>>;
@@ -235,10 +109,8 @@ fn drive_until_waiting(ring: &mut Ring, rx: &mut FifoReceiver) {
 fn trickled(src: Source, seed: u64, total: usize, chunk: usize, max_burst: u64) {
     let name = src.name;
     let data = payload(seed, total);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, chunk);
-    ring.register_pool(&pool);
-    let t = ring.register(src.rx).unwrap();
+    let (mut ring, t) = ring_with(&pool, src.rx);
     let (mut rx, log) = logged(&ring, t);
     let writer = trickle(src.tx, data.clone(), seed, max_burst, 1500);
     let mut got = Vec::new();
@@ -323,10 +195,8 @@ fn no_readiness_wait_when_all_data_is_already_there() {
         let data = payload(5, 48 * 1024);
         let mut tx = src.tx;
         tx.write_all(&data).unwrap();
-        let mut ring = Ring::new().unwrap();
         let pool = pool(2, 16 * 1024);
-        ring.register_pool(&pool);
-        let t = ring.register(src.rx).unwrap();
+        let (mut ring, t) = ring_with(&pool, src.rx);
         let mut rx = FifoReceiver::new(&ring, t).unwrap();
         let mut got = Vec::new();
         for _ in 0..3 {
@@ -356,10 +226,8 @@ fn eof_before_len_completes_with_the_bytes_received() {
     for src in [pipe_source(), socket_source(), fifo_source()] {
         let name = src.name;
         let data = payload(6, 3000);
-        let mut ring = Ring::new().unwrap();
         let pool = pool(2, 8192);
-        ring.register_pool(&pool);
-        let t = ring.register(src.rx).unwrap();
+        let (mut ring, t) = ring_with(&pool, src.rx);
         let (mut rx, log) = logged(&ring, t);
         let writer = trickle(src.tx, data.clone(), 6, 700, 1000);
         rx.receive(&mut ring, pool.try_get().unwrap(), 8000)
@@ -414,10 +282,8 @@ fn cancel_while_waiting_for_readiness_completes_once_with_bytes_so_far() {
     for src in [pipe_source(), socket_source(), pty_source()] {
         let name = src.name;
         let data = payload(7, 1000);
-        let mut ring = Ring::new().unwrap();
         let pool = pool(2, 4096);
-        ring.register_pool(&pool);
-        let t = ring.register(src.rx).unwrap();
+        let (mut ring, t) = ring_with(&pool, src.rx);
         let (mut rx, log) = logged(&ring, t);
         let mut tx = src.tx;
         assert!(!rx.cancel(&mut ring), "cancel without a transaction");
@@ -460,10 +326,8 @@ fn deadline_completes_once_with_bytes_so_far() {
     for src in [pipe_source(), pty_source()] {
         let name = src.name;
         let data = payload(8, 500);
-        let mut ring = Ring::new().unwrap();
         let pool = pool(2, 4096);
-        ring.register_pool(&pool);
-        let t = ring.register(src.rx).unwrap();
+        let (mut ring, t) = ring_with(&pool, src.rx);
         let mut rx = FifoReceiver::new(&ring, t).unwrap();
         let mut tx = src.tx;
         tx.write_all(&data[..10]).unwrap();
@@ -537,10 +401,8 @@ fn drain_saves_what_the_writer_sent_beyond_the_request() {
     for src in [pipe_source(), socket_source(), fifo_source()] {
         let name = src.name;
         let data = payload(10, 10_000);
-        let mut ring = Ring::new().unwrap();
         let pool = pool(4, 4096);
-        ring.register_pool(&pool);
-        let t = ring.register(src.rx).unwrap();
+        let (mut ring, t) = ring_with(&pool, src.rx);
         let (mut rx, log) = logged(&ring, t);
         let mut tx = src.tx;
         tx.write_all(&data).unwrap();
@@ -608,26 +470,16 @@ fn regular_files_and_bad_requests_are_refused_before_the_kernel() {
         "{e}"
     );
     // A blocking descriptor never runs dry; a write end cannot be read.
-    let (mut fds, mut wfds) = ([0; 2], [0; 2]);
-    // SAFETY: room for two descriptors each.
-    unsafe {
-        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
-        assert_eq!(
-            libc::pipe2(wfds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK),
-            0
-        );
-    }
-    // SAFETY: fresh descriptors, each owned once.
-    let owned = |fd| unsafe { OwnedFd::from_raw_fd(fd) };
-    let blocking = ring.register(owned(fds[0])).unwrap();
-    let _w1 = owned(fds[1]);
+    let (rx, _w1) = pipe();
+    let blocking = ring.register(rx).unwrap();
     let e = FifoReceiver::new(&ring, blocking).unwrap_err();
     assert!(
         matches!(e.kind(), ErrorKind::InvalidInput { reason } if reason.contains("O_NONBLOCK")),
         "{e}"
     );
-    let _r2 = owned(wfds[0]);
-    let write_end = ring.register(owned(wfds[1])).unwrap();
+    let (_r2, w2) = pipe();
+    set_nonblocking(w2.as_raw_fd());
+    let write_end = ring.register(w2).unwrap();
     assert_eq!(
         FifoReceiver::new(&ring, write_end).unwrap_err().kind(),
         ErrorKind::NotReadable
@@ -716,10 +568,8 @@ fn regular_files_and_bad_requests_are_refused_before_the_kernel() {
 #[test]
 fn read_append_lands_after_the_bytes_held() {
     let src = pipe_source();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(1, 4096);
-    ring.register_pool(&pool);
-    let t = ring.register(src.rx).unwrap();
+    let (mut ring, t) = ring_with(&pool, src.rx);
     let mut tx = src.tx;
     tx.write_all(b"world").unwrap();
     let mut b = pool.try_get().unwrap();
@@ -785,129 +635,6 @@ fn several_receivers_share_one_ring_through_poll() {
     check_teardown(&ring, &[&pool]);
 }
 
-// ---- the fiforx example --------------------------------------------------------------------
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-/// Run fiforx into a temp file; the file's bytes and the result.
-fn run_fiforx(a: &[&str]) -> (Vec<u8>, Result<fiforx::Summary, fiforx::Failure>) {
-    let mut out = tempfile::tempfile().unwrap();
-    let r = fiforx::run(&args(a), out.try_clone().unwrap().into());
-    let mut bytes = Vec::new();
-    std::io::Seek::rewind(&mut out).unwrap();
-    std::io::Read::read_to_end(&mut out, &mut bytes).unwrap();
-    (bytes, r)
-}
-
-#[test]
-fn fiforx_reads_exactly_n_bytes_from_a_named_fifo() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("f");
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let data = payload(30, 300_000);
-    let (p, d) = (path.clone(), data.clone());
-    // The writer opens late: fiforx must wait for it rather than see end of file. It
-    // writes more than asked; fiforx takes exactly N.
-    let writer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
-        let tx = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-        let (tx, _) = trickle(tx, d, 30, 40_000, 2000).join().unwrap();
-        tx
-    });
-    let (bytes, r) = run_fiforx(&["--len", "250000", path.to_str().unwrap()]);
-    let s = r.map_err(|f| f.message).unwrap();
-    drop(writer.join().unwrap());
-    assert!(bytes == data[..250_000], "fiforx output differs");
-    assert_eq!(s.bytes, 250_000);
-    assert!(s.readiness_waits > 0);
-    assert!(s.waited_for_writer);
-    assert!(s.to_string().contains("250000 bytes"), "{s}");
-}
-
-/// `fiforx ... >> log`: an output opened O_APPEND takes the bytes after what it holds
-/// (positional writes there would be refused: they cannot land where they say).
-#[test]
-fn fiforx_appends_to_an_append_only_output() {
-    let src = pipe_source();
-    let data = payload(32, 70_000);
-    let writer = trickle(src.tx, data.clone(), 32, 20_000, 500);
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log");
-    std::fs::write(&log, b"earlier\n").unwrap();
-    let out = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    let rx_path = format!("/proc/self/fd/{}", src.rx.as_raw_fd());
-    let r = fiforx::run(&args(&["--len", "70000", &rx_path]), out.into());
-    drop(writer.join().unwrap());
-    assert_eq!(r.map_err(|f| f.message).unwrap().bytes, 70_000);
-    let got = std::fs::read(&log).unwrap();
-    assert!(
-        got[..8] == *b"earlier\n" && got[8..] == data[..],
-        "appended output differs"
-    );
-}
-
-#[test]
-fn fiforx_reports_eof_before_n_with_the_count_and_writes_what_came() {
-    let src = pipe_source();
-    let data = payload(31, 5000);
-    let rx_path = format!("/proc/self/fd/{}", src.rx.as_raw_fd());
-    let writer = trickle(src.tx, data.clone(), 31, 1500, 1000);
-    let (tx, _) = writer.join().unwrap();
-    drop(tx);
-    let (bytes, r) = run_fiforx(&["--len=8K", &rx_path]);
-    let f = r.unwrap_err();
-    assert_eq!(f.code, 1);
-    assert!(
-        f.message.contains("after 5000 of 8192 bytes"),
-        "{}",
-        f.message
-    );
-    assert!(bytes == data, "the bytes that arrived were not all written");
-}
-
-#[test]
-fn fiforx_refuses_bad_input_with_clear_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("missing");
-    let (_, r) = run_fiforx(&["--len", "10", missing.to_str().unwrap()]);
-    let f = r.unwrap_err();
-    assert_eq!(f.code, 1);
-    assert!(f.message.contains("No such file"), "{}", f.message);
-
-    for bad in ["12x", "", "-3", "K", "99999999999999999999"] {
-        let (_, r) = run_fiforx(&["--len", bad, "-"]);
-        let f = r.unwrap_err();
-        assert_eq!(f.code, 2, "{bad}");
-        assert!(
-            f.message.contains("bad --len value"),
-            "{bad}: {}",
-            f.message
-        );
-    }
-    let (_, r) = run_fiforx(&["/dev/null"]);
-    assert!(r.unwrap_err().message.contains("--len N is required"));
-    let (_, r) = run_fiforx(&["--len", "1"]);
-    assert!(r.unwrap_err().message.contains("PATH is required"));
-
-    let regular = dir.path().join("regular");
-    std::fs::write(&regular, b"not a fifo").unwrap();
-    let (bytes, r) = run_fiforx(&["--len", "4", regular.to_str().unwrap()]);
-    let f = r.unwrap_err();
-    assert_eq!(f.code, 1);
-    assert!(
-        f.message.contains("regular file, not FIFO-like"),
-        "{}",
-        f.message
-    );
-    assert!(bytes.is_empty());
-    assert_eq!(fiforx::parse_len("64K").ok(), Some(65536));
-    assert_eq!(fiforx::parse_len("3M").ok(), Some(3 << 20));
-}
-
 // ---- regression tests: huge deadlines, dropped receivers, foreign rings -------------------
 
 /// Finding 5: a huge deadline means "effectively never" — no overflow panic; the
@@ -923,10 +650,8 @@ fn huge_deadlines_mean_never_and_complete_normally() {
     for timeout in timeouts {
         let src = pipe_source();
         let data = payload(30, 3000);
-        let mut ring = Ring::new().unwrap();
         let pool = pool(2, 4096);
-        ring.register_pool(&pool);
-        let t = ring.register(src.rx).unwrap();
+        let (mut ring, t) = ring_with(&pool, src.rx);
         let mut rx = FifoReceiver::new(&ring, t).unwrap();
         let mut tx = src.tx;
         tx.write_all(&data[..1000]).unwrap();
@@ -949,24 +674,16 @@ fn huge_deadlines_mean_never_and_complete_normally() {
 fn dropping_a_waiting_receiver_leaves_the_ring_idle() {
     for src in [pipe_source(), socket_source(), fifo_source()] {
         let name = src.name;
-        let mut ring = Ring::new().unwrap();
         let pool = pool(2, 4096);
-        ring.register_pool(&pool);
-        let t = ring.register(src.rx).unwrap();
+        let (mut ring, t) = ring_with(&pool, src.rx);
         let mut rx = FifoReceiver::new(&ring, t).unwrap();
         let mut tx = src.tx;
         tx.write_all(b"partial").unwrap();
         rx.receive(&mut ring, pool.try_get().unwrap(), 100).unwrap();
         drive_until_waiting(&mut ring, &mut rx);
         drop(rx);
-        let until = Instant::now() + Duration::from_secs(5);
-        while ring.in_flight() > 0 {
-            assert!(
-                Instant::now() < until,
-                "{name}: the dropped receiver's wait is still in flight"
-            );
-            ring.run_once(Some(Duration::from_millis(20))).unwrap();
-        }
+        let what = format!("{name}: the dropped receiver's wait");
+        run_until_idle(&mut ring, Duration::from_secs(5), &what);
         ring.run_until_idle().unwrap();
         drop(tx);
         check_teardown(&ring, &[&pool]);

@@ -9,24 +9,20 @@
 
 mod common;
 
+use common::or_skip;
+use libc::EBADF;
+
 use std::collections::HashSet;
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use common::fd::pipe;
 use common::fuse::{FileSpec, FuseMount};
-use common::{check_teardown, child, verify};
+use common::{check_teardown, child, pool, ring_with, verify};
 use iocomplete::{BufferPool, BufferRegistration, ErrorKind, Op, Ring, Ticket};
 
 const BS: usize = 4096;
-
-fn pool(slots: usize, len: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .build()
-        .unwrap()
-}
 
 /// Check one read of `len` bytes at `offset` from a verify file that was cut to `cut`
 /// while it was in flight: it returns the original bytes, either in full (served before
@@ -60,17 +56,11 @@ fn check_cut_read(data: &[u8], offset: u64, len: usize, cut: u64, seed: u64, exa
 fn file_truncated_under_reads_in_flight_gives_short_reads_up_to_the_cut() {
     const READ: usize = 16 * 1024;
     let spec = FileSpec::new(1 << 20, BS, 41);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
+    let fs = or_skip!(FuseMount::new(spec));
     // The first half is served at once; reads of the second half wait at the device.
     fs.ctl().hold(512 * 1024..u64::MAX);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(64, READ);
-    ring.register_pool(&pool);
-    let t = ring
-        .register(std::fs::File::open(fs.path()).unwrap())
-        .unwrap();
+    let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
     let tks: Vec<(u64, Ticket)> = (0..64u64)
         .map(|i| {
             let off = i * READ as u64;
@@ -123,12 +113,11 @@ fn file_truncated_under_reads_in_flight_gives_short_reads_up_to_the_cut() {
 fn disk_file_truncated_while_a_batch_of_reads_races_it() {
     const READ: usize = 16 * 1024;
     const SIZE: u64 = 2 << 20;
-    let dir = common::disk_dir();
-    let path = dir.path().join("t");
+    let (_dir, path) = common::disk_path("t");
     let mut ring = Ring::new().unwrap();
     let pool = pool(128, READ);
     ring.register_pool(&pool);
-    let mut rng = 0x1234_5678u64;
+    let mut rng = common::rng(0x1234_5678);
     let (mut mid, mut total_short) = (0, 0);
     // 24 rounds, and more (bounded) until a cut has landed mid-batch at least once: a test
     // of the race that never raced would prove nothing.
@@ -139,11 +128,8 @@ fn disk_file_truncated_while_a_batch_of_reads_races_it() {
         verify::make_file(&path, SIZE, BS, seed);
         let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
         // A page-aligned cut, so no partial page is zeroed under a racing read.
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let cut = (rng >> 33) % (SIZE / 4096) * 4096;
-        let delay = Duration::from_micros((rng >> 20) % 300);
+        let cut = rng.u64(..SIZE / 4096) * 4096;
+        let delay = Duration::from_micros(rng.u64(..300));
         let p = path.clone();
         let cutter = std::thread::spawn(move || {
             std::thread::sleep(delay);
@@ -189,24 +175,23 @@ fn disk_file_truncated_while_a_batch_of_reads_races_it() {
 
 /// Close the ring's target (`Ring::close`) while the device holds reads: they complete
 /// normally (the kernel holds its own reference), later requests fail without a syscall.
-fn close_target_with_reads_in_flight(files: u32) {
-    let spec = FileSpec::new(64 * BS as u64, BS, 42);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    fs.ctl().hold(0..u64::MAX);
+/// A FUSE file of `blocks` verify blocks of `seed` whose server holds every read, a ring
+/// with `files` registered-file slots, and a 16-slot pool registered with it.
+fn held(blocks: u64, seed: u64, files: u32) -> Option<(FuseMount, Ring, BufferPool)> {
+    let fs = FuseMount::holding(FileSpec::blocks(blocks, seed))?;
     let mut ring = Ring::builder().files(files).build().unwrap();
     let pool = pool(16, BS);
     ring.register_pool(&pool);
+    Some((fs, ring, pool))
+}
+
+fn close_target_with_reads_in_flight(files: u32) {
+    let (fs, mut ring, pool) = or_skip!(held(64, 42, files));
+    let spec = fs.ctl().spec();
     let t = ring
         .register(std::fs::File::open(fs.path()).unwrap())
         .unwrap();
-    let tks: Vec<Ticket> = (0..16u64)
-        .map(|b| {
-            ring.submit(Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS).tag(b))
-                .ticket()
-        })
-        .collect();
+    let tks = common::read_tickets(&mut ring, t, &pool, 0..16);
     ring.poll().unwrap();
     assert!(fs.ctl().wait_outstanding(16, Duration::from_secs(5)));
     ring.close(t).unwrap();
@@ -248,14 +233,8 @@ fn closing_a_raw_fd_target_with_reads_in_flight() {
 /// wherever the ring's file table points (fixed files: still the original file; raw fds:
 /// the new occupant of the number, here `/dev/null`). Nothing leaks, nothing completes twice.
 fn raw_fd_replaced_with_reads_in_flight(files: u32) {
-    let spec = FileSpec::new(32 * BS as u64, BS, 43);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    fs.ctl().hold(0..u64::MAX);
-    let mut ring = Ring::builder().files(files).build().unwrap();
-    let pool = pool(16, BS);
-    ring.register_pool(&pool);
+    let (fs, mut ring, pool) = or_skip!(held(32, 43, files));
+    let spec = fs.ctl().spec();
     let file = std::fs::File::open(fs.path()).unwrap();
     let raw = file.as_raw_fd();
     let t = ring.register(file).unwrap();
@@ -346,9 +325,7 @@ fn memlock_pool() -> BufferPool {
 /// The child side of the tests above; a no-op in normal runs.
 #[test]
 fn child_process_entry() {
-    let Some(role) = child::role() else {
-        return;
-    };
+    let role = or_skip!(child::role());
     match role.as_str() {
         "closed-fd" => closed_fd_child(),
         "seccomp-enosys" => seccomp_child(libc::ENOSYS),
@@ -357,14 +334,6 @@ fn child_process_entry() {
         other => panic!("unknown child role {other}"),
     }
     child::ok(&role);
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 /// Child: really `close()` the ring's raw descriptor while a read is pending on it (only
@@ -398,10 +367,7 @@ fn closed_fd_child() {
         .submit(Op::read(r, 0, pool.try_get().unwrap()))
         .wait()
         .unwrap();
-    assert_eq!(
-        c.error().map(|e| e.kind()),
-        Some(ErrorKind::Os(libc::EBADF))
-    );
+    assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::Os(EBADF)));
     drop(c);
     check_teardown(&ring, &[&pool]);
     // SAFETY: gives the closed number an owner again, so the ring's own close is sound.
@@ -501,6 +467,11 @@ fn seccomp_child(errno: i32) {
     println!("io_uring_setup -> errno {errno}: Ring build returned Unsupported(io_uring)");
 }
 
+/// `_LINUX_CAPABILITY_VERSION_3` and `CAP_IPC_LOCK` (linux/capability.h).
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const CAP_IPC_LOCK: u32 = 14;
+
+/// capget(2)/capset(2)'s header and data.
 #[repr(C)]
 struct CapHeader {
     version: u32,
@@ -514,9 +485,6 @@ struct CapData {
     permitted: u32,
     inheritable: u32,
 }
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-const CAP_IPC_LOCK: u32 = 14;
 
 /// Child: drop `CAP_IPC_LOCK` (which exempts root from memlock accounting) for this
 /// thread and lower `RLIMIT_MEMLOCK` to 64 KiB: registering a 1 MiB pool fails, the pool
@@ -552,8 +520,7 @@ fn memlock_child() {
     );
     assert!(!pool.is_registered());
     // The unregistered pool gives the same results.
-    let dir = common::disk_dir();
-    let path = dir.path().join("m");
+    let (_dir, path) = common::disk_path("m");
     let f = OpenOptions::new()
         .read(true)
         .write(true)

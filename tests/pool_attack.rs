@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use iocomplete::{BufferPool, ErrorKind, PoolBuf};
 
-use common::maps::{mapped, serial, small_pool as pool};
+use common::maps::{all_back, mapped, serial, small_pool as pool};
 
 /// Fill header and the first 256 data bytes with a word unique to (owner, iteration).
 fn stamp(b: &mut PoolBuf, tag: u64) {
@@ -103,8 +103,7 @@ fn many_threads_odd_sizes_no_double_handout_no_lost_slot() {
         }
         drop(tx);
         sink.join().unwrap();
-        let st = p.stats();
-        assert_eq!(st.free, st.total, "slots={slots}: {st:?}");
+        all_back(&p, &format!("slots={slots}"));
         // And every slot can actually be taken again, each once.
         let all: Vec<_> = (0..slots).map(|_| p.try_get().unwrap()).collect();
         let mut ids: Vec<_> = all.iter().map(|b| b.frame().as_ptr() as usize).collect();
@@ -157,9 +156,8 @@ fn many_pools_per_thread_evictions_lose_nothing_and_unmap() {
     parked.wait();
     let mut addrs = Vec::new();
     for p in &pools {
-        let st = p.stats();
-        assert_eq!(st.free, st.total, "{st:?}");
-        let all: Vec<_> = (0..st.total).map(|_| p.try_get().unwrap()).collect();
+        all_back(p, "parked");
+        let all: Vec<_> = (0..p.stats().total).map(|_| p.try_get().unwrap()).collect();
         addrs.push(all[0].data_ptr() as usize);
     }
     drop(pools);
@@ -233,8 +231,7 @@ fn slots_parked_in_eight_idle_magazines_are_all_reachable() {
     for t in ts {
         t.join().unwrap();
     }
-    let st = p.stats();
-    assert_eq!(st.free, st.total, "{st:?}");
+    all_back(&p, "at the end");
 }
 
 /// A waiter must not starve while another thread loops get/put on the only free slot
@@ -379,8 +376,7 @@ fn buffers_dropped_in_thread_local_destructors() {
         })
         .join()
         .unwrap();
-        let st = p.stats();
-        assert_eq!(st.free, st.total, "order {order}: {st:?}");
+        all_back(&p, &format!("order {order}"));
         drop(p);
         assert!(!mapped(addr), "order {order}: arena kept mapped");
     }
@@ -438,16 +434,13 @@ fn orphan_race(for_how_long: Duration, stall: bool) {
             }
         }
         std::thread::spawn(move || {
-            let mut x = 1u64;
+            let mut rng = common::rng(1);
             while killing.load(Ordering::Relaxed) {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let id = ids[(x >> 33) as usize % ids.len()];
+                let id = ids[rng.usize(..ids.len())];
                 // SAFETY: the helper threads are alive until `killing` is cleared and this
                 // thread joined.
                 unsafe { libc::pthread_kill(id, libc::SIGUSR2) };
-                for _ in 0..(x >> 50) % 2000 {
+                for _ in 0..rng.u32(..2000) {
                     std::hint::spin_loop();
                 }
             }
@@ -518,22 +511,21 @@ fn put_racing_the_last_handle_drop_never_touches_a_freed_pool() {
     // and yields, so the returning threads get preempted inside the window.
     let stop = Arc::new(AtomicBool::new(false));
     let other = pool(64);
-    let hogs: Vec<_> = (0..8)
-        .map(|_| {
-            let (stop, p) = (stop.clone(), other.clone());
-            std::thread::spawn(move || {
-                let mut held = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(b) = p.try_get() {
-                        held.push(b);
-                    }
-                    if held.len() > 6 {
-                        held.clear();
-                    }
-                    std::thread::yield_now();
+    // A hog: gets and puts on `p`, holding a few buffers at a time, until `stop`.
+    let hog = |stop: Arc<AtomicBool>, p: BufferPool| {
+        move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                held.extend(p.try_get().ok());
+                if held.len() > 6 {
+                    held.clear();
                 }
-            })
-        })
+                std::thread::yield_now();
+            }
+        }
+    };
+    let hogs: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(hog(stop.clone(), other.clone())))
         .collect();
     orphan_race(Duration::from_secs(secs), true);
     stop.store(true, Ordering::Relaxed);
@@ -563,8 +555,7 @@ fn panicking_threads_return_everything() {
     .join();
     assert!(r.is_err());
     for p in &pools {
-        let st = p.stats();
-        assert_eq!(st.free, st.total, "{st:?}");
+        all_back(p, "at the end");
     }
 }
 

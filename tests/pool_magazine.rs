@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use iocomplete::{BufferPool, Completion, CompletionQueue, ErrorKind, Op, PoolBuf
 
 const BS: usize = 4096;
 
-use common::maps::{mapped, serial, small_pool as pool};
+use common::maps::{all_back, mapped, serial, small_pool as pool};
 
 /// Take every slot without waiting; asserts they are all distinct and that one more is
 /// refused.
@@ -80,11 +82,9 @@ fn exiting_threads_hand_their_magazines_back() {
     for t in ts {
         t.join().unwrap();
     }
-    let st = pool.stats();
-    assert_eq!(st.free, st.total, "{st:?}");
+    all_back(&pool, "at the end");
     drop(take_all(&pool));
-    let st = pool.stats();
-    assert_eq!(st.free, st.total, "{st:?}");
+    all_back(&pool, "at the end");
 }
 
 /// Start a thread that takes and returns `n` buffers (so they are parked in its
@@ -142,8 +142,7 @@ fn slots_parked_in_an_idle_threads_magazine_are_not_stranded() {
     drop(held);
     go.send(()).unwrap();
     t.join().unwrap();
-    let st = pool.stats();
-    assert_eq!(st.free, st.total, "{st:?}");
+    all_back(&pool, "at the end");
 }
 
 /// A `get` blocked on an empty pool is woken by returns on another thread, whether they
@@ -168,8 +167,7 @@ fn blocked_get_wakes_on_returns_from_another_thread() {
         }
         t.join().unwrap();
         drop(all);
-        let st = pool.stats();
-        assert_eq!(st.free, st.total, "round {round}: {st:?}");
+        all_back(&pool, &format!("round {round}"));
     }
 }
 
@@ -263,8 +261,7 @@ fn several_pools_per_thread_from_many_threads() {
         t.join().unwrap();
     }
     for p in pools.iter() {
-        let st = p.stats();
-        assert_eq!(st.free, st.total, "{st:?}");
+        all_back(p, "at the end");
         drop(take_all(p));
     }
 }
@@ -275,8 +272,7 @@ fn several_pools_per_thread_from_many_threads() {
 #[test]
 fn reads_with_buffers_returned_on_another_thread() {
     let _serial = serial();
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
+    let (_dir, path) = common::disk_path("f");
     let blocks = 512u64;
     verify::make_file(&path, blocks * BS as u64, BS, 11);
     let mut ring = Ring::new().unwrap();
@@ -323,11 +319,7 @@ fn reads_with_buffers_returned_on_another_thread() {
 #[test]
 fn provided_buffer_ring_refills_from_slots_parked_elsewhere() {
     let _serial = serial();
-    let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    let mut ring = or_skip!(common::multishot_ring());
     let pool = pool(16); // 1 slot per magazine
     let br = ring.register_buf_ring(&pool, 16).unwrap();
     assert_eq!(ring.buf_ring_offered(br), 16);
@@ -395,6 +387,5 @@ fn provided_buffer_ring_refills_from_slots_parked_elsewhere() {
     worker.join().unwrap();
     check_teardown(&ring, &[]);
     drop(ring);
-    let st = pool.stats();
-    assert_eq!(st.free, st.total, "{st:?}");
+    all_back(&pool, "at the end");
 }

@@ -7,18 +7,19 @@
 
 mod common;
 
-#[path = "../examples/cat/core.rs"]
-mod cat_core;
+use common::or_skip;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{check_teardown, verify, LoopDev};
+use common::drivers::{check_spans, on_eio};
+use common::fd::{fifo_in, pipe, raw_pty, slow_writer};
+use common::{check_teardown, close_and_check, open, ring_with, verify, LoopDev};
 use iocomplete::reader::ContinuousReaderBuilder;
 use iocomplete::{
     BufferPool, CancelHandle, ContinuousReader, Dispatch, Driver, ErrorKind, FdKind, FinishReason,
@@ -31,12 +32,7 @@ const HDR: usize = 24;
 const HDR_BYTE: u8 = 0x5A;
 
 fn pool(slots: usize, len: usize) -> BufferPool {
-    let pool = BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .header_len(HDR)
-        .build()
-        .unwrap();
+    let pool = common::pool_hdr(slots, len, HDR);
     let mut all = Vec::new();
     while let Ok(mut b) = pool.try_get() {
         b.header_mut().fill(HDR_BYTE);
@@ -81,25 +77,6 @@ fn verify_handler(seed: u64, seen: &Arc<Seen>) -> impl Fn(PoolBuf, u64) + Send +
         verify::check_range(buf.data(), BS, seed, off).unwrap();
         seen.spans.lock().unwrap().push((off, buf.len()));
     }
-}
-
-/// Every byte of `[start, end)` delivered exactly once (and, if `ordered`, in order).
-fn check_spans(spans: &[(u64, usize)], start: u64, end: u64, ordered: bool) {
-    if ordered {
-        let mut at = start;
-        for &(o, l) in spans {
-            assert_eq!(o, at, "ordered delivery out of order");
-            at += l as u64;
-        }
-    }
-    let mut s = spans.to_vec();
-    s.sort_unstable();
-    let mut at = start;
-    for (o, l) in s {
-        assert_eq!(o, at, "gap or duplicate at {at}");
-        at += l as u64;
-    }
-    assert_eq!(at, end, "bytes missing at the end");
 }
 
 /// Check that the spans are disjoint (no byte delivered twice), without requiring a cover.
@@ -170,8 +147,7 @@ fn buffered_files_every_size_pending_depth_and_order() {
                 assert_eq!(report.bytes, size);
                 assert_eq!(report.failures, 0);
                 check_spans(&spans, 0, size, ordered);
-                ring.close(t).unwrap();
-                check_teardown(&ring, &[&pool]);
+                close_and_check(&mut ring, &[t], &[&pool]);
                 runs += 1;
             }
         }
@@ -182,8 +158,7 @@ fn buffered_files_every_size_pending_depth_and_order() {
 #[test]
 fn file_ranges_and_worker_dispatch() {
     const CH: usize = 16 * 1024;
-    let dir = common::disk_dir();
-    let path = dir.path().join("r");
+    let (_dir, path) = common::disk_path("r");
     let size = 64 * CH as u64 + 123;
     verify::make_file(&path, size, BS, 7);
     let mut ring = Ring::new().unwrap();
@@ -219,18 +194,9 @@ fn file_ranges_and_worker_dispatch() {
             };
             assert_eq!(report.reason, want, "{start}..{end:?}");
             check_spans(&spans, start, stop, ordered && dispatch == Dispatch::Inline);
-            ring.close(t).unwrap();
-            check_teardown(&ring, &[&pool]);
+            close_and_check(&mut ring, &[t], &[&pool]);
         }
     }
-}
-
-fn open_direct(path: &std::path::Path) -> File {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .unwrap()
 }
 
 #[test]
@@ -250,7 +216,7 @@ fn direct_files_aligned_and_unaligned_sizes() {
         let path = dir.path().join(format!("d{i}"));
         verify::make_file(&path, size, BS, 20 + i as u64);
         for (pending, ordered) in [(1, true), (8, false), (8, true)] {
-            let t = ring.register(open_direct(&path)).unwrap();
+            let t = ring.register(open(&path, false, true)).unwrap();
             let info = ring.info(t).unwrap();
             assert!(info.direct && info.offset_align >= 512);
             let (report, spans) = read_verify(
@@ -263,20 +229,17 @@ fn direct_files_aligned_and_unaligned_sizes() {
             assert_eq!(report.reason, FinishReason::Eof);
             assert_eq!(report.bytes, size, "size {size}");
             check_spans(&spans, 0, size, ordered);
-            ring.close(t).unwrap();
-            check_teardown(&ring, &[&pool]);
+            close_and_check(&mut ring, &[t], &[&pool]);
         }
     }
 }
 
 #[test]
 fn direct_io_settings_that_do_not_fit_are_typed_errors_before_the_kernel() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("a");
-    verify::make_file(&path, 1 << 20, BS, 3);
+    let (_dir, path) = verify::disk_file(1 << 20, 3);
     let mut ring = Ring::new().unwrap();
     let pool = pool(8, 64 * 1024);
-    let t = ring.register(open_direct(&path)).unwrap();
+    let t = ring.register(open(&path, false, true)).unwrap();
     let align = ring.info(t).unwrap().offset_align;
     let build = |ring: &mut Ring, b: ContinuousReaderBuilder| {
         b.on_read(|_, _| {})
@@ -377,9 +340,7 @@ fn direct_io_settings_that_do_not_fit_are_typed_errors_before_the_kernel() {
 #[test]
 fn loop_block_device_direct() {
     let size = 4u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 77))) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 77))));
     let mut ring = Ring::new().unwrap();
     let pool = pool(20, 64 * 1024);
     ring.register_pool(&pool);
@@ -387,7 +348,7 @@ fn loop_block_device_direct() {
         (None, true, Dispatch::Inline),
         (Some((64 * 1024, 3 << 20)), false, Dispatch::Workers(2)),
     ] {
-        let t = ring.register(open_direct(dev.path.as_ref())).unwrap();
+        let t = ring.register(dev.open(false)).unwrap();
         let info = ring.info(t).unwrap();
         assert_eq!(info.kind, iocomplete::FdKind::BlockDevice);
         assert!(info.direct);
@@ -407,8 +368,7 @@ fn loop_block_device_direct() {
         let (s, e) = range.unwrap_or((0, size));
         assert_eq!(report.bytes, e - s);
         check_spans(&spans, s, e, ordered);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -545,12 +505,8 @@ fn restart_after_eio_delivers_everything_once_inline_and_on_workers() {
         mem.hole(21);
         mem.hole(57);
         let (base, end) = (mem.base, mem.base + mem.len);
-        let mut ring = Ring::new().unwrap();
         let pool = pool(24, 2 * BS);
-        ring.register_pool(&pool);
-        let t = ring
-            .register(File::open("/proc/self/mem").unwrap())
-            .unwrap();
+        let (mut ring, t) = ring_with(&pool, File::open("/proc/self/mem").unwrap());
         let ctx = Arc::new(FaultCtx {
             mem,
             seen: Seen::default(),
@@ -626,8 +582,7 @@ fn restart_after_eio_delivers_everything_once_inline_and_on_workers() {
         } else {
             assert_eq!(ctx.max_in_read.load(Ordering::SeqCst), 1);
         }
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -641,19 +596,14 @@ fn failure_without_restart_ends_with_one_final_result() {
     let t = ring
         .register(File::open("/proc/self/mem").unwrap())
         .unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c2 = calls.clone();
+    let (calls, on_failed) = on_eio(|| Restart::No);
     let seen = Arc::new(Seen::default());
     let mut reader = ContinuousReader::builder(t, &pool)
         .pending_reads(6)
         .ordered(true)
         .range(base, end)
         .on_read(verify_handler(9, &seen))
-        .on_failed(move |e| {
-            assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
-            c2.fetch_add(1, Ordering::SeqCst);
-            Restart::No
-        })
+        .on_failed(on_failed)
         .build(&mut ring)
         .unwrap();
     let report = reader.run(&mut ring).unwrap();
@@ -665,8 +615,7 @@ fn failure_without_restart_ends_with_one_final_result() {
     // Ordered: exactly the bytes before the hole, in order, once.
     check_spans(&seen.spans(), base, base + 33 * BS as u64, true);
     drop(mem);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// A `MemFile` hole must stay ours. The address space is shared by the tests running in
@@ -777,8 +726,7 @@ fn memfile_holes_are_never_handed_to_other_mappings() {
             libc::munmap(p as *mut _, BS);
         }
     }
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// The user closes the source while reads are in flight. Reads the kernel already has
@@ -788,13 +736,9 @@ fn memfile_holes_are_never_handed_to_other_mappings() {
 /// error as its one final result.
 #[test]
 fn closing_the_target_mid_run_fails_then_restart_fails_again() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("c");
-    verify::make_file(&path, 4 << 20, BS, 11);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = verify::disk_file(4 << 20, 11);
     let pool = pool(8, 16 * 1024);
-    ring.register_pool(&pool);
-    let t = ring.register(File::open(&path).unwrap()).unwrap();
+    let (mut ring, t) = ring_with(&pool, File::open(&path).unwrap());
     let failed = Arc::new(Mutex::new(Vec::new()));
     let f2 = failed.clone();
     let seen = Arc::new(Seen::default());
@@ -844,14 +788,6 @@ fn closing_the_target_mid_run_fails_then_restart_fails_again() {
 
 // ---- streams --------------------------------------------------------------------------
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
 /// What a stream handler saw.
 #[derive(Default)]
 struct StreamSeen {
@@ -900,22 +836,30 @@ fn stream_on_read(s: &StreamSeen, buf: PoolBuf, off: u64) {
     }
 }
 
-/// Write `data` to `fd` in uneven pieces with pauses, then close it.
-fn slow_writer(fd: OwnedFd, data: Vec<u8>, pause_every: usize) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut f = File::from(fd);
-        let mut at = 0;
-        let mut k = 0usize;
-        while at < data.len() {
-            let n = (1 + (k * 7919) % 9000).min(data.len() - at);
-            f.write_all(&data[at..at + n]).unwrap();
-            at += n;
-            k += 1;
-            if k % pause_every == 0 {
-                std::thread::sleep(Duration::from_micros(500));
-            }
-        }
-    })
+/// `b` built on `ring` into a reader that expects `seen`'s bytes (any failure fails the
+/// test); the reader and what its handler sees.
+fn stream_reader(
+    b: ContinuousReaderBuilder,
+    ring: &mut Ring,
+    seen: StreamSeen,
+) -> (ContinuousReader, Arc<StreamSeen>) {
+    let seen = Arc::new(seen);
+    let s = seen.clone();
+    let reader = b
+        .on_read(move |buf, off| stream_on_read(&s, buf, off))
+        .on_failed(|e| panic!("unexpected failure {e}"))
+        .build(ring)
+        .unwrap();
+    (reader, seen)
+}
+
+/// Every stream mode `ring`'s kernel has: auto and single-shot, and multishot.
+fn stream_modes(ring: &Ring) -> Vec<StreamReads> {
+    let mut modes = vec![StreamReads::Auto, StreamReads::SingleShot];
+    if ring.capabilities().read_multishot {
+        modes.push(StreamReads::Multishot);
+    }
+    modes
 }
 
 fn run_stream(
@@ -929,31 +873,8 @@ fn run_stream(
         .stream_reads(mode)
         .transfer_len(pool.geometry().capacity as u32);
     *seen.cancel.lock().unwrap() = Some(b.cancel_handle());
-    let seen = Arc::new(seen);
-    let s = seen.clone();
-    let mut reader = b
-        .on_read(move |buf, off| stream_on_read(&s, buf, off))
-        .on_failed(|e| panic!("unexpected failure {e}"))
-        .build(ring)
-        .unwrap();
+    let (mut reader, seen) = stream_reader(b, ring, seen);
     (reader.run(ring).unwrap(), seen)
-}
-
-/// `b` built with `stream_on_read` checking the stream against `want` (and no failure
-/// expected); returns the reader and what its handler saw.
-fn build_stream(
-    ring: &mut Ring,
-    b: ContinuousReaderBuilder,
-    want: Vec<u8>,
-) -> (ContinuousReader, Arc<StreamSeen>) {
-    let seen = Arc::new(StreamSeen::new(want));
-    let s = seen.clone();
-    let reader = b
-        .on_read(move |buf, off| stream_on_read(&s, buf, off))
-        .on_failed(|e| panic!("unexpected failure {e}"))
-        .build(ring)
-        .unwrap();
-    (reader, seen)
 }
 
 #[test]
@@ -961,10 +882,8 @@ fn pipe_with_a_slow_writer_multishot_and_single_shot() {
     let want = verify::expected(BS, 31, 0, 300_000);
     for mode in [StreamReads::Auto, StreamReads::SingleShot] {
         let (rx, tx) = pipe();
-        let mut ring = Ring::new().unwrap();
         let pool = pool(8, BS);
-        ring.register_pool(&pool);
-        let t = ring.register(rx).unwrap();
+        let (mut ring, t) = ring_with(&pool, rx);
         let w = slow_writer(tx, want.clone(), 4);
         let (report, seen) = run_stream(&mut ring, &pool, t, StreamSeen::new(want.clone()), mode);
         w.join().unwrap();
@@ -973,8 +892,7 @@ fn pipe_with_a_slow_writer_multishot_and_single_shot() {
         assert_eq!(seen.next.load(Ordering::SeqCst), want.len() as u64);
         let multishot = mode == StreamReads::Auto && ring.capabilities().read_multishot;
         assert_eq!(report.multishot, multishot);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -1016,8 +934,7 @@ fn named_fifo_nonblocking_waits_for_readiness() {
         // empty FIFO makes the read wait rather than fail with EAGAIN; a kernel that does
         // return EAGAIN gets a readiness poll from the reader. Either way: no failure.
         assert_eq!(report.failures, 0);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -1025,10 +942,8 @@ fn named_fifo_nonblocking_waits_for_readiness() {
 fn socketpair_stream() {
     let want = verify::expected(BS, 33, 0, 400_000);
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, 8 * 1024);
-    ring.register_pool(&pool);
-    let t = ring.register(a).unwrap();
+    let (mut ring, t) = ring_with(&pool, a);
     let w = slow_writer(b.into(), want.clone(), 8);
     let (report, seen) = run_stream(
         &mut ring,
@@ -1040,36 +955,7 @@ fn socketpair_stream() {
     w.join().unwrap();
     assert_eq!(report.reason, FinishReason::Eof);
     assert_eq!(seen.next.load(Ordering::SeqCst), want.len() as u64);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
-}
-
-/// A pty pair with the slave in raw mode (no echo, no output processing).
-fn raw_pty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-pointers to two ints; the optional arguments are null.
-    let r = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    // SAFETY: `termios` is plain old data; tcgetattr fills it from a valid tty fd.
-    let mut tio: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd and out-pointer.
-    assert_eq!(unsafe { libc::tcgetattr(slave.as_raw_fd(), &mut tio) }, 0);
-    // SAFETY: `tio` is a valid termios.
-    unsafe { libc::cfmakeraw(&mut tio) };
-    // SAFETY: valid fd and termios.
-    let r = unsafe { libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &tio) };
-    assert_eq!(r, 0);
-    (master, slave)
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// Bytes written to the slave of a raw-mode pty, read from the master. `Auto` reads a tty
@@ -1102,8 +988,7 @@ fn pty_in_raw_mode() {
             assert!(!report.multishot);
         }
         assert_eq!(seen.next.load(Ordering::SeqCst), want.len() as u64);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -1173,8 +1058,7 @@ fn tcp_reset_round(mode: StreamReads) {
         vec![iocomplete::Error::from_errno(libc::ECONNRESET)]
     );
     assert_eq!((report.failures, report.restarts), (1, 1));
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 #[test]
@@ -1235,13 +1119,10 @@ fn cancel_mid_stream_from_on_read_and_from_another_thread() {
     assert_eq!(report.reason, FinishReason::Cancelled);
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(tx);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 
     // 3. A file with 8 reads in flight, cancelled from another thread mid-way.
-    let dir = common::disk_dir();
-    let path = dir.path().join("s");
-    verify::make_file(&path, 16 << 20, BS, 37);
+    let (_dir, path) = verify::disk_file(16 << 20, 37);
     let t = ring.register(File::open(&path).unwrap()).unwrap();
     let b = ContinuousReader::builder(t, &pool).pending_reads(8);
     let cancel = b.cancel_handle();
@@ -1265,17 +1146,12 @@ fn cancel_mid_stream_from_on_read_and_from_another_thread() {
     assert_eq!(report.reason, FinishReason::Cancelled);
     check_disjoint(&seen.spans());
     assert!(seen.bytes() < 16 << 20);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 #[test]
 fn multishot_pipe_survives_an_empty_buffer_ring() {
-    let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    let mut ring = or_skip!(common::multishot_ring());
     // Four slots; the handler keeps every buffer, and a releaser thread drops them from
     // time to time. While it holds all four, data arrives with no provided buffer: the
     // multishot read ends with ENOBUFS and is re-armed once buffers are back.
@@ -1285,14 +1161,8 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
     let t = ring.register(rx).unwrap();
     let mut seen = StreamSeen::new(want.clone());
     seen.keep = true;
-    let seen = Arc::new(seen);
-    let s = seen.clone();
     let b = ContinuousReader::builder(t, &pool).stream_reads(StreamReads::Multishot);
-    let reader = b
-        .on_read(move |buf, off| stream_on_read(&s, buf, off))
-        .on_failed(|e| panic!("unexpected failure {e}"))
-        .build(&mut ring)
-        .unwrap();
+    let (reader, seen) = stream_reader(b, &mut ring, seen);
     assert!(reader.is_multishot());
     let w = {
         let want = want.clone();
@@ -1329,8 +1199,7 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
     assert!(report.buffer_waits >= 1, "{report:?}");
     seen.kept.lock().unwrap().clear();
     drop(reader);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 /// `Ring::unregister_buf_ring` (added for the reader): refused while a multishot read can
@@ -1338,11 +1207,7 @@ fn multishot_pipe_survives_an_empty_buffer_ring() {
 /// group id (a stale token does not name it).
 #[test]
 fn buffer_ring_is_unregistered_only_once_no_multishot_read_uses_it() {
-    let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    let mut ring = or_skip!(common::multishot_ring());
     let pool = pool(4, BS);
     let br = ring.register_buf_ring(&pool, 4).unwrap();
     assert_eq!(pool.stats().free, 0);
@@ -1371,110 +1236,14 @@ fn buffer_ring_is_unregistered_only_once_no_multishot_read_uses_it() {
     assert_eq!(ring.buf_ring_offered(br), 0);
     assert_eq!(ring.buf_ring_offered(again), 2);
     ring.unregister_buf_ring(again).unwrap();
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
-}
-
-// ---- the `cat` example's core ---------------------------------------------------------
-
-fn cat(args: &[&str], stdin: impl AsFd, stdout: impl AsFd) -> Result<cat_core::Summary, String> {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    cat_core::run(&args, stdin.as_fd(), stdout.as_fd())
-}
-
-#[test]
-fn cat_example_copies_files_pipes_and_reports_bad_input() {
-    let dir = common::disk_dir();
-    let size = (3 << 20) + 1234;
-    let src = dir.path().join("src");
-    verify::make_file(&src, size, BS, 40);
-    let want = std::fs::read(&src).unwrap();
-    let null = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .unwrap();
-    let src_s = src.to_str().unwrap();
-
-    // File -> file, buffered and direct, several depths; header room on.
-    for args in [
-        vec!["--pending", "1", src_s],
-        vec![
-            "--pending",
-            "8",
-            "--chunk",
-            "65536",
-            "--header",
-            "16",
-            src_s,
-        ],
-        vec![
-            "--direct",
-            "--pending",
-            "4",
-            "--chunk",
-            "131072",
-            "--ordered",
-            src_s,
-        ],
-    ] {
-        let out_path = dir.path().join("out");
-        let out = File::create(&out_path).unwrap();
-        let s = cat(&args, &null, &out).unwrap();
-        assert_eq!(s.bytes, size, "{args:?}");
-        assert!(
-            std::fs::read(&out_path).unwrap() == want,
-            "{args:?}: output differs"
-        );
-    }
-
-    // A pipe on stdin ("-") -> a pipe on stdout, drained by another thread.
-    let (in_rx, in_tx) = pipe();
-    let (out_rx, out_tx) = pipe();
-    let w = slow_writer(in_tx, want.clone(), 16);
-    let r = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut File::from(out_rx), &mut v).unwrap();
-        v
-    });
-    let s = cat(&["-"], &in_rx, &out_tx).unwrap();
-    drop(out_tx);
-    w.join().unwrap();
-    let got = r.join().unwrap();
-    assert_eq!(s.bytes, size);
-    assert!(got == want, "pipe output differs");
-
-    // Bad input: a clear error, nothing written.
-    let e = cat(&["/nonexistent/file"], &null, &null).unwrap_err();
-    assert!(
-        e.contains("/nonexistent/file") && e.contains("No such file"),
-        "{e}"
-    );
-    let e = cat(&["--pending", "zero", src_s], &null, &null).unwrap_err();
-    assert!(e.contains("--pending") && e.contains("zero"), "{e}");
-    let e = cat(&["--chunk", "0", src_s], &null, &null).unwrap_err();
-    assert!(e.contains("--chunk"), "{e}");
-    let e = cat(&["--bogus", src_s], &null, &null).unwrap_err();
-    assert!(e.contains("--bogus"), "{e}");
-    let e = cat(&[], &null, &null).unwrap_err();
-    assert!(e.contains("usage"), "{e}");
-    let probe = Ring::new().unwrap().register(open_direct(&src)).map(|_| ());
-    assert!(probe.is_ok());
-    let e = cat(&["--direct", "--chunk", "1000", src_s], &null, &null).unwrap_err();
-    assert!(e.contains("1000") && e.contains("alignment"), "{e}");
-    let e = cat(&["--direct", "-"], &in_rx, &null).unwrap_err();
-    assert!(e.contains("--direct"), "{e}");
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 #[test]
 fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("p");
-    verify::make_file(&path, 2 << 20, BS, 41);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(16, 16 * 1024);
-    ring.register_pool(&pool);
-    let t = ring.register(File::open(&path).unwrap()).unwrap();
+    let (_dir, path) = verify::disk_file(2 << 20, 41);
+    let (mut ring, t) = ring_with(&pool, File::open(&path).unwrap());
     let mut reader = ContinuousReader::builder(t, &pool)
         .pending_reads(8)
         .dispatch(Dispatch::Workers(2))
@@ -1508,21 +1277,12 @@ fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
         "{report:?}"
     );
     drop(reader);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }
 
 // ---- regression tests: blocking FIFOs, dropped readers, shared pools ----------------------
 
 /// Make a named FIFO in `dir`.
-fn mkfifo(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("fifo");
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    path
-}
-
 /// Drive `reader` to its end, failing (not hanging) if it takes more than `limit`.
 fn drive_bounded(
     ring: &mut Ring,
@@ -1571,11 +1331,7 @@ fn drive_ring_idle(ring: &mut Ring, pool: &BufferPool, limit: Duration, what: &s
 fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
     let want = verify::expected(BS, 42, 0, 150_000);
     let mut ring = Ring::new().unwrap();
-    let mut modes = vec![StreamReads::Auto, StreamReads::SingleShot];
-    if ring.capabilities().read_multishot {
-        modes.push(StreamReads::Multishot);
-    }
-    for mode in modes {
+    for mode in stream_modes(&ring) {
         for reopened_pipe in [false, true] {
             let what = format!(
                 "{mode:?} {}",
@@ -1592,7 +1348,7 @@ fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
                 drop(rx);
                 (again, slow_writer(tx, want.clone(), 4))
             } else {
-                let path = mkfifo(dir.path());
+                let path = fifo_in(dir.path());
                 let w = {
                     let (want, path) = (want.clone(), path.clone());
                     std::thread::spawn(move || {
@@ -1611,7 +1367,7 @@ fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
                 "{what}"
             );
             let b = ContinuousReader::builder(t, &pool).stream_reads(mode);
-            let (mut reader, seen) = build_stream(&mut ring, b, want.clone());
+            let (mut reader, seen) = stream_reader(b, &mut ring, StreamSeen::new(want.clone()));
             let report = drive_bounded(&mut ring, &mut reader, Duration::from_secs(20), &what);
             w.join().unwrap();
             assert_eq!(report.reason, FinishReason::Eof, "{what}");
@@ -1622,104 +1378,8 @@ fn blocking_fifo_and_reopened_pipe_finish_at_eof() {
                 "{what}"
             );
             drop(reader);
-            ring.close(t).unwrap();
-            check_teardown(&ring, &[&pool]);
+            close_and_check(&mut ring, &[t], &[&pool]);
         }
-    }
-}
-
-/// The `cat` example binary (see `common::example_binary`).
-fn cat_binary() -> Option<std::path::PathBuf> {
-    common::example_binary("cat")
-}
-
-/// Run the `cat` binary with `args`, `stdin` as its standard input, while `feed` writes
-/// the data; returns its stdout. Fails (not hangs) after `limit`.
-fn run_cat_bin(
-    bin: &std::path::Path,
-    args: &[&str],
-    stdin: std::process::Stdio,
-    feed: std::thread::JoinHandle<()>,
-    limit: Duration,
-) -> Vec<u8> {
-    let mut child = std::process::Command::new(bin)
-        .args(args)
-        .stdin(stdin)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut out, &mut v).unwrap();
-        v
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > limit {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("cat {args:?} did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    feed.join().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "cat {args:?}: {status:?}: {err}");
-    reader.join().unwrap()
-}
-
-/// Finding 10, end to end: the `cat` binary on a named FIFO given by path, and on a pipe
-/// as stdin given as `/dev/stdin` (and as `-`), exits with every byte.
-#[test]
-fn cat_binary_exits_on_a_fifo_path_and_on_dev_stdin() {
-    let Some(bin) = cat_binary() else {
-        common::skip("the cat example binary is not built");
-        return;
-    };
-    let want = verify::expected(BS, 43, 0, 700_000);
-    let limit = Duration::from_secs(30);
-
-    // A FIFO by path: cat's open blocks until the writer opens its end.
-    let dir = tempfile::tempdir().unwrap();
-    let path = mkfifo(dir.path());
-    let feed = {
-        let (want, path) = (want.clone(), path.clone());
-        std::thread::spawn(move || {
-            let mut tx = OpenOptions::new().write(true).open(&path).unwrap();
-            tx.write_all(&want).unwrap();
-        })
-    };
-    let got = run_cat_bin(
-        &bin,
-        &[path.to_str().unwrap()],
-        std::process::Stdio::null(),
-        feed,
-        limit,
-    );
-    assert!(
-        got == want,
-        "FIFO path: {} bytes out of {}",
-        got.len(),
-        want.len()
-    );
-
-    // A pipe as stdin, named /dev/stdin (a reopen of the pipe) and `-` (the descriptor).
-    for arg in ["/dev/stdin", "-"] {
-        let (rx, tx) = pipe();
-        let feed = slow_writer(tx, want.clone(), 64);
-        let got = run_cat_bin(&bin, &[arg], File::from(rx).into(), feed, limit);
-        assert!(
-            got == want,
-            "{arg}: {} bytes out of {}",
-            got.len(),
-            want.len()
-        );
     }
 }
 
@@ -1729,11 +1389,7 @@ fn cat_binary_exits_on_a_fifo_path_and_on_dev_stdin() {
 #[test]
 fn dropping_an_unfinished_reader_returns_every_slot() {
     let mut ring = Ring::new().unwrap();
-    let mut modes = vec![StreamReads::Auto, StreamReads::SingleShot];
-    if ring.capabilities().read_multishot {
-        modes.push(StreamReads::Multishot);
-    }
-    for mode in modes {
+    for mode in stream_modes(&ring) {
         // One worker: `stream_on_read` checks the order, and two could overlap.
         for dispatch in [Dispatch::Inline, Dispatch::Workers(1)] {
             let what = format!("{mode:?} {dispatch:?}");
@@ -1744,7 +1400,7 @@ fn dropping_an_unfinished_reader_returns_every_slot() {
             let b = ContinuousReader::builder(t, &pool)
                 .stream_reads(mode)
                 .dispatch(dispatch);
-            let (mut reader, seen) = build_stream(&mut ring, b, want.clone());
+            let (mut reader, seen) = stream_reader(b, &mut ring, StreamSeen::new(want.clone()));
             // Half the data; the writer stays open, so the reader never finishes.
             let mut tx = File::from(tx);
             tx.write_all(&want[..32 * 1024]).unwrap();
@@ -1768,8 +1424,7 @@ fn dropping_an_unfinished_reader_returns_every_slot() {
             ring.run_once(Some(Duration::from_millis(20))).unwrap();
             assert_eq!(pool.stats().free, pool.stats().total, "{what}");
             drop(tx);
-            ring.close(t).unwrap();
-            check_teardown(&ring, &[&pool]);
+            close_and_check(&mut ring, &[t], &[&pool]);
         }
     }
 }
@@ -1780,11 +1435,7 @@ fn dropping_an_unfinished_reader_returns_every_slot() {
 /// and every reader gets every byte. Two readers, then three.
 #[test]
 fn multishot_readers_sharing_a_small_pool_all_get_all_their_data() {
-    let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    let mut ring = or_skip!(common::multishot_ring());
     for (n, slots) in [(2, 2), (2, 4), (2, 8), (3, 2), (3, 4), (3, 8)] {
         let what = format!("{n} readers, {slots} slots");
         let pool = pool(slots, BS);
@@ -1801,7 +1452,7 @@ fn multishot_readers_sharing_a_small_pool_all_get_all_their_data() {
             let t = ring.register(rx).unwrap();
             targets.push(t);
             let b = ContinuousReader::builder(t, &pool).stream_reads(StreamReads::Multishot);
-            let (reader, seen) = build_stream(&mut ring, b, want.clone());
+            let (reader, seen) = stream_reader(b, &mut ring, StreamSeen::new(want.clone()));
             readers.push(reader);
             seens.push(seen);
             writers.push(if i == 0 {
@@ -1975,8 +1626,7 @@ fn bad_arguments_and_foreign_rings_are_refused() {
     assert_eq!(report.reason, FinishReason::Cancelled);
     drop(reader);
     drop(tx);
-    ring.close(t).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[t], &[&pool]);
     File::from(otx).write_all(b"x").unwrap();
     assert!(other.wait(ticket).unwrap().result().is_ok());
     other.close(ot).unwrap();
@@ -1990,11 +1640,7 @@ fn bad_arguments_and_foreign_rings_are_refused() {
 fn pty_hang_up_ends_every_stream_mode() {
     let want = verify::expected(BS, 47, 0, 20_000);
     let mut ring = Ring::new().unwrap();
-    let mut modes = vec![StreamReads::Auto, StreamReads::SingleShot];
-    if ring.capabilities().read_multishot {
-        modes.push(StreamReads::Multishot);
-    }
-    for mode in modes {
+    for mode in stream_modes(&ring) {
         let (master, slave) = raw_pty();
         let pool = pool(8, BS);
         let t = ring.register(master).unwrap();
@@ -2036,8 +1682,7 @@ fn pty_hang_up_ends_every_stream_mode() {
         );
         assert_eq!(report.bytes, want.len() as u64, "{mode:?}");
         drop(reader);
-        ring.close(t).unwrap();
-        check_teardown(&ring, &[&pool]);
+        close_and_check(&mut ring, &[t], &[&pool]);
     }
 }
 
@@ -2048,8 +1693,7 @@ fn pty_hang_up_ends_every_stream_mode() {
 #[test]
 fn a_reader_at_the_largest_file_position_ends_without_reading_past_it() {
     use iocomplete::FinishReason;
-    let dir = common::disk_dir();
-    let path = dir.path().join("f");
+    let (_dir, path) = common::disk_path("f");
     std::fs::write(&path, vec![7u8; 3 * BS]).unwrap();
     for (start, end, direct) in [
         (i64::MAX as u64 - 10, None, false),

@@ -5,23 +5,22 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::check_teardown;
+use common::fd::pipe;
+use common::{check_teardown, ring_with};
 use iocomplete::ring::BufPart;
 use iocomplete::{BufferPool, CompletionQueue, ErrorKind, FdKind, Op, Ring};
 
 const BS: usize = 4096;
 
 fn pool(slots: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(BS)
-        .build()
-        .unwrap()
+    common::pool(slots, BS)
 }
 
 /// Run `f` on its own thread; fail (instead of hanging the suite) if it takes longer than
@@ -42,14 +41,6 @@ fn within<T: Send + 'static>(
         }
         Err(_) => panic!("{what}: still running after {limit:?} (hang or spin)"),
     }
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 fn file_with(bytes: &[u8]) -> std::fs::File {
@@ -96,10 +87,7 @@ fn readv_part_whose_end_overflows_is_refused_and_writes_nowhere() {
         .wait()
         .unwrap();
     assert!(
-        matches!(
-            c.error().map(|e| e.kind()),
-            Some(ErrorKind::InvalidInput { .. })
-        ),
+        common::invalid_input(&c),
         "overflowing part accepted: {c:?}"
     );
     victim.set_len(BS).unwrap();
@@ -123,10 +111,7 @@ fn readv_part_whose_end_overflows_is_refused_and_writes_nowhere() {
         ))
         .wait()
         .unwrap();
-    assert!(matches!(
-        c.error().map(|e| e.kind()),
-        Some(ErrorKind::InvalidInput { .. })
-    ));
+    assert!(common::invalid_input(&c));
     drop((c, victim));
     check_teardown(&ring, &[&pool]);
 }
@@ -137,10 +122,8 @@ fn readv_part_whose_end_overflows_is_refused_and_writes_nowhere() {
 fn offsets_beyond_i64_max_are_refused_before_the_kernel() {
     let original: Vec<u8> = (0..BS).map(|i| (i % 251) as u8).collect();
     let f = file_with(&original);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4);
-    ring.register_pool(&pool);
-    let t = ring.register(f.try_clone().unwrap()).unwrap();
+    let (mut ring, t) = ring_with(&pool, f.try_clone().unwrap());
     let bad = [u64::MAX, u64::MAX - 1, i64::MAX as u64 + 1, 1 << 63];
     for off in bad {
         let mut buf = pool.try_get().unwrap();
@@ -530,20 +513,13 @@ fn wrong_kind_targets_are_refused_before_the_kernel() {
 #[test]
 fn ring_dropped_while_the_device_never_answers_abandons_each_op_once() {
     use common::fuse::{FileSpec, FuseMount};
-    let spec = FileSpec::new(16 * BS as u64, BS, 51);
-    let Some(fs) = FuseMount::new(spec) else {
-        return;
-    };
-    fs.ctl().hold(0..u64::MAX);
+    let spec = FileSpec::blocks(16, 51);
+    let fs = or_skip!(FuseMount::holding(spec));
     let pool = pool(8);
     let q = Arc::new(CompletionQueue::new(2));
     let fut;
     {
-        let mut ring = Ring::new().unwrap();
-        ring.register_pool(&pool);
-        let t = ring
-            .register(std::fs::File::open(fs.path()).unwrap())
-            .unwrap();
+        let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
         for b in 0..4u64 {
             ring.submit(Op::read(t, b * BS as u64, pool.try_get().unwrap()).tag(b))
                 .to_queue(&q);
@@ -675,15 +651,10 @@ fn ring_builder_refuses_impossible_sizes_with_typed_errors() {
 /// sent to the kernel (EBADF); it is neither readable nor writable.
 #[test]
 fn o_path_targets_are_refused_before_the_kernel() {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("f");
     std::fs::write(&p, b"data").unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH)
-        .open(&p)
-        .unwrap();
+    let f = common::open_o_path(&p);
     let mut ring = Ring::new().unwrap();
     let pool = pool(1);
     let t = ring.register(f).unwrap();
@@ -708,8 +679,7 @@ fn o_path_targets_are_refused_before_the_kernel() {
 /// `write_cursor` is the way to append.
 #[test]
 fn positional_writes_on_an_append_only_file_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("log");
+    let (_dir, p) = common::disk_path("log");
     std::fs::write(&p, b"0123456789").unwrap();
     let f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
     let mut ring = Ring::new().unwrap();
@@ -898,17 +868,12 @@ fn completions_keep_the_kernel_order_when_a_handler_reaps_again() {
 /// them with `EBADF`. Refused before the kernel like the transfers on it.
 #[test]
 fn fsync_and_poll_of_an_o_path_target_are_refused_before_the_kernel() {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("f");
     std::fs::write(&p, b"data").unwrap();
     let mut ring = Ring::new().unwrap();
     for path in [p.as_path(), dir.path()] {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(path)
-            .unwrap();
+        let f = common::open_o_path(path);
         let t = ring.register(f).unwrap();
         let before = ring.stats().enters;
         for op in [
@@ -917,14 +882,7 @@ fn fsync_and_poll_of_an_o_path_target_are_refused_before_the_kernel() {
             Op::poll(t, libc::POLLIN as u32),
         ] {
             let c = ring.submit(op).wait().unwrap();
-            assert!(
-                matches!(
-                    c.error().map(|e| e.kind()),
-                    Some(ErrorKind::InvalidInput { .. })
-                ),
-                "{}: {c:?}",
-                path.display()
-            );
+            assert!(common::invalid_input(&c), "{}: {c:?}", path.display());
         }
         assert_eq!(ring.stats().enters, before, "{}", path.display());
     }
@@ -948,10 +906,10 @@ fn fsync_and_poll_of_an_o_path_target_are_refused_before_the_kernel() {
 fn positional_writes_land_at_their_offset_after_o_append_is_set_behind_the_ring() {
     use std::os::fd::AsRawFd;
     let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().rwf_noappend {
-        common::skip("kernel without RWF_NOAPPEND (Linux 6.9)");
-        return;
-    }
+    or_skip!(common::needs(
+        ring.capabilities().rwf_noappend,
+        "kernel without RWF_NOAPPEND (Linux 6.9)"
+    ));
     let f = file_with(&[0u8; 2 * BS]);
     let pool = pool(4);
     ring.register_pool(&pool);

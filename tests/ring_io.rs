@@ -3,14 +3,16 @@
 
 mod common;
 
+use common::or_skip;
+
 use std::fs::OpenOptions;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{check_teardown, verify, LoopDev};
+use common::fd::{pipe, raw_pty, socketpair};
+use common::{check_teardown, ring_with, verify, LoopDev};
 use iocomplete::{
     BufferPool, BufferRegistration, Completion, CompletionQueue, ErrorKind, FdKind, Op, Ring,
     Target,
@@ -18,14 +20,7 @@ use iocomplete::{
 
 const BS: usize = 4096;
 
-fn pool(slots: usize, len: usize, header: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .header_len(header)
-        .build()
-        .unwrap()
-}
+use common::pool_hdr as pool;
 
 /// Write `blocks` verify blocks through the ring (several in flight), fsync, read them
 /// back through the ring (several in flight, header-offset buffers) and check each one.
@@ -111,18 +106,9 @@ fn unregistered_pool_gives_same_results() {
 #[test]
 fn direct_file_round_trip() {
     let dir = common::disk_dir();
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(dir.path().join("d"))
-        .unwrap();
-    let mut ring = Ring::new().unwrap();
+    let f = common::open(&dir.path().join("d"), true, true);
     let pool = pool(16, BS, 16);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     let info = ring.info(t).unwrap();
     assert!(info.direct && info.offset_align >= 512, "{info:?}");
     round_trip(&mut ring, &pool, t, 64, 3);
@@ -131,19 +117,10 @@ fn direct_file_round_trip() {
 
 #[test]
 fn loop_block_device_round_trip() {
-    let Some(dev) = LoopDev::new(1 << 20, None) else {
-        return;
-    };
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&dev.path)
-        .unwrap();
-    let mut ring = Ring::new().unwrap();
+    let dev = or_skip!(LoopDev::new(1 << 20, None));
+    let f = dev.open(true);
     let pool = pool(16, BS, 64);
-    ring.register_pool(&pool);
-    let t = ring.register(f).unwrap();
+    let (mut ring, t) = ring_with(&pool, f);
     let info = ring.info(t).unwrap();
     assert_eq!(info.kind, iocomplete::FdKind::BlockDevice);
     assert_eq!(info.size, 1 << 20);
@@ -151,26 +128,11 @@ fn loop_block_device_round_trip() {
     check_teardown(&ring, &[&pool]);
 }
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn socketpair() -> (OwnedFd, OwnedFd) {
-    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-    (a.into(), b.into())
-}
-
 /// Stream round trip: the writer side sends verify blocks, the reader side reassembles
 /// them (streams may return short reads) and checks every block.
 fn stream_round_trip(rx: OwnedFd, tx: OwnedFd) {
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, BS, 8);
-    ring.register_pool(&pool);
-    let r = ring.register(rx).unwrap();
+    let (mut ring, r) = ring_with(&pool, rx);
     let w = ring.register(tx).unwrap();
     let total = 32 * BS;
     let mut got = Vec::with_capacity(total);
@@ -378,8 +340,7 @@ fn cancel_races_many_times_exactly_once() {
 
 #[test]
 fn ten_thousand_ops_through_an_eight_entry_cq() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("v");
+    let (_dir, path) = common::disk_path("v");
     verify::make_file(&path, 64 * 512, 512, 9);
     let mut ring = Ring::builder().entries(8).cq_entries(8).build().unwrap();
     assert_eq!(ring.capabilities().cq_entries, 8);
@@ -489,14 +450,9 @@ fn dropped_pending_op_parks_its_slot_until_the_cqe() {
 
 #[test]
 fn invalid_requests_complete_with_typed_errors_without_a_syscall() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("d");
+    let (_dir, path) = common::disk_path("d");
     verify::make_file(&path, 16 * BS as u64, BS, 1);
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-        .unwrap();
+    let f = common::open(&path, false, true);
     let (rx, _tx) = pipe();
     let mut ring = Ring::new().unwrap();
     let pool = pool(4, BS, 0);
@@ -587,13 +543,10 @@ fn invalid_requests_complete_with_typed_errors_without_a_syscall() {
 
 #[test]
 fn futures_routines_queues_and_handles() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("v");
+    let (_dir, path) = common::disk_path("v");
     verify::make_file(&path, 32 * BS as u64, BS, 11);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, BS, 0);
-    ring.register_pool(&pool);
-    let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
+    let (ring, t) = ring_with(&pool, std::fs::File::open(&path).unwrap());
     let (h, driver) = ring.spawn().unwrap();
     // Futures on another thread, woken by the ring thread.
     let c = common::block_on(h.submit_future(Op::read(t, 3 * BS as u64, pool.get())));
@@ -664,11 +617,7 @@ fn dropping_a_ring_with_reads_in_flight_completes_them_and_returns_slots() {
 #[test]
 fn multishot_read_with_provided_buffers_survives_running_dry() {
     let (rx, tx) = pipe();
-    let mut ring = Ring::new().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    let mut ring = or_skip!(common::multishot_ring());
     let pool = pool(4, BS, 8);
     let br = ring.register_buf_ring(&pool, 4).unwrap();
     assert_eq!(ring.buf_ring_offered(br), 4);
@@ -764,8 +713,7 @@ fn send_sync_contract() {
 /// The same reads on rings set up every way the builder offers.
 #[test]
 fn ring_setups_single_issuer_defer_taskrun_sqpoll() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("v");
+    let (_dir, path) = common::disk_path("v");
     verify::make_file(&path, 32 * BS as u64, BS, 21);
     let setups: Vec<(&str, iocomplete::RingBuilder)> = vec![
         ("default", Ring::builder()),
@@ -820,33 +768,9 @@ fn single_issuer_ring_moves_to_its_driving_thread() {
     t.join().unwrap();
 }
 
-fn openpty_raw() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-pointers are valid; name, termios and winsize may be null.
-    let r = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty failed");
-    // SAFETY: `tio` is filled by tcgetattr before use; `slave` is a valid tty.
-    unsafe {
-        let mut tio: libc::termios = std::mem::zeroed();
-        assert_eq!(libc::tcgetattr(slave, &mut tio), 0);
-        libc::cfmakeraw(&mut tio);
-        assert_eq!(libc::tcsetattr(slave, libc::TCSANOW, &tio), 0);
-    }
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
-}
-
 #[test]
 fn pty_round_trip_and_readiness_poll() {
-    let (master, slave) = openpty_raw();
+    let (master, slave) = raw_pty();
     let mut ring = Ring::new().unwrap();
     let pool = pool(4, BS, 4);
     let m = ring.register(master).unwrap();
@@ -934,10 +858,7 @@ fn idle_spawned_ring_does_not_spin() {
 fn multishot_read_ended_by_cq_overflow_returns_its_last_buffer_once() {
     let (rx, tx) = pipe();
     let mut ring = Ring::builder().entries(4).cq_entries(4).build().unwrap();
-    if !ring.capabilities().read_multishot {
-        common::skip("kernel lacks IORING_OP_READ_MULTISHOT");
-        return;
-    }
+    or_skip!(common::needs_multishot(&ring));
     let pool = pool(32, BS, 0);
     let br = ring.register_buf_ring(&pool, 16).unwrap();
     let r = ring.register(rx).unwrap();

@@ -2,20 +2,13 @@
 
 mod common;
 
-use iocomplete::{BufferPool, ErrorKind, Op, Ring};
+use iocomplete::{ErrorKind, Op, Ring};
 
 #[test]
 fn ring_fifo_delivers_every_completion_once_with_its_buffer() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("v");
-    common::verify::make_file(&path, 64 * 4096, 4096, 11);
+    let (_dir, path) = common::verify::disk_file(64 * 4096, 11);
     let mut ring = Ring::builder().entries(16).build().unwrap();
-    let pool = BufferPool::builder()
-        .slots(17)
-        .slot_len(4096)
-        .header_len(8)
-        .build()
-        .unwrap();
+    let pool = common::pool_hdr(17, 4096, 8);
     ring.register_pool(&pool);
     let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
 

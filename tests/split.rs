@@ -1,66 +1,30 @@
 //! The split driver against real files, O_DIRECT files and loop block devices: copies,
 //! reads and writes verified block by block (per-block crc32c patterns that encode the
 //! offset); first error, parent cancel and deadline races; bad input refused before the
-//! kernel. The `copy` example's core is tested here too. Every test checks the teardown
-//! invariants (every operation completed once, nothing in flight, every slot back).
+//! kernel (the `copy` example is tested in `tests/tools.rs`). Every test checks the
+//! teardown invariants (every operation completed once, nothing in flight, every slot
+//! back).
 
 mod common;
-#[path = "../examples/copy.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod copy_tool;
 
-use std::fs::{File, OpenOptions};
+use common::or_skip;
+
+use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{check_teardown, verify, LoopDev};
+use common::drivers::{copy_at, copy_job, deadline_race, drop_mid_flight, finish_split, run_job};
+use common::{check_teardown, close_and_check, open, pool, ring_with, verify, LoopDev};
 use iocomplete::ring::block_device_limits;
-use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
-use iocomplete::{BufferPool, Driver, Error, ErrorKind, FdKind, PoolBuf, Ring, Target};
+use iocomplete::{
+    Driver, Error, ErrorKind, FdKind, Job, Mode, PoolBuf, Ring, SplitConfig, SplitDriver, Target,
+};
 
 const BS: usize = 4096;
 const CHUNK: u64 = 64 * 1024;
 const PAR4: Mode = Mode::Parallel { max_in_flight: 4 };
-
-fn pool(slots: usize, len: usize) -> BufferPool {
-    BufferPool::builder()
-        .slots(slots)
-        .slot_len(len)
-        .build()
-        .unwrap()
-}
-
-fn open(path: &Path, write: bool, direct: bool) -> File {
-    let mut o = OpenOptions::new();
-    if write {
-        o.read(true).write(true).create(true);
-    } else {
-        o.read(true);
-    }
-    if direct {
-        o.custom_flags(libc::O_DIRECT);
-    }
-    o.open(path).unwrap()
-}
-
-fn src_file(dir: &Path, name: &str, size: u64, seed: u64) -> PathBuf {
-    let p = dir.join(name);
-    verify::make_file(&p, size, BS, seed);
-    p
-}
-
-fn check_prefix(path: &Path, len: u64, seed: u64) {
-    let data = std::fs::read(path).unwrap();
-    assert!(
-        data.len() as u64 >= len,
-        "{} has {} bytes",
-        path.display(),
-        data.len()
-    );
-    verify::check_range(&data[..len as usize], BS, seed, 0).unwrap();
-}
 
 /// Collects what a read job delivers, at the offsets it came from.
 struct Collect {
@@ -143,18 +107,12 @@ fn copies_around_chunk_and_block_boundaries_in_both_modes() {
         ring.register_pool(&pool);
         for (k, &size) in sizes.iter().enumerate() {
             let seed = 100 + k as u64;
-            let src = src_file(dir.path(), "src", size, seed);
+            let src = verify::file_in(dir.path(), "src", size, seed);
             let dst = dir.path().join("dst");
             let _ = std::fs::remove_file(&dst);
             let s = ring.register(open(&src, false, false)).unwrap();
             let d = ring.register(open(&dst, true, false)).unwrap();
-            let job = Job::Copy {
-                src: s,
-                src_offset: 0,
-                dst: d,
-                dst_offset: 0,
-                len: size,
-            };
+            let job = copy_job(s, d, size);
             let config = SplitConfig::new().mode(mode).max_chunk(CHUNK);
             let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
             let done = drv.run(&mut ring).unwrap();
@@ -172,7 +130,7 @@ fn copies_around_chunk_and_block_boundaries_in_both_modes() {
             assert_eq!(st.max_in_flight as u64, expect_par, "{st:?}");
             assert!(drv.process(&mut ring).unwrap().is_none(), "completed twice");
             assert_eq!(std::fs::metadata(&dst).unwrap().len(), size);
-            check_prefix(&dst, size, seed);
+            verify::check_file_prefix(&dst, size, seed);
             ring.close(s).unwrap();
             ring.close(d).unwrap();
         }
@@ -182,12 +140,9 @@ fn copies_around_chunk_and_block_boundaries_in_both_modes() {
 
 #[test]
 fn read_and_write_jobs_with_boundaries_and_progress() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("rw");
-    let mut ring = Ring::new().unwrap();
+    let (_dir, path) = common::disk_path("rw");
     let pool = pool(3, 12 * 1024);
-    ring.register_pool(&pool);
-    let t = ring.register(open(&path, true, false)).unwrap();
+    let (mut ring, t) = ring_with(&pool, open(&path, true, false));
     let (offset, len) = (5000u64, 200_000u64);
     let config = SplitConfig::new()
         .mode(Mode::Parallel { max_in_flight: 3 })
@@ -215,8 +170,7 @@ fn read_and_write_jobs_with_boundaries_and_progress() {
         offset,
         len,
     };
-    let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-    let done = Collect::hook(&got, drv).run(&mut ring).unwrap();
+    let done = run_job(&mut ring, &pool, job, config, |d| Collect::hook(&got, d));
     assert_eq!((done.status, done.bytes), (Ok(()), len));
     verify::check_range(&got.lock().unwrap().data, BS, 9, offset).unwrap();
     // Reading past the end stops at end of file, successfully, with fewer bytes.
@@ -226,8 +180,7 @@ fn read_and_write_jobs_with_boundaries_and_progress() {
         offset: offset + len - 1000,
         len: 50_000,
     };
-    let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-    let done = Collect::hook(&tail, drv).run(&mut ring).unwrap();
+    let done = run_job(&mut ring, &pool, job, config, |d| Collect::hook(&tail, d));
     assert_eq!((done.status, done.bytes), (Ok(()), 1000));
     let tail = tail.lock().unwrap();
     verify::check_range(&tail.data[..1000], BS, 9, offset + len - 1000).unwrap();
@@ -236,14 +189,11 @@ fn read_and_write_jobs_with_boundaries_and_progress() {
 
 #[test]
 fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
-    let dir = common::disk_dir();
     let size = (1 << 20) + 8192;
-    let src = src_file(dir.path(), "src", size, 3);
+    let (dir, src) = verify::disk_file(size, 3);
     let dst = dir.path().join("dst");
-    let mut ring = Ring::new().unwrap();
     let pool = pool(8, 128 * 1024);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, true)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, true));
     let d = ring.register(open(&dst, true, true)).unwrap();
     let align = u64::from(
         ring.info(s)
@@ -252,20 +202,14 @@ fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
             .max(ring.info(d).unwrap().offset_align),
     );
     for mode in [Mode::Serial, Mode::Parallel { max_in_flight: 8 }] {
-        let job = Job::Copy {
-            src: s,
-            src_offset: 0,
-            dst: d,
-            dst_offset: 0,
-            len: size,
-        };
+        let job = copy_job(s, d, size);
         let mut drv =
             SplitDriver::new(&mut ring, &pool, job, SplitConfig::new().mode(mode)).unwrap();
         assert_eq!(drv.plan().max_chunk(), 128 * 1024, "default: a pool slot");
         assert_eq!(u64::from(drv.plan().align()), align);
         let done = drv.run(&mut ring).unwrap();
         assert_eq!((done.status, done.bytes), (Ok(()), size), "{mode:?}");
-        check_prefix(&dst, size, 3);
+        verify::check_file_prefix(&dst, size, 3);
     }
     // Misaligned direct requests: typed errors, nothing submitted.
     let before = ring.stats().submitted;
@@ -274,13 +218,7 @@ fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
             .unwrap_err()
             .kind()
     };
-    let copy = |src_offset, dst_offset, len| Job::Copy {
-        src: s,
-        src_offset,
-        dst: d,
-        dst_offset,
-        len,
-    };
+    let copy = |src_offset, dst_offset, len| copy_at((s, src_offset), (d, dst_offset), len);
     assert_eq!(
         bad(&mut ring, copy(0, 0, size - 1), SplitConfig::new()),
         ErrorKind::Misaligned {
@@ -325,13 +263,10 @@ fn direct_file_copies_and_misaligned_requests_refused_before_the_kernel() {
 fn direct_reads_end_at_an_unaligned_end_of_file() {
     // O_DIRECT returns a short, unaligned count at the end of a file whose size is not a
     // multiple of the alignment; the rest of the chunk is past the end, not an error.
-    let dir = common::disk_dir();
-    let size = 3 * CHUNK + 1000;
-    let src = src_file(dir.path(), "src", size, 13);
-    let mut ring = Ring::new().unwrap();
     let pool = pool(2, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, true)).unwrap();
+    let size = 3 * CHUNK + 1000;
+    let (_dir, src) = verify::disk_file(size, 13);
+    let (mut ring, s) = ring_with(&pool, open(&src, false, true));
     let len = 4 * CHUNK;
     for mode in [Mode::Serial, Mode::Parallel { max_in_flight: 2 }] {
         let got = Collect::new(0, len as usize);
@@ -352,123 +287,65 @@ fn direct_reads_end_at_an_unaligned_end_of_file() {
 #[test]
 fn block_devices_default_to_their_limits_and_copy_both_ways() {
     let size = 4u64 << 20;
-    let Some(src_dev) = LoopDev::new(size, Some((BS, 21))) else {
-        return;
-    };
-    let Some(dst_dev) = LoopDev::new(size, None) else {
-        return;
-    };
-    let dir = common::disk_dir();
-    let mid = dir.path().join("mid");
-    let mut ring = Ring::new().unwrap();
+    let (src_dev, dst_dev) = or_skip!(LoopDev::pair(size, 21));
+    let (_dir, mid) = common::disk_path("mid");
     let pool = pool(4, 2 << 20);
-    ring.register_pool(&pool);
-    let s = ring
-        .register(open(Path::new(&src_dev.path), false, true))
-        .unwrap();
+    let (mut ring, s) = ring_with(&pool, open(Path::new(&src_dev.path), false, true));
     let m = ring.register(open(&mid, true, true)).unwrap();
     let rdev = std::fs::metadata(&src_dev.path).unwrap().rdev();
     let limits = block_device_limits(rdev as libc::dev_t).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: m,
-        dst_offset: 0,
-        len: size,
-    };
+    let job = copy_job(s, m, size);
     let mut drv = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap();
     assert_eq!(drv.plan().max_chunk(), limits.max_chunk.min(2 << 20));
     let done = drv.run(&mut ring).unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), size));
-    check_prefix(&mid, size, 21);
+    verify::check_file_prefix(&mid, size, 21);
     // File -> block device, serial, and read the device back.
     let d = ring
         .register(open(Path::new(&dst_dev.path), true, true))
         .unwrap();
     let m2 = ring.register(open(&mid, false, true)).unwrap();
-    let job = Job::Copy {
-        src: m2,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: size,
-    };
+    let job = copy_job(m2, d, size);
     let config = SplitConfig::new().mode(Mode::Serial).max_chunk(256 * 1024);
-    let done = SplitDriver::new(&mut ring, &pool, job, config)
-        .unwrap()
-        .run(&mut ring)
-        .unwrap();
+    let done = run_job(&mut ring, &pool, job, config, |d| d);
     assert_eq!((done.status, done.bytes), (Ok(()), size));
-    check_prefix(Path::new(&dst_dev.path), size, 21);
+    verify::check_file_prefix(Path::new(&dst_dev.path), size, 21);
     check_teardown(&ring, &[&pool]);
-}
-
-/// Run a driver step by step, checking that its completion never comes while one of its
-/// operations is still in the ring.
-fn run_checked(drv: &mut SplitDriver, ring: &mut Ring) -> iocomplete::split::SplitOutcome {
-    loop {
-        if let Some(c) = drv.step(ring, Some(Duration::from_millis(100))).unwrap() {
-            assert_eq!(drv.in_flight(), 0, "completed with children in flight");
-            assert_eq!(ring.in_flight(), 0, "completed before its last CQE");
-            assert!(drv.process(ring).unwrap().is_none(), "completed twice");
-            return c;
-        }
-    }
 }
 
 #[test]
 fn first_error_enospc_on_a_small_device_completes_once_after_all_children() {
     let dev_size = 256 * 1024;
-    let Some(dev) = LoopDev::new(dev_size, None) else {
-        return;
-    };
-    let dir = common::disk_dir();
+    let dev = or_skip!(LoopDev::new(dev_size, None));
     let size = 1u64 << 20;
-    let src = src_file(dir.path(), "src", size, 5);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, src) = verify::disk_file(size, 5);
     let pool = pool(8, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let d = ring
         .register(open(Path::new(&dev.path), true, true))
         .unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: size,
-    };
+    let job = copy_job(s, d, size);
     let config = SplitConfig::new()
         .mode(Mode::Parallel { max_in_flight: 8 })
         .max_chunk(CHUNK);
     let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-    let done = run_checked(&mut drv, &mut ring);
+    let done = finish_split(&mut drv, &mut ring);
     assert_eq!(done.status, Err(Error::from_errno(libc::ENOSPC)));
     assert!(done.bytes <= dev_size, "{done:?}");
     assert!(done.transferred <= dev_size, "{done:?}");
-    check_prefix(Path::new(&dev.path), done.bytes, 5);
+    verify::check_file_prefix(Path::new(&dev.path), done.bytes, 5);
     check_teardown(&ring, &[&pool]);
 }
 
 #[test]
 fn first_error_closed_destination_mid_copy() {
-    let dir = common::disk_dir();
     let size = 4u64 << 20;
-    let src = src_file(dir.path(), "src", size, 6);
+    let (dir, src) = verify::disk_file(size, 6);
     let dst = dir.path().join("dst");
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let d = ring.register(open(&dst, true, false)).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: size,
-    };
+    let job = copy_job(s, d, size);
     let config = SplitConfig::new().mode(PAR4).max_chunk(CHUNK);
     let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
     while drv.bytes_transferred() < size / 4 {
@@ -480,7 +357,7 @@ fn first_error_closed_destination_mid_copy() {
     // The destination goes away mid-copy: the next write fails; the children in flight
     // finish; the parent completes once, with that first error.
     ring.close(d).unwrap();
-    let done = run_checked(&mut drv, &mut ring);
+    let done = finish_split(&mut drv, &mut ring);
     // Refused by the ring (a child submitted after the close), or EBADF from the kernel
     // (a write queued in the SQ before the close reached the kernel after it): whichever
     // came first.
@@ -490,7 +367,7 @@ fn first_error_closed_destination_mid_copy() {
         "{kind:?}"
     );
     assert!(done.bytes >= size / 4 && done.bytes < size, "{done:?}");
-    check_prefix(&dst, done.bytes, 6);
+    verify::check_file_prefix(&dst, done.bytes, 6);
     check_teardown(&ring, &[&pool]);
 }
 
@@ -498,30 +375,13 @@ fn first_error_closed_destination_mid_copy() {
 fn a_source_that_cannot_read_is_refused_before_the_kernel() {
     // An O_PATH descriptor passes every check up front (a readable regular file), and the
     // kernel answers EBADF to each read.
-    let dir = common::disk_dir();
-    let src = src_file(dir.path(), "src", 1 << 20, 7);
-    let mut ring = Ring::new().unwrap();
+    let (dir, src) = verify::disk_file(1 << 20, 7);
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring
-        .register(
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH)
-                .open(&src)
-                .unwrap(),
-        )
-        .unwrap();
+    let (mut ring, s) = ring_with(&pool, common::open_o_path(&src));
     let d = ring
         .register(open(&dir.path().join("dst"), true, false))
         .unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: 1 << 20,
-    };
+    let job = copy_job(s, d, 1 << 20);
     // An O_PATH descriptor allows no I/O (the kernel would answer EBADF): refused up
     // front, before anything reaches the kernel.
     let enters = ring.stats().enters;
@@ -536,25 +396,12 @@ fn a_source_that_cannot_read_is_refused_before_the_kernel() {
 #[test]
 fn cancelling_the_parent_cancels_its_children() {
     let size = 32u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 8))) else {
-        return;
-    };
-    let dir = common::disk_dir();
-    let dst = dir.path().join("dst");
-    let mut ring = Ring::new().unwrap();
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 8))));
+    let (_dir, dst) = common::disk_path("dst");
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
+    let (mut ring, s) = ring_with(&pool, dev.open(false));
     let d = ring.register(open(&dst, true, false)).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len: size,
-    };
+    let job = copy_job(s, d, size);
     let config = SplitConfig::new().mode(PAR4).max_chunk(CHUNK);
     let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
     while drv.bytes_transferred() < (1 << 20) {
@@ -567,99 +414,60 @@ fn cancelling_the_parent_cancels_its_children() {
     assert!(drv.cancel(&mut ring));
     assert!(drv.stats().cancels > 0, "no child was cancelled");
     assert!(!drv.cancel(&mut ring), "cancelled twice");
-    let done = run_checked(&mut drv, &mut ring);
+    let done = finish_split(&mut drv, &mut ring);
     assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
     assert!(done.bytes < size);
-    check_prefix(&dst, done.bytes, 8);
+    verify::check_file_prefix(&dst, done.bytes, 8);
     check_teardown(&ring, &[&pool]);
 }
 
 #[test]
 fn deadline_races_the_last_transfer_thousands_of_times() {
-    let size = 1u64 << 20;
-    let Some(dev) = LoopDev::new(size, Some((BS, 11))) else {
-        return;
-    };
-    let mut ring = Ring::new().unwrap();
-    let pool = pool(1, BS);
-    ring.register_pool(&pool);
-    let s = ring
-        .register(open(Path::new(&dev.path), false, true))
-        .unwrap();
-    let delays_us = [0u64, 1, 2, 5, 10, 20, 50, 100, 200, 1000];
-    let iterations = 3000;
-    let (mut ok, mut timed_out, mut moved_anyway) = (0, 0, 0);
-    for i in 0..iterations {
-        let offset = (i as u64 * 7919 % (size / BS as u64)) * BS as u64;
+    deadline_race(11, |r| {
         let job = Job::Read {
-            src: s,
-            offset,
+            src: r.target,
+            offset: r.offset,
             len: BS as u64,
         };
-        let d = Duration::from_micros(delays_us[i % delays_us.len()]);
-        let config = SplitConfig::new().mode(Mode::Serial).deadline(d);
-        let got = Collect::new(offset, BS);
-        let drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
+        let config = SplitConfig::new().mode(Mode::Serial).deadline(r.deadline);
+        let got = Collect::new(r.offset, BS);
+        let drv = SplitDriver::new(r.ring, r.pool, job, config).unwrap();
         let mut drv = Collect::hook(&got, drv);
         let mut completions = 0;
         let done = loop {
-            if let Some(c) = drv
-                .step(&mut ring, Some(Duration::from_millis(100)))
-                .unwrap()
-            {
+            if let Some(c) = drv.step(r.ring, Some(Duration::from_millis(100))).unwrap() {
                 completions += 1;
                 break c;
             }
         };
-        assert!(drv.process(&mut ring).unwrap().is_none());
+        assert!(drv.process(r.ring).unwrap().is_none());
         let idle = ErrorKind::NotInProgress {
             what: "driver request",
         };
         assert!(
-            matches!(drv.run(&mut ring), Err(e) if e.kind() == idle),
+            matches!(drv.run(r.ring), Err(e) if e.kind() == idle),
             "second completion handed out"
         );
-        assert_eq!(completions, 1);
-        assert_eq!(
-            ring.in_flight(),
-            0,
-            "completed with the timer or child in flight"
-        );
-        match done.status {
-            Ok(()) => {
-                ok += 1;
-                assert_eq!(done.bytes, BS as u64);
-            }
-            Err(e) => {
-                assert!(e.is_timed_out(), "iteration {i}: {e}");
-                timed_out += 1;
-                moved_anyway += usize::from(done.transferred > 0);
-            }
-        }
         // Bytes that moved are the right bytes, whoever won.
         let got = got.lock().unwrap();
         assert_eq!(done.transferred, got.calls as u64 * BS as u64);
         if got.calls > 0 {
-            verify::check_block(&got.data, offset, 11).unwrap();
+            verify::check_block(&got.data, r.offset, 11).unwrap();
         }
-        assert_eq!(pool.stats().free, 1);
-    }
-    eprintln!(
-        "deadline race: {ok} completed, {timed_out} timed out ({moved_anyway} of them had read)"
-    );
-    assert_eq!(ok + timed_out, iterations);
-    assert!(ok > 0 && timed_out > 0, "the race never went both ways");
-    check_teardown(&ring, &[&pool]);
+        let moved = if done.status.is_ok() {
+            done.bytes
+        } else {
+            done.transferred
+        };
+        (done.status, moved, completions)
+    });
 }
 
 #[test]
 fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
-    let dir = common::disk_dir();
-    let src = src_file(dir.path(), "src", 1 << 20, 1);
-    let mut ring = Ring::new().unwrap();
+    let (dir, src) = verify::disk_file(1 << 20, 1);
     let pool = pool(2, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let ro = ring.register(open(&src, false, false)).unwrap();
     let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
     let p = ring.register(r).unwrap();
@@ -765,10 +573,7 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
         len: 3 * CHUNK,
     };
     let config = SplitConfig::new().mode(Mode::Parallel { max_in_flight: 2 });
-    let done = SplitDriver::new(&mut ring, &pool, job, config)
-        .unwrap()
-        .run(&mut ring)
-        .unwrap();
+    let done = run_job(&mut ring, &pool, job, config, |d| d);
     assert!(matches!(
         done.status.unwrap_err().kind(),
         ErrorKind::InvalidInput { .. }
@@ -778,175 +583,6 @@ fn bad_input_is_refused_with_typed_errors_before_the_kernel() {
         before,
         "a write without data reached the ring"
     );
-    check_teardown(&ring, &[&pool]);
-}
-
-#[test]
-fn copy_example_copies_and_reports_clear_errors() {
-    let dir = common::disk_dir();
-    let args = |v: &[&str]| copy_tool::parse_args(v.iter().map(|s| s.to_string()));
-    let mut quiet = |_: u64, _: u64| {};
-    for (k, size) in [0u64, 1, 4095, 4096, 65537, 3 * (1 << 20) + 123]
-        .into_iter()
-        .enumerate()
-    {
-        let seed = 40 + k as u64;
-        let src = src_file(dir.path(), "src", size, seed);
-        let s = src.to_str().unwrap();
-        for flags in [
-            &["--chunk", "64K"][..],
-            &["--serial", "--chunk", "16k"],
-            &["--inflight", "3", "--chunk", "8192"],
-            &["--direct", "--chunk", "128K"],
-        ] {
-            let dst = dir.path().join("dst");
-            let d = dst.to_str().unwrap();
-            let mut v = flags.to_vec();
-            v.extend([s, d]);
-            let a = args(&v).unwrap();
-            let mut last = 0;
-            let mut progress = |done: u64, total: u64| {
-                assert_eq!(total, size);
-                assert!(done >= last && done <= total);
-                last = done;
-            };
-            let r = copy_tool::copy(&a, &mut progress).unwrap();
-            assert_eq!(r.bytes, size, "{flags:?}");
-            assert_eq!(last, size, "{flags:?}: progress did not reach the end");
-            if a.direct {
-                assert!(r.tail < 4096);
-            }
-            assert_eq!(std::fs::metadata(&dst).unwrap().len(), size, "{flags:?}");
-            check_prefix(&dst, size, seed);
-        }
-    }
-    let src = dir.path().join("src");
-    let s = src.to_str().unwrap();
-    let dst = dir.path().join("x");
-    let d = dst.to_str().unwrap();
-    assert!(args(&["--chunk", "12Q", s, d])
-        .unwrap_err()
-        .contains("bad number '12Q'"));
-    assert!(args(&["--inflight", "many", s, d])
-        .unwrap_err()
-        .contains("bad number"));
-    assert!(args(&[s]).unwrap_err().contains("need SRC and DST"));
-    let missing = args(&["/nonexistent/src", d]).unwrap();
-    let e = copy_tool::copy(&missing, &mut quiet).unwrap_err();
-    assert!(
-        e.contains("/nonexistent/src") && e.contains("No such file"),
-        "{e}"
-    );
-    let a = args(&["--direct", "--chunk", "1000", s, d]).unwrap();
-    let e = copy_tool::copy(&a, &mut quiet).unwrap_err();
-    assert!(e.contains("--chunk 1000") && e.contains("alignment"), "{e}");
-    assert!(
-        e.contains("512") || e.contains("4096"),
-        "the alignment is named: {e}"
-    );
-    assert_eq!(copy_tool::parse_size("4M"), Ok(4 << 20));
-    assert_eq!(copy_tool::parse_size("64KiB"), Ok(64 << 10));
-}
-
-#[test]
-fn copy_example_to_a_too_small_block_device_fails_clearly() {
-    let Some(dev) = LoopDev::new(256 * 1024, None) else {
-        return;
-    };
-    let dir = common::disk_dir();
-    let src = src_file(dir.path(), "src", 1 << 20, 12);
-    let a = copy_tool::parse_args(
-        ["--direct", src.to_str().unwrap(), &dev.path]
-            .iter()
-            .map(|s| s.to_string()),
-    )
-    .unwrap();
-    let e = copy_tool::copy(&a, &mut |_, _| {}).unwrap_err();
-    assert!(e.contains("No space left on device"), "{e}");
-    check_prefix(Path::new(&dev.path), 256 * 1024, 12);
-}
-
-/// Counts the allocations of the current thread (other test threads do not interfere).
-mod alloc_count {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    thread_local! {
-        static N: Cell<u64> = const { Cell::new(0) };
-    }
-
-    pub(crate) struct Counting;
-
-    // SAFETY: every method forwards to `System` with the caller's arguments unchanged;
-    // counting touches only a const-initialised thread-local `Cell`, which never allocates.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            let _ = N.try_with(|n| n.set(n.get() + 1));
-            // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-            unsafe { System.alloc(layout) }
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: `ptr` came from `System` through this allocator, with `layout`.
-            unsafe { System.dealloc(ptr, layout) }
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            let _ = N.try_with(|n| n.set(n.get() + 1));
-            // SAFETY: as in `dealloc`, plus the caller's `realloc` contract.
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-    }
-
-    pub(crate) fn count() -> u64 {
-        N.with(Cell::get)
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
-
-#[test]
-fn copying_allocates_nothing_per_chunk() {
-    let dir = common::disk_dir();
-    let mut ring = Ring::builder().ops(64).build().unwrap();
-    let pool = pool(4, BS);
-    ring.register_pool(&pool);
-    let mut per_run = Vec::new();
-    for (k, chunks) in [64u64, 512].into_iter().enumerate() {
-        let size = chunks * BS as u64;
-        let src = src_file(dir.path(), &format!("src{k}"), size, 50 + k as u64);
-        let dst = dir.path().join(format!("dst{k}"));
-        let s = ring.register(open(&src, false, false)).unwrap();
-        let d = ring.register(open(&dst, true, false)).unwrap();
-        let job = Job::Copy {
-            src: s,
-            src_offset: 0,
-            dst: d,
-            dst_offset: 0,
-            len: size,
-        };
-        for mode in [Mode::Serial, PAR4] {
-            let config = SplitConfig::new().mode(mode).max_chunk(BS as u64);
-            let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-            let before = alloc_count::count();
-            let done = drv.run(&mut ring).unwrap();
-            per_run.push((mode, chunks, alloc_count::count() - before));
-            assert_eq!((done.status, done.bytes), (Ok(()), size));
-            assert!(drv.stats().child_ops >= 2 * chunks);
-        }
-        check_prefix(&dst, size, 50 + k as u64);
-    }
-    // The same allocations (none, in fact) for 8 times the chunks: nothing per chunk.
-    for mode in [Mode::Serial, PAR4] {
-        let counts: Vec<u64> = per_run
-            .iter()
-            .filter(|r| r.0 == mode)
-            .map(|r| r.2)
-            .collect();
-        assert_eq!(counts[0], counts[1], "{mode:?}: {per_run:?}");
-        assert_eq!(counts[1], 0, "{mode:?}: {per_run:?}");
-    }
     check_teardown(&ring, &[&pool]);
 }
 
@@ -961,34 +597,25 @@ const HUGE_DEADLINES: [Duration; 4] = [
 
 #[test]
 fn huge_deadlines_never_fire_and_every_byte_is_copied() {
-    let dir = common::disk_dir();
     let size = 5 * CHUNK + 777;
-    let src = src_file(dir.path(), "src", size, 71);
-    let mut ring = Ring::new().unwrap();
+    let (dir, src) = verify::disk_file(size, 71);
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     for (k, d) in HUGE_DEADLINES.into_iter().enumerate() {
         for mode in [Mode::Serial, PAR4] {
             let dst = dir.path().join(format!("dst{k}"));
             let t = ring.register(open(&dst, true, false)).unwrap();
-            let job = Job::Copy {
-                src: s,
-                src_offset: 0,
-                dst: t,
-                dst_offset: 0,
-                len: size,
-            };
+            let job = copy_job(s, t, size);
             let config = SplitConfig::new().mode(mode).deadline(d);
             let mut drv = SplitDriver::new(&mut ring, &pool, job, config).unwrap();
-            let done = run_checked(&mut drv, &mut ring);
+            let done = finish_split(&mut drv, &mut ring);
             assert_eq!(
                 (done.status, done.bytes, done.transferred),
                 (Ok(()), size, size),
                 "deadline {d:?}, {mode:?}"
             );
             ring.close(t).unwrap();
-            check_prefix(&dst, size, 71);
+            verify::check_file_prefix(&dst, size, 71);
         }
     }
     check_teardown(&ring, &[&pool]);
@@ -1002,16 +629,14 @@ fn huge_deadlines_never_fire_and_every_byte_is_copied() {
 fn copies_onto_the_same_file_are_refused_unless_the_ranges_are_disjoint() {
     let dir = common::disk_dir();
     let size = 4 * CHUNK;
-    let f = src_file(dir.path(), "f", size, 73);
+    let f = verify::file_in(dir.path(), "f", size, 73);
     let want = std::fs::read(&f).unwrap();
     let sym = dir.path().join("sym");
     std::os::unix::fs::symlink(&f, &sym).unwrap();
     let hard = dir.path().join("hard");
     std::fs::hard_link(&f, &hard).unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let rw = ring.register(open(&f, true, false)).unwrap();
+    let (mut ring, rw) = ring_with(&pool, open(&f, true, false));
     let s = ring.register(open(&f, false, false)).unwrap();
     let d_sym = ring.register(open(&sym, true, false)).unwrap();
     let d_hard = ring.register(open(&hard, true, false)).unwrap();
@@ -1045,10 +670,7 @@ fn copies_onto_the_same_file_are_refused_unless_the_ranges_are_disjoint() {
     // Disjoint ranges of one file: the first half onto the second.
     let half = size / 2;
     let job = copy(s, 0, d_hard, half, half);
-    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
-        .unwrap()
-        .run(&mut ring)
-        .unwrap();
+    let done = run_job(&mut ring, &pool, job, SplitConfig::new(), |d| d);
     assert_eq!((done.status, done.bytes), (Ok(()), half));
     let got = std::fs::read(&f).unwrap();
     assert_eq!(got[..half as usize], want[..half as usize]);
@@ -1065,51 +687,29 @@ fn copies_onto_the_same_file_are_refused_unless_the_ranges_are_disjoint() {
 #[test]
 fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
     let size = 2 * (1 << 20) + 3 * 512;
-    let Some(dev) = LoopDev::new(size, Some((BS, 74))) else {
-        return;
-    };
+    let dev = or_skip!(LoopDev::new(size, Some((BS, 74))));
     assert_eq!(std::fs::metadata(&dev.path).unwrap().len(), 0);
-    let dir = common::disk_dir();
-    let node = dir.path().join("node");
+    let (dir, node) = common::disk_path("node");
     let rdev = std::fs::metadata(&dev.path).unwrap().rdev();
     let c = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: `c` is a valid NUL-terminated path.
     let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, rdev as libc::dev_t) };
     assert_eq!(made, 0, "mknod: {}", std::io::Error::last_os_error());
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring
-        .register(open(Path::new(&dev.path), false, false))
-        .unwrap();
+    let (mut ring, s) = ring_with(&pool, open(Path::new(&dev.path), false, false));
     let d = ring.register(open(&node, true, false)).unwrap();
     let len = ring.info(s).unwrap().size;
     assert_eq!(len, size);
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: d,
-        dst_offset: 0,
-        len,
-    };
+    let job = copy_job(s, d, len);
     let e = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new()).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e}");
     let out = dir.path().join("out");
     let o = ring.register(open(&out, true, false)).unwrap();
-    let job = Job::Copy {
-        src: s,
-        src_offset: 0,
-        dst: o,
-        dst_offset: 0,
-        len,
-    };
-    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
-        .unwrap()
-        .run(&mut ring)
-        .unwrap();
+    let job = copy_job(s, o, len);
+    let done = run_job(&mut ring, &pool, job, SplitConfig::new(), |d| d);
     assert_eq!((done.status, done.bytes), (Ok(()), size));
     assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
-    check_prefix(&out, size, 74);
+    verify::check_file_prefix(&out, size, 74);
     for t in [s, d, o] {
         ring.close(t).unwrap();
     }
@@ -1121,13 +721,10 @@ fn block_device_copies_use_the_device_size_and_refuse_the_same_device() {
 /// in the driver's completion queue, kept alive by the armed timer).
 #[test]
 fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
-    let dir = common::disk_dir();
     let size = 1u64 << 20;
-    let src = src_file(dir.path(), "src", size, 75);
-    let mut ring = Ring::new().unwrap();
+    let (_dir, src) = verify::disk_file(size, 75);
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let deadline = Duration::from_secs(2);
     let job = Job::Read {
         src: s,
@@ -1138,27 +735,9 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
         SplitDriver::new(&mut ring, &pool, job, SplitConfig::new().deadline(deadline)).unwrap();
     assert!(drv.process(&mut ring).unwrap().is_none());
     assert!(drv.in_flight() > 1, "children and the timer in flight");
-    let armed = std::time::Instant::now();
-    drop(drv);
-    // The children complete; only the timer is left.
-    while ring.in_flight() > 1 {
-        assert!(armed.elapsed() < deadline, "children still in flight");
-        ring.run_once(Some(Duration::from_millis(10))).unwrap();
-    }
-    assert!(armed.elapsed() < deadline);
-    assert_eq!(
-        pool.stats().free,
-        4,
-        "buffers held until the deadline: {:?}",
-        pool.stats()
-    );
-    // The timer fires in the end; nothing is left.
-    while ring.in_flight() > 0 {
-        assert!(armed.elapsed() < deadline * 5, "the timer never fired");
-        ring.run_once(Some(Duration::from_millis(100))).unwrap();
-    }
-    ring.close(s).unwrap();
-    check_teardown(&ring, &[&pool]);
+    // The children complete and their buffers come back; then the timer fires.
+    drop_mid_flight(&mut ring, &pool, drv, deadline, "children");
+    close_and_check(&mut ring, &[s], &[&pool]);
 }
 
 /// Offsets past what a file offset (`loff_t`, 2⁶³ − 1) can address reached the kernel,
@@ -1166,12 +745,9 @@ fn dropping_a_driver_mid_flight_returns_its_buffers_before_the_deadline() {
 /// the kernel.
 #[test]
 fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
-    let dir = common::disk_dir();
-    let src = src_file(dir.path(), "src", 1 << 20, 76);
-    let mut ring = Ring::new().unwrap();
+    let (dir, src) = verify::disk_file(1 << 20, 76);
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let d = ring
         .register(open(&dir.path().join("dst"), true, false))
         .unwrap();
@@ -1182,13 +758,7 @@ fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
         offset,
         len,
     };
-    let copy = |src_offset, dst_offset, len| Job::Copy {
-        src: s,
-        src_offset,
-        dst: d,
-        dst_offset,
-        len,
-    };
+    let copy = |src_offset, dst_offset, len| copy_at((s, src_offset), (d, dst_offset), len);
     for job in [
         read(big + 1, 4096),
         read(u64::MAX - 1, 1),
@@ -1219,9 +789,7 @@ fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
         .run(&mut ring)
         .unwrap();
     assert_eq!((done.status, done.bytes), (Ok(()), 0));
-    ring.close(s).unwrap();
-    ring.close(d).unwrap();
-    check_teardown(&ring, &[&pool]);
+    close_and_check(&mut ring, &[s, d], &[&pool]);
 }
 
 /// A positional write to a descriptor opened `O_APPEND` lands at the end of the file,
@@ -1230,26 +798,17 @@ fn ranges_past_the_largest_file_offset_are_refused_before_the_kernel() {
 /// descriptor is fine.
 #[test]
 fn append_only_destinations_are_refused() {
-    let dir = common::disk_dir();
-    let src = src_file(dir.path(), "src", 4 * CHUNK, 77);
+    let (dir, src) = verify::disk_file(4 * CHUNK, 77);
     let dst = dir.path().join("dst");
     std::fs::write(&dst, b"keep").unwrap();
-    let mut ring = Ring::new().unwrap();
     let pool = pool(4, CHUNK as usize);
-    ring.register_pool(&pool);
-    let s = ring.register(open(&src, false, false)).unwrap();
+    let (mut ring, s) = ring_with(&pool, open(&src, false, false));
     let d = ring
         .register(OpenOptions::new().append(true).open(&dst).unwrap())
         .unwrap();
     let before = ring.stats().submitted;
     for job in [
-        Job::Copy {
-            src: s,
-            src_offset: 0,
-            dst: d,
-            dst_offset: 0,
-            len: 4 * CHUNK,
-        },
+        copy_job(s, d, 4 * CHUNK),
         Job::Write {
             dst: d,
             offset: 0,
@@ -1276,10 +835,7 @@ fn append_only_destinations_are_refused() {
         offset: CHUNK,
         len: CHUNK,
     };
-    let done = SplitDriver::new(&mut ring, &pool, job, SplitConfig::new())
-        .unwrap()
-        .run(&mut ring)
-        .unwrap();
+    let done = run_job(&mut ring, &pool, job, SplitConfig::new(), |d| d);
     assert_eq!((done.status, done.bytes), (Ok(()), CHUNK));
     for t in [s, d, ra] {
         ring.close(t).unwrap();
@@ -1297,8 +853,7 @@ struct PartitionedLoop {
 
 impl PartitionedLoop {
     fn new() -> Option<PartitionedLoop> {
-        let dir = common::disk_dir();
-        let img = dir.path().join("disk.img");
+        let (dir, img) = common::disk_path("disk.img");
         let mut mbr = vec![0u8; 512];
         let e = &mut mbr[446..462];
         e[4] = 0x83; // Linux
@@ -1369,9 +924,7 @@ impl Drop for PartitionedLoop {
 /// disjoint ranges still copy.
 #[test]
 fn copies_between_a_disk_its_partition_and_a_loop_backing_file_must_not_overlap() {
-    let Some(pl) = PartitionedLoop::new() else {
-        return;
-    };
+    let pl = or_skip!(PartitionedLoop::new());
     let mut ring = Ring::new().unwrap();
     let bufs = pool(4, CHUNK as usize);
     ring.register_pool(&bufs);
@@ -1435,17 +988,8 @@ fn copies_between_a_disk_its_partition_and_a_loop_backing_file_must_not_overlap(
         f.write_all_at(&w, 0).unwrap();
         f.sync_all().unwrap();
     }
-    let job = Job::Copy {
-        src: disk,
-        src_offset: 0,
-        dst: part,
-        dst_offset: 0,
-        len: mib,
-    };
-    let done = SplitDriver::new(&mut ring, &bufs, job, SplitConfig::new())
-        .unwrap()
-        .run(&mut ring)
-        .unwrap();
+    let job = copy_job(disk, part, mib);
+    let done = run_job(&mut ring, &bufs, job, SplitConfig::new(), |d| d);
     assert_eq!((done.status, done.bytes), (Ok(()), mib));
     let mut got = vec![0u8; mib as usize];
     {

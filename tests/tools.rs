@@ -6,96 +6,24 @@
 
 mod common;
 
-use std::fs::OpenOptions;
-use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use common::or_skip;
 
-use common::{verify, LoopDev};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::bin::{example, run, run_with, stderr, LIMIT};
+use common::fd::{mkfifo, payload, pipe, slow_writer, trickle};
+use common::verify::{self, file_in as make};
+use common::LoopDev;
 
 const BS: usize = 4096;
-const LIMIT: Duration = Duration::from_secs(60);
-
-fn example(name: &str) -> Option<PathBuf> {
-    common::example_binary(name)
-}
-
-/// Run `bin` with `args` (stdin empty); kill it and fail if it runs past `limit`.
-fn run(bin: &Path, args: &[&str], limit: Duration) -> Output {
-    run_with(bin, args, Stdio::null(), None, limit)
-}
-
-/// Run `bin` with `args`, `stdin`, and `stdout` (a pipe, captured, when `None`); kill it
-/// and fail if it runs past `limit`.
-fn run_with(
-    bin: &Path,
-    args: &[&str],
-    stdin: Stdio,
-    stdout: Option<Stdio>,
-    limit: Duration,
-) -> Output {
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(stdin)
-        .stdout(stdout.unwrap_or_else(Stdio::piped))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Drain the pipes on threads, so a chatty child cannot block on a full pipe.
-    let out = child.stdout.take();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(mut out) = out {
-            let _ = out.read_to_end(&mut v);
-        }
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > limit {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!(
-                "{} {args:?} did not exit within {limit:?} (hung)",
-                bin.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A verify-pattern file of `size` bytes.
-fn make(dir: &Path, name: &str, size: u64, seed: u64) -> PathBuf {
-    let p = dir.join(name);
-    verify::make_file(&p, size, BS, seed);
-    p
-}
-
-fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: `c` is a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-}
+/// What the tools say of a path that is neither a regular file nor a block device.
+const NOT_A_FILE: &str = "not a regular file or block device";
 
 /// A small tmpfs mounted on a fresh directory, unmounted (and the directory removed) on
 /// drop: a filesystem whose free space a test can exceed without filling the real disk.
@@ -145,20 +73,162 @@ impl Drop for SmallFs {
     }
 }
 
+/// The example binary `name` and a new directory on disk to run it in.
+fn tool(name: &str) -> Option<(std::path::PathBuf, tempfile::TempDir)> {
+    Some((example(name)?, common::disk_dir()))
+}
+
+/// A verify file `name` in `dir` ([`make`]) and its bytes.
+fn made(dir: &Path, name: &str, size: u64, seed: u64) -> (std::path::PathBuf, Vec<u8>) {
+    let p = make(dir, name, size, seed);
+    let bytes = std::fs::read(&p).unwrap();
+    (p, bytes)
+}
+
+/// `o` succeeded and wrote exactly `want` (`what` ran).
+fn wrote(o: &Output, want: &[u8], what: &str) {
+    assert!(o.status.success(), "{what}: {}", stderr(o));
+    assert!(
+        o.stdout == want,
+        "{what}: {} bytes out of {}",
+        o.stdout.len(),
+        want.len()
+    );
+}
+
+/// The number just before the first `unit` in `msg`: 42 for `" bytes in"` in
+/// `"copy: 42 bytes in 0.1 s"`.
+fn number_before(msg: &str, unit: &str) -> u64 {
+    let at = msg
+        .find(unit)
+        .unwrap_or_else(|| panic!("no {unit:?} in {msg:?}"));
+    let digits = msg[..at]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number before {unit:?} in {msg:?}"))
+}
+
+/// Run `bin` with `args`; it must fail, with every one of `words` in its message.
+fn refused(bin: &Path, args: &[&str], words: &[&str]) -> Output {
+    let o = run(bin, args, Duration::from_secs(20));
+    let msg = stderr(&o);
+    assert!(!o.status.success(), "{args:?} succeeded: {msg}");
+    for w in words {
+        assert!(msg.contains(w), "{args:?}: {w:?} not in the message: {msg}");
+    }
+    o
+}
+
 // ---- copy --------------------------------------------------------------------------------
+
+/// Copies of 0 bytes to 3 MiB + 123 with several chunk sizes, serial, parallel and direct:
+/// every byte lands, progress climbs to the size and never past it, a direct copy leaves
+/// under a block to the page cache; bad input fails with a clear message.
+#[test]
+fn copy_example_copies_and_reports_clear_errors() {
+    let bin = or_skip!(example("copy"));
+    let (dir, dst) = common::disk_path("dst");
+    let d = dst.to_str().unwrap();
+    for (k, size) in [0u64, 1, 4095, 4096, 65537, 3 * (1 << 20) + 123]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 40 + k as u64;
+        let src = make(dir.path(), "src", size, seed);
+        for flags in [
+            &["--chunk", "64K"][..],
+            &["--serial", "--chunk", "16k"],
+            &["--inflight", "3", "--chunk", "8192"],
+            &["--direct", "--chunk", "128K"],
+        ] {
+            let mut args = vec!["--progress"];
+            args.extend(flags);
+            args.extend([src.to_str().unwrap(), d]);
+            let o = run(&bin, &args, LIMIT);
+            let msg = stderr(&o);
+            assert!(o.status.success(), "copy {args:?}: {msg}");
+            let mut last = 0;
+            for line in msg.lines() {
+                let Some((done, total)) = line
+                    .strip_prefix("copy: ")
+                    .and_then(|l| l.strip_suffix(" bytes"))
+                    .and_then(|l| l.split_once('/'))
+                else {
+                    continue;
+                };
+                let (done, total): (u64, u64) = (done.parse().unwrap(), total.parse().unwrap());
+                assert_eq!(total, size);
+                assert!(done >= last && done <= total, "{flags:?}: {msg}");
+                last = done;
+            }
+            let summary = msg.lines().last().unwrap();
+            assert_eq!(number_before(summary, " bytes in"), size, "{flags:?}");
+            assert_eq!(last, size, "{flags:?}: progress did not reach the end");
+            if flags.contains(&"--direct") && summary.contains("buffered") {
+                assert!(
+                    number_before(summary, " bytes buffered") < 4096,
+                    "{summary}"
+                );
+            }
+            assert_eq!(std::fs::metadata(&dst).unwrap().len(), size, "{flags:?}");
+            verify::check_file_prefix(&dst, size, seed);
+        }
+    }
+    let s = dir.path().join("src");
+    let s = s.to_str().unwrap();
+    let x = dir.path().join("x");
+    let x = x.to_str().unwrap();
+    refused(&bin, &["--chunk", "12Q", s, x], &["bad number '12Q'"]);
+    refused(&bin, &["--inflight", "many", s, x], &["bad number"]);
+    refused(&bin, &[s], &["need SRC and DST"]);
+    refused(
+        &bin,
+        &["/nonexistent/src", x],
+        &["/nonexistent/src", "No such file"],
+    );
+    let e = stderr(&refused(
+        &bin,
+        &["--direct", "--chunk", "1000", s, x],
+        &["--chunk 1000", "alignment"],
+    ));
+    assert!(
+        e.contains("512") || e.contains("4096"),
+        "the alignment is named: {e}"
+    );
+    for (chunk, kib) in [("4M", "chunk 4096 KiB"), ("64KiB", "chunk 64 KiB")] {
+        let o = run(&bin, &["--chunk", chunk, s, x], LIMIT);
+        assert!(
+            o.status.success() && stderr(&o).contains(kib),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn copy_example_to_a_too_small_block_device_fails_clearly() {
+    let bin = or_skip!(example("copy"));
+    let dev = or_skip!(LoopDev::new(256 * 1024, None));
+    let dir = common::disk_dir();
+    let src = make(dir.path(), "src", 1 << 20, 12);
+    refused(
+        &bin,
+        &["--direct", src.to_str().unwrap(), &dev.path],
+        &["No space left on device"],
+    );
+    verify::check_file_prefix(Path::new(&dev.path), 256 * 1024, 12);
+}
 
 /// Finding 11: `copy F F`, through a symlink or a hard link, truncated F to 0 bytes and
 /// exited 0. Each must be refused, naming the argument, with F unchanged.
 #[test]
 fn copy_refuses_to_copy_a_file_onto_itself() {
-    let Some(bin) = example("copy") else {
-        common::skip("the copy example binary is not built");
-        return;
-    };
-    let dir = common::disk_dir();
+    let (bin, dir) = or_skip!(tool("copy"));
     let size = 300_000u64;
-    let f = make(dir.path(), "F", size, 81);
-    let want = std::fs::read(&f).unwrap();
+    let (f, want) = made(dir.path(), "F", size, 81);
     let sym = dir.path().join("sym");
     std::os::unix::fs::symlink(&f, &sym).unwrap();
     let hard = dir.path().join("hard");
@@ -194,13 +264,8 @@ fn copy_refuses_to_copy_a_file_onto_itself() {
 /// FIFO as SRC or DST is refused without blocking in `open`.
 #[test]
 fn copy_checks_the_source_before_touching_the_destination() {
-    let Some(bin) = example("copy") else {
-        common::skip("the copy example binary is not built");
-        return;
-    };
-    let dir = common::disk_dir();
-    let keep = make(dir.path(), "keep", 10_000, 82);
-    let want = std::fs::read(&keep).unwrap();
+    let (bin, dir) = or_skip!(tool("copy"));
+    let (keep, want) = made(dir.path(), "keep", 10_000, 82);
     let fifo = dir.path().join("fifo");
     mkfifo(&fifo);
     let missing = dir.path().join("missing");
@@ -245,27 +310,16 @@ fn copy_checks_the_source_before_touching_the_destination() {
     }
     // A FIFO as DST: refused, no hang, nothing written into it.
     let args = [keep.to_str().unwrap(), fifo.to_str().unwrap()];
-    let o = run(&bin, &args, Duration::from_secs(20));
-    let msg = stderr(&o);
-    assert!(!o.status.success(), "copy to a FIFO succeeded");
-    assert!(
-        msg.contains("not a regular file or block device") && msg.contains(args[1]),
-        "{msg}"
-    );
+    refused(&bin, &args, &[NOT_A_FILE, args[1]]);
 }
 
 /// A bad `--chunk` (too large for a pool slot, or misaligned for `--direct`) truncated an
 /// existing DST (or created a new one) before failing: bad input must change nothing.
 #[test]
 fn copy_with_a_bad_chunk_leaves_the_destination_alone() {
-    let Some(bin) = example("copy") else {
-        common::skip("the copy example binary is not built");
-        return;
-    };
-    let dir = common::disk_dir();
+    let (bin, dir) = or_skip!(tool("copy"));
     let src = make(dir.path(), "src", 100_000, 87);
-    let keep = make(dir.path(), "keep", 50_000, 88);
-    let want = std::fs::read(&keep).unwrap();
+    let (keep, want) = made(dir.path(), "keep", 50_000, 88);
     let new = dir.path().join("new");
     for flags in [&["--chunk", "1T"][..], &["--direct", "--chunk", "3"]] {
         for dst in [&keep, &new] {
@@ -292,19 +346,10 @@ fn copy_with_a_bad_chunk_leaves_the_destination_alone() {
 /// and back onto another device, verified byte for byte.
 #[test]
 fn copy_copies_a_whole_block_device() {
-    let Some(bin) = example("copy") else {
-        common::skip("the copy example binary is not built");
-        return;
-    };
+    let bin = or_skip!(example("copy"));
     let size = 3 * (1 << 20) + 5 * 512;
-    let Some(dev) = LoopDev::new(size, Some((BS, 84))) else {
-        return;
-    };
-    let Some(dev2) = LoopDev::new(size, None) else {
-        return;
-    };
-    let dir = common::disk_dir();
-    let out = dir.path().join("out");
+    let (dev, dev2) = or_skip!(LoopDev::pair(size, 84));
+    let (dir, out) = common::disk_path("out");
     for flags in [&[][..], &["--direct"], &["--serial", "--chunk", "64K"]] {
         let mut args = flags.to_vec();
         args.extend([dev.path.as_str(), out.to_str().unwrap()]);
@@ -351,13 +396,8 @@ fn copy_copies_a_whole_block_device() {
 /// truncated; an empty regular file still copies (0 bytes, exit 0).
 #[test]
 fn copy_refuses_a_pseudo_file_source() {
-    let Some(bin) = example("copy") else {
-        common::skip("the copy example binary is not built");
-        return;
-    };
-    let dir = common::disk_dir();
-    let keep = make(dir.path(), "keep", 10_000, 91);
-    let want = std::fs::read(&keep).unwrap();
+    let (bin, dir) = or_skip!(tool("copy"));
+    let (keep, want) = made(dir.path(), "keep", 10_000, 91);
     let new = dir.path().join("new");
     let mut tried = 0;
     for src in [
@@ -407,16 +447,58 @@ fn copy_refuses_a_pseudo_file_source() {
 
 // ---- iobench -----------------------------------------------------------------------------
 
+/// `iobench`'s I/O loop performs no heap allocation per operation in steady state: after
+/// its warm-up, thousands of operations allocate nothing, for each access pattern, at
+/// several queue depths, page-cached and O_DIRECT; every operation moves a whole block.
+#[test]
+fn iobench_loop_allocates_nothing_per_operation() {
+    let (bin, dir) = or_skip!(tool("iobench"));
+    let f = make(dir.path(), "bench.dat", 256 * BS as u64, 93);
+    let direct_ok = common::open(&f, false, true).metadata().is_ok();
+    let mut cases = vec![
+        ("randread", "1", false),
+        ("randread", "32", false),
+        ("randread", "128", false),
+        ("read", "4", false),
+        ("randwrite", "8", false),
+        ("write", "2", false),
+    ];
+    if direct_ok {
+        cases.push(("randread", "16", true));
+        cases.push(("randwrite", "4", true));
+    } else {
+        common::skip("O_DIRECT cases (the test directory's filesystem refuses O_DIRECT)");
+    }
+    for (rw, qd, direct) in cases {
+        let mut args = vec!["--rw", rw, "--bs", "4k", "--qd", qd, "--ops", "5000"];
+        if direct {
+            args.push("--direct");
+        }
+        args.push(f.to_str().unwrap());
+        let o = run(&bin, &args, LIMIT);
+        assert!(o.status.success(), "iobench {args:?}: {}", stderr(&o));
+        let json = String::from_utf8_lossy(&o.stdout);
+        let ops = number_before(&json, ",\"bytes\"");
+        assert!(ops >= 5000, "{json}");
+        assert_eq!(
+            number_before(&json, ",\"allocs\""),
+            ops * BS as u64,
+            "{json}"
+        );
+        let n = number_before(&json, "}");
+        assert_eq!(
+            n, 0,
+            "{n} allocations in {ops} {rw} operations at qd {qd} (direct: {direct})"
+        );
+    }
+}
+
 /// Finding 12: `iobench` on a missing path silently created a 256 MiB file, and on a FIFO
 /// hung in `open`. A missing FILE is created only when asked (`--size`); anything but a
 /// regular file or a block device is refused, at once, naming it.
 #[test]
 fn iobench_creates_only_when_asked_and_refuses_what_it_cannot_bench() {
-    let Some(bin) = example("iobench") else {
-        common::skip("the iobench example binary is not built");
-        return;
-    };
-    let dir = common::disk_dir();
+    let (bin, dir) = or_skip!(tool("iobench"));
     let quick = ["--bs", "4k", "--qd", "2", "--seconds", "0.05"];
     let bench = |rw: &str, extra: &[&str], file: &Path| {
         let mut args = vec!["--rw", rw];
@@ -489,13 +571,8 @@ fn iobench_creates_only_when_asked_and_refuses_what_it_cannot_bench() {
 /// that a regression fills 8 MiB, not the disk.
 #[test]
 fn iobench_refuses_a_size_the_filesystem_cannot_hold() {
-    let Some(bin) = example("iobench") else {
-        common::skip("the iobench example binary is not built");
-        return;
-    };
-    let Some(fs) = SmallFs::new(8 << 20) else {
-        return;
-    };
+    let bin = or_skip!(example("iobench"));
+    let fs = or_skip!(SmallFs::new(8 << 20));
     let bench = |rw: &str, size: &str, file: &Path| {
         let args = [
             "--rw",
@@ -560,11 +637,7 @@ fn iobench_refuses_a_size_the_filesystem_cannot_hold() {
 /// `--seconds` too large for a `Duration` panicked (exit 101) instead of a usage error.
 #[test]
 fn iobench_refuses_unrepresentable_durations() {
-    let Some(bin) = example("iobench") else {
-        common::skip("the iobench example binary is not built");
-        return;
-    };
-    let dir = common::disk_dir();
+    let (bin, dir) = or_skip!(tool("iobench"));
     let f = make(dir.path(), "f", 64 * 1024, 86);
     for secs in ["1e30", "inf", "NaN", "-1", "0", "1e-300"] {
         let args = [
@@ -587,26 +660,78 @@ fn iobench_refuses_unrepresentable_durations() {
 
 // ---- gather ------------------------------------------------------------------------------
 
+/// 1 to 300 random extents with limits forcing many transfers: the output is the extents
+/// in order, and the summary counts them; suffixes and the exact end of the file parse;
+/// an extent past the end, a missing file and bad numbers fail with clear messages.
+#[test]
+fn gather_example_concatenates_extents_and_reports_clear_errors() {
+    let (bin, dir) = or_skip!(tool("gather"));
+    let size = 3u64 << 20;
+    let path = make(dir.path(), "f", size, 38);
+    let p = path.to_str().unwrap();
+    let mut rng = common::rng(99);
+    for (n, flags) in [
+        (1, &[][..]),
+        (5, &["--max-transfer", "1000"]),
+        (50, &["--max-segments", "2", "--max-transfer", "64K"]),
+        (300, &["--max-segments", "1", "--inflight", "8"]),
+    ] {
+        let mut v: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        v.push(p.to_string());
+        let mut want = Vec::new();
+        for _ in 0..n {
+            let len = 1 + rng.u64(..200_000);
+            let off = rng.u64(..size - len + 1);
+            v.push(format!("{off}:{len}"));
+            want.extend_from_slice(&verify::expected(BS, 38, off, len as usize));
+        }
+        let args: Vec<&str> = v.iter().map(String::as_str).collect();
+        let o = run(&bin, &args, LIMIT);
+        let msg = stderr(&o);
+        assert!(o.status.success(), "{n} extents: {msg}");
+        assert_eq!(number_before(&msg, " extents"), n as u64, "{msg}");
+        assert_eq!(number_before(&msg, " bytes in"), want.len() as u64, "{msg}");
+        assert!(o.stdout == want, "{n} extents: output differs");
+        if flags.contains(&"1000") {
+            let transfers = number_before(&msg, " transfers");
+            assert!(transfers >= want.len() as u64 / 1000, "{msg}");
+        }
+    }
+    // Extents with suffixes, and the end of the file exactly.
+    let end = format!("{}:4096", size - 4096);
+    let o = run(&bin, &[p, "1K:2K", &end], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(number_before(&stderr(&o), " extents"), 2);
+    let want = [
+        verify::expected(BS, 38, 1024, 2048),
+        verify::expected(BS, 38, size - 4096, 4096),
+    ]
+    .concat();
+    assert!(o.stdout == want, "1K:2K and the last block: output differs");
+    // Errors.
+    let past = format!("{}:2", size - 1);
+    refused(&bin, &[p, &past], &["past the end", &size.to_string()]);
+    refused(
+        &bin,
+        &["/nonexistent/f", "0:1"],
+        &["/nonexistent/f", "No such file"],
+    );
+    refused(&bin, &[p, "x:10"], &["bad number 'x'"]);
+    refused(&bin, &[p, "10"], &["OFFSET:LEN"]);
+    refused(&bin, &[p, "10:0"], &["empty"]);
+    refused(&bin, &["--max-segments", "2000", p, "0:1"], &["bad number"]);
+}
+
 /// `gather` on a FIFO hung in `open`; on a directory or a character device it blamed the
 /// extents. Anything but a regular file or block device is refused at once, naming it.
 #[test]
 fn gather_refuses_what_it_cannot_read_without_blocking() {
-    let Some(bin) = example("gather") else {
-        common::skip("the gather example binary is not built");
-        return;
-    };
-    let dir = common::disk_dir();
-    let fifo = dir.path().join("fifo");
+    let bin = or_skip!(example("gather"));
+    let (dir, fifo) = common::disk_path("fifo");
     mkfifo(&fifo);
     for path in [fifo.as_path(), dir.path(), Path::new("/dev/null")] {
         let args = [path.to_str().unwrap(), "0:10"];
-        let o = run(&bin, &args, Duration::from_secs(20));
-        let msg = stderr(&o);
-        assert!(!o.status.success(), "gather {args:?} succeeded");
-        assert!(
-            msg.contains("not a regular file or block device") && msg.contains(args[0]),
-            "gather {args:?}: {msg}"
-        );
+        refused(&bin, &args, &[NOT_A_FILE, args[0]]);
     }
     // And still gathers from a file.
     let f = make(dir.path(), "f", 100_000, 85);
@@ -622,6 +747,91 @@ fn gather_refuses_what_it_cannot_read_without_blocking() {
 
 // ---- cat ---------------------------------------------------------------------------------
 
+/// File to file (buffered and direct, several depths, header room on) and a pipe on stdin
+/// to a pipe on stdout: every byte, counted in the summary; bad input: a clear error.
+#[test]
+fn cat_example_copies_files_pipes_and_reports_bad_input() {
+    let (bin, dir) = or_skip!(tool("cat"));
+    let size = (3 << 20) + 1234;
+    let (src, want) = made(dir.path(), "src", size, 40);
+    let src_s = src.to_str().unwrap();
+    let out_path = dir.path().join("out");
+    for args in [
+        &["--pending", "1", src_s][..],
+        &[
+            "--pending",
+            "8",
+            "--chunk",
+            "65536",
+            "--header",
+            "16",
+            src_s,
+        ],
+        &[
+            "--direct",
+            "--pending",
+            "4",
+            "--chunk",
+            "131072",
+            "--ordered",
+            src_s,
+        ],
+    ] {
+        let out = Stdio::from(File::create(&out_path).unwrap());
+        let o = run_with(&bin, args, Stdio::null(), Some(out), LIMIT);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert_eq!(number_before(&stderr(&o), " bytes in"), size, "{args:?}");
+        assert!(
+            std::fs::read(&out_path).unwrap() == want,
+            "{args:?}: output differs"
+        );
+    }
+
+    // A pipe on stdin ("-") -> a pipe on stdout, drained by another thread.
+    let (in_rx, in_tx) = pipe();
+    let w = slow_writer(in_tx, want.clone(), 16);
+    let o = run_with(&bin, &["-"], File::from(in_rx).into(), None, LIMIT);
+    w.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(number_before(&stderr(&o), " bytes in"), size);
+    assert!(o.stdout == want, "pipe output differs");
+
+    // Bad input: a clear error, nothing written.
+    refused(
+        &bin,
+        &["/nonexistent/file"],
+        &["/nonexistent/file", "No such file"],
+    );
+    refused(&bin, &["--pending", "zero", src_s], &["--pending", "zero"]);
+    refused(&bin, &["--chunk", "0", src_s], &["--chunk"]);
+    refused(&bin, &["--bogus", src_s], &["--bogus"]);
+    refused(&bin, &[], &["usage"]);
+    let probe = iocomplete::Ring::new()
+        .unwrap()
+        .register(common::open(&src, false, true))
+        .map(|_| ());
+    assert!(probe.is_ok());
+    refused(
+        &bin,
+        &["--direct", "--chunk", "1000", src_s],
+        &["1000", "alignment"],
+    );
+    let (in_rx, _in_tx) = pipe();
+    let o = run_with(
+        &bin,
+        &["--direct", "-"],
+        File::from(in_rx).into(),
+        None,
+        LIMIT,
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("--direct"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(o.stdout.is_empty());
+}
+
 /// Review 2, item 3: `cat F >> F` read back its own output (1,131,072 bytes delivered from
 /// a 1,000,000-byte file). As GNU cat does, an input that is stdout's regular file (the
 /// same device and inode, by any name, or as stdin) is refused before anything is
@@ -629,14 +839,8 @@ fn gather_refuses_what_it_cannot_read_without_blocking() {
 /// `cat F | ...` are unaffected.
 #[test]
 fn cat_refuses_an_input_that_is_its_own_output() {
-    let Some(bin) = example("cat") else {
-        common::skip("the cat example binary is not built");
-        return;
-    };
-    let dir = common::disk_dir();
-    let size = 1_000_000u64;
-    let f = make(dir.path(), "F", size, 92);
-    let want = std::fs::read(&f).unwrap();
+    let (bin, dir) = or_skip!(tool("cat"));
+    let (f, want) = made(dir.path(), "F", 1_000_000, 92);
     let link = dir.path().join("link");
     std::fs::hard_link(&f, &link).unwrap();
     let fs = f.to_str().unwrap();
@@ -690,6 +894,38 @@ fn cat_refuses_an_input_that_is_its_own_output() {
     assert!(o.stdout == want, "cat F | ...: output differs");
 }
 
+/// Finding 10, end to end: the `cat` binary on a named FIFO given by path, and on a pipe
+/// as stdin given as `/dev/stdin` (and as `-`), exits with every byte.
+#[test]
+fn cat_binary_exits_on_a_fifo_path_and_on_dev_stdin() {
+    let bin = or_skip!(example("cat"));
+    let want = verify::expected(BS, 43, 0, 700_000);
+    let limit = Duration::from_secs(30);
+
+    // A FIFO by path: cat's open blocks until the writer opens its end.
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::fd::fifo_in(dir.path());
+    let feed = {
+        let (want, path) = (want.clone(), path.clone());
+        std::thread::spawn(move || {
+            let mut tx = OpenOptions::new().write(true).open(&path).unwrap();
+            std::io::Write::write_all(&mut tx, &want).unwrap();
+        })
+    };
+    let o = run(&bin, &[path.to_str().unwrap()], limit);
+    feed.join().unwrap();
+    wrote(&o, &want, "FIFO path");
+
+    // A pipe as stdin, named /dev/stdin (a reopen of the pipe) and `-` (the descriptor).
+    for arg in ["/dev/stdin", "-"] {
+        let (rx, tx) = pipe();
+        let feed = slow_writer(tx, want.clone(), 64);
+        let o = run_with(&bin, &[arg], File::from(rx).into(), None, limit);
+        feed.join().unwrap();
+        wrote(&o, &want, arg);
+    }
+}
+
 // ---- fiforx ------------------------------------------------------------------------------
 
 /// Review 2, item 4: `fiforx --len 0 PATH` exited 0 without reading. It reads exactly N
@@ -697,12 +933,8 @@ fn cat_refuses_an_input_that_is_its_own_output() {
 /// opened and with nothing written.
 #[test]
 fn fiforx_refuses_a_zero_length() {
-    let Some(bin) = example("fiforx") else {
-        common::skip("the fiforx example binary is not built");
-        return;
-    };
-    let dir = common::disk_dir();
-    let fifo = dir.path().join("fifo");
+    let bin = or_skip!(example("fiforx"));
+    let (_dir, fifo) = common::disk_path("fifo");
     mkfifo(&fifo);
     let fp = fifo.to_str().unwrap();
     for args in [
@@ -718,5 +950,141 @@ fn fiforx_refuses_a_zero_length() {
             "fiforx {args:?}: {msg}"
         );
         assert!(o.stdout.is_empty(), "fiforx {args:?} wrote to stdout");
+    }
+}
+
+/// `/proc/<this process>/fd/<fd>`: a path by which a child opens this process's `fd`.
+fn proc_path(fd: &impl AsRawFd) -> String {
+    format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd())
+}
+
+/// A named FIFO whose writer opens only once fiforx has opened it (fiforx must wait for it
+/// rather than see end of file), and writes more than asked: fiforx takes exactly N.
+#[test]
+fn fiforx_reads_exactly_n_bytes_from_a_named_fifo() {
+    let bin = or_skip!(example("fiforx"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    mkfifo(&path);
+    let data = payload(30, 300_000);
+    let (p, d) = (path.clone(), data.clone());
+    let writer = std::thread::spawn(move || {
+        // A non-blocking open for writing fails (ENXIO) until a reader has the FIFO open.
+        let tx = loop {
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&p)
+            {
+                Ok(tx) => break tx,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        common::fd::set_blocking(tx.as_raw_fd());
+        // Keeps the FIFO open for reading once fiforx is gone, so the rest can be written.
+        let keep = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&p)
+            .unwrap();
+        let (tx, _) = trickle(tx, d, 30, 40_000, 2000).join().unwrap();
+        (tx, keep)
+    });
+    let o = run(&bin, &["--len", "250000", path.to_str().unwrap()], LIMIT);
+    drop(writer.join().unwrap());
+    let msg = stderr(&o);
+    assert!(o.status.success(), "{msg}");
+    assert!(o.stdout == data[..250_000], "fiforx output differs");
+    assert_eq!(number_before(&msg, " bytes in"), 250_000);
+    assert!(number_before(&msg, " readiness waits") > 0, "{msg}");
+    assert!(msg.contains("waited for a writer"), "{msg}");
+    assert!(msg.contains("250000 bytes"), "{msg}");
+}
+
+/// `fiforx ... >> log`: an output opened O_APPEND takes the bytes after what it holds
+/// (positional writes there would be refused: they cannot land where they say).
+#[test]
+fn fiforx_appends_to_an_append_only_output() {
+    let bin = or_skip!(example("fiforx"));
+    let (rx, tx) = pipe();
+    let data = payload(32, 70_000);
+    let writer = trickle(tx.into(), data.clone(), 32, 20_000, 500);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    std::fs::write(&log, b"earlier\n").unwrap();
+    let out = OpenOptions::new().append(true).open(&log).unwrap();
+    let args = ["--len", "70000", &proc_path(&rx)];
+    let o = run_with(&bin, &args, Stdio::null(), Some(out.into()), LIMIT);
+    drop(writer.join().unwrap());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(number_before(&stderr(&o), " bytes in"), 70_000);
+    let got = std::fs::read(&log).unwrap();
+    assert!(
+        got[..8] == *b"earlier\n" && got[8..] == data[..],
+        "appended output differs"
+    );
+}
+
+#[test]
+fn fiforx_reports_eof_before_n_with_the_count_and_writes_what_came() {
+    let bin = or_skip!(example("fiforx"));
+    let (rx, tx) = pipe();
+    let data = payload(31, 5000);
+    let (tx, _) = trickle(tx.into(), data.clone(), 31, 1500, 1000)
+        .join()
+        .unwrap();
+    drop(tx);
+    let o = run(&bin, &["--len=8K", &proc_path(&rx)], LIMIT);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("after 5000 of 8192 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        o.stdout == data,
+        "the bytes that arrived were not all written"
+    );
+}
+
+#[test]
+fn fiforx_refuses_bad_input_with_clear_messages() {
+    let bin = or_skip!(example("fiforx"));
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let code = |args: &[&str], want: i32, words: &[&str]| {
+        let o = refused(&bin, args, words);
+        assert_eq!(o.status.code(), Some(want), "{args:?}: {}", stderr(&o));
+        o.stdout
+    };
+    code(
+        &["--len", "10", missing.to_str().unwrap()],
+        1,
+        &["No such file"],
+    );
+    for bad in ["12x", "", "-3", "K", "99999999999999999999"] {
+        code(&["--len", bad, "-"], 2, &["bad --len value"]);
+    }
+    refused(&bin, &["/dev/null"], &["--len N is required"]);
+    refused(&bin, &["--len", "1"], &["PATH is required"]);
+    let regular = dir.path().join("regular");
+    std::fs::write(&regular, b"not a fifo").unwrap();
+    let out = code(
+        &["--len", "4", regular.to_str().unwrap()],
+        1,
+        &["regular file, not FIFO-like"],
+    );
+    assert!(out.is_empty());
+    // Lengths with suffixes: exactly that many bytes.
+    for (len, n) in [("64K", 65536usize), ("3M", 3 << 20)] {
+        let (rx, tx) = pipe();
+        let writer = trickle(tx.into(), payload(33, n + 100), 33, 1 << 20, 1);
+        let o = run(&bin, &["--len", len, &proc_path(&rx)], LIMIT);
+        drop(writer.join().unwrap());
+        assert!(o.status.success(), "--len {len}: {}", stderr(&o));
+        assert_eq!(o.stdout.len(), n, "--len {len}");
     }
 }

@@ -1,9 +1,5 @@
 //! The `cat` example's core: argument parsing, the continuous reader, and forwarding each
-//! pooled buffer to stdout through the ring. It neither prints nor exits (main.rs does),
-//! so `tests/reader.rs` compiles this file too and runs it against real files and pipes.
-
-// Items main.rs or the tests use alone.
-#![allow(dead_code)]
+//! pooled buffer to stdout through the ring. It neither prints nor exits (main.rs does).
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
@@ -24,21 +20,21 @@ pub(crate) const USAGE: &str =
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Opts {
-    pub(crate) pending: u32,
-    pub(crate) chunk: usize,
-    pub(crate) header: usize,
-    pub(crate) direct: bool,
-    pub(crate) path: String,
+    pending: u32,
+    chunk: usize,
+    header: usize,
+    direct: bool,
+    path: String,
 }
 
 /// What one run did.
 #[derive(Debug, Clone)]
 pub(crate) struct Summary {
-    pub(crate) bytes: u64,
-    pub(crate) elapsed: Duration,
-    pub(crate) opts: Opts,
-    pub(crate) multishot: bool,
-    pub(crate) seekable: bool,
+    bytes: u64,
+    elapsed: Duration,
+    opts: Opts,
+    multishot: bool,
+    seekable: bool,
 }
 
 impl Summary {
@@ -69,13 +65,13 @@ impl Summary {
     }
 }
 
-#[path = "../common/bytes.rs"]
-mod bytes;
+#[path = "../common/cli.rs"]
+mod cli;
 
 /// A byte count: digits with an optional `k`, `m` or `g` suffix (powers of 1024).
 fn number(flag: &str, v: Option<&String>) -> Result<u64, String> {
     let v = v.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-    bytes::parse_bytes(v).ok_or_else(|| format!("{flag}: '{v}' is not a number"))
+    cli::parse_bytes(v).ok_or_else(|| format!("{flag}: '{v}' is not a number"))
 }
 
 pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {

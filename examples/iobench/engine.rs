@@ -3,11 +3,8 @@
 //! completion arrives (the buffer never goes back to the pool in steady state), and
 //! records each operation's latency in a fixed log-bucket histogram.
 //!
-//! Steady state performs no heap allocation per operation; `tests/iobench_alloc.rs`
-//! includes this very file and counts.
-
-// Shared with `tests/iobench_alloc.rs`, which uses parts `main` does not.
-#![allow(dead_code)]
+//! Steady state performs no heap allocation per operation: `iobench` counts them, and
+//! `tests/tools.rs` checks the count is 0.
 
 use std::time::{Duration, Instant};
 
@@ -130,27 +127,6 @@ impl Default for Histogram {
     }
 }
 
-/// xorshift64*: a few instructions per offset, good enough to spread random I/O.
-struct Rng(u64);
-
-impl Rng {
-    #[inline]
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (Lemire's multiply-shift; no division).
-    #[inline]
-    fn below(&mut self, n: u64) -> u64 {
-        ((self.next() as u128 * n as u128) >> 64) as u64
-    }
-}
-
 /// What to run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Job {
@@ -185,7 +161,8 @@ pub(crate) struct Engine<'p> {
     /// File offset of the operation tagged `i`.
     offsets: Vec<u64>,
     epoch: Instant,
-    rng: Rng,
+    /// Random offsets (`fastrand`'s generator: a few instructions each).
+    rng: fastrand::Rng,
     next_seq: u64,
     /// Totals since the last [`Engine::reset`].
     pub(crate) totals: Totals,
@@ -235,7 +212,9 @@ impl<'p> Engine<'p> {
             started: vec![0; job.qd],
             offsets: vec![0; job.qd],
             epoch: Instant::now(),
-            rng: Rng(0x9E37_79B9_7F4A_7C15 ^ job.bs as u64 ^ ((job.qd as u64) << 32)),
+            rng: fastrand::Rng::with_seed(
+                0x9E37_79B9_7F4A_7C15 ^ job.bs as u64 ^ ((job.qd as u64) << 32),
+            ),
             next_seq: 0,
             totals: Totals::default(),
         }
@@ -256,7 +235,7 @@ impl<'p> Engine<'p> {
     #[inline]
     fn next_offset(&mut self) -> u64 {
         let block = if self.job.rw.is_random() {
-            self.rng.below(self.job.blocks)
+            self.rng.u64(..self.job.blocks)
         } else {
             let b = self.next_seq;
             self.next_seq = if b + 1 >= self.job.blocks { 0 } else { b + 1 };
@@ -346,5 +325,34 @@ impl<'p> Engine<'p> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Histogram;
+
+    #[test]
+    fn histogram_percentiles_match_a_sorted_reference() {
+        let mut h = Histogram::new();
+        let mut vals: Vec<u64> = (0..10_000u64)
+            .map(|i| (i * 2_654_435_761) % 3_000_000 + 1)
+            .collect();
+        for &v in &vals {
+            h.record(v);
+        }
+        vals.sort_unstable();
+        for p in [1.0, 50.0, 90.0, 99.0, 99.9] {
+            let exact = vals[((p / 100.0 * vals.len() as f64).ceil() as usize).max(1) - 1];
+            let got = h.percentile(p);
+            let err = (got as f64 - exact as f64).abs() / exact as f64;
+            assert!(err < 0.04, "p{p}: histogram {got}, exact {exact}");
+        }
+        for v in 0..200u64 {
+            let mut one = Histogram::new();
+            one.record(v);
+            let got = one.percentile(50.0);
+            assert!(got.abs_diff(v) <= v / 30 + 1, "{v} -> {got}");
+        }
     }
 }

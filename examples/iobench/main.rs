@@ -3,14 +3,17 @@
 //!
 //! ```text
 //! iobench --rw randread|read|randwrite|write --bs BYTES --qd N [--direct]
-//!         [--seconds S] [--size BYTES] FILE
+//!         [--seconds S | --ops N] [--size BYTES] FILE
 //! ```
 //!
-//! Keeps `N` operations in flight for `S` seconds (default 5) and prints one JSON line to
-//! stdout:
-//! `{"iops":…,"bw_bytes":…,"lat_p50_ns":…,"lat_p99_ns":…,"cpu_usr":…,"cpu_sys":…}`
-//! (CPU from `getrusage`, in percent of one core over the run) and a one-line summary to
-//! stderr. Random offsets are multiples of the block size. FILE is a regular file or a
+//! After a warm-up of 500 operations (which lets the ring's lazily sized tables reach
+//! their steady size), keeps `N` operations in flight for `S` seconds (default 5), or
+//! for `--ops` operations, and prints one JSON line to stdout:
+//! `{"iops":…,"bw_bytes":…,"lat_p50_ns":…,"lat_p99_ns":…,"cpu_usr":…,"cpu_sys":…,"ops":…,
+//! "bytes":…,"allocs":…}` (CPU from `getrusage`, in percent of one core over the run;
+//! `allocs`: heap allocations during the run, 0 in steady state) and a one-line summary
+//! to stderr. A run whose operations did not all complete, whose buffers did not all come
+//! back, or whose histogram missed an operation fails instead of printing numbers. Random offsets are multiples of the block size. FILE is a regular file or a
 //! block device (anything else is refused, checked before it is opened). A missing FILE
 //! is created and filled to `--size` only when `--size` is given (otherwise it is an
 //! error); a regular file is extended to `--size` for write jobs. The range benched is
@@ -27,17 +30,47 @@
 
 mod engine;
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use engine::{Engine, Job, Rw};
 use iocomplete::{BufferPool, BufferRegistration, ErrorKind, Ring};
 
 const USAGE: &str = "usage: iobench --rw randread|read|randwrite|write --bs BYTES --qd N \
-                     [--direct] [--seconds S] [--size BYTES] FILE";
+                     [--direct] [--seconds S | --ops N] [--size BYTES] FILE";
+
+/// Operations run before the measured run.
+const WARMUP_OPS: u64 = 500;
+
+/// Heap allocations so far (the `allocs` of the JSON line).
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+/// The system allocator, counting allocations (`realloc` and `alloc_zeroed` come through
+/// `alloc` by their default definitions).
+struct Counting;
+
+// SAFETY: both methods forward to `System` with the caller's arguments unchanged; the count
+// is one relaxed atomic add (a statistic: no other memory depends on it).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` through this allocator, with this `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 struct Args {
     rw: Rw,
@@ -45,36 +78,32 @@ struct Args {
     qd: usize,
     direct: bool,
     seconds: Duration,
+    ops: Option<u64>,
     size: Option<u64>,
     file: PathBuf,
 }
 
 fn main() {
     // Exit status: 2 for a bad command line, 1 for a failure while running.
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("iobench: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = cli::or_usage_exit("iobench", parse_args(std::env::args().skip(1)));
     if let Err(e) = run(&args) {
         eprintln!("iobench: {e}");
         std::process::exit(1);
     }
 }
 
-#[path = "../common/bytes.rs"]
-mod bytes;
+#[path = "../common/cli.rs"]
+mod cli;
 
 /// Parse `4096`, `4k`, `1m`, `2g`, `64KiB`...
 fn parse_size(flag: &str, s: &str) -> Result<u64, String> {
-    bytes::parse_bytes(s).ok_or_else(|| format!("{flag}: not a number of bytes: {s:?}\n{USAGE}"))
+    cli::parse_bytes(s).ok_or_else(|| format!("{flag}: not a number of bytes: {s:?}\n{USAGE}"))
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut rw, mut bs, mut qd) = (None, None, None);
     let (mut direct, mut seconds, mut size, mut file) = (false, Duration::from_secs(5), None, None);
+    let mut ops = None;
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
             it.next()
@@ -107,6 +136,15 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                     .ok_or_else(|| format!("--seconds: not a positive number of seconds: {v:?}"))?;
             }
             "--size" => size = Some(parse_size("--size", &value("--size")?)?),
+            "--ops" => {
+                let v = value("--ops")?;
+                ops = Some(
+                    v.parse::<u64>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("--ops: not a positive number: {v:?}"))?,
+                );
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             f if f.starts_with("--") => return Err(format!("unknown flag {f}\n{USAGE}")),
             f => {
@@ -146,6 +184,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         qd,
         direct,
         seconds,
+        ops,
         size,
         file,
     })
@@ -154,8 +193,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
 /// Bytes free to an unprivileged writer (`f_bavail` blocks) on the filesystem holding
 /// `path`, and its block size.
 fn free_space(path: &Path) -> Result<(u64, u64), String> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+    let c = cli::c_path(path)?;
     // SAFETY: `statvfs` is plain old data; all-zero is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer, both live across
@@ -343,12 +381,22 @@ fn run(a: &Args) -> Result<(), String> {
         blocks,
     };
     let mut engine = Engine::new(job, target, &pool);
-    let limit = a.seconds;
+    let in_file = |e| format!("{}: {e}", a.file.display());
+    engine
+        .run(&mut ring, |t, _| t.ops >= WARMUP_OPS)
+        .map_err(in_file)?;
+    engine.reset();
+    let (limit, max_ops) = (a.seconds, a.ops);
     let (u0, s0) = rusage();
+    let allocs0 = ALLOCS.load(Ordering::Relaxed);
     let t0 = std::time::Instant::now();
     engine
-        .run(&mut ring, |_, el| el >= limit)
-        .map_err(|e| format!("{}: {e}", a.file.display()))?;
+        .run(&mut ring, |t, el| match max_ops {
+            Some(n) => t.ops >= n,
+            None => el >= limit,
+        })
+        .map_err(in_file)?;
+    let allocs = ALLOCS.load(Ordering::Relaxed) - allocs0;
     let wall = t0.elapsed().as_secs_f64();
     let (u1, s1) = rusage();
 
@@ -358,11 +406,27 @@ fn run(a: &Args) -> Result<(), String> {
     let usr = (u1 - u0).as_secs_f64() / wall * 100.0;
     let sys = (s1 - s0).as_secs_f64() / wall * 100.0;
     let (p50, p99) = (t.lat.percentile(50.0), t.lat.percentile(99.0));
+    let st = ring.stats();
+    let free = pool.stats().free;
+    if st.submitted != st.completed || ring.in_flight() != 0 || free != a.qd {
+        return Err(format!(
+            "inconsistent run: {st:?}, {} in flight, {free} of {} buffers back",
+            ring.in_flight(),
+            a.qd
+        ));
+    }
+    if t.lat.len() != t.ops {
+        return Err(format!(
+            "inconsistent run: {} operations, {} latencies",
+            t.ops,
+            t.lat.len()
+        ));
+    }
     println!(
         "{{\"iops\":{iops:.0},\"bw_bytes\":{bw:.0},\"lat_p50_ns\":{p50},\"lat_p99_ns\":{p99},\
-         \"cpu_usr\":{usr:.1},\"cpu_sys\":{sys:.1}}}"
+         \"cpu_usr\":{usr:.1},\"cpu_sys\":{sys:.1},\"ops\":{},\"bytes\":{},\"allocs\":{allocs}}}",
+        t.ops, t.bytes
     );
-    let st = ring.stats();
     eprintln!(
         "iobench: {:?} bs={} qd={}{} on {}: {:.0} IOPS, {:.1} MiB/s, p50 {} ns, p99 {} ns, \
          cpu usr {:.1}% sys {:.1}%, {:.2} ops/enter, fixed buffers {}, fixed file {}",

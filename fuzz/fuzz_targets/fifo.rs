@@ -34,22 +34,18 @@ struct Input {
 
 fuzz_target!(|i: Input| {
     let data_len = u64::from(i.data_len % 8192);
+    let faults = i.faults.iter().take(4).map(|&(at, eio, times)| Fault {
+        at: u64::from(at % 8192),
+        errno: if eio { libc::EIO } else { libc::ECONNRESET },
+        times: 1 + u32::from(times % 3),
+    });
     let params = SimParams {
         data_len,
         short_pct: u32::from(i.short_pct % 100),
         max_delay: u32::from(i.max_delay % 8),
         burst_max: 1 + u32::from(i.burst_max % 2048),
         burst_pct: 5 + u32::from(i.burst_pct % 96),
-        faults: i
-            .faults
-            .iter()
-            .take(4)
-            .map(|&(at, eio, times)| Fault {
-                at: u64::from(at % 8192),
-                errno: if eio { libc::EIO } else { libc::ECONNRESET },
-                times: 1 + u32::from(times % 3),
-            })
-            .collect(),
+        faults: faults.collect(),
         ..SimParams::default()
     };
     let mut txns: Vec<FifoTxnSpec> = i

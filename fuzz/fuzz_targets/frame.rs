@@ -44,6 +44,12 @@ struct Live {
     known: usize,
 }
 
+/// Slots held: one per live buffer, one per distinct shared slot.
+fn held(live: &[Live], shared: &[(SharedBuf, Vec<u8>)]) -> usize {
+    let slots: std::collections::HashSet<_> = shared.iter().map(|s| s.0.slot()).collect();
+    live.len() + slots.len()
+}
+
 fn pattern(slot: u32, i: usize) -> u8 {
     (i as u32)
         .wrapping_mul(31)
@@ -152,13 +158,7 @@ fuzz_target!(|i: Input| {
                 }
                 Err(e) => {
                     assert_eq!(e.kind(), ErrorKind::PoolExhausted);
-                    let distinct = live.len()
-                        + shared
-                            .iter()
-                            .map(|s| s.0.slot())
-                            .collect::<std::collections::HashSet<_>>()
-                            .len();
-                    assert_eq!(distinct, slots, "exhausted with free slots");
+                    assert_eq!(held(&live, &shared), slots, "exhausted with free slots");
                 }
             },
             FrameOp::Drop(k) if !live.is_empty() => {
@@ -277,13 +277,7 @@ fuzz_target!(|i: Input| {
             assert_eq!(s.frame(), &f[..], "shared frame changed");
         }
         let st = pool.stats();
-        let held = live.len()
-            + shared
-                .iter()
-                .map(|s| s.0.slot())
-                .collect::<std::collections::HashSet<_>>()
-                .len();
-        assert_eq!(st.free, slots - held, "free count wrong");
+        assert_eq!(st.free, slots - held(&live, &shared), "free count wrong");
     }
     drop(live);
     drop(shared);

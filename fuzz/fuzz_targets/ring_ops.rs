@@ -9,7 +9,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use iocomplete::{BufferPool, ErrorKind, IoBuf, Op, PoolBuf, Ring, Target, Ticket};
+use iocomplete::{BufferPool, Completion, ErrorKind, IoBuf, Op, PoolBuf, Ring, Target, Ticket};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -206,6 +206,57 @@ impl Harness {
         }
     }
 
+    /// Push a write of `bytes` at `off` (and update the model); a write that grows the
+    /// file is waited for, so reads past the old end do not race it.
+    fn push_write(&mut self, op: Op, off: u64, bytes: &[u8]) {
+        let end = off + bytes.len() as u64;
+        let grows = end > self.model.len() as u64;
+        self.model_write(off, bytes);
+        self.push(op, (off, end), Expect::Write(bytes.len()));
+        if grows {
+            self.wait_all();
+        }
+    }
+
+    /// Push a read of the raw `len` bytes at the raw `off` (folded into the file's range),
+    /// with a deadline if one is given.
+    fn push_read(
+        &mut self,
+        off: u32,
+        len: u16,
+        fixed: bool,
+        deadline: Option<std::time::Duration>,
+    ) {
+        let off = u64::from(off) % (SPAN + 4096);
+        let len = 1 + usize::from(len) % CAP;
+        self.barrier_for((off, off + len as u64), false);
+        let b = self.buf(fixed);
+        let want = self.model_read(off, len);
+        let mut op = Op::read_len(self.target, off, b, len);
+        if let Some(d) = deadline {
+            op = op.deadline(d);
+        }
+        let expect = Expect::Read {
+            want,
+            may_cancel: false,
+            may_time_out: deadline.is_some(),
+        };
+        self.push(op, (off, off + len as u64), expect);
+    }
+
+    /// `c` (of `what`) was refused with an error `kind` accepts, before the kernel (no
+    /// enter since `enters`).
+    fn check_refused(
+        &self,
+        c: &Completion,
+        enters: u64,
+        what: &str,
+        kind: impl Fn(&ErrorKind) -> bool,
+    ) {
+        assert!(c.error().is_some_and(|e| kind(&e.kind())), "{what}: {c:?}");
+        assert_eq!(self.ring.stats().enters, enters, "reached the kernel");
+    }
+
     fn wait_all(&mut self) {
         for p in std::mem::take(&mut self.pending) {
             let mut c = self.ring.wait(p.ticket).unwrap();
@@ -258,17 +309,7 @@ impl Harness {
                 let mut b = self.buf(fixed);
                 let bytes: Vec<u8> = (0..len).map(|i| byte.wrapping_add(i as u8)).collect();
                 b.extend_from_slice(&bytes).unwrap();
-                let grows = off + len as u64 > self.model.len() as u64;
-                self.model_write(off, &bytes);
-                self.push(
-                    Op::write(t, off, b),
-                    (off, off + len as u64),
-                    Expect::Write(len),
-                );
-                if grows {
-                    // Reads past the old end must not race the write that moves it.
-                    self.wait_all();
-                }
+                self.push_write(Op::write(t, off, b), off, &bytes);
             }
             RingOp::Writev { off, lens, byte } => {
                 let off = u64::from(off) % SPAN;
@@ -284,33 +325,9 @@ impl Harness {
                     all.extend_from_slice(&bytes);
                     bufs.push(IoBuf::from(b));
                 }
-                let grows = off + total as u64 > self.model.len() as u64;
-                self.model_write(off, &all);
-                self.push(
-                    Op::writev(t, off, bufs),
-                    (off, off + total as u64),
-                    Expect::Write(total),
-                );
-                if grows {
-                    self.wait_all();
-                }
+                self.push_write(Op::writev(t, off, bufs), off, &all);
             }
-            RingOp::Read { off, len, fixed } => {
-                let off = u64::from(off) % (SPAN + 4096);
-                let len = 1 + usize::from(len) % CAP;
-                self.barrier_for((off, off + len as u64), false);
-                let b = self.buf(fixed);
-                let want = self.model_read(off, len);
-                self.push(
-                    Op::read_len(t, off, b, len),
-                    (off, off + len as u64),
-                    Expect::Read {
-                        want,
-                        may_cancel: false,
-                        may_time_out: false,
-                    },
-                );
-            }
+            RingOp::Read { off, len, fixed } => self.push_read(off, len, fixed, None),
             RingOp::ReadFull { off } => {
                 let off = u64::from(off) % (SPAN + 4096);
                 self.barrier_for((off, off + CAP as u64), false);
@@ -349,21 +366,8 @@ impl Harness {
                 );
             }
             RingOp::ReadDeadline { off, len, micros } => {
-                let off = u64::from(off) % (SPAN + 4096);
-                let len = 1 + usize::from(len) % CAP;
-                self.barrier_for((off, off + len as u64), false);
-                let b = self.buf(false);
-                let want = self.model_read(off, len);
-                self.push(
-                    Op::read_len(t, off, b, len)
-                        .deadline(std::time::Duration::from_micros(u64::from(micros))),
-                    (off, off + len as u64),
-                    Expect::Read {
-                        want,
-                        may_cancel: false,
-                        may_time_out: true,
-                    },
-                );
+                let d = std::time::Duration::from_micros(u64::from(micros));
+                self.push_read(off, len, false, Some(d));
             }
             RingOp::CancelLast => {
                 if let Some(p) = self.pending.last_mut() {
@@ -434,14 +438,10 @@ impl Harness {
                     assert_eq!(c.result(), Ok(want.len()), "read at {off:#x}");
                     assert_eq!(c.into_buf().unwrap().data(), &want[..]);
                 } else {
-                    assert!(
-                        matches!(
-                            c.error().map(|e| e.kind()),
-                            Some(ErrorKind::OffsetOutOfRange { .. })
-                        ),
-                        "read at {off:#x}+{len}: {c:?}"
-                    );
-                    assert_eq!(self.ring.stats().enters, enters, "reached the kernel");
+                    let what = format!("read at {off:#x}+{len}");
+                    self.check_refused(&c, enters, &what, |k| {
+                        matches!(k, ErrorKind::OffsetOutOfRange { .. })
+                    });
                 }
             }
             RingOp::EdgeWrite { off, len } => {
@@ -454,14 +454,10 @@ impl Harness {
                 b.set_len(len).unwrap();
                 b.data_mut().fill(0xEE);
                 let c = self.ring.submit(Op::write(t, off, b)).wait().unwrap();
-                assert!(
-                    matches!(
-                        c.error().map(|e| e.kind()),
-                        Some(ErrorKind::OffsetOutOfRange { .. })
-                    ),
-                    "write at {off:#x}+{len}: {c:?}"
-                );
-                assert_eq!(self.ring.stats().enters, enters, "reached the kernel");
+                let what = format!("write at {off:#x}+{len}");
+                self.check_refused(&c, enters, &what, |k| {
+                    matches!(k, ErrorKind::OffsetOutOfRange { .. })
+                });
             }
             RingOp::EdgePart { start, len } => {
                 self.wait_all();
@@ -492,15 +488,12 @@ impl Harness {
                     // An empty part within the buffer is a zero-length iovec; any other a
                     // bad part.
                     let empty = len == 0 && start <= CAP;
-                    assert!(
-                        match c.error().map(|e| e.kind()) {
-                            Some(ErrorKind::ZeroLength { .. }) => empty,
-                            Some(ErrorKind::InvalidInput { .. }) => !empty,
-                            _ => false,
-                        },
-                        "part {part:?}: {c:?}"
-                    );
-                    assert_eq!(self.ring.stats().enters, enters, "reached the kernel");
+                    let what = format!("part {part:?}");
+                    self.check_refused(&c, enters, &what, |k| match k {
+                        ErrorKind::ZeroLength { .. } => empty,
+                        ErrorKind::InvalidInput { .. } => !empty,
+                        _ => false,
+                    });
                 }
             }
             RingOp::Wait => self.wait_all(),

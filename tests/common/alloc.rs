@@ -1,18 +1,8 @@
 //! A counting global allocator for the allocation-free tests.
 //!
-//! Each such test binary installs it:
-//!
-//! ```ignore
-//! #[path = "common/alloc.rs"]
-//! mod alloc;
-//! #[global_allocator]
-//! static GLOBAL: alloc::Counting = alloc::Counting;
-//! ```
-//!
-//! Counts are per thread, so the test harness's other threads (running other tests in
-//! parallel) never show up in a measurement.
-
-#![allow(dead_code, unreachable_pub)] // each test binary uses part of it
+//! One test binary, `tests/alloc_free.rs`, installs it (`#[global_allocator]`); the other
+//! binaries compile it unused. Counts are per thread, so the test harness's other threads
+//! (running other tests in parallel) never show up in a measurement.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

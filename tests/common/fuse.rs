@@ -67,6 +67,11 @@ impl FileSpec {
         FileSpec { size, bs, seed }
     }
 
+    /// A file of `blocks` 4 KiB verify blocks of `seed`.
+    pub fn blocks(blocks: u64, seed: u64) -> FileSpec {
+        FileSpec::new(blocks * 4096, 4096, seed)
+    }
+
     /// The file's initial content.
     pub fn content(&self) -> Vec<u8> {
         let mut data = vec![0u8; self.size as usize];
@@ -115,22 +120,27 @@ pub struct FuseStats {
     pub max_outstanding: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Plan {
     eio: Vec<Range<u64>>,
     eio_writes: bool,
     random_eio_permille: u32,
-    rng: u64,
+    rng: fastrand::Rng,
     delay: (Duration, Duration),
     hold: Option<Range<u64>>,
 }
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+impl Default for Plan {
+    fn default() -> Plan {
+        Plan {
+            eio: Vec::new(),
+            eio_writes: false,
+            random_eio_permille: 0,
+            rng: super::rng(0),
+            delay: (Duration::ZERO, Duration::ZERO),
+            hold: None,
+        }
+    }
 }
 
 fn overlaps(r: &Range<u64>, start: u64, len: u64) -> bool {
@@ -208,7 +218,7 @@ impl Control {
     pub fn random_eio(&self, permille: u32, seed: u64) {
         let mut p = self.plan();
         p.random_eio_permille = permille;
-        p.rng = seed;
+        p.rng = super::rng(seed);
     }
 
     /// Disarm every fault, delay and hold (held requests are released).
@@ -289,8 +299,7 @@ impl Control {
         let fail = {
             let mut p = self.plan();
             let ranged = p.eio.iter().any(|r| overlaps(r, offset, u64::from(size)));
-            let random = p.random_eio_permille > 0
-                && splitmix(&mut p.rng) % 1000 < u64::from(p.random_eio_permille);
+            let random = p.random_eio_permille > 0 && p.rng.u32(..1000) < p.random_eio_permille;
             ranged || random
         };
         if fail {
@@ -564,11 +573,7 @@ impl Filesystem for FaultyFs {
             let mut p = ctl.plan();
             let (min, max) = p.delay;
             let span = (max - min).as_micros() as u64;
-            let jitter = if span > 0 {
-                splitmix(&mut p.rng) % (span + 1)
-            } else {
-                0
-            };
+            let jitter = p.rng.u64(..=span);
             let held = p
                 .hold
                 .as_ref()
@@ -605,8 +610,7 @@ impl Filesystem for FaultyFs {
         reply: ReplyWrite,
     ) {
         if ino.0 != FILE_INO {
-            reply.error(Errno::EISDIR);
-            return;
+            return reply.error(Errno::EISDIR);
         }
         self.ctl.writes.fetch_add(1, Ordering::SeqCst);
         let fail = {
@@ -727,6 +731,19 @@ impl std::fmt::Debug for FuseMount {
     }
 }
 
+/// A fresh, empty mount point (in a directory removed on drop); `None` (with the reason
+/// printed) where FUSE is unavailable.
+fn mount_point() -> Option<(tempfile::TempDir, PathBuf)> {
+    if let Some(why) = unavailable() {
+        super::skip(&why);
+        return None;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    Some((dir, mountpoint))
+}
+
 impl FuseMount {
     /// Mount a fresh faulty filesystem serving a file made to `spec`. `None` (with the
     /// reason printed) only where FUSE is truly unavailable; any other failure panics.
@@ -734,17 +751,26 @@ impl FuseMount {
         FuseMount::with_async_dio(spec, true)
     }
 
+    /// [`new`](FuseMount::new), the server holding every read until released: a stuck
+    /// device.
+    pub fn holding(spec: FileSpec) -> Option<FuseMount> {
+        let fs = FuseMount::new(spec)?;
+        fs.ctl().hold(0..u64::MAX);
+        Some(fs)
+    }
+
+    /// [`new`](FuseMount::new), and a loop device stacked on the served file.
+    pub fn under_loop(spec: FileSpec) -> Option<(FuseMount, super::LoopDev)> {
+        let fs = FuseMount::new(spec)?;
+        let dev = super::LoopDev::attach(&fs.path())?;
+        Some((fs, dev))
+    }
+
     /// Like [`new`](FuseMount::new); `async_dio: false` makes a server that does not
     /// negotiate `FUSE_ASYNC_DIO` (older or simpler servers): the kernel then serves each
     /// io_uring read synchronously, inside `io_uring_enter`.
     pub fn with_async_dio(spec: FileSpec, async_dio: bool) -> Option<FuseMount> {
-        if let Some(why) = unavailable() {
-            super::skip(&why);
-            return None;
-        }
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).unwrap();
+        let (dir, mountpoint) = mount_point()?;
         let ctl = Control::new(spec);
         let fs = FaultyFs {
             ctl: ctl.clone(),
@@ -817,13 +843,7 @@ impl ChildFuse {
     /// (never answered until the server dies). `entry_test` is the name of the test in
     /// this binary that calls [`child_server_entry`].
     pub fn spawn(entry_test: &str, spec: FileSpec, hold_from: u64) -> Option<ChildFuse> {
-        if let Some(why) = unavailable() {
-            super::skip(&why);
-            return None;
-        }
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).unwrap();
+        let (dir, mountpoint) = mount_point()?;
         let child = Command::new(std::env::current_exe().unwrap())
             .args([entry_test, "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_MOUNT_ENV, &mountpoint)

@@ -33,3 +33,9 @@ pub fn small_pool(slots: usize) -> iocomplete::BufferPool {
         .build()
         .unwrap()
 }
+
+/// Every slot of `pool` is free again (`what` names the moment, for the message).
+pub fn all_back(pool: &iocomplete::BufferPool, what: &str) {
+    let st = pool.stats();
+    assert_eq!(st.free, st.total, "{what}: {st:?}");
+}

@@ -3,42 +3,29 @@
 //! process-wide state (seccomp filters, capabilities, rlimits).
 #![allow(dead_code, unreachable_pub)]
 
+/// The value of an `Option` from a helper that skips (it printed why), or return from the
+/// test: `let dev = or_skip!(LoopDev::new(size, None));`.
+#[allow(unused_macros)]
+macro_rules! or_skip {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return,
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use or_skip;
+
+pub mod alloc;
+pub mod bin;
+pub mod drivers;
+pub mod fd;
 pub mod fuse;
 pub mod maps;
 
 mod skip;
 pub use skip::skip;
-
-/// The example binary `name`, built now by the cargo running these tests, so it is
-/// current even when only one test file was built — in the same target directory, for
-/// the same target triple (an ASan run builds with `--target`, and its `RUSTFLAGS` must
-/// not reach the host's proc macros), and the same profile. `None` (a skip) only when no
-/// cargo runs these tests; a failed build fails the test.
-pub fn example_binary(name: &str) -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent()?.parent()?.to_path_buf(); // target/[triple/]<profile>/deps/..
-    let bin = profile_dir.join("examples").join(name);
-    let Ok(cargo) = std::env::var("CARGO") else {
-        return bin.exists().then_some(bin);
-    };
-    let mut c = std::process::Command::new(cargo);
-    c.args(["build", "--quiet", "--example", name]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        c.arg("--release");
-    }
-    // target/<triple>/<profile>: build for that triple, into that target directory.
-    let triple_dir = profile_dir.parent()?;
-    let triple = triple_dir.file_name()?.to_str()?;
-    if triple.contains("-linux-") {
-        c.args(["--target", triple]);
-        c.env("CARGO_TARGET_DIR", triple_dir.parent()?);
-    } else {
-        c.env("CARGO_TARGET_DIR", triple_dir);
-    }
-    let status = c.status().unwrap();
-    assert!(status.success(), "cargo build --example {name} failed");
-    Some(bin)
-}
 
 pub mod verify {
     //! Blocks that carry their own identity, like fio's `verify=crc32c`: each block starts
@@ -147,6 +134,34 @@ pub mod verify {
         f.sync_all().unwrap();
     }
 
+    /// A verify file `name` in `dir`: `size` bytes of 4 KiB blocks of `seed`; its path.
+    pub fn file_in(dir: &std::path::Path, name: &str, size: u64, seed: u64) -> std::path::PathBuf {
+        let p = dir.join(name);
+        make_file(&p, size, 4096, seed);
+        p
+    }
+
+    /// Check that `path` holds at least `len` bytes and that they are 4 KiB verify blocks
+    /// of `seed` from offset 0.
+    pub fn check_file_prefix(path: &std::path::Path, len: u64, seed: u64) {
+        let data = std::fs::read(path).unwrap();
+        assert!(
+            data.len() as u64 >= len,
+            "{} has {} bytes",
+            path.display(),
+            data.len()
+        );
+        check_range(&data[..len as usize], 4096, seed, 0).unwrap();
+    }
+
+    /// A verify file of `size` bytes of 4 KiB blocks of `seed` in a new directory on disk
+    /// (removed when the returned guard drops); its path.
+    pub fn disk_file(size: u64, seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+        let (dir, path) = super::disk_path("f");
+        make_file(&path, size, 4096, seed);
+        (dir, path)
+    }
+
     #[test]
     fn checker_catches_corruption() {
         let mut b = vec![0u8; 512];
@@ -171,37 +186,27 @@ pub struct LoopDev {
 }
 
 impl LoopDev {
-    /// `None` (with the reason printed) only where loop devices are truly unavailable.
+    /// A loop device over a new file of `size` bytes, zeros or (`fill`: block size, seed)
+    /// verify blocks. `None` (with the reason printed) only where loop devices are truly
+    /// unavailable.
     pub fn new(size: u64, fill: Option<(usize, u64)>) -> Option<LoopDev> {
-        if unsafe_geteuid() != 0 {
-            skip("loop device tests need root");
-            return None;
-        }
-        if !std::path::Path::new("/dev/loop-control").exists() {
-            skip("/dev/loop-control is absent");
-            return None;
-        }
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let file = dir.path().join("backing.img");
         match fill {
             Some((bs, seed)) => verify::make_file(&file, size, bs, seed),
             None => std::fs::File::create(&file).unwrap().set_len(size).unwrap(),
         }
-        let out = std::process::Command::new("losetup")
-            .args(["--find", "--show", "--direct-io=on"])
-            .arg(&file)
-            .output()
-            .expect("losetup not installed (util-linux)");
-        assert!(
-            out.status.success(),
-            "losetup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        Some(LoopDev {
-            path,
-            _backing: Some(dir),
-        })
+        let mut dev = LoopDev::attach(&file)?;
+        dev._backing = Some(dir);
+        Some(dev)
+    }
+
+    /// Two loop devices of `size` bytes: 4 KiB verify blocks of `seed`, and zeros.
+    pub fn pair(size: u64, seed: u64) -> Option<(LoopDev, LoopDev)> {
+        Some((
+            LoopDev::new(size, Some((4096, seed)))?,
+            LoopDev::new(size, None)?,
+        ))
     }
 
     /// A loop device over an existing file (e.g. a FUSE file from [`fuse`]), with direct
@@ -232,6 +237,11 @@ impl LoopDev {
             path,
             _backing: None,
         })
+    }
+
+    /// The device opened with `O_DIRECT`, for reading, and writing when `write`.
+    pub fn open(&self, write: bool) -> std::fs::File {
+        open(std::path::Path::new(&self.path), write, true)
     }
 
     /// Whether the kernel runs this loop device with direct I/O to its backing file.
@@ -278,29 +288,147 @@ pub fn check_teardown(ring: &iocomplete::Ring, pools: &[&iocomplete::BufferPool]
     }
 }
 
+/// A pool of `slots` slots of `len` bytes, no header room.
+pub fn pool(slots: usize, len: usize) -> iocomplete::BufferPool {
+    pool_hdr(slots, len, 0)
+}
+
+/// A pool of `slots` slots of `len` bytes with `header` bytes of header room each.
+pub fn pool_hdr(slots: usize, len: usize, header: usize) -> iocomplete::BufferPool {
+    iocomplete::BufferPool::builder()
+        .slots(slots)
+        .slot_len(len)
+        .header_len(header)
+        .build()
+        .unwrap()
+}
+
+/// Open `path` for reading, and writing (created if missing) when `write`, with
+/// `O_DIRECT` when `direct`.
+pub fn open(path: &std::path::Path, write: bool, direct: bool) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    if write {
+        o.write(true).create(true);
+    }
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path).unwrap()
+}
+
+/// A new ring with `pool` registered and `fd` registered as its target.
+pub fn ring_with(
+    pool: &iocomplete::BufferPool,
+    fd: impl Into<std::os::fd::OwnedFd>,
+) -> (iocomplete::Ring, iocomplete::Target) {
+    let mut ring = iocomplete::Ring::new().unwrap();
+    ring.register_pool(pool);
+    let t = ring.register(fd).unwrap();
+    (ring, t)
+}
+
+/// `path` opened `O_PATH`: a descriptor that allows no I/O.
+pub fn open_o_path(path: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .unwrap()
+}
+
+/// Whether `c` failed with `InvalidInput` (refused as bad input).
+pub fn invalid_input(c: &iocomplete::Completion) -> bool {
+    c.error()
+        .is_some_and(|e| matches!(e.kind(), iocomplete::ErrorKind::InvalidInput { .. }))
+}
+
+/// Submit reads of the 4 KiB blocks `blocks` of `t` (each tagged with its block number,
+/// buffers from `pool`); their tickets.
+pub fn read_tickets(
+    ring: &mut iocomplete::Ring,
+    t: iocomplete::Target,
+    pool: &iocomplete::BufferPool,
+    blocks: std::ops::Range<u64>,
+) -> Vec<iocomplete::Ticket> {
+    let read = |b: u64| iocomplete::Op::read_len(t, b * 4096, pool.try_get().unwrap(), 4096);
+    blocks
+        .map(|b| ring.submit(read(b).tag(b)).ticket())
+        .collect()
+}
+
+/// `Some(())` when `present`, else `None` after a skip saying `missing`: a kernel feature a
+/// test needs (`or_skip!(needs(..))`).
+pub fn needs(present: bool, missing: &str) -> Option<()> {
+    if !present {
+        skip(missing);
+    }
+    present.then_some(())
+}
+
+/// [`needs`] multishot reads of `ring`'s kernel.
+pub fn needs_multishot(ring: &iocomplete::Ring) -> Option<()> {
+    needs(
+        ring.capabilities().read_multishot,
+        "kernel lacks IORING_OP_READ_MULTISHOT",
+    )
+}
+
+/// A new ring whose kernel has multishot reads ([`needs_multishot`]).
+pub fn multishot_ring() -> Option<iocomplete::Ring> {
+    let ring = iocomplete::Ring::new().unwrap();
+    needs_multishot(&ring)?;
+    Some(ring)
+}
+
+/// The one PRNG of the tests: `fastrand`'s, seeded, so every run makes the same choices.
+pub fn rng(seed: u64) -> fastrand::Rng {
+    fastrand::Rng::with_seed(seed)
+}
+
 /// A directory on a disk filesystem (O_DIRECT works there, unlike some tmpfs setups).
 pub fn disk_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
+/// A path `name` in a new directory on disk (removed when the returned guard drops).
+pub fn disk_path(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = disk_dir();
+    let path = dir.path().join(name);
+    (dir, path)
+}
+
+/// Close `targets`, then check the teardown invariants ([`check_teardown`]).
+pub fn close_and_check(
+    ring: &mut iocomplete::Ring,
+    targets: &[iocomplete::Target],
+    pools: &[&iocomplete::BufferPool],
+) {
+    for &t in targets {
+        ring.close(t).unwrap();
+    }
+    check_teardown(ring, pools);
+}
+
 /// A minimal executor for one future: parks the thread until woken.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::sync::Arc;
     use std::task::{Context, Poll, Wake, Waker};
-    struct ThreadWaker(std::thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
+    /// Wakes the blocked thread.
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
             self.0.unpark();
         }
     }
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
     let mut f = std::pin::pin!(f);
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
     loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
+        match f.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
         }
-        std::thread::park();
     }
 }
 

@@ -341,6 +341,23 @@ const WARM: u8 = 0;
 const MEASURE: u8 = 1;
 const STOP: u8 = 2;
 
+/// Worker `i`'s loop: `read(state, off)` reads (and checks) `bs` bytes at each of the
+/// worker's offsets in turn, threading `state` (the buffer an owned-buffer API takes and
+/// gives back), until the meter ends the run.
+pub async fn read_loop<S, F, Fut>(spec: &Spec, meter: &Meter, i: usize, mut state: S, mut read: F)
+where
+    F: FnMut(S, u64) -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    let mut offs = spec.offsets(i);
+    loop {
+        state = read(state, offs.next()).await;
+        if meter.done() {
+            break;
+        }
+    }
+}
+
 /// Counts completed I/Os; after the warm-up it snapshots (count, CPU time, clock), after
 /// the window again, then tells every worker to stop. The clock is read once per 32
 /// completions. Shared by all workers (atomics; uncontended in single-threaded engines).

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use compio::buf::{IoBuf, IoBufMut, SetLen};
 use compio::io::AsyncReadAt;
-use iocomplete_peers::{fail, spec, verify, AlignedBuf, Meter};
+use iocomplete_peers::{fail, read_loop, spec, verify, AlignedBuf, Meter};
 
 const ENGINE: &str = "compio";
 
@@ -63,20 +63,24 @@ fn main() {
         for i in 0..spec.qd() {
             let (file, meter, spec) = (file.clone(), meter.clone(), spec.clone());
             tasks.push(compio::runtime::spawn(async move {
-                let mut offs = spec.offsets(i);
                 let bs = spec.bs();
-                let mut buf = Buf(AlignedBuf::new(bs));
-                loop {
-                    let off = offs.next();
-                    buf.0.len = 0;
-                    let compio::BufResult(r, b) = file.read_at(buf, off).await;
-                    buf = b;
-                    r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
-                    verify(ENGINE, buf.0.data(), off, bs);
-                    if meter.done() {
-                        break;
-                    }
-                }
+                read_loop(
+                    &spec,
+                    &meter,
+                    i,
+                    Buf(AlignedBuf::new(bs)),
+                    |mut buf, off| {
+                        let file = file.clone();
+                        async move {
+                            buf.0.len = 0;
+                            let compio::BufResult(r, buf) = file.read_at(buf, off).await;
+                            r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
+                            verify(ENGINE, buf.0.data(), off, bs);
+                            buf
+                        }
+                    },
+                )
+                .await;
             }));
         }
         for t in tasks {

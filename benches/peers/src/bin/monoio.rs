@@ -3,7 +3,7 @@
 //! fixed buffers or registered files), QD tasks.
 use std::rc::Rc;
 
-use iocomplete_peers::{fail, spec, verify, AlignedBuf, Meter};
+use iocomplete_peers::{fail, read_loop, spec, verify, AlignedBuf, Meter};
 use monoio::buf::{IoBuf, IoBufMut};
 
 const ENGINE: &str = "monoio";
@@ -50,20 +50,19 @@ fn main() {
         for i in 0..spec.qd() {
             let (file, meter, spec) = (file.clone(), meter.clone(), spec.clone());
             tasks.push(monoio::spawn(async move {
-                let mut offs = spec.offsets(i);
                 let bs = spec.bs();
-                let mut buf = Buf(AlignedBuf::new(bs));
-                loop {
-                    let off = offs.next();
-                    buf.0.len = 0;
-                    let (r, b) = file.read_at(buf, off).await;
-                    buf = b;
-                    r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
-                    verify(ENGINE, buf.0.data(), off, bs);
-                    if meter.done() {
-                        break;
+                let buf = Buf(AlignedBuf::new(bs));
+                read_loop(&spec, &meter, i, buf, |mut buf, off| {
+                    let file = file.clone();
+                    async move {
+                        buf.0.len = 0;
+                        let (r, buf) = file.read_at(buf, off).await;
+                        r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
+                        verify(ENGINE, buf.0.data(), off, bs);
+                        buf
                     }
-                }
+                })
+                .await;
             }));
         }
         for t in tasks {

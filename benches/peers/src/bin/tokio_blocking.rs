@@ -4,7 +4,7 @@
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use iocomplete_peers::{fail, spec, verify, AlignedBuf, Meter};
+use iocomplete_peers::{fail, read_loop, spec, verify, AlignedBuf, Meter};
 
 const ENGINE: &str = "tokio_blocking";
 
@@ -21,25 +21,23 @@ fn main() {
         for i in 0..spec.qd() {
             let (file, meter, spec) = (file.clone(), meter.clone(), spec.clone());
             tasks.push(tokio::spawn(async move {
-                let mut offs = spec.offsets(i);
                 let bs = spec.bs();
-                let mut buf = AlignedBuf::new(bs);
-                loop {
-                    let off = offs.next();
+                read_loop(&spec, &meter, i, AlignedBuf::new(bs), |mut buf, off| {
                     let f = file.clone();
-                    let (b, r) = tokio::task::spawn_blocking(move || {
-                        let r = f.read_at(buf.all_mut(), off);
-                        (buf, r)
-                    })
-                    .await
-                    .unwrap();
-                    buf = b;
-                    buf.len = r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
-                    verify(ENGINE, buf.data(), off, bs);
-                    if meter.done() {
-                        break;
+                    async move {
+                        let (mut buf, r) = tokio::task::spawn_blocking(move || {
+                            let r = f.read_at(buf.all_mut(), off);
+                            (buf, r)
+                        })
+                        .await
+                        .unwrap();
+                        buf.len =
+                            r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
+                        verify(ENGINE, buf.data(), off, bs);
+                        buf
                     }
-                }
+                })
+                .await;
             }));
         }
         for t in tasks {

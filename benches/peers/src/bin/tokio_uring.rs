@@ -5,11 +5,9 @@
 //! `File`).
 use std::rc::Rc;
 
-use iocomplete_peers::{fail, spec, verify, AlignedBuf, Meter};
+use iocomplete_peers::{fail, read_loop, spec, verify, AlignedBuf, Meter};
 use tokio_uring::buf::fixed::FixedBufRegistry;
 use tokio_uring::buf::{IoBuf, IoBufMut};
-
-const ENGINE: &str = "tokio_uring";
 
 struct Buf(AlignedBuf);
 
@@ -18,13 +16,15 @@ unsafe impl IoBuf for Buf {
     fn stable_ptr(&self) -> *const u8 {
         self.0.ptr()
     }
-    fn bytes_init(&self) -> usize {
-        self.0.len
-    }
     fn bytes_total(&self) -> usize {
         self.0.cap()
     }
+    fn bytes_init(&self) -> usize {
+        self.0.len
+    }
 }
+
+const ENGINE: &str = "tokio_uring";
 
 // SAFETY: as above; `set_init` only records how many bytes the kernel filled.
 unsafe impl IoBufMut for Buf {
@@ -52,20 +52,19 @@ fn main() {
         let mut tasks = Vec::new();
         for i in 0..spec.qd() {
             let (file, meter, spec) = (file.clone(), meter.clone(), spec.clone());
-            let mut buf = registry.check_out(i).expect("a free fixed buffer");
+            let buf = registry.check_out(i).expect("a free fixed buffer");
             tasks.push(tokio_uring::spawn(async move {
-                let mut offs = spec.offsets(i);
                 let bs = spec.bs();
-                loop {
-                    let off = offs.next();
-                    let (r, b) = file.read_fixed_at(buf, off).await;
-                    buf = b;
-                    let n = r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
-                    verify(ENGINE, &buf[..n], off, bs);
-                    if meter.done() {
-                        break;
+                read_loop(&spec, &meter, i, buf, |buf, off| {
+                    let file = file.clone();
+                    async move {
+                        let (r, buf) = file.read_fixed_at(buf, off).await;
+                        let n = r.unwrap_or_else(|e| fail(ENGINE, &format!("read at {off}: {e}")));
+                        verify(ENGINE, &buf[..n], off, bs);
+                        buf
                     }
-                }
+                })
+                .await;
             }));
         }
         for t in tasks {

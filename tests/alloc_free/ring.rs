@@ -1,34 +1,21 @@
-//! Steady-state I/O performs zero heap allocations per operation: a counting global
-//! allocator (this test binary only) watches a loop of reads.
-
-mod common;
+//! Ring reads, waited for, queued, vectored, and shared buffers.
 
 use std::sync::Arc;
 
-use iocomplete::{BufferPool, Bufs, Completion, CompletionQueue, Op, Ring};
+use iocomplete::{Bufs, Completion, CompletionQueue, Op, Ring};
 
-#[path = "common/alloc.rs"]
-mod alloc;
+use crate::common::{self, alloc::counted};
 
-#[global_allocator]
-static GLOBAL: alloc::Counting = alloc::Counting;
-
-use alloc::counted;
+/// The offset field of a verify block's header (bytes 8..16).
+fn header_offset(data: &[u8]) -> u64 {
+    u64::from_le_bytes(data[8..16].try_into().unwrap())
+}
 
 #[test]
 fn steady_state_reads_do_not_allocate() {
-    let dir = common::disk_dir();
-    let path = dir.path().join("v");
-    common::verify::make_file(&path, 64 * 4096, 4096, 3);
-    let mut ring = Ring::new().unwrap();
-    let pool = BufferPool::builder()
-        .slots(32)
-        .slot_len(4096)
-        .header_len(16)
-        .build()
-        .unwrap();
-    ring.register_pool(&pool);
-    let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
+    let (_dir, path) = common::verify::disk_file(64 * 4096, 3);
+    let pool = common::pool_hdr(32, 4096, 16);
+    let (mut ring, t) = common::ring_with(&pool, std::fs::File::open(&path).unwrap());
 
     // Warm-up: let every lazily-sized structure reach its steady size.
     let read_wait = |ring: &mut Ring, i: u64| {
@@ -39,8 +26,8 @@ fn steady_state_reads_do_not_allocate() {
             .unwrap();
         let b = b.into_result().unwrap();
         assert_eq!(b.len(), 4096);
-        // Check the block header in place: offset field at bytes 8..16.
-        assert_eq!(u64::from_le_bytes(b.data()[8..16].try_into().unwrap()), off);
+        // Check the block header in place.
+        assert_eq!(header_offset(b.data()), off);
     };
     for i in 0..200 {
         read_wait(&mut ring, i);
@@ -67,7 +54,7 @@ fn steady_state_reads_do_not_allocate() {
                 while let Some(c) = q.pop() {
                     let off = c.tag();
                     let b = c.into_result().unwrap();
-                    assert_eq!(u64::from_le_bytes(b.data()[8..16].try_into().unwrap()), off);
+                    assert_eq!(header_offset(b.data()), off);
                     got += 1;
                 }
             }
@@ -90,10 +77,7 @@ fn steady_state_reads_do_not_allocate() {
         assert_eq!(c.result(), Ok(8192));
         match c.take_bufs() {
             Bufs::PoolList(v) => {
-                assert_eq!(
-                    u64::from_le_bytes(v[1].data()[8..16].try_into().unwrap()),
-                    off + 4096
-                );
+                assert_eq!(header_offset(v[1].data()), off + 4096);
                 v
             }
             other => panic!("readv gave back {other:?}"),

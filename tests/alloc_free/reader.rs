@@ -1,23 +1,14 @@
-//! A `ContinuousReader` in steady state performs zero heap allocations per read: a
-//! counting global allocator (this test binary only) watches the middle of a long run,
-//! file (8 reads in flight, ordered) and pipe (multishot, or single-shot reads).
-
-mod common;
+//! A `ContinuousReader` in steady state performs zero heap allocations per read: the
+//! middle of a long run, file (8 reads in flight, ordered) and pipe (multishot, or
+//! single-shot reads).
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use iocomplete::{
-    BufferPool, ContinuousReader, Driver, FinishReason, PoolBuf, Restart, Ring, StreamReads,
-};
+use iocomplete::{ContinuousReader, Driver, FinishReason, PoolBuf, Restart, StreamReads};
 
-#[path = "common/alloc.rs"]
-mod alloc;
-
-#[global_allocator]
-static GLOBAL: alloc::Counting = alloc::Counting;
+use crate::common::{self, alloc::thread_allocations};
 
 /// The handler reads the driving thread's allocation count at delivery `from` and at
 /// delivery `to`.
@@ -45,10 +36,9 @@ fn on_read(w: &Window, buf: PoolBuf, _off: u64) {
     w.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
     let n = w.n.fetch_add(1, Ordering::Relaxed) + 1;
     if n == w.from {
-        w.at_from
-            .store(alloc::thread_allocations(), Ordering::SeqCst);
+        w.at_from.store(thread_allocations(), Ordering::SeqCst);
     } else if n == w.to {
-        w.at_to.store(alloc::thread_allocations(), Ordering::SeqCst);
+        w.at_to.store(thread_allocations(), Ordering::SeqCst);
     }
 }
 
@@ -66,18 +56,9 @@ fn window(from: u64, to: u64) -> Arc<Window> {
 #[test]
 fn steady_state_reader_does_not_allocate() {
     // File: 4000 reads of 4 KiB, 8 in flight, ordered; count deliveries 500..3500.
-    let dir = common::disk_dir();
-    let path = dir.path().join("a");
-    common::verify::make_file(&path, 4000 * 4096, 4096, 1);
-    let mut ring = Ring::new().unwrap();
-    let pool = BufferPool::builder()
-        .slots(24)
-        .slot_len(4096)
-        .header_len(16)
-        .build()
-        .unwrap();
-    ring.register_pool(&pool);
-    let t = ring.register(File::open(&path).unwrap()).unwrap();
+    let (_dir, path) = common::verify::disk_file(4000 * 4096, 1);
+    let pool = common::pool_hdr(24, 4096, 16);
+    let (mut ring, t) = common::ring_with(&pool, File::open(&path).unwrap());
     let w = window(500, 3500);
     let w2 = w.clone();
     let mut reader = ContinuousReader::builder(t, &pool)
@@ -97,11 +78,7 @@ fn steady_state_reader_does_not_allocate() {
 
     // Pipe: 2000 writes of 1000 bytes (at least 489 deliveries); count deliveries 100..400.
     for mode in [StreamReads::Auto, StreamReads::SingleShot] {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for two descriptors.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: fresh descriptors owned by nobody else.
-        let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (rx, tx) = common::fd::pipe();
         let t = ring.register(rx).unwrap();
         let writer = std::thread::spawn(move || {
             let mut f = File::from(tx);

@@ -1,41 +1,20 @@
-//! FIFO receive in steady state performs zero heap allocations: a counting global
-//! allocator (this test binary only) watches transactions that run dry, wait for
-//! readiness, and complete — on a real pipe, written by this thread between steps. Only
-//! this thread's allocations count (the test harness's own threads allocate at will).
+//! FIFO receive in steady state performs zero heap allocations: transactions that run dry,
+//! wait for readiness, and complete — on a real pipe, written by this thread between
+//! steps.
 
-mod common;
-
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use iocomplete::{BufferPool, Driver, FifoReceiver, FifoStatus, Ring};
+use iocomplete::{Driver, FifoReceiver, FifoStatus, Ring};
 
-#[path = "common/alloc.rs"]
-mod alloc;
-
-#[global_allocator]
-static GLOBAL: alloc::Counting = alloc::Counting;
-
-fn write(fd: &OwnedFd, bytes: &[u8]) {
-    // SAFETY: writes `bytes.len()` bytes from a valid slice to a descriptor we own.
-    let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-    assert_eq!(n, bytes.len() as isize);
-}
+use crate::common::{self, alloc::counted, fd::write_fd};
 
 #[test]
 fn steady_state_fifo_receive_does_not_allocate() {
-    let mut fds = [0; 2];
-    // SAFETY: room for two descriptors.
-    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
-    assert_eq!(r, 0);
-    // SAFETY: pipe2 returned these descriptors; each is owned once.
-    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (rx, tx) = common::fd::pipe();
+    common::fd::set_nonblocking(rx.as_raw_fd());
     let mut ring = Ring::new().unwrap();
-    let pool = BufferPool::builder()
-        .slots(4)
-        .slot_len(4096)
-        .build()
-        .unwrap();
+    let pool = common::pool(4, 4096);
     ring.register_pool(&pool);
     let t = ring.register(rx).unwrap();
     let mut fifo = FifoReceiver::new(&ring, t).unwrap();
@@ -44,7 +23,7 @@ fn steady_state_fifo_receive_does_not_allocate() {
     // poll, the other half arrives, the transaction completes full.
     let round = |ring: &mut Ring, fifo: &mut FifoReceiver, i: u64| {
         let msg = i.to_le_bytes();
-        write(&tx, &msg);
+        write_fd(tx.as_raw_fd(), &msg);
         fifo.receive(ring, pool.try_get().unwrap(), 16).unwrap();
         loop {
             assert!(fifo.process(ring).unwrap().is_none());
@@ -53,7 +32,7 @@ fn steady_state_fifo_receive_does_not_allocate() {
             }
             ring.run_once(Some(Duration::from_secs(5))).unwrap();
         }
-        write(&tx, &msg);
+        write_fd(tx.as_raw_fd(), &msg);
         let r = fifo.run(ring).unwrap();
         assert_eq!(r.status(), FifoStatus::Full);
         assert_eq!(r.readiness_waits(), 1);
@@ -64,7 +43,7 @@ fn steady_state_fifo_receive_does_not_allocate() {
         round(&mut ring, &mut fifo, i);
     }
     let waits = fifo.readiness_waits();
-    let ((), n) = alloc::counted(|| {
+    let ((), n) = counted(|| {
         for i in 0..1000 {
             round(&mut ring, &mut fifo, i);
         }
