@@ -603,3 +603,31 @@ impl Driver for DmaDriver {
         self.bufs.is_empty()
     }
 }
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+    use crate::buf::BufferPool;
+
+    #[test]
+    fn rejected_debug_is_compact() {
+        let pool = BufferPool::builder()
+            .slots(64)
+            .slot_len(4096)
+            .build()
+            .unwrap();
+        let mut sg = SgList::new();
+        assert_eq!(sg.push_extent(&pool, 0, 64 * 4096).unwrap(), 64);
+        let r = Rejected {
+            error: Error::from_errno(libc::EIO),
+            sg,
+        };
+        let s = format!("{r:?}");
+        assert_eq!(
+            s,
+            "Rejected { error: Os(EIO), sg: SgList { entries: 64, total_len: 262144 } }"
+        );
+        // The list comes back whole.
+        assert_eq!(r.into_sg().len(), 64);
+    }
+}
