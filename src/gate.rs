@@ -14,8 +14,8 @@
 //!    or take more later with [`CompletionGate::try_acquire`] while the request is live.
 //! 2. A path that decides the outcome calls [`CompletionGate::begin_completion`]: the first
 //!    status set wins, later ones are ignored (the call returns `false`).
-//!    [`CompletionGate::force_status`] overrides whatever was set (the seed's
-//!    `overrideStatus`, used for a device error that must beat a cancel).
+//!    [`CompletionGate::force_status`] overrides whatever was set (for a
+//!    device error that must beat a cancel).
 //! 3. Every path drops its reference with [`CompletionGate::release`] (or sets a status and
 //!    drops in one step with [`CompletionGate::complete`]). A path that *prevents* another
 //!    one from ever running — a transfer path that stops a queued timer, or that makes the
@@ -252,7 +252,7 @@ impl CompletionGate {
         self.set_status(status, false)
     }
 
-    /// Set `status`, overriding any status already set (the seed's `overrideStatus`: a
+    /// Set `status`, overriding any status already set (for instance, a
     /// device error reported by the final transfer beats an earlier cancel).
     ///
     /// Returns `false` only if the request already completed: the final status is frozen.

@@ -99,3 +99,8 @@ pub use ring::{
     Op, OpFuture, OpId, Ring, RingBuilder, RingHandle, RingStats, Submission, Target, Ticket,
 };
 pub use split::{Job, Mode, SplitConfig, SplitDriver, SplitOutcome, SplitStats};
+
+/// The README's examples, compiled and run as doc tests (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -16,7 +16,7 @@ use crate::ring::{
 };
 
 /// One transfer's completion, as the [`on_transfer`](DmaDriverBuilder::on_transfer)
-/// callback sees it (the seed's `EvtDmaTransactionDmaTransferComplete`).
+/// callback sees it, once per transfer as its completion arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransferReport {
     /// The transfer (device offset, length, first segment, pieces).
@@ -584,7 +584,7 @@ impl Driver for DmaDriver {
         Ok(self.hand_back())
     }
 
-    /// Cancel the transaction (the seed's `StopSystemTransfer`): it completes with
+    /// Cancel the transaction: it completes with
     /// [`ErrorKind::Cancelled`] unless a status was set first, after the transfers in
     /// flight drained. Returns false if it was already cancelled or finished; false, and
     /// nothing happens, on a ring other than the driver's.

@@ -187,7 +187,7 @@ enum Phase {
     },
 }
 
-/// One child: its buffer (reused for every chunk it carries — the seed's request reuse),
+/// One child: its buffer (reused for every chunk it carries — one allocation per child, not per chunk),
 /// and the port key of the operation it has in flight.
 #[derive(Debug)]
 struct Child {
