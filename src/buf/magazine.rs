@@ -6,7 +6,7 @@
 //!
 //! Each pool owns [`MAGAZINES`] magazines, each holding at most the pool's `mag_cap`
 //! slots (see `PoolInner::new`); a thread claims one per pool on first use, through its
-//! thread-local [`Cache`], and gives it back — slots included — when the thread exits or
+//! thread-local `Cache` (in `pool.rs`), and gives it back — slots included — when the thread exits or
 //! when it needs the cache entry for another pool. A magazine is a bounded Chase-Lev
 //! deque (Lê, Pop, Cohen, Zappa Nardelli, *Correct and Efficient Work-Stealing for Weak
 //! Memory Models*, PPoPP 2013): its owner pushes and pops at the bottom, and any other

@@ -71,7 +71,7 @@ impl SgList {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange) if the device
+    /// [`ErrorKind::OffsetOutOfRange`] if the device
     /// range overflows (the buffer is dropped back to its pool).
     pub fn push(&mut self, buf: PoolBuf, device_offset: u64) -> Result<()> {
         let len = buf.len() as u64;
@@ -93,9 +93,9 @@ impl SgList {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::PoolExhausted`](crate::ErrorKind::PoolExhausted) if the pool runs out;
-    /// [`ErrorKind::ZeroLength`](crate::ErrorKind::ZeroLength) for a zero length,
-    /// [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange) for an
+    /// [`ErrorKind::PoolExhausted`] if the pool runs out;
+    /// [`ErrorKind::ZeroLength`] for a zero length,
+    /// [`ErrorKind::OffsetOutOfRange`] for an
     /// overflowing range. On error the list is as it was.
     pub fn push_extent(
         &mut self,

@@ -250,11 +250,11 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::OutOfRange`](crate::ErrorKind::OutOfRange) for a config value out
-    /// of range, [`ErrorKind::ZeroLength`](crate::ErrorKind::ZeroLength) for a list that
-    /// moves no bytes, [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange)
+    /// [`ErrorKind::OutOfRange`] for a config value out
+    /// of range, [`ErrorKind::ZeroLength`] for a list that
+    /// moves no bytes, [`ErrorKind::OffsetOutOfRange`]
     /// for a segment whose device range overflows,
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if the lengths add up
+    /// [`ErrorKind::InvalidInput`] if the lengths add up
     /// past `u64::MAX`.
     pub fn new(segments: S, direction: Direction, config: DmaConfig) -> Result<Transaction<S>> {
         if config.max_transfer == 0 || config.max_transfer > MAX_TRANSFER {
@@ -324,10 +324,10 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// An impossible event: [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress)
+    /// An impossible event: [`ErrorKind::NotInProgress`]
     /// for a completion for a transfer not in flight (unknown id, submit not yet polled,
     /// already completed) or a timeout or timer cancellation without an armed timer;
-    /// [`ErrorKind::ExcessBytes`](crate::ErrorKind::ExcessBytes) for a completion with more
+    /// [`ErrorKind::ExcessBytes`] for a completion with more
     /// bytes than its length. The transaction is then unchanged.
     pub fn handle(&mut self, event: DmaEvent) -> Result<bool> {
         match event {
@@ -411,7 +411,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress) if no timer is armed
+    /// [`ErrorKind::NotInProgress`] if no timer is armed
     /// or it already fired or was cancelled.
     pub fn timeout(&mut self) -> Result<bool> {
         if !self.timer_ref {
@@ -437,7 +437,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress) if no timer is armed
+    /// [`ErrorKind::NotInProgress`] if no timer is armed
     /// or it already fired or was cancelled.
     pub fn timer_cancelled(&mut self) -> Result<()> {
         if !self.timer_ref {
