@@ -146,14 +146,12 @@ impl From<FifoRefused> for Error {
 /// ```
 /// use iocomplete::{BufferPool, Driver, FifoReceiver, FifoStatus, Ring};
 /// use std::io::Write;
-/// use std::os::fd::{FromRawFd, OwnedFd};
+/// use std::os::unix::net::UnixStream;
 ///
-/// let mut fds = [0; 2];
-/// // SAFETY: `fds` has room for two descriptors.
-/// assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0);
-/// // SAFETY: pipe2 just returned these descriptors; each is owned once.
-/// let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-/// let mut tx = std::fs::File::from(tx);
+/// // Any stream source works the same way: a pipe, a named FIFO, a pty. A socket pair needs
+/// // no unsafe code to make; the receiving end must be non-blocking.
+/// let (rx, mut tx) = UnixStream::pair()?;
+/// rx.set_nonblocking(true)?;
 ///
 /// let mut ring = Ring::new()?;
 /// let pool = BufferPool::builder().slots(2).slot_len(4096).build()?;
