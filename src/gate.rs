@@ -1,12 +1,12 @@
 //! Exactly-once completion of a request raced by several paths.
 //!
 //! A request that can finish through more than one path — its transfer completing, a
-//! cancel, a deadline timer — must complete exactly once, with one status. Kernel driver
-//! frameworks solve this with *begin-completion* (the first path to decide sets the status;
-//! a device error may force an override) plus a *completion reference count*: each path
-//! that may still touch the request holds a reference, and whoever drops the last one
-//! completes the request. [`CompletionGate`] is that pattern as a small lock-free
-//! primitive: one atomic word, no lock, no allocation.
+//! cancel, a deadline timer — must complete exactly once, with one status. Two rules settle
+//! it: *begin-completion* (the first path to decide sets the status; a device error may
+//! force an override) plus a *completion reference count*: each path that may still touch
+//! the request holds a reference, and whoever drops the last one completes the request.
+//! [`CompletionGate`] is that pattern as a small lock-free primitive: one atomic word, no
+//! lock, no allocation.
 //!
 //! # Protocol
 //!

@@ -187,8 +187,8 @@ enum Phase {
     },
 }
 
-/// One child: its buffer (reused for every chunk it carries — one allocation per child, not per chunk),
-/// and the port key of the operation it has in flight.
+/// One child: its buffer (reused for every chunk it carries — one buffer per child, not
+/// per chunk), and the port key of the operation it has in flight.
 #[derive(Debug)]
 struct Child {
     /// The child's buffer while no operation holds it.
