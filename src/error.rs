@@ -246,6 +246,10 @@ impl Error {
 
     /// Convert an [`io::Error`] (from a std or io-uring call) without allocating.
     pub(crate) fn from_io(e: &io::Error) -> Error {
+        // An `io::Error` made from one of ours (`From<Error> for io::Error`) gives it back.
+        if let Some(ours) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+            return *ours;
+        }
         match e.raw_os_error() {
             Some(n) => Error::from_errno(n),
             None => Error::new(ErrorKind::InvalidInput {
@@ -310,16 +314,103 @@ impl Error {
     }
 }
 
+/// For `?` on std calls in functions returning the crate's [`Result`]: an OS error keeps
+/// its errno (as [`Error::from_errno`]); an error without one (a std-made `io::Error`)
+/// becomes [`ErrorKind::InvalidInput`].
+///
+/// ```
+/// fn open(path: &str) -> iocomplete::Result<std::fs::File> {
+///     Ok(std::fs::File::open(path)?)
+/// }
+/// let e = open("/no/such/file").unwrap_err();
+/// assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+/// assert_eq!(format!("{e:?}"), "Os(ENOENT)");
+/// ```
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error::from_io(&e)
+    }
+}
+
 impl From<ErrorKind> for Error {
     fn from(kind: ErrorKind) -> Error {
         Error { kind }
     }
 }
 
+/// `Os(ENOSPC)` rather than `Os(28)`; every other kind as derived.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.kind, f)
+        match self.kind {
+            ErrorKind::Os(e) => match errno_name(e) {
+                Some(name) => write!(f, "Os({name})"),
+                None => write!(f, "Os({e})"),
+            },
+            kind => fmt::Debug::fmt(&kind, f),
+        }
     }
+}
+
+/// The symbolic name of a common errno value (`28` → `"ENOSPC"`), `None` for the rest.
+pub(crate) const fn errno_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::ESRCH => "ESRCH",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::E2BIG => "E2BIG",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENODEV => "ENODEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::ENOTTY => "ENOTTY",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::ESPIPE => "ESPIPE",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::EPIPE => "EPIPE",
+        libc::ERANGE => "ERANGE",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::ENODATA => "ENODATA",
+        libc::ETIME => "ETIME",
+        libc::EOVERFLOW => "EOVERFLOW",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENOTSOCK => "ENOTSOCK",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::EALREADY => "EALREADY",
+        libc::EINPROGRESS => "EINPROGRESS",
+        libc::ESTALE => "ESTALE",
+        libc::EDQUOT => "EDQUOT",
+        libc::ECANCELED => "ECANCELED",
+        libc::EOWNERDEAD => "EOWNERDEAD",
+        _ => return None,
+    })
 }
 
 impl fmt::Display for Error {

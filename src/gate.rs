@@ -1,12 +1,12 @@
 //! Exactly-once completion of a request raced by several paths.
 //!
 //! A request that can finish through more than one path — its transfer completing, a
-//! cancel, a deadline timer — must complete exactly once, with one status. Kernel driver
-//! frameworks solve this with *begin-completion* (the first path to decide sets the status;
-//! a device error may force an override) plus a *completion reference count*: each path
-//! that may still touch the request holds a reference, and whoever drops the last one
-//! completes the request. [`CompletionGate`] is that pattern as a small lock-free
-//! primitive: one atomic word, no lock, no allocation.
+//! cancel, a deadline timer — must complete exactly once, with one status. Two rules settle
+//! it: *begin-completion* (the first path to decide sets the status; a device error may
+//! force an override) plus a *completion reference count*: each path that may still touch
+//! the request holds a reference, and whoever drops the last one completes the request.
+//! [`CompletionGate`] is that pattern as a small lock-free primitive: one atomic word, no
+//! lock, no allocation.
 //!
 //! # Protocol
 //!
@@ -14,8 +14,8 @@
 //!    or take more later with [`CompletionGate::try_acquire`] while the request is live.
 //! 2. A path that decides the outcome calls [`CompletionGate::begin_completion`]: the first
 //!    status set wins, later ones are ignored (the call returns `false`).
-//!    [`CompletionGate::force_status`] overrides whatever was set (the seed's
-//!    `overrideStatus`, used for a device error that must beat a cancel).
+//!    [`CompletionGate::force_status`] overrides whatever was set (for a
+//!    device error that must beat a cancel).
 //! 3. Every path drops its reference with [`CompletionGate::release`] (or sets a status and
 //!    drops in one step with [`CompletionGate::complete`]). A path that *prevents* another
 //!    one from ever running — a transfer path that stops a queued timer, or that makes the
@@ -252,7 +252,7 @@ impl CompletionGate {
         self.set_status(status, false)
     }
 
-    /// Set `status`, overriding any status already set (the seed's `overrideStatus`: a
+    /// Set `status`, overriding any status already set (for instance, a
     /// device error reported by the final transfer beats an earlier cancel).
     ///
     /// Returns `false` only if the request already completed: the final status is frozen.

@@ -1,7 +1,14 @@
 //! # iocomplete — zero-copy I/O completion over io_uring
 //!
-//! Kernel driver frameworks settled long ago how I/O completion should behave; this crate
-//! brings that model to Linux user space on io_uring.
+//! Buffers the kernel reads into and the caller forwards without a copy, operations that
+//! complete exactly once whatever races with them (cancel, timeout, error), and four
+//! drivers for the shapes of I/O that keep recurring: a source read continuously, a
+//! buffer filled from a stream that runs dry, a large transfer split into chunks, and a
+//! scatter/gather transaction.
+//!
+//! (History: the model — completion status and reference counts, request reuse,
+//! transactions that complete transfer by transfer — comes from kernel driver frameworks;
+//! this crate restates it for Linux user space on io_uring. Nothing here needs them.)
 //!
 //! ## The model in one page
 //!
@@ -35,12 +42,20 @@
 //!   lock-free primitive, so transfer, cancel and timer paths race safely to one
 //!   completion.
 //!
+//! ## Where to start
+//!
+//! Each driver's page has a short example on a file or socket it makes itself:
+//! read a file with [`ContinuousReader`], receive from a stream with [`FifoReceiver`],
+//! copy a file with [`SplitDriver`], gather extents with [`DmaDriver`]. The example
+//! below shows the ring on its own; [`Error`] converts from and into [`std::io::Error`], so
+//! `?` works both ways.
+//!
 //! ```
 //! use iocomplete::{BufferPool, Op, Ring};
 //! use std::io::Write;
 //!
-//! let mut file = tempfile::tempfile().unwrap();
-//! file.write_all(&[7u8; 8192]).unwrap();
+//! let mut file = tempfile::tempfile()?; // std errors convert with `?`
+//! file.write_all(&[7u8; 8192])?;
 //!
 //! let mut ring = Ring::new()?;
 //! let pool = BufferPool::builder().slots(8).slot_len(4096).header_len(16).build()?;
@@ -99,3 +114,8 @@ pub use ring::{
     Op, OpFuture, OpId, Ring, RingBuilder, RingHandle, RingStats, Submission, Target, Ticket,
 };
 pub use split::{Job, Mode, SplitConfig, SplitDriver, SplitOutcome, SplitStats};
+
+/// The README's examples, compiled and run as doc tests (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

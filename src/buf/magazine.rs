@@ -4,13 +4,13 @@
 //! get/put pair on one thread touches no shared cache line and executes one fence (the
 //! owner's pop), where the shared list costs two CASes and the waiter handshake's fence.
 //!
-//! Each pool owns [`MAGAZINES`] magazines, each holding at most the pool's `mag_cap`
-//! slots (see `PoolInner::new`); a thread claims one per pool on first use, through its
-//! thread-local [`Cache`], and gives it back — slots included — when the thread exits or
-//! when it needs the cache entry for another pool. A magazine is a bounded Chase-Lev
-//! deque (Lê, Pop, Cohen, Zappa Nardelli, *Correct and Efficient Work-Stealing for Weak
-//! Memory Models*, PPoPP 2013): its owner pushes and pops at the bottom, and any other
-//! thread may *steal* from the top. Stealing is what keeps a parked slot from being
+//! Each pool owns [`MAGAZINES`] magazines, each holding at most the pool's `mag_cap` slots
+//! (see `PoolInner::new`); a thread claims one per pool on first use, through its
+//! thread-local `Cache` (in `pool.rs`), and gives it back — slots included — when the
+//! thread exits or when it needs the cache entry for another pool. A magazine is a bounded
+//! Chase-Lev deque (Lê, Pop, Cohen, Zappa Nardelli, *Correct and Efficient Work-Stealing
+//! for Weak Memory Models*, PPoPP 2013): its owner pushes and pops at the bottom, and any
+//! other thread may *steal* from the top. Stealing is what keeps a parked slot from being
 //! stranded: a `get` that finds the shared list empty steals from the other threads'
 //! magazines before it reports exhaustion or sleeps, and a sleeping `get` re-scans them
 //! periodically (see `PoolInner::take_wait`).

@@ -11,8 +11,8 @@
 //!
 //! The data area of every slot is aligned to the pool's `align` (default 4096), so the
 //! same buffers serve O_DIRECT. The header sits immediately before the data, so header
-//! and data form one contiguous *frame* that can be forwarded with a single write, as the
-//! driver frameworks this crate models do: the kernel reads into `data()`, the caller
+//! and data form one contiguous *frame* that can be forwarded with a single write: the
+//! kernel reads into `data()`, the caller
 //! fills `header_mut()`, and `frame()` goes out in one piece without a copy.
 //!
 //! Ownership is the reference count: a [`PoolBuf`] is unique; dropping it returns its

@@ -13,7 +13,7 @@ use super::pool::PoolInner;
 ///
 /// Dropping it returns the slot to its pool at once (lock-free, from any thread). Keeping
 /// it — moving it into a struct, sending it to another thread — extends the buffer's life:
-/// ownership *is* the reference the driver frameworks take and release by hand.
+/// ownership *is* the reference, with nothing to take or release by hand.
 ///
 /// Invariant: `len <= capacity`; the header is exactly `header_len` bytes and ends where
 /// the data starts.

@@ -16,7 +16,7 @@ use crate::ring::{
 };
 
 /// One transfer's completion, as the [`on_transfer`](DmaDriverBuilder::on_transfer)
-/// callback sees it (the seed's `EvtDmaTransactionDmaTransferComplete`).
+/// callback sees it, once per transfer as its completion arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransferReport {
     /// The transfer (device offset, length, first segment, pieces).
@@ -584,7 +584,7 @@ impl Driver for DmaDriver {
         Ok(self.hand_back())
     }
 
-    /// Cancel the transaction (the seed's `StopSystemTransfer`): it completes with
+    /// Cancel the transaction: it completes with
     /// [`ErrorKind::Cancelled`] unless a status was set first, after the transfers in
     /// flight drained. Returns false if it was already cancelled or finished; false, and
     /// nothing happens, on a ring other than the driver's.
@@ -601,5 +601,33 @@ impl Driver for DmaDriver {
     /// True once the outcome and the list were handed out.
     fn is_idle(&self) -> bool {
         self.bufs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+    use crate::buf::BufferPool;
+
+    #[test]
+    fn rejected_debug_is_compact() {
+        let pool = BufferPool::builder()
+            .slots(64)
+            .slot_len(4096)
+            .build()
+            .unwrap();
+        let mut sg = SgList::new();
+        assert_eq!(sg.push_extent(&pool, 0, 64 * 4096).unwrap(), 64);
+        let r = Rejected {
+            error: Error::from_errno(libc::EIO),
+            sg,
+        };
+        let s = format!("{r:?}");
+        assert_eq!(
+            s,
+            "Rejected { error: Os(EIO), sg: SgList { entries: 64, total_len: 262144 } }"
+        );
+        // The list comes back whole.
+        assert_eq!(r.into_sg().len(), 64);
     }
 }

@@ -1,7 +1,7 @@
 //! DMA-style scatter/gather transactions: a list of segments executed as transfers that
 //! complete one by one, and a request that completes once.
 //!
-//! The model is the kernel's DMA transaction (seeds 002, 003), sans-I/O:
+//! The model, sans-I/O:
 //!
 //! - A [`Transaction`] runs over a scatter/gather list of [`Segment`]s, each a memory
 //!   length (the driver's buffer at that index) and a device offset.
@@ -26,7 +26,8 @@
 //!   reference of its [`CompletionGate`](crate::gate::CompletionGate) drops: the
 //!   execution path's (at the final transfer), the cancel path's, and the timer's. Status:
 //!   the first of cancel / timeout / final transfer to begin completion wins, except that
-//!   the first device error overrides a cancel or timeout (the seed's `overrideStatus`).
+//!   the first device error overrides a cancel or timeout (a failure the caller must see
+//!   is never hidden behind "cancelled").
 //!
 //! [`DmaDriver`] executes a transaction on a [`Ring`](crate::Ring) over an [`SgList`] of
 //! pooled buffers mapped to device offsets.

@@ -1,5 +1,7 @@
 //! [`SgList`]: a scatter/gather list of pooled buffers mapped to device offsets.
 
+use std::fmt;
+
 use crate::buf::{BufferPool, PoolBuf};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -34,10 +36,21 @@ use super::sg::Segment;
 /// assert_eq!(sg.segments()[1].device_offset, (1 << 20) + 4096);
 /// # Ok::<(), iocomplete::Error>(())
 /// ```
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SgList {
     segments: Vec<Segment>,
     bufs: Vec<PoolBuf>,
+}
+
+/// Compact: the entry count and total bytes, not every segment and buffer (a list can
+/// hold thousands).
+impl fmt::Debug for SgList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SgList")
+            .field("entries", &self.segments.len())
+            .field("total_len", &self.total_len())
+            .finish()
+    }
 }
 
 impl SgList {
@@ -58,7 +71,7 @@ impl SgList {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange) if the device
+    /// [`ErrorKind::OffsetOutOfRange`] if the device
     /// range overflows (the buffer is dropped back to its pool).
     pub fn push(&mut self, buf: PoolBuf, device_offset: u64) -> Result<()> {
         let len = buf.len() as u64;
@@ -80,9 +93,9 @@ impl SgList {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::PoolExhausted`](crate::ErrorKind::PoolExhausted) if the pool runs out;
-    /// [`ErrorKind::ZeroLength`](crate::ErrorKind::ZeroLength) for a zero length,
-    /// [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange) for an
+    /// [`ErrorKind::PoolExhausted`] if the pool runs out;
+    /// [`ErrorKind::ZeroLength`] for a zero length,
+    /// [`ErrorKind::OffsetOutOfRange`] for an
     /// overflowing range. On error the list is as it was.
     pub fn push_extent(
         &mut self,

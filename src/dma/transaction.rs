@@ -95,7 +95,7 @@ pub enum DmaEvent {
     TransferCompleted {
         /// Which transfer.
         id: TransferId,
-        /// How it ended (the seed's `DMA_COMPLETION_STATUS`): `Ok(())` (possibly short:
+        /// How it ended: `Ok(())` (possibly short:
         /// see `bytes`), an error of kind [`Cancelled`](crate::ErrorKind::Cancelled) for a
         /// cancelled transfer, or the device's error.
         status: Result<()>,
@@ -250,11 +250,11 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::OutOfRange`](crate::ErrorKind::OutOfRange) for a config value out
-    /// of range, [`ErrorKind::ZeroLength`](crate::ErrorKind::ZeroLength) for a list that
-    /// moves no bytes, [`ErrorKind::OffsetOutOfRange`](crate::ErrorKind::OffsetOutOfRange)
+    /// [`ErrorKind::OutOfRange`] for a config value out
+    /// of range, [`ErrorKind::ZeroLength`] for a list that
+    /// moves no bytes, [`ErrorKind::OffsetOutOfRange`]
     /// for a segment whose device range overflows,
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if the lengths add up
+    /// [`ErrorKind::InvalidInput`] if the lengths add up
     /// past `u64::MAX`.
     pub fn new(segments: S, direction: Direction, config: DmaConfig) -> Result<Transaction<S>> {
         if config.max_transfer == 0 || config.max_transfer > MAX_TRANSFER {
@@ -324,10 +324,10 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// An impossible event: [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress)
+    /// An impossible event: [`ErrorKind::NotInProgress`]
     /// for a completion for a transfer not in flight (unknown id, submit not yet polled,
     /// already completed) or a timeout or timer cancellation without an armed timer;
-    /// [`ErrorKind::ExcessBytes`](crate::ErrorKind::ExcessBytes) for a completion with more
+    /// [`ErrorKind::ExcessBytes`] for a completion with more
     /// bytes than its length. The transaction is then unchanged.
     pub fn handle(&mut self, event: DmaEvent) -> Result<bool> {
         match event {
@@ -343,7 +343,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         }
     }
 
-    /// A transfer's completion came back (the seed's `DmaCompleted`). Returns `true`
+    /// A transfer's completion came back. Returns `true`
     /// exactly once over the transaction's events: on the final transfer, the one after
     /// which no transfer is in flight and none will be started. From then on
     /// [`buffers_releasable`](Self::buffers_releasable) is true.
@@ -355,8 +355,8 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     /// a failure (`EIO`), since retrying could loop. An error of kind
     /// [`Cancelled`](crate::ErrorKind::Cancelled) ends it with the status set by whoever
     /// cancelled (or `Cancelled`). Any other error ends the transaction with that error —
-    /// the first device error overrides a cancel or timeout status, as the seed's forced
-    /// status update does.
+    /// the first device error overrides a cancel or timeout status, so a failure is never
+    /// reported as a cancel.
     ///
     /// # Errors
     ///
@@ -370,8 +370,8 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         self.on_transfer(id, status, bytes, false)
     }
 
-    /// A transfer's completion came back and it is the last one (the seed's
-    /// `DmaCompletedFinal`): no further transfer starts, others in flight are cancelled.
+    /// A transfer's completion came back and the caller declares it the last one: no
+    /// further transfer starts, others in flight are cancelled.
     /// Returns `true` if nothing else is in flight (the DMA part ended now); otherwise the
     /// last of the cancelled transfers returns `true`.
     ///
@@ -387,7 +387,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         self.on_transfer(id, status, bytes, true)
     }
 
-    /// Cancel the transaction (the seed's `StopSystemTransfer`): status `Cancelled` unless
+    /// Cancel the transaction: status `Cancelled` unless
     /// a status was set first; transfers in flight are cancelled and drain, queued ones
     /// are withdrawn. Returns `true` if nothing was in flight, so the DMA part ended now.
     /// Ignored (returns `false`) once the final transfer came back or after an earlier
@@ -411,7 +411,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress) if no timer is armed
+    /// [`ErrorKind::NotInProgress`] if no timer is armed
     /// or it already fired or was cancelled.
     pub fn timeout(&mut self) -> Result<bool> {
         if !self.timer_ref {
@@ -432,12 +432,12 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
         Ok(ended)
     }
 
-    /// The timer's cancellation came back: it will never fire (the seed's
-    /// `WdfTimerStop` returning TRUE). Drops the timer's reference.
+    /// The timer's cancellation came back and it will never fire (the timer was stopped
+    /// before it expired). Drops the timer's reference.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotInProgress`](crate::ErrorKind::NotInProgress) if no timer is armed
+    /// [`ErrorKind::NotInProgress`] if no timer is armed
     /// or it already fired or was cancelled.
     pub fn timer_cancelled(&mut self) -> Result<()> {
         if !self.timer_ref {
@@ -705,7 +705,7 @@ impl<S: AsRef<[Segment]>> Transaction<S> {
     }
 
     /// The device failed a transfer: the first error forces the status (it beats a cancel
-    /// or timeout, as in the seed); everything else stops.
+    /// or timeout, so a failure is never reported as a cancel); everything else stops.
     fn device_error(&mut self, e: Error) {
         if self.error.is_none() && !self.finished {
             self.error = Some(e);

@@ -62,3 +62,43 @@ fn error_is_small() {
     assert!(std::mem::size_of::<Error>() <= 32);
     assert!(std::mem::size_of::<Result<u32>>() <= 32);
 }
+
+#[test]
+fn debug_names_the_errno() {
+    assert_eq!(
+        format!("{:?}", Error::from_errno(libc::ENOSPC)),
+        "Os(ENOSPC)"
+    );
+    assert_eq!(format!("{:?}", Error::from_errno(libc::EIO)), "Os(EIO)");
+    // Unknown numbers fall back to the number.
+    assert_eq!(format!("{:?}", Error::from_errno(4000)), "Os(4000)");
+    // Other kinds keep their derived form.
+    assert_eq!(
+        format!(
+            "{:?}",
+            Error::new(ErrorKind::ZeroLength { what: "transfer" })
+        ),
+        r#"ZeroLength { what: "transfer" }"#
+    );
+    assert_eq!(
+        format!("{:?}", Error::from_errno(libc::ECANCELED)),
+        "Cancelled"
+    );
+}
+
+#[test]
+fn from_io_error_for_question_mark() {
+    fn open(path: &std::path::Path) -> Result<std::fs::File> {
+        Ok(std::fs::File::open(path)?)
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(&dir.path().join("missing")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Os(libc::ENOENT));
+    // Round trip: one of ours through io::Error comes back unchanged.
+    let ours = Error::new(ErrorKind::BufferTooSmall { need: 9, have: 8 });
+    let back: Error = io::Error::from(ours).into();
+    assert_eq!(back, ours);
+    // A std-made error with no errno is typed, not lost.
+    let other: Error = io::Error::other("x").into();
+    assert!(matches!(other.kind(), ErrorKind::InvalidInput { .. }));
+}

@@ -81,7 +81,7 @@ impl FifoReceived {
     }
 
     /// `Ok(buf)` when the buffer is full (or a drain ended normally), the typed error
-    /// otherwise ([`ErrorKind::UnexpectedEof`](crate::ErrorKind::UnexpectedEof) with the
+    /// otherwise ([`ErrorKind::UnexpectedEof`] with the
     /// byte count for EOF and hang-up). On error the buffer and its bytes are dropped;
     /// read the fields instead to keep them.
     pub fn into_result(self) -> Result<PoolBuf> {
@@ -146,14 +146,12 @@ impl From<FifoRefused> for Error {
 /// ```
 /// use iocomplete::{BufferPool, Driver, FifoReceiver, FifoStatus, Ring};
 /// use std::io::Write;
-/// use std::os::fd::{FromRawFd, OwnedFd};
+/// use std::os::unix::net::UnixStream;
 ///
-/// let mut fds = [0; 2];
-/// // SAFETY: `fds` has room for two descriptors.
-/// assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0);
-/// // SAFETY: pipe2 just returned these descriptors; each is owned once.
-/// let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-/// let mut tx = std::fs::File::from(tx);
+/// // Any stream source works the same way: a pipe, a named FIFO, a pty. A socket pair needs
+/// // no unsafe code to make; the receiving end must be non-blocking.
+/// let (rx, mut tx) = UnixStream::pair()?;
+/// rx.set_nonblocking(true)?;
 ///
 /// let mut ring = Ring::new()?;
 /// let pool = BufferPool::builder().slots(2).slot_len(4096).build()?;
@@ -199,12 +197,12 @@ impl fmt::Debug for FifoReceiver {
 
 impl FifoReceiver {
     /// A receiver for `source`, a target registered with `ring`. Refused with
-    /// [`ErrorKind::WrongTargetKind`](crate::ErrorKind::WrongTargetKind) when the
+    /// [`ErrorKind::WrongTargetKind`] when the
     /// descriptor is a regular file, block device or other non-stream file; with
-    /// [`ErrorKind::NotReadable`](crate::ErrorKind::NotReadable) when it is not open for
-    /// reading; with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when it
+    /// [`ErrorKind::NotReadable`] when it is not open for
+    /// reading; with [`ErrorKind::InvalidInput`] when it
     /// lacks `O_NONBLOCK`; with
-    /// [`ErrorKind::StaleTarget`](crate::ErrorKind::StaleTarget) when `source` is not
+    /// [`ErrorKind::StaleTarget`] when `source` is not
     /// registered with `ring`.
     pub fn new(ring: &Ring, source: Target) -> Result<FifoReceiver> {
         let info = ring.info(source)?;
@@ -284,9 +282,9 @@ impl FifoReceiver {
     /// Start a transaction receiving exactly `len` bytes into `buf` (its data area, from
     /// the start: whatever it held is discarded). Refused, with the buffer handed back and
     /// nothing submitted, when a transaction is in progress or its completion has not been
-    /// collected ([`ErrorKind::InProgress`](crate::ErrorKind::InProgress)), when `len` is 0
-    /// ([`ErrorKind::ZeroLength`](crate::ErrorKind::ZeroLength)), or above the
-    /// buffer's capacity ([`ErrorKind::BufferTooSmall`](crate::ErrorKind::BufferTooSmall);
+    /// collected ([`ErrorKind::InProgress`]), when `len` is 0
+    /// ([`ErrorKind::ZeroLength`]), or above the
+    /// buffer's capacity ([`ErrorKind::BufferTooSmall`];
     /// a slot holds at most 1 GiB, so this covers every length above `i32::MAX` too).
     pub fn receive(
         &mut self,

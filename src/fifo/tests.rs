@@ -682,3 +682,24 @@ fn a_deadline_on_a_silent_source_is_woken_by_the_kernel_timer() {
     );
     assert_eq!(pool.stats().free, 1);
 }
+
+#[test]
+fn refused_debug_is_compact() {
+    let pool = crate::BufferPool::builder()
+        .slots(1)
+        .slot_len(1 << 16)
+        .build()
+        .unwrap();
+    let mut buf = pool.try_get().unwrap();
+    buf.set_len(1 << 16).unwrap();
+    let r = FifoRefused {
+        error: Error::new(ErrorKind::NotReadable),
+        buf,
+    };
+    let s = format!("{r:?}");
+    assert!(
+        s.starts_with("FifoRefused { error: NotReadable, buf: PoolBuf {"),
+        "{s}"
+    );
+    assert!(s.contains("len: 65536") && s.len() < 120, "{s}");
+}

@@ -17,7 +17,7 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 /// visible to the completer).
 struct Request {
     gate: CompletionGate,
-    /// The seed's "cancelable" mark: whoever clears it (the cancel routine by running,
+    /// The "cancelable" mark: whoever clears it (the cancel routine by running,
     /// the transfer path by unmarking) owns the cancel path's reference.
     cancelable: AtomicBool,
     /// The timer is queued: whoever clears it (the timer routine by running, a
@@ -57,7 +57,7 @@ impl Request {
         }
     }
 
-    /// The seed's AttemptRequestCompletion: drop a reference, complete if last.
+    /// Drop a reference, complete if last.
     fn drop_ref(&self) {
         if let Some(status) = self.gate.release().unwrap() {
             self.finish(status);
@@ -74,7 +74,7 @@ impl Request {
             .store(status.encode(), Ordering::Relaxed);
     }
 
-    /// The transfer-complete path (the seed's DMA callback for the final transfer).
+    /// The transfer-complete path (the callback for the final transfer).
     fn transfer_complete(&self, status: Status, force: bool) {
         self.bytes.store(4096, Ordering::Relaxed);
         if force {

@@ -8,7 +8,7 @@ use crate::error::Error;
 ///
 /// The driver keys the buffer it reads into by the read's `Seq`, and records the `Seq`
 /// with the operation so that the completion can be routed back with
-/// [`ReaderEvent::ReadDone`](crate::reader::ReaderEvent::ReadDone).
+/// [`ReaderEvent::ReadDone`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Seq(u64);
 
@@ -50,7 +50,7 @@ pub enum FinishReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
     /// The read that filled the buffer (single-shot reads), or a fresh number identifying
-    /// this delivery (multishot). Acknowledge with [`ReaderEvent::Delivered`](crate::reader::ReaderEvent::Delivered).
+    /// this delivery (multishot). Acknowledge with [`ReaderEvent::Delivered`].
     pub seq: Seq,
     /// Offset of the first byte: the file offset for positional sources, the number of
     /// bytes delivered before this one for streams.
@@ -67,7 +67,7 @@ pub struct Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReaderAction {
     /// Positional read of `len` bytes at `offset` into a fresh buffer tagged `seq`; report
-    /// with [`ReaderEvent::ReadDone`](crate::reader::ReaderEvent::ReadDone).
+    /// with [`ReaderEvent::ReadDone`].
     ReadAt {
         /// Tag of the read.
         seq: Seq,
@@ -77,7 +77,7 @@ pub enum ReaderAction {
         len: u32,
     },
     /// Stream read of up to `len` bytes into a fresh buffer tagged `seq`; report with
-    /// [`ReaderEvent::ReadDone`](crate::reader::ReaderEvent::ReadDone).
+    /// [`ReaderEvent::ReadDone`].
     Read {
         /// Tag of the read.
         seq: Seq,
@@ -85,7 +85,7 @@ pub enum ReaderAction {
         len: u32,
     },
     /// Arm one multishot read (buffers of `len` bytes from the provided-buffer ring); report
-    /// each of its completions with [`ReaderEvent::MultishotDone`](crate::reader::ReaderEvent::MultishotDone). After `ENOBUFS` this
+    /// each of its completions with [`ReaderEvent::MultishotDone`]. After `ENOBUFS` this
     /// comes again at once: a driver whose ring is still empty should hold the submission
     /// until a buffer is returned, or the kernel answers `ENOBUFS` straight away again.
     ReadMultishot {
@@ -95,7 +95,7 @@ pub enum ReaderAction {
         len: u32,
     },
     /// The stream had no data (`EAGAIN`): arm one one-shot readiness poll (`POLLIN`); report
-    /// with [`ReaderEvent::PollDone`](crate::reader::ReaderEvent::PollDone).
+    /// with [`ReaderEvent::PollDone`].
     PollReadable {
         /// Tag of the poll.
         seq: Seq,
@@ -106,7 +106,7 @@ pub enum ReaderAction {
         /// The operation to cancel.
         seq: Seq,
     },
-    /// Hand the bytes to `on_read`, then report [`ReaderEvent::Delivered`](crate::reader::ReaderEvent::Delivered).
+    /// Hand the bytes to `on_read`, then report [`ReaderEvent::Delivered`].
     Deliver(Delivery),
     /// Release the buffer of read `seq` (or provided buffer `buf_id`) without delivering it.
     Discard {
@@ -116,7 +116,7 @@ pub enum ReaderAction {
         buf_id: Option<u16>,
     },
     /// Reads failed; every Deliver has been acknowledged and nothing is in flight. Run
-    /// `on_failed`, then report its decision with [`ReaderEvent::Restart`](crate::reader::ReaderEvent::Restart). Emitted once
+    /// `on_failed`, then report its decision with [`ReaderEvent::Restart`]. Emitted once
     /// per failure.
     Failed(Error),
     /// The reader is over: nothing in flight, every delivery acknowledged. The last action.

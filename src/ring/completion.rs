@@ -14,7 +14,7 @@ use crate::queue::CompletionQueue;
 use super::op::OpId;
 
 /// The buffers an operation gives back.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub enum Bufs {
     /// The operation had no buffer.
     #[default]
@@ -27,6 +27,27 @@ pub enum Bufs {
     PoolList(Vec<PoolBuf>),
     /// Several buffers (vectored writes), in order.
     List(Vec<IoBuf>),
+}
+
+/// Compact: a list shows its length and total bytes, not every buffer.
+impl fmt::Debug for Bufs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Bufs::None => f.write_str("None"),
+            Bufs::Pool(b) => f.debug_tuple("Pool").field(b).finish(),
+            Bufs::Shared(b) => f.debug_tuple("Shared").field(b).finish(),
+            Bufs::PoolList(v) => f
+                .debug_struct("PoolList")
+                .field("bufs", &v.len())
+                .field("bytes", &v.iter().map(|b| b.len()).sum::<usize>())
+                .finish(),
+            Bufs::List(v) => f
+                .debug_struct("List")
+                .field("bufs", &v.len())
+                .field("bytes", &v.iter().map(|b| b.data().len()).sum::<usize>())
+                .finish(),
+        }
+    }
 }
 
 impl Bufs {
@@ -203,5 +224,34 @@ impl Future for OpFuture {
                 Poll::Pending
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+    use crate::buf::BufferPool;
+
+    #[test]
+    fn bufs_debug_is_compact() {
+        let pool = BufferPool::builder()
+            .slots(32)
+            .slot_len(4096)
+            .build()
+            .unwrap();
+        let mut v = Vec::new();
+        for _ in 0..32 {
+            let mut b = pool.try_get().unwrap();
+            b.set_len(100).unwrap();
+            v.push(b);
+        }
+        let bufs = Bufs::PoolList(v);
+        assert_eq!(format!("{bufs:?}"), "PoolList { bufs: 32, bytes: 3200 }");
+        let Bufs::PoolList(v) = bufs else {
+            unreachable!()
+        };
+        let list = Bufs::List(v.into_iter().map(IoBuf::Pool).collect());
+        assert_eq!(format!("{list:?}"), "List { bufs: 32, bytes: 3200 }");
+        assert_eq!(format!("{:?}", Bufs::None), "None");
     }
 }

@@ -128,7 +128,7 @@ impl SplitConfig {
     /// devices involved ([`block_device_limits`](crate::ring::block_device_limits), read from
     /// sysfs at each [`SplitDriver::new`] — set a chunk when starting many small
     /// requests), or a pool slot for files. Always capped
-    /// at a pool slot's capacity and at [`MAX_TRANSFER`](crate::ring::MAX_TRANSFER), and
+    /// at a pool slot's capacity and at [`MAX_TRANSFER`], and
     /// rounded down to the direct-I/O alignment.
     pub const fn max_chunk(mut self, bytes: u64) -> SplitConfig {
         self.max_chunk = Some(bytes);
@@ -187,8 +187,8 @@ enum Phase {
     },
 }
 
-/// One child: its buffer (reused for every chunk it carries — the seed's request reuse),
-/// and the port key of the operation it has in flight.
+/// One child: its buffer (reused for every chunk it carries — one buffer per child, not
+/// per chunk), and the port key of the operation it has in flight.
 #[derive(Debug)]
 struct Child {
     /// The child's buffer while no operation holds it.

@@ -167,9 +167,10 @@ const NO_TIMER: Error = Error::not_in_progress("split timer");
 ///
 /// # Rules
 ///
-/// - **Modes.** [`Mode::Serial`] re-arms one child (id 0) for each chunk in turn — the
-///   seed's request reuse. [`Mode::Parallel`] keeps up to `max_in_flight` children (ids
-///   `0..max_in_flight`) in flight, each re-armed with the next chunk when it finishes.
+/// - **Modes.** [`Mode::Serial`] re-arms one child (id 0) for each chunk in turn (one
+///   request reused, not one per chunk). [`Mode::Parallel`] keeps up to `max_in_flight`
+///   children (ids `0..max_in_flight`) in flight, each re-armed with the next chunk when
+///   it finishes.
 /// - **Short transfers continue**: a child that moved fewer bytes than submitted is
 ///   resubmitted for the rest of its chunk, from where it stopped.
 /// - **End of file**: a read child that moves 0 bytes of a non-empty submission hit end of
