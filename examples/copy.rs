@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use iocomplete::ring::default_max_chunk;
 use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
 use iocomplete::{BufferPool, Driver, Error, Ring};
@@ -407,13 +406,8 @@ fn size(n: u64) -> String {
 
 fn main() {
     let args = Args::parse();
-    // On a terminal: a bar with rate and ETA (indicatif draws nothing elsewhere).
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec}, ETA {eta}",
-        )
-        .expect("a valid template"),
-    );
+    // On a terminal: a bar with rate and ETA (drawn nowhere else).
+    let bar = cli::progress(0);
     let lines = args.progress && bar.is_hidden();
     let mut progress = |done: u64, total: u64| {
         bar.set_length(total);

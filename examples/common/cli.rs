@@ -100,6 +100,16 @@ pub(crate) fn not_a_file(role: &str, path: &Path, t: FileType) -> String {
     )
 }
 
+/// A progress bar on stderr over `total` bytes, with rate and ETA; drawn only when stderr
+/// is a terminal (hidden otherwise: [`indicatif::ProgressBar::is_hidden`]).
+pub(crate) fn progress(total: u64) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec}, ETA {eta}",
+    )
+    .expect("a valid template");
+    indicatif::ProgressBar::new(total).with_style(style)
+}
+
 /// `path` as a C string, for a libc call.
 pub(crate) fn c_path(path: &Path) -> Result<std::ffi::CString, String> {
     std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
