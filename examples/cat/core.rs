@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
-use std::io::Seek;
+use std::io::{IsTerminal, Seek};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
@@ -285,6 +285,12 @@ pub(crate) fn run(
         .map_err(|e| format!("cannot read {name}: {e}"))?;
 
     let started = Instant::now();
+    // A bar with rate and ETA on a terminal stderr, for a source of known size whose data
+    // does not go to the terminal itself.
+    let bar = match seekable && !stdout.is_terminal() {
+        true => cli::progress(info.size.saturating_sub(start)),
+        false => indicatif::ProgressBar::hidden(),
+    };
     let mut w = Writer {
         target: out,
         queue: VecDeque::with_capacity(slots),
@@ -303,6 +309,7 @@ pub(crate) fn run(
         }
         w.collect(&mut ring);
         w.pump(&mut ring);
+        bar.set_position(w.written);
         if let Some(r) = r {
             break r;
         }
@@ -316,8 +323,10 @@ pub(crate) fn run(
             .map_err(|e| format!("io_uring: {e}"))?;
         w.collect(&mut ring);
         w.pump(&mut ring);
+        bar.set_position(w.written);
     }
     let elapsed = started.elapsed();
+    bar.finish_and_clear();
     if let Some(e) = w.error {
         return Err(format!("write error: {e}"));
     }
