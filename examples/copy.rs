@@ -5,15 +5,8 @@
 //! copy [--chunk BYTES] [--inflight N] [--serial] [--direct] [--progress] SRC DST
 //! ```
 //!
-//! - `--chunk BYTES`: chunk size (suffixes K, M, G: powers of 1024). Default: the block
-//!   device's `max_sectors_kb` when SRC or DST is one, 1 MiB otherwise.
-//! - `--inflight N`: chunks in flight (default 4); `--serial`: one child re-armed for each
-//!   chunk in turn.
-//! - `--direct`: O_DIRECT on both sides; offsets and the chunk must be multiples of the
-//!   devices' alignment. A tail shorter than the alignment is copied through the page
-//!   cache afterwards, as `dd` does.
-//! - `--progress`: report progress as chunks land even when stderr is not a terminal, one
-//!   line `copy: DONE/TOTAL bytes` each (on a terminal a bar is redrawn anyway).
+//! `copy --help` lists the options and their defaults. `-` is refused as SRC or DST (a
+//! split copy works at offsets; `cat` streams).
 //!
 //! SRC and DST are regular files or block devices (a block device's whole size is
 //! copied). A SRC on a pseudo-filesystem (procfs, sysfs, debugfs, tracefs, cgroupfs,
@@ -22,35 +15,47 @@
 //! a file or device, not a pseudo-file); DST is
 //! refused if it is SRC under any name (symlink, hard link, another node of the device).
 //! Only then is DST created (or truncated, unless it is a block device). A progress bar
-//! goes to stderr when stderr is a terminal; a one-line summary with the throughput always
+//! with rate and ETA goes to stderr when stderr is a terminal; a one-line summary with the throughput always
 //! does (with the bytes of a direct copy's buffered tail, if any).
 
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::{IsTerminal, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use iocomplete::ring::default_max_chunk;
 use iocomplete::split::{Job, Mode, SplitConfig, SplitDriver};
 use iocomplete::{BufferPool, Driver, Error, Ring};
 
-/// Parsed command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Copy SRC to DST in chunks through registered pool buffers (an io_uring split
+/// transfer: each chunk is read into a pool buffer and written from that same buffer).
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(name = "copy")]
 pub struct Args {
-    /// `--chunk`, if given.
+    /// Chunk size in bytes (K, M, G suffixes: powers of 1024) [default: the block
+    /// device's max_sectors_kb when SRC or DST is one, 1M otherwise]
+    #[arg(long, value_name = "BYTES", value_parser = cli::chunk)]
     pub chunk: Option<u64>,
-    /// `--inflight` (default 4).
+    /// Chunks in flight
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = cli::count(4096))]
     pub inflight: u32,
-    /// `--serial`.
+    /// One chunk at a time, in order
+    #[arg(long)]
     pub serial: bool,
-    /// `--direct`.
+    /// O_DIRECT on both sides (the chunk must be a multiple of the alignment; a tail
+    /// shorter than it goes through the page cache, as dd does)
+    #[arg(long)]
     pub direct: bool,
-    /// `--progress`.
+    /// Print `copy: DONE/TOTAL bytes` as chunks land even when stderr is not a terminal
+    /// (on a terminal a progress bar is drawn anyway)
+    #[arg(long)]
     pub progress: bool,
-    /// Source path.
+    /// Source: a regular file or block device (a device is copied whole)
+    #[arg(value_name = "SRC", value_parser = cli::named)]
     pub src: PathBuf,
-    /// Destination path.
+    /// Destination: a regular file (created or truncated) or block device
+    #[arg(value_name = "DST", value_parser = cli::named)]
     pub dst: PathBuf,
 }
 
@@ -81,49 +86,6 @@ impl Report {
 #[path = "common/cli.rs"]
 mod cli;
 
-use cli::{parse_count, parse_size};
-
-/// The usage line.
-pub const USAGE: &str =
-    "usage: copy [--chunk BYTES] [--inflight N] [--serial] [--direct] [--progress] SRC DST";
-
-/// Parse the arguments (without the program name).
-pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
-    let mut it = args.into_iter();
-    let mut chunk = None;
-    let mut inflight = 4u32;
-    let (mut serial, mut direct, mut progress) = (false, false, false);
-    let mut paths = Vec::new();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match a.as_str() {
-            "--chunk" => chunk = Some(parse_size(&value("--chunk")?)?),
-            "--inflight" => inflight = parse_count(&a, &value(&a)?, 4096)?,
-            "--serial" => serial = true,
-            "--direct" => direct = true,
-            "--progress" => progress = true,
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
-            _ => paths.push(PathBuf::from(a)),
-        }
-    }
-    if chunk == Some(0) {
-        return Err("--chunk must not be 0".to_string());
-    }
-    let [src, dst]: [PathBuf; 2] = paths
-        .try_into()
-        .map_err(|_| format!("need SRC and DST\n{USAGE}"))?;
-    Ok(Args {
-        chunk,
-        inflight,
-        serial,
-        direct,
-        progress,
-        src,
-        dst,
-    })
-}
-
 /// A file's identity: the same for every path (symlink, hard link) to it, and for every
 /// node of one block device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,19 +94,16 @@ enum Identity {
     Device(u64),
 }
 
-/// Check that `m` (of `path`, the argument `what`) is a regular file or a block device —
-/// what a split copy can take — and return its identity.
-fn identity(path: &Path, m: &Metadata) -> Result<Identity, String> {
+/// Check that `m` (of `path`, the argument `role`: SRC or DST) is a regular file or a
+/// block device — what a split copy can take — and return its identity.
+fn identity(role: &str, path: &Path, m: &Metadata) -> Result<Identity, String> {
     let t = m.file_type();
     if t.is_block_device() {
         Ok(Identity::Device(m.rdev()))
     } else if t.is_file() {
         Ok(Identity::Inode(m.dev(), m.ino()))
     } else {
-        Err(format!(
-            "{}: not a regular file or block device",
-            path.display()
-        ))
+        Err(cli::not_a_file(role, path, t))
     }
 }
 
@@ -177,7 +136,7 @@ fn check_not_pseudo(path: &Path) -> Result<(), String> {
     // the call.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(format!("cannot open {}: {e}", path.display()));
+        return Err(format!("cannot open SRC {}: {e}", path.display()));
     }
     // The magic numbers are 32-bit; `f_type`'s width differs between architectures.
     match PSEUDO_FS
@@ -185,7 +144,7 @@ fn check_not_pseudo(path: &Path) -> Result<(), String> {
         .find(|(magic, _)| st.f_type as u32 == *magic)
     {
         Some((_, fs)) => Err(format!(
-            "{}: SRC is a pseudo-file ({fs}) whose size is not known; use cat",
+            "SRC {}: a pseudo-file ({fs}) whose size is not known; use cat",
             path.display()
         )),
         None => Ok(()),
@@ -204,8 +163,8 @@ fn same_file(src: &Path, dst: &Path) -> String {
 /// block device, not a pseudo-file) before anything touches DST. Its kind is checked with
 /// `stat` before `open`, so a FIFO is refused instead of blocking the open.
 fn open_src(path: &Path, direct: bool) -> Result<(File, Identity), String> {
-    let cannot = |e: std::io::Error| format!("cannot open {}: {e}", path.display());
-    identity(path, &std::fs::metadata(path).map_err(cannot)?)?;
+    let cannot = |e: std::io::Error| format!("cannot open SRC {}: {e}", path.display());
+    identity("SRC", path, &std::fs::metadata(path).map_err(cannot)?)?;
     check_not_pseudo(path)?;
     let mut o = OpenOptions::new();
     o.read(true);
@@ -214,7 +173,7 @@ fn open_src(path: &Path, direct: bool) -> Result<(File, Identity), String> {
     }
     let f = o.open(path).map_err(cannot)?;
     // What was opened, not what the path named a moment before.
-    let id = identity(path, &f.metadata().map_err(cannot)?)?;
+    let id = identity("SRC", path, &f.metadata().map_err(cannot)?)?;
     Ok((f, id))
 }
 
@@ -222,9 +181,9 @@ fn open_src(path: &Path, direct: bool) -> Result<(File, Identity), String> {
 /// (same inode through any path, or the same block device) or not a regular file or
 /// block device. Not truncated here: that waits until every check passed.
 fn open_dst(path: &Path, direct: bool, src: (&Path, Identity)) -> Result<(File, bool), String> {
-    let cannot = |e: std::io::Error| format!("cannot open {}: {e}", path.display());
+    let cannot = |e: std::io::Error| format!("cannot open DST {}: {e}", path.display());
     let existed = match std::fs::metadata(path) {
-        Ok(m) if identity(path, &m)? == src.1 => return Err(same_file(src.0, path)),
+        Ok(m) if identity("DST", path, &m)? == src.1 => return Err(same_file(src.0, path)),
         Ok(_) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(cannot(e)),
@@ -238,7 +197,7 @@ fn open_dst(path: &Path, direct: bool, src: (&Path, Identity)) -> Result<(File, 
     let checked = f
         .metadata()
         .map_err(cannot)
-        .and_then(|m| match identity(path, &m)? {
+        .and_then(|m| match identity("DST", path, &m)? {
             id if id == src.1 => Err(same_file(src.0, path)),
             _ => Ok(()),
         });
@@ -436,72 +395,48 @@ fn open_dst_existing(path: &Path) -> Result<File, String> {
         .map_err(|e| format!("cannot open {}: {e}", path.display()))
 }
 
-/// A progress bar redrawn at most every 100 ms.
-fn progress_bar() -> impl FnMut(u64, u64) {
-    let started = Instant::now();
-    let mut last = Instant::now() - Duration::from_secs(1);
-    move |done, total| {
-        if last.elapsed() < Duration::from_millis(100) && done < total {
-            return;
-        }
-        last = Instant::now();
-        let frac = if total == 0 {
-            1.0
-        } else {
-            done as f64 / total as f64
-        };
-        let width = 40;
-        let filled = (frac * width as f64) as usize;
-        let rate = done as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64().max(1e-9);
-        let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r[{}{}] {:5.1}% {:8.1} MiB/s",
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            frac * 100.0,
-            rate
-        );
-        let _ = err.flush();
+/// `n` bytes as KiB when whole KiB, else as bytes.
+fn size(n: u64) -> String {
+    if n % 1024 == 0 {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} bytes")
     }
 }
 
 fn main() {
-    let args = cli::or_usage_exit("copy", parse_args(std::env::args().skip(1)));
-    let tty = std::io::stderr().is_terminal();
-    let mut bar = progress_bar();
-    let mut lines = |done: u64, total: u64| eprintln!("copy: {done}/{total} bytes");
-    let mut quiet = |_: u64, _: u64| {};
-    let progress: &mut dyn FnMut(u64, u64) = match (tty, args.progress) {
-        (true, _) => &mut bar,
-        (false, true) => &mut lines,
-        (false, false) => &mut quiet,
+    let args = Args::parse();
+    // On a terminal: a bar with rate and ETA (drawn nowhere else).
+    let bar = cli::progress(0);
+    let lines = args.progress && bar.is_hidden();
+    let mut progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+        if lines {
+            eprintln!("copy: {done}/{total} bytes");
+        }
     };
-    match copy(&args, progress) {
+    match copy(&args, &mut progress) {
         Ok(r) => {
-            if tty {
-                eprintln!();
-            }
+            bar.finish_and_clear();
             let tail = if r.tail > 0 {
                 format!(", last {} bytes buffered", r.tail)
             } else {
                 String::new()
             };
             eprintln!(
-                "copy: {} bytes in {:.3} s, {:.1} MiB/s (chunk {} KiB, {} in flight{}{}{tail})",
+                "copy: {} bytes in {:.3} s, {:.1} MiB/s (chunk {}, {} in flight{}{}{tail})",
                 r.bytes,
                 r.elapsed.as_secs_f64(),
                 r.mib_per_s(),
-                r.chunk / 1024,
+                size(r.chunk),
                 r.inflight,
                 if args.serial { ", serial" } else { "" },
                 if args.direct { ", direct" } else { "" },
             );
         }
         Err(e) => {
-            if tty {
-                eprintln!();
-            }
+            bar.abandon();
             eprintln!("copy: {e}");
             std::process::exit(1);
         }

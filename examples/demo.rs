@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use iocomplete::{BufferPool, Completion, CompletionQueue, Op, Ring};
 
 const BLOCK: usize = 64 * 1024;
@@ -28,20 +29,31 @@ fn check(data: &[u8], off: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The tour: create a file, read it back through every completion mode (wait, tickets,
+/// completion routines, a completion queue, detach, futures) and verify every byte.
+#[derive(Debug, Parser)]
+#[command(name = "demo")]
+struct Args {
+    /// The file to create (overwritten) [default: a new temporary file]
+    #[arg(value_name = "PATH", value_parser = cli::named)]
+    path: Option<std::path::PathBuf>,
+}
+
+#[path = "common/cli.rs"]
+mod cli;
+
 fn main() {
-    if let Err(e) = run() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
         eprintln!("demo: {e}");
         std::process::exit(1);
     }
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
-    let path = match std::env::args().nth(1) {
-        Some(p) => std::path::PathBuf::from(p),
-        None => dir.path().join("demo.dat"),
-    };
+    let path = args.path.unwrap_or_else(|| dir.path().join("demo.dat"));
     let size = BLOCK as u64 * BLOCKS;
     {
         let mut f = std::fs::File::create(&path)?;

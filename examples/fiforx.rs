@@ -22,6 +22,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use iocomplete::{
     BufferPool, Driver, FdKind, FifoReceiver, FifoStatus, Op, PoolBuf, Ring, Target, Ticket,
 };
@@ -66,28 +67,28 @@ impl fmt::Display for Summary {
     }
 }
 
-/// Why a run failed: a message for stderr and an exit status (2: usage, 1: the rest).
+/// Read exactly N bytes from a FIFO-like source (pipe, named FIFO, socket, tty, character
+/// device) and write them to stdout.
+#[derive(Debug, Parser)]
+#[command(name = "fiforx")]
+struct Args {
+    /// Bytes to read, exactly (K, M, G suffixes: powers of 1024); required
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = len)]
+    len: u64,
+    /// The source; `-` is stdin
+    #[arg(value_name = "PATH")]
+    path: String,
+}
+
+/// Why a run failed: a message for stderr (exit status 1).
 #[derive(Debug)]
 struct Failure {
-    /// Exit status.
-    code: i32,
     /// What went wrong, in one line.
     message: String,
 }
 
-fn usage(message: impl Into<String>) -> Failure {
-    Failure {
-        code: 2,
-        message: format!(
-            "{}\nusage: fiforx --len N PATH   (PATH '-' = stdin)",
-            message.into()
-        ),
-    }
-}
-
 fn fail(message: impl Into<String>) -> Failure {
     Failure {
-        code: 1,
         message: message.into(),
     }
 }
@@ -95,42 +96,15 @@ fn fail(message: impl Into<String>) -> Failure {
 #[path = "common/cli.rs"]
 mod cli;
 
-/// `N`, `NK`, `NM`, `NG` (binary multiples).
-fn parse_len(s: &str) -> Result<u64, Failure> {
-    cli::parse_bytes(s).ok_or_else(|| {
-        usage(format!(
+/// Value parser of `--len`: a byte count, at least 1.
+fn len(s: &str) -> Result<u64, String> {
+    match cli::parse_bytes(s) {
+        Some(0) => Err("--len must be at least 1: fiforx reads exactly N bytes".to_string()),
+        Some(n) => Ok(n),
+        None => Err(format!(
             "bad --len value '{s}': expected a byte count like 4096 or 64K"
-        ))
-    })
-}
-
-/// `--len N PATH` (also `--len=N`).
-fn parse_args(args: &[String]) -> Result<(u64, String), Failure> {
-    let mut len = None;
-    let mut path = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--len" {
-            let v = it.next().ok_or_else(|| usage("--len needs a value"))?;
-            len = Some(parse_len(v)?);
-        } else if let Some(v) = a.strip_prefix("--len=") {
-            len = Some(parse_len(v)?);
-        } else if a.starts_with("--") {
-            return Err(usage(format!("unknown option '{a}'")));
-        } else if path.is_none() {
-            path = Some(a.clone());
-        } else {
-            return Err(usage(format!("unexpected argument '{a}'")));
-        }
+        )),
     }
-    let len = len.ok_or_else(|| usage("--len N is required"))?;
-    if len == 0 {
-        return Err(usage(
-            "--len must be at least 1: fiforx reads exactly N bytes",
-        ));
-    }
-    let path = path.ok_or_else(|| usage("PATH is required"))?;
-    Ok((len, path))
 }
 
 /// Restores the `O_NONBLOCK` flag of a descriptor fiforx had to change (stdin shared with
@@ -285,9 +259,9 @@ impl Output {
 
 /// The whole tool, testable: parse `args`, receive, write to `out`. The summary on
 /// success; a message and exit status on failure.
-fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
-    let (len, path) = parse_args(args)?;
-    let (src, _restore) = open_source(&path)?;
+fn run(args: &Args, out: OwnedFd) -> Result<Summary, Failure> {
+    let (len, path) = (args.len, args.path.as_str());
+    let (src, _restore) = open_source(path)?;
     let mut ring = Ring::builder()
         .entries(64)
         .build()
@@ -341,6 +315,7 @@ fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
     }
 
     let started = Instant::now();
+    let bar = cli::progress(len);
     let mut got: u64 = 0;
     let mut ended_early = None;
     while got < len {
@@ -358,6 +333,7 @@ fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
         let done = rx.run(&mut ring).map_err(|e| fail(format!("ring: {e}")))?;
         let status = done.status();
         got += done.bytes() as u64;
+        bar.set_position(got);
         if !done.buf.is_empty() {
             output.write(&mut ring, done.buf)?;
         }
@@ -372,6 +348,7 @@ fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
         }
     }
     output.finish_all(&mut ring)?;
+    bar.finish_and_clear();
     drop(output);
     let summary = Summary {
         bytes: got,
@@ -404,7 +381,7 @@ fn run(args: &[String], out: OwnedFd) -> Result<Summary, Failure> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = Args::parse();
     // SAFETY: fd 1 is this process's stdout; `dup` gives a new descriptor we own.
     let out = unsafe { libc::dup(1) };
     if out < 0 {
@@ -417,7 +394,7 @@ fn main() {
         Ok(summary) => eprintln!("fiforx: {summary}"),
         Err(f) => {
             eprintln!("fiforx: {}", f.message);
-            std::process::exit(f.code);
+            std::process::exit(1);
         }
     }
 }

@@ -6,9 +6,7 @@
 //! gather [--max-transfer BYTES] [--max-segments N] [--inflight N] FILE OFFSET:LEN...
 //! ```
 //!
-//! - `--max-transfer BYTES`: largest transfer (suffixes K, M, G; default 2 GiB − 4 KiB).
-//! - `--max-segments N`: most buffers (iovecs) per transfer (1..=1024, default 1024).
-//! - `--inflight N`: transfers in flight (default 4).
+//! `gather --help` lists the options and their defaults.
 //!
 //! FILE is a regular file or a block device (anything else is refused, checked before it
 //! is opened). Numbers accept K/M/G suffixes (powers of 1024). An extent past the end of
@@ -23,27 +21,31 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use iocomplete::dma::{DmaConfig, DmaDriver, SgList};
 use iocomplete::ring::MAX_TRANSFER;
 use iocomplete::Direction;
 use iocomplete::{BufferPool, Driver, Ring};
 
-/// The usage line.
-pub const USAGE: &str =
-    "usage: gather [--max-transfer BYTES] [--max-segments N] [--inflight N] FILE OFFSET:LEN...";
-
-/// Parsed command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Read extents of FILE in one scatter/gather transaction and write them, concatenated
+/// in the order given, to stdout.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(name = "gather")]
 pub struct Args {
-    /// `--max-transfer`.
+    /// Largest transfer in bytes (K, M, G suffixes: powers of 1024)
+    #[arg(long, value_name = "BYTES", default_value_t = MAX_TRANSFER, value_parser = max_transfer)]
     pub max_transfer: u64,
-    /// `--max-segments`.
+    /// Most buffers (iovecs) per transfer
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = cli::count(1024))]
     pub max_segments: u32,
-    /// `--inflight`.
+    /// Transfers in flight
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = cli::count(1024))]
     pub inflight: u32,
-    /// The file.
+    /// A regular file or block device
+    #[arg(value_name = "FILE", value_parser = cli::named)]
     pub file: PathBuf,
-    /// The extents, as (offset, length), in output order.
+    /// Extents to read, in output order (K, M, G suffixes)
+    #[arg(value_name = "OFFSET:LEN", required = true, value_parser = extent)]
     pub extents: Vec<(u64, u64)>,
 }
 
@@ -67,68 +69,31 @@ pub struct Report {
 #[path = "common/cli.rs"]
 mod cli;
 
-use cli::{parse_count, parse_size};
+/// Value parser of `--max-transfer`: a byte count in `1..=MAX_TRANSFER`.
+fn max_transfer(s: &str) -> Result<u64, String> {
+    match cli::bytes(s)? {
+        n @ 1..=MAX_TRANSFER => Ok(n),
+        n => Err(format!("{n} is outside 1..={MAX_TRANSFER}")),
+    }
+}
 
-/// Parse the arguments (without the program name).
-pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
-    let mut it = args.into_iter();
-    let mut max_transfer = MAX_TRANSFER;
-    let mut max_segments = 1024u32;
-    let mut inflight = 4u32;
-    let mut file = None;
-    let mut extents = Vec::new();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match a.as_str() {
-            "--max-transfer" => {
-                let v = value("--max-transfer")?;
-                max_transfer = parse_size(&v)?;
-                if !(1..=MAX_TRANSFER).contains(&max_transfer) {
-                    return Err(format!("--max-transfer {v} is outside 1..={MAX_TRANSFER}"));
-                }
-            }
-            "--max-segments" => max_segments = parse_count(&a, &value(&a)?, 1024)?,
-            "--inflight" => inflight = parse_count(&a, &value(&a)?, 1024)?,
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
-            _ if file.is_none() => file = Some(PathBuf::from(a)),
-            _ => {
-                let (off, len) = a
-                    .split_once(':')
-                    .ok_or_else(|| format!("extent '{a}' is not OFFSET:LEN"))?;
-                let off = parse_size(off).map_err(|e| format!("{e} in extent '{a}'"))?;
-                let len = parse_size(len).map_err(|e| format!("{e} in extent '{a}'"))?;
-                if len == 0 {
-                    return Err(format!("extent '{a}' is empty"));
-                }
-                extents.push((off, len));
-            }
-        }
+/// Value parser of an extent: `OFFSET:LEN`, both byte counts, LEN not 0.
+fn extent(s: &str) -> Result<(u64, u64), String> {
+    let (off, len) = s.split_once(':').ok_or("not OFFSET:LEN")?;
+    match (cli::bytes(off)?, cli::bytes(len)?) {
+        (_, 0) => Err("the extent is empty".to_string()),
+        e => Ok(e),
     }
-    let file = file.ok_or_else(|| format!("need FILE\n{USAGE}"))?;
-    if extents.is_empty() {
-        return Err(format!("need at least one OFFSET:LEN\n{USAGE}"));
-    }
-    Ok(Args {
-        max_transfer,
-        max_segments,
-        inflight,
-        file,
-        extents,
-    })
 }
 
 /// Read the extents of `args.file` in one transaction and write them to `out`.
 pub fn gather(args: &Args, out: &mut dyn Write) -> Result<Report, String> {
     let started = Instant::now();
-    let cannot = |e: std::io::Error| format!("cannot open {}: {e}", args.file.display());
+    let cannot = |e: std::io::Error| format!("cannot open FILE {}: {e}", args.file.display());
     // The kind is checked before `open`, which would block on a FIFO until a writer came.
     let kind = std::fs::metadata(&args.file).map_err(cannot)?.file_type();
     if !(kind.is_file() || kind.is_block_device()) {
-        return Err(format!(
-            "{}: not a regular file or block device",
-            args.file.display()
-        ));
+        return Err(cli::not_a_file("FILE", &args.file, kind));
     }
     let file = File::open(&args.file).map_err(cannot)?;
     let mut ring = Ring::builder()
@@ -139,7 +104,7 @@ pub fn gather(args: &Args, out: &mut dyn Write) -> Result<Report, String> {
     let info = ring.info(target).map_err(|e| e.to_string())?;
     if !info.kind.is_seekable() {
         return Err(format!(
-            "{}: not a regular file or block device",
+            "FILE {}: not a regular file or block device",
             args.file.display()
         ));
     }
@@ -211,7 +176,7 @@ pub fn gather(args: &Args, out: &mut dyn Write) -> Result<Report, String> {
 }
 
 fn main() {
-    let args = cli::or_usage_exit("gather", parse_args(std::env::args().skip(1)));
+    let args = Args::parse();
     // Write straight to the descriptor (no line buffering of binary data).
     let mut out = match std::io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => File::from(fd),

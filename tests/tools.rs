@@ -183,7 +183,7 @@ fn copy_example_copies_and_reports_clear_errors() {
     let x = x.to_str().unwrap();
     refused(&bin, &["--chunk", "12Q", s, x], &["bad number '12Q'"]);
     refused(&bin, &["--inflight", "many", s, x], &["bad number"]);
-    refused(&bin, &[s], &["need SRC and DST"]);
+    refused(&bin, &[s], &["required", "<DST>"]);
     refused(
         &bin,
         &["/nonexistent/src", x],
@@ -805,7 +805,7 @@ fn cat_example_copies_files_pipes_and_reports_bad_input() {
     refused(&bin, &["--pending", "zero", src_s], &["--pending", "zero"]);
     refused(&bin, &["--chunk", "0", src_s], &["--chunk"]);
     refused(&bin, &["--bogus", src_s], &["--bogus"]);
-    refused(&bin, &[], &["usage"]);
+    refused(&bin, &[], &["required", "<PATH>", "Usage"]);
     let probe = iocomplete::Ring::new()
         .unwrap()
         .register(common::open(&src, false, true))
@@ -1072,8 +1072,8 @@ fn fiforx_refuses_bad_input_with_clear_messages() {
     for bad in ["12x", "", "-3", "K", "99999999999999999999"] {
         code(&["--len", bad, "-"], 2, &["bad --len value"]);
     }
-    refused(&bin, &["/dev/null"], &["--len N is required"]);
-    refused(&bin, &["--len", "1"], &["PATH is required"]);
+    refused(&bin, &["/dev/null"], &["required", "--len <N>"]);
+    refused(&bin, &["--len", "1"], &["required", "<PATH>"]);
     let regular = dir.path().join("regular");
     std::fs::write(&regular, b"not a fifo").unwrap();
     let out = code(
@@ -1091,4 +1091,145 @@ fn fiforx_refuses_bad_input_with_clear_messages() {
         assert!(o.status.success(), "--len {len}: {}", stderr(&o));
         assert_eq!(o.stdout.len(), n, "--len {len}");
     }
+}
+
+// ---- every tool: --help and one bad argument ------------------------------------------------
+
+/// Issue 16: `--help` printed only a usage line and exited 2 (`fiforx --help`: "unknown
+/// option"). Every tool answers `--help` on stdout with exit 0, naming every option, and
+/// with each default that has one.
+#[test]
+fn every_tool_answers_help_with_its_options_and_defaults() {
+    let tools: [(&str, &[&str]); 6] = [
+        (
+            "copy",
+            &[
+                "--chunk <BYTES>",
+                "--inflight <N>",
+                "[default: 4]",
+                "--serial",
+                "--direct",
+                "--progress",
+                "<SRC>",
+                "<DST>",
+                "max_sectors_kb",
+            ],
+        ),
+        (
+            "gather",
+            &[
+                "--max-transfer <BYTES>",
+                "[default: 2147479552]",
+                "--max-segments <N>",
+                "[default: 1024]",
+                "--inflight <N>",
+                "[default: 4]",
+                "<FILE>",
+                "<OFFSET:LEN>",
+            ],
+        ),
+        (
+            "cat",
+            &[
+                "--pending <N>",
+                "[default: 2]",
+                "--chunk <BYTES>",
+                "[default: 128k]",
+                "--header <BYTES>",
+                "[default: 0]",
+                "--direct",
+                "--ordered",
+                "<PATH>",
+                "`-` is stdin",
+            ],
+        ),
+        ("fiforx", &["--len <N>", "<PATH>", "`-` is stdin"]),
+        (
+            "iobench",
+            &[
+                "--rw <PATTERN>",
+                "randread, read, randwrite or write",
+                "--bs <BYTES>",
+                "--qd <N>",
+                "--direct",
+                "--seconds <S>",
+                "[default: 5]",
+                "--ops <N>",
+                "--size <BYTES>",
+                "<FILE>",
+            ],
+        ),
+        ("demo", &["[PATH]", "a new temporary file"]),
+    ];
+    for (name, words) in tools {
+        let bin = or_skip!(example(name));
+        let o = run(&bin, &["--help"], Duration::from_secs(20));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{name} --help: {}", stderr(&o));
+        assert!(
+            out.contains(&format!("Usage: {name} ")),
+            "{name} --help: {out}"
+        );
+        for w in words.iter().chain(&["-h, --help"]) {
+            assert!(out.contains(w), "{name} --help: {w:?} not in: {out}");
+        }
+    }
+}
+
+/// Issue 16: errors named internals ("pool slot length" for `--chunk 3g`, "targets must be
+/// files" for a directory), and `copy SRC -` created a file named `-`. A bad argument
+/// exits 2 before anything is opened, naming the argument and the value; `-` where a
+/// named file is needed is refused, creating nothing.
+#[test]
+fn every_tool_names_the_argument_and_value_it_refuses() {
+    let dir = common::disk_dir();
+    let src = make(dir.path(), "src", 10_000, 94);
+    let s = src.to_str().unwrap();
+    let dst = dir.path().join("dst");
+    let d = dst.to_str().unwrap();
+    let cases: [(&str, Vec<&str>, &[&str]); 8] = [
+        (
+            "copy",
+            vec!["--chunk", "3g", s, d],
+            &["--chunk", "'3g'", "1G"],
+        ),
+        ("copy", vec![s, "-"], &["'-'", "<DST>", "stdin/stdout"]),
+        ("copy", vec!["-", d], &["'-'", "<SRC>", "stdin/stdout"]),
+        (
+            "gather",
+            vec![s, "0:10", "5:x"],
+            &["'5:x'", "<OFFSET:LEN>", "bad number 'x'"],
+        ),
+        (
+            "cat",
+            vec!["--header", "2M", s],
+            &["--header", "'2M'", "1M"],
+        ),
+        ("fiforx", vec!["--len", "12x", "-"], &["--len", "'12x'"]),
+        (
+            "iobench",
+            vec!["--rw", "sideways", "--bs", "4k", "--qd", "1", s],
+            &["--rw", "'sideways'", "randread"],
+        ),
+        ("demo", vec!["-"], &["'-'", "[PATH]"]),
+    ];
+    for (name, args, words) in cases {
+        let bin = or_skip!(example(name));
+        let o = run(&bin, &args, Duration::from_secs(20));
+        let msg = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{name} {args:?}: {msg}");
+        for w in words {
+            assert!(
+                msg.contains(w),
+                "{name} {args:?}: {w:?} not in the message: {msg}"
+            );
+        }
+        assert!(o.stdout.is_empty(), "{name} {args:?} wrote to stdout");
+    }
+    // Relative to the tools' working directory, this process's.
+    assert!(
+        !Path::new("-").exists(),
+        "copy SRC - created a file named -"
+    );
+    assert!(!dst.exists(), "a refusal created DST");
 }

@@ -3,27 +3,41 @@
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
-use std::io::Seek;
+use std::io::{IsTerminal, Seek};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use iocomplete::{
     BufferPool, Completion, CompletionQueue, ContinuousReader, Driver, Error, FinishReason, Op,
     PoolBuf, Ring, Target,
 };
 
-pub(crate) const USAGE: &str =
-    "usage: cat [--pending N] [--chunk BYTES] [--header BYTES] [--direct] [--ordered] PATH  (PATH '-' = stdin)";
-
-/// Parsed command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Stream a file, block device, FIFO, pipe or tty to stdout through a continuous reader
+/// (each pooled buffer is written from the slot it was read into).
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(name = "cat")]
 pub(crate) struct Opts {
+    /// Reads in flight (files and block devices)
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = cli::count(4096))]
     pending: u32,
+    /// Read size in bytes (K, M, G suffixes: powers of 1024)
+    #[arg(long, value_name = "BYTES", default_value = "128k", value_parser = chunk)]
     chunk: usize,
+    /// Header room reserved in front of each slot's data (not written out)
+    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = header)]
     header: usize,
+    /// Open PATH with O_DIRECT (the chunk must be a multiple of its alignment)
+    #[arg(long)]
     direct: bool,
+    /// Forward in file order (always so: files and block devices are ordered, streams
+    /// are anyway; accepted for old command lines)
+    #[arg(long)]
+    ordered: bool,
+    /// The input; `-` is stdin
+    #[arg(value_name = "PATH")]
     path: String,
 }
 
@@ -68,60 +82,17 @@ impl Summary {
 #[path = "../common/cli.rs"]
 mod cli;
 
-/// A byte count: digits with an optional `k`, `m` or `g` suffix (powers of 1024).
-fn number(flag: &str, v: Option<&String>) -> Result<u64, String> {
-    let v = v.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-    cli::parse_bytes(v).ok_or_else(|| format!("{flag}: '{v}' is not a number"))
+/// Value parser of `--chunk`: a byte count in `1..=1G`.
+fn chunk(s: &str) -> Result<usize, String> {
+    cli::chunk(s).map(|n| n as usize)
 }
 
-pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {
-    let mut o = Opts {
-        pending: 2,
-        chunk: 128 * 1024,
-        header: 0,
-        direct: false,
-        path: String::new(),
-    };
-    let mut path = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--pending" => {
-                let n = number(a, it.next())?;
-                o.pending = u32::try_from(n)
-                    .ok()
-                    .filter(|&n| (1..=4096).contains(&n))
-                    .ok_or_else(|| format!("--pending must be in 1..=4096, not {n}"))?;
-            }
-            "--chunk" => {
-                let n = number(a, it.next())?;
-                if n == 0 || n > 1 << 30 {
-                    return Err(format!("--chunk must be in 1..=1 GiB, not {n}"));
-                }
-                o.chunk = n as usize;
-            }
-            "--header" => {
-                let n = number(a, it.next())?;
-                if n > 1 << 20 {
-                    return Err(format!("--header must be at most 1 MiB, not {n}"));
-                }
-                o.header = n as usize;
-            }
-            "--direct" => o.direct = true,
-            // Seekable sources are always forwarded in file order (streams are ordered
-            // anyway); the flag stays accepted as part of the documented command line.
-            "--ordered" => {}
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
-            p => {
-                if path.replace(p.to_string()).is_some() {
-                    return Err(format!("one PATH only\n{USAGE}"));
-                }
-            }
-        }
+/// Value parser of `--header`: a byte count up to 1 MiB.
+fn header(s: &str) -> Result<usize, String> {
+    match cli::bytes(s)? {
+        n @ 0..=0x10_0000 => Ok(n as usize),
+        n => Err(format!("{n} bytes is more than 1M")),
     }
-    o.path = path.ok_or_else(|| USAGE.to_string())?;
-    Ok(o)
 }
 
 /// Writes buffers to stdout through the ring, one at a time (stdout may be a pipe or a
@@ -226,11 +197,10 @@ fn check_not_output(
 
 /// Stream `opts.path` (or `stdin` for `-`) to `stdout`. Errors are full messages.
 pub(crate) fn run(
-    args: &[String],
+    opts: Opts,
     stdin: BorrowedFd<'_>,
     stdout: BorrowedFd<'_>,
 ) -> Result<Summary, String> {
-    let opts = parse(args)?;
     let mut ring = Ring::builder()
         .entries(256)
         .build()
@@ -315,6 +285,12 @@ pub(crate) fn run(
         .map_err(|e| format!("cannot read {name}: {e}"))?;
 
     let started = Instant::now();
+    // A bar with rate and ETA on a terminal stderr, for a source of known size whose data
+    // does not go to the terminal itself.
+    let bar = match seekable && !stdout.is_terminal() {
+        true => cli::progress(info.size.saturating_sub(start)),
+        false => indicatif::ProgressBar::hidden(),
+    };
     let mut w = Writer {
         target: out,
         queue: VecDeque::with_capacity(slots),
@@ -333,6 +309,7 @@ pub(crate) fn run(
         }
         w.collect(&mut ring);
         w.pump(&mut ring);
+        bar.set_position(w.written);
         if let Some(r) = r {
             break r;
         }
@@ -346,8 +323,10 @@ pub(crate) fn run(
             .map_err(|e| format!("io_uring: {e}"))?;
         w.collect(&mut ring);
         w.pump(&mut ring);
+        bar.set_position(w.written);
     }
     let elapsed = started.elapsed();
+    bar.finish_and_clear();
     if let Some(e) = w.error {
         return Err(format!("write error: {e}"));
     }

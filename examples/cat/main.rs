@@ -7,10 +7,7 @@
 //! cat [--pending N] [--chunk BYTES] [--header BYTES] [--direct] [--ordered] PATH
 //! ```
 //!
-//! `--chunk` (default 128k) is the read size, `--header` a header room reserved in
-//! front of each slot's data (it is not written out), `--direct` opens PATH with
-//! `O_DIRECT` (the chunk must be a multiple of the device's alignment), `--ordered` is
-//! the default for files and block devices. Sizes take `k`, `m`, `g` suffixes. A
+//! `cat --help` lists the options and their defaults. A
 //! one-line summary goes to stderr; bad input exits with status 2, I/O errors with 1. An
 //! input that is stdout's own regular file (`cat F >> F`) is refused, as GNU cat does
 //! ("input file is output file", status 1), before anything is written.
@@ -21,15 +18,14 @@ mod cat_core;
 use std::os::fd::AsFd;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = clap::Parser::parse();
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    match cat_core::run(&args, stdin.as_fd(), stdout.as_fd()) {
+    match cat_core::run(opts, stdin.as_fd(), stdout.as_fd()) {
         Ok(summary) => eprintln!("{}", summary.line()),
         Err(e) => {
             eprintln!("cat: {e}");
-            let usage = cat_core::parse(&args).is_err();
-            std::process::exit(if usage { 2 } else { 1 });
+            std::process::exit(1);
         }
     }
 }

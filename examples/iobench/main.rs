@@ -6,6 +6,8 @@
 //!         [--seconds S | --ops N] [--size BYTES] FILE
 //! ```
 //!
+//! `iobench --help` lists the options and their defaults.
+//!
 //! After a warm-up of 500 operations (which lets the ring's lazily sized tables reach
 //! their steady size), keeps `N` operations in flight for `S` seconds (default 5), or
 //! for `--ops` operations, and prints one JSON line to stdout:
@@ -38,11 +40,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use clap::Parser;
 use engine::{Engine, Job, Rw};
 use iocomplete::{BufferPool, BufferRegistration, ErrorKind, Ring};
-
-const USAGE: &str = "usage: iobench --rw randread|read|randwrite|write --bs BYTES --qd N \
-                     [--direct] [--seconds S | --ops N] [--size BYTES] FILE";
 
 /// Operations run before the measured run.
 const WARMUP_OPS: u64 = 500;
@@ -72,20 +72,54 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// A fio-like load generator: keeps N operations in flight on FILE through a registered
+/// buffer pool and prints one JSON line of results.
+#[derive(Debug, Parser)]
+#[command(name = "iobench")]
 struct Args {
+    /// Access pattern: randread, read, randwrite or write
+    #[arg(long, value_name = "PATTERN", value_parser = rw)]
     rw: Rw,
+    /// Block size in bytes, 1..=64M (K, M, G suffixes: powers of 1024)
+    #[arg(long, value_name = "BYTES", value_parser = bs)]
     bs: usize,
+    /// Operations in flight
+    #[arg(long, value_name = "N", value_parser = qd)]
     qd: usize,
+    /// O_DIRECT (the block size must be a multiple of the device's alignment)
+    #[arg(long)]
     direct: bool,
+    /// How long to run, in seconds (after a warm-up of 500 operations)
+    #[arg(long, value_name = "S", default_value = "5", allow_hyphen_values = true,
+          value_parser = seconds, conflicts_with = "ops")]
     seconds: Duration,
+    /// Run this many operations instead of --seconds
+    #[arg(long, value_name = "N", value_parser = ops)]
     ops: Option<u64>,
+    /// Bytes to bench [default: the size of FILE]; a missing FILE is created and filled to
+    /// it, a regular file grown to it for write patterns
+    #[arg(long, value_name = "BYTES", value_parser = cli::bytes)]
     size: Option<u64>,
+    /// A regular file or block device
+    #[arg(value_name = "FILE", value_parser = cli::named)]
     file: PathBuf,
 }
 
 fn main() {
     // Exit status: 2 for a bad command line, 1 for a failure while running.
-    let args = cli::or_usage_exit("iobench", parse_args(std::env::args().skip(1)));
+    let args = Args::parse();
+    if let Some(s) = args.size.filter(|&s| s < args.bs as u64) {
+        cli::usage_exit::<Args>(format!(
+            "--size {s} is smaller than one --bs {} block",
+            args.bs
+        ));
+    }
+    if let Some(s) = args.size.filter(|&s| s > i64::MAX as u64) {
+        cli::usage_exit::<Args>(format!(
+            "--size {s} is past the largest file offset, {} (i64::MAX)",
+            i64::MAX
+        ));
+    }
     if let Err(e) = run(&args) {
         eprintln!("iobench: {e}");
         std::process::exit(1);
@@ -95,99 +129,40 @@ fn main() {
 #[path = "../common/cli.rs"]
 mod cli;
 
-/// Parse `4096`, `4k`, `1m`, `2g`, `64KiB`...
-fn parse_size(flag: &str, s: &str) -> Result<u64, String> {
-    cli::parse_bytes(s).ok_or_else(|| format!("{flag}: not a number of bytes: {s:?}\n{USAGE}"))
+/// Value parser of `--rw`.
+fn rw(s: &str) -> Result<Rw, String> {
+    Rw::parse(s).ok_or_else(|| "expected randread, read, randwrite or write".to_string())
 }
 
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let (mut rw, mut bs, mut qd) = (None, None, None);
-    let (mut direct, mut seconds, mut size, mut file) = (false, Duration::from_secs(5), None, None);
-    let mut ops = None;
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--rw" => {
-                let v = value("--rw")?;
-                rw = Some(Rw::parse(&v).ok_or_else(|| {
-                    format!("--rw: expected randread, read, randwrite or write, got {v:?}")
-                })?);
-            }
-            "--bs" => bs = Some(parse_size("--bs", &value("--bs")?)?),
-            "--qd" => {
-                let v = value("--qd")?;
-                qd = Some(
-                    v.parse::<usize>()
-                        .map_err(|_| format!("--qd: not a number: {v:?}\n{USAGE}"))?,
-                );
-            }
-            "--direct" => direct = true,
-            "--seconds" => {
-                let v = value("--seconds")?;
-                // A positive number a `Duration` can hold (1e30 would overflow it).
-                seconds = v
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| format!("--seconds: not a positive number of seconds: {v:?}"))?;
-            }
-            "--size" => size = Some(parse_size("--size", &value("--size")?)?),
-            "--ops" => {
-                let v = value("--ops")?;
-                ops = Some(
-                    v.parse::<u64>()
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or_else(|| format!("--ops: not a positive number: {v:?}"))?,
-                );
-            }
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            f if f.starts_with("--") => return Err(format!("unknown flag {f}\n{USAGE}")),
-            f => {
-                if file.replace(PathBuf::from(f)).is_some() {
-                    return Err(format!("more than one FILE given\n{USAGE}"));
-                }
-            }
-        }
+/// Value parser of `--bs`: a byte count in `1..=64M`.
+fn bs(s: &str) -> Result<usize, String> {
+    match cli::bytes(s)? {
+        n @ 1..=0x400_0000 => Ok(n as usize),
+        n => Err(format!("{n} bytes is outside 1..=64M")),
     }
-    let rw = rw.ok_or_else(|| format!("--rw is required\n{USAGE}"))?;
-    let bs = bs.ok_or_else(|| format!("--bs is required\n{USAGE}"))?;
-    let qd = qd.ok_or_else(|| format!("--qd is required\n{USAGE}"))?;
-    let file = file.ok_or_else(|| format!("FILE is required\n{USAGE}"))?;
-    if bs == 0 || bs > 64 << 20 {
-        return Err(format!("--bs must be in 1..=64MiB, got {bs}"));
-    }
-    if qd == 0 || qd > 4096 {
-        return Err(format!("--qd must be in 1..=4096, got {qd}"));
-    }
-    if let Some(s) = size.filter(|s| *s < bs) {
-        return Err(format!("--size {s} is smaller than one --bs {bs} block"));
-    }
-    if let Some(s) = size.filter(|&s| s > i64::MAX as u64) {
-        return Err(format!(
-            "--size {s} is past the largest file offset, {} (i64::MAX)",
-            i64::MAX
-        ));
-    }
-    if direct && bs % 512 != 0 {
-        return Err(format!(
-            "misaligned direct I/O: --bs {bs} is not a multiple of 512 bytes"
-        ));
-    }
-    Ok(Args {
-        rw,
-        bs: bs as usize,
-        qd,
-        direct,
-        seconds,
-        ops,
-        size,
-        file,
-    })
+}
+
+/// Value parser of `--qd`: a count in `1..=4096`.
+fn qd(s: &str) -> Result<usize, String> {
+    cli::count(4096)(s).map(|n| n as usize)
+}
+
+/// Value parser of `--seconds`: a positive number a `Duration` can hold (1e30 would
+/// overflow it).
+fn seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "not a positive number of seconds".to_string())
+}
+
+/// Value parser of `--ops`: a positive count.
+fn ops(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| "not a positive number".to_string())
 }
 
 /// Bytes free to an unprivileged writer (`f_bavail` blocks) on the filesystem holding
@@ -308,7 +283,12 @@ fn build_ring(qd: usize) -> Result<Ring, String> {
 fn run(a: &Args) -> Result<(), String> {
     // The kind is checked with `stat` before `open`: opening a FIFO would block until a
     // writer came, and nothing else can be benched.
-    let not_benchable = || format!("{}: not a regular file or block device", a.file.display());
+    let not_benchable = || {
+        format!(
+            "FILE {}: not a regular file or block device",
+            a.file.display()
+        )
+    };
     match (std::fs::metadata(&a.file), a.size) {
         (Err(e), Some(size)) if e.kind() == std::io::ErrorKind::NotFound => {
             grow(&a.file, None, size)?
@@ -321,7 +301,7 @@ fn run(a: &Args) -> Result<(), String> {
         }
         (Err(e), _) => return Err(format!("{}: {e}", a.file.display())),
         (Ok(m), _) if !(m.is_file() || m.file_type().is_block_device()) => {
-            return Err(not_benchable())
+            return Err(cli::not_a_file("FILE", &a.file, m.file_type()))
         }
         // A write job grows a regular file to the size asked for.
         (Ok(m), Some(size)) if a.rw.is_write() && m.is_file() && m.len() < size => {
