@@ -128,7 +128,7 @@ const PSEUDO_FS: &[(u32, &str)] = &[
 
 /// Refuse a SRC on a pseudo-filesystem: the size a split copy would take (0 for procfs,
 /// 4096 for sysfs) is not the file's content.
-fn check_not_pseudo(path: &Path) -> Result<(), String> {
+fn check_not_pseudo(role: &str, path: &Path) -> Result<(), String> {
     let c = cli::c_path(path)?;
     // SAFETY: `statfs` is plain old data; all-zero is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -136,7 +136,7 @@ fn check_not_pseudo(path: &Path) -> Result<(), String> {
     // the call.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(format!("cannot open SRC {}: {e}", path.display()));
+        return Err(format!("cannot open {role} {}: {e}", path.display()));
     }
     // The magic numbers are 32-bit; `f_type`'s width differs between architectures.
     match PSEUDO_FS
@@ -144,7 +144,7 @@ fn check_not_pseudo(path: &Path) -> Result<(), String> {
         .find(|(magic, _)| st.f_type as u32 == *magic)
     {
         Some((_, fs)) => Err(format!(
-            "SRC {}: a pseudo-file ({fs}) whose size is not known; use cat",
+            "{role} {}: a pseudo-file ({fs}) whose size is not known; use cat",
             path.display()
         )),
         None => Ok(()),
@@ -165,7 +165,7 @@ fn same_file(src: &Path, dst: &Path) -> String {
 fn open_src(path: &Path, direct: bool) -> Result<(File, Identity), String> {
     let cannot = |e: std::io::Error| format!("cannot open SRC {}: {e}", path.display());
     identity("SRC", path, &std::fs::metadata(path).map_err(cannot)?)?;
-    check_not_pseudo(path)?;
+    check_not_pseudo("SRC", path)?;
     let mut o = OpenOptions::new();
     o.read(true);
     if direct {
@@ -184,7 +184,10 @@ fn open_dst(path: &Path, direct: bool, src: (&Path, Identity)) -> Result<(File, 
     let cannot = |e: std::io::Error| format!("cannot open DST {}: {e}", path.display());
     let existed = match std::fs::metadata(path) {
         Ok(m) if identity("DST", path, &m)? == src.1 => return Err(same_file(src.0, path)),
-        Ok(_) => true,
+        Ok(_) => {
+            check_not_pseudo("DST", path)?;
+            true
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(cannot(e)),
     };
@@ -214,6 +217,8 @@ fn open_dst(path: &Path, direct: bool, src: (&Path, Identity)) -> Result<(File, 
 
 /// Progress: the bytes copied before this job plus the job's own.
 struct Progress<'a> {
+    src: &'a Path,
+    dst: &'a Path,
     base: u64,
     total: u64,
     f: &'a mut dyn FnMut(u64, u64),
@@ -245,7 +250,12 @@ fn finish_job(
             "source ended early: {} of {len} bytes from offset {offset}",
             done.bytes
         )),
-        Err(e) => Err(format!("{e} (after {} bytes)", offset + done.bytes)),
+        Err(e) => Err(format!(
+            "{e} (after {} bytes; SRC {}, DST {})",
+            offset + done.bytes,
+            progress.src.display(),
+            progress.dst.display()
+        )),
     }
 }
 
@@ -351,6 +361,8 @@ pub fn copy(args: &Args, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, S
     }
     drop(dst_file);
     let mut p = Progress {
+        src: &args.src,
+        dst: &args.dst,
         base: 0,
         total: r.size,
         f: progress,

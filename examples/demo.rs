@@ -1,7 +1,9 @@
 //! The tour: creates a file, reads it back through every completion mode with
 //! header-offset buffers, verifies every byte, and prints what happened.
 //!
-//! `cargo run --release --example demo [PATH]` (default: a new temp file)
+//! `cargo run --release --example demo [PATH]` (default: a new temp file). PATH must be
+//! a regular file or absent (it is checked with `stat` first: a FIFO's open would block);
+//! anything else is refused with exit 2, and every error names PATH.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +46,23 @@ mod cli;
 
 fn main() {
     let args = Args::parse();
+    if let Some(p) = &args.path {
+        match std::fs::metadata(p) {
+            Ok(m) if !m.is_file() => {
+                eprintln!(
+                    "demo: PATH {}: not a regular file (demo overwrites a regular file or creates one)",
+                    p.display()
+                );
+                std::process::exit(2);
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                eprintln!("demo: PATH {}: {e}", p.display());
+                std::process::exit(2);
+            }
+        }
+    }
     if let Err(e) = run(args) {
         eprintln!("demo: {e}");
         std::process::exit(1);
@@ -56,10 +75,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let path = args.path.unwrap_or_else(|| dir.path().join("demo.dat"));
     let size = BLOCK as u64 * BLOCKS;
     {
-        let mut f = std::fs::File::create(&path)?;
+        let named = |e: std::io::Error| format!("PATH {}: {e}", path.display());
+        let mut f = std::fs::File::create(&path).map_err(named)?;
         let data: Vec<u8> = (0..size).map(byte_at).collect();
-        f.write_all(&data)?;
-        f.sync_all()?;
+        f.write_all(&data).map_err(named)?;
+        f.sync_all().map_err(named)?;
     }
     println!("created {} ({} KiB)", path.display(), size / 1024);
 
@@ -84,7 +104,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         BLOCK / 1024,
         ring.register_pool(&pool)
     );
-    let file = ring.register(std::fs::File::open(&path)?)?;
+    let file = ring.register(
+        std::fs::File::open(&path).map_err(|e| format!("PATH {}: {e}", path.display()))?,
+    )?;
     let off = |i: u64| i * BLOCK as u64;
     let mut verified = 0u64;
 

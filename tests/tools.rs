@@ -1233,3 +1233,64 @@ fn every_tool_names_the_argument_and_value_it_refuses() {
     );
     assert!(!dst.exists(), "a refusal created DST");
 }
+
+// ---- review i16: the outside test of the example tools -----------------------------------
+
+/// i16 items 1 and 2: `demo PATH` errors name PATH; a directory, a device and a FIFO with
+/// no writer (whose open would block) are refused with exit 2 before any open.
+#[test]
+fn demo_names_path_and_refuses_what_is_not_a_regular_file() {
+    let (bin, dir) = or_skip!(tool("demo"));
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let fifo = common::fd::fifo_in(dir.path());
+    for p in [&sub, Path::new("/dev/null"), &fifo] {
+        let s = p.to_str().unwrap();
+        let o = refused(&bin, &[s], &["PATH", s, "not a regular file"]);
+        assert_eq!(o.status.code(), Some(2), "{s}: {}", stderr(&o));
+    }
+    let missing = dir.path().join("nodir/x");
+    let s = missing.to_str().unwrap();
+    refused(&bin, &[s], &["PATH", s, "No such file"]);
+}
+
+/// i16 item 3: a DST on procfs is refused up front, naming DST, before anything is written.
+#[test]
+fn copy_refuses_a_pseudo_file_destination_naming_dst() {
+    let (bin, dir) = or_skip!(tool("copy"));
+    let (src, _) = made(dir.path(), "src.bin", 10_000, 5);
+    refused(
+        &bin,
+        &[src.to_str().unwrap(), "/proc/version"],
+        &["DST", "/proc/version", "procfs"],
+    );
+}
+
+/// i16 item 4: a `--bs` misaligned for `--direct` is refused (exit 2, naming `--bs` and
+/// its value) before FILE is created or filled.
+#[test]
+fn iobench_refuses_a_misaligned_bs_before_creating_file() {
+    let (bin, dir) = or_skip!(tool("iobench"));
+    let file = dir.path().join("newd");
+    let f = file.to_str().unwrap();
+    let args = [
+        "--rw", "read", "--bs", "1000", "--direct", "--qd", "1", "--ops", "5", "--size", "1M", f,
+    ];
+    let o = refused(&bin, &args, &["--bs", "1000"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!file.exists(), "FILE created: {}", stderr(&o));
+}
+
+/// i16 item 5: a buffer pool too large to allocate is refused naming `--bs` and `--qd`,
+/// before FILE is created.
+#[test]
+fn iobench_refuses_an_unallocatable_pool_before_creating_file() {
+    let (bin, dir) = or_skip!(tool("iobench"));
+    let file = dir.path().join("newf");
+    let f = file.to_str().unwrap();
+    let args = [
+        "--rw", "read", "--bs", "64M", "--qd", "4096", "--ops", "5", "--size", "1G", f,
+    ];
+    let o = refused(&bin, &args, &["--bs", "--qd"]);
+    assert!(!file.exists(), "FILE created: {}", stderr(&o));
+}

@@ -22,7 +22,9 @@
 //! `min(--size, size of FILE)`. Numbers take k/m/g (powers of 1024) suffixes. A `--size`
 //! past the largest file offset (`i64::MAX`) is refused, and so is one whose fill would
 //! need more than the filesystem's free space (`statvfs` `f_bavail`), before FILE is
-//! created or grown.
+//! created or grown. So are a `--direct` `--bs` that is not a multiple of FILE's
+//! alignment (a missing FILE's is probed with an `O_TMPFILE` next to it) and a buffer pool
+//! (`--qd` x `--bs`) that cannot be allocated.
 //!
 //! The ring is built with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`
 //! (falling back to a plain ring on kernels without them); `IOBENCH_RING=single` drops
@@ -35,6 +37,7 @@ mod engine;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +123,31 @@ fn main() {
             i64::MAX
         ));
     }
+    // Everything that depends only on the arguments is checked before FILE is created,
+    // filled or grown: bad input changes nothing.
+    if args.direct {
+        if let Some(align) = direct_align(&args.file).filter(|&al| args.bs % al as usize != 0) {
+            cli::usage_exit::<Args>(format!(
+                "misaligned direct I/O: --bs {} is not a multiple of {}'s {align}-byte alignment",
+                args.bs,
+                args.file.display()
+            ));
+        }
+    }
+    // Built again (and kept) by `run`, after the ring, as before.
+    match BufferPool::builder()
+        .slots(args.qd)
+        .slot_len(args.bs)
+        .build()
+    {
+        Ok(p) => drop(p),
+        Err(e) => cli::usage_exit::<Args>(format!(
+            "buffer pool of --qd {} x --bs {} = {} bytes: {e}",
+            args.qd,
+            args.bs,
+            args.qd as u128 * args.bs as u128
+        )),
+    }
     if let Err(e) = run(&args) {
         eprintln!("iobench: {e}");
         std::process::exit(1);
@@ -128,6 +156,55 @@ fn main() {
 
 #[path = "../common/cli.rs"]
 mod cli;
+
+/// The direct-I/O alignment FILE has (or, missing, a file created next to it would have:
+/// probed with an anonymous `O_TMPFILE`, which leaves nothing behind). `None` when it
+/// cannot be told; `run` checks again on the opened FILE.
+fn direct_align(file: &Path) -> Option<u32> {
+    let mut o = OpenOptions::new();
+    let f = match std::fs::metadata(file) {
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => {
+            o.read(true).custom_flags(libc::O_DIRECT).open(file).ok()?
+        }
+        Ok(_) => return None,
+        Err(_) => {
+            let dir = file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            o.read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT | libc::O_TMPFILE)
+                .open(dir)
+                .ok()?
+        }
+    };
+    // As the crate's `FdInfo::offset_align` (statx STATX_DIOALIGN, else the logical block
+    // size of a device, else 512), without a ring: a second ring, even dropped, would
+    // disturb the allocation count of the run.
+    // SAFETY: `statx` is plain old data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty path with AT_EMPTY_PATH stats the open descriptor itself; `stx` is
+    // a valid out-pointer.
+    let r = unsafe {
+        libc::statx(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if r == 0 && stx.stx_mask & libc::STATX_DIOALIGN != 0 && stx.stx_dio_offset_align != 0 {
+        return Some(stx.stx_dio_offset_align);
+    }
+    let mut ssz: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer (and fails on a regular file).
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::BLKSSZGET as _, &mut ssz) } == 0 && ssz > 0 {
+        return Some(ssz as u32);
+    }
+    Some(512)
+}
 
 /// Value parser of `--rw`.
 fn rw(s: &str) -> Result<Rw, String> {
@@ -351,7 +428,7 @@ fn run(a: &Args) -> Result<(), String> {
         .slots(a.qd)
         .slot_len(a.bs)
         .build()
-        .map_err(|e| format!("buffer pool: {e}"))?;
+        .map_err(|e| format!("buffer pool of --qd {} x --bs {}: {e}", a.qd, a.bs))?;
     let fixed = matches!(ring.register_pool(&pool), BufferRegistration::Fixed);
 
     let job = Job {
