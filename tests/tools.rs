@@ -1234,7 +1234,7 @@ fn every_tool_names_the_argument_and_value_it_refuses() {
     assert!(!dst.exists(), "a refusal created DST");
 }
 
-// ---- review i16: the outside test of the example tools -----------------------------------
+// ---- the outside test of the example tools ---------------------------------------------
 
 /// i16 items 1 and 2: `demo PATH` errors name PATH; a directory, a device and a FIFO with
 /// no writer (whose open would block) are refused with exit 2 before any open.
@@ -1293,4 +1293,99 @@ fn iobench_refuses_an_unallocatable_pool_before_creating_file() {
     ];
     let o = refused(&bin, &args, &["--bs", "--qd"]);
     assert!(!file.exists(), "FILE created: {}", stderr(&o));
+}
+
+/// Outside test, finding 1: `cat` allocated about 12 pool slots of `--chunk` bytes
+/// whatever the source, so `cat --chunk 1G small_file` took seconds of system time and GBs
+/// of memory. The pool is now sized from `--pending` and a regular file's chunk is capped
+/// at its size: under a 1 GiB address-space limit, such runs still copy the file.
+#[test]
+fn cat_sizes_its_pool_from_pending_and_the_file() {
+    let (bin, dir) = or_skip!(tool("cat"));
+    for (size, args) in [
+        (6, &["--chunk", "1G"][..]),
+        (6, &["--chunk", "512M", "--pending", "64"]),
+        (300_000, &["--chunk", "64M", "--pending", "16"]),
+    ] {
+        let (src, want) = made(dir.path(), "small", size, 7);
+        let out_path = dir.path().join("out");
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v 1048576 && exec \"$0\" \"$@\"")
+            .arg(&bin)
+            .args(args)
+            .arg(&src)
+            .stdin(Stdio::null())
+            .stdout(File::create(&out_path).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "cat {args:?} ({size} bytes): {}",
+            stderr(&o)
+        );
+        assert!(
+            std::fs::read(&out_path).unwrap() == want,
+            "cat {args:?}: output differs"
+        );
+    }
+}
+
+/// Outside test, findings 2 and 3: `iobench --ops N` ran more than N measured operations
+/// (`--ops 1` reported 2, `--qd 64 --ops 1` 128), and a read pattern with a `--size` past
+/// the end of FILE was benched as if FILE were that large. `--ops N` now runs exactly N
+/// (the warm-up is extra), `--ops` below `--qd` is refused, and so is a read pattern's
+/// `--size` larger than FILE (exit 2, naming `--size`, the value and FILE's size).
+#[test]
+fn iobench_runs_exactly_ops_and_refuses_reads_past_the_file() {
+    let (bin, dir) = or_skip!(tool("iobench"));
+    let f = make(dir.path(), "f", 64 * BS as u64, 87);
+    let fs = f.to_str().unwrap();
+    let limit = Duration::from_secs(30);
+    for (rw, qd, ops) in [
+        ("randread", "1", 1u64),
+        ("read", "1", 10),
+        ("randread", "4", 10),
+        ("randwrite", "8", 13),
+        ("randread", "64", 64),
+    ] {
+        let n = ops.to_string();
+        let args = ["--rw", rw, "--bs", "4k", "--qd", qd, "--ops", &n, fs];
+        let o = run(&bin, &args, limit);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains(&format!("\"ops\":{ops},\"bytes\":{},", ops * BS as u64)),
+            "{args:?}: {out}"
+        );
+    }
+    let o = run(
+        &bin,
+        &[
+            "--rw", "randread", "--bs", "4k", "--qd", "64", "--ops", "1", fs,
+        ],
+        limit,
+    );
+    assert_eq!(o.status.code(), Some(2), "--ops below --qd: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--ops 1 is below --qd 64"),
+        "{}",
+        stderr(&o)
+    );
+
+    for rw in ["randread", "read"] {
+        let args = ["--rw", rw, "--bs", "4k", "--qd", "2", "--ops", "4"];
+        let o = run(&bin, &[&args[..], &["--size", "3g", fs]].concat(), limit);
+        let msg = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{rw} --size 3g: {msg}");
+        assert!(
+            msg.contains(&format!("--size {}", 3u64 << 30))
+                && msg.contains(&format!("({} bytes)", 64 * BS)),
+            "{rw} --size 3g: {msg}"
+        );
+        assert_eq!(std::fs::metadata(&f).unwrap().len(), 64 * BS as u64);
+        // No larger than FILE: benched.
+        let o = run(&bin, &[&args[..], &["--size", "64k", fs]].concat(), limit);
+        assert!(o.status.success(), "{rw} --size 64k: {}", stderr(&o));
+    }
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use iocomplete::{
-    BufferPool, Completion, CompletionQueue, ContinuousReader, Driver, Error, FinishReason, Op,
-    PoolBuf, Ring, Target,
+    BufferPool, Completion, CompletionQueue, ContinuousReader, Driver, Error, FdKind, FinishReason,
+    Op, PoolBuf, Ring, Target,
 };
 
 /// Stream a file, block device, FIFO, pipe or tty to stdout through a continuous reader
@@ -247,12 +247,29 @@ pub(crate) fn run(
         0
     };
 
-    // Reads in flight and held back for ordering (2 * pending), plus buffers waiting to
-    // be written.
-    let slots = 2 * opts.pending as usize + 8;
+    // A regular file needs no slot larger than what is left of it (a 6-byte file needs no
+    // 1 GiB slot); with --direct, rounded up to the file's alignment (the chunk given is a
+    // multiple of it, so this never grows it).
+    let chunk_len = if info.kind == FdKind::File {
+        let left = info.size.saturating_sub(start).max(1);
+        let align = if opts.direct {
+            u64::from(info.offset_align.max(1))
+        } else {
+            1
+        };
+        let capped = left.div_ceil(align).saturating_mul(align);
+        usize::try_from(capped).map_or(opts.chunk, |c| c.min(opts.chunk))
+    } else {
+        opts.chunk
+    };
+    // What the reader needs (see `ContinuousReaderBuilder`): its pending reads, plus one
+    // when ordered (the reorder window is then capped at the pool's slots minus one), plus
+    // what the writer holds: one buffer being written and one queued behind it. More slots
+    // would only allocate more memory: the writer, one write at a time, is the bottleneck.
+    let slots = opts.pending as usize + usize::from(seekable) + 2;
     let pool = BufferPool::builder()
         .slots(slots)
-        .slot_len(opts.chunk)
+        .slot_len(chunk_len)
         .header_len(opts.header)
         .build()
         .map_err(|e| format!("buffer pool: {e}"))?;
@@ -264,7 +281,7 @@ pub(crate) fn run(
         return Err("stdout is not open for writing".into());
     }
 
-    let chunk = u32::try_from(opts.chunk).map_err(|_| "--chunk too large".to_string())?;
+    let chunk = u32::try_from(chunk_len).map_err(|_| "--chunk too large".to_string())?;
     // Delivered buffers, in delivery order, waiting to be written. Every queued buffer
     // owns a distinct pool slot, so a queue as large as the pool never refuses one.
     let bufs = Arc::new(CompletionQueue::<PoolBuf>::new(slots));

@@ -260,16 +260,25 @@ impl<'p> Engine<'p> {
     }
 
     /// Keep `qd` operations in flight until `stop(&totals)` says so (checked once per
-    /// batch of completions, with the time elapsed since the call), then let the last
-    /// ones finish. The totals accumulate across calls until [`Engine::reset`].
+    /// batch of completions, with the time elapsed since the call), or until `ops`
+    /// operations (when given) have been issued, then let the last ones finish: with
+    /// `ops`, exactly that many run. The totals accumulate across calls until
+    /// [`Engine::reset`].
     pub(crate) fn run(
         &mut self,
         ring: &mut Ring,
+        ops: Option<u64>,
         mut stop: impl FnMut(&Totals, Duration) -> bool,
     ) -> Result<(), RunError> {
         let t0 = self.now_ns();
         let now = t0;
-        for tag in 0..self.job.qd {
+        let budget = ops.unwrap_or(u64::MAX);
+        let first = self
+            .job
+            .qd
+            .min(usize::try_from(budget).unwrap_or(usize::MAX));
+        let mut issued = first as u64;
+        for tag in 0..first {
             let mut buf = self.pool.try_get().map_err(RunError::Ring)?;
             if self.job.rw.is_write() {
                 // Write the whole block: the slot's bytes, whatever they hold.
@@ -277,8 +286,8 @@ impl<'p> Engine<'p> {
             }
             self.issue(ring, tag, buf, now);
         }
-        let mut in_flight = self.job.qd;
-        let mut stopping = false;
+        let mut in_flight = first;
+        let mut stopping = issued >= budget;
         while in_flight > 0 {
             // Submit what was re-armed and wait for a quarter of the queue to complete:
             // one enter (and, with DEFER_TASKRUN, one wake-up) per batch on devices that
@@ -321,6 +330,8 @@ impl<'p> Engine<'p> {
                     }
                     self.issue(ring, tag, buf, now);
                     in_flight += 1;
+                    issued += 1;
+                    stopping = issued >= budget;
                 }
             }
         }

@@ -10,7 +10,8 @@
 //!
 //! After a warm-up of 500 operations (which lets the ring's lazily sized tables reach
 //! their steady size), keeps `N` operations in flight for `S` seconds (default 5), or
-//! for `--ops` operations, and prints one JSON line to stdout:
+//! for exactly `--ops` operations (not counting the warm-up; `--ops` below `--qd` is
+//! refused), and prints one JSON line to stdout:
 //! `{"iops":…,"bw_bytes":…,"lat_p50_ns":…,"lat_p99_ns":…,"cpu_usr":…,"cpu_sys":…,"ops":…,
 //! "bytes":…,"allocs":…}` (CPU from `getrusage`, in percent of one core over the run;
 //! `allocs`: heap allocations during the run, 0 in steady state) and a one-line summary
@@ -18,7 +19,8 @@
 //! back, or whose histogram missed an operation fails instead of printing numbers. Random offsets are multiples of the block size. FILE is a regular file or a
 //! block device (anything else is refused, checked before it is opened). A missing FILE
 //! is created and filled to `--size` only when `--size` is given (otherwise it is an
-//! error); a regular file is extended to `--size` for write jobs. The range benched is
+//! error); a regular file is extended to `--size` for write jobs, and a `--size` larger
+//! than an existing FILE is refused for read jobs (exit 2). The range benched is
 //! `min(--size, size of FILE)`. Numbers take k/m/g (powers of 1024) suffixes. A `--size`
 //! past the largest file offset (`i64::MAX`) is refused, and so is one whose fill would
 //! need more than the filesystem's free space (`statvfs` `f_bavail`), before FILE is
@@ -96,11 +98,13 @@ struct Args {
     #[arg(long, value_name = "S", default_value = "5", allow_hyphen_values = true,
           value_parser = seconds, conflicts_with = "ops")]
     seconds: Duration,
-    /// Run this many operations instead of --seconds
+    /// Run exactly this many measured operations instead of --seconds (the 500 warm-up
+    /// operations are extra, not counted); at least --qd
     #[arg(long, value_name = "N", value_parser = ops)]
     ops: Option<u64>,
     /// Bytes to bench [default: the size of FILE]; a missing FILE is created and filled to
-    /// it, a regular file grown to it for write patterns
+    /// it, a regular file grown to it for write patterns (for read patterns, no more than
+    /// the size of an existing FILE)
     #[arg(long, value_name = "BYTES", value_parser = cli::bytes)]
     size: Option<u64>,
     /// A regular file or block device
@@ -121,6 +125,13 @@ fn main() {
         cli::usage_exit::<Args>(format!(
             "--size {s} is past the largest file offset, {} (i64::MAX)",
             i64::MAX
+        ));
+    }
+    if let Some(n) = args.ops.filter(|&n| n < args.qd as u64) {
+        cli::usage_exit::<Args>(format!(
+            "--ops {n} is below --qd {}: give at least as many operations as are kept in \
+             flight, or a lower --qd",
+            args.qd
         ));
     }
     // Everything that depends only on the arguments is checked before FILE is created,
@@ -411,6 +422,15 @@ fn run(a: &Args) -> Result<(), String> {
             info.offset_align
         ));
     }
+    // A read job does not grow FILE: a --size past its end would bench reads of nothing.
+    if let Some(s) = a.size.filter(|&s| !a.rw.is_write() && s > info.size) {
+        cli::usage_exit::<Args>(format!(
+            "--size {s} is larger than {} ({} bytes): a read pattern reads only what FILE \
+             holds (give a smaller --size, or grow FILE with a write pattern first)",
+            a.file.display(),
+            info.size
+        ));
+    }
     let span = match a.size {
         Some(s) => s.min(info.size),
         None => info.size,
@@ -440,7 +460,7 @@ fn run(a: &Args) -> Result<(), String> {
     let mut engine = Engine::new(job, target, &pool);
     let in_file = |e| format!("{}: {e}", a.file.display());
     engine
-        .run(&mut ring, |t, _| t.ops >= WARMUP_OPS)
+        .run(&mut ring, Some(WARMUP_OPS), |_, _| false)
         .map_err(in_file)?;
     engine.reset();
     let (limit, max_ops) = (a.seconds, a.ops);
@@ -448,10 +468,7 @@ fn run(a: &Args) -> Result<(), String> {
     let allocs0 = ALLOCS.load(Ordering::Relaxed);
     let t0 = std::time::Instant::now();
     engine
-        .run(&mut ring, |t, el| match max_ops {
-            Some(n) => t.ops >= n,
-            None => el >= limit,
-        })
+        .run(&mut ring, max_ops, |_, el| max_ops.is_none() && el >= limit)
         .map_err(in_file)?;
     let allocs = ALLOCS.load(Ordering::Relaxed) - allocs0;
     let wall = t0.elapsed().as_secs_f64();
