@@ -145,21 +145,22 @@ fn main() {
             ));
         }
     }
-    // Built again (and kept) by `run`, after the ring, as before.
-    match BufferPool::builder()
+    // The pool is the one allocation that depends only on the arguments: built here, once,
+    // before FILE is touched, and handed to `run`.
+    let pool = match BufferPool::builder()
         .slots(args.qd)
         .slot_len(args.bs)
         .build()
     {
-        Ok(p) => drop(p),
+        Ok(p) => p,
         Err(e) => cli::usage_exit::<Args>(format!(
             "buffer pool of --qd {} x --bs {} = {} bytes: {e}",
             args.qd,
             args.bs,
             args.qd as u128 * args.bs as u128
         )),
-    }
-    if let Err(e) = run(&args) {
+    };
+    if let Err(e) = run(&args, pool) {
         eprintln!("iobench: {e}");
         std::process::exit(1);
     }
@@ -368,7 +369,7 @@ fn build_ring(qd: usize) -> Result<Ring, String> {
     }
 }
 
-fn run(a: &Args) -> Result<(), String> {
+fn run(a: &Args, pool: BufferPool) -> Result<(), String> {
     // The kind is checked with `stat` before `open`: opening a FIFO would block until a
     // writer came, and nothing else can be benched.
     let not_benchable = || {
@@ -444,11 +445,6 @@ fn run(a: &Args) -> Result<(), String> {
             a.bs
         ));
     }
-    let pool = BufferPool::builder()
-        .slots(a.qd)
-        .slot_len(a.bs)
-        .build()
-        .map_err(|e| format!("buffer pool of --qd {} x --bs {}: {e}", a.qd, a.bs))?;
     let fixed = matches!(ring.register_pool(&pool), BufferRegistration::Fixed);
 
     let job = Job {
