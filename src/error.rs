@@ -140,6 +140,10 @@ pub enum ErrorKind {
     },
     /// The target (a registered file) was closed or belongs to another ring.
     StaleTarget,
+    /// The ring behind a [`RingHandle`](crate::RingHandle) is gone (dropped, or it has
+    /// finished a [`shutdown_now`](crate::RingHandle::shutdown_now)): nothing sent
+    /// through the handle can run any more.
+    RingClosed,
     /// The source ended before the request was satisfied (end of file, hang-up).
     UnexpectedEof {
         /// Bytes received before the end.
@@ -474,6 +478,7 @@ impl fmt::Display for Error {
                 "offset {offset} + length {len} is beyond the largest file position (i64::MAX)"
             ),
             ErrorKind::StaleTarget => f.write_str("target closed or not registered with this ring"),
+            ErrorKind::RingClosed => f.write_str("the ring is gone"),
             ErrorKind::UnexpectedEof { got } => {
                 write!(f, "source ended early after {got} bytes")
             }
@@ -514,6 +519,7 @@ impl From<Error> for io::Error {
             ErrorKind::PoolExhausted => K::WouldBlock,
             ErrorKind::Unsupported { .. } => K::Unsupported,
             ErrorKind::StaleTarget => K::NotFound,
+            ErrorKind::RingClosed => K::BrokenPipe,
             ErrorKind::UnexpectedEof { .. } => K::UnexpectedEof,
         };
         io::Error::new(kind, e)

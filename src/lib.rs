@@ -88,6 +88,8 @@ pub mod split;
 pub(crate) mod sync;
 #[cfg(test)]
 mod testing;
+#[cfg(feature = "tokio")]
+pub use ring::tokio;
 mod waiters;
 
 // What the crate root re-exports (the rule): the ring and everything needed to submit to

@@ -11,6 +11,7 @@ use crate::buf::{IoBuf, PoolBuf, SharedBuf};
 use crate::error::{Error, Result};
 use crate::queue::CompletionQueue;
 
+use super::handle::HandleShared;
 use super::op::OpId;
 
 /// The buffers an operation gives back.
@@ -181,34 +182,112 @@ pub(crate) struct FutureSlot {
 
 #[derive(Debug, Default)]
 struct FutureState {
+    /// The completion, until the future takes it.
     done: Option<Completion>,
+    /// Set when the completion arrived (it may have been taken since).
+    finished: bool,
+    /// The operation's id, once the ring has started it.
+    id: Option<OpId>,
+    /// The future was dropped or asked to cancel.
+    cancel: bool,
     waker: Option<Waker>,
 }
 
 impl FutureSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FutureState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn complete(&self, c: Completion) {
         let waker = {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.lock();
             st.done = Some(c);
+            st.finished = true;
             st.waker.take()
         };
         if let Some(w) = waker {
             w.wake();
         }
     }
+
+    /// Whether the future asked for a cancel before the ring started the operation (the
+    /// ring then completes it without starting it).
+    pub(crate) fn cancel_requested(&self) -> bool {
+        self.lock().cancel
+    }
+
+    /// The ring started the operation as `id`. Returns whether the future asked to cancel
+    /// meanwhile and the operation is still running: the ring must cancel it.
+    pub(crate) fn bind(&self, id: OpId) -> bool {
+        let mut st = self.lock();
+        st.id = Some(id);
+        st.cancel && !st.finished
+    }
+
+    /// Ask for a cancel: returns the id to cancel if the ring has started the operation
+    /// and it has not completed. Without an id yet, the ring sees the request when it
+    /// starts the operation (`cancel_requested`, `bind`).
+    fn request_cancel(&self) -> Option<OpId> {
+        let mut st = self.lock();
+        if st.finished || st.cancel {
+            return None;
+        }
+        st.cancel = true;
+        st.id
+    }
 }
 
-/// A future resolving to an operation's [`Completion`]; works on any executor. It is
-/// woken by whichever thread drives the ring. Dropping it early is safe: the ring keeps
-/// the buffers until the kernel completes the operation.
-#[derive(Debug)]
+/// A future resolving to an operation's [`Completion`].
+///
+/// It is woken by whatever drives the ring: a thread ([`Ring::spawn`](super::Ring::spawn)
+/// or your own loop), a task of an async runtime (`iocomplete::tokio::spawn` with the
+/// `tokio` feature, or [`Ring::poll_complete`](super::Ring::poll_complete) in any
+/// reactor). Nothing drives the ring for you: a future of a ring nobody drives never
+/// resolves.
+///
+/// # Dropping cancels
+///
+/// Dropping the future before it resolved cancels the operation (as
+/// [`cancel`](Self::cancel) does) — e.g. when `tokio::time::timeout` gives up on it. The
+/// operation still completes exactly once, inside the ring: its buffers stay parked there
+/// until the kernel's completion arrives (the kernel may be writing into them until
+/// then), and then return to their pool. A dropped [`Ticket`](super::Ticket), by contrast,
+/// does not cancel: its operation runs to its end unobserved.
 pub struct OpFuture {
     slot: Arc<FutureSlot>,
+    /// Where cancel requests go (the ring's command queue).
+    ring: Arc<HandleShared>,
+}
+
+impl fmt::Debug for OpFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.slot.lock();
+        f.debug_struct("OpFuture")
+            .field("id", &st.id)
+            .field("finished", &st.finished)
+            .field("cancel", &st.cancel)
+            .finish()
+    }
 }
 
 impl OpFuture {
-    pub(crate) fn new(slot: Arc<FutureSlot>) -> OpFuture {
-        OpFuture { slot }
+    pub(crate) fn new(slot: Arc<FutureSlot>, ring: Arc<HandleShared>) -> OpFuture {
+        OpFuture { slot, ring }
+    }
+
+    /// The operation's id, once the ring has started it (`None` before: an operation sent
+    /// through a [`RingHandle`](crate::RingHandle) starts when the ring is next driven).
+    pub fn id(&self) -> Option<OpId> {
+        self.slot.lock().id
+    }
+
+    /// Ask the ring to cancel the operation. The future still resolves — to
+    /// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled), or to the operation's own
+    /// result if it won the race. Calling it again, or after the completion, does nothing.
+    pub fn cancel(&self) {
+        if let Some(id) = self.slot.request_cancel() {
+            self.ring.cancel(id);
+        }
     }
 }
 
@@ -216,14 +295,29 @@ impl Future for OpFuture {
     type Output = Completion;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
-        let mut st = self.slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.slot.lock();
         match st.done.take() {
             Some(c) => Poll::Ready(c),
             None => {
-                st.waker = Some(cx.waker().clone());
+                match &mut st.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
                 Poll::Pending
             }
         }
+    }
+}
+
+impl Drop for OpFuture {
+    fn drop(&mut self) {
+        self.cancel();
+        // A completion not taken, and the waker: dropped outside the lock.
+        let (done, waker) = {
+            let mut st = self.slot.lock();
+            (st.done.take(), st.waker.take())
+        };
+        drop((done, waker));
     }
 }
 

@@ -7,6 +7,7 @@ use io_uring::{cqueue, opcode, squeue, types};
 use crate::error::{Error, ErrorKind, Result};
 
 use super::completion::{Bufs, Completion, Delivery};
+use super::handle::{complete_unsent, Cmd};
 use super::op::{sentinel, OpId};
 use super::{EntryState, Ring, CQE_BATCH};
 
@@ -139,15 +140,18 @@ impl Ring {
         Ok(())
     }
 
+    /// SQEs queued and not yet submitted.
+    pub(super) fn sq_len(&mut self) -> usize {
+        let mut sq = self.uring.submission();
+        sq.sync();
+        sq.len()
+    }
+
     /// One `io_uring_enter`: submit everything queued, and if `want > 0` wait for that
     /// many completions (up to `timeout`).
     pub(super) fn enter(&mut self, want: usize, timeout: Option<Duration>) -> Result<()> {
         self.enable()?;
-        let queued = {
-            let mut sq = self.uring.submission();
-            sq.sync();
-            sq.len()
-        };
+        let queued = self.sq_len();
         if want == 0 && queued == 0 && !self.caps.defer_taskrun && !self.caps.sqpoll {
             return Ok(());
         }
@@ -194,6 +198,12 @@ impl Ring {
     /// routes what is left of the batch, so no CQE is ever routed before an earlier one — a
     /// multishot read's buffers stay in stream order and its final CQE comes last.
     pub(super) fn reap(&mut self) -> usize {
+        self.reap_up_to(usize::MAX)
+    }
+
+    /// [`reap`](Self::reap), routing at most `limit` CQEs; the rest stay copied out (or in
+    /// the CQ) for the next call.
+    pub(super) fn reap_up_to(&mut self, limit: usize) -> usize {
         // Fast path (taken on most calls of a busy loop): nothing copied out and waiting,
         // nothing posted, nothing in the kernel's overflow list.
         if self.cqes.is_empty()
@@ -206,9 +216,15 @@ impl Ring {
         let mut flushes = 0;
         loop {
             // Older CQEs first: those an outer call copied out and has not routed yet.
-            while let Some((ud, res, flags)) = self.cqes.pop_front() {
+            while total < limit {
+                let Some((ud, res, flags)) = self.cqes.pop_front() else {
+                    break;
+                };
                 self.on_cqe(ud, res, flags);
                 total += 1;
+            }
+            if total >= limit {
+                return total;
             }
             // Uninitialised storage: copying the CQEs out is the only write (no memset of
             // the whole batch on every call).
@@ -375,10 +391,36 @@ impl Ring {
         }
     }
 
-    /// Start the operations other threads sent through a `RingHandle`.
+    /// Carry out what other threads sent through a `RingHandle`: registrations, then
+    /// commands in order, then cancels. After `shutdown_now`, cancel everything in flight
+    /// (once) and complete new operations with `Cancelled` without starting them.
     fn start_inbox(&mut self) {
-        while let Some((op, d)) = self.shared.pop() {
-            self.start(op, d);
+        self.install_registrations();
+        if !self.cancelling_all && self.shared.is_cancelling_all() {
+            self.cancelling_all = true;
+            let ids: Vec<OpId> = self
+                .ops
+                .iter()
+                .filter(|(_, e)| matches!(e.state, EntryState::InKernel(_)) && !e.cancel_requested)
+                .map(|(k, e)| OpId::new(self.id, k as u32, e.gen))
+                .collect();
+            for id in ids {
+                self.cancel(id);
+            }
+        }
+        while let Some(cmd) = self.shared.pop() {
+            match cmd {
+                Cmd::Op(op, d) if self.cancelling_all => complete_unsent(op, d),
+                Cmd::Op(op, Delivery::Future(slot)) => {
+                    self.start_future(op, slot);
+                }
+                Cmd::Op(op, d) => {
+                    self.start(op, d);
+                }
+                Cmd::Close(t) => {
+                    let _ = self.close(t);
+                }
+            }
         }
         while let Some(id) = self.shared.pop_cancel() {
             self.cancel(id);

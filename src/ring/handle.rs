@@ -1,45 +1,108 @@
-//! `RingHandle`: submitting to a ring from other threads.
+//! `RingHandle`: using a ring from other threads — submitting, registering and closing
+//! targets, cancelling, shutting down.
 
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::SegQueue;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::queue::CompletionQueue;
 
 use super::completion::{Bufs, Completion, Delivery, FutureSlot, OpFuture};
 use super::op::{Op, OpId, OpKind};
+use super::target::{FdInfo, Target};
 
-/// State shared by a ring and its handles: an inbox of operations and an eventfd that
+/// What a handle asks the ring to do, in the order it asked.
+pub(crate) enum Cmd {
+    /// Start an operation.
+    Op(Op, Delivery),
+    /// Close a target (after the operations sent before it have started).
+    Close(Target),
+}
+
+/// A target registered through a handle, waiting for the ring to install it.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    pub(crate) target: Target,
+    pub(crate) fd: OwnedFd,
+    pub(crate) info: FdInfo,
+}
+
+/// Target indices and generations, handed out by the ring and by its handles alike, so
+/// a handle can return a [`Target`] at once; plus the registrations the ring has not
+/// installed yet.
+#[derive(Debug, Default)]
+pub(crate) struct TargetIds {
+    free: Vec<u32>,
+    next: u32,
+    gen: u32,
+    pub(crate) pending: Vec<Registration>,
+}
+
+impl TargetIds {
+    /// A fresh (index, generation) pair; `None` when every `u32` index is taken.
+    pub(crate) fn alloc(&mut self) -> Option<(u32, u32)> {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                let i = self.next;
+                self.next = self.next.checked_add(1)?;
+                i
+            }
+        };
+        self.gen = super::op::next_gen(self.gen);
+        Some((index, self.gen))
+    }
+
+    /// Give back an index whose target the ring has closed.
+    pub(crate) fn release(&mut self, index: u32) {
+        self.free.push(index);
+    }
+}
+
+/// State shared by a ring and its handles: an inbox of commands and an eventfd that
 /// wakes the ring (it keeps a multishot poll armed on it).
 pub(crate) struct HandleShared {
-    inbox: SegQueue<(Op, Delivery)>,
-    /// Operations to cancel, from owners dropped without access to the ring.
+    ring: u32,
+    inbox: SegQueue<Cmd>,
+    /// Operations to cancel, from handles and from owners dropped without access to the
+    /// ring (a future, a reader, a FIFO receiver).
     cancels: SegQueue<OpId>,
     wake: OwnedFd,
     /// Set by `RingHandle::shutdown`: the driver loop may exit once idle.
     shut_down: AtomicBool,
+    /// Set by `RingHandle::shutdown_now`: cancel what is in flight and everything sent
+    /// from now on.
+    cancel_all: AtomicBool,
     /// Set when the ring is dropped: nobody will pick up the inbox any more.
     closed: AtomicBool,
+    /// Target ids (see [`TargetIds`]); locked only to register and close.
+    pub(crate) targets: Mutex<TargetIds>,
+    /// `targets.pending.len()`, readable without the lock (see `has_registrations`).
+    registrations: AtomicUsize,
 }
 
 impl HandleShared {
-    pub(crate) fn new() -> Result<HandleShared> {
+    pub(crate) fn new(ring: u32) -> Result<HandleShared> {
         // SAFETY: eventfd takes no pointers; the result is checked below.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(Error::last_os());
         }
         Ok(HandleShared {
+            ring,
             inbox: SegQueue::new(),
             cancels: SegQueue::new(),
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
             shut_down: AtomicBool::new(false),
+            cancel_all: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            targets: Mutex::new(TargetIds::default()),
+            registrations: AtomicUsize::new(0),
         })
     }
 
@@ -47,7 +110,7 @@ impl HandleShared {
         self.wake.as_raw_fd()
     }
 
-    pub(crate) fn pop(&self) -> Option<(Op, Delivery)> {
+    pub(crate) fn pop(&self) -> Option<Cmd> {
         self.inbox.pop()
     }
 
@@ -59,7 +122,26 @@ impl HandleShared {
         self.inbox.is_empty()
     }
 
-    fn wake(&self) {
+    pub(crate) fn ids(&self) -> std::sync::MutexGuard<'_, TargetIds> {
+        self.targets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a handle registered a target the ring has not installed yet. Relaxed: a
+    /// registration that happened-before this call (the caller learned its `Target`
+    /// somehow) is seen by coherence; the lock taken to install it synchronizes the rest.
+    pub(crate) fn has_registrations(&self) -> bool {
+        self.registrations.load(Ordering::Relaxed) > 0
+    }
+
+    /// The registrations waiting for the ring, taken out of the shared state.
+    pub(crate) fn take_registrations(&self) -> Vec<Registration> {
+        let mut ids = self.ids();
+        // Relaxed: under the lock, which orders it with the pushes.
+        self.registrations.store(0, Ordering::Relaxed);
+        std::mem::take(&mut ids.pending)
+    }
+
+    pub(crate) fn wake(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd. A full counter (EAGAIN)
         // means a wake-up is already pending, which is all we need.
@@ -78,6 +160,11 @@ impl HandleShared {
         self.shut_down.load(Ordering::Acquire)
     }
 
+    /// Whether `shutdown_now` was called. Acquire: pairs with its Release store.
+    pub(crate) fn is_cancelling_all(&self) -> bool {
+        self.cancel_all.load(Ordering::Acquire)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         // SeqCst: see `close`.
         self.closed.load(Ordering::SeqCst)
@@ -90,16 +177,31 @@ impl HandleShared {
         self.closed.store(true, Ordering::SeqCst);
     }
 
-    /// Complete everything left in the inbox with `Cancelled` (on the calling thread).
+    /// Complete everything left in the inbox with `Cancelled` (on the calling thread), and
+    /// close the descriptors of registrations nobody will install.
     pub(crate) fn drain_cancelled(&self) {
-        while let Some((op, d)) = self.inbox.pop() {
-            complete_unsent(op, d);
+        while let Some(cmd) = self.inbox.pop() {
+            if let Cmd::Op(op, d) = cmd {
+                complete_unsent(op, d);
+            }
         }
+        drop(self.take_registrations());
+    }
+
+    /// Ask the ring to cancel operation `id` when it is next driven, and wake it. Nothing
+    /// happens if the operation has completed meanwhile (the id's generation no longer
+    /// matches), or if the ring is gone (it cancelled everything as it closed).
+    pub(crate) fn cancel(&self, id: OpId) {
+        if self.is_closed() {
+            return;
+        }
+        self.cancels.push(id);
+        self.wake();
     }
 }
 
 /// Complete an operation that never reached a ring, with `Cancelled`.
-fn complete_unsent(op: Op, d: Delivery) {
+pub(crate) fn complete_unsent(op: Op, d: Delivery) {
     let bufs = match op.kind {
         OpKind::Read { buf, .. } => Bufs::Pool(buf),
         OpKind::Write { buf, .. } => Bufs::from_io(buf),
@@ -127,19 +229,24 @@ fn complete_unsent(op: Op, d: Delivery) {
     }
 }
 
-/// Submits operations to a [`Ring`](super::Ring) from any thread (`Send + Sync`, cheap
-/// to clone). The ring picks the operations up when driven; a submission wakes a ring
-/// blocked waiting for completions. Targets must have been registered on the ring.
+/// Uses a [`Ring`](super::Ring) from any thread (`Send + Sync`, cheap to clone):
+/// submit any [`Op`] with any asynchronous route, register and close targets, cancel
+/// operations, shut the ring down. The ring picks requests up when it is next driven; a
+/// request wakes a ring blocked waiting for completions. Requests from one thread are
+/// carried out in the order that thread made them.
 ///
 /// ```
 /// use iocomplete::{CompletionQueue, Op, Ring};
 /// use std::sync::Arc;
 /// let ring = Ring::new()?;
 /// let (handle, driver) = ring.spawn()?;
+/// // Targets can be registered after the ring has left for its own thread.
+/// let file = handle.register(tempfile::tempfile().unwrap())?;
 /// let q = Arc::new(CompletionQueue::new(16));
-/// handle.submit_to(Op::nop().tag(1), &q);
+/// handle.submit_to(Op::fsync(file, false).tag(1), &q);
 /// let c = q.pop_timeout(std::time::Duration::from_secs(5)).unwrap();
 /// assert_eq!(c.tag(), 1);
+/// assert!(c.is_ok());
 /// handle.shutdown();
 /// driver.join().unwrap()?;
 /// # Ok::<(), iocomplete::Error>(())
@@ -162,12 +269,16 @@ impl RingHandle {
         RingHandle { shared }
     }
 
-    fn send(&self, op: Op, d: Delivery) {
-        if self.shared.is_closed() {
-            complete_unsent(op, d);
+    /// Push a command. If the ring is gone, an operation completes at once with
+    /// `Cancelled` (exactly once: by this thread, or by the ring's final drain).
+    fn send(&self, cmd: Cmd) {
+        if self.shared.is_closed() || self.shared.is_cancelling_all() {
+            if let Cmd::Op(op, d) = cmd {
+                complete_unsent(op, d);
+            }
             return;
         }
-        self.shared.inbox.push((op, d));
+        self.shared.inbox.push(cmd);
         // SeqCst: the other half of the handshake in `HandleShared::close`.
         if self.shared.closed.load(Ordering::SeqCst) {
             self.shared.drain_cancelled();
@@ -176,35 +287,119 @@ impl RingHandle {
         self.shared.wake();
     }
 
-    /// Submit; the completion is pushed to `queue`.
+    /// Submit; the completion is pushed to `queue`. Multishot operations
+    /// ([`Op::read_multishot`]) deliver each of their completions there.
     pub fn submit_to(&self, op: Op, queue: &Arc<CompletionQueue<Completion>>) {
-        self.send(op, Delivery::Queue(queue.clone()));
+        self.send(Cmd::Op(op, Delivery::Queue(queue.clone())));
     }
 
     /// Submit with a completion routine (runs on the ring's thread).
     pub fn submit_then(&self, op: Op, f: impl FnOnce(Completion) + Send + 'static) {
-        self.send(op, Delivery::Routine(Box::new(f)));
+        self.send(Cmd::Op(op, Delivery::Routine(Box::new(f))));
     }
 
-    /// Submit; returns a future resolving to the completion.
+    /// Submit; returns a future resolving to the completion. Dropping the future cancels
+    /// the operation (see [`OpFuture`]).
     pub fn submit_future(&self, op: Op) -> OpFuture {
         let slot = Arc::new(FutureSlot::default());
-        self.send(op, Delivery::Future(slot.clone()));
-        OpFuture::new(slot)
+        self.send(Cmd::Op(op, Delivery::Future(slot.clone())));
+        OpFuture::new(slot, self.shared.clone())
     }
 
     /// Submit and forget; buffers are still reclaimed.
     pub fn detach(&self, op: Op) {
-        self.send(op, Delivery::Detach);
+        self.send(Cmd::Op(op, Delivery::Detach));
+    }
+
+    /// Register a file descriptor with the ring, from any thread; the ring takes
+    /// ownership of it, as [`Ring::register`](super::Ring::register) does. The target is
+    /// usable at once — through this handle, on the ring's own thread, or by any thread
+    /// this one hands it to — and its facts are read now, on the calling thread.
+    ///
+    /// Errors: what [`FdInfo::probe`] returns, and [`ErrorKind::RingClosed`] when the
+    /// ring is gone (the descriptor is then closed).
+    pub fn register(&self, fd: impl Into<OwnedFd>) -> Result<Target> {
+        let fd: OwnedFd = fd.into();
+        let info = FdInfo::probe(fd.as_raw_fd())?;
+        if self.shared.is_closed() || self.shared.is_cancelling_all() {
+            return Err(ErrorKind::RingClosed.into());
+        }
+        let target = {
+            let mut ids = self.shared.ids();
+            let (index, gen) = ids
+                .alloc()
+                .ok_or_else(|| Error::invalid("every target index of this ring is taken"))?;
+            let target = Target {
+                ring: self.shared.ring,
+                index,
+                gen,
+            };
+            ids.pending.push(Registration { target, fd, info });
+            // Relaxed: published with the lock's release; see `has_registrations`.
+            self.shared
+                .registrations
+                .store(ids.pending.len(), Ordering::Relaxed);
+            target
+        };
+        // SeqCst: the handshake of `HandleShared::close` — if the ring is gone, its final
+        // drain may have missed this registration: drop it ourselves.
+        if self.shared.closed.load(Ordering::SeqCst) {
+            self.shared.drain_cancelled();
+            return Err(ErrorKind::RingClosed.into());
+        }
+        self.shared.wake();
+        Ok(target)
+    }
+
+    /// Close a target, as [`Ring::close`](super::Ring::close) does, after the operations
+    /// this thread sent before have started: operations in flight finish normally, later
+    /// ones complete with [`ErrorKind::StaleTarget`].
+    ///
+    /// Errors: [`ErrorKind::StaleTarget`] for a target of another ring,
+    /// [`ErrorKind::RingClosed`] when the ring is gone. Closing a target twice is
+    /// harmless (the second close finds nothing).
+    pub fn close(&self, target: Target) -> Result<()> {
+        if target.ring != self.shared.ring {
+            return Err(ErrorKind::StaleTarget.into());
+        }
+        if self.shared.is_closed() || self.shared.is_cancelling_all() {
+            return Err(ErrorKind::RingClosed.into());
+        }
+        self.send(Cmd::Close(target));
+        Ok(())
+    }
+
+    /// Ask the ring to cancel operation `id` (as [`Ring::cancel`](super::Ring::cancel)):
+    /// it then completes — once — with [`ErrorKind::Cancelled`], or with its own result
+    /// if it won the race. Ids come from [`Completion::id`] (e.g. a multishot read's
+    /// completions), from the ring's own [`Submission`](super::Submission)s, or from
+    /// [`OpFuture::id`]. Nothing happens if the operation has completed meanwhile, if it
+    /// belongs to another ring, or if the ring is gone.
+    pub fn cancel(&self, id: OpId) {
+        if id.ring() == self.shared.ring {
+            self.shared.cancel(id);
+        }
     }
 
     /// Ask the driver loop ([`Ring::drive_until_shutdown`](super::Ring::drive_until_shutdown),
-    /// [`Ring::spawn`](super::Ring::spawn)) to return once everything submitted so far
-    /// has completed.
+    /// [`Ring::spawn`](super::Ring::spawn), [`Ring::poll_complete`](super::Ring::poll_complete))
+    /// to return once everything submitted so far has completed. Operations in flight run
+    /// to their end: a read of an idle pipe keeps the ring running until data comes (see
+    /// [`shutdown_now`](Self::shutdown_now)).
     pub fn shutdown(&self) {
         // Release: see `HandleShared::is_shut_down`.
         self.shared.shut_down.store(true, Ordering::Release);
         self.shared.wake();
+    }
+
+    /// Shut down now: cancel every operation in flight, complete everything handles send
+    /// from now on with [`ErrorKind::Cancelled`], and let the driver loop return once every
+    /// operation has completed (join the driver to wait for that). Each operation still
+    /// completes exactly once, and its buffers come back.
+    pub fn shutdown_now(&self) {
+        // Release: pairs with the Acquire in `is_cancelling_all`.
+        self.shared.cancel_all.store(true, Ordering::Release);
+        self.shutdown();
     }
 
     /// Wake the ring if its driving thread is waiting in the kernel (in
@@ -213,19 +408,6 @@ impl RingHandle {
     /// handing that thread work through another channel. Cheap when repeated: one pending
     /// wake-up covers any number of calls.
     pub fn wake(&self) {
-        self.shared.wake();
-    }
-
-    /// Ask the ring to cancel operation `id` (as [`Ring::cancel`](super::Ring::cancel))
-    /// when it is next driven, and wake it. For owners dropped without access to the ring
-    /// (a reader, a FIFO receiver). Nothing happens if the operation has completed
-    /// meanwhile (the id's generation no longer matches), or if the ring is gone (it
-    /// cancelled everything as it closed).
-    pub(crate) fn cancel(&self, id: OpId) {
-        if self.shared.is_closed() {
-            return;
-        }
-        self.shared.cancels.push(id);
         self.shared.wake();
     }
 

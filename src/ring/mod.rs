@@ -44,6 +44,8 @@ mod provided;
 mod submission;
 mod submit;
 mod target;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -222,14 +224,14 @@ impl RingBuilder {
                     .register_buffers_sparse(self.buffers)
                     .is_ok();
         }
-        let shared = Arc::new(HandleShared::new()?);
+        let id = NEXT_RING_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shared = Arc::new(HandleShared::new(id)?);
         Ok(Ring {
             uring,
-            id: NEXT_RING_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id,
             ops: Slab::with_capacity(self.ops),
             next_gen: 0,
-            targets: Slab::new(),
-            target_gen: 0,
+            targets: Vec::new(),
             files: self.files,
             pools: Vec::new(),
             buf_rings: Vec::new(),
@@ -242,6 +244,7 @@ impl RingBuilder {
             abandoned: Arc::new(crossbeam_queue::SegQueue::new()),
             shared,
             wake_armed: false,
+            cancelling_all: false,
             enabled: !single,
             issuer: 0,
             stats: RingStats::default(),
@@ -372,8 +375,9 @@ pub struct Ring {
     id: u32,
     ops: Slab<Entry>,
     next_gen: u32,
-    targets: Slab<TargetEntry>,
-    target_gen: u32,
+    /// Registered targets by index (indices and generations come from the shared
+    /// `TargetIds`, so handles can register too).
+    targets: Vec<Option<TargetEntry>>,
     files: u32,
     pools: Vec<RegisteredPool>,
     /// Provided-buffer rings; after `uring` so the kernel is gone before their memory.
@@ -391,6 +395,9 @@ pub struct Ring {
     abandoned: Arc<crossbeam_queue::SegQueue<OpId>>,
     shared: Arc<HandleShared>,
     wake_armed: bool,
+    /// A handle called `shutdown_now`: operations sent from handles complete with
+    /// `Cancelled` without starting.
+    cancelling_all: bool,
     enabled: bool,
     /// Single issuer: the thread that enabled the ring (`driver::thread_token`); 0 before
     /// that, and for other rings.
@@ -451,31 +458,54 @@ impl Ring {
     pub fn register(&mut self, fd: impl Into<OwnedFd>) -> Result<Target> {
         let fd: OwnedFd = fd.into();
         let info = FdInfo::probe(fd.as_raw_fd())?;
-        let entry = self.targets.vacant_entry();
-        let index = entry.key() as u32;
-        self.target_gen = op::next_gen(self.target_gen);
-        let gen = self.target_gen;
-        let mut fixed = None;
-        if self.caps.fixed_files && index < self.files {
-            let r = self
-                .uring
-                .submitter()
-                .register_files_update(index, &[fd.as_raw_fd()]);
-            if r.is_ok() {
-                fixed = Some(index);
-            }
-        }
-        entry.insert(TargetEntry {
-            gen,
-            fd,
-            info,
-            fixed,
-        });
-        Ok(Target {
+        let (index, gen) = self
+            .shared
+            .ids()
+            .alloc()
+            .ok_or_else(|| Error::invalid("every target index of this ring is taken"))?;
+        let target = Target {
             ring: self.id,
             index,
             gen,
-        })
+        };
+        self.install(handle::Registration { target, fd, info });
+        Ok(target)
+    }
+
+    /// Put a registration in the table, as a fixed file where there is room.
+    fn install(&mut self, r: handle::Registration) {
+        let index = r.target.index;
+        let mut fixed = None;
+        if self.caps.fixed_files && index < self.files {
+            let fds = [r.fd.as_raw_fd()];
+            if self
+                .uring
+                .submitter()
+                .register_files_update(index, &fds)
+                .is_ok()
+            {
+                fixed = Some(index);
+            }
+        }
+        let ix = index as usize;
+        if self.targets.len() <= ix {
+            self.targets.resize_with(ix + 1, || None);
+        }
+        self.targets[ix] = Some(TargetEntry {
+            gen: r.target.gen,
+            fd: r.fd,
+            info: r.info,
+            fixed,
+        });
+    }
+
+    /// Install the targets handles registered since the last call.
+    pub(crate) fn install_registrations(&mut self) {
+        if self.shared.has_registrations() {
+            for r in self.shared.take_registrations() {
+                self.install(r);
+            }
+        }
     }
 
     /// Register a duplicate of a borrowed descriptor (the caller keeps its own).
@@ -495,21 +525,32 @@ impl Ring {
 
     /// Facts about a registered target.
     pub fn info(&self, t: Target) -> Result<FdInfo> {
-        self.target(t).map(|e| e.info)
+        match self.target(t) {
+            Ok(e) => Ok(e.info),
+            // Registered through a handle and not installed yet.
+            Err(e) if t.ring == self.id && self.shared.has_registrations() => {
+                let ids = self.shared.ids();
+                let pending = ids.pending.iter().find(|r| r.target == t);
+                pending.map(|r| r.info).ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Unregister a target and close the ring's descriptor. Operations already in flight
     /// finish normally (the kernel holds its own reference); later requests on `t`
     /// complete with [`ErrorKind::StaleTarget`].
     pub fn close(&mut self, t: Target) -> Result<()> {
+        self.install_registrations();
         self.target(t)?;
         // Operations on `t` still queued in the SQ must reach the kernel before the
         // fixed-file slot is cleared, or they would find it empty (EBADF).
         self.enter(0, None)?;
-        let e = self.targets.remove(t.index as usize);
-        if let Some(ix) = e.fixed {
+        let e = self.targets[t.index as usize].take();
+        if let Some(ix) = e.and_then(|e| e.fixed) {
             let _ = self.uring.submitter().register_files_update(ix, &[-1]);
         }
+        self.shared.ids().release(t.index);
         Ok(())
     }
 
@@ -524,7 +565,7 @@ impl Ring {
         if t.ring != self.id {
             return Err(ErrorKind::StaleTarget.into());
         }
-        match self.targets.get(t.index as usize) {
+        match self.targets.get(t.index as usize).and_then(Option::as_ref) {
             Some(e) if e.gen == t.gen => Ok(e),
             _ => Err(ErrorKind::StaleTarget.into()),
         }
@@ -717,10 +758,100 @@ impl Ring {
         self.arm_wake()?;
         loop {
             self.run_once(Some(Duration::from_millis(50)))?;
-            if self.shared.is_shut_down() && self.shared.inbox_is_empty() && self.in_kernel == 0 {
+            if self.is_shut_down() {
                 return Ok(());
             }
         }
+    }
+
+    /// A handle asked for shutdown and nothing is left: no command waiting, nothing in
+    /// flight.
+    fn is_shut_down(&self) -> bool {
+        self.shared.is_shut_down() && self.shared.inbox_is_empty() && self.in_kernel == 0
+    }
+
+    /// Drive the ring from an event loop: one turn that never blocks — start what handles
+    /// sent, submit, and route the completions that are ready (at most
+    /// [`POLL_BUDGET`](Self::POLL_BUDGET) of them, so one busy ring cannot starve the
+    /// other tasks of its executor) — then say whether the ring is done.
+    ///
+    /// Returns `Ready(Ok(()))` once a handle has asked for [`RingHandle::shutdown`] and
+    /// everything has completed; `Pending` otherwise. On `Pending`, call it again when
+    /// the ring's descriptor ([`AsFd`]) polls readable — register that interest with
+    /// your reactor; the descriptor becomes readable whenever a completion is waiting,
+    /// including the wake-up of a handle's request — or at once if more than the budget
+    /// was ready (the waker of `cx` has then been woken already).
+    ///
+    /// With the `tokio` feature, `iocomplete::tokio::drive` is this loop on tokio's
+    /// reactor. A driver of another runtime follows the same shape:
+    ///
+    /// ```no_run
+    /// # use std::task::{Context, Poll};
+    /// # fn wait_readable(_: std::os::fd::BorrowedFd<'_>, _: &mut Context<'_>) -> Poll<()> { Poll::Pending }
+    /// # fn turn(ring: &mut iocomplete::Ring, cx: &mut Context<'_>) -> Poll<iocomplete::Result<()>> {
+    /// use std::os::fd::AsFd;
+    /// loop {
+    ///     if let Poll::Ready(done) = ring.poll_complete(cx) {
+    ///         return Poll::Ready(done); // shut down (or the ring failed)
+    ///     }
+    ///     // The reactor's "readable" future for the ring's fd; Ready clears its readiness.
+    ///     if wait_readable(ring.as_fd(), cx).is_pending() {
+    ///         return Poll::Pending; // woken when a completion is waiting
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn poll_complete(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        use std::task::Poll;
+        if let Err(e) = self.arm_wake() {
+            return Poll::Ready(Err(e));
+        }
+        self.housekeeping();
+        let mut routed = 0;
+        loop {
+            if let Err(e) = self.enter(0, None) {
+                return Poll::Ready(Err(e));
+            }
+            routed += self.reap_up_to(Self::POLL_BUDGET - routed);
+            if routed >= Self::POLL_BUDGET {
+                // More may be ready, and the descriptor will not signal what was already
+                // there: come back at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            // Routing can queue new SQEs (a handle's wake-up CQE starts its operations):
+            // submit them before sleeping, or nothing would ever complete them. (With
+            // SQPOLL the kernel's thread takes them.)
+            if self.caps.sqpoll || self.sq_len() == 0 {
+                break;
+            }
+        }
+        if self.is_shut_down() {
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    }
+
+    /// Most completions one [`poll_complete`](Self::poll_complete) routes.
+    pub const POLL_BUDGET: usize = 256;
+}
+
+/// The io_uring instance's descriptor: it polls readable while a completion is waiting in
+/// the ring (see [`Ring::poll_complete`]). Only for readiness: reading or writing it does
+/// nothing useful.
+impl AsFd for Ring {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.uring.as_fd()
+    }
+}
+
+/// The descriptor of [`AsFd`], for reactors that take raw descriptors.
+impl AsRawFd for Ring {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.uring.as_raw_fd()
     }
 }
 

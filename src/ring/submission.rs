@@ -71,12 +71,12 @@ impl Submission<'_> {
     }
 
     /// Submit; returns a future resolving to the completion. Someone must drive the ring
-    /// (e.g. a [`RingHandle`](crate::RingHandle) driver thread, or the current thread).
+    /// for it to resolve (see [`OpFuture`]); dropping it cancels the operation.
     pub fn future(mut self) -> OpFuture {
         let op = self.take();
         let slot = Arc::new(FutureSlot::default());
-        self.ring.start(op, Delivery::Future(slot.clone()));
-        OpFuture::new(slot)
+        self.ring.start_future(op, slot.clone());
+        OpFuture::new(slot, self.ring.shared.clone())
     }
 
     /// Submit and forget (send-and-forget). The ring still reclaims every buffer when the
@@ -132,6 +132,21 @@ impl Ring {
             ring: self,
             op: Some(op),
         }
+    }
+
+    /// Start an operation whose completion goes to a future, honouring a cancel the
+    /// future asked for before the ring got to it (a handle's submission waits in the
+    /// inbox until then): such an operation completes with `Cancelled` without starting.
+    pub(crate) fn start_future(&mut self, op: Op, slot: Arc<FutureSlot>) -> OpId {
+        if slot.cancel_requested() {
+            super::handle::complete_unsent(op, Delivery::Future(slot));
+            return OpId::NONE;
+        }
+        let id = self.start(op, Delivery::Future(slot.clone()));
+        if slot.bind(id) {
+            self.cancel(id);
+        }
+        id
     }
 
     /// A ticket for a kept entry.

@@ -68,6 +68,9 @@ impl Ring {
     /// without a syscall. Every accepted operation completes exactly once.
     pub(crate) fn start(&mut self, op: Op, delivery: Delivery) -> OpId {
         self.stats.submitted += 1;
+        // A target registered through a handle may be used before the ring has otherwise
+        // looked at its inbox.
+        self.install_registrations();
         self.next_gen = next_gen(self.next_gen);
         let gen = self.next_gen;
         let Op {
