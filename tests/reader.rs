@@ -9,7 +9,9 @@ mod common;
 
 use common::or_skip;
 
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
+use std::hash::Hasher;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::drivers::{check_spans, on_eio};
 use common::fd::{fifo_in, pipe, raw_pty, slow_writer};
 use common::{check_teardown, close_and_check, open, ring_with, verify, LoopDev};
-use iocomplete::reader::ContinuousReaderBuilder;
+use iocomplete::reader::{Callbacks, ContinuousReaderBuilder, Local, Shared};
 use iocomplete::{
     BufferPool, CancelHandle, ContinuousReader, Dispatch, Driver, ErrorKind, FdKind, FinishReason,
     Op, PoolBuf, ReaderReport, Restart, Ring, StreamReads, Target,
@@ -1284,9 +1286,9 @@ fn a_panic_in_on_read_on_a_worker_is_resumed_after_the_reader_winds_down() {
 
 /// Make a named FIFO in `dir`.
 /// Drive `reader` to its end, failing (not hanging) if it takes more than `limit`.
-fn drive_bounded(
+fn drive_bounded<C: Callbacks>(
     ring: &mut Ring,
-    reader: &mut ContinuousReader,
+    reader: &mut ContinuousReader<C>,
     limit: Duration,
     what: &str,
 ) -> ReaderReport {
@@ -1734,4 +1736,267 @@ fn a_reader_at_the_largest_file_position_ends_without_reading_past_it() {
         ring.run_until_idle().unwrap();
         check_teardown(&ring, &[&pool]);
     }
+}
+
+// ---- local callbacks: `FnMut` on the driving thread, borrowing the caller's state ----------
+
+/// Whether `T` is `Send`: the inherent constant of `Probe<T>` exists only when it is, and
+/// shadows the blanket trait's `false`.
+macro_rules! is_send {
+    ($t:ty) => {{
+        #[allow(dead_code)]
+        trait NotSend {
+            const SEND: bool = false;
+        }
+        impl<T: ?Sized> NotSend for T {}
+        struct Probe<T: ?Sized>(std::marker::PhantomData<T>);
+        #[allow(dead_code)]
+        impl<T: ?Sized + Send> Probe<T> {
+            const SEND: bool = true;
+        }
+        <Probe<$t>>::SEND
+    }};
+}
+
+/// Readers and builders with `Shared` callbacks (the default type) stay `Send`, so a
+/// reader can still move to another thread; with `Local` callbacks, which may hold
+/// anything, they are not. (A local builder cannot ask for `Dispatch::Workers` at all: it
+/// has no `dispatch`, see the `compile_fail` example of `ContinuousReader::local_builder`.)
+#[test]
+fn shared_readers_are_send_and_local_readers_are_not() {
+    fn assert_send<T: Send>() {}
+    assert_send::<ContinuousReader>();
+    assert_send::<ContinuousReaderBuilder>();
+    assert_send::<ContinuousReader<Shared>>();
+    assert_send::<ContinuousReaderBuilder<Shared>>();
+    assert!(is_send!(ContinuousReader));
+    assert!(!is_send!(ContinuousReader<Local<'static>>));
+    assert!(!is_send!(ContinuousReaderBuilder<Local<'static>>));
+}
+
+/// Inline `on_read` as a plain `FnMut` that mutates borrowed locals — a counter, the
+/// expected next offset, and a `Vec<u8>` image of the file — with no `Arc`, atomics or
+/// locks: every byte arrives once, at its offset, in order when ordered; the borrows end
+/// with the reader, and the image equals the file.
+#[test]
+fn local_on_read_mutates_borrowed_locals_and_sees_every_byte() {
+    let size = 40 * BS as u64 + 1000;
+    let (_dir, path) = verify::disk_file(size, 61);
+    let want = std::fs::read(&path).unwrap();
+    for (ordered, pending) in [(true, 4), (false, 8), (true, 1)] {
+        let pool = pool(16, 2 * BS);
+        let (mut ring, t) = ring_with(&pool, File::open(&path).unwrap());
+        let mut image = vec![0u8; want.len()];
+        let mut total = 0u64;
+        let mut calls = 0u64;
+        let mut next = 0u64;
+        let report = {
+            let mut reader = ContinuousReader::local_builder(t, &pool)
+                .pending_reads(pending)
+                .ordered(ordered)
+                .on_read(|buf, off| {
+                    check_header(&buf);
+                    if ordered {
+                        assert_eq!(off, next, "ordered delivery out of order");
+                    }
+                    let at = off as usize;
+                    let dst = &mut image[at..at + buf.len()];
+                    assert!(
+                        dst.iter().all(|&b| b == 0),
+                        "bytes at {off} delivered twice"
+                    );
+                    dst.copy_from_slice(buf.data());
+                    next = off + buf.len() as u64;
+                    total += buf.len() as u64;
+                    calls += 1;
+                })
+                .on_failed(|e| panic!("unexpected failure {e}"))
+                .build(&mut ring)
+                .unwrap();
+            drive_bounded(
+                &mut ring,
+                &mut reader,
+                Duration::from_secs(30),
+                "local file",
+            )
+        };
+        let case = (ordered, pending);
+        assert_eq!(report.reason, FinishReason::Eof, "{case:?}");
+        assert_eq!(total, size, "{case:?}");
+        assert_eq!(report.bytes, total, "{case:?}");
+        assert_eq!(report.deliveries, calls, "{case:?}");
+        assert!(
+            image == want,
+            "{case:?}: the delivered bytes differ from the file"
+        );
+        verify::check_range(&image, BS, 61, 0).unwrap();
+        close_and_check(&mut ring, &[t], &[&pool]);
+    }
+}
+
+/// The same on a pipe in every stream mode (multishot from a provided-buffer ring, or
+/// single-shot reads): a local `on_read` appends to a borrowed `Vec<u8>`, which ends equal
+/// to what the writer wrote.
+#[test]
+fn local_on_read_appends_a_pipe_stream_to_a_borrowed_vec() {
+    let want = verify::expected(BS, 62, 0, 200_000);
+    let ring = Ring::new().unwrap();
+    for mode in stream_modes(&ring) {
+        let (rx, tx) = pipe();
+        let pool = pool(8, BS);
+        let (mut ring, t) = ring_with(&pool, rx);
+        let w = slow_writer(tx, want.clone(), 4);
+        let mut got = Vec::with_capacity(want.len());
+        let report = {
+            let mut reader = ContinuousReader::local_builder(t, &pool)
+                .stream_reads(mode)
+                .on_read(|buf, off| {
+                    check_header(&buf);
+                    assert_eq!(off, got.len() as u64, "stream delivery out of order");
+                    got.extend_from_slice(buf.data());
+                })
+                .on_failed(|e| panic!("unexpected failure {e}"))
+                .build(&mut ring)
+                .unwrap();
+            drive_bounded(
+                &mut ring,
+                &mut reader,
+                Duration::from_secs(30),
+                "local pipe",
+            )
+        };
+        w.join().unwrap();
+        assert_eq!(report.reason, FinishReason::Eof, "{mode:?}");
+        assert_eq!(report.bytes, want.len() as u64, "{mode:?}");
+        assert!(got == want, "{mode:?}: the stream's bytes differ");
+        close_and_check(&mut ring, &[t], &[&pool]);
+    }
+}
+
+/// crc32c as a `Hasher`, fed in delivery order.
+#[derive(Default)]
+struct Crc32c(u32);
+
+impl Hasher for Crc32c {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = crc32c::crc32c_append(self.0, bytes);
+    }
+    fn finish(&self) -> u64 {
+        u64::from(self.0)
+    }
+}
+
+/// A hasher in a `RefCell`, borrowed by a local `on_read` (which makes the closure, and so
+/// the reader, neither `Send` nor `Sync`): fed in file order, it ends equal to the crc32c
+/// of the whole file. A shared borrow, so the hasher can be read while the reader lives.
+#[test]
+fn local_on_read_feeds_a_refcell_hasher_in_file_order() {
+    let size = 64 * BS as u64 + 123;
+    let (_dir, path) = verify::disk_file(size, 63);
+    let want = crc32c::crc32c(&std::fs::read(&path).unwrap());
+    let pool = pool(24, 4 * BS);
+    let (mut ring, t) = ring_with(&pool, File::open(&path).unwrap());
+    let hasher = RefCell::new(Crc32c::default());
+    let mut reader = ContinuousReader::local_builder(t, &pool)
+        .pending_reads(8)
+        .ordered(true)
+        .transfer_len(3 * BS as u32)
+        .on_read(|buf, _off| hasher.borrow_mut().write(buf.data()))
+        .build(&mut ring)
+        .unwrap();
+    let report = drive_bounded(&mut ring, &mut reader, Duration::from_secs(30), "hasher");
+    assert_eq!(report.reason, FinishReason::Eof);
+    assert_eq!(report.bytes, size);
+    assert_eq!(
+        hasher.borrow().finish(),
+        u64::from(want),
+        "crc of the delivered bytes"
+    );
+    drop(reader);
+    close_and_check(&mut ring, &[t], &[&pool]);
+}
+
+/// A local `on_failed` (`FnMut`, borrowing the faulty `MemFile` to heal it and a local
+/// `Vec` of the errors it saw) restarts the reader after each `EIO`; it shares a `Cell`
+/// with the local `on_read` to check that the two never overlap. Every byte is delivered
+/// once, in order; then a second reader whose `on_failed` declines ends `Failed`.
+#[test]
+fn local_on_failed_restarts_through_fnmut_and_never_overlaps_on_read() {
+    let mem = MemFile::new(48, 64);
+    mem.hole(10);
+    mem.hole(30);
+    let (base, end) = (mem.base, mem.base + mem.len);
+    let pool = pool(16, 2 * BS);
+    let (mut ring, t) = ring_with(&pool, File::open("/proc/self/mem").unwrap());
+    let in_failed = Cell::new(false);
+    let mut spans = Vec::new();
+    let mut errors = Vec::new();
+    let report = {
+        let mut reader = ContinuousReader::local_builder(t, &pool)
+            .pending_reads(4)
+            .ordered(true)
+            .range(base, end)
+            .on_read(|buf, off| {
+                assert!(!in_failed.get(), "on_read runs during on_failed");
+                check_header(&buf);
+                verify::check_range(buf.data(), BS, 64, off).unwrap();
+                spans.push((off, buf.len()));
+            })
+            .on_failed(|e| {
+                in_failed.set(true);
+                errors.push(e.kind());
+                let healed = mem.heal_lowest();
+                in_failed.set(false);
+                if healed {
+                    Restart::Yes
+                } else {
+                    Restart::No
+                }
+            })
+            .build(&mut ring)
+            .unwrap();
+        drive_bounded(&mut ring, &mut reader, Duration::from_secs(30), "restarts")
+    };
+    assert_eq!(report.reason, FinishReason::EndOfRange);
+    assert_eq!(errors, vec![ErrorKind::Os(libc::EIO); 2]);
+    assert_eq!(report.failures, 2);
+    assert_eq!(report.restarts, 2);
+    check_spans(&spans, base, end, true);
+
+    // Declining: one call, the reader ends with the error, the bytes before the hole
+    // delivered in order and once.
+    mem.hole(20);
+    let mut calls = 0;
+    let mut spans = Vec::new();
+    let report = {
+        let mut reader = ContinuousReader::local_builder(t, &pool)
+            .pending_reads(4)
+            .ordered(true)
+            .range(base, end)
+            .on_read(|buf, off| {
+                verify::check_range(buf.data(), BS, 64, off).unwrap();
+                spans.push((off, buf.len()));
+            })
+            .on_failed(|e| {
+                assert_eq!(e.kind(), ErrorKind::Os(libc::EIO));
+                calls += 1;
+                Restart::No
+            })
+            .build(&mut ring)
+            .unwrap();
+        drive_bounded(
+            &mut ring,
+            &mut reader,
+            Duration::from_secs(30),
+            "no restart",
+        )
+    };
+    assert_eq!(calls, 1);
+    assert_eq!(
+        report.reason,
+        FinishReason::Failed(iocomplete::Error::from_errno(libc::EIO))
+    );
+    check_spans(&spans, base, base + 20 * BS as u64, true);
+    drop(mem);
+    close_and_check(&mut ring, &[t], &[&pool]);
 }

@@ -6,9 +6,9 @@
 //! and each completion goes back to the machine as a [`ReaderEvent`]. Every operation the
 //! reader submits goes through its own [`Port`], recorded as a [`Child`] (what kind of
 //! operation, for which [`Seq`]), so completions of other operations on the same ring
-//! are untouched. The builder is in `builder`, read submission and cancels in `submit`,
-//! worker threads and cancel handles in `workers`, the provided-buffer ring of multishot
-//! reads in `multishot`.
+//! are untouched. The builder is in `builder`, the kinds of callbacks in `callbacks`, read
+//! submission and cancels in `submit`, worker threads and cancel handles in `workers`, the
+//! provided-buffer ring of multishot reads in `multishot`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -20,22 +20,21 @@ use crate::buf::{BufferPool, PoolBuf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ring::{Bufs, Done, Driver, Op, Port, PortEvent, Ring, Target};
 
-use super::{FinishReason, ReaderAction, ReaderEvent, ReaderMachine, ReaderStats, Restart, Seq};
+use super::{FinishReason, ReaderAction, ReaderEvent, ReaderMachine, ReaderStats, Seq};
 
 mod builder;
+mod callbacks;
 mod multishot;
 mod submit;
 mod workers;
 
 pub use builder::ContinuousReaderBuilder;
+pub use callbacks::{Callbacks, Local, Shared};
 pub use multishot::StreamReads;
 pub use workers::{CancelHandle, Dispatch};
 
 use multishot::Provided;
-use workers::{OnRead, Signal, Workers};
-
-/// `on_failed(&error) -> Restart`: runs on the driving thread.
-type OnFailed = Box<dyn FnMut(&Error) -> Restart + Send>;
+use workers::{Signal, Workers};
 
 /// How long to wait before re-checking for free slots when a submission waits for one
 /// (slots return to the pool from any thread without notifying the ring).
@@ -77,7 +76,7 @@ pub struct ReaderReport {
     pub deliveries: u64,
     /// `on_failed` calls.
     pub failures: u64,
-    /// Restarts (`on_failed` answered [`Restart::Yes`]).
+    /// Restarts (`on_failed` answered [`Restart::Yes`](super::Restart::Yes)).
     pub restarts: u64,
     /// Reads (and multishot arms) submitted.
     pub reads_issued: u64,
@@ -113,9 +112,21 @@ pub struct ReaderReport {
 ///   when the pool runs dry.
 /// * [`on_failed(&error) -> Restart`](ContinuousReaderBuilder::on_failed) — after a read
 ///   failed and every read still in flight has come back (those before the failure
-///   delivered, those after it dropped). [`Restart::Yes`] re-arms from where delivery
-///   stopped: nothing is delivered twice or skipped. [`Restart::No`] ends the reader with
-///   [`FinishReason::Failed`].
+///   delivered, those after it dropped). [`Restart::Yes`](super::Restart::Yes) re-arms
+///   from where delivery stopped: nothing is delivered twice or skipped.
+///   [`Restart::No`](super::Restart::No) ends the reader with [`FinishReason::Failed`].
+///
+/// The type parameter says what the callbacks may be:
+///
+/// * [`Shared`] (the default; [`ContinuousReader::builder`]): `on_read` is
+///   `Fn + Send + Sync + 'static`, `on_failed` is `FnMut + Send + 'static`. `on_read` may
+///   run on worker threads ([`Dispatch::Workers`]), and the reader is `Send`: it can move
+///   to another thread between calls of [`Driver::process`].
+/// * [`Local<'a>`](Local) ([`ContinuousReader::local_builder`]): both are `FnMut + 'a` —
+///   they may mutate what they capture and borrow the caller's locals, and need not be
+///   `Send`, `Sync` or `'static`. They always run inline, on the driving thread (the local
+///   builder has no [`dispatch`](ContinuousReaderBuilder::dispatch)), and the reader is
+///   not `Send`.
 ///
 /// # Synchronization (the continuous-reader rules)
 ///
@@ -124,8 +135,12 @@ pub struct ReaderReport {
 ///   acknowledged only after `on_read` returned (on whichever thread it ran). Everything
 ///   `on_read` did happens-before `on_failed` starts.
 /// * With [`Dispatch::Workers`] and more than one pending read, `on_read` can run again
-///   (on another worker) before an earlier call returned. With [`Dispatch::Inline`] it
-///   never overlaps itself.
+///   (on another worker) before an earlier call returned. With [`Dispatch::Inline`] (and
+///   so always with [`Local`] callbacks) it never overlaps itself: `on_read` and
+///   `on_failed` run one at a time, inside [`Driver::process`] (and so inside
+///   [`step`](Driver::step) and [`run`](Driver::run)), on the thread calling it — for a
+///   [`Local`] reader, which is not `Send`, always the thread that built it. Nothing the
+///   callbacks borrow is touched by the reader outside those calls.
 /// * Different readers are not synchronized with each other, and nothing else is.
 ///
 /// # Driving
@@ -183,7 +198,7 @@ pub struct ReaderReport {
 /// assert_eq!(pool.stats().free, 8);
 /// # Ok::<(), iocomplete::Error>(())
 /// ```
-pub struct ContinuousReader {
+pub struct ContinuousReader<C: Callbacks = Shared> {
     machine: ReaderMachine,
     target: Target,
     pool: BufferPool,
@@ -211,12 +226,11 @@ pub struct ContinuousReader {
     enobufs: u64,
     buffer_waits: u64,
     workers: Option<Workers>,
-    on_read: OnRead,
-    on_failed: OnFailed,
+    callbacks: C,
     multishot: bool,
 }
 
-impl fmt::Debug for ContinuousReader {
+impl<C: Callbacks> fmt::Debug for ContinuousReader<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ContinuousReader")
             .field("target", &self.target)
@@ -226,11 +240,12 @@ impl fmt::Debug for ContinuousReader {
             .field("deferred", &self.deferred.len())
             .field("multishot", &self.multishot)
             .field("stats", &self.machine.stats())
+            .field("callbacks", &self.callbacks)
             .finish_non_exhaustive()
     }
 }
 
-impl ContinuousReader {
+impl<C: Callbacks> ContinuousReader<C> {
     /// A handle that cancels this reader from any thread.
     pub fn cancel_handle(&self) -> CancelHandle {
         CancelHandle {
@@ -352,7 +367,7 @@ impl ContinuousReader {
                     buf.set_len(d.len as usize)?;
                     match &self.workers {
                         None => {
-                            (self.on_read)(buf, d.offset);
+                            self.callbacks.read(buf, d.offset);
                             self.machine.handle(ReaderEvent::Delivered { seq: d.seq })?;
                         }
                         Some(w) => w.dispatch(d.seq, d.offset, buf),
@@ -365,7 +380,7 @@ impl ContinuousReader {
                     };
                 }
                 ReaderAction::Failed(e) => {
-                    let decision = (self.on_failed)(&e);
+                    let decision = self.callbacks.failed(&e);
                     self.machine.handle(ReaderEvent::Restart(decision))?;
                 }
                 ReaderAction::Finished(reason) => self.close(ring, reason),
@@ -396,7 +411,7 @@ impl ContinuousReader {
     }
 }
 
-impl Driver for ContinuousReader {
+impl<C: Callbacks> Driver for ContinuousReader<C> {
     type Output = ReaderReport;
 
     /// Process what has completed and what other threads handed over (acknowledgements,

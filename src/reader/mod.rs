@@ -3,7 +3,8 @@
 //! [`ContinuousReader`] runs it on a [`Ring`](crate::Ring): `pending_reads` reads in
 //! flight per source, `on_read(buf, offset)` for every filled buffer,
 //! `on_failed(&error) -> Restart` after a failure, optional worker threads for
-//! `on_read`.
+//! `on_read` — or, with [`ContinuousReader::local_builder`], `FnMut` callbacks that borrow
+//! the caller's state and run inline on the driving thread.
 //!
 //! The sans-I/O core is [`ReaderMachine`]: it decides which reads to issue,
 //! what to hand to the user's `on_read`, when to report a failure and when the reader is
@@ -55,7 +56,8 @@ mod tests;
 
 pub use config::{ReaderConfig, SourceKind};
 pub use driver::{
-    CancelHandle, ContinuousReader, ContinuousReaderBuilder, Dispatch, ReaderReport, StreamReads,
+    Callbacks, CancelHandle, ContinuousReader, ContinuousReaderBuilder, Dispatch, Local,
+    ReaderReport, Shared, StreamReads,
 };
 pub use events::{Delivery, FinishReason, ReaderAction, ReaderEvent, ReaderStats, Restart, Seq};
 pub use machine::ReaderMachine;

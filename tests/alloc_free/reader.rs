@@ -1,6 +1,6 @@
 //! A `ContinuousReader` in steady state performs zero heap allocations per read: the
 //! middle of a long run, file (8 reads in flight, ordered) and pipe (multishot, or
-//! single-shot reads).
+//! single-shot reads), with shared callbacks and with local ones.
 
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,4 +106,34 @@ fn steady_state_reader_does_not_allocate() {
         ring.close(t).unwrap();
         common::check_teardown(&ring, &[&pool]);
     }
+}
+
+/// The same with local callbacks (`ContinuousReader::local_builder`): an `FnMut` borrowing
+/// the window and a counter of the caller's.
+#[test]
+fn steady_state_local_reader_does_not_allocate() {
+    let (_dir, path) = common::verify::disk_file(4000 * 4096, 2);
+    let pool = common::pool_hdr(24, 4096, 16);
+    let (mut ring, t) = common::ring_with(&pool, File::open(&path).unwrap());
+    let w = window(500, 3500);
+    let mut calls = 0u64;
+    let mut reader = ContinuousReader::local_builder(t, &pool)
+        .pending_reads(8)
+        .ordered(true)
+        .on_read(|buf, off| {
+            calls += 1;
+            on_read(&w, buf, off);
+        })
+        .on_failed(|_| Restart::No)
+        .build(&mut ring)
+        .unwrap();
+    let report = reader.run(&mut ring).unwrap();
+    drop(reader);
+    assert_eq!(report.reason, FinishReason::Eof);
+    assert_eq!(calls, 4000);
+    assert_eq!(w.bytes.load(Ordering::SeqCst), 4000 * 4096);
+    let n = w.allocations();
+    assert_eq!(n, 0, "{n} allocations in 3000 file reads (local callbacks)");
+    ring.close(t).unwrap();
+    common::check_teardown(&ring, &[&pool]);
 }

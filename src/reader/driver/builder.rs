@@ -1,42 +1,43 @@
 //! [`ContinuousReaderBuilder`]: the reader's settings and callbacks, checked against the
-//! target, the pool and the ring before anything reaches the kernel.
+//! target, the pool and the ring before anything reaches the kernel. Settings are common
+//! to both kinds of callbacks; the callbacks themselves, and where they run, are set per
+//! kind ([`Shared`], [`Local`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
 use super::multishot::{Provided, StreamReads};
-use super::workers::OnRead;
 use super::workers::{CancelHandle, Dispatch, Signal, Workers};
-use super::{Child, ContinuousReader, OnFailed};
+use super::{Callbacks, Child, ContinuousReader, Local, Shared};
 use crate::buf::{BufferPool, PoolBuf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::reader::{ReaderConfig, ReaderMachine, Restart};
 use crate::ring::{FdKind, Port, Ring, Target};
 
-/// Builder of a [`ContinuousReader`]; from [`ContinuousReader::builder`].
-pub struct ContinuousReaderBuilder {
+/// Builder of a [`ContinuousReader`]: from [`ContinuousReader::builder`] ([`Shared`]
+/// callbacks, the default) or [`ContinuousReader::local_builder`] ([`Local`] callbacks).
+pub struct ContinuousReaderBuilder<C: Callbacks = Shared> {
     target: Target,
     pool: BufferPool,
     /// The settings the target does not decide (pending reads, range, order, window,
     /// acknowledgement bound); completed at build.
     cfg: ReaderConfig,
     transfer_len: Option<u32>,
-    dispatch: Dispatch,
     stream_reads: StreamReads,
-    on_read: Option<OnRead>,
-    on_failed: Option<OnFailed>,
+    /// The callbacks, and (for [`Shared`] ones) where `on_read` runs.
+    callbacks: C,
     signal: Arc<Signal>,
 }
 
-impl fmt::Debug for ContinuousReaderBuilder {
+impl<C: Callbacks> fmt::Debug for ContinuousReaderBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ContinuousReaderBuilder")
             .field("target", &self.target)
             .field("cfg", &self.cfg)
             .field("transfer_len", &self.transfer_len)
-            .field("dispatch", &self.dispatch)
             .field("stream_reads", &self.stream_reads)
+            .field("callbacks", &self.callbacks)
             .finish_non_exhaustive()
     }
 }
@@ -44,23 +45,141 @@ impl fmt::Debug for ContinuousReaderBuilder {
 impl ContinuousReader {
     /// A builder for a reader of `target` (registered on the ring the reader will be
     /// built on) into slots of `pool` (its header and trailer room come with every
-    /// buffer).
+    /// buffer), with [`Shared`] callbacks: they may run on worker threads, and the reader
+    /// may move to another thread.
     pub fn builder(target: Target, pool: &BufferPool) -> ContinuousReaderBuilder {
+        let callbacks = Shared {
+            on_read: None,
+            on_failed: None,
+            dispatch: Dispatch::Inline,
+        };
+        ContinuousReaderBuilder::new(target, pool, callbacks)
+    }
+}
+
+impl<'a> ContinuousReader<Local<'a>> {
+    /// A builder for a reader of `target` into slots of `pool`, as
+    /// [`builder`](ContinuousReader::builder), with [`Local`] callbacks: `FnMut + 'a`,
+    /// they may borrow the caller's locals and need not be `Send`, `Sync` or `'static`.
+    /// They run inline, on the thread that drives the reader (there is no
+    /// [`dispatch`](ContinuousReaderBuilder::dispatch) to ask for workers), and the reader
+    /// is not `Send`.
+    ///
+    /// A scoped run borrowing locals: the reader holds the borrows until it is dropped,
+    /// so end it (here by its block) before using what it borrowed mutably.
+    ///
+    /// ```
+    /// use iocomplete::{BufferPool, ContinuousReader, Driver, Ring};
+    ///
+    /// let mut f = tempfile::tempfile().unwrap();
+    /// let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    /// std::io::Write::write_all(&mut f, &content).unwrap();
+    /// let mut ring = Ring::new()?;
+    /// let pool = BufferPool::builder().slots(8).slot_len(16 * 1024).build()?;
+    /// let file = ring.register(f)?;
+    ///
+    /// let mut total = 0u64; // borrowed mutably by `on_read`: no Arc, no atomics
+    /// let mut copy = Vec::new();
+    /// {
+    ///     let mut reader = ContinuousReader::local_builder(file, &pool)
+    ///         .pending_reads(4)
+    ///         .ordered(true)
+    ///         .on_read(|buf, _offset| {
+    ///             total += buf.len() as u64;
+    ///             copy.extend_from_slice(buf.data());
+    ///         })
+    ///         .build(&mut ring)?;
+    ///     reader.run(&mut ring)?;
+    /// } // the reader, and its borrows of `total` and `copy`, end here
+    /// assert_eq!(total, content.len() as u64);
+    /// assert_eq!(copy, content);
+    /// assert_eq!(pool.stats().free, 8);
+    /// # Ok::<(), iocomplete::Error>(())
+    /// ```
+    ///
+    /// Local callbacks never run on workers: a local builder has no `dispatch`, so this
+    /// does not compile.
+    ///
+    /// ```compile_fail
+    /// # use iocomplete::{BufferPool, ContinuousReader, Dispatch, Ring};
+    /// # let mut ring = Ring::new()?;
+    /// # let pool = BufferPool::builder().slots(8).slot_len(4096).build()?;
+    /// # let file = ring.register(tempfile::tempfile().unwrap())?;
+    /// let mut n = 0;
+    /// let reader = ContinuousReader::local_builder(file, &pool)
+    ///     .on_read(|_buf, _offset| n += 1)
+    ///     .dispatch(Dispatch::Workers(2)) // no such method for `Local` callbacks
+    ///     .build(&mut ring)?;
+    /// # Ok::<(), iocomplete::Error>(())
+    /// ```
+    pub fn local_builder(target: Target, pool: &BufferPool) -> ContinuousReaderBuilder<Local<'a>> {
+        let callbacks = Local {
+            on_read: None,
+            on_failed: None,
+        };
+        ContinuousReaderBuilder::new(target, pool, callbacks)
+    }
+}
+
+impl ContinuousReaderBuilder {
+    /// Where `on_read` runs (default [`Dispatch::Inline`]). At most as many workers as
+    /// the pool has slots (each delivery holds one, so more could never all be busy).
+    /// Only for [`Shared`] callbacks: [`Local`] ones always run inline.
+    pub fn dispatch(mut self, d: Dispatch) -> Self {
+        self.callbacks.dispatch = d;
+        self
+    }
+
+    /// `on_read(buf, offset)`, called for every filled buffer (see
+    /// [`ContinuousReader`]'s handlers). Without it, filled buffers go straight back to
+    /// the pool. For a callback that mutates or borrows locals, use
+    /// [`ContinuousReader::local_builder`].
+    pub fn on_read(mut self, f: impl Fn(PoolBuf, u64) + Send + Sync + 'static) -> Self {
+        self.callbacks.on_read = Some(Arc::new(f));
+        self
+    }
+
+    /// `on_failed(&error) -> Restart`, called after a failure (see
+    /// [`ContinuousReader`]'s handlers). Without it, a failure ends the reader
+    /// ([`Restart::No`]).
+    pub fn on_failed(mut self, f: impl FnMut(&Error) -> Restart + Send + 'static) -> Self {
+        self.callbacks.on_failed = Some(Box::new(f));
+        self
+    }
+}
+
+impl<'a> ContinuousReaderBuilder<Local<'a>> {
+    /// `on_read(buf, offset)`, called for every filled buffer, inline on the driving
+    /// thread, one call at a time (see [`ContinuousReader`]'s handlers). Without it,
+    /// filled buffers go straight back to the pool.
+    pub fn on_read(mut self, f: impl FnMut(PoolBuf, u64) + 'a) -> Self {
+        self.callbacks.on_read = Some(Box::new(f));
+        self
+    }
+
+    /// `on_failed(&error) -> Restart`, called after a failure, on the driving thread (see
+    /// [`ContinuousReader`]'s handlers). Without it, a failure ends the reader
+    /// ([`Restart::No`]).
+    pub fn on_failed(mut self, f: impl FnMut(&Error) -> Restart + 'a) -> Self {
+        self.callbacks.on_failed = Some(Box::new(f));
+        self
+    }
+}
+
+impl<C: Callbacks> ContinuousReaderBuilder<C> {
+    /// The defaults, with `callbacks` (none set yet).
+    fn new(target: Target, pool: &BufferPool, callbacks: C) -> Self {
         ContinuousReaderBuilder {
             target,
             pool: pool.clone(),
             cfg: ReaderConfig::positional(0),
             transfer_len: None,
-            dispatch: Dispatch::Inline,
             stream_reads: StreamReads::Auto,
-            on_read: None,
-            on_failed: None,
+            callbacks,
             signal: Arc::default(),
         }
     }
-}
 
-impl ContinuousReaderBuilder {
     /// Reads kept in flight for a file or block device (default 2). Streams keep one.
     pub fn pending_reads(mut self, n: u32) -> Self {
         self.cfg = self.cfg.pending_reads(n);
@@ -111,32 +230,9 @@ impl ContinuousReaderBuilder {
         self
     }
 
-    /// Where `on_read` runs (default [`Dispatch::Inline`]). At most as many workers as
-    /// the pool has slots (each delivery holds one, so more could never all be busy).
-    pub fn dispatch(mut self, d: Dispatch) -> Self {
-        self.dispatch = d;
-        self
-    }
-
     /// How streams are read (default [`StreamReads::Auto`]).
     pub fn stream_reads(mut self, s: StreamReads) -> Self {
         self.stream_reads = s;
-        self
-    }
-
-    /// `on_read(buf, offset)`, called for every filled buffer (see
-    /// [`ContinuousReader`]'s handlers). Without it, filled buffers go straight back to
-    /// the pool.
-    pub fn on_read(mut self, f: impl Fn(PoolBuf, u64) + Send + Sync + 'static) -> Self {
-        self.on_read = Some(Arc::new(f));
-        self
-    }
-
-    /// `on_failed(&error) -> Restart`, called after a failure (see
-    /// [`ContinuousReader`]'s handlers). Without it, a failure ends the reader
-    /// ([`Restart::No`]).
-    pub fn on_failed(mut self, f: impl FnMut(&Error) -> Restart + Send + 'static) -> Self {
-        self.on_failed = Some(Box::new(f));
         self
     }
 
@@ -162,7 +258,7 @@ impl ContinuousReaderBuilder {
     /// ([`ErrorKind::Unsupported`]) or with a pool of more than 65536 slots
     /// ([`ErrorKind::OutOfRange`]); the machine's configuration errors
     /// ([`ReaderConfig::validate`](crate::reader::ReaderConfig::validate)).
-    pub fn build(self, ring: &mut Ring) -> Result<ContinuousReader> {
+    pub fn build(self, ring: &mut Ring) -> Result<ContinuousReader<C>> {
         let info = ring.info(self.target)?;
         if !info.readable {
             return Err(Error::new(ErrorKind::NotReadable));
@@ -179,7 +275,7 @@ impl ContinuousReaderBuilder {
                 have: g.capacity as u64,
             }));
         }
-        match self.dispatch {
+        match self.callbacks.dispatch() {
             Dispatch::Workers(0) => {
                 return Err(Error::out_of_range("Dispatch::Workers", 1, g.slots as u64))
             }
@@ -269,10 +365,9 @@ impl ContinuousReaderBuilder {
         // Completions: one per slot (single-shot reads, multishot buffers) and a few more.
         let mut port = Port::<Child>::new(g.slots + pending + 8);
         port.cancel_on_drop(ring)?;
-        let on_read = self.on_read.unwrap_or_else(|| Arc::new(|_, _| {}));
-        let workers = match self.dispatch {
-            Dispatch::Inline => None,
-            Dispatch::Workers(n) => Some(Workers::spawn(n, g.slots, &on_read, &self.signal)?),
+        let workers = match self.callbacks.workers() {
+            Some((n, on_read)) => Some(Workers::spawn(n, g.slots, &on_read, &self.signal)?),
+            None => None,
         };
         let window = (cfg.effective_reorder_window() as usize).max(pending);
         Ok(ContinuousReader {
@@ -291,8 +386,7 @@ impl ContinuousReaderBuilder {
             enobufs: 0,
             buffer_waits: 0,
             workers,
-            on_read,
-            on_failed: self.on_failed.unwrap_or_else(|| Box::new(|_| Restart::No)),
+            callbacks: self.callbacks,
             multishot,
         })
     }

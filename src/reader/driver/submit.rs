@@ -3,12 +3,12 @@
 //! issue order while no slot is free, and cancelled in the kernel or, never submitted,
 //! completed here as the kernel would have.
 
-use super::{Child, ContinuousReader, Kind};
+use super::{Callbacks, Child, ContinuousReader, Kind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::reader::{ReaderAction, ReaderEvent, Seq};
 use crate::ring::{Op, Ring};
 
-impl ContinuousReader {
+impl<C: Callbacks> ContinuousReader<C> {
     pub(super) fn retry_deferred(&mut self, ring: &mut Ring) -> Result<()> {
         while let Some(&a) = self.deferred.front() {
             if !self.try_submit(ring, a)? {

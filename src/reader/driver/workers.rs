@@ -18,7 +18,11 @@ use crate::waiters::SleepFlag;
 /// `on_read(buf, offset)`: shared with the worker threads.
 pub(super) type OnRead = Arc<dyn Fn(PoolBuf, u64) + Send + Sync>;
 
-/// Where `on_read` runs.
+/// Where `on_read` runs: set with [`ContinuousReaderBuilder::dispatch`] for
+/// [`Shared`](super::Shared) callbacks; [`Local`](super::Local) ones always run
+/// [`Inline`](Dispatch::Inline).
+///
+/// [`ContinuousReaderBuilder::dispatch`]: super::ContinuousReaderBuilder::dispatch
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dispatch {
     /// On the thread that drives the ring, inside [`Driver::process`](crate::Driver::process).
