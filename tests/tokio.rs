@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -325,13 +326,34 @@ fn a_single_issuer_ring_is_refused_on_a_multi_thread_runtime() {
         let e = iocomplete::tokio::spawn(ring).unwrap_err();
         assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
     });
-    // On a current-thread runtime it is fine.
-    run(&current_thread(), async {
-        let ring = Ring::builder().single_issuer(true).build().unwrap();
+    // On a current-thread runtime it is fine: a read of a pipe that another thread fills
+    // later wakes the driver task.
+    run(&current_thread(), async move {
+        let pool = common::pool(2, 4096);
+        let mut ring = Ring::builder().single_issuer(true).build().unwrap();
+        ring.register_pool(&pool);
         let (handle, driver) = iocomplete::tokio::spawn(ring).unwrap();
         let c = handle.submit_future(Op::nop().tag(9)).await;
         assert_eq!(c.tag(), 9);
-        finish(&handle, driver, &[]).await;
+        let (rx, tx) = common::fd::pipe();
+        let pipe = handle.register(rx).unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            common::fd::write_fd(tx.as_raw_fd(), b"late data");
+            tx
+        });
+        let c = handle
+            .submit_future(Op::read(pipe, 0, pool.try_get().unwrap()))
+            .await;
+        assert_eq!(c.into_result().unwrap().data(), b"late data");
+        drop(writer.join().unwrap());
+        finish(&handle, driver, &[&pool]).await;
+    });
+    // DEFER_TASKRUN: its completions would never wake tokio's epoll; refused up front.
+    run(&current_thread(), async {
+        let ring = Ring::builder().defer_taskrun(true).build().unwrap();
+        let e = iocomplete::tokio::spawn(ring).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Unsupported { .. }), "{e:?}");
     });
 }
 
@@ -353,5 +375,121 @@ impl GetAsyncShim for BufferPool {
             }
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// `tokio_cat PATH...` writes exactly what `cat PATH...` writes: files of every size
+/// around its chunk and window, more files than it reads at once, a FIFO fed slowly, and
+/// stdin (a pipe) in the middle; to a pipe and to a regular file.
+#[test]
+fn tokio_cat_is_byte_identical_to_cat() {
+    use common::bin::{example, run_with, stderr, LIMIT};
+    use std::process::{Command, Stdio};
+    let bin = match example("tokio_cat") {
+        Some(b) => b,
+        None => return,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let chunk = 128 * 1024;
+    let sizes = [
+        0,
+        1,
+        4095,
+        chunk,
+        chunk + 1,
+        4 * chunk - 1,
+        4 * chunk,
+        9 * chunk + 17,
+        (3 << 20) + 5,
+        12_345,
+    ];
+    let mut args: Vec<String> = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let p = verify::file_in(dir.path(), &format!("f{i}"), size as u64, 50 + i as u64);
+        args.push(p.to_str().unwrap().to_owned());
+    }
+    let fifo = common::fd::fifo_in(dir.path());
+    let fifo_data = common::fd::payload(9, 700 * 1024 + 3);
+    args.insert(3, fifo.to_str().unwrap().to_owned());
+    args.insert(6, "-".to_owned());
+    let stdin_data = common::fd::payload(10, 300 * 1024 + 1);
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    // What cat writes (each run gets the FIFO and stdin data afresh).
+    let run_one = |program: &std::path::Path, out: Option<Stdio>| {
+        let feeder = {
+            let (fifo, data) = (fifo.clone(), fifo_data.clone());
+            std::thread::spawn(move || {
+                let f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+                common::fd::slow_writer(f.into(), data, 7).join().unwrap();
+            })
+        };
+        let (rx, tx) = common::fd::pipe();
+        let w = common::fd::slow_writer(tx, stdin_data.clone(), 5);
+        let o = run_with(
+            program,
+            &arg_refs,
+            std::fs::File::from(rx).into(),
+            out,
+            LIMIT,
+        );
+        w.join().unwrap();
+        feeder.join().unwrap();
+        o
+    };
+    let cat = Command::new("cat").arg("--version").output();
+    assert!(cat.is_ok(), "no cat(1) to compare with");
+    let want = run_one(std::path::Path::new("/bin/cat"), None);
+    assert!(want.status.success());
+    let expected_len: usize = sizes.iter().sum::<usize>() + fifo_data.len() + stdin_data.len();
+    assert_eq!(want.stdout.len(), expected_len);
+
+    let got = run_one(&bin, None);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert!(
+        got.stdout == want.stdout,
+        "tokio_cat differs from cat (to a pipe)"
+    );
+
+    let out_path = dir.path().join("out");
+    let out = Stdio::from(std::fs::File::create(&out_path).unwrap());
+    let got = run_one(&bin, Some(out));
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert!(
+        std::fs::read(&out_path).unwrap() == want.stdout,
+        "tokio_cat differs from cat (to a file)"
+    );
+}
+
+/// A missing PATH in the middle: what came before it is written in full, the error
+/// names it, the status is 1 — and a directory is refused the same way.
+#[test]
+fn tokio_cat_reports_a_bad_path_after_writing_what_came_before() {
+    use common::bin::{example, run, stderr, LIMIT};
+    let bin = match example("tokio_cat") {
+        Some(b) => b,
+        None => return,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = verify::file_in(dir.path(), "a", 1 << 20, 1);
+    let b = verify::file_in(dir.path(), "b", 5000, 2);
+    let missing = dir.path().join("missing");
+    let d = dir.path().to_str().unwrap();
+    let mut want = std::fs::read(&a).unwrap();
+    want.extend(std::fs::read(&b).unwrap());
+    for bad in [missing.to_str().unwrap(), d] {
+        let args = [
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            bad,
+            a.to_str().unwrap(),
+        ];
+        let o = run(&bin, &args, LIMIT);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains(bad), "{}", stderr(&o));
+        assert!(
+            o.stdout == want,
+            "the files before the bad one were not written in full"
+        );
     }
 }

@@ -842,6 +842,10 @@ impl Ring {
 /// The io_uring instance's descriptor: it polls readable while a completion is waiting in
 /// the ring (see [`Ring::poll_complete`]). Only for readiness: reading or writing it does
 /// nothing useful.
+///
+/// With [`RingBuilder::defer_taskrun`], completions wait as task work that wakes only the
+/// ring's own thread: `poll(2)` on that thread sees them, an edge-triggered `epoll`
+/// (tokio's, mio's) does not — drive such a ring from a blocking loop instead.
 impl AsFd for Ring {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.uring.as_fd()

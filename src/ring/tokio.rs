@@ -68,11 +68,12 @@ pub fn spawn(mut ring: Ring) -> Result<(RingHandle, JoinHandle<Result<Ring>>)> {
 /// it yourself — in a `LocalSet`, a `select!`, or `block_on`. Take a handle first
 /// ([`Ring::handle`]); the ring is reached only through handles while it is driven here.
 ///
-/// Errors: a single-issuer ring ([`RingBuilder::single_issuer`](crate::RingBuilder::single_issuer),
-/// [`defer_taskrun`](crate::RingBuilder::defer_taskrun)) on a multi-thread runtime, whose
-/// worker threads take turns driving it while the kernel accepts only one
-/// ([`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)); registering the
-/// descriptor with tokio's reactor; the ring's own errors.
+/// Errors: a single-issuer ring ([`RingBuilder::single_issuer`](crate::RingBuilder::single_issuer))
+/// on a multi-thread runtime, whose worker threads take turns driving it while the kernel
+/// accepts only one ([`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)); a
+/// [`defer_taskrun`](crate::RingBuilder::defer_taskrun) ring, whose completions never
+/// wake tokio's reactor ([`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported));
+/// registering the descriptor with tokio's reactor; the ring's own errors.
 ///
 /// # Panics
 ///
@@ -104,14 +105,19 @@ pub async fn drive(ring: Ring) -> Result<Ring> {
 }
 
 /// A single-issuer ring refuses every thread but the first that drove it; tokio's
-/// multi-thread workers would take turns.
+/// multi-thread workers would take turns. A `DEFER_TASKRUN` ring's completions wait as
+/// task work that wakes only a thread blocked in the ring itself, never an epoll waiter:
+/// tokio's reactor would sleep through them.
 fn check_issuer(ring: &Ring, rt: &Handle) -> Result<()> {
     let caps = ring.capabilities();
-    if (caps.single_issuer || caps.defer_taskrun)
-        && rt.runtime_flavor() != RuntimeFlavor::CurrentThread
-    {
+    if caps.defer_taskrun {
+        return Err(Error::unsupported(
+            "DEFER_TASKRUN rings under tokio (their completions do not wake epoll)",
+        ));
+    }
+    if caps.single_issuer && rt.runtime_flavor() != RuntimeFlavor::CurrentThread {
         return Err(Error::invalid(
-            "a single-issuer ring (single_issuer, defer_taskrun) needs a current-thread runtime",
+            "a single-issuer ring needs a current-thread runtime",
         ));
     }
     Ok(())

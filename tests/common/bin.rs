@@ -20,6 +20,9 @@ pub fn example(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// Examples with `required-features` (Cargo.toml), and those features.
+const FEATURES: &[(&str, &str)] = &[("tokio_cat", "tokio")];
+
 fn build(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent()?.parent()?.to_path_buf(); // target/[triple/]<profile>/deps/..
@@ -29,6 +32,9 @@ fn build(name: &str) -> Option<PathBuf> {
     };
     let mut c = Command::new(cargo);
     c.args(["build", "--quiet", "--example", name]);
+    if let Some((_, features)) = FEATURES.iter().find(|(n, _)| *n == name) {
+        c.args(["--features", features]);
+    }
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         c.arg("--release");
     }
