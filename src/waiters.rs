@@ -1,6 +1,7 @@
 //! `Waiters`: the slow path of the buffer pool (gets waiting for a free slot, blocking or
-//! async), served oldest first by direct hand-off; its wait shape ([`spin`], then
-//! [`sleep_until`]) is shared with the completion queue's sleepers.
+//! async), served oldest first by direct hand-off. Also the wait helpers [`spin`] (the
+//! pool's blocking gets and the completion queue) and [`sleep_until`] (the queue's
+//! sleepers).
 //!
 //! The fast paths stay lock-free: a producer (a slot returned to the shared list) pays one
 //! fence and one relaxed load, and takes the lock only when a consumer is actually
