@@ -779,6 +779,11 @@ impl PoolInner {
     /// Spins briefly (a returning thread mid-burst refills within microseconds, far sooner
     /// than a futex round trip), then queues behind the gets already waiting and parks
     /// until served: returned slots go to the waiters oldest first (see `Waiters`).
+    ///
+    /// It parks the thread (`std::thread::park`, as `std::sync::mpsc` does): an unpark
+    /// meant for other code on this thread only costs a re-check here, but one that
+    /// arrives while we wait is consumed, as with any blocking call inside a
+    /// park-based executor.
     pub(crate) fn take_wait(this: &Arc<Self>, timeout: Option<Duration>) -> Option<u32> {
         let deadline = timeout.and_then(deadline_after);
         if let Some(slot) = spin(&mut || PoolInner::try_take(this)) {
