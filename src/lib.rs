@@ -99,7 +99,7 @@ mod waiters;
 // sans-I/O machines (`ReaderMachine`, `FifoMachine`, `SplitMachine`, `dma::Transaction`)
 // and their actions, events and configs stay in their modules: they are for driving a
 // machine yourself, and their names say which module they come from.
-pub use buf::{BufferPool, IoBuf, PoolBuf, SharedBuf};
+pub use buf::{BufferPool, GetBuf, IoBuf, PoolBuf, SharedBuf};
 pub use dma::{
     DmaConfig, DmaDriver, DmaDriverBuilder, DmaOutcome, DmaStats, Rejected, SgList, TransferReport,
 };

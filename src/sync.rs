@@ -101,3 +101,21 @@ impl<T> ArrayQueue<T> {
         self.0.lock().unwrap().len()
     }
 }
+
+/// Thread parking for the pool's blocking waiters. Loom has no timed park: under loom a
+/// timed park waits until unparked (the models use no timeouts).
+#[cfg(loom)]
+pub(crate) use loom::thread::{current, park, Thread};
+#[cfg(not(loom))]
+pub(crate) use std::thread::{current, park, Thread};
+
+/// Park the current thread for at most `d` (see above for loom).
+pub(crate) fn park_timeout(d: std::time::Duration) {
+    #[cfg(loom)]
+    {
+        let _ = d;
+        loom::thread::park();
+    }
+    #[cfg(not(loom))]
+    std::thread::park_timeout(d);
+}

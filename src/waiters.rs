@@ -1,14 +1,19 @@
-//! `Waiters`: the blocking slow path of the buffer pool (waiting for a free slot); its wait
-//! shape ([`spin`], then [`sleep_until`]) is shared with the completion queue's sleepers.
+//! `Waiters`: the slow path of the buffer pool (gets waiting for a free slot, blocking or
+//! async), served oldest first by direct hand-off. Also the wait helpers [`spin`] (the
+//! pool's blocking gets and the completion queue) and [`sleep_until`] (the queue's
+//! sleepers).
 //!
-//! The fast paths stay lock-free: a producer (a slot returned) pays one fence and one
-//! relaxed load, and takes the lock only when a consumer is actually asleep. A consumer
-//! spins briefly (a producer mid-burst refills within microseconds, far sooner than a
-//! futex round trip), then registers as a waiter and sleeps.
+//! The fast paths stay lock-free: a producer (a slot returned to the shared list) pays one
+//! fence and one relaxed load, and takes the lock only when a consumer is actually
+//! registered. A consumer registers with a way to wake it (a task's [`Waker`] or a parked
+//! thread), re-checks, and is then *served*: the producer stores the item in the waiter's
+//! entry and wakes it, so a woken waiter never has to race anyone for what it was given.
 
+use std::collections::VecDeque;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use crate::sync::{fence, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{fence, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering, Thread};
 
 /// The instant `timeout` from now, or `None` ("never") when that is past what `Instant`
 /// can represent (e.g. `Duration::MAX`): a huge timeout waits forever, never panics.
@@ -16,68 +21,183 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
-/// Sleepers waiting for some lock-free structure to become non-empty.
+/// How to wake a registered waiter.
 #[derive(Debug)]
-pub(crate) struct Waiters {
-    /// Consumers registered (asleep or about to sleep). Producers notify only when it is
-    /// non-zero.
-    count: AtomicUsize,
-    lock: Mutex<()>,
-    cv: Condvar,
+pub(crate) enum Wakeup {
+    /// An async task, through the `Waker` of its latest poll.
+    Task(Waker),
+    /// A thread parked in a blocking wait.
+    Thread(Thread),
 }
 
-impl Waiters {
-    pub(crate) fn new() -> Waiters {
+impl Wakeup {
+    /// Wake the waiter. Call it outside the queue's lock: a waker may run arbitrary code
+    /// (an executor that polls inline would come straight back for the lock).
+    pub(crate) fn wake(self) {
+        match self {
+            Wakeup::Task(w) => w.wake(),
+            Wakeup::Thread(t) => t.unpark(),
+        }
+    }
+}
+
+/// One registered waiter.
+#[derive(Debug)]
+enum Entry<T> {
+    /// In the queue, not served yet.
+    Waiting(Wakeup),
+    /// Served (out of the queue): the item waits for its owner to claim it.
+    Served(T),
+}
+
+#[derive(Debug)]
+struct Queue<T> {
+    /// Every registered waiter, by key. A key stays valid until its owner removes the entry
+    /// (`poll` that claims an item, or `cancel`), so no other waiter can reuse it.
+    entries: slab::Slab<Entry<T>>,
+    /// Keys of the `Waiting` entries, oldest first.
+    order: VecDeque<usize>,
+}
+
+/// Consumers waiting for items a lock-free structure hands out (the pool: free slots),
+/// served in registration order.
+///
+/// The handshake (no lost wake-up): a producer publishes an item (pushes it onto the
+/// structure), then [`must_serve`](Self::must_serve) (a SeqCst fence, then a load of
+/// `waiting`) and, if true, serves the queue from the structure. A consumer
+/// [`register`](Self::register)s (a store of `waiting`, then a SeqCst fence), then serves
+/// the queue from the structure itself. Either the producer's load sees the registration,
+/// or the consumer's re-check after its fence sees the item (the two fences are ordered in
+/// the single total order of SeqCst operations, and whichever comes second sees the
+/// other side's store); either way the item reaches the queue's oldest waiter.
+#[derive(Debug)]
+pub(crate) struct Waiters<T> {
+    /// Waiters in the queue, not yet served (`order.len()`). Written only under the lock;
+    /// read without it as the producers' gate.
+    waiting: AtomicUsize,
+    queue: Mutex<Queue<T>>,
+}
+
+impl<T> Waiters<T> {
+    pub(crate) fn new() -> Waiters<T> {
         Waiters {
-            count: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            cv: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            queue: Mutex::new(Queue {
+                entries: slab::Slab::new(),
+                order: VecDeque::new(),
+            }),
         }
     }
 
-    /// Call after making something available (pushing an item, returning a slot).
-    pub(crate) fn notify(&self) {
-        // SeqCst fence pairs with the one in `wait_until`: either this load sees the
-        // consumer's registration (and we notify under the lock), or the consumer's
-        // re-check after registering sees what we just made available. No lost wake-up.
-        fence(Ordering::SeqCst, "waiters.notify");
-        if self.count.load(Ordering::Relaxed) > 0 {
-            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.cv.notify_all();
-        }
+    fn lock(&self) -> MutexGuard<'_, Queue<T>> {
+        // A poisoned lock only means a waker panicked elsewhere; the queue is consistent
+        // (no code under the lock panics).
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a consumer is registered (asleep or about to sleep) now. A Relaxed load with
-    /// no fence: a hint for a producer choosing where to put something, never a substitute
-    /// for [`notify`](Self::notify)'s handshake.
+    /// Whether a waiter is queued now. A Relaxed load with no fence: a hint for a
+    /// producer choosing where to put something, never a substitute for
+    /// [`must_serve`](Self::must_serve)'s handshake (or a fence pair of the caller's own).
+    #[inline]
     pub(crate) fn has_waiters(&self) -> bool {
-        self.count.load(Ordering::Relaxed) > 0
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
-    /// Run `take` until it yields something or `deadline` passes (never, if `None`).
-    pub(crate) fn wait_until<T>(
-        &self,
-        deadline: Option<Instant>,
-        mut take: impl FnMut() -> Option<T>,
-    ) -> Option<T> {
-        if let Some(v) = spin(&mut take) {
-            return Some(v);
+    /// Waiters queued now (a snapshot, for tests).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn waiting(&self) -> usize {
+        // Relaxed: a snapshot.
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The producer's half of the handshake, after publishing an item: whether a waiter
+    /// is queued and the caller must [`serve`](Self::serve) it.
+    #[inline]
+    pub(crate) fn must_serve(&self) -> bool {
+        // SeqCst fence pairs with the one in `register`: either this load sees the
+        // registration, or the waiter's re-check after registering sees the item we
+        // just published. Relaxed load: the fence orders it.
+        fence(Ordering::SeqCst, "waiters.publish");
+        self.has_waiters()
+    }
+
+    /// Queue a waiter, to be woken through `wake`; returns its key. The caller must then
+    /// re-check the structure ([`serve`](Self::serve) the queue from it), as the
+    /// handshake requires, and later claim its item with [`poll`](Self::poll) or give up
+    /// with [`cancel`](Self::cancel).
+    pub(crate) fn register(&self, wake: Wakeup) -> usize {
+        let mut q = self.lock();
+        let key = q.entries.insert(Entry::Waiting(wake));
+        q.order.push_back(key);
+        // Relaxed store (under the lock, which orders it against every other write of
+        // `waiting`) + SeqCst fence below: see `must_serve`.
+        self.waiting.store(q.order.len(), Ordering::Relaxed);
+        drop(q);
+        fence(Ordering::SeqCst, "waiters.register");
+        key
+    }
+
+    /// Serve the oldest waiter with what `take` yields (called under the lock, only if a
+    /// waiter is queued). Returns its wake-up, for the caller to
+    /// [`wake`](Wakeup::wake) once this returns; `None` when nobody waits or `take`
+    /// yields nothing.
+    ///
+    /// The item travels in the waiter's entry under the lock, so whatever the server did
+    /// before (to the slot's bytes) happens-before the waiter's claim.
+    pub(crate) fn serve(&self, take: impl FnOnce() -> Option<T>) -> Option<Wakeup> {
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        let &key = q.order.front()?;
+        let entry = q.entries.get_mut(key)?;
+        let item = take()?;
+        q.order.pop_front();
+        // Relaxed: under the lock (see `register`). A waiter taken off the books needs no
+        // producer's attention any more.
+        self.waiting.store(q.order.len(), Ordering::Relaxed);
+        match std::mem::replace(entry, Entry::Served(item)) {
+            Entry::Waiting(wake) => Some(wake),
+            // Unreachable: only `Waiting` entries are in `order`.
+            Entry::Served(_) => None,
         }
-        // Under loom, where `spin` does nothing, one try stands for it.
-        #[cfg(loom)]
-        if let Some(v) = take() {
-            return Some(v);
+    }
+
+    /// The owner of `key`: its item, if it has been served (the entry is then gone and the
+    /// key void); otherwise `None`, and `waker`, if given, replaces the one registered
+    /// (the latest poll's waker is the one to wake).
+    pub(crate) fn poll(&self, key: usize, waker: Option<&Waker>) -> Option<T> {
+        let mut q = self.lock();
+        match q.entries.get_mut(key)? {
+            Entry::Served(_) => match q.entries.try_remove(key) {
+                Some(Entry::Served(item)) => Some(item),
+                _ => None,
+            },
+            Entry::Waiting(Wakeup::Task(w)) => {
+                if let Some(new) = waker {
+                    if !w.will_wake(new) {
+                        *w = new.clone();
+                    }
+                }
+                None
+            }
+            Entry::Waiting(Wakeup::Thread(_)) => None,
         }
-        let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        // Relaxed increment + SeqCst fence: see `notify`.
-        self.count.fetch_add(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst, "waiters.wait_until");
-        let (g, got) = sleep_until(&self.cv, g, deadline, |_| take());
-        // Relaxed: the count only gates notifications; a stale non-zero value costs one
-        // spurious notify.
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        drop(g);
-        got
+    }
+
+    /// The owner of `key` gives up: the entry is removed (its wake-up dropped unused).
+    /// Returns the item if the waiter had been served already, for the caller to pass on.
+    pub(crate) fn cancel(&self, key: usize) -> Option<T> {
+        let mut q = self.lock();
+        match q.entries.try_remove(key)? {
+            Entry::Served(item) => Some(item),
+            Entry::Waiting(_) => {
+                if let Some(i) = q.order.iter().position(|&k| k == key) {
+                    q.order.remove(i);
+                }
+                // Relaxed: under the lock (see `register`).
+                self.waiting.store(q.order.len(), Ordering::Relaxed);
+                None
+            }
+        }
     }
 }
 
@@ -128,9 +248,9 @@ pub(crate) fn sleep_until<'a, G, T>(
     }
 }
 
-/// The Dekker handshake of a thread that sleeps somewhere the [`Waiters`] condvar cannot
-/// reach (in `io_uring_enter`, woken through the ring's eventfd) with the threads that
-/// hand it work through lock-free queues.
+/// The Dekker handshake of a thread that sleeps somewhere no [`Waiters`] queue can wake it
+/// (in `io_uring_enter`, woken through the ring's eventfd) with the threads that hand it
+/// work through lock-free queues.
 ///
 /// The sleeper [`announce`](SleepFlag::announce)s, re-checks its queues, sleeps if they
 /// are empty and [`clear`](SleepFlag::clear)s on waking; a waker publishes its work and

@@ -12,19 +12,21 @@
 //! for Weak Memory Models*, PPoPP 2013): its owner pushes and pops at the bottom, and any
 //! other thread may *steal* from the top. Stealing is what keeps a parked slot from being
 //! stranded: a `get` that finds the shared list empty steals from the other threads'
-//! magazines before it reports exhaustion or sleeps, and a sleeping `get` re-scans them
-//! periodically (see `PoolInner::take_wait`).
+//! magazines before it reports exhaustion or waits, and a waiting `get` (blocking or
+//! async) steals once more after it registers, through a handshake with `put` that no
+//! return can slip past (see `PoolInner::push_own`, `PoolInner::take_for_waiter`).
 //!
 //! Bound and policy:
 //! - a magazine holds at most `mag_cap = min(MAG_SLOTS, slots / (2 * MAGAZINES))` = `min(32,
 //!   slots / 16)` slots, and a pool has `MAGAZINES` = 8, so at most half of a pool is ever
 //!   parked; pools under 16 slots have no magazines (the shared list only);
 //! - `put` keeps the slot in the thread's magazine only while it has room and no `get` is
-//!   waiting; otherwise the slot goes to the shared list and wakes a waiter;
+//!   waiting; otherwise the slot goes to the oldest waiter, or to the shared list;
 //! - `get` takes from its own magazine (topping it up from the shared list when one slot
-//!   is left, so the owner rarely races a thief), then the shared list, then steals from
-//!   the other magazines; a waiting `get` re-scans at least every 2 ms, so a slot parked
-//!   in an idle thread's magazine reaches it within that time;
+//!   is left and no `get` waits, so the owner rarely races a thief), then the shared
+//!   list, then steals from the other magazines; a `get` that waits registers, then
+//!   steals what the magazines hold, so a slot parked in an idle thread's magazine never
+//!   keeps a waiter waiting;
 //! - a thread's exit, or its need for the cache entry (more than `CACHE_ENTRIES` pools
 //!   on one thread), hands its magazine back; the pool's last handle empties them all.
 //!

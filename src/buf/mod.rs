@@ -29,7 +29,7 @@ mod magazine;
 mod pool;
 mod pooled;
 
-pub use pool::{BufferPool, PoolBuilder, PoolGeometry, PoolStats};
+pub use pool::{BufferPool, GetBuf, PoolBuilder, PoolGeometry, PoolStats};
 pub use pooled::{IoBuf, PoolBuf, SharedBuf};
 
 pub(crate) use pool::PoolInner;

@@ -1,14 +1,19 @@
 //! The arena, its slots and the lock-free free list.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::ptr::NonNull;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use crate::waiters::{deadline_after, Waiters};
+use crate::sync::{
+    current, park, park_timeout, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+use crate::waiters::{deadline_after, spin, Waiters, Wakeup};
 
 use super::magazine::{asym, Magazine, MAGAZINES, MAG_SLOTS};
 use super::pooled::PoolBuf;
@@ -260,8 +265,10 @@ pub(crate) struct PoolInner {
     meta: Box<[SlotMeta]>,
     /// Slots owned by the kernel right now; maintained by the ring.
     in_flight: AtomicUsize,
-    /// Threads blocked in a waiting get; a returning slot wakes them.
-    waiters: Waiters,
+    /// Gets waiting for a slot — blocking (`get`, `get_timeout`) and async (`GetBuf`)
+    /// alike — oldest first. While one is queued, a returned slot goes straight to the
+    /// oldest (see `put_to_shared`) and no slot is parked in a magazine (see `push_own`).
+    waiters: Waiters<u32>,
     /// Per-thread caches of free slots (see `magazine`); slots in them count as free.
     mags: Box<[CachePadded<Magazine>]>,
     /// Most slots one magazine holds: `slots / (2 * MAGAZINES)`, at most `MAG_SLOTS`; 0
@@ -551,14 +558,20 @@ impl PoolInner {
     /// Taking the last slot of a magazine races thieves (the owner must CAS `top`);
     /// topping it up from the shared list first keeps a get/put loop on one thread off
     /// that path: it pops with a compiler fence and no atomic read-modify-write.
+    ///
+    /// Through `push_own`, like a return: a slot must not move into a magazine while a
+    /// get waits (it could stay there, out of the waiter's reach, if this thread idles).
     #[cold]
     fn refill(this: &Arc<Self>, m: &Magazine) {
-        while m.len() < this.mag_cap {
+        // Relaxed `has_waiters`: a hint; `push_own` decides.
+        while m.len() < this.mag_cap && !this.waiters.has_waiters() {
             let Some(slot) = this.free.pop() else { break };
             // Credit first: once pushed, a thief may adopt the slot's credit.
             PoolInner::credit(this, 1);
-            if !m.push(slot, this.mag_cap) {
+            if !this.push_own(m, slot) {
                 this.put_shared(slot);
+                PoolInner::publish(this);
+                // `this` is a strong reference of the caller's: this releases no pool.
                 this.uncredit(1);
                 break;
             }
@@ -567,35 +580,130 @@ impl PoolInner {
 
     /// Return a slot. To this thread's magazine while it has room and nobody waits for a
     /// slot: then the slot's credit stays with it and this returns `true` (the caller
-    /// forgets its `Arc`). Otherwise to the shared free list, waking a waiting get, and
-    /// `false` (the caller drops its `Arc`, releasing the credit).
+    /// forgets its `Arc`). Otherwise to the oldest waiting get, or to the shared free list,
+    /// and `false` (the caller drops its `Arc`, releasing the credit).
     ///
     /// After `true` the pool may already be freed (an orphaned pool's last slot): the
     /// caller must not touch it again.
     #[inline]
     pub(crate) fn put(this: &Arc<Self>, slot: u32) -> bool {
         this.mark(slot, CHECKED_OUT, FREE);
-        // Relaxed `has_waiters`: a fast hint only. A waiter that registers just after we
-        // looked finds the slot by stealing when it re-scans (see `take_wait`).
+        // Relaxed `has_waiters`: a fast hint that spares the magazine's protocol while a
+        // get waits; `push_own` checks again where it counts, after its fence.
         if this.mag_cap > 0
             && !this.waiters.has_waiters()
             && with_magazine(this, |m| this.push_own(m, slot)) == Some(true)
         {
             return true;
         }
-        this.put_to_shared(slot)
+        PoolInner::put_to_shared(this, slot)
     }
 
-    /// `put` past this thread's magazine.
+    /// `put` past this thread's magazine: hand the slot to the oldest waiting get, if one
+    /// is queued, else push it onto the shared list (and serve a get that registered
+    /// meanwhile: the handshake's publishing half).
+    ///
+    /// The hand-off gives the slot a fresh credit (the waiter's `PoolBuf` adopts it) and
+    /// returns `false`, so the caller's own `Arc` keeps the pool alive until the waiter
+    /// has been woken and then releases the returned slot's old credit.
     #[cold]
-    fn put_to_shared(&self, slot: u32) -> bool {
-        self.put_shared(slot);
-        self.waiters.notify();
+    fn put_to_shared(this: &Arc<Self>, slot: u32) -> bool {
+        // Relaxed `has_waiters`: a hint. A waiter missed here (it registers just now) is
+        // served by the handshake below, from the shared list.
+        if this.waiters.has_waiters() {
+            let mut slot = Some(slot);
+            let served = this.waiters.serve(|| {
+                let s = slot.take()?;
+                PoolInner::credit(this, 1);
+                this.mark(s, FREE, CHECKED_OUT);
+                Some(s)
+            });
+            if let Some(wake) = served {
+                wake.wake();
+                return false;
+            }
+            // The queue emptied meanwhile: the slot is still ours.
+            let Some(s) = slot else { return false };
+            this.put_shared(s);
+        } else {
+            this.put_shared(slot);
+        }
+        PoolInner::publish(this);
         false
     }
 
-    /// Push into this thread's magazine `m`; `false` if it is full or the pool is orphaned
-    /// (the slot and its credit stay the caller's).
+    /// After pushing slots onto the shared list: if a get registered meanwhile, serve it
+    /// from the list (the fence in `must_serve` pairs with the one in `Waiters::register`;
+    /// see there).
+    #[inline]
+    fn publish(this: &Arc<Self>) {
+        if this.waiters.must_serve() {
+            PoolInner::serve_waiters(this, false);
+        }
+    }
+
+    /// Serve queued gets, oldest first, while slots are to be had: from the shared list,
+    /// and (`scan`, for a waiter that just registered) from every magazine.
+    fn serve_waiters(this: &Arc<Self>, scan: bool) {
+        while let Some(wake) = this
+            .waiters
+            .serve(|| PoolInner::take_for_waiter(this, scan))
+        {
+            wake.wake();
+        }
+    }
+
+    /// A free slot with its credit, for a waiter (under the waiters' lock): the shared
+    /// list, then, if `scan`, the magazines.
+    ///
+    /// The scan is the registering half of the magazine handshake (see `push_own`): the
+    /// caller has registered and issued the heavy fence, so a return that did not see the
+    /// registration is either visible here or still inside its `busy` window, which
+    /// `wait_idle` waits out; after the Acquire of `busy` cleared, the Relaxed `len`
+    /// sees the push (the owner's `bottom` store happens-before its Release clear).
+    fn take_for_waiter(this: &Arc<Self>, scan: bool) -> Option<u32> {
+        let slot = match this.free.pop() {
+            Some(slot) => {
+                // Off the shared list: the slot gets its credit now.
+                PoolInner::credit(this, 1);
+                slot
+            }
+            // A stolen slot carries its magazine credit.
+            None if scan => this.mags.iter().find_map(|m| {
+                m.wait_idle();
+                if m.len() > 0 {
+                    m.steal()
+                } else {
+                    None
+                }
+            })?,
+            None => return None,
+        };
+        this.mark(slot, FREE, CHECKED_OUT);
+        Some(slot)
+    }
+
+    /// Queue a waiting get (woken through `wake`) and serve the queue from whatever is
+    /// free now — the registering half of both handshakes: the shared list's (the fence
+    /// in `Waiters::register`) and the magazines' (the heavy fence here, the other half of
+    /// the light one in `push_own`). Returns the waiter's key; it may be served already.
+    fn register(this: &Arc<Self>, wake: Wakeup) -> usize {
+        let key = this.waiters.register(wake);
+        if this.mag_cap > 0 {
+            asym::heavy("pool.register");
+        }
+        PoolInner::serve_waiters(this, true);
+        key
+    }
+
+    /// Push into this thread's magazine `m`; `false` if it is full, the pool is orphaned or
+    /// a get waits (the slot and its credit stay the caller's).
+    ///
+    /// The same fence pair keeps a slot from being parked out of a waiter's reach: a get
+    /// registers (`waiters`), issues the heavy fence, then waits out each magazine's
+    /// `busy` window and steals (see `take_for_waiter`). Either the load of `waiters`
+    /// here sees the registration (and the slot goes to the waiter instead), or the
+    /// waiter sees this push.
     ///
     /// Once pushed, the slot's credit may be taken by a thief or by `orphan`, and the pool
     /// freed by whoever releases the last strong count — so the push must be this
@@ -608,14 +716,17 @@ impl PoolInner {
     fn push_own(&self, m: &Magazine, slot: u32) -> bool {
         m.set_busy(true);
         asym::light("pool.put");
-        // Relaxed: ordered by the fence pair above.
-        let kept = !self.orphaned.load(Ordering::Relaxed) && m.push(slot, self.mag_cap);
+        // Relaxed loads: ordered by the fence pairs above.
+        let kept = !self.orphaned.load(Ordering::Relaxed)
+            && !self.waiters.has_waiters()
+            && m.push(slot, self.mag_cap);
         m.set_busy(false);
         kept
     }
 
     /// The last handle is gone: no slot will be taken again, so empty every magazine
-    /// (their owners may be idle forever) and release their credits.
+    /// (their owners may be idle forever) and release their credits. No get waits (each
+    /// holds a handle), so the slots go to the shared list with nobody to serve.
     fn orphan(&self) {
         if self.mag_cap == 0 {
             return;
@@ -646,50 +757,61 @@ impl PoolInner {
         }
     }
 
-    /// Empty magazine `i` (owned by the caller) onto the shared list, release its credits
-    /// and give it up. The caller holds a strong reference.
+    /// Empty magazine `i` (owned by the caller) onto the shared list, serving waiting
+    /// gets, release its credits and give it up. The caller holds a strong reference.
     #[cfg(not(loom))]
-    fn hand_back(&self, i: usize) {
-        let m = &self.mags[i];
+    fn hand_back(this: &Arc<Self>, i: usize) {
+        let m = &this.mags[i];
         let mut n = 0;
         while let Some(slot) = m.pop() {
-            self.put_shared(slot);
+            this.put_shared(slot);
             n += 1;
         }
         m.release();
         if n > 0 {
-            self.waiters.notify();
+            PoolInner::publish(this);
         }
-        self.uncredit(n);
+        this.uncredit(n);
     }
 
     /// Take a slot, waiting up to `timeout` (forever if `None`) for one to be returned.
     ///
-    /// A slot returned to another thread's magazine wakes nobody (that is what keeps
-    /// `put` cheap); the waiter steals it instead. `put` skips the magazine while anyone
-    /// waits, and since that check may race with a waiter registering, a waiter with
-    /// magazines to watch sleeps at most `RESCAN` before it looks again: a slot parked in
-    /// an idle thread's magazine is found within that time, never stranded.
+    /// Spins briefly (a returning thread mid-burst refills within microseconds, far sooner
+    /// than a futex round trip), then queues behind the gets already waiting and parks
+    /// until served: returned slots go to the waiters oldest first (see `Waiters`).
+    ///
+    /// It parks the thread (`std::thread::park`, as `std::sync::mpsc` does): an unpark
+    /// meant for other code on this thread only costs a re-check here, but one that
+    /// arrives while we wait is consumed, as with any blocking call inside a
+    /// park-based executor.
     pub(crate) fn take_wait(this: &Arc<Self>, timeout: Option<Duration>) -> Option<u32> {
-        const RESCAN: Duration = Duration::from_millis(2);
         let deadline = timeout.and_then(deadline_after);
-        if this.mag_cap == 0 {
-            return this
-                .waiters
-                .wait_until(deadline, || PoolInner::try_take(this));
+        if let Some(slot) = spin(&mut || PoolInner::try_take(this)) {
+            return Some(slot);
         }
+        // Under loom, where `spin` does nothing, one try stands for it.
+        #[cfg(loom)]
+        if let Some(slot) = PoolInner::try_take(this) {
+            return Some(slot);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        let key = PoolInner::register(this, Wakeup::Thread(current()));
         loop {
-            let now = std::time::Instant::now();
-            let step = now.checked_add(RESCAN);
-            let until = match (deadline, step) {
-                (Some(d), Some(s)) => Some(d.min(s)),
-                (d, s) => d.or(s),
-            };
-            if let Some(slot) = this.waiters.wait_until(until, || PoolInner::try_take(this)) {
+            if let Some(slot) = this.waiters.poll(key, None) {
                 return Some(slot);
             }
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                return None;
+            match deadline {
+                None => park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        // Served at the last moment: keep it, rather than pass it on.
+                        return this.waiters.cancel(key);
+                    }
+                    park_timeout(d - now);
+                }
             }
         }
     }
@@ -737,7 +859,7 @@ impl CacheEntry {
     /// Hand the magazine back to its pool, if the pool still exists.
     fn hand_back(self) {
         if let (Some(i), Some(pool)) = (self.mag, self.pool.upgrade()) {
-            pool.hand_back(i);
+            PoolInner::hand_back(&pool, i);
         }
     }
 }
@@ -924,6 +1046,10 @@ impl BufferPool {
     /// Take a buffer, waiting up to `timeout` for one to be returned (by any thread).
     /// A `timeout` too large to add to the current instant (e.g. `Duration::MAX`) waits
     /// forever.
+    ///
+    /// A waiting get queues behind the gets already waiting, blocking and
+    /// [async](Self::get_async) alike, and is served in that order (see
+    /// [`get_async`](Self::get_async) for the guarantees).
     pub fn get_timeout(&self, timeout: Duration) -> Result<PoolBuf> {
         match PoolInner::take_wait(&self.inner, Some(timeout)) {
             Some(slot) => Ok(PoolBuf::adopt(&self.inner, slot)),
@@ -931,12 +1057,91 @@ impl BufferPool {
         }
     }
 
-    /// Take a buffer, waiting as long as it takes for one to be returned.
+    /// Take a buffer, waiting as long as it takes for one to be returned (in line with the
+    /// other waiting gets, as [`get_timeout`](Self::get_timeout)). Waits forever if no
+    /// buffer ever comes back (all held, or leaked).
     pub fn get(&self) -> PoolBuf {
         loop {
             if let Some(slot) = PoolInner::take_wait(&self.inner, None) {
                 return PoolBuf::adopt(&self.inner, slot);
             }
+        }
+    }
+
+    /// Take a buffer without blocking a thread: a future that resolves to a [`PoolBuf`]
+    /// as soon as one is free. It works on any executor (it uses only `std`'s
+    /// [`Waker`](std::task::Waker)) and owns a handle of the pool, so it is `'static` and
+    /// `Send` (for `spawn`), and the pool lives at least as long as it.
+    ///
+    /// - **Fast path:** a buffer free at the first poll is returned by that poll; nothing
+    ///   is registered or allocated (creating the future clones the handle: two atomic
+    ///   increments).
+    /// - **Waiting:** otherwise the future queues behind the gets already waiting —
+    ///   [`get`](Self::get)/[`get_timeout`](Self::get_timeout) callers and other futures
+    ///   alike — and is woken once, when a buffer has been *handed* to it: a returned
+    ///   buffer goes straight to the oldest waiter, never to the shared list while anyone
+    ///   waits, so the woken future cannot lose it to a later waiter or to
+    ///   [`try_get`](Self::try_get). No spinning, no periodic wake-ups. Registering
+    ///   allocates only when the wait queue grows past its largest size so far (and if
+    ///   the executor's `Waker::clone` allocates).
+    /// - **Fairness:** waiters are served in the order they registered (a future at its
+    ///   first pending poll, a blocking get after a brief spin), so none starves while
+    ///   buffers come back: the `n`th waiter in line is served by the `n`th buffer
+    ///   returned after it registered, at the latest. Only a get that has not registered
+    ///   (`try_get`, a first poll, a blocking get's spin) can take a free buffer ahead of
+    ///   the line, and while anyone waits a buffer is free only for the moment before a
+    ///   registration serves it to the line.
+    /// - **Cancel-safe:** dropping the future at any point loses nothing: before it was
+    ///   served it leaves the queue (its waker dropped unused); after a buffer was handed to
+    ///   it but before it was polled, the buffer goes back to the pool — to the next waiter,
+    ///   if any. An executor's timeout around it is thus the async
+    ///   [`get_timeout`](Self::get_timeout).
+    /// - **No buffer ever returned:** as with [`get`](Self::get), the future stays pending
+    ///   for as long as every buffer is held (or leaked). It cannot outlive the pool: it
+    ///   holds a handle, so dropping every other handle does not end the pool.
+    ///
+    /// Polling the future again after it resolved takes another buffer.
+    ///
+    /// ```
+    /// use std::future::Future;
+    /// use std::pin::pin;
+    /// use std::sync::Arc;
+    /// use std::task::{Context, Poll, Wake, Waker};
+    ///
+    /// /// A minimal executor: poll on this thread, park between polls.
+    /// fn block_on<F: Future>(fut: F) -> F::Output {
+    ///     struct Unpark(std::thread::Thread);
+    ///     impl Wake for Unpark {
+    ///         fn wake(self: Arc<Self>) {
+    ///             self.0.unpark();
+    ///         }
+    ///     }
+    ///     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    ///     let mut cx = Context::from_waker(&waker);
+    ///     let mut fut = pin!(fut);
+    ///     loop {
+    ///         if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+    ///             return v;
+    ///         }
+    ///         std::thread::park();
+    ///     }
+    /// }
+    ///
+    /// let pool = iocomplete::BufferPool::builder().slots(1).slot_len(4096).build()?;
+    /// let held = pool.try_get()?;
+    /// let next = pool.get_async(); // 'static: could be spawned on any executor
+    /// let returner = std::thread::spawn(move || drop(held));
+    /// let mut buf = block_on(next); // woken when `held` comes back
+    /// buf.extend_from_slice(b"hello")?;
+    /// returner.join().unwrap();
+    /// drop(buf);
+    /// assert_eq!(pool.stats().free, 1);
+    /// # Ok::<(), iocomplete::Error>(())
+    /// ```
+    pub fn get_async(&self) -> GetBuf {
+        GetBuf {
+            pool: self.clone(),
+            key: None,
         }
     }
 
@@ -962,9 +1167,63 @@ impl BufferPool {
     }
 }
 
+/// The future of [`BufferPool::get_async`]: resolves to a [`PoolBuf`] when a buffer is
+/// free. Dropping it before then cancels the wait and loses nothing (see there).
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct GetBuf {
+    /// A handle: keeps the pool (and its ability to hand out slots) alive while we wait.
+    pool: BufferPool,
+    /// Our entry in the pool's wait queue, once registered (`None` before the first
+    /// poll that found no slot, and again after the one that took it).
+    key: Option<usize>,
+}
+
+impl Future for GetBuf {
+    type Output = PoolBuf;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PoolBuf> {
+        let this = self.get_mut();
+        let inner = &this.pool.inner;
+        let key = match this.key {
+            Some(key) => key,
+            None => {
+                if let Some(slot) = PoolInner::try_take(inner) {
+                    return Poll::Ready(PoolBuf::adopt(inner, slot));
+                }
+                let key = PoolInner::register(inner, Wakeup::Task(cx.waker().clone()));
+                this.key = Some(key);
+                key
+            }
+        };
+        match inner.waiters.poll(key, Some(cx.waker())) {
+            Some(slot) => {
+                this.key = None;
+                Poll::Ready(PoolBuf::adopt(inner, slot))
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for GetBuf {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            if let Some(slot) = self.pool.inner.waiters.cancel(key) {
+                // Served, never claimed: return it (to the next waiter, if any). Before
+                // our handle goes (the fields drop after this).
+                drop(PoolBuf::adopt(&self.pool.inner, slot));
+            }
+        }
+    }
+}
+
 pub(crate) const fn round_up(n: usize, align: usize) -> usize {
     (n + align - 1) & !(align - 1)
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+
+#[cfg(all(test, loom))]
+mod loom_tests;

@@ -2,22 +2,53 @@ use super::*;
 use crate::sync::mutation::without_fence;
 use crate::sync::{Arc, AtomicBool};
 
+/// The consumer's take of the one item, if it is there.
+fn take(item: &AtomicBool) -> Option<u32> {
+    // Acquire: pairs with the producer's Release store (the item's publication).
+    item.compare_exchange(true, false, Ordering::Acquire, Ordering::Relaxed)
+        .is_ok()
+        .then_some(7)
+}
+
+/// Serve the queue from `item`, waking whoever is served (outside the lock).
+fn serve_from(w: &Waiters<u32>, item: &AtomicBool) {
+    while let Some(wake) = w.serve(|| take(item)) {
+        wake.wake();
+    }
+}
+
 /// The handshake alone, over the weakest publication a lock-free structure gives
-/// (`crossbeam`'s `ArrayQueue` publishes a slot with a Release store and takes it
-/// with an Acquire load): a consumer about to sleep never misses the item. (The
-/// consumer only loads: loom 0.7 mis-orders a consumer's `swap` against the producer's
-/// store — the producer then reads back a value older than its own store.)
+/// (`crossbeam`'s `ArrayQueue` publishes a slot with a Release store and takes it with an
+/// Acquire read-modify-write): a producer publishes one item and serves the queue if it
+/// must; a consumer tries, registers, serves the queue itself (the re-check), then parks
+/// until served. It must get the item: a lost wake-up leaves it parked forever, which
+/// loom reports as a deadlock.
 fn handshake() {
     loom::model(|| {
-        let w = Arc::new(Waiters::new());
+        let w = Arc::new(Waiters::<u32>::new());
         let item = Arc::new(AtomicBool::new(false));
         let (w2, item2) = (w.clone(), item.clone());
         let t = loom::thread::spawn(move || {
             item2.store(true, Ordering::Release);
-            w2.notify();
+            if w2.must_serve() {
+                serve_from(&w2, &item2);
+            }
         });
-        let got = w.wait_until(None, || item.load(Ordering::Acquire).then_some(()));
-        assert_eq!(got, Some(()));
+        let got = match take(&item) {
+            Some(v) => v,
+            None => {
+                let key = w.register(Wakeup::Thread(crate::sync::current()));
+                serve_from(&w, &item);
+                loop {
+                    if let Some(v) = w.poll(key, None) {
+                        break v;
+                    }
+                    crate::sync::park();
+                }
+            }
+        };
+        assert_eq!(got, 7);
+        assert!(!w.has_waiters());
         t.join().unwrap();
     });
 }
@@ -32,15 +63,40 @@ fn no_lost_wakeup_over_release_acquire_publication() {
 /// consumer sleeps forever.
 #[test]
 #[should_panic(expected = "deadlock")]
-fn without_the_notify_fence_a_wakeup_is_lost() {
-    without_fence("waiters.notify", handshake);
+fn without_the_publish_fence_a_wakeup_is_lost() {
+    without_fence("waiters.publish", handshake);
 }
 
 /// Mutation: the same without the consumer's fence after it registers.
 #[test]
 #[should_panic(expected = "deadlock")]
-fn without_the_wait_fence_a_wakeup_is_lost() {
-    without_fence("waiters.wait_until", handshake);
+fn without_the_register_fence_a_wakeup_is_lost() {
+    without_fence("waiters.register", handshake);
+}
+
+/// A waiter served and cancelled at the same time: the item is either claimed by the
+/// cancel (for the caller to pass on) or never handed out; never lost, never both.
+#[test]
+fn cancel_racing_a_serve_loses_nothing() {
+    loom::model(|| {
+        let w = Arc::new(Waiters::<u32>::new());
+        let key = w.register(Wakeup::Thread(crate::sync::current()));
+        let w2 = w.clone();
+        let t = loom::thread::spawn(move || {
+            let mut item = Some(9);
+            if let Some(wake) = w2.serve(|| item.take()) {
+                wake.wake();
+            }
+            item
+        });
+        let back = w.cancel(key);
+        let unserved = t.join().unwrap();
+        assert!(
+            back.is_some() != unserved.is_some(),
+            "item lost or duplicated: cancel got {back:?}, server kept {unserved:?}"
+        );
+        assert!(!w.has_waiters());
+    });
 }
 
 /// The sleeper/waker handshake: either the sleeper's re-check sees the work or the

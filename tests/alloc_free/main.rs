@@ -8,6 +8,7 @@ mod common;
 
 mod fifo;
 mod machines;
+mod pool;
 mod reader;
 mod ring;
 mod split;

@@ -1,6 +1,6 @@
 use super::*;
 use crate::sync::mutation::without_fence;
-use crate::sync::Arc;
+use crate::sync::{Arc, AtomicUsize};
 
 /// The hand-back: the owner holds two slots and gives its magazine back (pops
 /// everything, as a thread's exit or a cache eviction does) while another thread
@@ -127,4 +127,63 @@ fn without_the_put_fence_an_orphaned_slot_is_stranded() {
 #[should_panic(expected = "stranded")]
 fn without_the_orphan_fence_an_orphaned_slot_is_stranded() {
     without_fence("pool.orphan", orphan_handshake);
+}
+
+/// The waiting handshake of `PoolInner::push_own` and `PoolInner::register` /
+/// `take_for_waiter`, step for step: a buffer returned to its thread's magazine while a
+/// get registers as a waiter. Either the returning thread sees the waiter (and the slot
+/// goes to it through the shared path instead), or the waiter's scan — wait out the
+/// owner's `busy` window, then `len`, then steal — finds the slot: never neither (the
+/// slot would sit in the magazine of a thread that may never get again while the waiter
+/// waits forever), never both.
+///
+/// (`Waiters::register` issues a SeqCst fence of its own before the heavy one; it is left
+/// out here because outside loom the owner's side is a compiler fence, which only the
+/// heavy `membarrier` pairs with.)
+fn register_handshake() {
+    loom::model(|| {
+        let m = Arc::new(Magazine::new());
+        let waiting = Arc::new(AtomicUsize::new(0));
+        assert!(m.claim());
+        let (m2, w2) = (m.clone(), waiting.clone());
+        let waiter = loom::thread::spawn(move || {
+            w2.store(1, Ordering::Relaxed);
+            asym::heavy("pool.register");
+            m2.wait_idle();
+            if m2.len() > 0 {
+                m2.steal()
+            } else {
+                None
+            }
+        });
+        m.set_busy(true);
+        asym::light("pool.put");
+        let kept = waiting.load(Ordering::Relaxed) == 0 && m.push(5, 1);
+        m.set_busy(false);
+        // Not kept: the returning thread hands it to the waiter itself.
+        let mut got = if kept { Vec::new() } else { vec![5] };
+        got.extend(waiter.join().unwrap());
+        assert_eq!(
+            got,
+            [5],
+            "slot stranded in a magazine while a get waits, or taken twice"
+        );
+    });
+}
+
+#[test]
+fn slot_returned_while_a_get_registers_is_never_stranded() {
+    register_handshake();
+}
+
+#[test]
+#[should_panic(expected = "stranded")]
+fn without_the_put_fence_a_waiter_is_stranded() {
+    without_fence("pool.put", register_handshake);
+}
+
+#[test]
+#[should_panic(expected = "stranded")]
+fn without_the_register_fence_a_waiter_is_stranded() {
+    without_fence("pool.register", register_handshake);
 }

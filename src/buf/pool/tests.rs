@@ -197,3 +197,98 @@ fn regions_cover_arena_in_at_most_1gib() {
     assert_eq!(regions.iter().map(|r| r.1).sum::<usize>(), g.arena_len);
     assert_eq!(pool.inner.region_of(4), 1);
 }
+
+/// A waker that counts its wake-ups.
+struct Count(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Count {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn poll_get(f: &mut GetBuf, c: &std::sync::Arc<Count>) -> Poll<PoolBuf> {
+    let waker = std::task::Waker::from(c.clone());
+    Pin::new(f).poll(&mut Context::from_waker(&waker))
+}
+
+/// Wait (bounded) until `cond` holds.
+fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// One line for blocking and async gets: a future, then a blocking `get_timeout`, then
+/// another future register; three returns serve them in that order.
+#[test]
+fn blocking_and_async_waiters_are_served_in_registration_order() {
+    for slots in [1usize, 32] {
+        let pool = pool(slots);
+        let mut held: Vec<_> = (0..slots).map(|_| pool.try_get().unwrap()).collect();
+        let waiting = || pool.inner.waiters.waiting();
+        let (c1, c3) = (
+            std::sync::Arc::new(Count(0.into())),
+            std::sync::Arc::new(Count(0.into())),
+        );
+        let mut f1 = pool.get_async();
+        assert!(poll_get(&mut f1, &c1).is_pending());
+        assert_eq!(waiting(), 1);
+        let (got_tx, got_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let p = pool.clone();
+        let t = std::thread::spawn(move || {
+            let b = p.get_timeout(Duration::from_secs(10)).unwrap();
+            got_tx.send(()).unwrap();
+            go_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            drop(b);
+        });
+        until("the blocking get to register", || waiting() == 2);
+        let mut f3 = pool.get_async();
+        assert!(poll_get(&mut f3, &c3).is_pending());
+        assert_eq!(waiting(), 3);
+
+        drop(held.pop());
+        assert_eq!(waiting(), 2);
+        assert_eq!(c1.0.load(Ordering::SeqCst), 1);
+        let Poll::Ready(b1) = poll_get(&mut f1, &c1) else {
+            panic!("{slots} slots: first waiter woken but pending")
+        };
+
+        drop(b1);
+        got_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the blocking get, second in line, was not served");
+        assert_eq!(waiting(), 1);
+        assert_eq!(c3.0.load(Ordering::SeqCst), 0);
+        assert!(poll_get(&mut f3, &c3).is_pending());
+
+        go_tx.send(()).unwrap();
+        until("the third waiter to be woken", || {
+            c3.0.load(Ordering::SeqCst) == 1
+        });
+        let Poll::Ready(b3) = poll_get(&mut f3, &c3) else {
+            panic!("{slots} slots: third waiter woken but pending")
+        };
+        t.join().unwrap();
+        assert_eq!(waiting(), 0);
+        drop((b3, f1, f3, held));
+        assert_eq!(pool.stats().free, slots);
+    }
+}
+
+/// A blocking get that times out leaves the line.
+#[test]
+fn timed_out_get_leaves_the_line() {
+    for slots in [1usize, 32] {
+        let pool = pool(slots);
+        let held: Vec<_> = (0..slots).map(|_| pool.try_get().unwrap()).collect();
+        let e = pool.get_timeout(Duration::from_millis(5)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PoolExhausted);
+        assert_eq!(pool.inner.waiters.waiting(), 0);
+        drop(held);
+        assert_eq!(pool.stats().free, slots);
+    }
+}
