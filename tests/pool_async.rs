@@ -453,3 +453,40 @@ fn futures_keep_the_pool_alive() {
     t.join().unwrap();
     assert_eq!(b.capacity(), 4096);
 }
+
+/// A blocking `get` inside a bare park/unpark executor (`common::block_on`): the task's
+/// wake-up arrives while `get` is parked and is consumed there. `get` hands the token on
+/// as it leaves, so the executor still sees it and polls again instead of sleeping
+/// forever.
+#[test]
+fn a_blocking_get_does_not_swallow_an_executors_wakeup() {
+    let _w = watchdog("a_blocking_get_does_not_swallow_an_executors_wakeup", 20);
+    let p = pool(1);
+    let held = p.try_get().unwrap();
+    // The slot comes back only after the task's own wake-up has been sent.
+    let returner = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(held);
+    });
+    let mut polls = 0;
+    let mut got = None;
+    let (p2, got_ref, polls_ref) = (p.clone(), &mut got, &mut polls);
+    common::block_on(std::future::poll_fn(move |cx| {
+        *polls_ref += 1;
+        if *polls_ref == 1 {
+            // Wake this task in 50 ms — while `get` below is parked.
+            let waker = cx.waker().clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                waker.wake();
+            });
+            *got_ref = Some(p2.get());
+            return Poll::Pending;
+        }
+        Poll::Ready(())
+    }));
+    returner.join().unwrap();
+    assert_eq!(polls, 2);
+    drop(got);
+    all_back(&p, "after the blocking get");
+}

@@ -363,21 +363,6 @@ fn spawn_outside_a_runtime_is_a_typed_error() {
     assert!(matches!(e.kind(), ErrorKind::InvalidInput { .. }), "{e:?}");
 }
 
-// TEMPORARY until BufferPool::get_async lands.
-trait GetAsyncShim {
-    async fn get_async(&self) -> iocomplete::PoolBuf;
-}
-impl GetAsyncShim for BufferPool {
-    async fn get_async(&self) -> iocomplete::PoolBuf {
-        loop {
-            if let Ok(b) = self.try_get() {
-                return b;
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-}
-
 /// `tokio_cat PATH...` writes exactly what `cat PATH...` writes: files of every size
 /// around its chunk and window, more files than it reads at once, a FIFO fed slowly, and
 /// stdin (a pipe) in the middle; to a pipe and to a regular file.

@@ -780,35 +780,47 @@ impl PoolInner {
     /// than a futex round trip), then queues behind the gets already waiting and parks
     /// until served: returned slots go to the waiters oldest first (see `Waiters`).
     ///
-    /// It parks the thread (`std::thread::park`, as `std::sync::mpsc` does): an unpark
-    /// meant for other code on this thread only costs a re-check here, but one that
-    /// arrives while we wait is consumed, as with any blocking call inside a
-    /// park-based executor.
+    /// It parks the thread (`std::thread::park`, as `std::sync::mpsc` does). An unpark
+    /// meant for other code on this thread (a park-based executor's waker) may arrive
+    /// while we wait and be consumed here: on the way out, a thread that parked unparks
+    /// itself, handing such a token on — its next `park` returns at once, which `park`'s
+    /// contract allows (spurious wake-ups), instead of sleeping through a wake-up.
     pub(crate) fn take_wait(this: &Arc<Self>, timeout: Option<Duration>) -> Option<u32> {
+        let (slot, parked) = Self::take_parked(this, timeout);
+        if parked {
+            current().unpark();
+        }
+        slot
+    }
+
+    /// [`take_wait`](Self::take_wait): the slot, and whether the thread parked.
+    fn take_parked(this: &Arc<Self>, timeout: Option<Duration>) -> (Option<u32>, bool) {
         let deadline = timeout.and_then(deadline_after);
         if let Some(slot) = spin(&mut || PoolInner::try_take(this)) {
-            return Some(slot);
+            return (Some(slot), false);
         }
         // Under loom, where `spin` does nothing, one try stands for it.
         #[cfg(loom)]
         if let Some(slot) = PoolInner::try_take(this) {
-            return Some(slot);
+            return (Some(slot), false);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            return None;
+            return (None, false);
         }
         let key = PoolInner::register(this, Wakeup::Thread(current()));
+        let mut parked = false;
         loop {
             if let Some(slot) = this.waiters.poll(key, None) {
-                return Some(slot);
+                return (Some(slot), parked);
             }
+            parked = true;
             match deadline {
                 None => park(),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         // Served at the last moment: keep it, rather than pass it on.
-                        return this.waiters.cancel(key);
+                        return (this.waiters.cancel(key), parked);
                     }
                     park_timeout(d - now);
                 }

@@ -24,7 +24,7 @@
 //!     let (ring, driver) = iocomplete::tokio::spawn(ring)?;
 //!
 //!     let file = ring.register(f)?;
-//!     let buf = pool.try_get()?;
+//!     let buf = pool.get_async().await; // waits for a free slot
 //!     let done = ring.submit_future(Op::read(file, 0, buf)).await;
 //!     assert_eq!(done.into_result()?.data(), b"read from a tokio task");
 //!
