@@ -31,7 +31,15 @@
 //! An invalid request (misaligned direct I/O, zero length, a buffer too small, a closed
 //! target, a wrong-kind target) completes the same way, with a typed error, without a
 //! syscall. A dropped [`Ticket`] or [`OpFuture`] does not free anything early: the ring
-//! parks the operation's buffers until the kernel's completion arrives.
+//! parks the operation's buffers until the kernel's completion arrives. Dropping an
+//! [`OpFuture`] also cancels its operation (see [`OpFuture`]); a dropped [`Ticket`] lets
+//! it run to its end.
+//!
+//! Who drives the ring: the thread that owns it ([`Ring::run_once`] and friends, the
+//! drivers' [`Driver::run`]), a thread of its own ([`Ring::spawn`]), a tokio task
+//! (`iocomplete::tokio::spawn`, feature `tokio`), or any event loop that waits for the
+//! ring's descriptor ([`AsFd`]) and calls [`Ring::poll_complete`]. Other threads and tasks
+//! use it through a [`RingHandle`].
 
 mod buf_ring;
 mod completion;
