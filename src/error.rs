@@ -19,9 +19,11 @@ pub enum ErrorKind {
     /// The operation's deadline expired before it finished.
     TimedOut,
     /// The ring was dropped and the kernel did not return the operation within the drop's
-    /// grace period (10 s after cancelling it; a device that never answers). Its outcome
-    /// is unknown, and its buffers are leaked — never reused, since the kernel may still
-    /// write them — so the completion carries none.
+    /// grace period (10 s after cancelling it; a device that never answers) — or at once,
+    /// when a single-issuer ring is dropped on a thread other than the one that drove it,
+    /// which the kernel lets neither cancel nor wait. Its outcome is unknown, and its
+    /// buffers are leaked — never reused, since the kernel may still write them — so the
+    /// completion carries none.
     Abandoned,
     /// A direct-I/O request was not aligned as the device requires. `what` names the
     /// offending quantity (`"offset"`, `"length"` or `"buffer"`), `value` is its value and

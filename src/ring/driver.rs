@@ -26,7 +26,7 @@ const ENTER_SQ_WAIT: u32 = 4;
 /// thread-local; cheaper than `thread::current()`, which clones an `Arc`). A thread
 /// started after another ended may get the same number: the kernel's own check still
 /// stands behind this one.
-fn thread_token() -> usize {
+pub(super) fn thread_token() -> usize {
     std::thread_local!(static TOKEN: u8 = const { 0 });
     TOKEN.with(|t| t as *const u8 as usize)
 }
@@ -124,7 +124,7 @@ impl Ring {
     /// Before entering the kernel: a single-issuer ring is enabled by its first driving
     /// thread, and refuses any other with a typed error (the kernel would answer every
     /// call with `EEXIST`).
-    fn enable(&mut self) -> Result<()> {
+    pub(super) fn enable(&mut self) -> Result<()> {
         if !self.enabled {
             self.uring
                 .submitter()

@@ -411,8 +411,10 @@ impl RingHandle {
         self.shared.wake();
     }
 
-    /// Whether the ring is gone (submissions then complete at once with `Cancelled`).
+    /// Whether the ring is gone, or shut down with [`shutdown_now`](Self::shutdown_now):
+    /// submissions then complete at once with `Cancelled`, and `register` and `close`
+    /// answer [`ErrorKind::RingClosed`].
     pub fn is_closed(&self) -> bool {
-        self.shared.is_closed()
+        self.shared.is_closed() || self.shared.is_cancelling_all()
     }
 }

@@ -156,6 +156,12 @@ impl RingBuilder {
     /// `IORING_SETUP_SINGLE_ISSUER` (Linux 6.0): only the thread that first drives the
     /// ring may submit. The ring is created disabled and enabled by the first drive, so it
     /// may be built on one thread and moved to another.
+    ///
+    /// Drop it on that thread too (or once nothing is in flight): dropped elsewhere, it
+    /// can neither cancel nor wait for its operations, so each one still in flight
+    /// completes at once with [`ErrorKind::Abandoned`] and its buffers are leaked (the
+    /// kernel may still write them). With tokio, this means dropping the runtime on the
+    /// thread that ran it.
     pub fn single_issuer(mut self, on: bool) -> Self {
         self.single_issuer = on;
         self
@@ -689,6 +695,7 @@ impl Ring {
     /// Submit what is queued and process the completions already available, without
     /// waiting. Returns the number of completions produced.
     pub fn poll(&mut self) -> Result<usize> {
+        self.enable()?;
         let before = self.stats.completed;
         self.housekeeping();
         self.enter(0, None)?;
@@ -699,6 +706,7 @@ impl Ring {
     /// Submit what is queued and wait (up to `timeout`, or until at least one completion
     /// if `None`) for completions, then process them. Returns the number produced.
     pub fn run_once(&mut self, timeout: Option<Duration>) -> Result<usize> {
+        self.enable()?;
         let before = self.stats.completed;
         self.housekeeping();
         self.reap();
@@ -720,6 +728,7 @@ impl Ring {
     /// on fast devices trade a little latency for fewer enters and wake-ups this way
     /// (fio's `iodepth_batch_complete_min`). Returns the number of completions produced.
     pub fn run_wait(&mut self, min: usize, timeout: Option<Duration>) -> Result<usize> {
+        self.enable()?;
         let before = self.stats.completed;
         self.housekeeping();
         self.reap();
@@ -814,7 +823,10 @@ impl Ring {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<()>> {
         use std::task::Poll;
-        if let Err(e) = self.arm_wake() {
+        // A single-issuer ring refuses other threads before it takes anything from its
+        // inbox: what handles sent stays there, to complete `Cancelled` at the ring's drop
+        // rather than be stranded in a submission queue nobody may submit.
+        if let Err(e) = self.enable().and_then(|()| self.arm_wake()) {
             return Poll::Ready(Err(e));
         }
         self.housekeeping();

@@ -98,6 +98,11 @@ impl Ring {
             EntryState::InKernel(Delivery::Queue(_) | Delivery::Local | Delivery::Detach)
         );
         let prepared = match kind {
+            // A single-issuer ring on a thread the kernel refuses: nothing this thread
+            // queues could ever be submitted.
+            _ if self.issuer != 0 && self.issuer != super::driver::thread_token() => Err(
+                Error::invalid("single-issuer ring used by a thread other than its issuer"),
+            ),
             OpKind::ReadMulti { .. } if !multi_ok => Err(Error::invalid(
                 "multishot operations deliver to a CompletionQueue, the ring's FIFO (or detach)",
             )),
