@@ -80,11 +80,14 @@ fn file_with(bytes: &[u8]) -> std::fs::File {
 /// A pipe: (read end, write end).
 fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
+    // SAFETY: valid two-int array for pipe2.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh descriptors from pipe2, owned by nobody else.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 fn write_fd(fd: &OwnedFd, data: &[u8]) {
+    // SAFETY: writes data.len() bytes from a valid slice.
     let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
     assert_eq!(n, data.len() as isize);
 }
@@ -785,6 +788,7 @@ fn weird_fds_through_the_handle() {
             let c = h.submit_future(Op::fsync(d, false)).await;
             assert!(c.is_ok(), "fsync of a directory is documented: {c:?}");
 
+            // SAFETY: a fresh eventfd descriptor (checked by the kernel; -1 would fail register).
             let efd = unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_CLOEXEC)) };
             let e = h.register(efd).unwrap();
             let c = h
@@ -798,8 +802,10 @@ fn weird_fds_through_the_handle() {
 
             let path = std::ffi::CString::new(dir.path().join("f").to_str().unwrap()).unwrap();
             std::fs::write(dir.path().join("f"), b"opath").unwrap();
+            // SAFETY: a NUL-terminated path; the result is checked.
             let pfd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
             assert!(pfd >= 0);
+            // SAFETY: pfd is a fresh O_PATH descriptor owned by nobody else.
             let p = h.register(unsafe { OwnedFd::from_raw_fd(pfd) }).unwrap();
             let c = h
                 .submit_future(Op::read(p, 0, pool.get_async().await))
@@ -1341,6 +1347,7 @@ fn poll_complete_from_another_thread_with_poll2() {
                     events: libc::POLLIN,
                     revents: 0,
                 };
+                // SAFETY: one valid pollfd.
                 let n = unsafe { libc::poll(&mut pfd, 1, 1000) };
                 assert!(n >= 0);
             };
@@ -1648,13 +1655,13 @@ fn local_reader_callbacks_call_into_the_ring() {
     })
 }
 
-/// Minimal form of the migrated single-issuer failure: a single-issuer ring driven by a
-/// current-thread runtime on thread A, with a read of an idle pipe in flight; the
-/// runtime is then dropped on thread B (legal for tokio). The ring's drop runs on B.
-/// Promised: the drop cancels and waits (up to 10 s) and every slot comes back;
-/// Abandoned only after the grace period, for a device that never answers.
+/// A single-issuer ring driven by a current-thread runtime on thread A, with a read of an
+/// idle pipe in flight; the runtime is then dropped on thread B (legal for tokio), so the
+/// ring's drop runs on B, which the kernel lets neither cancel nor wait. Documented
+/// (`RingBuilder::single_issuer`, `ErrorKind::Abandoned`): the read completes once, at
+/// once, `Abandoned`, and its slot is leaked rather than reused under the kernel.
 #[test]
-fn single_issuer_ring_dropped_with_its_runtime_on_another_thread() {
+fn single_issuer_ring_dropped_with_its_runtime_on_another_thread_abandons_at_once() {
     watchdog(30, || {
         let pool = pool(2, 4096);
         let (rt, fut, _w) = {
@@ -1680,16 +1687,16 @@ fn single_issuer_ring_dropped_with_its_runtime_on_another_thread() {
         let t0 = Instant::now();
         drop(rt); // on this thread: the ring's drop runs here
         let c = block_on_for(fut, Duration::from_secs(15)).expect("hang");
-        eprintln!("after {:?}: {:?}", t0.elapsed(), c.result());
-        assert_eq!(
-            kind(&c),
-            Some(ErrorKind::Cancelled),
-            "an idle pipe read, cancellable at once, completed with {:?} after {:?}",
-            c.result(),
-            t0.elapsed()
-        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(kind(&c), Some(ErrorKind::Abandoned), "{:?}", c.result());
+        assert!(matches!(c.bufs(), iocomplete::Bufs::None));
         drop(c);
-        assert_full(&pool);
+        let st = pool.stats();
+        assert_eq!(
+            (st.free, st.total),
+            (1, 2),
+            "exactly the abandoned slot is held back"
+        );
     })
 }
 
@@ -1735,6 +1742,7 @@ fn register_after_ring_gone_closes_the_descriptor() {
         assert_eq!(h.register(w).unwrap_err().kind(), ErrorKind::RingClosed);
         // the write end is closed: the read end sees EOF at once
         let mut b = [0u8; 1];
+        // SAFETY: reads at most 1 byte into a valid buffer.
         let n = unsafe { libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
         assert_eq!(n, 0, "write end still open after a refused register");
     })
@@ -2129,6 +2137,7 @@ fn local_reader_on_failed_panics() {
                 l_onoff: 1,
                 l_linger: 0,
             };
+            // SAFETY: a valid linger struct and its size.
             unsafe {
                 libc::setsockopt(
                     s.as_raw_fd(),
@@ -2341,9 +2350,9 @@ fn handoff_from_dropped_future_to_blocking_get() {
 }
 
 /// The same without tokio: a single-issuer ring driven on thread A, dropped on thread B
-/// with a read of an idle pipe in flight.
+/// with a read of an idle pipe in flight: `Abandoned` once, at once, slot held back.
 #[test]
-fn single_issuer_ring_dropped_on_another_thread_no_tokio() {
+fn single_issuer_ring_dropped_on_another_thread_no_tokio_abandons_at_once() {
     watchdog(30, || {
         let pool = pool(2, 4096);
         let q = Arc::new(CompletionQueue::new(4));
@@ -2367,14 +2376,15 @@ fn single_issuer_ring_dropped_on_another_thread_no_tokio() {
         let c = q
             .pop_timeout(Duration::from_secs(15))
             .expect("completion lost");
-        eprintln!("after {:?}: {:?}", t0.elapsed(), c.result());
-        assert_eq!(
-            kind(&c),
-            Some(ErrorKind::Cancelled),
-            "after {:?}",
-            t0.elapsed()
-        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(kind(&c), Some(ErrorKind::Abandoned), "{:?}", c.result());
+        assert!(q.pop().is_none(), "completed twice");
         drop(c);
-        assert_full(&pool);
+        let st = pool.stats();
+        assert_eq!(
+            (st.free, st.total),
+            (1, 2),
+            "exactly the abandoned slot is held back"
+        );
     })
 }
