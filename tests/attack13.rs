@@ -788,8 +788,11 @@ fn weird_fds_through_the_handle() {
             let c = h.submit_future(Op::fsync(d, false)).await;
             assert!(c.is_ok(), "fsync of a directory is documented: {c:?}");
 
-            // SAFETY: a fresh eventfd descriptor (checked by the kernel; -1 would fail register).
-            let efd = unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_CLOEXEC)) };
+            // SAFETY: eventfd takes no pointers.
+            let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            assert!(raw >= 0);
+            // SAFETY: a fresh eventfd descriptor, owned by nobody else.
+            let efd = unsafe { OwnedFd::from_raw_fd(raw) };
             let e = h.register(efd).unwrap();
             let c = h
                 .submit_future(Op::read(e, 0, pool.get_async().await))
