@@ -395,6 +395,8 @@ impl Ring {
     /// commands in order, then cancels. After `shutdown_now`, cancel everything in flight
     /// (once) and complete new operations with `Cancelled` without starting them.
     fn start_inbox(&mut self) {
+        // Before looking at anything handles send: a wake-up after this writes again.
+        self.shared.take_wake();
         self.install_registrations();
         if !self.cancelling_all && self.shared.is_cancelling_all() {
             self.cancelling_all = true;

@@ -72,6 +72,9 @@ pub(crate) struct HandleShared {
     /// ring (a future, a reader, a FIFO receiver).
     cancels: SegQueue<OpId>,
     wake: OwnedFd,
+    /// A wake-up was written to `wake` and the ring has not taken its requests since
+    /// (see `wake`, `take_wake`): later wake-ups need no syscall of their own.
+    wake_pending: AtomicBool,
     /// Set by `RingHandle::shutdown`: the driver loop may exit once idle.
     shut_down: AtomicBool,
     /// Set by `RingHandle::shutdown_now`: cancel what is in flight and everything sent
@@ -98,6 +101,7 @@ impl HandleShared {
             cancels: SegQueue::new(),
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            wake_pending: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
             cancel_all: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -141,11 +145,29 @@ impl HandleShared {
         std::mem::take(&mut ids.pending)
     }
 
+    /// Wake the ring: one eventfd write per batch of requests. Call after making the
+    /// request visible (pushing it).
+    ///
+    /// SeqCst swap here and in [`take_wake`](Self::take_wake): if this swap finds `true`,
+    /// the ring's next `take_wake` comes after it in the flag's modification order, reads
+    /// what it wrote (synchronizing with it), and is followed by the ring taking its
+    /// requests — so it sees the one pushed before this call; meanwhile the write that set
+    /// the flag is still on its way to waking the ring. If it finds `false`, this call
+    /// writes.
     pub(crate) fn wake(&self) {
+        if self.wake_pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd. A full counter (EAGAIN)
         // means a wake-up is already pending, which is all we need.
         let _ = unsafe { libc::write(self.wake_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// The ring is about to take its requests: wake-ups from now on must write again.
+    pub(crate) fn take_wake(&self) {
+        // SeqCst: see `wake`.
+        self.wake_pending.swap(false, Ordering::SeqCst);
     }
 
     pub(crate) fn clear_wake(&self) {
