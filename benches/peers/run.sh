@@ -29,7 +29,7 @@ if [ "$QUICK" = 1 ]; then
 else
     REPS=${REPS:-3}; SECS=${SECS:-5}; WARM=${WARM:-1}
 fi
-ENGINES=${ENGINES:-"iocomplete tokio_uring glommio monoio compio tokio_blocking"}
+ENGINES=${ENGINES:-"iocomplete iocomplete_tokio tokio_uring glommio monoio compio tokio_blocking"}
 WORKLOADS=${WORKLOADS:-"cached direct seq"}
 DIR=${DIR:-/var/tmp/iocomplete-peers}
 SIZE=${SIZE:-1073741824}
