@@ -310,13 +310,22 @@ impl Future for OpFuture {
 }
 
 impl Drop for OpFuture {
+    /// Cancels the operation unless it has completed (one lock: the completion path's
+    /// cost). A completion not taken, and the waker, are dropped outside the lock.
     fn drop(&mut self) {
-        self.cancel();
-        // A completion not taken, and the waker: dropped outside the lock.
-        let (done, waker) = {
+        let (done, waker, cancel) = {
             let mut st = self.slot.lock();
-            (st.done.take(), st.waker.take())
+            let cancel = if st.finished || st.cancel {
+                None
+            } else {
+                st.cancel = true;
+                st.id
+            };
+            (st.done.take(), st.waker.take(), cancel)
         };
+        if let Some(id) = cancel {
+            self.ring.cancel(id);
+        }
         drop((done, waker));
     }
 }

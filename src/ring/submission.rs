@@ -75,7 +75,9 @@ impl Submission<'_> {
     pub fn future(mut self) -> OpFuture {
         let op = self.take();
         let slot = Arc::new(FutureSlot::default());
-        self.ring.start_future(op, slot.clone());
+        // A fresh slot: no cancel can have been asked for yet.
+        let id = self.ring.start(op, Delivery::Future(slot.clone()));
+        slot.bind(id);
         OpFuture::new(slot, self.ring.shared.clone())
     }
 
