@@ -25,6 +25,11 @@
 //!   (status, bytes, buffers back), by the route the caller chose: `.wait()`, a ticket, a
 //!   completion routine, a [`CompletionQueue`] any thread consumes, a future, or
 //!   `.detach()`. Invalid requests complete with a typed [`Error`] without a syscall.
+//! * **Who drives a ring**: the thread that owns it, a thread of its own
+//!   ([`Ring::spawn`]), a tokio task (`iocomplete::tokio`, feature `tokio`), or any event
+//!   loop (the ring is [`AsFd`](std::os::fd::AsFd); [`Ring::poll_complete`] is one
+//!   non-blocking turn). Other threads and tasks use it through a [`RingHandle`];
+//!   dropping an [`OpFuture`] cancels its operation.
 //!   Cancel and deadline complete with distinct kinds ([`ErrorKind::Cancelled`],
 //!   [`ErrorKind::TimedOut`]).
 //! * **State machines** — sans-I/O: events in, operations out, no syscalls — hold the
