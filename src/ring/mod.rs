@@ -291,7 +291,8 @@ impl RingBuilder {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             cpus.saturating_mul(4).min(entries as usize)
         });
-        let threads = Threads::new(workers, entries as usize, cq as usize)?;
+        let ops = self.ops.max(entries as usize);
+        let threads = Threads::new(workers, ops, cq as usize)?;
         self.finish(Backend::Threads(threads), caps, true)
     }
 
@@ -601,7 +602,7 @@ impl Ring {
                 fixed = Some(index);
             }
         }
-        if let Backend::Threads(th) = &self.backend {
+        if let Backend::Threads(th) = &mut self.backend {
             let class = backend::threads::FdClass {
                 stream: !r.info.kind.is_seekable(),
                 direct: r.info.direct,
@@ -668,7 +669,7 @@ impl Ring {
         // fixed-file slot is cleared, or they would find it empty (EBADF).
         self.enter(0, None)?;
         if let Some(e) = self.targets[t.index as usize].take() {
-            match &self.backend {
+            match &mut self.backend {
                 Backend::Uring(uring) => {
                     if let Some(ix) = e.fixed {
                         let _ = uring.submitter().register_files_update(ix, &[-1]);
@@ -998,7 +999,7 @@ impl AsRawFd for Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         self.shutdown_drain();
-        if let Backend::Threads(th) = &self.backend {
+        if let Backend::Threads(th) = &mut self.backend {
             // Operations the drain gave up on may still use their descriptors: the backend
             // keeps those open until they return.
             for e in self.targets.iter_mut().filter_map(Option::take) {

@@ -14,9 +14,10 @@
 //! | `POLL_ADD` | `poll`; the result is the ready mask. Multishot: one completion with `IORING_CQE_F_MORE`, then armed again once the ring has routed it ([`Threads::rearm`]) |
 //! | `NOP` | completes at once with 0 |
 //!
-//! As with io_uring, a stream read whose data is already there, and a poll whose events
-//! are, complete at submission (on the ring's thread, without blocking); the rest go to
-//! the threads below.
+//! As with io_uring, what can be done without blocking is done at submission, on the
+//! ring's thread: a stream transfer that finds data (or room), a positional transfer of a
+//! buffered file the page cache serves whole, a poll whose events are there (all with
+//! `RWF_NOWAIT` or a zero timeout). The rest goes to the threads below.
 //! | `TIMEOUT` (relative, no count) | a timer thread completes it with `-ETIME` |
 //! | `ASYNC_CANCEL` | by `user_data`, or every operation with `IORING_ASYNC_CANCEL_ANY` (see below) |
 //! | `LINK_TIMEOUT` after an `IOSQE_IO_LINK` entry | a deadline on that operation (see below) |
@@ -38,8 +39,9 @@
 //!   attempt, as io_uring does: a write to a pipe may be short), polling again if another
 //!   reader took the data first. A stream that refuses `RWF_NOWAIT` (`EOPNOTSUPP`: ttys,
 //!   a FIFO opened by path) is read plainly once `poll` says it is ready.
-//! * **One timer thread**, started with the first timer, fires `TIMEOUT`s and the
-//!   deadlines of operations waiting for an I/O worker.
+//! * **One manager thread**, started with the ring, starts the others when they are
+//!   needed (so the ring's own thread never allocates for one) and fires `TIMEOUT`s and
+//!   the deadlines of operations waiting for an I/O worker.
 //!
 //! ## Cancel and deadlines
 //!
@@ -60,7 +62,8 @@
 //! flight is closed only after the last of them completes
 //! ([`release_fd`](Threads::release_fd)), so its number cannot be reused under a worker.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -259,6 +262,58 @@ impl Rw {
     }
 }
 
+/// What an SQE asks for.
+enum Decoded {
+    /// Done at once, with this result (`NOP`, a malformed entry).
+    Done(i32),
+    /// Work for a thread (unless it completes at submission).
+    Work(Work),
+    Cancel,
+    Timeout,
+}
+
+impl Sqe {
+    fn decode(&self) -> Decoded {
+        let rw = |write: bool, vectored: bool| {
+            let mem = if vectored {
+                Mem::Vec(self.addr as *const libc::iovec, self.len as i32)
+            } else {
+                Mem::One(self.addr as *mut libc::c_void, self.len as usize)
+            };
+            Decoded::Work(Work::Rw(Rw {
+                write,
+                fd: self.fd,
+                mem,
+                off: self.off,
+                flags: self.op_flags as i32,
+            }))
+        };
+        match self.opcode {
+            opcode::Nop::CODE => Decoded::Done(0),
+            opcode::AsyncCancel::CODE => Decoded::Cancel,
+            opcode::Timeout::CODE => Decoded::Timeout,
+            // Never sent: the ring registers no files with this backend.
+            _ if self.flags & IOSQE_FIXED_FILE != 0 => Decoded::Done(-libc::EBADF),
+            opcode::Read::CODE | opcode::ReadFixed::CODE => rw(false, false),
+            opcode::Write::CODE | opcode::WriteFixed::CODE => rw(true, false),
+            opcode::Readv::CODE | OP_READV_FIXED => rw(false, true),
+            opcode::Writev::CODE | OP_WRITEV_FIXED => rw(true, true),
+            opcode::Fsync::CODE => Decoded::Work(Work::Fsync {
+                fd: self.fd,
+                datasync: self.op_flags & FSYNC_DATASYNC != 0,
+            }),
+            opcode::PollAdd::CODE => Decoded::Work(Work::Poll {
+                fd: self.fd,
+                // Poll events are the low 16 bits (`poll32_events`).
+                events: self.op_flags as u16 as i16,
+                multi: self.len & POLL_ADD_MULTI != 0,
+            }),
+            // A LINK_TIMEOUT not after a linked request, or an unknown opcode.
+            _ => Decoded::Done(-libc::EINVAL),
+        }
+    }
+}
+
 /// What the ring said of a descriptor when it registered it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FdClass {
@@ -326,7 +381,7 @@ enum Phase {
     Running,
     /// Waiting in `poll` on a stream thread, woken through this eventfd.
     Blocked(RawFd),
-    /// A `TIMEOUT`, waiting for the timer thread.
+    /// A `TIMEOUT`, waiting for the manager thread.
     Timer,
 }
 
@@ -336,7 +391,7 @@ struct Live {
     phase: Phase,
     cancel: Option<Why>,
     deadline: Option<Instant>,
-    /// Its key in `State::timers` (with `seq`), while armed there.
+    /// When its entry in `State::timers` fires, while one is armed.
     timer: Option<Instant>,
     /// The `user_data` of its linked timeout, until that has completed.
     link: Option<u64>,
@@ -346,19 +401,28 @@ struct Live {
     rearmed: bool,
 }
 
+/// A timer: `TIMEOUT`s and the deadlines of jobs waiting for an I/O worker. Entries of
+/// operations that completed first stay in the heap until they come up or the heap is
+/// compacted (no allocation per timer once the heap has grown).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct TimerEntry {
+    when: Instant,
+    seq: u64,
+    ud: u64,
+}
+
 #[derive(Default)]
 struct State {
     jobs: HashMap<u64, Live>,
     file_q: VecDeque<Job>,
     stream_q: VecDeque<Job>,
-    /// Timers by (when, seq): `TIMEOUT`s and the deadlines of I/O workers' jobs.
-    timers: BTreeMap<(Instant, u64), u64>,
+    timers: BinaryHeap<Reverse<TimerEntry>>,
+    /// Entries of `timers` whose operation still waits for them.
+    armed_timers: usize,
     /// Live jobs per descriptor.
     fd_users: HashMap<RawFd, u32>,
     /// Descriptors the ring closed while jobs still used them.
     deferred: Vec<OwnedFd>,
-    /// The ring's targets, by descriptor.
-    classes: HashMap<RawFd, FdClass>,
     seq: u64,
     workers: usize,
     idle_workers: usize,
@@ -366,7 +430,9 @@ struct State {
     streamers: usize,
     idle_streamers: usize,
     starting_streamers: usize,
-    timer_thread: bool,
+    /// Threads the manager is asked to start.
+    spawn_workers: usize,
+    spawn_streamers: usize,
     shutdown: bool,
 }
 
@@ -374,8 +440,8 @@ impl State {
     /// Remove a live job (its timer, its hold on its descriptor): it completes now.
     fn retire(&mut self, ud: u64) -> Option<Live> {
         let live = self.jobs.remove(&ud)?;
-        if let Some(when) = live.timer {
-            self.timers.remove(&(when, live.seq));
+        if live.timer.is_some() {
+            self.armed_timers -= 1;
         }
         if let Some(fd) = live.fd {
             if let Some(n) = self.fd_users.get_mut(&fd) {
@@ -402,6 +468,44 @@ impl State {
             _ => false,
         }
     }
+
+    /// Arm a timer for job `ud`.
+    fn arm_timer(&mut self, when: Instant, seq: u64, ud: u64) {
+        // Entries of completed operations left behind: dropped in place once they
+        // outnumber the armed ones (amortised; `retain` does not allocate).
+        if self.timers.len() > 2 * self.armed_timers + 64 {
+            let jobs = &self.jobs;
+            self.timers.retain(|Reverse(t)| {
+                jobs.get(&t.ud)
+                    .is_some_and(|l| l.seq == t.seq && l.timer == Some(t.when))
+            });
+        }
+        self.timers.push(Reverse(TimerEntry { when, seq, ud }));
+        self.armed_timers += 1;
+    }
+
+    /// One more thread for the queue just pushed to, if those there cannot take it:
+    /// counted now, started by the manager.
+    fn grow(&mut self, stream: bool, max_workers: usize) -> bool {
+        if stream {
+            if self.stream_q.len() <= self.idle_streamers + self.starting_streamers {
+                return false;
+            }
+            self.streamers += 1;
+            self.starting_streamers += 1;
+            self.spawn_streamers += 1;
+        } else {
+            if self.file_q.len() <= self.idle_workers + self.starting_workers
+                || self.workers >= max_workers
+            {
+                return false;
+            }
+            self.workers += 1;
+            self.starting_workers += 1;
+            self.spawn_workers += 1;
+        }
+        true
+    }
 }
 
 /// Completions waiting for the ring.
@@ -413,19 +517,12 @@ struct Cq {
     want: usize,
 }
 
-/// Threads to start once the state lock is released.
-#[derive(Default)]
-struct Spawns {
-    file: usize,
-    stream: usize,
-    timer: bool,
-}
-
 struct Shared {
     st: Mutex<State>,
     file_cv: Condvar,
     stream_cv: Condvar,
-    timer_cv: Condvar,
+    /// Wakes the manager: a timer armed, threads to start, shutdown.
+    manager_cv: Condvar,
     cq: Mutex<Cq>,
     cq_cv: Condvar,
     /// `cq.items.len()`, readable without the lock (see `has_completions`).
@@ -515,8 +612,21 @@ fn wait_ready(
     Ok(fds[0].revents)
 }
 
-/// What io_uring does at submission, before it involves a worker: a stream read takes
-/// the data already there, a positional transfer of a buffered file is done if the page
+/// Whether [`inline`] may complete `work` (without calling anything).
+fn inline_candidate(work: &Work, class: Option<FdClass>) -> bool {
+    match *work {
+        Work::Rw(rw) => {
+            let stream = class.map_or(rw.at_cursor(), |c| c.stream);
+            let buffered_file = class.is_some_and(|c| !c.stream && !c.direct);
+            stream || (buffered_file && !rw.at_cursor())
+        }
+        Work::Poll { multi, .. } => !multi,
+        Work::Fsync { .. } => false,
+    }
+}
+
+/// What io_uring does at submission, before it involves a worker: a stream transfer
+/// takes the data (or room) already there, a positional transfer of a buffered file is done if the page
 /// cache can serve it whole, a poll reports readiness already there — all with
 /// `RWF_NOWAIT` or a zero timeout, so this never blocks. The result, or `None` to queue
 /// the job.
@@ -526,8 +636,9 @@ fn inline(work: &Work, class: Option<FdClass>) -> Option<i32> {
             let own_nowait = rw.flags & libc::RWF_NOWAIT != 0;
             let stream = class.map_or(rw.at_cursor(), |c| c.stream);
             let buffered_file = class.is_some_and(|c| !c.stream && !c.direct);
-            if stream && !rw.write {
-                // Whatever is there, however little: a stream read's answer.
+            if stream {
+                // Whatever is there (or whatever room), however little: a stream
+                // transfer's answer, as io_uring's first, non-blocking attempt gives.
                 let r = rw.call(-1, rw.flags | libc::RWF_NOWAIT);
                 let again = r == -libc::EAGAIN && !own_nowait;
                 return (!again && r != -libc::EOPNOTSUPP).then_some(r);
@@ -570,10 +681,11 @@ impl Shared {
     fn post(&self, ud: u64, res: i32, flags: u32) {
         let mut cq = lock(&self.cq);
         cq.items.push_back((ud, res, flags));
-        // Relaxed: a hint for the ring's fast path. A ring that reads a stale 0 only sees
-        // this completion at its next reap; whoever acts on the items takes the lock,
-        // which orders them.
-        self.cq_len.store(cq.items.len(), Ordering::Relaxed);
+        // Release, paired with the Acquire in `has_completions`: a ring woken by the
+        // eventfd (signalled after this store) or by the condvar finds the count, so its
+        // fast path does not skip this completion. The items themselves travel under the
+        // lock.
+        self.cq_len.store(cq.items.len(), Ordering::Release);
         if !cq.signalled {
             cq.signalled = true;
             efd_write(self.signal.as_raw_fd());
@@ -591,66 +703,40 @@ impl Shared {
         }
     }
 
-    /// A worker's job is done: retire it and post its completion (nothing if it was
-    /// retired meanwhile — impossible for a claimed job, checked all the same).
-    fn finish(&self, job: &Job, res: i32, link_res: i32) {
+    /// A thread's job is done: retire it and post its completion (nothing if it was
+    /// retired meanwhile — impossible for a claimed job, checked all the same). Returns
+    /// the state, still locked, to the thread's loop: it takes its next job (or counts
+    /// itself idle) before the ring, which needs the lock to queue one, can think it
+    /// busy and ask for another thread.
+    fn finish(&self, job: &Job, res: i32, link_res: i32) -> MutexGuard<'_, State> {
         let mut st = lock(&self.st);
         if st.jobs.get(&job.ud).is_some_and(|l| l.seq == job.seq) {
             if let Some(live) = st.retire(job.ud) {
                 self.post_done(job.ud, res, 0, live.link, link_res);
             }
         }
+        st
     }
 
-    fn finish_cancelled(&self, job: &Job, why: Why) {
+    fn finish_cancelled(&self, job: &Job, why: Why) -> MutexGuard<'_, State> {
         let link_res = match why {
             Why::Cancel => -libc::ECANCELED,
             Why::Deadline => -libc::ETIME,
         };
-        self.finish(job, -libc::ECANCELED, link_res);
+        self.finish(job, -libc::ECANCELED, link_res)
     }
 
-    /// Start the operation of one SQE (and its linked timeout).
-    fn start(
+    /// Queue the job of one SQE (and its linked timeout) for a thread.
+    fn enqueue(
         &self,
         st: &mut State,
-        s: &Sqe,
+        ud: u64,
+        work: Work,
+        class: Option<FdClass>,
         link: Option<(u64, Option<Duration>)>,
         now: Instant,
-        sp: &mut Spawns,
     ) {
-        let ud = s.user_data;
         let link_ud = link.map(|l| l.0);
-        let fail = |res: i32| self.post_done(ud, res, 0, link_ud, -libc::ECANCELED);
-        let work = match s.opcode {
-            opcode::Nop::CODE => return fail(0),
-            opcode::AsyncCancel::CODE => {
-                let r = self.cancel_req(st, s);
-                return fail(r);
-            }
-            opcode::Timeout::CODE => return self.start_timeout(st, s, now, sp),
-            _ if s.flags & IOSQE_FIXED_FILE != 0 => return fail(-libc::EBADF),
-            opcode::Read::CODE | opcode::ReadFixed::CODE => self.rw(s, false, false),
-            opcode::Write::CODE | opcode::WriteFixed::CODE => self.rw(s, true, false),
-            opcode::Readv::CODE | OP_READV_FIXED => self.rw(s, false, true),
-            opcode::Writev::CODE | OP_WRITEV_FIXED => self.rw(s, true, true),
-            opcode::Fsync::CODE => Work::Fsync {
-                fd: s.fd,
-                datasync: s.op_flags & FSYNC_DATASYNC != 0,
-            },
-            opcode::PollAdd::CODE => Work::Poll {
-                fd: s.fd,
-                // Poll events are the low 16 bits (`poll32_events`).
-                events: s.op_flags as u16 as i16,
-                multi: s.len & POLL_ADD_MULTI != 0,
-            },
-            // A LINK_TIMEOUT not after a linked request, or an unknown opcode.
-            _ => return fail(-libc::EINVAL),
-        };
-        let class = st.classes.get(&work.fd()).copied();
-        if let Some(res) = inline(&work, class) {
-            return fail(res);
-        }
         if st.jobs.contains_key(&ud) {
             // The ring never has two operations with one `user_data` in flight; posting
             // for this one would complete the other while it runs. Refuse it silently.
@@ -672,56 +758,36 @@ impl Shared {
             stream,
             rearmed: true,
         };
-        // Stream threads enforce their own deadlines (their `poll` times out); the timer
-        // thread enforces those of jobs waiting for an I/O worker.
+        // Stream threads enforce their own deadlines (their `poll` times out); the
+        // manager enforces those of jobs waiting for an I/O worker.
         if let (false, Some(when)) = (stream, deadline) {
-            self.arm_timer(st, when, seq, ud, sp);
+            st.arm_timer(when, seq, ud);
             live.timer = Some(when);
+            self.manager_cv.notify_one();
         }
         *st.fd_users.entry(work.fd()).or_insert(0) += 1;
         st.jobs.insert(ud, live);
         let job = Job { ud, seq, work };
-        if stream {
-            st.stream_q.push_back(job);
-            if st.stream_q.len() > st.idle_streamers + st.starting_streamers {
-                st.streamers += 1;
-                st.starting_streamers += 1;
-                sp.stream += 1;
-            }
-            if st.idle_streamers > 0 {
-                self.stream_cv.notify_one();
-            }
+        let (queue, cv) = if stream {
+            (&mut st.stream_q, &self.stream_cv)
         } else {
-            st.file_q.push_back(job);
-            if st.file_q.len() > st.idle_workers + st.starting_workers
-                && st.workers < self.max_workers
-            {
-                st.workers += 1;
-                st.starting_workers += 1;
-                sp.file += 1;
-            }
-            if st.idle_workers > 0 {
-                self.file_cv.notify_one();
-            }
+            (&mut st.file_q, &self.file_cv)
+        };
+        queue.push_back(job);
+        if st.grow(stream, self.max_workers) {
+            self.manager_cv.notify_one();
+        }
+        let idle = if stream {
+            st.idle_streamers
+        } else {
+            st.idle_workers
+        };
+        if idle > 0 {
+            cv.notify_one();
         }
     }
 
-    fn rw(&self, s: &Sqe, write: bool, vectored: bool) -> Work {
-        let mem = if vectored {
-            Mem::Vec(s.addr as *const libc::iovec, s.len as i32)
-        } else {
-            Mem::One(s.addr as *mut libc::c_void, s.len as usize)
-        };
-        Work::Rw(Rw {
-            write,
-            fd: s.fd,
-            mem,
-            off: s.off,
-            flags: s.op_flags as i32,
-        })
-    }
-
-    fn start_timeout(&self, st: &mut State, s: &Sqe, now: Instant, sp: &mut Spawns) {
+    fn start_timeout(&self, st: &mut State, s: &Sqe, now: Instant) {
         let ud = s.user_data;
         // Only what the ring sends: a relative timer with no completion count.
         if s.off != 0 || s.op_flags != 0 {
@@ -740,7 +806,8 @@ impl Shared {
         // Past what an `Instant` holds: a timer that never fires (only a cancel ends it).
         let when = now.checked_add(after);
         if let Some(w) = when {
-            self.arm_timer(st, w, seq, ud, sp);
+            st.arm_timer(w, seq, ud);
+            self.manager_cv.notify_one();
         }
         st.jobs.insert(
             ud,
@@ -756,15 +823,6 @@ impl Shared {
                 rearmed: true,
             },
         );
-    }
-
-    fn arm_timer(&self, st: &mut State, when: Instant, seq: u64, ud: u64, sp: &mut Spawns) {
-        st.timers.insert((when, seq), ud);
-        if !st.timer_thread {
-            st.timer_thread = true;
-            sp.timer = true;
-        }
-        self.timer_cv.notify_one();
     }
 
     /// An `ASYNC_CANCEL`: its own result.
@@ -814,29 +872,36 @@ impl Shared {
         }
     }
 
-    /// A timer fired: a `TIMEOUT` completes, a queued job's deadline cancels it.
-    fn fire(&self, st: &mut State, ud: u64, seq: u64) {
-        let Some(live) = st.jobs.get_mut(&ud).filter(|l| l.seq == seq) else {
-            return;
+    /// A timer came up: a `TIMEOUT` completes, a queued job's deadline cancels it.
+    fn fire(&self, st: &mut State, t: TimerEntry) {
+        let phase = match st.jobs.get_mut(&t.ud) {
+            Some(l) if l.seq == t.seq && l.timer == Some(t.when) => {
+                l.timer = None;
+                l.phase
+            }
+            _ => return, // completed first
         };
-        live.timer = None;
-        match live.phase {
+        st.armed_timers -= 1;
+        match phase {
             Phase::Timer => {
-                st.retire(ud);
-                self.post(ud, -libc::ETIME, 0);
+                st.retire(t.ud);
+                self.post(t.ud, -libc::ETIME, 0);
             }
             Phase::Queued => {
-                if let Some(live) = st.retire(ud) {
-                    self.post_done(ud, -libc::ECANCELED, 0, live.link, -libc::ETIME);
+                if let Some(live) = st.retire(t.ud) {
+                    self.post_done(t.ud, -libc::ECANCELED, 0, live.link, -libc::ETIME);
                 }
             }
             Phase::Running => {
-                if let Some(l) = live.link.take() {
+                // In a system call that cannot be interrupted: it completes normally.
+                if let Some(l) = st.jobs.get_mut(&t.ud).and_then(|l| l.link.take()) {
                     self.post(l, -libc::EALREADY, 0);
                 }
             }
             Phase::Blocked(wake) => {
-                live.cancel.get_or_insert(Why::Deadline);
+                if let Some(l) = st.jobs.get_mut(&t.ud) {
+                    l.cancel.get_or_insert(Why::Deadline);
+                }
                 efd_write(wake);
             }
         }
@@ -874,7 +939,7 @@ impl Shared {
     }
 
     /// An I/O worker's job.
-    fn run_file(&self, job: &Job) {
+    fn run_file(&self, job: &Job) -> MutexGuard<'_, State> {
         let res = match job.work {
             Work::Rw(rw) => rw.call(rw.off(), rw.flags),
             Work::Fsync { fd, datasync } => loop {
@@ -898,16 +963,17 @@ impl Shared {
             // Never queued for an I/O worker.
             Work::Poll { .. } => -libc::EINVAL,
         };
-        self.finish(job, res, -libc::ECANCELED);
+        self.finish(job, res, -libc::ECANCELED)
     }
 
     /// A stream thread's job.
-    fn run_stream(&self, job: &Job, wake: RawFd) {
+    fn run_stream(&self, job: &Job, wake: RawFd) -> MutexGuard<'_, State> {
         match job.work {
             Work::Rw(rw) if seekable(rw.fd) => {
-                // A file at its position (`write_cursor`): always ready, never polled.
+                // A file at its position (`write_cursor`) the ring did not describe:
+                // always ready, never polled.
                 let r = rw.call(-1, rw.flags);
-                self.finish(job, r, -libc::ECANCELED);
+                self.finish(job, r, -libc::ECANCELED)
             }
             Work::Rw(rw) => self.stream_rw(job, rw, wake),
             Work::Poll { fd, events, multi } => self.stream_poll(job, fd, events, multi, wake),
@@ -915,7 +981,7 @@ impl Shared {
         }
     }
 
-    fn stream_rw(&self, job: &Job, rw: Rw, wake: RawFd) {
+    fn stream_rw(&self, job: &Job, rw: Rw, wake: RawFd) -> MutexGuard<'_, State> {
         let events = if rw.write {
             libc::POLLOUT
         } else {
@@ -960,7 +1026,14 @@ impl Shared {
         }
     }
 
-    fn stream_poll(&self, job: &Job, fd: RawFd, events: i16, multi: bool, wake: RawFd) {
+    fn stream_poll(
+        &self,
+        job: &Job,
+        fd: RawFd,
+        events: i16,
+        multi: bool,
+        wake: RawFd,
+    ) -> MutexGuard<'_, State> {
         let mut first = true;
         loop {
             let (deadline, armed) = match self.block(job, wake, first) {
@@ -992,26 +1065,21 @@ impl Shared {
 
     /// A thread could not be started: give its place back; if no thread of its kind is
     /// left to run the queue, fail what waits there with `-EAGAIN`.
-    fn spawn_failed(&self, stream: bool) {
-        let mut st = lock(&self.st);
+    fn spawn_failed(&self, st: &mut State, stream: bool) {
         let (total, queue) = if stream {
             st.starting_streamers -= 1;
             st.streamers -= 1;
-            (st.streamers, std::mem::take(&mut st.stream_q))
+            (st.streamers, &mut st.stream_q)
         } else {
             st.starting_workers -= 1;
             st.workers -= 1;
-            (st.workers, std::mem::take(&mut st.file_q))
+            (st.workers, &mut st.file_q)
         };
         if total > 0 {
-            if stream {
-                st.stream_q = queue;
-            } else {
-                st.file_q = queue;
-            }
             return;
         }
-        for job in queue {
+        let jobs: Vec<Job> = queue.drain(..).collect();
+        for job in jobs {
             if st.jobs.get(&job.ud).is_some_and(|l| l.seq == job.seq) {
                 if let Some(live) = st.retire(job.ud) {
                     self.post_done(job.ud, -libc::EAGAIN, 0, live.link, -libc::ECANCELED);
@@ -1020,22 +1088,23 @@ impl Shared {
         }
     }
 
-    fn spawn(self: &Arc<Self>, sp: Spawns) {
+    /// Start the threads asked for (the manager, without the state lock).
+    fn spawn(self: &Arc<Self>, workers: usize, streamers: usize) {
         let builder = |name: &str| {
             std::thread::Builder::new()
                 .name(name.into())
                 .stack_size(STACK)
         };
-        for _ in 0..sp.file {
+        for _ in 0..workers {
             let sh = self.clone();
             if builder("iocomplete-io")
                 .spawn(move || sh.file_worker())
                 .is_err()
             {
-                self.spawn_failed(false);
+                self.spawn_failed(&mut lock(&self.st), false);
             }
         }
-        for _ in 0..sp.stream {
+        for _ in 0..streamers {
             let sh = self.clone();
             let started = eventfd().and_then(|wake| {
                 builder("iocomplete-stream")
@@ -1043,28 +1112,7 @@ impl Shared {
                     .map_err(|e| Error::from_io(&e))
             });
             if started.is_err() {
-                self.spawn_failed(true);
-            }
-        }
-        if sp.timer {
-            let sh = self.clone();
-            if builder("iocomplete-timer")
-                .spawn(move || sh.timer_loop())
-                .is_err()
-            {
-                // Timers wait for the next attempt; a pending `TIMEOUT` fails now.
-                let mut st = lock(&self.st);
-                st.timer_thread = false;
-                let timeouts: Vec<u64> = st
-                    .jobs
-                    .iter()
-                    .filter(|(_, l)| l.phase == Phase::Timer)
-                    .map(|(&ud, _)| ud)
-                    .collect();
-                for ud in timeouts {
-                    st.retire(ud);
-                    self.post(ud, -libc::EAGAIN, 0);
-                }
+                self.spawn_failed(&mut lock(&self.st), true);
             }
         }
     }
@@ -1082,8 +1130,7 @@ impl Shared {
                     continue; // cancelled or timed out while queued
                 }
                 drop(st);
-                self.run_file(&job);
-                st = lock(&self.st);
+                st = self.run_file(&job);
                 continue;
             }
             st.idle_workers += 1;
@@ -1111,8 +1158,7 @@ impl Shared {
                 // Wake-ups meant for this thread's previous job were all written while
                 // that job was blocked (under the lock), so they are in the counter now.
                 efd_clear(wake.as_raw_fd());
-                self.run_stream(&job, wake.as_raw_fd());
-                st = lock(&self.st);
+                st = self.run_stream(&job, wake.as_raw_fd());
                 continue;
             }
             st.idle_streamers += 1;
@@ -1129,29 +1175,39 @@ impl Shared {
         }
     }
 
-    fn timer_loop(&self) {
+    /// The manager thread: starts the threads the others ask for (so the ring's thread
+    /// never allocates for one) and fires timers.
+    fn manager(self: &Arc<Self>) {
         let mut st = lock(&self.st);
         loop {
             if st.shutdown {
-                st.timer_thread = false;
                 return;
             }
+            if st.spawn_workers + st.spawn_streamers > 0 {
+                let workers = std::mem::take(&mut st.spawn_workers);
+                let streamers = std::mem::take(&mut st.spawn_streamers);
+                drop(st);
+                self.spawn(workers, streamers);
+                st = lock(&self.st);
+                continue;
+            }
             let now = Instant::now();
-            let next = st.timers.first_key_value().map(|(&k, &ud)| (k, ud));
+            let next = st.timers.peek().map(|Reverse(t)| t.when);
             st = match next {
-                Some(((when, seq), ud)) if when <= now => {
-                    st.timers.remove(&(when, seq));
-                    self.fire(&mut st, ud, seq);
+                Some(when) if when <= now => {
+                    if let Some(Reverse(t)) = st.timers.pop() {
+                        self.fire(&mut st, t);
+                    }
                     st
                 }
-                Some(((when, _), _)) => {
-                    self.timer_cv
+                Some(when) => {
+                    self.manager_cv
                         .wait_timeout(st, when - now)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0
                 }
                 None => self
-                    .timer_cv
+                    .manager_cv
                     .wait(st)
                     .unwrap_or_else(PoisonError::into_inner),
             };
@@ -1162,45 +1218,60 @@ impl Shared {
 /// The thread-pool backend of one ring (see the module docs).
 pub(crate) struct Threads {
     sh: Arc<Shared>,
+    /// The ring's targets, by descriptor (only the ring's thread uses this).
+    classes: HashMap<RawFd, FdClass>,
 }
 
 impl Threads {
-    /// A backend of at most `workers` I/O workers (threads start as work arrives), with
-    /// room for `entries` operations and `cq_entries` completions before its tables grow.
-    pub(crate) fn new(workers: usize, entries: usize, cq_entries: usize) -> Result<Threads> {
+    /// A backend of at most `workers` I/O workers, with room for `ops` operations in
+    /// flight and `cq_entries` completions before its tables grow. Its manager thread
+    /// starts now; the others as work arrives.
+    pub(crate) fn new(workers: usize, ops: usize, cq_entries: usize) -> Result<Threads> {
+        let ops = ops.min(1 << 16);
         let mut st = State::default();
-        st.jobs.reserve(entries);
-        st.file_q.reserve(entries);
-        st.stream_q.reserve(entries.min(64));
+        // Twice the room: a table kept at most half full never reallocates to clear the
+        // tombstones that removals leave (it rehashes in place).
+        st.jobs.reserve(ops * 2);
+        st.file_q.reserve(ops.min(1024));
+        st.stream_q.reserve(ops.min(64));
+        st.timers.reserve(ops.min(64));
         st.fd_users.reserve(64);
-        st.classes.reserve(64);
-        Ok(Threads {
-            sh: Arc::new(Shared {
-                st: Mutex::new(st),
-                file_cv: Condvar::new(),
-                stream_cv: Condvar::new(),
-                timer_cv: Condvar::new(),
-                cq: Mutex::new(Cq {
-                    items: VecDeque::with_capacity(cq_entries),
-                    signalled: false,
-                    want: 0,
-                }),
-                cq_cv: Condvar::new(),
-                cq_len: AtomicUsize::new(0),
-                signal: eventfd()?,
-                max_workers: workers.clamp(1, MAX_WORKERS),
+        let sh = Arc::new(Shared {
+            st: Mutex::new(st),
+            file_cv: Condvar::new(),
+            stream_cv: Condvar::new(),
+            manager_cv: Condvar::new(),
+            cq: Mutex::new(Cq {
+                items: VecDeque::with_capacity(cq_entries),
+                signalled: false,
+                want: 0,
             }),
+            cq_cv: Condvar::new(),
+            cq_len: AtomicUsize::new(0),
+            signal: eventfd()?,
+            max_workers: workers.clamp(1, MAX_WORKERS),
+        });
+        let m = sh.clone();
+        std::thread::Builder::new()
+            .name("iocomplete-mgr".into())
+            .stack_size(STACK)
+            .spawn(move || m.manager())
+            .map_err(|e| Error::from_io(&e))?;
+        Ok(Threads {
+            sh,
+            classes: HashMap::with_capacity(64),
         })
     }
 
     /// Start these SQEs, in order. A `LINK_TIMEOUT` right after an `IOSQE_IO_LINK` entry
     /// becomes that operation's deadline. Never fails: a bad entry completes with an
     /// error, as the kernel's would.
-    pub(crate) fn submit(&self, sqes: &[squeue::Entry]) {
+    pub(crate) fn submit(&mut self, sqes: &[squeue::Entry]) {
         let sh = &self.sh;
         let now = Instant::now();
-        let mut sp = Spawns::default();
-        let mut st = lock(&sh.st);
+        // Taken when a job is queued; released around the attempts at submission, so
+        // workers finishing meanwhile never wait for a copy out of the page cache.
+        let mut st: Option<MutexGuard<'_, State>> = None;
         let mut i = 0;
         while i < sqes.len() {
             let s = Sqe::read(&sqes[i]);
@@ -1220,16 +1291,39 @@ impl Threads {
                     }
                 }
             }
-            sh.start(&mut st, &s, link, now, &mut sp);
+            let ud = s.user_data;
+            let link_ud = link.map(|l| l.0);
+            match s.decode() {
+                Decoded::Done(res) => sh.post_done(ud, res, 0, link_ud, -libc::ECANCELED),
+                Decoded::Cancel => {
+                    let st = st.get_or_insert_with(|| lock(&sh.st));
+                    let r = sh.cancel_req(st, &s);
+                    sh.post_done(ud, r, 0, link_ud, -libc::ECANCELED);
+                }
+                Decoded::Timeout => {
+                    let st = st.get_or_insert_with(|| lock(&sh.st));
+                    sh.start_timeout(st, &s, now);
+                }
+                Decoded::Work(work) => {
+                    let class = self.classes.get(&work.fd()).copied();
+                    if inline_candidate(&work, class) {
+                        st = None;
+                        if let Some(res) = inline(&work, class) {
+                            sh.post_done(ud, res, 0, link_ud, -libc::ECANCELED);
+                            continue;
+                        }
+                    }
+                    let st = st.get_or_insert_with(|| lock(&sh.st));
+                    sh.enqueue(st, ud, work, class, link, now);
+                }
+            }
         }
-        drop(st);
-        sh.spawn(sp);
     }
 
     /// Whether completions are waiting (cheap; may lag a completion just posted).
     pub(crate) fn has_completions(&self) -> bool {
-        // Relaxed: see `Shared::post`.
-        self.sh.cq_len.load(Ordering::Relaxed) > 0
+        // Acquire: see `Shared::post`.
+        self.sh.cq_len.load(Ordering::Acquire) > 0
     }
 
     /// Move up to `max` completions, oldest first, to `out`. The descriptor stops polling
@@ -1244,8 +1338,8 @@ impl Threads {
             cq.signalled = false;
             efd_clear(self.sh.signal.as_raw_fd());
         }
-        // Relaxed: see `Shared::post`.
-        self.sh.cq_len.store(cq.items.len(), Ordering::Relaxed);
+        // Under the lock; Release as in `Shared::post`.
+        self.sh.cq_len.store(cq.items.len(), Ordering::Release);
         n
     }
 
@@ -1291,15 +1385,15 @@ impl Threads {
     }
 
     /// The ring registered a target.
-    pub(crate) fn add_fd(&self, fd: RawFd, class: FdClass) {
-        lock(&self.sh.st).classes.insert(fd, class);
+    pub(crate) fn add_fd(&mut self, fd: RawFd, class: FdClass) {
+        self.classes.insert(fd, class);
     }
 
     /// The ring closed a target: close its descriptor now, or when the last operation
     /// using it completes (until then its number cannot be reused under a worker).
-    pub(crate) fn release_fd(&self, fd: OwnedFd) {
+    pub(crate) fn release_fd(&mut self, fd: OwnedFd) {
+        self.classes.remove(&fd.as_raw_fd());
         let mut st = lock(&self.sh.st);
-        st.classes.remove(&fd.as_raw_fd());
         if st.fd_users.contains_key(&fd.as_raw_fd()) {
             st.deferred.push(fd);
         } else {
@@ -1332,6 +1426,6 @@ impl Drop for Threads {
         drop(st);
         self.sh.file_cv.notify_all();
         self.sh.stream_cv.notify_all();
-        self.sh.timer_cv.notify_all();
+        self.sh.manager_cv.notify_all();
     }
 }
