@@ -699,6 +699,58 @@ fn many_blocked_stream_reads_do_not_hold_up_file_io() {
     close_and_check(&mut ring, &targets, &[&pool]);
 }
 
+/// A device that holds every read (FUSE): two I/O workers, both in a held read. A cancel
+/// and a deadline cannot pull those back (they complete with their data on release);
+/// reads still queued behind them are cancelled, or time out, without reaching the
+/// device.
+#[test]
+fn held_file_reads_cannot_be_pulled_back_but_queued_ones_can() {
+    use common::fuse::{FileSpec, FuseMount};
+    let fs = common::or_skip!(FuseMount::holding(FileSpec::blocks(16, 43)));
+    let pool = common::pool(8, BS);
+    let mut ring = threads().threads(2).build().unwrap();
+    let t = ring
+        .register(std::fs::File::open(fs.path()).unwrap())
+        .unwrap();
+    let held: Vec<_> = (0..2)
+        .map(|b| ring.submit(read_block(t, &pool, b)).ticket())
+        .collect();
+    assert!(
+        fs.ctl().wait_outstanding(2, SOON),
+        "reads did not reach the device"
+    );
+    let late = ring
+        .submit(read_block(t, &pool, 2).deadline(Duration::from_millis(20)))
+        .ticket();
+    let waits = ring.submit(read_block(t, &pool, 3)).ticket();
+    let dropped = ring.submit(read_block(t, &pool, 4)).ticket();
+    assert!(ring.cancel(dropped.id()));
+    assert!(ring.cancel(held[0].id()));
+    // Deadline passed and cancels asked: the queued reads end, the held ones stay.
+    let c = ring.wait(dropped).unwrap();
+    assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::Cancelled));
+    drop(c);
+    let c = ring.wait(late).unwrap();
+    assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::TimedOut));
+    drop(c);
+    for _ in 0..5 {
+        ring.run_once(Some(Duration::from_millis(5))).unwrap();
+    }
+    assert!(
+        held.iter().all(|tk| !ring.is_done(tk)),
+        "a held read ended early"
+    );
+    assert!(!ring.is_done(&waits));
+    assert_eq!(fs.ctl().outstanding(), 2);
+    fs.ctl().release();
+    for tk in held.into_iter().chain([waits]) {
+        check_block(ring.wait(tk).unwrap(), 43);
+    }
+    // Blocks 0, 1 and 3 reached the device; 2 and 4 never did.
+    assert_eq!(fs.ctl().stats().reads, 3, "{:?}", fs.ctl().stats());
+    close_and_check(&mut ring, &[t], &[&pool]);
+}
+
 #[test]
 fn stream_writes_wait_for_room_and_may_be_short_as_on_io_uring() {
     let pool = common::pool(2, 1 << 20);
@@ -808,7 +860,18 @@ fn continuous_reader_reads_a_file_and_a_pipe() {
     common::drivers::check_spans(&spans.lock().unwrap(), 0, size, false);
     drop(reader);
     ring.close(t).unwrap();
-    // A pipe: single-shot reads (no multishot here), bytes in order.
+    // A pipe: `StreamReads::Auto` reads it single-shot (no multishot here), bytes in
+    // order; asking for multishot is refused at build.
+    let (rx, _tx) = pipe();
+    let r = ring.register(rx).unwrap();
+    let e = ContinuousReader::builder(r, &pool)
+        .stream_reads(StreamReads::Multishot)
+        .on_read(|_: PoolBuf, _| {})
+        .build(&mut ring)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Unsupported { .. }), "{e}");
+    ring.close(r).unwrap();
     let (rx, tx) = pipe();
     let r = ring.register(rx).unwrap();
     let data = verify::expected(BS, 29, 0, 10 * BS + 17);

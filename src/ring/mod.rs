@@ -7,6 +7,14 @@
 //! batches, flushes the kernel's CQ overflow list so no completion is lost however many
 //! operations are in flight, and routes each completion exactly once.
 //!
+//! Where io_uring is refused (a seccomp profile, `kernel.io_uring_disabled`, an old
+//! kernel), a ring built with the default [`BackendKind::Auto`] runs on a pool of threads
+//! instead, which executes the same submissions with `preadv2`, `pwritev2`, `poll` and
+//! `fsync`: the same operations, completions, routes, cancels and deadlines, without the
+//! io_uring-only features ([`Capabilities`] says which). [`Ring::backend`] tells which one
+//! a ring got; [`RingBuilder::backend`] and the `IOCOMPLETE_BACKEND` environment variable
+//! choose.
+//!
 //! One ring per thread: a `Ring` is `Send` (move it to the thread that will drive it) but
 //! not `Sync`. Other threads submit through a [`RingHandle`].
 //!
@@ -459,7 +467,8 @@ impl SpareIovs {
     }
 }
 
-/// An io_uring instance with its op table, targets and registered pools.
+/// An io_uring instance (or the thread pool standing in for it, see [`BackendKind`]) with
+/// its op table, targets and registered pools.
 ///
 /// ```
 /// use iocomplete::{BufferPool, Op, Ring};
@@ -523,6 +532,7 @@ impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ring")
             .field("id", &self.id)
+            .field("backend", &self.backend.kind())
             .field("in_kernel", &self.in_kernel)
             .field("ops", &self.ops.len())
             .field("caps", &self.caps)
