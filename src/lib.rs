@@ -117,8 +117,9 @@ pub use reader::{
     ReaderStats, Restart, StreamReads,
 };
 pub use ring::{
-    BufRing, BufferRegistration, Bufs, Capabilities, Completion, Direction, Driver, FdInfo, FdKind,
-    Op, OpFuture, OpId, Ring, RingBuilder, RingHandle, RingStats, Submission, Target, Ticket,
+    BackendKind, BufRing, BufferRegistration, Bufs, Capabilities, Completion, Direction, Driver,
+    FdInfo, FdKind, Op, OpFuture, OpId, Ring, RingBuilder, RingHandle, RingStats, Submission,
+    Target, Ticket,
 };
 pub use split::{Job, Mode, SplitConfig, SplitDriver, SplitOutcome, SplitStats};
 

@@ -555,6 +555,10 @@ fn server_without_async_dio_serves_reads_inside_submission_each_once() {
         .delay(Duration::from_millis(5), Duration::from_millis(5));
     let pool = pool(8, BS, 0);
     let (mut ring, t) = ring_with(&pool, std::fs::File::open(fs.path()).unwrap());
+    or_skip!(common::needs_uring(
+        &ring,
+        "reads issued inside the submission"
+    ));
     let tks: Vec<_> = (0..8u64)
         .map(|b| {
             let op = Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS)

@@ -1,6 +1,7 @@
 //! Races and limits on the real ring: short reads from a file truncated while reads are in
 //! flight, descriptors closed or replaced with reads in flight, io_uring unavailable
-//! (seccomp), `RLIMIT_MEMLOCK` too small to register buffers. Tests that must change
+//! (seccomp: the thread-pool backend takes over), `RLIMIT_MEMLOCK` too small to register
+//! buffers. Tests that must change
 //! process-wide state run in a child process (this binary, re-run on
 //! `child_process_entry`). Every test verifies content and checks teardown invariants.
 //!
@@ -20,7 +21,7 @@ use std::time::Duration;
 use common::fd::pipe;
 use common::fuse::{FileSpec, FuseMount};
 use common::{check_teardown, child, pool, ring_with, verify};
-use iocomplete::{BufferPool, BufferRegistration, ErrorKind, Op, Ring, Ticket};
+use iocomplete::{BackendKind, BufferPool, BufferRegistration, ErrorKind, Op, Ring, Ticket};
 
 const BS: usize = 4096;
 
@@ -301,9 +302,10 @@ fn descriptor_closed_behind_the_ring_with_a_read_pending() {
 }
 
 #[test]
-fn io_uring_unavailable_under_seccomp_is_a_typed_error() {
+fn io_uring_refused_by_seccomp_falls_back_to_threads_unless_forced() {
     child::run("child_process_entry", "seccomp-enosys");
     child::run("child_process_entry", "seccomp-eperm");
+    child::run("child_process_entry", "seccomp-eacces");
 }
 
 #[test]
@@ -311,6 +313,7 @@ fn memlock_too_small_to_register_leaves_the_pool_working_unregistered() {
     // Here (root, CAP_IPC_LOCK) the same pool registers; the child drops the capability
     // and lowers RLIMIT_MEMLOCK, and the registration fails there.
     let mut ring = Ring::new().unwrap();
+    or_skip!(common::needs_uring(&ring, "registered buffers"));
     let pool = memlock_pool();
     assert_eq!(ring.register_pool(&pool), BufferRegistration::Fixed);
     drop(ring);
@@ -330,6 +333,7 @@ fn child_process_entry() {
         "closed-fd" => closed_fd_child(),
         "seccomp-enosys" => seccomp_child(libc::ENOSYS),
         "seccomp-eperm" => seccomp_child(libc::EPERM),
+        "seccomp-eacces" => seccomp_child(libc::EACCES),
         "memlock" => memlock_child(),
         other => panic!("unknown child role {other}"),
     }
@@ -342,6 +346,11 @@ fn closed_fd_child() {
     let (rx, tx) = pipe();
     let raw = rx.as_raw_fd();
     let mut ring = Ring::builder().files(0).build().unwrap();
+    // (The thread pool reads through the descriptor's number, which this closes.)
+    or_skip!(common::needs_uring(
+        &ring,
+        "the kernel's own reference to a file read"
+    ));
     let pool = pool(4, BS);
     let r = ring.register(rx).unwrap();
     let tk = ring
@@ -389,8 +398,10 @@ fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 }
 
 /// Child: a seccomp filter makes `io_uring_setup` fail with `errno` (as a container
-/// runtime's default profile or `kernel.io_uring_disabled` do); building a ring must
-/// return `Unsupported { feature: "io_uring" }`, and the pool still works.
+/// runtime's default profile or `kernel.io_uring_disabled` do). A ring built with the
+/// default choice falls back to the thread pool and does real, verified I/O; one forced
+/// to io_uring (by the builder, or by `IOCOMPLETE_BACKEND=uring`) fails with
+/// `Unsupported { feature: "io_uring" }`.
 fn seccomp_child(errno: i32) {
     if !cfg!(target_arch = "x86_64") {
         common::skip("the seccomp filter is written for x86_64");
@@ -447,7 +458,8 @@ fn seccomp_child(errno: i32) {
         )
     };
     assert_eq!(r, 0, "seccomp: {}", std::io::Error::last_os_error());
-    for result in [Ring::new(), Ring::builder().entries(8).sqpoll(10).build()] {
+    let forced = || Ring::builder().backend(BackendKind::Uring);
+    for result in [forced().build(), forced().entries(8).sqpoll(10).build()] {
         let e = result.unwrap_err();
         assert_eq!(
             e.kind(),
@@ -459,12 +471,53 @@ fn seccomp_child(errno: i32) {
         let io: std::io::Error = e.into();
         assert_eq!(io.kind(), std::io::ErrorKind::Unsupported);
     }
-    let pool = pool(2, BS);
-    let mut b = pool.try_get().unwrap();
-    b.extend_from_slice(b"no ring needed").unwrap();
-    drop(b);
-    assert_eq!(pool.stats().free, 2);
-    println!("io_uring_setup -> errno {errno}: Ring build returned Unsupported(io_uring)");
+    // The same choice made by the environment. (This child runs one test on one thread.)
+    std::env::set_var("IOCOMPLETE_BACKEND", "uring");
+    let e = Ring::new().unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::Unsupported {
+            feature: "io_uring"
+        }
+    );
+    std::env::remove_var("IOCOMPLETE_BACKEND");
+    // The default falls back, and says so.
+    for ring in [Ring::new(), Ring::builder().entries(8).sqpoll(10).build()] {
+        let mut ring = ring.unwrap();
+        assert_eq!(ring.backend(), BackendKind::Threads);
+        assert!(!ring.capabilities().sqpoll && !ring.capabilities().fixed_buffers);
+        let pool = pool(4, BS);
+        assert!(matches!(
+            ring.register_pool(&pool),
+            BufferRegistration::Unregistered(_)
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = verify::file_in(dir.path(), "f", 4 * BS as u64, 77);
+        let t = ring.register(std::fs::File::open(&path).unwrap()).unwrap();
+        for b in 0..4u64 {
+            let op = Op::read_len(t, b * BS as u64, pool.try_get().unwrap(), BS);
+            let buf = ring.submit(op).wait().unwrap().into_result().unwrap();
+            verify::check_block(buf.data(), b * BS as u64, 77).unwrap();
+        }
+        // A blocked pipe read is cancelled, as on io_uring.
+        let (rx, _tx) = pipe();
+        let r = ring.register(rx).unwrap();
+        let tk = ring
+            .submit(Op::read(r, 0, pool.try_get().unwrap()))
+            .ticket();
+        ring.run_once(Some(Duration::from_millis(5))).unwrap();
+        assert!(ring.cancel(tk.id()));
+        let c = ring.wait(tk).unwrap();
+        assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::Cancelled));
+        drop(c);
+        ring.close(r).unwrap();
+        ring.close(t).unwrap();
+        check_teardown(&ring, &[&pool]);
+    }
+    println!(
+        "io_uring_setup -> errno {errno}: forced io_uring is Unsupported(io_uring), \
+         the default ring runs on threads"
+    );
 }
 
 /// `_LINUX_CAPABILITY_VERSION_3` and `CAP_IPC_LOCK` (linux/capability.h).

@@ -321,6 +321,10 @@ fn get_async_under_contention() {
 /// refused with a typed error, before anything runs.
 #[test]
 fn a_single_issuer_ring_is_refused_on_a_multi_thread_runtime() {
+    common::or_skip!(common::needs_uring(
+        &Ring::new().unwrap(),
+        "single-issuer rings"
+    ));
     run(&multi_thread(), async {
         let ring = Ring::builder().single_issuer(true).build().unwrap();
         let e = iocomplete::tokio::spawn(ring).unwrap_err();

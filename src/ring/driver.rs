@@ -9,7 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use super::completion::{Bufs, Completion, Delivery};
 use super::handle::{complete_unsent, Cmd};
 use super::op::{sentinel, OpId};
-use super::{EntryState, Ring, CQE_BATCH};
+use super::{Backend, EntryState, Ring, CQE_BATCH};
 
 /// How long dropping a ring waits for the kernel to return the operations in flight
 /// (after cancelling them) before it gives up on them.
@@ -57,16 +57,27 @@ impl Ring {
     /// then waiting for a completion make room. With SQPOLL only the kernel thread empties
     /// the SQ: wake it and sleep until it has (`IORING_ENTER_SQ_WAIT`) — a full SQ is a
     /// reason to wait, never to fail the operation.
+    ///
+    /// The thread-pool backend takes SQEs at once (it has no queue to fill).
     pub(super) fn push_sqes(&mut self, sqes: &[squeue::Entry]) -> Result<()> {
         for attempt in 0u32.. {
+            let uring = match &mut self.backend {
+                Backend::Uring(uring) => uring,
+                Backend::Threads(th) => {
+                    // The same memory rule as below: the workers use it only until they
+                    // post the completion.
+                    th.submit(sqes);
+                    return Ok(());
+                }
+            };
             // SAFETY: every SQE refers to memory that outlives its operation: buffers and
             // iovec arrays parked in the op table until the CQE, timespecs boxed in the
             // entry (read by the kernel at submission). `push_multiple` pushes all of them
             // or none (it checks the room first).
-            if unsafe { self.uring.submission().push_multiple(sqes) }.is_ok() {
+            if unsafe { uring.submission().push_multiple(sqes) }.is_ok() {
                 return Ok(());
             }
-            if attempt == 0 && sqes.len() > self.uring.submission().capacity() {
+            if attempt == 0 && sqes.len() > uring.submission().capacity() {
                 // Cannot happen with the builder's minimum of 2 entries; never wait for it.
                 return Err(Error::invalid("more linked SQEs than the SQ holds"));
             }
@@ -97,15 +108,15 @@ impl Ring {
     /// SQPOLL: wake the kernel's submission thread and wait until the SQ has room.
     fn sq_wait(&mut self) -> Result<()> {
         self.enable()?;
+        let Backend::Uring(uring) = &self.backend else {
+            return Ok(()); // no SQPOLL without io_uring
+        };
         self.stats.enters += 1;
         // SAFETY: no argument is passed; flags are valid enter flags.
         let r = unsafe {
-            self.uring.submitter().enter::<libc::sigset_t>(
-                0,
-                0,
-                ENTER_SQ_WAKEUP | ENTER_SQ_WAIT,
-                None,
-            )
+            uring
+                .submitter()
+                .enter::<libc::sigset_t>(0, 0, ENTER_SQ_WAKEUP | ENTER_SQ_WAIT, None)
         };
         match r {
             Ok(_) => Ok(()),
@@ -126,10 +137,13 @@ impl Ring {
     /// call with `EEXIST`).
     pub(super) fn enable(&mut self) -> Result<()> {
         if !self.enabled {
-            self.uring
-                .submitter()
-                .register_enable_rings()
-                .map_err(|e| Error::from_io(&e))?;
+            // Only io_uring rings start disabled (single issuer).
+            if let Backend::Uring(uring) = &self.backend {
+                uring
+                    .submitter()
+                    .register_enable_rings()
+                    .map_err(|e| Error::from_io(&e))?;
+            }
             self.enabled = true;
             self.issuer = thread_token();
         } else if self.issuer != 0 && self.issuer != thread_token() {
@@ -142,25 +156,42 @@ impl Ring {
 
     /// SQEs queued and not yet submitted.
     pub(super) fn sq_len(&mut self) -> usize {
-        let mut sq = self.uring.submission();
-        sq.sync();
-        sq.len()
+        match &mut self.backend {
+            Backend::Uring(uring) => {
+                let mut sq = uring.submission();
+                sq.sync();
+                sq.len()
+            }
+            Backend::Threads(_) => 0,
+        }
     }
 
     /// One `io_uring_enter`: submit everything queued, and if `want > 0` wait for that
     /// many completions (up to `timeout`).
+    ///
+    /// With the thread-pool backend, submitting happened at `push_sqes`: this only waits.
     pub(super) fn enter(&mut self, want: usize, timeout: Option<Duration>) -> Result<()> {
         self.enable()?;
+        if let Backend::Threads(th) = &self.backend {
+            if want > 0 {
+                self.stats.enters += 1;
+                th.wait(want, timeout);
+            }
+            return Ok(());
+        }
         let queued = self.sq_len();
         if want == 0 && queued == 0 && !self.caps.defer_taskrun && !self.caps.sqpoll {
             return Ok(());
         }
+        let Backend::Uring(uring) = &mut self.backend else {
+            return Ok(());
+        };
         self.stats.enters += 1;
         let r = match (want, timeout) {
             (0, _) if self.caps.defer_taskrun => {
                 // SAFETY: no argument is passed; flags are valid enter flags.
                 unsafe {
-                    self.uring.submitter().enter::<libc::sigset_t>(
+                    uring.submitter().enter::<libc::sigset_t>(
                         queued as u32,
                         0,
                         ENTER_GETEVENTS,
@@ -168,13 +199,13 @@ impl Ring {
                     )
                 }
             }
-            (0, _) => self.uring.submit(),
+            (0, _) => uring.submit(),
             (w, Some(t)) if self.caps.ext_arg => {
                 let ts = super::op::kernel_timespec(t);
                 let args = types::SubmitArgs::new().timespec(&ts);
-                self.uring.submitter().submit_with_args(w, &args)
+                uring.submitter().submit_with_args(w, &args)
             }
-            (w, _) => self.uring.submit_and_wait(w),
+            (w, _) => uring.submit_and_wait(w),
         };
         match r {
             Ok(_) => Ok(()),
@@ -206,10 +237,7 @@ impl Ring {
     pub(super) fn reap_up_to(&mut self, limit: usize) -> usize {
         // Fast path (taken on most calls of a busy loop): nothing copied out and waiting,
         // nothing posted, nothing in the kernel's overflow list.
-        if self.cqes.is_empty()
-            && self.uring.completion().is_empty()
-            && !self.uring.submission().cq_overflow()
-        {
+        if self.cqes.is_empty() && self.backend_idle() {
             return 0;
         }
         let mut total = 0;
@@ -228,8 +256,18 @@ impl Ring {
             }
             // Uninitialised storage: copying the CQEs out is the only write (no memset of
             // the whole batch on every call).
+            let uring = match &mut self.backend {
+                Backend::Uring(uring) => uring,
+                Backend::Threads(th) => {
+                    // At most CQE_BATCH: within the capacity reserved at build.
+                    if th.fill(&mut self.cqes, CQE_BATCH) > 0 {
+                        continue;
+                    }
+                    break;
+                }
+            };
             let mut batch = [const { std::mem::MaybeUninit::<cqueue::Entry>::uninit() }; CQE_BATCH];
-            let cqes = self.uring.completion().fill(&mut batch);
+            let cqes = uring.completion().fill(&mut batch);
             if !cqes.is_empty() {
                 // At most CQE_BATCH: within the capacity reserved at build (no allocation).
                 self.cqes
@@ -238,12 +276,12 @@ impl Ring {
             }
             // Completions beyond the CQ size wait in the kernel's overflow list
             // (IORING_FEAT_NODROP); an enter with GETEVENTS moves them into the CQ.
-            if self.uring.submission().cq_overflow() && flushes < 1_000_000 {
+            if uring.submission().cq_overflow() && flushes < 1_000_000 {
                 flushes += 1;
                 self.stats.overflow_flushes += 1;
                 // SAFETY: no argument is passed; flags are valid enter flags.
                 let _ = unsafe {
-                    self.uring
+                    uring
                         .submitter()
                         .enter::<libc::sigset_t>(0, 0, ENTER_GETEVENTS, None)
                 };
@@ -254,10 +292,27 @@ impl Ring {
         total
     }
 
+    /// Nothing posted and waiting in the backend (the kernel's CQ and overflow list, or
+    /// the thread pool's queue).
+    fn backend_idle(&mut self) -> bool {
+        match &mut self.backend {
+            Backend::Uring(uring) => {
+                uring.completion().is_empty() && !uring.submission().cq_overflow()
+            }
+            Backend::Threads(th) => !th.has_completions(),
+        }
+    }
+
     fn on_cqe(&mut self, ud: u64, res: i32, flags: u32) {
         if sentinel::is_sentinel(ud) {
             if ud == sentinel::WAKE {
-                self.on_wake(cqueue::more(flags));
+                let more = cqueue::more(flags);
+                self.on_wake(more);
+                if let (true, Backend::Threads(th)) = (more, &self.backend) {
+                    // The wake-up was cleared and its work started: the thread pool's
+                    // multishot poll may report the next one.
+                    th.rearm(ud);
+                }
             }
             // CANCEL and TIMEOUT CQEs only report on the helper request itself; the
             // target operation's own CQE carries its outcome.
@@ -533,6 +588,8 @@ impl Ring {
                 .collect();
             for key in stuck {
                 std::mem::forget(std::mem::take(&mut self.ops[key].bufs));
+                // A vectored op's iovec array too: a backend thread may still read it.
+                std::mem::forget(std::mem::take(&mut self.ops[key].iov));
                 self.in_kernel -= 1;
                 self.finish(key, Err(Error::new(ErrorKind::Abandoned)));
             }

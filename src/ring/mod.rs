@@ -7,6 +7,14 @@
 //! batches, flushes the kernel's CQ overflow list so no completion is lost however many
 //! operations are in flight, and routes each completion exactly once.
 //!
+//! Where io_uring is refused (a seccomp profile, `kernel.io_uring_disabled`, an old
+//! kernel), a ring built with the default [`BackendKind::Auto`] runs on a pool of threads
+//! instead, which executes the same submissions with `preadv2`, `pwritev2`, `poll` and
+//! `fsync`: the same operations, completions, routes, cancels and deadlines, without the
+//! io_uring-only features ([`Capabilities`] says which). [`Ring::backend`] tells which one
+//! a ring got; [`RingBuilder::backend`] and the `IOCOMPLETE_BACKEND` environment variable
+//! choose.
+//!
 //! One ring per thread: a `Ring` is `Send` (move it to the thread that will drive it) but
 //! not `Sync`. Other threads submit through a [`RingHandle`].
 //!
@@ -41,6 +49,7 @@
 //! ring's descriptor ([`AsFd`]) and calls [`Ring::poll_complete`]. Other threads and tasks
 //! use it through a [`RingHandle`].
 
+mod backend;
 mod buf_ring;
 mod completion;
 mod driver;
@@ -67,6 +76,8 @@ use slab::Slab;
 use crate::buf::{BufferPool, PoolInner};
 use crate::error::{Error, ErrorKind, Result};
 
+use backend::{Backend, Threads};
+pub use backend::{BackendKind, BACKEND_ENV};
 pub use buf_ring::BufRing;
 pub(crate) use buf_ring::BufRingLease;
 pub use completion::{Bufs, Completion, OpFuture};
@@ -91,6 +102,9 @@ use target::TargetEntry;
 /// Largest op-table reservation [`RingBuilder::ops`] accepts (about 1 GiB of entries).
 const MAX_OPS_RESERVED: usize = 1 << 24;
 
+/// Most SQ entries a ring takes (`IORING_MAX_ENTRIES`).
+const MAX_ENTRIES: u32 = 32768;
+
 /// CQEs copied out of the CQ at a time (see [`Ring::reap`]).
 const CQE_BATCH: usize = 64;
 
@@ -113,6 +127,8 @@ pub struct RingBuilder {
     files: u32,
     buffers: u32,
     ops: usize,
+    backend: BackendKind,
+    threads: Option<usize>,
 }
 
 impl Default for RingBuilder {
@@ -126,6 +142,8 @@ impl Default for RingBuilder {
             files: 64,
             buffers: 64,
             ops: 1024,
+            backend: BackendKind::Auto,
+            threads: None,
         }
     }
 }
@@ -193,11 +211,48 @@ impl RingBuilder {
         self
     }
 
-    /// Create the ring. [`ErrorKind::Unsupported`] `{ feature: "io_uring" }` when the
-    /// kernel has no io_uring (or a seccomp policy forbids it).
+    /// Which backend executes the ring's operations (default [`BackendKind::Auto`]:
+    /// io_uring, or the thread pool where io_uring is refused; the `IOCOMPLETE_BACKEND`
+    /// environment variable decides when it is set). Forcing [`BackendKind::Uring`] or
+    /// [`BackendKind::Threads`] here ignores the environment.
+    ///
+    /// ```
+    /// use iocomplete::{BackendKind, Op, Ring};
+    /// let mut ring = Ring::builder().backend(BackendKind::Threads).build()?;
+    /// assert_eq!(ring.backend(), BackendKind::Threads);
+    /// assert!(!ring.capabilities().read_multishot);
+    /// assert!(ring.submit(Op::nop()).wait()?.is_ok());
+    /// # Ok::<(), iocomplete::Error>(())
+    /// ```
+    pub fn backend(mut self, kind: BackendKind) -> Self {
+        self.backend = kind;
+        self
+    }
+
+    /// With the thread-pool backend: the most threads running file I/O — positional
+    /// reads and writes of files and block devices the page cache cannot serve at
+    /// submission, `fsync` — at once (1 to 1024; by default 4 per CPU, at most the SQ
+    /// entries: the bound io_uring puts on its own workers). They start as work arrives
+    /// and stay until the ring is dropped. Operations that may wait for another party —
+    /// reads and writes of pipes, sockets and ttys, readiness polls — each get a thread of
+    /// their own while they wait (idle ones retire after 10 s), so blocked streams never
+    /// hold up file I/O, nor each other; one more thread runs timers. Ignored by io_uring
+    /// rings.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n);
+        self
+    }
+
+    /// Create the ring, with the backend [`backend`](Self::backend) chose.
+    ///
+    /// Errors: [`ErrorKind::Unsupported`] `{ feature: "io_uring" }` when io_uring is
+    /// forced ([`BackendKind::Uring`], or `IOCOMPLETE_BACKEND=uring`) and the kernel has
+    /// none or refuses it (a seccomp policy, `kernel.io_uring_disabled`);
+    /// [`ErrorKind::InvalidInput`] for an `IOCOMPLETE_BACKEND` other than `threads`,
+    /// `uring` or `auto`; [`ErrorKind::OutOfRange`] for settings out of their range.
     pub fn build(self) -> Result<Ring> {
-        if self.entries == 0 || self.entries > 32768 {
-            return Err(Error::out_of_range("ring entries", 1, 32768));
+        if self.entries == 0 || self.entries > MAX_ENTRIES {
+            return Err(Error::out_of_range("ring entries", 1, MAX_ENTRIES.into()));
         }
         let entries = self.entries.max(2);
         if self.ops > MAX_OPS_RESERVED {
@@ -207,6 +262,56 @@ impl RingBuilder {
                 MAX_OPS_RESERVED as u64,
             ));
         }
+        if self
+            .threads
+            .is_some_and(|n| n == 0 || n > backend::threads::MAX_WORKERS)
+        {
+            return Err(Error::out_of_range(
+                "backend threads",
+                1,
+                backend::threads::MAX_WORKERS as u64,
+            ));
+        }
+        let kind = match self.backend {
+            BackendKind::Auto => BackendKind::from_env()?.unwrap_or(BackendKind::Auto),
+            forced => forced,
+        };
+        match kind {
+            BackendKind::Threads => self.build_threads(entries),
+            BackendKind::Uring => self.build_uring(entries),
+            BackendKind::Auto => match self.clone().build_uring(entries) {
+                Err(e)
+                    if e.kind()
+                        == (ErrorKind::Unsupported {
+                            feature: "io_uring",
+                        }) =>
+                {
+                    self.build_threads(entries)
+                }
+                r => r,
+            },
+        }
+    }
+
+    /// The thread-pool ring.
+    fn build_threads(self, entries: u32) -> Result<Ring> {
+        // Clamped as io_uring's `IORING_SETUP_CLAMP` does (`IORING_MAX_CQ_ENTRIES`).
+        let cq = self
+            .cq_entries
+            .unwrap_or(entries * 2)
+            .clamp(entries, 2 * MAX_ENTRIES);
+        let caps = Capabilities::threads(entries, cq);
+        let workers = self.threads.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cpus.saturating_mul(4).min(entries as usize)
+        });
+        let ops = self.ops.max(entries as usize);
+        let threads = Threads::new(workers, ops, cq as usize)?;
+        self.finish(Backend::Threads(threads), caps, true)
+    }
+
+    /// The io_uring ring.
+    fn build_uring(self, entries: u32) -> Result<Ring> {
         let mut b = IoUring::builder();
         b.setup_cqsize(self.cq_entries.unwrap_or(entries * 2).max(entries));
         b.setup_clamp();
@@ -222,7 +327,7 @@ impl RingBuilder {
             b.setup_defer_taskrun();
         }
         let uring = b.build(entries).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOSYS) | Some(libc::EPERM) => Error::unsupported("io_uring"),
+            errno if BackendKind::refused(errno) => Error::unsupported("io_uring"),
             Some(libc::EINVAL) if single => Error::unsupported("IORING_SETUP_SINGLE_ISSUER"),
             _ => Error::from_io(&e),
         })?;
@@ -238,10 +343,15 @@ impl RingBuilder {
                     .register_buffers_sparse(self.buffers)
                     .is_ok();
         }
+        self.finish(Backend::Uring(uring), caps, !single)
+    }
+
+    /// The ring around its backend.
+    fn finish(self, backend: Backend, caps: Capabilities, enabled: bool) -> Result<Ring> {
         let id = NEXT_RING_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shared = Arc::new(HandleShared::new(id)?);
         Ok(Ring {
-            uring,
+            backend,
             id,
             ops: Slab::with_capacity(self.ops),
             next_gen: 0,
@@ -259,7 +369,7 @@ impl RingBuilder {
             shared,
             wake_armed: false,
             cancelling_all: false,
-            enabled: !single,
+            enabled,
             issuer: 0,
             stats: RingStats::default(),
             spare_iovs: SpareIovs::default(),
@@ -363,7 +473,8 @@ impl SpareIovs {
     }
 }
 
-/// An io_uring instance with its op table, targets and registered pools.
+/// An io_uring instance (or the thread pool standing in for it, see [`BackendKind`]) with
+/// its op table, targets and registered pools.
 ///
 /// ```
 /// use iocomplete::{BufferPool, Op, Ring};
@@ -383,9 +494,9 @@ impl SpareIovs {
 /// # Ok::<(), iocomplete::Error>(())
 /// ```
 pub struct Ring {
-    // Field order matters for drop: the io_uring instance goes first, then the pools
-    // whose arenas it had registered.
-    uring: IoUring,
+    // Field order matters for drop: the backend (the io_uring instance) goes first, then
+    // the pools whose arenas it had registered.
+    backend: Backend,
     id: u32,
     ops: Slab<Entry>,
     next_gen: u32,
@@ -427,6 +538,7 @@ impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ring")
             .field("id", &self.id)
+            .field("backend", &self.backend.kind())
             .field("in_kernel", &self.in_kernel)
             .field("ops", &self.ops.len())
             .field("caps", &self.caps)
@@ -449,6 +561,14 @@ impl Ring {
     /// What the kernel and this ring can do.
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// Which backend executes this ring's operations: [`BackendKind::Uring`] or
+    /// [`BackendKind::Threads`] (never `Auto`) — for a ring built with
+    /// [`BackendKind::Auto`], whether io_uring was refused here and the thread pool took
+    /// over. [`capabilities`](Self::capabilities) says what that backend lacks.
+    pub fn backend(&self) -> BackendKind {
+        self.backend.kind()
     }
 
     /// Counters.
@@ -490,16 +610,20 @@ impl Ring {
     fn install(&mut self, r: handle::Registration) {
         let index = r.target.index;
         let mut fixed = None;
-        if self.caps.fixed_files && index < self.files {
+        if let (true, Backend::Uring(uring)) =
+            (self.caps.fixed_files && index < self.files, &self.backend)
+        {
             let fds = [r.fd.as_raw_fd()];
-            if self
-                .uring
-                .submitter()
-                .register_files_update(index, &fds)
-                .is_ok()
-            {
+            if uring.submitter().register_files_update(index, &fds).is_ok() {
                 fixed = Some(index);
             }
+        }
+        if let Backend::Threads(th) = &mut self.backend {
+            let class = backend::threads::FdClass {
+                stream: !r.info.kind.is_seekable(),
+                direct: r.info.direct,
+            };
+            th.add_fd(r.fd.as_raw_fd(), class);
         }
         let ix = index as usize;
         if self.targets.len() <= ix {
@@ -560,9 +684,16 @@ impl Ring {
         // Operations on `t` still queued in the SQ must reach the kernel before the
         // fixed-file slot is cleared, or they would find it empty (EBADF).
         self.enter(0, None)?;
-        let e = self.targets[t.index as usize].take();
-        if let Some(ix) = e.and_then(|e| e.fixed) {
-            let _ = self.uring.submitter().register_files_update(ix, &[-1]);
+        if let Some(e) = self.targets[t.index as usize].take() {
+            match &mut self.backend {
+                Backend::Uring(uring) => {
+                    if let Some(ix) = e.fixed {
+                        let _ = uring.submitter().register_files_update(ix, &[-1]);
+                    }
+                }
+                // Closed once the operations in flight on it are done.
+                Backend::Threads(th) => th.release_fd(e.fd),
+            }
         }
         self.shared.ids().release(t.index);
         Ok(())
@@ -592,11 +723,19 @@ impl Ring {
         if self.pools.iter().any(|p| p.pool.id() == pool.inner.id()) {
             return BufferRegistration::Fixed;
         }
-        if !self.caps.fixed_buffers {
-            return BufferRegistration::Unregistered(Error::unsupported(
-                "registered buffers (IORING_REGISTER_BUFFERS2 sparse table)",
-            ));
-        }
+        let uring = match &self.backend {
+            Backend::Uring(uring) if self.caps.fixed_buffers => uring,
+            Backend::Uring(_) => {
+                return BufferRegistration::Unregistered(Error::unsupported(
+                    "registered buffers (IORING_REGISTER_BUFFERS2 sparse table)",
+                ))
+            }
+            Backend::Threads(_) => {
+                return BufferRegistration::Unregistered(Error::unsupported(
+                    "registered buffers (the threads backend has none)",
+                ))
+            }
+        };
         let regions: Vec<libc::iovec> = pool
             .inner
             .regions()
@@ -615,7 +754,7 @@ impl Ring {
         // long as the ring holds the `Arc<PoolInner>` pushed below (dropped only after the
         // io_uring instance, see the field order of `Ring`).
         let r = unsafe {
-            self.uring
+            uring
                 .submitter()
                 .register_buffers_update(self.next_buffer, &regions, None)
         };
@@ -859,29 +998,36 @@ impl Ring {
     pub const POLL_BUDGET: usize = 256;
 }
 
-/// The io_uring instance's descriptor: it polls readable while a completion is waiting in
-/// the ring (see [`Ring::poll_complete`]). Only for readiness: reading or writing it does
-/// nothing useful.
+/// The io_uring instance's descriptor (with the thread-pool backend, an eventfd): it polls
+/// readable while a completion is waiting in the ring (see [`Ring::poll_complete`]). Only
+/// for readiness: reading or writing it does nothing useful.
 ///
 /// With [`RingBuilder::defer_taskrun`], completions wait as task work that wakes only the
 /// ring's own thread: `poll(2)` on that thread sees them, an edge-triggered `epoll`
 /// (tokio's, mio's) does not — drive such a ring from a blocking loop instead.
 impl AsFd for Ring {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.uring.as_fd()
+        self.backend.as_fd()
     }
 }
 
 /// The descriptor of [`AsFd`], for reactors that take raw descriptors.
 impl AsRawFd for Ring {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.uring.as_raw_fd()
+        self.backend.as_fd().as_raw_fd()
     }
 }
 
 impl Drop for Ring {
     fn drop(&mut self) {
         self.shutdown_drain();
+        if let Backend::Threads(th) = &mut self.backend {
+            // Operations the drain gave up on may still use their descriptors: the backend
+            // keeps those open until they return.
+            for e in self.targets.iter_mut().filter_map(Option::take) {
+                th.release_fd(e.fd);
+            }
+        }
         for p in &self.pools {
             p.pool.note_registered(false);
         }

@@ -74,6 +74,24 @@ impl Capabilities {
     }
 }
 
+impl Capabilities {
+    /// The thread-pool backend's report: `entries` and `cq_entries` as io_uring would
+    /// round them; no registered files or buffers, no multishot reads or buffer rings, no
+    /// SQPOLL; cancels, linked deadlines, timed waits and an unbounded completion queue.
+    pub(crate) fn threads(entries: u32, cq_entries: u32) -> Capabilities {
+        Capabilities {
+            sq_entries: entries.next_power_of_two(),
+            cq_entries: cq_entries.next_power_of_two(),
+            nodrop: true,
+            ext_arg: true,
+            link_timeout: true,
+            async_cancel: true,
+            rwf_noappend: rwf_noappend(),
+            ..Capabilities::default()
+        }
+    }
+}
+
 /// Whether the kernel knows `RWF_NOAPPEND`: a one-byte `pwritev2` with it to a memfd,
 /// once per process (older kernels answer `EOPNOTSUPP` to unknown flags).
 fn rwf_noappend() -> bool {

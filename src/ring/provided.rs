@@ -20,7 +20,7 @@ use crate::buf::BufferPool;
 use crate::error::{Error, ErrorKind, Result};
 
 use super::buf_ring::{BufRing, BufRingLease, BufRingState, ENTRY};
-use super::Ring;
+use super::{Backend, Ring};
 
 impl Ring {
     /// Register a provided-buffer ring of `entries` (a power of two, at most 32768) slots
@@ -30,9 +30,17 @@ impl Ring {
     /// several buffer rings draw on the same pool, up to its fair share of the pool's
     /// slots (refilled in turn with them).
     pub fn register_buf_ring(&mut self, pool: &BufferPool, entries: u16) -> Result<BufRing> {
-        if !self.caps.buf_ring {
-            return Err(Error::unsupported("provided-buffer rings (Linux 5.19)"));
-        }
+        let uring = match &self.backend {
+            Backend::Uring(uring) if self.caps.buf_ring => uring,
+            Backend::Uring(_) => {
+                return Err(Error::unsupported("provided-buffer rings (Linux 5.19)"))
+            }
+            Backend::Threads(_) => {
+                return Err(Error::unsupported(
+                    "provided-buffer rings (not on the threads backend)",
+                ))
+            }
+        };
         // A power-of-two u16 is at most 32768 already.
         if !entries.is_power_of_two() {
             return Err(Error::new(ErrorKind::NotPowerOfTwo {
@@ -67,7 +75,7 @@ impl Ring {
         // the `BufRingState` that owns it, which the ring keeps until after the io_uring
         // instance is closed (field order of `Ring`).
         unsafe {
-            self.uring.submitter().register_buf_ring_with_flags(
+            uring.submitter().register_buf_ring_with_flags(
                 map.as_mut_ptr() as u64,
                 entries,
                 bgid,
@@ -154,10 +162,13 @@ impl Ring {
     /// kernel uses; then drop its state, which returns the offered slots to the pool and
     /// unmaps the entries (the kernel no longer reads them).
     fn remove_buf_ring(&mut self, pos: usize) -> Result<()> {
-        self.uring
-            .submitter()
-            .unregister_buf_ring(self.buf_rings[pos].bgid)
-            .map_err(|e| Error::from_io(&e))?;
+        // Only io_uring rings have buffer rings (`register_buf_ring`).
+        if let Backend::Uring(uring) = &self.backend {
+            uring
+                .submitter()
+                .unregister_buf_ring(self.buf_rings[pos].bgid)
+                .map_err(|e| Error::from_io(&e))?;
+        }
         self.buf_rings.swap_remove(pos);
         Ok(())
     }

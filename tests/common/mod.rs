@@ -368,6 +368,15 @@ pub fn needs(present: bool, missing: &str) -> Option<()> {
     present.then_some(())
 }
 
+/// `Some(())` when `ring` runs on io_uring, else `None` after a skip saying the test needs
+/// `what` of io_uring (the thread-pool backend, e.g. under `IOCOMPLETE_BACKEND=threads`).
+pub fn needs_uring(ring: &iocomplete::Ring, what: &str) -> Option<()> {
+    needs(
+        ring.backend() == iocomplete::BackendKind::Uring,
+        &format!("needs io_uring: {what}"),
+    )
+}
+
 /// [`needs`] multishot reads of `ring`'s kernel.
 pub fn needs_multishot(ring: &iocomplete::Ring) -> Option<()> {
     needs(
