@@ -338,6 +338,12 @@ impl RingHandle {
     /// usable at once — through this handle, on the ring's own thread, or by any thread
     /// this one hands it to — and its facts are read now, on the calling thread.
     ///
+    /// The descriptor stays open until the ring has installed the target and, after a
+    /// [`close`](Self::close), closed it: a thread that registers and closes in a tight
+    /// loop, never waiting for the ring, holds as many descriptors as it outruns it by
+    /// (await an operation now and then — requests from one thread are carried out in
+    /// order).
+    ///
     /// Errors: what [`FdInfo::probe`] returns, and [`ErrorKind::RingClosed`] when the
     /// ring is gone (the descriptor is then closed).
     pub fn register(&self, fd: impl Into<OwnedFd>) -> Result<Target> {
