@@ -3,6 +3,8 @@
 //! watchdog: a hang fails instead of hanging.
 #![cfg(feature = "tokio")]
 
+mod common;
+
 use std::future::Future;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -1498,6 +1500,9 @@ fn single_issuer_ring_driven_from_two_threads_via_current_thread_runtime() {
 /// runtime (a typed error otherwise)"). Whatever is returned must be typed, not a hang.
 #[test]
 fn defer_taskrun_with_spawn_and_drive() {
+    if common::needs_uring(&Ring::new().unwrap(), "DEFER_TASKRUN rings").is_none() {
+        return;
+    }
     watchdog(30, || {
         let rt = ct();
         let pool = pool(4, 4096);
@@ -1545,6 +1550,9 @@ fn defer_taskrun_with_spawn_and_drive() {
 /// through a handle taken before the refusal still complete (once).
 #[test]
 fn single_issuer_refused_on_multi_thread_completes_pending_handle_ops() {
+    if common::needs_uring(&Ring::new().unwrap(), "single-issuer rings").is_none() {
+        return;
+    }
     watchdog(30, || {
         let rt = mt(2);
         let pool = pool(4, 4096);
@@ -1671,6 +1679,9 @@ fn local_reader_callbacks_call_into_the_ring() {
 /// once, `Abandoned`, and its slot is leaked rather than reused under the kernel.
 #[test]
 fn single_issuer_ring_dropped_with_its_runtime_on_another_thread_abandons_at_once() {
+    if common::needs_uring(&Ring::new().unwrap(), "single-issuer rings").is_none() {
+        return;
+    }
     watchdog(30, || {
         let pool = pool(2, 4096);
         let (rt, fut, _w) = {
@@ -2362,6 +2373,9 @@ fn handoff_from_dropped_future_to_blocking_get() {
 /// with a read of an idle pipe in flight: `Abandoned` once, at once, slot held back.
 #[test]
 fn single_issuer_ring_dropped_on_another_thread_no_tokio_abandons_at_once() {
+    if common::needs_uring(&Ring::new().unwrap(), "single-issuer rings").is_none() {
+        return;
+    }
     watchdog(30, || {
         let pool = pool(2, 4096);
         let q = Arc::new(CompletionQueue::new(4));

@@ -373,7 +373,13 @@ fn slow_device_with_cancel_and_deadline_completes_each_op_once() {
     // these deadlines expired while their reads waited at the device.
     assert_eq!(cancels_asked, 64);
     assert!(expired_at_device >= 4 * 4, "{expired_at_device}");
-    assert!(fs.ctl().stats().delayed >= 192, "{:?}", fs.ctl().stats());
+    // On io_uring every read reaches the device before its cancel or deadline; the
+    // thread-pool backend takes some still queued for a worker, before they get there.
+    if ring.backend() == iocomplete::BackendKind::Uring {
+        assert!(fs.ctl().stats().delayed >= 192, "{:?}", fs.ctl().stats());
+    } else {
+        assert!(fs.ctl().stats().delayed >= 64, "{:?}", fs.ctl().stats());
+    }
     check_teardown(&ring, &[&pool]);
 }
 

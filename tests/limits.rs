@@ -180,7 +180,8 @@ fn disk_file_truncated_while_a_batch_of_reads_races_it() {
 /// with `files` registered-file slots, and a 16-slot pool registered with it.
 fn held(blocks: u64, seed: u64, files: u32) -> Option<(FuseMount, Ring, BufferPool)> {
     let fs = FuseMount::holding(FileSpec::blocks(blocks, seed))?;
-    let mut ring = Ring::builder().files(files).build().unwrap();
+    // (`threads`: workers enough for 32 reads at the server, on the thread-pool backend.)
+    let mut ring = Ring::builder().files(files).threads(64).build().unwrap();
     let pool = pool(16, BS);
     ring.register_pool(&pool);
     Some((fs, ring, pool))

@@ -76,7 +76,16 @@ fn buffered_file_round_trip() {
         .unwrap();
     let mut ring = Ring::new().unwrap();
     let pool = pool(16, BS, 32);
-    assert_eq!(ring.register_pool(&pool), BufferRegistration::Fixed);
+    match ring.backend() {
+        iocomplete::BackendKind::Uring => {
+            assert_eq!(ring.register_pool(&pool), BufferRegistration::Fixed)
+        }
+        // The thread-pool backend has no registered buffers: it says so, typed.
+        _ => assert!(matches!(
+            ring.register_pool(&pool),
+            BufferRegistration::Unregistered(e) if matches!(e.kind(), iocomplete::ErrorKind::Unsupported { .. })
+        )),
+    }
     let t = ring.register(f).unwrap();
     round_trip(&mut ring, &pool, t, 64, 1);
     check_teardown(&ring, &[&pool]);
@@ -392,7 +401,7 @@ fn ten_thousand_ops_through_an_eight_entry_cq() {
     assert_eq!(reads, 2500);
     assert_eq!(seen.load(Ordering::Relaxed), 7500);
     assert!(
-        st.overflow_flushes > 0,
+        st.overflow_flushes > 0 || ring.backend() != iocomplete::BackendKind::Uring,
         "expected the CQ to overflow: {st:?}"
     );
     eprintln!("8-entry CQ: {st:?}");
