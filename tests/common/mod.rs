@@ -372,7 +372,8 @@ pub fn needs(present: bool, missing: &str) -> Option<()> {
 
 /// `Some(())` when `ring` runs on io_uring, else `None` after a skip saying the test needs
 /// `what` of io_uring. In a run that forces the thread-pool backend
-/// (`IOCOMPLETE_BACKEND=threads`, as CI's second pass does) that is the point of the run,
+/// (`IOCOMPLETE_BACKEND=threads`, as CI's second pass does) or on a host with
+/// `kernel.io_uring_disabled` set (CI's third pass) that is the point of the run,
 /// not a broken environment: the skip does not panic under `CI=true`; it is appended to
 /// the file `IOCOMPLETE_SKIP_LOG` names (CI prints them). A threads ring chosen because
 /// io_uring is missing is an ordinary skip.
@@ -381,7 +382,11 @@ pub fn needs_uring(ring: &iocomplete::Ring, what: &str) -> Option<()> {
         return Some(());
     }
     let reason = format!("needs io_uring: {what}");
-    if std::env::var("IOCOMPLETE_BACKEND").is_ok_and(|v| v == "threads") {
+    let forced = std::env::var("IOCOMPLETE_BACKEND").is_ok_and(|v| v == "threads");
+    // `kernel.io_uring_disabled` set (CI's third pass sets it system-wide, then restores it).
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .is_ok_and(|v| v.trim() != "0");
+    if forced || disabled {
         eprintln!("SKIP (threads backend): {reason}");
         if let Ok(path) = std::env::var("IOCOMPLETE_SKIP_LOG") {
             use std::io::Write;
