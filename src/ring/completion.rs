@@ -11,8 +11,8 @@ use crate::buf::{IoBuf, PoolBuf, SharedBuf};
 use crate::error::{Error, Result};
 use crate::queue::CompletionQueue;
 
-use super::handle::HandleShared;
 use super::op::OpId;
+use super::signal::Signal;
 
 /// The buffers an operation gives back.
 #[derive(Default)]
@@ -256,7 +256,7 @@ impl FutureSlot {
 pub struct OpFuture {
     slot: Arc<FutureSlot>,
     /// Where cancel requests go (the ring's command queue).
-    ring: Arc<HandleShared>,
+    ring: Arc<Signal>,
 }
 
 impl fmt::Debug for OpFuture {
@@ -271,7 +271,7 @@ impl fmt::Debug for OpFuture {
 }
 
 impl OpFuture {
-    pub(crate) fn new(slot: Arc<FutureSlot>, ring: Arc<HandleShared>) -> OpFuture {
+    pub(crate) fn new(slot: Arc<FutureSlot>, ring: Arc<Signal>) -> OpFuture {
         OpFuture { slot, ring }
     }
 

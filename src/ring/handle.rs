@@ -2,7 +2,7 @@
 //! targets, cancelling, shutting down.
 
 use std::fmt;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +13,7 @@ use crate::queue::CompletionQueue;
 
 use super::completion::{Bufs, Completion, Delivery, FutureSlot, OpFuture};
 use super::op::{Op, OpId, OpKind};
+use super::signal::Signal;
 use super::target::{FdInfo, Target};
 
 /// What a handle asks the ring to do, in the order it asked.
@@ -68,20 +69,13 @@ impl TargetIds {
 pub(crate) struct HandleShared {
     ring: u32,
     inbox: SegQueue<Cmd>,
-    /// Operations to cancel, from handles and from owners dropped without access to the
-    /// ring (a future, a reader, a FIFO receiver).
-    cancels: SegQueue<OpId>,
-    wake: OwnedFd,
-    /// A wake-up was written to `wake` and the ring has not taken its requests since
-    /// (see `wake`, `take_wake`): later wake-ups need no syscall of their own.
-    wake_pending: AtomicBool,
+    /// Wake-ups, cancels and the "closed" flag (shared with the ring's futures too).
+    pub(crate) signal: Arc<Signal>,
     /// Set by `RingHandle::shutdown`: the driver loop may exit once idle.
     shut_down: AtomicBool,
     /// Set by `RingHandle::shutdown_now`: cancel what is in flight and everything sent
     /// from now on.
     cancel_all: AtomicBool,
-    /// Set when the ring is dropped: nobody will pick up the inbox any more.
-    closed: AtomicBool,
     /// Target ids (see [`TargetIds`]); locked only to register and close.
     pub(crate) targets: Mutex<TargetIds>,
     /// `targets.pending.len()`, readable without the lock (see `has_registrations`).
@@ -89,37 +83,52 @@ pub(crate) struct HandleShared {
 }
 
 impl HandleShared {
+    pub(crate) fn wake_fd(&self) -> RawFd {
+        self.signal.wake_fd()
+    }
+
+    pub(crate) fn pop_cancel(&self) -> Option<OpId> {
+        self.signal.pop_cancel()
+    }
+
+    pub(crate) fn wake(&self) {
+        self.signal.wake()
+    }
+
+    pub(crate) fn take_wake(&self) {
+        self.signal.take_wake()
+    }
+
+    pub(crate) fn clear_wake(&self) {
+        self.signal.clear_wake()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.signal.is_closed()
+    }
+
+    pub(crate) fn close(&self) {
+        self.signal.close()
+    }
+
+    pub(crate) fn cancel(&self, id: OpId) {
+        self.signal.cancel(id)
+    }
+
     pub(crate) fn new(ring: u32) -> Result<HandleShared> {
-        // SAFETY: eventfd takes no pointers; the result is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(Error::last_os());
-        }
         Ok(HandleShared {
             ring,
             inbox: SegQueue::new(),
-            cancels: SegQueue::new(),
-            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-            wake: unsafe { OwnedFd::from_raw_fd(fd) },
-            wake_pending: AtomicBool::new(false),
+            signal: Arc::new(Signal::new()?),
             shut_down: AtomicBool::new(false),
             cancel_all: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
             targets: Mutex::new(TargetIds::default()),
             registrations: AtomicUsize::new(0),
         })
     }
 
-    pub(crate) fn wake_fd(&self) -> RawFd {
-        self.wake.as_raw_fd()
-    }
-
     pub(crate) fn pop(&self) -> Option<Cmd> {
         self.inbox.pop()
-    }
-
-    pub(crate) fn pop_cancel(&self) -> Option<OpId> {
-        self.cancels.pop()
     }
 
     pub(crate) fn inbox_is_empty(&self) -> bool {
@@ -145,37 +154,6 @@ impl HandleShared {
         std::mem::take(&mut ids.pending)
     }
 
-    /// Wake the ring: one eventfd write per batch of requests. Call after making the
-    /// request visible (pushing it).
-    ///
-    /// SeqCst swap here and in [`take_wake`](Self::take_wake): if this swap finds `true`,
-    /// the ring's next `take_wake` comes after it in the flag's modification order, reads
-    /// what it wrote (synchronizing with it), and is followed by the ring taking its
-    /// requests — so it sees the one pushed before this call; meanwhile the write that set
-    /// the flag is still on its way to waking the ring. If it finds `false`, this call
-    /// writes.
-    pub(crate) fn wake(&self) {
-        if self.wake_pending.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our eventfd. A full counter (EAGAIN)
-        // means a wake-up is already pending, which is all we need.
-        let _ = unsafe { libc::write(self.wake_fd(), (&one as *const u64).cast(), 8) };
-    }
-
-    /// The ring is about to take its requests: wake-ups from now on must write again.
-    pub(crate) fn take_wake(&self) {
-        // SeqCst: see `wake`.
-        self.wake_pending.swap(false, Ordering::SeqCst);
-    }
-
-    pub(crate) fn clear_wake(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64; EAGAIN (nothing pending) is fine.
-        let _ = unsafe { libc::read(self.wake_fd(), (&mut v as *mut u64).cast(), 8) };
-    }
-
     pub(crate) fn is_shut_down(&self) -> bool {
         // Acquire: pairs with the Release in `shutdown`, so the operations pushed before
         // the shutdown are visible to the ring's final inbox check.
@@ -187,18 +165,6 @@ impl HandleShared {
         self.cancel_all.load(Ordering::Acquire)
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        // SeqCst: see `close`.
-        self.closed.load(Ordering::SeqCst)
-    }
-
-    /// The ring is going away. SeqCst on this store and on the handles' check after their
-    /// push (a Dekker handshake): either the ring's final drain sees a pushed item, or the
-    /// pusher sees `closed` and drains it itself. Every item completes exactly once.
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-    }
-
     /// Complete everything left in the inbox with `Cancelled` (on the calling thread), and
     /// close the descriptors of registrations nobody will install.
     pub(crate) fn drain_cancelled(&self) {
@@ -208,17 +174,6 @@ impl HandleShared {
             }
         }
         drop(self.take_registrations());
-    }
-
-    /// Ask the ring to cancel operation `id` when it is next driven, and wake it. Nothing
-    /// happens if the operation has completed meanwhile (the id's generation no longer
-    /// matches), or if the ring is gone (it cancelled everything as it closed).
-    pub(crate) fn cancel(&self, id: OpId) {
-        if self.is_closed() {
-            return;
-        }
-        self.cancels.push(id);
-        self.wake();
     }
 }
 
@@ -302,7 +257,7 @@ impl RingHandle {
         }
         self.shared.inbox.push(cmd);
         // SeqCst: the other half of the handshake in `HandleShared::close`.
-        if self.shared.closed.load(Ordering::SeqCst) {
+        if self.shared.is_closed() {
             self.shared.drain_cancelled();
             return;
         }
@@ -325,7 +280,7 @@ impl RingHandle {
     pub fn submit_future(&self, op: Op) -> OpFuture {
         let slot = Arc::new(FutureSlot::default());
         self.send(Cmd::Op(op, Delivery::Future(slot.clone())));
-        OpFuture::new(slot, self.shared.clone())
+        OpFuture::new(slot, self.shared.signal.clone())
     }
 
     /// Submit and forget; buffers are still reclaimed.
@@ -371,7 +326,7 @@ impl RingHandle {
         };
         // SeqCst: the handshake of `HandleShared::close` — if the ring is gone, its final
         // drain may have missed this registration: drop it ourselves.
-        if self.shared.closed.load(Ordering::SeqCst) {
+        if self.shared.is_closed() {
             self.shared.drain_cancelled();
             return Err(ErrorKind::RingClosed.into());
         }

@@ -58,6 +58,7 @@ mod op;
 mod port;
 mod probe;
 mod provided;
+mod signal;
 mod submission;
 mod submit;
 mod target;

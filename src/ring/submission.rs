@@ -78,7 +78,7 @@ impl Submission<'_> {
         // A fresh slot: no cancel can have been asked for yet.
         let id = self.ring.start(op, Delivery::Future(slot.clone()));
         slot.bind(id);
-        OpFuture::new(slot, self.ring.shared.clone())
+        OpFuture::new(slot, self.ring.shared.signal.clone())
     }
 
     /// Submit and forget (send-and-forget). The ring still reclaims every buffer when the
