@@ -33,7 +33,8 @@ pub const BACKEND_ENV: &str = "IOCOMPLETE_BACKEND";
 pub enum BackendKind {
     /// For [`RingBuilder::backend`](crate::RingBuilder::backend) only (the default):
     /// the `IOCOMPLETE_BACKEND` environment variable decides if it is set (`threads`,
-    /// `uring` or `auto`; anything else is refused with
+    /// `uring` or `auto`, surrounding spaces ignored; empty counts as unset; anything else
+    /// is refused with
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)); otherwise io_uring,
     /// falling back to [`Threads`](Self::Threads) when the kernel refuses to set it up
     /// (`ENOSYS`: no io_uring, or a seccomp filter; `EPERM`/`EACCES`:

@@ -204,6 +204,12 @@ impl Rw {
     /// One `preadv2`/`pwritev2` at `off` (`-1`: the file's position) with `flags`; the
     /// byte count or `-errno`.
     fn call(&self, off: i64, flags: i32) -> i32 {
+        self.call_on(self.fd, off, flags)
+    }
+
+    /// [`call`](Self::call) on another descriptor of the same file (a non-blocking twin,
+    /// see `nonblocking_twin`).
+    fn call_on(&self, fd: RawFd, off: i64, flags: i32) -> i32 {
         let one;
         let (iov, cnt) = match self.mem {
             Mem::One(p, n) => {
@@ -222,9 +228,9 @@ impl Rw {
             // A read writes only within the iovecs; a write only reads them.
             let r = unsafe {
                 if self.write {
-                    libc::pwritev2(self.fd, iov, cnt, off, flags)
+                    libc::pwritev2(fd, iov, cnt, off, flags)
                 } else {
-                    libc::preadv2(self.fd, iov, cnt, off, flags)
+                    libc::preadv2(fd, iov, cnt, off, flags)
                 }
             };
             if r >= 0 {
@@ -989,6 +995,8 @@ impl Shared {
         };
         let mut first = true;
         let mut nowait = true;
+        // The descriptor to call when `RWF_NOWAIT` is refused (see below).
+        let mut twin: Option<OwnedFd> = None;
         let mut misses = 0u32;
         loop {
             let deadline = match self.block(job, wake, first) {
@@ -1007,12 +1015,23 @@ impl Shared {
                 Ok(0) => continue,
                 Ok(_) => {}
             }
-            let mut r = rw.call(-1, rw.flags | if nowait { libc::RWF_NOWAIT } else { 0 });
+            let mut r = if nowait {
+                rw.call(-1, rw.flags | libc::RWF_NOWAIT)
+            } else {
+                rw.call_on(twin.as_ref().map_or(rw.fd, |t| t.as_raw_fd()), -1, rw.flags)
+            };
             if r == -libc::EOPNOTSUPP && nowait {
-                // Not a file that transfers without blocking (a tty, a FIFO opened by
-                // path): `poll` said ready, so a plain call finds data (or room).
+                // Not a file that transfers without blocking on request (a tty, a FIFO
+                // opened by path). A plain call could block for good — another reader took
+                // the data `poll` saw, a write wants more room than there is — out of reach
+                // of cancel, deadline and drop. So call a non-blocking twin: the same FIFO
+                // or tty opened again, with `O_NONBLOCK` on its own open file description
+                // (the caller's descriptor is untouched); it answers `EAGAIN` instead.
+                // Where there is none (a pty master: opening it again makes a new pty), the
+                // plain call it is.
                 nowait = false;
-                r = rw.call(-1, rw.flags);
+                twin = nonblocking_twin(rw.fd);
+                r = rw.call_on(twin.as_ref().map_or(rw.fd, |t| t.as_raw_fd()), -1, rw.flags);
             }
             if r == -libc::EAGAIN {
                 // Someone else took the data (or the room): wait again.
@@ -1401,6 +1420,39 @@ impl Threads {
             drop(fd);
         }
     }
+}
+
+/// The FIFO or tty behind `fd` opened again (through `/proc/self/fd`) with the same access
+/// mode plus `O_NONBLOCK`: the same pipe buffer or terminal, on an open file description of
+/// its own, so `O_NONBLOCK` there changes nothing for the caller's descriptor. `None` for
+/// anything else, and for a pty master (`/dev/ptmx`, char 5:2: opening it again makes a
+/// new pty).
+fn nonblocking_twin(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: fstat writes one `stat` into valid memory; the result is checked.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    let kind = st.st_mode & libc::S_IFMT;
+    let ptmx =
+        kind == libc::S_IFCHR && libc::major(st.st_rdev) == 5 && libc::minor(st.st_rdev) == 2;
+    // SAFETY: isatty only inspects the descriptor.
+    let tty = kind == libc::S_IFCHR && unsafe { libc::isatty(fd) } == 1;
+    if ptmx || !(kind == libc::S_IFIFO || tty) {
+        return None;
+    }
+    // SAFETY: F_GETFL takes no pointer.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if fl < 0 {
+        return None;
+    }
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).ok()?;
+    let flags = (fl & libc::O_ACCMODE) | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated path; the result is checked.
+    let twin = unsafe { libc::open(path.as_ptr(), flags) };
+    // SAFETY: a fresh descriptor owned by nobody else.
+    (twin >= 0).then(|| unsafe { OwnedFd::from_raw_fd(twin) })
 }
 
 impl AsFd for Threads {
