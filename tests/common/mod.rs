@@ -382,11 +382,7 @@ pub fn needs_uring(ring: &iocomplete::Ring, what: &str) -> Option<()> {
         return Some(());
     }
     let reason = format!("needs io_uring: {what}");
-    let forced = std::env::var("IOCOMPLETE_BACKEND").is_ok_and(|v| v == "threads");
-    // `kernel.io_uring_disabled` set (CI's third pass sets it system-wide, then restores it).
-    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-        .is_ok_and(|v| v.trim() != "0");
-    if forced || disabled {
+    if uring_absent_on_purpose() {
         eprintln!("SKIP (threads backend): {reason}");
         if let Ok(path) = std::env::var("IOCOMPLETE_SKIP_LOG") {
             use std::io::Write;
@@ -402,6 +398,15 @@ pub fn needs_uring(ring: &iocomplete::Ring, what: &str) -> Option<()> {
     }
     skip(&reason);
     None
+}
+
+/// Whether this run goes without io_uring on purpose: the thread-pool backend forced
+/// (`IOCOMPLETE_BACKEND=threads`), or `kernel.io_uring_disabled` set (CI's third pass sets it
+/// system-wide, then restores it).
+pub fn uring_absent_on_purpose() -> bool {
+    std::env::var("IOCOMPLETE_BACKEND").is_ok_and(|v| v == "threads")
+        || std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .is_ok_and(|v| v.trim() != "0")
 }
 
 /// [`needs`] multishot reads of `ring`'s kernel.
