@@ -3,6 +3,7 @@
 #
 #   benches/compare.sh [RESULTS.csv]        # full run, about 10 minutes
 #   QUICK=1 benches/compare.sh              # smoke run, about 2 minutes
+#   FALLBACK=1 benches/compare.sh           # the thread-pool backend instead, about 5 minutes
 #
 # Each workload runs every engine REPS times (default 3 x SECS=5 s), alternating the
 # engines and rotating their order each repetition, so slow drifts (other load, page cache,
@@ -10,8 +11,14 @@
 # facts as leading '#' lines); the summary (medians, min-max, same-run ratios) is printed
 # by benches/plot.py, which also renders the SVG plots into perf/.
 #
+# FALLBACK=1 measures the backend for hosts where io_uring is blocked instead: 4 KiB random
+# reads at QD 1 and 32 (QDS), page-cached and O_DIRECT on the loop device, by iobench on the
+# thread pool (IOCOMPLETE_BACKEND=threads), fio psync and posixaio (glibc's POSIX AIO, its
+# own threads), and iobench on io_uring for reference; workloads `fallback_*`, results in
+# target/perf/fallback-*.csv, summarised (no plots) with the ratios iobench_threads ÷ peer.
+#
 # Needs root for the loop device (skipped otherwise). Installs fio from Debian's packages
-# when missing. Environment: QUICK=1, REPS, SECS, DIR (work files; default
+# when missing. Environment: QUICK=1, FALLBACK=1, REPS, SECS, DIR (work files; default
 # /var/tmp/iocomplete-bench on the root disk), SIZE (file size, default 1g), PLOT=0 to skip
 # the plots, OUT (plot directory, default perf/).
 set -euo pipefail
@@ -19,6 +26,10 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 QUICK=${QUICK:-0}
+FALLBACK=${FALLBACK:-0}
+if [ "$FALLBACK" = 1 ]; then
+    QDS=${QDS:-"1 32"}
+fi
 if [ "$QUICK" = 1 ]; then
     REPS=${REPS:-1}; SECS=${SECS:-1}; QDS=${QDS:-"1 32"}; DISK_QDS=${DISK_QDS:-"1 32"}
 else
@@ -30,7 +41,11 @@ esac
 DIR=${DIR:-/var/tmp/iocomplete-bench}
 SIZE=${SIZE:-1g}
 STAMP=$(date +%Y%m%d-%H%M%S)
-RESULTS=${1:-$ROOT/target/perf/results-$STAMP.csv}
+if [ "$FALLBACK" = 1 ]; then
+    RESULTS=${1:-$ROOT/target/perf/fallback-$STAMP.csv}
+else
+    RESULTS=${1:-$ROOT/target/perf/results-$STAMP.csv}
+fi
 mkdir -p "$DIR" "$(dirname "$RESULTS")"
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -83,7 +98,7 @@ ROOTDEV=$(findmnt -no SOURCE / 2>/dev/null || echo "?")
     echo "# root disk: $ROOTDEV ($(lsblk -dno MODEL,SIZE "$ROOTDEV" 2>/dev/null | xargs || echo '?')); file: $FILE ($FILE_BYTES bytes, $(stat -f -c %T "$DIR"))"
     echo "# loop: ${LOOP:-none} over ${SHM_IMG:-none}"
     echo "# loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "# reps: $REPS x ${SECS}s; quick: $QUICK"
+    echo "# reps: $REPS x ${SECS}s; quick: $QUICK; fallback: $FALLBACK"
     echo "workload,engine,rw,bs,qd,direct,rep,iops,bw_bytes,lat_p50_ns,lat_p99_ns,cpu_usr,cpu_sys"
 } >"$RESULTS"
 
@@ -93,20 +108,33 @@ import json, sys
 j = json.load(sys.stdin)["jobs"][0]
 d = j["write"] if sys.argv[1] in ("write", "randwrite") else j["read"]
 pct = d.get("lat_ns", {}).get("percentile", {})
+usr, sys_ = j["usr_cpu"], j["sys_cpu"]
+if len(sys.argv) > 2:  # "%U %S" of the whole fio process tree, from /usr/bin/time -o
+    u, s = map(float, open(sys.argv[2]).read().split()[-2:])
+    secs = d["runtime"] / 1000.0
+    usr, sys_ = 100 * u / secs, 100 * s / secs
 print("%.0f,%d,%d,%d,%.2f,%.2f" % (d["iops"], d["bw_bytes"], pct.get("50.000000", 0),
-      pct.get("99.000000", 0), j["usr_cpu"], j["sys_cpu"]))
+      pct.get("99.000000", 0), usr, sys_))
 '
 IOB_PARSE='
 import json, sys
 r = json.loads(sys.stdin.read().strip().splitlines()[-1])
+if r.get("backend") != sys.argv[1]:
+    sys.exit("iobench ran on backend %r, not %r" % (r.get("backend"), sys.argv[1]))
 print("%s,%s,%s,%s,%s,%s" % (r["iops"], r["bw_bytes"], r["lat_p50_ns"], r["lat_p99_ns"],
       r["cpu_usr"], r["cpu_sys"]))
 '
 
-run_iobench() { # target rw bs qd direct
-    local d=""; [ "$5" = 1 ] && d="--direct"
-    "$IOB" --rw "$2" --bs "$3" --qd "$4" $d --seconds "$SECS" "$1" 2>/dev/null | python3 -c "$IOB_PARSE"
+iobench_on() { # backend target rw bs qd direct: IOCOMPLETE_BACKEND forces it, JSON checks it
+    local d=""; [ "$6" = 1 ] && d="--direct"
+    IOCOMPLETE_BACKEND=$1 "$IOB" --rw "$3" --bs "$4" --qd "$5" $d --seconds "$SECS" "$2" 2>/dev/null |
+        python3 -c "$IOB_PARSE" "$1"
 }
+
+run_iobench() { iobench_on uring "$@"; } # target rw bs qd direct
+
+# The thread-pool backend (default workers: 4 per CPU, at most the ring's SQ entries).
+run_iobench_threads() { iobench_on threads "$@"; } # target rw bs qd direct
 
 fio_common() { # target rw bs direct
     local size=""; [ -f "$1" ] && size="--size=$FILE_BYTES"
@@ -117,18 +145,35 @@ fio_common() { # target rw bs direct
 
 # Batching for fio as for iobench: submit everything queued in one call, reap whenever at
 # least a quarter of the queue (and at least one I/O) has completed.
+fio_batch() { # qd
+    echo "--iodepth=$1 --iodepth_batch_submit=$1 --iodepth_batch_complete_min=$(($1 / 4 > 1 ? $1 / 4 : 1)) \
+--iodepth_batch_complete_max=$1"
+}
+
 run_fio_uring() { # target rw bs qd direct
     # shellcheck disable=SC2046
     fio $(fio_common "$1" "$2" "$3" "$5") --ioengine=io_uring --fixedbufs=1 --registerfiles=1 \
-        --iodepth="$4" --iodepth_batch_submit="$4" --iodepth_batch_complete_min=$(($4 / 4 > 1 ? $4 / 4 : 1)) \
-        --iodepth_batch_complete_max="$4" 2>/dev/null | python3 -c "$FIO_PARSE" "$2"
+        $(fio_batch "$4") 2>/dev/null | python3 -c "$FIO_PARSE" "$2"
 }
 
 run_fio_libaio() { # target rw bs qd direct
     # shellcheck disable=SC2046
-    fio $(fio_common "$1" "$2" "$3" "$5") --ioengine=libaio --iodepth="$4" \
-        --iodepth_batch_submit="$4" --iodepth_batch_complete_min=$(($4 / 4 > 1 ? $4 / 4 : 1)) \
-        --iodepth_batch_complete_max="$4" 2>/dev/null | python3 -c "$FIO_PARSE" "$2"
+    fio $(fio_common "$1" "$2" "$3" "$5") --ioengine=libaio $(fio_batch "$4") 2>/dev/null |
+        python3 -c "$FIO_PARSE" "$2"
+}
+
+# glibc's POSIX AIO (aio_read + aio_suspend): a user-space thread pool, like the fallback.
+# fio counts the CPU of its job thread only (RUSAGE_THREAD), not glibc's AIO threads, which
+# do the reads: the CPU columns are the whole process tree's (/usr/bin/time, startup
+# included) over fio's runtime instead, as iobench's cover its backend's threads.
+run_fio_posixaio() { # target rw bs qd direct
+    local t="" rc=0
+    [ -n "$TIME" ] && t=$(mktemp)
+    # shellcheck disable=SC2046
+    ${t:+"$TIME" -o "$t" -f '%U %S'} fio $(fio_common "$1" "$2" "$3" "$5") --ioengine=posixaio \
+        $(fio_batch "$4") 2>/dev/null | python3 -c "$FIO_PARSE" "$2" ${t:+"$t"} || rc=1
+    [ -n "$t" ] && rm -f "$t"
+    return $rc
 }
 
 run_fio_psync() { # target rw bs qd(ignored: synchronous) direct
@@ -185,6 +230,26 @@ bench() {
 }
 
 log "results -> $RESULTS"
+
+if [ "$FALLBACK" = 1 ]; then
+    # The thread-pool backend against the peers a host without io_uring has. psync is
+    # synchronous: at QD 32 it still has one read in flight.
+    FB_ENGINES="iobench_threads fio_psync fio_posixaio iobench"
+    for qd in $QDS; do
+        # shellcheck disable=SC2086
+        bench fallback_cached_randread "$FILE" randread 4k "$qd" 0 $FB_ENGINES
+    done
+    if [ -n "$LOOP" ]; then
+        for qd in $QDS; do
+            # shellcheck disable=SC2086
+            bench fallback_loop_direct_randread "$LOOP" randread 4k "$qd" 1 $FB_ENGINES
+        done
+    fi
+    echo "# loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS"
+    log "done: $RESULTS"
+    python3 "$ROOT/benches/plot.py" "$RESULTS" --summary-only
+    exit 0 # (the EXIT trap detaches the loop device)
+fi
 
 # 1. 4 KiB random read, page-cached: software overhead. psync is synchronous (its QD is 1).
 for qd in $QDS; do

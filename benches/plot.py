@@ -6,7 +6,9 @@
 Prints, per workload, the median and min-max of every engine's IOPS, its CPU time per
 I/O and latency, and iobench's ratios to each peer measured in the same run: the ratio of
 medians, and the median (min-max) of the per-repetition ratios (each repetition runs the
-engines back to back, so a paired ratio cancels slow drifts in machine load). Renders
+engines back to back, so a paired ratio cancels slow drifts in machine load). In a
+workload with `iobench_threads` (`FALLBACK=1 benches/compare.sh`) the ratios are those of
+iobench on the thread-pool backend, with a line per QD against fio psync and posixaio. Renders
 hand-written SVG plots: IOPS vs QD and CPU/IO vs QD for each random-read workload, and
 bandwidth per engine for the sequential ones.
 """
@@ -20,17 +22,21 @@ import sys
 from collections import defaultdict
 
 ENGINE_LABEL = {
+    "iobench_threads": "iobench, threads backend",
     "iobench": "iobench (iocomplete)",
     "fio_uring": "fio io_uring",
     "fio_psync": "fio psync",
     "fio_libaio": "fio libaio",
+    "fio_posixaio": "fio posixaio",
     "dd": "dd",
 }
 COLOR = {
+    "iobench_threads": "#ff7f0e",
     "iobench": "#d62728",
     "fio_uring": "#1f77b4",
     "fio_psync": "#2ca02c",
     "fio_libaio": "#9467bd",
+    "fio_posixaio": "#8c564b",
     "dd": "#7f7f7f",
 }
 WORKLOAD_TITLE = {
@@ -39,6 +45,8 @@ WORKLOAD_TITLE = {
     "disk_direct_randread": "4 KiB random read, O_DIRECT, file on the root disk",
     "cached_seqread": "sequential read, page-cached (QD 4; dd QD 1)",
     "direct_seqread": "sequential read, O_DIRECT (QD 4; dd QD 1)",
+    "fallback_cached_randread": "thread-pool backend: 4 KiB random read, page-cached file",
+    "fallback_loop_direct_randread": "thread-pool backend: 4 KiB random read, O_DIRECT, loop device on tmpfs",
 }
 
 
@@ -83,6 +91,12 @@ def fmt_range(xs, f):
     return f"{f(min(xs))}–{f(max(xs))}" if len(xs) > 1 else f(xs[0])
 
 
+def paired(ours, theirs, key="iops"):
+    """Per-repetition ratios ours ÷ theirs of `key`, over the repetitions both ran."""
+    by_rep = {r["rep"]: r[key] for r in theirs}
+    return [r[key] / by_rep[r["rep"]] for r in ours if r["rep"] in by_rep and by_rep[r["rep"]] > 0]
+
+
 def summarise(meta, rows, out=sys.stdout):
     w = out.write
     for m in meta:
@@ -95,14 +109,16 @@ def summarise(meta, rows, out=sys.stdout):
         if r["workload"] not in workloads:
             workloads.append(r["workload"])
     for wl in workloads:
+        # The engine whose ratios the table gives: the thread-pool backend where it ran.
+        me = "iobench_threads" if any(x == wl and e == "iobench_threads" for (x, _, _, e) in groups) else "iobench"
         w(f"\n### {WORKLOAD_TITLE.get(wl, wl)} (`{wl}`)\n\n")
-        w("| bs | QD | engine | IOPS median (min–max) | MiB/s | CPU µs/IO | usr+sys % | lat p50 / p99 µs | iobench ÷ this: IOPS (paired reps) | CPU/IO |\n")
+        w(f"| bs | QD | engine | IOPS median (min–max) | MiB/s | CPU µs/IO | usr+sys % | lat p50 / p99 µs | {me} ÷ this: IOPS (paired reps) | CPU/IO |\n")
         w("|---|---|---|---|---|---|---|---|---|---|\n")
         keys = sorted({(b, q) for (x, b, q, _) in groups if x == wl}, key=lambda k: (bs_bytes(k[0]), k[1]))
         for bs, qd in keys:
             engines = [e for (x, b, q, e) in groups if (x, b, q) == (wl, bs, qd)]
             order = sorted(engines, key=lambda e: list(ENGINE_LABEL).index(e) if e in ENGINE_LABEL else 99)
-            ours = groups.get((wl, bs, qd, "iobench"), [])
+            ours = groups.get((wl, bs, qd, me), [])
             for e in order:
                 g = groups[(wl, bs, qd, e)]
                 iops = [r["iops"] for r in g]
@@ -112,15 +128,14 @@ def summarise(meta, rows, out=sys.stdout):
                 p99 = med([r["lat_p99_ns"] for r in g]) / 1e3
                 lat = f"{p50:.1f} / {p99:.1f}" if p50 > 0 else "-"
                 ratio = cpu_ratio = ""
-                if e != "iobench" and ours:
+                if e != me and ours:
                     rm = med([r["iops"] for r in ours]) / med(iops)
-                    by_rep = {r["rep"]: r["iops"] for r in g}
-                    paired = [r["iops"] / by_rep[r["rep"]] for r in ours if r["rep"] in by_rep]
+                    pr = paired(ours, g)
                     # The headline is the median of the per-repetition ratios: each
                     # repetition runs the engines back to back, so a paired ratio cancels
                     # slow drifts in machine load; the ratio of medians does not.
-                    if paired:
-                        ratio = f"**{med(paired):.2f}×** ({fmt_range(paired, lambda x: f'{x:.2f}')}; of medians {rm:.2f}×)"
+                    if pr:
+                        ratio = f"**{med(pr):.2f}×** ({fmt_range(pr, lambda x: f'{x:.2f}')}; of medians {rm:.2f}×)"
                     else:
                         ratio = f"{rm:.2f}× (of medians; no paired repetition)"
                     oc = med([r["cpu_us_per_io"] for r in ours])
@@ -147,10 +162,25 @@ def summarise(meta, rows, out=sys.stdout):
                             f"{med([a['cpu_us_per_io'] / b['cpu_us_per_io'] for a, b in pairs]):.2f}× CPU/IO"
                         )
                 w("; ".join(parts) + ".\n")
+        if me == "iobench_threads":
+            w(f"\n{me} ÷ peer, same run (IOPS: median of per-repetition ratios (range); CPU/IO: median of per-repetition ratios):\n\n")
+            for bs, qd in keys:
+                ours = groups.get((wl, bs, qd, me), [])
+                parts = []
+                for e in ("fio_psync", "fio_posixaio", "iobench"):
+                    g = groups.get((wl, bs, qd, e), [])
+                    pr, pc = paired(ours, g), paired(ours, g, "cpu_us_per_io")
+                    if pr:
+                        parts.append(
+                            f"÷ {ENGINE_LABEL[e]} **{med(pr):.2f}×** ({fmt_range(pr, lambda x: f'{x:.2f}')}), CPU/IO {med(pc):.2f}×"
+                        )
+                if parts:
+                    w(f"* {bs} QD {qd}: " + "; ".join(parts) + "\n")
     w(
         "\nCPU µs/IO = (usr+sys)/100 ÷ IOPS: core time per I/O, which holds up better than raw "
         "IOPS when other processes take CPU. Ratios: the median of the per-repetition ratios "
-        "iobench ÷ peer (bold), their range, then the ratio of the medians.\n"
+        "iobench ÷ peer (iobench_threads ÷ peer where the thread-pool backend ran; bold), their "
+        "range, then the ratio of the medians.\n"
     )
 
 

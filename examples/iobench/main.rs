@@ -12,10 +12,11 @@
 //! their steady size), keeps `N` operations in flight for `S` seconds (default 5), or
 //! for exactly `--ops` operations (not counting the warm-up; `--ops` below `--qd` is
 //! refused), and prints one JSON line to stdout:
-//! `{"iops":…,"bw_bytes":…,"lat_p50_ns":…,"lat_p99_ns":…,"cpu_usr":…,"cpu_sys":…,"ops":…,
-//! "bytes":…,"allocs":…}` (CPU from `getrusage`, in percent of one core over the run;
-//! `allocs`: heap allocations during the run, 0 in steady state) and a one-line summary
-//! to stderr. A run whose operations did not all complete, whose buffers did not all come
+//! `{"backend":…,"iops":…,"bw_bytes":…,"lat_p50_ns":…,"lat_p99_ns":…,"cpu_usr":…,
+//! "cpu_sys":…,"ops":…,"bytes":…,"allocs":…}` (`backend`: `"uring"` or `"threads"`, what
+//! [`Ring::backend`] ran, which `IOCOMPLETE_BACKEND=threads` forces; CPU from `getrusage`,
+//! in percent of one core over the run; `allocs`: heap allocations during the run, 0 in
+//! steady state) and a one-line summary to stderr. A run whose operations did not all complete, whose buffers did not all come
 //! back, or whose histogram missed an operation fails instead of printing numbers. Random offsets are multiples of the block size. FILE is a regular file or a
 //! block device (anything else is refused, checked before it is opened). A missing FILE
 //! is created and filled to `--size` only when `--size` is given (otherwise it is an
@@ -47,7 +48,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use engine::{Engine, Job, Rw};
-use iocomplete::{BufferPool, BufferRegistration, ErrorKind, Ring};
+use iocomplete::{BackendKind, BufferPool, BufferRegistration, ErrorKind, Ring};
 
 /// Operations run before the measured run.
 const WARMUP_OPS: u64 = 500;
@@ -492,14 +493,19 @@ fn run(a: &Args, pool: BufferPool) -> Result<(), String> {
             t.lat.len()
         ));
     }
+    let backend = match ring.backend() {
+        BackendKind::Threads => "threads",
+        BackendKind::Uring | BackendKind::Auto => "uring",
+    };
     println!(
-        "{{\"iops\":{iops:.0},\"bw_bytes\":{bw:.0},\"lat_p50_ns\":{p50},\"lat_p99_ns\":{p99},\
+        "{{\"backend\":\"{backend}\",\"iops\":{iops:.0},\"bw_bytes\":{bw:.0},\"lat_p50_ns\":{p50},\"lat_p99_ns\":{p99},\
          \"cpu_usr\":{usr:.1},\"cpu_sys\":{sys:.1},\"ops\":{},\"bytes\":{},\"allocs\":{allocs}}}",
         t.ops, t.bytes
     );
     eprintln!(
         "iobench: {:?} bs={} qd={}{} on {}: {:.0} IOPS, {:.1} MiB/s, p50 {} ns, p99 {} ns, \
-         cpu usr {:.1}% sys {:.1}%, {:.2} ops/enter, fixed buffers {}, fixed file {}",
+         cpu usr {:.1}% sys {:.1}%, {:.2} ops/enter, fixed buffers {}, fixed file {}, \
+         backend {backend}",
         a.rw,
         a.bs,
         a.qd,
