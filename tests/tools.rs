@@ -1395,3 +1395,26 @@ fn iobench_runs_exactly_ops_and_refuses_reads_past_the_file() {
         assert!(o.status.success(), "{rw} --size 64k: {}", stderr(&o));
     }
 }
+
+/// The demo end to end on a file it creates: every completion mode, verified byte for byte
+/// by the demo itself, every slot back. Whatever backend the run has (CI runs this file
+/// again with io_uring disabled system-wide, where it falls back to threads), the outcome
+/// is the same.
+#[test]
+fn demo_runs_every_completion_mode_and_verifies_what_it_read() {
+    let (bin, dir) = or_skip!(tool("demo"));
+    let path = dir.path().join("demo.bin");
+    let o = run(&bin, &[path.to_str().unwrap()], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("verified 3670016 bytes byte-for-byte; every slot back in the pool"),
+        "{out}"
+    );
+    // The one-line summary goes to stderr.
+    assert!(
+        stderr(&o).contains("demo: ok, 64 blocks, 3584 KiB verified"),
+        "{}",
+        stderr(&o)
+    );
+}
