@@ -451,7 +451,7 @@ impl Ring {
     /// (once) and complete new operations with `Cancelled` without starting them.
     fn start_inbox(&mut self) {
         // Before looking at anything handles send: a wake-up after this writes again.
-        self.shared.take_wake();
+        self.shared.signal.take_wake();
         self.install_registrations();
         if !self.cancelling_all && self.shared.is_cancelling_all() {
             self.cancelling_all = true;
@@ -479,7 +479,7 @@ impl Ring {
                 }
             }
         }
-        while let Some(id) = self.shared.pop_cancel() {
+        while let Some(id) = self.shared.signal.pop_cancel() {
             self.cancel(id);
         }
     }
@@ -522,20 +522,21 @@ impl Ring {
         if self.wake_armed {
             return Ok(());
         }
-        let sqe = opcode::PollAdd::new(types::Fd(self.shared.wake_fd()), libc::POLLIN as u32)
-            .multi(true)
-            .build()
-            .user_data(sentinel::WAKE);
+        let sqe =
+            opcode::PollAdd::new(types::Fd(self.shared.signal.wake_fd()), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(sentinel::WAKE);
         self.push_sqes(&[sqe])?;
         self.wake_armed = true;
         Ok(())
     }
 
     fn on_wake(&mut self, more: bool) {
-        self.shared.clear_wake();
+        self.shared.signal.clear_wake();
         self.wake_armed = more;
         self.start_inbox();
-        if !more && !self.shared.is_closed() {
+        if !more && !self.shared.signal.is_closed() {
             let _ = self.arm_wake();
         }
     }
@@ -545,7 +546,7 @@ impl Ring {
     /// memory the kernel may still write be reused, and complete those operations with
     /// [`ErrorKind::Abandoned`].
     pub(super) fn shutdown_drain(&mut self) {
-        self.shared.close();
+        self.shared.signal.close();
         self.housekeeping();
         if self.in_kernel > 0 || self.wake_armed {
             let any = opcode::AsyncCancel2::new(types::CancelBuilder::any())

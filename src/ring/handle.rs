@@ -2,7 +2,7 @@
 //! targets, cancelling, shutting down.
 
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -83,38 +83,6 @@ pub(crate) struct HandleShared {
 }
 
 impl HandleShared {
-    pub(crate) fn wake_fd(&self) -> RawFd {
-        self.signal.wake_fd()
-    }
-
-    pub(crate) fn pop_cancel(&self) -> Option<OpId> {
-        self.signal.pop_cancel()
-    }
-
-    pub(crate) fn wake(&self) {
-        self.signal.wake()
-    }
-
-    pub(crate) fn take_wake(&self) {
-        self.signal.take_wake()
-    }
-
-    pub(crate) fn clear_wake(&self) {
-        self.signal.clear_wake()
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.signal.is_closed()
-    }
-
-    pub(crate) fn close(&self) {
-        self.signal.close()
-    }
-
-    pub(crate) fn cancel(&self, id: OpId) {
-        self.signal.cancel(id)
-    }
-
     pub(crate) fn new(ring: u32) -> Result<HandleShared> {
         Ok(HandleShared {
             ring,
@@ -137,6 +105,15 @@ impl HandleShared {
 
     pub(crate) fn ids(&self) -> std::sync::MutexGuard<'_, TargetIds> {
         self.targets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh target of this ring (index and generation from [`TargetIds`]); installed
+    /// by the caller.
+    pub(crate) fn new_target(ids: &mut TargetIds, ring: u32) -> Result<Target> {
+        let (index, gen) = ids
+            .alloc()
+            .ok_or_else(|| Error::invalid("every target index of this ring is taken"))?;
+        Ok(Target { ring, index, gen })
     }
 
     /// Whether a handle registered a target the ring has not installed yet. Relaxed: a
@@ -236,7 +213,7 @@ pub struct RingHandle {
 impl fmt::Debug for RingHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RingHandle")
-            .field("closed", &self.shared.is_closed())
+            .field("closed", &self.shared.signal.is_closed())
             .finish()
     }
 }
@@ -249,7 +226,7 @@ impl RingHandle {
     /// Push a command. If the ring is gone, an operation completes at once with
     /// `Cancelled` (exactly once: by this thread, or by the ring's final drain).
     fn send(&self, cmd: Cmd) {
-        if self.shared.is_closed() || self.shared.is_cancelling_all() {
+        if self.shared.signal.is_closed() || self.shared.is_cancelling_all() {
             if let Cmd::Op(op, d) = cmd {
                 complete_unsent(op, d);
             }
@@ -257,11 +234,11 @@ impl RingHandle {
         }
         self.shared.inbox.push(cmd);
         // SeqCst: the other half of the handshake in `HandleShared::close`.
-        if self.shared.is_closed() {
+        if self.shared.signal.is_closed() {
             self.shared.drain_cancelled();
             return;
         }
-        self.shared.wake();
+        self.shared.signal.wake();
     }
 
     /// Submit; the completion is pushed to `queue`. Multishot operations
@@ -304,19 +281,12 @@ impl RingHandle {
     pub fn register(&self, fd: impl Into<OwnedFd>) -> Result<Target> {
         let fd: OwnedFd = fd.into();
         let info = FdInfo::probe(fd.as_raw_fd())?;
-        if self.shared.is_closed() || self.shared.is_cancelling_all() {
+        if self.shared.signal.is_closed() || self.shared.is_cancelling_all() {
             return Err(ErrorKind::RingClosed.into());
         }
         let target = {
             let mut ids = self.shared.ids();
-            let (index, gen) = ids
-                .alloc()
-                .ok_or_else(|| Error::invalid("every target index of this ring is taken"))?;
-            let target = Target {
-                ring: self.shared.ring,
-                index,
-                gen,
-            };
+            let target = HandleShared::new_target(&mut ids, self.shared.ring)?;
             ids.pending.push(Registration { target, fd, info });
             // Relaxed: published with the lock's release; see `has_registrations`.
             self.shared
@@ -326,11 +296,11 @@ impl RingHandle {
         };
         // SeqCst: the handshake of `HandleShared::close` — if the ring is gone, its final
         // drain may have missed this registration: drop it ourselves.
-        if self.shared.is_closed() {
+        if self.shared.signal.is_closed() {
             self.shared.drain_cancelled();
             return Err(ErrorKind::RingClosed.into());
         }
-        self.shared.wake();
+        self.shared.signal.wake();
         Ok(target)
     }
 
@@ -345,7 +315,7 @@ impl RingHandle {
         if target.ring != self.shared.ring {
             return Err(ErrorKind::StaleTarget.into());
         }
-        if self.shared.is_closed() || self.shared.is_cancelling_all() {
+        if self.shared.signal.is_closed() || self.shared.is_cancelling_all() {
             return Err(ErrorKind::RingClosed.into());
         }
         self.send(Cmd::Close(target));
@@ -360,7 +330,7 @@ impl RingHandle {
     /// belongs to another ring, or if the ring is gone.
     pub fn cancel(&self, id: OpId) {
         if id.ring() == self.shared.ring {
-            self.shared.cancel(id);
+            self.shared.signal.cancel(id);
         }
     }
 
@@ -372,7 +342,7 @@ impl RingHandle {
     pub fn shutdown(&self) {
         // Release: see `HandleShared::is_shut_down`.
         self.shared.shut_down.store(true, Ordering::Release);
-        self.shared.wake();
+        self.shared.signal.wake();
     }
 
     /// Shut down now: cancel every operation in flight, complete everything handles send
@@ -391,13 +361,13 @@ impl RingHandle {
     /// handing that thread work through another channel. Cheap when repeated: one pending
     /// wake-up covers any number of calls.
     pub fn wake(&self) {
-        self.shared.wake();
+        self.shared.signal.wake();
     }
 
     /// Whether the ring is gone, or shut down with [`shutdown_now`](Self::shutdown_now):
     /// submissions then complete at once with `Cancelled`, and `register` and `close`
     /// answer [`ErrorKind::RingClosed`].
     pub fn is_closed(&self) -> bool {
-        self.shared.is_closed() || self.shared.is_cancelling_all()
+        self.shared.signal.is_closed() || self.shared.is_cancelling_all()
     }
 }

@@ -593,16 +593,7 @@ impl Ring {
     pub fn register(&mut self, fd: impl Into<OwnedFd>) -> Result<Target> {
         let fd: OwnedFd = fd.into();
         let info = FdInfo::probe(fd.as_raw_fd())?;
-        let (index, gen) = self
-            .shared
-            .ids()
-            .alloc()
-            .ok_or_else(|| Error::invalid("every target index of this ring is taken"))?;
-        let target = Target {
-            ring: self.id,
-            index,
-            gen,
-        };
+        let target = HandleShared::new_target(&mut self.shared.ids(), self.id)?;
         self.install(handle::Registration { target, fd, info });
         Ok(target)
     }
