@@ -364,6 +364,9 @@ struct Job {
     ud: u64,
     seq: u64,
     work: Work,
+    /// The ring did not describe the descriptor (no `FdClass`): a stream thread checks
+    /// whether it is a file after all (see `run_stream`).
+    unknown: bool,
 }
 
 // SAFETY: a job's pointers name memory the ring parks for the operation until its
@@ -773,7 +776,12 @@ impl Shared {
         }
         *st.fd_users.entry(work.fd()).or_insert(0) += 1;
         st.jobs.insert(ud, live);
-        let job = Job { ud, seq, work };
+        let job = Job {
+            ud,
+            seq,
+            work,
+            unknown: class.is_none(),
+        };
         let (queue, cv) = if stream {
             (&mut st.stream_q, &self.stream_cv)
         } else {
@@ -975,7 +983,9 @@ impl Shared {
     /// A stream thread's job.
     fn run_stream(&self, job: &Job, wake: RawFd) -> MutexGuard<'_, State> {
         match job.work {
-            Work::Rw(rw) if seekable(rw.fd) => {
+            // (Registered descriptors are classified once, at registration: no `fstat` per
+            // job for them.)
+            Work::Rw(rw) if job.unknown && seekable(rw.fd) => {
                 // A file at its position (`write_cursor`) the ring did not describe:
                 // always ready, never polled.
                 let r = rw.call(-1, rw.flags);
