@@ -753,6 +753,93 @@ fn held_file_reads_cannot_be_pulled_back_but_queued_ones_can() {
     close_and_check(&mut ring, &[t], &[&pool]);
 }
 
+/// A ring that waits, with no time limit, for the only operation it has, a file read no
+/// worker has started, runs it on its own thread (no hand-off to a worker and back). Only
+/// then: O_DIRECT reads of a loop device, one at a time, come back right; a ring waiting
+/// with a timeout for a read held at the device returns at its timeout; a ring with a
+/// handle still starts and completes what the handle sends while its read is held.
+#[test]
+fn the_waiting_thread_runs_a_lone_read_only_when_nothing_else_could_end_the_wait() {
+    use common::fuse::{FileSpec, FuseMount};
+    use std::sync::atomic::AtomicBool;
+    // O_DIRECT reads at QD 1: the waiting thread reads.
+    let dev = common::or_skip!(common::LoopDev::new(64 * BS as u64, Some((BS, 47))));
+    let pool = pool(2, BS);
+    let mut dring = ring();
+    let t = dring.register(dev.open(false)).unwrap();
+    for b in (0..64).rev() {
+        check_block(dring.submit(read_block(t, &pool, b)).wait().unwrap(), 47);
+    }
+    close_and_check(&mut dring, &[t], &[&pool]);
+
+    // (A mount per case: the page cache and readahead of one read must not serve the next.)
+    let fs = common::or_skip!(FuseMount::holding(FileSpec::blocks(4, 48)));
+    let released = Arc::new(AtomicBool::new(false));
+    // Releases the hold at `SOON`, or at once when its sender is dropped.
+    let release_later = || {
+        let (ctl, released) = (fs.ctl().clone(), released.clone());
+        let (tx, rx) = mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let _ = rx.recv_timeout(SOON);
+            released.store(true, Ordering::SeqCst);
+            ctl.release();
+        });
+        (tx, t)
+    };
+    // A timeout: the ring waits for the read, it does not make it.
+    let mut tring = ring();
+    let t = tring
+        .register(std::fs::File::open(fs.path()).unwrap())
+        .unwrap();
+    let held = tring.submit(read_block(t, &pool, 0)).ticket();
+    let (release_now, releaser) = release_later();
+    tring.run_once(Some(Duration::from_millis(50))).unwrap();
+    assert!(
+        !released.load(Ordering::SeqCst),
+        "run_once(50 ms) returned only when the held read was released"
+    );
+    assert!(!tring.is_done(&held));
+    assert!(fs.ctl().wait_outstanding(1, SOON), "the read never started");
+    // No timeout, nothing else in flight: the ring's thread may run it (it is already
+    // running on a worker here); either way it completes, once, with its bytes.
+    drop(release_now);
+    check_block(tring.wait(held).unwrap(), 48);
+    releaser.join().unwrap();
+    close_and_check(&mut tring, &[t], &[&pool]);
+    drop(fs);
+
+    // A handle: a nop it sends completes while the ring's one read is held.
+    let fs = common::or_skip!(FuseMount::holding(FileSpec::blocks(4, 48)));
+    released.store(false, Ordering::SeqCst);
+    let mut ring = ring();
+    let t = ring
+        .register(std::fs::File::open(fs.path()).unwrap())
+        .unwrap();
+    let h = ring.handle().unwrap();
+    let held = ring.submit(read_block(t, &pool, 1)).ticket();
+    let (ctl, rel) = (fs.ctl().clone(), released.clone());
+    let sender = std::thread::spawn(move || {
+        assert!(ctl.wait_outstanding(1, SOON), "the read never started");
+        let (tx, rx) = mpsc::channel();
+        h.submit_then(Op::nop(), move |c| {
+            let _ = tx.send(c.result().is_ok());
+        });
+        let nop = rx.recv_timeout(SOON);
+        let before_release = !rel.load(Ordering::SeqCst);
+        rel.store(true, Ordering::SeqCst);
+        ctl.release();
+        (nop, before_release)
+    });
+    check_block(ring.wait(held).unwrap(), 48);
+    let (nop, before_release) = sender.join().unwrap();
+    assert_eq!(nop, Ok(true), "the handle's nop never completed");
+    assert!(
+        before_release,
+        "the handle's nop completed only once the read was released"
+    );
+    close_and_check(&mut ring, &[t], &[&pool]);
+}
+
 #[test]
 fn stream_writes_wait_for_room_and_may_be_short_as_on_io_uring() {
     let pool = common::pool(2, 1 << 20);
@@ -1002,9 +1089,10 @@ fn dma_driver_gathers_extents_in_several_transfers() {
 
 /// The interleaving behind a `tests/dma.rs` failure seen only on this backend
 /// (`a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted`): a
-/// thread-pool ring starts an operation when it is pushed, where io_uring waits for the
-/// next `io_uring_enter`, so the continuation of a short read can reach the device while
-/// the file is being grown. A read answered after the file was extended (`set_len`, which
+/// worker that finishes one job takes the next queued one at once, where io_uring waits
+/// for the next `io_uring_enter`, so the continuation of a short read can reach the device
+/// while the file is being grown. (Here the ring is driven — `poll` — to start each
+/// continuation, which reaches the device before the test changes the file.) A read answered after the file was extended (`set_len`, which
 /// fills with zeros) and before the new content was written gets those zeros: they are
 /// what arrived, and the segment counts them — no stale buffer byte, no byte the device
 /// did not send. One 8 KiB buffer cut into A (0..4096) and B (4096..8192), the file 1000
@@ -1063,6 +1151,7 @@ fn a_continuation_answered_while_the_file_grows_counts_exactly_what_arrived() {
     fs.ctl().release();
     fs.ctl().hold(0..2 * BS as u64);
     step_until(&mut drv, &mut ring, "A", 1);
+    ring.poll().unwrap();
     assert!(
         fs.ctl().wait_outstanding(1, SOON),
         "A' never reached the device"
@@ -1073,6 +1162,7 @@ fn a_continuation_answered_while_the_file_grows_counts_exactly_what_arrived() {
     fs.ctl().release();
     fs.ctl().hold(BS as u64..2 * BS as u64);
     step_until(&mut drv, &mut ring, "A'", 2);
+    ring.poll().unwrap();
     assert!(
         fs.ctl().wait_outstanding(1, SOON),
         "B never reached the device"

@@ -65,8 +65,9 @@ impl Ring {
                 Backend::Uring(uring) => uring,
                 Backend::Threads(th) => {
                     // The same memory rule as below: the workers use it only until they
-                    // post the completion.
-                    th.submit(sqes);
+                    // post the completion. What completes at once joins the copied-out
+                    // CQEs, routed at the next reap.
+                    th.submit(sqes, &mut self.cqes);
                     return Ok(());
                 }
             };
@@ -162,20 +163,24 @@ impl Ring {
                 sq.sync();
                 sq.len()
             }
-            Backend::Threads(_) => 0,
+            // Jobs whose threads are woken at the next enter.
+            Backend::Threads(th) => th.unwoken(),
         }
     }
 
     /// One `io_uring_enter`: submit everything queued, and if `want > 0` wait for that
     /// many completions (up to `timeout`).
     ///
-    /// With the thread-pool backend, submitting happened at `push_sqes`: this only waits.
+    /// With the thread-pool backend, `push_sqes` queued the jobs (or completed them): this
+    /// wakes the threads for them, and waits.
     pub(super) fn enter(&mut self, want: usize, timeout: Option<Duration>) -> Result<()> {
         self.enable()?;
-        if let Backend::Threads(th) = &self.backend {
+        if let Backend::Threads(th) = &mut self.backend {
             if want > 0 {
                 self.stats.enters += 1;
-                th.wait(want, timeout);
+                th.wait(want, timeout, &mut self.cqes);
+            } else {
+                th.flush();
             }
             return Ok(());
         }

@@ -351,6 +351,12 @@ impl RingBuilder {
     fn finish(self, backend: Backend, caps: Capabilities, enabled: bool) -> Result<Ring> {
         let id = NEXT_RING_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shared = Arc::new(HandleShared::new(id)?);
+        // The thread-pool backend also puts there what completes at submission: room for
+        // an operation table's worth, so that steady-state I/O does not grow it.
+        let cqes_room = match backend {
+            Backend::Threads(_) => CQE_BATCH + self.ops.min(1 << 14),
+            Backend::Uring(_) => CQE_BATCH,
+        };
         Ok(Ring {
             backend,
             id,
@@ -374,7 +380,7 @@ impl RingBuilder {
             issuer: 0,
             stats: RingStats::default(),
             spare_iovs: SpareIovs::default(),
-            cqes: VecDeque::with_capacity(CQE_BATCH),
+            cqes: VecDeque::with_capacity(cqes_room),
         })
     }
 }
@@ -531,7 +537,8 @@ pub struct Ring {
     stats: RingStats,
     spare_iovs: SpareIovs,
     /// CQEs copied out of the CQ (`user_data`, result, flags) and not routed yet, oldest
-    /// first (see `reap`).
+    /// first (see `reap`); with the thread-pool backend, also the completions of
+    /// operations done at submission (see `push_sqes`).
     cqes: VecDeque<(u64, i32, u32)>,
 }
 

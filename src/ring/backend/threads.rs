@@ -13,15 +13,20 @@
 //! | `FSYNC` | `fsync`, or `fdatasync` with `IORING_FSYNC_DATASYNC` |
 //! | `POLL_ADD` | `poll`; the result is the ready mask. Multishot: one completion with `IORING_CQE_F_MORE`, then armed again once the ring has routed it ([`Threads::rearm`]) |
 //! | `NOP` | completes at once with 0 |
-//!
-//! As with io_uring, what can be done without blocking is done at submission, on the
-//! ring's thread: a stream transfer that finds data (or room), a positional transfer of a
-//! buffered file the page cache serves whole, a poll whose events are there (all with
-//! `RWF_NOWAIT` or a zero timeout). The rest goes to the threads below.
 //! | `TIMEOUT` (relative, no count) | a timer thread completes it with `-ETIME` |
 //! | `ASYNC_CANCEL` | by `user_data`, or every operation with `IORING_ASYNC_CANCEL_ANY` (see below) |
 //! | `LINK_TIMEOUT` after an `IOSQE_IO_LINK` entry | a deadline on that operation (see below) |
 //! | anything else | `-EINVAL` |
+//!
+//! As with io_uring, what can be done without blocking is done at submission, on the
+//! ring's thread: a stream transfer that finds data (or room), a positional transfer of a
+//! buffered file the page cache serves whole, a poll whose events are there (all with
+//! `RWF_NOWAIT` or a zero timeout). Their completions go straight to the ring's list of
+//! copied-out CQEs (no lock, no eventfd). The rest is queued for the threads below, which
+//! are woken at the ring's next enter — when io_uring would start it too. A ring that then
+//! waits with no time limit for the only operation it has, a file job not started yet,
+//! runs it on its own thread: nothing else could end that wait, and a fast device's read
+//! takes less time than waking a worker and being woken by it.
 //!
 //! ## Threads
 //!
@@ -625,13 +630,31 @@ fn wait_ready(
 fn inline_candidate(work: &Work, class: Option<FdClass>) -> bool {
     match *work {
         Work::Rw(rw) => {
-            let stream = class.map_or(rw.at_cursor(), |c| c.stream);
-            let buffered_file = class.is_some_and(|c| !c.stream && !c.direct);
-            stream || (buffered_file && !rw.at_cursor())
+            class.map_or(rw.at_cursor(), |c| c.stream) || buffered_positional(work, class)
         }
         Work::Poll { multi, .. } => !multi,
         Work::Fsync { .. } => false,
     }
+}
+
+/// Whether `work` is a transfer at an offset of a file (or block device) opened without
+/// `O_DIRECT`: one the page cache may serve whole, without waiting (`RWF_NOWAIT`).
+fn buffered_positional(work: &Work, class: Option<FdClass>) -> bool {
+    matches!(work, Work::Rw(rw) if !rw.at_cursor()) && class.is_some_and(|c| !c.stream && !c.direct)
+}
+
+/// A buffered positional transfer tried with `RWF_NOWAIT`, on the ring's thread: its
+/// result, or `None` if a worker must do it (not all of it in the page cache, or the file
+/// does not take `RWF_NOWAIT`). A short transfer is redone whole by a worker: reading or
+/// writing the same bytes at the same offset again changes nothing.
+fn nowait(rw: Rw) -> Option<i32> {
+    let r = rw.call(rw.off(), rw.flags | libc::RWF_NOWAIT);
+    if rw.flags & libc::RWF_NOWAIT != 0 {
+        return Some(r); // the caller's own `RWF_NOWAIT`: whatever it gives
+    }
+    let whole = usize::try_from(r).is_ok_and(|n| n == rw.len());
+    let failed = r < 0 && r != -libc::EAGAIN && r != -libc::EOPNOTSUPP;
+    (whole || failed).then_some(r)
 }
 
 /// What io_uring does at submission, before it involves a worker: a stream transfer
@@ -644,7 +667,6 @@ fn inline(work: &Work, class: Option<FdClass>) -> Option<i32> {
         Work::Rw(rw) => {
             let own_nowait = rw.flags & libc::RWF_NOWAIT != 0;
             let stream = class.map_or(rw.at_cursor(), |c| c.stream);
-            let buffered_file = class.is_some_and(|c| !c.stream && !c.direct);
             if stream {
                 // Whatever is there (or whatever room), however little: a stream
                 // transfer's answer, as io_uring's first, non-blocking attempt gives.
@@ -653,19 +675,10 @@ fn inline(work: &Work, class: Option<FdClass>) -> Option<i32> {
                 return (!again && r != -libc::EOPNOTSUPP).then_some(r);
             }
             // Positional only: a transfer at the file's position cannot be tried twice.
-            if !buffered_file || rw.at_cursor() {
+            if !buffered_positional(work, class) {
                 return None;
             }
-            let r = rw.call(rw.off(), rw.flags | libc::RWF_NOWAIT);
-            if own_nowait {
-                return Some(r);
-            }
-            // A short transfer (part of the range not cached, or end of file) is redone
-            // whole by a worker: reading or writing the same bytes at the same offset
-            // again changes nothing.
-            let whole = usize::try_from(r).is_ok_and(|n| n == rw.len());
-            let failed = r < 0 && r != -libc::EAGAIN && r != -libc::EOPNOTSUPP;
-            (whole || failed).then_some(r)
+            nowait(rw)
         }
         Work::Poll {
             fd,
@@ -685,6 +698,33 @@ fn inline(work: &Work, class: Option<FdClass>) -> Option<i32> {
     }
 }
 
+/// The system call of an I/O worker's job (a positional transfer, `fsync`): its result.
+fn execute(job: &Job) -> i32 {
+    match job.work {
+        Work::Rw(rw) => rw.call(rw.off(), rw.flags),
+        Work::Fsync { fd, datasync } => loop {
+            // SAFETY: plain syscalls on a descriptor the ring keeps open while the
+            // job lives (see `release_fd`).
+            let r = unsafe {
+                if datasync {
+                    libc::fdatasync(fd)
+                } else {
+                    libc::fsync(fd)
+                }
+            };
+            if r == 0 {
+                break 0;
+            }
+            match errno() {
+                libc::EINTR => continue,
+                e => break -e,
+            }
+        },
+        // Never queued for an I/O worker.
+        Work::Poll { .. } => -libc::EINVAL,
+    }
+}
+
 impl Shared {
     /// Queue a completion for the ring. Lock order: `st` (if held) before `cq`.
     fn post(&self, ud: u64, res: i32, flags: u32) {
@@ -699,7 +739,12 @@ impl Shared {
             cq.signalled = true;
             efd_write(self.signal.as_raw_fd());
         }
-        if cq.want > 0 && cq.items.len() >= cq.want {
+        let wake = cq.want > 0 && cq.items.len() >= cq.want;
+        drop(cq);
+        // After unlocking: the ring, woken, takes the lock at once (notified under it, it
+        // would wake only to sleep on the mutex). It checks the count under the lock, so a
+        // notify that comes late is never lost.
+        if wake {
             self.cq_cv.notify_one();
         }
     }
@@ -735,7 +780,9 @@ impl Shared {
         self.finish(job, -libc::ECANCELED, link_res)
     }
 
-    /// Queue the job of one SQE (and its linked timeout) for a thread.
+    /// Queue the job of one SQE (and its linked timeout) for a thread. Returns the queue
+    /// it joined (`STREAM` or `FILE`) if a thread of that kind idles there: one to wake
+    /// ([`Threads::flush`]), unless the ring runs the job itself ([`Threads::wait`]).
     fn enqueue(
         &self,
         st: &mut State,
@@ -743,17 +790,19 @@ impl Shared {
         work: Work,
         class: Option<FdClass>,
         link: Option<(u64, Option<Duration>)>,
-        now: Instant,
-    ) {
+    ) -> Option<usize> {
         let link_ud = link.map(|l| l.0);
         if st.jobs.contains_key(&ud) {
             // The ring never has two operations with one `user_data` in flight; posting
             // for this one would complete the other while it runs. Refuse it silently.
             debug_assert!(false, "user_data {ud:#x} submitted twice");
-            return;
+            return None;
         }
         let stream = work.is_stream(class);
-        let deadline = link.and_then(|(_, d)| d).and_then(|d| now.checked_add(d));
+        // Past what an `Instant` holds: no deadline.
+        let deadline = link
+            .and_then(|(_, d)| d)
+            .and_then(|d| Instant::now().checked_add(d));
         st.seq += 1;
         let seq = st.seq;
         let mut live = Live {
@@ -782,26 +831,24 @@ impl Shared {
             work,
             unknown: class.is_none(),
         };
-        let (queue, cv) = if stream {
-            (&mut st.stream_q, &self.stream_cv)
+        let queue = if stream {
+            &mut st.stream_q
         } else {
-            (&mut st.file_q, &self.file_cv)
+            &mut st.file_q
         };
         queue.push_back(job);
         if st.grow(stream, self.max_workers) {
             self.manager_cv.notify_one();
         }
-        let idle = if stream {
-            st.idle_streamers
+        let (kind, idle) = if stream {
+            (STREAM, st.idle_streamers)
         } else {
-            st.idle_workers
+            (FILE, st.idle_workers)
         };
-        if idle > 0 {
-            cv.notify_one();
-        }
+        (idle > 0).then_some(kind)
     }
 
-    fn start_timeout(&self, st: &mut State, s: &Sqe, now: Instant) {
+    fn start_timeout(&self, st: &mut State, s: &Sqe) {
         let ud = s.user_data;
         // Only what the ring sends: a relative timer with no completion count.
         if s.off != 0 || s.op_flags != 0 {
@@ -818,7 +865,7 @@ impl Shared {
         st.seq += 1;
         let seq = st.seq;
         // Past what an `Instant` holds: a timer that never fires (only a cancel ends it).
-        let when = now.checked_add(after);
+        let when = Instant::now().checked_add(after);
         if let Some(w) = when {
             st.arm_timer(w, seq, ud);
             self.manager_cv.notify_one();
@@ -954,30 +1001,7 @@ impl Shared {
 
     /// An I/O worker's job.
     fn run_file(&self, job: &Job) -> MutexGuard<'_, State> {
-        let res = match job.work {
-            Work::Rw(rw) => rw.call(rw.off(), rw.flags),
-            Work::Fsync { fd, datasync } => loop {
-                // SAFETY: plain syscalls on a descriptor the ring keeps open while the
-                // job lives (see `release_fd`).
-                let r = unsafe {
-                    if datasync {
-                        libc::fdatasync(fd)
-                    } else {
-                        libc::fsync(fd)
-                    }
-                };
-                if r == 0 {
-                    break 0;
-                }
-                match errno() {
-                    libc::EINTR => continue,
-                    e => break -e,
-                }
-            },
-            // Never queued for an I/O worker.
-            Work::Poll { .. } => -libc::EINVAL,
-        };
-        self.finish(job, res, -libc::ECANCELED)
+        self.finish(job, execute(job), -libc::ECANCELED)
     }
 
     /// A stream thread's job.
@@ -1244,11 +1268,21 @@ impl Shared {
     }
 }
 
+/// Index in [`Threads::unwoken`] of jobs for the I/O workers.
+const FILE: usize = 0;
+/// Index in [`Threads::unwoken`] of jobs for the stream threads.
+const STREAM: usize = 1;
+
 /// The thread-pool backend of one ring (see the module docs).
 pub(crate) struct Threads {
     sh: Arc<Shared>,
     /// The ring's targets, by descriptor (only the ring's thread uses this).
     classes: HashMap<RawFd, FdClass>,
+    /// Idle threads to wake, per queue, for jobs queued since the last [`flush`]
+    /// (`Threads::flush`): io_uring starts what was submitted at the next enter, so does
+    /// this backend — and a ring that then waits for the one job it queued runs it itself
+    /// instead (see [`wait`](Threads::wait)).
+    unwoken: [usize; 2],
 }
 
 impl Threads {
@@ -1289,15 +1323,29 @@ impl Threads {
         Ok(Threads {
             sh,
             classes: HashMap::with_capacity(64),
+            unwoken: [0; 2],
         })
     }
 
     /// Start these SQEs, in order. A `LINK_TIMEOUT` right after an `IOSQE_IO_LINK` entry
     /// becomes that operation's deadline. Never fails: a bad entry completes with an
     /// error, as the kernel's would.
-    pub(crate) fn submit(&mut self, sqes: &[squeue::Entry]) {
+    ///
+    /// What completes here, on the ring's thread (`NOP`, a malformed entry, a transfer
+    /// done at submission), goes straight to `done`, the ring's copied-out completions:
+    /// no lock, no eventfd. Threads are woken for the rest at the next [`flush`] (or
+    /// [`wait`]).
+    ///
+    /// [`flush`]: Threads::flush
+    /// [`wait`]: Threads::wait
+    pub(crate) fn submit(&mut self, sqes: &[squeue::Entry], done: &mut VecDeque<(u64, i32, u32)>) {
         let sh = &self.sh;
-        let now = Instant::now();
+        let complete = |done: &mut VecDeque<(u64, i32, u32)>, ud, res, link: Option<u64>| {
+            done.push_back((ud, res, 0));
+            if let Some(l) = link {
+                done.push_back((l, -libc::ECANCELED, 0));
+            }
+        };
         // Taken when a job is queued; released around the attempts at submission, so
         // workers finishing meanwhile never wait for a copy out of the page cache.
         let mut st: Option<MutexGuard<'_, State>> = None;
@@ -1314,7 +1362,7 @@ impl Threads {
                         // deadline. (The ring only sends well-formed ones.)
                         let d = t.timespec();
                         if let Err(e) = d {
-                            sh.post(t.user_data, e, 0);
+                            done.push_back((t.user_data, e, 0));
                         }
                         link = d.ok().map(|d| (t.user_data, Some(d)));
                     }
@@ -1323,29 +1371,55 @@ impl Threads {
             let ud = s.user_data;
             let link_ud = link.map(|l| l.0);
             match s.decode() {
-                Decoded::Done(res) => sh.post_done(ud, res, 0, link_ud, -libc::ECANCELED),
+                Decoded::Done(res) => complete(done, ud, res, link_ud),
                 Decoded::Cancel => {
+                    // Through the shared queue, like the completions it causes: the
+                    // target's completes no later than the cancel's own.
                     let st = st.get_or_insert_with(|| lock(&sh.st));
                     let r = sh.cancel_req(st, &s);
                     sh.post_done(ud, r, 0, link_ud, -libc::ECANCELED);
                 }
                 Decoded::Timeout => {
                     let st = st.get_or_insert_with(|| lock(&sh.st));
-                    sh.start_timeout(st, &s, now);
+                    sh.start_timeout(st, &s);
                 }
                 Decoded::Work(work) => {
                     let class = self.classes.get(&work.fd()).copied();
                     if inline_candidate(&work, class) {
                         st = None;
                         if let Some(res) = inline(&work, class) {
-                            sh.post_done(ud, res, 0, link_ud, -libc::ECANCELED);
+                            complete(done, ud, res, link_ud);
                             continue;
                         }
                     }
                     let st = st.get_or_insert_with(|| lock(&sh.st));
-                    sh.enqueue(st, ud, work, class, link, now);
+                    if let Some(kind) = sh.enqueue(st, ud, work, class, link) {
+                        // At most one wake-up per idle thread (a spare one costs a
+                        // system call).
+                        let idle = [st.idle_workers, st.idle_streamers][kind];
+                        if self.unwoken[kind] < idle {
+                            self.unwoken[kind] += 1;
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// Jobs queued for threads not woken yet (see [`flush`](Threads::flush)).
+    pub(crate) fn unwoken(&self) -> usize {
+        self.unwoken.iter().sum()
+    }
+
+    /// Wake the idle threads the jobs queued since the last call need (the ring's
+    /// `io_uring_enter`). Without the state lock: a thread checks its queue under the lock
+    /// before it sleeps, so a wake-up that finds it busy is not needed.
+    pub(crate) fn flush(&mut self) {
+        for _ in 0..std::mem::take(&mut self.unwoken[FILE]) {
+            self.sh.file_cv.notify_one();
+        }
+        for _ in 0..std::mem::take(&mut self.unwoken[STREAM]) {
+            self.sh.stream_cv.notify_one();
         }
     }
 
@@ -1358,6 +1432,11 @@ impl Threads {
     /// Move up to `max` completions, oldest first, to `out`. The descriptor stops polling
     /// readable once none is left.
     pub(crate) fn fill(&self, out: &mut VecDeque<(u64, i32, u32)>, max: usize) -> usize {
+        if !self.has_completions() {
+            // Nothing posted (the count is stored under the lock after each change, so a
+            // completion this misses is found by the ring's next reap).
+            return 0;
+        }
         let mut cq = lock(&self.sh.cq);
         let n = cq.items.len().min(max);
         out.extend(cq.items.drain(..n));
@@ -1373,8 +1452,30 @@ impl Threads {
     }
 
     /// Wait until `want` completions are queued, or `timeout` passes (`None`: no limit;
-    /// one past what an `Instant` holds: no limit either).
-    pub(crate) fn wait(&self, want: usize, timeout: Option<Duration>) {
+    /// one past what an `Instant` holds: no limit either). Returns at once if `done` (the
+    /// ring's copied-out completions) holds any.
+    ///
+    /// A ring that waits with no time limit for the only operation it has in flight, a
+    /// file job nobody has started, runs it on its own thread and puts its completion in
+    /// `done`: what a worker would do, without the two thread hand-offs (wake a worker,
+    /// wake the ring) that would otherwise cost more than a fast device's read. Nothing
+    /// else can complete meanwhile — no other operation is live, no handle can wake the
+    /// ring (its wake-up poll would be live), no deadline is set — so the wait ends no
+    /// later than it would have.
+    pub(crate) fn wait(
+        &mut self,
+        want: usize,
+        timeout: Option<Duration>,
+        done: &mut VecDeque<(u64, i32, u32)>,
+    ) {
+        if !done.is_empty() {
+            self.flush();
+            return;
+        }
+        if timeout.is_none() && self.run_only_job(done) {
+            return;
+        }
+        self.flush();
         let deadline = timeout.map(|t| Instant::now().checked_add(t));
         let mut cq = lock(&self.sh.cq);
         while cq.items.len() < want {
@@ -1399,6 +1500,38 @@ impl Threads {
             };
         }
         cq.want = 0;
+    }
+
+    /// The caller-runs case of [`wait`](Threads::wait): whether it ran a job.
+    fn run_only_job(&mut self, done: &mut VecDeque<(u64, i32, u32)>) -> bool {
+        let sh = &self.sh;
+        let mut st = lock(&sh.st);
+        if st.jobs.len() != 1 || st.file_q.len() != 1 || sh.cq_len.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let Some(job) = st.file_q.pop_front() else {
+            return false;
+        };
+        let alone = st.jobs.get(&job.ud).is_some_and(|l| l.deadline.is_none());
+        if !alone || !st.claim(&job) {
+            st.file_q.push_front(job);
+            return false;
+        }
+        drop(st);
+        // The worker that would have been woken for it is not needed.
+        self.unwoken = [0; 2];
+        let res = execute(&job);
+        let mut st = lock(&sh.st);
+        // Still this job: nothing but this thread (busy here) could complete it.
+        if st.jobs.get(&job.ud).is_some_and(|l| l.seq == job.seq) {
+            if let Some(live) = st.retire(job.ud) {
+                done.push_back((job.ud, res, 0));
+                if let Some(l) = live.link {
+                    done.push_back((l, -libc::ECANCELED, 0));
+                }
+            }
+        }
+        true
     }
 
     /// The ring has routed the last completion of multishot poll `ud` (after clearing
