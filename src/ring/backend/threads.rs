@@ -68,13 +68,14 @@
 //! ([`release_fd`](Threads::release_fd)), so its number cannot be reused under a worker.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue};
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::error::{Error, Result};
 
@@ -792,12 +793,6 @@ impl Shared {
         link: Option<(u64, Option<Duration>)>,
     ) -> Option<usize> {
         let link_ud = link.map(|l| l.0);
-        if st.jobs.contains_key(&ud) {
-            // The ring never has two operations with one `user_data` in flight; posting
-            // for this one would complete the other while it runs. Refuse it silently.
-            debug_assert!(false, "user_data {ud:#x} submitted twice");
-            return None;
-        }
         let stream = work.is_stream(class);
         // Past what an `Instant` holds: no deadline.
         let deadline = link
@@ -805,26 +800,37 @@ impl Shared {
             .and_then(|d| Instant::now().checked_add(d));
         st.seq += 1;
         let seq = st.seq;
-        let mut live = Live {
+        // Stream threads enforce their own deadlines (their `poll` times out); the
+        // manager enforces those of jobs waiting for an I/O worker.
+        let timer = deadline.filter(|_| !stream);
+        let live = Live {
             seq,
             phase: Phase::Queued,
             cancel: None,
             deadline,
-            timer: None,
+            timer,
             link: link_ud,
             fd: Some(work.fd()),
             stream,
             rearmed: true,
         };
-        // Stream threads enforce their own deadlines (their `poll` times out); the
-        // manager enforces those of jobs waiting for an I/O worker.
-        if let (false, Some(when)) = (stream, deadline) {
+        match st.jobs.entry(ud) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(live);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                // The ring never has two operations with one `user_data` in flight;
+                // posting for this one would complete the other while it runs. Refuse it
+                // silently.
+                debug_assert!(false, "user_data {ud:#x} submitted twice");
+                return None;
+            }
+        }
+        if let Some(when) = timer {
             st.arm_timer(when, seq, ud);
-            live.timer = Some(when);
             self.manager_cv.notify_one();
         }
         *st.fd_users.entry(work.fd()).or_insert(0) += 1;
-        st.jobs.insert(ud, live);
         let job = Job {
             ud,
             seq,
@@ -1322,7 +1328,7 @@ impl Threads {
             .map_err(|e| Error::from_io(&e))?;
         Ok(Threads {
             sh,
-            classes: HashMap::with_capacity(64),
+            classes: HashMap::with_capacity_and_hasher(64, Default::default()),
             unwoken: [0; 2],
         })
     }
