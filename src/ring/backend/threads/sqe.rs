@@ -80,7 +80,7 @@ impl Sqe {
     }
 
     /// The relative duration of the `struct __kernel_timespec` at `addr` (a `TIMEOUT` or
-    /// `LINK_TIMEOUT`); `Err(-EINVAL)` for a malformed one.
+    /// `LINK_TIMEOUT`); `Err(-EINVAL)` for a malformed one, `Err(-EFAULT)` for none.
     pub(super) fn timespec(&self) -> std::result::Result<Duration, i32> {
         if self.addr == 0 {
             return Err(-libc::EFAULT);
@@ -387,10 +387,10 @@ fn nowait(rw: Rw) -> Option<i32> {
 }
 
 /// What io_uring does at submission, before it involves a worker: a stream transfer
-/// takes the data (or room) already there, a positional transfer of a buffered file is done if the page
-/// cache can serve it whole, a poll reports readiness already there — all with
-/// `RWF_NOWAIT` or a zero timeout, so this never blocks. The result, or `None` to queue
-/// the job.
+/// takes the data (or room) already there, a positional transfer of a buffered file is
+/// done if the page cache can serve it whole, a poll reports readiness already there —
+/// all with `RWF_NOWAIT` or a zero timeout, so this never blocks. The result, or `None`
+/// to queue the job.
 pub(super) fn inline(work: &Work, class: Option<FdClass>) -> Option<i32> {
     match *work {
         Work::Rw(rw) => {
