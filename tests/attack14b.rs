@@ -1164,7 +1164,6 @@ fn inline_completions_are_routed_before_any_wait() {
 /// file rewritten (plain `pwrite`, before the ring is driven), then waited for, returns the
 /// new bytes. The threads backend must not read at `submit` time, before the rewrite.
 #[test]
-#[ignore = "BUG: threads backend reads the page cache at Ring::submit, not at the next enter: returns pre-rewrite bytes (io_uring: new bytes)"]
 fn a_read_submitted_before_a_rewrite_and_waited_after_sees_the_new_bytes() {
     use std::os::unix::fs::FileExt;
     watchdog(60, || {
@@ -1202,7 +1201,6 @@ fn a_read_submitted_before_a_rewrite_and_waited_after_sees_the_new_bytes() {
 /// only then is the ring driven: io_uring starts both at that enter, in order, so the first
 /// gets the first bytes. The threads backend must give the same answer.
 #[test]
-#[ignore = "BUG: threads backend tries stream reads at Ring::submit: the later read takes the bytes, the earlier waits (io_uring: submission order)"]
 fn two_pipe_reads_submitted_around_a_write_get_the_bytes_in_submission_order() {
     watchdog(60, || {
         let mut results = Vec::new();
@@ -1241,7 +1239,6 @@ fn two_pipe_reads_submitted_around_a_write_get_the_bytes_in_submission_order() {
 /// io_uring starts the read at the next enter and returns the new bytes; the threads
 /// backend promises to start queued jobs at the next enter too.
 #[test]
-#[ignore = "BUG: a worker spawned at submission (or a busy one) starts a queued job before the next enter: pre-rewrite bytes (io_uring: new)"]
 fn a_worker_read_submitted_before_a_rewrite_and_waited_after_sees_the_new_bytes() {
     use std::os::unix::fs::FileExt;
     watchdog(60, || {

@@ -717,6 +717,7 @@ fn held_file_reads_cannot_be_pulled_back_but_queued_ones_can() {
     let held: Vec<_> = (0..2)
         .map(|b| ring.submit(read_block(t, &pool, b)).ticket())
         .collect();
+    ring.poll().unwrap(); // started at the next enter, as on io_uring
     assert!(
         fs.ctl().wait_outstanding(2, SOON),
         "reads did not reach the device"
@@ -1087,12 +1088,13 @@ fn dma_driver_gathers_extents_in_several_transfers() {
     close_and_check(&mut ring, &[t], &[&pool]);
 }
 
-/// The interleaving behind a `tests/dma.rs` failure seen only on this backend
-/// (`a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted`): a
-/// worker that finishes one job takes the next queued one at once, where io_uring waits
-/// for the next `io_uring_enter`, so the continuation of a short read can reach the device
-/// while the file is being grown. (Here the ring is driven — `poll` — to start each
-/// continuation, which reaches the device before the test changes the file.) A read answered after the file was extended (`set_len`, which
+/// The interleaving behind a `tests/dma.rs` failure once seen only on this backend
+/// (`a_stop_while_a_transfer_waits_for_its_buffer_leaves_no_stale_bytes_counted`), when a
+/// thread-pool ring started an operation as it was pushed (it now waits for the next
+/// enter, as io_uring does): the continuation of a short read reached the device while the
+/// file was being grown. Here the ring is driven (`poll`) to start each continuation,
+/// which reaches the device before the test changes the file. A read answered after the
+/// file was extended (`set_len`, which
 /// fills with zeros) and before the new content was written gets those zeros: they are
 /// what arrived, and the segment counts them — no stale buffer byte, no byte the device
 /// did not send. One 8 KiB buffer cut into A (0..4096) and B (4096..8192), the file 1000
@@ -1142,6 +1144,7 @@ fn a_continuation_answered_while_the_file_grows_counts_exactly_what_arrived() {
         }
     };
     assert!(drv.process(&mut ring).unwrap().is_none());
+    ring.poll().unwrap();
     assert!(
         fs.ctl().wait_outstanding(1, SOON),
         "A never reached the device"

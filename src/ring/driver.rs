@@ -58,16 +58,15 @@ impl Ring {
     /// the SQ: wake it and sleep until it has (`IORING_ENTER_SQ_WAIT`) — a full SQ is a
     /// reason to wait, never to fail the operation.
     ///
-    /// The thread-pool backend takes SQEs at once (it has no queue to fill).
+    /// The thread-pool backend keeps SQEs until the next enter (its queue grows as needed).
     pub(super) fn push_sqes(&mut self, sqes: &[squeue::Entry]) -> Result<()> {
         for attempt in 0u32.. {
             let uring = match &mut self.backend {
                 Backend::Uring(uring) => uring,
                 Backend::Threads(th) => {
-                    // The same memory rule as below: the workers use it only until they
-                    // post the completion. What completes at once joins the copied-out
-                    // CQEs, routed at the next reap.
-                    th.submit(sqes, &mut self.cqes);
+                    // Started at the next enter, as io_uring would. The same memory rule as
+                    // below: the workers use it only until they post the completion.
+                    th.submit(sqes);
                     return Ok(());
                 }
             };
@@ -163,16 +162,16 @@ impl Ring {
                 sq.sync();
                 sq.len()
             }
-            // Jobs whose threads are woken at the next enter.
-            Backend::Threads(th) => th.unwoken(),
+            // SQEs and jobs the next enter starts.
+            Backend::Threads(th) => th.unsubmitted(),
         }
     }
 
     /// One `io_uring_enter`: submit everything queued, and if `want > 0` wait for that
     /// many completions (up to `timeout`).
     ///
-    /// With the thread-pool backend, `push_sqes` queued the jobs (or completed them): this
-    /// wakes the threads for them, and waits.
+    /// With the thread-pool backend, this starts what `push_sqes` queued (completing what
+    /// can be done at once, handing the rest to the threads), and waits.
     pub(super) fn enter(&mut self, want: usize, timeout: Option<Duration>) -> Result<()> {
         self.enable()?;
         if let Backend::Threads(th) = &mut self.backend {
@@ -180,7 +179,7 @@ impl Ring {
                 self.stats.enters += 1;
                 th.wait(want, timeout, &mut self.cqes);
             } else {
-                th.flush();
+                th.flush(&mut self.cqes);
             }
             return Ok(());
         }

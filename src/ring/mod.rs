@@ -1001,6 +1001,11 @@ impl Ring {
 /// readable while a completion is waiting in the ring (see [`Ring::poll_complete`]). Only
 /// for readiness: reading or writing it does nothing useful.
 ///
+/// Operations started on the ring's own thread (not through a [`RingHandle`]) are
+/// submitted by the next turn of the ring — where io_uring completes at once what it can,
+/// and so does the thread-pool backend — so call [`Ring::poll_complete`] after starting
+/// them, before waiting for the descriptor.
+///
 /// With [`RingBuilder::defer_taskrun`], completions wait as task work that wakes only the
 /// ring's own thread: `poll(2)` on that thread sees them, an edge-triggered `epoll`
 /// (tokio's, mio's) does not — drive such a ring from a blocking loop instead.

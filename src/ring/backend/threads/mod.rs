@@ -18,15 +18,15 @@
 //! | `LINK_TIMEOUT` after an `IOSQE_IO_LINK` entry | a deadline on that operation (see below) |
 //! | anything else | `-EINVAL` |
 //!
-//! As with io_uring, what can be done without blocking is done at submission, on the
-//! ring's thread: a stream transfer that finds data (or room), a positional transfer of a
-//! buffered file the page cache serves whole, a poll whose events are there (all with
-//! `RWF_NOWAIT` or a zero timeout). Their completions go straight to the ring's list of
-//! copied-out CQEs (no lock, no eventfd). The rest is queued for the threads below, which
-//! are woken at the ring's next enter — when io_uring would start it too. A ring that then
-//! waits with no time limit for the only operation it has, a file job not started yet,
-//! runs it on its own thread: nothing else could end that wait, and a fast device's read
-//! takes less time than waking a worker and being woken by it.
+//! As with io_uring, submitted entries start at the ring's next enter, in order, and what
+//! can be done without blocking is done right there, on the ring's thread: a stream
+//! transfer that finds data (or room), a positional transfer of a buffered file the page
+//! cache serves whole, a poll whose events are there (all with `RWF_NOWAIT` or a zero
+//! timeout). Their completions go straight to the ring's list of copied-out CQEs (no lock,
+//! no eventfd). The rest is queued for the threads below. A ring that then waits with no
+//! time limit for the only operation it has, a file job not started yet, runs it on its
+//! own thread: nothing else could end that wait, and a fast device's read takes less time
+//! than waking a worker and being woken by it.
 //!
 //! ## Threads
 //!
@@ -95,10 +95,14 @@ pub(crate) struct Threads {
     sh: Arc<Shared>,
     /// The ring's targets, by descriptor (only the ring's thread uses this).
     classes: HashMap<RawFd, FdClass>,
+    /// SQEs submitted since the last enter, in order: io_uring starts what was submitted
+    /// at the next `io_uring_enter`, and so does this backend ([`start`](Threads::start)).
+    /// Starting at submission instead would let a read overtake a write made between
+    /// the two, or take the data a pipe read submitted earlier was due.
+    pending: Vec<squeue::Entry>,
     /// Idle threads to wake, per queue, for jobs queued since the last
-    /// [`flush`](Threads::flush): io_uring starts what was submitted at the next enter, so
-    /// does this backend — and a ring that then waits for the one job it queued runs it
-    /// itself instead (see [`wait`](Threads::wait)).
+    /// [`flush`](Threads::flush) — unless a ring that then waits for the one job it
+    /// queued runs it itself (see [`wait`](Threads::wait)).
     unwoken: [usize; 2],
 }
 
@@ -140,22 +144,38 @@ impl Threads {
         Ok(Threads {
             sh,
             classes: HashMap::with_capacity_and_hasher(64, Default::default()),
+            pending: Vec::with_capacity(ops.min(4096)),
             unwoken: [0; 2],
         })
     }
 
-    /// Start these SQEs, in order. A `LINK_TIMEOUT` right after an `IOSQE_IO_LINK` entry
-    /// becomes that operation's deadline. Never fails: a bad entry completes with an
-    /// error, as the kernel's would.
+    /// Queue these SQEs (a linked pair stays together); they start at the next enter
+    /// ([`flush`](Threads::flush), [`wait`](Threads::wait)). Never fails: a bad entry
+    /// completes with an error then, as the kernel's would.
+    pub(crate) fn submit(&mut self, sqes: &[squeue::Entry]) {
+        self.pending.extend_from_slice(sqes);
+    }
+
+    /// Start the SQEs submitted since the last enter, in order. A `LINK_TIMEOUT` right
+    /// after an `IOSQE_IO_LINK` entry becomes that operation's deadline.
     ///
     /// What completes here, on the ring's thread (`NOP`, a malformed entry, a transfer
-    /// done at submission), goes straight to `done`, the ring's copied-out completions:
-    /// no lock, no eventfd. Threads are woken for the rest at the next [`flush`] (or
-    /// [`wait`]).
-    ///
-    /// [`flush`]: Threads::flush
-    /// [`wait`]: Threads::wait
-    pub(crate) fn submit(&mut self, sqes: &[squeue::Entry], done: &mut VecDeque<(u64, i32, u32)>) {
+    /// done at once), goes straight to `done`, the ring's copied-out completions: no
+    /// lock, no eventfd. The rest is queued for the threads, woken by
+    /// [`flush`](Threads::flush).
+    fn start(&mut self, done: &mut VecDeque<(u64, i32, u32)>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        // Taken out (an empty `Vec` does not allocate) and put back cleared: the capacity
+        // stays for the next batch.
+        let mut sqes = std::mem::take(&mut self.pending);
+        self.start_all(&sqes, done);
+        sqes.clear();
+        self.pending = sqes;
+    }
+
+    fn start_all(&mut self, sqes: &[squeue::Entry], done: &mut VecDeque<(u64, i32, u32)>) {
         let sh = &self.sh;
         let complete = |done: &mut VecDeque<(u64, i32, u32)>, ud, res, link: Option<u64>| {
             done.push_back((ud, res, 0));
@@ -223,15 +243,22 @@ impl Threads {
         }
     }
 
-    /// Jobs queued for threads not woken yet (see [`flush`](Threads::flush)).
-    pub(crate) fn unwoken(&self) -> usize {
-        self.unwoken.iter().sum()
+    /// SQEs not started and jobs whose threads are not woken yet: the work the next
+    /// enter ([`flush`](Threads::flush)) has to do.
+    pub(crate) fn unsubmitted(&self) -> usize {
+        self.pending.len() + self.unwoken.iter().sum::<usize>()
     }
 
-    /// Wake the idle threads the jobs queued since the last call need (the ring's
-    /// `io_uring_enter`). Without the state lock: a thread checks its queue under the lock
-    /// before it sleeps, so a wake-up that finds it busy is not needed.
-    pub(crate) fn flush(&mut self) {
+    /// The ring's `io_uring_enter` without waiting: start what was submitted, and wake the
+    /// idle threads the jobs queued need. (Woken without the state lock: a thread checks
+    /// its queue under the lock before it sleeps, so a wake-up that finds it busy is not
+    /// needed.)
+    pub(crate) fn flush(&mut self, done: &mut VecDeque<(u64, i32, u32)>) {
+        self.start(done);
+        self.wake();
+    }
+
+    fn wake(&mut self) {
         for _ in 0..std::mem::take(&mut self.unwoken[FILE]) {
             self.sh.file_cv.notify_one();
         }
@@ -285,14 +312,15 @@ impl Threads {
         timeout: Option<Duration>,
         done: &mut VecDeque<(u64, i32, u32)>,
     ) {
+        self.start(done);
         if !done.is_empty() {
-            self.flush();
+            self.wake();
             return;
         }
         if timeout.is_none() && self.run_only_job(done) {
             return;
         }
-        self.flush();
+        self.wake();
         let deadline = timeout.map(|t| Instant::now().checked_add(t));
         let mut cq = lock(&self.sh.cq);
         while cq.items.len() < want {
