@@ -491,11 +491,77 @@ fn iobench_loop_allocates_nothing_per_operation() {
             ops * BS as u64,
             "{json}"
         );
-        let n = number_before(&json, "}");
+        let n = number_before(&json, ",\"threads\"");
         assert_eq!(
             n, 0,
             "{n} allocations in {ops} {rw} operations at qd {qd} (direct: {direct})"
         );
+    }
+}
+
+/// `iobench --threads N`: N threads, each with its own ring and pool, run the job side by
+/// side; the totals are the sums of the per-thread figures, every thread ran exactly
+/// `--ops` operations, nothing allocates while they run, and a bad count is refused
+/// before FILE is touched.
+#[test]
+fn iobench_threads_run_side_by_side_and_add_up() {
+    let (bin, dir) = or_skip!(tool("iobench"));
+    let f = make(dir.path(), "bench.dat", 256 * BS as u64, 94);
+    // (The thread-pool backend starts workers as load arrives: allocations then.)
+    let uring = iocomplete::Ring::new().unwrap().backend() == iocomplete::BackendKind::Uring;
+    for (rw, threads) in [("randread", "3"), ("write", "2"), ("randread", "1")] {
+        let args = [
+            "--rw",
+            rw,
+            "--bs",
+            "4k",
+            "--qd",
+            "8",
+            "--ops",
+            "2000",
+            "--threads",
+            threads,
+            f.to_str().unwrap(),
+        ];
+        let o = run(&bin, &args, LIMIT);
+        assert!(o.status.success(), "iobench {args:?}: {}", stderr(&o));
+        let json = String::from_utf8_lossy(&o.stdout);
+        let n: u64 = threads.parse().unwrap();
+        assert_eq!(number_before(&json, ",\"per_thread\""), n, "{json}");
+        assert_eq!(number_before(&json, ",\"bytes\""), n * 2000, "{json}");
+        let per = &json[json.find("\"per_thread\"").unwrap()..];
+        assert_eq!(per.matches("\"ops\":2000,").count() as u64, n, "{json}");
+        if uring {
+            assert_eq!(
+                number_before(&json, ",\"threads\""),
+                0,
+                "allocations: {json}"
+            );
+        }
+    }
+    // A bad count is refused with the usage status, and a missing FILE is not made.
+    let missing = dir.path().join("never.dat");
+    for bad in ["0", "257", "x"] {
+        let o = run(
+            &bin,
+            &[
+                "--rw",
+                "randread",
+                "--bs",
+                "4k",
+                "--qd",
+                "1",
+                "--size",
+                "64k",
+                "--threads",
+                bad,
+                missing.to_str().unwrap(),
+            ],
+            LIMIT,
+        );
+        assert_eq!(o.status.code(), Some(2), "--threads {bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--threads"), "{}", stderr(&o));
+        assert!(!missing.exists(), "--threads {bad} created FILE");
     }
 }
 

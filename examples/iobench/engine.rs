@@ -114,6 +114,14 @@ impl Histogram {
         u64::MAX
     }
 
+    /// Add everything `other` recorded (the histograms of several threads' runs).
+    pub(crate) fn merge(&mut self, other: &Histogram) {
+        for (c, o) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *c += o;
+        }
+        self.total += other.total;
+    }
+
     /// Forget everything recorded.
     pub(crate) fn clear(&mut self) {
         self.counts.fill(0);
@@ -203,8 +211,9 @@ impl std::fmt::Display for RunError {
 
 impl<'p> Engine<'p> {
     /// Prepare a run of `job` on `target` with buffers from `pool` (at least `qd` slots
-    /// of at least `bs` bytes, registered with the ring for fixed-buffer I/O).
-    pub(crate) fn new(job: Job, target: Target, pool: &'p BufferPool) -> Engine<'p> {
+    /// of at least `bs` bytes, registered with the ring for fixed-buffer I/O). `stream`
+    /// picks the sequence of random offsets: one per thread of a `--threads` run.
+    pub(crate) fn new(job: Job, target: Target, pool: &'p BufferPool, stream: u64) -> Engine<'p> {
         Engine {
             job,
             target,
@@ -213,7 +222,10 @@ impl<'p> Engine<'p> {
             offsets: vec![0; job.qd],
             epoch: Instant::now(),
             rng: fastrand::Rng::with_seed(
-                0x9E37_79B9_7F4A_7C15 ^ job.bs as u64 ^ ((job.qd as u64) << 32),
+                0x9E37_79B9_7F4A_7C15
+                    ^ job.bs as u64
+                    ^ ((job.qd as u64) << 32)
+                    ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03),
             ),
             next_seq: 0,
             totals: Totals::default(),

@@ -13,7 +13,8 @@
 //! for exactly `--ops` operations (not counting the warm-up; `--ops` below `--qd` is
 //! refused), and prints one JSON line to stdout:
 //! `{"backend":…,"iops":…,"bw_bytes":…,"lat_p50_ns":…,"lat_p99_ns":…,"cpu_usr":…,
-//! "cpu_sys":…,"ops":…,"bytes":…,"allocs":…}` (`backend`: `"uring"` or `"threads"`, what
+//! "cpu_sys":…,"ops":…,"bytes":…,"allocs":…,"threads":…,"per_thread":[{"iops":…,"ops":…,
+//! "lat_p50_ns":…,"lat_p99_ns":…},…]}` (`backend`: `"uring"` or `"threads"`, what
 //! [`Ring::backend`] ran, which `IOCOMPLETE_BACKEND=threads` forces; CPU from `getrusage`,
 //! in percent of one core over the run; `allocs`: heap allocations during the run, 0 in
 //! steady state) and a one-line summary to stderr. A run whose operations did not all complete, whose buffers did not all come
@@ -28,6 +29,13 @@
 //! created or grown. So are a `--direct` `--bs` that is not a multiple of FILE's
 //! alignment (a missing FILE's is probed with an `O_TMPFILE` next to it) and a buffer pool
 //! (`--qd` x `--bs`) that cannot be allocated.
+//!
+//! `--threads N` runs the job on N threads side by side (fio's `--numjobs`), each with a
+//! ring, a pool and a descriptor of FILE of its own and its own sequence of random
+//! offsets; they warm up, then start together. The top-level figures are the totals (IOPS
+//! and bandwidth over the wall time of the slowest thread, latency percentiles of all
+//! operations, CPU of the whole process); `per_thread` has each thread's own. `--ops` is
+//! per thread.
 //!
 //! The ring is built with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`
 //! (falling back to a plain ring on kernels without them); `IOBENCH_RING=single` drops
@@ -100,9 +108,13 @@ struct Args {
           value_parser = seconds, conflicts_with = "ops")]
     seconds: Duration,
     /// Run exactly this many measured operations instead of --seconds (the 500 warm-up
-    /// operations are extra, not counted); at least --qd
+    /// operations are extra, not counted); at least --qd; per thread with --threads
     #[arg(long, value_name = "N", value_parser = ops)]
     ops: Option<u64>,
+    /// Threads, each with a ring, a buffer pool of --qd slots and a descriptor of FILE of
+    /// its own, running the same job side by side (fio's --numjobs); 1..=256
+    #[arg(long, value_name = "N", default_value = "1", value_parser = threads)]
+    threads: usize,
     /// Bytes to bench [default: the size of FILE]; a missing FILE is created and filled to
     /// it, a regular file grown to it for write patterns (for read patterns, no more than
     /// the size of an existing FILE)
@@ -146,22 +158,29 @@ fn main() {
             ));
         }
     }
-    // The pool is the one allocation that depends only on the arguments: built here, once,
-    // before FILE is touched, and handed to `run`.
-    let pool = match BufferPool::builder()
-        .slots(args.qd)
-        .slot_len(args.bs)
-        .build()
-    {
+    // The pools (one per thread) are the one allocation that depends only on the
+    // arguments: built here, once, before FILE is touched, and handed to `run`.
+    let pools = (0..args.threads).map(|_| {
+        BufferPool::builder()
+            .slots(args.qd)
+            .slot_len(args.bs)
+            .build()
+    });
+    let pools = match pools.collect::<Result<Vec<_>, _>>() {
         Ok(p) => p,
         Err(e) => cli::usage_exit::<Args>(format!(
-            "buffer pool of --qd {} x --bs {} = {} bytes: {e}",
+            "buffer pool of --qd {} x --bs {} = {} bytes{}: {e}",
             args.qd,
             args.bs,
-            args.qd as u128 * args.bs as u128
+            args.qd as u128 * args.bs as u128,
+            if args.threads > 1 {
+                format!(" (one per thread, --threads {})", args.threads)
+            } else {
+                String::new()
+            }
         )),
     };
-    if let Err(e) = run(&args, pool) {
+    if let Err(e) = run(&args, pools) {
         eprintln!("iobench: {e}");
         std::process::exit(1);
     }
@@ -245,6 +264,11 @@ fn seconds(s: &str) -> Result<Duration, String> {
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
         .filter(|d| !d.is_zero())
         .ok_or_else(|| "not a positive number of seconds".to_string())
+}
+
+/// Value parser of `--threads`: a count in `1..=256`.
+fn threads(s: &str) -> Result<usize, String> {
+    cli::count(256)(s).map(|n| n as usize)
 }
 
 /// Value parser of `--ops`: a positive count.
@@ -370,7 +394,7 @@ fn build_ring(qd: usize) -> Result<Ring, String> {
     }
 }
 
-fn run(a: &Args, pool: BufferPool) -> Result<(), String> {
+fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
     // The kind is checked with `stat` before `open`: opening a FIFO would block until a
     // writer came, and nothing else can be benched.
     let not_benchable = || {
@@ -408,11 +432,23 @@ fn run(a: &Args, pool: BufferPool) -> Result<(), String> {
         .open(&a.file)
         .map_err(|e| format!("{}: {e}", a.file.display()))?;
 
-    let mut ring = build_ring(a.qd)?;
-    let target = ring
-        .register(f)
-        .map_err(|e| format!("{}: {e}", a.file.display()))?;
-    let info = ring.info(target).map_err(|e| e.to_string())?;
+    // One ring per thread, each with a descriptor of FILE of its own; built, checked and
+    // registered here, driven (and so enabled, for a single-issuer ring) by its thread.
+    let mut rings = Vec::with_capacity(a.threads);
+    let mut targets = Vec::with_capacity(a.threads);
+    for _ in 0..a.threads {
+        let fd = f
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", a.file.display()))?;
+        let mut ring = build_ring(a.qd)?;
+        let target = ring
+            .register(fd)
+            .map_err(|e| format!("{}: {e}", a.file.display()))?;
+        rings.push(ring);
+        targets.push(target);
+    }
+    drop(f);
+    let info = rings[0].info(targets[0]).map_err(|e| e.to_string())?;
     if !info.kind.is_seekable() {
         return Err(not_benchable());
     }
@@ -446,7 +482,15 @@ fn run(a: &Args, pool: BufferPool) -> Result<(), String> {
             a.bs
         ));
     }
-    let fixed = matches!(ring.register_pool(&pool), BufferRegistration::Fixed);
+    let mut fixed = true;
+    for (ring, pool) in rings.iter_mut().zip(&pools) {
+        fixed &= matches!(ring.register_pool(pool), BufferRegistration::Fixed);
+    }
+    let fixed_file = rings[0].capabilities().fixed_files;
+    let backend = match rings[0].backend() {
+        BackendKind::Threads => "threads",
+        BackendKind::Uring | BackendKind::Auto => "uring",
+    };
 
     let job = Job {
         rw: a.rw,
@@ -454,36 +498,150 @@ fn run(a: &Args, pool: BufferPool) -> Result<(), String> {
         qd: a.qd,
         blocks,
     };
-    let mut engine = Engine::new(job, target, &pool);
-    let in_file = |e| format!("{}: {e}", a.file.display());
-    engine
-        .run(&mut ring, Some(WARMUP_OPS), |_, _| false)
-        .map_err(in_file)?;
-    engine.reset();
     let (limit, max_ops) = (a.seconds, a.ops);
-    let (u0, s0) = rusage();
-    let allocs0 = ALLOCS.load(Ordering::Relaxed);
-    let t0 = std::time::Instant::now();
-    engine
-        .run(&mut ring, max_ops, |_, el| max_ops.is_none() && el >= limit)
-        .map_err(in_file)?;
-    let allocs = ALLOCS.load(Ordering::Relaxed) - allocs0;
-    let wall = t0.elapsed().as_secs_f64();
-    let (u1, s1) = rusage();
+    // Every thread warms up, then all start together: the first wait ends the warm-ups,
+    // the second (after this thread has read the clocks) starts the measured runs.
+    let gate = std::sync::Barrier::new(a.threads + 1);
+    let (runs, wall, (u0, s0), (u1, s1), allocs) = std::thread::scope(|scope| {
+        let workers: Vec<_> = rings
+            .into_iter()
+            .zip(targets)
+            .zip(&pools)
+            .enumerate()
+            .map(|(i, ((mut ring, target), pool))| {
+                let gate = &gate;
+                std::thread::Builder::new()
+                    .name(format!("iobench-{i}"))
+                    .spawn_scoped(scope, move || {
+                        let in_file = |e| format!("{}: {e}", a.file.display());
+                        let mut engine = Engine::new(job, target, pool, i as u64);
+                        let warm = engine
+                            .run(&mut ring, Some(WARMUP_OPS), |_, _| false)
+                            .map_err(in_file);
+                        engine.reset();
+                        gate.wait();
+                        gate.wait();
+                        let t0 = std::time::Instant::now();
+                        let run = warm.and_then(|()| {
+                            engine
+                                .run(&mut ring, max_ops, |_, el| max_ops.is_none() && el >= limit)
+                                .map_err(in_file)
+                        });
+                        let wall = t0.elapsed().as_secs_f64();
+                        run.and_then(|()| check(&ring, pool, a.qd, &engine.totals))?;
+                        let st = ring.stats();
+                        Ok(Run {
+                            totals: engine.totals,
+                            wall,
+                            completed: st.completed,
+                            enters: st.enters,
+                        })
+                    })
+                    .map_err(|e| format!("starting thread {i}: {e}"))
+            })
+            .collect();
+        // (A thread that failed to start leaves the gate short: fail before waiting at it.)
+        let workers = match workers.into_iter().collect::<Result<Vec<_>, String>>() {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("iobench: {e}");
+                std::process::exit(1);
+            }
+        };
+        // Room for the results before the clocks start: the measured window allocates
+        // nothing of its own.
+        let mut runs: Vec<Result<Run, String>> = Vec::with_capacity(workers.len());
+        gate.wait();
+        let ru0 = rusage();
+        let allocs0 = ALLOCS.load(Ordering::Relaxed);
+        let t0 = std::time::Instant::now();
+        gate.wait();
+        for w in workers {
+            runs.push(
+                w.join()
+                    .unwrap_or_else(|_| Err("a bench thread panicked".to_string())),
+            );
+        }
+        let allocs = ALLOCS.load(Ordering::Relaxed) - allocs0;
+        let wall = t0.elapsed().as_secs_f64();
+        (runs, wall, ru0, rusage(), allocs)
+    });
+    let runs = runs.into_iter().collect::<Result<Vec<_>, String>>()?;
 
-    let t = &engine.totals;
-    let iops = t.ops as f64 / wall;
-    let bw = t.bytes as f64 / wall;
+    let mut lat = engine::Histogram::new();
+    let (mut ops, mut bytes, mut completed, mut enters) = (0, 0, 0, 0);
+    let mut per_thread = String::new();
+    for (i, r) in runs.iter().enumerate() {
+        lat.merge(&r.totals.lat);
+        ops += r.totals.ops;
+        bytes += r.totals.bytes;
+        completed += r.completed;
+        enters += r.enters;
+        per_thread.push_str(&format!(
+            "{}{{\"iops\":{:.0},\"ops\":{},\"lat_p50_ns\":{},\"lat_p99_ns\":{}}}",
+            if i > 0 { "," } else { "" },
+            r.totals.ops as f64 / r.wall,
+            r.totals.ops,
+            r.totals.lat.percentile(50.0),
+            r.totals.lat.percentile(99.0),
+        ));
+    }
+    let iops = ops as f64 / wall;
+    let bw = bytes as f64 / wall;
     let usr = (u1 - u0).as_secs_f64() / wall * 100.0;
     let sys = (s1 - s0).as_secs_f64() / wall * 100.0;
-    let (p50, p99) = (t.lat.percentile(50.0), t.lat.percentile(99.0));
+    let (p50, p99) = (lat.percentile(50.0), lat.percentile(99.0));
+    println!(
+        "{{\"backend\":\"{backend}\",\"iops\":{iops:.0},\"bw_bytes\":{bw:.0},\"lat_p50_ns\":{p50},\"lat_p99_ns\":{p99},\
+         \"cpu_usr\":{usr:.1},\"cpu_sys\":{sys:.1},\"ops\":{ops},\"bytes\":{bytes},\"allocs\":{allocs},\
+         \"threads\":{},\"per_thread\":[{per_thread}]}}",
+        a.threads
+    );
+    eprintln!(
+        "iobench: {:?} bs={} qd={}{}{} on {}: {:.0} IOPS, {:.1} MiB/s, p50 {} ns, p99 {} ns, \
+         cpu usr {:.1}% sys {:.1}%, {:.2} ops/enter, fixed buffers {}, fixed file {}, \
+         backend {backend}",
+        a.rw,
+        a.bs,
+        a.qd,
+        if a.direct { " direct" } else { "" },
+        if a.threads > 1 {
+            format!(" x {} threads", a.threads)
+        } else {
+            String::new()
+        },
+        a.file.display(),
+        iops,
+        bw / (1 << 20) as f64,
+        p50,
+        p99,
+        usr,
+        sys,
+        completed as f64 / enters.max(1) as f64,
+        fixed,
+        fixed_file,
+    );
+    Ok(())
+}
+
+/// One thread's measured run.
+struct Run {
+    totals: engine::Totals,
+    /// Seconds the thread's measured run took.
+    wall: f64,
+    completed: u64,
+    enters: u64,
+}
+
+/// A run whose operations did not all complete, whose buffers did not all come back, or
+/// whose histogram missed an operation fails instead of printing numbers.
+fn check(ring: &Ring, pool: &BufferPool, qd: usize, t: &engine::Totals) -> Result<(), String> {
     let st = ring.stats();
     let free = pool.stats().free;
-    if st.submitted != st.completed || ring.in_flight() != 0 || free != a.qd {
+    if st.submitted != st.completed || ring.in_flight() != 0 || free != qd {
         return Err(format!(
-            "inconsistent run: {st:?}, {} in flight, {free} of {} buffers back",
+            "inconsistent run: {st:?}, {} in flight, {free} of {qd} buffers back",
             ring.in_flight(),
-            a.qd
         ));
     }
     if t.lat.len() != t.ops {
@@ -493,33 +651,5 @@ fn run(a: &Args, pool: BufferPool) -> Result<(), String> {
             t.lat.len()
         ));
     }
-    let backend = match ring.backend() {
-        BackendKind::Threads => "threads",
-        BackendKind::Uring | BackendKind::Auto => "uring",
-    };
-    println!(
-        "{{\"backend\":\"{backend}\",\"iops\":{iops:.0},\"bw_bytes\":{bw:.0},\"lat_p50_ns\":{p50},\"lat_p99_ns\":{p99},\
-         \"cpu_usr\":{usr:.1},\"cpu_sys\":{sys:.1},\"ops\":{},\"bytes\":{},\"allocs\":{allocs}}}",
-        t.ops, t.bytes
-    );
-    eprintln!(
-        "iobench: {:?} bs={} qd={}{} on {}: {:.0} IOPS, {:.1} MiB/s, p50 {} ns, p99 {} ns, \
-         cpu usr {:.1}% sys {:.1}%, {:.2} ops/enter, fixed buffers {}, fixed file {}, \
-         backend {backend}",
-        a.rw,
-        a.bs,
-        a.qd,
-        if a.direct { " direct" } else { "" },
-        a.file.display(),
-        iops,
-        bw / (1 << 20) as f64,
-        p50,
-        p99,
-        usr,
-        sys,
-        st.completed as f64 / st.enters.max(1) as f64,
-        fixed,
-        ring.capabilities().fixed_files,
-    );
     Ok(())
 }
