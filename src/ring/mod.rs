@@ -351,8 +351,9 @@ impl RingBuilder {
     fn finish(self, backend: Backend, caps: Capabilities, enabled: bool) -> Result<Ring> {
         let id = NEXT_RING_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shared = Arc::new(HandleShared::new(id)?);
-        // The thread-pool backend also puts there what completes at submission: room for
-        // an operation table's worth, so that steady-state I/O does not grow it.
+        // The thread-pool backend also puts there what it completes on the ring's thread
+        // when the ring enters: room for an operation table's worth, so that steady-state
+        // I/O does not grow it.
         let cqes_room = match backend {
             Backend::Threads(_) => CQE_BATCH + self.ops.min(1 << 14),
             Backend::Uring(_) => CQE_BATCH,
@@ -538,7 +539,7 @@ pub struct Ring {
     spare_iovs: SpareIovs,
     /// CQEs copied out of the CQ (`user_data`, result, flags) and not routed yet, oldest
     /// first (see `reap`); with the thread-pool backend, also the completions of
-    /// operations done at submission (see `push_sqes`).
+    /// operations it does on the ring's thread when the ring enters (see `enter`).
     cqes: VecDeque<(u64, i32, u32)>,
 }
 
