@@ -527,7 +527,7 @@ fn iobench_threads_run_side_by_side_and_add_up() {
         assert!(o.status.success(), "iobench {args:?}: {}", stderr(&o));
         let json = String::from_utf8_lossy(&o.stdout);
         let n: u64 = threads.parse().unwrap();
-        assert_eq!(number_before(&json, ",\"per_thread\""), n, "{json}");
+        assert_eq!(number_before(&json, ",\"pool\""), n, "{json}");
         assert_eq!(number_before(&json, ",\"bytes\""), n * 2000, "{json}");
         let per = &json[json.find("\"per_thread\"").unwrap()..];
         assert_eq!(per.matches("\"ops\":2000,").count() as u64, n, "{json}");
@@ -538,6 +538,38 @@ fn iobench_threads_run_side_by_side_and_add_up() {
                 "allocations: {json}"
             );
         }
+    }
+    // One pool shared by the threads (magazines over one arena), threads pinned: the same
+    // totals, every slot of the shared pool back (iobench checks it, or fails).
+    let args = [
+        "--rw",
+        "randread",
+        "--bs",
+        "4k",
+        "--qd",
+        "8",
+        "--ops",
+        "2000",
+        "--threads",
+        "2",
+        "--shared-pool",
+        "--pin",
+        f.to_str().unwrap(),
+    ];
+    let o = run(&bin, &args, LIMIT);
+    assert!(o.status.success(), "iobench {args:?}: {}", stderr(&o));
+    let json = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        json.contains("\"pool\":\"shared\",\"pinned\":true"),
+        "{json}"
+    );
+    assert_eq!(number_before(&json, ",\"bytes\""), 4000, "{json}");
+    if uring {
+        assert_eq!(
+            number_before(&json, ",\"threads\""),
+            0,
+            "allocations: {json}"
+        );
     }
     // A bad count is refused with the usage status, and a missing FILE is not made.
     let missing = dir.path().join("never.dat");

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! iobench --rw randread|read|randwrite|write --bs BYTES --qd N [--direct]
-//!         [--seconds S | --ops N] [--size BYTES] FILE
+//!         [--seconds S | --ops N] [--size BYTES] [--threads N [--shared-pool] [--pin]] FILE
 //! ```
 //!
 //! `iobench --help` lists the options and their defaults.
@@ -35,7 +35,9 @@
 //! offsets; they warm up, then start together. The top-level figures are the totals (IOPS
 //! and bandwidth over the wall time of the slowest thread, latency percentiles of all
 //! operations, CPU of the whole process); `per_thread` has each thread's own. `--ops` is
-//! per thread.
+//! per thread. `--shared-pool` gives them one pool of N x `--qd` slots instead (each
+//! thread's magazine in front of one shared free list), `--pin` pins thread i to the i-th
+//! allowed CPU; the JSON says which (`"pool"`, `"pinned"`).
 //!
 //! The ring is built with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`
 //! (falling back to a plain ring on kernels without them); `IOBENCH_RING=single` drops
@@ -115,6 +117,14 @@ struct Args {
     /// its own, running the same job side by side (fio's --numjobs); 1..=256
     #[arg(long, value_name = "N", default_value = "1", value_parser = threads)]
     threads: usize,
+    /// With --threads: one pool of --threads x --qd slots for every thread (each thread
+    /// keeps a magazine of slots in front of the shared free list) instead of a pool per
+    /// thread
+    #[arg(long)]
+    shared_pool: bool,
+    /// Pin thread i to the i-th CPU this process may run on (modulo their number)
+    #[arg(long)]
+    pin: bool,
     /// Bytes to bench [default: the size of FILE]; a missing FILE is created and filled to
     /// it, a regular file grown to it for write patterns (for read patterns, no more than
     /// the size of an existing FILE)
@@ -160,12 +170,12 @@ fn main() {
     }
     // The pools (one per thread) are the one allocation that depends only on the
     // arguments: built here, once, before FILE is touched, and handed to `run`.
-    let pools = (0..args.threads).map(|_| {
-        BufferPool::builder()
-            .slots(args.qd)
-            .slot_len(args.bs)
-            .build()
-    });
+    let (count, slots) = if args.shared_pool {
+        (1, args.qd * args.threads)
+    } else {
+        (args.threads, args.qd)
+    };
+    let pools = (0..count).map(|_| BufferPool::builder().slots(slots).slot_len(args.bs).build());
     let pools = match pools.collect::<Result<Vec<_>, _>>() {
         Ok(p) => p,
         Err(e) => cli::usage_exit::<Args>(format!(
@@ -173,10 +183,10 @@ fn main() {
             args.qd,
             args.bs,
             args.qd as u128 * args.bs as u128,
-            if args.threads > 1 {
-                format!(" (one per thread, --threads {})", args.threads)
-            } else {
-                String::new()
+            match (args.threads, args.shared_pool) {
+                (1, _) => String::new(),
+                (n, true) => format!(" x --threads {n} (one shared pool)"),
+                (n, false) => format!(" (one per thread, --threads {n})"),
             }
         )),
     };
@@ -482,10 +492,13 @@ fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
             a.bs
         ));
     }
+    // Thread i's pool (the one pool, when shared).
+    let pool_of = |i: usize| &pools[i % pools.len()];
     let mut fixed = true;
-    for (ring, pool) in rings.iter_mut().zip(&pools) {
-        fixed &= matches!(ring.register_pool(pool), BufferRegistration::Fixed);
+    for (i, ring) in rings.iter_mut().enumerate() {
+        fixed &= matches!(ring.register_pool(pool_of(i)), BufferRegistration::Fixed);
     }
+    let cpus = if a.pin { allowed_cpus()? } else { Vec::new() };
     let fixed_file = rings[0].capabilities().fixed_files;
     let backend = match rings[0].backend() {
         BackendKind::Threads => "threads",
@@ -506,14 +519,18 @@ fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
         let workers: Vec<_> = rings
             .into_iter()
             .zip(targets)
-            .zip(&pools)
             .enumerate()
-            .map(|(i, ((mut ring, target), pool))| {
+            .map(|(i, (mut ring, target))| {
                 let gate = &gate;
+                let pool = pool_of(i);
+                let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
                 std::thread::Builder::new()
                     .name(format!("iobench-{i}"))
                     .spawn_scoped(scope, move || {
                         let in_file = |e| format!("{}: {e}", a.file.display());
+                        // Pinned before the ring's first enter (its io-wq workers inherit
+                        // the mask).
+                        let pinned = cpu.map_or(Ok(()), pin_to);
                         let mut engine = Engine::new(job, target, pool, i as u64);
                         let warm = engine
                             .run(&mut ring, Some(WARMUP_OPS), |_, _| false)
@@ -522,13 +539,13 @@ fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
                         gate.wait();
                         gate.wait();
                         let t0 = std::time::Instant::now();
-                        let run = warm.and_then(|()| {
+                        let run = pinned.and(warm).and_then(|()| {
                             engine
                                 .run(&mut ring, max_ops, |_, el| max_ops.is_none() && el >= limit)
                                 .map_err(in_file)
                         });
                         let wall = t0.elapsed().as_secs_f64();
-                        run.and_then(|()| check(&ring, pool, a.qd, &engine.totals))?;
+                        run.and_then(|()| check(&ring, &engine.totals))?;
                         let st = ring.stats();
                         Ok(Run {
                             totals: engine.totals,
@@ -567,6 +584,16 @@ fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
         (runs, wall, ru0, rusage(), allocs)
     });
     let runs = runs.into_iter().collect::<Result<Vec<_>, String>>()?;
+    // Every buffer back: each thread's (or the shared pool's, magazines included).
+    for p in &pools {
+        let st = p.stats();
+        if st.free != st.total {
+            return Err(format!(
+                "inconsistent run: {} of {} buffers back",
+                st.free, st.total
+            ));
+        }
+    }
 
     let mut lat = engine::Histogram::new();
     let (mut ops, mut bytes, mut completed, mut enters) = (0, 0, 0, 0);
@@ -594,8 +621,10 @@ fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
     println!(
         "{{\"backend\":\"{backend}\",\"iops\":{iops:.0},\"bw_bytes\":{bw:.0},\"lat_p50_ns\":{p50},\"lat_p99_ns\":{p99},\
          \"cpu_usr\":{usr:.1},\"cpu_sys\":{sys:.1},\"ops\":{ops},\"bytes\":{bytes},\"allocs\":{allocs},\
-         \"threads\":{},\"per_thread\":[{per_thread}]}}",
-        a.threads
+         \"threads\":{},\"pool\":\"{}\",\"pinned\":{},\"per_thread\":[{per_thread}]}}",
+        a.threads,
+        if a.shared_pool { "shared" } else { "per_thread" },
+        a.pin
     );
     eprintln!(
         "iobench: {:?} bs={} qd={}{}{} on {}: {:.0} IOPS, {:.1} MiB/s, p50 {} ns, p99 {} ns, \
@@ -624,6 +653,37 @@ fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
     Ok(())
 }
 
+/// The CPUs this process may run on (`sched_getaffinity`), in order.
+fn allowed_cpus() -> Result<Vec<usize>, String> {
+    // SAFETY: `cpu_set_t` is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid out-pointer of the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return Err(format!("--pin: {}", std::io::Error::last_os_error()));
+    }
+    let n = libc::CPU_SETSIZE as usize;
+    // SAFETY: `CPU_ISSET` reads bit `c` of `set`, `c` < CPU_SETSIZE.
+    Ok((0..n)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+/// Pin the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> Result<(), String> {
+    // SAFETY: as in `allowed_cpus`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` < CPU_SETSIZE (it came from `allowed_cpus`).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu set of the size passed; 0 is the calling thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        return Err(format!(
+            "--pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 /// One thread's measured run.
 struct Run {
     totals: engine::Totals,
@@ -633,14 +693,13 @@ struct Run {
     enters: u64,
 }
 
-/// A run whose operations did not all complete, whose buffers did not all come back, or
-/// whose histogram missed an operation fails instead of printing numbers.
-fn check(ring: &Ring, pool: &BufferPool, qd: usize, t: &engine::Totals) -> Result<(), String> {
+/// A run whose operations did not all complete or whose histogram missed an operation
+/// fails instead of printing numbers (the buffers are counted once every thread is done).
+fn check(ring: &Ring, t: &engine::Totals) -> Result<(), String> {
     let st = ring.stats();
-    let free = pool.stats().free;
-    if st.submitted != st.completed || ring.in_flight() != 0 || free != qd {
+    if st.submitted != st.completed || ring.in_flight() != 0 {
         return Err(format!(
-            "inconsistent run: {st:?}, {} in flight, {free} of {qd} buffers back",
+            "inconsistent run: {st:?}, {} in flight",
             ring.in_flight(),
         ));
     }
