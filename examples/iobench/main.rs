@@ -528,8 +528,7 @@ fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
                     .name(format!("iobench-{i}"))
                     .spawn_scoped(scope, move || {
                         let in_file = |e| format!("{}: {e}", a.file.display());
-                        // Pinned before the ring's first enter (its io-wq workers inherit
-                        // the mask).
+                        // Pinned before the ring's first enter.
                         let pinned = cpu.map_or(Ok(()), pin_to);
                         let mut engine = Engine::new(job, target, pool, i as u64);
                         let warm = engine
