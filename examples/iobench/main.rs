@@ -529,16 +529,18 @@ fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
                     .spawn_scoped(scope, move || {
                         let in_file = |e| format!("{}: {e}", a.file.display());
                         // Pinned before the ring's first enter.
-                        let pinned = cpu.map_or(Ok(()), pin_to);
                         let mut engine = Engine::new(job, target, pool, i as u64);
-                        let warm = engine
-                            .run(&mut ring, Some(WARMUP_OPS), |_, _| false)
-                            .map_err(in_file);
+                        // (A thread that fails still meets the others at the gate.)
+                        let warm = cpu.map_or(Ok(()), pin_to).and_then(|()| {
+                            engine
+                                .run(&mut ring, Some(WARMUP_OPS), |_, _| false)
+                                .map_err(in_file)
+                        });
                         engine.reset();
                         gate.wait();
                         gate.wait();
                         let t0 = std::time::Instant::now();
-                        let run = pinned.and(warm).and_then(|()| {
+                        let run = warm.and_then(|()| {
                             engine
                                 .run(&mut ring, max_ops, |_, el| max_ops.is_none() && el >= limit)
                                 .map_err(in_file)
