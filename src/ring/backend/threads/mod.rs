@@ -81,6 +81,7 @@ use io_uring::{opcode, squeue};
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::error::{Error, Result};
+use crate::waiters::deadline_after;
 
 pub(crate) use sqe::FdClass;
 use sqe::{efd_clear, efd_write, eventfd, inline, inline_candidate, Decoded, Sqe, IOSQE_IO_LINK};
@@ -321,7 +322,7 @@ impl Threads {
             return;
         }
         self.wake();
-        let deadline = timeout.map(|t| Instant::now().checked_add(t));
+        let deadline = timeout.map(deadline_after);
         let mut cq = lock(&self.sh.cq);
         while cq.items.len() < want {
             cq.want = want;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::waiters::deadline_after;
 
 use super::sqe::{
     efd_clear, efd_write, errno, eventfd, nonblocking_twin, seekable, wait_ready, FdClass, Rw, Sqe,
@@ -149,9 +150,7 @@ impl Shared {
         let link_ud = link.map(|l| l.0);
         let stream = work.is_stream(class);
         // Past what an `Instant` holds: no deadline.
-        let deadline = link
-            .and_then(|(_, d)| d)
-            .and_then(|d| Instant::now().checked_add(d));
+        let deadline = link.and_then(|(_, d)| d).and_then(deadline_after);
         st.seq += 1;
         let seq = st.seq;
         // Stream threads enforce their own deadlines (their `poll` times out); the
@@ -225,7 +224,7 @@ impl Shared {
         st.seq += 1;
         let seq = st.seq;
         // Past what an `Instant` holds: a timer that never fires (only a cancel ends it).
-        let when = Instant::now().checked_add(after);
+        let when = deadline_after(after);
         if let Some(w) = when {
             st.arm_timer(w, seq, ud);
             self.manager_cv.notify_one();
