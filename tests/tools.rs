@@ -599,13 +599,11 @@ fn iobench_threads_run_side_by_side_and_add_up() {
 
 /// Outside attack on `--threads`: per-thread pools, each small enough to allocate alone
 /// but together several times the machine's memory (64 threads, each pool about 1/16 of
-/// RAM + swap), are not refused: each pool is built, the memory is faulted in, and the
-/// kernel's OOM killer ends iobench with SIGKILL (exit 137) instead of the documented
-/// refusal (exit 2, before FILE is created). The child runs with `oom_score_adj` 1000 so
-/// that, while the bug lasts, it and nothing else is the OOM killer's victim (run it
-/// alone: the memory pressure can disturb tests running beside it).
+/// RAM + swap), were built one by one and faulted in until the kernel's OOM killer ended
+/// iobench (exit 137); they are refused (exit 2, naming `--threads`) before FILE is
+/// created. The child runs with `oom_score_adj` 1000 so that, were it to regress, it and
+/// nothing else would be the OOM killer's victim.
 #[test]
-#[ignore = "BUG: per-thread pools are not checked as a total: 64 x qd x 64M past RAM is OOM-killed (137), not refused (2)"]
 fn iobench_threads_refuse_pools_that_cannot_all_be_allocated() {
     let (bin, dir) = or_skip!(tool("iobench"));
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
@@ -655,12 +653,11 @@ fn iobench_threads_refuse_pools_that_cannot_all_be_allocated() {
     assert!(!missing.exists(), "FILE created");
 }
 
-/// Outside attack on `--threads` at a deep queue: the 500-operation warm-up cannot grow
-/// the ring's lazily sized tables to a `--qd` above about 512, so they grow in the
-/// measured window: `--qd 4096` reports `"allocs":3` per thread (6 with two threads),
-/// where the documentation promises 0 in steady state on io_uring.
+/// Outside attack on `--threads` at a deep queue: a 500-operation warm-up could not grow
+/// the ring's lazily sized tables to a `--qd` above about 512, so they grew in the
+/// measured window (`--qd 4096`: `"allocs":3` per thread); the warm-up is now at least
+/// twice `--qd`, and the measured window allocates nothing.
 #[test]
-#[ignore = "BUG: --qd above ~512 allocates in the measured window (qd 4096: 3 allocs per thread)"]
 fn iobench_threads_at_a_deep_queue_allocate_nothing_while_measured() {
     let (bin, dir) = or_skip!(tool("iobench"));
     if iocomplete::Ring::new().unwrap().backend() != iocomplete::BackendKind::Uring {

@@ -8,8 +8,8 @@
 //!
 //! `iobench --help` lists the options and their defaults.
 //!
-//! After a warm-up of 500 operations (which lets the ring's lazily sized tables reach
-//! their steady size), keeps `N` operations in flight for `S` seconds (default 5), or
+//! After a warm-up of 500 operations, or twice `--qd` if more (which lets the ring's
+//! lazily sized tables reach their steady size), keeps `N` operations in flight for `S` seconds (default 5), or
 //! for exactly `--ops` operations (not counting the warm-up; `--ops` below `--qd` is
 //! refused), and prints one JSON line to stdout:
 //! `{"backend":…,"iops":…,"bw_bytes":…,"lat_p50_ns":…,"lat_p99_ns":…,"cpu_usr":…,
@@ -169,7 +169,17 @@ fn main() {
         }
     }
     // The pools (one per thread) are the one allocation that depends only on the
-    // arguments: built here, once, before FILE is touched, and handed to `run`.
+    // arguments: built here, once, before FILE is touched, and handed to `run`. Each is
+    // faulted in as it is built, so pools that together exceed the machine's memory are
+    // refused first (one pool that large the kernel refuses by itself).
+    let total = args.qd as u128 * args.bs as u128 * args.threads as u128;
+    if let Some(mem) = memory().filter(|&m| args.threads > 1 && total > m) {
+        cli::usage_exit::<Args>(format!(
+            "buffer pools of --threads {} x --qd {} x --bs {} = {total} bytes: more than \
+             this machine's memory and swap ({mem} bytes)",
+            args.threads, args.qd, args.bs
+        ));
+    }
     let (count, slots) = if args.shared_pool {
         (1, args.qd * args.threads)
     } else {
@@ -512,6 +522,9 @@ fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
         blocks,
     };
     let (limit, max_ops) = (a.seconds, a.ops);
+    // Enough to keep --qd operations in flight a while: the ring's tables reach their
+    // steady size before the measured window.
+    let warmup = WARMUP_OPS.max(2 * a.qd as u64);
     // Every thread warms up, then all start together: the first wait ends the warm-ups,
     // the second (after this thread has read the clocks) starts the measured runs.
     let gate = std::sync::Barrier::new(a.threads + 1);
@@ -533,7 +546,7 @@ fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
                         // (A thread that fails still meets the others at the gate.)
                         let warm = cpu.map_or(Ok(()), pin_to).and_then(|()| {
                             engine
-                                .run(&mut ring, Some(WARMUP_OPS), |_, _| false)
+                                .run(&mut ring, Some(warmup), |_, _| false)
                                 .map_err(in_file)
                         });
                         engine.reset();
@@ -652,6 +665,17 @@ fn run(a: &Args, pools: Vec<BufferPool>) -> Result<(), String> {
         fixed_file,
     );
     Ok(())
+}
+
+/// RAM and swap of this machine, in bytes (`sysinfo`), if it can be told.
+fn memory() -> Option<u128> {
+    // SAFETY: `sysinfo` is plain old data; all-zero is a valid value.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `si` is a valid out-pointer.
+    if unsafe { libc::sysinfo(&mut si) } != 0 {
+        return None;
+    }
+    Some((si.totalram as u128 + si.totalswap as u128) * si.mem_unit.max(1) as u128)
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
