@@ -660,10 +660,10 @@ fn iobench_threads_refuse_pools_that_cannot_all_be_allocated() {
 #[test]
 fn iobench_threads_at_a_deep_queue_allocate_nothing_while_measured() {
     let (bin, dir) = or_skip!(tool("iobench"));
-    if iocomplete::Ring::new().unwrap().backend() != iocomplete::BackendKind::Uring {
-        common::skip("allocation-free only on io_uring");
-        return;
-    }
+    or_skip!(common::needs_uring(
+        &iocomplete::Ring::new().unwrap(),
+        "no allocation while iobench measures (threads start workers as load arrives)"
+    ));
     let f = make(dir.path(), "bench.dat", 256 * BS as u64, 95);
     for (qd, threads) in [("4096", "2"), ("1024", "1")] {
         let args = [
