@@ -159,7 +159,15 @@ pub(crate) enum Delivery {
     Local,
     Future(Arc<FutureSlot>),
     Detach,
+    /// A routine that also gets the ring that produced the completion (`Some`, as `dyn
+    /// Any`: always a `Ring`), or `None` when the operation completed without reaching a
+    /// ring. Cross-ring hand-off uses it to send the completion home (see `ring::mesh`).
+    WithRing(RingRoutine),
 }
+
+/// See [`Delivery::WithRing`].
+pub(crate) type RingRoutine =
+    Box<dyn FnOnce(Completion, Option<&mut dyn std::any::Any>) + Send + 'static>;
 
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -170,6 +178,7 @@ impl fmt::Debug for Delivery {
             Delivery::Local => "Local",
             Delivery::Future(_) => "Future",
             Delivery::Detach => "Detach",
+            Delivery::WithRing(_) => "WithRing",
         })
     }
 }

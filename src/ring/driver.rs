@@ -15,6 +15,9 @@ use super::{Backend, EntryState, Ring, CQE_BATCH};
 /// (after cancelling them) before it gives up on them.
 pub(crate) const DROP_GRACE: Duration = Duration::from_secs(10);
 
+/// Times one turn's CQEs may send the ring to its inbox (see `Ring::inbox_from_cqe`).
+const INBOX_VISITS: u32 = 4;
+
 /// `IORING_ENTER_GETEVENTS`.
 const ENTER_GETEVENTS: u32 = 1;
 /// `IORING_ENTER_SQ_WAKEUP`: wake the SQPOLL thread.
@@ -317,6 +320,10 @@ impl Ring {
                     // multishot poll may report the next one.
                     th.rearm(ud);
                 }
+            } else if ud == sentinel::DOORBELL {
+                self.inbox_from_cqe();
+            } else if let Some(index) = sentinel::doorbell_index(ud) {
+                self.doorbell_done(index, res);
             }
             // CANCEL and TIMEOUT CQEs only report on the helper request itself; the
             // target operation's own CQE carries its outcome.
@@ -426,6 +433,7 @@ impl Ring {
         match delivery {
             Delivery::Keep => unreachable!("kept completions stay in the op table"),
             Delivery::Routine(f) => f(c),
+            Delivery::WithRing(f) => f(c, Some(self as &mut dyn std::any::Any)),
             Delivery::Queue(q) => q.push_overflow(c),
             Delivery::Local => self.ready.push_back(c),
             Delivery::Future(slot) => slot.complete(c),
@@ -469,9 +477,18 @@ impl Ring {
                 self.cancel(id);
             }
         }
-        while let Some(cmd) = self.shared.pop() {
+        // What is there now, and no more: a message that posts to its own ring (or two
+        // rings' handles bouncing work) must not keep this loop from returning. What
+        // arrives meanwhile runs at the next turn, which `inbox_again` makes come at once.
+        for _ in 0..self.shared.inbox_len() {
+            let Some(cmd) = self.shared.pop() else {
+                break;
+            };
             match cmd {
                 Cmd::Op(op, d) if self.cancelling_all => complete_unsent(op, d),
+                // A ring shutting down (dropped, or `shutdown_now`) runs no more messages.
+                Cmd::Post(m) if self.cancelling_all || self.shared.signal.is_closed() => m(None),
+                Cmd::Post(m) => m(Some(self as &mut dyn std::any::Any)),
                 Cmd::Op(op, Delivery::Future(slot)) => {
                     self.start_future(op, slot);
                 }
@@ -483,13 +500,28 @@ impl Ring {
                 }
             }
         }
+        self.inbox_again = !self.shared.inbox_is_empty();
         while let Some(id) = self.shared.signal.pop_cancel() {
             self.cancel(id);
         }
     }
 
+    /// A wake-up or doorbell CQE: take the inbox, at most `INBOX_VISITS` times a turn. A
+    /// message that posts to its own ring through a handle writes the eventfd, whose poll
+    /// posts the next CQE at once: without the bound, one reap would never end. Past it,
+    /// the next turn takes the inbox, without waiting (`inbox_again`).
+    fn inbox_from_cqe(&mut self) {
+        if self.inbox_visits < INBOX_VISITS {
+            self.inbox_visits += 1;
+            self.start_inbox();
+        } else {
+            self.inbox_again = true;
+        }
+    }
+
     /// Apply dropped tickets and pick up work sent by handles.
     pub(super) fn housekeeping(&mut self) {
+        self.inbox_visits = 0;
         self.replenish_buf_rings();
         while let Some(id) = self.abandoned.pop() {
             let Some(e) = self.entry_mut(id) else {
@@ -539,7 +571,7 @@ impl Ring {
     fn on_wake(&mut self, more: bool) {
         self.shared.signal.clear_wake();
         self.wake_armed = more;
-        self.start_inbox();
+        self.inbox_from_cqe();
         if !more && !self.shared.signal.is_closed() {
             let _ = self.arm_wake();
         }
@@ -603,7 +635,7 @@ impl Ring {
                 st.leak_offered();
             }
         }
-        // Items a handle pushed concurrently with `close` (see `HandleShared::close`).
+        // Items a handle pushed concurrently with `close` (see `Signal::close`).
         self.shared.drain_cancelled();
     }
 }

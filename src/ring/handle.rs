@@ -1,6 +1,7 @@
 //! `RingHandle`: using a ring from other threads — submitting, registering and closing
 //! targets, cancelling, shutting down.
 
+use std::any::Any;
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,12 +17,32 @@ use super::op::{Op, OpId, OpKind};
 use super::signal::Signal;
 use super::target::{FdInfo, Target};
 
+/// A message posted to a ring (`RingHandle::post`, `Ring::post`): run once, on the ring's
+/// thread with the ring (`Some`), or with `None` wherever the ring was found gone. The
+/// ring is passed as `dyn Any` (always a `Ring`; `ring::mesh` makes messages and
+/// downcasts) so that this file, which the ring's own file names, need not name `Ring`.
+pub(crate) type Message = Box<dyn FnOnce(Option<&mut dyn Any>) + Send + 'static>;
+
 /// What a handle asks the ring to do, in the order it asked.
 pub(crate) enum Cmd {
     /// Start an operation.
     Op(Op, Delivery),
     /// Close a target (after the operations sent before it have started).
     Close(Target),
+    /// Run a message on the ring's thread.
+    Post(Message),
+}
+
+impl Cmd {
+    /// The ring will never carry this out: an operation completes with `Cancelled`, a
+    /// message learns the ring is gone.
+    pub(crate) fn refuse(self) {
+        match self {
+            Cmd::Op(op, d) => complete_unsent(op, d),
+            Cmd::Post(m) => m(None),
+            Cmd::Close(_) => {}
+        }
+    }
 }
 
 /// A target registered through a handle, waiting for the ring to install it.
@@ -80,6 +101,12 @@ pub(crate) struct HandleShared {
     pub(crate) targets: Mutex<TargetIds>,
     /// `targets.pending.len()`, readable without the lock (see `has_registrations`).
     registrations: AtomicUsize,
+    /// A duplicate of the io_uring instance's descriptor, for other rings to ring this
+    /// one's doorbell with `IORING_OP_MSG_RING` (see `ring::mesh`); `None` for the
+    /// thread-pool backend, on kernels without `MSG_RING`, and once the ring is dropped.
+    /// A sender clones the `Arc` for as long as its `MSG_RING` is in flight, so the
+    /// number it names is never closed (and reused) under it.
+    doorbell: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 impl HandleShared {
@@ -92,7 +119,46 @@ impl HandleShared {
             cancel_all: AtomicBool::new(false),
             targets: Mutex::new(TargetIds::default()),
             registrations: AtomicUsize::new(0),
+            doorbell: Mutex::new(None),
         })
+    }
+
+    /// Push a command unless the ring is gone or cancelling everything, in which case it
+    /// is refused ([`Cmd::refuse`]) on this thread. Returns whether it was queued; the
+    /// caller then wakes the ring.
+    ///
+    /// SeqCst (in `is_closed`, after the push): the other half of the handshake in
+    /// `Signal::close` — if the ring closed meanwhile, its final drain may have missed the
+    /// command: drain it here. Each command is carried out or refused exactly once.
+    pub(crate) fn push(&self, cmd: Cmd) -> bool {
+        if self.signal.is_closed() || self.is_cancelling_all() {
+            cmd.refuse();
+            return false;
+        }
+        self.inbox.push(cmd);
+        if self.signal.is_closed() {
+            self.drain_cancelled();
+            return false;
+        }
+        true
+    }
+
+    /// Commands waiting in the inbox (a snapshot: others may push meanwhile).
+    pub(crate) fn inbox_len(&self) -> usize {
+        self.inbox.len()
+    }
+
+    /// The descriptor to ring this ring's doorbell with, if it has one (see `doorbell`).
+    pub(crate) fn doorbell(&self) -> Option<Arc<OwnedFd>> {
+        self.doorbell
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Set (at build) or clear (at drop) the doorbell descriptor.
+    pub(crate) fn set_doorbell(&self, fd: Option<OwnedFd>) {
+        *self.doorbell.lock().unwrap_or_else(|e| e.into_inner()) = fd.map(Arc::new);
     }
 
     pub(crate) fn pop(&self) -> Option<Cmd> {
@@ -142,13 +208,12 @@ impl HandleShared {
         self.cancel_all.load(Ordering::Acquire)
     }
 
-    /// Complete everything left in the inbox with `Cancelled` (on the calling thread), and
-    /// close the descriptors of registrations nobody will install.
+    /// Refuse everything left in the inbox (on the calling thread: operations complete
+    /// with `Cancelled`, messages learn the ring is gone), and close the descriptors of
+    /// registrations nobody will install.
     pub(crate) fn drain_cancelled(&self) {
         while let Some(cmd) = self.inbox.pop() {
-            if let Cmd::Op(op, d) = cmd {
-                complete_unsent(op, d);
-            }
+            cmd.refuse();
         }
         drop(self.take_registrations());
     }
@@ -176,6 +241,7 @@ pub(crate) fn complete_unsent(op: Op, d: Delivery) {
     };
     match d {
         Delivery::Routine(f) => f(c),
+        Delivery::WithRing(f) => f(c, None),
         // Never waits: a full queue takes it in its overflow list.
         Delivery::Queue(q) => q.push_overflow(c),
         Delivery::Future(s) => s.complete(c),
@@ -223,22 +289,17 @@ impl RingHandle {
         RingHandle { shared }
     }
 
-    /// Push a command. If the ring is gone, an operation completes at once with
-    /// `Cancelled` (exactly once: by this thread, or by the ring's final drain).
-    fn send(&self, cmd: Cmd) {
-        if self.shared.signal.is_closed() || self.shared.is_cancelling_all() {
-            if let Cmd::Op(op, d) = cmd {
-                complete_unsent(op, d);
-            }
-            return;
+    /// The state this handle shares with its ring.
+    pub(crate) fn shared(&self) -> &Arc<HandleShared> {
+        &self.shared
+    }
+
+    /// Push a command and wake the ring. If the ring is gone, an operation completes at
+    /// once with `Cancelled` (exactly once: by this thread, or by the ring's final drain).
+    pub(crate) fn send(&self, cmd: Cmd) {
+        if self.shared.push(cmd) {
+            self.shared.signal.wake();
         }
-        self.shared.inbox.push(cmd);
-        // SeqCst: the other half of the handshake in `HandleShared::close`.
-        if self.shared.signal.is_closed() {
-            self.shared.drain_cancelled();
-            return;
-        }
-        self.shared.signal.wake();
     }
 
     /// Submit; the completion is pushed to `queue`. Multishot operations
@@ -294,7 +355,7 @@ impl RingHandle {
                 .store(ids.pending.len(), Ordering::Relaxed);
             target
         };
-        // SeqCst: the handshake of `HandleShared::close` — if the ring is gone, its final
+        // SeqCst: the handshake of `Signal::close` — if the ring is gone, its final
         // drain may have missed this registration: drop it ourselves.
         if self.shared.signal.is_closed() {
             self.shared.drain_cancelled();

@@ -54,10 +54,12 @@ mod buf_ring;
 mod completion;
 mod driver;
 mod handle;
+mod mesh;
 mod op;
 mod port;
 mod probe;
 mod provided;
+mod set;
 mod signal;
 mod submission;
 mod submit;
@@ -88,6 +90,7 @@ pub use op::{BufPart, Op, OpId};
 pub use port::Driver;
 pub(crate) use port::{Done, Port, PortEvent};
 pub use probe::Capabilities;
+pub use set::{RingSet, RingSetBuilder};
 pub use submission::{Submission, Ticket};
 pub(crate) use target::{addressable, storage_of};
 pub use target::{
@@ -130,6 +133,9 @@ pub struct RingBuilder {
     ops: usize,
     backend: BackendKind,
     threads: Option<usize>,
+    /// `IORING_SETUP_ATTACH_WQ` to this io_uring descriptor (set by [`RingSetBuilder`] while
+    /// the ring it names is alive; only with SQPOLL, see there).
+    attach_wq: Option<std::os::fd::RawFd>,
 }
 
 impl Default for RingBuilder {
@@ -145,6 +151,7 @@ impl Default for RingBuilder {
             ops: 1024,
             backend: BackendKind::Auto,
             threads: None,
+            attach_wq: None,
         }
     }
 }
@@ -318,6 +325,9 @@ impl RingBuilder {
         b.setup_clamp();
         if let Some(idle) = self.sqpoll_idle {
             b.setup_sqpoll(idle);
+            if let Some(fd) = self.attach_wq {
+                b.setup_attach_wq(fd);
+            }
         }
         let single = self.single_issuer || self.defer_taskrun;
         if single {
@@ -351,6 +361,10 @@ impl RingBuilder {
     fn finish(self, backend: Backend, caps: Capabilities, enabled: bool) -> Result<Ring> {
         let id = NEXT_RING_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shared = Arc::new(HandleShared::new(id)?);
+        if let (Backend::Uring(uring), true) = (&backend, caps.msg_ring) {
+            // Without it (no descriptor left), other rings wake this one by its eventfd.
+            shared.set_doorbell(uring.as_fd().try_clone_to_owned().ok());
+        }
         // The thread-pool backend also puts there what it completes on the ring's thread
         // when the ring enters: room for an operation table's worth, so that steady-state
         // I/O does not grow it.
@@ -375,7 +389,10 @@ impl RingBuilder {
             ready: VecDeque::new(),
             abandoned: Arc::new(crossbeam_queue::SegQueue::new()),
             shared,
+            doorbells: Slab::new(),
             wake_armed: false,
+            inbox_visits: 0,
+            inbox_again: false,
             cancelling_all: false,
             enabled,
             issuer: 0,
@@ -401,6 +418,10 @@ pub struct RingStats {
     pub overflow_flushes: u64,
     /// CQEs whose `user_data` matched no live operation (should stay 0).
     pub stale_cqes: u64,
+    /// `IORING_OP_MSG_RING` doorbells this ring sent ([`Ring::post`],
+    /// [`Ring::submit_on`]) that reached their ring. A doorbell that failed was replaced
+    /// by a write to the target's eventfd and is not counted.
+    pub doorbells: u64,
 }
 
 /// How a pool's buffers are used with this ring.
@@ -527,7 +548,17 @@ pub struct Ring {
     /// Ids of dropped tickets, pushed from any thread.
     abandoned: Arc<crossbeam_queue::SegQueue<OpId>>,
     shared: Arc<HandleShared>,
+    /// `MSG_RING` doorbells this ring sent and has not reaped (see `mesh`): the target,
+    /// to wake by its eventfd if the doorbell fails, and its descriptor, kept open until
+    /// the kernel is done with it. Counted in `in_kernel`.
+    doorbells: Slab<(Arc<HandleShared>, Arc<OwnedFd>)>,
     wake_armed: bool,
+    /// Times this turn's CQEs (wake-ups, doorbells) sent the ring to its inbox; bounded
+    /// by `INBOX_VISITS`, reset at each turn's housekeeping.
+    inbox_visits: u32,
+    /// The inbox still holds work the ring did not take this turn (see `start_inbox`):
+    /// the next turn must come without waiting.
+    inbox_again: bool,
     /// A handle called `shutdown_now`: operations sent from handles complete with
     /// `Cancelled` without starting.
     cancelling_all: bool,
@@ -852,7 +883,7 @@ impl Ring {
         // Nothing ready yet: wait if anything can still arrive — an operation in flight, or
         // (with a timeout) a handle's submission signalled through the armed wake poll.
         let can_arrive = self.in_kernel > 0 || (self.wake_armed && timeout.is_some());
-        if self.stats.completed == before && can_arrive {
+        if self.stats.completed == before && can_arrive && !self.inbox_again {
             self.enter(1, timeout)?;
         } else {
             self.enter(0, None)?;
@@ -873,7 +904,7 @@ impl Ring {
         self.reap();
         let have = (self.stats.completed - before) as usize;
         let want = min.min(self.in_kernel).saturating_sub(have);
-        if want > 0 {
+        if want > 0 && !self.inbox_again {
             self.enter(want, timeout)?;
         } else {
             self.enter(0, None)?;
@@ -991,6 +1022,10 @@ impl Ring {
         if self.is_shut_down() {
             return Poll::Ready(Ok(()));
         }
+        if self.inbox_again {
+            // The descriptor will not signal what is already in the inbox.
+            cx.waker().wake_by_ref();
+        }
         Poll::Pending
     }
 
@@ -1026,6 +1061,9 @@ impl AsRawFd for Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         self.shutdown_drain();
+        // Other rings' doorbells from now on find no descriptor and write the eventfd,
+        // which nobody reads either: what they announce was refused by the drain.
+        self.shared.set_doorbell(None);
         if let Backend::Threads(th) = &mut self.backend {
             // Operations the drain gave up on may still use their descriptors: the backend
             // keeps those open until they return.

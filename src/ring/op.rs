@@ -70,6 +70,26 @@ pub(crate) mod sentinel {
     pub(crate) const TIMEOUT: u64 = make(1);
     /// The poll on the wake-up eventfd that `RingHandle`s write to.
     pub(crate) const WAKE: u64 = make(2);
+    /// A doorbell another ring posted to this one's CQ with `MSG_RING`: a message waits
+    /// in the inbox (see `ring::mesh`).
+    pub(crate) const DOORBELL: u64 = make(3);
+    /// This ring's own `MSG_RING` doorbells: `make(DOORBELL_SENT | index)`, the index of
+    /// the doorbell in the ring's table of those in flight.
+    const DOORBELL_SENT: u32 = 1 << 31;
+
+    /// The user_data of doorbell `index` sent by this ring; `None` past the range.
+    pub(crate) fn doorbell_sent(index: usize) -> Option<u64> {
+        u32::try_from(index)
+            .ok()
+            .filter(|&i| i < DOORBELL_SENT)
+            .map(|i| make(DOORBELL_SENT | i))
+    }
+
+    /// The index of a doorbell this ring sent, if `ud` is one.
+    pub(crate) fn doorbell_index(ud: u64) -> Option<usize> {
+        let low = ud as u32;
+        (is_sentinel(ud) && low & DOORBELL_SENT != 0).then_some((low & !DOORBELL_SENT) as usize)
+    }
 
     pub(crate) fn is_sentinel(ud: u64) -> bool {
         (ud >> 32) as u32 == super::RESERVED_GEN

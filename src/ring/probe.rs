@@ -45,6 +45,10 @@ pub struct Capabilities {
     /// `RWF_NOAPPEND` (Linux 6.9): positional writes carry it, so they land at their
     /// offset even on a file whose `O_APPEND` was set after it was registered.
     pub rwf_noappend: bool,
+    /// `IORING_OP_MSG_RING` (Linux 5.18): [`Ring::post`](crate::Ring::post) rings
+    /// another io_uring ring's doorbell from this ring's submission queue instead of with
+    /// a system call of its own.
+    pub msg_ring: bool,
 }
 
 impl Capabilities {
@@ -70,6 +74,7 @@ impl Capabilities {
             link_timeout: op(opcode::LinkTimeout::CODE),
             async_cancel: op(opcode::AsyncCancel::CODE),
             rwf_noappend: rwf_noappend(),
+            msg_ring: op(opcode::MsgRingData::CODE),
         }
     }
 }

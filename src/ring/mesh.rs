@@ -1,0 +1,221 @@
+//! Cross-ring hand-off: messages posted to a ring, operations run on another ring with
+//! their completion brought back, and the doorbell that announces them.
+//!
+//! A message travels in the target ring's inbox (the queue its [`RingHandle`]s use); the
+//! doorbell only wakes the target. That split is what makes hand-off exactly-once across
+//! rings whatever the shutdown order: the inbox's handshake with the target's drop
+//! (`HandleShared::push`, `Signal::close`) guarantees that every message either runs on
+//! the target or is refused — run with `Err(RingClosed)` — by whichever thread found the
+//! target gone. The doorbell carries nothing that could be lost.
+//!
+//! From a ring's own thread ([`Ring::post`], [`Ring::submit_on`]), the doorbell is an
+//! `IORING_OP_MSG_RING` queued on the sending ring: it leaves with that ring's next
+//! submission, in the same `io_uring_enter`, and lands in the target's CQ as a CQE that
+//! makes the target read its inbox — no system call of its own, no eventfd read on the
+//! target. Where either side has no `MSG_RING` (the thread-pool backend, an old kernel, a
+//! failed doorbell), the target's eventfd is written, as a [`RingHandle`] does.
+
+use std::any::Any;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use io_uring::{opcode, types};
+
+use crate::error::{ErrorKind, Result};
+
+use super::completion::{Completion, Delivery};
+use super::handle::{complete_unsent, Cmd, HandleShared, Message, RingHandle};
+use super::op::{sentinel, Op};
+use super::Ring;
+
+/// Wrap a message for the inbox: the driver passes the ring as `dyn Any` (see
+/// [`Message`]), always a `Ring`.
+fn message(f: impl FnOnce(Result<&mut Ring>) + Send + 'static) -> Message {
+    Box::new(
+        move |ring: Option<&mut dyn Any>| match ring.and_then(|r| r.downcast_mut::<Ring>()) {
+            Some(ring) => f(Ok(ring)),
+            None => f(Err(ErrorKind::RingClosed.into())),
+        },
+    )
+}
+
+impl RingHandle {
+    /// Post a message to the ring: `f` runs once, on the thread driving the ring, with
+    /// the ring itself — so it can do anything the ring's owner can: start operations on
+    /// the ring's registered targets and buffers, [`post`](Ring::post) to other rings,
+    /// hand work back. Messages from one thread run in the order they were posted, in
+    /// order with that thread's other requests (operations, closes).
+    ///
+    /// If the ring is gone — dropped, or shut down with
+    /// [`shutdown_now`](Self::shutdown_now) — before the message runs, `f` runs instead
+    /// with `Err(`[`ErrorKind::RingClosed`]`)`, once, on whichever thread found that out:
+    /// this one, or the one dropping the ring. A graceful [`shutdown`](Self::shutdown)
+    /// still runs the messages posted before the driver loop returns.
+    ///
+    /// Each message is one allocation (its closure). From a ring's own thread,
+    /// [`Ring::post`] announces the message without a system call of its own.
+    ///
+    /// ```
+    /// use iocomplete::{Op, Ring};
+    /// use std::sync::mpsc;
+    /// let (handle, driver) = Ring::new()?.spawn()?;
+    /// let (tx, rx) = mpsc::channel();
+    /// handle.post(move |ring| {
+    ///     // On the ring's thread, with the ring.
+    ///     let ring = ring.expect("the ring is running");
+    ///     ring.submit(Op::nop().tag(7)).then(move |c| tx.send(c.tag()).unwrap());
+    /// });
+    /// assert_eq!(rx.recv().unwrap(), 7);
+    /// handle.shutdown();
+    /// driver.join().unwrap()?;
+    /// # Ok::<(), iocomplete::Error>(())
+    /// ```
+    pub fn post(&self, f: impl FnOnce(Result<&mut Ring>) + Send + 'static) {
+        self.send(Cmd::Post(message(f)));
+    }
+}
+
+impl Ring {
+    /// Post a message to the ring behind `to`, from this ring's thread: as
+    /// [`RingHandle::post`] (same order, same exactly-once guarantee), but the target is
+    /// woken by an `IORING_OP_MSG_RING` doorbell queued on this ring, which leaves with
+    /// this ring's next submission ([`run_once`](Self::run_once), [`poll`](Self::poll),
+    /// or any other turn) instead of a system call now. Drive this ring after posting,
+    /// as after submitting an operation. Without `MSG_RING` on both sides
+    /// ([`Capabilities::msg_ring`](super::Capabilities::msg_ring), the thread-pool
+    /// backend) the target is woken at once, as by a handle. `to` may be this ring's own
+    /// handle: the message then runs at this ring's next turn.
+    ///
+    /// ```
+    /// use iocomplete::{Op, RingSet};
+    /// use std::sync::mpsc;
+    /// let set = RingSet::builder().rings(2).spawn()?;
+    /// let b = set.handles()[1].clone();
+    /// let (tx, rx) = mpsc::channel();
+    /// // A message to ring 0, which forwards one to ring 1 from its own thread.
+    /// set.handles()[0].post(move |a| {
+    ///     let a = a.expect("ring 0 runs");
+    ///     a.post(&b, move |b| tx.send(b.is_ok()).unwrap());
+    /// });
+    /// assert!(rx.recv().unwrap());
+    /// set.shutdown()?;
+    /// # Ok::<(), iocomplete::Error>(())
+    /// ```
+    pub fn post(&mut self, to: &RingHandle, f: impl FnOnce(Result<&mut Ring>) + Send + 'static) {
+        let target = to.shared();
+        if target.push(Cmd::Post(message(f))) {
+            self.ring_doorbell(target);
+        }
+    }
+
+    /// Run `op` on the ring behind `on` — on its registered targets (`op`'s target must
+    /// be one of that ring's) and with its buffer registrations — and bring its
+    /// completion back: `then` runs once, on this ring's thread, with this ring and the
+    /// completion (buffers included). Both legs are messages ([`post`](Self::post)): the
+    /// request leaves with this ring's next submission, the completion with `on`'s.
+    ///
+    /// Exactly once, whatever shuts down first: if `on`'s ring is gone before the
+    /// operation starts, the completion is `Cancelled` (buffers back, nothing reached the
+    /// kernel); if this ring is gone when the completion comes back, `then` runs with
+    /// `Err(`[`ErrorKind::RingClosed`]`)` and the completion, on the thread that found
+    /// out. An operation in flight on `on` when its ring is dropped completes as that
+    /// ring's drop decides (`Cancelled`, or its own result).
+    ///
+    /// Multishot reads cannot be handed off (their completion is refused with
+    /// `InvalidInput`, as for a completion routine).
+    ///
+    /// ```
+    /// use iocomplete::{Op, RingSet};
+    /// use std::sync::mpsc;
+    /// let set = RingSet::builder().rings(2).spawn()?;
+    /// // Register a file with ring 1; ring 0 reads... here, syncs it through ring 1.
+    /// let file = set.handles()[1].register(tempfile::tempfile().unwrap())?;
+    /// let b = set.handles()[1].clone();
+    /// let (tx, rx) = mpsc::channel();
+    /// set.handles()[0].post(move |a| {
+    ///     let a = a.expect("ring 0 runs");
+    ///     a.submit_on(&b, Op::fsync(file, false), move |a, c| {
+    ///         // Back on ring 0's thread.
+    ///         tx.send((a.is_ok(), c.is_ok())).unwrap();
+    ///     });
+    /// });
+    /// assert_eq!(rx.recv().unwrap(), (true, true));
+    /// set.shutdown()?;
+    /// # Ok::<(), iocomplete::Error>(())
+    /// ```
+    pub fn submit_on(
+        &mut self,
+        on: &RingHandle,
+        op: Op,
+        then: impl FnOnce(Result<&mut Ring>, Completion) + Send + 'static,
+    ) {
+        // Without its wake-up poll this ring would not notice a completion brought back by
+        // eventfd; `arm_wake` fails only when the SQ refuses the poll, and then the
+        // doorbells of `post` (a CQE, not a poll) still reach it.
+        let _ = self.arm_wake();
+        let back = RingHandle::new(self.shared.clone());
+        self.post(on, move |remote| {
+            let home = Delivery::WithRing(Box::new(move |c, ring| {
+                let then = move |r: Result<&mut Ring>| then(r, c);
+                match ring.and_then(|r| r.downcast_mut::<Ring>()) {
+                    Some(ring) => ring.post(&back, then),
+                    None => back.post(then),
+                }
+            }));
+            match remote {
+                Ok(ring) => {
+                    ring.start(op, home);
+                }
+                Err(_) => complete_unsent(op, home),
+            }
+        });
+    }
+
+    /// Wake `target` after pushing to its inbox: `MSG_RING` from this ring when both have
+    /// it, else the target's eventfd.
+    fn ring_doorbell(&mut self, target: &Arc<HandleShared>) {
+        let fd = match (&self.backend, self.caps.msg_ring) {
+            (super::Backend::Uring(_), true) if !Arc::ptr_eq(target, &self.shared) => {
+                target.doorbell()
+            }
+            _ => None,
+        };
+        let Some(fd) = fd else {
+            target.signal.wake();
+            return;
+        };
+        let key = self.doorbells.vacant_key();
+        let Some(ud) = sentinel::doorbell_sent(key) else {
+            target.signal.wake();
+            return;
+        };
+        // The descriptor stays open (its `Arc` in the table) until this doorbell's CQE.
+        let sqe = opcode::MsgRingData::new(types::Fd(fd.as_raw_fd()), 0, sentinel::DOORBELL, None)
+            .build()
+            .user_data(ud);
+        self.doorbells.insert((target.clone(), fd));
+        if self.push_sqes(&[sqe]).is_ok() {
+            self.in_kernel += 1;
+        } else {
+            self.doorbells.remove(key);
+            target.signal.wake();
+        }
+    }
+
+    /// The CQE of doorbell `index`: release the target's descriptor; if the doorbell did
+    /// not reach it (its ring is not enabled yet, a full CQ, a cancel at drop), wake it by
+    /// its eventfd instead.
+    pub(super) fn doorbell_done(&mut self, index: usize, res: i32) {
+        let Some((target, _fd)) = self.doorbells.try_remove(index) else {
+            self.stats.stale_cqes += 1;
+            debug_assert!(false, "doorbell CQE for no doorbell (index {index})");
+            return;
+        };
+        self.in_kernel -= 1;
+        if res < 0 {
+            target.signal.wake();
+        } else {
+            self.stats.doorbells += 1;
+        }
+    }
+}
