@@ -30,6 +30,11 @@
 //!   loop (the ring is [`AsFd`](std::os::fd::AsFd); [`Ring::poll_complete`] is one
 //!   non-blocking turn). Other threads and tasks use it through a [`RingHandle`];
 //!   dropping an [`OpFuture`] cancels its operation.
+//! * **Many rings**: a [`RingSet`] drives one ring per worker thread; a message
+//!   ([`RingHandle::post`], [`Ring::post`], announced by an `IORING_OP_MSG_RING` doorbell
+//!   between rings) runs on a ring's thread with the ring, and [`Ring::submit_on`] runs an
+//!   operation on another ring and brings its completion home — exactly once whichever
+//!   ring shuts down first.
 //!   Cancel and deadline complete with distinct kinds ([`ErrorKind::Cancelled`],
 //!   [`ErrorKind::TimedOut`]).
 //! * **State machines** — sans-I/O: events in, operations out, no syscalls — hold the

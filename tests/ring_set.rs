@@ -809,3 +809,24 @@ fn rings_of_a_set_share_one_sqpoll_thread() {
 
 #[allow(dead_code)]
 fn _types(_: Result<()>) {}
+
+#[test]
+fn dropping_a_set_cancels_what_would_never_end() {
+    let _w = watchdog("set drop", 60);
+    let set = RingSet::builder().rings(2).spawn().unwrap();
+    let pool = common::pool(2, BS);
+    let (r, _w_end) = pipe();
+    let t = set.handles()[1].register(r).unwrap();
+    let q = Arc::new(CompletionQueue::new(2));
+    set.handles()[1].submit_to(Op::read(t, 0, pool.try_get().unwrap()), &q);
+    // The read reached the ring (a later message ran after it).
+    on_ring(&set.handles()[1], |_| ());
+    drop(set);
+    let c = q
+        .pop()
+        .expect("the read completed before the drop returned");
+    assert_eq!(c.error().map(|e| e.kind()), Some(ErrorKind::Cancelled));
+    drop(c);
+    let st = pool.stats();
+    assert_eq!(st.free, st.total);
+}

@@ -128,7 +128,7 @@ impl Ring {
     /// use iocomplete::{Op, RingSet};
     /// use std::sync::mpsc;
     /// let set = RingSet::builder().rings(2).spawn()?;
-    /// // Register a file with ring 1; ring 0 reads... here, syncs it through ring 1.
+    /// // A file registered with ring 1, synced from ring 0's thread through ring 1.
     /// let file = set.handles()[1].register(tempfile::tempfile().unwrap())?;
     /// let b = set.handles()[1].clone();
     /// let (tx, rx) = mpsc::channel();

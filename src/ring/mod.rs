@@ -16,7 +16,10 @@
 //! choose.
 //!
 //! One ring per thread: a `Ring` is `Send` (move it to the thread that will drive it) but
-//! not `Sync`. Other threads submit through a [`RingHandle`].
+//! not `Sync`. Other threads submit through a [`RingHandle`]. A [`RingSet`] runs one ring
+//! per worker thread; a message ([`RingHandle::post`], [`Ring::post`]) runs on a ring's
+//! thread with the ring, and [`Ring::submit_on`] hands an operation to another ring and
+//! brings its completion home.
 //!
 //! The kernel owns an operation's buffers from submission until its completion is reaped.
 //! The op table holds them until then — whatever happens to the ticket, future or

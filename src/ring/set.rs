@@ -228,11 +228,12 @@ impl RingSet {
     }
 }
 
-/// Dropping a set shuts it down gracefully and waits for its threads (errors are lost:
-/// call [`RingSet::shutdown`] to see them).
+/// Dropping a set shuts it down now — as [`RingSet::shutdown_now`]: a read of an idle pipe
+/// must not keep a drop waiting forever — and waits for its threads (errors are lost: call
+/// [`RingSet::shutdown`] or [`RingSet::shutdown_now`] to see them).
 impl Drop for RingSet {
     fn drop(&mut self) {
-        self.handles.iter().for_each(RingHandle::shutdown);
+        self.handles.iter().for_each(RingHandle::shutdown_now);
         for d in self.drivers.drain(..) {
             let _ = d.join();
         }

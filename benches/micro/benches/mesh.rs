@@ -1,0 +1,104 @@
+//! Cross-ring hand-off: the round trip of a message between two rings, each driven by a
+//! thread of its own (`RingSet`), announced by an `IORING_OP_MSG_RING` doorbell
+//! (`Ring::post`) or by the target's eventfd (`RingHandle::post`), against the same
+//! ping-pong between two threads over `std::sync::mpsc` and `crossbeam-channel` (same run).
+
+#![allow(missing_docs)] // criterion_group! generates undocumented public functions
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use iocomplete::{Ring, RingHandle, RingSet};
+
+/// One leg: from the ring in hand to `to`; `left` legs remain after this one.
+fn leg(
+    ring: &mut Ring,
+    doorbell: bool,
+    to: RingHandle,
+    back: RingHandle,
+    left: u64,
+    done: mpsc::Sender<()>,
+) {
+    if left == 0 {
+        done.send(()).unwrap();
+        return;
+    }
+    let target = to.clone();
+    let next = move |r: iocomplete::Result<&mut Ring>| {
+        leg(r.expect("ring running"), doorbell, back, to, left - 1, done)
+    };
+    if doorbell {
+        ring.post(&target, next);
+    } else {
+        target.post(next);
+    }
+}
+
+/// `iters` round trips between the two rings of `set`.
+fn round_trips(set: &RingSet, doorbell: bool, iters: u64) -> Duration {
+    let (a, b) = (set.handles()[0].clone(), set.handles()[1].clone());
+    let (tx, rx) = mpsc::channel();
+    let t0 = Instant::now();
+    let a2 = a.clone();
+    a.post(move |r| leg(r.expect("ring running"), doorbell, b, a2, 2 * iters, tx));
+    rx.recv().unwrap();
+    t0.elapsed()
+}
+
+fn ping_pong(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mesh_round_trip");
+    g.throughput(Throughput::Elements(1));
+    let set = RingSet::builder().rings(2).spawn().unwrap();
+    g.bench_function("ring_post_msg_ring", |b| {
+        b.iter_custom(|iters| round_trips(&set, true, iters))
+    });
+    g.bench_function("handle_post_eventfd", |b| {
+        b.iter_custom(|iters| round_trips(&set, false, iters))
+    });
+    set.shutdown().unwrap();
+    g.bench_function("std_mpsc", |b| {
+        b.iter_custom(|iters| {
+            let (to_tx, to_rx) = mpsc::channel::<u64>();
+            let (back_tx, back_rx) = mpsc::channel::<u64>();
+            let echo = std::thread::spawn(move || {
+                while let Ok(v) = to_rx.recv() {
+                    back_tx.send(v).unwrap();
+                }
+            });
+            let t0 = Instant::now();
+            for i in 0..iters {
+                to_tx.send(i).unwrap();
+                back_rx.recv().unwrap();
+            }
+            let t = t0.elapsed();
+            drop(to_tx);
+            echo.join().unwrap();
+            t
+        })
+    });
+    g.bench_function("crossbeam_channel", |b| {
+        b.iter_custom(|iters| {
+            let (to_tx, to_rx) = crossbeam_channel::bounded::<u64>(1);
+            let (back_tx, back_rx) = crossbeam_channel::bounded::<u64>(1);
+            let echo = std::thread::spawn(move || {
+                while let Ok(v) = to_rx.recv() {
+                    back_tx.send(v).unwrap();
+                }
+            });
+            let t0 = Instant::now();
+            for i in 0..iters {
+                to_tx.send(i).unwrap();
+                back_rx.recv().unwrap();
+            }
+            let t = t0.elapsed();
+            drop(to_tx);
+            echo.join().unwrap();
+            t
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ping_pong);
+criterion_main!(benches);
