@@ -175,8 +175,13 @@ impl Ring {
     ///
     /// With the thread-pool backend, this starts what `push_sqes` queued (completing what
     /// can be done at once, handing the rest to the threads), and waits.
-    pub(super) fn enter(&mut self, want: usize, timeout: Option<Duration>) -> Result<()> {
+    pub(super) fn enter(&mut self, mut want: usize, timeout: Option<Duration>) -> Result<()> {
         self.enable()?;
+        if want > 0 && self.shared.signal.end_awake() && self.has_requests() {
+            // The driver loop was spinning (a message it runs is driving the ring): a
+            // request may have skipped its wake-up. Submit, do not sleep.
+            want = 0;
+        }
         if let Backend::Threads(th) = &mut self.backend {
             if want > 0 {
                 self.stats.enters += 1;
@@ -301,7 +306,7 @@ impl Ring {
 
     /// Nothing posted and waiting in the backend (the kernel's CQ and overflow list, or
     /// the thread pool's queue).
-    fn backend_idle(&mut self) -> bool {
+    pub(super) fn backend_idle(&mut self) -> bool {
         match &mut self.backend {
             Backend::Uring(uring) => {
                 uring.completion().is_empty() && !uring.submission().cq_overflow()
@@ -504,6 +509,15 @@ impl Ring {
         while let Some(id) = self.shared.signal.pop_cancel() {
             self.cancel(id);
         }
+    }
+
+    /// Anything handles or other rings asked of this ring that it has not taken: a command,
+    /// a cancel, a registration, a `shutdown_now`.
+    pub(super) fn has_requests(&self) -> bool {
+        !self.shared.inbox_is_empty()
+            || self.shared.signal.has_cancels()
+            || self.shared.has_registrations()
+            || (self.shared.is_cancelling_all() && !self.cancelling_all)
     }
 
     /// A wake-up or doorbell CQE: take the inbox, at most `INBOX_VISITS` times a turn. A

@@ -422,7 +422,8 @@ impl RingHandle {
     /// handing that thread work through another channel. Cheap when repeated: one pending
     /// wake-up covers any number of calls.
     pub fn wake(&self) {
-        self.shared.signal.wake();
+        // Even a spinning driver: it does not look at the caller's other channel.
+        self.shared.signal.wake_now();
     }
 
     /// Whether the ring is gone, or shut down with [`shutdown_now`](Self::shutdown_now):

@@ -171,9 +171,13 @@ impl Ring {
         });
     }
 
-    /// Wake `target` after pushing to its inbox: `MSG_RING` from this ring when both have
-    /// it, else the target's eventfd.
+    /// Wake `target` after pushing to its inbox: not at all while its driver loop spins
+    /// (it will see the message), else `MSG_RING` from this ring when both have it, else
+    /// the target's eventfd.
     fn ring_doorbell(&mut self, target: &Arc<HandleShared>) {
+        if !target.signal.needs_wake() {
+            return;
+        }
         let fd = match (&self.backend, self.caps.msg_ring) {
             (super::Backend::Uring(_), true) if !Arc::ptr_eq(target, &self.shared) => {
                 target.doorbell()
@@ -181,12 +185,12 @@ impl Ring {
             _ => None,
         };
         let Some(fd) = fd else {
-            target.signal.wake();
+            target.signal.wake_now();
             return;
         };
         let key = self.doorbells.vacant_key();
         let Some(ud) = sentinel::doorbell_sent(key) else {
-            target.signal.wake();
+            target.signal.wake_now();
             return;
         };
         // The descriptor stays open (its `Arc` in the table) until this doorbell's CQE.
@@ -198,7 +202,7 @@ impl Ring {
             self.in_kernel += 1;
         } else {
             self.doorbells.remove(key);
-            target.signal.wake();
+            target.signal.wake_now();
         }
     }
 
@@ -213,7 +217,7 @@ impl Ring {
         };
         self.in_kernel -= 1;
         if res < 0 {
-            target.signal.wake();
+            target.signal.wake_now();
         } else {
             self.stats.doorbells += 1;
         }
