@@ -83,8 +83,11 @@ impl Ring {
     /// or any other turn) instead of a system call now. Drive this ring after posting,
     /// as after submitting an operation. Without `MSG_RING` on both sides
     /// ([`Capabilities::msg_ring`](super::Capabilities::msg_ring), the thread-pool
-    /// backend) the target is woken at once, as by a handle. `to` may be this ring's own
-    /// handle: the message then runs at this ring's next turn.
+    /// backend) the target is woken at once, as by a handle; so it is when this ring is
+    /// dropped before its next turn (its drop submits the doorbell, or writes the
+    /// target's eventfd if the doorbell fails), and when the target's driver loop is
+    /// spinning it needs no doorbell at all. `to` may be this ring's own handle: the
+    /// message then runs at this ring's next turn.
     ///
     /// ```
     /// use iocomplete::{Op, RingSet};
@@ -121,8 +124,12 @@ impl Ring {
     /// out. An operation in flight on `on` when its ring is dropped completes as that
     /// ring's drop decides (`Cancelled`, or its own result).
     ///
-    /// Multishot reads cannot be handed off (their completion is refused with
-    /// `InvalidInput`, as for a completion routine).
+    /// An operation on a target of another ring (this one's, say) completes with
+    /// [`ErrorKind::StaleTarget`] without reaching the kernel; a multishot read cannot be
+    /// handed off (`InvalidInput`, as for a completion routine). There is no id to cancel
+    /// a handed-off operation by from here: give it a deadline
+    /// ([`Op::deadline`](super::Op::deadline)), or post a message that starts and cancels it
+    /// on its ring.
     ///
     /// ```
     /// use iocomplete::{Op, RingSet};

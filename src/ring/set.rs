@@ -198,7 +198,10 @@ impl RingSet {
 
     /// Shut every ring down gracefully ([`RingHandle::shutdown`]: what was submitted and
     /// posted before runs to its end) and wait for their threads. Returns the first
-    /// ring's error, if a driver failed; a driver thread's panic is resumed here.
+    /// ring's error, if a driver failed; a driver thread's panic is resumed here, once
+    /// every thread has been waited for. Called from a message running on one of the
+    /// set's own rings, it waits for the others; that ring's own loop ends after the
+    /// message returns.
     pub fn shutdown(mut self) -> Result<()> {
         self.handles.iter().for_each(RingHandle::shutdown);
         self.join()
@@ -212,30 +215,49 @@ impl RingSet {
         self.join()
     }
 
+    /// Wait for every driver thread but the calling one (a set shut down or dropped from
+    /// one of its own rings' messages cannot wait for itself: that ring's loop ends once
+    /// the message returns). Every thread is waited for before the first panic is
+    /// resumed.
     fn join(&mut self) -> Result<()> {
+        let me = std::thread::current().id();
         let mut first = Ok(());
+        let mut panic = None;
         for d in self.drivers.drain(..) {
+            if d.thread().id() == me {
+                continue; // detached: it ends on its own after this message
+            }
             match d.join() {
                 Ok(r) => {
                     if first.is_ok() {
                         first = r;
                     }
                 }
-                Err(panic) => std::panic::resume_unwind(panic),
+                Err(p) => {
+                    panic.get_or_insert(p);
+                }
             }
+        }
+        if let Some(p) = panic {
+            std::panic::resume_unwind(p);
         }
         first
     }
 }
 
 /// Dropping a set shuts it down now — as [`RingSet::shutdown_now`]: a read of an idle pipe
-/// must not keep a drop waiting forever — and waits for its threads (errors are lost: call
-/// [`RingSet::shutdown`] or [`RingSet::shutdown_now`] to see them).
+/// must not keep a drop waiting forever — and waits for its threads (but the calling one,
+/// when dropped from one of its own rings' messages). Errors and panics of the drivers are
+/// lost: call [`RingSet::shutdown`] or [`RingSet::shutdown_now`] to see them.
 impl Drop for RingSet {
     fn drop(&mut self) {
         self.handles.iter().for_each(RingHandle::shutdown_now);
+        // A driver's panic is not resumed here (it could abort a panicking thread).
+        let me = std::thread::current().id();
         for d in self.drivers.drain(..) {
-            let _ = d.join();
+            if d.thread().id() != me {
+                let _ = d.join();
+            }
         }
     }
 }
