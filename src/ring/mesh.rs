@@ -116,6 +116,7 @@ impl Ring {
     /// completion back: `then` runs once, on this ring's thread, with this ring and the
     /// completion (buffers included). Both legs are messages ([`post`](Self::post)): the
     /// request leaves with this ring's next submission, the completion with `on`'s.
+    /// Three allocations (the two messages and the completion route).
     ///
     /// Exactly once, whatever shuts down first: if `on`'s ring is gone before the
     /// operation starts, the completion is `Cancelled` (buffers back, nothing reached the
