@@ -1203,6 +1203,47 @@ fn a_continuation_answered_while_the_file_grows_counts_exactly_what_arrived() {
 
 // ---- choosing the backend ----------------------------------------------------------------------
 
+/// A message the ring runs when its wake-up poll (a multishot poll on a stream thread)
+/// woke it, and that then waits in a nested `run_once(None)` (an idle pipe read in flight)
+/// for the next message, must be woken by that message's post: the poll has to be armed
+/// again before the inbox runs, not after.
+#[test]
+fn a_message_run_on_a_wake_up_is_woken_by_the_next_post_while_it_waits() {
+    let pool = pool(2, BS);
+    let (h, driver) = threads().build().unwrap().spawn().unwrap();
+    let (r, _w_end) = pipe();
+    let t = h.register(r).unwrap();
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    for round in 0..5 {
+        flag.store(false, Ordering::SeqCst);
+        // The driver loop is blocked by now (it spins only briefly after its last work):
+        // this post goes through the wake-up poll.
+        std::thread::sleep(Duration::from_millis(20));
+        let (f, p, tx) = (flag.clone(), pool.clone(), tx.clone());
+        h.post(move |ring| {
+            let ring = ring.unwrap();
+            let id = ring.submit(Op::read(t, 0, p.try_get().unwrap())).detach();
+            tx.send(()).unwrap();
+            while !f.load(Ordering::SeqCst) {
+                ring.run_once(None).unwrap();
+            }
+            ring.cancel(id);
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(SOON).expect("the message started");
+        std::thread::sleep(Duration::from_millis(20)); // it waits in the backend now
+        let f = flag.clone();
+        h.post(move |_| f.store(true, Ordering::SeqCst));
+        rx.recv_timeout(SOON)
+            .unwrap_or_else(|_| panic!("round {round}: the nested wait was never woken"));
+    }
+    h.shutdown();
+    driver.join().unwrap().unwrap();
+    let st = pool.stats();
+    assert_eq!(st.free, st.total, "every buffer came back");
+}
+
 #[test]
 fn the_environment_chooses_the_backend_unless_the_builder_does() {
     child::run("child_process_entry", "env-threads");

@@ -318,13 +318,7 @@ impl Ring {
     fn on_cqe(&mut self, ud: u64, res: i32, flags: u32) {
         if sentinel::is_sentinel(ud) {
             if ud == sentinel::WAKE {
-                let more = cqueue::more(flags);
-                self.on_wake(more);
-                if let (true, Backend::Threads(th)) = (more, &self.backend) {
-                    // The wake-up was cleared and its work started: the thread pool's
-                    // multishot poll may report the next one.
-                    th.rearm(ud);
-                }
+                self.on_wake(cqueue::more(flags));
             } else if ud == sentinel::DOORBELL {
                 self.inbox_from_cqe();
             } else if let Some(index) = sentinel::doorbell_index(ud) {
@@ -585,6 +579,12 @@ impl Ring {
     fn on_wake(&mut self, more: bool) {
         self.shared.signal.clear_wake();
         self.wake_armed = more;
+        if let (true, Backend::Threads(th)) = (more, &self.backend) {
+            // The wake-up was cleared: the thread pool's multishot poll may report the
+            // next one. Before the inbox runs: a message may wait in a nested `run_once`
+            // for a request only this poll can announce.
+            th.rearm(sentinel::WAKE);
+        }
         self.inbox_from_cqe();
         if !more && !self.shared.signal.is_closed() {
             let _ = self.arm_wake();

@@ -419,10 +419,12 @@ impl AsFd for Threads {
 
 impl Drop for Threads {
     fn drop(&mut self) {
-        // The ring has cancelled and drained everything it could (`shutdown_drain`).
+        // The ring has cancelled and drained everything it could (`shutdown_drain`; its
+        // own wake-up poll is not waited for, and its cancel may never have started).
         // Threads exit once their current system call returns; anything still waiting is
-        // woken (its completion goes nowhere: the ring gave up on it and leaked its
-        // buffers).
+        // woken, and a stream job between two waits stops at the next (`Shared::block`
+        // sees `shutdown`). Their completions go nowhere: the ring gave up on them and
+        // leaked their buffers.
         let mut st = lock(&self.sh.st);
         st.shutdown = true;
         for live in st.jobs.values_mut() {
@@ -435,5 +437,72 @@ impl Drop for Threads {
         self.sh.file_cv.notify_all();
         self.sh.stream_cv.notify_all();
         self.sh.manager_cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use io_uring::types;
+    use std::sync::Weak;
+
+    /// Whether every thread of a dropped backend has exited within `within`: each holds
+    /// the shared state, so it is freed once the last one has.
+    fn threads_gone(sh: &Weak<Shared>, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while sh.strong_count() > 0 {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// A backend dropped while its stream thread is between two waits of a multishot
+    /// poll (re-armed, about to wait again) must still end that thread: nothing would
+    /// ever wake it once the ring is gone. The ring's wake-up poll is such a poll.
+    #[test]
+    fn drop_ends_a_stream_thread_between_two_waits_of_a_multishot_poll() {
+        // Always readable: the poll fires again as soon as it is re-armed.
+        let ready = eventfd().unwrap();
+        efd_write(ready.as_raw_fd());
+        let poll = opcode::PollAdd::new(types::Fd(ready.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(1);
+        let started = Instant::now();
+        for round in 0..300u32 {
+            let mut th = Threads::new(1, 8, 8).unwrap();
+            let sh = Arc::downgrade(&th.sh);
+            let mut done = VecDeque::new();
+            th.submit(std::slice::from_ref(&poll));
+            th.wait(1, Some(Duration::from_secs(10)), &mut done);
+            assert_eq!(
+                th.fill(&mut done, 8),
+                1,
+                "round {round}: the poll never fired"
+            );
+            // Re-arm for a while (the thread cycles through post, wait for re-arm, wait
+            // for the descriptor), then drop at some point of that cycle.
+            let spin = Duration::from_micros(u64::from(round % 50));
+            let t = Instant::now();
+            loop {
+                th.rearm(1);
+                if t.elapsed() >= spin {
+                    break;
+                }
+            }
+            drop(th);
+            assert!(
+                threads_gone(&sh, Duration::from_secs(5)),
+                "round {round}: a stream thread outlived its backend"
+            );
+            // A bound on the whole test on a slow or loaded machine (every round checked
+            // its outcome).
+            if started.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+        }
     }
 }

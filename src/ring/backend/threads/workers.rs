@@ -327,9 +327,9 @@ impl Shared {
         }
     }
 
-    /// Before a stream thread waits: `Err` if the job was cancelled or (after its first
-    /// wait) its deadline has passed; else mark it blocked on `wake` and return its
-    /// deadline and whether a multishot poll may post again.
+    /// Before a stream thread waits: `Err` if the job was cancelled, the backend is shut
+    /// down, or (after its first wait) its deadline has passed; else mark it blocked on
+    /// `wake` and return its deadline and whether a multishot poll may post again.
     fn block(
         &self,
         job: &Job,
@@ -337,6 +337,12 @@ impl Shared {
         first: bool,
     ) -> std::result::Result<(Option<Instant>, bool), Why> {
         let mut st = lock(&self.st);
+        // The drop wakes only the jobs blocked when it sets `shutdown` (both under this
+        // lock); one between two waits then (a multishot poll re-armed, a transfer that
+        // found nothing) must not wait again: nobody is left to wake it.
+        if st.shutdown {
+            return Err(Why::Cancel);
+        }
         let Some(live) = st.jobs.get_mut(&job.ud) else {
             return Err(Why::Cancel);
         };
