@@ -1,7 +1,8 @@
 //! Cross-ring hand-off: the round trip of a message between two rings, each driven by a
 //! thread of its own (`RingSet`), announced by an `IORING_OP_MSG_RING` doorbell
 //! (`Ring::post`) or by the target's eventfd (`RingHandle::post`), against the same
-//! ping-pong between two threads over `std::sync::mpsc` and `crossbeam-channel` (same run).
+//! ping-pong between two threads over `std::sync::mpsc` and `crossbeam-channel` (same run);
+//! and one message to a ring that has gone to sleep, by either doorbell.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented public functions
 
@@ -100,5 +101,42 @@ fn ping_pong(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ping_pong);
+/// One message from ring 0 to ring 1 after ring 1 has gone to sleep (300 µs of quiet, past
+/// its driver loop's 50 µs spin): the time from the post (on ring 0's thread) to the
+/// message running on ring 1 — the doorbell and the wake-up. Only that time is counted.
+fn to_a_sleeping_ring(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mesh_sleeping_target");
+    g.sample_size(20);
+    let set = RingSet::builder().rings(2).spawn().unwrap();
+    for (name, doorbell) in [("ring_post_msg_ring", true), ("handle_post_eventfd", false)] {
+        g.bench_function(name, |bch| {
+            bch.iter_custom(|iters| {
+                let (a, b) = (set.handles()[0].clone(), set.handles()[1].clone());
+                let (tx, rx) = mpsc::channel::<Duration>();
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    std::thread::sleep(Duration::from_micros(300));
+                    let (b, tx) = (b.clone(), tx.clone());
+                    a.post(move |r| {
+                        let r = r.expect("ring running");
+                        let t0 = Instant::now();
+                        let f =
+                            move |_: iocomplete::Result<&mut Ring>| tx.send(t0.elapsed()).unwrap();
+                        if doorbell {
+                            r.post(&b, f)
+                        } else {
+                            b.post(f)
+                        }
+                    });
+                    total += rx.recv().unwrap();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+    set.shutdown().unwrap();
+}
+
+criterion_group!(benches, ping_pong, to_a_sleeping_ring);
 criterion_main!(benches);
