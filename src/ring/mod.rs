@@ -977,7 +977,17 @@ impl Ring {
     /// skip their wake-up (no eventfd write, no `MSG_RING`); the ring looks at its queues
     /// again before any sleep (the handshake is `Signal::needs_wake`'s).
     fn spin_while_busy(&mut self) -> Result<()> {
-        let signal = self.shared.signal.clone();
+        /// Ends "awake" however the loop is left — an error, a panic in a message — so that
+        /// no later driver of this ring (a reactor's `poll_complete`) waits for wake-ups
+        /// that requests skipped.
+        struct Awake(Arc<signal::Signal>);
+        impl Drop for Awake {
+            fn drop(&mut self) {
+                self.0.end_awake();
+            }
+        }
+        let awake = Awake(self.shared.signal.clone());
+        let signal = &awake.0;
         let mut idle_since = std::time::Instant::now();
         let mut spins = 0u32;
         loop {
@@ -989,7 +999,6 @@ impl Ring {
             if work {
                 self.poll()?;
                 if self.is_shut_down() {
-                    signal.end_awake();
                     return Ok(());
                 }
                 idle_since = std::time::Instant::now();
