@@ -286,5 +286,55 @@ impl SleepFlag {
     }
 }
 
+/// The inverse handshake: a thread that is usually asleep as far as its wakers know (a
+/// ring blocked in `io_uring_enter`, woken through its eventfd), but marks itself awake
+/// while it spins — then wakers may skip the wake-up, because it looks at its queues again
+/// before it sleeps.
+///
+/// The spinner [`set`](AwakeFlag::set)s the flag while it spins, and
+/// [`end`](AwakeFlag::end)s it before its last look at its queues and the sleep; a waker
+/// publishes its work and then asks [`needs_wake`](AwakeFlag::needs_wake). Either the
+/// spinner's look after `end` sees the work, or the waker sees the flag down and wakes it:
+/// never neither. (Default: down — a thread that never spins is always woken.)
+#[derive(Debug, Default)]
+pub(crate) struct AwakeFlag {
+    awake: AtomicBool,
+}
+
+impl AwakeFlag {
+    /// The spinner is spinning: wakers from now on may skip the wake-up. No fence: a
+    /// waker that sees it is seen by the spinner's next look, which follows an `end`.
+    pub(crate) fn set(&self) {
+        // Relaxed: needs no order (see above).
+        self.awake.store(true, Ordering::Relaxed);
+    }
+
+    /// The spinner is about to look at its queues before it sleeps (or blocks anywhere):
+    /// wakers from now on wake it. Returns whether the flag was up — then a waker may
+    /// have skipped its wake-up, and the caller must look before it sleeps.
+    pub(crate) fn end(&self) -> bool {
+        // Relaxed load: only the spinner's own thread raises the flag.
+        if !self.awake.load(Ordering::Relaxed) {
+            return false;
+        }
+        // Relaxed store + SeqCst fence: the fence pairs with the one in `needs_wake`
+        // (either that load sees this store, or this thread's look after the fence sees
+        // the waker's work; as in `SleepFlag`).
+        self.awake.store(false, Ordering::Relaxed);
+        fence(Ordering::SeqCst, "awake_flag.end");
+        true
+    }
+
+    /// A waker, after publishing its work: whether it must wake the spinner.
+    pub(crate) fn needs_wake(&self) -> bool {
+        // SeqCst fence: the other half of `end`'s. If the load then reads `true`, it reads
+        // a store made before the spinner's next `end`, so this fence precedes that one in
+        // the single total order of SeqCst operations, and the spinner's look after it
+        // sees the work (C++20 [atomics.fences]/7). Relaxed load: ordered by the fence.
+        fence(Ordering::SeqCst, "awake_flag.needs_wake");
+        !self.awake.load(Ordering::Relaxed)
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_tests;

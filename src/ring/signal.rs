@@ -4,11 +4,12 @@
 //! [`OpFuture`](super::OpFuture) cancels through it).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_queue::SegQueue;
 
 use crate::error::{Error, Result};
+use crate::waiters::AwakeFlag;
 
 use super::op::OpId;
 
@@ -25,8 +26,8 @@ pub(crate) struct Signal {
     closed: AtomicBool,
     /// The ring's driver loop is spinning (`Ring::spin_while_busy`): it will look at its
     /// inbox and cancels again before it sleeps, so a request needs no wake-up (see
-    /// `needs_wake`). False whenever the ring might block without looking again.
-    awake: AtomicBool,
+    /// `needs_wake`). Down whenever the ring might block without looking again.
+    awake: AwakeFlag,
 }
 
 impl Signal {
@@ -42,7 +43,7 @@ impl Signal {
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
             wake_pending: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            awake: AtomicBool::new(false),
+            awake: AwakeFlag::default(),
         })
     }
 
@@ -63,43 +64,25 @@ impl Signal {
     }
 
     /// After making a request visible: whether the ring must be woken for it — not while
-    /// its driver loop spins. The handshake with [`end_awake`](Self::end_awake), which
-    /// the ring calls before it looks at its queues one last time and sleeps: SeqCst
-    /// fence here after the push, SeqCst fence there after its store of `false`, each
-    /// followed by a load of the other side's variable. If this load reads `awake ==
-    /// true`, it reads a store made before the ring's next `end_awake`, so this fence
-    /// precedes that one in the single total order of SeqCst operations, and the ring's
-    /// look after it sees the push (C++20 [atomics.fences]/7). If it reads `false`, the
-    /// caller wakes the ring.
+    /// its driver loop spins (see [`AwakeFlag`]).
     pub(crate) fn needs_wake(&self) -> bool {
-        fence(Ordering::SeqCst);
-        // Relaxed: ordered by the fence (see above).
-        !self.awake.load(Ordering::Relaxed)
+        self.awake.needs_wake()
     }
 
-    /// The driver loop spins: requests from now on skip their wake-up. No fence: a request
-    /// that sees it is seen by the ring's next look at its queues, which comes after an
+    /// The driver loop spins: requests from now on skip their wake-up; they are seen by
+    /// the ring's next look at its queues, which comes after an
     /// [`end_awake`](Self::end_awake) — before the loop sleeps, and before any wait in the
     /// kernel (`Ring::enter`), so a message that blocks the ring (a nested wait) cannot
     /// miss one.
     pub(crate) fn set_awake(&self) {
-        // Relaxed: needs no order (see above).
-        self.awake.store(true, Ordering::Relaxed);
+        self.awake.set();
     }
 
     /// The ring is about to look at its queues before sleeping: requests from now on wake
     /// it. Returns whether it was marked awake — then a request may have skipped its
-    /// wake-up, and the caller must look before it sleeps. The SeqCst fence that follows
-    /// the store is the ring's half of `needs_wake`'s handshake.
+    /// wake-up, and the caller must look before it sleeps.
     pub(crate) fn end_awake(&self) -> bool {
-        // Relaxed load: only this ring's thread writes `true`. Relaxed store: ordered by
-        // the fence.
-        if !self.awake.load(Ordering::Relaxed) {
-            return false;
-        }
-        self.awake.store(false, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        true
+        self.awake.end()
     }
 
     /// Whether cancels are waiting for the ring (its spinning driver checks).

@@ -134,3 +134,40 @@ fn without_the_announce_fence_a_wakeup_is_lost() {
 fn without_the_must_wake_fence_a_wakeup_is_lost() {
     without_fence("sleep_flag.must_wake", sleep_flag_handshake);
 }
+
+/// The spinner/waker handshake of `AwakeFlag`: the waker publishes, then asks whether to
+/// wake; the spinner, awake, ends its spin and looks. Either the look sees the work or the
+/// waker wakes it ("lost" means both missed).
+fn awake_flag_handshake() {
+    loom::model(|| {
+        let flag = Arc::new(AwakeFlag::default());
+        let work = Arc::new(AtomicBool::new(false));
+        flag.set();
+        let (f2, w2) = (flag.clone(), work.clone());
+        let t = loom::thread::spawn(move || {
+            w2.store(true, Ordering::Release);
+            f2.needs_wake()
+        });
+        assert!(flag.end(), "the flag was up");
+        let saw_work = work.load(Ordering::Acquire);
+        let woken = t.join().unwrap();
+        assert!(saw_work || woken, "wake-up lost");
+    });
+}
+
+#[test]
+fn awake_flag_never_loses_a_wakeup() {
+    awake_flag_handshake();
+}
+
+#[test]
+#[should_panic(expected = "wake-up lost")]
+fn without_the_end_fence_a_wakeup_is_lost() {
+    without_fence("awake_flag.end", awake_flag_handshake);
+}
+
+#[test]
+#[should_panic(expected = "wake-up lost")]
+fn without_the_needs_wake_fence_a_wakeup_is_lost() {
+    without_fence("awake_flag.needs_wake", awake_flag_handshake);
+}
