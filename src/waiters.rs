@@ -1,7 +1,9 @@
 //! `Waiters`: the slow path of the buffer pool (gets waiting for a free slot, blocking or
 //! async), served oldest first by direct hand-off. Also the wait helpers [`spin`] (the
 //! pool's blocking gets and the completion queue) and [`sleep_until`] (the queue's
-//! sleepers).
+//! sleepers), and the handshakes of threads that sleep where no `Waiters` queue can wake
+//! them: [`SleepFlag`] (the reader's driver, woken only when it announced its sleep) and
+//! [`AwakeFlag`] (a ring's driver loop, woken unless it announced it is spinning).
 //!
 //! The fast paths stay lock-free: a producer (a slot returned to the shared list) pays one
 //! fence and one relaxed load, and takes the lock only when a consumer is actually
