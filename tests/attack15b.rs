@@ -472,7 +472,6 @@ fn message_waiting_on_ring_a_gets_ring_bs_reply_once() {
 /// coalesced into an earlier one), never comes to end that wait: A stays blocked until the
 /// 60 s timeout op. Waking A (`RingHandle::wake`) unsticks it.
 #[test]
-#[ignore = "BUG/DOC: run_once(None) in a message blocks after running the very submit_on reply it waits for (skipped wake-up)"]
 fn message_waiting_on_ring_a_with_run_once_none_gets_ring_bs_reply() {
     let _w = watchdog("cross-ring nested wait, run_once(None)", 200);
     for backend in [BackendKind::Uring, BackendKind::Threads] {
@@ -1080,7 +1079,6 @@ fn threads_backend_stream_threads_end_when_the_ring_is_dropped() {
 /// SQ thread takes it; `close`'s `enter(0)` only wakes that thread, so the fixed-file
 /// slot may be cleared first and the read fails `EBADF`. No handle, no spin involved.
 #[test]
-#[ignore = "BUG: SQPOLL ring: submit(read) then close(target) at once fails the read with EBADF"]
 fn sqpoll_read_submitted_just_before_close_finishes_normally() {
     let _w = watchdog("sqpoll close", 60);
     let probe = Ring::new().unwrap();

@@ -109,7 +109,7 @@ impl Ring {
     }
 
     /// SQPOLL: wake the kernel's submission thread and wait until the SQ has room.
-    fn sq_wait(&mut self) -> Result<()> {
+    pub(super) fn sq_wait(&mut self) -> Result<()> {
         self.enable()?;
         let Backend::Uring(uring) = &self.backend else {
             return Ok(()); // no SQPOLL without io_uring
@@ -487,7 +487,10 @@ impl Ring {
                 Cmd::Op(op, d) if self.cancelling_all => complete_unsent(op, d),
                 // A ring shutting down (dropped, or `shutdown_now`) runs no more messages.
                 Cmd::Post(m) if self.cancelling_all || self.shared.signal.is_closed() => m(None),
-                Cmd::Post(m) => m(Some(self as &mut dyn std::any::Any)),
+                Cmd::Post(m) => {
+                    self.stats.messages += 1;
+                    m(Some(self as &mut dyn std::any::Any));
+                }
                 Cmd::Op(op, Delivery::Future(slot)) => {
                     self.start_future(op, slot);
                 }

@@ -430,6 +430,9 @@ pub struct RingStats {
     /// [`Ring::submit_on`]) that reached their ring. A doorbell that failed was replaced
     /// by a write to the target's eventfd and is not counted.
     pub doorbells: u64,
+    /// Messages run on this ring ([`RingHandle::post`], [`Ring::post`], the legs of
+    /// [`Ring::submit_on`]); those refused because the ring was closing are not counted.
+    pub messages: u64,
 }
 
 /// How a pool's buffers are used with this ring.
@@ -721,8 +724,15 @@ impl Ring {
         self.install_registrations();
         self.target(t)?;
         // Operations on `t` still queued in the SQ must reach the kernel before the
-        // fixed-file slot is cleared, or they would find it empty (EBADF).
+        // fixed-file slot is cleared, or they would find it empty (EBADF). With SQPOLL,
+        // entering only wakes the kernel's submission thread: wait until it has taken
+        // every entry (the kernel moves the SQ head once it has issued them, each holding
+        // its file by then).
         self.enter(0, None)?;
+        while self.caps.sqpoll && self.sq_len() > 0 {
+            self.sq_wait()?;
+            std::thread::yield_now();
+        }
         if let Some(e) = self.targets[t.index as usize].take() {
             match &mut self.backend {
                 Backend::Uring(uring) => {
@@ -883,15 +893,21 @@ impl Ring {
 
     /// Submit what is queued and wait (up to `timeout`, or until at least one completion
     /// if `None`) for completions, then process them. Returns the number produced.
+    ///
+    /// A turn that ran a message ([`RingHandle::post`], [`Ring::post`], either leg of
+    /// [`Ring::submit_on`]) returns without waiting, even if nothing completed: the
+    /// message may be what the caller waits for (a flag it sets, a hand-off's reply).
     pub fn run_once(&mut self, timeout: Option<Duration>) -> Result<usize> {
         self.enable()?;
         let before = self.stats.completed;
+        let messages = self.stats.messages;
         self.housekeeping();
         self.reap();
         // Nothing ready yet: wait if anything can still arrive — an operation in flight, or
         // (with a timeout) a handle's submission signalled through the armed wake poll.
         let can_arrive = self.in_kernel > 0 || (self.wake_armed && timeout.is_some());
-        if self.stats.completed == before && can_arrive && !self.inbox_again {
+        let progress = self.stats.completed != before || self.stats.messages != messages;
+        if !progress && can_arrive && !self.inbox_again {
             self.enter(1, timeout)?;
         } else {
             self.enter(0, None)?;
@@ -905,14 +921,16 @@ impl Ring {
     /// one `io_uring_enter` for the whole batch instead of one per wake-up. Deep queues
     /// on fast devices trade a little latency for fewer enters and wake-ups this way
     /// (fio's `iodepth_batch_complete_min`). Returns the number of completions produced.
+    /// As `run_once`, it does not wait in a turn that ran a message.
     pub fn run_wait(&mut self, min: usize, timeout: Option<Duration>) -> Result<usize> {
         self.enable()?;
         let before = self.stats.completed;
+        let messages = self.stats.messages;
         self.housekeeping();
         self.reap();
         let have = (self.stats.completed - before) as usize;
         let want = min.min(self.in_kernel).saturating_sub(have);
-        if want > 0 && !self.inbox_again {
+        if want > 0 && self.stats.messages == messages && !self.inbox_again {
             self.enter(want, timeout)?;
         } else {
             self.enter(0, None)?;
