@@ -967,6 +967,12 @@ impl Ring {
     }
 
     /// Drive until a handle calls [`RingHandle::shutdown`] and all work is done.
+    ///
+    /// A thread that does nothing else: after its last work it spins (yielding now and
+    /// then) for 50 µs before it blocks in the kernel, and while it spins, requests from
+    /// handles and other rings reach it without waking it — a message between two rings
+    /// driven this way takes about a microsecond instead of a thread wake-up each way.
+    /// An idle ring costs nothing once it sleeps.
     pub fn drive_until_shutdown(&mut self) -> Result<()> {
         self.arm_wake()?;
         loop {
