@@ -123,8 +123,8 @@ pub use reader::{
 };
 pub use ring::{
     BackendKind, BufRing, BufferRegistration, Bufs, Capabilities, Completion, Direction, Driver,
-    FdInfo, FdKind, Op, OpFuture, OpId, Ring, RingBuilder, RingHandle, RingSet, RingSetBuilder,
-    RingStats, Submission, Target, Ticket,
+    FdInfo, FdKind, HandOff, Op, OpFuture, OpId, Ring, RingBuilder, RingHandle, RingSet,
+    RingSetBuilder, RingStats, Submission, Target, Ticket,
 };
 pub use split::{Job, Mode, SplitConfig, SplitDriver, SplitOutcome, SplitStats};
 

@@ -364,7 +364,7 @@ fn a_panicking_message_does_not_lose_the_messages_behind_it_spawned_ring() {
                     Ok(r) => {
                         r.submit_on(&other, Op::read(file, 0, buf).tag(i as u64), move |_, c| {
                             homes[c.tag() as usize].fetch_add(1, Ordering::SeqCst);
-                        })
+                        });
                     }
                     Err(_) => {
                         homes[i].fetch_add(1, Ordering::SeqCst);

@@ -860,3 +860,91 @@ fn a_message_waiting_in_the_kernel_is_still_woken_by_requests() {
     let st = pool.stats();
     assert_eq!(st.free, st.total);
 }
+
+/// Completions seen: (tag, error kind).
+type Got = Arc<Mutex<Vec<(u64, Option<ErrorKind>)>>>;
+
+#[test]
+fn a_hand_off_is_cancelled_before_it_starts_in_flight_or_never_after_it_completed() {
+    let _w = watchdog("hand-off cancel", 60);
+    let pool = common::pool(4, BS);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let record = |got: &Got| {
+        let got = got.clone();
+        move |home: Result<&mut Ring>, c: iocomplete::Completion| {
+            assert!(home.is_ok());
+            got.lock()
+                .unwrap()
+                .push((c.tag(), c.error().map(|e| e.kind())));
+        }
+    };
+    // Ring B is driven by this thread, so the moment each step happens is chosen here.
+    let mut a = Ring::new().unwrap();
+    let mut b = Ring::new().unwrap();
+    let hb = b.handle().unwrap();
+    let (r, _w_end) = pipe();
+    let idle = b.register(r).unwrap();
+
+    // 1. Cancelled before B looks at its inbox: it never starts.
+    let h1 = a.submit_on(
+        &hb,
+        Op::read(idle, 0, pool.try_get().unwrap()).tag(1),
+        record(&got),
+    );
+    a.poll().unwrap();
+    h1.cancel();
+    b.poll().unwrap();
+    assert_eq!(b.stats().submitted, 0, "a cancelled hand-off never started");
+
+    // 2. Cancelled in flight (an idle pipe read: only the cancel ends it).
+    let h2 = a.submit_on(
+        &hb,
+        Op::read(idle, 0, pool.try_get().unwrap()).tag(2),
+        record(&got),
+    );
+    a.poll().unwrap();
+    b.poll().unwrap();
+    assert_eq!(b.in_flight(), 1, "the read started on B");
+    h2.cancel();
+    h2.cancel(); // harmless
+    let t0 = Instant::now();
+    while b.in_flight() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the cancel never reached B"
+        );
+        b.run_once(Some(Duration::from_millis(5))).unwrap();
+    }
+
+    // 3. Cancelled after it completed: nothing happens.
+    let h3 = a.submit_on(&hb, Op::nop().tag(3), record(&got));
+    a.poll().unwrap();
+    b.poll().unwrap();
+    b.run_until_idle().unwrap();
+    let t0 = Instant::now();
+    while got.lock().unwrap().len() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "completions missing: {:?}",
+            got.lock().unwrap()
+        );
+        a.run_once(Some(Duration::from_millis(5))).unwrap();
+        b.poll().unwrap();
+    }
+    h3.cancel();
+    b.run_once(Some(Duration::from_millis(5))).unwrap();
+    a.run_once(Some(Duration::from_millis(5))).unwrap();
+    let mut got = got.lock().unwrap().clone();
+    got.sort_by_key(|g| g.0);
+    assert_eq!(
+        got,
+        [
+            (1, Some(ErrorKind::Cancelled)),
+            (2, Some(ErrorKind::Cancelled)),
+            (3, None)
+        ],
+        "each hand-off came home once, cancelled or not"
+    );
+    common::check_teardown(&b, &[]);
+    common::check_teardown(&a, &[&pool]);
+}

@@ -16,8 +16,9 @@
 //! failed doorbell), the target's eventfd is written, as a [`RingHandle`] does.
 
 use std::any::Any;
+use std::fmt;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use io_uring::{opcode, types};
 
@@ -25,7 +26,7 @@ use crate::error::{ErrorKind, Result};
 
 use super::completion::{Completion, Delivery};
 use super::handle::{complete_unsent, Cmd, HandleShared, Message, RingHandle};
-use super::op::{sentinel, Op};
+use super::op::{sentinel, Op, OpId};
 use super::Ring;
 
 /// Wrap a message for the inbox: the driver passes the ring as `dyn Any` (see
@@ -127,10 +128,8 @@ impl Ring {
     ///
     /// An operation on a target of another ring (this one's, say) completes with
     /// [`ErrorKind::StaleTarget`] without reaching the kernel; a multishot read cannot be
-    /// handed off (`InvalidInput`, as for a completion routine). There is no id to cancel
-    /// a handed-off operation by from here: give it a deadline
-    /// ([`Op::deadline`](super::Op::deadline)), or post a message that starts and cancels it
-    /// on its ring.
+    /// handed off (`InvalidInput`, as for a completion routine). The returned [`HandOff`]
+    /// cancels it from any thread; dropping it does not.
     ///
     /// ```
     /// use iocomplete::{Op, RingSet};
@@ -156,12 +155,17 @@ impl Ring {
         on: &RingHandle,
         op: Op,
         then: impl FnOnce(Result<&mut Ring>, Completion) + Send + 'static,
-    ) {
+    ) -> HandOff {
         // Without its wake-up poll this ring would not notice a completion brought back by
         // eventfd; `arm_wake` fails only when the SQ refuses the poll, and then the
         // doorbells of `post` (a CQE, not a poll) still reach it.
         let _ = self.arm_wake();
         let back = RingHandle::new(self.shared.clone());
+        let hand_off = HandOff {
+            on: on.clone(),
+            state: Arc::new(Mutex::new(HandOffState::default())),
+        };
+        let state = hand_off.state.clone();
         self.post(on, move |remote| {
             let home = Delivery::WithRing(Box::new(move |c, ring| {
                 let then = move |r: Result<&mut Ring>| then(r, c);
@@ -170,13 +174,28 @@ impl Ring {
                     None => back.post(then),
                 }
             }));
+            // A `cancel` before this look: the operation never starts. After it: either the
+            // cancel finds the id stored below, or the look after storing it finds the
+            // cancel (both under the lock). Never held while the operation starts or
+            // completes, which may run `then` (and `then` may cancel).
+            let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+            let cancelled = lock().cancelled;
             match remote {
-                Ok(ring) => {
-                    ring.start(op, home);
+                Ok(ring) if !cancelled => {
+                    let id = ring.start(op, home);
+                    let cancel_now = {
+                        let mut st = lock();
+                        st.id = Some(id);
+                        st.cancelled
+                    };
+                    if cancel_now {
+                        ring.cancel(id);
+                    }
                 }
-                Err(_) => complete_unsent(op, home),
+                _ => complete_unsent(op, home),
             }
         });
+        hand_off
     }
 
     /// Wake `target` after pushing to its inbox: not at all while its driver loop spins
@@ -228,6 +247,73 @@ impl Ring {
             target.signal.wake_now();
         } else {
             self.stats.doorbells += 1;
+        }
+    }
+}
+
+/// An operation handed to another ring by [`Ring::submit_on`]: cancel it from any thread.
+/// Dropping it lets the operation run.
+pub struct HandOff {
+    on: RingHandle,
+    state: Arc<Mutex<HandOffState>>,
+}
+
+#[derive(Debug, Default)]
+struct HandOffState {
+    /// `cancel` was called.
+    cancelled: bool,
+    /// The operation's id on its ring, once it started.
+    id: Option<OpId>,
+}
+
+impl fmt::Debug for HandOff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandOff")
+            .field(
+                "state",
+                &*self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            )
+            .finish()
+    }
+}
+
+impl HandOff {
+    /// Cancel the operation: if its ring has not started it yet, it never starts and
+    /// comes home `Cancelled`; if it is in flight, its ring cancels it (it comes home
+    /// `Cancelled`, or with its own result if it won the race, as
+    /// [`RingHandle::cancel`]); if it has completed, nothing happens. Either way its
+    /// completion comes home exactly once. Repeating the call is harmless.
+    ///
+    /// ```
+    /// use iocomplete::{ErrorKind, Op, RingSet};
+    /// use std::os::fd::OwnedFd;
+    /// use std::sync::mpsc;
+    /// let set = RingSet::builder().rings(2).spawn()?;
+    /// // A read of a pipe nobody writes: only a cancel ends it.
+    /// let (r, _w) = std::io::pipe().unwrap();
+    /// let pipe = set.handles()[1].register(OwnedFd::from(r))?;
+    /// let pool = iocomplete::BufferPool::builder().slots(1).slot_len(4096).build()?;
+    /// let (b, buf) = (set.handles()[1].clone(), pool.try_get()?);
+    /// let (tx, rx) = mpsc::channel();
+    /// set.handles()[0].post(move |a| {
+    ///     let a = a.expect("ring 0 runs");
+    ///     let hand_off = a.submit_on(&b, Op::read(pipe, 0, buf), move |_, c| {
+    ///         tx.send(c.error().map(|e| e.kind())).unwrap();
+    ///     });
+    ///     hand_off.cancel();
+    /// });
+    /// assert_eq!(rx.recv().unwrap(), Some(ErrorKind::Cancelled));
+    /// set.shutdown()?;
+    /// # Ok::<(), iocomplete::Error>(())
+    /// ```
+    pub fn cancel(&self) {
+        let id = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.cancelled = true;
+            st.id
+        };
+        if let Some(id) = id {
+            self.on.cancel(id);
         }
     }
 }

@@ -88,6 +88,7 @@ pub use buf_ring::BufRing;
 pub(crate) use buf_ring::BufRingLease;
 pub use completion::{Bufs, Completion, OpFuture};
 pub use handle::RingHandle;
+pub use mesh::HandOff;
 pub(crate) use op::kernel_deadline;
 pub use op::{BufPart, Op, OpId};
 pub use port::Driver;
