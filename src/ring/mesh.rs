@@ -13,7 +13,9 @@
 //! submission, in the same `io_uring_enter`, and lands in the target's CQ as a CQE that
 //! makes the target read its inbox — no system call of its own, no eventfd read on the
 //! target. Where either side has no `MSG_RING` (the thread-pool backend, an old kernel, a
-//! failed doorbell), the target's eventfd is written, as a [`RingHandle`] does.
+//! failed doorbell), the target's eventfd is written, as a [`RingHandle`] does. And while
+//! the target's driver loop is spinning (`Ring::drive_until_shutdown`), no doorbell is
+//! needed at all: it looks at its inbox again before it sleeps (`waiters::AwakeFlag`).
 
 use std::any::Any;
 use std::fmt;
