@@ -6,12 +6,14 @@
 
 mod common;
 
+use common::bounds::watchdog;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fd::{pipe, set_nonblocking};
@@ -19,28 +21,6 @@ use common::{check_teardown, pool};
 use iocomplete::dma::{DmaConfig, DmaDriver, SgList};
 use iocomplete::split::{Job, SplitConfig, SplitDriver};
 use iocomplete::{BufferPool, Direction, Driver, ErrorKind, FifoReceiver, Result, Ring, Target};
-
-/// Exits the process (failing the run) if not dropped within `secs`.
-struct Watchdog(Option<mpsc::Sender<()>>);
-
-fn watchdog(name: &'static str, secs: u64) -> Watchdog {
-    let (tx, rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs)) {
-            eprintln!("WATCHDOG: {name} still running after {secs} s: hang");
-            std::process::exit(101);
-        }
-    });
-    Watchdog(Some(tx))
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
-        }
-    }
-}
 
 /// A file of `len` bytes (`i % 251`), registered with `ring`.
 fn file(ring: &mut Ring, len: usize) -> Target {

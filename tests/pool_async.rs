@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::bounds::watchdog;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,28 +20,6 @@ use std::time::{Duration, Instant};
 use iocomplete::{BufferPool, GetBuf, PoolBuf};
 
 use common::maps::{all_back, small_pool as pool};
-
-/// Exits the process (failing the run) if not dropped within `secs`.
-struct Watchdog(Option<mpsc::Sender<()>>);
-
-fn watchdog(name: &'static str, secs: u64) -> Watchdog {
-    let (tx, rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs)) {
-            eprintln!("WATCHDOG: {name} still running after {secs} s: hang");
-            std::process::exit(101);
-        }
-    });
-    Watchdog(Some(tx))
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
-        }
-    }
-}
 
 /// A waker that records wake-ups (and unparks the thread that made it).
 struct Flag {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::bounds::watchdog;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -21,28 +23,6 @@ use iocomplete::{
 
 const BS: usize = 4096;
 const SEED: u64 = 0x15_15;
-
-/// Exits the process (failing the run) if not dropped within `secs`.
-struct Watchdog(Option<mpsc::Sender<()>>);
-
-fn watchdog(name: &'static str, secs: u64) -> Watchdog {
-    let (tx, rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs)) {
-            eprintln!("WATCHDOG: {name} still running after {secs} s: hang");
-            std::process::exit(101);
-        }
-    });
-    Watchdog(Some(tx))
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
-        }
-    }
-}
 
 /// A file of `blocks` verify blocks.
 fn verify_file(blocks: usize) -> std::fs::File {

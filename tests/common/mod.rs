@@ -19,6 +19,7 @@ pub(crate) use or_skip;
 
 pub mod alloc;
 pub mod bin;
+pub mod bounds;
 pub mod drivers;
 pub mod fd;
 pub mod fuse;
