@@ -215,10 +215,15 @@ fn split_copy_cancelled_mid_flight_on_a_slow_device_completes_once() {
     assert!(!drv.cancel(ring), "cancelled twice");
     let done = finish_split(drv, ring);
     assert!(done.status.unwrap_err().is_cancelled(), "{done:?}");
+    // At least the 4 chunks seen before the cancel were transferred, and not everything.
+    // The gap-free prefix (`bytes`) is usually those 4 chunks too, but the device may
+    // answer out of order under load (reads on several threads with the thread-pool
+    // backend; seen once in a loaded full run): only `bytes <= transferred` always holds.
     assert!(
-        done.bytes >= 4 * CHUNK && done.bytes < spec.size,
+        done.transferred >= 4 * CHUNK && done.transferred < spec.size,
         "{done:?}"
     );
+    assert!(done.bytes <= done.transferred, "{done:?}");
     c.check(&done, spec.seed);
 }
 
