@@ -47,6 +47,32 @@ fn round_trips(set: &RingSet, doorbell: bool, iters: u64) -> Duration {
     t0.elapsed()
 }
 
+/// `iters` round trips between this thread and an echo thread over two channels, each
+/// given as its (send, receive) pair; dropping the first sender ends the echo.
+fn echo_round_trips<S1, R1, S2, R2>(iters: u64, to: (S1, R1), back: (S2, R2)) -> Duration
+where
+    S1: FnMut(u64) -> bool,
+    R1: FnMut() -> Option<u64> + Send + 'static,
+    S2: FnMut(u64) -> bool + Send + 'static,
+    R2: FnMut() -> Option<u64>,
+{
+    let ((mut send, mut echo_recv), (mut echo_send, mut recv)) = (to, back);
+    let echo = std::thread::spawn(move || {
+        while let Some(v) = echo_recv() {
+            assert!(echo_send(v));
+        }
+    });
+    let t0 = Instant::now();
+    for i in 0..iters {
+        assert!(send(i));
+        recv().unwrap();
+    }
+    let t = t0.elapsed();
+    drop(send);
+    echo.join().unwrap();
+    t
+}
+
 fn ping_pong(c: &mut Criterion) {
     let mut g = c.benchmark_group("mesh_round_trip");
     g.throughput(Throughput::Elements(1));
@@ -62,40 +88,28 @@ fn ping_pong(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let (to_tx, to_rx) = mpsc::channel::<u64>();
             let (back_tx, back_rx) = mpsc::channel::<u64>();
-            let echo = std::thread::spawn(move || {
-                while let Ok(v) = to_rx.recv() {
-                    back_tx.send(v).unwrap();
-                }
-            });
-            let t0 = Instant::now();
-            for i in 0..iters {
-                to_tx.send(i).unwrap();
-                back_rx.recv().unwrap();
-            }
-            let t = t0.elapsed();
-            drop(to_tx);
-            echo.join().unwrap();
-            t
+            echo_round_trips(
+                iters,
+                (move |v| to_tx.send(v).is_ok(), move || to_rx.recv().ok()),
+                (
+                    move |v| back_tx.send(v).is_ok(),
+                    move || back_rx.recv().ok(),
+                ),
+            )
         })
     });
     g.bench_function("crossbeam_channel", |b| {
         b.iter_custom(|iters| {
             let (to_tx, to_rx) = crossbeam_channel::bounded::<u64>(1);
             let (back_tx, back_rx) = crossbeam_channel::bounded::<u64>(1);
-            let echo = std::thread::spawn(move || {
-                while let Ok(v) = to_rx.recv() {
-                    back_tx.send(v).unwrap();
-                }
-            });
-            let t0 = Instant::now();
-            for i in 0..iters {
-                to_tx.send(i).unwrap();
-                back_rx.recv().unwrap();
-            }
-            let t = t0.elapsed();
-            drop(to_tx);
-            echo.join().unwrap();
-            t
+            echo_round_trips(
+                iters,
+                (move |v| to_tx.send(v).is_ok(), move || to_rx.recv().ok()),
+                (
+                    move |v| back_tx.send(v).is_ok(),
+                    move || back_rx.recv().ok(),
+                ),
+            )
         })
     });
     g.finish();
