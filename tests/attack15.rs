@@ -7,12 +7,13 @@
 
 mod common;
 
+use common::rings::{assert_once, counters, on_ring, thread_name, verify_file};
+
 use common::bounds::{bounded, eventually, watchdog};
 
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,53 +25,6 @@ use iocomplete::{
 
 const BS: usize = 4096;
 const SEED: u64 = 0xa7_15;
-
-/// A file of `blocks` verify blocks.
-fn verify_file(blocks: usize, seed: u64) -> std::fs::File {
-    let mut f = tempfile::tempfile().unwrap();
-    let mut data = vec![0u8; blocks * BS];
-    for (i, b) in data.chunks_mut(BS).enumerate() {
-        verify::fill_block(b, (i * BS) as u64, seed);
-    }
-    f.write_all(&data).unwrap();
-    f
-}
-
-/// Run `f` on ring `h`'s thread with the ring and return what it returns.
-fn on_ring<T: Send + 'static>(
-    h: &RingHandle,
-    f: impl FnOnce(&mut Ring) -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    h.post(move |r| {
-        let _ = tx.send(f(r.expect("the ring runs")));
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("the message ran")
-}
-
-fn thread_name() -> String {
-    std::thread::current().name().unwrap_or("").to_owned()
-}
-
-fn counters(n: usize) -> Arc<Vec<AtomicU32>> {
-    Arc::new((0..n).map(|_| AtomicU32::new(0)).collect())
-}
-
-/// Every counter exactly 1.
-fn assert_once(counts: &[AtomicU32], what: &str) {
-    let bad: Vec<(usize, u32)> = counts
-        .iter()
-        .map(|c| c.load(Ordering::SeqCst))
-        .enumerate()
-        .filter(|&(_, n)| n != 1)
-        .take(8)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} not exactly once (index, count): {bad:?}"
-    );
-}
 
 fn uring_here() -> bool {
     Ring::new().unwrap().backend() == BackendKind::Uring

@@ -9,9 +9,10 @@
 
 mod common;
 
+use common::rings::{assert_once, counters, on_ring, verify_file};
+
 use common::bounds::{bounded, eventually, watchdog};
 
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -75,48 +76,6 @@ fn finish(
     r.unwrap();
     common::check_teardown(&ring, pools);
     ring
-}
-
-/// Run `f` on ring `h`'s thread with the ring and return what it returns (bounded).
-fn on_ring<T: Send + 'static>(
-    h: &RingHandle,
-    f: impl FnOnce(&mut Ring) -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    h.post(move |r| {
-        let _ = tx.send(f(r.expect("the ring runs")));
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("the message ran")
-}
-
-fn counters(n: usize) -> Arc<Vec<AtomicU32>> {
-    Arc::new((0..n).map(|_| AtomicU32::new(0)).collect())
-}
-
-fn assert_once(counts: &[AtomicU32], what: &str) {
-    let bad: Vec<(usize, u32)> = counts
-        .iter()
-        .map(|c| c.load(Ordering::SeqCst))
-        .enumerate()
-        .filter(|&(_, n)| n != 1)
-        .take(8)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} not exactly once (index, count): {bad:?}"
-    );
-}
-
-/// A file of `blocks` verify blocks.
-fn verify_file(blocks: usize, seed: u64) -> std::fs::File {
-    let mut f = tempfile::tempfile().unwrap();
-    let mut data = vec![0u8; blocks * BS];
-    for (i, b) in data.chunks_mut(BS).enumerate() {
-        verify::fill_block(b, (i * BS) as u64, seed);
-    }
-    f.write_all(&data).unwrap();
-    f
 }
 
 /// A pool buffer holding verify block `offset`.

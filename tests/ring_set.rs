@@ -7,9 +7,10 @@
 
 mod common;
 
+use common::rings::{assert_once, counters, on_ring, thread_name, verify_file};
+
 use common::bounds::watchdog;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,54 +24,6 @@ use iocomplete::{
 
 const BS: usize = 4096;
 const SEED: u64 = 0x15_15;
-
-/// A file of `blocks` verify blocks.
-fn verify_file(blocks: usize) -> std::fs::File {
-    let mut f = tempfile::tempfile().unwrap();
-    let mut data = vec![0u8; blocks * BS];
-    for (i, b) in data.chunks_mut(BS).enumerate() {
-        verify::fill_block(b, (i * BS) as u64, SEED);
-    }
-    f.write_all(&data).unwrap();
-    f
-}
-
-/// Run `f` on ring `h`'s thread with the ring and return what it returns.
-fn on_ring<T: Send + 'static>(
-    h: &RingHandle,
-    f: impl FnOnce(&mut Ring) -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    h.post(move |r| {
-        let _ = tx.send(f(r.expect("the ring runs")));
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("the message ran")
-}
-
-/// The name of the calling thread.
-fn thread_name() -> String {
-    std::thread::current().name().unwrap_or("").to_owned()
-}
-
-/// Every tag seen exactly once.
-fn assert_once(counts: &[AtomicU32], what: &str) {
-    let bad: Vec<(usize, u32)> = counts
-        .iter()
-        .map(|c| c.load(Ordering::SeqCst))
-        .enumerate()
-        .filter(|&(_, n)| n != 1)
-        .take(5)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what} not exactly once (index, count): {bad:?}"
-    );
-}
-
-fn counters(n: usize) -> Arc<Vec<AtomicU32>> {
-    Arc::new((0..n).map(|_| AtomicU32::new(0)).collect())
-}
 
 /// Ring `h`'s doorbell count once it has reaped every doorbell it sent.
 fn doorbells_when_idle(h: &RingHandle) -> u64 {
@@ -222,7 +175,7 @@ fn submit_on_reads_another_rings_file_and_brings_the_buffers_home() {
     let (a, b) = (set.handles()[0].clone(), set.handles()[1].clone());
     let pool = common::pool(32, BS);
     // The file is registered with ring 1 only; so is the pool (as fixed buffers there).
-    let file = b.register(verify_file(BLOCKS)).unwrap();
+    let file = b.register(verify_file(BLOCKS, SEED)).unwrap();
     let p = pool.clone();
     on_ring(&b, move |r| {
         r.register_pool(&p);
@@ -327,7 +280,7 @@ fn n_rings_by_m_threads_submit_cancel_and_hand_off_exactly_once() {
     let mut pipes = Vec::new();
     let mut writers = Vec::new();
     for h in hs.iter() {
-        files.push(h.register(verify_file(BLOCKS)).unwrap());
+        files.push(h.register(verify_file(BLOCKS, SEED)).unwrap());
         let (r, w) = pipe();
         pipes.push(h.register(r).unwrap());
         writers.push(w);
@@ -489,7 +442,7 @@ fn shut_down_first(first: usize, now: bool) {
     let pool = common::pool(512, BS);
     let mut files = Vec::new();
     for h in hs.iter() {
-        files.push(h.register(verify_file(16)).unwrap());
+        files.push(h.register(verify_file(16, SEED)).unwrap());
     }
     let sent = Arc::new(AtomicUsize::new(0));
     let msgs = counters(1 << 20);
@@ -655,7 +608,7 @@ fn posting_to_a_gone_ring_is_refused_at_once_on_the_posting_thread() {
     // From a ring: the same, and a hand-off comes home `Cancelled`, exactly once.
     let mut a = Ring::new().unwrap();
     let pool = common::pool(1, BS);
-    let file = a.register(verify_file(1)).unwrap();
+    let file = a.register(verify_file(1, SEED)).unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     a.submit_on(

@@ -24,6 +24,7 @@ pub mod drivers;
 pub mod fd;
 pub mod fuse;
 pub mod maps;
+pub mod rings;
 
 mod skip;
 pub use skip::skip;
