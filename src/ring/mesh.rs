@@ -31,15 +31,17 @@ use super::handle::{complete_unsent, Cmd, HandleShared, Message, RingHandle};
 use super::op::{sentinel, Op, OpId};
 use super::Ring;
 
-/// Wrap a message for the inbox: the driver passes the ring as `dyn Any` (see
-/// [`Message`]), always a `Ring`.
+/// The ring the driver passed as `dyn Any` (see [`Message`]; always a `Ring`).
+fn as_ring(ring: Option<&mut dyn Any>) -> Option<&mut Ring> {
+    ring.and_then(|r| r.downcast_mut::<Ring>())
+}
+
+/// Wrap a message for the inbox.
 fn message(f: impl FnOnce(Result<&mut Ring>) + Send + 'static) -> Message {
-    Box::new(
-        move |ring: Option<&mut dyn Any>| match ring.and_then(|r| r.downcast_mut::<Ring>()) {
-            Some(ring) => f(Ok(ring)),
-            None => f(Err(ErrorKind::RingClosed.into())),
-        },
-    )
+    Box::new(move |ring: Option<&mut dyn Any>| match as_ring(ring) {
+        Some(ring) => f(Ok(ring)),
+        None => f(Err(ErrorKind::RingClosed.into())),
+    })
 }
 
 impl RingHandle {
@@ -171,7 +173,7 @@ impl Ring {
         self.post(on, move |remote| {
             let home = Delivery::WithRing(Box::new(move |c, ring| {
                 let then = move |r: Result<&mut Ring>| then(r, c);
-                match ring.and_then(|r| r.downcast_mut::<Ring>()) {
+                match as_ring(ring) {
                     Some(ring) => ring.post(&back, then),
                     None => back.post(then),
                 }

@@ -215,18 +215,23 @@ impl RingSet {
         self.join()
     }
 
+    /// Wait for every driver thread, resuming the first panic once all have ended.
+    fn join(&mut self) -> Result<()> {
+        match self.join_others() {
+            (_, Some(panic)) => std::panic::resume_unwind(panic),
+            (first, None) => first,
+        }
+    }
+
     /// Wait for every driver thread but the calling one (a set shut down or dropped from
     /// one of its own rings' messages cannot wait for itself: that ring's loop ends once
-    /// the message returns). Every thread is waited for before the first panic is
-    /// resumed.
-    fn join(&mut self) -> Result<()> {
+    /// the message returns, detached). Returns the first driver's error and the first
+    /// panic.
+    fn join_others(&mut self) -> (Result<()>, Option<Box<dyn std::any::Any + Send>>) {
         let me = std::thread::current().id();
         let mut first = Ok(());
         let mut panic = None;
-        for d in self.drivers.drain(..) {
-            if d.thread().id() == me {
-                continue; // detached: it ends on its own after this message
-            }
+        for d in self.drivers.drain(..).filter(|d| d.thread().id() != me) {
             match d.join() {
                 Ok(r) => {
                     if first.is_ok() {
@@ -238,10 +243,7 @@ impl RingSet {
                 }
             }
         }
-        if let Some(p) = panic {
-            std::panic::resume_unwind(p);
-        }
-        first
+        (first, panic)
     }
 }
 
@@ -253,12 +255,7 @@ impl Drop for RingSet {
     fn drop(&mut self) {
         self.handles.iter().for_each(RingHandle::shutdown_now);
         // A driver's panic is not resumed here (it could abort a panicking thread).
-        let me = std::thread::current().id();
-        for d in self.drivers.drain(..) {
-            if d.thread().id() != me {
-                let _ = d.join();
-            }
-        }
+        let _ = self.join_others();
     }
 }
 
