@@ -595,3 +595,235 @@ fn nested_run_once_inside_message() {
         drop(h);
     }
 }
+
+/// Cancel racing a `shutdown_now` of ring B while the request leg may still be on its way,
+/// a fresh B each round: exactly once, `Cancelled` (the idle pipe never gives data), slot
+/// back.
+#[test]
+fn cancel_races_target_shutdown() {
+    let _w = watchdog("cancel_races_target_shutdown", 120);
+    for kind in backends() {
+        let pool = common::pool(1, 4096);
+        let mut a = ring(kind);
+        let rounds = 60;
+        let counts = counters(rounds);
+        let kinds = Arc::new(Mutex::new(Vec::new()));
+        let mut rng = fastrand::Rng::with_seed(0x15c1);
+        for i in 0..rounds {
+            let (bh, bt) = ring(kind).spawn().unwrap();
+            let (r, w) = pipe();
+            let p = bh.register(r).unwrap();
+            let (c, k) = (counts.clone(), kinds.clone());
+            let h = a.submit_on(
+                &bh,
+                Op::read(p, 0, pool.try_get().unwrap()),
+                move |_, comp| {
+                    c[i].fetch_add(1, Ordering::SeqCst);
+                    k.lock().unwrap().push(kind_of(&comp));
+                },
+            );
+            a.run_once(Some(Duration::ZERO)).unwrap();
+            let (d1, d2) = (rng.u64(0..60), rng.u64(0..60));
+            let bh2 = bh.clone();
+            let killer = std::thread::spawn(move || {
+                busy_us(d1);
+                bh2.shutdown_now();
+            });
+            busy_us(d2);
+            h.cancel();
+            killer.join().unwrap();
+            bounded("join B", 20, move || bt.join().unwrap()).unwrap();
+            let c = counts.clone();
+            drive_until(&mut a, "home", || c[i].load(Ordering::SeqCst) > 0);
+            h.cancel();
+            drop(w);
+        }
+        for _ in 0..5 {
+            a.run_once(Some(Duration::from_millis(5))).unwrap();
+        }
+        assert_once(&counts, "completions");
+        let k = kinds.lock().unwrap();
+        assert!(
+            k.iter().all(|k| *k == Some(ErrorKind::Cancelled)),
+            "{kind:?}: {:?}",
+            k.iter()
+                .filter(|k| **k != Some(ErrorKind::Cancelled))
+                .take(4)
+                .collect::<Vec<_>>()
+        );
+        common::check_teardown(&a, &[&pool]);
+        pool_free(&pool);
+    }
+}
+
+/// After a graceful `shutdown` of B returned, a new hand-off is refused: it comes home
+/// `Cancelled` exactly once, nothing reached the kernel; cancel after is harmless.
+#[test]
+fn handoff_to_gracefully_shut_ring() {
+    let _w = watchdog("handoff_to_gracefully_shut_ring", 60);
+    for kind in backends() {
+        let (bh, bt) = ring(kind).spawn().unwrap();
+        let (r, _w) = pipe();
+        let p = bh.register(r).unwrap();
+        bh.shutdown();
+        bounded("join B", 20, move || bt.join().unwrap()).unwrap();
+        let pool = common::pool(1, 4096);
+        let mut a = ring(kind);
+        let counts = counters(1);
+        let got = Arc::new(Mutex::new(None));
+        let (c, g) = (counts.clone(), got.clone());
+        let h = a.submit_on(
+            &bh,
+            Op::read(p, 0, pool.try_get().unwrap()),
+            move |home, comp| {
+                assert!(home.is_ok());
+                c[0].fetch_add(1, Ordering::SeqCst);
+                *g.lock().unwrap() = Some(kind_of(&comp));
+            },
+        );
+        let c = counts.clone();
+        drive_until(&mut a, "refused home", || c[0].load(Ordering::SeqCst) > 0);
+        h.cancel();
+        h.cancel();
+        for _ in 0..3 {
+            a.run_once(Some(Duration::from_millis(5))).unwrap();
+        }
+        assert_once(&counts, "completion");
+        assert_eq!(*got.lock().unwrap(), Some(Some(ErrorKind::Cancelled)));
+        common::check_teardown(&a, &[&pool]);
+        pool_free(&pool);
+    }
+}
+
+/// A hand-off of an op on one of A's own targets completes `StaleTarget` once; cancel
+/// before and after is harmless.
+#[test]
+fn cancel_stale_target_handoff() {
+    let _w = watchdog("cancel_stale_target_handoff", 60);
+    for kind in backends() {
+        let (bh, bt) = ring(kind).spawn().unwrap();
+        let pool = common::pool(2, 4096);
+        let mut a = ring(kind);
+        let (r, _w) = pipe();
+        let mine = a.register(r).unwrap();
+        let counts = counters(2);
+        let kinds = Arc::new(Mutex::new(vec![None, None]));
+        for i in 0..2 {
+            let (c, k) = (counts.clone(), kinds.clone());
+            let h = a.submit_on(
+                &bh,
+                Op::read(mine, 0, pool.try_get().unwrap()),
+                move |_, comp| {
+                    c[i].fetch_add(1, Ordering::SeqCst);
+                    k.lock().unwrap()[i] = Some(kind_of(&comp));
+                },
+            );
+            if i == 0 {
+                h.cancel();
+            }
+            let c = counts.clone();
+            drive_until(&mut a, "stale home", || c[i].load(Ordering::SeqCst) > 0);
+            h.cancel();
+        }
+        assert_once(&counts, "completions");
+        let k = kinds.lock().unwrap();
+        // Cancelled before start may come home Cancelled; started it must be StaleTarget.
+        assert!(
+            matches!(
+                k[0],
+                Some(Some(ErrorKind::Cancelled)) | Some(Some(ErrorKind::StaleTarget))
+            ),
+            "{:?}",
+            k[0]
+        );
+        assert_eq!(k[1], Some(Some(ErrorKind::StaleTarget)), "{kind:?}");
+        bh.shutdown();
+        bounded("join B", 20, move || bt.join().unwrap()).unwrap();
+        common::check_teardown(&a, &[&pool]);
+        pool_free(&pool);
+    }
+}
+
+/// After a hand-off came home (wake poll armed, doorbells used), a loop of
+/// `run_once(None)` with only a slow op in flight still waits: a handful of turns.
+#[test]
+fn run_once_waits_after_handoff_came_home() {
+    let _w = watchdog("run_once_waits_after_handoff_came_home", 60);
+    for kind in backends() {
+        let (bh, bt) = ring(kind).spawn().unwrap();
+        let mut a = ring(kind);
+        let counts = counters(1);
+        let c = counts.clone();
+        let _h = a.submit_on(&bh, Op::nop(), move |_, comp| {
+            assert!(comp.is_ok());
+            c[0].fetch_add(1, Ordering::SeqCst);
+        });
+        let c = counts.clone();
+        drive_until(&mut a, "nop home", || c[0].load(Ordering::SeqCst) > 0);
+        let (r, w) = pipe();
+        let p = a.register(r).unwrap();
+        let pool = common::pool(1, 4096);
+        let done = Arc::new(AtomicU32::new(0));
+        let d = done.clone();
+        a.submit(Op::read(p, 0, pool.try_get().unwrap()))
+            .then(move |_| {
+                d.fetch_add(1, Ordering::SeqCst);
+            });
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            common::fd::write_fd(std::os::fd::AsRawFd::as_raw_fd(&w), b"x");
+            w
+        });
+        let before = a.stats();
+        let mut turns = 0;
+        while done.load(Ordering::SeqCst) == 0 {
+            turns += 1;
+            assert!(turns < 1000, "{kind:?}: run_once(None) spins");
+            a.run_once(None).unwrap();
+        }
+        let after = a.stats();
+        let _w: OwnedFd = writer.join().unwrap();
+        assert!(turns <= 20, "{kind:?}: {turns} turns");
+        assert!(after.enters - before.enters <= 40, "{after:?}");
+        bh.shutdown();
+        bounded("join B", 20, move || bt.join().unwrap()).unwrap();
+        assert_once(&counts, "hand-off");
+        common::check_teardown(&a, &[&pool]);
+    }
+}
+
+/// Nested `run_once(None)` inside a hand-off's `then` (itself a message on A), waiting for
+/// a second hand-off: it comes home, each exactly once.
+#[test]
+fn nested_run_once_inside_then() {
+    let _w = watchdog("nested_run_once_inside_then", 60);
+    for kind in backends() {
+        let (bh, bt) = ring(kind).spawn().unwrap();
+        let mut a = ring(kind);
+        let counts = counters(2);
+        let (c, b2) = (counts.clone(), bh.clone());
+        let _h = a.submit_on(&bh, Op::nop(), move |home, _| {
+            let home = home.expect("A runs");
+            c[0].fetch_add(1, Ordering::SeqCst);
+            let c2 = c.clone();
+            let _h2 = home.submit_on(&b2, Op::nop(), move |_, comp| {
+                assert!(comp.is_ok());
+                c2[1].fetch_add(1, Ordering::SeqCst);
+            });
+            let t0 = Instant::now();
+            while c[1].load(Ordering::SeqCst) == 0 {
+                assert!(t0.elapsed() < Duration::from_secs(10), "nested hand-off");
+                home.run_once(None).unwrap();
+            }
+        });
+        let c = counts.clone();
+        drive_until(&mut a, "outer", || c[0].load(Ordering::SeqCst) > 0);
+        for _ in 0..3 {
+            a.run_once(Some(Duration::from_millis(5))).unwrap();
+        }
+        assert_once(&counts, "hand-offs");
+        bh.shutdown();
+        bounded("join B", 20, move || bt.join().unwrap()).unwrap();
+        common::check_teardown(&a, &[]);
+    }
+}
