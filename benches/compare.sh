@@ -98,6 +98,8 @@ ROOTDEV=$(findmnt -no SOURCE / 2>/dev/null || echo "?")
     echo "# root disk: $ROOTDEV ($(lsblk -dno MODEL,SIZE "$ROOTDEV" 2>/dev/null | xargs || echo '?')); file: $FILE ($FILE_BYTES bytes, $(stat -f -c %T "$DIR"))"
     echo "# loop: ${LOOP:-none} over ${SHM_IMG:-none}"
     echo "# loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    # How an idle vCPU waits decides QD 1 latency on a VM (PERF.md, "Why the loop device loses").
+    echo "# cpuidle: $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none); guest_halt_poll_ns: $(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || echo n/a)"
     echo "# reps: $REPS x ${SECS}s; quick: $QUICK; fallback: $FALLBACK"
     echo "workload,engine,rw,bs,qd,direct,rep,iops,bw_bytes,lat_p50_ns,lat_p99_ns,cpu_usr,cpu_sys"
 } >"$RESULTS"
