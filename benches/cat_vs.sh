@@ -36,6 +36,7 @@ if [ ! -f "$FILE" ] || [ "$(stat -c %s "$FILE")" -ne "$SIZE" ]; then
     sync
 fi
 
+echo "commit: $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src examples 2>/dev/null || echo ' (with uncommitted changes to src/ or examples/)')"
 echo "machine: $(nproc) vCPU, Linux $(uname -r), $(cat --version | head -1), $(dd --version | head -1)"
 echo "file: $FILE ($(stat -c %s "$FILE") bytes) on $(df --output=source,fstype "$FILE" | tail -1 | tr -s ' ')"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -153,14 +154,18 @@ report() { # case peer tools...
     shift 2
     local mp
     mp=$(echo "${T["$c|$peer"]}" | median)
-    printf '\n%s (%d rounds, medians; ratio = throughput / %s)\n' "$c" "$RUNS" "$peer"
-    printf '  %-18s %9s %10s %8s   %s\n' tool seconds MiB/s ratio "all runs (s)"
+    printf '\n%s (%d rounds, medians; ratio = throughput / %s: of the medians, then the median of the per-round ratios)\n' "$c" "$RUNS" "$peer"
+    printf '  %-18s %9s %10s %8s %8s   %s\n' tool seconds MiB/s ratio "/round" "all runs (s)"
     for t in "$@"; do
-        local m
+        local m per_round
         m=$(echo "${T["$c|$t"]}" | median)
-        printf '  %-18s %9.3f %10.0f %8.2f   %s\n' "$t" "$m" \
+        # Round i of the peer against round i of this tool (the same round, tools alternated).
+        per_round=$(paste -d' ' <(echo "${T["$c|$peer"]}" | tr ' ' '\n' | grep -v '^$') \
+            <(echo "${T["$c|$t"]}" | tr ' ' '\n' | grep -v '^$') |
+            awk '{printf "%.6f ", $1 / $2}' | median)
+        printf '  %-18s %9.3f %10.0f %8.2f %8.2f   %s\n' "$t" "$m" \
             "$(awk -v s="$SIZE" -v m="$m" 'BEGIN{print s/m/1048576}')" \
-            "$(awk -v a="$mp" -v b="$m" 'BEGIN{print a/b}')" "${T["$c|$t"]}"
+            "$(awk -v a="$mp" -v b="$m" 'BEGIN{print a/b}')" "$per_round" "${T["$c|$t"]}"
     done
 }
 report cached gnu-cat "${tools_cached[@]}"
