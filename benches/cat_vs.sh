@@ -155,7 +155,7 @@ report() { # case peer tools...
     local mp
     mp=$(echo "${T["$c|$peer"]}" | median)
     printf '\n%s (%d rounds, medians; ratio = throughput / %s: of the medians, then the median of the per-round ratios)\n' "$c" "$RUNS" "$peer"
-    printf '  %-18s %9s %10s %8s %8s   %s\n' tool seconds MiB/s ratio "/round" "all runs (s)"
+    printf '  %-20s %9s %10s %8s %8s   %s\n' tool seconds MiB/s ratio "/round" "all runs (s)"
     for t in "$@"; do
         local m per_round
         m=$(echo "${T["$c|$t"]}" | median)
@@ -163,7 +163,7 @@ report() { # case peer tools...
         per_round=$(paste -d' ' <(echo "${T["$c|$peer"]}" | tr ' ' '\n' | grep -v '^$') \
             <(echo "${T["$c|$t"]}" | tr ' ' '\n' | grep -v '^$') |
             awk '{printf "%.6f ", $1 / $2}' | median)
-        printf '  %-18s %9.3f %10.0f %8.2f %8.2f   %s\n' "$t" "$m" \
+        printf '  %-20s %9.3f %10.0f %8.2f %8.2f   %s\n' "$t" "$m" \
             "$(awk -v s="$SIZE" -v m="$m" 'BEGIN{print s/m/1048576}')" \
             "$(awk -v a="$mp" -v b="$m" 'BEGIN{print a/b}')" "$per_round" "${T["$c|$t"]}"
     done
