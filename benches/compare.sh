@@ -20,10 +20,13 @@
 # Needs root for the loop device (skipped otherwise). Installs fio from Debian's packages
 # when missing. Environment: QUICK=1, FALLBACK=1, REPS, SECS, DIR (work files; default
 # /var/tmp/iocomplete-bench on the root disk), SIZE (file size, default 1g), PLOT=0 to skip
-# the plots, OUT (plot directory, default perf/).
+# the plots, OUT (plot directory, default perf/), HALT_POLL_NS (on a KVM guest with the
+# haltpoll cpuidle driver: how long idle vCPUs poll before halting, for this run only;
+# see benches/haltpoll.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. "$ROOT/benches/haltpoll.sh"
 
 QUICK=${QUICK:-0}
 FALLBACK=${FALLBACK:-0}
@@ -69,8 +72,11 @@ SHM_IMG=""
 cleanup() {
     if [ -n "$LOOP" ]; then losetup -d "$LOOP" 2>/dev/null || true; fi
     if [ -n "$SHM_IMG" ]; then rm -f "$SHM_IMG"; fi
+    haltpoll_restore
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+haltpoll_set
 
 if [ ! -f "$FILE" ]; then
     log "creating $FILE ($SIZE)"
@@ -98,8 +104,8 @@ ROOTDEV=$(findmnt -no SOURCE / 2>/dev/null || echo "?")
     echo "# root disk: $ROOTDEV ($(lsblk -dno MODEL,SIZE "$ROOTDEV" 2>/dev/null | xargs || echo '?')); file: $FILE ($FILE_BYTES bytes, $(stat -f -c %T "$DIR"))"
     echo "# loop: ${LOOP:-none} over ${SHM_IMG:-none}"
     echo "# loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-    # How an idle vCPU waits decides QD 1 latency on a VM (PERF.md, "Why the loop device loses").
-    echo "# cpuidle: $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none); guest_halt_poll_ns: $(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || echo n/a)"
+    # How an idle vCPU waits decides QD 1 latency on a VM (benches/haltpoll.sh).
+    echo "# $(haltpoll_describe)"
     echo "# reps: $REPS x ${SECS}s; quick: $QUICK; fallback: $FALLBACK"
     echo "workload,engine,rw,bs,qd,direct,rep,iops,bw_bytes,lat_p50_ns,lat_p99_ns,cpu_usr,cpu_sys"
 } >"$RESULTS"

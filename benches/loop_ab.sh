@@ -7,9 +7,8 @@
 #   benches/loop_ab.sh [DEVICE]     # default: a fresh loop device over a 1 GiB /dev/shm file
 #   QDS="1 8" PAIRS=20 SECS=1 benches/loop_ab.sh
 #   IOBENCH_RING=plain benches/loop_ab.sh    # the same with iobench's A/B ring modes
-#   HALT_POLL_NS=200000 benches/loop_ab.sh   # with guest halt polling (KVM guests using the
-#                                            # haltpoll cpuidle driver): set for the run,
-#                                            # restored on exit. A diagnostic, not a result.
+#   HALT_POLL_NS=200000 benches/loop_ab.sh   # with guest halt polling (benches/haltpoll.sh):
+#                                            # set for the run, restored on exit
 #
 # Prints one line per run and, per QD, the median of the per-pair IOPS ratios
 # (iobench ÷ fio), how many pairs iobench won, and the median CPU µs per I/O of each.
@@ -23,30 +22,25 @@ cargo build --release --example iobench --jobs 2 --quiet
 IOB=target/release/examples/iobench
 DEV=${1:-}
 SHM=""
-HALTPOLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
-HALTPOLL_WAS=""
+. benches/haltpoll.sh
 cleanup() { # only what this script made or changed
     if [ -n "$SHM" ]; then
         [ -n "$DEV" ] && losetup -d "$DEV" 2>/dev/null
         rm -f "$SHM"
     fi
-    [ -n "$HALTPOLL_WAS" ] && echo "$HALTPOLL_WAS" >"$HALTPOLL"
+    haltpoll_restore
     return 0
 }
 trap cleanup EXIT
-if [ -n "${HALT_POLL_NS:-}" ]; then
-    [ -w "$HALTPOLL" ] || { echo "HALT_POLL_NS: $HALTPOLL is not writable (no haltpoll driver, or not root)" >&2; exit 2; }
-    HALTPOLL_WAS=$(cat "$HALTPOLL")
-    echo "$HALT_POLL_NS" >"$HALTPOLL"
-fi
+trap 'exit 130' INT TERM
+haltpoll_set
 if [ -z "$DEV" ]; then
     SHM=$(mktemp /dev/shm/loop_ab.XXXXXX)
     head -c $((1 << 30)) /dev/urandom >"$SHM"
     DEV=$(losetup --find --show --direct-io=on "$SHM")
 fi
-echo "# $(date -Is) commit $(git rev-parse --short HEAD) device $DEV load $(cut -d' ' -f1-3 /proc/loadavg)" \
-    "cpuidle $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)" \
-    "guest_halt_poll_ns $(cat "$HALTPOLL" 2>/dev/null || echo n/a)"
+echo "# $(date -Is) commit $(git rev-parse --short HEAD) device $DEV load $(cut -d' ' -f1-3 /proc/loadavg);" \
+    "$(haltpoll_describe)"
 
 OUT=$(mktemp)
 for qd in $QDS; do
