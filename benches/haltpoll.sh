@@ -6,7 +6,10 @@
 #
 # haltpoll_set applies HALT_POLL_NS (when set); haltpoll_restore, which the sourcing
 # script calls from its EXIT/INT/TERM trap, puts the previous value back;
-# haltpoll_describe prints the setting for the results' header.
+# haltpoll_describe prints the setting for the results' header. Each run restores what it
+# found, so overlapping runs could leave another's value behind: run benches one at a time
+# (they would disturb each other's figures anyway). A run killed with SIGKILL cannot
+# restore; put the value back by hand (0 is this driver's setting on the project's VM).
 
 HALTPOLL_PARAM=/sys/module/haltpoll/parameters/guest_halt_poll_ns
 HALTPOLL_WAS=""
