@@ -43,6 +43,9 @@ struct Summary {
     receives: u64,
     /// Whether a named FIFO had no writer yet and fiforx waited for one.
     waited_for_writer: bool,
+    /// Whether reads learnt that the source ran dry from `RWF_NOWAIT` (else from a zero
+    /// linked timeout per read: the source refused `RWF_NOWAIT`).
+    nowait_reads: bool,
     /// From the first receive to the last byte written.
     elapsed: Duration,
 }
@@ -63,7 +66,11 @@ impl fmt::Display for Summary {
         if self.waited_for_writer {
             f.write_str(", waited for a writer")?;
         }
-        Ok(())
+        f.write_str(if self.nowait_reads {
+            ", RWF_NOWAIT reads"
+        } else {
+            ", zero-timeout reads (the source refused RWF_NOWAIT)"
+        })
     }
 }
 
@@ -121,9 +128,14 @@ impl Drop for RestoreFlags {
     }
 }
 
-/// Open the source non-blocking. `-` reopens stdin through `/proc/self/fd/0` (a new open
-/// file description, so the shell's stays blocking); where that is impossible (a socket)
-/// it sets `O_NONBLOCK` on stdin and restores it afterwards.
+/// Open the source non-blocking. `-` on an anonymous pipe (`cmd | fiforx -`) uses stdin
+/// itself, with `O_NONBLOCK` set and restored afterwards: reopened by path, a pipe becomes
+/// a FIFO open, which Linux 6.18 gives no `FMODE_NOWAIT`, and every read would then need
+/// a zero linked timeout to learn that the pipe ran dry (half the throughput, PERF.md
+/// "FIFO receive"); the pipe's read end belongs to this stage of the pipeline alone.
+/// Any other stdin is reopened through `/proc/self/fd/0` (a new open file description,
+/// so a terminal shared with the shell stays blocking); where that is impossible (a
+/// socket) it sets `O_NONBLOCK` on stdin and restores it afterwards.
 fn open_source(path: &str) -> Result<(OwnedFd, Option<RestoreFlags>), Failure> {
     let open = |p: &str| {
         std::fs::OpenOptions::new()
@@ -136,8 +148,13 @@ fn open_source(path: &str) -> Result<(OwnedFd, Option<RestoreFlags>), Failure> {
             .map(|f| (f.into(), None))
             .map_err(|e| fail(format!("{path}: {e}")));
     }
-    if let Ok(f) = open("/proc/self/fd/0") {
-        return Ok((f.into(), None));
+    // An anonymous pipe reads as `pipe:[inode]`; a named FIFO as its path.
+    let anonymous_pipe = std::fs::read_link("/proc/self/fd/0")
+        .is_ok_and(|l| l.as_os_str().as_encoded_bytes().starts_with(b"pipe:"));
+    if !anonymous_pipe {
+        if let Ok(f) = open("/proc/self/fd/0") {
+            return Ok((f.into(), None));
+        }
     }
     let fd = std::io::stdin()
         .as_fd()
@@ -355,6 +372,7 @@ fn run(args: &Args, out: OwnedFd) -> Result<Summary, Failure> {
         readiness_waits: rx.readiness_waits(),
         receives: rx.transactions(),
         waited_for_writer,
+        nowait_reads: rx.uses_nowait_reads(),
         elapsed: started.elapsed(),
     };
     drop(rx);

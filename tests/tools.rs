@@ -1231,6 +1231,70 @@ fn fiforx_appends_to_an_append_only_output() {
     );
 }
 
+/// `cmd | fiforx -`: stdin, an anonymous pipe, is read with `RWF_NOWAIT` (reopened through
+/// `/proc/self/fd/0` it would be a FIFO open without `FMODE_NOWAIT`, and every read would
+/// need a zero linked timeout: fiforx ran at half its peers' speed that way), the bytes
+/// arrive intact, and the pipe's `O_NONBLOCK`, set for the run, is cleared again.
+#[test]
+fn fiforx_reads_piped_stdin_with_nowait_reads_and_restores_its_flags() {
+    let bin = or_skip!(example("fiforx"));
+    let (rx, tx) = pipe();
+    // The same open file description as the child's stdin: its flags are visible here.
+    let probe = rx.try_clone().unwrap();
+    let data = payload(34, 600_000);
+    let writer = trickle(tx.into(), data.clone(), 34, 64 << 10, 200);
+    let o = run_with(
+        &bin,
+        &["--len", "600000", "-"],
+        Stdio::from(rx),
+        None,
+        LIMIT,
+    );
+    drop(writer.join().unwrap());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout == data, "fiforx output differs");
+    let err = stderr(&o);
+    assert_eq!(number_before(&err, " bytes in"), 600_000);
+    assert!(err.contains("RWF_NOWAIT reads"), "{err}");
+    // SAFETY: F_GETFL on a descriptor this test owns.
+    let flags = unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_GETFL) };
+    assert!(
+        flags >= 0 && flags & libc::O_NONBLOCK == 0,
+        "O_NONBLOCK left set: {flags:#x}"
+    );
+}
+
+/// A named FIFO on stdin (`fiforx - < fifo`) is reopened, and probed with a zero timeout:
+/// the kernel gives FIFOs opened by path no `RWF_NOWAIT`. The summary says which.
+#[test]
+fn fiforx_reads_a_named_fifo_on_stdin_with_zero_timeout_reads() {
+    let bin = or_skip!(example("fiforx"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    mkfifo(&path);
+    let data = payload(35, 100_000);
+    let w = {
+        let (path, data) = (path.clone(), data.clone());
+        std::thread::spawn(move || {
+            let mut f = OpenOptions::new().write(true).open(path).unwrap();
+            std::io::Write::write_all(&mut f, &data).unwrap();
+        })
+    };
+    let stdin = OpenOptions::new().read(true).open(&path).unwrap();
+    let o = run_with(
+        &bin,
+        &["--len", "100000", "-"],
+        Stdio::from(stdin),
+        None,
+        LIMIT,
+    );
+    w.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout == data, "fiforx output differs");
+    let err = stderr(&o);
+    assert!(err.contains("zero-timeout reads"), "{err}");
+}
+
 #[test]
 fn fiforx_reports_eof_before_n_with_the_count_and_writes_what_came() {
     let bin = or_skip!(example("fiforx"));
