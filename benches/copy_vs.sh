@@ -54,6 +54,7 @@ mibs() { awk -v t="$1" -v size="$SIZE" 'BEGIN { printf "%.0f", size / 1048576 / 
 
 echo "# copy_vs: $(nproc) vCPU, Linux $(uname -r), $(df -T "$DIR" | awk 'NR==2 {print $2}') on $(df "$DIR" | awk 'NR==2 {print $1}'), 1 GiB file, $REPS interleaved repetitions"
 echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# commit: $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src examples benches 2>/dev/null || echo ' (with uncommitted changes to src/, examples/ or benches/)')"
 
 for scenario in $SCENARIOS; do
     if [ "$scenario" = cached ]; then

@@ -34,6 +34,7 @@ declare -A CMD=(
 ORDER=(fiforx head dd)
 
 echo "# $(nproc) vCPU, Linux $(uname -r), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# commit: $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src examples benches 2>/dev/null || echo ' (with uncommitted changes to src/, examples/ or benches/)')"
 echo "# N=$N bytes, REPS=$REPS, feeder: $FEED"
 for ((r = 0; r < REPS; r++)); do
     for name in "${ORDER[@]}"; do
