@@ -43,8 +43,8 @@ struct Summary {
     receives: u64,
     /// Whether a named FIFO had no writer yet and fiforx waited for one.
     waited_for_writer: bool,
-    /// Whether reads learnt that the source ran dry from `RWF_NOWAIT` (else from a zero
-    /// linked timeout per read: the source refused `RWF_NOWAIT`).
+    /// Whether reads learnt that the source ran dry from `RWF_NOWAIT` (else from a
+    /// `poll(2)` before each read: the source refused `RWF_NOWAIT`).
     nowait_reads: bool,
     /// From the first receive to the last byte written.
     elapsed: Duration,
@@ -69,7 +69,7 @@ impl fmt::Display for Summary {
         f.write_str(if self.nowait_reads {
             ", RWF_NOWAIT reads"
         } else {
-            ", zero-timeout reads (the source refused RWF_NOWAIT)"
+            ", poll-first reads (the source refused RWF_NOWAIT)"
         })
     }
 }
@@ -131,8 +131,8 @@ impl Drop for RestoreFlags {
 /// Open the source non-blocking. `-` on an anonymous pipe (`cmd | fiforx -`) uses stdin
 /// itself, with `O_NONBLOCK` set and restored afterwards: reopened by path, a pipe becomes
 /// a FIFO open, which Linux 6.18 gives no `FMODE_NOWAIT`, and every read would then need
-/// a zero linked timeout to learn that the pipe ran dry (half the throughput, PERF.md
-/// "FIFO receive"); the pipe's read end belongs to this stage of the pipeline alone.
+/// a probe of its own to learn that the pipe ran dry (PERF.md "FIFO receive"); the pipe's
+/// read end belongs to this stage of the pipeline alone.
 /// Any other stdin is reopened through `/proc/self/fd/0` (a new open file description,
 /// so a terminal shared with the shell stays blocking); where that is impossible (a
 /// socket) it sets `O_NONBLOCK` on stdin and restores it afterwards.

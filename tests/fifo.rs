@@ -177,6 +177,82 @@ fn named_fifo_trickle_exact_content_with_readiness_waits() {
     trickled(fifo_source(), 2, 40_000, 16 * 1024, 1500);
 }
 
+/// A named FIFO refuses `RWF_NOWAIT`, so the receiver probes it with `poll(2)` before each
+/// read: an empty FIFO costs no read at all — only the readiness poll — and no kernel timer
+/// (it used to cost a read with a zero linked timeout each time). Counted in ring
+/// operations: the refused first read, then poll, read, poll, read for two bursts.
+#[test]
+fn an_empty_named_fifo_is_probed_without_a_read() {
+    let src = fifo_source();
+    let pool = pool(2, 256);
+    let (mut ring, t) = ring_with(&pool, src.rx);
+    let mut rx = FifoReceiver::new(&ring, t).unwrap();
+    let mut tx = src.tx;
+    rx.receive(&mut ring, pool.try_get().unwrap(), 100).unwrap();
+    drive_until_waiting(&mut ring, &mut rx);
+    assert!(
+        !rx.uses_nowait_reads(),
+        "a FIFO opened by path took RWF_NOWAIT"
+    );
+    // The RWF_NOWAIT read the FIFO refused, then the readiness poll: no probing read.
+    assert_eq!(ring.stats().submitted, 2, "{:?}", ring.stats());
+    tx.write_all(&[7; 40]).unwrap();
+    // The poll fires, a read takes the 40 bytes, the probe finds the FIFO empty: a poll.
+    ring.run_once(Some(Duration::from_secs(5))).unwrap();
+    drive_until_waiting(&mut ring, &mut rx);
+    assert_eq!(ring.stats().submitted, 4, "{:?}", ring.stats());
+    assert_eq!(rx.readiness_waits(), 2);
+    tx.write_all(&[9; 60]).unwrap();
+    let r = rx.run(&mut ring).unwrap();
+    assert_eq!(r.status(), FifoStatus::Full);
+    assert_eq!(r.buf.data()[..40], [7; 40]);
+    assert_eq!(r.buf.data()[40..], [9; 60]);
+    assert_eq!(ring.stats().submitted, 5, "{:?}", ring.stats());
+    assert_eq!(rx.readiness_waits(), 2);
+    drop(r);
+    drop(rx);
+    check_teardown(&ring, &[&pool]);
+}
+
+/// A named FIFO that no writer has opened yet: a read would say end of file, but the
+/// probe (`poll(2)`) says "nothing yet", so the receiver waits for a writer — and ends
+/// with what it wrote, then end of file once it has closed.
+#[test]
+fn a_named_fifo_without_a_writer_yet_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fifo_in(dir.path());
+    let rx_fd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    let pool = pool(2, 256);
+    let (mut ring, t) = ring_with(&pool, rx_fd);
+    let mut rx = FifoReceiver::new(&ring, t).unwrap();
+    rx.receive(&mut ring, pool.try_get().unwrap(), 100).unwrap();
+    drive_until_waiting(&mut ring, &mut rx);
+    for _ in 0..3 {
+        ring.run_once(Some(Duration::from_millis(20))).unwrap();
+        assert!(
+            rx.process(&mut ring).unwrap().is_none(),
+            "ended without a writer"
+        );
+    }
+    let mut tx = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    tx.write_all(b"0123456789").unwrap();
+    drop(tx);
+    let r = rx.run(&mut ring).unwrap();
+    assert!(
+        matches!(r.status(), FifoStatus::Eof | FifoStatus::HangUp),
+        "{:?}",
+        r.status()
+    );
+    assert_eq!(r.buf.data(), b"0123456789");
+    drop(r);
+    drop(rx);
+    check_teardown(&ring, &[&pool]);
+}
+
 #[test]
 fn socketpair_trickle_exact_content_with_readiness_waits() {
     trickled(socket_source(), 3, 40_000, 16 * 1024, 1500);
@@ -210,7 +286,7 @@ fn no_readiness_wait_when_all_data_is_already_there() {
         assert!(got == data, "{name}: bytes differ");
         assert_eq!(rx.readiness_waits(), 0, "{name}");
         // Anonymous pipes and sockets take RWF_NOWAIT; a FIFO opened by path does not on
-        // Linux 6.18 (no FMODE_NOWAIT) and is probed with a zero timeout instead.
+        // Linux 6.18 (no FMODE_NOWAIT) and is probed with poll(2) before each read instead.
         if name != "named FIFO" {
             assert!(rx.uses_nowait_reads(), "{name}");
         }

@@ -1233,8 +1233,8 @@ fn fiforx_appends_to_an_append_only_output() {
 
 /// `cmd | fiforx -`: stdin, an anonymous pipe, is read with `RWF_NOWAIT` (reopened through
 /// `/proc/self/fd/0` it would be a FIFO open without `FMODE_NOWAIT`, and every read would
-/// need a zero linked timeout: fiforx ran at half its peers' speed that way), the bytes
-/// arrive intact, and the pipe's `O_NONBLOCK`, set for the run, is cleared again.
+/// need a probe of its own — a zero linked timeout then, at half its peers' speed), the
+/// bytes arrive intact, and the pipe's `O_NONBLOCK`, set for the run, is cleared again.
 #[test]
 fn fiforx_reads_piped_stdin_with_nowait_reads_and_restores_its_flags() {
     let bin = or_skip!(example("fiforx"));
@@ -1264,10 +1264,10 @@ fn fiforx_reads_piped_stdin_with_nowait_reads_and_restores_its_flags() {
     );
 }
 
-/// A named FIFO on stdin (`fiforx - < fifo`) is reopened, and probed with a zero timeout:
-/// the kernel gives FIFOs opened by path no `RWF_NOWAIT`. The summary says which.
+/// A named FIFO on stdin (`fiforx - < fifo`) is reopened, and probed with `poll(2)` before
+/// each read: the kernel gives FIFOs opened by path no `RWF_NOWAIT`. The summary says which.
 #[test]
-fn fiforx_reads_a_named_fifo_on_stdin_with_zero_timeout_reads() {
+fn fiforx_reads_a_named_fifo_on_stdin_with_poll_first_reads() {
     let bin = or_skip!(example("fiforx"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
@@ -1292,7 +1292,7 @@ fn fiforx_reads_a_named_fifo_on_stdin_with_zero_timeout_reads() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(o.stdout == data, "fiforx output differs");
     let err = stderr(&o);
-    assert!(err.contains("zero-timeout reads"), "{err}");
+    assert!(err.contains("poll-first reads"), "{err}");
 }
 
 #[test]

@@ -149,7 +149,7 @@ pub enum FifoEvent {
     },
     /// A read found the source empty and read nothing. What a driver reports when the
     /// kernel cannot answer `EAGAIN` for the source and the driver learns it otherwise
-    /// (the [`FifoReceiver`](crate::FifoReceiver)'s zero linked timeout expired).
+    /// (the [`FifoReceiver`](crate::FifoReceiver)'s probe found nothing to read).
     ReadEmpty {
         /// The read's tag.
         seq: FifoSeq,

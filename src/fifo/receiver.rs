@@ -16,11 +16,22 @@
 //!
 //! * with `RWF_NOWAIT` ([`Op::nowait`]): the kernel answers `-EAGAIN` at once when there
 //!   is nothing to read (pipes, FIFOs, sockets: files with `FMODE_NOWAIT`);
-//! * where the kernel refuses that (`EOPNOTSUPP`: ttys, many character devices), with a
-//!   zero linked timeout instead: the read takes whatever is there at once, or is
-//!   cancelled by the timeout right after the kernel found nothing — which the driver
-//!   reports to the machine as [`FifoEvent::ReadEmpty`]. The switch happens once per
-//!   receiver, on the first `EOPNOTSUPP`, by reissuing the same read.
+//! * where the kernel refuses that (`EOPNOTSUPP`: FIFOs opened by path, ttys, many
+//!   character devices), after a `poll(2)` with a zero timeout on the ring thread: when
+//!   it finds nothing, no read is submitted and the driver reports
+//!   [`FifoEvent::ReadEmpty`] to the machine at once; when it finds data (or end of file,
+//!   or an error) a plain read takes it. The switch happens once per receiver, on the
+//!   first `EOPNOTSUPP`, by reissuing the same read.
+//!
+//! The probe costs one system call and no kernel timer. (It used to be a zero linked
+//! timeout on every read: on a KVM guest, arming and cancelling that timer per read cost
+//! a FIFO half or more of its throughput, PERF.md "FIFO receive".) Where a read and
+//! `poll(2)` disagree, the probe's view wins: a FIFO that no writer has opened yet reads
+//! as end of file but polls as "nothing yet", so the receiver waits for a writer (its
+//! deadline, if any, still applies). One race is left to the deadline: if another
+//! reader of the same source takes the data between the probe and the read, the read
+//! waits in the kernel for more, without a readiness wait counted, until data comes, the
+//! transaction's deadline passes, or it is cancelled.
 
 use std::fmt;
 use std::time::Duration;
@@ -40,8 +51,8 @@ type Hook = Box<dyn FnMut(TxnId, u32) + Send + 'static>;
 enum DryProbe {
     /// `RWF_NOWAIT`: `-EAGAIN` from the kernel.
     NoWait,
-    /// A zero linked timeout: `TimedOut` means nothing was there.
-    ZeroTimeout,
+    /// `poll(2)` with a zero timeout before each read: nothing there, no read.
+    PollFirst,
 }
 
 /// The receiver's one operation in flight, as the port records it.
@@ -180,6 +191,9 @@ pub struct FifoReceiver {
     on_begin: Option<Hook>,
     on_end: Option<Hook>,
     probe: DryProbe,
+    /// A read the probe found nothing for (`DryProbe::PollFirst`): submitted as nothing,
+    /// reported to the machine as `ReadEmpty` once the actions before it are carried out.
+    found_empty: Option<FifoSeq>,
 }
 
 impl fmt::Debug for FifoReceiver {
@@ -189,6 +203,7 @@ impl fmt::Debug for FifoReceiver {
             .field("machine", &self.machine)
             .field("port", &self.port)
             .field("probe", &self.probe)
+            .field("found_empty", &self.found_empty)
             .field("on_begin", &self.on_begin.is_some())
             .field("on_end", &self.on_end.is_some())
             .finish_non_exhaustive()
@@ -229,6 +244,7 @@ impl FifoReceiver {
             on_begin: None,
             on_end: None,
             probe: DryProbe::NoWait,
+            found_empty: None,
         })
     }
 
@@ -268,8 +284,8 @@ impl FifoReceiver {
         self.machine.readiness_waits()
     }
 
-    /// Whether reads use `RWF_NOWAIT` (true until the source refuses it; then a zero
-    /// linked timeout tells an empty source, see the module docs).
+    /// Whether reads use `RWF_NOWAIT` (true until the source refuses it; then a `poll(2)`
+    /// with a zero timeout before each read tells an empty source, see the module docs).
     pub fn uses_nowait_reads(&self) -> bool {
         self.probe == DryProbe::NoWait
     }
@@ -376,6 +392,15 @@ impl FifoReceiver {
         let op = match read {
             None => Op::poll(self.target, libc::POLLIN as u32),
             Some(len) => {
+                if self.probe == DryProbe::PollFirst
+                    && ring.readable_now(self.target) == Some(false)
+                {
+                    // Nothing there: no read (the buffer stays here), and the machine
+                    // hears so from `pump` (see `found_empty`).
+                    debug_assert!(self.found_empty.is_none());
+                    self.found_empty = Some(seq);
+                    return;
+                }
                 // The buffer is here: the machine reads only after the previous
                 // operation's completion (which returned it) was fed to it.
                 let Some(buf) = self.buf.take() else {
@@ -386,15 +411,30 @@ impl FifoReceiver {
                 let op = Op::read_append(self.target, 0, buf, len);
                 match self.probe {
                     DryProbe::NoWait => op.nowait(),
-                    DryProbe::ZeroTimeout => op.deadline(Duration::ZERO),
+                    // The probe found something (or could not tell): a plain read.
+                    DryProbe::PollFirst => op,
                 }
             }
         };
         self.port.submit(ring, op, InFlight { seq, read });
     }
 
-    /// Carry out the machine's actions.
+    /// Carry out the machine's actions; then tell it of a read the probe found nothing
+    /// for, and carry out what it asks next (a readiness poll).
     fn pump(&mut self, ring: &mut Ring) {
+        loop {
+            self.act(ring);
+            let Some(seq) = self.found_empty.take() else {
+                return;
+            };
+            // The machine asked for this read and has had no event for it: it takes this.
+            let handled = self.machine.handle(FifoEvent::ReadEmpty { seq });
+            debug_assert!(handled.is_ok(), "ReadEmpty refused: {handled:?}");
+        }
+    }
+
+    /// Carry out the machine's queued actions.
+    fn act(&mut self, ring: &mut Ring) {
         while let Some(action) = self.machine.poll_action() {
             match action {
                 FifoAction::Begin { txn, len } => {
@@ -467,15 +507,14 @@ impl FifoReceiver {
                 if self.probe == DryProbe::NoWait
                     && e.kind() == ErrorKind::Os(libc::EOPNOTSUPP) =>
             {
-                // The file cannot say "empty" by itself: reissue the same read with a
-                // zero timeout, and keep doing so.
-                self.probe = DryProbe::ZeroTimeout;
+                // The file cannot say "empty" by itself: probe before this read and every
+                // later one. The probe may find nothing: then that is the event.
+                self.probe = DryProbe::PollFirst;
                 self.submit(ring, seq, child.read);
-                return None;
-            }
-            // The zero timeout expired: the kernel found nothing to read.
-            Err(e) if self.probe == DryProbe::ZeroTimeout && e.is_timed_out() => {
-                FifoEvent::ReadEmpty { seq }
+                return self
+                    .found_empty
+                    .take()
+                    .map(|seq| FifoEvent::ReadEmpty { seq });
             }
             result => FifoEvent::ReadDone { seq, result },
         })

@@ -756,6 +756,14 @@ impl Ring {
         t.ring == self.id
     }
 
+    /// Whether a read of `t` would find something right now (see
+    /// `TargetEntry::readable_now`); `None` when that cannot be told (a stale target, or
+    /// `poll(2)` failed). For drivers that must learn that a source ran dry where the
+    /// kernel gives its reads no `RWF_NOWAIT` (a FIFO opened by path, a tty).
+    pub(crate) fn readable_now(&self, t: Target) -> Option<bool> {
+        self.target(t).ok()?.readable_now()
+    }
+
     fn target(&self, t: Target) -> Result<&TargetEntry> {
         if t.ring != self.id {
             return Err(ErrorKind::StaleTarget.into());

@@ -253,4 +253,21 @@ impl TargetEntry {
     pub(crate) fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+
+    /// Whether a read would find something right now (data, end of file or an error):
+    /// `poll(2)` for `POLLIN` with a zero timeout — no ring operation, no timer. `None`
+    /// when the call fails (it does not, short of `EINTR` or `ENOMEM`).
+    pub(crate) fn readable_now(&self) -> Option<bool> {
+        let mut p = libc::pollfd {
+            fd: self.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid `pollfd` (count 1), a zero timeout; the descriptor is this
+        // entry's own, open as long as the entry.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        // Any event means a read returns at once: POLLIN data, POLLHUP end of file,
+        // POLLERR / POLLNVAL an error.
+        (n >= 0).then_some(n > 0 && p.revents != 0)
+    }
 }
