@@ -31,7 +31,8 @@
 //! deadline, if any, still applies). One race is left to the deadline: if another
 //! reader of the same source takes the data between the probe and the read, the read
 //! waits in the kernel for more, without a readiness wait counted, until data comes, the
-//! transaction's deadline passes, or it is cancelled.
+//! transaction's deadline passes, or it is cancelled — except in a drain, which must never
+//! wait: its reads also carry a zero linked timeout.
 
 use std::fmt;
 use std::time::Duration;
@@ -62,6 +63,8 @@ struct InFlight {
     /// `Some(len)`: a read of `len` bytes into the buffer (kept to reissue it); `None`: a
     /// readiness poll (the receiver holds the buffer).
     read: Option<usize>,
+    /// The read carries a zero linked timeout: its `TimedOut` means the source was empty.
+    zero_timeout: bool,
 }
 
 /// A finished transaction: the buffer, holding `outcome.bytes` bytes of data received,
@@ -194,6 +197,8 @@ pub struct FifoReceiver {
     /// A read the probe found nothing for (`DryProbe::PollFirst`): submitted as nothing,
     /// reported to the machine as `ReadEmpty` once the actions before it are carried out.
     found_empty: Option<FifoSeq>,
+    /// The transaction is a drain, which must never wait (see `submit`).
+    draining: bool,
 }
 
 impl fmt::Debug for FifoReceiver {
@@ -245,6 +250,7 @@ impl FifoReceiver {
             on_end: None,
             probe: DryProbe::NoWait,
             found_empty: None,
+            draining: false,
         })
     }
 
@@ -382,6 +388,7 @@ impl FifoReceiver {
         let _ = self.port.cancel_on_drop(ring);
         buf.clear();
         self.buf = Some(buf);
+        self.draining = drain;
         self.pump(ring);
         Ok(txn)
     }
@@ -389,6 +396,7 @@ impl FifoReceiver {
     /// Submit the machine's operation `seq`: a read of `Some(len)` bytes into the
     /// transaction's buffer, after the bytes it holds, or (`None`) a readiness poll.
     fn submit(&mut self, ring: &mut Ring, seq: FifoSeq, read: Option<usize>) {
+        let mut zero_timeout = false;
         let op = match read {
             None => Op::poll(self.target, libc::POLLIN as u32),
             Some(len) => {
@@ -411,12 +419,24 @@ impl FifoReceiver {
                 let op = Op::read_append(self.target, 0, buf, len);
                 match self.probe {
                     DryProbe::NoWait => op.nowait(),
+                    // A drain must not wait even if another reader took the data since the
+                    // probe: its read also carries a zero linked timeout (one timer per
+                    // drain read, not per read).
+                    DryProbe::PollFirst if self.draining => {
+                        zero_timeout = true;
+                        op.deadline(Duration::ZERO)
+                    }
                     // The probe found something (or could not tell): a plain read.
                     DryProbe::PollFirst => op,
                 }
             }
         };
-        self.port.submit(ring, op, InFlight { seq, read });
+        let child = InFlight {
+            seq,
+            read,
+            zero_timeout,
+        };
+        self.port.submit(ring, op, child);
     }
 
     /// Carry out the machine's actions; then tell it of a read the probe found nothing
@@ -516,6 +536,8 @@ impl FifoReceiver {
                     .take()
                     .map(|seq| FifoEvent::ReadEmpty { seq });
             }
+            // The zero timeout expired: the kernel found nothing to read.
+            Err(e) if child.zero_timeout && e.is_timed_out() => FifoEvent::ReadEmpty { seq },
             result => FifoEvent::ReadDone { seq, result },
         })
     }
