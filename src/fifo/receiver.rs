@@ -415,7 +415,8 @@ impl FifoReceiver {
                     debug_assert!(false, "FIFO read without its buffer");
                     return;
                 };
-                // Reads never wait (see the module docs): the deadline is the timer's.
+                // Reads do not wait for data (see the module docs for the one race a
+                // probed source leaves): the deadline is the timer's.
                 let op = Op::read_append(self.target, 0, buf, len);
                 match self.probe {
                     DryProbe::NoWait => op.nowait(),
