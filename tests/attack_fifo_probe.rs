@@ -8,17 +8,15 @@ mod common;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::bounds::watchdog;
-use common::drivers::run_until_idle;
-use common::fd::{fifo_in, payload, raw_pty, set_nonblocking, trickle};
+use common::drivers::{logged_fifo as logged, run_until_idle};
+use common::fd::{fifo_in, payload, pty, raw_pty, set_nonblocking, trickle};
 use common::{check_teardown, ring_with};
-use iocomplete::fifo::TxnId;
 use iocomplete::{BufferPool, Driver, FifoReceived, FifoReceiver, FifoStatus, Ring};
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -127,36 +125,6 @@ fn switch_to_probe(ring: &mut Ring, rx: &mut FifoReceiver, pool: &BufferPool, tx
         !rx.uses_nowait_reads(),
         "a FIFO opened by path took RWF_NOWAIT"
     );
-}
-
-type Log = Arc<Mutex<Vec<(char, TxnId, u32)>>>;
-
-fn logged(ring: &Ring, t: iocomplete::Target) -> (FifoReceiver, Log) {
-    let log: Log = Arc::default();
-    let (b, e) = (log.clone(), log.clone());
-    let rx = FifoReceiver::new(ring, t)
-        .unwrap()
-        .on_begin(move |txn, len| b.lock().unwrap().push(('B', txn, len)))
-        .on_end(move |txn, bytes| e.lock().unwrap().push(('E', txn, bytes)));
-    (rx, log)
-}
-
-/// A pty (master, slave) left in its default (canonical, echoing) mode.
-fn cooked_pty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-pointers to two ints; null name, termios and winsize are allowed.
-    let r = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: openpty returned these descriptors; each is owned once.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
 }
 
 // ---- 1. many tiny bursts, random pauses --------------------------------------------------
@@ -731,7 +699,7 @@ fn dev_null_and_dev_zero() {
 #[test]
 fn cooked_pty_partial_line_waits_whole_line_arrives_once() {
     let _wd = watchdog("cooked_pty", 60);
-    let (master, slave) = cooked_pty();
+    let (master, slave) = pty();
     set_nonblocking(slave.as_raw_fd());
     let mut m: File = master.into();
     let pool = pool(2, 256);

@@ -9,13 +9,11 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::drivers::run_until_idle;
+use common::drivers::{logged_fifo as logged, run_until_idle};
 use common::fd::{fifo_in, payload, pipe, raw_pty, set_nonblocking, socketpair, trickle};
 use common::{check_teardown, ring_with};
-use iocomplete::fifo::TxnId;
 use iocomplete::{BufferPool, Driver, ErrorKind, FdKind, FifoReceiver, FifoStatus, Op, Ring};
 
 // ---- sources -----------------------------------------------------------------------------
@@ -75,19 +73,6 @@ fn pty_source() -> Source {
 
 fn pool(slots: usize, len: usize) -> BufferPool {
     common::pool_hdr(slots, len, 8)
-}
-
-type Log = Arc<Mutex<Vec<(char, TxnId, u32)>>>;
-
-/// A receiver whose hooks log `('B', txn, len)` and `('E', txn, bytes)`.
-fn logged(ring: &Ring, t: iocomplete::Target) -> (FifoReceiver, Log) {
-    let log: Log = Arc::default();
-    let (b, e) = (log.clone(), log.clone());
-    let rx = FifoReceiver::new(ring, t)
-        .unwrap()
-        .on_begin(move |txn, len| b.lock().unwrap().push(('B', txn, len)))
-        .on_end(move |txn, bytes| e.lock().unwrap().push(('E', txn, bytes)));
-    (rx, log)
 }
 
 /// Drive until the receiver has armed its readiness notification.

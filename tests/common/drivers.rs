@@ -251,3 +251,20 @@ pub fn deadline_race(
     assert!(ok > 0 && timed_out > 0, "the race never went both ways");
     super::check_teardown(&ring, &[&pool]);
 }
+
+/// A FIFO receiver's hook log: `('B', txn, len)` at each begin, `('E', txn, bytes)` at each end.
+pub type FifoLog = std::sync::Arc<std::sync::Mutex<Vec<(char, iocomplete::fifo::TxnId, u32)>>>;
+
+/// A receiver for `t` whose hooks write a [`FifoLog`].
+pub fn logged_fifo(
+    ring: &iocomplete::Ring,
+    t: iocomplete::Target,
+) -> (iocomplete::FifoReceiver, FifoLog) {
+    let log: FifoLog = Default::default();
+    let (b, e) = (log.clone(), log.clone());
+    let rx = iocomplete::FifoReceiver::new(ring, t)
+        .unwrap()
+        .on_begin(move |txn, len| b.lock().unwrap().push(('B', txn, len)))
+        .on_end(move |txn, bytes| e.lock().unwrap().push(('E', txn, bytes)));
+    (rx, log)
+}

@@ -32,9 +32,8 @@ pub fn fifo_in(dir: &Path) -> PathBuf {
     path
 }
 
-/// A pty pair (master, slave) with the slave in raw mode (`cfmakeraw`: every byte value
-/// passes unchanged, no echo, no output processing).
-pub fn raw_pty() -> (OwnedFd, OwnedFd) {
+/// A pty pair (master, slave) in the default mode (canonical, echoing).
+pub fn pty() -> (OwnedFd, OwnedFd) {
     let (mut master, mut slave) = (0, 0);
     // SAFETY: out-pointers to two ints; null name, termios and winsize are allowed.
     let r = unsafe {
@@ -48,7 +47,13 @@ pub fn raw_pty() -> (OwnedFd, OwnedFd) {
     };
     assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
     // SAFETY: openpty returned these descriptors; each is owned once.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// A pty pair (master, slave) with the slave in raw mode (`cfmakeraw`: every byte value
+/// passes unchanged, no echo, no output processing).
+pub fn raw_pty() -> (OwnedFd, OwnedFd) {
+    let (master, slave) = pty();
     // SAFETY: `termios` is plain old data, filled by tcgetattr from a valid tty before use.
     unsafe {
         let mut t: libc::termios = std::mem::zeroed();
